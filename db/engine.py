@@ -1,0 +1,79 @@
+"""Engine and session setup: SQLite (WAL, foreign keys, busy timeout) or any SQLAlchemy URL."""
+
+from __future__ import annotations
+
+import functools
+import time
+from pathlib import Path
+
+from sqlalchemy import create_engine, event
+from sqlalchemy.engine import Engine
+from sqlalchemy.exc import OperationalError
+from sqlalchemy.orm import Session, sessionmaker
+
+from .models import Base
+
+BUSY_TIMEOUT_MS = 30_000
+
+
+def _sqlite_pragmas(dbapi_connection, _record) -> None:
+    cursor = dbapi_connection.cursor()
+    cursor.execute("PRAGMA journal_mode=WAL")
+    cursor.execute("PRAGMA foreign_keys=ON")
+    cursor.execute(f"PRAGMA busy_timeout={BUSY_TIMEOUT_MS}")
+    # Durable on commit: an acknowledged label survives a killed server.
+    cursor.execute("PRAGMA synchronous=FULL")
+    cursor.close()
+
+
+def make_engine(url: str) -> Engine:
+    """Create an engine and the tables. For SQLite, create the file's folder first."""
+    if url.startswith("sqlite"):
+        path = url.split("///", 1)[-1]
+        if path and path != ":memory:":
+            Path(path).parent.mkdir(parents=True, exist_ok=True)
+        engine = create_engine(
+            url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}
+        )
+        event.listen(engine, "connect", _sqlite_pragmas)
+    else:
+        engine = create_engine(url, pool_pre_ping=True)
+    Base.metadata.create_all(engine)
+    return engine
+
+
+@functools.lru_cache(maxsize=8)
+def _cached_engine(url: str) -> Engine:
+    return make_engine(url)
+
+
+def get_engine(url: str | None = None) -> Engine:
+    """The process-wide engine for `url` (default: the configured one)."""
+    if url is None:
+        from labeler.config import db_url
+
+        url = db_url()
+    return _cached_engine(url)
+
+
+def session_factory(engine: Engine | None = None) -> sessionmaker[Session]:
+    return sessionmaker(engine or get_engine(), expire_on_commit=False)
+
+
+def _is_locked(error: OperationalError) -> bool:
+    text = str(error.orig).lower()
+    return "locked" in text or "busy" in text or "could not serialize" in text or "deadlock" in text
+
+
+def retrying(fn, *, attempts: int = 8, base_delay: float = 0.05):
+    """Run `fn()`; when the database is momentarily locked, wait and try again.
+
+    `fn` must open and commit its own transaction so a retry repeats all of it.
+    """
+    for attempt in range(attempts):
+        try:
+            return fn()
+        except OperationalError as error:
+            if not _is_locked(error) or attempt == attempts - 1:
+                raise
+            time.sleep(base_delay * 2**attempt)

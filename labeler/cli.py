@@ -1,0 +1,144 @@
+"""`python -m labeler ...`: headless use for benchmarks, checks and scripts.
+
+Every command prints human-readable lines first and, where useful, one JSON line last.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import json
+import sys
+
+from tqdm import tqdm
+
+# Modules that add their own sub-commands through `register(subparsers)`.
+_REGISTERING_MODULES = ["labeler.simulate", "labeler.trainer", "labeler.benchmark"]
+
+
+def _session_factory():
+    import db
+
+    return db.session_factory(db.get_engine())
+
+
+def _progress_bar(description: str):
+    bar = tqdm(desc=description, unit="img", file=sys.stderr, leave=False)
+
+    def update(done: int, total: int) -> None:
+        bar.total = total
+        bar.n = done
+        bar.refresh()
+
+    return bar, update
+
+
+def cmd_import(args) -> int:
+    from . import projects
+
+    Session = _session_factory()
+    classes = [c for c in (args.classes or "").split(",") if c.strip()]
+    bar, update = _progress_bar(f"Reading {args.source}")
+    try:
+        project = projects.create_project(
+            Session, args.project, args.source, classes=classes, audit_size=args.audit_size, progress=update
+        )
+    finally:
+        bar.close()
+    from db import queries
+
+    with Session() as session:
+        issues = queries.import_issues(session, project.id)
+        names = queries.class_names(session, project.id)
+        n_items = queries.count_items(session, project.id)
+    for issue in issues:
+        print(f"skipped {issue.path}: {issue.reason}")
+    print(json.dumps({"project": project.name, "items": n_items, "skipped": len(issues), "classes": names}))
+    return 0
+
+
+def cmd_export(args) -> int:
+    from . import export
+    from db import queries
+
+    Session = _session_factory()
+    with Session() as session:
+        project = queries.get_project(session, args.project)
+    if project is None:
+        raise ValueError(f"There is no project named {args.project!r}; `python -m labeler projects` lists them.")
+    written = export.export_all(Session, project.id, args.out, what=args.what)
+    for path in written:
+        print(f"wrote {path}")
+    print(json.dumps({"project": project.name, "files": [str(p) for p in written]}))
+    return 0
+
+
+def cmd_projects(args) -> int:
+    from db import queries
+
+    with _session_factory()() as session:
+        for project in queries.list_projects(session):
+            labeled = queries.label_count(session, project.id)
+            total = queries.count_items(session, project.id)
+            print(f"{project.name}\t{project.source}\t{labeled}/{total} labeled")
+    return 0
+
+
+def cmd_backup(args) -> int:
+    from . import backup
+
+    path = backup.backup(args.out)
+    print(json.dumps({"backup": str(path)}))
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="python -m labeler",
+        description="labeler: active-learning image labeling with semi-supervised generative models.",
+    )
+    sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    p = sub.add_parser("import", help="import a data set into a new project")
+    p.add_argument("source", help="digits, fashion-mnist, mnist, folder:PATH or zip:PATH")
+    p.add_argument("--project", required=True, help="name of the new project")
+    p.add_argument("--classes", help="comma-separated class names, for a flat folder of unlabeled images")
+    p.add_argument("--audit-size", type=int, default=None, help="held-out audit images for own data (default 50)")
+    p.set_defaults(func=cmd_import)
+
+    p = sub.add_parser("export", help="export a project's labels, data set, predictions and model")
+    p.add_argument("--project", required=True)
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument(
+        "--what", default="all", choices=["all", "labels", "dataset", "predictions", "model"], help="what to write"
+    )
+    p.set_defaults(func=cmd_export)
+
+    p = sub.add_parser("projects", help="list projects")
+    p.set_defaults(func=cmd_projects)
+
+    p = sub.add_parser("backup", help="consistent copy of the database, safe while the app runs")
+    p.add_argument("--out", required=True, help="backup file to write")
+    p.set_defaults(func=cmd_backup)
+
+    for module in _REGISTERING_MODULES:
+        try:
+            importlib.import_module(module).register(sub)
+        except ModuleNotFoundError as error:
+            if error.name != module:
+                raise
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except (ValueError, OSError) as error:
+        # Errors a user can meet (a wrong setting, a bad file): one clear line, no traceback.
+        print(f"error: {error}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130

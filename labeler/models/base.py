@@ -1,0 +1,211 @@
+"""The one small interface every model family implements, and checkpoint save/load.
+
+A model sees numpy arrays only: `x` is the whole pool, float32 of shape (N, C, H, W) in [0, 1];
+`labeled_idx` indexes the labeled rows of `x` and `labels` gives their classes; every other row
+is unlabeled. It never sees the database, Streamlit or the test split.
+
+Checkpoints hold only tensors and plain Python values (no pickled code), so they load with
+`torch.load(..., weights_only=True)` and a crafted file cannot run code.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+import torch
+
+
+class TrainingCancelled(Exception):
+    """Raised inside `fit` when the progress callback asks to stop."""
+
+
+@dataclass
+class Progress:
+    """A snapshot sent to the progress callback during `fit`."""
+
+    step: int
+    seconds: float
+    fraction: float  # 0..1 of the step or time budget
+    losses: dict[str, float]
+
+
+ProgressFn = Callable[[Progress], bool | None]  # return True to cancel
+
+
+class Budget:
+    """A step budget, a time budget, or both (whichever ends first)."""
+
+    def __init__(self, steps: int | None = None, seconds: float | None = None):
+        if steps is None and seconds is None:
+            raise ValueError("Give a step budget, a time budget, or both.")
+        self.steps, self.seconds = steps, seconds
+        self.start = time.monotonic()
+
+    def elapsed(self) -> float:
+        return time.monotonic() - self.start
+
+    def fraction(self, step: int) -> float:
+        parts = []
+        if self.steps:
+            parts.append(step / self.steps)
+        if self.seconds:
+            parts.append(self.elapsed() / self.seconds)
+        return min(1.0, max(parts) if parts else 1.0)
+
+    def done(self, step: int) -> bool:
+        return (self.steps is not None and step >= self.steps) or (
+            self.seconds is not None and self.elapsed() >= self.seconds
+        )
+
+
+class SSLModel:
+    """Base of every model. Subclasses set `name`, `Config` and implement the abstract methods.
+
+    Subclasses keep their learnable state in `self.modules` (a dict of nn.Module) and any
+    extra arrays in `self.extra_state()`; `state()` / `from_state()` then work unchanged.
+    """
+
+    name: ClassVar[str] = ""
+    Config: ClassVar[type] = object
+    # Whether `sample_images` can show "what each class looks like" (conditional generator).
+    conditional_samples: ClassVar[bool] = False
+
+    def __init__(
+        self,
+        input_shape: tuple[int, int, int],
+        num_classes: int,
+        config: Any = None,
+        device: str = "cpu",
+        seed: int = 0,
+    ):
+        self.input_shape = tuple(int(s) for s in input_shape)
+        self.num_classes = int(num_classes)
+        self.config = config if config is not None else self.Config()
+        self.device = torch.device(device)
+        self.seed = seed
+        torch.manual_seed(seed)
+        self.modules: dict[str, torch.nn.Module] = {}
+        self.build()
+
+    # -- to implement ---------------------------------------------------------------------
+
+    def build(self) -> None:
+        """Create `self.modules` on `self.device` from `self.config`."""
+        raise NotImplementedError
+
+    def fit(
+        self,
+        x: np.ndarray,
+        labeled_idx: np.ndarray,
+        labels: np.ndarray,
+        budget: Budget,
+        progress: ProgressFn | None = None,
+    ) -> dict[str, float]:
+        """Train (continuing from the current weights) until the budget ends; return final losses.
+
+        Calls `progress` every few steps and raises TrainingCancelled when it returns True.
+        """
+        raise NotImplementedError
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) -> (N, K) class probabilities, rows summing to one."""
+        raise NotImplementedError
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """(N, C, H, W) -> (N, D) latent codes (VAE means, or a discriminator feature)."""
+        raise NotImplementedError
+
+    # -- optional -------------------------------------------------------------------------
+
+    def mc_proba(self, x: np.ndarray, samples: int = 8) -> np.ndarray:
+        """(S, N, K) probabilities from S stochastic passes (for BALD). Default: S copies."""
+        p = self.predict_proba(x)
+        return np.repeat(p[None], samples, axis=0)
+
+    def sample_images(self, n_per_class: int = 8, seed: int = 0) -> np.ndarray | None:
+        """Generated images in [0, 1]: (K, n, C, H, W) for conditional models, (1, n, C, H, W)
+        for unconditional ones, or None when the model cannot generate."""
+        return None
+
+    def classifier_module(self) -> torch.nn.Module:
+        """A self-contained nn.Module mapping (B, C, H, W) in [0, 1] to (B, K) probabilities,
+        scriptable with torch.jit.script or traceable, for the standalone export."""
+        raise NotImplementedError
+
+    def extra_state(self) -> dict[str, Any]:
+        """Tensors and plain values beyond the modules' weights (e.g. a fitted linear head)."""
+        return {}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        pass
+
+    # -- shared ---------------------------------------------------------------------------
+
+    def state(self) -> dict[str, Any]:
+        return {
+            "format": "labeler-checkpoint-1",
+            "name": self.name,
+            "config": dataclasses.asdict(self.config) if dataclasses.is_dataclass(self.config) else {},
+            "input_shape": list(self.input_shape),
+            "num_classes": self.num_classes,
+            "modules": {key: module.state_dict() for key, module in self.modules.items()},
+            "extra": self.extra_state(),
+        }
+
+    def load_state(self, state: dict[str, Any]) -> None:
+        for key, module in self.modules.items():
+            module.load_state_dict(state["modules"][key])
+        self.load_extra_state(state.get("extra", {}))
+
+
+def save_checkpoint(model: SSLModel, path: str | Path) -> Path:
+    """Write atomically: a crash mid-write never leaves a half checkpoint under `path`."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    torch.save(model.state(), tmp)
+    tmp.replace(path)
+    return path
+
+
+class CheckpointError(ValueError):
+    """A checkpoint cannot be loaded; the message says why."""
+
+
+def load_checkpoint(path: str | Path, device: str = "cpu") -> SSLModel:
+    """Rebuild a model from a checkpoint written by `save_checkpoint`, without unpickling code."""
+    from . import MODELS
+
+    try:
+        state = torch.load(Path(path), map_location=device, weights_only=True)
+    except Exception as error:  # noqa: BLE001 - any failure means the same thing to the user
+        raise CheckpointError(f"Cannot load the checkpoint {path}: {error}") from error
+    if not isinstance(state, dict) or state.get("format") != "labeler-checkpoint-1":
+        raise CheckpointError(f"{path} is not a labeler checkpoint.")
+    cls = MODELS.get(state["name"])
+    if cls is None:
+        raise CheckpointError(f"{path} holds an unknown model {state['name']!r}.")
+    config = cls.Config(**state["config"]) if state["config"] else cls.Config()
+    model = cls(tuple(state["input_shape"]), state["num_classes"], config=config, device=device)
+    try:
+        model.load_state(state)
+    except Exception as error:  # noqa: BLE001
+        raise CheckpointError(f"The checkpoint {path} does not fit its model: {error}") from error
+    return model
+
+
+def to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    return torch.as_tensor(np.ascontiguousarray(x), dtype=torch.float32, device=device)
+
+
+@torch.no_grad()
+def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, device: torch.device, batch: int = 1024) -> np.ndarray:
+    """Apply `fn` to `x` in batches and return a numpy array."""
+    outs = [fn(to_tensor(x[i : i + batch], device)).float().cpu().numpy() for i in range(0, len(x), batch)]
+    return np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)

@@ -1,0 +1,180 @@
+"""Projects on disk: create one from a data source, and find its pixels, files and checkpoints.
+
+Layout under the data folder:
+
+    projects/<id>/pixels.npy        uint8 (N, C, H, W), row i = Item.row i
+    projects/<id>/files/...         original image files of folder and zip imports
+    projects/<id>/runs/<run>.pt     checkpoints
+"""
+
+from __future__ import annotations
+
+import functools
+import os
+import shutil
+from collections.abc import Callable
+from pathlib import Path
+
+import numpy as np
+from sqlalchemy.orm import Session, sessionmaker
+
+from db import queries
+from db.models import AUDIT, POOL, TEST, ImportIssue, Item, LabelClass, Project
+
+from .config import check_int, data_dir
+from .data.base import DataError, ImageSet
+
+DEFAULT_SETTINGS = {
+    "model": "m2",
+    "strategy": "entropy",
+    "budget_s": 60,
+    "auto_retrain_every": 10,
+    "audit_size": 50,
+}
+MAX_CLASSES = 100
+
+
+def project_dir(project_id: int) -> Path:
+    return data_dir() / "projects" / str(project_id)
+
+
+def pixels_path(project_id: int) -> Path:
+    return project_dir(project_id) / "pixels.npy"
+
+
+def checkpoint_path(project_id: int, run_id: int) -> Path:
+    return project_dir(project_id) / "runs" / f"{run_id}.pt"
+
+
+@functools.lru_cache(maxsize=16)
+def _load_pixels(path: str, mtime: float) -> np.ndarray:
+    return np.load(path, mmap_mode="r")
+
+
+def pixels(project_id: int) -> np.ndarray:
+    """The project's images as uint8 (N, C, H, W), memory-mapped (read-only)."""
+    path = pixels_path(project_id)
+    if not path.exists():
+        raise DataError(f"The pixel file of project {project_id} is missing ({path}); import the data again.")
+    return _load_pixels(str(path), path.stat().st_mtime)
+
+
+def image(project_id: int, row: int) -> np.ndarray:
+    """One image as (H, W) or (H, W, 3) uint8, for display."""
+    array = np.asarray(pixels(project_id)[row])
+    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+
+
+def validate_name(name: str) -> str:
+    name = (name or "").strip()
+    if not name or len(name) > 200:
+        raise ValueError("A project name must be 1 to 200 characters long.")
+    return name
+
+
+def create_project(
+    Session: sessionmaker[Session],
+    name: str,
+    source: str,
+    images: ImageSet | None = None,
+    classes: list[str] | None = None,
+    audit_size: int | None = None,
+    seed: int = 0,
+    progress: Callable[[int, int], None] | None = None,
+) -> Project:
+    """Read `source` (unless `images` is given), store pixels and files, and add the items.
+
+    Classes come from the source (built-ins, class folders) or from `classes`. For data with no
+    test split, a random audit set of `audit_size` pool items is held out of training so the
+    app can report an honest accuracy.
+    """
+    name = validate_name(name)
+    with Session() as session:
+        if queries.get_project(session, name) is not None:
+            raise ValueError(f"A project named {name!r} exists already; choose another name.")
+    if images is None:
+        from .data import read_source
+
+        images = read_source(source, progress=progress)
+    class_list = list(images.classes) or [c.strip() for c in (classes or []) if c.strip()]
+    if not class_list:
+        raise ValueError("This data set has no class folders: give the class names (e.g. cat, dog).")
+    if len(set(class_list)) != len(class_list):
+        raise ValueError("Class names must be different from each other.")
+    check_int("The number of classes", len(class_list), 2, MAX_CLASSES)
+    if len(images.pixels) == 0:
+        reasons = "; ".join(f"{p}: {r}" for p, r in images.skipped[:5])
+        raise DataError(f"No image could be imported from {source}. {reasons}")
+    settings = dict(DEFAULT_SETTINGS)
+    if audit_size is not None:
+        settings["audit_size"] = check_int("The audit set size", audit_size, 0, 10_000)
+
+    splits = list(images.splits)
+    if TEST not in splits and settings["audit_size"] > 0:
+        pool_rows = [i for i, s in enumerate(splits) if s == POOL]
+        n_audit = min(settings["audit_size"], len(pool_rows) // 5)
+        for i in np.random.default_rng(seed).choice(pool_rows, size=n_audit, replace=False):
+            splits[int(i)] = AUDIT
+
+    channels, height, width = images.shape
+    with Session.begin() as session:
+        project = Project(
+            name=name, source=source, channels=channels, height=height, width=width, settings=settings
+        )
+        session.add(project)
+        session.flush()
+        folder = project_dir(project.id)
+        if folder.exists():  # left over from a database that was deleted
+            shutil.rmtree(folder)
+        folder.mkdir(parents=True)
+        tmp = folder / "pixels.tmp.npy"
+        np.save(tmp, np.ascontiguousarray(images.pixels))
+        os.replace(tmp, pixels_path(project.id))
+        for index, class_name in enumerate(class_list):
+            session.add(LabelClass(project_id=project.id, index=index, name=class_name))
+        stored = _store_files(folder / "files", images)
+        session.add_all(
+            Item(
+                project_id=project.id,
+                row=row,
+                key=images.keys[row],
+                path=stored[row],
+                sha256=images.sha256[row],
+                split=splits[row],
+                truth=int(images.truth[row]) if images.truth[row] >= 0 else None,
+            )
+            for row in range(len(images.pixels))
+        )
+        session.add_all(ImportIssue(project_id=project.id, path=p, reason=r) for p, r in images.skipped)
+    return project
+
+
+def _store_files(target: Path, images: ImageSet) -> list[str | None]:
+    """Copy original files into the project (so exports do not depend on the source staying)."""
+    stored: list[str | None] = []
+    for key, file in zip(images.keys, images.files):
+        if file is None:
+            stored.append(None)
+            continue
+        destination = (target / key).resolve()
+        if not destination.is_relative_to(target.resolve()):
+            raise DataError(f"Refusing to store {key!r}: it would land outside the project folder.")
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        shutil.copyfile(file, destination)
+        stored.append(str(destination))
+    return stored
+
+
+def ensure_default_project(Session: sessionmaker[Session], name: str = "digits") -> Project:
+    """The built-in digits project, created on first start so the app opens ready to label."""
+    with Session() as session:
+        project = queries.get_project(session, name)
+        if project is not None:
+            return project
+        if queries.list_projects(session):
+            return queries.list_projects(session)[0]
+    try:
+        return create_project(Session, name, "digits")
+    except ValueError:  # another process created it at the same moment
+        with Session() as session:
+            return queries.get_project(session, name)
