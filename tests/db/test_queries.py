@@ -1,0 +1,89 @@
+from db import queries
+from db.models import TEST, Item, LabelEvent
+
+
+def _pool_items(Session, project):
+    with Session() as session:
+        return queries.items(session, project.id, "pool")
+
+
+def test_label_relabel_undo_history(Session, tiny_project):
+    item = _pool_items(Session, tiny_project)[0]
+    with Session.begin() as session:
+        queries.add_label(session, item.id, 0, annotator="ann")
+    with Session.begin() as session:
+        queries.add_label(session, item.id, 1, annotator="ann")
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {item.id: 1}
+    with Session.begin() as session:
+        undone = queries.undo_last(session, tiny_project.id, "ann")
+        assert undone.class_index == 1
+    with Session() as session:
+        # The relabel is undone: the first answer stands again, and history keeps all three facts.
+        assert queries.current_labels(session, tiny_project.id) == {item.id: 0}
+        events = queries.history(session, item.id)
+        assert [(e.class_index, e.undone) for e in events] == [(0, False), (1, True)]
+    with Session.begin() as session:
+        queries.undo_last(session, tiny_project.id, "ann")
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {}
+        assert queries.label_count(session, tiny_project.id) == 0
+    with Session.begin() as session:
+        assert queries.undo_last(session, tiny_project.id, "ann") is None
+
+
+def test_undo_only_touches_own_labels(Session, tiny_project):
+    a, b = _pool_items(Session, tiny_project)[:2]
+    with Session.begin() as session:
+        queries.add_label(session, a.id, 0, annotator="alice")
+        queries.add_label(session, b.id, 1, annotator="bob")
+    with Session.begin() as session:
+        queries.undo_last(session, tiny_project.id, "alice")
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {b.id: 1}
+
+
+def test_label_rejects_unknown_class(Session, tiny_project):
+    item = _pool_items(Session, tiny_project)[0]
+    import pytest
+
+    with Session.begin() as session, pytest.raises(ValueError, match="does not exist"):
+        queries.add_label(session, item.id, 7)
+
+
+def test_queue_skips_labeled_and_test_items(Session, tiny_project):
+    with Session() as session:
+        first = queries.next_items(session, tiny_project.id, k=100)
+        ids = [item.id for item, _ in first]
+        assert all(session.get(Item, i).split != TEST for i in ids)
+        rows = [item.row for item, _ in first]
+        assert rows != sorted(rows), "before any model the queue must not be the file order"
+    with Session.begin() as session:
+        queries.add_label(session, ids[0], 0)
+    with Session() as session:
+        again = [item.id for item, _ in queries.next_items(session, tiny_project.id, k=100)]
+        assert ids[0] not in again and len(again) == len(ids) - 1
+        # A skipped item goes to the back of the queue.
+        skipped = queries.next_items(session, tiny_project.id, k=len(again), exclude={again[0]})
+        assert skipped[-1][0].id == again[0]
+
+
+def test_class_add_and_rename(Session, tiny_project):
+    import pytest
+
+    with Session.begin() as session:
+        queries.add_class(session, tiny_project.id, "  new one ")
+        queries.rename_class(session, tiny_project.id, 0, "zero")
+    with Session() as session:
+        assert queries.class_names(session, tiny_project.id) == ["zero", "1", "new one"]
+    with Session.begin() as session, pytest.raises(ValueError, match="already"):
+        queries.rename_class(session, tiny_project.id, 1, "zero")
+
+
+def test_label_events_are_append_only_rows(Session, tiny_project):
+    item = _pool_items(Session, tiny_project)[0]
+    for c in (0, 1, 0):
+        with Session.begin() as session:
+            queries.add_label(session, item.id, c, annotator="x")
+    with Session() as session:
+        assert session.query(LabelEvent).count() == 3
