@@ -1,0 +1,469 @@
+"""Semi-supervised GAN with a K-class discriminator and feature matching.
+
+Salimans, Goodfellow, Zaremba, Cheung, Radford, Chen. "Improved Techniques for Training GANs",
+NeurIPS 2016 (section 5, semi-supervised learning); Odena, "Semi-Supervised Learning with
+Generative Adversarial Networks", 2016.
+
+The discriminator outputs K logits l_1..l_K for the K real classes; the fake class K+1 is
+implicit with its logit fixed at 0, so with Z(x) = sum_k exp(l_k(x)):
+
+    p(y = k | x, real) = softmax(l(x))_k
+    D(x) = p(real | x) = Z(x) / (Z(x) + 1)
+
+and, writing lse = log Z,
+
+    L_sup   = -E_{(x,y) labeled} log softmax(l(x))_y                         (cross-entropy)
+    L_unsup = -E_{x unlabeled} log D(x) - E_{z} log(1 - D(G(z)))
+            =  E_x [softplus(lse(x)) - lse(x)] + E_z [softplus(lse(G(z)))]
+    L_D     =  L_sup + w * L_unsup                  (w = 1/2 in the authors' code)
+    L_G     =  || E_x f(x) - E_z f(G(z)) ||^2       (feature matching, f = last hidden layer)
+
+What makes it work on a handful of labels (kept from the authors' MNIST code): Gaussian noise
+on the discriminator's input (std 0.3) and after every hidden layer (std 0.5); weight
+normalization (Salimans & Kingma 2016) with data-dependent initialization; a D of
+784-1000-500-250-250-250-K and a G of 100-500-500-784 with batch norm and softplus, uniform
+z, sigmoid output; Adam(lr 0.003, beta1 0.5); the small labeled set repeated to fill a batch,
+while every pool image serves as an unlabeled one. Colour or larger images use a small
+convolutional variant of the same design (see `ConvDiscriminator`).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Budget, Progress, ProgressFn, SSLModel, TrainingCancelled, batched, to_tensor
+
+
+# -- loss terms (testable free functions) ---------------------------------------------------
+
+
+def supervised_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """L_sup of Salimans et al. 2016, eq. (5): cross-entropy over the K real classes.
+
+    logits (B, K), labels (B,) -> scalar. The fake class drops out: p(y|x, y<K+1) = softmax(l)_y.
+    """
+    return F.cross_entropy(logits, labels)
+
+
+def unsupervised_loss(logits_real: torch.Tensor, logits_fake: torch.Tensor) -> torch.Tensor:
+    """L_unsup of Salimans et al. 2016, eq. (5), with D(x) = Z(x) / (Z(x) + 1).
+
+    -log D(x) = softplus(lse) - lse and -log(1 - D(x)) = softplus(lse), lse = logsumexp(l).
+    logits_real (B, K) from unlabeled images, logits_fake (B', K) from G(z) -> scalar.
+    """
+    lse_real = torch.logsumexp(logits_real, dim=1)  # (B,)
+    lse_fake = torch.logsumexp(logits_fake, dim=1)  # (B',)
+    return (F.softplus(lse_real) - lse_real).mean() + F.softplus(lse_fake).mean()
+
+
+def feature_matching_loss(features_real: torch.Tensor, features_fake: torch.Tensor) -> torch.Tensor:
+    """Feature matching, Salimans et al. 2016, section 3.1: ||E f(x) - E f(G(z))||^2.
+
+    Averaged over the D feature dimensions as in the authors' code. (B, D), (B', D) -> scalar.
+    """
+    return (features_real.mean(dim=0) - features_fake.mean(dim=0)).pow(2).mean()
+
+
+# -- building blocks -------------------------------------------------------------------------
+
+
+class GaussianNoise(nn.Module):
+    """Adds N(0, std^2) noise in training mode only; `mc_proba` switches it on for BALD."""
+
+    def __init__(self, std: float):
+        super().__init__()
+        self.std = float(std)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.std > 0:
+            return x + torch.randn_like(x) * self.std
+        return x
+
+
+class _WeightNorm(nn.Module):
+    """w = g * v / ||v|| per output unit (Salimans & Kingma 2016), with data-dependent init:
+    on one batch, g and b are set so every pre-activation has mean 0 and std `init_scale`."""
+
+    def __init__(self, v_shape: tuple[int, ...], init_scale: float = 1.0):
+        super().__init__()
+        self.v = nn.Parameter(torch.randn(v_shape) * 0.05)
+        self.g = nn.Parameter(torch.ones(v_shape[0]))
+        self.b = nn.Parameter(torch.zeros(v_shape[0]))
+        self.register_buffer("initialized", torch.zeros((), dtype=torch.uint8))
+        self.init_scale = init_scale
+        self.init_pending = False  # set by `data_dependent_init`
+
+    def weight(self) -> torch.Tensor:
+        norm = self.v.flatten(1).norm(dim=1).clamp_min(1e-12)  # (out,)
+        shape = (-1,) + (1,) * (self.v.dim() - 1)
+        return self.v * (self.g / norm).view(shape)
+
+    def _apply_init(self, pre: torch.Tensor) -> torch.Tensor:
+        dims = [d for d in range(pre.dim()) if d != 1]
+        mean, std = pre.mean(dim=dims), pre.std(dim=dims).clamp_min(1e-6)  # (out,)
+        with torch.no_grad():
+            self.g.mul_(self.init_scale / std)
+            self.b.copy_(-mean * self.init_scale / std)
+            self.initialized.fill_(1)
+        self.init_pending = False
+        shape = (1, -1) + (1,) * (pre.dim() - 2)
+        return (pre - mean.view(shape)) * (self.init_scale / std).view(shape)
+
+
+class WNLinear(_WeightNorm):
+    def __init__(self, n_in: int, n_out: int, init_scale: float = 1.0):
+        super().__init__((n_out, n_in), init_scale)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.linear(x, self.weight(), self.b)
+        return self._apply_init(out) if self.init_pending else out
+
+    def export(self) -> nn.Linear:
+        layer = nn.Linear(self.v.shape[1], self.v.shape[0])
+        layer.weight.data.copy_(self.weight().detach())
+        layer.bias.data.copy_(self.b.detach())
+        return layer
+
+
+class WNConv2d(_WeightNorm):
+    def __init__(self, n_in: int, n_out: int, kernel: int, stride: int = 1, padding: int = 0, init_scale: float = 1.0):
+        super().__init__((n_out, n_in, kernel, kernel), init_scale)
+        self.stride, self.padding = stride, padding
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        out = F.conv2d(x, self.weight(), self.b, stride=self.stride, padding=self.padding)
+        return self._apply_init(out) if self.init_pending else out
+
+    def export(self) -> nn.Conv2d:
+        out_c, in_c, k, _ = self.v.shape
+        layer = nn.Conv2d(in_c, out_c, k, stride=self.stride, padding=self.padding)
+        layer.weight.data.copy_(self.weight().detach())
+        layer.bias.data.copy_(self.b.detach())
+        return layer
+
+
+@torch.no_grad()
+def data_dependent_init(module: nn.Module, *inputs: torch.Tensor) -> None:
+    """Initialize every weight-normed layer of `module` in order, from one forward pass."""
+    layers = [m for m in module.modules() if isinstance(m, _WeightNorm)]
+    for layer in layers:
+        layer.init_pending = True
+    was_training = module.training
+    module.train()
+    module(*inputs)
+    module.train(was_training)
+    for layer in layers:
+        layer.init_pending = False
+
+
+def _export_layers(layers: nn.Sequential) -> list[nn.Module]:
+    """Plain-PyTorch copies of the eval-mode network (noise layers drop out)."""
+    out: list[nn.Module] = []
+    for layer in layers:
+        if isinstance(layer, (WNLinear, WNConv2d)):
+            out.append(layer.export())
+        elif isinstance(layer, (GaussianNoise, nn.Dropout)):
+            continue
+        else:
+            out.append(layer)
+    return out
+
+
+# -- networks ---------------------------------------------------------------------------------
+
+
+class MLPDiscriminator(nn.Module):
+    """Salimans et al.'s MNIST discriminator: noise(0.3), [WN dense, ReLU, noise(0.5)] per
+    hidden layer, then a WN dense layer to K logits. `features` is the last hidden layer."""
+
+    def __init__(self, n_in: int, hidden: tuple[int, ...], num_classes: int, input_noise: float, hidden_noise: float):
+        super().__init__()
+        layers: list[nn.Module] = [nn.Flatten(), GaussianNoise(input_noise)]
+        for width in hidden:
+            layers += [WNLinear(n_in, width), nn.ReLU(), GaussianNoise(hidden_noise)]
+            n_in = width
+        # the noise after the last hidden layer is kept for the logits but not for f(x)
+        self.body = nn.Sequential(*layers[:-1])
+        self.head = nn.Sequential(layers[-1], WNLinear(n_in, num_classes))
+        self.feature_dim = n_in
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)  # (B, D)
+        return self.head(features), features  # (B, K), (B, D)
+
+
+class MLPGenerator(nn.Module):
+    """z ~ U(0,1)^100 -> [dense, batch norm, softplus] x 2 -> WN dense -> sigmoid."""
+
+    def __init__(self, z_dim: int, hidden: tuple[int, ...], output_shape: tuple[int, int, int]):
+        super().__init__()
+        layers: list[nn.Module] = []
+        n_in = z_dim
+        for width in hidden:
+            layers += [nn.Linear(n_in, width, bias=False), nn.BatchNorm1d(width), nn.Softplus()]
+            n_in = width
+        layers += [WNLinear(n_in, int(np.prod(output_shape))), nn.Sigmoid(), nn.Unflatten(1, output_shape)]
+        self.net = nn.Sequential(*layers)
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        return self.net(z)  # (B, C, H, W)
+
+
+class ConvDiscriminator(nn.Module):
+    """A small version of Salimans et al.'s CIFAR-10 discriminator for 2 CPU cores: Gaussian
+    input noise, WN 3x3 convolutions with leaky ReLU, two stride-2 stages with dropout,
+    global mean pooling (any image size works), then WN dense to K logits."""
+
+    def __init__(self, channels: int, width: int, num_classes: int, input_noise: float, dropout: float):
+        super().__init__()
+        w1, w2 = width, 2 * width
+        act = lambda: nn.LeakyReLU(0.2)  # noqa: E731
+        self.body = nn.Sequential(
+            GaussianNoise(input_noise),
+            WNConv2d(channels, w1, 3, padding=1), act(),
+            WNConv2d(w1, w1, 3, stride=2, padding=1), act(),
+            nn.Dropout(dropout),
+            WNConv2d(w1, w2, 3, padding=1), act(),
+            WNConv2d(w2, w2, 3, stride=2, padding=1), act(),
+            nn.Dropout(dropout),
+            WNConv2d(w2, w2, 3, padding=0), act(),
+            WNConv2d(w2, w2, 1), act(),
+            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+        )
+        self.head = nn.Sequential(WNLinear(w2, num_classes))
+        self.feature_dim = w2
+
+    def forward(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        features = self.body(x)  # (B, D)
+        return self.head(features), features  # (B, K), (B, D)
+
+
+class ConvGenerator(nn.Module):
+    """z -> dense to (4w, H/4, W/4), batch norm, ReLU -> two stride-2 transposed convolutions
+    (the last weight-normed, sigmoid) -> resized to (H, W) when H or W is not a multiple of 4."""
+
+    def __init__(self, z_dim: int, width: int, output_shape: tuple[int, int, int]):
+        super().__init__()
+        c, h, w = output_shape
+        self.h0, self.w0 = math.ceil(h / 4), math.ceil(w / 4)
+        self.size = (h, w)
+        w4, w2 = 4 * width, 2 * width
+        self.fc = nn.Sequential(nn.Linear(z_dim, w4 * self.h0 * self.w0, bias=False), nn.BatchNorm1d(w4 * self.h0 * self.w0), nn.ReLU())
+        self.net = nn.Sequential(
+            nn.Unflatten(1, (w4, self.h0, self.w0)),
+            nn.ConvTranspose2d(w4, w2, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(w2), nn.ReLU(),
+            nn.ConvTranspose2d(w2, c, 4, stride=2, padding=1), nn.Sigmoid(),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        out = self.net(self.fc(z))  # (B, C, 4*h0, 4*w0)
+        if tuple(out.shape[-2:]) != self.size:
+            out = F.interpolate(out, size=self.size, mode="bilinear", align_corners=False)
+        return out  # (B, C, H, W)
+
+
+class _Classifier(nn.Module):
+    """Standalone export: (B, C, H, W) in [0, 1] -> (B, K) softmax over the real classes."""
+
+    def __init__(self, body: list[nn.Module], head: list[nn.Module]):
+        super().__init__()
+        self.net = nn.Sequential(*body, *head)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(x), dim=1)
+
+
+# -- the model ----------------------------------------------------------------------------------
+
+
+@dataclass
+class SSLGANConfig:
+    arch: str = "auto"  # "mlp" (1 channel, H*W <= 784), "conv" otherwise, or forced
+    z_dim: int = 100
+    d_hidden: tuple[int, ...] = (1000, 500, 250, 250, 250)  # Salimans et al.'s MNIST sizes
+    g_hidden: tuple[int, ...] = (500, 500)
+    input_noise: float = 0.3
+    hidden_noise: float = 0.5
+    conv_width: int = 32  # conv D: 32 and 64 channels; conv G: 128 and 64
+    conv_input_noise: float = 0.15
+    conv_dropout: float = 0.5
+    batch_size: int = 100  # labeled, unlabeled and generated images per step each
+    lr: float = 0.003
+    beta1: float = 0.5
+    unlabeled_weight: float = 0.5  # w in L_D = L_sup + w L_unsup (the authors' code)
+    lr_decay: float = 0.0  # decay lr linearly to 0 over this last fraction of the budget
+    progress_every_s: float = 0.5
+
+
+class SSLGAN(SSLModel):
+    name = "sslgan"
+    Config = SSLGANConfig
+
+    def build(self) -> None:
+        cfg = self.config
+        c, h, w = self.input_shape
+        arch = cfg.arch if cfg.arch != "auto" else ("mlp" if c == 1 and h * w <= 784 else "conv")
+        if arch not in ("mlp", "conv"):
+            raise ValueError(f"Unknown GAN architecture {cfg.arch!r}; use 'auto', 'mlp' or 'conv'.")
+        self.arch = arch
+        if arch == "mlp":
+            disc = MLPDiscriminator(c * h * w, tuple(cfg.d_hidden), self.num_classes, cfg.input_noise, cfg.hidden_noise)
+            gen = MLPGenerator(cfg.z_dim, tuple(cfg.g_hidden), self.input_shape)
+        else:
+            disc = ConvDiscriminator(c, cfg.conv_width, self.num_classes, cfg.conv_input_noise, cfg.conv_dropout)
+            gen = ConvGenerator(cfg.z_dim, cfg.conv_width, self.input_shape)
+        self.modules = {"disc": disc.to(self.device), "gen": gen.to(self.device)}
+        self.opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+        self.opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+        self._fits = 0
+
+    @property
+    def disc(self) -> nn.Module:
+        return self.modules["disc"]
+
+    @property
+    def gen(self) -> nn.Module:
+        return self.modules["gen"]
+
+    def _z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        return torch.rand(n, self.config.z_dim, device=self.device, generator=generator)  # (n, Z)
+
+    # hooks the Bad GAN overrides
+    def extra_d_loss(self, logits_unl: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {}
+
+    def generator_loss(self, feat_real: torch.Tensor, feat_fake: torch.Tensor, x_real: torch.Tensor, x_fake: torch.Tensor) -> dict[str, torch.Tensor]:
+        return {"fm": feature_matching_loss(feat_real.detach(), feat_fake)}
+
+    def fit(self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None) -> dict[str, float]:
+        cfg = self.config
+        if len(x) == 0:
+            raise ValueError("There are no images to train on; add images to the project first.")
+        self._fits += 1
+        torch.manual_seed(self.seed * 1000 + self._fits)
+        rng = np.random.default_rng(self.seed * 1000 + self._fits)
+        xt = to_tensor(x, self.device)  # (N, C, H, W)
+        labeled_idx = np.asarray(labeled_idx, dtype=np.int64)
+        yt = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)  # (L,)
+        if len(yt) and (int(yt.min()) < 0 or int(yt.max()) >= self.num_classes):
+            raise ValueError(f"Labels must lie in 0..{self.num_classes - 1}; relabel the out-of-range images.")
+        x_lab = xt[torch.as_tensor(labeled_idx, device=self.device)] if len(labeled_idx) else None
+        n, bs = len(x), cfg.batch_size
+        disc, gen = self.disc, self.gen
+        disc.train(), gen.train()
+
+        if not bool(disc.head[-1].initialized):
+            init_rows = torch.as_tensor(rng.choice(n, size=min(n, 500), replace=False), device=self.device)
+            data_dependent_init(disc, xt[init_rows])
+            data_dependent_init(gen, self._z(max(bs, 2)))
+
+        lab_order = np.zeros(0, dtype=np.int64)
+        losses: dict[str, float] = {}
+        step, last_report = 0, time.monotonic()
+        while not budget.done(step):
+            if cfg.lr_decay > 0:
+                factor = min(1.0, (1.0 - budget.fraction(step)) / cfg.lr_decay)
+                for opt in (self.opt_d, self.opt_g):
+                    for group in opt.param_groups:
+                        group["lr"] = cfg.lr * factor
+
+            # discriminator: labeled (repeated), unlabeled and generated batches
+            terms: dict[str, torch.Tensor] = {}
+            unl = xt[torch.as_tensor(rng.integers(0, n, bs), device=self.device)]  # (B, C, H, W)
+            with torch.no_grad():
+                fake = gen(self._z(bs))  # (B, C, H, W)
+            if x_lab is not None:
+                if len(lab_order) < bs:  # repeat the labeled set in shuffled passes
+                    reps = math.ceil(bs / len(labeled_idx)) + 1
+                    lab_order = np.concatenate([lab_order] + [rng.permutation(len(labeled_idx)) for _ in range(reps)])
+                pick, lab_order = lab_order[:bs], lab_order[bs:]
+                pick_t = torch.as_tensor(pick, device=self.device)
+                logits_all, _ = disc(torch.cat([x_lab[pick_t], unl, fake]))
+                logits_lab, logits_unl, logits_fake = logits_all.split(bs)  # (B, K) each
+                terms["sup"] = supervised_loss(logits_lab, yt[pick_t])
+            else:
+                logits_all, _ = disc(torch.cat([unl, fake]))
+                logits_unl, logits_fake = logits_all.split(bs)
+            terms["unsup"] = cfg.unlabeled_weight * unsupervised_loss(logits_unl, logits_fake)
+            terms.update(self.extra_d_loss(logits_unl))
+            loss_d = sum(terms.values())
+            self.opt_d.zero_grad(set_to_none=True)
+            loss_d.backward()
+            self.opt_d.step()
+
+            # generator: feature matching on a fresh unlabeled batch
+            unl2 = xt[torch.as_tensor(rng.integers(0, n, bs), device=self.device)]
+            fake = gen(self._z(bs))
+            _, feats = disc(torch.cat([unl2, fake]))
+            feat_real, feat_fake = feats.split(bs)  # (B, D) each
+            g_terms = self.generator_loss(feat_real, feat_fake, unl2, fake)
+            loss_g = sum(g_terms.values())
+            self.opt_g.zero_grad(set_to_none=True)
+            loss_g.backward()
+            self.opt_g.step()
+            step += 1
+
+            if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
+                raise RuntimeError(
+                    f"training diverged: the GAN loss became {loss_d.item()} / {loss_g.item()} at step {step}; "
+                    "lower the learning rate or retrain from scratch."
+                )
+            now = time.monotonic()
+            if progress is not None and now - last_report >= cfg.progress_every_s:
+                last_report = now
+                losses = {k: float(v.detach()) for k, v in {**terms, **g_terms}.items()}
+                if progress(Progress(step, budget.elapsed(), budget.fraction(step), losses)):
+                    raise TrainingCancelled()
+        if step:
+            losses = {k: float(v.detach()) for k, v in {**terms, **g_terms}.items()}
+        losses["steps"] = float(step)
+        disc.eval(), gen.eval()
+        return losses
+
+    # -- inference ----------------------------------------------------------------------------
+
+    def _logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.disc(x)[0]
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        self.disc.eval()
+        return batched(lambda b: torch.softmax(self._logits(b), dim=1), x, self.device)
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        self.disc.eval()
+        return batched(lambda b: self.disc(b)[1], x, self.device)
+
+    def mc_proba(self, x: np.ndarray, samples: int = 8) -> np.ndarray:
+        """(S, N, K): S passes with the discriminator's noise (and dropout) switched on."""
+        torch.manual_seed(self.seed)
+        self.disc.train()
+        try:
+            out = np.stack([batched(lambda b: torch.softmax(self._logits(b), dim=1), x, self.device) for _ in range(samples)])
+        finally:
+            self.disc.eval()
+        return out
+
+    @torch.no_grad()
+    def sample_images(self, n_per_class: int = 8, seed: int = 0) -> np.ndarray:
+        self.gen.eval()
+        generator = torch.Generator(device=self.device).manual_seed(seed)
+        images = self.gen(self._z(n_per_class, generator))  # (n, C, H, W)
+        return images.cpu().numpy()[None]  # (1, n, C, H, W)
+
+    def classifier_module(self) -> nn.Module:
+        body = _export_layers(self.disc.body)
+        head = _export_layers(self.disc.head)
+        module = _Classifier(body, head).to(self.device).eval()
+        for p in module.parameters():
+            p.requires_grad_(False)
+        return module
+
+    def extra_state(self) -> dict:
+        return {"arch": self.arch}

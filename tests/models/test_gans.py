@@ -1,0 +1,154 @@
+"""Tests of the semi-supervised GANs (sslgan, badgan): smoke, save/load, loss terms, export."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from labeler.models import MODELS, Budget, TrainingCancelled, load_checkpoint, save_checkpoint
+from labeler.models.badgan import conditional_entropy, density_penalty, pull_away_term
+from labeler.models.sslgan import feature_matching_loss, supervised_loss, unsupervised_loss
+
+GANS = ["sslgan", "badgan"]
+SMALL_MLP = {"d_hidden": (32, 16), "g_hidden": (32,), "z_dim": 8, "batch_size": 16}
+SMALL_CONV = {"conv_width": 4, "z_dim": 8, "batch_size": 8}
+
+
+def tiny_data(shape=(1, 8, 8), n=40, k=3, seed=0):
+    rng = np.random.default_rng(seed)
+    x = rng.random((n, *shape), dtype=np.float32)
+    labeled_idx = np.arange(6)
+    labels = np.arange(6) % k
+    return x, labeled_idx, labels
+
+
+def make(name, shape=(1, 8, 8), k=3, **overrides):
+    cls = MODELS[name]
+    small = SMALL_MLP if shape[0] == 1 and shape[1] * shape[2] <= 784 else SMALL_CONV
+    return cls(shape, k, config=cls.Config(**{**small, **overrides}), seed=0)
+
+
+@pytest.fixture(autouse=True)
+def one_thread():
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.mark.parametrize("name", GANS)
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 10, 10)])
+def test_smoke(name, shape):
+    x, idx, labels = tiny_data(shape)
+    model = make(name, shape)
+    reports = []
+    losses = model.fit(x, idx, labels, Budget(steps=5), progress=lambda p: reports.append(p))
+    assert losses["steps"] == 5
+    assert all(math.isfinite(v) for v in losses.values())
+    assert {"sup", "unsup", "fm"} <= set(losses)
+    proba = model.predict_proba(x)
+    assert proba.shape == (len(x), 3)
+    np.testing.assert_allclose(proba.sum(axis=1), 1.0, atol=1e-5)
+    assert model.embed(x).shape[0] == len(x)
+    mc = model.mc_proba(x[:7], samples=4)
+    assert mc.shape == (4, 7, 3)
+    assert not np.allclose(mc[0], mc[1]), "MC passes should differ: the noise is on"
+    images = model.sample_images(5)
+    assert images.shape == (1, 5, *shape)
+    assert images.min() >= 0 and images.max() <= 1
+
+
+@pytest.mark.parametrize("name", GANS)
+def test_no_labels_and_missing_classes(name):
+    x, _, _ = tiny_data()
+    model = make(name, k=4)
+    losses = model.fit(x, np.zeros(0, dtype=np.int64), np.zeros(0, dtype=np.int64), Budget(steps=3))
+    assert "sup" not in losses and math.isfinite(losses["unsup"])
+    # labels for classes 0 and 1 only out of 4
+    losses = model.fit(x, np.arange(4), np.array([0, 1, 0, 1]), Budget(steps=3))
+    assert math.isfinite(losses["sup"])
+
+
+def test_warm_start_continues_from_weights():
+    x, idx, labels = tiny_data()
+    model = make("sslgan")
+    model.fit(x, idx, labels, Budget(steps=3))
+    weights = model.disc.head[-1].v.detach().clone()
+    model.fit(x, idx, labels, Budget(steps=0))
+    torch.testing.assert_close(model.disc.head[-1].v, weights)  # no re-initialization
+    model.fit(x, idx, labels, Budget(steps=2))
+    assert not torch.equal(model.disc.head[-1].v, weights)
+
+
+def test_cancel_and_divergence():
+    x, idx, labels = tiny_data()
+    model = make("sslgan", progress_every_s=0.0)
+    with pytest.raises(TrainingCancelled):
+        model.fit(x, idx, labels, Budget(steps=50), progress=lambda p: True)
+    x_bad = x.copy()
+    x_bad[:] = np.nan
+    with pytest.raises(RuntimeError, match="training diverged"):
+        make("sslgan").fit(x_bad, idx, labels, Budget(steps=3))
+
+
+@pytest.mark.parametrize("name", GANS)
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 10, 10)])
+def test_save_load_round_trip(name, shape, tmp_path):
+    x, idx, labels = tiny_data(shape)
+    model = make(name, shape)
+    model.fit(x, idx, labels, Budget(steps=3))
+    path = save_checkpoint(model, tmp_path / "gan.pt")
+    loaded = load_checkpoint(path)  # uses weights_only=True
+    assert type(loaded) is type(model) and loaded.config == model.config
+    np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
+    np.testing.assert_array_equal(loaded.embed(x), model.embed(x))
+    np.testing.assert_array_equal(loaded.sample_images(4, seed=1), model.sample_images(4, seed=1))
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 10, 10)])
+def test_classifier_module_scripts_and_matches(shape):
+    x, idx, labels = tiny_data(shape)
+    model = make("badgan", shape)
+    model.fit(x, idx, labels, Budget(steps=3))
+    scripted = torch.jit.script(model.classifier_module())
+    out = scripted(torch.as_tensor(x)).numpy()
+    np.testing.assert_allclose(out, model.predict_proba(x), atol=1e-5)
+
+
+# -- loss terms against hand-computed values ----------------------------------------------------
+
+
+def test_discriminator_losses_by_hand():
+    logits = torch.tensor([[0.0, math.log(3.0)], [math.log(2.0), math.log(2.0)]])  # Z = 4, 4
+    labels = torch.tensor([1, 0])
+    # p(y|x): [1/4, 3/4] and [1/2, 1/2] -> CE = (-log 3/4 - log 1/2) / 2
+    expected_sup = (-math.log(0.75) - math.log(0.5)) / 2
+    assert supervised_loss(logits, labels).item() == pytest.approx(expected_sup, rel=1e-6)
+    # D(x) = Z / (Z + 1) = 4/5 for both real rows; a fake row with logits [0, 0]: Z = 2, D = 2/3
+    fake = torch.tensor([[0.0, 0.0]])
+    expected_unsup = -math.log(4 / 5) - math.log(1 - 2 / 3)
+    assert unsupervised_loss(logits, fake).item() == pytest.approx(expected_unsup, rel=1e-6)
+    # conditional entropy: H([1/4, 3/4]) and H([1/2, 1/2]) = log 2
+    h1 = -(0.25 * math.log(0.25) + 0.75 * math.log(0.75))
+    assert conditional_entropy(logits).item() == pytest.approx((h1 + math.log(2)) / 2, rel=1e-6)
+
+
+def test_generator_losses_by_hand():
+    real = torch.tensor([[1.0, 2.0], [3.0, 4.0]])  # mean (2, 3)
+    fake = torch.tensor([[0.0, 0.0], [2.0, 2.0]])  # mean (1, 1)
+    assert feature_matching_loss(real, fake).item() == pytest.approx((1 + 4) / 2)
+    # pull-away: cos between (1, 0) and (1, 1) = 1/sqrt 2, squared 1/2, two ordered pairs, / (2 * 3)
+    features = torch.tensor([[1.0, 0.0], [1.0, 1.0]])
+    assert pull_away_term(features).item() == pytest.approx(2 * 0.5 / 6, rel=1e-6)
+
+
+def test_density_penalty_pushes_fakes_away_from_data():
+    torch.manual_seed(0)
+    real = torch.rand(32, 16)
+    on_data = real[:8].clone() + 0.001 * torch.randn(8, 16)
+    far = torch.full((8, 16), 5.0)
+    assert density_penalty(on_data, real, 0.1).item() > 0
+    assert density_penalty(far, real, 0.1).item() == 0.0
