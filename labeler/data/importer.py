@@ -1,0 +1,433 @@
+"""Import the user's own images: a folder on the server, or a zip extracted safely first.
+
+Folder layout. Wrapper folders are looked through: while the folder holds exactly one
+sub-folder and nothing else (hidden files and `__MACOSX` aside), that sub-folder is the data
+root, so `photos.zip -> photos/cat/1.png` works like `cat/1.png`. Then:
+
+- every image inside a sub-folder of the data root (at any depth): the first-level folder
+  names are the classes (sorted) and the ground truth;
+- otherwise (images directly in the root): no classes are known, truth is -1, and the
+  caller may pass class names to use.
+
+Keys are paths relative to the data root, with "/" separators. Skipped paths are relative
+to the folder given. Symbolic links are never followed, hidden files and non-images are
+skipped, and files with the same bytes (sha256) are imported once; each skip has a reason.
+
+Working size: one channel when every image is gray (modes 1, L, LA, I, F, gray palettes),
+else three; `image_size` pixels square, by default 28 for gray and 32 for colour (the sizes
+of MNIST and CIFAR, which the models are tuned for). Images are letterboxed to it (see
+`labeler.data.images`).
+
+Zip: entries are checked before anything is written (count, total size, compression ratio,
+absolute or `..` paths, symbolic links, encryption), then written one by one with exclusive
+creation under the target folder, counting the bytes actually written. The extracted files
+stay as the originals of the imported images (`ImageSet.files`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+import shutil
+import stat
+import uuid
+import zipfile
+from collections.abc import Callable, Sequence
+from pathlib import Path
+
+import numpy as np
+
+from .base import DataError, ImageSet
+from .images import (
+    MAX_FILE_BYTES,
+    MAX_PIXELS,
+    ImageSkipped,
+    check_image,
+    check_image_size,
+    decode_image,
+    extension_reason,
+    file_size_reason,
+)
+
+Progress = Callable[[int, int], None]
+
+GRAY_SIZE, COLOUR_SIZE = 28, 32
+MAX_ZIP_BYTES = 2 * 2**30  # total uncompressed size
+MAX_ZIP_ENTRIES = 100_000
+MAX_ZIP_RATIO = 1000  # uncompressed / compressed, for entries over 1 MiB
+_RATIO_MIN_BYTES = 2**20
+
+SYMLINK = "symbolic link"
+
+
+def import_folder(
+    path: str | Path,
+    image_size: int | None = None,
+    classes: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    max_pixels: int = MAX_PIXELS,
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> ImageSet:
+    """Import the images in folder `path` (see the module docstring for layout and size).
+
+    classes: class names to use. For a flat folder they become the project's classes (truth
+    stays -1); for class sub-folders they fix the class order and must name every sub-folder.
+    progress: called as progress(done, total) while images are decoded.
+    Raises DataError when the folder is missing or no image in it can be imported.
+    """
+    return _import_tree(Path(path), str(path), image_size, classes, progress, max_pixels, max_file_bytes, [])
+
+
+def import_zip(
+    path: str | Path,
+    target: str | Path | None = None,
+    image_size: int | None = None,
+    classes: Sequence[str] | None = None,
+    progress: Progress | None = None,
+    max_total_bytes: int = MAX_ZIP_BYTES,
+    max_entries: int = MAX_ZIP_ENTRIES,
+    max_ratio: float = MAX_ZIP_RATIO,
+    max_pixels: int = MAX_PIXELS,
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> ImageSet:
+    """Extract zip `path` safely into `target`, then import that folder like `import_folder`.
+
+    target: an empty or new folder; by default a new `<data dir>/imports/<zip name>-<random>`.
+    The extracted images stay there: they are `ImageSet.files`. On a DataError the folder
+    is removed again when this call created it.
+    """
+    if target is None:
+        from labeler.config import data_dir
+
+        stem = re.sub(r"[^A-Za-z0-9_-]+", "_", Path(path).stem)[:40] or "upload"
+        target = data_dir() / "imports" / f"{stem}-{uuid.uuid4().hex[:8]}"
+    target = Path(target)
+    created = not target.exists()
+    try:
+        skipped = extract_zip(path, target, max_total_bytes, max_entries, max_ratio, max_file_bytes)
+        return _import_tree(target, str(path), image_size, classes, progress, max_pixels, max_file_bytes, skipped)
+    except BaseException:
+        if created:
+            shutil.rmtree(target, ignore_errors=True)
+        raise
+
+
+def extract_zip(
+    path: str | Path,
+    target: str | Path,
+    max_total_bytes: int = MAX_ZIP_BYTES,
+    max_entries: int = MAX_ZIP_ENTRIES,
+    max_ratio: float = MAX_ZIP_RATIO,
+    max_file_bytes: int = MAX_FILE_BYTES,
+) -> list[tuple[str, str]]:
+    """Extract the image entries of zip `path` into `target`; return (entry, reason) of the rest.
+
+    Never writes outside `target`. Raises DataError for a file that is not a readable zip,
+    a zip with more than `max_entries` entries or more than `max_total_bytes` uncompressed
+    (a zip bomb), or a `target` that is not an empty folder.
+    """
+    path, target = Path(path), Path(target)
+    if not path.is_file():
+        raise DataError(f"The zip file {path} does not exist; check the path or upload it again.")
+    try:
+        archive = zipfile.ZipFile(path)
+    except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as error:
+        raise DataError(f"{path.name} is not a readable zip file ({error}); create the zip again and retry.") from None
+    with archive:
+        infos = archive.infolist()
+        if len(infos) > max_entries:
+            raise DataError(
+                f"{path.name} has {len(infos)} entries, more than the limit of {max_entries}; split it into smaller zips."
+            )
+        declared = sum(info.file_size for info in infos)
+        if declared > max_total_bytes:
+            raise DataError(
+                f"{path.name} would unpack to {declared / 2**30:.2f} GiB, more than the limit of "
+                f"{max_total_bytes / 2**30:.2f} GiB; split it into smaller zips."
+            )
+        if target.exists() and (not target.is_dir() or any(target.iterdir())):
+            raise DataError(f"The import folder {target} is not empty; choose a new folder.")
+        target.mkdir(parents=True, exist_ok=True)
+        root = target.resolve()
+        skipped: list[tuple[str, str]] = []
+        written = 0
+        for info in infos:
+            parts, reason = _entry_parts(info, max_ratio, max_file_bytes)
+            if reason:
+                skipped.append((info.filename, reason))
+                continue
+            if not parts:  # a folder entry: folders are made as files need them
+                continue
+            dest = root.joinpath(*parts)
+            if not dest.resolve().is_relative_to(root):
+                skipped.append((info.filename, "path leaves the zip's folder"))
+                continue
+            try:
+                written += _extract_entry(archive, info, dest, max_total_bytes - written)
+            except _EntrySkipped as error:
+                skipped.append((info.filename, str(error)))
+            except _TooLarge:
+                raise DataError(
+                    f"{path.name} unpacks to more than {max_total_bytes / 2**30:.2f} GiB; split it into smaller zips."
+                ) from None
+        return skipped
+
+
+class _EntrySkipped(Exception):
+    pass
+
+
+class _TooLarge(Exception):
+    pass
+
+
+def _entry_parts(info: zipfile.ZipInfo, max_ratio: float, max_file_bytes: int) -> tuple[list[str], str | None]:
+    """The path parts of an entry to extract, or a reason to skip it ([] and None for folders)."""
+    name = info.filename
+    if "\0" in name:
+        return [], "invalid file name in zip"
+    normal = name.replace("\\", "/")
+    if normal.startswith("/") or re.match(r"^[A-Za-z]:", normal):
+        return [], "absolute path in zip"
+    parts = [part for part in normal.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        return [], "path leaves the zip's folder (..)"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return [], SYMLINK
+    if info.is_dir() or not parts:
+        return [], None
+    if any(part.startswith(".") or part == "__MACOSX" for part in parts):
+        return [], "hidden file or macOS metadata"
+    reason = extension_reason(parts[-1])
+    if reason:
+        return [], reason
+    if info.flag_bits & 0x1:
+        return [], "encrypted (password-protected) entry"
+    reason = file_size_reason(info.file_size, max_file_bytes)
+    if reason:
+        return [], reason
+    if info.file_size > _RATIO_MIN_BYTES and info.file_size > max_ratio * max(info.compress_size, 1):
+        ratio = info.file_size / max(info.compress_size, 1)
+        return [], f"suspicious compression ratio ({ratio:.0f}:1; possible zip bomb)"
+    return parts, None
+
+
+def _extract_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, budget: int) -> int:
+    """Copy one entry to `dest` (which must not exist); return the bytes written."""
+    written = 0
+    try:
+        dest.parent.mkdir(parents=True, exist_ok=True)
+    except OSError as error:
+        raise _EntrySkipped(f"cannot write this entry ({error.strerror or error})") from None
+    try:
+        with archive.open(info) as source, open(dest, "xb") as out:
+            while chunk := source.read(2**20):
+                written += len(chunk)
+                if written > budget:
+                    raise _TooLarge
+                out.write(chunk)
+    except FileExistsError:
+        raise _EntrySkipped("duplicate entry in zip") from None
+    except _TooLarge:
+        dest.unlink(missing_ok=True)
+        raise
+    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, ValueError) as error:
+        dest.unlink(missing_ok=True)
+        raise _EntrySkipped(f"corrupt zip entry ({error})") from None
+    except OSError as error:
+        dest.unlink(missing_ok=True)
+        raise _EntrySkipped(f"cannot write this entry ({error.strerror or error})") from None
+    return written
+
+
+# ---------------------------------------------------------------------------------------
+# Folder import
+
+
+def _import_tree(
+    folder: Path,
+    label: str,
+    image_size: int | None,
+    classes: Sequence[str] | None,
+    progress: Progress | None,
+    max_pixels: int,
+    max_file_bytes: int,
+    skipped: list[tuple[str, str]],
+) -> ImageSet:
+    if not folder.is_dir():
+        raise DataError(f"The folder {folder} does not exist; check the path.")
+    if image_size is not None:
+        image_size = check_image_size(image_size)
+    if classes is not None:
+        classes = _check_classes(classes)
+    skipped = list(skipped)
+    data_root = _data_root(folder)
+    candidates = _scan(folder, data_root, max_file_bytes, skipped)
+
+    # Pass 1: bytes, digest, duplicates and the image header (cheap: no pixel decoding).
+    accepted = []  # (key, path, digest, grayscale)
+    first_key: dict[str, str] = {}
+    for key, path, shown in candidates:
+        try:
+            data = path.read_bytes()
+        except OSError as error:
+            skipped.append((shown, f"cannot read file ({error.strerror or error})"))
+            continue
+        digest = hashlib.sha256(data).hexdigest()
+        if digest in first_key:
+            skipped.append((shown, f"duplicate of {first_key[digest]}"))
+            continue
+        try:
+            info = check_image(data, path.name, max_pixels)
+        except ImageSkipped as error:
+            skipped.append((shown, error.reason))
+            continue
+        first_key[digest] = key
+        accepted.append((key, path, digest, info.grayscale, shown))
+
+    channels = 1 if accepted and all(gray for *_, gray, _ in accepted) else 3
+    size = image_size or (GRAY_SIZE if channels == 1 else COLOUR_SIZE)
+
+    # Pass 2: decode at the working size.
+    pixels = np.empty((len(accepted), channels, size, size), dtype=np.uint8)
+    kept = []
+    if progress is not None:
+        progress(0, len(accepted))
+    for done, (key, path, digest, _, shown) in enumerate(accepted, 1):
+        try:
+            pixels[len(kept)] = decode_image(path.read_bytes(), size, channels, max_pixels)
+            kept.append((key, path, digest))
+        except ImageSkipped as error:
+            skipped.append((shown, error.reason))
+        except OSError as error:
+            skipped.append((shown, f"cannot read file ({error.strerror or error})"))
+        if progress is not None:
+            progress(done, len(accepted))
+    if not kept:
+        raise DataError(_nothing_imported(label, skipped))
+    pixels = pixels[: len(kept)]
+
+    keys = [key for key, _, _ in kept]
+    found = [key.split("/")[0] for key in keys] if all("/" in key for key in keys) else None
+    if found is None:
+        class_names = list(classes or [])
+        truth = np.full(len(kept), -1, dtype=np.int64)
+    else:
+        class_names = list(classes) if classes is not None else sorted(set(found))
+        missing = sorted(set(found) - set(class_names))
+        if missing:
+            raise DataError(
+                f"The folders {', '.join(missing)} in {label} are not among the given classes; "
+                "add them to the class names or remove those folders."
+            )
+        index = {name: i for i, name in enumerate(class_names)}
+        truth = np.array([index[name] for name in found], dtype=np.int64)
+    return ImageSet(
+        pixels=pixels,
+        keys=keys,
+        sha256=[digest for _, _, digest in kept],
+        truth=truth,
+        splits=["pool"] * len(kept),
+        classes=class_names,
+        files=[str(path) for _, path, _ in kept],
+        skipped=skipped,
+    )
+
+
+def _check_classes(classes: Sequence[str]) -> list[str]:
+    names = [str(name).strip() for name in classes]
+    if not names or any(not name for name in names) or len(set(names)) != len(names):
+        raise DataError("Class names must be a non-empty list of different, non-blank names; fix the list.")
+    return names
+
+
+def _ignored(name: str) -> bool:
+    return name.startswith(".") or name == "__MACOSX"
+
+
+def _data_root(folder: Path) -> Path:
+    """Look through wrapper folders: descend while the only visible entry is a real folder."""
+    root = folder
+    for _ in range(32):
+        try:
+            entries = [entry for entry in os.scandir(root) if not _ignored(entry.name)]
+        except OSError:
+            break
+        if len(entries) != 1 or not entries[0].is_dir(follow_symlinks=False):
+            break
+        root = Path(entries[0].path)
+    return root
+
+
+def _scan(
+    folder: Path, data_root: Path, max_file_bytes: int, skipped: list[tuple[str, str]]
+) -> list[tuple[str, Path, str]]:
+    """Candidate image files as (key, path, shown path); other files are added to `skipped`."""
+    candidates = []
+
+    def shown(path: str) -> str:
+        return _printable(Path(os.path.relpath(path, folder)).as_posix())
+
+    def on_error(error: OSError) -> None:
+        skipped.append((shown(error.filename or str(folder)), f"cannot read folder ({error.strerror or error})"))
+
+    for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error, followlinks=False):
+        dirnames.sort()
+        for name in list(dirnames):
+            full = os.path.join(dirpath, name)
+            reason = None
+            if os.path.islink(full):
+                reason = SYMLINK
+            elif _ignored(name):
+                reason = "hidden folder or macOS metadata"
+            if reason:
+                dirnames.remove(name)
+                skipped.append((shown(full), reason))
+        for name in sorted(filenames):
+            full = os.path.join(dirpath, name)
+            rel = shown(full)
+            try:
+                info = os.lstat(full)
+            except OSError as error:
+                skipped.append((rel, f"cannot read file ({error.strerror or error})"))
+                continue
+            mode, size = info.st_mode, info.st_size
+            if stat.S_ISLNK(mode):
+                reason = SYMLINK
+            elif not stat.S_ISREG(mode):
+                reason = "not a regular file"
+            elif _ignored(name):
+                reason = "hidden file"
+            elif not _utf8(os.path.relpath(full, folder)):
+                reason = "file name is not valid UTF-8"
+            else:
+                reason = extension_reason(name) or file_size_reason(size, max_file_bytes)
+            if reason:
+                skipped.append((rel, reason))
+                continue
+            key = Path(os.path.relpath(full, data_root)).as_posix()
+            candidates.append((key, Path(full), rel))
+    return candidates
+
+
+def _utf8(text: str) -> bool:
+    try:
+        text.encode("utf-8")
+    except UnicodeEncodeError:  # undecodable bytes in a file name become lone surrogates
+        return False
+    return True
+
+
+def _printable(text: str) -> str:
+    return text.encode("utf-8", "backslashreplace").decode("utf-8")
+
+
+def _nothing_imported(label: str, skipped: list[tuple[str, str]]) -> str:
+    if not skipped:
+        return f"{label} holds no images; add PNG, JPEG, GIF, WebP, BMP or TIFF files (in class sub-folders if known)."
+    examples = "; ".join(f"{path}: {reason}" for path, reason in skipped[:3])
+    return (
+        f"No image in {label} could be imported ({len(skipped)} files skipped, e.g. {examples}); "
+        "add PNG, JPEG, GIF, WebP, BMP or TIFF files."
+    )
