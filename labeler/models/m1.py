@@ -1,0 +1,209 @@
+"""M1: a VAE on all images, then a linear classifier on the posterior means.
+
+Kingma, Rezende, Mohamed, Welling (2014), "Semi-supervised learning with deep generative
+models", NeurIPS, model M1 ("latent-feature discriminative model").
+
+Generative story and inference model:
+
+    p(z) = N(0, I),   p(x | z) = Bernoulli(x | sigmoid(f_theta(z)))          (x in [0, 1])
+    q(z | x) = N(z | mu_phi(x), diag(sigma_phi(x)^2))
+
+Training maximises the ELBO on every image of the pool, labeled or not:
+
+    ELBO(x) = E_q(z|x)[log p(x | z)] - KL(q(z|x) || p(z))
+
+The classifier is multinomial logistic regression on the standardised means mu_phi(x) of
+the labeled images (the paper uses a transductive SVM; logistic regression gives
+probabilities directly and is fast). Its coefficients live in a torch Linear layer, so the
+checkpoint and the exported classifier hold no scikit-learn objects.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from . import nets
+from .base import Budget, ProgressFn, SSLModel, batched
+
+ABSENT_LOGIT = -30.0  # bias of classes without any label: never predicted
+
+
+@dataclass
+class M1Config:
+    latent_dim: int = 50
+    hidden: list[int] = field(default_factory=lambda: [500, 500])
+    batch_size: int = 100
+    lr: float = 1e-3
+    # Inverse L2 strength of the logistic regression on standardised means.
+    head_c: float = 1.0
+
+
+class VAE(nn.Module):
+    """x (B, C, H, W) -> q(z|x); z (B, D) -> Bernoulli logits of p(x|z) (B, C, H, W)."""
+
+    def __init__(self, input_shape, latent_dim: int, hidden):
+        super().__init__()
+        self.features, width = nets.features(input_shape, hidden)
+        self.q_z = nets.GaussianHead(width, latent_dim)
+        self.decoder = nets.image_decoder(latent_dim, input_shape, hidden)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.q_z(self.features(x))
+
+    def elbo(self, x: torch.Tensor) -> torch.Tensor:
+        """(B, C, H, W) -> (B,) single-sample ELBO."""
+        mu, logvar = self.encode(x)  # (B, D)
+        z = nets.reparameterize(mu, logvar)
+        return nets.bernoulli_log_prob(self.decoder(z), x) - nets.kl_std_normal(mu, logvar)
+
+
+def train_vae(
+    vae: VAE,
+    pool: torch.Tensor,
+    budget: Budget,
+    ticker: nets.Ticker,
+    rng: np.random.Generator,
+    batch_size: int,
+    lr: float,
+    step0: int = 0,
+) -> tuple[int, float]:
+    """Maximise the mean ELBO over random batches of `pool` until `budget` ends; return (steps, last loss)."""
+    vae.train()
+    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    stream = nets.batches(np.arange(len(pool)), batch_size, rng)
+    step, value = 0, float("nan")
+    while not budget.done(step):
+        xb = pool[torch.as_tensor(next(stream), device=pool.device)]
+        loss = -vae.elbo(xb).mean()
+        nets.check_finite(loss, step0 + step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        value = loss.item()
+        ticker.tick(step0 + step, {"neg_elbo": value})
+    vae.eval()
+    return step, value
+
+
+def fit_linear_head(z: np.ndarray, labels: np.ndarray, num_classes: int, c: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """Logistic regression on standardised `z` (N, D), folded into raw-feature weights (K, D), bias (K,)."""
+    from sklearn.linear_model import LogisticRegression
+
+    d = z.shape[1]
+    weight = np.zeros((num_classes, d), dtype=np.float32)
+    bias = np.full((num_classes,), ABSENT_LOGIT, dtype=np.float32)
+    present = np.unique(labels)
+    if len(present) == 1:  # one class seen: it is the only answer the labels support
+        bias[present[0]] = 0.0
+        return weight, bias
+    mean, std = z.mean(0), z.std(0) + 1e-6
+    clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
+    clf.fit((z - mean) / std, labels)
+    coef = clf.coef_ if len(present) > 2 else np.concatenate([-clf.coef_, clf.coef_]) / 2
+    icpt = clf.intercept_ if len(present) > 2 else np.concatenate([-clf.intercept_, clf.intercept_]) / 2
+    w = coef / std  # logits = ((z - mean) / std) W^T + b = z (W / std)^T + (b - (mean / std) W^T)
+    weight[clf.classes_] = w
+    bias[clf.classes_] = icpt - w @ mean
+    return weight, bias
+
+
+class _EncoderHead(nn.Module):
+    """(B, C, H, W) -> (B, K) probabilities: VAE features, posterior mean, linear head, softmax."""
+
+    def __init__(self, features: nn.Module, q_z: nets.GaussianHead, head: nn.Linear):
+        super().__init__()
+        self.features, self.q_mu, self.head = features, q_z.mu, head
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.head(self.q_mu(self.features(x))), dim=1)
+
+
+class M1(SSLModel):
+    name = "m1"
+    Config = M1Config
+
+    def build(self) -> None:
+        cfg = self.config
+        self.modules = {"vae": VAE(self.input_shape, cfg.latent_dim, cfg.hidden).to(self.device)}
+        self.modules["vae"].eval()
+        self.head = nn.Linear(cfg.latent_dim, self.num_classes).to(self.device)
+        self.has_head = False
+        self.fits = 0
+
+    def fit(self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None) -> dict[str, float]:
+        labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
+        rng = np.random.default_rng(self.seed + 1000 * self.fits)
+        self.fits += 1
+        ticker = nets.Ticker(progress, budget)
+        pool = nets.pool_tensor(x, self.device)
+        steps, loss = train_vae(self.modules["vae"], pool, budget, ticker, rng, self.config.batch_size, self.config.lr)
+        self._fit_head(x, labeled_idx, labels)
+        ticker.tick(steps, {"neg_elbo": loss}, force=True)
+        return {"neg_elbo": loss}
+
+    def _fit_head(self, x: np.ndarray, labeled_idx: np.ndarray, labels: np.ndarray) -> None:
+        if len(labeled_idx) == 0:
+            self.has_head = False
+            return
+        z = self.embed(x[labeled_idx])
+        weight, bias = fit_linear_head(z, labels, self.num_classes, self.config.head_c, self.seed)
+        with torch.no_grad():
+            self.head.weight.copy_(torch.from_numpy(weight))
+            self.head.bias.copy_(torch.from_numpy(bias))
+        self.has_head = True
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        vae = self.modules["vae"].eval()
+        return batched(lambda xb: vae.encode(xb)[0], x, self.device)
+
+    def classifier_module(self) -> nn.Module:
+        import copy
+
+        if not self.has_head:
+            return nets.Uniform(self.num_classes)
+        vae = copy.deepcopy(self.modules["vae"]).cpu().eval()
+        return _EncoderHead(vae.features, vae.q_z, copy.deepcopy(self.head).cpu()).eval()
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if not self.has_head:
+            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
+        vae = self.modules["vae"].eval()
+        return batched(lambda xb: torch.softmax(self.head(vae.encode(xb)[0]), 1), x, self.device)
+
+    def mc_proba(self, x: np.ndarray, samples: int = 8) -> np.ndarray:
+        """(S, N, K): the linear head on S samples z ~ q(z|x)."""
+        if not self.has_head:
+            return super().mc_proba(x, samples)
+        vae = self.modules["vae"].eval()
+
+        def one(xb: torch.Tensor) -> torch.Tensor:
+            mu, logvar = vae.encode(xb)
+            z = nets.reparameterize(mu.expand(samples, *mu.shape), logvar.expand(samples, *logvar.shape))
+            return torch.softmax(self.head(z), -1).transpose(0, 1)  # (B, S, K)
+
+        return batched(one, x, self.device).transpose(1, 0, 2)
+
+    @torch.no_grad()
+    def sample_images(self, n_per_class: int = 8, seed: int = 0) -> np.ndarray | None:
+        vae = self.modules["vae"].eval()
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(n_per_class, self.config.latent_dim, generator=gen).to(self.device)
+        return torch.sigmoid(vae.decoder(z)).cpu().numpy()[None]  # (1, n, C, H, W)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"head_weight": self.head.weight.detach().cpu(), "head_bias": self.head.bias.detach().cpu(),
+                "has_head": self.has_head, "fits": self.fits}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        if "head_weight" in state:
+            with torch.no_grad():
+                self.head.weight.copy_(state["head_weight"])
+                self.head.bias.copy_(state["head_bias"])
+        self.has_head = bool(state.get("has_head", False))
+        self.fits = int(state.get("fits", 0))

@@ -1,0 +1,256 @@
+"""M2: the class label as a partly observed latent variable of a conditional VAE.
+
+Kingma, Rezende, Mohamed, Welling (2014), "Semi-supervised learning with deep generative
+models", NeurIPS, model M2 ("generative semi-supervised model").
+
+Generative story:
+
+    p(y) = Cat(1/K),   p(z) = N(0, I),   p(x | y, z) = Bernoulli(sigmoid(f_theta(y, z)))
+
+Inference model: the classifier q(y | x) = Cat(pi_phi(x)) and q(z | x, y) = N(mu_phi(x, y),
+diag sigma_phi(x, y)^2). For a labeled pair the bound is
+
+    -L(x, y) = E_q(z|x,y)[log p(x | y, z) + log p(y)] - KL(q(z|x,y) || p(z)),
+
+for an unlabeled image y is summed out under the classifier:
+
+    -U(x) = sum_y q(y|x) (-L(x, y)) + H(q(y|x)),
+
+and the classifier also gets the labeled log-likelihood with weight alpha:
+
+    J = sum_labeled L(x, y) + sum_unlabeled U(x) + alpha * sum_labeled -log q(y|x),  alpha = 0.1 N.
+
+Minibatches: each step draws a labeled batch and an unlabeled batch (balanced, so the few labels
+are seen every step) and estimates J / N without bias:
+
+    J / N ~ (N_l / N) mean_l L + (N_u / N) mean_u U + alpha (N_l / N) mean_l -log q(y|x),
+
+so with alpha = 0.1 N the classification term weighs 0.1 N_l per datum, as in the paper.
+
+The same network also serves the stacked model M1+M2 (m1m2.py) with a Gaussian p(x | y, z)
+on M1's latent codes instead of a Bernoulli on pixels.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import nets
+from .base import Budget, ProgressFn, SSLModel, batched
+
+
+@dataclass
+class M2Config:
+    latent_dim: int = 50
+    hidden: list[int] = field(default_factory=lambda: [500])
+    labeled_batch: int = 100
+    unlabeled_batch: int = 100
+    lr: float = 1e-3
+    alpha_scale: float = 0.1  # alpha = alpha_scale * N (the paper: 0.1 N)
+    warmup_steps: int = 0  # KL weight rises linearly from 0 to 1 over these steps (0: off)
+
+
+class M2Net(nn.Module):
+    """q(y|x), q(z|x,y) and p(x|y,z) for images (Bernoulli) or vectors (Gaussian, for M1+M2).
+
+    The image features h(x) are shared by q(z|x,y) across the K labels, so summing out y costs
+    one encoder pass per image, K decoder passes.
+    """
+
+    def __init__(self, input_shape: Sequence[int], num_classes: int, latent_dim: int, hidden: Sequence[int]):
+        super().__init__()
+        self.k = num_classes
+        self.vector = len(input_shape) == 1
+        if self.vector:
+            d = int(input_shape[0])
+            self.cls_features = mlp_features(d, hidden)
+            self.enc_features = mlp_features(d, hidden)
+            self.decoder = nn.Sequential(nets.mlp([latent_dim + num_classes, *reversed(hidden)], last_activation=True),
+                                         nets.GaussianHead(hidden[0], d))
+        else:
+            self.cls_features, _ = nets.features(input_shape, hidden)
+            self.enc_features, _ = nets.features(input_shape, hidden)
+            self.decoder = nets.image_decoder(latent_dim + num_classes, input_shape, hidden)
+        width = hidden[-1]
+        self.cls_out = nn.Linear(width, num_classes)
+        self.q_z = nn.Sequential(nets.mlp([width + num_classes, width], last_activation=True), nets.GaussianHead(width, latent_dim))
+
+    def logits(self, x: torch.Tensor) -> torch.Tensor:
+        return self.cls_out(self.cls_features(x))  # (B, K)
+
+    def log_lik(self, x: torch.Tensor, out) -> torch.Tensor:
+        if self.vector:
+            mu, logvar = out
+            return nets.gaussian_log_prob(x, mu, logvar)
+        return nets.bernoulli_log_prob(out, x)
+
+    def neg_elbo(self, x: torch.Tensor, h: torch.Tensor, y: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+        """L(x, y) for rows x (B, ...), their encoder features h (B, F) and one-hot labels y (B, K) -> (B,)."""
+        mu, logvar = self.q_z(torch.cat([h, y], 1))  # (B, D)
+        z = nets.reparameterize(mu, logvar)
+        out = self.decoder(torch.cat([z, y], 1))
+        return -(self.log_lik(x, out) - kl_weight * nets.kl_std_normal(mu, logvar) - math.log(self.k))
+
+
+def mlp_features(d: int, hidden: Sequence[int]) -> nn.Module:
+    return nets.mlp([d, *hidden], last_activation=True)
+
+
+def unlabeled_bound(neg_elbo_per_class: torch.Tensor, logits: torch.Tensor) -> torch.Tensor:
+    """U(x) = sum_y q(y|x) L(x, y) - H(q(y|x)) from L (B, K) and classifier logits (B, K) -> (B,)."""
+    log_q = F.log_softmax(logits, 1)  # (B, K)
+    q = log_q.exp()
+    return (q * (neg_elbo_per_class + log_q)).sum(1)
+
+
+def m2_loss(
+    net: M2Net,
+    xl: torch.Tensor,
+    yl: torch.Tensor,
+    xu: torch.Tensor,
+    n_labeled: int,
+    n_unlabeled: int,
+    alpha: float,
+    kl_weight: float = 1.0,
+) -> tuple[torch.Tensor, dict[str, float]]:
+    """The minibatch estimate of J / N (module docstring); xl (Bl, ...), yl (Bl,) int, xu (Bu, ...)."""
+    bl, bu, k = len(xl), len(xu), net.k
+    n = n_labeled + n_unlabeled
+    x = torch.cat([xl, xu])  # one pass, so batch norm sees labeled and unlabeled rows together
+    logits = net.logits(x)  # (Bl + Bu, K)
+    h = net.enc_features(x)  # (Bl + Bu, F)
+    eye = torch.eye(k, device=x.device)
+    rows_x = torch.cat([xl, xu.repeat_interleave(k, 0)])  # (Bl + Bu K, ...)
+    rows_h = torch.cat([h[:bl], h[bl:].repeat_interleave(k, 0)])
+    rows_y = torch.cat([eye[yl], eye.repeat(bu, 1)])  # (Bl + Bu K, K)
+    neg = net.neg_elbo(rows_x, rows_h, rows_y, kl_weight)
+    total = torch.zeros((), device=x.device)
+    parts: dict[str, float] = {}
+    if bl:
+        labeled = neg[:bl].mean()
+        ce = F.cross_entropy(logits[:bl], yl)
+        total = total + (n_labeled / n) * (labeled + alpha * ce)
+        parts.update(labeled_neg_elbo=labeled.item(), cross_entropy=ce.item())
+    if bu:
+        unlabeled = unlabeled_bound(neg[bl:].view(bu, k), logits[bl:]).mean()
+        total = total + (n_unlabeled / n) * unlabeled
+        parts["unlabeled_bound"] = unlabeled.item()
+    parts["loss"] = total.item()
+    return total, parts
+
+
+def train_m2(
+    net: M2Net,
+    draw: Callable[[np.ndarray], torch.Tensor],
+    labeled_idx: np.ndarray,
+    labels: np.ndarray,
+    unlabeled_idx: np.ndarray,
+    cfg: M2Config,
+    budget: Budget,
+    ticker: nets.Ticker,
+    rng: np.random.Generator,
+    device: torch.device,
+    step0: int = 0,
+) -> tuple[int, dict[str, float]]:
+    """Adam on `m2_loss` with a labeled and an unlabeled batch per step until `budget` ends.
+
+    `draw(idx)` returns the inputs of those pool rows (pixels, or sampled M1 codes).
+    """
+    n_l, n_u = len(labeled_idx), len(unlabeled_idx)
+    alpha = cfg.alpha_scale * (n_l + n_u)
+    net.train()
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    lab = nets.batches(np.arange(n_l), cfg.labeled_batch, rng) if n_l else None
+    unl = nets.batches(unlabeled_idx, cfg.unlabeled_batch, rng) if n_u else None
+    y_all = torch.as_tensor(labels, dtype=torch.long, device=device)
+    step, parts = 0, {}
+    while not budget.done(step):
+        empty = np.zeros(0, dtype=np.int64)
+        pick = next(lab) if lab else empty
+        ub = next(unl) if unl else empty
+        xl, yl = draw(labeled_idx[pick]), y_all[torch.as_tensor(pick, device=device)]
+        xu = draw(ub)
+        kl_weight = min(1.0, (step0 + step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        loss, parts = m2_loss(net, xl, yl, xu, n_l, n_u, alpha, kl_weight)
+        nets.check_finite(loss, step0 + step)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        step += 1
+        ticker.tick(step0 + step, parts)
+    net.eval()
+    return step, parts
+
+
+class M2(SSLModel):
+    name = "m2"
+    Config = M2Config
+    conditional_samples = True
+
+    def build(self) -> None:
+        cfg = self.config
+        self.modules = {"net": M2Net(self.input_shape, self.num_classes, cfg.latent_dim, cfg.hidden).to(self.device)}
+        self.modules["net"].eval()
+        self.labels_seen = 0
+        self.steps_done = 0
+
+    def fit(self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None) -> dict[str, float]:
+        labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
+        rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
+        unlabeled_idx = np.setdiff1d(np.arange(len(x)), labeled_idx)
+        pool = nets.pool_tensor(x, self.device)
+        ticker = nets.Ticker(progress, budget)
+        net = self.modules["net"]
+
+        def draw(idx: np.ndarray) -> torch.Tensor:
+            return pool[torch.as_tensor(idx, device=self.device)]
+
+        steps, parts = train_m2(net, draw, labeled_idx, labels, unlabeled_idx, self.config, budget, ticker, rng, self.device, self.steps_done)
+        self.steps_done += steps
+        self.labels_seen = len(labeled_idx)
+        ticker.tick(self.steps_done, parts, force=True)
+        return parts
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if self.labels_seen == 0:
+            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
+        net = self.modules["net"].eval()
+        return batched(lambda xb: torch.softmax(net.logits(xb), 1), x, self.device)
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """The classifier's last hidden layer (B, F): M2's z is class-free style, useless to plot by class."""
+        net = self.modules["net"].eval()
+        return batched(net.cls_features, x, self.device)
+
+    def classifier_module(self) -> nn.Module:
+        import copy
+
+        if self.labels_seen == 0:
+            return nets.Uniform(self.num_classes)
+        net = copy.deepcopy(self.modules["net"]).cpu().eval()
+        return nets.SoftmaxOf(nn.Sequential(net.cls_features, net.cls_out)).eval()
+
+    @torch.no_grad()
+    def sample_images(self, n_per_class: int = 8, seed: int = 0) -> np.ndarray | None:
+        net = self.modules["net"].eval()
+        k, d = self.num_classes, self.config.latent_dim
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(n_per_class, d, generator=gen).repeat(k, 1).to(self.device)  # same styles per class
+        y = torch.eye(k, device=self.device).repeat_interleave(n_per_class, 0)
+        img = torch.sigmoid(net.decoder(torch.cat([z, y], 1)))
+        return img.cpu().numpy().reshape(k, n_per_class, *self.input_shape)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"labels_seen": self.labels_seen, "steps_done": self.steps_done}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.labels_seen = int(state.get("labels_seen", 0))
+        self.steps_done = int(state.get("steps_done", 0))

@@ -1,0 +1,254 @@
+"""Shared building blocks for the model families: backbones, decoders, likelihoods, training helpers.
+
+Backbone choice (one rule for every model): images with one channel and at most 28x28 pixels
+get the MLP of the papers (Kingma et al. 2014 use one or two hidden layers of 500 units on
+flattened MNIST); anything else (colour, or larger than 28x28) gets a small convolutional
+encoder/decoder (three stride-2 convolutions), because an MLP on 3x32x32 pixels is slow and
+ignores locality.
+
+Likelihoods work on intensities in [0, 1]:
+
+    log p(x | logits) = sum_d  x_d log sigmoid(l_d) + (1 - x_d) log(1 - sigmoid(l_d))     (Bernoulli)
+    log N(x | mu, sigma^2) = -1/2 sum_d [ log 2 pi + log sigma_d^2 + (x_d - mu_d)^2 / sigma_d^2 ]
+    KL(N(mu, sigma^2) || N(0, I)) = -1/2 sum_d [ 1 + log sigma_d^2 - mu_d^2 - sigma_d^2 ]
+"""
+
+from __future__ import annotations
+
+import math
+import time
+from collections.abc import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from .base import Progress, ProgressFn, TrainingCancelled
+
+LOG_2PI = math.log(2 * math.pi)
+
+
+def use_conv(input_shape: Sequence[int]) -> bool:
+    """True when the image is colour or larger than 28x28 (see the module docstring)."""
+    c, h, w = input_shape
+    return not (c == 1 and h * w <= 28 * 28)
+
+
+def mlp(sizes: Sequence[int], batchnorm: bool = True, last_activation: bool = False) -> nn.Sequential:
+    """Linear layers between consecutive `sizes`, each hidden one followed by BatchNorm and ReLU."""
+    layers: list[nn.Module] = []
+    for i, (a, b) in enumerate(zip(sizes[:-1], sizes[1:])):
+        layers.append(nn.Linear(a, b))
+        if i < len(sizes) - 2 or last_activation:
+            if batchnorm:
+                layers.append(nn.BatchNorm1d(b))
+            layers.append(nn.ReLU())
+    return nn.Sequential(*layers)
+
+
+class ConvFeatures(nn.Module):
+    """(B, C, H, W) -> (B, out_dim): three stride-2 convolutions, then a linear layer."""
+
+    def __init__(self, input_shape: Sequence[int], out_dim: int, width: int = 32):
+        super().__init__()
+        c, h, w = input_shape
+        self.convs = nn.Sequential(
+            nn.Conv2d(c, width, 4, 2, 1), nn.BatchNorm2d(width), nn.LeakyReLU(0.2),
+            nn.Conv2d(width, 2 * width, 4, 2, 1), nn.BatchNorm2d(2 * width), nn.LeakyReLU(0.2),
+            nn.Conv2d(2 * width, 4 * width, 4, 2, 1), nn.BatchNorm2d(4 * width), nn.LeakyReLU(0.2),
+        )
+        with torch.no_grad():
+            flat = self.convs(torch.zeros(1, c, h, w)).numel()
+        self.head = nn.Sequential(nn.Flatten(), nn.Linear(flat, out_dim), nn.BatchNorm1d(out_dim), nn.ReLU())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.head(self.convs(x))
+
+
+class ConvImage(nn.Module):
+    """(B, in_dim) -> (B, C, H, W) logits: a linear layer to a small map, then transposed convolutions.
+
+    The map starts at ceil(H/8) x ceil(W/8) and is cropped to (H, W) at the end.
+    """
+
+    def __init__(self, in_dim: int, input_shape: Sequence[int], width: int = 32):
+        super().__init__()
+        c, h, w = input_shape
+        self.shape = (int(c), int(h), int(w))
+        self.h0, self.w0 = -(-h // 8), -(-w // 8)
+        self.width = width
+        self.fc = nn.Sequential(nn.Linear(in_dim, 4 * width * self.h0 * self.w0), nn.ReLU())
+        self.deconvs = nn.Sequential(
+            nn.ConvTranspose2d(4 * width, 2 * width, 4, 2, 1), nn.BatchNorm2d(2 * width), nn.ReLU(),
+            nn.ConvTranspose2d(2 * width, width, 4, 2, 1), nn.BatchNorm2d(width), nn.ReLU(),
+            nn.ConvTranspose2d(width, c, 4, 2, 1),
+        )
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        c, h, w = self.shape
+        out = self.deconvs(self.fc(z).view(-1, 4 * self.width, self.h0, self.w0))
+        return out[:, :, :h, :w]
+
+
+class MLPImage(nn.Module):
+    """(B, in_dim) -> (B, C, H, W) logits through an MLP."""
+
+    def __init__(self, in_dim: int, input_shape: Sequence[int], hidden: Sequence[int]):
+        super().__init__()
+        self.shape = tuple(int(s) for s in input_shape)
+        self.net = mlp([in_dim, *hidden, int(np.prod(self.shape))])
+
+    def forward(self, z: torch.Tensor) -> torch.Tensor:
+        c, h, w = self.shape
+        return self.net(z).view(-1, c, h, w)
+
+
+def features(input_shape: Sequence[int], hidden: Sequence[int]) -> tuple[nn.Module, int]:
+    """An image encoder (B, C, H, W) -> (B, F) and its F: MLP of `hidden` or ConvFeatures(hidden[-1])."""
+    if use_conv(input_shape):
+        return ConvFeatures(input_shape, hidden[-1]), hidden[-1]
+    d = int(np.prod(input_shape))
+    return nn.Sequential(nn.Flatten(), mlp([d, *hidden], last_activation=True)), hidden[-1]
+
+
+def image_decoder(in_dim: int, input_shape: Sequence[int], hidden: Sequence[int]) -> nn.Module:
+    """(B, in_dim) -> (B, C, H, W) Bernoulli logits, mirroring `features`."""
+    if use_conv(input_shape):
+        return ConvImage(in_dim, input_shape)
+    return MLPImage(in_dim, input_shape, list(reversed(hidden)))
+
+
+# -- likelihoods and divergences -------------------------------------------------------------
+
+
+def bernoulli_log_prob(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """(B, ...) logits and targets in [0, 1] -> (B,) log-likelihood summed over all but dim 0."""
+    return -F.binary_cross_entropy_with_logits(logits, x, reduction="none").flatten(1).sum(1)
+
+
+def gaussian_log_prob(x: torch.Tensor, mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """(B, D) -> (B,) log N(x | mu, exp(logvar)) summed over D."""
+    return -0.5 * (LOG_2PI + logvar + (x - mu).pow(2) * torch.exp(-logvar)).sum(1)
+
+
+def kl_std_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    """(B, D) -> (B,) KL(N(mu, exp(logvar)) || N(0, I))."""
+    return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
+
+
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
+    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+
+
+class GaussianHead(nn.Module):
+    """(B, F) -> mean and log-variance, each (B, D); the log-variance is clamped for stability."""
+
+    def __init__(self, in_dim: int, out_dim: int):
+        super().__init__()
+        self.mu = nn.Linear(in_dim, out_dim)
+        self.logvar = nn.Linear(in_dim, out_dim)
+
+    def forward(self, h: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.mu(h), self.logvar(h).clamp(-8.0, 8.0)
+
+
+# -- classifier export -----------------------------------------------------------------------
+
+
+class Uniform(nn.Module):
+    """(B, ...) -> (B, K) uniform probabilities: the honest answer of a model that saw no labels."""
+
+    def __init__(self, num_classes: int):
+        super().__init__()
+        self.num_classes = num_classes
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0], self.num_classes), 1.0 / self.num_classes, device=x.device)
+
+
+class SoftmaxOf(nn.Module):
+    """Wrap a logits network so it returns probabilities."""
+
+    def __init__(self, net: nn.Module):
+        super().__init__()
+        self.net = net
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.net(x), dim=1)
+
+
+# -- training helpers ------------------------------------------------------------------------
+
+
+class Ticker:
+    """Calls the progress callback about every `every_s` seconds and raises TrainingCancelled
+    when it returns True; also turns a non-finite loss into a clear error."""
+
+    def __init__(self, progress: ProgressFn | None, budget, every_s: float = 0.5):
+        self.progress, self.budget, self.every_s = progress, budget, every_s
+        self.last = -math.inf
+
+    def tick(self, step: int, losses: dict[str, float], force: bool = False) -> None:
+        if self.progress is None:
+            return
+        now = time.monotonic()
+        if force or now - self.last >= self.every_s:
+            self.last = now
+            report = Progress(step=step, seconds=self.budget.elapsed(), fraction=self.budget.fraction(step), losses=losses)
+            if self.progress(report):
+                raise TrainingCancelled()
+
+
+def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
+    if not torch.isfinite(loss):
+        raise RuntimeError(
+            f"training diverged: NaN {what} at step {step}; lower the learning rate or restart from the last good checkpoint."
+        )
+
+
+def batches(idx: np.ndarray, size: int, rng: np.random.Generator):
+    """An endless stream of index batches drawn from `idx`: shuffled epochs, no repeats within one."""
+    idx = np.asarray(idx)
+    size = max(1, min(size, len(idx)))
+    while True:
+        perm = rng.permutation(idx)
+        if len(perm) < size:  # fewer items than a batch: repeat them
+            perm = np.resize(perm, size)
+        for i in range(0, len(perm) - size + 1, size):
+            yield perm[i : i + size]
+
+
+def sub_budget(budget, fraction: float):
+    """A Budget taking `fraction` of the steps and of the seconds still left in `budget`."""
+    from .base import Budget
+
+    steps = None if budget.steps is None else max(1, int(budget.steps * fraction))
+    seconds = None if budget.seconds is None else max(0.0, budget.seconds - budget.elapsed()) * fraction
+    return Budget(steps=steps, seconds=seconds)
+
+
+def rest_budget(budget, steps_used: int):
+    """A Budget holding what is left of `budget` after `steps_used` steps and the time spent."""
+    from .base import Budget
+
+    steps = None if budget.steps is None else max(0, budget.steps - steps_used)
+    seconds = None if budget.seconds is None else max(0.0, budget.seconds - budget.elapsed())
+    return Budget(steps=steps, seconds=seconds)
+
+
+def pool_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
+    """The pool as one float32 tensor on `device` (no copy on the CPU)."""
+    return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)
+
+
+def check_labels(labeled_idx: np.ndarray, labels: np.ndarray, n: int, num_classes: int) -> tuple[np.ndarray, np.ndarray]:
+    labeled_idx = np.asarray(labeled_idx, dtype=np.int64).reshape(-1)
+    labels = np.asarray(labels, dtype=np.int64).reshape(-1)
+    if len(labeled_idx) != len(labels):
+        raise ValueError(f"{len(labeled_idx)} labeled indices but {len(labels)} labels; give one label per index.")
+    if len(labels) and (labels.min() < 0 or labels.max() >= num_classes):
+        raise ValueError(f"Labels must lie in 0..{num_classes - 1}; got {labels.min()}..{labels.max()}.")
+    if len(labeled_idx) and (labeled_idx.min() < 0 or labeled_idx.max() >= n):
+        raise ValueError(f"Labeled indices must lie in 0..{n - 1}.")
+    return labeled_idx, labels
