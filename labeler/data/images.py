@@ -36,7 +36,8 @@ _EXTENSION_FORMATS = {
     ".tif": {"TIFF"},
     ".tiff": {"TIFF"},
 }
-_PIL_FORMATS = sorted(set().union(*_EXTENSION_FORMATS.values()))
+# The decoders Pillow may try; MPO (multi-picture JPEG) comes out of the JPEG decoder.
+_PIL_FORMATS = ["PNG", "JPEG", "GIF", "WEBP", "BMP", "DIB", "TIFF"]
 
 MAX_PIXELS = 50_000_000  # 50 megapixels: more is refused as a possible decompression bomb
 MAX_FILE_BYTES = 256 * 2**20
@@ -117,9 +118,10 @@ def is_grayscale(img: Image.Image) -> bool:
     """True for gray modes, and for palette images whose palette is all gray."""
     if img.mode in _GRAY_MODES:
         return True
-    if img.mode in ("P", "PA"):
-        palette = img.getpalette() or []
-        return all(palette[i] == palette[i + 1] == palette[i + 2] for i in range(0, len(palette) - 2, 3))
+    if img.mode in ("P", "PA") and img.palette is not None and img.palette.mode in ("RGB", "RGBA"):
+        # img.palette, not getpalette(): the latter decodes the pixels, and this is a header check.
+        step, raw = len(img.palette.mode), bytes(img.palette.palette)
+        return all(raw[i] == raw[i + 1] == raw[i + 2] for i in range(0, len(raw) - 2, step))
     return False
 
 
