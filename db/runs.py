@@ -1,0 +1,216 @@
+"""Queries on training runs: the job queue, progress, metrics and predictions.
+
+Each function takes the session first and never commits: the caller owns the transaction.
+
+Queue rules: a project has at most one QUEUED run. Asking for another while one waits updates
+that one (it has not started, so the newest request wins) instead of stacking jobs, so there is
+at most one follow-up behind a RUNNING run.
+"""
+
+from __future__ import annotations
+
+from datetime import timedelta
+from typing import Any
+
+from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy.orm import Session
+
+from .models import (
+    CANCELLED,
+    DONE,
+    INTERRUPTED,
+    POOL,
+    QUEUED,
+    RUNNING,
+    Item,
+    LabelEvent,
+    Prediction,
+    Project,
+    Run,
+    RunMetric,
+    utcnow,
+)
+
+FINISHED_STATUSES = (DONE, "failed", CANCELLED, INTERRUPTED)
+
+
+def request_run(session: Session, project_id: int, model: str, settings: dict[str, Any] | None = None) -> Run:
+    """Queue a training run for the project, or return (updated) the one already queued."""
+    settings = dict(settings or {})
+    queued = session.scalars(
+        select(Run).where(Run.project_id == project_id, Run.status == QUEUED).order_by(Run.id).limit(1)
+    ).first()
+    if queued is not None:
+        queued.model = model
+        queued.settings = settings
+        queued.cancel_requested = False
+        session.flush()
+        return queued
+    run = Run(project_id=project_id, model=model, settings=settings, status=QUEUED)
+    session.add(run)
+    session.flush()
+    return run
+
+
+def claim_next_run(session: Session, worker_name: str) -> Run | None:
+    """Take the oldest QUEUED run (of any project) for this worker, or None.
+
+    The UPDATE only succeeds while the row is still QUEUED, so when two workers race for the
+    same run exactly one sees rowcount 1; the other moves on to the next candidate.
+    """
+    for _ in range(5):
+        run_id = session.scalar(select(Run.id).where(Run.status == QUEUED).order_by(Run.id).limit(1))
+        if run_id is None:
+            return None
+        now = utcnow()
+        result = session.execute(
+            update(Run)
+            .where(Run.id == run_id, Run.status == QUEUED)
+            .values(status=RUNNING, worker=worker_name, started_at=now, heartbeat_at=now, error=None)
+            .execution_options(synchronize_session=False)
+        )
+        if result.rowcount == 1:
+            run = session.get(Run, run_id)
+            session.refresh(run)
+            return run
+    return None
+
+
+def cancel_run(session: Session, run_id: int) -> Run | None:
+    """Cancel a queued run at once; ask a running one to stop (the worker honours it within a
+    second). Finished runs are left as they are."""
+    run = session.get(Run, run_id)
+    if run is None:
+        return None
+    if run.status == QUEUED:
+        run.status = CANCELLED
+        run.finished_at = utcnow()
+    elif run.status == RUNNING:
+        run.cancel_requested = True
+    session.flush()
+    return run
+
+
+def get_run(session: Session, run_id: int) -> Run | None:
+    return session.get(Run, run_id)
+
+
+def list_runs(session: Session, project_id: int) -> list[Run]:
+    """All runs of the project, newest first."""
+    return list(session.scalars(select(Run).where(Run.project_id == project_id).order_by(Run.id.desc())))
+
+
+def active_runs(session: Session, project_id: int | None = None) -> list[Run]:
+    """QUEUED and RUNNING runs (of one project, or all), oldest first."""
+    query = select(Run).where(Run.status.in_((QUEUED, RUNNING)))
+    if project_id is not None:
+        query = query.where(Run.project_id == project_id)
+    return list(session.scalars(query.order_by(Run.id)))
+
+
+def latest_done_run(session: Session, project_id: int, model: str | None = None) -> Run | None:
+    query = select(Run).where(Run.project_id == project_id, Run.status == DONE)
+    if model is not None:
+        query = query.where(Run.model == model)
+    return session.scalars(query.order_by(Run.finished_at.desc(), Run.id.desc()).limit(1)).first()
+
+
+def add_metrics(session: Session, run_id: int, step: int, seconds: float, values: dict[str, float]) -> None:
+    session.add_all(
+        RunMetric(run_id=run_id, step=int(step), seconds=float(seconds), name=str(name), value=float(value))
+        for name, value in values.items()
+    )
+
+
+def run_metrics(session: Session, run_id: int) -> list[RunMetric]:
+    """The loss curve points of a run, in the order they were written."""
+    return list(session.scalars(select(RunMetric).where(RunMetric.run_id == run_id).order_by(RunMetric.id)))
+
+
+def mark_interrupted(
+    session: Session, stale_after_s: float | None = 600.0, worker: str | None = None
+) -> list[int]:
+    """Mark RUNNING runs whose worker is gone as INTERRUPTED; return their ids.
+
+    A run counts as gone when its heartbeat is older than `stale_after_s` (None: every RUNNING
+    run), or when it belongs to `worker` (this worker restarting: whatever it was running died
+    with the previous process).
+    """
+    conditions = []
+    if stale_after_s is None:
+        conditions.append(Run.id.is_not(None))
+    else:
+        cutoff = utcnow() - timedelta(seconds=stale_after_s)
+        conditions.append(func.coalesce(Run.heartbeat_at, Run.started_at, Run.created_at) < cutoff)
+    if worker is not None:
+        conditions.append(Run.worker == worker)
+    runs = list(session.scalars(select(Run).where(Run.status == RUNNING, or_(*conditions))))
+    now = utcnow()
+    for run in runs:
+        run.status = INTERRUPTED
+        run.finished_at = now
+        run.error = run.error or "The worker stopped before this run finished; start training again."
+    session.flush()
+    return [run.id for run in runs]
+
+
+def pool_labels(session: Session, project_id: int) -> dict[int, int]:
+    """{item_id: class_index} of the current labels on pool items: what training may use.
+    Audit labels are left out (they measure accuracy), and test items are never labeled."""
+    newest = (
+        select(func.max(LabelEvent.id).label("event_id"))
+        .where(LabelEvent.project_id == project_id, LabelEvent.undone.is_(False))
+        .group_by(LabelEvent.item_id)
+        .subquery()
+    )
+    rows = session.execute(
+        select(LabelEvent.item_id, LabelEvent.class_index)
+        .join(newest, LabelEvent.id == newest.c.event_id)
+        .join(Item, Item.id == LabelEvent.item_id)
+        .where(Item.split == POOL)
+    )
+    return {item_id: class_index for item_id, class_index in rows}
+
+
+def should_auto_retrain(session: Session, project_id: int) -> bool:
+    """True when `auto_retrain_every` (project setting, default 10; 0 = off) new pool labels have
+    arrived since the newest run that started, and no run is already queued."""
+    project = session.get(Project, project_id)
+    if project is None:
+        return False
+    every = int((project.settings or {}).get("auto_retrain_every", 10) or 0)
+    if every <= 0:
+        return False
+    if session.scalar(select(Run.id).where(Run.project_id == project_id, Run.status == QUEUED).limit(1)):
+        return False
+    last = session.scalars(
+        select(Run)
+        .where(Run.project_id == project_id, Run.started_at.is_not(None))
+        .order_by(Run.started_at.desc(), Run.id.desc())
+        .limit(1)
+    ).first()
+    used = last.labels_used if last is not None else 0
+    return len(pool_labels(session, project_id)) - used >= every
+
+
+def predictions(session: Session, run_id: int) -> list[Prediction]:
+    """The run's prediction rows, by item id."""
+    return list(session.scalars(select(Prediction).where(Prediction.run_id == run_id).order_by(Prediction.item_id)))
+
+
+def predictions_frame(session: Session, run_id: int):
+    """The run's predictions joined with their items (row, key, split, truth) as a DataFrame."""
+    import pandas as pd
+
+    rows = session.execute(
+        select(
+            Item.id.label("item_id"), Item.row, Item.key, Item.split, Item.truth,
+            Prediction.predicted, Prediction.confidence, Prediction.entropy, Prediction.margin,
+            Prediction.score, Prediction.x, Prediction.y,
+        )
+        .join(Prediction, and_(Prediction.item_id == Item.id, Prediction.run_id == run_id))
+        .order_by(Item.row)
+    ).all()
+    columns = ["item_id", "row", "key", "split", "truth", "predicted", "confidence", "entropy", "margin",
+               "score", "x", "y"]
+    return pd.DataFrame([tuple(r) for r in rows], columns=columns)

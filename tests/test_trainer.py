@@ -1,0 +1,300 @@
+"""The background worker against a temporary SQLite database, with a tiny fake model."""
+
+from __future__ import annotations
+
+import threading
+import time
+from dataclasses import dataclass
+
+import numpy as np
+import pytest
+import torch
+from sqlalchemy import select, update
+
+import labeler.models as models_pkg
+from db import queries
+from db import runs as run_queries
+from db.models import AUDIT, CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, Item, LabelEvent, Prediction, Run
+from labeler import projects
+from labeler.models import Progress, SSLModel, TrainingCancelled
+from labeler.trainer import Worker
+from labeler.train import train_model
+
+from conftest import tiny_image_set
+
+
+@dataclass
+class FakeConfig:
+    lr: float = 0.5
+    explode: bool = False  # raise in fit: a model that fails
+    sleep_s: float = 0.0  # per step, to make runs slow enough to cancel
+
+
+class FakeModel(SSLModel):
+    """Softmax regression on the pixels; records concurrency to prove one run at a time."""
+
+    name = "fake"
+    Config = FakeConfig
+    active = 0
+    max_active = 0
+    fits = 0
+
+    def build(self):
+        d = int(np.prod(self.input_shape))
+        self.modules = {"linear": torch.nn.Linear(d, self.num_classes).to(self.device)}
+
+    def fit(self, x, labeled_idx, labels, budget, progress=None):
+        cls = type(self)
+        cls.active += 1
+        cls.max_active = max(cls.max_active, cls.active)
+        cls.fits += 1
+        try:
+            if self.config.explode:
+                raise RuntimeError("boom")
+            lin = self.modules["linear"]
+            opt = torch.optim.SGD(lin.parameters(), lr=self.config.lr)
+            xl = torch.as_tensor(x[labeled_idx].reshape(len(labeled_idx), -1))
+            yl = torch.as_tensor(labels)
+            step, loss = 0, torch.tensor(0.0)
+            while not budget.done(step):
+                loss = torch.nn.functional.cross_entropy(lin(xl), yl)
+                opt.zero_grad()
+                loss.backward()
+                opt.step()
+                step += 1
+                time.sleep(self.config.sleep_s)
+                if progress and progress(Progress(step, budget.elapsed(), budget.fraction(step), {"loss": float(loss.detach())})):
+                    raise TrainingCancelled()
+            return {"loss": float(loss.detach())}
+        finally:
+            cls.active -= 1
+
+    @torch.no_grad()
+    def predict_proba(self, x):
+        logits = self.modules["linear"](torch.as_tensor(x.reshape(len(x), -1), dtype=torch.float32))
+        return torch.softmax(logits, 1).numpy()
+
+    @torch.no_grad()
+    def embed(self, x):
+        return self.modules["linear"](torch.as_tensor(x.reshape(len(x), -1), dtype=torch.float32)).numpy()
+
+
+@pytest.fixture(autouse=True)
+def fake_registered(monkeypatch):
+    monkeypatch.setitem(models_pkg._ENTRIES, "fake", (FakeModel.__module__, "FakeModel", "fake"))
+    FakeModel.active = FakeModel.max_active = FakeModel.fits = 0
+
+
+@pytest.fixture
+def project(Session):
+    images = tiny_image_set(n=48, test=8)
+    project = projects.create_project(Session, "tiny", "test", images=images, audit_size=0)
+    with Session.begin() as session:
+        pool = queries.items(session, project.id, split="pool")
+        # Make 4 pool items audit items, label 2 of them, and label 10 pool items.
+        for item in pool[-4:]:
+            item.split = AUDIT
+        session.flush()
+        for item in pool[:10] + pool[-4:-2]:
+            queries.add_label(session, item, item.truth)
+    return project
+
+
+def queue(Session, project_id, **settings):
+    with Session.begin() as session:
+        return run_queries.request_run(session, project_id, "fake", {"steps": 20, **settings}).id
+
+
+def get_run(Session, run_id) -> Run:
+    with Session() as session:
+        return session.get(Run, run_id)
+
+
+def test_worker_runs_a_queued_run_to_done_with_predictions(Session, project):
+    run_id = queue(Session, project.id)
+    worker = Worker(Session, device="cpu", name="t", write_every_s=0.0)
+    assert worker.process_one() is True
+    run = get_run(Session, run_id)
+    assert run.status == DONE, run.error
+    assert run.labels_used == 10  # pool labels only: audit labels are not trained on
+    assert run.step == 20 and run.progress == 1.0
+    assert run.test_accuracy is not None and 0.0 <= run.test_accuracy <= 1.0
+    assert run.audit_n == 2 and run.audit_low <= run.audit_accuracy <= run.audit_high
+    assert projects.checkpoint_path(project.id, run_id).exists()
+    with Session() as session:
+        preds = run_queries.predictions(session, run_id)
+        assert len(preds) == queries.count_items(session, project.id)  # every split
+        assert len(run_queries.run_metrics(session, run_id)) >= 1
+        labeled = set(queries.current_labels(session, project.id))
+        splits = {i.id: i.split for i in queries.items(session, project.id)}
+        for p in preds:
+            assert 0.0 <= p.confidence <= 1.0 and np.isfinite([p.x, p.y, p.entropy]).all()
+            if p.item_id in labeled or splits[p.item_id] != "pool":
+                assert p.score < 0  # never offered first
+        # The queue offers unlabeled pool/audit items only, highest score first, never test.
+        offered = queries.next_items(session, project.id, k=100)
+        assert offered and all(i.id not in labeled and i.split != "test" for i, _ in offered)
+        scores = [p.score for _, p in offered]
+        assert scores == sorted(scores, reverse=True)
+    assert worker.process_one() is False  # queue empty
+
+
+def test_second_run_warm_starts_and_notes_a_bad_checkpoint(Session, project):
+    first = queue(Session, project.id)
+    worker = Worker(Session, device="cpu", name="t")
+    worker.process_one()
+    projects.checkpoint_path(project.id, first).write_bytes(b"not a checkpoint")
+    second = queue(Session, project.id)
+    worker.process_one()
+    run = get_run(Session, second)
+    assert run.status == DONE
+    assert any("scratch" in note for note in run.metrics["notes"])
+
+
+def test_cancel_stops_a_running_run(Session, project):
+    run_id = queue(Session, project.id, steps=None, budget_s=30, config={"sleep_s": 0.01})
+    worker = Worker(Session, device="cpu", name="t", write_every_s=0.05, poll_s=0.05).start()
+    try:
+        deadline = time.monotonic() + 10
+        while get_run(Session, run_id).status != RUNNING and time.monotonic() < deadline:
+            time.sleep(0.05)
+        with Session.begin() as session:
+            run_queries.cancel_run(session, run_id)
+        started = time.monotonic()
+        while get_run(Session, run_id).status == RUNNING and time.monotonic() - started < 10:
+            time.sleep(0.05)
+        assert get_run(Session, run_id).status == CANCELLED
+        assert time.monotonic() - started < 5
+    finally:
+        worker.stop()
+    with Session() as session:
+        assert run_queries.predictions(session, run_id) == []
+
+
+def test_cancel_of_a_queued_run_is_immediate(Session, project):
+    run_id = queue(Session, project.id)
+    with Session.begin() as session:
+        assert run_queries.cancel_run(session, run_id).status == CANCELLED
+    assert Worker(Session, device="cpu").process_one() is False
+
+
+def test_a_failing_run_is_failed_and_the_worker_goes_on(Session, project):
+    bad = queue(Session, project.id, config={"explode": True})
+    worker = Worker(Session, device="cpu", name="t")
+    worker.process_one()
+    run = get_run(Session, bad)
+    assert run.status == FAILED and "boom" in run.error
+    good = queue(Session, project.id)
+    worker.process_one()
+    assert get_run(Session, good).status == DONE
+
+
+def test_bad_settings_fail_with_a_readable_error(Session, project):
+    run_id = queue(Session, project.id, strategy="nonsense")
+    Worker(Session, device="cpu").process_one()
+    run = get_run(Session, run_id)
+    assert run.status == FAILED and "strategy" in run.error.lower()
+    run_id = queue(Session, project.id, config={"nosuch": 1})
+    Worker(Session, device="cpu").process_one()
+    assert "nosuch" in get_run(Session, run_id).error
+
+
+def test_never_two_runs_at_once(Session, project):
+    second = projects.create_project(Session, "tiny2", "test", images=tiny_image_set(n=20, seed=1), audit_size=0)
+    with Session.begin() as session:
+        for item in queries.items(session, second.id)[:4]:
+            queries.add_label(session, item, item.truth)
+    a = queue(Session, project.id, config={"sleep_s": 0.005})
+    b = queue(Session, second.id, config={"sleep_s": 0.005})
+    w1, w2 = Worker(Session, device="cpu", name="w1"), Worker(Session, device="cpu", name="w2")
+    threads = [threading.Thread(target=w.process_one) for w in (w1, w2)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join(30)
+    assert FakeModel.fits == 2 and FakeModel.max_active == 1
+    assert get_run(Session, a).status == get_run(Session, b).status == DONE
+
+
+def test_claim_is_exclusive(Session, project):
+    queue(Session, project.id)
+    with Session.begin() as s1:
+        assert run_queries.claim_next_run(s1, "a") is not None
+    with Session.begin() as s2:
+        assert run_queries.claim_next_run(s2, "b") is None
+
+
+def test_request_run_keeps_one_follow_up(Session, project):
+    with Session.begin() as session:
+        first = run_queries.request_run(session, project.id, "fake", {"steps": 1})
+        first.status = RUNNING
+        second = run_queries.request_run(session, project.id, "fake", {"steps": 2})
+        third = run_queries.request_run(session, project.id, "fake", {"steps": 3})
+        assert second.id == third.id != first.id and third.settings == {"steps": 3}
+        assert len(run_queries.active_runs(session, project.id)) == 2
+
+
+def test_mark_interrupted_at_start_up(Session, project):
+    run_id = queue(Session, project.id)
+    with Session.begin() as session:
+        run_queries.claim_next_run(session, "crashed")
+    # A fresh heartbeat from another worker is left alone; our own leftover is not.
+    with Session.begin() as session:
+        assert run_queries.mark_interrupted(session, stale_after_s=600, worker="someone-else") == []
+    worker = Worker(Session, device="cpu", name="crashed")
+    assert worker.recover() == [run_id]
+    assert get_run(Session, run_id).status == INTERRUPTED
+    # A stale heartbeat counts too, whoever owned the run.
+    other = queue(Session, project.id)
+    with Session.begin() as session:
+        run_queries.claim_next_run(session, "gone")
+        session.execute(update(Run).where(Run.id == other).values(heartbeat_at=None, started_at=None))
+    with Session.begin() as session:
+        assert run_queries.mark_interrupted(session, stale_after_s=None) == [other]
+
+
+def test_should_auto_retrain(Session, project):
+    with Session.begin() as session:
+        p = session.get(type(project), project.id)
+        p.settings = {**p.settings, "auto_retrain_every": 5}
+    with Session() as session:
+        assert run_queries.should_auto_retrain(session, project.id)  # 10 labels, no run yet
+    run_id = queue(Session, project.id)
+    with Session() as session:
+        assert not run_queries.should_auto_retrain(session, project.id)  # one is queued
+    Worker(Session, device="cpu").process_one()
+    with Session.begin() as session:
+        assert not run_queries.should_auto_retrain(session, project.id)
+        unlabeled = [i for i in queries.items(session, project.id, split="pool")
+                     if i.id not in queries.current_labels(session, project.id)]
+        for item in unlabeled[:5]:
+            queries.add_label(session, item, item.truth)
+    with Session() as session:
+        assert run_queries.should_auto_retrain(session, project.id)
+    assert get_run(Session, run_id).status == DONE
+
+
+def test_status_snapshot_and_thread(Session, project):
+    worker = Worker(Session, device="cpu", name="t", poll_s=0.05).start()
+    try:
+        assert worker.status()["alive"]
+        run_id = queue(Session, project.id)
+        worker.wake()
+        deadline = time.monotonic() + 20
+        while get_run(Session, run_id).status != DONE and time.monotonic() < deadline:
+            time.sleep(0.05)
+        assert get_run(Session, run_id).status == DONE
+        assert worker.status()["processed"] == 1
+    finally:
+        worker.stop()
+    assert not worker.status()["alive"]
+
+
+def test_train_model_rejects_no_labels_and_nan():
+    x = np.zeros((4, 1, 2, 2), dtype=np.float32)
+    with pytest.raises(ValueError, match="no labels"):
+        train_model("fake", x, [], [], 2, steps=1)
+    with pytest.raises(ValueError, match="Unknown model"):
+        train_model("nope", x, [0], [0], 2, steps=1)
+    model = train_model("fake", x, [0, 1], [0, 1], 2, steps=3)
+    assert model.predict_proba(x).shape == (4, 2)
