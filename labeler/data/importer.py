@@ -232,12 +232,12 @@ def _extract_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, 
     except _TooLarge:
         dest.unlink(missing_ok=True)
         raise
-    except (zipfile.BadZipFile, NotImplementedError, RuntimeError, EOFError, ValueError) as error:
-        dest.unlink(missing_ok=True)
-        raise _EntrySkipped(f"corrupt zip entry ({error})") from None
     except OSError as error:
         dest.unlink(missing_ok=True)
-        raise _EntrySkipped(f"cannot write this entry ({error.strerror or error})") from None
+        raise _EntrySkipped(f"cannot extract this entry ({error.strerror or error})") from None
+    except Exception as error:  # BadZipFile (CRC), zlib.error, NotImplementedError (method), EOFError ...
+        dest.unlink(missing_ok=True)
+        raise _EntrySkipped(f"corrupt zip entry ({error})") from None
     return written
 
 
