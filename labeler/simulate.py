@@ -1,0 +1,236 @@
+"""Headless active learning with an oracle: `python -m labeler simulate ...`.
+
+Purely in memory (no database): the data set's pool is the unlabeled pool, its test split the
+evaluation set, and an oracle answers every query with the ground truth. Each round trains the
+model within `budget_s` seconds (or `steps` steps), warm-starting from the previous round's
+model, measures test accuracy, and asks for `step` more labels chosen by the strategy, until
+`max_labels`. `step=0` is one round on the initial labels (what benchmarks use to compare
+models at a fixed number of labels).
+
+The initial labels are drawn at random, balanced over the classes (as in the semi-supervised
+literature's "100 labels" settings), never in file order. A data set without a test split
+(e.g. folder:PATH with class sub-folders) gets a stratified random 20 % of its pool held out.
+
+Output: one CSV row per round (labels, test_accuracy, seconds, ...) and, last on stdout, one
+JSON line for the final round, the shape benchmarks parse:
+{"dataset": ..., "model": ..., "strategy": ..., "labels": 100, "test_accuracy": 0.83, "seconds": 612.4}
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import sys
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .active import STRATEGIES, select_batch
+from .config import SettingError, default_device
+from .data.base import DataError, ImageSet
+
+CSV_FIELDS = ["labels", "test_accuracy", "seconds", "round", "train_seconds", "dataset", "model", "strategy", "seed"]
+CHUNK = 4096
+
+
+def balanced_initial(truth: np.ndarray, n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
+    """n random indices of `truth`, as close to n / K per class as the classes allow."""
+    n = min(int(n), len(truth))
+    by_class = [rng.permutation(np.flatnonzero(truth == k)) for k in range(num_classes)]
+    quota = np.full(num_classes, n // num_classes)
+    quota[rng.choice(num_classes, size=n % num_classes, replace=False)] += 1
+    picked = [members[:q] for members, q in zip(by_class, quota)]
+    chosen = np.concatenate(picked) if picked else np.zeros(0, dtype=np.int64)
+    if len(chosen) < n:  # a class had too few examples: fill at random from the rest
+        rest = np.setdiff1d(np.arange(len(truth)), chosen)
+        chosen = np.concatenate([chosen, rng.choice(rest, size=n - len(chosen), replace=False)])
+    return rng.permutation(chosen).astype(np.int64)
+
+
+def _split(images: ImageSet, seed: int, log: Callable[[str], None]) -> tuple[np.ndarray, np.ndarray]:
+    truth = np.asarray(images.truth)
+    splits = np.asarray(images.splits)
+    pool = np.flatnonzero((splits == "pool") & (truth >= 0))
+    test = np.flatnonzero((splits == "test") & (truth >= 0))
+    if len(pool) == 0:
+        raise DataError("simulate needs ground truth for the pool: use a built-in data set or a folder with class sub-folders.")
+    if len(test) == 0:
+        rng = np.random.default_rng(seed + 1)
+        held = []
+        for k in np.unique(truth[pool]):
+            members = rng.permutation(pool[truth[pool] == k])
+            held.append(members[: max(1, len(members) // 5)])
+        test = np.sort(np.concatenate(held))
+        pool = np.setdiff1d(pool, test)
+        log(f"no test split: holding out a stratified random {len(test)} of {len(test) + len(pool)} images as the test set")
+    return pool, test
+
+
+def _predict(model, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([model.predict_proba(x[i : i + CHUNK]) for i in range(0, len(x), CHUNK)])
+
+
+def _embed(model, x: np.ndarray) -> np.ndarray:
+    return np.concatenate([np.asarray(model.embed(x[i : i + CHUNK])).reshape(len(x[i : i + CHUNK]), -1)
+                           for i in range(0, len(x), CHUNK)])
+
+
+def simulate(
+    dataset: str,
+    model: str,
+    strategy: str = "entropy",
+    initial: int = 20,
+    step: int = 10,
+    max_labels: int = 100,
+    budget_s: float | None = 60.0,
+    seed: int = 0,
+    out: str | Path | None = None,
+    device: str | None = None,
+    steps: int | None = None,
+    config: dict[str, Any] | None = None,
+    diverse: bool = True,
+    mc_samples: int = 8,
+    images: ImageSet | None = None,
+    log: Callable[[str], None] | None = None,
+) -> list[dict[str, Any]]:
+    """Run the loop and return one dict per round (see CSV_FIELDS); write them to `out` as CSV."""
+    from .train import get_model_class, make_config, train_model
+
+    log = log or (lambda line: print(line, file=sys.stderr, flush=True))
+    device = device or default_device()
+    if strategy not in STRATEGIES:
+        raise SettingError(f"Unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}.")
+    get_model_class(model)
+    make_config(model, config)  # fail on a bad setting before reading a large data set
+    if initial < 1:
+        raise SettingError(f"--initial must be at least 1, got {initial}.")
+    if step < 0:
+        raise SettingError(f"--step must be 0 (one round) or more, got {step}.")
+    if step > 0 and max_labels < initial:
+        raise SettingError(f"--max-labels ({max_labels}) must be at least --initial ({initial}).")
+
+    if images is None:
+        from .data import read_source
+
+        images = read_source(dataset)
+    num_classes = max(len(images.classes), int(np.max(images.truth)) + 1)
+    pool, test = _split(images, seed, log)
+    x_pool = np.asarray(images.pixels[pool], dtype=np.float32) / 255.0  # (P, C, H, W)
+    y_pool = np.asarray(images.truth[pool], dtype=np.int64)
+    x_test = np.asarray(images.pixels[test], dtype=np.float32) / 255.0
+    y_test = np.asarray(images.truth[test], dtype=np.int64)
+    if initial > len(pool):
+        raise SettingError(f"--initial ({initial}) is more than the {len(pool)} images in the pool.")
+
+    rng = np.random.default_rng(seed)
+    labeled = np.zeros(len(pool), dtype=bool)
+    labeled[balanced_initial(y_pool, initial, num_classes, rng)] = True
+
+    writer = None
+    handle = None
+    if out is not None:
+        Path(out).parent.mkdir(parents=True, exist_ok=True)
+        handle = open(out, "w", newline="")
+        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
+        writer.writeheader()
+
+    rows: list[dict[str, Any]] = []
+    current = None
+    start = time.monotonic()
+    try:
+        for round_ in range(1_000_000):
+            idx = np.flatnonzero(labeled)
+            train_start = time.monotonic()
+            notes: list[str] = []
+            current = train_model(
+                model, x_pool, idx, y_pool[idx], num_classes, budget_s=budget_s, steps=steps,
+                seed=seed + round_, device=device, warm_start=current, config=config, notes=notes,
+            )
+            train_seconds = time.monotonic() - train_start
+            accuracy = float(np.mean(_predict(current, x_test).argmax(axis=1) == y_test))
+            row = {
+                "labels": int(labeled.sum()), "test_accuracy": round(accuracy, 4),
+                "seconds": round(time.monotonic() - start, 1), "round": round_,
+                "train_seconds": round(train_seconds, 1), "dataset": dataset, "model": model,
+                "strategy": strategy, "seed": seed,
+            }
+            rows.append(row)
+            if writer is not None:
+                writer.writerow(row)
+                handle.flush()
+            log(f"round {round_}: {row['labels']} labels, test accuracy {accuracy:.4f}, "
+                f"trained {train_seconds:.1f} s, total {row['seconds']:.1f} s" + "".join(f" ({n})" for n in notes))
+            if step == 0 or labeled.sum() >= max_labels or labeled.all():
+                break
+            k = int(min(step, max_labels - labeled.sum()))
+            needs = STRATEGIES[strategy].needs
+            probs = _predict(current, x_pool) if needs == "probs" else None
+            embeddings = _embed(current, x_pool) if needs == "embeddings" or (diverse and strategy != "random") else None
+            mc = None
+            if needs == "mc_probs":
+                mc = np.concatenate([current.mc_proba(x_pool[i : i + CHUNK], samples=mc_samples)
+                                     for i in range(0, len(x_pool), CHUNK)], axis=1)  # (S, P, K)
+            picks = select_batch(strategy, k, probs, embeddings, labeled, mc_probs=mc, diverse=diverse,
+                                 seed=seed * 1000 + round_)
+            labeled[picks] = True  # the oracle answers y_pool[picks]
+    finally:
+        if handle is not None:
+            handle.close()
+    return rows
+
+
+def final_json(rows: list[dict[str, Any]]) -> str:
+    last = rows[-1]
+    return json.dumps({key: last[key] for key in ("dataset", "model", "strategy", "labels", "test_accuracy", "seconds")})
+
+
+def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
+    """["lr=0.001", "hidden=[256,128]"] -> {"lr": 0.001, "hidden": [256, 128]} (JSON values, else text)."""
+    overrides: dict[str, Any] = {}
+    for pair in pairs or []:
+        key, sep, value = pair.partition("=")
+        if not sep or not key.strip():
+            raise SettingError(f"--config takes KEY=VALUE, got {pair!r}.")
+        try:
+            overrides[key.strip()] = json.loads(value)
+        except json.JSONDecodeError:
+            overrides[key.strip()] = value
+    return overrides
+
+
+def cmd_simulate(args) -> int:
+    import torch
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    rows = simulate(
+        args.dataset, args.model, strategy=args.strategy, initial=args.initial, step=args.step,
+        max_labels=args.max_labels, budget_s=args.budget_s, seed=args.seed, out=args.out, device=args.device,
+        steps=args.steps, config=parse_overrides(args.config), diverse=not args.no_diverse,
+    )
+    print(final_json(rows), flush=True)
+    return 0
+
+
+def register(subparsers) -> None:
+    from .models import MODELS
+
+    p = subparsers.add_parser("simulate", help="active learning with a ground-truth oracle, no database")
+    p.add_argument("--dataset", required=True, help="digits, fashion-mnist, mnist or folder:PATH")
+    p.add_argument("--model", required=True, choices=list(MODELS))
+    p.add_argument("--strategy", default="entropy", choices=list(STRATEGIES))
+    p.add_argument("--initial", type=int, default=20, help="labels before the first round (balanced per class)")
+    p.add_argument("--step", type=int, default=10, help="labels added per round; 0 = one round on --initial")
+    p.add_argument("--max-labels", type=int, default=100)
+    p.add_argument("--budget-s", type=float, default=60.0, help="training seconds per round")
+    p.add_argument("--steps", type=int, default=None, help="training steps per round (whichever ends first)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--out", default=None, help="CSV file: one row per round")
+    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--config", action="append", metavar="KEY=VALUE", help="model setting override (repeatable)")
+    p.add_argument("--no-diverse", action="store_true", help="take the top-k scores without spreading the batch")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_simulate)

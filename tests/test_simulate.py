@@ -1,0 +1,71 @@
+"""The headless simulation: rounds, CSV rows, the final JSON line, and the benchmark on a tiny budget."""
+
+from __future__ import annotations
+
+import csv
+import json
+
+import numpy as np
+import pytest
+
+from labeler import simulate as sim
+from labeler.cli import main
+
+from conftest import tiny_image_set
+
+
+def test_balanced_initial_is_balanced_random_and_unique():
+    truth = np.repeat(np.arange(4), 25)
+    rng = np.random.default_rng(0)
+    picks = sim.balanced_initial(truth, 20, 4, rng)
+    assert len(set(picks.tolist())) == 20
+    assert np.bincount(truth[picks], minlength=4).tolist() == [5, 5, 5, 5]
+    assert sorted(picks.tolist()) != list(range(20))
+    # A class too small for its share: the rest is filled from the others.
+    truth = np.array([0] * 2 + [1] * 50)
+    picks = sim.balanced_initial(truth, 10, 2, rng)
+    assert len(set(picks.tolist())) == 10 and np.sum(truth[picks] == 0) == 2
+
+
+@pytest.mark.parametrize("strategy", ["entropy", "kcenter"])
+def test_simulate_on_digits_writes_a_row_per_round(tmp_path, strategy):
+    out = tmp_path / "curve.csv"
+    rows = sim.simulate("digits", "supervised", strategy=strategy, initial=20, step=10, max_labels=40,
+                        budget_s=30, steps=20, seed=0, out=out, device="cpu", log=lambda _: None)
+    assert [r["labels"] for r in rows] == [20, 30, 40]
+    assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
+    assert rows[-1]["test_accuracy"] > 0.3  # 10 classes: far above chance after 40 labels
+    with open(out) as f:
+        written = list(csv.DictReader(f))
+    assert [int(r["labels"]) for r in written] == [20, 30, 40]
+    assert {"labels", "test_accuracy", "seconds"} <= set(written[0])
+
+
+def test_step_zero_is_one_round_and_cli_prints_the_json_line(tmp_path, capsys):
+    code = main(["simulate", "--dataset", "digits", "--model", "labelspread", "--strategy", "random",
+                 "--initial", "30", "--step", "0", "--budget-s", "30", "--steps", "10", "--seed", "1",
+                 "--device", "cpu", "--out", str(tmp_path / "c.csv")])
+    assert code == 0
+    last = capsys.readouterr().out.strip().splitlines()[-1]
+    result = json.loads(last)
+    assert list(result) == ["dataset", "model", "strategy", "labels", "test_accuracy", "seconds"]
+    assert result["dataset"] == "digits" and result["labels"] == 30 and 0.3 < result["test_accuracy"] <= 1.0
+
+
+def test_a_set_without_test_split_holds_out_a_stratified_part():
+    images = tiny_image_set(n=60, classes=2, test=0)
+    messages = []
+    rows = sim.simulate("tiny", "supervised", strategy="margin", initial=4, step=4, max_labels=8,
+                        budget_s=30, steps=5, device="cpu", images=images, log=messages.append)
+    assert [r["labels"] for r in rows] == [4, 8]
+    assert any("holding out" in m for m in messages)
+
+
+def test_bad_arguments_say_what_to_do():
+    with pytest.raises(ValueError, match="strategy"):
+        sim.simulate("digits", "supervised", strategy="nope", log=lambda _: None)
+    with pytest.raises(ValueError, match="max-labels"):
+        sim.simulate("digits", "supervised", initial=50, step=10, max_labels=20, log=lambda _: None)
+    with pytest.raises(ValueError, match="KEY=VALUE"):
+        sim.parse_overrides(["lr"])
+    assert sim.parse_overrides(["lr=0.1", "name=x"]) == {"lr": 0.1, "name": "x"}
