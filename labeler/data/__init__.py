@@ -56,7 +56,9 @@ DATASETS: dict[str, BuiltinDataset] = {
         "Fashion-MNIST",
         "70,000 clothing images, 28x28 gray, 10 classes; the official 10,000-image test split.",
         load_fashion_mnist,
-        lambda: has_idx_files(FASHION_MNIST_DIR) or has_idx_files(default_download_dir() / "FashionMNIST" / "raw"),
+        lambda: (
+            has_idx_files(FASHION_MNIST_DIR) or has_idx_files(default_download_dir() / "FashionMNIST" / "raw")
+        ),
     ),
     "mnist": BuiltinDataset(
         "mnist",
@@ -105,9 +107,9 @@ def read_source(
 
 __all__ = [
     "DATASETS",
+    "IMAGE_EXTENSIONS",
     "BuiltinDataset",
     "DataError",
-    "IMAGE_EXTENSIONS",
     "ImageSet",
     "import_folder",
     "import_zip",

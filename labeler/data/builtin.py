@@ -90,7 +90,9 @@ def read_idx(path: str | Path) -> np.ndarray:
     try:
         raw = path.read_bytes()
     except OSError as error:
-        raise DataError(f"Cannot read the IDX file {path} ({error.strerror}); check the file exists.") from None
+        raise DataError(
+            f"Cannot read the IDX file {path} ({error.strerror}); check the file exists."
+        ) from None
     if raw[:2] == b"\x1f\x8b":
         try:
             raw = gzip.decompress(raw)
@@ -151,7 +153,9 @@ def read_idx_set(
                 f"labels {labels.dtype} {labels.shape}; download them again."
             )
         if len(labels) and (labels.min() < 0 or labels.max() >= len(classes)):
-            raise DataError(f"The {prefix} labels in {folder} are outside 0..{len(classes) - 1}; download them again.")
+            raise DataError(
+                f"The {prefix} labels in {folder} are outside 0..{len(classes) - 1}; download them again."
+            )
         blocks.append((split, prefix, images, labels))
     pixels = np.concatenate([images for *_, images, _ in blocks])[:, None]  # (N, 1, H, W)
     truth = np.concatenate([labels for *_, labels in blocks]).astype(np.int64)
@@ -217,7 +221,8 @@ def load_mnist(
     raw = _download("MNIST", download_dir)
     if raw is None:
         raise DataError(
-            f"MNIST could not be downloaded into {download_dir or default_download_dir()}; allow the download "
+            f"MNIST could not be downloaded into {download_dir or default_download_dir()}; "
+            "allow the download "
             "(network access) or put the four MNIST IDX files in <that folder>/MNIST/raw."
         )
     return read_idx_set(raw, DIGIT_CLASSES, image_size, progress)
@@ -234,7 +239,7 @@ def _download(name: str, download_dir: str | Path | None) -> Path | None:
 
         root.mkdir(parents=True, exist_ok=True)
         getattr(torchvision.datasets, name)(root=str(root), train=True, download=True)
-    except Exception:  # no network, a proxy error, a full disk: all mean "not available"
+    except Exception:  # noqa: BLE001 - no network, a proxy error, a full disk: all mean "not available"
         return None
     return raw if has_idx_files(raw) else None
 
@@ -260,7 +265,12 @@ def _finish(
     if progress is not None:
         progress(total, total)
     return ImageSet(
-        pixels=np.ascontiguousarray(pixels), keys=keys, sha256=sha, truth=truth, splits=splits, classes=list(classes)
+        pixels=np.ascontiguousarray(pixels),
+        keys=keys,
+        sha256=sha,
+        truth=truth,
+        splits=splits,
+        classes=list(classes),
     )
 
 

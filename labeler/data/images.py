@@ -76,7 +76,9 @@ def check_image_size(size) -> int:
     except (TypeError, ValueError):
         raise DataError(f"The image size must be a whole number of pixels, got {size!r}.") from None
     if not MIN_IMAGE_SIZE <= value <= MAX_IMAGE_SIZE:
-        raise DataError(f"The image size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {value}.")
+        raise DataError(
+            f"The image size must be between {MIN_IMAGE_SIZE} and {MAX_IMAGE_SIZE} pixels, got {value}."
+        )
     return value
 
 
@@ -143,7 +145,7 @@ def decode_image(data: bytes, size: int, channels: int, max_pixels: int = MAX_PI
             raise
         except Image.DecompressionBombError:
             raise ImageSkipped(_bomb_reason(img.width, img.height, max_pixels)) from None
-        except Exception as error:  # Pillow raises OSError, SyntaxError, ValueError, struct.error ...
+        except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, struct.error ...
             raise ImageSkipped(f"truncated or corrupt image ({_short(error)})") from None
 
 
@@ -156,8 +158,10 @@ def _open(data: bytes, max_pixels: int) -> Image.Image:
         except Image.DecompressionBombError:
             raise ImageSkipped("image too large (possible decompression bomb)") from None
         except UnidentifiedImageError:
-            raise ImageSkipped("not an image, or not a supported format (PNG, JPEG, GIF, WebP, BMP, TIFF)") from None
-        except Exception as error:
+            raise ImageSkipped(
+                "not an image, or not a supported format (PNG, JPEG, GIF, WebP, BMP, TIFF)"
+            ) from None
+        except Exception as error:  # noqa: BLE001 - any failure to parse the header means "corrupt"
             raise ImageSkipped(f"corrupt image ({_short(error)})") from None
     if img.width < 1 or img.height < 1:
         img.close()
@@ -181,7 +185,10 @@ def _short(error: Exception) -> str:
 
 
 def _to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
-    img = ImageOps.exif_transpose(img) or img
+    try:
+        img = ImageOps.exif_transpose(img) or img
+    except Exception:  # noqa: BLE001, S110 - a broken EXIF block: the pixels are fine, keep them unrotated
+        pass
     if img.mode == "I" or img.mode == "F" or img.mode.startswith("I;16"):
         values = np.asarray(img, dtype=np.float64)  # (H, W)
         if img.mode.startswith("I;16"):

@@ -106,7 +106,9 @@ def import_zip(
     created = not target.exists()
     try:
         skipped = extract_zip(path, target, max_total_bytes, max_entries, max_ratio, max_file_bytes)
-        return _import_tree(target, str(path), image_size, classes, progress, max_pixels, max_file_bytes, skipped)
+        return _import_tree(
+            target, str(path), image_size, classes, progress, max_pixels, max_file_bytes, skipped
+        )
     except BaseException:
         if created:
             shutil.rmtree(target, ignore_errors=True)
@@ -133,12 +135,15 @@ def extract_zip(
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as error:
-        raise DataError(f"{path.name} is not a readable zip file ({error}); create the zip again and retry.") from None
+        raise DataError(
+            f"{path.name} is not a readable zip file ({error}); create the zip again and retry."
+        ) from None
     with archive:
         infos = archive.infolist()
         if len(infos) > max_entries:
             raise DataError(
-                f"{path.name} has {len(infos)} entries, more than the limit of {max_entries}; split it into smaller zips."
+                f"{path.name} has {len(infos)} entries, more than the limit of {max_entries}; "
+                "split it into smaller zips."
             )
         declared = sum(info.file_size for info in infos)
         if declared > max_total_bytes:
@@ -169,7 +174,8 @@ def extract_zip(
                 skipped.append((info.filename, str(error)))
             except _TooLarge:
                 raise DataError(
-                    f"{path.name} unpacks to more than {max_total_bytes / 2**30:.2f} GiB; split it into smaller zips."
+                    f"{path.name} unpacks to more than {max_total_bytes / 2**30:.2f} GiB; "
+                    "split it into smaller zips."
                 ) from None
         return skipped
 
@@ -182,7 +188,9 @@ class _TooLarge(Exception):
     pass
 
 
-def _entry_parts(info: zipfile.ZipInfo, max_ratio: float, max_file_bytes: int) -> tuple[list[str], str | None]:
+def _entry_parts(
+    info: zipfile.ZipInfo, max_ratio: float, max_file_bytes: int
+) -> tuple[list[str], str | None]:
     """The path parts of an entry to extract, or a reason to skip it ([] and None for folders)."""
     name = info.filename
     if "\0" in name:
@@ -235,7 +243,7 @@ def _extract_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, 
     except OSError as error:
         dest.unlink(missing_ok=True)
         raise _EntrySkipped(f"cannot extract this entry ({error.strerror or error})") from None
-    except Exception as error:  # BadZipFile (CRC), zlib.error, NotImplementedError (method), EOFError ...
+    except Exception as error:  # noqa: BLE001 - BadZipFile (CRC), zlib.error, NotImplementedError ...
         dest.unlink(missing_ok=True)
         raise _EntrySkipped(f"corrupt zip entry ({error})") from None
     return written
@@ -370,7 +378,9 @@ def _scan(
         return _printable(Path(os.path.relpath(path, folder)).as_posix())
 
     def on_error(error: OSError) -> None:
-        skipped.append((shown(error.filename or str(folder)), f"cannot read folder ({error.strerror or error})"))
+        skipped.append(
+            (shown(error.filename or str(folder)), f"cannot read folder ({error.strerror or error})")
+        )
 
     for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error, followlinks=False):
         dirnames.sort()
@@ -425,7 +435,10 @@ def _printable(text: str) -> str:
 
 def _nothing_imported(label: str, skipped: list[tuple[str, str]]) -> str:
     if not skipped:
-        return f"{label} holds no images; add PNG, JPEG, GIF, WebP, BMP or TIFF files (in class sub-folders if known)."
+        return (
+            f"{label} holds no images; add PNG, JPEG, GIF, WebP, BMP or TIFF files "
+            "(in class sub-folders if the classes are known)."
+        )
     examples = "; ".join(f"{path}: {reason}" for path, reason in skipped[:3])
     return (
         f"No image in {label} could be imported ({len(skipped)} files skipped, e.g. {examples}); "

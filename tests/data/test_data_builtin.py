@@ -9,8 +9,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from labeler.data import DATASETS, DataError, read_source
-from labeler.data import builtin
+from labeler.data import DATASETS, DataError, builtin, read_source
 from labeler.data.builtin import (
     FASHION_MNIST_CLASSES,
     FASHION_MNIST_DIR,
@@ -187,7 +186,9 @@ def test_mnist_download_failure_is_a_data_error(tmp_path, monkeypatch):
         load_mnist(download_dir=tmp_path)
 
 
-@pytest.mark.skipif(not builtin.has_idx_files(FASHION_MNIST_DIR), reason="dataset-fashion-mnist is not installed")
+@pytest.mark.skipif(
+    not builtin.has_idx_files(FASHION_MNIST_DIR), reason="dataset-fashion-mnist is not installed"
+)
 def test_real_fashion_mnist():
     data = read_source("fashion-mnist")
     assert data.pixels.shape == (70000, 1, 28, 28)

@@ -158,7 +158,7 @@ def test_file_size_limit(tmp_path):
 
 
 def test_odd_names_work(tmp_path):
-    names = ["café ☕.png", "with space.png", "quote's \"x\".png", "new\nline.png", "UPPER.PNG"]
+    names = ["café ☕.png", "with space.png", 'quote\'s "x".png', "new\nline.png", "UPPER.PNG"]
     for i, name in enumerate(names):
         write(tmp_path / "klasse ü" / name, png(seed=i))
     write(tmp_path / "other" / "0.png", png(seed=99))
@@ -210,7 +210,10 @@ def symlink_entry(name: str) -> zipfile.ZipInfo:
 def mark_encrypted(path: Path, name: str) -> None:
     """Set the 'encrypted' flag of entry `name` (zipfile cannot write encrypted zips)."""
     raw, target = bytearray(path.read_bytes()), name.encode()
-    for signature, name_length_at, name_at, flags_at in ((b"PK\x03\x04", 26, 30, 6), (b"PK\x01\x02", 28, 46, 8)):
+    for signature, name_length_at, name_at, flags_at in (
+        (b"PK\x03\x04", 26, 30, 6),
+        (b"PK\x01\x02", 28, 46, 8),
+    ):
         pos = raw.find(signature)
         while pos >= 0:
             length = int.from_bytes(raw[pos + name_length_at : pos + name_length_at + 2], "little")
