@@ -196,6 +196,19 @@ def test_real_fashion_mnist():
     assert np.bincount(data.truth[:60000], minlength=10).tolist() == [6000] * 10
 
 
+@pytest.mark.parametrize("name", list(DATASETS))
+def test_every_registry_entry_loads(name, monkeypatch, tmp_path):
+    """Each built-in loads through read_source; MNIST (and Fashion-MNIST when not installed) from
+    small fake IDX files in the download folder, since tests have no network."""
+    downloads = builtin.default_download_dir()
+    write_idx_set(downloads / "MNIST" / "raw", n_train=4, n_test=2, gz=True)
+    write_idx_set(downloads / "FashionMNIST" / "raw", n_train=4, n_test=2, gz=True)
+    assert DATASETS[name].offline()
+    data = read_source(name, image_size=12)
+    assert data.pixels.shape[1:] == (1, 12, 12) and data.splits.count("test") > 0
+    assert len(data.classes) == 10 and data.truth.min() >= 0
+
+
 def test_registry_entries_describe_themselves():
     assert list(DATASETS) == ["digits", "fashion-mnist", "mnist"]
     for name, entry in DATASETS.items():
