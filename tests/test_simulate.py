@@ -69,3 +69,16 @@ def test_bad_arguments_say_what_to_do():
     with pytest.raises(ValueError, match="KEY=VALUE"):
         sim.parse_overrides(["lr"])
     assert sim.parse_overrides(["lr=0.1", "name=x"]) == {"lr": 0.1, "name": "x"}
+
+
+def test_benchmark_models_mode_on_a_tiny_budget(tmp_path, capsys):
+    code = main(["benchmark", "--mode", "models", "--models", "supervised,labelspread", "--datasets", "digits",
+                 "--seeds", "2", "--labels", "20", "--steps", "10", "--budget-s", "30", "--device", "cpu",
+                 "--out-dir", str(tmp_path)])
+    assert code == 0
+    text = (tmp_path / "benchmark-models.md").read_text()
+    assert "| supervised |" in text and "(n=2)" in text and "Machine:" in text
+    with open(tmp_path / "benchmark-models.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert len(rows) == 4 and all(not r["error"] for r in rows)
+    assert (tmp_path / "benchmark-models.html").exists()

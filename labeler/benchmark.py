@@ -1,0 +1,290 @@
+"""Benchmarks built on `simulate`: `python -m labeler benchmark ...`.
+
+Two modes:
+
+- `models`: each model x data set x seed trained once (`simulate --step 0`) on a fixed number
+  of balanced random labels within a time budget; the table gives test accuracy, mean +- std
+  over seeds. Defaults per data set: digits 30 labels / 60 s, Fashion-MNIST and MNIST
+  100 labels / 600 s (hours in all on a CPU: choose subsets and budgets for a short run).
+- `strategies`: one model on one data set, active learning from `--initial` labels in steps of
+  `--step`; the target is random sampling's mean accuracy at `--target-labels` (100), and the
+  table gives the labels each strategy needs to reach it (first round at or above it, mean +-
+  std over the seeds that reached it) and its accuracy at the target's label count.
+
+Writes `<out>/benchmark-<mode>.csv` (one row per run or round, as soon as it ends),
+`.md` (the table, also printed) and `.html` (a plotly chart; `.png` too when kaleido is
+installed). Every number comes from a run made here; the machine line says where.
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import platform
+import sys
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from .config import SettingError, default_device
+
+PRESETS: dict[str, dict[str, float]] = {
+    "digits": {"labels": 30, "budget_s": 60},
+    "fashion-mnist": {"labels": 100, "budget_s": 600},
+    "mnist": {"labels": 100, "budget_s": 600},
+}
+DEFAULT_PRESET = {"labels": 100, "budget_s": 600}
+
+
+def machine(device: str) -> str:
+    import torch
+
+    name = device
+    if device.startswith("cuda") and torch.cuda.is_available():
+        name = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
+    return f"{platform.platform()}, python {platform.python_version()}, torch {torch.__version__} " \
+           f"with {torch.get_num_threads()} CPU threads, device {name}"
+
+
+def mean_std(values: list[float]) -> str:
+    if not values:
+        return "-"
+    a = np.asarray(values, dtype=np.float64)
+    return f"{a.mean():.3f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.3f}"
+
+
+class _CsvLog:
+    """Append rows to a CSV as they come, so a long benchmark stopped midway keeps its results."""
+
+    def __init__(self, path: Path, fields: list[str]):
+        self.path, self.fields = path, fields
+        path.parent.mkdir(parents=True, exist_ok=True)
+        with open(path, "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=fields).writeheader()
+
+    def write(self, row: dict[str, Any]) -> None:
+        with open(self.path, "a", newline="") as f:
+            csv.DictWriter(f, fieldnames=self.fields, extrasaction="ignore").writerow(row)
+
+
+def _load(dataset: str, cache: dict):
+    if dataset not in cache:
+        from .data import read_source
+
+        cache[dataset] = read_source(dataset)
+    return cache[dataset]
+
+
+def _save_figure(fig, stem: Path) -> list[Path]:
+    written = [stem.with_suffix(".html")]
+    fig.write_html(written[0], include_plotlyjs=True)  # self-contained: opens offline
+    try:
+        import kaleido  # noqa: F401
+
+        fig.write_image(stem.with_suffix(".png"))
+        written.append(stem.with_suffix(".png"))
+    except Exception:  # noqa: BLE001 - PNG is optional
+        pass
+    return written
+
+
+def run_models(
+    models: list[str], datasets: list[str], seeds: list[int], out_dir: Path, device: str,
+    labels: int | None = None, budget_s: float | None = None, steps: int | None = None,
+    log=print,
+) -> tuple[list[dict], str]:
+    """The `models` mode; returns the per-run records and the markdown table."""
+    from .simulate import simulate
+
+    fields = ["dataset", "model", "seed", "labels", "budget_s", "test_accuracy", "seconds", "error"]
+    csv_log = _CsvLog(out_dir / "benchmark-models.csv", fields)
+    cache: dict = {}
+    records: list[dict] = []
+    for dataset in datasets:
+        preset = PRESETS.get(dataset, DEFAULT_PRESET)
+        n_labels = int(labels or preset["labels"])
+        budget = float(budget_s or preset["budget_s"])
+        for model in models:
+            for seed in seeds:
+                record = {"dataset": dataset, "model": model, "seed": seed, "labels": n_labels, "budget_s": budget,
+                          "test_accuracy": None, "seconds": None, "error": None}
+                try:
+                    rows = simulate(dataset, model, strategy="random", initial=n_labels, step=0, budget_s=budget,
+                                    steps=steps, seed=seed, device=device, images=_load(dataset, cache),
+                                    log=lambda _: None)
+                    record.update(test_accuracy=rows[-1]["test_accuracy"], seconds=rows[-1]["seconds"])
+                except Exception as error:  # noqa: BLE001 - one broken model must not end the benchmark
+                    record["error"] = f"{type(error).__name__}: {error}"
+                records.append(record)
+                csv_log.write(record)
+                log(f"{dataset} {model} seed {seed}: "
+                    + (f"accuracy {record['test_accuracy']:.4f} in {record['seconds']:.1f} s"
+                       if record["error"] is None else f"failed ({record['error']})"))
+
+    header = "| model | " + " | ".join(
+        f"{d} ({int(labels or PRESETS.get(d, DEFAULT_PRESET)['labels'])} labels, "
+        f"{float(budget_s or PRESETS.get(d, DEFAULT_PRESET)['budget_s']):g} s)" for d in datasets) + " |"
+    lines = [header, "|" + " --- |" * (len(datasets) + 1)]
+    for model in models:
+        cells = []
+        for dataset in datasets:
+            mine = [r for r in records if r["model"] == model and r["dataset"] == dataset]
+            accs = [r["test_accuracy"] for r in mine if r["error"] is None]
+            failed = len(mine) - len(accs)
+            cells.append(mean_std(accs) + f" (n={len(accs)})" + (f", {failed} failed" if failed else ""))
+        lines.append(f"| {model} | " + " | ".join(cells) + " |")
+    table = "\n".join(lines)
+
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for dataset in datasets:
+        means, stds = [], []
+        for model in models:
+            accs = [r["test_accuracy"] for r in records
+                    if r["model"] == model and r["dataset"] == dataset and r["error"] is None]
+            means.append(float(np.mean(accs)) if accs else None)
+            stds.append(float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0)
+        fig.add_bar(name=dataset, x=models, y=means, error_y={"type": "data", "array": stds})
+    fig.update_layout(barmode="group", title="Test accuracy (mean ± std over seeds)", yaxis_title="test accuracy")
+    _save_figure(fig, out_dir / "benchmark-models")
+    return records, table
+
+
+def run_strategies(
+    dataset: str, model: str, strategies: list[str], seeds: list[int], out_dir: Path, device: str,
+    initial: int = 20, step: int = 10, max_labels: int = 300, target_labels: int = 100,
+    budget_s: float = 60.0, steps: int | None = None, log=print,
+) -> tuple[list[dict], str]:
+    """The `strategies` mode; returns the per-round records and the markdown table."""
+    from .simulate import simulate
+
+    if "random" not in strategies:
+        strategies = ["random", *strategies]
+    if target_labels > max_labels or target_labels < initial or (target_labels - initial) % max(step, 1):
+        raise SettingError("--target-labels must be a round's label count: initial + a multiple of step, at most max-labels.")
+    fields = ["dataset", "model", "strategy", "seed", "round", "labels", "test_accuracy", "seconds", "error"]
+    csv_log = _CsvLog(out_dir / "benchmark-strategies.csv", fields)
+    images = _load(dataset, {})
+    curves: dict[tuple[str, int], list[dict]] = {}
+    for strategy in strategies:
+        for seed in seeds:
+            try:
+                rows = simulate(dataset, model, strategy=strategy, initial=initial, step=step, max_labels=max_labels,
+                                budget_s=budget_s, steps=steps, seed=seed, device=device, images=images,
+                                log=lambda _: None)
+            except Exception as error:  # noqa: BLE001
+                rows = []
+                csv_log.write({"dataset": dataset, "model": model, "strategy": strategy, "seed": seed,
+                               "error": f"{type(error).__name__}: {error}"})
+                log(f"{strategy} seed {seed}: failed ({type(error).__name__}: {error})")
+            for row in rows:
+                csv_log.write(row | {"error": None})
+            curves[(strategy, seed)] = rows
+            if rows:
+                log(f"{strategy} seed {seed}: " + ", ".join(f"{r['labels']}:{r['test_accuracy']:.3f}" for r in rows))
+
+    def accuracy_at(strategy: str, labels: int) -> list[float]:
+        return [r["test_accuracy"] for seed in seeds for r in curves.get((strategy, seed), []) if r["labels"] == labels]
+
+    random_at_target = accuracy_at("random", target_labels)
+    target = float(np.mean(random_at_target)) if random_at_target else float("nan")
+    lines = [
+        f"Target: random sampling's mean test accuracy at {target_labels} labels = {target:.3f} "
+        f"({dataset}, {model}, {budget_s:g} s per round, initial {initial}, step {step}, {len(seeds)} seeds).",
+        "",
+        f"| strategy | labels to reach the target | accuracy at {target_labels} labels |",
+        "| --- | --- | --- |",
+    ]
+    for strategy in strategies:
+        needed = []
+        for seed in seeds:
+            hit = [r["labels"] for r in curves.get((strategy, seed), []) if r["test_accuracy"] >= target]
+            if hit:
+                needed.append(hit[0])
+        missed = len(seeds) - len(needed)
+        cell = (f"{np.mean(needed):.0f} ± {np.std(needed, ddof=1) if len(needed) > 1 else 0:.0f}" if needed else "-")
+        if missed:
+            cell += f" ({missed} of {len(seeds)} seeds did not reach it by {max_labels})"
+        lines.append(f"| {strategy} | {cell} | {mean_std(accuracy_at(strategy, target_labels))} |")
+    table = "\n".join(lines)
+
+    import plotly.graph_objects as go
+
+    fig = go.Figure()
+    for strategy in strategies:
+        labels_axis = sorted({r["labels"] for seed in seeds for r in curves.get((strategy, seed), [])})
+        fig.add_scatter(name=strategy, x=labels_axis, y=[float(np.mean(accuracy_at(strategy, n))) for n in labels_axis],
+                        mode="lines+markers")
+    if np.isfinite(target):
+        fig.add_hline(y=target, line_dash="dot", annotation_text=f"random at {target_labels}")
+    fig.update_layout(title=f"Active learning on {dataset} with {model} (mean over seeds)",
+                      xaxis_title="labels", yaxis_title="test accuracy")
+    _save_figure(fig, out_dir / "benchmark-strategies")
+    records = [r for rows in curves.values() for r in rows]
+    return records, table
+
+
+def _split_list(text: str | None, default: list[str]) -> list[str]:
+    return [part.strip() for part in text.split(",") if part.strip()] if text else default
+
+
+def cmd_benchmark(args) -> int:
+    import torch
+
+    from .active import STRATEGIES
+    from .models import MODELS
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    device = args.device or default_device()
+    out_dir = Path(args.out_dir)
+    seeds = list(range(args.seeds))
+    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    start = time.monotonic()
+    if args.mode == "models":
+        models = _split_list(args.models, list(MODELS))
+        unknown = [m for m in models if m not in MODELS]
+        if unknown:
+            raise SettingError(f"Unknown model {', '.join(unknown)}: choose from {', '.join(MODELS)}.")
+        datasets = _split_list(args.datasets, ["digits", "fashion-mnist"])
+        _, table = run_models(models, datasets, seeds, out_dir, device, labels=args.labels,
+                              budget_s=args.budget_s, steps=args.steps, log=log)
+    else:
+        strategies = _split_list(args.strategies, list(STRATEGIES))
+        unknown = [s for s in strategies if s not in STRATEGIES]
+        if unknown:
+            raise SettingError(f"Unknown strategy {', '.join(unknown)}: choose from {', '.join(STRATEGIES)}.")
+        datasets = _split_list(args.datasets, ["digits"])
+        model = _split_list(args.models, ["supervised"])[0]
+        _, table = run_strategies(datasets[0], model, strategies, seeds, out_dir, device,
+                                  initial=args.initial, step=args.step, max_labels=args.max_labels,
+                                  target_labels=args.target_labels, budget_s=args.budget_s or 60.0,
+                                  steps=args.steps, log=log)
+    text = f"{table}\n\nMachine: {machine(device)}; total {time.monotonic() - start:.0f} s.\n"
+    (out_dir / f"benchmark-{args.mode}.md").write_text(text)
+    print(text)
+    print(json.dumps({"mode": args.mode, "out_dir": str(out_dir), "seconds": round(time.monotonic() - start, 1)}))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("benchmark", help="compare models (or strategies) over data sets and seeds")
+    p.add_argument("--mode", choices=["models", "strategies"], default="models")
+    p.add_argument("--models", help="comma-separated (models mode: default all; strategies mode: the first, default supervised)")
+    p.add_argument("--datasets", help="comma-separated (default digits,fashion-mnist; strategies mode: the first)")
+    p.add_argument("--strategies", help="comma-separated (strategies mode; default all, random always included)")
+    p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1")
+    p.add_argument("--labels", type=int, default=None, help="models mode: labels per run (default per data set)")
+    p.add_argument("--budget-s", type=float, default=None, help="training seconds per run or round (default per data set; 60 for strategies)")
+    p.add_argument("--steps", type=int, default=None, help="training steps per run or round (whichever ends first)")
+    p.add_argument("--initial", type=int, default=20, help="strategies mode: first labels")
+    p.add_argument("--step", type=int, default=10, help="strategies mode: labels per round")
+    p.add_argument("--max-labels", type=int, default=300, help="strategies mode: stop here")
+    p.add_argument("--target-labels", type=int, default=100, help="strategies mode: random's accuracy here is the target")
+    p.add_argument("--out-dir", default="benchmark-results")
+    p.add_argument("--device", default=None)
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_benchmark)
