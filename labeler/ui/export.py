@@ -1,0 +1,84 @@
+"""The Export page: the labeled data set and the newest model, as downloads.
+
+Files are produced by `labeler.export.export_all` into `<data dir>/exports/<project>/`, then
+offered with one download button each: the ImageFolder zip (with metadata.csv and labels.csv),
+the Parquet file, labels.csv, predictions.csv and a zip of the model (checkpoint, TorchScript
+and classes.json).
+"""
+
+from __future__ import annotations
+
+import shutil
+from pathlib import Path
+
+import streamlit as st
+
+from db import queries
+
+from .. import export
+from ..config import data_dir
+from . import common
+
+# file name -> (button label, MIME type)
+DOWNLOADS = {
+    "dataset.zip": ("Data set: ImageFolder zip", "application/zip"),
+    "dataset.parquet": ("Data set: Parquet", "application/vnd.apache.parquet"),
+    "labels.csv": ("Labels: CSV", "text/csv"),
+    "predictions.csv": ("Predictions of the newest model: CSV", "text/csv"),
+}
+MODEL_FILES = ("model.pt", "model.torchscript.pt", "classes.json")
+
+
+def export_folder(project_id: int) -> Path:
+    return data_dir() / "exports" / str(project_id)
+
+
+def _prepare(project_id: int) -> None:
+    folder = export_folder(project_id)
+    try:
+        if folder.exists():
+            shutil.rmtree(folder)
+        written = export.export_all(common.session_factory(), project_id, folder)
+    except Exception as error:  # noqa: BLE001 - shown as one sentence
+        st.session_state["export_error"] = f"The export failed: {error}"
+        return
+    st.session_state["export_files"] = {"project": project_id, "paths": [str(p) for p in written]}
+
+
+def export_page() -> None:
+    project = common.current_project()
+    with common.session_factory()() as session:
+        n_labeled = queries.label_count(session, project.id)
+        has_model = queries.latest_done_run_id(session, project.id) is not None
+    st.title(f"Export · {project.name}")
+    st.write(
+        f"{n_labeled} labeled images"
+        + ("; the newest finished model is included." if has_model else "; no trained model yet.")
+    )
+    error = st.session_state.pop("export_error", None)
+    if error:
+        st.error(error)
+    st.button("Prepare the export", key="export_prepare", type="primary", on_click=_prepare, args=(project.id,))
+
+    prepared = st.session_state.get("export_files")
+    if not prepared or prepared["project"] != project.id:
+        st.caption("Prepare the export to get the download buttons; it reflects the labels at that moment.")
+        return
+    paths = {Path(p).name: Path(p) for p in prepared["paths"] if Path(p).exists()}
+    for name, (label, mime) in DOWNLOADS.items():
+        if name in paths:
+            st.download_button(
+                label, data=paths[name].read_bytes(), file_name=f"{project.name}-{name}", mime=mime,
+                key=f"download-{name}",
+            )
+    model_paths = [paths[n] for n in MODEL_FILES if n in paths]
+    if model_paths:
+        st.download_button(
+            "Model: checkpoint + TorchScript + classes.json (zip)", data=export.zip_bytes(model_paths),
+            file_name=f"{project.name}-model.zip", mime="application/zip", key="download-model",
+        )
+    elif has_model:
+        st.warning("The newest model's checkpoint is missing on disk; train again to export a model.")
+    with st.expander("How to use the files"):
+        st.code(export.HOW_TO_USE.format(c=project.channels, h=project.height, w=project.width), language="text")
+

@@ -1,0 +1,181 @@
+"""The Latent space page: every image's 2-D latent point from the newest finished run.
+
+Coloured by the label, the model's prediction or its uncertainty (entropy); labeled images are
+drawn as crosses. A lasso or box selection shows those images and can label them all at once
+(`queries.add_labels`, kind "bulk"). Below, images the model generates: one row per class for
+the conditional VAEs, samples of the generator for the GANs. Big projects are subsampled.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+import db
+from db import queries
+from db import runs as run_queries
+from db.models import AUDIT, POOL, Run
+
+from .. import projects
+from . import common
+
+MAX_POINTS = 5000
+MAX_THUMBNAILS = 48
+COLOUR_BY = {"label": "Label", "prediction": "Prediction", "uncertainty": "Uncertainty (entropy)"}
+
+
+def points_frame(session, project_id: int, run_id: int, names: list[str], max_points: int = MAX_POINTS, seed: int = 0) -> pd.DataFrame:
+    """One row per shown item (pool and audit; the test split is never shown), with its label.
+
+    Above `max_points` every labeled item is kept and the rest is a fixed random sample.
+    """
+    frame = run_queries.predictions_frame(session, run_id)
+    frame = frame[frame["split"].isin([POOL, AUDIT])].reset_index(drop=True)
+    labels = queries.current_labels(session, project_id)
+    frame["label_index"] = frame["item_id"].map(labels)
+    if len(frame) > max_points:
+        labeled = frame[frame["label_index"].notna()]
+        rest = frame[frame["label_index"].isna()]
+        keep = max(0, max_points - len(labeled))
+        rest = rest.sample(n=min(keep, len(rest)), random_state=seed)
+        frame = pd.concat([labeled, rest]).sort_values("row").reset_index(drop=True)
+
+    def name(index) -> str:
+        return names[int(index)] if pd.notna(index) and int(index) < len(names) else "unlabeled"
+
+    frame["label"] = frame["label_index"].map(name)
+    frame["prediction"] = frame["predicted"].map(name)
+    frame["labeled"] = np.where(frame["label_index"].notna(), "labeled", "unlabeled")
+    return frame
+
+
+def scatter(frame: pd.DataFrame, colour: str, names: list[str]):
+    common_args = dict(
+        x="x", y="y", symbol="labeled", symbol_map={"labeled": "x", "unlabeled": "circle"},
+        custom_data=["item_id"], hover_name="key",
+        hover_data={"x": False, "y": False, "labeled": False, "prediction": True, "confidence": ":.0%"},
+    )
+    if colour == "uncertainty":
+        fig = px.scatter(frame, color="entropy", color_continuous_scale="Viridis", **common_args)
+    else:
+        order = {colour: [*names, "unlabeled"]}
+        fig = px.scatter(frame, color=colour, category_orders=order, **common_args)
+    fig.update_traces(marker=dict(size=6, opacity=0.8))
+    fig.update_layout(height=560, dragmode="lasso", margin=dict(l=10, r=10, t=20, b=10), legend_title=None)
+    return fig
+
+
+def selected_item_ids(event) -> list[int]:
+    """Item ids of the points in a plotly selection event (customdata holds the item id)."""
+    if not event:
+        return []
+    selection = event.get("selection", {}) if isinstance(event, dict) else getattr(event, "selection", {})
+    ids = []
+    for point in selection.get("points", []) or []:
+        data = point.get("customdata")
+        if data is None:
+            continue
+        ids.append(int(data[0] if isinstance(data, (list, tuple)) else data))
+    return list(dict.fromkeys(ids))
+
+
+def _bulk_label(project_id: int, item_ids: list[int], annotator: str) -> None:
+    class_index = st.session_state.get("bulk_class")
+    Session = common.session_factory()
+
+    def commit() -> int:
+        with Session.begin() as session:
+            return queries.add_labels(session, item_ids, int(class_index), annotator=annotator, kind="bulk")
+
+    try:
+        n = db.retrying(commit)
+        st.session_state["latent_message"] = ("success", f"Labeled {n} images at once.")
+    except Exception as error:  # noqa: BLE001 - shown as one sentence
+        st.session_state["latent_message"] = ("error", f"The labels were not saved: {error}")
+
+
+@st.cache_data(show_spinner="Generating images...", max_entries=8)
+def generated_images(checkpoint: str, mtime: float, n: int = 8) -> np.ndarray | None:
+    """(K or 1, n, C, H, W) in [0, 1] from the run's model, or None when it cannot generate."""
+    from ..models import load_checkpoint
+
+    return load_checkpoint(checkpoint, device="cpu").sample_images(n, seed=0)
+
+
+def to_display(image: np.ndarray) -> np.ndarray:
+    """(C, H, W) float in [0, 1] -> (H, W) or (H, W, 3) uint8."""
+    array = (np.clip(image, 0, 1) * 255).astype(np.uint8)
+    return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+
+
+def _samples_panel(run: Run, names: list[str]) -> None:
+    if not run.checkpoint or not Path(run.checkpoint).exists():
+        return
+    try:
+        samples = generated_images(run.checkpoint, Path(run.checkpoint).stat().st_mtime)
+    except Exception as error:  # noqa: BLE001 - a missing panel must not break the page
+        st.caption(f"Could not generate images from run {run.id}: {error}")
+        return
+    if samples is None:
+        st.caption(f"The {run.model} model does not generate images.")
+        return
+    conditional = samples.shape[0] > 1
+    st.subheader("What the model generates, per class" if conditional else "Samples of the generator")
+    for k, row in enumerate(samples):
+        if conditional:
+            st.caption(names[k] if k < len(names) else str(k))
+        st.image([common.enlarge(to_display(img), 84) for img in row])
+
+
+def latent_page() -> None:
+    project = common.current_project()
+    names = common.class_names(project.id)
+    annotator = common.annotator()
+    Session = common.session_factory()
+    st.title(f"Latent space · {project.name}")
+    with Session() as session:
+        run = run_queries.latest_done_run(session, project.id)
+        if run is None:
+            st.info("No finished run yet: train a model (Train page) to see its latent space.")
+            return
+        frame = points_frame(session, project.id, run.id, names)
+    kind, text = st.session_state.pop("latent_message", (None, None))
+    if kind:
+        getattr(st, kind)(text)
+
+    colour = st.radio(
+        "Colour by", list(COLOUR_BY), format_func=COLOUR_BY.get, horizontal=True, key="latent_colour",
+    )
+    st.caption(
+        f"Run {run.id} ({run.model}): {len(frame)} images, 2-D projection of the latent codes. "
+        "Draw a lasso or a box to select images; crosses are labeled."
+    )
+    event = st.plotly_chart(
+        scatter(frame, colour, names), key="latent", on_select="rerun", selection_mode=("lasso", "box"),
+    )
+    ids = selected_item_ids(event)
+    if ids:
+        _selection_panel(project.id, ids, frame, names, annotator)
+    _samples_panel(run, names)
+
+
+def _selection_panel(project_id: int, ids: list[int], frame: pd.DataFrame, names: list[str], annotator: str) -> None:
+    chosen = frame.set_index("item_id").loc[[i for i in ids if i in set(frame["item_id"])]]
+    st.subheader(f"{len(chosen)} selected")
+    shown = chosen.head(MAX_THUMBNAILS)
+    st.image(
+        [common.enlarge(projects.image(project_id, int(row)), 84) for row in shown["row"]],
+        caption=[f"{key} ({label})" for key, label in zip(shown["key"], shown["label"])],
+    )
+    if len(chosen) > MAX_THUMBNAILS:
+        st.caption(f"Showing {MAX_THUMBNAILS} of {len(chosen)}.")
+    left, right = st.columns([2, 1])
+    left.selectbox("Give them all the label", list(range(len(names))), format_func=lambda i: names[i], key="bulk_class")
+    right.button(
+        f"Label {len(chosen)} images", key="bulk_apply", type="primary",
+        on_click=_bulk_label, args=(project_id, [int(i) for i in chosen.index], annotator),
+    )

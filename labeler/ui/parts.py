@@ -1,0 +1,112 @@
+"""Small pieces several pages draw: the training status line, run requests, image grids.
+
+Widgets only; the SQL lives in `db.queries` / `db.runs`, the numbers in `labeler/`.
+"""
+
+from __future__ import annotations
+
+from collections import Counter
+
+import numpy as np
+import pandas as pd
+import streamlit as st
+
+import db
+from db import queries
+from db import runs as run_queries
+from db.models import QUEUED, RUNNING, Project, Run
+
+from . import common
+
+# Run statuses as the user reads them.
+STATUS_TEXT = {
+    "queued": "waiting",
+    "running": "training",
+    "done": "done",
+    "failed": "failed",
+    "cancelled": "cancelled",
+    "interrupted": "interrupted",
+}
+
+
+def request_training(project_id: int, model: str, settings: dict | None = None) -> int:
+    """Queue a run (or update the one already waiting), wake the worker; return the run id."""
+    Session = common.session_factory()
+
+    def commit() -> int:
+        with Session.begin() as session:
+            return run_queries.request_run(session, project_id, model, settings or {}).id
+
+    run_id = db.retrying(commit)
+    common.worker().wake()
+    return run_id
+
+
+def maybe_auto_retrain(project_id: int) -> int | None:
+    """Queue a run with the project's saved model and settings when `auto_retrain_every` new
+    pool labels arrived since the last run; return its id, or None when not due."""
+    Session = common.session_factory()
+
+    def commit() -> int | None:
+        with Session.begin() as session:
+            if not run_queries.should_auto_retrain(session, project_id):
+                return None
+            project = session.get(Project, project_id)
+            model = (project.settings or {}).get("model", "m2")
+            return run_queries.request_run(session, project_id, model, {"auto": True}).id
+
+    run_id = db.retrying(commit)
+    if run_id is not None:
+        common.worker().wake()
+    return run_id
+
+
+def ensure_worker_for_queued(active: list[Run]) -> None:
+    """Start this process' worker when a run waits, e.g. one queued before a restart."""
+    if any(run.status == QUEUED for run in active):
+        common.worker().wake()
+
+
+def status_line(active: list[Run]) -> str:
+    """What training is doing now, in one line, from the database (any worker, any process)."""
+    running = [r for r in active if r.status == RUNNING]
+    queued = [r for r in active if r.status == QUEUED]
+    if running:
+        run = running[0]
+        text = f"Training run {run.id} ({run.model}): {run.progress:.0%}, step {run.step}, {run.seconds:.0f} s"
+        if run.cancel_requested:
+            text += " (stopping)"
+        if queued:
+            text += f"; run {queued[0].id} waits"
+        return text
+    if queued:
+        return f"Run {queued[0].id} ({queued[0].model}) waits for the trainer."
+    return "The trainer is idle."
+
+
+def labels_since_last_run(session, project_id: int) -> int:
+    """Pool labels added since the newest run that started (what auto-retrain counts)."""
+    started = [r for r in run_queries.list_runs(session, project_id) if r.started_at is not None]
+    used = started[0].labels_used if started else 0
+    return max(0, len(run_queries.pool_labels(session, project_id)) - used)
+
+
+def class_counts(session, project_id: int, names: list[str]) -> pd.DataFrame:
+    counts = Counter(queries.current_labels(session, project_id).values())
+    return pd.DataFrame({"class": names, "labels": [counts.get(i, 0) for i in range(len(names))]})
+
+
+def tile(image: np.ndarray, size: int = 96):
+    """A small crisp thumbnail of one (H, W) or (H, W, 3) uint8 image."""
+    return common.enlarge(image, size)
+
+
+def show_error(error: Exception) -> None:
+    """A user-facing failure: one sentence, never a traceback."""
+    text = str(error).strip() or type(error).__name__
+    st.error(text if text.endswith((".", "!", "?")) else text + ".")
+
+
+def current_project_row(project_id: int) -> Project:
+    with common.session_factory()() as session:
+        return session.get(Project, project_id)

@@ -1,0 +1,154 @@
+"""The Progress page: the learning curve, agreement with the model, class balance, confusion.
+
+It says where every accuracy comes from: the test split of a built-in data set (never shown
+while labeling) or the audit set (a random sample the user labeled and training never saw),
+with a 95 % Wilson interval; actively chosen labels are never used as an accuracy estimate.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pandas as pd
+import plotly.express as px
+import plotly.graph_objects as go
+import streamlit as st
+
+from db import queries
+from db.models import AUDIT, TEST
+
+from .. import evaluate
+from . import common, parts
+
+
+def accuracy_source(n_test: int, n_audit_labeled: int, n_audit: int) -> tuple[str | None, str]:
+    """(split used for accuracy or None, one honest sentence saying where the number comes from)."""
+    if n_test:
+        return TEST, (
+            f"Accuracy on the test split: {n_test} images with known labels that are never shown "
+            "while labeling and never trained on."
+        )
+    if n_audit_labeled:
+        return AUDIT, (
+            f"Accuracy on the audit set: {n_audit_labeled} of {n_audit} randomly chosen images that you "
+            "labeled and training never sees, with a 95 % interval. The actively chosen labels are "
+            "not a random sample, so they are not used to estimate accuracy."
+        )
+    return None, (
+        "No honest accuracy yet: this data set has no test split, and none of the "
+        f"{n_audit} audit images (a random sample kept out of training) is labeled. Label some of "
+        "them (they come up in the queue) to see an accuracy with its interval."
+    )
+
+
+def curve_frame(curve: pd.DataFrame, split: str | None, n_test: int) -> pd.DataFrame:
+    """labels, accuracy, low, high per finished run, from the chosen split."""
+    if curve.empty or split is None:
+        return pd.DataFrame(columns=["run_id", "model", "labels", "accuracy", "low", "high"])
+    if split == TEST:
+        frame = curve.dropna(subset=["test_accuracy"])
+        acc = frame["test_accuracy"].astype(float)
+        bounds = [evaluate.wilson_interval(int(round(a * n_test)), n_test) for a in acc]
+    else:
+        frame = curve.dropna(subset=["audit_accuracy"])
+        acc = frame["audit_accuracy"].astype(float)
+        bounds = list(zip(frame["audit_low"].astype(float), frame["audit_high"].astype(float)))
+    return pd.DataFrame(
+        {
+            "run_id": frame["run_id"].to_numpy(),
+            "model": frame["model"].to_numpy(),
+            "labels": frame["labels"].to_numpy(),
+            "accuracy": acc.to_numpy(),
+            "low": [b[0] for b in bounds],
+            "high": [b[1] for b in bounds],
+        }
+    )
+
+
+def curve_figure(frame: pd.DataFrame, source: str) -> go.Figure:
+    fig = px.line(
+        frame, x="labels", y="accuracy", color="model", markers=True,
+        error_y=frame["high"] - frame["accuracy"], error_y_minus=frame["accuracy"] - frame["low"],
+        hover_data={"run_id": True},
+    )
+    fig.update_layout(
+        yaxis=dict(range=[0, 1.02], tickformat=".0%", title=f"accuracy ({source})"),
+        xaxis_title="labels used for training", height=380, margin=dict(l=10, r=10, t=20, b=10),
+    )
+    return fig
+
+
+def progress_page() -> None:
+    project = common.current_project()
+    names = common.class_names(project.id)
+    with common.session_factory()() as session:
+        curve = evaluate.learning_curve(session, project.id)
+        agreement = evaluate.label_agreement(session, project.id)
+        n_test = queries.count_items(session, project.id, TEST)
+        n_audit = queries.count_items(session, project.id, AUDIT)
+        labels = queries.current_labels(session, project.id)
+        audit_ids = {item.id for item in queries.items(session, project.id, AUDIT)}
+        n_audit_labeled = len(audit_ids & set(labels))
+        split, source_text = accuracy_source(n_test, n_audit_labeled, n_audit)
+        latest = queries.latest_done_run_id(session, project.id)
+        report = evaluate.run_report(session, latest, split=split) if latest and split else None
+        counts = parts.class_counts(session, project.id, names)
+
+    st.title(f"Progress · {project.name}")
+    st.info(source_text)
+    frame = curve_frame(curve, split, n_test)
+
+    left, right = st.columns(2)
+    if not frame.empty:
+        last = frame.iloc[-1]
+        left.metric(
+            f"Accuracy of run {int(last.run_id)} ({'test split' if split == TEST else 'audit set'})",
+            f"{last.accuracy:.1%}", f"95 % interval {last.low:.1%} - {last.high:.1%}", delta_color="off",
+        )
+    if agreement["n"]:
+        right.metric(
+            "Your labels agreed with the model's prior guess",
+            f"{agreement['rate']:.0%}",
+            f"{agreement['agree']} of {agreement['n']}, interval {agreement['low']:.0%} - {agreement['high']:.0%}",
+            delta_color="off",
+        )
+        right.caption(
+            "On the hard images the queue picks this understates accuracy: it says how useful the "
+            "guesses are, not how accurate the model is."
+        )
+    else:
+        right.caption("Agreement with the model appears once you label images after a finished run.")
+
+    st.subheader("Learning curve")
+    if frame.empty:
+        st.caption("One point per finished run appears here: label, then train (Train page).")
+    else:
+        st.plotly_chart(curve_figure(frame, "test split" if split == TEST else "audit set"), key="learning_curve")
+
+    balance, per_class = st.columns(2)
+    with balance:
+        st.subheader("Class balance")
+        if counts["labels"].sum():
+            fig = px.bar(counts, x="class", y="labels")
+            fig.update_layout(height=320, margin=dict(l=10, r=10, t=20, b=10))
+            st.plotly_chart(fig, key="class_balance")
+        else:
+            st.caption("No labels yet.")
+    if report is None:
+        return
+    with per_class:
+        st.subheader("Per-class accuracy")
+        frame_pc = pd.DataFrame({"class": names[: len(report["per_class"])], "accuracy": report["per_class"]})
+        fig = px.bar(frame_pc, x="class", y="accuracy")
+        fig.update_layout(yaxis=dict(range=[0, 1], tickformat=".0%"), height=320, margin=dict(l=10, r=10, t=20, b=10))
+        st.plotly_chart(fig, key="per_class")
+    st.subheader(f"Confusion matrix of run {latest} ({report['n']} images)")
+    cm = np.asarray(report["confusion"])
+    shown = names[: cm.shape[0]]
+    fig = px.imshow(
+        cm, x=shown, y=shown, text_auto=True, color_continuous_scale="Blues",
+        labels=dict(x="predicted", y="true", color="images"),
+    )
+    fig.update_layout(height=max(300, 40 * len(shown) + 120), margin=dict(l=10, r=10, t=20, b=10))
+    fig.update_xaxes(type="category")
+    fig.update_yaxes(type="category")
+    st.plotly_chart(fig, key="confusion")

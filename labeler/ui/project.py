@@ -1,0 +1,150 @@
+"""The Project page: switch projects, create one, read its import report, set the annotator.
+
+A new project comes from a built-in data set, a folder on the server, or an uploaded zip (saved
+under `<data dir>/uploads/` and imported as `zip:PATH`). A flat folder has no class folders,
+so its class names are typed in.
+"""
+
+from __future__ import annotations
+
+import uuid
+
+import pandas as pd
+import streamlit as st
+
+from db import queries
+
+from .. import projects
+from ..config import SettingError, check_int, data_dir
+from ..data import DATASETS, DataError
+from . import common
+
+SOURCES = {"builtin": "Built-in data set", "folder": "Folder on the server", "upload": "Upload a zip"}
+
+
+def parse_classes(text: str) -> list[str]:
+    """Class names from "cat, dog" or one per line."""
+    return [c.strip() for c in (text or "").replace("\n", ",").split(",") if c.strip()]
+
+
+def save_upload(data: bytes) -> str:
+    """Store an uploaded zip under the data folder; return its `zip:PATH` source string."""
+    folder = data_dir() / "uploads"
+    folder.mkdir(parents=True, exist_ok=True)
+    path = folder / f"{uuid.uuid4().hex}.zip"
+    path.write_bytes(data)
+    return f"zip:{path}"
+
+
+def _switch() -> None:
+    st.session_state["project_id"] = st.session_state["project_choice"]
+    for key in ("skipped", "undone_item", "export_files"):
+        st.session_state.pop(key, None)
+
+
+def _create_ui() -> None:
+    with st.form("create_project", clear_on_submit=False):
+        name = st.text_input("Name", key="new_project_name")
+        kind = st.radio("From", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="new_project_kind")
+        st.selectbox(
+            "Built-in data set", list(DATASETS), key="new_project_builtin",
+            format_func=lambda d: f"{DATASETS[d].title}: {DATASETS[d].description}",
+        )
+        st.text_input("Folder on the server (class sub-folders, or a flat folder of images)", key="new_project_folder")
+        upload = st.file_uploader("Zip of images", type=["zip"], key="new_project_upload")
+        st.text_input(
+            "Class names, for a flat folder or zip (comma-separated)", key="new_project_classes",
+            placeholder="e.g. cat, dog",
+        )
+        st.number_input(
+            "Audit set size (random images kept out of training to measure accuracy; own data only)",
+            min_value=0, max_value=10_000, value=50, key="new_project_audit",
+        )
+        submitted = st.form_submit_button("Create project", type="primary")
+    if not submitted:
+        return
+    try:
+        source = _source(kind, upload)
+        audit = check_int("The audit set size", st.session_state.get("new_project_audit", 50), 0, 10_000)
+        with st.spinner("Importing the images..."):
+            project = projects.create_project(
+                common.session_factory(), name, source,
+                classes=parse_classes(st.session_state.get("new_project_classes", "")), audit_size=audit,
+            )
+    except (DataError, SettingError, ValueError, OSError) as error:
+        st.error(_sentence(error))
+        return
+    st.session_state["project_id"] = project.id
+    for key in ("skipped", "undone_item", "export_files"):
+        st.session_state.pop(key, None)
+    st.session_state["project_message"] = f"Created the project {project.name!r}; it is now the current project."
+    st.rerun()
+
+
+def _source(kind: str, upload) -> str:
+    if kind == "builtin":
+        return st.session_state.get("new_project_builtin") or "digits"
+    if kind == "folder":
+        folder = (st.session_state.get("new_project_folder") or "").strip()
+        if not folder:
+            raise ValueError("Type the path of a folder on the server.")
+        return f"folder:{folder}"
+    if upload is None:
+        raise ValueError("Choose a zip file to upload first.")
+    return save_upload(upload.getvalue())
+
+
+def _sentence(error: Exception) -> str:
+    text = str(error).strip() or type(error).__name__
+    return text if text.endswith((".", "!", "?")) else text + "."
+
+
+def _set_annotator() -> None:
+    name = (st.session_state.get("annotator_input") or "").strip()
+    if name:
+        st.session_state["annotator"] = name[:200]
+
+
+def project_page() -> None:
+    project = common.current_project()
+    annotator = common.annotator()
+    Session = common.session_factory()
+    with Session() as session:
+        all_projects = queries.list_projects(session)
+        issues = queries.import_issues(session, project.id)
+        names = queries.class_names(session, project.id)
+        counts = {split: queries.count_items(session, project.id, split) for split in ("pool", "audit", "test")}
+        n_labeled = queries.label_count(session, project.id)
+
+    st.title("Project")
+    message = st.session_state.pop("project_message", None)
+    if message:
+        st.success(message)
+
+    ids = [p.id for p in all_projects]
+    titles = {p.id: f"{p.name} ({p.source})" for p in all_projects}
+    if st.session_state.get("project_choice") != project.id:
+        st.session_state["project_choice"] = project.id
+    st.selectbox("Current project", ids, format_func=titles.get, key="project_choice", on_change=_switch)
+    st.write(
+        f"**{project.name}**: {counts['pool']} images to label, {counts['audit']} in the audit set, "
+        f"{counts['test']} in the test split; {n_labeled} labeled; image size "
+        f"{project.channels}x{project.height}x{project.width}; classes: {', '.join(names)}."
+    )
+
+    if "annotator_input" not in st.session_state:
+        st.session_state["annotator_input"] = annotator
+    st.text_input("Your name (recorded with every label)", key="annotator_input", on_change=_set_annotator)
+
+    st.subheader("Import report")
+    if issues:
+        st.warning(f"{len(issues)} files were skipped when importing.")
+        st.dataframe(
+            pd.DataFrame([(i.path, i.reason) for i in issues], columns=["file", "why it was skipped"]),
+            hide_index=True, width="stretch",
+        )
+    else:
+        st.caption("Every file was imported.")
+
+    st.subheader("New project")
+    _create_ui()

@@ -1,0 +1,244 @@
+"""The Train page: choose a model and its few settings, start or cancel a run, watch it live.
+
+The live part is a fragment that reruns itself every second (`st.fragment(run_every=...)`), so
+the progress bar and the loss curves move without reloading the page; it redraws the whole
+page once when a run it saw active has finished, so the history and the queue update too.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pandas as pd
+import plotly.express as px
+import streamlit as st
+
+import db
+from db import runs as run_queries
+from db.models import FAILED, RUNNING, Project
+
+from .. import active
+from ..config import SettingError, check_float, check_int
+from ..models import DESCRIPTIONS, MODELS
+from . import common, parts
+
+LIVE_EVERY_S = 1.0
+MAX_BUDGET_S = 24 * 3600
+
+
+def model_defaults(model: str) -> dict:
+    """The model's Config dataclass as a dict ({} when it has none)."""
+    config = MODELS[model].Config()
+    return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
+
+
+def validated_settings(values: dict) -> dict:
+    """The run settings from the form's raw values; raises SettingError with one sentence."""
+    model = values["model"]
+    if model not in MODELS:
+        raise SettingError(f"Unknown model {model!r}: choose one of {', '.join(MODELS)}.")
+    settings = {
+        "budget_s": check_float("The training time (seconds)", values["budget_s"], 1, MAX_BUDGET_S),
+        "strategy": values["strategy"],
+        "seed": check_int("The seed", values["seed"], 0, 2**31 - 1),
+    }
+    if settings["strategy"] not in active.STRATEGIES:
+        raise SettingError(f"Unknown strategy {settings['strategy']!r}: choose one of {', '.join(active.STRATEGIES)}.")
+    steps = check_int("The step limit", values.get("steps", 0) or 0, 0, 10_000_000)
+    if steps:
+        settings["steps"] = steps
+    config = {}
+    if "lr" in model_defaults(model) and values.get("lr") is not None:
+        config["lr"] = check_float("The learning rate", values["lr"], 1e-6, 1.0)
+    settings["config"] = config
+    return settings
+
+
+def _start(project_id: int) -> None:
+    state = st.session_state
+    values = {k: state.get(f"train_{k}") for k in ("model", "budget_s", "strategy", "seed", "steps")}
+    values["lr"] = state.get("train_lr") if "lr" in model_defaults(values["model"]) else None
+    try:
+        settings = validated_settings(values)
+        every = check_int("Retrain every N labels", state.get("train_every", 0), 0, 100_000)
+    except SettingError as error:
+        state["train_error"] = str(error)
+        return
+    Session = common.session_factory()
+
+    def save() -> None:
+        with Session.begin() as session:
+            project = session.get(Project, project_id)
+            # The project remembers the choice: automatic retraining uses it.
+            project.settings = {
+                **(project.settings or {}), **settings, "model": values["model"], "auto_retrain_every": every,
+            }
+            if "steps" not in settings:
+                project.settings.pop("steps", None)
+
+    try:
+        db.retrying(save)
+        run_id = parts.request_training(project_id, values["model"], settings)
+    except Exception as error:  # noqa: BLE001 - shown as one sentence
+        state["train_error"] = f"Training could not start: {error}"
+        return
+    state["train_notice"] = f"Run {run_id} is queued; it starts as soon as the trainer is free."
+
+
+def _cancel(run_id: int) -> None:
+    Session = common.session_factory()
+
+    def commit() -> None:
+        with Session.begin() as session:
+            run_queries.cancel_run(session, run_id)
+
+    db.retrying(commit)
+    st.session_state["train_notice"] = f"Run {run_id} is being cancelled."
+
+
+def loss_figure(metrics: list) -> object | None:
+    """One small panel per loss (their scales differ), against the training step."""
+    if not metrics:
+        return None
+    frame = pd.DataFrame([(m.step, m.name, m.value) for m in metrics], columns=["step", "loss", "value"])
+    fig = px.line(frame, x="step", y="value", facet_col="loss", facet_col_wrap=3, markers=len(frame) < 40)
+    fig.update_yaxes(matches=None, showticklabels=True, title=None)
+    fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
+    fig.update_layout(height=260 * ((frame["loss"].nunique() + 2) // 3), margin=dict(l=10, r=10, t=30, b=10), showlegend=False)
+    return fig
+
+
+def history_frame(runs: list) -> pd.DataFrame:
+    def accuracy(run):
+        if run.test_accuracy is not None:
+            return f"{run.test_accuracy:.1%} (test)"
+        if run.audit_accuracy is not None:
+            return f"{run.audit_accuracy:.1%} [{run.audit_low:.0%}-{run.audit_high:.0%}] (audit, n={run.audit_n})"
+        return ""
+
+    return pd.DataFrame(
+        [
+            {
+                "run": run.id,
+                "model": run.model,
+                "status": parts.STATUS_TEXT.get(run.status, run.status),
+                "labels": run.labels_used,
+                "accuracy": accuracy(run),
+                "steps": run.step,
+                "seconds": round(run.seconds or 0.0, 1),
+                "started": run.started_at.strftime("%Y-%m-%d %H:%M:%S") if run.started_at else "",
+                "note": run.error or "; ".join((run.metrics or {}).get("notes", [])),
+            }
+            for run in runs
+        ]
+    )
+
+
+def _live(project_id: int) -> None:
+    """Progress of the active run (or the newest one) and its loss curves."""
+    Session = common.session_factory()
+    with Session() as session:
+        current = run_queries.active_runs(session, project_id)
+        shown = next((r for r in current if r.status == RUNNING), None) or (current[0] if current else None)
+        if shown is None:
+            runs = run_queries.list_runs(session, project_id)
+            shown = runs[0] if runs else None
+        metrics = run_queries.run_metrics(session, shown.id) if shown is not None else []
+    seen = st.session_state.setdefault("train_seen_active", set())
+    now = {r.id for r in current}
+    if seen - now:
+        st.session_state["train_seen_active"] = now
+        st.rerun(scope="app")  # a run finished: redraw history, queue and buttons
+    st.session_state["train_seen_active"] = now
+
+    st.caption(parts.status_line(current))
+    if shown is None:
+        st.info("No run yet: label a few images of each class, then start training.")
+        return
+    label = f"Run {shown.id} ({shown.model}): {parts.STATUS_TEXT.get(shown.status, shown.status)}"
+    st.progress(min(1.0, max(0.0, shown.progress or 0.0)), text=f"{label}, {shown.progress or 0:.0%}")
+    if shown.status == FAILED and shown.error:
+        st.error(f"Run {shown.id} failed: {shown.error}")
+    for run in current:
+        st.button(
+            f"Cancel run {run.id}", key=f"cancel-{run.id}", on_click=_cancel, args=(run.id,),
+            disabled=bool(run.cancel_requested),
+        )
+    fig = loss_figure(metrics)
+    if fig is not None:
+        st.plotly_chart(fig, key="loss_curves")
+    elif shown.status == RUNNING:
+        st.caption("The first loss values arrive within a few seconds.")
+
+
+def _settings_ui(project: Project) -> None:
+    settings = project.settings or {}
+    models = list(MODELS)
+    default_model = settings.get("model", "m2")
+    st.selectbox(
+        "Model", models, index=models.index(default_model) if default_model in models else 0,
+        key="train_model", format_func=lambda m: DESCRIPTIONS.get(m, m),
+    )
+    model = st.session_state["train_model"]
+    left, right = st.columns(2)
+    with left:
+        st.number_input(
+            "Training time (seconds)", min_value=1, max_value=MAX_BUDGET_S,
+            value=int(settings.get("budget_s", 60)), step=10, key="train_budget_s",
+            help="Training stops after this long, or after the step limit, whichever comes first.",
+        )
+        st.number_input(
+            "Step limit (0 = none)", min_value=0, max_value=10_000_000,
+            value=int(settings.get("steps", 0) or 0), step=100, key="train_steps",
+        )
+        defaults = model_defaults(model)
+        if "lr" in defaults:
+            st.number_input(
+                "Learning rate", min_value=1e-6, max_value=1.0, value=float(defaults["lr"]),
+                format="%.5f", step=1e-4, key="train_lr",
+            )
+    with right:
+        strategies = list(active.STRATEGIES)
+        default_strategy = settings.get("strategy", "entropy")
+        st.selectbox(
+            "Which images to ask about next", strategies,
+            index=strategies.index(default_strategy) if default_strategy in strategies else 0,
+            key="train_strategy", format_func=lambda s: active.STRATEGIES[s].description,
+        )
+        st.number_input(
+            "Retrain automatically every N new labels (0 = off)", min_value=0, max_value=100_000,
+            value=int(settings.get("auto_retrain_every", 10) or 0), step=5, key="train_every",
+        )
+        st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=int(settings.get("seed", 0)), key="train_seed")
+
+
+def train_page() -> None:
+    project = common.current_project()
+    Session = common.session_factory()
+    with Session() as session:
+        project = session.get(Project, project.id)
+        runs = run_queries.list_runs(session, project.id)
+        current = run_queries.active_runs(session, project.id)
+        since = parts.labels_since_last_run(session, project.id)
+    parts.ensure_worker_for_queued(current)
+
+    st.title(f"Train · {project.name}")
+    error = st.session_state.pop("train_error", None)
+    if error:
+        st.error(error)
+    notice = st.session_state.pop("train_notice", None)
+    if notice:
+        st.success(notice)
+
+    _settings_ui(project)
+    st.button("Start training", key="train_start", type="primary", on_click=_start, args=(project.id,))
+    st.caption(f"{since} new labels since the last run. Training runs in the background: keep labeling.")
+
+    st.subheader("Now")
+    st.fragment(run_every=LIVE_EVERY_S)(_live)(project.id)
+
+    st.subheader("History")
+    if runs:
+        st.dataframe(history_frame(runs), hide_index=True, width="stretch")
+    else:
+        st.caption("No runs yet.")

@@ -1,0 +1,351 @@
+"""AppTest runs of every page with a tiny project: what each page shows and what its buttons write."""
+
+from __future__ import annotations
+
+import io
+import zipfile
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from db import queries
+from db import runs as run_queries
+from db.models import DONE, LabelEvent, Project
+from labeler import projects
+from labeler.config import SettingError
+from labeler.ui import latent, progress, project, train
+
+from ui_helpers import PAGES, fake_done_run, label_items, page_app, wait_for
+
+
+@pytest.mark.parametrize("module", list(PAGES))
+def test_every_page_renders_before_any_run(tiny_project, module):
+    at = page_app(module, tiny_project.id)
+    assert not at.exception
+    assert not at.error
+
+
+@pytest.mark.parametrize("module", list(PAGES))
+def test_every_page_renders_after_a_run(Session, tiny_project, module):
+    label_items(Session, tiny_project.id, 4)
+    fake_done_run(Session, tiny_project.id)
+    at = page_app(module, tiny_project.id)
+    assert not at.exception
+    assert not at.error
+
+
+# Label ---------------------------------------------------------------------------------------
+
+
+def test_label_page_shows_counts_and_the_models_guess(Session, tiny_project):
+    label_items(Session, tiny_project.id, 3)
+    fake_done_run(Session, tiny_project.id, labels_used=1)
+    at = page_app("label", tiny_project.id)
+    counts = at.sidebar.dataframe[0].value
+    assert counts["labels"].tolist() == [2, 1]  # truth alternates 0, 1, 0
+    captions = " ".join(c.value for c in at.sidebar.caption)
+    assert "2 new labels since the last run" in captions
+    assert "idle" in captions
+    assert at.metric[0].label == "Model's guess"
+
+
+def test_grid_accepts_the_page_with_corrections(Session, tiny_project):
+    fake_done_run(Session, tiny_project.id)
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    boxes = [box for box in at.selectbox if box.key.startswith("grid-")]
+    assert len(boxes) == 12
+    with Session() as session:
+        truth = {item.id: item.truth for item in queries.items(session, tiny_project.id)}
+    ids = [int(box.key.split("-")[1]) for box in boxes]
+    # Pre-filled with the model's guess (the fake run predicts the truth).
+    assert [box.value for box in boxes] == [truth[i] for i in ids]
+    boxes[0].set_value(1 - truth[ids[0]])  # correct one
+    boxes[1].set_value(-1)  # skip one
+    at.button(key="accept_grid").click().run()
+    assert not at.exception
+    with Session() as session:
+        labels = queries.current_labels(session, tiny_project.id)
+        kinds = {e.kind for i in labels for e in queries.history(session, i)}
+    assert len(labels) == 11 and ids[1] not in labels
+    assert labels[ids[0]] == 1 - truth[ids[0]]
+    assert all(labels[i] == truth[i] for i in ids[2:])
+    assert kinds == {"grid"}
+    # The next page shows other images, and not the skipped one first.
+    new_ids = [int(b.key.split("-")[1]) for b in at.selectbox if b.key.startswith("grid-")]
+    assert not set(new_ids) & set(ids[:1] + ids[2:])
+
+
+def test_classes_can_be_added_and_renamed(Session, tiny_project):
+    at = page_app("label", tiny_project.id)
+    at.text_input(key="new_class").input("other")
+    at.button(key="add_class").click().run()
+    assert not at.exception
+    at.selectbox(key="rename_which").set_value(0)
+    at.text_input(key="rename_to").input("dark")
+    at.button(key="rename_class").click().run()
+    with Session() as session:
+        assert queries.class_names(session, tiny_project.id) == ["dark", "1", "other"]
+    # A third class button appears; a duplicate name is refused with one sentence.
+    assert at.button(key="class-2").label == "other"
+    at.text_input(key="new_class").input("dark")
+    at.button(key="add_class").click().run()
+    assert "already a class" in at.error[0].value
+
+
+def test_auto_retrain_queues_a_run_after_n_labels(Session, tiny_project):
+    with Session.begin() as session:
+        p = session.get(Project, tiny_project.id)
+        # A steps budget keeps the worker's run short, whoever trains it.
+        p.settings = {**p.settings, "auto_retrain_every": 2, "model": "labelspread", "steps": 1, "budget_s": 5}
+    at = page_app("label", tiny_project.id)
+    at.button(key="class-0").click().run()
+    with Session() as session:
+        assert run_queries.list_runs(session, tiny_project.id) == []
+    at.button(key="class-1").click().run()
+    assert not at.exception
+    with Session() as session:
+        runs = run_queries.list_runs(session, tiny_project.id)
+    assert len(runs) == 1 and runs[0].model == "labelspread"
+    assert "retraining started" in " ".join(i.value for i in at.sidebar.info)
+
+
+# Train ---------------------------------------------------------------------------------------
+
+
+def test_validated_settings_refuse_bad_values():
+    good = {"model": "m2", "budget_s": 30, "strategy": "entropy", "seed": 0, "steps": 0, "lr": 0.001}
+    assert train.validated_settings(good) == {"budget_s": 30.0, "strategy": "entropy", "seed": 0, "config": {"lr": 0.001}}
+    for key, bad in [("budget_s", 0), ("lr", 5.0), ("seed", -1), ("model", "nope"), ("strategy", "nope")]:
+        with pytest.raises(SettingError):
+            train.validated_settings({**good, key: bad})
+
+
+def test_train_page_runs_a_model_and_shows_it_in_the_history(Session, tiny_project):
+    label_items(Session, tiny_project.id, 6)
+    at = page_app("train", tiny_project.id)
+    at.selectbox(key="train_model").set_value("labelspread").run()
+    at.number_input(key="train_steps").set_value(1)
+    at.number_input(key="train_budget_s").set_value(5)
+    at.number_input(key="train_every").set_value(3)
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    assert "queued" in at.success[0].value
+    with Session() as session:
+        settings = session.get(Project, tiny_project.id).settings
+    assert settings["model"] == "labelspread" and settings["auto_retrain_every"] == 3 and settings["steps"] == 1
+
+    def finished():
+        with Session() as session:
+            runs = run_queries.list_runs(session, tiny_project.id)
+            return runs and runs[0].status not in ("queued", "running") and runs[0]
+
+    run = wait_for(finished)
+    assert run.status == DONE, run.error
+    at.run()
+    history = at.dataframe[0].value
+    assert history["status"].tolist() == ["done"] and history["labels"].tolist() == [6]
+    assert "done" in at.get("progress")[0].proto.text
+
+    at = page_app("progress", tiny_project.id)
+    assert not at.exception
+    assert "test split" in at.info[0].value
+    assert len(at.get("plotly_chart")) >= 3  # learning curve, balance, per-class, confusion
+
+
+def test_loss_figure_has_one_panel_per_loss():
+    class Point:
+        def __init__(self, step, name, value):
+            self.step, self.name, self.value = step, name, value
+
+    fig = train.loss_figure([Point(s, n, s * 0.1) for s in range(3) for n in ("elbo", "classifier")])
+    assert len(fig.data) == 2
+    assert train.loss_figure([]) is None
+
+
+# Progress ------------------------------------------------------------------------------------
+
+
+def test_progress_uses_the_test_split_with_an_interval(Session, tiny_project):
+    label_items(Session, tiny_project.id, 4)
+    fake_done_run(Session, tiny_project.id, accuracy=0.5, labels_used=2)
+    fake_done_run(Session, tiny_project.id, accuracy=0.75, labels_used=4)
+    at = page_app("progress", tiny_project.id)
+    assert "test split: 8 images" in at.info[0].value
+    assert at.metric[0].value == "75.0%"
+    with Session() as session:
+        from labeler import evaluate
+
+        frame = progress.curve_frame(evaluate.learning_curve(session, tiny_project.id), "test", 8)
+    assert frame["labels"].tolist() == [2, 4]
+    assert (frame["low"] < frame["accuracy"]).all() and (frame["accuracy"] < frame["high"]).all()
+
+
+def test_progress_says_when_there_is_no_honest_accuracy():
+    split, text = progress.accuracy_source(0, 0, 10)
+    assert split is None and "No honest accuracy" in text
+    split, text = progress.accuracy_source(0, 7, 10)
+    assert split == "audit" and "7 of 10" in text
+
+
+def test_agreement_counts_labels_given_after_a_run(Session, tiny_project):
+    fake_done_run(Session, tiny_project.id)
+    with Session.begin() as session:
+        a, b = queries.items(session, tiny_project.id, "pool")[:2]
+        queries.add_label(session, a.id, a.truth)  # agrees with the fake guess
+        queries.add_label(session, b.id, 1 - b.truth)  # disagrees
+    at = page_app("progress", tiny_project.id)
+    agreement = [m for m in at.metric if "agreed" in m.label][0]
+    assert agreement.value == "50%"
+
+
+# Latent space --------------------------------------------------------------------------------
+
+
+def test_points_frame_marks_labels_and_hides_the_test_split(Session, tiny_project):
+    ids = label_items(Session, tiny_project.id, 3)
+    run_id = fake_done_run(Session, tiny_project.id)
+    with Session() as session:
+        frame = latent.points_frame(session, tiny_project.id, run_id, ["0", "1"])
+        small = latent.points_frame(session, tiny_project.id, run_id, ["0", "1"], max_points=5)
+    assert len(frame) == 32 and set(frame["split"]) == {"pool"}
+    assert set(frame.loc[frame["labeled"] == "labeled", "item_id"]) == set(ids)
+    # Subsampling keeps every labeled point.
+    assert len(small) == 5 and set(ids) <= set(small["item_id"])
+    fig = latent.scatter(frame, "label", ["0", "1"])
+    assert fig.layout.dragmode == "lasso"
+    latent.scatter(frame, "uncertainty", ["0", "1"])
+
+
+def test_selected_item_ids_reads_customdata():
+    event = {"selection": {"points": [{"customdata": [5]}, {"customdata": [7]}, {"customdata": [5]}, {}]}}
+    assert latent.selected_item_ids(event) == [5, 7]
+    assert latent.selected_item_ids(None) == []
+
+
+def test_selection_panel_labels_the_selection_at_once(Session, tiny_project):
+    from streamlit.testing.v1 import AppTest
+
+    run_id = fake_done_run(Session, tiny_project.id)
+    with Session() as session:
+        ids = [i.id for i in queries.items(session, tiny_project.id, "pool")[:5]]
+    script = f"""
+from labeler.ui import common, latent
+names = common.class_names({tiny_project.id})
+with common.session_factory()() as session:
+    frame = latent.points_frame(session, {tiny_project.id}, {run_id}, names)
+latent._selection_panel({tiny_project.id}, {ids}, frame, names, "tester")
+"""
+    at = AppTest.from_string(script, default_timeout=60)
+    at.session_state["project_id"] = tiny_project.id
+    at.run()
+    assert len(at.get("image")[0].proto.imgs) == 5
+    at.selectbox(key="bulk_class").set_value(1)
+    at.button(key="bulk_apply").click().run()
+    assert not at.exception
+    with Session() as session:
+        labels = queries.current_labels(session, tiny_project.id)
+        events = [queries.history(session, i)[-1] for i in ids]
+    assert {labels[i] for i in ids} == {1} and len(labels) == 5
+    assert {(e.kind, e.annotator) for e in events} == {("bulk", "tester")}
+
+
+def test_generated_images_panel_shows_one_row_per_class(Session, tiny_project, tmp_path):
+    from labeler.models import MODELS, save_checkpoint
+
+    model = MODELS["m2"]((1, 8, 8), 2, device="cpu", seed=0)
+    path = save_checkpoint(model, tmp_path / "m2.pt")
+    fake_done_run(Session, tiny_project.id, model="m2", checkpoint=str(path))
+    at = page_app("latent", tiny_project.id)
+    assert not at.exception
+    assert any("per class" in h.value for h in at.subheader)
+    assert len(at.get("image")) == 2  # one image row per class
+
+
+# Export --------------------------------------------------------------------------------------
+
+
+def test_export_page_offers_the_data_set(Session, tiny_project):
+    label_items(Session, tiny_project.id, 6)
+    at = page_app("export", tiny_project.id)
+    assert not at.get("download_button")
+    at.button(key="export_prepare").click().run()
+    assert not at.exception and not at.error
+    keys = {b.proto.id for b in at.get("download_button")}
+    assert len(keys) == 3  # zip, parquet, labels.csv (no model yet)
+    files = at.session_state["export_files"]["paths"]
+    zip_path = next(p for p in files if p.endswith("dataset.zip"))
+    with zipfile.ZipFile(zip_path) as archive:
+        assert "metadata.csv" in archive.namelist()
+        assert len([n for n in archive.namelist() if n.endswith(".png")]) == 6
+
+
+# Project -------------------------------------------------------------------------------------
+
+
+def _write_images(folder, n=6, broken=False):
+    for cls in ("cat", "dog"):
+        (folder / cls).mkdir(parents=True, exist_ok=True)
+        for i in range(n):
+            value = 40 if cls == "cat" else 200
+            pixels = np.full((10, 10), value + i, dtype=np.uint8)
+            Image.fromarray(pixels).save(folder / cls / f"{i}.png")
+    if broken:
+        (folder / "cat" / "broken.png").write_bytes(b"not an image")
+
+
+def test_project_page_creates_a_project_from_a_folder(Session, tiny_project, tmp_path):
+    _write_images(tmp_path / "pets", broken=True)
+    at = page_app("project", tiny_project.id)
+    at.text_input(key="new_project_name").input("pets")
+    at.radio(key="new_project_kind").set_value("folder")
+    at.text_input(key="new_project_folder").input(str(tmp_path / "pets"))
+    at.button[-1].click().run()  # the form's submit button
+    assert not at.exception and not at.error
+    with Session() as session:
+        pets = queries.get_project(session, "pets")
+        assert queries.class_names(session, pets.id) == ["cat", "dog"]
+    assert at.session_state["project_id"] == pets.id
+    assert "Created the project" in at.success[0].value
+    # The import report names the skipped file.
+    assert "broken.png" in at.dataframe[0].value["file"].iloc[0]
+    # Switching back.
+    at.selectbox(key="project_choice").set_value(tiny_project.id).run()
+    assert at.session_state["project_id"] == tiny_project.id
+
+
+def test_project_page_says_what_is_wrong_in_one_sentence(tiny_project, tmp_path):
+    at = page_app("project", tiny_project.id)
+    at.text_input(key="new_project_name").input("nothing")
+    at.radio(key="new_project_kind").set_value("folder")
+    at.text_input(key="new_project_folder").input(str(tmp_path / "missing"))
+    at.button[-1].click().run()
+    assert not at.exception
+    assert len(at.error) == 1 and "\n" not in at.error[0].value
+    at.text_input(key="new_project_name").input("tiny")  # taken
+    at.radio(key="new_project_kind").set_value("builtin")
+    at.button[-1].click().run()
+    assert "exists already" in at.error[0].value
+
+
+def test_uploaded_zip_is_saved_under_the_data_folder_and_imports(Session, tmp_path):
+    _write_images(tmp_path / "zipme")
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for path in (tmp_path / "zipme").rglob("*.png"):
+            archive.write(path, arcname=str(path.relative_to(tmp_path / "zipme")))
+    source = project.save_upload(buffer.getvalue())
+    assert source.startswith("zip:") and "uploads" in source
+    created = projects.create_project(Session, "zipped", source)
+    with Session() as session:
+        assert queries.count_items(session, created.id) == 12
+
+
+def test_annotator_name_is_used_for_new_labels(Session, tiny_project):
+    at = page_app("project", tiny_project.id)
+    at.text_input(key="annotator_input").input("alice").run()
+    assert at.session_state["annotator"] == "alice"
+    assert project.parse_classes("cat, dog\nbird,") == ["cat", "dog", "bird"]
+    with Session() as session:
+        assert session.query(LabelEvent).count() == 0

@@ -1,0 +1,72 @@
+"""AppTest helpers: run one page with a tiny project, fake a finished run, label items."""
+
+from __future__ import annotations
+
+import time
+
+from streamlit.testing.v1 import AppTest
+
+from db import queries
+from db.models import DONE, Prediction, Run, utcnow
+
+PAGES = {
+    "label": "label_page",
+    "train": "train_page",
+    "progress": "progress_page",
+    "latent": "latent_page",
+    "export": "export_page",
+    "project": "project_page",
+}
+
+
+def page_app(module: str, project_id: int, annotator: str = "tester") -> AppTest:
+    """An AppTest of one page (the navigation itself is covered by test_label_page)."""
+    at = AppTest.from_string(f"from labeler.ui.{module} import {PAGES[module]}\n{PAGES[module]}()", default_timeout=60)
+    at.session_state["project_id"] = project_id
+    at.session_state["annotator"] = annotator
+    return at.run()
+
+
+def fake_done_run(Session, project_id: int, model: str = "m2", accuracy: float = 0.75, labels_used: int = 4,
+                  audit: tuple[float, float, float, int] | None = None, checkpoint: str | None = None) -> int:
+    """A DONE run whose prediction for each item is its truth (class 0 where unknown), with the
+    item's row as its queue score and (row, truth) as its latent point."""
+    with Session.begin() as session:
+        now = utcnow()
+        run = Run(
+            project_id=project_id, model=model, status=DONE, created_at=now, started_at=now, finished_at=now,
+            progress=1.0, labels_used=labels_used, test_accuracy=accuracy, seconds=1.0, checkpoint=checkpoint,
+        )
+        if audit is not None:
+            run.test_accuracy = None
+            run.audit_accuracy, run.audit_low, run.audit_high, run.audit_n = audit
+        session.add(run)
+        session.flush()
+        for item in queries.items(session, project_id):
+            guess = item.truth or 0
+            session.add(
+                Prediction(
+                    run_id=run.id, item_id=item.id, predicted=guess, confidence=0.9, entropy=0.3, margin=0.8,
+                    score=float(item.row), x=float(item.row), y=float(guess),
+                )
+            )
+        return run.id
+
+
+def label_items(Session, project_id: int, n: int, annotator: str = "tester") -> list[int]:
+    """Label the first n pool items with their true class; return their ids."""
+    with Session.begin() as session:
+        pool = queries.items(session, project_id, "pool")[:n]
+        for item in pool:
+            queries.add_label(session, item.id, item.truth, annotator=annotator)
+        return [item.id for item in pool]
+
+
+def wait_for(condition, timeout: float = 60.0, every: float = 0.2):
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
