@@ -274,7 +274,7 @@ def _import_tree(
     candidates = _scan(folder, data_root, max_file_bytes, skipped)
 
     # Pass 1: bytes, digest, duplicates and the image header (cheap: no pixel decoding).
-    accepted = []  # (key, path, digest, grayscale)
+    accepted = []  # (key, path, digest, grayscale, shown path)
     first_key: dict[str, str] = {}
     for key, path, shown in candidates:
         try:
