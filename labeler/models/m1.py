@@ -39,6 +39,9 @@ class M1Config:
     hidden: list[int] = field(default_factory=lambda: [500, 500])
     batch_size: int = 100
     lr: float = 1e-3
+    # Weight of the KL term (beta-VAE); below 1 keeps more latent dimensions in use on small
+    # images such as 8x8 digits, where 64 Bernoulli pixels otherwise lose to the KL.
+    kl_weight: float = 1.0
     # Inverse L2 strength of the logistic regression on standardised means.
     head_c: float = 1.0
 
@@ -55,11 +58,11 @@ class VAE(nn.Module):
     def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
         return self.q_z(self.features(x))
 
-    def elbo(self, x: torch.Tensor) -> torch.Tensor:
-        """(B, C, H, W) -> (B,) single-sample ELBO."""
+    def elbo(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
+        """(B, C, H, W) -> (B,) single-sample ELBO (kl_weight 1), or its beta-weighted variant."""
         mu, logvar = self.encode(x)  # (B, D)
         z = nets.reparameterize(mu, logvar)
-        return nets.bernoulli_log_prob(self.decoder(z), x) - nets.kl_std_normal(mu, logvar)
+        return nets.bernoulli_log_prob(self.decoder(z), x) - kl_weight * nets.kl_std_normal(mu, logvar)
 
 
 def train_vae(
@@ -71,6 +74,7 @@ def train_vae(
     batch_size: int,
     lr: float,
     step0: int = 0,
+    kl_weight: float = 1.0,
 ) -> tuple[int, float]:
     """Maximise the mean ELBO over random batches of `pool` until `budget` ends; return (steps, last loss)."""
     vae.train()
@@ -79,7 +83,7 @@ def train_vae(
     step, value = 0, float("nan")
     while not budget.done(step):
         xb = pool[torch.as_tensor(next(stream), device=pool.device)]
-        loss = -vae.elbo(xb).mean()
+        loss = -vae.elbo(xb, kl_weight).mean()
         nets.check_finite(loss, step0 + step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
@@ -142,7 +146,8 @@ class M1(SSLModel):
         self.fits += 1
         ticker = nets.Ticker(progress, budget)
         pool = nets.pool_tensor(x, self.device)
-        steps, loss = train_vae(self.modules["vae"], pool, budget, ticker, rng, self.config.batch_size, self.config.lr)
+        cfg = self.config
+        steps, loss = train_vae(self.modules["vae"], pool, budget, ticker, rng, cfg.batch_size, cfg.lr, kl_weight=cfg.kl_weight)
         self._fit_head(x, labeled_idx, labels)
         ticker.tick(steps, {"neg_elbo": loss}, force=True)
         return {"neg_elbo": loss}

@@ -1,0 +1,120 @@
+"""The VAE models' math against hand-computed values, and their training behaviour."""
+
+from __future__ import annotations
+
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from labeler.models import Budget
+from labeler.models import nets
+from labeler.models.m1 import M1, VAE, fit_linear_head
+from labeler.models.m1m2 import M1M2
+from labeler.models.m2 import M2, M2Net, m2_loss, unlabeled_bound
+
+
+def zero_(module: torch.nn.Module) -> torch.nn.Module:
+    """All weights, biases and batch-norm scales to zero: every layer outputs 0."""
+    with torch.no_grad():
+        for p in module.parameters():
+            p.zero_()
+    return module
+
+
+def test_bernoulli_log_prob_by_hand():
+    logits = torch.tensor([[0.0, 2.0]])
+    x = torch.tensor([[1.0, 0.25]])
+    s = 1 / (1 + math.exp(-2.0))
+    want = math.log(0.5) + 0.25 * math.log(s) + 0.75 * math.log(1 - s)
+    assert nets.bernoulli_log_prob(logits, x).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_kl_and_gaussian_log_prob_by_hand():
+    mu, logvar = torch.tensor([[1.0, 0.0]]), torch.tensor([[0.0, math.log(4.0)]])
+    # KL(N(1, 1) || N(0, 1)) = 1/2;  KL(N(0, 4) || N(0, 1)) = (4 - 1 - log 4) / 2
+    assert nets.kl_std_normal(mu, logvar).item() == pytest.approx(0.5 + (3 - math.log(4)) / 2, rel=1e-6)
+    x = torch.tensor([[2.0, 2.0]])
+    want = -0.5 * (math.log(2 * math.pi) + 1) - 0.5 * (math.log(2 * math.pi) + math.log(4) + 4 / 4)
+    assert nets.gaussian_log_prob(x, mu, logvar).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_unlabeled_bound_by_hand():
+    # q = (0.25, 0.75): U = 0.25 * 10 + 0.75 * 20 + 0.25 log 0.25 + 0.75 log 0.75
+    neg = torch.tensor([[10.0, 20.0]])
+    logits = torch.tensor([[0.0, math.log(3.0)]])
+    want = 0.25 * 10 + 0.75 * 20 + 0.25 * math.log(0.25) + 0.75 * math.log(0.75)
+    assert unlabeled_bound(neg, logits).item() == pytest.approx(want, rel=1e-6)
+
+
+def test_m2_objective_by_hand_on_a_zero_network():
+    """With every weight zero: p(x|y,z) = Bernoulli(1/2), q(z|x,y) = N(0, I), q(y|x) uniform, so
+    L(x, y) = D log 2 + log K, U(x) = D log 2, -log q(y|x) = log K, whatever x and z are."""
+    k, d, n_l, n_u, alpha = 3, 64, 5, 15, 2.0
+    net = zero_(M2Net((1, 8, 8), k, latent_dim=4, hidden=[16])).train()
+    xl, xu = torch.rand(4, 1, 8, 8), torch.rand(6, 1, 8, 8)
+    yl = torch.tensor([0, 1, 2, 1])
+    loss, parts = m2_loss(net, xl, yl, xu, n_l, n_u, alpha)
+    lab, unl, ce = d * math.log(2) + math.log(k), d * math.log(2), math.log(k)
+    want = (n_l * (lab + alpha * ce) + n_u * unl) / (n_l + n_u)
+    assert loss.item() == pytest.approx(want, rel=1e-5)
+    assert parts["labeled_neg_elbo"] == pytest.approx(lab, rel=1e-5)
+    assert parts["unlabeled_bound"] == pytest.approx(unl, rel=1e-5)
+
+
+def test_m1_elbo_by_hand_on_a_zero_network():
+    vae = zero_(VAE((1, 8, 8), latent_dim=3, hidden=[8])).train()
+    elbo = vae.elbo(torch.rand(5, 1, 8, 8))
+    np.testing.assert_allclose(elbo.detach().numpy(), -64 * math.log(2), rtol=1e-5)
+
+
+def test_linear_head_folds_the_standardisation():
+    rng = np.random.default_rng(0)
+    z = rng.normal(size=(30, 4)).astype(np.float32) * [1, 10, 0.1, 1] + 5
+    y = (z[:, 0] > 5).astype(int) + 2 * (z[:, 1] > 50)
+    w, b = fit_linear_head(z, y, num_classes=5, c=1.0, seed=0)
+    assert w.shape == (5, 4) and (b[4] < -10)  # class 4 never labeled: never predicted
+    assert ((z @ w.T + b).argmax(1) == y).mean() > 0.9
+
+
+def test_nan_loss_raises_a_clear_error():
+    x = np.random.default_rng(0).random((20, 1, 8, 8), dtype=np.float32)
+    model = M2((1, 8, 8), 2, config=M2.Config(hidden=[8], latent_dim=2), seed=0)
+    with torch.no_grad():
+        next(model.modules["net"].parameters()).fill_(float("nan"))
+    with pytest.raises(RuntimeError, match="training diverged"):
+        model.fit(x, np.arange(4), np.array([0, 1, 0, 1]), Budget(steps=2))
+
+
+def two_blobs(n=60, seed=0):
+    """Dark vs bright 8x8 images: easy classes for a learning check."""
+    rng = np.random.default_rng(seed)
+    y = np.arange(n) % 2
+    x = np.clip(rng.random((n, 1, 8, 8)) * 0.4 + 0.5 * y[:, None, None, None], 0, 1).astype(np.float32)
+    return x, y
+
+
+@pytest.mark.parametrize("cls", [M1, M2, M1M2])
+def test_learns_two_easy_classes_from_four_labels(cls):
+    x, y = two_blobs()
+    small = {"hidden": [32]} if cls is not M1M2 else {"hidden": [32], "m1_hidden": [32], "m1_latent_dim": 8}
+    model = cls((1, 8, 8), 2, config=cls.Config(**small), seed=0)
+    model.fit(x, np.arange(4), y[:4], Budget(steps=150))
+    assert (model.predict_proba(x).argmax(1) == y).mean() >= 0.9
+
+
+def test_m2_samples_one_image_set_per_class():
+    model = M2((1, 8, 8), 3, config=M2.Config(hidden=[8], latent_dim=2), seed=0)
+    s = model.sample_images(n_per_class=4)
+    assert s.shape == (3, 4, 1, 8, 8) and 0 <= s.min() and s.max() <= 1
+
+
+def test_m1_mc_proba_varies_with_the_sampled_code():
+    x, y = two_blobs(n=20)
+    model = M1((1, 8, 8), 2, config=M1.Config(hidden=[16], latent_dim=4), seed=0)
+    model.fit(x, np.arange(4), y[:4], Budget(steps=5))
+    mc = model.mc_proba(x, samples=5)
+    assert mc.shape == (5, 20, 2)
+    np.testing.assert_allclose(mc.sum(-1), 1.0, atol=1e-5)
+    assert mc.std(0).max() > 0
