@@ -12,7 +12,7 @@ from __future__ import annotations
 from datetime import timedelta
 from typing import Any
 
-from sqlalchemy import and_, func, or_, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.orm import Session
 
 from .models import (
@@ -214,3 +214,28 @@ def predictions_frame(session: Session, run_id: int):
     columns = ["item_id", "row", "key", "split", "truth", "predicted", "confidence", "entropy", "margin",
                "score", "x", "y"]
     return pd.DataFrame([tuple(r) for r in rows], columns=columns)
+
+
+def maybe_auto_retrain(session: Session, project_id: int) -> Run | None:
+    """Queue a run with the project's own settings (model, budget, strategy) when
+    `should_auto_retrain` says so; return it, or None."""
+    if not should_auto_retrain(session, project_id):
+        return None
+    project = session.get(Project, project_id)
+    return request_run(session, project_id, (project.settings or {}).get("model", "m2"), {"auto": True})
+
+
+def prune_predictions(session: Session, project_id: int, keep: int = 5) -> int:
+    """Delete the prediction rows of all but the newest `keep` DONE runs (each run stores one
+    row per item, which adds up on large sets); the runs themselves and their accuracies stay.
+    Returns the number of runs pruned."""
+    done = list(
+        session.scalars(
+            select(Run.id).where(Run.project_id == project_id, Run.status == DONE)
+            .order_by(Run.finished_at.desc(), Run.id.desc())
+        )
+    )
+    old = done[keep:]
+    if old:
+        session.execute(delete(Prediction).where(Prediction.run_id.in_(old)))
+    return len(old)

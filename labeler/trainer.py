@@ -134,6 +134,7 @@ class Worker:
         stale_after_s: float = 600.0,
         pixels: Callable[[int], np.ndarray] | None = None,
         checkpoint_path: Callable[[int, int], Path] | None = None,
+        keep_predictions: int = 5,
     ):
         self.Session = session_factory
         self.device = device or default_device()
@@ -143,6 +144,7 @@ class Worker:
         self.stale_after_s = stale_after_s
         self._pixels = pixels
         self._checkpoint_path = checkpoint_path
+        self.keep_predictions = keep_predictions
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -467,6 +469,11 @@ class Worker:
         result = self._write(commit)
         if result != DONE:
             checkpoint.unlink(missing_ok=True)
+        else:
+            try:
+                self._write(lambda session: run_queries.prune_predictions(session, job.project_id, self.keep_predictions))
+            except Exception:  # noqa: BLE001 - only disk space is at stake
+                log.exception("Could not prune old predictions of project %s", job.project_id)
         log.info("Run %s %s in %.1f s (test accuracy %s)", job.run_id, result, seconds, test_accuracy)
 
     def _finish(self, run_id: int, status: str, start: float, error: str | None = None, notes: list[str] | None = None) -> None:

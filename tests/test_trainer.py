@@ -298,3 +298,50 @@ def test_train_model_rejects_no_labels_and_nan():
         train_model("nope", x, [0], [0], 2, steps=1)
     model = train_model("fake", x, [0, 1], [0, 1], 2, steps=3)
     assert model.predict_proba(x).shape == (4, 2)
+
+
+def test_worker_with_a_real_registry_model(Session, project):
+    with Session.begin() as session:
+        run_id = run_queries.request_run(session, project.id, "supervised", {"steps": 5, "strategy": "margin"}).id
+    Worker(Session, device="cpu").process_one()
+    run = get_run(Session, run_id)
+    assert run.status == DONE, run.error
+    with Session() as session:
+        assert len(run_queries.predictions(session, run_id)) == queries.count_items(session, project.id)
+
+
+def test_old_predictions_are_pruned_and_auto_retrain_queues_with_project_settings(Session, project):
+    worker = Worker(Session, device="cpu", keep_predictions=1)
+    ids = [queue(Session, project.id) for _ in range(1)]
+    worker.process_one()
+    ids.append(queue(Session, project.id))
+    worker.process_one()
+    with Session() as session:
+        assert run_queries.predictions(session, ids[0]) == []  # pruned, the run row stays
+        assert session.get(Run, ids[0]).status == DONE
+        assert len(run_queries.predictions(session, ids[1])) > 0
+    with Session.begin() as session:
+        p = session.get(type(project), project.id)
+        p.settings = {**p.settings, "auto_retrain_every": 1, "model": "fake"}
+        unlabeled = [i for i in queries.items(session, project.id, split="pool")
+                     if i.id not in queries.current_labels(session, project.id)]
+        queries.add_label(session, unlabeled[0], unlabeled[0].truth)
+        run = run_queries.maybe_auto_retrain(session, project.id)
+        assert run is not None and run.model == "fake" and run.status == QUEUED
+        assert run_queries.maybe_auto_retrain(session, project.id) is None  # one is queued already
+
+
+def test_queue_never_offers_labeled_test_or_audit_first(Session, project):
+    """next_items follows the stored scores; the worker's scores put the pool first."""
+    run_id = queue(Session, project.id)
+    Worker(Session, device="cpu").process_one()
+    with Session() as session:
+        items = {i.id: i for i in queries.items(session, project.id)}
+        labeled = set(queries.current_labels(session, project.id))
+        n_pool_unlabeled = sum(1 for i in items.values() if i.split == "pool" and i.id not in labeled)
+        offered = queries.next_items(session, project.id, k=n_pool_unlabeled)
+        assert {i.split for i, _ in offered} == {"pool"}
+        assert not {i.id for i, _ in offered} & labeled
+        everything = queries.next_items(session, project.id, k=1000)
+        assert all(items[i.id].split != "test" for i, _ in everything)
+        assert all(p.run_id == run_id for _, p in everything)
