@@ -1,0 +1,140 @@
+"""A real `streamlit run app.py` server on a tiny project, and a headless Debian Chromium.
+
+Session-scoped: one server and one browser for the whole browser suite. The project is made
+through `labeler.projects.create_project` before the server starts, so it is the app's default.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[2]
+CHROMIUM = "/usr/bin/chromium"
+
+
+def image_set(n: int = 60, test: int = 10, seed: int = 0):
+    """n gray 12x12 images in two easy classes (dark and bright), the last `test` a test split."""
+    import hashlib
+
+    import numpy as np
+
+    from labeler.data.base import ImageSet
+
+    rng = np.random.default_rng(seed)
+    truth = np.arange(n) % 2
+    pixels = (rng.random((n, 1, 12, 12)) * 90 + truth[:, None, None, None] * 140).astype(np.uint8)
+    return ImageSet(
+        pixels=pixels,
+        keys=[f"img/{i:03d}.png" for i in range(n)],
+        sha256=[hashlib.sha256(p.tobytes() + bytes([i])).hexdigest() for i, p in enumerate(pixels)],
+        truth=truth.astype(np.int64),
+        splits=["test" if i >= n - test else "pool" for i in range(n)],
+        classes=["dark", "bright"],
+    )
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def wait_http(url: str, timeout: float = 90.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=2) as response:
+                if response.status == 200:
+                    return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
+
+
+def start_server(data_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
+    env = {**os.environ, "LABELER_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
+    env.pop("LABELER_DB_URL", None)
+    command = [
+        sys.executable, "-m", "streamlit", "run", "app.py",
+        "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
+        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+    ]
+    log = open(log_path, "w")  # noqa: SIM115 - closed with the process
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+
+
+def launch_browser(playwright):
+    if not Path(CHROMIUM).exists():
+        pytest.skip("Debian's chromium is not installed (apt-get install chromium).")
+    return playwright.chromium.launch(
+        executable_path=CHROMIUM,
+        args=["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"],
+    )
+
+
+@pytest.fixture(scope="session")
+def app_server(tmp_path_factory):
+    """(base url, data folder, session factory) of a running app on the tiny project."""
+    pytest.importorskip("playwright")
+    import db
+    from labeler import projects
+
+    data_dir = tmp_path_factory.mktemp("browser-data")
+    engine = db.make_engine(f"sqlite:///{data_dir / 'labeler.db'}")
+    Session = db.session_factory(engine)
+    old = os.environ.get("LABELER_DATA_DIR")
+    os.environ["LABELER_DATA_DIR"] = str(data_dir)  # create_project writes pixels there
+    try:
+        project = projects.create_project(Session, "tiny", "test", images=image_set())
+        with Session.begin() as session:
+            from db.models import Project
+
+            stored = session.get(Project, project.id)
+            # Only the runs a test starts: no automatic retraining in the middle of another test.
+            stored.settings = {**stored.settings, "auto_retrain_every": 0, "model": "supervised", "budget_s": 6}
+    finally:
+        if old is None:
+            os.environ.pop("LABELER_DATA_DIR", None)
+        else:
+            os.environ["LABELER_DATA_DIR"] = old
+    port = free_port()
+    server = start_server(data_dir, port, data_dir / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/_stcore/health")
+        yield {"url": url, "data_dir": data_dir, "Session": Session, "project_id": project.id}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        engine.dispose()
+
+
+@pytest.fixture(scope="session")
+def browser():
+    pytest.importorskip("playwright")
+    from playwright.sync_api import sync_playwright
+
+    with sync_playwright() as playwright:
+        browser = launch_browser(playwright)
+        yield browser
+        browser.close()
+
+
+@pytest.fixture
+def page(browser):
+    context = browser.new_context(viewport={"width": 1400, "height": 1000}, accept_downloads=True)
+    page = context.new_page()
+    page.set_default_timeout(30_000)
+    yield page
+    context.close()
