@@ -125,6 +125,23 @@ class LabelEvent(Base):
     predicted_run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
+class Claim(Base):
+    """An image handed to one annotator, so others are not shown it at the same time.
+
+    One row per item (the primary key): taking a claim is one INSERT ... ON CONFLICT that
+    only overwrites a claim of the same annotator or one that has expired, so two processes
+    racing for the same image cannot both win. Labeling the item deletes its claim.
+    """
+
+    __tablename__ = "claims"
+    __table_args__ = (Index("ix_claims_project_annotator", "project_id", "annotator"),)
+
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"), primary_key=True)
+    project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
+    annotator: Mapped[str] = mapped_column(String(200))
+    expires_at: Mapped[datetime] = mapped_column(DateTime)
+
+
 class Run(Base):
     __tablename__ = "runs"
 

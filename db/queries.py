@@ -7,14 +7,17 @@ Each function takes the session first and never commits: the caller owns the tra
 from __future__ import annotations
 
 from collections.abc import Iterable, Sequence
+from datetime import timedelta
 
-from sqlalchemy import and_, func, select, update
+from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy.engine import Engine
 from sqlalchemy.orm import Session
 
 from .models import (
     AUDIT,
     DONE,
     POOL,
+    Claim,
     ImportIssue,
     Item,
     LabelClass,
@@ -44,10 +47,24 @@ def class_names(session: Session, project_id: int) -> list[str]:
     return list(rows)
 
 
-def add_class(session: Session, project_id: int, name: str) -> LabelClass:
-    name = name.strip()
+MAX_CLASS_NAME = 200  # LabelClass.name is String(200); PostgreSQL enforces it, SQLite would not
+
+
+def check_class_name(name: str) -> str:
+    """`name` without surrounding spaces, or a ValueError saying what is allowed. Any other
+    character is kept as typed: names are data, shown escaped and bound as SQL parameters."""
+    name = (name or "").strip()
     if not name:
         raise ValueError("A class name cannot be empty.")
+    if len(name) > MAX_CLASS_NAME:
+        raise ValueError(f"A class name can be at most {MAX_CLASS_NAME} characters long; this one has {len(name)}.")
+    if any(ord(c) < 32 or ord(c) == 127 for c in name):
+        raise ValueError("A class name cannot contain line breaks, tabs or other control characters.")
+    return name
+
+
+def add_class(session: Session, project_id: int, name: str) -> LabelClass:
+    name = check_class_name(name)
     if name in class_names(session, project_id):
         raise ValueError(f"There is already a class named {name!r}.")
     index = session.scalar(
@@ -60,9 +77,7 @@ def add_class(session: Session, project_id: int, name: str) -> LabelClass:
 
 
 def rename_class(session: Session, project_id: int, index: int, new_name: str) -> None:
-    new_name = new_name.strip()
-    if not new_name:
-        raise ValueError("A class name cannot be empty.")
+    new_name = check_class_name(new_name)
     others = [n for i, n in enumerate(class_names(session, project_id)) if i != index]
     if new_name in others:
         raise ValueError(f"There is already a class named {new_name!r}.")
@@ -134,6 +149,8 @@ def add_label(
         predicted_run_id=run_id if predicted is not None else None,
     )
     session.add(event)
+    # Answered: the image no longer needs to be kept from other annotators.
+    session.execute(delete(Claim).where(Claim.item_id == item.id))
     session.flush()
     return event
 
@@ -207,12 +224,28 @@ def unlabeled_candidates(session: Session, project_id: int, splits: tuple[str, .
     )
 
 
+CLAIM_SECONDS = 300  # how long an image shown to one annotator is kept from the others
+
+
 def next_items(
-    session: Session, project_id: int, k: int = 1, exclude: Iterable[int] = (), seed: int = 0
+    session: Session,
+    project_id: int,
+    k: int = 1,
+    exclude: Iterable[int] = (),
+    seed: int = 0,
+    annotator: str | None = None,
 ) -> list[tuple[Item, Prediction | None]]:
     """The next k unlabeled items to show: the newest finished run's queue order (highest score
     first), or a fixed shuffled order while no model exists. Items in `exclude` (skipped, or
-    handed to another annotator) come last."""
+    handed to another annotator) come last.
+
+    With `annotator`, items another annotator holds an unexpired claim on are passed over, and
+    the items returned are claimed for `annotator` for `CLAIM_SECONDS` (their other claims in
+    the project are released). Claims are committed at once on a connection of their own, so
+    call this outside a write transaction. When every remaining item is claimed by someone
+    else, those are returned (unclaimed) rather than nothing: two people may then see the same
+    image, and both answers are kept in the history.
+    """
     exclude = set(exclude)
     candidates = unlabeled_candidates(session, project_id).subquery()
     run_id = latest_done_run_id(session, project_id)
@@ -228,10 +261,115 @@ def next_items(
         query = select(Item, Prediction).join(candidates, candidates.c.id == Item.id).join(
             Prediction, and_(Prediction.item_id == Item.id, Prediction.run_id == -1), isouter=True
         ).order_by(Item.sha256)
+    if annotator is None:
+        return _first_k(session.execute(query.limit(k + len(exclude))), k, exclude)
+
+    now = utcnow()
+    held = select(Claim.item_id).where(
+        Claim.project_id == project_id, Claim.annotator != annotator, Claim.expires_at > now
+    )
+    free = query.where(Item.id.not_in(held))
+    # A few spare rows: another annotator may claim some between this read and our claim.
+    ordered = _first_k(session.execute(free.limit(2 * k + len(exclude) + 8)), None, exclude)
+    claimed = _claim(session, project_id, [item.id for item, _ in ordered], annotator, k)
+    picked = [pair for pair in ordered if pair[0].id in claimed]
+    if len(picked) < k:
+        # Nothing unclaimed is left: share what others hold rather than show "all done".
+        taken = {item.id for item, _ in picked}
+        rest = _first_k(session.execute(query.limit(k + len(exclude) + len(taken))), None, exclude)
+        picked += [pair for pair in rest if pair[0].id not in taken][: k - len(picked)]
+    return picked
+
+
+def _first_k(rows, k: int | None, exclude: set[int]) -> list[tuple[Item, Prediction | None]]:
+    """Rows in order, those in `exclude` moved to the back; the first k (all when k is None)."""
     picked: list[tuple[Item, Prediction | None]] = []
     deferred: list[tuple[Item, Prediction | None]] = []
-    for item, prediction in session.execute(query.limit(k + len(exclude))):
+    for item, prediction in rows:
         (deferred if item.id in exclude else picked).append((item, prediction))
-        if len(picked) >= k:
+        if k is not None and len(picked) >= k:
             break
-    return (picked + deferred)[:k]
+    result = picked + deferred
+    return result if k is None else result[:k]
+
+
+def _claim(session: Session, project_id: int, item_ids: list[int], annotator: str, k: int) -> set[int]:
+    """Claim up to k of `item_ids` (in order) for `annotator` in one committed transaction of
+    its own; return the ids won. The annotator's other claims in the project are released
+    (including any just taken on an item that turned out to be labeled meanwhile)."""
+    bind = session.get_bind()
+    now = utcnow()
+    expires = now + timedelta(seconds=CLAIM_SECONDS)
+
+    def attempt(connection) -> set[int]:
+        won: set[int] = set()
+        for item_id in item_ids:
+            if len(won) >= k:
+                break
+            if not _take_claim(connection, project_id, item_id, annotator, now, expires):
+                continue
+            # Read after the claim is written: the candidate list may be older than a label
+            # another annotator committed since (and with it the release of their claim).
+            labeled = connection.execute(
+                select(LabelEvent.id).where(LabelEvent.item_id == item_id, LabelEvent.undone.is_(False)).limit(1)
+            ).first()
+            if labeled is None:
+                won.add(item_id)
+        release = delete(Claim).where(Claim.project_id == project_id, Claim.annotator == annotator)
+        if won:
+            release = release.where(Claim.item_id.not_in(won))
+        connection.execute(release)
+        return won
+
+    if isinstance(bind, Engine):
+        from .engine import retrying
+
+        def transaction() -> set[int]:
+            with bind.begin() as connection:
+                return attempt(connection)
+
+        return retrying(transaction)
+    return attempt(session.connection())  # bound to a connection: the caller's transaction
+
+
+def _take_claim(connection, project_id: int, item_id: int, annotator: str, now, expires) -> bool:
+    """Insert the claim, or take over one that is ours or has expired; False when another
+    annotator holds it. One statement, so a concurrent claimer either sees ours or loses."""
+    values = dict(item_id=item_id, project_id=project_id, annotator=annotator, expires_at=expires)
+    dialect = connection.dialect.name
+    if dialect in ("sqlite", "postgresql"):
+        if dialect == "sqlite":
+            from sqlalchemy.dialects.sqlite import insert
+        else:
+            from sqlalchemy.dialects.postgresql import insert
+        statement = insert(Claim).values(**values)
+        statement = statement.on_conflict_do_update(
+            index_elements=[Claim.item_id],
+            set_=dict(annotator=annotator, expires_at=expires, project_id=project_id),
+            where=or_(Claim.annotator == annotator, Claim.expires_at <= now),
+        )
+        # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT.
+        return connection.execute(statement.returning(Claim.item_id)).first() is not None
+    # Other databases: update-or-insert, the primary key deciding a race.
+    taken = connection.execute(
+        update(Claim)
+        .where(Claim.item_id == item_id, or_(Claim.annotator == annotator, Claim.expires_at <= now))
+        .values(annotator=annotator, expires_at=expires, project_id=project_id)
+    ).rowcount
+    if taken:
+        return True
+    from sqlalchemy.exc import IntegrityError
+
+    try:
+        with connection.begin_nested():
+            connection.execute(Claim.__table__.insert().values(**values))
+        return True
+    except IntegrityError:
+        return False
+
+
+def release_claims(session: Session, project_id: int, annotator: str) -> int:
+    """Give back every image `annotator` holds in the project (e.g. on leaving); return how many."""
+    return session.execute(
+        delete(Claim).where(Claim.project_id == project_id, Claim.annotator == annotator)
+    ).rowcount

@@ -1,4 +1,9 @@
-"""A consistent copy of the database while the app runs (SQLite's online backup API)."""
+"""A consistent copy of the database while the app runs (SQLite's online backup API).
+
+Restore: stop the app and the worker, copy the backup over the database file
+(`LABELER_DATA_DIR/labeler.db` by default), delete `labeler.db-wal` and `labeler.db-shm` beside
+it if present, and start again. Checkpoints and pixels live in the data folder, not the database.
+"""
 
 from __future__ import annotations
 
@@ -9,26 +14,34 @@ from .config import db_url
 
 
 def backup(out: str | Path, url: str | None = None) -> Path:
-    """Copy the SQLite database at `url` (default: the configured one) to `out`, page by page.
+    """Copy the SQLite database at `url` (default: the configured one) to `out`.
 
-    Readers and writers may keep working meanwhile; the copy is one consistent snapshot.
-    For PostgreSQL use `pg_dump` instead: this raises a ValueError saying so.
+    Readers and writers may keep working meanwhile; the copy is one consistent snapshot,
+    checked with `PRAGMA integrity_check` before it replaces `out`. For PostgreSQL use
+    `pg_dump` instead: this raises a ValueError saying so.
     """
     url = url or db_url()
     if not url.startswith("sqlite:///"):
         raise ValueError("Online backup is for SQLite; for PostgreSQL use pg_dump.")
-    source_path = Path(url.split("///", 1)[1])
+    source_path = Path(url.split("///", 1)[1].split("?", 1)[0])
     if not source_path.exists():
-        raise ValueError(f"There is no database at {source_path} to back up.")
+        raise ValueError(f"There is no database at {source_path} to back up; check LABELER_DATA_DIR.")
     out = Path(out)
+    if out.resolve() == source_path.resolve():
+        raise ValueError("The backup file must not be the database itself; choose another --out.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.unlink(missing_ok=True)
     source = sqlite3.connect(source_path, timeout=30)
     target = sqlite3.connect(tmp)
     try:
-        source.backup(target, pages=1024)
+        # All pages in one step: under WAL this reads one snapshot while writers carry on. A
+        # step-wise copy restarts whenever another connection writes, and might never finish.
+        source.backup(target, pages=-1)
         target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
+        check = target.execute("PRAGMA integrity_check").fetchone()[0]
+        if check != "ok":
+            raise ValueError(f"The backup copy failed its integrity check ({check}); try again.")
     finally:
         target.close()
         source.close()

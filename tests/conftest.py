@@ -3,10 +3,13 @@
 from __future__ import annotations
 
 import hashlib
+import os
+import uuid
 
 import numpy as np
 import pytest
 import torch
+from sqlalchemy.pool import NullPool
 
 import db
 from labeler.data.base import ImageSet
@@ -49,7 +52,54 @@ def tiny_image_set(n: int = 40, classes: int = 2, test: int = 0, seed: int = 0) 
 
 
 @pytest.fixture
+def make_image_set():
+    """`tiny_image_set` for test folders whose own conftest.py shadows this module's name."""
+    return tiny_image_set
+
+
+@pytest.fixture
 def tiny_project(Session):
     from labeler import projects
 
     return projects.create_project(Session, "tiny", "test", images=tiny_image_set(test=8))
+
+
+# Storage backends ------------------------------------------------------------------------------
+# `tests/db` and `tests/safety` override `db_url` with a parametrized fixture that runs each
+# storage test on `sqlite_url` and on `pg_url` (skipped unless LABELER_TEST_PG_URL is set).
+
+
+@pytest.fixture
+def sqlite_url(tmp_path) -> str:
+    return f"sqlite:///{tmp_path / 'data' / 'labeler.db'}"
+
+
+@pytest.fixture
+def pg_url(monkeypatch):
+    """A fresh, empty PostgreSQL database for this test (dropped after it), also exported as
+    LABELER_DB_URL so `db.get_engine()`, the CLI and subprocesses use it."""
+    base = os.environ.get("LABELER_TEST_PG_URL")
+    if not base:
+        pytest.skip("no PostgreSQL server: set LABELER_TEST_PG_URL (bash .ci/run starts one)")
+    from sqlalchemy import create_engine, text
+    from sqlalchemy.engine import make_url
+
+    name = f"t_{os.getpid()}_{uuid.uuid4().hex[:10]}"
+    admin = create_engine(base, isolation_level="AUTOCOMMIT", poolclass=NullPool)
+    with admin.connect() as connection:
+        connection.execute(text(f'CREATE DATABASE "{name}"'))
+    url = make_url(base).set(database=name).render_as_string(hide_password=False)
+    monkeypatch.setenv("LABELER_DB_URL", url)
+    try:
+        yield url
+    finally:
+        db.engine._cached_engine.cache_clear()
+        with admin.connect() as connection:
+            connection.execute(text(f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'))
+        admin.dispose()
+
+
+@pytest.fixture(params=["sqlite", pytest.param("postgres", marks=pytest.mark.postgres)])
+def any_db_url(request) -> str:
+    """A fresh database URL on each backend in turn (the PostgreSQL case skips without a server)."""
+    return request.getfixturevalue("sqlite_url" if request.param == "sqlite" else "pg_url")

@@ -1,0 +1,93 @@
+"""Two annotators at once, as two real processes: no answer is lost, no image is handed to both,
+and the history says who gave which label. Runs on SQLite and on PostgreSQL."""
+
+import os
+import subprocess
+import sys
+import time
+from collections import Counter
+from pathlib import Path
+
+from sqlalchemy import select
+
+from db import queries
+from db.models import LabelEvent
+from labeler import projects
+
+ROOT = Path(__file__).resolve().parents[2]
+WORKER = Path(__file__).with_name("label_worker.py")
+
+
+def start_worker(url: str, project_id: int, annotator: str, n: int, go_file: Path | None = None) -> subprocess.Popen:
+    env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
+    args = [sys.executable, str(WORKER), url, str(project_id), annotator, str(n)]
+    if go_file is not None:
+        args.append(str(go_file))
+    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+
+def acks(output: str) -> list[int]:
+    return [int(line.split()[1]) for line in output.splitlines() if line.startswith("ack ")]
+
+
+def test_two_annotator_processes_lose_nothing_and_never_share_an_image(db_url, Session, tmp_path, make_image_set):
+    project = projects.create_project(Session, "team", "test", images=make_image_set(n=80, classes=3))
+    n = 20
+    go = tmp_path / "go"
+    workers = {name: start_worker(db_url, project.id, name, n, go) for name in ("alice", "bob")}
+    for worker in workers.values():
+        assert worker.stdout.readline().strip() == "ready", worker.stderr.read()
+    go.touch()  # both start labeling at the same moment, racing for the same first image
+    outputs = {}
+    for name, worker in workers.items():
+        out, err = worker.communicate(timeout=120)
+        assert worker.returncode == 0, err
+        assert "Traceback" not in err
+        outputs[name] = acks(out)
+
+    assert [len(ids) for ids in outputs.values()] == [n, n]
+    both = outputs["alice"] + outputs["bob"]
+    shared = sorted(set(outputs["alice"]) & set(outputs["bob"]))
+    assert len(set(both)) == 2 * n, f"images handed to both annotators: {shared}; {outputs}"
+    with Session() as session:
+        events = list(session.scalars(select(LabelEvent).where(LabelEvent.project_id == project.id)))
+        assert len(events) == 2 * n
+        by_item = {e.item_id: e.annotator for e in events}
+        assert Counter(e.annotator for e in events) == {"alice": n, "bob": n}
+        for name, ids in outputs.items():
+            assert all(by_item[i] == name for i in ids), "the history must show who gave each label"
+        assert queries.label_count(session, project.id) == 2 * n
+
+
+def test_claims_keep_an_image_from_others_until_answered_or_expired(Session, tiny_project):
+    with Session() as session:
+        alice = [item.id for item, _ in queries.next_items(session, tiny_project.id, k=2, annotator="alice")]
+        bob = [item.id for item, _ in queries.next_items(session, tiny_project.id, k=2, annotator="bob")]
+        assert not set(alice) & set(bob)
+        # Asking again (a page rerun) keeps the same images; without an annotator nothing changes.
+        assert [i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="alice")] == alice
+        assert [i.id for i, _ in queries.next_items(session, tiny_project.id, k=2)] == alice
+    with Session.begin() as session:
+        queries.add_label(session, alice[0], 0, annotator="alice")
+    with Session() as session:
+        # Answered: alice moves on; bob still does not get her other image.
+        again = [i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="alice")]
+        assert alice[0] not in again and alice[1] in again
+        assert alice[1] not in [i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="bob")]
+    with Session.begin() as session:
+        from sqlalchemy import update
+
+        from db.models import Claim, utcnow
+
+        session.execute(update(Claim).where(Claim.annotator == "alice").values(expires_at=utcnow()))
+    with Session() as session:
+        # Alice left: her claim expired, so her image goes to the next person.
+        assert alice[1] in [i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="bob")]
+
+
+def test_when_only_claimed_images_remain_they_are_shared(Session, tiny_project):
+    with Session() as session:
+        everything = queries.next_items(session, tiny_project.id, k=100, annotator="alice")
+        assert len(everything) == 32  # 40 images, 8 in the test split
+        shared = queries.next_items(session, tiny_project.id, k=1, annotator="bob")
+        assert len(shared) == 1, "bob must not be told all is done while images are unlabeled"

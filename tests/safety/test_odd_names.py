@@ -1,0 +1,87 @@
+"""Labels and class names are data, never markup or SQL: odd names come back exactly as typed,
+from the database, the export and the label page."""
+
+from pathlib import Path
+
+import pandas as pd
+import pytest
+from sqlalchemy import inspect
+
+import db
+from db import queries
+from labeler import export, projects
+
+ODD = [
+    "<script>alert(1)</script>",
+    "'; DROP TABLE items; --",
+    "Robert\"); DROP TABLE classes;--",
+    "🐱 chat ñ 名前",
+    "**bold** _it_ `code` [link](http://x)",
+    "x" * queries.MAX_CLASS_NAME,
+]
+
+
+def _rename_all(Session, project_id, names):
+    with Session.begin() as session:
+        for index, name in enumerate(names[:2]):
+            queries.rename_class(session, project_id, index, name)
+        for name in names[2:]:
+            queries.add_class(session, project_id, name)
+
+
+def test_odd_class_names_round_trip_exactly(Session, make_image_set, tmp_path):
+    project = projects.create_project(Session, "odd", "test", images=make_image_set(n=20, classes=2))
+    _rename_all(Session, project.id, ODD)
+    with Session() as session:
+        assert queries.class_names(session, project.id) == ODD
+        items = queries.items(session, project.id)
+    with Session.begin() as session:
+        for index, item in enumerate(items[: len(ODD)]):
+            queries.add_label(session, item.id, index, annotator="<b>ann'; --</b>")
+    with Session() as session:
+        frame = export.labels_frame(session, project.id)
+        assert sorted(frame["label"]) == sorted(ODD)
+        assert set(frame["annotator"]) == {"<b>ann'; --</b>"}
+        # Nothing was executed: every table is still there, with every row.
+        assert queries.count_items(session, project.id) == 20
+        assert {"items", "classes", "label_events"} <= set(inspect(session.get_bind()).get_table_names())
+    written = export.write_labels_csv(Session, project.id, tmp_path)
+    read = pd.read_csv(written, keep_default_na=False, dtype=str)
+    assert sorted(read["label"]) == sorted(ODD)
+
+
+def test_class_names_that_cannot_be_stored_are_refused_clearly(Session, tiny_project):
+    with Session.begin() as session:
+        with pytest.raises(ValueError, match="at most 200 characters"):
+            queries.add_class(session, tiny_project.id, "y" * 201)
+        with pytest.raises(ValueError, match="control characters"):
+            queries.rename_class(session, tiny_project.id, 0, "two\nlines")
+        with pytest.raises(ValueError, match="empty"):
+            queries.add_class(session, tiny_project.id, "   ")
+        with pytest.raises(ValueError, match="already"):
+            queries.add_class(session, tiny_project.id, "1")
+
+
+@pytest.fixture
+def sqlite_Session(sqlite_url):
+    engine = db.make_engine(sqlite_url)
+    yield db.session_factory(engine)
+    engine.dispose()
+
+
+def test_label_page_shows_odd_names_as_typed(sqlite_Session, make_image_set):
+    from streamlit.testing.v1 import AppTest
+
+    project = projects.create_project(sqlite_Session, "odd-page", "test", images=make_image_set(n=20, classes=2))
+    _rename_all(sqlite_Session, project.id, ODD)
+    app = Path(__file__).resolve().parents[2] / "app.py"
+    at = AppTest.from_file(str(app), default_timeout=60)
+    at.session_state["project_id"] = project.id
+    at.session_state["annotator"] = "tester"
+    at.run()
+    assert not at.exception
+    assert [at.button(key=f"class-{i}").label for i in range(len(ODD))] == ODD
+    at.button(key="class-1").click().run()
+    assert not at.exception
+    with sqlite_Session() as session:
+        assert list(queries.current_labels(session, project.id).values()) == [1]
