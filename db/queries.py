@@ -57,7 +57,9 @@ def check_class_name(name: str) -> str:
     if not name:
         raise ValueError("A class name cannot be empty.")
     if len(name) > MAX_CLASS_NAME:
-        raise ValueError(f"A class name can be at most {MAX_CLASS_NAME} characters long; this one has {len(name)}.")
+        raise ValueError(
+            f"A class name can be at most {MAX_CLASS_NAME} characters long; this one has {len(name)}."
+        )
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
         raise ValueError("A class name cannot contain line breaks, tabs or other control characters.")
     return name
@@ -310,9 +312,8 @@ def _claim(session: Session, project_id: int, item_ids: list[int], annotator: st
                 continue
             # Read after the claim is written: the candidate list may be older than a label
             # another annotator committed since (and with it the release of their claim).
-            labeled = connection.execute(
-                select(LabelEvent.id).where(LabelEvent.item_id == item_id, LabelEvent.undone.is_(False)).limit(1)
-            ).first()
+            answered = select(LabelEvent.id).where(LabelEvent.item_id == item_id, LabelEvent.undone.is_(False))
+            labeled = connection.execute(answered.limit(1)).first()
             if labeled is None:
                 won.add(item_id)
         release = delete(Claim).where(Claim.project_id == project_id, Claim.annotator == annotator)
