@@ -81,7 +81,12 @@ class M2Net(nn.Module):
             self.decoder = nets.image_decoder(latent_dim + num_classes, input_shape, hidden)
         width = hidden[-1]
         self.cls_out = nn.Linear(width, num_classes)
-        self.q_z = nn.Sequential(nets.mlp([width + num_classes, width], last_activation=True), nets.GaussianHead(width, latent_dim))
+        # q(z|x,y): one hidden layer on [h(x), y]; its linear part is split as W_h h + W_y y so
+        # that W_h h is computed once per image, not once per (image, label) pair.
+        self.q_z_h = nn.Linear(width, width)
+        self.q_z_y = nn.Linear(num_classes, width, bias=False)
+        self.q_z_act = nn.Sequential(nn.BatchNorm1d(width), nn.ReLU())
+        self.q_z = nets.GaussianHead(width, latent_dim)
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.cls_out(self.cls_features(x))  # (B, K)
@@ -92,9 +97,14 @@ class M2Net(nn.Module):
             return nets.gaussian_log_prob(x, mu, logvar)
         return nets.bernoulli_log_prob(out, x)
 
-    def neg_elbo(self, x: torch.Tensor, h: torch.Tensor, y: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
-        """L(x, y) for rows x (B, ...), their encoder features h (B, F) and one-hot labels y (B, K) -> (B,)."""
-        mu, logvar = self.q_z(torch.cat([h, y], 1))  # (B, D)
+    def neg_elbo(self, x: torch.Tensor, h: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None,
+                 kl_weight: float = 1.0) -> torch.Tensor:
+        """L(x, y) for images x (B, ...), their encoder features h (B, F), one-hot labels y (R, K)
+        and `rows` (R,) saying which image each label goes with (None: row i with image i) -> (R,)."""
+        pre = self.q_z_h(h)  # (B, W)
+        if rows is not None:
+            pre, x = pre[rows], x[rows]
+        mu, logvar = self.q_z(self.q_z_act(pre + self.q_z_y(y)))  # (R, D)
         z = nets.reparameterize(mu, logvar)
         out = self.decoder(torch.cat([z, y], 1))
         return -(self.log_lik(x, out) - kl_weight * nets.kl_std_normal(mu, logvar) - math.log(self.k))
@@ -128,10 +138,9 @@ def m2_loss(
     logits = net.logits(x)  # (Bl + Bu, K)
     h = net.enc_features(x)  # (Bl + Bu, F)
     eye = torch.eye(k, device=x.device)
-    rows_x = torch.cat([xl, xu.repeat_interleave(k, 0)])  # (Bl + Bu K, ...)
-    rows_h = torch.cat([h[:bl], h[bl:].repeat_interleave(k, 0)])
-    rows_y = torch.cat([eye[yl], eye.repeat(bu, 1)])  # (Bl + Bu K, K)
-    neg = net.neg_elbo(rows_x, rows_h, rows_y, kl_weight)
+    rows = torch.cat([torch.arange(bl, device=x.device), torch.arange(bl, bl + bu, device=x.device).repeat_interleave(k)])
+    rows_y = torch.cat([eye[yl], eye.repeat(bu, 1)])  # (Bl + Bu K, K): labeled rows, then every label per image
+    neg = net.neg_elbo(x, h, rows_y, rows, kl_weight)  # (Bl + Bu K,)
     total = torch.zeros((), device=x.device)
     parts: dict[str, float] = {}
     if bl:
