@@ -216,7 +216,6 @@ def select_batch(
     further (e.g. to the pool split).
     """
     labeled_mask = np.asarray(labeled_mask, dtype=bool)
-    n = len(labeled_mask)
     allowed = ~labeled_mask if candidate_mask is None else (~labeled_mask & np.asarray(candidate_mask, dtype=bool))
     candidates = np.flatnonzero(allowed)
     k = min(int(k), len(candidates))

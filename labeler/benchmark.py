@@ -85,8 +85,8 @@ def _save_figure(fig, stem: Path) -> list[Path]:
 
         fig.write_image(stem.with_suffix(".png"))
         written.append(stem.with_suffix(".png"))
-    except Exception:  # noqa: BLE001 - PNG is optional
-        pass
+    except Exception as error:  # noqa: BLE001 - PNG is optional
+        print(f"no PNG ({type(error).__name__}); the HTML has the chart", file=sys.stderr)
     return written
 
 
@@ -192,8 +192,10 @@ def run_strategies(
     random_at_target = accuracy_at("random", target_labels)
     target = float(np.mean(random_at_target)) if random_at_target else float("nan")
     lines = [
-        f"Target: random sampling's mean test accuracy at {target_labels} labels = {target:.3f} "
-        f"({dataset}, {model}, {budget_s:g} s per round, initial {initial}, step {step}, {len(seeds)} seeds).",
+        (
+            f"Target: random sampling's mean test accuracy at {target_labels} labels = {target:.3f} "
+            f"({dataset}, {model}, {budget_s:g} s per round, initial {initial}, step {step}, {len(seeds)} seeds)."
+        ),
         "",
         f"| strategy | labels to reach the target | accuracy at {target_labels} labels |",
         "| --- | --- | --- |",
@@ -242,7 +244,7 @@ def cmd_benchmark(args) -> int:
     device = args.device or default_device()
     out_dir = Path(args.out_dir)
     seeds = list(range(args.seeds))
-    log = lambda line: print(line, file=sys.stderr, flush=True)  # noqa: E731
+    log = lambda line: print(line, file=sys.stderr, flush=True)
     start = time.monotonic()
     if args.mode == "models":
         models = _split_list(args.models, list(MODELS))

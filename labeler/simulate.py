@@ -19,6 +19,7 @@ JSON line for the final round, the shape benchmarks parse:
 from __future__ import annotations
 
 import csv
+import itertools
 import json
 import sys
 import time
@@ -129,56 +130,49 @@ def simulate(
     labeled = np.zeros(len(pool), dtype=bool)
     labeled[balanced_initial(y_pool, initial, num_classes, rng)] = True
 
-    writer = None
-    handle = None
     if out is not None:
         Path(out).parent.mkdir(parents=True, exist_ok=True)
-        handle = open(out, "w", newline="")
-        writer = csv.DictWriter(handle, fieldnames=CSV_FIELDS)
-        writer.writeheader()
+        with open(out, "w", newline="") as f:
+            csv.DictWriter(f, fieldnames=CSV_FIELDS).writeheader()
 
     rows: list[dict[str, Any]] = []
     current = None
     start = time.monotonic()
-    try:
-        for round_ in range(1_000_000):
-            idx = np.flatnonzero(labeled)
-            train_start = time.monotonic()
-            notes: list[str] = []
-            current = train_model(
-                model, x_pool, idx, y_pool[idx], num_classes, budget_s=budget_s, steps=steps,
-                seed=seed + round_, device=device, warm_start=current, config=config, notes=notes,
-            )
-            train_seconds = time.monotonic() - train_start
-            accuracy = float(np.mean(_predict(current, x_test).argmax(axis=1) == y_test))
-            row = {
-                "labels": int(labeled.sum()), "test_accuracy": round(accuracy, 4),
-                "seconds": round(time.monotonic() - start, 1), "round": round_,
-                "train_seconds": round(train_seconds, 1), "dataset": dataset, "model": model,
-                "strategy": strategy, "seed": seed,
-            }
-            rows.append(row)
-            if writer is not None:
-                writer.writerow(row)
-                handle.flush()
-            log(f"round {round_}: {row['labels']} labels, test accuracy {accuracy:.4f}, "
-                f"trained {train_seconds:.1f} s, total {row['seconds']:.1f} s" + "".join(f" ({n})" for n in notes))
-            if step == 0 or labeled.sum() >= max_labels or labeled.all():
-                break
-            k = int(min(step, max_labels - labeled.sum()))
-            needs = STRATEGIES[strategy].needs
-            probs = _predict(current, x_pool) if needs == "probs" else None
-            embeddings = _embed(current, x_pool) if needs == "embeddings" or (diverse and strategy != "random") else None
-            mc = None
-            if needs == "mc_probs":
-                mc = np.concatenate([current.mc_proba(x_pool[i : i + CHUNK], samples=mc_samples)
-                                     for i in range(0, len(x_pool), CHUNK)], axis=1)  # (S, P, K)
-            picks = select_batch(strategy, k, probs, embeddings, labeled, mc_probs=mc, diverse=diverse,
-                                 seed=seed * 1000 + round_)
-            labeled[picks] = True  # the oracle answers y_pool[picks]
-    finally:
-        if handle is not None:
-            handle.close()
+    for round_ in itertools.count():
+        idx = np.flatnonzero(labeled)
+        train_start = time.monotonic()
+        notes: list[str] = []
+        current = train_model(
+            model, x_pool, idx, y_pool[idx], num_classes, budget_s=budget_s, steps=steps,
+            seed=seed + round_, device=device, warm_start=current, config=config, notes=notes,
+        )
+        train_seconds = time.monotonic() - train_start
+        accuracy = float(np.mean(_predict(current, x_test).argmax(axis=1) == y_test))
+        row = {
+            "labels": int(labeled.sum()), "test_accuracy": round(accuracy, 4),
+            "seconds": round(time.monotonic() - start, 1), "round": round_,
+            "train_seconds": round(train_seconds, 1), "dataset": dataset, "model": model,
+            "strategy": strategy, "seed": seed,
+        }
+        rows.append(row)
+        if out is not None:  # row by row, so a long run stopped midway keeps its rounds
+            with open(out, "a", newline="") as f:
+                csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
+        log(f"round {round_}: {row['labels']} labels, test accuracy {accuracy:.4f}, "
+            f"trained {train_seconds:.1f} s, total {row['seconds']:.1f} s" + "".join(f" ({n})" for n in notes))
+        if step == 0 or labeled.sum() >= max_labels or labeled.all():
+            break
+        k = int(min(step, max_labels - labeled.sum()))
+        needs = STRATEGIES[strategy].needs
+        probs = _predict(current, x_pool) if needs == "probs" else None
+        embeddings = _embed(current, x_pool) if needs == "embeddings" or (diverse and strategy != "random") else None
+        mc = None
+        if needs == "mc_probs":
+            mc = np.concatenate([current.mc_proba(x_pool[i : i + CHUNK], samples=mc_samples)
+                                 for i in range(0, len(x_pool), CHUNK)], axis=1)  # (S, P, K)
+        picks = select_batch(strategy, k, probs, embeddings, labeled, mc_probs=mc, diverse=diverse,
+                             seed=seed * 1000 + round_)
+        labeled[picks] = True  # the oracle answers y_pool[picks]
     return rows
 
 

@@ -43,7 +43,21 @@ from sqlalchemy.orm import Session, sessionmaker
 
 from db import runs as run_queries
 from db.engine import retrying
-from db.models import AUDIT, CANCELLED, DONE, FAILED, INTERRUPTED, POOL, RUNNING, TEST, Item, Prediction, Project, Run, utcnow
+from db.models import (
+    AUDIT,
+    CANCELLED,
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    POOL,
+    RUNNING,
+    TEST,
+    Item,
+    Prediction,
+    Project,
+    Run,
+    utcnow,
+)
 
 from . import active
 from .config import SettingError, check_choice, check_float, check_int, default_device
@@ -216,7 +230,7 @@ class Worker:
                 if self.process_one():
                     processed += 1
                     continue
-            except Exception as error:  # noqa: BLE001 - the database may be away for a moment
+            except Exception as error:
                 log.exception("Worker loop error")
                 self._set(last_error=describe_error(error))
             if until_idle:
@@ -266,7 +280,7 @@ class Worker:
         except KeyboardInterrupt:
             self._finish(run_id, INTERRUPTED, start, error="The worker was stopped; start training again.", notes=notes)
             raise
-        except Exception as error:  # noqa: BLE001 - any failure must end as FAILED, the loop goes on
+        except Exception as error:
             log.exception("Run %s failed", run_id)
             message = describe_error(error)
             self._set(last_error=message)
@@ -472,7 +486,7 @@ class Worker:
         else:
             try:
                 self._write(lambda session: run_queries.prune_predictions(session, job.project_id, self.keep_predictions))
-            except Exception:  # noqa: BLE001 - only disk space is at stake
+            except Exception:
                 log.exception("Could not prune old predictions of project %s", job.project_id)
         log.info("Run %s %s in %.1f s (test accuracy %s)", job.run_id, result, seconds, test_accuracy)
 
@@ -489,7 +503,7 @@ class Worker:
 
         try:
             self._write(work)
-        except Exception:  # noqa: BLE001 - nothing more to do; the run will be marked stale later
+        except Exception:
             log.exception("Could not record the end of run %s", run_id)
 
 

@@ -7,11 +7,10 @@ import json
 
 import numpy as np
 import pytest
+from conftest import tiny_image_set
 
 from labeler import simulate as sim
 from labeler.cli import main
-
-from conftest import tiny_image_set
 
 
 def test_balanced_initial_is_balanced_random_and_unique():

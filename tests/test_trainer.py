@@ -9,18 +9,26 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from sqlalchemy import select, update
+from conftest import tiny_image_set
+from sqlalchemy import update
 
 import labeler.models as models_pkg
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, CANCELLED, DONE, FAILED, INTERRUPTED, QUEUED, RUNNING, Item, LabelEvent, Prediction, Run
+from db.models import (
+    AUDIT,
+    CANCELLED,
+    DONE,
+    FAILED,
+    INTERRUPTED,
+    QUEUED,
+    RUNNING,
+    Run,
+)
 from labeler import projects
 from labeler.models import Progress, SSLModel, TrainingCancelled
-from labeler.trainer import Worker
 from labeler.train import train_model
-
-from conftest import tiny_image_set
+from labeler.trainer import Worker
 
 
 @dataclass
