@@ -149,6 +149,7 @@ class Worker:
         pixels: Callable[[int], np.ndarray] | None = None,
         checkpoint_path: Callable[[int, int], Path] | None = None,
         keep_predictions: int = 5,
+        heartbeat_s: float = 30.0,
     ):
         self.Session = session_factory
         self.device = device or default_device()
@@ -159,6 +160,7 @@ class Worker:
         self._pixels = pixels
         self._checkpoint_path = checkpoint_path
         self.keep_predictions = keep_predictions
+        self.heartbeat_s = heartbeat_s
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -269,6 +271,9 @@ class Worker:
         start = time.monotonic()
         notes: list[str] = []
         last = {"step": 0, "losses": {}}
+        beating = threading.Event()
+        beat = threading.Thread(target=self._beat, args=(run_id, beating), name="labeler-heartbeat", daemon=True)
+        beat.start()
         try:
             job = self._load(run_id)
             model = self._train(job, start, notes, last)
@@ -287,6 +292,18 @@ class Worker:
             if isinstance(error, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
             self._finish(run_id, FAILED, start, error=message, notes=notes)
+        finally:
+            beating.set()
+            beat.join()
+
+    def _beat(self, run_id: int, done: threading.Event) -> None:
+        """Keep the run's heartbeat fresh while a model computes without calling back (e.g. one
+        long closed-form fit), so other workers do not take it for dead."""
+        while not done.wait(self.heartbeat_s):
+            try:
+                self._heartbeat(run_id)
+            except Exception:  # a missed beat is harmless; the next one may pass
+                log.warning("Could not write the heartbeat of run %s", run_id, exc_info=True)
 
     def _load(self, run_id: int) -> _Job:
         from db.queries import class_names, current_labels

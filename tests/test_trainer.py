@@ -36,6 +36,9 @@ class FakeConfig:
     lr: float = 0.5
     explode: bool = False  # raise in fit: a model that fails
     sleep_s: float = 0.0  # per step, to make runs slow enough to cancel
+    oom: bool = False  # raise the GPU's out-of-memory error
+    nan: bool = False  # report a NaN loss
+    silent_s: float = 0.0  # compute this long without calling progress
 
 
 class FakeModel(SSLModel):
@@ -59,6 +62,9 @@ class FakeModel(SSLModel):
         try:
             if self.config.explode:
                 raise RuntimeError("boom")
+            if self.config.oom:
+                raise torch.cuda.OutOfMemoryError("CUDA out of memory. Tried to allocate 2.00 GiB")
+            time.sleep(self.config.silent_s)
             lin = self.modules["linear"]
             opt = torch.optim.SGD(lin.parameters(), lr=self.config.lr)
             xl = torch.as_tensor(x[labeled_idx].reshape(len(labeled_idx), -1))
@@ -71,7 +77,8 @@ class FakeModel(SSLModel):
                 opt.step()
                 step += 1
                 time.sleep(self.config.sleep_s)
-                if progress and progress(Progress(step, budget.elapsed(), budget.fraction(step), {"loss": float(loss.detach())})):
+                value = float("nan") if self.config.nan else float(loss.detach())
+                if progress and progress(Progress(step, budget.elapsed(), budget.fraction(step), {"loss": value})):
                     raise TrainingCancelled()
             return {"loss": float(loss.detach())}
         finally:
@@ -353,3 +360,52 @@ def test_queue_never_offers_labeled_test_or_audit_first(Session, project):
         everything = queries.next_items(session, project.id, k=1000)
         assert all(items[i.id].split != "test" for i, _ in everything)
         assert all(p.run_id == run_id for _, p in everything)
+
+
+@pytest.mark.parametrize(
+    ("config", "expected"),
+    [({"oom": True}, "GPU ran out of memory"), ({"nan": True}, "diverged")],
+)
+def test_oom_and_nan_fail_with_a_readable_error(Session, project, config, expected):
+    run_id = queue(Session, project.id, config=config)
+    worker = Worker(Session, device="cpu")
+    worker.process_one()
+    run = get_run(Session, run_id)
+    assert run.status == FAILED and expected in run.error
+    assert worker.status()["last_error"] == run.error
+
+
+def test_stopping_the_worker_interrupts_its_run(Session, project):
+    run_id = queue(Session, project.id, steps=None, budget_s=30, config={"sleep_s": 0.01})
+    worker = Worker(Session, device="cpu", poll_s=0.05).start()
+    deadline = time.monotonic() + 10
+    while get_run(Session, run_id).status != RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    started = time.monotonic()
+    worker.stop(timeout=10)
+    assert time.monotonic() - started < 5 and not worker.alive
+    run = get_run(Session, run_id)
+    assert run.status == INTERRUPTED and "start training again" in run.error
+
+
+def test_heartbeat_stays_fresh_while_a_model_is_silent(Session, project):
+    run_id = queue(Session, project.id, steps=1, config={"silent_s": 1.0})
+    worker = Worker(Session, device="cpu", heartbeat_s=0.1)
+    beats = []
+
+    def watch():
+        while len(beats) < 50:
+            with Session() as session:
+                run = session.get(Run, run_id)
+                if run.status == RUNNING and run.step == 0 and run.heartbeat_at is not None:
+                    beats.append(run.heartbeat_at)  # before the model's first progress call
+                if run.status == DONE:
+                    return
+            time.sleep(0.05)
+
+    watcher = threading.Thread(target=watch)
+    watcher.start()
+    worker.process_one()
+    watcher.join(10)
+    assert get_run(Session, run_id).status == DONE
+    assert len(set(beats)) >= 3  # renewed during the silent second, not only at the claim
