@@ -6,11 +6,13 @@ Each function takes the session first and never commits: the caller owns the tra
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
 from sqlalchemy import and_, delete, func, or_, select, update
 from sqlalchemy.engine import Engine
+from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
 
 from .models import (
@@ -27,6 +29,8 @@ from .models import (
     Run,
     utcnow,
 )
+
+log = logging.getLogger(__name__)
 
 
 # Projects and classes -----------------------------------------------------------------------
@@ -273,7 +277,13 @@ def next_items(
     free = query.where(Item.id.not_in(held))
     # A few spare rows: another annotator may claim some between this read and our claim.
     ordered = _first_k(session.execute(free.limit(2 * k + len(exclude) + 8)), None, exclude)
-    claimed = _claim(session, project_id, [item.id for item, _ in ordered], annotator, k)
+    try:
+        claimed = _claim(session, project_id, [item.id for item, _ in ordered], annotator, k)
+    except OperationalError:
+        # The database stayed locked through every retry: show images unclaimed rather than
+        # fail the page; the worst case is two people answering one image, both kept.
+        log.warning("Could not claim images for %s; showing them unclaimed.", annotator, exc_info=True)
+        claimed = {item.id for item, _ in ordered[:k]}
     picked = [pair for pair in ordered if pair[0].id in claimed]
     if len(picked) < k:
         # Nothing unclaimed is left: share what others hold rather than show "all done".
@@ -336,7 +346,7 @@ def _claim(session: Session, project_id: int, item_ids: list[int], annotator: st
 def _take_claim(connection, project_id: int, item_id: int, annotator: str, now, expires) -> bool:
     """Insert the claim, or take over one that is ours or has expired; False when another
     annotator holds it. One statement, so a concurrent claimer either sees ours or loses."""
-    values = dict(item_id=item_id, project_id=project_id, annotator=annotator, expires_at=expires)
+    values = {"item_id": item_id, "project_id": project_id, "annotator": annotator, "expires_at": expires}
     dialect = connection.dialect.name
     if dialect in ("sqlite", "postgresql"):
         if dialect == "sqlite":
@@ -346,7 +356,7 @@ def _take_claim(connection, project_id: int, item_id: int, annotator: str, now, 
         statement = insert(Claim).values(**values)
         statement = statement.on_conflict_do_update(
             index_elements=[Claim.item_id],
-            set_=dict(annotator=annotator, expires_at=expires, project_id=project_id),
+            set_={"annotator": annotator, "expires_at": expires, "project_id": project_id},
             where=or_(Claim.annotator == annotator, Claim.expires_at <= now),
         )
         # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT.
@@ -359,8 +369,6 @@ def _take_claim(connection, project_id: int, item_id: int, annotator: str, now, 
     ).rowcount
     if taken:
         return True
-    from sqlalchemy.exc import IntegrityError
-
     try:
         with connection.begin_nested():
             connection.execute(Claim.__table__.insert().values(**values))

@@ -22,7 +22,7 @@ def test_sqlite_connections_are_durable_and_checked(sqlite_url):
     engine = db.make_engine(sqlite_url)
     try:
         with engine.connect() as connection:
-            pragma = lambda name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()  # noqa: E731
+            pragma = lambda name: connection.exec_driver_sql(f"PRAGMA {name}").scalar()
             assert pragma("journal_mode") == "wal"  # readers never block the writer
             assert pragma("foreign_keys") == 1
             assert pragma("synchronous") == 2  # FULL: a commit is on disk before it returns

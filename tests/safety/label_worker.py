@@ -30,7 +30,7 @@ def main(url: str, project_id: int, annotator: str, n: int, go_file: str | None 
             break
         item_id = picked[0][0].id
 
-        def commit() -> None:
+        def commit(item_id: int = item_id, n_classes: int = n_classes) -> None:
             with Session.begin() as session:
                 queries.add_label(session, item_id, item_id % n_classes, annotator=annotator)
 

@@ -4,7 +4,6 @@ and the history says who gave which label. Runs on SQLite and on PostgreSQL."""
 import os
 import subprocess
 import sys
-import time
 from collections import Counter
 from pathlib import Path
 
@@ -91,3 +90,14 @@ def test_when_only_claimed_images_remain_they_are_shared(Session, tiny_project):
         assert len(everything) == 32  # 40 images, 8 in the test split
         shared = queries.next_items(session, tiny_project.id, k=1, annotator="bob")
         assert len(shared) == 1, "bob must not be told all is done while images are unlabeled"
+
+
+def test_a_database_locked_past_every_retry_still_shows_an_image(Session, tiny_project, monkeypatch):
+    from sqlalchemy.exc import OperationalError
+
+    def locked(*args, **kwargs):
+        raise OperationalError("INSERT INTO claims", {}, Exception("database is locked"))
+
+    monkeypatch.setattr(queries, "_claim", locked)
+    with Session() as session:
+        assert len(queries.next_items(session, tiny_project.id, k=2, annotator="alice")) == 2

@@ -62,7 +62,11 @@ def test_sigkill_while_labeling_keeps_every_acknowledged_label(db_url, Session, 
         engine.dispose()
 
 
-def test_sigkill_during_training_marks_the_run_interrupted_and_the_next_run_works(db_url, Session, tmp_path, make_image_set):
+def test_sigkill_during_training_marks_the_run_interrupted_and_the_next_run_works(
+    preferred_Session, make_image_set
+):
+    """On PostgreSQL when a server is given (the worker on a shared database), else SQLite."""
+    Session = preferred_Session
     project = projects.create_project(Session, "train-crash", "test", images=make_image_set(n=60, test=10))
     with Session.begin() as session:
         queries.add_labels(session, [i.id for i in queries.items(session, project.id, "pool")[:20]], 0)

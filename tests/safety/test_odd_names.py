@@ -7,7 +7,6 @@ import pandas as pd
 import pytest
 from sqlalchemy import inspect
 
-import db
 from db import queries
 from labeler import export, projects
 
@@ -62,18 +61,12 @@ def test_class_names_that_cannot_be_stored_are_refused_clearly(Session, tiny_pro
             queries.add_class(session, tiny_project.id, "1")
 
 
-@pytest.fixture
-def sqlite_Session(sqlite_url):
-    engine = db.make_engine(sqlite_url)
-    yield db.session_factory(engine)
-    engine.dispose()
-
-
-def test_label_page_shows_odd_names_as_typed(sqlite_Session, make_image_set):
+def test_label_page_shows_odd_names_as_typed(Session, make_image_set):
+    """Also the app on PostgreSQL: `pg_url` sets LABELER_DB_URL, which the app reads."""
     from streamlit.testing.v1 import AppTest
 
-    project = projects.create_project(sqlite_Session, "odd-page", "test", images=make_image_set(n=20, classes=2))
-    _rename_all(sqlite_Session, project.id, ODD)
+    project = projects.create_project(Session, "odd-page", "test", images=make_image_set(n=20, classes=2))
+    _rename_all(Session, project.id, ODD)
     app = Path(__file__).resolve().parents[2] / "app.py"
     at = AppTest.from_file(str(app), default_timeout=60)
     at.session_state["project_id"] = project.id
@@ -83,5 +76,5 @@ def test_label_page_shows_odd_names_as_typed(sqlite_Session, make_image_set):
     assert [at.button(key=f"class-{i}").label for i in range(len(ODD))] == ODD
     at.button(key="class-1").click().run()
     assert not at.exception
-    with sqlite_Session() as session:
+    with Session() as session:
         assert list(queries.current_labels(session, project.id).values()) == [1]
