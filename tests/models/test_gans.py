@@ -83,6 +83,16 @@ def test_warm_start_continues_from_weights():
     assert not torch.equal(model.disc.head[-1].v, weights)
 
 
+def test_ema_averages_the_discriminator():
+    x, idx, labels = tiny_data()
+    model = make("sslgan", ema=0.5)
+    model.fit(x, idx, labels, Budget(steps=4))
+    assert model.classifier is model.modules["disc_ema"]
+    v_ema, v = model.classifier.head[-1].v, model.disc.head[-1].v
+    assert not torch.equal(v_ema, v)
+    assert torch.allclose(v_ema, v, atol=0.5)
+
+
 def test_cancel_and_divergence():
     x, idx, labels = tiny_data()
     model = make("sslgan", progress_every_s=0.0)
@@ -96,9 +106,10 @@ def test_cancel_and_divergence():
 
 @pytest.mark.parametrize("name", GANS)
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 10, 10)])
-def test_save_load_round_trip(name, shape, tmp_path):
+@pytest.mark.parametrize("ema", [0.0, 0.9])
+def test_save_load_round_trip(name, shape, ema, tmp_path):
     x, idx, labels = tiny_data(shape)
-    model = make(name, shape)
+    model = make(name, shape, ema=ema)
     model.fit(x, idx, labels, Budget(steps=3))
     path = save_checkpoint(model, tmp_path / "gan.pt")
     loaded = load_checkpoint(path)  # uses weights_only=True
