@@ -10,7 +10,7 @@ from pathlib import Path
 from sqlalchemy import select
 
 from db import queries
-from db.models import LabelEvent
+from db.models import Item, LabelEvent
 from labeler import projects
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -101,3 +101,25 @@ def test_a_database_locked_past_every_retry_still_shows_an_image(Session, tiny_p
     monkeypatch.setattr(queries, "_claim", locked)
     with Session() as session:
         assert len(queries.next_items(session, tiny_project.id, k=2, annotator="alice")) == 2
+
+
+def test_two_label_page_sessions_show_different_images_and_keep_both_answers(Session, tiny_project):
+    from streamlit.testing.v1 import AppTest
+
+    app = str(ROOT / "app.py")
+    sessions = {}
+    for name in ("alice", "bob"):
+        at = AppTest.from_file(app, default_timeout=60)
+        at.session_state["project_id"] = tiny_project.id
+        at.session_state["annotator"] = name
+        sessions[name] = at.run()
+        assert not at.exception
+    captions = {name: at.get("image")[0].proto.imgs[0].caption for name, at in sessions.items()}
+    assert captions["alice"] != captions["bob"], "two people were shown the same image"
+    sessions["alice"].button(key="class-0").click().run()
+    sessions["bob"].button(key="class-1").click().run()
+    with Session() as session:
+        events = list(session.scalars(select(LabelEvent).order_by(LabelEvent.id)))
+        keys = {e.annotator: session.get(Item, e.item_id).key for e in events}
+    assert [(e.annotator, e.class_index) for e in events] == [("alice", 0), ("bob", 1)]
+    assert keys == captions
