@@ -49,6 +49,7 @@ def test_backup_while_labeling_is_consistent_and_complete(sqlite_Session, make_i
     thread.start()
     try:
         while len(committed) < 30:
+            assert thread.is_alive(), "the writer stopped early"
             thread.join(0.01)
         before = list(committed)
         out = tmp_path / "copy" / "backup.db"
