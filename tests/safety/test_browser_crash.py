@@ -1,10 +1,12 @@
-"""SIGKILL of the real Streamlit server while a person labels in a real browser: every label the
-page acknowledged (the counter moved on) is in the database afterwards.
+"""The real Streamlit server in a real browser: class names show as typed, and a SIGKILL of the
+server while a person labels keeps every label the page acknowledged (the counter moved on).
 
 The other crash tests use a stand-in process; this one goes through the browser, the websocket
-and the label page itself. Deselect with `-m "not browser"`.
+and the label page itself. One server for the file; the kill test comes last. Deselect with
+`-m "not browser"`.
 """
 
+import hashlib
 import os
 import signal
 import socket
@@ -15,16 +17,32 @@ import time
 import urllib.request
 from pathlib import Path
 
+import numpy as np
 import pytest
 from sqlalchemy import select
 
 import db
-from db.models import LabelEvent
+from db import queries
+from db.models import LabelEvent, Project
 from labeler import projects
+from labeler.data.base import ImageSet
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
+NAMES = ["<script>alert(1)</script>", "**bold** _it_ `code` $x^2$ :smile:"]
+
+
+def _images(n: int = 60, test: int = 10) -> ImageSet:
+    rng = np.random.default_rng(0)
+    truth = np.arange(n) % 2
+    pixels = (rng.random((n, 1, 8, 8)) * 100 + truth[:, None, None, None] * 120).astype(np.uint8)
+    return ImageSet(
+        pixels=pixels, keys=[f"img/{i:03d}.png" for i in range(n)],
+        sha256=[hashlib.sha256(p.tobytes() + bytes([i])).hexdigest() for i, p in enumerate(pixels)],
+        truth=truth.astype(np.int64), splits=["test" if i >= n - test else "pool" for i in range(n)],
+        classes=["a", "b"],
+    )
 
 
 def _free_port() -> int:
@@ -45,29 +63,38 @@ def _wait_http(url: str, timeout: float = 90.0) -> None:
     raise AssertionError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def test_sigkill_of_the_app_server_keeps_every_acknowledged_label(sqlite_url, make_image_set, tmp_path):
+@pytest.fixture(scope="module")
+def app(tmp_path_factory):
     sync_api = pytest.importorskip("playwright.sync_api")
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium).")
-    engine = db.make_engine(sqlite_url)
+    data = tmp_path_factory.mktemp("app-data")
+    url = f"sqlite:///{data / 'labeler.db'}"
+    engine = db.make_engine(url)
     Session = db.session_factory(engine)
-    project = projects.create_project(Session, "kill", "test", images=make_image_set(n=60, test=10))
+    old = os.environ.get("LABELER_DATA_DIR")
+    os.environ["LABELER_DATA_DIR"] = str(data)  # create_project writes the pixels there
+    try:
+        project = projects.create_project(Session, "kill", "test", images=_images())
+    finally:
+        os.environ.pop("LABELER_DATA_DIR") if old is None else os.environ.update(LABELER_DATA_DIR=old)
     with Session.begin() as session:
-        stored = session.get(type(project), project.id)
+        for index, name in enumerate(NAMES):
+            queries.rename_class(session, project.id, index, name)
+        stored = session.get(Project, project.id)
         stored.settings = {**stored.settings, "auto_retrain_every": 0}
     engine.dispose()
 
     port = _free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LABELER_DATA_DIR": str(data)}
     env.pop("LABELER_DB_URL", None)
-    log = open(tmp_path / "server.log", "w")  # noqa: SIM115 - closed below
+    log = open(data / "server.log", "w")  # noqa: SIM115 - closed below
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", "app.py", "--server.headless", "true",
          "--server.port", str(port), "--server.address", "127.0.0.1", "--browser.gatherUsageStats", "false",
          "--server.fileWatcherType", "none"],
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
-    clicked: list[int] = []
     try:
         _wait_http(f"http://127.0.0.1:{port}/_stcore/health")
         with sync_api.sync_playwright() as playwright:
@@ -78,32 +105,46 @@ def test_sigkill_of_the_app_server_keeps_every_acknowledged_label(sqlite_url, ma
             page.set_default_timeout(30_000)
             page.goto(f"http://127.0.0.1:{port}")
             page.get_by_text("0 labeled / 50 images").wait_for()
-            for k in range(1, 7):
-                clicked.append(k % 2)
-                page.locator(f".st-key-class-{k % 2} button").click()
-                page.get_by_text(f"{k} labeled / 50 images").wait_for()  # acknowledged on screen
-            # One more answer in flight, and the server dies under it.
-            clicked.append(1)
-            page.locator(".st-key-class-1 button").click()
-            os.kill(server.pid, signal.SIGKILL)
-            server.wait(timeout=30)
+            yield {"page": page, "server": server, "url": url, "project_id": project.id}
             browser.close()
     finally:
         if server.poll() is None:
             os.kill(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
         log.close()
+
+
+@pytest.mark.xfail(reason="st.button renders Markdown: the label page must escape class names", strict=False)
+def test_class_names_show_as_typed_in_the_browser(app):
+    shown = [app["page"].locator(f".st-key-class-{i} button").inner_text() for i in range(len(NAMES))]
+    # The key hint may follow the name on its own line.
+    assert [text.split("\n")[0] for text in shown] == NAMES
+
+
+def test_sigkill_of_the_app_server_keeps_every_acknowledged_label(app):
+    page, server = app["page"], app["server"]
+    clicked: list[int] = []
+    for k in range(1, 7):
+        clicked.append(k % 2)
+        page.locator(f".st-key-class-{k % 2} button").click()
+        page.get_by_text(f"{k} labeled / 50 images").wait_for()  # acknowledged on screen
+    # One more answer in flight, and the server dies under it.
+    clicked.append(1)
+    page.locator(".st-key-class-1 button").click()
+    os.kill(server.pid, signal.SIGKILL)
+    server.wait(timeout=30)
     assert server.returncode == -signal.SIGKILL
 
     acked = clicked[:-1]
-    check = sqlite3.connect(sqlite_url.split("///", 1)[1])
+    check = sqlite3.connect(app["url"].split("///", 1)[1])
     assert check.execute("PRAGMA integrity_check").fetchone()[0] == "ok"
     check.close()
-    engine = db.make_engine(sqlite_url)  # as the restarted server opens it
+    engine = db.make_engine(app["url"])  # as the restarted server opens it
     with db.session_factory(engine)() as session:
-        events = list(session.scalars(select(LabelEvent).where(LabelEvent.project_id == project.id)
-                                      .order_by(LabelEvent.id)))
-        assert [e.class_index for e in events][: len(acked)] == acked, "an acknowledged label was lost"
-        assert len(events) in (len(acked), len(acked) + 1)
-        assert len({e.item_id for e in events}) == len(events)
+        events = list(session.scalars(
+            select(LabelEvent).where(LabelEvent.project_id == app["project_id"]).order_by(LabelEvent.id)
+        ))
     engine.dispose()
+    assert [e.class_index for e in events][: len(acked)] == acked, "an acknowledged label was lost"
+    assert len(events) in (len(acked), len(acked) + 1)
+    assert len({e.item_id for e in events}) == len(events)

@@ -1,6 +1,7 @@
 """Labels and class names are data, never markup or SQL: odd names come back exactly as typed,
 from the database, the export and the label page."""
 
+import re
 from pathlib import Path
 
 import pandas as pd
@@ -73,7 +74,9 @@ def test_label_page_shows_odd_names_as_typed(Session, make_image_set):
     at.session_state["annotator"] = "tester"
     at.run()
     assert not at.exception
-    assert [at.button(key=f"class-{i}").label for i in range(len(ODD))] == ODD
+    # The page may backslash-escape Markdown so the browser shows the name as typed.
+    labels = [re.sub(r"\\(.)", r"\1", at.button(key=f"class-{i}").label) for i in range(len(ODD))]
+    assert labels == ODD
     at.button(key="class-1").click().run()
     assert not at.exception
     with Session() as session:
