@@ -8,8 +8,6 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
-import torch
-
 
 class SettingError(ValueError):
     """A setting is out of its allowed range; the message says what is allowed."""
@@ -29,6 +27,8 @@ def db_url() -> str:
 
 
 def default_device() -> str:
+    import torch
+
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 

@@ -11,6 +11,7 @@ Checkpoints hold only tensors and plain Python values (no pickled code), so they
 from __future__ import annotations
 
 import dataclasses
+import pickle
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -184,8 +185,14 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> SSLModel:
 
     try:
         state = torch.load(Path(path), map_location=device, weights_only=True)
+    except pickle.UnpicklingError as error:
+        # PyTorch's own message suggests weights_only=False, which would run the file's code.
+        raise CheckpointError(
+            f"Refused to load {path}: it holds Python objects other than tensors, which could run code."
+        ) from error
     except Exception as error:  # noqa: BLE001 - any failure means the same thing to the user
-        raise CheckpointError(f"Cannot load the checkpoint {path}: {error}") from error
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(f"Cannot load the checkpoint {path}: {reason}") from error
     if not isinstance(state, dict) or state.get("format") != "labeler-checkpoint-1":
         raise CheckpointError(f"{path} is not a labeler checkpoint.")
     cls = MODELS.get(state["name"])
