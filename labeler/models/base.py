@@ -186,6 +186,8 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> SSLModel:
     try:
         state = torch.load(Path(path), map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
+        if "weights only" not in str(error).lower():
+            raise CheckpointError(f"Cannot load the checkpoint {path}: it is not a PyTorch file.") from error
         # PyTorch's own message suggests weights_only=False, which would run the file's code.
         raise CheckpointError(
             f"Refused to load {path}: it holds Python objects other than tensors, which could run code."
