@@ -186,11 +186,10 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> SSLModel:
     try:
         state = torch.load(Path(path), map_location=device, weights_only=True)
     except pickle.UnpicklingError as error:
-        if "global" not in str(error).lower():  # torch names the refused class a "global"
-            raise CheckpointError(f"Cannot load the checkpoint {path}: it is not a PyTorch file.") from error
         # PyTorch's own message suggests weights_only=False, which would run the file's code.
         raise CheckpointError(
-            f"Refused to load {path}: it holds Python objects other than tensors, which could run code."
+            f"Cannot load the checkpoint {path}: it is corrupt, or holds Python objects other than "
+            "tensors, which could run code, so it was refused."
         ) from error
     except Exception as error:  # noqa: BLE001 - any failure means the same thing to the user
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
