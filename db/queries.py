@@ -233,6 +233,24 @@ def unlabeled_candidates(session: Session, project_id: int, splits: tuple[str, .
 CLAIM_SECONDS = 300  # how long an image shown to one annotator is kept from the others
 
 
+AUDIT_EVERY = 5  # one image in five comes from the audit set until it is all labeled
+
+
+def audit_turn(session: Session, project_id: int, k: int = 1) -> bool:
+    """Whether the next page (k images) comes from the audit set.
+
+    The audit set is a random sample held out of training; its accuracy is the honest estimate
+    for data without a test split, so it must be labeled too, in random order (never by
+    uncertainty). It is woven in: one page in AUDIT_EVERY while any of it is unlabeled.
+    """
+    left = session.scalar(
+        select(func.count()).select_from(unlabeled_candidates(session, project_id, (AUDIT,)).subquery())
+    )
+    if not left:
+        return False
+    return (label_count(session, project_id) // max(1, k)) % AUDIT_EVERY == AUDIT_EVERY - 1
+
+
 def next_items(
     session: Session,
     project_id: int,
@@ -240,6 +258,23 @@ def next_items(
     exclude: Iterable[int] = (),
     seed: int = 0,
     annotator: str | None = None,
+) -> list[tuple[Item, Prediction | None]]:
+    """The next k images to show: pool images in queue order, and on audit turns
+    (`audit_turn`) audit images in random order. When that part runs short, both fill the page."""
+    splits = (AUDIT,) if audit_turn(session, project_id, k) else (POOL,)
+    picked = _next_in(session, project_id, k, exclude, annotator, splits)
+    if len(picked) < k:
+        picked = _next_in(session, project_id, k, exclude, annotator, (POOL, AUDIT))
+    return picked
+
+
+def _next_in(
+    session: Session,
+    project_id: int,
+    k: int,
+    exclude: Iterable[int],
+    annotator: str | None,
+    splits: tuple[str, ...],
 ) -> list[tuple[Item, Prediction | None]]:
     """The next k unlabeled items to show: the newest finished run's queue order (highest score
     first), or a fixed shuffled order while no model exists. Items in `exclude` (skipped, or
@@ -252,9 +287,11 @@ def next_items(
     else, those are returned (unclaimed) rather than nothing: two people may then see the same
     image, and both answers are kept in the history.
     """
+    if k <= 0:
+        return []
     exclude = set(exclude)
-    candidates = unlabeled_candidates(session, project_id).subquery()
-    run_id = latest_done_run_id(session, project_id)
+    candidates = unlabeled_candidates(session, project_id, splits).subquery()
+    run_id = latest_done_run_id(session, project_id) if POOL in splits else None
     if run_id is not None:
         query = (
             select(Item, Prediction)

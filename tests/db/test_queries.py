@@ -87,3 +87,22 @@ def test_label_events_are_append_only_rows(Session, tiny_project):
             queries.add_label(session, item.id, c, annotator="x")
     with Session() as session:
         assert session.query(LabelEvent).count() == 3
+
+
+def test_audit_images_are_woven_in_one_in_five(Session):
+    from tests.conftest import tiny_image_set
+    from db.models import AUDIT
+    from labeler import projects
+
+    project = projects.create_project(Session, "own", "folder:x", images=tiny_image_set(n=60), audit_size=10)
+    splits = []
+    for _ in range(15):
+        with Session() as session:
+            (item, _), = queries.next_items(session, project.id, k=1)
+            splits.append(item.split)
+        with Session.begin() as session:
+            queries.add_label(session, item.id, 0)
+    assert [s == AUDIT for s in splits] == [i % 5 == 4 for i in range(15)]
+    with Session() as session:
+        audit_labeled = [i for i in queries.current_labels(session, project.id) if session.get(Item, i).split == AUDIT]
+    assert len(audit_labeled) == 3
