@@ -12,7 +12,7 @@ Training maximises the ELBO on every image of the pool, labeled or not:
 
     ELBO(x) = E_q(z|x)[log p(x | z)] - KL(q(z|x) || p(z))
 
-The classifier is multinomial logistic regression on the standardised means mu_phi(x) of
+The classifier is multinomial logistic regression on the centred, globally scaled means mu_phi(x) of
 the labeled images (the paper uses a transductive SVM; logistic regression gives
 probabilities directly and is fast). Its coefficients live in a torch Linear layer, so the
 checkpoint and the exported classifier hold no scikit-learn objects.
@@ -42,7 +42,7 @@ class M1Config:
     # Weight of the KL term (beta-VAE); below 1 keeps more latent dimensions in use on small
     # images such as 8x8 digits, where 64 Bernoulli pixels otherwise lose to the KL.
     kl_weight: float = 1.0
-    # Inverse L2 strength of the logistic regression on standardised means.
+    # Inverse L2 strength of the logistic regression on the (globally scaled) means.
     head_c: float = 1.0
 
 
@@ -96,7 +96,13 @@ def train_vae(
 
 
 def fit_linear_head(z: np.ndarray, labels: np.ndarray, num_classes: int, c: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """Logistic regression on standardised `z` (N, D), folded into raw-feature weights (K, D), bias (K,)."""
+    """Logistic regression on centred `z` (N, D) over one global scale, folded into raw-feature
+    weights (K, D) and bias (K,).
+
+    One scale for all dimensions, not one per dimension: the VAE leaves unused dimensions at
+    mu ~ 0, and standardising them one by one would blow their noise up to the size of the
+    informative ones (measured: 5-10 points worse on digits and Fashion-MNIST).
+    """
     from sklearn.linear_model import LogisticRegression
 
     d = z.shape[1]
@@ -106,12 +112,12 @@ def fit_linear_head(z: np.ndarray, labels: np.ndarray, num_classes: int, c: floa
     if len(present) == 1:  # one class seen: it is the only answer the labels support
         bias[present[0]] = 0.0
         return weight, bias
-    mean, std = z.mean(0), z.std(0) + 1e-6
+    mean, scale = z.mean(0), float(z.std()) + 1e-6
     clf = LogisticRegression(C=c, max_iter=2000, random_state=seed)
-    clf.fit((z - mean) / std, labels)
+    clf.fit((z - mean) / scale, labels)
     coef = clf.coef_ if len(present) > 2 else np.concatenate([-clf.coef_, clf.coef_]) / 2
     icpt = clf.intercept_ if len(present) > 2 else np.concatenate([-clf.intercept_, clf.intercept_]) / 2
-    w = coef / std  # logits = ((z - mean) / std) W^T + b = z (W / std)^T + (b - (mean / std) W^T)
+    w = coef / scale  # logits = ((z - mean) / s) W^T + b = z (W / s)^T + (b - (mean / s) W^T)
     weight[clf.classes_] = w
     bias[clf.classes_] = icpt - w @ mean
     return weight, bias

@@ -49,11 +49,12 @@ class M1M2Config:
     lr: float = 1e-3
     alpha_scale: float = 0.1
     warmup_steps: int = 0
+    labeled_weight: float = 0.0
     sample_z1: bool = True
 
     def m2(self) -> M2Config:
         return M2Config(self.latent_dim, list(self.hidden), self.labeled_batch, self.unlabeled_batch, self.lr,
-                        self.alpha_scale, self.warmup_steps)
+                        self.alpha_scale, self.warmup_steps, self.labeled_weight)
 
 
 class _StackedClassifier(nn.Module):

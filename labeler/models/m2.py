@@ -56,6 +56,9 @@ class M2Config:
     lr: float = 1e-3
     alpha_scale: float = 0.1  # alpha = alpha_scale * N (the paper: 0.1 N)
     warmup_steps: int = 0  # KL weight rises linearly from 0 to 1 over these steps (0: off)
+    # Lower bound on the weight of the labeled ELBO term per datum (0: the unbiased N_l / N).
+    # Raising it teaches the decoder what each label means from the few labeled images.
+    labeled_weight: float = 0.0
 
 
 class M2Net(nn.Module):
@@ -130,6 +133,7 @@ def m2_loss(
     n_unlabeled: int,
     alpha: float,
     kl_weight: float = 1.0,
+    labeled_weight: float = 0.0,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The minibatch estimate of J / N (module docstring); xl (Bl, ...), yl (Bl,) int, xu (Bu, ...)."""
     bl, bu, k = len(xl), len(xu), net.k
@@ -146,7 +150,7 @@ def m2_loss(
     if bl:
         labeled = neg[:bl].mean()
         ce = F.cross_entropy(logits[:bl], yl)
-        total = total + (n_labeled / n) * (labeled + alpha * ce)
+        total = total + max(n_labeled / n, labeled_weight) * labeled + (n_labeled / n) * alpha * ce
         parts.update(labeled_neg_elbo=labeled.item(), cross_entropy=ce.item())
     if bu:
         unlabeled = unlabeled_bound(neg[bl:].view(bu, k), logits[bl:]).mean()
@@ -188,7 +192,7 @@ def train_m2(
         xl, yl = draw(labeled_idx[pick]), y_all[torch.as_tensor(pick, device=device)]
         xu = draw(ub)
         kl_weight = min(1.0, (step0 + step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-        loss, parts = m2_loss(net, xl, yl, xu, n_l, n_u, alpha, kl_weight)
+        loss, parts = m2_loss(net, xl, yl, xu, n_l, n_u, alpha, kl_weight, cfg.labeled_weight)
         nets.check_finite(loss, step0 + step)
         opt.zero_grad(set_to_none=True)
         loss.backward()

@@ -69,11 +69,11 @@ def test_m1_elbo_by_hand_on_a_zero_network():
     np.testing.assert_allclose(elbo.detach().numpy(), -64 * math.log(2), rtol=1e-5)
 
 
-def test_linear_head_folds_the_standardisation():
+def test_linear_head_folds_the_scaling_into_its_weights():
     rng = np.random.default_rng(0)
-    z = rng.normal(size=(30, 4)).astype(np.float32) * [1, 10, 0.1, 1] + 5
-    y = (z[:, 0] > 5).astype(int) + 2 * (z[:, 1] > 50)
-    w, b = fit_linear_head(z, y, num_classes=5, c=1.0, seed=0)
+    z = rng.normal(size=(30, 4)).astype(np.float32) * [1, 2, 0.1, 1] + 5
+    y = (z[:, 0] > 5).astype(int) + 2 * (z[:, 1] > 5)
+    w, b = fit_linear_head(z, y, num_classes=5, c=100.0, seed=0)
     assert w.shape == (5, 4) and (b[4] < -10)  # class 4 never labeled: never predicted
     assert ((z @ w.T + b).argmax(1) == y).mean() > 0.9
 
