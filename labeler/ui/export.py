@@ -8,6 +8,7 @@ and classes.json).
 
 from __future__ import annotations
 
+import functools
 import shutil
 from pathlib import Path
 
@@ -67,15 +68,16 @@ def export_page() -> None:
     paths = {Path(p).name: Path(p) for p in prepared["paths"] if Path(p).exists()}
     for name, (label, mime) in DOWNLOADS.items():
         if name in paths:
+            # A callable: the file is read when the button is clicked, not on every rerun.
             st.download_button(
-                label, data=paths[name].read_bytes(), file_name=f"{project.name}-{name}", mime=mime,
-                key=f"download-{name}",
+                label, data=functools.partial(paths[name].read_bytes), file_name=f"{project.name}-{name}",
+                mime=mime, key=f"download-{name}", on_click="ignore",
             )
     model_paths = [paths[n] for n in MODEL_FILES if n in paths]
     if model_paths:
         st.download_button(
-            "Model: checkpoint + TorchScript + classes.json (zip)", data=export.zip_bytes(model_paths),
-            file_name=f"{project.name}-model.zip", mime="application/zip", key="download-model",
+            "Model: checkpoint + TorchScript + classes.json (zip)", data=functools.partial(export.zip_bytes, model_paths),
+            file_name=f"{project.name}-model.zip", mime="application/zip", key="download-model", on_click="ignore",
         )
     elif has_model:
         st.warning("The newest model's checkpoint is missing on disk; train again to export a model.")

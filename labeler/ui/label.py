@@ -242,7 +242,7 @@ def label_page() -> None:
     with right:
         if prediction is not None:
             guess = names[prediction.predicted] if prediction.predicted < len(names) else "?"
-            st.metric("Model's guess", guess, f"{prediction.confidence:.0%} sure", delta_color="off")
+            st.metric("Model's guess", guess, f"{prediction.confidence:.0%} sure", delta_color="off", delta_arrow="off")
         elif not has_model:
             st.caption("No model yet: images come in random order until the first training run.")
         st.caption("Keys: 1-9, 0 label · U undo · S skip")

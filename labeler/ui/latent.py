@@ -25,6 +25,7 @@ from . import common
 
 MAX_POINTS = 5000
 MAX_THUMBNAILS = 48
+THUMBNAILS_PER_ROW = 8
 COLOUR_BY = {"label": "Label", "prediction": "Prediction", "uncertainty": "Uncertainty (entropy)"}
 
 
@@ -62,8 +63,16 @@ def scatter(frame: pd.DataFrame, colour: str, names: list[str]):
     if colour == "uncertainty":
         fig = px.scatter(frame, color="entropy", color_continuous_scale="Viridis", **common_args)
     else:
-        order = {colour: [*names, "unlabeled"]}
-        fig = px.scatter(frame, color=colour, category_orders=order, **common_args)
+        order = {colour: [*names, "unlabeled"], "labeled": ["labeled", "unlabeled"]}
+        fig = px.scatter(
+            frame, color=colour, category_orders=order, color_discrete_map={"unlabeled": "#c8c8c8"}, **common_args
+        )
+        # One legend entry per class: the marker shape already says labeled (x) or not.
+        seen = set()
+        for trace in fig.data:
+            name = trace.name.split(",")[0]
+            trace.update(name=name, legendgroup=name, showlegend=name not in seen)
+            seen.add(name)
     fig.update_traces(marker=dict(size=6, opacity=0.8))
     fig.update_layout(height=560, dragmode="lasso", margin=dict(l=10, r=10, t=20, b=10), legend_title=None)
     return fig
@@ -167,10 +176,13 @@ def _selection_panel(project_id: int, ids: list[int], frame: pd.DataFrame, names
     chosen = frame.set_index("item_id").loc[[i for i in ids if i in set(frame["item_id"])]]
     st.subheader(f"{len(chosen)} selected")
     shown = chosen.head(MAX_THUMBNAILS)
-    st.image(
-        [common.enlarge(projects.image(project_id, int(row)), 84) for row in shown["row"]],
-        caption=[f"{key} ({label})" for key, label in zip(shown["key"], shown["label"])],
-    )
+    columns = st.columns(THUMBNAILS_PER_ROW)
+    for n, (row, key, label) in enumerate(zip(shown["row"], shown["key"], shown["label"])):
+        with columns[n % THUMBNAILS_PER_ROW]:
+            st.image(
+                common.enlarge(projects.image(project_id, int(row)), 96), width="stretch",
+                caption=f"{Path(key).stem}: {'-' if label == 'unlabeled' else label}",
+            )
     if len(chosen) > MAX_THUMBNAILS:
         st.caption(f"Showing {MAX_THUMBNAILS} of {len(chosen)}.")
     left, right = st.columns([2, 1])

@@ -102,14 +102,14 @@ def progress_page() -> None:
         last = frame.iloc[-1]
         left.metric(
             f"Accuracy of run {int(last.run_id)} ({'test split' if split == TEST else 'audit set'})",
-            f"{last.accuracy:.1%}", f"95 % interval {last.low:.1%} - {last.high:.1%}", delta_color="off",
+            f"{last.accuracy:.1%}", f"95 % interval {last.low:.1%} - {last.high:.1%}", delta_color="off", delta_arrow="off",
         )
     if agreement["n"]:
         right.metric(
             "Your labels agreed with the model's prior guess",
             f"{agreement['rate']:.0%}",
             f"{agreement['agree']} of {agreement['n']}, interval {agreement['low']:.0%} - {agreement['high']:.0%}",
-            delta_color="off",
+            delta_color="off", delta_arrow="off",
         )
         right.caption(
             "On the hard images the queue picks this understates accuracy: it says how useful the "
@@ -130,6 +130,7 @@ def progress_page() -> None:
         if counts["labels"].sum():
             fig = px.bar(counts, x="class", y="labels")
             fig.update_layout(height=320, margin=dict(l=10, r=10, t=20, b=10))
+            fig.update_xaxes(type="category")
             st.plotly_chart(fig, key="class_balance")
         else:
             st.caption("No labels yet.")
@@ -140,6 +141,7 @@ def progress_page() -> None:
         frame_pc = pd.DataFrame({"class": names[: len(report["per_class"])], "accuracy": report["per_class"]})
         fig = px.bar(frame_pc, x="class", y="accuracy")
         fig.update_layout(yaxis=dict(range=[0, 1], tickformat=".0%"), height=320, margin=dict(l=10, r=10, t=20, b=10))
+        fig.update_xaxes(type="category")
         st.plotly_chart(fig, key="per_class")
     st.subheader(f"Confusion matrix of run {latest} ({report['n']} images)")
     cm = np.asarray(report["confusion"])

@@ -74,6 +74,9 @@ def _create_ui() -> None:
     except (DataError, SettingError, ValueError, OSError) as error:
         st.error(_sentence(error))
         return
+    except Exception as error:  # noqa: BLE001 - e.g. a corrupt zip: one sentence, never a traceback
+        st.error(f"The import failed ({type(error).__name__}: {_sentence(error)}) Check the files and try again.")
+        return
     st.session_state["project_id"] = project.id
     for key in ("skipped", "undone_item", "export_files"):
         st.session_state.pop(key, None)

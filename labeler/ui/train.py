@@ -1,8 +1,9 @@
 """The Train page: choose a model and its few settings, start or cancel a run, watch it live.
 
-The live part is a fragment that reruns itself every second (`st.fragment(run_every=...)`), so
-the progress bar and the loss curves move without reloading the page; it redraws the whole
-page once when a run it saw active has finished, so the history and the queue update too.
+The live part is a fragment that reruns itself every second while a run is active
+(`st.fragment(run_every=...)`), so the progress bar and the loss curves move without reloading
+the page; when a run starts or ends it redraws the whole page once, so the history, the buttons
+and the refresh rate follow.
 """
 
 from __future__ import annotations
@@ -22,7 +23,8 @@ from ..config import SettingError, check_float, check_int
 from ..models import DESCRIPTIONS, MODELS
 from . import common, parts
 
-LIVE_EVERY_S = 1.0
+LIVE_EVERY_S = 1.0  # while a run is queued or running
+IDLE_EVERY_S = 5.0  # otherwise: notices runs started elsewhere (auto-retrain, another tab)
 MAX_BUDGET_S = 24 * 3600
 
 
@@ -144,12 +146,9 @@ def _live(project_id: int) -> None:
             runs = run_queries.list_runs(session, project_id)
             shown = runs[0] if runs else None
         metrics = run_queries.run_metrics(session, shown.id) if shown is not None else []
-    seen = st.session_state.setdefault("train_seen_active", set())
-    now = {r.id for r in current}
-    if seen - now:
-        st.session_state["train_seen_active"] = now
-        st.rerun(scope="app")  # a run finished: redraw history, queue and buttons
-    st.session_state["train_seen_active"] = now
+    if {r.id for r in current} != st.session_state.get("train_seen_active"):
+        # A run started or ended: redraw history and buttons, and switch the refresh rate.
+        st.rerun(scope="app")
 
     st.caption(parts.status_line(current))
     if shown is None:
@@ -235,7 +234,8 @@ def train_page() -> None:
     st.caption(f"{since} new labels since the last run. Training runs in the background: keep labeling.")
 
     st.subheader("Now")
-    st.fragment(run_every=LIVE_EVERY_S)(_live)(project.id)
+    st.session_state["train_seen_active"] = {r.id for r in current}
+    st.fragment(run_every=LIVE_EVERY_S if current else IDLE_EVERY_S)(_live)(project.id)
 
     st.subheader("History")
     if runs:

@@ -59,13 +59,13 @@ def wait_http(url: str, timeout: float = 90.0) -> None:
     raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
-def start_server(data_dir: Path, port: int, log_path: Path) -> subprocess.Popen:
+def start_server(data_dir: Path, port: int, log_path: Path, extra: list[str] | None = None) -> subprocess.Popen:
     env = {**os.environ, "LABELER_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
     env.pop("LABELER_DB_URL", None)
     command = [
         sys.executable, "-m", "streamlit", "run", "app.py",
         "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none",
+        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", *(extra or []),
     ]
     log = open(log_path, "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)

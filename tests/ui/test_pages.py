@@ -154,6 +154,26 @@ def test_train_page_runs_a_model_and_shows_it_in_the_history(Session, tiny_proje
     assert len(at.get("plotly_chart")) >= 3  # learning curve, balance, per-class, confusion
 
 
+def test_a_failed_run_says_why_in_one_sentence(Session, tiny_project):
+    from db.models import FAILED, Run, utcnow
+
+    with Session.begin() as session:
+        session.add(Run(project_id=tiny_project.id, model="m2", status=FAILED, started_at=utcnow(),
+                        finished_at=utcnow(), error="Training diverged: lower the learning rate."))
+    at = page_app("train", tiny_project.id)
+    assert not at.exception
+    assert at.error[0].value == "Run 1 failed: Training diverged: lower the learning rate."
+    assert at.dataframe[0].value["status"].tolist() == ["failed"]
+
+
+def test_a_bad_zip_upload_is_refused_with_one_sentence(Session, tmp_path):
+    from labeler.data import DataError
+
+    with pytest.raises(DataError) as error:
+        projects.create_project(Session, "bad", project.save_upload(b"this is not a zip"))
+    assert "\n" not in str(error.value)
+
+
 def test_loss_figure_has_one_panel_per_loss():
     class Point:
         def __init__(self, step, name, value):
@@ -240,7 +260,7 @@ latent._selection_panel({tiny_project.id}, {ids}, frame, names, "tester")
     at = AppTest.from_string(script, default_timeout=60)
     at.session_state["project_id"] = tiny_project.id
     at.run()
-    assert len(at.get("image")[0].proto.imgs) == 5
+    assert len(at.get("image")) == 5
     at.selectbox(key="bulk_class").set_value(1)
     at.button(key="bulk_apply").click().run()
     assert not at.exception
