@@ -12,7 +12,7 @@ import streamlit as st
 import db
 from db import queries
 from db import runs as run_queries
-from db.models import POOL, Item, Project
+from db.models import AUDIT, POOL, Item, Project
 
 from .. import projects
 from . import common, parts
@@ -70,6 +70,17 @@ def _skip(item_id: int) -> None:
 
 
 GRID_SIZE = 12
+AUDIT_NOTE = (
+    "Audit images (a random sample kept out of training) come without the model's guess, so "
+    "your answers measure the model fairly; choose their labels yourself."
+)
+
+
+def _shown_prediction(item: Item, prediction):
+    """The model's guess to show, or None for audit images: a shown guess would pull the answer
+    towards it and make the audit accuracy look better than it is."""
+    return None if item.split == AUDIT else prediction
+
 MODES = ["One image", "Grid"]
 
 
@@ -179,7 +190,10 @@ def _grid(project_id: int, names: list[str], annotator: str, skipped: set[int]) 
     )
     options = [-1, *range(len(names))]
     columns = st.columns(4)
+    if any(item.split == AUDIT for item, _ in batch):
+        st.caption(AUDIT_NOTE)
     for n, (item, prediction) in enumerate(batch):
+        prediction = _shown_prediction(item, prediction)
         guess = prediction.predicted if prediction is not None and prediction.predicted < len(names) else -1
         with columns[n % len(columns)]:
             st.image(common.enlarge(projects.image(project_id, item.row), 140), caption=item.key)
@@ -236,6 +250,7 @@ def label_page() -> None:
         _classes_panel(project.id, names)
         return
     item, prediction = picked[0]
+    prediction = _shown_prediction(item, prediction)
     left, right = st.columns([3, 2])
     with left:
         st.image(common.enlarge(projects.image(project.id, item.row)), caption=item.key)
@@ -243,6 +258,8 @@ def label_page() -> None:
         if prediction is not None:
             guess = names[prediction.predicted] if prediction.predicted < len(names) else "?"
             st.metric("Model's guess", guess, f"{prediction.confidence:.0%} sure", delta_color="off", delta_arrow="off")
+        elif item.split == AUDIT:
+            st.caption(AUDIT_NOTE)
         elif not has_model:
             st.caption("No model yet: images come in random order until the first training run.")
         st.caption("Keys: 1-9, 0 label · U undo · S skip")

@@ -55,11 +55,11 @@ def points_frame(session, project_id: int, run_id: int, names: list[str], max_po
 
 
 def scatter(frame: pd.DataFrame, colour: str, names: list[str]):
-    common_args = dict(
-        x="x", y="y", symbol="labeled", symbol_map={"labeled": "x", "unlabeled": "circle"},
-        custom_data=["item_id"], hover_name="key",
-        hover_data={"x": False, "y": False, "labeled": False, "prediction": True, "confidence": ":.0%"},
-    )
+    common_args = {
+        "x": "x", "y": "y", "symbol": "labeled", "symbol_map": {"labeled": "x", "unlabeled": "circle"},
+        "custom_data": ["item_id"], "hover_name": "key",
+        "hover_data": {"x": False, "y": False, "labeled": False, "prediction": True, "confidence": ":.0%"},
+    }
     if colour == "uncertainty":
         fig = px.scatter(frame, color="entropy", color_continuous_scale="Viridis", **common_args)
     else:
@@ -73,8 +73,8 @@ def scatter(frame: pd.DataFrame, colour: str, names: list[str]):
             name = trace.name.split(",")[0]
             trace.update(name=name, legendgroup=name, showlegend=name not in seen)
             seen.add(name)
-    fig.update_traces(marker=dict(size=6, opacity=0.8))
-    fig.update_layout(height=560, dragmode="lasso", margin=dict(l=10, r=10, t=20, b=10), legend_title=None)
+    fig.update_traces(marker={"size": 6, "opacity": 0.8})
+    fig.update_layout(height=560, dragmode="lasso", margin={"l": 10, "r": 10, "t": 20, "b": 10}, legend_title=None)
     return fig
 
 
@@ -133,7 +133,7 @@ def _samples_panel(run: Run, names: list[str]) -> None:
         st.caption(f"The {run.model} model does not generate images.")
         return
     conditional = samples.shape[0] > 1
-    st.subheader("What the model generates, per class" if conditional else "Samples of the generator")
+    st.subheader("What the model generates, per class" if conditional else "Images the model generates")
     for k, row in enumerate(samples):
         if conditional:
             st.caption(names[k] if k < len(names) else str(k))

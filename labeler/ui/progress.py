@@ -47,7 +47,7 @@ def curve_frame(curve: pd.DataFrame, split: str | None, n_test: int) -> pd.DataF
     if split == TEST:
         frame = curve.dropna(subset=["test_accuracy"])
         acc = frame["test_accuracy"].astype(float)
-        bounds = [evaluate.wilson_interval(int(round(a * n_test)), n_test) for a in acc]
+        bounds = [evaluate.wilson_interval(round(a * n_test), n_test) for a in acc]
     else:
         frame = curve.dropna(subset=["audit_accuracy"])
         acc = frame["audit_accuracy"].astype(float)
@@ -71,8 +71,8 @@ def curve_figure(frame: pd.DataFrame, source: str) -> go.Figure:
         hover_data={"run_id": True},
     )
     fig.update_layout(
-        yaxis=dict(range=[0, 1.02], tickformat=".0%", title=f"accuracy ({source})"),
-        xaxis_title="labels used for training", height=380, margin=dict(l=10, r=10, t=20, b=10),
+        yaxis={"range": [0, 1.02], "tickformat": ".0%", "title": f"accuracy ({source})"},
+        xaxis_title="labels used for training", height=380, margin={"l": 10, "r": 10, "t": 20, "b": 10},
     )
     return fig
 
@@ -129,7 +129,7 @@ def progress_page() -> None:
         st.subheader("Class balance")
         if counts["labels"].sum():
             fig = px.bar(counts, x="class", y="labels")
-            fig.update_layout(height=320, margin=dict(l=10, r=10, t=20, b=10))
+            fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 20, "b": 10})
             fig.update_xaxes(type="category")
             st.plotly_chart(fig, key="class_balance")
         else:
@@ -140,7 +140,7 @@ def progress_page() -> None:
         st.subheader("Per-class accuracy")
         frame_pc = pd.DataFrame({"class": names[: len(report["per_class"])], "accuracy": report["per_class"]})
         fig = px.bar(frame_pc, x="class", y="accuracy")
-        fig.update_layout(yaxis=dict(range=[0, 1], tickformat=".0%"), height=320, margin=dict(l=10, r=10, t=20, b=10))
+        fig.update_layout(yaxis={"range": [0, 1], "tickformat": ".0%"}, height=320, margin={"l": 10, "r": 10, "t": 20, "b": 10})
         fig.update_xaxes(type="category")
         st.plotly_chart(fig, key="per_class")
     st.subheader(f"Confusion matrix of run {latest} ({report['n']} images)")
@@ -148,9 +148,9 @@ def progress_page() -> None:
     shown = names[: cm.shape[0]]
     fig = px.imshow(
         cm, x=shown, y=shown, text_auto=True, color_continuous_scale="Blues",
-        labels=dict(x="predicted", y="true", color="images"),
+        labels={"x": "predicted", "y": "true", "color": "images"},
     )
-    fig.update_layout(height=max(300, 40 * len(shown) + 120), margin=dict(l=10, r=10, t=20, b=10))
+    fig.update_layout(height=max(300, 40 * len(shown) + 120), margin={"l": 10, "r": 10, "t": 20, "b": 10})
     fig.update_xaxes(type="category")
     fig.update_yaxes(type="category")
     st.plotly_chart(fig, key="confusion")

@@ -106,7 +106,7 @@ def loss_figure(metrics: list) -> object | None:
     fig = px.line(frame, x="step", y="value", facet_col="loss", facet_col_wrap=3, markers=len(frame) < 40)
     fig.update_yaxes(matches=None, showticklabels=True, title=None)
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
-    fig.update_layout(height=260 * ((frame["loss"].nunique() + 2) // 3), margin=dict(l=10, r=10, t=30, b=10), showlegend=False)
+    fig.update_layout(height=260 * ((frame["loss"].nunique() + 2) // 3), margin={"l": 10, "r": 10, "t": 30, "b": 10}, showlegend=False)
     return fig
 
 

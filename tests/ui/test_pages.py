@@ -8,6 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
+from ui_helpers import PAGES, fake_done_run, label_items, page_app, wait_for
 
 from db import queries
 from db import runs as run_queries
@@ -15,8 +16,6 @@ from db.models import DONE, LabelEvent, Project
 from labeler import projects
 from labeler.config import SettingError
 from labeler.ui import latent, progress, project, train
-
-from ui_helpers import PAGES, fake_done_run, label_items, page_app, wait_for
 
 
 @pytest.mark.parametrize("module", list(PAGES))
@@ -75,6 +74,22 @@ def test_grid_accepts_the_page_with_corrections(Session, tiny_project):
     # The next page shows other images, and not the skipped one first.
     new_ids = [int(b.key.split("-")[1]) for b in at.selectbox if b.key.startswith("grid-")]
     assert not set(new_ids) & set(ids[:1] + ids[2:])
+
+
+def test_audit_images_come_without_the_models_guess(Session, tiny_project):
+    from sqlalchemy import update
+
+    from db.models import AUDIT, Item
+
+    with Session.begin() as session:
+        session.execute(update(Item).where(Item.project_id == tiny_project.id, Item.split == "pool").values(split=AUDIT))
+    fake_done_run(Session, tiny_project.id)
+    at = page_app("label", tiny_project.id)
+    assert not at.metric  # no "Model's guess"
+    assert any("Audit images" in c.value for c in at.caption)
+    at.radio(key="label_mode").set_value("Grid").run()
+    boxes = [box for box in at.selectbox if box.key.startswith("grid-")]
+    assert boxes and all(box.value == -1 for box in boxes)  # nothing pre-filled
 
 
 def test_classes_can_be_added_and_renamed(Session, tiny_project):
@@ -216,7 +231,7 @@ def test_agreement_counts_labels_given_after_a_run(Session, tiny_project):
         queries.add_label(session, a.id, a.truth)  # agrees with the fake guess
         queries.add_label(session, b.id, 1 - b.truth)  # disagrees
     at = page_app("progress", tiny_project.id)
-    agreement = [m for m in at.metric if "agreed" in m.label][0]
+    agreement = next(m for m in at.metric if "agreed" in m.label)
     assert agreement.value == "50%"
 
 
