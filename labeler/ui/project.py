@@ -141,7 +141,7 @@ def project_page() -> None:
 
     st.subheader("Import report")
     if issues:
-        st.warning(f"{len(issues)} files were skipped when importing.")
+        st.warning(f"{len(issues)} file{'s were' if len(issues) != 1 else ' was'} skipped when importing.")
         st.dataframe(
             pd.DataFrame([(i.path, i.reason) for i in issues], columns=["file", "why it was skipped"]),
             hide_index=True, width="stretch",

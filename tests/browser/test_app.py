@@ -112,6 +112,21 @@ def test_train_shows_live_progress_and_a_new_curve_point(app_server, page):
     page.locator('[data-testid="stPlotlyChart"]').nth(2).wait_for()  # curve, balance, per class, confusion
 
 
+def test_grid_page_accepts_the_models_guesses_with_a_key(app_server, page):
+    Session, pid = app_server["Session"], app_server["project_id"]
+    page.goto(app_server["url"])
+    page.get_by_text("Grid", exact=True).click()
+    page.locator(".st-key-accept_grid button").wait_for()
+    before = len(events(Session, pid))
+    press(page, "a")
+    page.get_by_text(re.compile(r"Saved \d+ labels\.")).wait_for()
+    grid = events(Session, pid)[before:]
+    with Session() as session:
+        guesses = {p.item_id: p.predicted for p in run_queries.predictions(session, run_queries.list_runs(session, pid)[0].id)}
+    assert len(grid) == 12 and {e.kind for e in grid} == {"grid"}
+    assert all(e.class_index == guesses[e.item_id] for e in grid)  # accepted as pre-filled
+
+
 def test_lasso_in_the_latent_view_labels_the_selection(app_server, page):
     Session, pid = app_server["Session"], app_server["project_id"]
     page.goto(f"{app_server['url']}/latent")
@@ -178,3 +193,37 @@ def test_export_downloads_load_outside_the_app(app_server, page, tmp_path):
     assert probs.shape == (2, 2)
     assert np.allclose(probs.sum(1).numpy(), 1.0, atol=1e-4)
     assert probs.argmax(1).tolist() == [0, 1]  # the easy classes were learned from 13 labels
+
+
+def test_an_uploaded_zip_becomes_the_current_project(app_server, page, tmp_path):
+    import io
+
+    import numpy as np
+    from PIL import Image
+
+    buffer = io.BytesIO()
+    with zipfile.ZipFile(buffer, "w") as archive:
+        for cls, value in (("cats", 30), ("dogs", 220)):
+            for i in range(5):
+                png = io.BytesIO()
+                Image.fromarray(np.full((16, 16), value + i, dtype=np.uint8)).save(png, format="PNG")
+                archive.writestr(f"{cls}/{i}.png", png.getvalue())
+        archive.writestr("cats/notes.txt", "not an image")
+    page.goto(f"{app_server['url']}/project")
+    page.get_by_label("Name", exact=True).fill("uploaded")
+    page.get_by_text("Upload a zip", exact=True).click()
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+        files=[{"name": "pets.zip", "mimeType": "application/zip", "buffer": buffer.getvalue()}]
+    )
+    page.get_by_text("pets.zip").wait_for()
+    page.get_by_role("button", name="Create project").click()
+    page.get_by_text("Created the project 'uploaded'").wait_for(timeout=60_000)
+    with app_server["Session"]() as session:
+        project = queries.get_project(session, "uploaded")
+        assert queries.class_names(session, project.id) == ["cats", "dogs"]
+        assert queries.count_items(session, project.id) == 10
+        assert [i.path for i in queries.import_issues(session, project.id)] == ["cats/notes.txt"]
+    page.get_by_text("1 file was skipped when importing.").wait_for()
+    assert str(app_server["data_dir"]) in project.source  # saved under the data folder
+    page.goto(f"{app_server['url']}/")
+    page.get_by_text("Label · tiny").wait_for()  # a new browser session starts on the first project
