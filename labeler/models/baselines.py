@@ -19,7 +19,7 @@
 from __future__ import annotations
 
 import copy
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -49,7 +49,7 @@ class ClassifierNet(nn.Module):
 
 @dataclass
 class SupervisedConfig:
-    hidden: list[int] = field(default_factory=lambda: [500])
+    hidden: list[int] | None = None  # None: nets.default_hidden(input shape), as M2's classifier
     batch_size: int = 100
     lr: float = 1e-3
     weight_decay: float = 1e-4
@@ -70,7 +70,10 @@ class Supervised(SSLModel):
 
     def build(self) -> None:
         cfg = self.config
-        self.modules = {"net": ClassifierNet(self.input_shape, self.num_classes, cfg.hidden, cfg.dropout).to(self.device)}
+        hidden = cfg.hidden or nets.default_hidden(self.input_shape)
+        self.modules = {
+            "net": ClassifierNet(self.input_shape, self.num_classes, hidden, cfg.dropout).to(self.device)
+        }
         self.modules["net"].eval()
         self.labels_seen = 0
         self.steps_done = 0
@@ -78,7 +81,9 @@ class Supervised(SSLModel):
     def _pseudo_loss(self, net: nn.Module, xu: torch.Tensor, step: int) -> tuple[torch.Tensor | None, float]:
         return None, 0.0
 
-    def fit(self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None) -> dict[str, float]:
+    def fit(
+        self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
+    ) -> dict[str, float]:
         labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
         ticker = nets.Ticker(progress, budget)
         self.labels_seen = len(labeled_idx)
@@ -91,16 +96,24 @@ class Supervised(SSLModel):
         y_all = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         lab = nets.batches(np.arange(len(labeled_idx)), cfg.batch_size, rng)
         unlabeled_idx = np.setdiff1d(np.arange(len(x)), labeled_idx)
-        unl = nets.batches(unlabeled_idx, getattr(cfg, "unlabeled_batch", 1), rng) if len(unlabeled_idx) else None
+        unl = (
+            nets.batches(unlabeled_idx, getattr(cfg, "unlabeled_batch", 1), rng)
+            if len(unlabeled_idx)
+            else None
+        )
         net = self.modules["net"].train()
         opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
         step, parts = 0, {}
         while not budget.done(step):
             pick = torch.as_tensor(next(lab), device=self.device)
-            loss = F.cross_entropy(net(pool[torch.as_tensor(labeled_idx, device=self.device)[pick]]), y_all[pick])
+            loss = F.cross_entropy(
+                net(pool[torch.as_tensor(labeled_idx, device=self.device)[pick]]), y_all[pick]
+            )
             parts = {"cross_entropy": loss.item()}
             if unl is not None:
-                extra, used = self._pseudo_loss(net, pool[torch.as_tensor(next(unl), device=self.device)], self.steps_done + step)
+                extra, used = self._pseudo_loss(
+                    net, pool[torch.as_tensor(next(unl), device=self.device)], self.steps_done + step
+                )
                 if extra is not None:
                     loss = loss + extra
                     parts.update(pseudo_loss=extra.item(), pseudo_fraction=used)
@@ -168,7 +181,9 @@ class LabelSpreadConfig:
 class _KNNSpread(nn.Module):
     """(B, C, H, W) -> (B, K): project with PCA, average the label distributions of k nearest pool points."""
 
-    def __init__(self, mean: torch.Tensor, components: torch.Tensor, pool_z: torch.Tensor, dist: torch.Tensor, k: int):
+    def __init__(
+        self, mean: torch.Tensor, components: torch.Tensor, pool_z: torch.Tensor, dist: torch.Tensor, k: int
+    ):
         super().__init__()
         self.register_buffer("mean", mean)  # (P,)
         self.register_buffer("components", components)  # (D, P)
@@ -192,7 +207,9 @@ class LabelSpread(SSLModel):
         self.modules = {}
         self.knn: _KNNSpread | None = None
 
-    def fit(self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None) -> dict[str, float]:
+    def fit(
+        self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
+    ) -> dict[str, float]:
         """One closed-form fit; the budget only bounds LabelSpreading's iterations by its own max_iter."""
         from sklearn.decomposition import PCA
         from sklearn.semi_supervised import LabelSpreading
@@ -205,7 +222,9 @@ class LabelSpread(SSLModel):
             return {}
         cfg = self.config
         flat = x.reshape(len(x), -1).astype(np.float32)
-        pca = PCA(n_components=max(1, min(cfg.components, flat.shape[0] - 1, flat.shape[1])), random_state=self.seed)
+        pca = PCA(
+            n_components=max(1, min(cfg.components, flat.shape[0] - 1, flat.shape[1])), random_state=self.seed
+        )
         z = pca.fit_transform(flat).astype(np.float32)
         target = np.full(len(x), -1, dtype=np.int64)
         target[labeled_idx] = labels
@@ -214,7 +233,12 @@ class LabelSpread(SSLModel):
         if len(present) == 1:
             dist[:, present[0]] = 1.0
         else:
-            spread = LabelSpreading(kernel="knn", n_neighbors=min(cfg.neighbors, len(x) - 1), alpha=cfg.alpha, max_iter=cfg.max_iter)
+            spread = LabelSpreading(
+                kernel="knn",
+                n_neighbors=min(cfg.neighbors, len(x) - 1),
+                alpha=cfg.alpha,
+                max_iter=cfg.max_iter,
+            )
             spread.fit(z, target)
             dist[:, spread.classes_] = np.nan_to_num(spread.label_distributions_, nan=0.0)
             empty = dist.sum(1) == 0  # points the graph never reached: no opinion
@@ -255,4 +279,6 @@ class LabelSpread(SSLModel):
         if not state:
             self.knn = None
             return
-        self.knn = _KNNSpread(state["mean"], state["components"], state["pool_z"], state["dist"], self.config.neighbors).to(self.device)
+        self.knn = _KNNSpread(
+            state["mean"], state["components"], state["pool_z"], state["dist"], self.config.neighbors
+        ).to(self.device)

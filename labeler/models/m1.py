@@ -95,7 +95,9 @@ def train_vae(
     return step, value
 
 
-def fit_linear_head(z: np.ndarray, labels: np.ndarray, num_classes: int, c: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+def fit_linear_head(
+    z: np.ndarray, labels: np.ndarray, num_classes: int, c: float, seed: int
+) -> tuple[np.ndarray, np.ndarray]:
     """Logistic regression on centred `z` (N, D) over one global scale, folded into raw-feature
     weights (K, D) and bias (K,).
 
@@ -146,14 +148,18 @@ class M1(SSLModel):
         self.has_head = False
         self.fits = 0
 
-    def fit(self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None) -> dict[str, float]:
+    def fit(
+        self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
+    ) -> dict[str, float]:
         labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
         rng = np.random.default_rng(self.seed + 1000 * self.fits)
         self.fits += 1
         ticker = nets.Ticker(progress, budget)
         pool = nets.pool_tensor(x, self.device)
         cfg = self.config
-        steps, loss = train_vae(self.modules["vae"], pool, budget, ticker, rng, cfg.batch_size, cfg.lr, kl_weight=cfg.kl_weight)
+        steps, loss = train_vae(
+            self.modules["vae"], pool, budget, ticker, rng, cfg.batch_size, cfg.lr, kl_weight=cfg.kl_weight
+        )
         self._fit_head(x, labeled_idx, labels)
         ticker.tick(steps, {"neg_elbo": loss}, force=True)
         return {"neg_elbo": loss}
@@ -208,8 +214,12 @@ class M1(SSLModel):
         return torch.sigmoid(vae.decoder(z)).cpu().numpy()[None]  # (1, n, C, H, W)
 
     def extra_state(self) -> dict[str, Any]:
-        return {"head_weight": self.head.weight.detach().cpu(), "head_bias": self.head.bias.detach().cpu(),
-                "has_head": self.has_head, "fits": self.fits}
+        return {
+            "head_weight": self.head.weight.detach().cpu(),
+            "head_bias": self.head.bias.detach().cpu(),
+            "has_head": self.has_head,
+            "fits": self.fits,
+        }
 
     def load_extra_state(self, state: dict[str, Any]) -> None:
         if "head_weight" in state:

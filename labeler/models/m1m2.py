@@ -40,6 +40,7 @@ class M1M2Config:
     m1_hidden: list[int] = field(default_factory=lambda: [500, 500])
     m1_batch_size: int = 100
     m1_lr: float = 1e-3
+    m1_kl_weight: float = 1.0  # see M1Config.kl_weight
     m1_fraction: float = 0.4
     m1_fraction_warm: float = 0.1
     latent_dim: int = 50
@@ -53,8 +54,16 @@ class M1M2Config:
     sample_z1: bool = True
 
     def m2(self) -> M2Config:
-        return M2Config(self.latent_dim, list(self.hidden), self.labeled_batch, self.unlabeled_batch, self.lr,
-                        self.alpha_scale, self.warmup_steps, self.labeled_weight)
+        return M2Config(
+            self.latent_dim,
+            list(self.hidden),
+            self.labeled_batch,
+            self.unlabeled_batch,
+            self.lr,
+            self.alpha_scale,
+            self.warmup_steps,
+            self.labeled_weight,
+        )
 
 
 class _StackedClassifier(nn.Module):
@@ -86,7 +95,9 @@ class M1M2(SSLModel):
         self.m1_steps = 0
         self.m2_steps = 0
 
-    def fit(self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None) -> dict[str, float]:
+    def fit(
+        self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
+    ) -> dict[str, float]:
         labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
         cfg = self.config
         rng = np.random.default_rng(self.seed + 7919 * (self.m1_steps + self.m2_steps))
@@ -95,7 +106,9 @@ class M1M2(SSLModel):
         pool = nets.pool_tensor(x, self.device)
 
         first = nets.sub_budget(budget, cfg.m1_fraction if self.m1_steps == 0 else cfg.m1_fraction_warm)
-        steps1, neg_elbo = train_vae(vae, pool, first, ticker, rng, cfg.m1_batch_size, cfg.m1_lr, step0=0)
+        steps1, neg_elbo = train_vae(
+            vae, pool, first, ticker, rng, cfg.m1_batch_size, cfg.m1_lr, 0, cfg.m1_kl_weight
+        )
         self.m1_steps += steps1
 
         with torch.no_grad():
@@ -111,7 +124,9 @@ class M1M2(SSLModel):
 
         unlabeled_idx = np.setdiff1d(np.arange(len(x)), labeled_idx)
         rest = nets.rest_budget(budget, steps1)
-        steps2, parts = train_m2(net, draw, labeled_idx, labels, unlabeled_idx, cfg.m2(), rest, ticker, rng, self.device, steps1)
+        steps2, parts = train_m2(
+            net, draw, labeled_idx, labels, unlabeled_idx, cfg.m2(), rest, ticker, rng, self.device, steps1
+        )
         self.m2_steps += steps2
         self.labels_seen = len(labeled_idx)
         parts = {"m1_neg_elbo": neg_elbo, **parts}
@@ -133,7 +148,12 @@ class M1M2(SSLModel):
         """(S, N, K): q(y | z1) for S samples z1 ~ q(z1 | x)."""
         if self.labels_seen == 0:
             return super().mc_proba(x, samples)
-        return np.stack([batched(lambda xb: torch.softmax(self._logits(xb, True), 1), x, self.device) for _ in range(samples)])
+        return np.stack(
+            [
+                batched(lambda xb: torch.softmax(self._logits(xb, True), 1), x, self.device)
+                for _ in range(samples)
+            ]
+        )
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         """M1's posterior means (N, D1): the continuous code that M2 classifies."""

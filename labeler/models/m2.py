@@ -35,7 +35,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Any
 
 import numpy as np
@@ -50,7 +50,7 @@ from .base import Budget, ProgressFn, SSLModel, batched
 @dataclass
 class M2Config:
     latent_dim: int = 50
-    hidden: list[int] = field(default_factory=lambda: [500])
+    hidden: list[int] | None = None  # None: nets.default_hidden(input shape)
     labeled_batch: int = 100
     unlabeled_batch: int = 100
     lr: float = 1e-3
@@ -76,8 +76,10 @@ class M2Net(nn.Module):
             d = int(input_shape[0])
             self.cls_features = mlp_features(d, hidden)
             self.enc_features = mlp_features(d, hidden)
-            self.decoder = nn.Sequential(nets.mlp([latent_dim + num_classes, *reversed(hidden)], last_activation=True),
-                                         nets.GaussianHead(hidden[0], d))
+            self.decoder = nn.Sequential(
+                nets.mlp([latent_dim + num_classes, *reversed(hidden)], last_activation=True),
+                nets.GaussianHead(hidden[0], d),
+            )
         else:
             self.cls_features, _ = nets.features(input_shape, hidden)
             self.enc_features, _ = nets.features(input_shape, hidden)
@@ -100,8 +102,14 @@ class M2Net(nn.Module):
             return nets.gaussian_log_prob(x, mu, logvar)
         return nets.bernoulli_log_prob(out, x)
 
-    def neg_elbo(self, x: torch.Tensor, h: torch.Tensor, y: torch.Tensor, rows: torch.Tensor | None = None,
-                 kl_weight: float = 1.0) -> torch.Tensor:
+    def neg_elbo(
+        self,
+        x: torch.Tensor,
+        h: torch.Tensor,
+        y: torch.Tensor,
+        rows: torch.Tensor | None = None,
+        kl_weight: float = 1.0,
+    ) -> torch.Tensor:
         """L(x, y) for images x (B, ...), their encoder features h (B, F), one-hot labels y (R, K)
         and `rows` (R,) saying which image each label goes with (None: row i with image i) -> (R,)."""
         pre = self.q_z_h(h)  # (B, W)
@@ -142,8 +150,11 @@ def m2_loss(
     logits = net.logits(x)  # (Bl + Bu, K)
     h = net.enc_features(x)  # (Bl + Bu, F)
     eye = torch.eye(k, device=x.device)
-    rows = torch.cat([torch.arange(bl, device=x.device), torch.arange(bl, bl + bu, device=x.device).repeat_interleave(k)])
-    rows_y = torch.cat([eye[yl], eye.repeat(bu, 1)])  # (Bl + Bu K, K): labeled rows, then every label per image
+    rows = torch.cat(
+        [torch.arange(bl, device=x.device), torch.arange(bl, bl + bu, device=x.device).repeat_interleave(k)]
+    )
+    # (Bl + Bu K, K): the labeled rows with their labels, then every label for each unlabeled image
+    rows_y = torch.cat([eye[yl], eye.repeat(bu, 1)])
     neg = net.neg_elbo(x, h, rows_y, rows, kl_weight)  # (Bl + Bu K,)
     total = torch.zeros((), device=x.device)
     parts: dict[str, float] = {}
@@ -210,12 +221,17 @@ class M2(SSLModel):
 
     def build(self) -> None:
         cfg = self.config
-        self.modules = {"net": M2Net(self.input_shape, self.num_classes, cfg.latent_dim, cfg.hidden).to(self.device)}
+        hidden = cfg.hidden or nets.default_hidden(self.input_shape)
+        self.modules = {
+            "net": M2Net(self.input_shape, self.num_classes, cfg.latent_dim, hidden).to(self.device)
+        }
         self.modules["net"].eval()
         self.labels_seen = 0
         self.steps_done = 0
 
-    def fit(self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None) -> dict[str, float]:
+    def fit(
+        self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
+    ) -> dict[str, float]:
         labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
         rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
         unlabeled_idx = np.setdiff1d(np.arange(len(x)), labeled_idx)
@@ -226,7 +242,19 @@ class M2(SSLModel):
         def draw(idx: np.ndarray) -> torch.Tensor:
             return pool[torch.as_tensor(idx, device=self.device)]
 
-        steps, parts = train_m2(net, draw, labeled_idx, labels, unlabeled_idx, self.config, budget, ticker, rng, self.device, self.steps_done)
+        steps, parts = train_m2(
+            net,
+            draw,
+            labeled_idx,
+            labels,
+            unlabeled_idx,
+            self.config,
+            budget,
+            ticker,
+            rng,
+            self.device,
+            self.steps_done,
+        )
         self.steps_done += steps
         self.labels_seen = len(labeled_idx)
         ticker.tick(self.steps_done, parts, force=True)

@@ -30,7 +30,9 @@ def test_labelspread_matches_scikit_learn_on_new_images():
     pca = PCA(n_components=5, random_state=0).fit(x.reshape(60, -1))
     target = np.full(60, -1)
     target[idx] = y[idx]
-    ref = LabelSpreading(kernel="knn", n_neighbors=8, alpha=0.2, max_iter=100).fit(pca.transform(x.reshape(60, -1)), target)
+    ref = LabelSpreading(kernel="knn", n_neighbors=8, alpha=0.2, max_iter=100).fit(
+        pca.transform(x.reshape(60, -1)), target
+    )
     want = ref.predict_proba(pca.transform(new.reshape(12, -1)))
     assert np.isfinite(want).all()  # the graph reaches every point, so both agree exactly
     np.testing.assert_allclose(model.predict_proba(new), want, atol=1e-4)
@@ -45,7 +47,9 @@ def test_labelspread_with_one_class_predicts_it():
 
 
 def test_selftrain_pseudo_labels_respect_the_threshold():
-    model = SelfTrain((1, 8, 8), 3, config=SelfTrain.Config(hidden=[8], threshold=0.9, warmup_steps=0), seed=0)
+    model = SelfTrain(
+        (1, 8, 8), 3, config=SelfTrain.Config(hidden=[8], threshold=0.9, warmup_steps=0), seed=0
+    )
     net = model.modules["net"]
     with torch.no_grad():
         for p in net.parameters():

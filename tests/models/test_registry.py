@@ -10,9 +10,21 @@ from labeler.models import DESCRIPTIONS, MODELS, Budget, TrainingCancelled, load
 
 # Small networks so each test takes a fraction of a second on one core; keys a class lacks are dropped.
 SMALL = {
-    "hidden": [16], "latent_dim": 4, "batch_size": 8, "labeled_batch": 4, "unlabeled_batch": 8,
-    "m1_hidden": [16], "m1_latent_dim": 6, "m1_batch_size": 8, "warmup_steps": 1,
-    "d_hidden": (32, 16), "g_hidden": (32,), "z_dim": 8, "conv_width": 4, "components": 5, "neighbors": 3,
+    "hidden": [16],
+    "latent_dim": 4,
+    "batch_size": 8,
+    "labeled_batch": 4,
+    "unlabeled_batch": 8,
+    "m1_hidden": [16],
+    "m1_latent_dim": 6,
+    "m1_batch_size": 8,
+    "warmup_steps": 1,
+    "d_hidden": (32, 16),
+    "g_hidden": (32,),
+    "z_dim": 8,
+    "conv_width": 4,
+    "components": 5,
+    "neighbors": 3,
 }
 
 
@@ -28,7 +40,9 @@ def model_class(name):
 def make(name, shape=(1, 8, 8), k=3, seed=0):
     cls = model_class(name)
     fields = getattr(cls.Config, "__dataclass_fields__", {})
-    return cls(shape, k, config=cls.Config(**{key: v for key, v in SMALL.items() if key in fields}), seed=seed)
+    return cls(
+        shape, k, config=cls.Config(**{key: v for key, v in SMALL.items() if key in fields}), seed=seed
+    )
 
 
 def tiny_data(shape=(1, 8, 8), n=40, k=3, labeled=9, seed=0):
@@ -117,4 +131,6 @@ def test_colour_images_use_the_conv_backbone(name):
     assert p.shape == (16, 3)
     np.testing.assert_allclose(p.sum(1), 1.0, atol=1e-5)
     samples = model.sample_images(2)
-    assert samples is None or (samples.shape[-3:] == (3, 32, 32) and 0 <= samples.min() and samples.max() <= 1)
+    assert samples is None or (
+        samples.shape[-3:] == (3, 32, 32) and 0 <= samples.min() and samples.max() <= 1
+    )

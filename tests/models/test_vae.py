@@ -8,8 +8,7 @@ import numpy as np
 import pytest
 import torch
 
-from labeler.models import Budget
-from labeler.models import nets
+from labeler.models import Budget, nets
 from labeler.models.m1 import M1, VAE, fit_linear_head
 from labeler.models.m1m2 import M1M2
 from labeler.models.m2 import M2, M2Net, m2_loss, unlabeled_bound
