@@ -13,7 +13,7 @@ import sys
 from tqdm import tqdm
 
 # Modules that add their own sub-commands through `register(subparsers)`.
-_REGISTERING_MODULES = ["labeler.simulate", "labeler.trainer", "labeler.benchmark"]
+_REGISTERING_MODULES = ["labeler.simulate", "labeler.trainer", "labeler.benchmark", "labeler.latency"]
 
 
 def _session_factory():

@@ -1,0 +1,143 @@
+"""`python -m labeler latency`: how long a person waits between an answer and the next image.
+
+Starts the real app (`streamlit run app.py`) on a fresh digits project in a temporary data
+folder, drives it in headless Chromium (Playwright, Debian's /usr/bin/chromium) by pressing a
+class key, and times key press -> new image caption on screen. Measured twice: with the trainer
+idle, and while a training run is going in the same process. Prints a markdown table.
+"""
+
+from __future__ import annotations
+
+import os
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def _wait_http(url: str, timeout: float = 120.0) -> None:
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        try:
+            with urllib.request.urlopen(url, timeout=2):
+                return
+        except OSError:
+            time.sleep(0.3)
+    raise RuntimeError(f"The app at {url} did not answer within {timeout:.0f} s.")
+
+
+def _time_answers(page, n: int, key: str = "1") -> list[float]:
+    """Press `key` n times; each time, seconds until a different image caption shows."""
+    caption = page.locator('[data-testid="stImageCaption"]').first
+    times = []
+    for _ in range(n):
+        before = caption.inner_text(timeout=60_000)
+        start = time.perf_counter()
+        page.keyboard.press(key)
+        page.wait_for_function(
+            "(before) => { const c = document.querySelector('[data-testid=\"stImageCaption\"]');"
+            " return c && c.innerText !== before; }",
+            arg=before,
+            timeout=60_000,
+            polling=10,
+        )
+        times.append(time.perf_counter() - start)
+    return times
+
+
+def _summary(name: str, times: list[float]) -> str:
+    ms = sorted(t * 1000 for t in times)
+    p90 = ms[min(len(ms) - 1, int(round(0.9 * (len(ms) - 1))))]
+    return f"| {name} | {len(ms)} | {statistics.median(ms):.0f} | {p90:.0f} | {ms[-1]:.0f} |"
+
+
+def measure(n: int = 20, model: str = "m2", budget_s: float = 300.0) -> list[str]:
+    from playwright.sync_api import sync_playwright
+
+    folder = Path(tempfile.mkdtemp(prefix="labeler-latency-"))
+    env = dict(os.environ, LABELER_DATA_DIR=str(folder))
+    os.environ["LABELER_DATA_DIR"] = str(folder)
+    import db
+    from db import runs as run_queries
+    from db.models import RUNNING, Run
+
+    from . import projects
+
+    Session = db.session_factory(db.get_engine())
+    project = projects.create_project(Session, "digits", "digits")
+    port = _free_port()
+    server = subprocess.Popen(
+        [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
+         "--server.port", str(port), "--browser.gatherUsageStats", "false"],
+        cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+    )
+    rows = []
+    try:
+        _wait_http(f"http://127.0.0.1:{port}/_stcore/health")
+        with sync_playwright() as playwright:
+            browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+            page = browser.new_page(viewport={"width": 1280, "height": 900})
+            page.goto(f"http://127.0.0.1:{port}/")
+            page.locator('[data-testid="stImageCaption"]').first.wait_for(timeout=120_000)
+            _time_answers(page, 2)  # warm-up: first renders compile and cache
+            idle = _time_answers(page, n)
+            with Session.begin() as session:
+                run_id = run_queries.request_run(session, project.id, model, {"budget_s": budget_s}).id
+            _time_answers(page, 1)  # the page starts its process' trainer when it sees a queued run
+            deadline = time.monotonic() + 60
+            while time.monotonic() < deadline:
+                with Session() as session:
+                    if session.get(Run, run_id).status == RUNNING:
+                        break
+                time.sleep(0.5)
+            else:
+                raise RuntimeError("The app's trainer did not start the run within 60 s.")
+            time.sleep(3)  # let training get going
+            busy = _time_answers(page, n)
+            with Session() as session:
+                still_running = session.get(Run, run_id).status == RUNNING
+            browser.close()
+        rows = [
+            "| trainer | answers | median ms | p90 ms | max ms |",
+            "| --- | --- | --- | --- | --- |",
+            _summary("idle", idle),
+            _summary(f"training {model}" + ("" if still_running else " (run ended mid-way)"), busy),
+        ]
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+    return rows
+
+
+def cmd_latency(args) -> int:
+    import platform
+
+    import torch
+
+    rows = measure(n=args.answers, model=args.model, budget_s=args.budget_s)
+    print(f"Answer -> next image in headless Chromium; digits; {platform.platform()}, "
+          f"{os.cpu_count()} CPUs, torch {torch.__version__}, device "
+          f"{'cuda' if torch.cuda.is_available() else 'cpu'}")
+    print("\n".join(rows))
+    return 0
+
+
+def register(subparsers) -> None:
+    p = subparsers.add_parser("latency", help="time answer -> next image in the real app, idle and while training")
+    p.add_argument("--answers", type=int, default=20, help="answers timed in each condition")
+    p.add_argument("--model", default="m2", help="model trained during the second measurement")
+    p.add_argument("--budget-s", type=float, default=300.0, help="length of that training run")
+    p.set_defaults(func=cmd_latency)
