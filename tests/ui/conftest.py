@@ -1,17 +1,23 @@
-"""Stop the app's cached worker thread after each UI test."""
+"""Every UI test gets its own background worker on its own database, stopped afterwards."""
 
 import pytest
 
 
 @pytest.fixture(autouse=True)
-def _stop_worker(db_url):
-    """A page may start the app's cached worker thread for this test's database: stop it after."""
-    yield
+def _test_worker(monkeypatch, Session):
+    """Pages reach the trainer through `common.worker()`; hand them one made for this test (only
+    when a page asks for it) instead of the process-wide cached one, and stop it at the end."""
+    from labeler.trainer import Worker
     from labeler.ui import common
 
-    try:
-        worker = common._worker(db_url)
-    except Exception:  # noqa: BLE001 - never started
-        return
-    worker.stop(timeout=30)
-    common._worker.clear()
+    created = []
+
+    def worker():
+        if not created:
+            created.append(Worker(Session, device="cpu", poll_s=0.2).start())
+        return created[0]
+
+    monkeypatch.setattr(common, "worker", worker)
+    yield created
+    for w in created:
+        w.stop(timeout=30)
