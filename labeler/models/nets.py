@@ -228,9 +228,10 @@ def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
 
 
 def batches(idx: np.ndarray, size: int, rng: np.random.Generator):
-    """An endless stream of index batches drawn from `idx`: shuffled epochs, no repeats within one."""
+    """An endless stream of index batches drawn from `idx`: shuffled epochs, no repeats within one
+    (except when `idx` holds a single item, which is then repeated)."""
     idx = np.asarray(idx)
-    size = max(1, min(size, len(idx)))
+    size = max(2, min(size, len(idx)))  # batch norm needs two rows in training mode
     while True:
         perm = rng.permutation(idx)
         if len(perm) < size:  # fewer items than a batch: repeat them

@@ -134,3 +134,11 @@ def test_colour_images_use_the_conv_backbone(name):
     assert samples is None or (
         samples.shape[-3:] == (3, 32, 32) and 0 <= samples.min() and samples.max() <= 1
     )
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_one_label_and_no_unlabeled_images(name):
+    x, _, _ = tiny_data(n=1)
+    model = make(name)
+    model.fit(x, np.array([0]), np.array([1]), Budget(steps=2))
+    np.testing.assert_allclose(model.predict_proba(x).sum(1), 1.0, atol=1e-5)
