@@ -51,7 +51,9 @@ def pull_away_term(features: torch.Tensor) -> torch.Tensor:
     return off_diagonal.pow(2).sum() / (n * (n + 1))
 
 
-def kde_log_density(points: torch.Tensor, reference: torch.Tensor, bandwidth: torch.Tensor, leave_one_out: bool = False) -> torch.Tensor:
+def kde_log_density(
+    points: torch.Tensor, reference: torch.Tensor, bandwidth: torch.Tensor, leave_one_out: bool = False
+) -> torch.Tensor:
     """log of a Gaussian KDE on `reference` (M, D) at `points` (N, D), up to a constant -> (N,)."""
     d2 = torch.cdist(points, reference).pow(2)  # (N, M)
     if leave_one_out:

@@ -41,7 +41,6 @@ from torch import nn
 
 from .base import Budget, Progress, ProgressFn, SSLModel, TrainingCancelled, batched, to_tensor
 
-
 # -- loss terms (testable free functions) ---------------------------------------------------
 
 
@@ -134,7 +133,9 @@ class WNLinear(_WeightNorm):
 
 
 class WNConv2d(_WeightNorm):
-    def __init__(self, n_in: int, n_out: int, kernel: int, stride: int = 1, padding: int = 0, init_scale: float = 1.0):
+    def __init__(
+        self, n_in: int, n_out: int, kernel: int, stride: int = 1, padding: int = 0, init_scale: float = 1.0
+    ):
         super().__init__((n_out, n_in, kernel, kernel), init_scale)
         self.stride, self.padding = stride, padding
 
@@ -184,7 +185,9 @@ class MLPDiscriminator(nn.Module):
     """Salimans et al.'s MNIST discriminator: noise(0.3), [WN dense, ReLU, noise(0.5)] per
     hidden layer, then a WN dense layer to K logits. `features` is the last hidden layer."""
 
-    def __init__(self, n_in: int, hidden: tuple[int, ...], num_classes: int, input_noise: float, hidden_noise: float):
+    def __init__(
+        self, n_in: int, hidden: tuple[int, ...], num_classes: int, input_noise: float, hidden_noise: float
+    ):
         super().__init__()
         layers: list[nn.Module] = [nn.Flatten(), GaussianNoise(input_noise)]
         for width in hidden:
@@ -225,18 +228,25 @@ class ConvDiscriminator(nn.Module):
     def __init__(self, channels: int, width: int, num_classes: int, input_noise: float, dropout: float):
         super().__init__()
         w1, w2 = width, 2 * width
-        act = lambda: nn.LeakyReLU(0.2)  # noqa: E731
+        act = lambda: nn.LeakyReLU(0.2)
         self.body = nn.Sequential(
             GaussianNoise(input_noise),
-            WNConv2d(channels, w1, 3, padding=1), act(),
-            WNConv2d(w1, w1, 3, stride=2, padding=1), act(),
+            WNConv2d(channels, w1, 3, padding=1),
+            act(),
+            WNConv2d(w1, w1, 3, stride=2, padding=1),
+            act(),
             nn.Dropout(dropout),
-            WNConv2d(w1, w2, 3, padding=1), act(),
-            WNConv2d(w2, w2, 3, stride=2, padding=1), act(),
+            WNConv2d(w1, w2, 3, padding=1),
+            act(),
+            WNConv2d(w2, w2, 3, stride=2, padding=1),
+            act(),
             nn.Dropout(dropout),
-            WNConv2d(w2, w2, 3, padding=0), act(),
-            WNConv2d(w2, w2, 1), act(),
-            nn.AdaptiveAvgPool2d(1), nn.Flatten(),
+            WNConv2d(w2, w2, 3, padding=0),
+            act(),
+            WNConv2d(w2, w2, 1),
+            act(),
+            nn.AdaptiveAvgPool2d(1),
+            nn.Flatten(),
         )
         self.head = nn.Sequential(WNLinear(w2, num_classes))
         self.feature_dim = w2
@@ -256,11 +266,18 @@ class ConvGenerator(nn.Module):
         self.h0, self.w0 = math.ceil(h / 4), math.ceil(w / 4)
         self.size = (h, w)
         w4, w2 = 4 * width, 2 * width
-        self.fc = nn.Sequential(nn.Linear(z_dim, w4 * self.h0 * self.w0, bias=False), nn.BatchNorm1d(w4 * self.h0 * self.w0), nn.ReLU())
+        self.fc = nn.Sequential(
+            nn.Linear(z_dim, w4 * self.h0 * self.w0, bias=False),
+            nn.BatchNorm1d(w4 * self.h0 * self.w0),
+            nn.ReLU(),
+        )
         self.net = nn.Sequential(
             nn.Unflatten(1, (w4, self.h0, self.w0)),
-            nn.ConvTranspose2d(w4, w2, 4, stride=2, padding=1, bias=False), nn.BatchNorm2d(w2), nn.ReLU(),
-            nn.ConvTranspose2d(w2, c, 4, stride=2, padding=1), nn.Sigmoid(),
+            nn.ConvTranspose2d(w4, w2, 4, stride=2, padding=1, bias=False),
+            nn.BatchNorm2d(w2),
+            nn.ReLU(),
+            nn.ConvTranspose2d(w2, c, 4, stride=2, padding=1),
+            nn.Sigmoid(),
         )
 
     def forward(self, z: torch.Tensor) -> torch.Tensor:
@@ -316,10 +333,14 @@ class SSLGAN(SSLModel):
             raise ValueError(f"Unknown GAN architecture {cfg.arch!r}; use 'auto', 'mlp' or 'conv'.")
         self.arch = arch
         if arch == "mlp":
-            disc = MLPDiscriminator(c * h * w, tuple(cfg.d_hidden), self.num_classes, cfg.input_noise, cfg.hidden_noise)
+            disc = MLPDiscriminator(
+                c * h * w, tuple(cfg.d_hidden), self.num_classes, cfg.input_noise, cfg.hidden_noise
+            )
             gen = MLPGenerator(cfg.z_dim, tuple(cfg.g_hidden), self.input_shape)
         else:
-            disc = ConvDiscriminator(c, cfg.conv_width, self.num_classes, cfg.conv_input_noise, cfg.conv_dropout)
+            disc = ConvDiscriminator(
+                c, cfg.conv_width, self.num_classes, cfg.conv_input_noise, cfg.conv_dropout
+            )
             gen = ConvGenerator(cfg.z_dim, cfg.conv_width, self.input_shape)
         self.modules = {"disc": disc.to(self.device), "gen": gen.to(self.device)}
         if cfg.ema > 0:
@@ -356,10 +377,14 @@ class SSLGAN(SSLModel):
     def extra_d_loss(self, logits_unl: torch.Tensor) -> dict[str, torch.Tensor]:
         return {}
 
-    def generator_loss(self, feat_real: torch.Tensor, feat_fake: torch.Tensor, x_real: torch.Tensor, x_fake: torch.Tensor) -> dict[str, torch.Tensor]:
+    def generator_loss(
+        self, feat_real: torch.Tensor, feat_fake: torch.Tensor, x_real: torch.Tensor, x_fake: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
         return {"fm": feature_matching_loss(feat_real.detach(), feat_fake)}
 
-    def fit(self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None) -> dict[str, float]:
+    def fit(
+        self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
+    ) -> dict[str, float]:
         cfg = self.config
         if len(x) == 0:
             raise ValueError("There are no images to train on; add images to the project first.")
@@ -370,7 +395,9 @@ class SSLGAN(SSLModel):
         labeled_idx = np.asarray(labeled_idx, dtype=np.int64)
         yt = torch.as_tensor(np.asarray(labels, dtype=np.int64), device=self.device)  # (L,)
         if len(yt) and (int(yt.min()) < 0 or int(yt.max()) >= self.num_classes):
-            raise ValueError(f"Labels must lie in 0..{self.num_classes - 1}; relabel the out-of-range images.")
+            raise ValueError(
+                f"Labels must lie in 0..{self.num_classes - 1}; relabel the out-of-range images."
+            )
         x_lab = xt[torch.as_tensor(labeled_idx, device=self.device)] if len(labeled_idx) else None
         n, bs = len(x), cfg.batch_size
         disc, gen = self.disc, self.gen
@@ -401,7 +428,9 @@ class SSLGAN(SSLModel):
             if x_lab is not None:
                 if len(lab_order) < bs:  # repeat the labeled set in shuffled passes
                     reps = math.ceil(bs / len(labeled_idx)) + 1
-                    lab_order = np.concatenate([lab_order] + [rng.permutation(len(labeled_idx)) for _ in range(reps)])
+                    lab_order = np.concatenate(
+                        [lab_order] + [rng.permutation(len(labeled_idx)) for _ in range(reps)]
+                    )
                 pick, lab_order = lab_order[:bs], lab_order[bs:]
                 pick_t = torch.as_tensor(pick, device=self.device)
                 logits_all, _ = disc(torch.cat([x_lab[pick_t], unl, fake]))
@@ -433,8 +462,8 @@ class SSLGAN(SSLModel):
 
             if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
                 raise RuntimeError(
-                    f"training diverged: the GAN loss became {loss_d.item()} / {loss_g.item()} at step {step}; "
-                    "lower the learning rate or retrain from scratch."
+                    f"training diverged: the GAN loss became {loss_d.item()} / {loss_g.item()} "
+                    f"at step {step}; lower the learning rate or retrain from scratch."
                 )
             now = time.monotonic()
             if progress is not None and now - last_report >= cfg.progress_every_s:
@@ -466,7 +495,12 @@ class SSLGAN(SSLModel):
         torch.manual_seed(self.seed)
         self.classifier.train()
         try:
-            out = np.stack([batched(lambda b: torch.softmax(self._logits(b), dim=1), x, self.device) for _ in range(samples)])
+            out = np.stack(
+                [
+                    batched(lambda b: torch.softmax(self._logits(b), dim=1), x, self.device)
+                    for _ in range(samples)
+                ]
+            )
         finally:
             self.classifier.eval()
         return out
