@@ -49,11 +49,8 @@ def maybe_auto_retrain(project_id: int) -> int | None:
 
     def commit() -> int | None:
         with Session.begin() as session:
-            if not run_queries.should_auto_retrain(session, project_id):
-                return None
-            project = session.get(Project, project_id)
-            model = (project.settings or {}).get("model", "m2")
-            return run_queries.request_run(session, project_id, model, {"auto": True}).id
+            run = run_queries.maybe_auto_retrain(session, project_id)
+            return None if run is None else run.id
 
     run_id = db.retrying(commit)
     if run_id is not None:

@@ -169,6 +169,25 @@ def test_train_page_runs_a_model_and_shows_it_in_the_history(Session, tiny_proje
     assert len(at.get("plotly_chart")) >= 3  # learning curve, balance, per-class, confusion
 
 
+def test_a_running_run_can_be_cancelled(Session, tiny_project):
+    from db.models import RUNNING, Run, utcnow
+
+    with Session.begin() as session:
+        run = Run(project_id=tiny_project.id, model="m2", status=RUNNING, started_at=utcnow(),
+                  heartbeat_at=utcnow(), progress=0.4, step=120, worker="elsewhere")
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    at = page_app("train", tiny_project.id)
+    assert "Run 1 (m2): training, 40%" in at.get("progress")[0].proto.text
+    at.button(key=f"cancel-{run_id}").click().run()
+    assert not at.exception
+    with Session() as session:
+        assert session.get(Run, run_id).cancel_requested
+    assert at.button(key=f"cancel-{run_id}").disabled
+    assert any("(stopping)" in c.value for c in at.caption)
+
+
 def test_a_failed_run_says_why_in_one_sentence(Session, tiny_project):
     from db.models import FAILED, Run, utcnow
 
