@@ -117,15 +117,15 @@ class Supervised(SSLModel):
                 if extra is not None:
                     loss = loss + extra
                     parts.update(pseudo_loss=extra.item(), pseudo_fraction=used)
-            nets.check_finite(loss, self.steps_done + step)
+            nets.check_finite(loss, step)
             opt.zero_grad(set_to_none=True)
             loss.backward()
             opt.step()
             step += 1
-            ticker.tick(self.steps_done + step, parts)
+            ticker.tick(step, parts)
         net.eval()
         self.steps_done += step
-        ticker.tick(self.steps_done, parts, force=True)
+        ticker.tick(step, parts, force=True)
         return parts
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:

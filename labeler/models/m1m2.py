@@ -125,7 +125,18 @@ class M1M2(SSLModel):
         unlabeled_idx = np.setdiff1d(np.arange(len(x)), labeled_idx)
         rest = nets.rest_budget(budget, steps1)
         steps2, parts = train_m2(
-            net, draw, labeled_idx, labels, unlabeled_idx, cfg.m2(), rest, ticker, rng, self.device, steps1
+            net,
+            draw,
+            labeled_idx,
+            labels,
+            unlabeled_idx,
+            cfg.m2(),
+            rest,
+            ticker,
+            rng,
+            self.device,
+            steps1,
+            self.m2_steps,
         )
         self.m2_steps += steps2
         self.labels_seen = len(labeled_idx)

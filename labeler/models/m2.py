@@ -188,10 +188,13 @@ def train_m2(
     rng: np.random.Generator,
     device: torch.device,
     step0: int = 0,
+    trained_before: int = 0,
 ) -> tuple[int, dict[str, float]]:
     """Adam on `m2_loss` with a labeled and an unlabeled batch per step until `budget` ends.
 
-    `draw(idx)` returns the inputs of those pool rows (pixels, or sampled M1 codes).
+    `draw(idx)` returns the inputs of those pool rows (pixels, or sampled M1 codes); `step0` is
+    where this loop starts within the caller's fit (for progress), `trained_before` how many M2
+    steps earlier fits made (for the KL warm-up).
     """
     n_l, n_u = len(labeled_idx), len(unlabeled_idx)
     alpha = cfg.alpha_scale * (n_l + n_u)
@@ -207,7 +210,7 @@ def train_m2(
         ub = next(unl) if unl else empty
         xl, yl = draw(labeled_idx[pick]), y_all[torch.as_tensor(pick, device=device)]
         xu = draw(ub)
-        kl_weight = min(1.0, (step0 + step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
+        kl_weight = min(1.0, (trained_before + step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
         loss, parts = m2_loss(net, xl, yl, xu, n_l, n_u, alpha, kl_weight, cfg.labeled_weight)
         nets.check_finite(loss, step0 + step)
         opt.zero_grad(set_to_none=True)
@@ -258,11 +261,11 @@ class M2(SSLModel):
             ticker,
             rng,
             self.device,
-            self.steps_done,
+            trained_before=self.steps_done,
         )
         self.steps_done += steps
         self.labels_seen = len(labeled_idx)
-        ticker.tick(self.steps_done, parts, force=True)
+        ticker.tick(steps, parts, force=True)
         return parts
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:

@@ -142,3 +142,14 @@ def test_one_label_and_no_unlabeled_images(name):
     model = make(name)
     model.fit(x, np.array([0]), np.array([1]), Budget(steps=2))
     np.testing.assert_allclose(model.predict_proba(x).sum(1), 1.0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["m1", "m2", "m1m2", "supervised", "selftrain"])
+def test_progress_counts_this_fit_after_a_warm_start(name):
+    x, idx, labels = tiny_data()
+    model = make(name)
+    model.fit(x, idx, labels, Budget(steps=4))
+    seen = []
+    model.fit(x, idx, labels, Budget(steps=4), progress=lambda p: seen.append(p) and False)
+    assert seen[-1].step == 4 and seen[-1].fraction == pytest.approx(1.0)
+    assert all(0 <= p.fraction <= 1 for p in seen)
