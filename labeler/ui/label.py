@@ -20,6 +20,15 @@ from . import common, parts
 KEYS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "0"]
 
 
+def shortcut_keys(names: list[str]) -> list[str | None]:
+    """Keys 1-9, 0 for the first ten classes, except when the classes are themselves digits
+    (as in the digits and MNIST data sets): then each digit's own key labels it, since pressing
+    3 for the class "2" is a mistake waiting to happen."""
+    if names and len(names) <= 10 and all(len(n) == 1 and n.isdigit() for n in names) and len(set(names)) == len(names):
+        return list(names)
+    return [KEYS[i] if i < len(KEYS) else None for i in range(len(names))]
+
+
 def _label(project_id: int, item_id: int, class_index: int, annotator: str) -> None:
     """Commit one answer before anything else is drawn; the page then shows the next image."""
     Session = common.session_factory()
@@ -262,10 +271,11 @@ def label_page() -> None:
             st.caption(AUDIT_NOTE)
         elif not has_model:
             st.caption("No model yet: images come in random order until the first training run.")
-        st.caption("Keys: 1-9, 0 label · U undo · S skip")
+        st.caption("Keys: the key shown on each class button labels · U undo · S skip")
         columns = st.columns(min(5, len(names)))
+        keys = shortcut_keys(names)
         for index, name in enumerate(names):
-            key = KEYS[index] if index < len(KEYS) else None
+            key = keys[index]
             with columns[index % len(columns)]:
                 st.button(
                     f"{name}",

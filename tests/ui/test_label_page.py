@@ -45,3 +45,12 @@ def test_skip_moves_on_without_labeling(Session, tiny_project):
     assert at.get("image")[0].proto.imgs[0].caption != first_caption
     with Session() as session:
         assert queries.label_count(session, tiny_project.id) == 0
+
+
+def test_digit_classes_get_their_own_keys():
+    from labeler.ui.label import shortcut_keys
+
+    assert shortcut_keys([str(d) for d in range(10)]) == [str(d) for d in range(10)]
+    assert shortcut_keys(["cat", "dog"]) == ["1", "2"]
+    assert shortcut_keys(["1", "2", "x"]) == ["1", "2", "3"]
+    assert shortcut_keys([f"c{i}" for i in range(12)])[-2:] == [None, None]
