@@ -79,3 +79,16 @@ def enlarge(array: np.ndarray, size: int = 280) -> Image.Image:
 def class_names(project_id: int) -> list[str]:
     with session_factory()() as session:
         return queries.class_names(session, project_id)
+
+
+_MARKDOWN_SPECIALS = set("\\`*_{}[]()#+-.!|~<>$:")
+
+
+def as_typed(text: str) -> str:
+    """Text for widget labels, which Streamlit renders as Markdown: every Markdown character
+    backslash-escaped, and a word joiner between hyphens so "--" does not become a dash, so a
+    class named "**x**" shows as typed."""
+    escaped = "".join("\\" + ch if ch in _MARKDOWN_SPECIALS else ch for ch in text)
+    while "\\-\\-" in escaped:
+        escaped = escaped.replace("\\-\\-", "\\-\u2060\\-")
+    return escaped

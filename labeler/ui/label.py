@@ -278,7 +278,7 @@ def label_page() -> None:
             key = keys[index]
             with columns[index % len(columns)]:
                 st.button(
-                    f"{name}",
+                    common.as_typed(name),
                     key=f"class-{index}",
                     shortcut=key,
                     on_click=_label,

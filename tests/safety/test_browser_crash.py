@@ -114,7 +114,6 @@ def app(tmp_path_factory):
         log.close()
 
 
-@pytest.mark.xfail(reason="st.button renders Markdown: the label page must escape class names", strict=False)
 def test_class_names_show_as_typed_in_the_browser(app):
     shown = [app["page"].locator(f".st-key-class-{i} button").inner_text() for i in range(len(NAMES))]
     # The key hint may follow the name on its own line.
