@@ -6,6 +6,7 @@ Widgets only: computation lives in `labeler/` and SQL in `db/`.
 from __future__ import annotations
 
 import getpass
+import secrets
 
 import numpy as np
 import streamlit as st
@@ -67,6 +68,14 @@ def annotator() -> str:
         except Exception:  # noqa: BLE001 - no user name on this system
             st.session_state["annotator"] = "anonymous"
     return st.session_state["annotator"]
+
+
+def claimant() -> str:
+    """Who holds the images this browser session is shown: the annotator's name plus a token
+    of this session, so two tabs or two people with the same name never get the same image."""
+    if "claim_token" not in st.session_state:
+        st.session_state["claim_token"] = secrets.token_hex(4)
+    return f"{annotator()}#{st.session_state['claim_token']}"
 
 
 def enlarge(array: np.ndarray, size: int = 280) -> Image.Image:

@@ -189,7 +189,7 @@ def _classes_panel(project_id: int, names: list[str]) -> None:
 def _grid(project_id: int, names: list[str], annotator: str, skipped: set[int]) -> None:
     Session = common.session_factory()
     with Session() as session:
-        batch = queries.next_items(session, project_id, k=GRID_SIZE, exclude=skipped, annotator=annotator)
+        batch = queries.next_items(session, project_id, k=GRID_SIZE, exclude=skipped, annotator=common.claimant())
     if not batch:
         st.success("Every image is labeled. Train a model or export the data set.")
         return
@@ -236,7 +236,7 @@ def label_page() -> None:
             if item is not None:
                 picked = [(item, None)]
         if not picked:
-            picked = queries.next_items(session, project.id, k=1, exclude=skipped, annotator=annotator)
+            picked = queries.next_items(session, project.id, k=1, exclude=skipped, annotator=common.claimant())
         n_labeled = queries.label_count(session, project.id)
         n_total = queries.count_items(session, project.id, POOL) + queries.count_items(
             session, project.id, "audit"

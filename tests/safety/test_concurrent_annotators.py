@@ -123,3 +123,18 @@ def test_two_label_page_sessions_show_different_images_and_keep_both_answers(Ses
         keys = {e.annotator: session.get(Item, e.item_id).key for e in events}
     assert [(e.annotator, e.class_index) for e in events] == [("alice", 0), ("bob", 1)]
     assert keys == captions
+
+
+def test_two_tabs_with_the_same_annotator_name_get_different_images(Session, tiny_project):
+    """The default name is the server's user name, which every browser on it shares."""
+    from streamlit.testing.v1 import AppTest
+
+    captions = []
+    for _ in range(2):
+        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+        at.session_state["project_id"] = tiny_project.id
+        at.session_state["annotator"] = "same-name"
+        at.run()
+        assert not at.exception
+        captions.append(at.get("image")[0].proto.imgs[0].caption)
+    assert captions[0] != captions[1]
