@@ -7,7 +7,7 @@ import json
 
 import numpy as np
 import pytest
-from conftest import tiny_image_set
+from tests.conftest import tiny_image_set
 
 from labeler import simulate as sim
 from labeler.cli import main

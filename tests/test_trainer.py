@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from conftest import tiny_image_set
+from tests.conftest import tiny_image_set
 from sqlalchemy import update
 
 import labeler.models as models_pkg
