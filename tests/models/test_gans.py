@@ -14,7 +14,7 @@ from labeler.models.sslgan import feature_matching_loss, supervised_loss, unsupe
 
 GANS = ["sslgan", "badgan"]
 SMALL_MLP = {"d_hidden": (32, 16), "g_hidden": (32,), "z_dim": 8, "batch_size": 16}
-SMALL_CONV = {"conv_width": 4, "z_dim": 8, "batch_size": 8}
+SMALL_CONV = {"conv_width": 4, "z_dim": 8, "conv_batch_size": 8}
 
 
 def tiny_data(shape=(1, 8, 8), n=40, k=3, seed=0):
