@@ -51,6 +51,8 @@ class M1M2Config:
     alpha_scale: float = 0.1
     warmup_steps: int = 0
     labeled_weight: float = 0.0
+    # Train M2 on samples z1 ~ q(z1|x), not the means: on the means, M1's unused dimensions are
+    # constant, the Gaussian p(z1|y,z2) shrinks onto them and the bound runs off (seen on digits).
     sample_z1: bool = True
 
     def m2(self) -> M2Config:
