@@ -107,7 +107,10 @@ class _WeightNorm(nn.Module):
 
     def _apply_init(self, pre: torch.Tensor) -> torch.Tensor:
         dims = [d for d in range(pre.dim()) if d != 1]
-        mean, std = pre.mean(dim=dims), pre.std(dim=dims).clamp_min(1e-6)  # (out,)
+        mean, std = pre.mean(dim=dims), pre.std(dim=dims, correction=0)  # (out,)
+        # A unit that does not vary over the init batch (e.g. a one-image pool) keeps scale 1:
+        # dividing by its ~0 spread would blow the layer up.
+        std = torch.where(std > 1e-3, std, torch.ones_like(std))
         with torch.no_grad():
             self.g.mul_(self.init_scale / std)
             self.b.copy_(-mean * self.init_scale / std)
@@ -413,7 +416,7 @@ class SSLGAN(SSLModel):
 
         lab_order = np.zeros(0, dtype=np.int64)
         losses: dict[str, float] = {}
-        step, last_report = 0, time.monotonic()
+        step, last_report = 0, -math.inf  # report after the first step, then every progress_every_s
         while not budget.done(step):
             if cfg.lr_decay > 0:
                 factor = min(1.0, (1.0 - budget.fraction(step)) / cfg.lr_decay)
