@@ -72,6 +72,7 @@ def start_server(data_dir: Path, port: int, log_path: Path, extra: list[str] | N
 
 
 def launch_browser(playwright):
+    """Debian's Chromium with the flags this closed network needs (used by screenshots.py)."""
     if not Path(CHROMIUM).exists():
         pytest.skip("Debian's chromium is not installed (apt-get install chromium).")
     return playwright.chromium.launch(
@@ -118,17 +119,6 @@ def app_server(tmp_path_factory):
         except subprocess.TimeoutExpired:
             server.kill()
         engine.dispose()
-
-
-@pytest.fixture(scope="session")
-def browser():
-    pytest.importorskip("playwright")
-    from playwright.sync_api import sync_playwright
-
-    with sync_playwright() as playwright:
-        browser = launch_browser(playwright)
-        yield browser
-        browser.close()
 
 
 @pytest.fixture

@@ -64,10 +64,7 @@ def _wait_http(url: str, timeout: float = 90.0) -> None:
 
 
 @pytest.fixture(scope="module")
-def app(tmp_path_factory):
-    sync_api = pytest.importorskip("playwright.sync_api")
-    if not Path(CHROMIUM).exists():
-        pytest.skip("Debian's chromium is not installed (apt-get install chromium).")
+def app(tmp_path_factory, browser):
     data = tmp_path_factory.mktemp("app-data")
     url = f"sqlite:///{data / 'labeler.db'}"
     engine = db.make_engine(url)
@@ -97,16 +94,13 @@ def app(tmp_path_factory):
     )
     try:
         _wait_http(f"http://127.0.0.1:{port}/_stcore/health")
-        with sync_api.sync_playwright() as playwright:
-            browser = playwright.chromium.launch(
-                executable_path=CHROMIUM, args=["--headless", "--no-sandbox", "--disable-gpu"]
-            )
-            page = browser.new_page()
-            page.set_default_timeout(30_000)
-            page.goto(f"http://127.0.0.1:{port}")
-            page.get_by_text("0 labeled / 50 images").wait_for()
-            yield {"page": page, "server": server, "url": url, "project_id": project.id}
-            browser.close()
+        context = browser.new_context()
+        page = context.new_page()
+        page.set_default_timeout(30_000)
+        page.goto(f"http://127.0.0.1:{port}")
+        page.get_by_text("0 labeled / 50 images").wait_for()
+        yield {"page": page, "server": server, "url": url, "project_id": project.id}
+        context.close()
     finally:
         if server.poll() is None:
             os.kill(server.pid, signal.SIGKILL)
