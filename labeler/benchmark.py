@@ -78,16 +78,38 @@ def _load(dataset: str, cache: dict):
 
 
 def _save_figure(fig, stem: Path) -> list[Path]:
-    written = [stem.with_suffix(".html")]
-    fig.write_html(written[0], include_plotlyjs=True)  # self-contained: opens offline
+    """Write the chart as self-contained HTML, and as PNG (kaleido, else a headless Chromium
+    screenshot of the HTML, else no PNG)."""
+    html, png = stem.with_suffix(".html"), stem.with_suffix(".png")
+    fig.write_html(html, include_plotlyjs=True)  # self-contained: opens offline
+    written = [html]
     try:
         import kaleido  # noqa: F401
 
-        fig.write_image(stem.with_suffix(".png"))
-        written.append(stem.with_suffix(".png"))
+        fig.write_image(png)
+        return written + [png]
+    except Exception:  # noqa: BLE001 - fall back to the browser
+        pass
+    try:
+        _screenshot(html, png)
+        written.append(png)
     except Exception as error:  # noqa: BLE001 - PNG is optional
-        print(f"no PNG ({type(error).__name__}); the HTML has the chart", file=sys.stderr)
+        print(f"no PNG ({type(error).__name__}: {error}); the HTML has the chart", file=sys.stderr)
     return written
+
+
+def _screenshot(html: Path, png: Path, width: int = 1000, height: int = 560) -> None:
+    from playwright.sync_api import sync_playwright
+
+    from .latency import CHROMIUM_ARGS
+
+    with sync_playwright() as playwright:
+        browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
+        page = browser.new_page(viewport={"width": width, "height": height})
+        page.goto(html.resolve().as_uri())
+        page.wait_for_selector(".main-svg", timeout=30_000)
+        page.screenshot(path=str(png))
+        browser.close()
 
 
 def run_models(
@@ -123,34 +145,65 @@ def run_models(
                     + (f"accuracy {record['test_accuracy']:.4f} in {record['seconds']:.1f} s"
                        if record["error"] is None else f"failed ({record['error']})"))
 
-    header = "| model | " + " | ".join(
-        f"{d} ({int(labels or PRESETS.get(d, DEFAULT_PRESET)['labels'])} labels, "
-        f"{float(budget_s or PRESETS.get(d, DEFAULT_PRESET)['budget_s']):g} s)" for d in datasets) + " |"
-    lines = [header, "|" + " --- |" * (len(datasets) + 1)]
+    table = models_table(records, models, datasets)
+    models_figure(records, models, datasets, out_dir / "benchmark-models")
+    return records, table
+
+
+def _budget_cell(records: list[dict], dataset: str) -> str:
+    mine = [r for r in records if r["dataset"] == dataset]
+    labels = sorted({int(float(r["labels"])) for r in mine})
+    budgets = sorted({float(r["budget_s"]) for r in mine})
+    return f"{dataset} ({'/'.join(map(str, labels))} labels, {'/'.join(f'{b:g}' for b in budgets)} s)"
+
+
+def _accuracies(records: list[dict], model: str, dataset: str) -> tuple[list[float], int]:
+    mine = [r for r in records if r["model"] == model and r["dataset"] == dataset]
+    accs = [float(r["test_accuracy"]) for r in mine if not r.get("error")]
+    return accs, len(mine) - len(accs)
+
+
+def models_table(records: list[dict], models: list[str], datasets: list[str]) -> str:
+    """Markdown: one row per model, one column per data set, mean ± std (n) of test accuracy."""
+    lines = ["| model | " + " | ".join(_budget_cell(records, d) for d in datasets) + " |",
+             "|" + " --- |" * (len(datasets) + 1)]
     for model in models:
         cells = []
         for dataset in datasets:
-            mine = [r for r in records if r["model"] == model and r["dataset"] == dataset]
-            accs = [r["test_accuracy"] for r in mine if r["error"] is None]
-            failed = len(mine) - len(accs)
-            cells.append(mean_std(accs) + f" (n={len(accs)})" + (f", {failed} failed" if failed else ""))
+            accs, failed = _accuracies(records, model, dataset)
+            cell = (mean_std(accs) + f" (n={len(accs)})") if accs or failed else "not run"
+            cells.append(cell + (f", {failed} failed" if failed else ""))
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
-    table = "\n".join(lines)
+    return "\n".join(lines)
 
+
+def models_figure(records: list[dict], models: list[str], datasets: list[str], stem: Path) -> list[Path]:
     import plotly.graph_objects as go
 
     fig = go.Figure()
     for dataset in datasets:
         means, stds = [], []
         for model in models:
-            accs = [r["test_accuracy"] for r in records
-                    if r["model"] == model and r["dataset"] == dataset and r["error"] is None]
+            accs, _ = _accuracies(records, model, dataset)
             means.append(float(np.mean(accs)) if accs else None)
             stds.append(float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0)
-        fig.add_bar(name=dataset, x=models, y=means, error_y={"type": "data", "array": stds})
-    fig.update_layout(barmode="group", title="Test accuracy (mean ± std over seeds)", yaxis_title="test accuracy")
-    _save_figure(fig, out_dir / "benchmark-models")
-    return records, table
+        fig.add_bar(name=_budget_cell(records, dataset), x=models, y=means, error_y={"type": "data", "array": stds})
+    fig.update_layout(barmode="group", title="Test accuracy (mean ± std over seeds)", yaxis_title="test accuracy",
+                      yaxis_range=[0, 1], legend={"orientation": "h", "y": -0.15})
+    return _save_figure(fig, stem)
+
+
+def report(csv_files: list[Path], out_dir: Path) -> str:
+    """Merge `benchmark-models.csv` files of several runs into one table and one chart."""
+    records: list[dict] = []
+    for path in csv_files:
+        with open(path, newline="") as handle:
+            records += list(csv.DictReader(handle))
+    models = list(dict.fromkeys(r["model"] for r in records))
+    datasets = list(dict.fromkeys(r["dataset"] for r in records))
+    out_dir.mkdir(parents=True, exist_ok=True)
+    models_figure(records, models, datasets, out_dir / "benchmark-models")
+    return models_table(records, models, datasets)
 
 
 def run_strategies(
@@ -246,7 +299,13 @@ def cmd_benchmark(args) -> int:
     seeds = list(range(args.seeds))
     log = lambda line: print(line, file=sys.stderr, flush=True)
     start = time.monotonic()
-    if args.mode == "models":
+    if args.mode == "report":
+        inputs = [Path(p) for p in _split_list(args.inputs, [])]
+        if not inputs:
+            raise SettingError("--mode report needs --inputs: comma-separated benchmark-models.csv files.")
+        out_dir.mkdir(parents=True, exist_ok=True)
+        table = report(inputs, out_dir)
+    elif args.mode == "models":
         models = _split_list(args.models, list(MODELS))
         unknown = [m for m in models if m not in MODELS]
         if unknown:
@@ -274,7 +333,9 @@ def cmd_benchmark(args) -> int:
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("benchmark", help="compare models (or strategies) over data sets and seeds")
-    p.add_argument("--mode", choices=["models", "strategies"], default="models")
+    p.add_argument("--mode", choices=["models", "strategies", "report"], default="models",
+                   help="report: merge the CSVs of earlier models runs (--inputs) into one table and chart")
+    p.add_argument("--inputs", help="report mode: comma-separated benchmark-models.csv files")
     p.add_argument("--models", help="comma-separated (models mode: default all; strategies mode: the first, default supervised)")
     p.add_argument("--datasets", help="comma-separated (default digits,fashion-mnist; strategies mode: the first)")
     p.add_argument("--strategies", help="comma-separated (strategies mode; default all, random always included)")

@@ -22,13 +22,15 @@ ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
 
-def _free_port() -> int:
+def free_port() -> int:
+    """A free TCP port on 127.0.0.1 (also used by the browser tests)."""
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return s.getsockname()[1]
 
 
-def _wait_http(url: str, timeout: float = 120.0) -> None:
+def wait_http(url: str, timeout: float = 120.0) -> None:
+    """Wait until `url` answers; raise RuntimeError after `timeout` seconds."""
     end = time.monotonic() + timeout
     while time.monotonic() < end:
         try:
@@ -78,7 +80,7 @@ def measure(n: int = 20, model: str = "m2", budget_s: float = 300.0) -> list[str
 
     Session = db.session_factory(db.get_engine())
     project = projects.create_project(Session, "digits", "digits")
-    port = _free_port()
+    port = free_port()
     server = subprocess.Popen(
         [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true",
          "--server.port", str(port), "--browser.gatherUsageStats", "false"],
@@ -86,7 +88,7 @@ def measure(n: int = 20, model: str = "m2", budget_s: float = 300.0) -> list[str
     )
     rows = []
     try:
-        _wait_http(f"http://127.0.0.1:{port}/_stcore/health")
+        wait_http(f"http://127.0.0.1:{port}/_stcore/health")
         with sync_playwright() as playwright:
             browser = playwright.chromium.launch(executable_path="/usr/bin/chromium", args=CHROMIUM_ARGS)
             page = browser.new_page(viewport={"width": 1280, "height": 900})

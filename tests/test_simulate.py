@@ -81,3 +81,17 @@ def test_benchmark_models_mode_on_a_tiny_budget(tmp_path, capsys):
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and all(not r["error"] for r in rows)
     assert (tmp_path / "benchmark-models.html").exists()
+
+
+def test_benchmark_report_merges_runs(tmp_path):
+    from labeler.benchmark import report
+
+    fields = "dataset,model,seed,labels,budget_s,test_accuracy,seconds,error\n"
+    (tmp_path / "a.csv").write_text(fields + "digits,m2,0,30,60,0.90,60,\ndigits,m2,1,30,60,0.80,60,\n")
+    (tmp_path / "b.csv").write_text(fields + "fashion-mnist,m2,0,100,600,0.7,600,\ndigits,sslgan,0,30,60,,1,Boom\n")
+    table = report([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "out")
+    lines = table.splitlines()
+    assert lines[0] == "| model | digits (30 labels, 60 s) | fashion-mnist (100 labels, 600 s) |"
+    assert lines[2] == "| m2 | 0.850 ± 0.071 (n=2) | 0.700 ± 0.000 (n=1) |"
+    assert lines[3] == "| sslgan | - (n=0), 1 failed | not run |"
+    assert (tmp_path / "out" / "benchmark-models.html").exists()

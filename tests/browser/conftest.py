@@ -7,14 +7,13 @@ through `labeler.projects.create_project` before the server starts, so it is the
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
 import pytest
+
+from labeler.latency import free_port, wait_http  # noqa: F401 - shared with the tests
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -39,24 +38,6 @@ def image_set(n: int = 60, test: int = 10, seed: int = 0):
         splits=["test" if i >= n - test else "pool" for i in range(n)],
         classes=["dark", "bright"],
     )
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def wait_http(url: str, timeout: float = 90.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise RuntimeError(f"{url} did not answer within {timeout:.0f} s")
 
 
 def start_server(data_dir: Path, port: int, log_path: Path, extra: list[str] | None = None) -> subprocess.Popen:

@@ -6,18 +6,13 @@ and the label page itself. One server for the file; the kill test comes last. De
 `-m "not browser"`.
 """
 
-import hashlib
 import os
 import signal
-import socket
 import sqlite3
 import subprocess
 import sys
-import time
-import urllib.request
 from pathlib import Path
 
-import numpy as np
 import pytest
 from sqlalchemy import select
 
@@ -25,42 +20,12 @@ import db
 from db import queries
 from db.models import LabelEvent, Project
 from labeler import projects
-from labeler.data.base import ImageSet
+from labeler.latency import free_port, wait_http
+from tests.conftest import tiny_image_set
 
 pytestmark = pytest.mark.browser
 ROOT = Path(__file__).resolve().parents[2]
-CHROMIUM = "/usr/bin/chromium"
 NAMES = ["<script>alert(1)</script>", "**bold** _it_ `code` $x^2$ :smile:"]
-
-
-def _images(n: int = 60, test: int = 10) -> ImageSet:
-    rng = np.random.default_rng(0)
-    truth = np.arange(n) % 2
-    pixels = (rng.random((n, 1, 8, 8)) * 100 + truth[:, None, None, None] * 120).astype(np.uint8)
-    return ImageSet(
-        pixels=pixels, keys=[f"img/{i:03d}.png" for i in range(n)],
-        sha256=[hashlib.sha256(p.tobytes() + bytes([i])).hexdigest() for i, p in enumerate(pixels)],
-        truth=truth.astype(np.int64), splits=["test" if i >= n - test else "pool" for i in range(n)],
-        classes=["a", "b"],
-    )
-
-
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _wait_http(url: str, timeout: float = 90.0) -> None:
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        try:
-            with urllib.request.urlopen(url, timeout=2) as response:
-                if response.status == 200:
-                    return
-        except OSError:
-            time.sleep(0.3)
-    raise AssertionError(f"{url} did not answer within {timeout:.0f} s")
 
 
 @pytest.fixture(scope="module")
@@ -72,7 +37,7 @@ def app(tmp_path_factory, browser):
     old = os.environ.get("LABELER_DATA_DIR")
     os.environ["LABELER_DATA_DIR"] = str(data)  # create_project writes the pixels there
     try:
-        project = projects.create_project(Session, "kill", "test", images=_images())
+        project = projects.create_project(Session, "kill", "test", images=tiny_image_set(n=60, test=10))
     finally:
         os.environ.pop("LABELER_DATA_DIR") if old is None else os.environ.update(LABELER_DATA_DIR=old)
     with Session.begin() as session:
@@ -82,7 +47,7 @@ def app(tmp_path_factory, browser):
         stored.settings = {**stored.settings, "auto_retrain_every": 0}
     engine.dispose()
 
-    port = _free_port()
+    port = free_port()
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "LABELER_DATA_DIR": str(data)}
     env.pop("LABELER_DB_URL", None)
     log = open(data / "server.log", "w")  # noqa: SIM115 - closed below
@@ -93,7 +58,7 @@ def app(tmp_path_factory, browser):
         cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT,
     )
     try:
-        _wait_http(f"http://127.0.0.1:{port}/_stcore/health")
+        wait_http(f"http://127.0.0.1:{port}/_stcore/health")
         context = browser.new_context()
         page = context.new_page()
         page.set_default_timeout(30_000)
