@@ -52,7 +52,7 @@ def mean_std(values: list[float]) -> str:
     if not values:
         return "-"
     a = np.asarray(values, dtype=np.float64)
-    return f"{a.mean():.3f} ± {a.std(ddof=1) if len(a) > 1 else 0.0:.3f}"
+    return f"{a[0]:.3f}" if len(a) == 1 else f"{a.mean():.3f} ± {a.std(ddof=1):.3f}"
 
 
 class _CsvLog:
@@ -324,7 +324,10 @@ def cmd_benchmark(args) -> int:
                                   initial=args.initial, step=args.step, max_labels=args.max_labels,
                                   target_labels=args.target_labels, budget_s=args.budget_s or 60.0,
                                   steps=args.steps, log=log)
-    text = f"{table}\n\nMachine: {machine(device)}; total {time.monotonic() - start:.0f} s.\n"
+    if args.mode == "report":
+        text = f"{table}\n\nMerged from {', '.join(str(p) for p in inputs)}; each run's machine is in its own .md.\n"
+    else:
+        text = f"{table}\n\nMachine: {machine(device)}; total {time.monotonic() - start:.0f} s.\n"
     (out_dir / f"benchmark-{args.mode}.md").write_text(text)
     print(text)
     print(json.dumps({"mode": args.mode, "out_dir": str(out_dir), "seconds": round(time.monotonic() - start, 1)}))
