@@ -15,6 +15,19 @@ import db
 from labeler.data.base import ImageSet
 
 
+def wait_for(condition, timeout: float = 60.0, every: float = 0.2):
+    """Poll `condition()` until it returns something truthy; return that, or fail after `timeout`."""
+    import time
+
+    end = time.monotonic() + timeout
+    while time.monotonic() < end:
+        value = condition()
+        if value:
+            return value
+        time.sleep(every)
+    raise AssertionError("timed out waiting")
+
+
 @pytest.fixture(autouse=True)
 def _isolated(tmp_path, monkeypatch):
     """A private data folder per test; no test touches ./labeler-data or another's database."""

@@ -21,14 +21,6 @@ from db.models import Item, LabelEvent
 pytestmark = pytest.mark.browser
 
 
-def wait_for(condition, timeout: float = 60.0, every: float = 0.25):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
 
 
 def events(Session, project_id: int) -> list[LabelEvent]:

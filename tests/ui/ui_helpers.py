@@ -2,12 +2,12 @@
 
 from __future__ import annotations
 
-import time
 
 from streamlit.testing.v1 import AppTest
 
 from db import queries
 from db.models import DONE, Prediction, Run, utcnow
+from tests.conftest import wait_for  # noqa: F401 - re-exported to the page tests
 
 PAGES = {
     "label": "label_page",
@@ -62,11 +62,3 @@ def label_items(Session, project_id: int, n: int, annotator: str = "tester") -> 
         return [item.id for item in pool]
 
 
-def wait_for(condition, timeout: float = 60.0, every: float = 0.2):
-    end = time.monotonic() + timeout
-    while time.monotonic() < end:
-        value = condition()
-        if value:
-            return value
-        time.sleep(every)
-    raise AssertionError("timed out waiting")
