@@ -118,37 +118,40 @@ def _accept_grid(project_id: int, item_ids: list[int], annotator: str) -> None:
     _auto_retrain(project_id)
 
 
-def _add_class(project_id: int) -> None:
-    name = st.session_state.get("new_class", "")
+def _edit_classes(change, success: str, clear: str) -> None:
+    """Run `change(session)` in one committed transaction; show `success` and clear the input
+    `clear`, or show why the change was refused (an empty or duplicate name)."""
     Session = common.session_factory()
 
     def commit() -> None:
         with Session.begin() as session:
-            queries.add_class(session, project_id, name)
+            change(session)
 
     try:
         db.retrying(commit)
-        st.session_state["last_message"] = ("success", f"Added the class {name.strip()!r}.")
-        st.session_state["new_class"] = ""
+        st.session_state["last_message"] = ("success", success)
+        st.session_state[clear] = ""
     except ValueError as error:
         st.session_state["last_message"] = ("error", str(error))
+
+
+def _add_class(project_id: int) -> None:
+    name = st.session_state.get("new_class", "")
+    _edit_classes(
+        lambda session: queries.add_class(session, project_id, name),
+        f"Added the class {name.strip()!r}.",
+        "new_class",
+    )
 
 
 def _rename_class(project_id: int) -> None:
     index = st.session_state.get("rename_which", 0)
     name = st.session_state.get("rename_to", "")
-    Session = common.session_factory()
-
-    def commit() -> None:
-        with Session.begin() as session:
-            queries.rename_class(session, project_id, index, name)
-
-    try:
-        db.retrying(commit)
-        st.session_state["last_message"] = ("success", f"Renamed class {index + 1} to {name.strip()!r}.")
-        st.session_state["rename_to"] = ""
-    except ValueError as error:
-        st.session_state["last_message"] = ("error", str(error))
+    _edit_classes(
+        lambda session: queries.rename_class(session, project_id, index, name),
+        f"Renamed class {index + 1} to {name.strip()!r}.",
+        "rename_to",
+    )
 
 
 def _sidebar(project_id: int, names: list[str]) -> None:
