@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from labeler.models import Budget, nets
-from labeler.models.m1 import M1, VAE, fit_linear_head
+from labeler.models.m1 import M1, VAE, balanced_argmax, fit_linear_head
 from labeler.models.m1m2 import M1M2
 from labeler.models.m2 import M2, M2Net, m2_loss, unlabeled_bound
 
@@ -75,6 +75,28 @@ def test_linear_head_folds_the_scaling_into_its_weights():
     w, b = fit_linear_head(z, y, num_classes=5, c=100.0, seed=0)
     assert w.shape == (5, 4) and (b[4] < -10)  # class 4 never labeled: never predicted
     assert ((z @ w.T + b).argmax(1) == y).mean() > 0.9
+
+
+def test_transductive_head_moves_the_boundary_into_the_gap():
+    # Two equal clusters at z0 = -2 and +2; the class-1 label sits at the gap's edge (z0 = 0), so
+    # the labeled-only boundary (z0 = -1) cuts into class 0. The balance constraint of the
+    # transductive refits (half of the unlabeled points per class) moves it to the gap.
+    rng = np.random.default_rng(0)
+    y = np.arange(400) % 2
+    z = np.stack([np.where(y == 1, 2.0, -2.0) + rng.normal(0, 1, 400), rng.normal(0, 1, 400)], 1)
+    zl, yl = np.array([[-2.0, 0.0], [0.0, 0.0]]), np.array([0, 1])
+    accuracy = lambda wb: ((z @ wb[0].T + wb[1]).argmax(1) == y).mean()
+    plain = accuracy(fit_linear_head(zl, yl, 2, c=1.0, seed=0))
+    transductive = accuracy(fit_linear_head(zl, yl, 2, c=1.0, seed=0, z_unlabeled=z, rounds=5))
+    assert plain < 0.94 and transductive > 0.97
+
+
+def test_balanced_argmax_follows_the_class_shares():
+    # every row prefers class 0, but about half must go to class 1: the rows that like it most
+    # (Sinkhorn balances the soft masses, so the hard counts are close, not exact)
+    p1 = np.linspace(0.05, 0.45, 10)
+    labels = balanced_argmax(np.stack([1 - p1, p1], 1), np.array([0.5, 0.5]))
+    assert np.all(np.diff(labels) >= 0) and 4 <= labels.sum() <= 6
 
 
 def test_nan_loss_raises_a_clear_error():
