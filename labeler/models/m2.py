@@ -30,7 +30,8 @@ so with alpha = 0.1 N the classification term weighs 0.1 N_l per datum, as in th
 Fashion-MNIST with 100 labels it did not help within 300 s).
 
 Networks (the paper's MLPs): q(y|x), q(z|x,y) and p(x|y,z) each have one hidden layer of 500
-units (256 below 28x28 inputs, see nets.default_hidden), with batch norm; z has 50 dimensions.
+units (256 below 28x28 inputs, see nets.default_hidden), with batch norm; z has 50 dimensions
+(10 below 28x28 inputs, see nets.default_latent).
 
 The same network also serves the stacked model M1+M2 (m1m2.py) with a Gaussian p(x | y, z)
 on M1's latent codes instead of a Bernoulli on pixels.
@@ -54,7 +55,7 @@ from .base import Budget, ProgressFn, SSLModel, batched
 
 @dataclass
 class M2Config:
-    latent_dim: int = 50
+    latent_dim: int = 0  # 0: nets.default_latent(input shape): 50 at 28x28 and up (the paper), 10 below
     hidden: list[int] | None = None  # None: nets.default_hidden(input shape)
     labeled_batch: int = 100
     unlabeled_batch: int = 100
@@ -64,6 +65,8 @@ class M2Config:
     # Lower bound on the weight of the labeled ELBO term per datum (0: the unbiased N_l / N).
     # Raising it teaches the decoder what each label means from the few labeled images.
     labeled_weight: float = 0.0
+    # The classifier q(y|x)'s backbone: "auto" (nets.use_conv), "mlp" or "conv".
+    classifier_arch: str = "auto"
 
 
 class M2Net(nn.Module):
@@ -73,7 +76,14 @@ class M2Net(nn.Module):
     one encoder pass per image, K decoder passes.
     """
 
-    def __init__(self, input_shape: Sequence[int], num_classes: int, latent_dim: int, hidden: Sequence[int]):
+    def __init__(
+        self,
+        input_shape: Sequence[int],
+        num_classes: int,
+        latent_dim: int,
+        hidden: Sequence[int],
+        classifier_arch: str = "auto",
+    ):
         super().__init__()
         self.k = num_classes
         self.vector = len(input_shape) == 1
@@ -86,7 +96,7 @@ class M2Net(nn.Module):
                 nets.GaussianHead(hidden[0], d),
             )
         else:
-            self.cls_features, _ = nets.features(input_shape, hidden)
+            self.cls_features, _ = nets.features(input_shape, hidden, classifier_arch)
             self.enc_features, _ = nets.features(input_shape, hidden)
             self.decoder = nets.image_decoder(latent_dim + num_classes, input_shape, hidden)
         width = hidden[-1]
@@ -230,8 +240,11 @@ class M2(SSLModel):
     def build(self) -> None:
         cfg = self.config
         hidden = cfg.hidden or nets.default_hidden(self.input_shape)
+        self.latent_dim = cfg.latent_dim or nets.default_latent(self.input_shape)
         self.modules = {
-            "net": M2Net(self.input_shape, self.num_classes, cfg.latent_dim, hidden).to(self.device)
+            "net": M2Net(self.input_shape, self.num_classes, self.latent_dim, hidden, cfg.classifier_arch).to(
+                self.device
+            )
         }
         self.modules["net"].eval()
         self.labels_seen = 0
@@ -290,7 +303,7 @@ class M2(SSLModel):
     @torch.no_grad()
     def sample_images(self, n_per_class: int = 8, seed: int = 0) -> np.ndarray | None:
         net = self.modules["net"].eval()
-        k, d = self.num_classes, self.config.latent_dim
+        k, d = self.num_classes, self.latent_dim
         gen = torch.Generator().manual_seed(seed)
         z = torch.randn(n_per_class, d, generator=gen).repeat(k, 1).to(self.device)  # same styles per class
         y = torch.eye(k, device=self.device).repeat_interleave(n_per_class, 0)
