@@ -76,7 +76,9 @@ def density_penalty(x_fake: torch.Tensor, x_real: torch.Tensor, quantile: float)
 
 @dataclass
 class BadGANConfig(SSLGANConfig):
-    ent_weight: float = 1.0  # lambda_ent on the unlabeled conditional entropy
+    # lambda_ent on the unlabeled conditional entropy; measured on digits (30 labels, 60 s,
+    # seeds 0-2): 0.913, 0.849, 0.878 with 1.0, then 0.913, 0.907, 0.887 with 0.3.
+    ent_weight: float = 0.3
     pt_weight: float = 1.0  # weight of the pull-away term (generator entropy stand-in)
     density_weight: float = 0.0  # beta of the KDE density penalty; 0 switches it off
     density_quantile: float = 0.1  # eps as a quantile of real log densities (paper: 0.1)

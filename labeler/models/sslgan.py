@@ -21,9 +21,10 @@ and, writing lse = log Z,
 What makes it work on a handful of labels (kept from the authors' MNIST code): Gaussian noise
 on the discriminator's input (std 0.3) and after every hidden layer (std 0.5); weight
 normalization (Salimans & Kingma 2016) with data-dependent initialization; a D of
-784-1000-500-250-250-250-K and a G of 100-500-500-784 with batch norm and softplus, uniform
-z, sigmoid output; Adam(lr 0.003, beta1 0.5); the small labeled set repeated to fill a batch,
-while every pool image serves as an unlabeled one. Colour or larger images use a small
+784-1000-500-250-250-250-K (two hidden layers of 250 below 28x28, see `default_d_hidden`) and a
+G of 100-500-500-784 with batch norm and softplus, uniform z, sigmoid output; Adam(lr 0.003,
+beta1 0.5) with the learning rate decayed linearly to zero at the end; the small labeled set
+repeated to fill a batch, while every pool image serves as an unlabeled one. Colour or larger images use a small
 convolutional variant of the same design (see `ConvDiscriminator`).
 """
 
@@ -304,11 +305,20 @@ class _Classifier(nn.Module):
 # -- the model ----------------------------------------------------------------------------------
 
 
+def default_d_hidden(input_shape: tuple[int, ...]) -> tuple[int, ...]:
+    """The MLP discriminator's hidden sizes: Salimans et al.'s MNIST sizes (1000, 500, 250, 250,
+    250) for 28x28 inputs, two layers of 250 for smaller ones such as 8x8 digits, where the
+    smaller network makes three times the steps in the same time (measured, digits, 30 labels,
+    60 s, seeds 0 and 1: sslgan 0.860 and 0.851 with the paper's sizes, 0.893 and 0.904 with
+    (250, 250); badgan 0.889 and 0.847, then 0.913 and 0.849)."""
+    return (1000, 500, 250, 250, 250) if int(np.prod(input_shape)) >= 28 * 28 else (250, 250)
+
+
 @dataclass
 class SSLGANConfig:
     arch: str = "auto"  # "mlp" (1 channel, H*W <= 784), "conv" otherwise, or forced
     z_dim: int = 100
-    d_hidden: tuple[int, ...] = (1000, 500, 250, 250, 250)  # Salimans et al.'s MNIST sizes
+    d_hidden: tuple[int, ...] = ()  # (): default_d_hidden(input shape)
     g_hidden: tuple[int, ...] = (500, 500)
     input_noise: float = 0.3
     hidden_noise: float = 0.5
@@ -320,7 +330,10 @@ class SSLGANConfig:
     lr: float = 0.001  # the paper: 0.003; 0.001 measured better in short budgets (see report)
     beta1: float = 0.5
     unlabeled_weight: float = 0.5  # w in L_D = L_sup + w L_unsup (the authors' code)
-    lr_decay: float = 0.0  # decay lr linearly to 0 over this last fraction of the budget
+    # Decay lr linearly to 0 over this last fraction of each fit's budget (the authors' code
+    # decays it linearly over the last epochs; measured on digits, 30 labels, 60 s, 3 seeds:
+    # sslgan 0.898 mean with and without, badgan 0.902 without and 0.910 with).
+    lr_decay: float = 0.5
     ema: float = 0.99  # > 0: predict with an exponential moving average of D's weights
     progress_every_s: float = 0.5
 
@@ -337,9 +350,8 @@ class SSLGAN(SSLModel):
             raise ValueError(f"Unknown GAN architecture {cfg.arch!r}; use 'auto', 'mlp' or 'conv'.")
         self.arch = arch
         if arch == "mlp":
-            disc = MLPDiscriminator(
-                c * h * w, tuple(cfg.d_hidden), self.num_classes, cfg.input_noise, cfg.hidden_noise
-            )
+            d_hidden = tuple(cfg.d_hidden) or default_d_hidden(self.input_shape)
+            disc = MLPDiscriminator(c * h * w, d_hidden, self.num_classes, cfg.input_noise, cfg.hidden_noise)
             gen = MLPGenerator(cfg.z_dim, tuple(cfg.g_hidden), self.input_shape)
         else:
             disc = ConvDiscriminator(

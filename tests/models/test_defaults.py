@@ -1,0 +1,32 @@
+"""Size-dependent defaults: the papers' MNIST sizes at 28x28, smaller networks below (measured)."""
+
+import pytest
+
+from labeler.models.m1 import M1
+from labeler.models.m1m2 import M1M2
+from labeler.models.m2 import M2
+from labeler.models.sslgan import SSLGAN, WNLinear
+
+
+@pytest.mark.parametrize(("shape", "latent"), [((1, 8, 8), 10), ((1, 28, 28), 50), ((3, 32, 32), 50)])
+def test_vae_latents_follow_the_image_size(shape, latent):
+    assert M1(shape, 3).latent_dim == latent
+    assert M2(shape, 3).latent_dim == latent
+    stacked = M1M2(shape, 3)
+    assert (stacked.m1_latent_dim, stacked.latent_dim) == (latent, latent)
+    assert stacked.modules["net"].q_z.mu.out_features == latent
+
+
+def test_settings_override_the_size_defaults():
+    assert M2((1, 8, 8), 3, config=M2.Config(latent_dim=7)).latent_dim == 7
+    assert M1((1, 8, 8), 3, config=M1.Config(latent_dim=5)).head.in_features == 5
+
+
+def hidden_widths(model: SSLGAN) -> list[int]:
+    return [m.v.shape[0] for m in model.disc.body if isinstance(m, WNLinear)]
+
+
+def test_gan_discriminator_follows_the_image_size():
+    assert hidden_widths(SSLGAN((1, 8, 8), 3)) == [250, 250]
+    assert hidden_widths(SSLGAN((1, 28, 28), 3)) == [1000, 500, 250, 250, 250]
+    assert hidden_widths(SSLGAN((1, 8, 8), 3, config=SSLGAN.Config(d_hidden=(16,)))) == [16]
