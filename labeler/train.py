@@ -104,10 +104,7 @@ def warm_start_model(
         notes.append("The model settings changed since the previous run; trained from scratch.")
         return None
     if model.device != torch.device(device):
-        # Moving modules is enough: optimiser state is rebuilt by `fit`.
-        for module in model.modules.values():
-            module.to(device)
-        model.device = torch.device(device)
+        model.move_to(device)
     return model
 
 

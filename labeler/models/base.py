@@ -92,6 +92,9 @@ class SSLModel:
         self.seed = seed
         torch.manual_seed(seed)
         self.modules: dict[str, torch.nn.Module] = {}
+        # Optimizers that persist across fits; their moments are saved with the weights, so a
+        # warm start from a checkpoint continues the same optimisation.
+        self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.build()
 
     # -- to implement ---------------------------------------------------------------------
@@ -156,13 +159,26 @@ class SSLModel:
             "input_shape": list(self.input_shape),
             "num_classes": self.num_classes,
             "modules": {key: module.state_dict() for key, module in self.modules.items()},
+            "optimizers": {key: opt.state_dict() for key, opt in self.optimizers.items()},
             "extra": self.extra_state(),
         }
 
     def load_state(self, state: dict[str, Any]) -> None:
         for key, module in self.modules.items():
             module.load_state_dict(state["modules"][key])
+        saved = state.get("optimizers", {})
+        for key, opt in self.optimizers.items():
+            if key in saved:  # checkpoints from before optimizer state was kept start fresh moments
+                opt.load_state_dict(saved[key])
         self.load_extra_state(state.get("extra", {}))
+
+    def move_to(self, device: str | torch.device) -> None:
+        """Move the weights and the optimizers' moments to `device`."""
+        self.device = torch.device(device)
+        for module in self.modules.values():
+            module.to(self.device)
+        for opt in self.optimizers.values():
+            opt.load_state_dict(opt.state_dict())  # load_state_dict casts the moments to the params' device
 
 
 def save_checkpoint(model: SSLModel, path: str | Path) -> Path:

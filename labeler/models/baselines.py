@@ -75,6 +75,9 @@ class Supervised(SSLModel):
             "net": ClassifierNet(self.input_shape, self.num_classes, hidden, cfg.dropout).to(self.device)
         }
         self.modules["net"].eval()
+        self.optimizers = {
+            "net": torch.optim.AdamW(self.modules["net"].parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        }
         self.labels_seen = 0
         self.steps_done = 0
 
@@ -102,7 +105,7 @@ class Supervised(SSLModel):
             else None
         )
         net = self.modules["net"].train()
-        opt = torch.optim.AdamW(net.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        opt = self.optimizers["net"]
         step, parts = 0, {}
         while not budget.done(step):
             pick = torch.as_tensor(next(lab), device=self.device)

@@ -80,10 +80,13 @@ def train_vae(
     lr: float,
     step0: int = 0,
     kl_weight: float = 1.0,
+    opt: torch.optim.Optimizer | None = None,
 ) -> tuple[int, float]:
-    """Maximise the mean ELBO over random batches of `pool` until `budget` ends; return (steps, last loss)."""
+    """Maximise the mean ELBO over random batches of `pool` until `budget` ends; return (steps, last loss).
+
+    `opt`: the model's Adam, kept across fits (None: a fresh one)."""
     vae.train()
-    opt = torch.optim.Adam(vae.parameters(), lr=lr)
+    opt = opt or torch.optim.Adam(vae.parameters(), lr=lr)
     stream = nets.batches(np.arange(len(pool)), batch_size, rng)
     step, value = 0, float("nan")
     while not budget.done(step):
@@ -185,6 +188,7 @@ class M1(SSLModel):
         self.latent_dim = cfg.latent_dim or nets.default_latent(self.input_shape)
         self.modules = {"vae": VAE(self.input_shape, self.latent_dim, cfg.hidden).to(self.device)}
         self.modules["vae"].eval()
+        self.optimizers = {"vae": torch.optim.Adam(self.modules["vae"].parameters(), lr=cfg.lr)}
         self.head = nn.Linear(self.latent_dim, self.num_classes).to(self.device)
         self.has_head = False
         self.fits = 0
@@ -199,7 +203,15 @@ class M1(SSLModel):
         pool = nets.pool_tensor(x, self.device)
         cfg = self.config
         steps, loss = train_vae(
-            self.modules["vae"], pool, budget, ticker, rng, cfg.batch_size, cfg.lr, kl_weight=cfg.kl_weight
+            self.modules["vae"],
+            pool,
+            budget,
+            ticker,
+            rng,
+            cfg.batch_size,
+            cfg.lr,
+            kl_weight=cfg.kl_weight,
+            opt=self.optimizers["vae"],
         )
         self._fit_head(x, labeled_idx, labels)
         ticker.tick(steps, {"neg_elbo": loss}, force=True)

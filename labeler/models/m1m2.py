@@ -101,6 +101,10 @@ class M1M2(SSLModel):
         }
         for module in self.modules.values():
             module.eval()
+        self.optimizers = {
+            "vae": torch.optim.Adam(self.modules["vae"].parameters(), lr=cfg.m1_lr),
+            "net": torch.optim.Adam(self.modules["net"].parameters(), lr=cfg.lr),
+        }
         self.labels_seen = 0
         self.m1_steps = 0
         self.m2_steps = 0
@@ -117,7 +121,7 @@ class M1M2(SSLModel):
 
         first = nets.sub_budget(budget, cfg.m1_fraction if self.m1_steps == 0 else cfg.m1_fraction_warm)
         steps1, neg_elbo = train_vae(
-            vae, pool, first, ticker, rng, cfg.m1_batch_size, cfg.m1_lr, 0, cfg.m1_kl_weight
+            vae, pool, first, ticker, rng, cfg.m1_batch_size, cfg.m1_lr, 0, cfg.m1_kl_weight, self.optimizers["vae"]
         )
         self.m1_steps += steps1
 
@@ -147,6 +151,7 @@ class M1M2(SSLModel):
             self.device,
             steps1,
             self.m2_steps,
+            self.optimizers["net"],
         )
         self.m2_steps += steps2
         self.labels_seen = len(labeled_idx)

@@ -199,17 +199,18 @@ def train_m2(
     device: torch.device,
     step0: int = 0,
     trained_before: int = 0,
+    opt: torch.optim.Optimizer | None = None,
 ) -> tuple[int, dict[str, float]]:
     """Adam on `m2_loss` with a labeled and an unlabeled batch per step until `budget` ends.
 
     `draw(idx)` returns the inputs of those pool rows (pixels, or sampled M1 codes); `step0` is
     where this loop starts within the caller's fit (for progress), `trained_before` how many M2
-    steps earlier fits made (for the KL warm-up).
+    steps earlier fits made (for the KL warm-up), `opt` the model's Adam (None: a fresh one).
     """
     n_l, n_u = len(labeled_idx), len(unlabeled_idx)
     alpha = cfg.alpha_scale * (n_l + n_u)
     net.train()
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    opt = opt or torch.optim.Adam(net.parameters(), lr=cfg.lr)
     lab = nets.batches(np.arange(n_l), cfg.labeled_batch, rng) if n_l else None
     unl = nets.batches(unlabeled_idx, cfg.unlabeled_batch, rng) if n_u else None
     y_all = torch.as_tensor(labels, dtype=torch.long, device=device)
@@ -247,6 +248,7 @@ class M2(SSLModel):
             )
         }
         self.modules["net"].eval()
+        self.optimizers = {"net": torch.optim.Adam(self.modules["net"].parameters(), lr=cfg.lr)}
         self.labels_seen = 0
         self.steps_done = 0
 
@@ -275,6 +277,7 @@ class M2(SSLModel):
             rng,
             self.device,
             trained_before=self.steps_done,
+            opt=self.optimizers["net"],
         )
         self.steps_done += steps
         self.labels_seen = len(labeled_idx)

@@ -363,6 +363,7 @@ class SSLGAN(SSLModel):
             self.modules["disc_ema"] = copy.deepcopy(self.modules["disc"]).requires_grad_(False)
         self.opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
         self.opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+        self.optimizers = {"disc": self.opt_d, "gen": self.opt_g}
         self._fits = 0
 
     @property
@@ -537,4 +538,7 @@ class SSLGAN(SSLModel):
         return module
 
     def extra_state(self) -> dict:
-        return {"arch": self.arch}
+        return {"arch": self.arch, "fits": self._fits}
+
+    def load_extra_state(self, state: dict) -> None:
+        self._fits = int(state.get("fits", 0))

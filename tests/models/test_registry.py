@@ -153,3 +153,18 @@ def test_progress_counts_this_fit_after_a_warm_start(name):
     model.fit(x, idx, labels, Budget(steps=4), progress=lambda p: seen.append(p) and False)
     assert seen[-1].step == 4 and seen[-1].fraction == pytest.approx(1.0)
     assert all(0 <= p.fraction <= 1 for p in seen)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_a_checkpoint_continues_the_same_optimisation(name, tmp_path):
+    # Weights and optimizer moments are saved: training on from a loaded checkpoint gives what
+    # training on in memory gives (a fresh Adam would take different steps).
+    x, idx, labels = tiny_data()
+    model = make(name)
+    torch.manual_seed(1)
+    model.fit(x, idx, labels, Budget(steps=3))
+    loaded = load_checkpoint(save_checkpoint(model, tmp_path / "model.pt"))
+    for m in (model, loaded):
+        torch.manual_seed(2)
+        m.fit(x, idx, labels, Budget(steps=3))
+    np.testing.assert_allclose(loaded.predict_proba(x), model.predict_proba(x), rtol=1e-5, atol=1e-6)
