@@ -12,10 +12,13 @@ Training maximises the ELBO on every image of the pool, labeled or not:
 
     ELBO(x) = E_q(z|x)[log p(x | z)] - KL(q(z|x) || p(z))
 
-The classifier is multinomial logistic regression on the centred, globally scaled means mu_phi(x) of
-the labeled images (the paper uses a transductive SVM; logistic regression gives
-probabilities directly and is fast). Its coefficients live in a torch Linear layer, so the
-checkpoint and the exported classifier hold no scikit-learn objects.
+The classifier is multinomial logistic regression on the centred, globally scaled means mu_phi(x),
+made transductive as the paper's transductive SVM is (`fit_linear_head`): refitted a few times
+with the unlabeled images under the labels it gives them, their class shares held to those of
+the labeled set and their weight ramped up. Logistic regression gives probabilities directly
+and is fast; the transductive refits added 5 points on digits (30 labels, 60 s, seeds 0 and 1:
+0.744 and 0.818 test accuracy without, 0.804 and 0.860 with). Its coefficients live in a torch
+Linear layer, so the checkpoint and the exported classifier hold no scikit-learn objects.
 """
 
 from __future__ import annotations
