@@ -91,10 +91,9 @@ class M1M2(SSLModel):
 
     def build(self) -> None:
         cfg = self.config
-        large = int(np.prod(self.input_shape)) >= 28 * 28
         self.m1_latent_dim = cfg.m1_latent_dim or nets.default_latent(self.input_shape)
         self.latent_dim = cfg.latent_dim or nets.default_latent(self.input_shape)
-        hidden = cfg.hidden or ([500] if large else [128])
+        hidden = cfg.hidden or ([500] if nets.mnist_sized(self.input_shape) else [128])
         self.modules = {
             "vae": VAE(self.input_shape, self.m1_latent_dim, cfg.m1_hidden).to(self.device),
             "net": M2Net((self.m1_latent_dim,), self.num_classes, self.latent_dim, hidden).to(self.device),

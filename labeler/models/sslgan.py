@@ -24,8 +24,8 @@ normalization (Salimans & Kingma 2016) with data-dependent initialization; a D o
 784-1000-500-250-250-250-K (two hidden layers of 250 below 28x28, see `default_d_hidden`) and a
 G of 100-500-500-784 with batch norm and softplus, uniform z, sigmoid output; Adam(lr 0.003,
 beta1 0.5) with the learning rate decayed linearly to zero at the end; the small labeled set
-repeated to fill a batch, while every pool image serves as an unlabeled one. Colour or larger images use a small
-convolutional variant of the same design (see `ConvDiscriminator`).
+repeated to fill a batch, while every pool image serves as an unlabeled one. Colour or larger
+images use a small convolutional variant of the same design (see `ConvDiscriminator`).
 """
 
 from __future__ import annotations
@@ -40,6 +40,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from . import nets
 from .base import Budget, Progress, ProgressFn, SSLModel, TrainingCancelled, batched, to_tensor
 
 # -- loss terms (testable free functions) ---------------------------------------------------
@@ -311,7 +312,7 @@ def default_d_hidden(input_shape: tuple[int, ...]) -> tuple[int, ...]:
     smaller network makes three times the steps in the same time (measured, digits, 30 labels,
     60 s, seeds 0 and 1: sslgan 0.860 and 0.851 with the paper's sizes, 0.893 and 0.904 with
     (250, 250); badgan 0.889 and 0.847, then 0.913 and 0.849)."""
-    return (1000, 500, 250, 250, 250) if int(np.prod(input_shape)) >= 28 * 28 else (250, 250)
+    return (1000, 500, 250, 250, 250) if nets.mnist_sized(input_shape) else (250, 250)
 
 
 @dataclass
@@ -345,7 +346,7 @@ class SSLGAN(SSLModel):
     def build(self) -> None:
         cfg = self.config
         c, h, w = self.input_shape
-        arch = cfg.arch if cfg.arch != "auto" else ("mlp" if c == 1 and h * w <= 784 else "conv")
+        arch = cfg.arch if cfg.arch != "auto" else ("conv" if nets.use_conv(self.input_shape) else "mlp")
         if arch not in ("mlp", "conv"):
             raise ValueError(f"Unknown GAN architecture {cfg.arch!r}; use 'auto', 'mlp' or 'conv'.")
         self.arch = arch
