@@ -21,9 +21,11 @@ gaps between the classes in feature space rather than imitating the data. Its ge
    space, with eps the `density_quantile` quantile of the (leave-one-out) log densities of the
    real batch. Generated images denser than most real images are pushed out (hinge). This
    keeps the "penalize high-density samples" shape of the paper at the cost of a batch-sized
-   density model. It is off by default (`density_weight` = 0) until a measurement shows it
-   helps within the app's training budgets; the tests check only that it penalizes samples
-   on the data and not samples far from it.
+   density model. It is off by default (`density_weight` = 0): measured on digits (30 labels,
+   60 s, seeds 0-2) it costs a third of the steps and does not help: 0.913, 0.920, 0.884
+   (mean 0.906) without, 0.911, 0.916, 0.878 (0.902) with weight 0.1, 0.916, 0.916, 0.882
+   (0.904) with weight 1. The tests check that it penalizes samples on the data and not
+   samples far from it.
 """
 
 from __future__ import annotations
