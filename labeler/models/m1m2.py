@@ -60,15 +60,14 @@ class M1M2Config:
     sample_z1: bool = True
 
     def m2(self) -> M2Config:
+        """M2's training settings for `train_m2` (the network is built in `M1M2.build`)."""
         return M2Config(
-            self.latent_dim,
-            list(self.hidden or []),
-            self.labeled_batch,
-            self.unlabeled_batch,
-            self.lr,
-            self.alpha_scale,
-            self.warmup_steps,
-            self.labeled_weight,
+            labeled_batch=self.labeled_batch,
+            unlabeled_batch=self.unlabeled_batch,
+            lr=self.lr,
+            alpha_scale=self.alpha_scale,
+            warmup_steps=self.warmup_steps,
+            labeled_weight=self.labeled_weight,
         )
 
 
