@@ -35,6 +35,9 @@ PRESETS: dict[str, dict[str, float]] = {
     "fashion-mnist": {"labels": 100, "budget_s": 600},
     "mnist": {"labels": 100, "budget_s": 600},
 }
+# The test accuracy the project aims for with the preset's labels and budget (a dashed line in
+# the chart); see the README's Benchmarks section.
+TARGETS: dict[str, float] = {"digits": 0.90, "fashion-mnist": 0.82}
 DEFAULT_PRESET = {"labels": 100, "budget_s": 600}
 
 
@@ -188,6 +191,9 @@ def models_figure(records: list[dict], models: list[str], datasets: list[str], s
             means.append(float(np.mean(accs)) if accs else None)
             stds.append(float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0)
         fig.add_bar(name=_budget_cell(records, dataset), x=models, y=means, error_y={"type": "data", "array": stds})
+        if dataset in TARGETS:
+            fig.add_hline(y=TARGETS[dataset], line_dash="dash", line_width=1, annotation_text=f"{dataset} target",
+                          annotation_position="top left")
     fig.update_layout(barmode="group", title="Test accuracy (mean ± std over seeds)", yaxis_title="test accuracy",
                       yaxis_range=[0, 1], legend={"orientation": "h", "y": -0.15})
     return _save_figure(fig, stem)

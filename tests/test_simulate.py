@@ -94,4 +94,5 @@ def test_benchmark_report_merges_runs(tmp_path):
     assert lines[0] == "| model | digits (30 labels, 60 s) | fashion-mnist (100 labels, 600 s) |"
     assert lines[2] == "| m2 | 0.850 ± 0.071 (n=2) | 0.700 (n=1) |"
     assert lines[3] == "| sslgan | - (n=0), 1 failed | not run |"
-    assert (tmp_path / "out" / "benchmark-models.html").exists()
+    html = (tmp_path / "out" / "benchmark-models.html").read_text()
+    assert "digits target" in html and "fashion-mnist target" in html  # the dashed target lines
