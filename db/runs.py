@@ -9,6 +9,7 @@ at most one follow-up behind a RUNNING run.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from datetime import timedelta
 from typing import Any
 
@@ -128,13 +129,13 @@ def run_metrics(session: Session, run_id: int) -> list[RunMetric]:
 
 
 def mark_interrupted(
-    session: Session, stale_after_s: float | None = 600.0, worker: str | None = None
+    session: Session, stale_after_s: float | None = 600.0, worker: str | Sequence[str] | None = None
 ) -> list[int]:
     """Mark RUNNING runs whose worker is gone as INTERRUPTED; return their ids.
 
     A run counts as gone when its heartbeat is older than `stale_after_s` (None: every RUNNING
-    run), or when it belongs to `worker` (this worker restarting: whatever it was running died
-    with the previous process).
+    run), or when it belongs to `worker` (one name or several: workers known to be gone, such
+    as this worker restarting, whose runs died with the previous process).
     """
     conditions = []
     if stale_after_s is None:
@@ -143,7 +144,9 @@ def mark_interrupted(
         cutoff = utcnow() - timedelta(seconds=stale_after_s)
         conditions.append(func.coalesce(Run.heartbeat_at, Run.started_at, Run.created_at) < cutoff)
     if worker is not None:
-        conditions.append(Run.worker == worker)
+        names = [worker] if isinstance(worker, str) else list(worker)
+        if names:
+            conditions.append(Run.worker.in_(names))
     runs = list(session.scalars(select(Run).where(Run.status == RUNNING, or_(*conditions))))
     now = utcnow()
     for run in runs:

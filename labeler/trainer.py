@@ -1,6 +1,6 @@
 """The one background worker: takes queued runs from the database and trains them, one at a time.
 
-The Streamlit process starts one `Worker` thread (`get_worker()`, cached with
+The Streamlit process starts one `Worker` thread (`labeler.ui.common.worker()`, cached with
 st.cache_resource); the same loop runs in the foreground with `python -m labeler worker`, e.g.
 on a GPU machine against a shared database. Everything the UI needs (progress, loss points,
 errors, predictions) goes through the database; `Worker.status()` is a snapshot for this
@@ -207,11 +207,15 @@ class Worker:
             self._status.update(values)
 
     def recover(self) -> list[int]:
-        """Mark runs this worker left RUNNING, or whose worker went silent, as INTERRUPTED."""
+        """Mark runs as INTERRUPTED whose worker is gone: this worker's own leftovers, runs of a
+        worker process on this host that no longer exists (a killed app or `labeler worker`,
+        seen at once), and runs whose heartbeat went silent (workers elsewhere)."""
 
         def work():
             with self.Session.begin() as session:
-                return run_queries.mark_interrupted(session, self.stale_after_s, worker=self.name)
+                running = session.scalars(select(Run.worker).where(Run.status == RUNNING).distinct())
+                gone = [name for name in running if name and name != self.name and process_gone(name)]
+                return run_queries.mark_interrupted(session, self.stale_after_s, worker=[self.name, *gone])
 
         ids = retrying(work)
         if ids:
@@ -524,25 +528,21 @@ class Worker:
             log.exception("Could not record the end of run %s", run_id)
 
 
-# Process-wide worker --------------------------------------------------------------------------
-
-_WORKER: Worker | None = None
-_WORKER_LOCK = threading.Lock()
-
-
-def get_worker(session_factory: sessionmaker[Session] | None = None, device: str | None = None, start: bool = True) -> Worker:
-    """The process's one worker, created (and started) on first call."""
-    global _WORKER
-    with _WORKER_LOCK:
-        if _WORKER is None:
-            if session_factory is None:
-                from db import session_factory as make_factory
-
-                session_factory = make_factory()
-            _WORKER = Worker(session_factory, device=device, name=f"app@{socket.gethostname()}")
-        if start:
-            _WORKER.start()
-        return _WORKER
+def process_gone(worker: str) -> bool:
+    """True when `worker` ("name@host:pid", the default worker name) ran on this host in a
+    process that no longer exists. Names of other hosts, or of another form, are never gone here:
+    their runs wait for the heartbeat to go stale. A reused pid only delays the same way."""
+    _, at, where = worker.rpartition("@")
+    host, colon, pid = where.rpartition(":")
+    if not (at and colon and host == socket.gethostname() and pid.isdigit()):
+        return False
+    try:
+        os.kill(int(pid), 0)  # signal 0: only asks whether the process exists
+    except ProcessLookupError:
+        return True
+    except (PermissionError, OverflowError):  # another user's process, or not a real pid
+        return False
+    return False
 
 
 # CLI ------------------------------------------------------------------------------------------

@@ -268,6 +268,32 @@ def test_mark_interrupted_at_start_up(Session, project):
         assert run_queries.mark_interrupted(session, stale_after_s=None) == [other]
 
 
+def test_recover_marks_runs_of_dead_processes_on_this_host_at_once(Session, project):
+    # A killed app or `labeler worker` on this host leaves a RUNNING run with a fresh heartbeat;
+    # the next worker to look sees that its process is gone and marks the run at once, while
+    # runs of live processes, and of other hosts, are left alone.
+    import os
+    import socket
+    import subprocess
+    import sys
+
+    from labeler.trainer import process_gone
+
+    host = socket.gethostname()
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    dead_pid = int(ended.stdout)
+    owners = [f"worker@{host}:{dead_pid}", f"worker@{host}:{os.getpid()}", f"worker@elsewhere:{dead_pid}"]
+    ids = []
+    for owner in owners:
+        ids.append(queue(Session, project.id))
+        with Session.begin() as session:
+            assert run_queries.claim_next_run(session, owner).id == ids[-1]
+    assert [process_gone(owner) for owner in owners] == [True, False, False]
+    assert not process_gone("crashed") and not process_gone(f"x@{host}:notapid")
+    assert Worker(Session, device="cpu", name="newcomer").recover() == [ids[0]]
+    assert [get_run(Session, i).status for i in ids] == [INTERRUPTED, RUNNING, RUNNING]
+
+
 def test_should_auto_retrain(Session, project):
     with Session.begin() as session:
         p = session.get(type(project), project.id)

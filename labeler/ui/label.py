@@ -162,7 +162,7 @@ def _sidebar(project_id: int, names: list[str]) -> None:
         active = run_queries.active_runs(session, project_id)
         project = session.get(Project, project_id)
     every = int((project.settings or {}).get("auto_retrain_every", 0) or 0)
-    parts.ensure_worker_for_queued(active)
+    parts.ensure_worker_for_active(active)
     with st.sidebar:
         st.subheader("Labels per class")
         st.dataframe(counts, hide_index=True, width="stretch", height=min(400, 36 + 35 * len(counts)))

@@ -58,9 +58,10 @@ def maybe_auto_retrain(project_id: int) -> int | None:
     return run_id
 
 
-def ensure_worker_for_queued(active: list[Run]) -> None:
-    """Start this process' worker when a run waits, e.g. one queued before a restart."""
-    if any(run.status == QUEUED for run in active):
+def ensure_worker_for_active(active: list[Run]) -> None:
+    """Start this process' worker when a run waits (e.g. one queued before a restart) or shows
+    as running: if that run's process was killed, the worker marks it interrupted on start."""
+    if any(run.status in (QUEUED, RUNNING) for run in active):
         common.worker().wake()
 
 

@@ -219,7 +219,7 @@ def train_page() -> None:
         runs = run_queries.list_runs(session, project.id)
         current = run_queries.active_runs(session, project.id)
         since = parts.labels_since_last_run(session, project.id)
-    parts.ensure_worker_for_queued(current)
+    parts.ensure_worker_for_active(current)
 
     st.title(f"Train · {project.name}")
     error = st.session_state.pop("train_error", None)
