@@ -129,6 +129,13 @@ def fit_linear_head(
     are those of the labeled set, enforced by Sinkhorn scaling of the probabilities before the
     argmax), and their weight rises over `rounds` refits from unlabeled_weight / rounds to
     unlabeled_weight per point (Joachims' C* schedule).
+
+    Actively chosen labels are not a random sample, so their class shares can be skewed; yet
+    estimating the unlabeled shares instead (EM on the priors, Saerens et al. 2002, from the
+    first fit's probabilities) was far worse, probably because a fit on a few labels gives
+    poorly calibrated probabilities (digits, M1, entropy sampling from 20 to 100 labels, seeds 0 and 1: 0.45
+    and 0.52 at 20 labels, 0.80 and 0.67 at 100, against 0.77, 0.77, 0.87 and 0.83 with the
+    labeled set's shares).
     """
     from sklearn.linear_model import LogisticRegression
 
