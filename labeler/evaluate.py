@@ -162,6 +162,28 @@ def run_report(session: Session, run_id: int, split: str = TEST, num_classes: in
     return summarize(y_true, y_pred, num_classes) | {"source": split}
 
 
+def agreement_by_run(session: Session, project_id: int, confidence: float = 0.95) -> pd.DataFrame:
+    """Agreement of the person's answers with the guesses of each run that made them, one row
+    per run in run order: run_id, n, agree, rate, low, high (Wilson interval). A rise says the
+    guesses shown while labeling are getting more useful (the images asked about get harder as
+    the model improves, so a flat line can still hide progress)."""
+    events = session.execute(
+        select(LabelEvent.predicted_run_id, LabelEvent.class_index, LabelEvent.predicted_index).where(
+            LabelEvent.project_id == project_id,
+            LabelEvent.undone.is_(False),
+            LabelEvent.predicted_index.is_not(None),
+            LabelEvent.predicted_run_id.is_not(None),
+        )
+    ).all()
+    rows = []
+    for run_id in sorted({run_id for run_id, _, _ in events}):
+        pairs = [(answer, guess) for rid, answer, guess in events if rid == run_id]
+        n, agree = len(pairs), sum(1 for answer, guess in pairs if answer == guess)
+        low, high = wilson_interval(agree, n, confidence)
+        rows.append({"run_id": run_id, "n": n, "agree": agree, "rate": agree / n, "low": low, "high": high})
+    return pd.DataFrame(rows, columns=["run_id", "n", "agree", "rate", "low", "high"])
+
+
 def label_agreement(session: Session, project_id: int, confidence: float = 0.95) -> dict:
     """How often the person's answer equalled the model's prior guess (current labels that had a
     prediction), with a Wilson interval. On actively chosen (hard) items this understates the

@@ -77,12 +77,32 @@ def curve_figure(frame: pd.DataFrame, source: str) -> go.Figure:
     return fig
 
 
+def agreement_figure(by_run: pd.DataFrame) -> go.Figure:
+    """Agreement with each run's guesses, with Wilson intervals, one point per run."""
+    x = [f"run {int(r)}" for r in by_run["run_id"]]
+    fig = go.Figure(
+        go.Scatter(
+            x=x, y=by_run["rate"], mode="lines+markers",
+            error_y={"type": "data", "symmetric": False, "array": by_run["high"] - by_run["rate"],
+                     "arrayminus": by_run["rate"] - by_run["low"]},
+            customdata=np.stack([by_run["agree"], by_run["n"]], axis=1),
+            hovertemplate="%{x}: %{customdata[0]} of %{customdata[1]} answers agreed<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        yaxis={"range": [0, 1.02], "tickformat": ".0%", "title": "agreed"}, xaxis={"type": "category"},
+        height=220, margin={"l": 10, "r": 10, "t": 10, "b": 10},
+    )
+    return fig
+
+
 def progress_page() -> None:
     project = common.current_project()
     names = common.class_names(project.id)
     with common.session_factory()() as session:
         curve = evaluate.learning_curve(session, project.id)
         agreement = evaluate.label_agreement(session, project.id)
+        by_run = evaluate.agreement_by_run(session, project.id)
         n_test = queries.count_items(session, project.id, TEST)
         n_audit = queries.count_items(session, project.id, AUDIT)
         labels = queries.current_labels(session, project.id)
@@ -115,6 +135,9 @@ def progress_page() -> None:
             "On the hard images the queue picks this understates accuracy: it says how useful the "
             "guesses are, not how accurate the model is."
         )
+        if len(by_run) > 1:
+            right.plotly_chart(agreement_figure(by_run), key="agreement_by_run")
+            right.caption("Agreement with each run's guesses, in the order of the runs.")
     else:
         right.caption("Agreement with the model appears once you label images after a finished run.")
 

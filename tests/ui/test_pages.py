@@ -254,6 +254,32 @@ def test_agreement_counts_labels_given_after_a_run(Session, tiny_project):
     assert agreement.value == "50%"
 
 
+def test_agreement_per_run_is_a_trend_with_intervals(Session, tiny_project):
+    first = fake_done_run(Session, tiny_project.id)
+    with Session.begin() as session:
+        pool = queries.items(session, tiny_project.id, "pool")
+        queries.add_label(session, pool[0].id, 1 - pool[0].truth)  # run 1's guess was wrong
+        queries.add_label(session, pool[1].id, pool[1].truth)
+    at = page_app("progress", tiny_project.id)
+    assert not any("each run's guesses" in c.value for c in at.caption), "one run: no trend yet"
+    second = fake_done_run(Session, tiny_project.id)
+    with Session.begin() as session:
+        for item in pool[2:5]:
+            queries.add_label(session, item.id, item.truth)  # run 2 was right three times
+        queries.add_label(session, pool[0].id, pool[0].truth)  # a correction, also after run 2
+    with Session() as session:
+        from labeler import evaluate
+
+        by_run = evaluate.agreement_by_run(session, tiny_project.id)
+    assert by_run["run_id"].tolist() == [first, second]
+    assert by_run["n"].tolist() == [2, 4] and by_run["agree"].tolist() == [1, 4]
+    assert (by_run["low"] <= by_run["rate"]).all() and (by_run["rate"] <= by_run["high"]).all()
+    fig = progress.agreement_figure(by_run)
+    assert list(fig.data[0].y) == [0.5, 1.0]
+    at = page_app("progress", tiny_project.id)
+    assert any("each run's guesses" in c.value for c in at.caption)
+
+
 # Latent space --------------------------------------------------------------------------------
 
 
