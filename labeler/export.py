@@ -6,14 +6,16 @@
   and `HOW_TO_USE.txt`.
 - `dataset.parquet`: the same rows with the image as PNG bytes.
 - `predictions.csv`: the newest model's prediction for every image.
-- `model.pt` (checkpoint + config, loads with `weights_only=True`) and `model.torchscript.pt`
-  (classifies a (B, C, H, W) float tensor in [0, 1] with no labeler code) + `classes.json`.
+- `model.pt` (checkpoint + config, loads with `weights_only=True`), `model.torchscript.pt` and
+  `model.onnx` (each classifies a (B, C, H, W) float tensor in [0, 1] into class probabilities
+  with no labeler code: PyTorch alone, or any ONNX runtime) + `classes.json`.
 """
 
 from __future__ import annotations
 
 import io
 import json
+import logging
 import re
 import zipfile
 from pathlib import Path
@@ -27,6 +29,8 @@ from db import queries
 from db.models import Item, LabelEvent, Prediction, Project, Run
 
 from . import projects
+
+log = logging.getLogger(__name__)
 
 HOW_TO_USE = """\
 This zip was exported by labeler.
@@ -46,6 +50,12 @@ If the export included a model:
     classes = json.load(open("classes.json"))
     probabilities = model(images)  # images: float tensor (B, {c}, {h}, {w}) in [0, 1]
     print([classes[i] for i in probabilities.argmax(1)])
+
+The same classifier as ONNX (input "images", output "probabilities", any batch size):
+
+    import onnxruntime
+    session = onnxruntime.InferenceSession("model.onnx")
+    probabilities = session.run(None, {{"images": images}})[0]  # images: float32 numpy array
 """
 
 
@@ -154,7 +164,8 @@ def write_predictions(Session: sessionmaker[Session], project_id: int, out: Path
 
 
 def write_model(Session: sessionmaker[Session], project_id: int, out: Path) -> list[Path]:
-    """The newest finished run's checkpoint, a TorchScript classifier and the class names."""
+    """The newest finished run's checkpoint, its classifier as TorchScript and as ONNX, and the
+    class names."""
     import torch
 
     from .models import load_checkpoint
@@ -166,6 +177,7 @@ def write_model(Session: sessionmaker[Session], project_id: int, out: Path) -> l
     if run is None or not run.checkpoint or not Path(run.checkpoint).exists():
         return []
     out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
     model = load_checkpoint(run.checkpoint, device="cpu")
     checkpoint = out / "model.pt"
     checkpoint.write_bytes(Path(run.checkpoint).read_bytes())
@@ -178,9 +190,32 @@ def write_model(Session: sessionmaker[Session], project_id: int, out: Path) -> l
             scripted = torch.jit.trace(module, example)
     scripted_path = out / "model.torchscript.pt"
     scripted.save(str(scripted_path))
+    written = [checkpoint, scripted_path]
+    try:
+        written.append(write_onnx(module, model.input_shape, out / "model.onnx"))
+    except Exception:  # noqa: BLE001 - the checkpoint and TorchScript still serve; say why in the log
+        log.warning("The ONNX export of run %s failed; the other model files are written.", run_id, exc_info=True)
     classes = out / "classes.json"
     classes.write_text(json.dumps(names, ensure_ascii=False, indent=1))
-    return [checkpoint, scripted_path, classes]
+    return [*written, classes]
+
+
+def write_onnx(module, input_shape: tuple[int, ...], path: Path) -> Path:
+    """`module` ((B, C, H, W) -> (B, K) probabilities) as an ONNX graph with a dynamic batch
+    size: input "images", output "probabilities". torch.onnx's progress lines are kept quiet."""
+    import contextlib
+    import warnings
+
+    import torch
+
+    example = torch.zeros((2, *input_shape))
+    with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
+        warnings.simplefilter("ignore")
+        torch.onnx.export(
+            module, (example,), str(path), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
+            input_names=["images"], output_names=["probabilities"],
+        )
+    return path
 
 
 def export_all(

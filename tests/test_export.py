@@ -50,3 +50,33 @@ def test_safe_name_keeps_one_path_component():
         name = export.safe_name(hostile)
         assert "/" not in name and "\\" not in name and name not in (".", "..", "")
     assert "/" not in export.safe_name("a/b") and export.safe_name("") == "class"
+
+
+def test_model_export_runs_without_labeler_code_as_torchscript_and_onnx(Session, tiny_project, tmp_path):
+    import numpy as np
+    import onnxruntime
+    import torch
+
+    from db.models import DONE, Run
+    from labeler.models import save_checkpoint
+    from labeler.train import train_model
+
+    pool = _label_some(Session, tiny_project)
+    with Session() as session:
+        shape = (tiny_project.channels, tiny_project.height, tiny_project.width)
+    rng = np.random.default_rng(0)
+    x = rng.random((len(pool), *shape), dtype=np.float32)
+    model = train_model("supervised", x, np.arange(len(pool)), np.arange(len(pool)) % 2, 2, steps=3)
+    checkpoint = save_checkpoint(model, tmp_path / "run.pt")
+    with Session.begin() as session:
+        session.add(Run(project_id=tiny_project.id, model="supervised", status=DONE, checkpoint=str(checkpoint)))
+
+    written = {p.name: p for p in export.write_model(Session, tiny_project.id, tmp_path / "out")}
+    assert set(written) == {"model.pt", "model.torchscript.pt", "model.onnx", "classes.json"}
+    images = rng.random((3, *shape), dtype=np.float32)  # another batch size than the export's example
+    onnx_probs = onnxruntime.InferenceSession(str(written["model.onnx"])).run(None, {"images": images})[0]
+    with torch.no_grad():
+        script_probs = torch.jit.load(str(written["model.torchscript.pt"]))(torch.from_numpy(images)).numpy()
+    assert onnx_probs.shape == (3, 2)
+    np.testing.assert_allclose(onnx_probs, script_probs, atol=1e-5)
+    np.testing.assert_allclose(onnx_probs, model.predict_proba(images), atol=1e-5)

@@ -27,7 +27,7 @@ DOWNLOADS = {
     "labels.csv": ("Labels: CSV", "text/csv"),
     "predictions.csv": ("Predictions of the newest model: CSV", "text/csv"),
 }
-MODEL_FILES = ("model.pt", "model.torchscript.pt", "classes.json")
+MODEL_FILES = ("model.pt", "model.torchscript.pt", "model.onnx", "classes.json")
 
 
 def export_folder(project_id: int) -> Path:
@@ -76,7 +76,7 @@ def export_page() -> None:
     model_paths = [paths[n] for n in MODEL_FILES if n in paths]
     if model_paths:
         st.download_button(
-            "Model: checkpoint + TorchScript + classes.json (zip)", data=functools.partial(export.zip_bytes, model_paths),
+            "Model: checkpoint + TorchScript + ONNX + classes.json (zip)", data=functools.partial(export.zip_bytes, model_paths),
             file_name=f"{project.name}-model.zip", mime="application/zip", key="download-model", on_click="ignore",
         )
     elif has_model:

@@ -175,7 +175,7 @@ def test_export_downloads_load_outside_the_app(app_server, page, tmp_path):
     model_zip = tmp_path / "model.zip"
     download.value.save_as(model_zip)
     with zipfile.ZipFile(model_zip) as archive:
-        assert {"model.pt", "model.torchscript.pt", "classes.json"} <= set(archive.namelist())
+        assert {"model.pt", "model.torchscript.pt", "model.onnx", "classes.json"} <= set(archive.namelist())
         archive.extractall(tmp_path / "model")
     model = torch.jit.load(str(tmp_path / "model" / "model.torchscript.pt"))
     dark = torch.full((1, 1, 12, 12), 0.15)
