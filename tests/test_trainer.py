@@ -280,7 +280,7 @@ def test_recover_marks_runs_of_dead_processes_on_this_host_at_once(Session, proj
     from labeler.trainer import process_gone
 
     host = socket.gethostname()
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True)
+    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
     dead_pid = int(ended.stdout)
     owners = [f"worker@{host}:{dead_pid}", f"worker@{host}:{os.getpid()}", f"worker@elsewhere:{dead_pid}"]
     ids = []
