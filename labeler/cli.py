@@ -13,7 +13,8 @@ import sys
 from tqdm import tqdm
 
 # Modules that add their own sub-commands through `register(subparsers)`.
-_REGISTERING_MODULES = ["labeler.simulate", "labeler.trainer", "labeler.benchmark", "labeler.latency"]
+# They import torch only when a command runs, so `--help`, `import` and `projects` start quickly.
+_REGISTERING_MODULES = ["labeler.simulate", "labeler.benchmark", "labeler.latency"]
 
 
 def _session_factory():
@@ -73,6 +74,27 @@ def cmd_export(args) -> int:
     return 0
 
 
+def cmd_worker(args) -> int:
+    import logging
+
+    import torch
+
+    from .trainer import Worker
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
+    worker = Worker(_session_factory(), device=args.device, name=args.name, poll_s=args.poll_s)
+    print(f"worker {worker.name} on {worker.device}; waiting for queued runs (Ctrl-C stops)", flush=True)
+    try:
+        processed = worker.run_forever(until_idle=args.once)
+    except KeyboardInterrupt:
+        worker.stop(timeout=0)
+        raise
+    print(f"processed {processed} runs")
+    return 0
+
+
 def cmd_projects(args) -> int:
     from db import queries
 
@@ -120,6 +142,14 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("backup", help="consistent copy of the database, safe while the app runs")
     p.add_argument("--out", required=True, help="backup file to write")
     p.set_defaults(func=cmd_backup)
+
+    p = sub.add_parser("worker", help="train queued runs in the foreground (e.g. on a GPU machine)")
+    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
+    p.add_argument("--name", default=None, help="worker name shown with its runs (default worker@HOST:PID)")
+    p.add_argument("--poll-s", type=float, default=2.0, help="seconds between looks at the queue")
+    p.add_argument("--once", action="store_true", help="process the runs queued now, then exit")
+    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.set_defaults(func=cmd_worker)
 
     for module in _REGISTERING_MODULES:
         try:

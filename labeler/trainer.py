@@ -543,33 +543,3 @@ def process_gone(worker: str) -> bool:
     except (PermissionError, OverflowError):  # another user's process, or not a real pid
         return False
     return False
-
-
-# CLI ------------------------------------------------------------------------------------------
-
-
-def cmd_worker(args) -> int:
-    import db
-
-    if args.threads:
-        torch.set_num_threads(args.threads)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
-    worker = Worker(db.session_factory(db.get_engine()), device=args.device, name=args.name, poll_s=args.poll_s)
-    print(f"worker {worker.name} on {worker.device}; waiting for queued runs (Ctrl-C stops)", flush=True)
-    try:
-        processed = worker.run_forever(until_idle=args.once)
-    except KeyboardInterrupt:
-        worker.stop(timeout=0)
-        raise
-    print(f"processed {processed} runs")
-    return 0
-
-
-def register(subparsers) -> None:
-    p = subparsers.add_parser("worker", help="train queued runs in the foreground (e.g. on a GPU machine)")
-    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
-    p.add_argument("--name", default=None, help="worker name shown with its runs (default worker@HOST:PID)")
-    p.add_argument("--poll-s", type=float, default=2.0, help="seconds between looks at the queue")
-    p.add_argument("--once", action="store_true", help="process the runs queued now, then exit")
-    p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
-    p.set_defaults(func=cmd_worker)

@@ -22,6 +22,18 @@ def test_help_lists_the_commands(capsys):
         assert command in text
 
 
+def test_building_the_cli_loads_neither_torch_nor_scikit_learn():
+    # `--help`, `import` and `projects` should not wait seconds for libraries they never use.
+    import subprocess
+    import sys
+    from pathlib import Path
+
+    code = "import sys; from labeler.cli import build_parser; build_parser(); print(sorted({'torch', 'sklearn'} & set(sys.modules)))"
+    root = Path(__file__).resolve().parents[1]
+    out = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True, cwd=root)
+    assert out.stdout.strip() == "[]"
+
+
 def test_import_folder_then_export_labels(tmp_path, capsys):
     for cls, shade in (("cat", 40), ("dog", 200)):
         (tmp_path / "src" / cls).mkdir(parents=True)

@@ -1,14 +1,26 @@
 """The model registry: names used by the CLI, the UI and the database -> model classes.
 
-Entries are imported on first use, so importing the registry loads no model code.
+Entries are imported on first use, and so is the shared interface (`base`, which imports torch):
+importing the registry, e.g. for the CLI's list of model names, loads neither.
 """
 
 from __future__ import annotations
 
 import importlib
 from collections.abc import Iterator, Mapping
+from typing import TYPE_CHECKING, Any
 
-from .base import Budget, CheckpointError, Progress, SSLModel, TrainingCancelled, load_checkpoint, save_checkpoint
+if TYPE_CHECKING:
+    from .base import Budget, CheckpointError, Progress, SSLModel, TrainingCancelled, load_checkpoint, save_checkpoint
+
+_FROM_BASE = {"Budget", "CheckpointError", "Progress", "SSLModel", "TrainingCancelled", "load_checkpoint", "save_checkpoint"}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _FROM_BASE:
+        return getattr(importlib.import_module("labeler.models.base"), name)
+    raise AttributeError(f"module {__name__!r} has no attribute {name!r}")
+
 
 _ENTRIES: dict[str, tuple[str, str, str]] = {
     # name: (module, class, one-line description for the UI)
@@ -23,7 +35,7 @@ _ENTRIES: dict[str, tuple[str, str, str]] = {
 }
 
 
-class _Registry(Mapping[str, type[SSLModel]]):
+class _Registry(Mapping[str, type]):
     def __getitem__(self, name: str) -> type[SSLModel]:
         module, cls, _ = _ENTRIES[name]
         return getattr(importlib.import_module(module), cls)
