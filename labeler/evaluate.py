@@ -162,25 +162,32 @@ def run_report(session: Session, run_id: int, split: str = TEST, num_classes: in
     return summarize(y_true, y_pred, num_classes) | {"source": split}
 
 
+def _answers_to_guesses(session: Session, project_id: int) -> pd.DataFrame:
+    """Current answers that were given with a model guess on screen: run_id (the run that
+    guessed), answer, guess; one row per answer."""
+    rows = session.execute(
+        select(LabelEvent.predicted_run_id, LabelEvent.class_index, LabelEvent.predicted_index).where(
+            LabelEvent.project_id == project_id,
+            LabelEvent.undone.is_(False),
+            LabelEvent.predicted_index.is_not(None),
+        )
+    ).all()
+    return pd.DataFrame(rows, columns=["run_id", "answer", "guess"])
+
+
+def _agreement(agree: int, n: int, confidence: float) -> dict:
+    low, high = wilson_interval(agree, n, confidence)
+    return {"n": n, "agree": agree, "rate": agree / n if n else float("nan"), "low": low, "high": high}
+
+
 def agreement_by_run(session: Session, project_id: int, confidence: float = 0.95) -> pd.DataFrame:
     """Agreement of the person's answers with the guesses of each run that made them, one row
     per run in run order: run_id, n, agree, rate, low, high (Wilson interval). A rise says the
     guesses shown while labeling are getting more useful (the images asked about get harder as
     the model improves, so a flat line can still hide progress)."""
-    events = session.execute(
-        select(LabelEvent.predicted_run_id, LabelEvent.class_index, LabelEvent.predicted_index).where(
-            LabelEvent.project_id == project_id,
-            LabelEvent.undone.is_(False),
-            LabelEvent.predicted_index.is_not(None),
-            LabelEvent.predicted_run_id.is_not(None),
-        )
-    ).all()
-    rows = []
-    for run_id in sorted({run_id for run_id, _, _ in events}):
-        pairs = [(answer, guess) for rid, answer, guess in events if rid == run_id]
-        n, agree = len(pairs), sum(1 for answer, guess in pairs if answer == guess)
-        low, high = wilson_interval(agree, n, confidence)
-        rows.append({"run_id": run_id, "n": n, "agree": agree, "rate": agree / n, "low": low, "high": high})
+    events = _answers_to_guesses(session, project_id).dropna(subset=["run_id"])
+    agreed = (events["answer"] == events["guess"]).groupby(events["run_id"].astype(int)).agg(["sum", "size"])
+    rows = [{"run_id": run_id, **_agreement(int(agree), int(n), confidence)} for run_id, (agree, n) in agreed.iterrows()]
     return pd.DataFrame(rows, columns=["run_id", "n", "agree", "rate", "low", "high"])
 
 
@@ -188,14 +195,5 @@ def label_agreement(session: Session, project_id: int, confidence: float = 0.95)
     """How often the person's answer equalled the model's prior guess (current labels that had a
     prediction), with a Wilson interval. On actively chosen (hard) items this understates the
     model's accuracy: it is a signal of how useful the guesses are, not an accuracy estimate."""
-    events = session.execute(
-        select(LabelEvent.class_index, LabelEvent.predicted_index).where(
-            LabelEvent.project_id == project_id,
-            LabelEvent.undone.is_(False),
-            LabelEvent.predicted_index.is_not(None),
-        )
-    ).all()
-    n = len(events)
-    agree = sum(1 for answer, guess in events if answer == guess)
-    low, high = wilson_interval(agree, n, confidence)
-    return {"n": n, "agree": agree, "rate": agree / n if n else float("nan"), "low": low, "high": high}
+    events = _answers_to_guesses(session, project_id)
+    return _agreement(int((events["answer"] == events["guess"]).sum()), len(events), confidence)
