@@ -38,6 +38,10 @@ POOL = "pool"  # may be labeled and trained on
 TEST = "test"  # official test split of a built-in data set: evaluation only, never shown
 AUDIT = "audit"  # random sample of the user's own data: labeled by the user, never trained on
 
+# LabelEvent.class_index of an "ignore" answer: the image is in none of the classes. It counts
+# as answered (never shown again) but is never trained on or exported as a class.
+IGNORED = -1
+
 # Run.status values
 QUEUED, RUNNING, DONE, FAILED, CANCELLED, INTERRUPTED = (
     "queued",
@@ -207,3 +211,21 @@ class ImportIssue(Base):
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))
     path: Mapped[str] = mapped_column(String(2000))
     reason: Mapped[str] = mapped_column(String(1000))
+
+
+# User.role values
+ADMIN, ANNOTATOR = "admin", "annotator"
+ROLES = (ADMIN, ANNOTATOR)
+
+
+class User(Base):
+    """An account. As soon as one exists, every page asks for a login first, and the logged-in
+    name is the annotator recorded with each label. Only an argon2 hash of the password is kept."""
+
+    __tablename__ = "users"
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    name: Mapped[str] = mapped_column(String(200), unique=True)
+    password_hash: Mapped[str] = mapped_column(String(200))
+    role: Mapped[str] = mapped_column(String(20), default=ANNOTATOR)
+    created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)

@@ -114,6 +114,62 @@ def cmd_backup(args) -> int:
     return 0
 
 
+def _new_password(name: str) -> str:
+    """From LABELER_PASSWORD (for scripts), else typed twice at a prompt that does not echo."""
+    import getpass
+    import os
+
+    from . import auth
+
+    password = os.environ.get("LABELER_PASSWORD")
+    if password is None:
+        if not sys.stdin.isatty():
+            raise ValueError("No terminal to ask for the password: set LABELER_PASSWORD for scripts.")
+        password = getpass.getpass(f"Password for {name}: ")
+        if getpass.getpass("The same password again: ") != password:
+            raise ValueError("The two passwords differ; run the command again.")
+    return auth.check_password(password)
+
+
+def cmd_users(args) -> int:
+    from db import users
+
+    from . import auth
+
+    Session = _session_factory()
+    if args.action == "list":
+        with Session() as session:
+            accounts = users.list_users(session)
+        for user in accounts:
+            print(f"{user.name}\t{user.role}")
+        if not accounts:
+            print("No accounts: the app runs single-user, without a login.")
+        return 0
+    name = users.check_name(args.name)
+    if args.action == "add":
+        users.check_role(args.role)
+        # An unusable hash: the account logs in only through the identity provider (st.login).
+        password_hash = "!" if args.no_password else auth.hash_password(_new_password(name))
+        with Session.begin() as session:
+            users.add_user(session, name, password_hash, args.role)
+        print(f"added {name} ({args.role}); the app now asks everyone to log in")
+    elif args.action == "passwd":
+        password_hash = auth.hash_password(_new_password(name))
+        with Session.begin() as session:
+            users.set_password(session, name, password_hash)
+        print(f"new password for {name}; their open sessions end at their next click")
+    elif args.action == "role":
+        with Session.begin() as session:
+            users.set_role(session, name, args.role)
+        print(f"{name} is now {args.role}")
+    elif args.action == "remove":
+        with Session.begin() as session:
+            users.remove_user(session, name)
+            left = users.count_users(session)
+        print(f"removed {name}" + ("" if left else "; no accounts left: the app runs single-user, without a login"))
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m labeler",
@@ -150,6 +206,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--once", action="store_true", help="process the runs queued now, then exit")
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser("users", help="accounts: add, list, remove, reset a password, change a role")
+    actions = p.add_subparsers(dest="action", required=True, metavar="ACTION")
+    a = actions.add_parser("add", help="add an account (password from a prompt, or LABELER_PASSWORD)")
+    a.add_argument("name")
+    a.add_argument("--role", required=True, choices=["admin", "annotator"])
+    a.add_argument("--no-password", action="store_true", help="log in only through st.login (OIDC)")
+    actions.add_parser("list", help="list the accounts and their roles")
+    a = actions.add_parser("remove", help="remove an account")
+    a.add_argument("name")
+    a = actions.add_parser("passwd", help="set a new password (prompt, or LABELER_PASSWORD)")
+    a.add_argument("name")
+    a = actions.add_parser("role", help="change an account's role")
+    a.add_argument("name")
+    a.add_argument("--role", required=True, choices=["admin", "annotator"])
+    p.set_defaults(func=cmd_users)
 
     for module in _REGISTERING_MODULES:
         try:
