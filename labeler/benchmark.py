@@ -4,7 +4,7 @@ Two modes:
 
 - `models`: each model x data set x seed trained once (`simulate --step 0`) on a fixed number
   of balanced random labels within a time budget; the table gives test accuracy, mean +- std
-  over seeds. Defaults per data set: digits 30 labels / 60 s, Fashion-MNIST and MNIST
+  over seeds. Defaults per data set: digits and shapes 30 labels / 60 s, Fashion-MNIST and MNIST
   100 labels / 600 s (hours in all on a CPU: choose subsets and budgets for a short run).
 - `strategies`: one model on one data set, active learning from `--initial` labels in steps of
   `--step`; the target is random sampling's mean accuracy at `--target-labels` (100), and the
@@ -34,10 +34,11 @@ PRESETS: dict[str, dict[str, float]] = {
     "digits": {"labels": 30, "budget_s": 60},
     "fashion-mnist": {"labels": 100, "budget_s": 600},
     "mnist": {"labels": 100, "budget_s": 600},
+    "shapes": {"labels": 30, "budget_s": 60},
 }
 # The test accuracy the project aims for with the preset's labels and budget (a dashed line in
 # the chart); see the README's Benchmarks section.
-TARGETS: dict[str, float] = {"digits": 0.90, "fashion-mnist": 0.82}
+TARGETS: dict[str, float] = {"digits": 0.90, "fashion-mnist": 0.82, "shapes": 0.90}
 DEFAULT_PRESET = {"labels": 100, "budget_s": 600}
 
 
@@ -47,8 +48,10 @@ def machine(device: str) -> str:
     name = device
     if device.startswith("cuda") and torch.cuda.is_available():
         name = f"{device} ({torch.cuda.get_device_name(torch.device(device))})"
-    return f"{platform.platform()}, python {platform.python_version()}, torch {torch.__version__} " \
-           f"with {torch.get_num_threads()} CPU threads, device {name}"
+    return (
+        f"{platform.platform()}, python {platform.python_version()}, torch {torch.__version__} "
+        f"with {torch.get_num_threads()} CPU threads, device {name}"
+    )
 
 
 def mean_std(values: list[float]) -> str:
@@ -116,14 +119,34 @@ def _screenshot(html: Path, png: Path, width: int = 1000, height: int = 560) -> 
 
 
 def run_models(
-    models: list[str], datasets: list[str], seeds: list[int], out_dir: Path, device: str,
-    labels: int | None = None, budget_s: float | None = None, steps: int | None = None,
+    models: list[str],
+    datasets: list[str],
+    seeds: list[int],
+    out_dir: Path,
+    device: str,
+    labels: int | None = None,
+    budget_s: float | None = None,
+    steps: int | None = None,
+    config: dict[str, Any] | None = None,
     log=print,
 ) -> tuple[list[dict], str]:
-    """The `models` mode; returns the per-run records and the markdown table."""
+    """The `models` mode; returns the per-run records and the markdown table. `config` overrides
+    model settings (as `--config`; every model must know every key)."""
     from .simulate import simulate
 
-    fields = ["dataset", "model", "seed", "labels", "budget_s", "test_accuracy", "seconds", "error"]
+    fields = [
+        "dataset",
+        "model",
+        "seed",
+        "labels",
+        "budget_s",
+        "test_accuracy",
+        "seconds",
+        "train_steps",
+        "config",
+        "error",
+    ]
+    config_text = json.dumps(config, sort_keys=True) if config else ""
     csv_log = _CsvLog(out_dir / "benchmark-models.csv", fields)
     cache: dict = {}
     records: list[dict] = []
@@ -133,20 +156,51 @@ def run_models(
         budget = float(budget_s or preset["budget_s"])
         for model in models:
             for seed in seeds:
-                record = {"dataset": dataset, "model": model, "seed": seed, "labels": n_labels, "budget_s": budget,
-                          "test_accuracy": None, "seconds": None, "error": None}
+                record = {
+                    "dataset": dataset,
+                    "model": model,
+                    "seed": seed,
+                    "labels": n_labels,
+                    "budget_s": budget,
+                    "test_accuracy": None,
+                    "seconds": None,
+                    "train_steps": None,
+                    "config": config_text,
+                    "error": None,
+                }
                 try:
-                    rows = simulate(dataset, model, strategy="random", initial=n_labels, step=0, budget_s=budget,
-                                    steps=steps, seed=seed, device=device, images=_load(dataset, cache),
-                                    log=lambda _: None)
-                    record.update(test_accuracy=rows[-1]["test_accuracy"], seconds=rows[-1]["seconds"])
+                    rows = simulate(
+                        dataset,
+                        model,
+                        strategy="random",
+                        initial=n_labels,
+                        step=0,
+                        budget_s=budget,
+                        steps=steps,
+                        seed=seed,
+                        device=device,
+                        images=_load(dataset, cache),
+                        config=config,
+                        log=lambda _: None,
+                    )
+                    record.update(
+                        test_accuracy=rows[-1]["test_accuracy"],
+                        seconds=rows[-1]["seconds"],
+                        train_steps=rows[-1]["train_steps"],
+                    )
                 except Exception as error:  # noqa: BLE001 - one broken model must not end the benchmark
                     record["error"] = f"{type(error).__name__}: {error}"
                 records.append(record)
                 csv_log.write(record)
-                log(f"{dataset} {model} seed {seed}: "
-                    + (f"accuracy {record['test_accuracy']:.4f} in {record['seconds']:.1f} s"
-                       if record["error"] is None else f"failed ({record['error']})"))
+                log(
+                    f"{dataset} {model} seed {seed}: "
+                    + (
+                        f"accuracy {record['test_accuracy']:.4f} in {record['seconds']:.1f} s, "
+                        f"{record['train_steps']} steps"
+                        if record["error"] is None
+                        else f"failed ({record['error']})"
+                    )
+                )
 
     table = models_table(records, models, datasets)
     models_figure(records, models, datasets, out_dir / "benchmark-models")
@@ -168,13 +222,30 @@ def _accuracies(records: list[dict], model: str, dataset: str) -> tuple[list[flo
 
 def models_table(records: list[dict], models: list[str], datasets: list[str]) -> str:
     """Markdown: one row per model, one column per data set, mean ± std (n) of test accuracy."""
-    lines = ["| model | " + " | ".join(_budget_cell(records, d) for d in datasets) + " |",
-             "|" + " --- |" * (len(datasets) + 1)]
+    lines = [
+        "| model | " + " | ".join(_budget_cell(records, d) for d in datasets) + " |",
+        "|" + " --- |" * (len(datasets) + 1),
+    ]
     for model in models:
         cells = []
         for dataset in datasets:
             accs, failed = _accuracies(records, model, dataset)
-            cell = (mean_std(accs) + f" (n={len(accs)})") if accs or failed else "not run"
+            steps = [
+                float(r["train_steps"])
+                for r in records
+                if r["model"] == model
+                and r["dataset"] == dataset
+                and not r.get("error")
+                and r.get("train_steps") not in (None, "")
+            ]
+            cell = (
+                mean_std(accs)
+                + f" (n={len(accs)}"
+                + (f", {np.mean(steps):,.0f} steps" if steps else "")
+                + ")"
+                if accs or failed
+                else "not run"
+            )
             cells.append(cell + (f", {failed} failed" if failed else ""))
         lines.append(f"| {model} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
@@ -190,12 +261,24 @@ def models_figure(records: list[dict], models: list[str], datasets: list[str], s
             accs, _ = _accuracies(records, model, dataset)
             means.append(float(np.mean(accs)) if accs else None)
             stds.append(float(np.std(accs, ddof=1)) if len(accs) > 1 else 0.0)
-        fig.add_bar(name=_budget_cell(records, dataset), x=models, y=means, error_y={"type": "data", "array": stds})
+        fig.add_bar(
+            name=_budget_cell(records, dataset), x=models, y=means, error_y={"type": "data", "array": stds}
+        )
         if dataset in TARGETS:
-            fig.add_hline(y=TARGETS[dataset], line_dash="dash", line_width=1, annotation_text=f"{dataset} target",
-                          annotation_position="top left")
-    fig.update_layout(barmode="group", title="Test accuracy (mean ± std over seeds)", yaxis_title="test accuracy",
-                      yaxis_range=[0, 1], legend={"orientation": "h", "y": -0.15})
+            fig.add_hline(
+                y=TARGETS[dataset],
+                line_dash="dash",
+                line_width=1,
+                annotation_text=f"{dataset} target",
+                annotation_position="top left",
+            )
+    fig.update_layout(
+        barmode="group",
+        title="Test accuracy (mean ± std over seeds)",
+        yaxis_title="test accuracy",
+        yaxis_range=[0, 1],
+        legend={"orientation": "h", "y": -0.15},
+    )
     return _save_figure(fig, stem)
 
 
@@ -213,9 +296,19 @@ def report(csv_files: list[Path], out_dir: Path) -> str:
 
 
 def run_strategies(
-    dataset: str, model: str, strategies: list[str], seeds: list[int], out_dir: Path, device: str,
-    initial: int = 20, step: int = 10, max_labels: int = 300, target_labels: int = 100,
-    budget_s: float = 60.0, steps: int | None = None, log=print,
+    dataset: str,
+    model: str,
+    strategies: list[str],
+    seeds: list[int],
+    out_dir: Path,
+    device: str,
+    initial: int = 20,
+    step: int = 10,
+    max_labels: int = 300,
+    target_labels: int = 100,
+    budget_s: float = 60.0,
+    steps: int | None = None,
+    log=print,
 ) -> tuple[list[dict], str]:
     """The `strategies` mode; returns the per-round records and the markdown table."""
     from .simulate import simulate
@@ -223,7 +316,9 @@ def run_strategies(
     if "random" not in strategies:
         strategies = ["random", *strategies]
     if target_labels > max_labels or target_labels < initial or (target_labels - initial) % max(step, 1):
-        raise SettingError("--target-labels must be a round's label count: initial + a multiple of step, at most max-labels.")
+        raise SettingError(
+            "--target-labels must be a round's label count: initial + a multiple of step, at most max-labels."
+        )
     fields = ["dataset", "model", "strategy", "seed", "round", "labels", "test_accuracy", "seconds", "error"]
     csv_log = _CsvLog(out_dir / "benchmark-strategies.csv", fields)
     images = _load(dataset, {})
@@ -231,22 +326,48 @@ def run_strategies(
     for strategy in strategies:
         for seed in seeds:
             try:
-                rows = simulate(dataset, model, strategy=strategy, initial=initial, step=step, max_labels=max_labels,
-                                budget_s=budget_s, steps=steps, seed=seed, device=device, images=images,
-                                log=lambda _: None)
+                rows = simulate(
+                    dataset,
+                    model,
+                    strategy=strategy,
+                    initial=initial,
+                    step=step,
+                    max_labels=max_labels,
+                    budget_s=budget_s,
+                    steps=steps,
+                    seed=seed,
+                    device=device,
+                    images=images,
+                    log=lambda _: None,
+                )
             except Exception as error:  # noqa: BLE001
                 rows = []
-                csv_log.write({"dataset": dataset, "model": model, "strategy": strategy, "seed": seed,
-                               "error": f"{type(error).__name__}: {error}"})
+                csv_log.write(
+                    {
+                        "dataset": dataset,
+                        "model": model,
+                        "strategy": strategy,
+                        "seed": seed,
+                        "error": f"{type(error).__name__}: {error}",
+                    }
+                )
                 log(f"{strategy} seed {seed}: failed ({type(error).__name__}: {error})")
             for row in rows:
                 csv_log.write(row | {"error": None})
             curves[(strategy, seed)] = rows
             if rows:
-                log(f"{strategy} seed {seed}: " + ", ".join(f"{r['labels']}:{r['test_accuracy']:.3f}" for r in rows))
+                log(
+                    f"{strategy} seed {seed}: "
+                    + ", ".join(f"{r['labels']}:{r['test_accuracy']:.3f}" for r in rows)
+                )
 
     def accuracy_at(strategy: str, labels: int) -> list[float]:
-        return [r["test_accuracy"] for seed in seeds for r in curves.get((strategy, seed), []) if r["labels"] == labels]
+        return [
+            r["test_accuracy"]
+            for seed in seeds
+            for r in curves.get((strategy, seed), [])
+            if r["labels"] == labels
+        ]
 
     random_at_target = accuracy_at("random", target_labels)
     target = float(np.mean(random_at_target)) if random_at_target else float("nan")
@@ -266,7 +387,11 @@ def run_strategies(
             if hit:
                 needed.append(hit[0])
         missed = len(seeds) - len(needed)
-        cell = (f"{np.mean(needed):.0f} ± {np.std(needed, ddof=1) if len(needed) > 1 else 0:.0f}" if needed else "-")
+        cell = (
+            f"{np.mean(needed):.0f} ± {np.std(needed, ddof=1) if len(needed) > 1 else 0:.0f}"
+            if needed
+            else "-"
+        )
         if missed:
             cell += f" ({missed} of {len(seeds)} seeds did not reach it by {max_labels})"
         lines.append(f"| {strategy} | {cell} | {mean_std(accuracy_at(strategy, target_labels))} |")
@@ -277,12 +402,19 @@ def run_strategies(
     fig = go.Figure()
     for strategy in strategies:
         labels_axis = sorted({r["labels"] for seed in seeds for r in curves.get((strategy, seed), [])})
-        fig.add_scatter(name=strategy, x=labels_axis, y=[float(np.mean(accuracy_at(strategy, n))) for n in labels_axis],
-                        mode="lines+markers")
+        fig.add_scatter(
+            name=strategy,
+            x=labels_axis,
+            y=[float(np.mean(accuracy_at(strategy, n))) for n in labels_axis],
+            mode="lines+markers",
+        )
     if np.isfinite(target):
         fig.add_hline(y=target, line_dash="dot", annotation_text=f"random at {target_labels}")
-    fig.update_layout(title=f"Active learning on {dataset} with {model} (mean over seeds)",
-                      xaxis_title="labels", yaxis_title="test accuracy")
+    fig.update_layout(
+        title=f"Active learning on {dataset} with {model} (mean over seeds)",
+        xaxis_title="labels",
+        yaxis_title="test accuracy",
+    )
     _save_figure(fig, out_dir / "benchmark-strategies")
     records = [r for rows in curves.values() for r in rows]
     return records, table
@@ -316,9 +448,21 @@ def cmd_benchmark(args) -> int:
         unknown = [m for m in models if m not in MODELS]
         if unknown:
             raise SettingError(f"Unknown model {', '.join(unknown)}: choose from {', '.join(MODELS)}.")
-        datasets = _split_list(args.datasets, ["digits", "fashion-mnist"])
-        _, table = run_models(models, datasets, seeds, out_dir, device, labels=args.labels,
-                              budget_s=args.budget_s, steps=args.steps, log=log)
+        datasets = _split_list(args.datasets, ["digits", "shapes", "fashion-mnist"])
+        from .simulate import parse_overrides
+
+        _, table = run_models(
+            models,
+            datasets,
+            seeds,
+            out_dir,
+            device,
+            labels=args.labels,
+            budget_s=args.budget_s,
+            steps=args.steps,
+            config=parse_overrides(args.config),
+            log=log,
+        )
     else:
         strategies = _split_list(args.strategies, list(STRATEGIES))
         unknown = [s for s in strategies if s not in STRATEGIES]
@@ -326,37 +470,80 @@ def cmd_benchmark(args) -> int:
             raise SettingError(f"Unknown strategy {', '.join(unknown)}: choose from {', '.join(STRATEGIES)}.")
         datasets = _split_list(args.datasets, ["digits"])
         model = _split_list(args.models, ["supervised"])[0]
-        _, table = run_strategies(datasets[0], model, strategies, seeds, out_dir, device,
-                                  initial=args.initial, step=args.step, max_labels=args.max_labels,
-                                  target_labels=args.target_labels, budget_s=args.budget_s or 60.0,
-                                  steps=args.steps, log=log)
+        _, table = run_strategies(
+            datasets[0],
+            model,
+            strategies,
+            seeds,
+            out_dir,
+            device,
+            initial=args.initial,
+            step=args.step,
+            max_labels=args.max_labels,
+            target_labels=args.target_labels,
+            budget_s=args.budget_s or 60.0,
+            steps=args.steps,
+            log=log,
+        )
     if args.mode == "report":
         text = f"{table}\n\nMerged from {', '.join(str(p) for p in inputs)}; each run's machine is in its own .md.\n"
     else:
         text = f"{table}\n\nMachine: {machine(device)}; total {time.monotonic() - start:.0f} s.\n"
     (out_dir / f"benchmark-{args.mode}.md").write_text(text)
     print(text)
-    print(json.dumps({"mode": args.mode, "out_dir": str(out_dir), "seconds": round(time.monotonic() - start, 1)}))
+    print(
+        json.dumps(
+            {"mode": args.mode, "out_dir": str(out_dir), "seconds": round(time.monotonic() - start, 1)}
+        )
+    )
     return 0
 
 
 def register(subparsers) -> None:
     p = subparsers.add_parser("benchmark", help="compare models (or strategies) over data sets and seeds")
-    p.add_argument("--mode", choices=["models", "strategies", "report"], default="models",
-                   help="report: merge the CSVs of earlier models runs (--inputs) into one table and chart")
+    p.add_argument(
+        "--mode",
+        choices=["models", "strategies", "report"],
+        default="models",
+        help="report: merge the CSVs of earlier models runs (--inputs) into one table and chart",
+    )
     p.add_argument("--inputs", help="report mode: comma-separated benchmark-models.csv files")
-    p.add_argument("--models", help="comma-separated (models mode: default all; strategies mode: the first, default supervised)")
-    p.add_argument("--datasets", help="comma-separated (default digits,fashion-mnist; strategies mode: the first)")
-    p.add_argument("--strategies", help="comma-separated (strategies mode; default all, random always included)")
+    p.add_argument(
+        "--models",
+        help="comma-separated (models mode: default all; strategies mode: the first, default supervised)",
+    )
+    p.add_argument(
+        "--datasets", help="comma-separated (default digits,shapes,fashion-mnist; strategies mode: the first)"
+    )
+    p.add_argument(
+        "--strategies", help="comma-separated (strategies mode; default all, random always included)"
+    )
     p.add_argument("--seeds", type=int, default=3, help="number of seeds, 0..N-1")
-    p.add_argument("--labels", type=int, default=None, help="models mode: labels per run (default per data set)")
-    p.add_argument("--budget-s", type=float, default=None, help="training seconds per run or round (default per data set; 60 for strategies)")
-    p.add_argument("--steps", type=int, default=None, help="training steps per run or round (whichever ends first)")
+    p.add_argument(
+        "--labels", type=int, default=None, help="models mode: labels per run (default per data set)"
+    )
+    p.add_argument(
+        "--budget-s",
+        type=float,
+        default=None,
+        help="training seconds per run or round (default per data set; 60 for strategies)",
+    )
+    p.add_argument(
+        "--steps", type=int, default=None, help="training steps per run or round (whichever ends first)"
+    )
     p.add_argument("--initial", type=int, default=20, help="strategies mode: first labels")
     p.add_argument("--step", type=int, default=10, help="strategies mode: labels per round")
     p.add_argument("--max-labels", type=int, default=300, help="strategies mode: stop here")
-    p.add_argument("--target-labels", type=int, default=100, help="strategies mode: random's accuracy here is the target")
+    p.add_argument(
+        "--target-labels", type=int, default=100, help="strategies mode: random's accuracy here is the target"
+    )
     p.add_argument("--out-dir", default="benchmark-results")
     p.add_argument("--device", default=None)
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
+    p.add_argument(
+        "--config",
+        action="append",
+        metavar="KEY=VALUE",
+        help="models mode: a model setting for every model run (repeatable)",
+    )
     p.set_defaults(func=cmd_benchmark)

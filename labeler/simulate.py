@@ -33,7 +33,18 @@ from .active import STRATEGIES, select_batch
 from .config import SettingError, default_device
 from .data.base import DataError, ImageSet
 
-CSV_FIELDS = ["labels", "test_accuracy", "seconds", "round", "train_seconds", "dataset", "model", "strategy", "seed"]
+CSV_FIELDS = [
+    "labels",
+    "test_accuracy",
+    "seconds",
+    "round",
+    "train_seconds",
+    "train_steps",
+    "dataset",
+    "model",
+    "strategy",
+    "seed",
+]
 CHUNK = 4096
 
 
@@ -57,7 +68,9 @@ def _split(images: ImageSet, seed: int, log: Callable[[str], None]) -> tuple[np.
     pool = np.flatnonzero((splits == "pool") & (truth >= 0))
     test = np.flatnonzero((splits == "test") & (truth >= 0))
     if len(pool) == 0:
-        raise DataError("simulate needs ground truth for the pool: use a built-in data set or a folder with class sub-folders.")
+        raise DataError(
+            "simulate needs ground truth for the pool: use a built-in data set or a folder with class sub-folders."
+        )
     if len(test) == 0:
         rng = np.random.default_rng(seed + 1)
         held = []
@@ -66,7 +79,9 @@ def _split(images: ImageSet, seed: int, log: Callable[[str], None]) -> tuple[np.
             held.append(members[: max(1, len(members) // 5)])
         test = np.sort(np.concatenate(held))
         pool = np.setdiff1d(pool, test)
-        log(f"no test split: holding out a stratified random {len(test)} of {len(test) + len(pool)} images as the test set")
+        log(
+            f"no test split: holding out a stratified random {len(test)} of {len(test) + len(pool)} images as the test set"
+        )
     return pool, test
 
 
@@ -75,8 +90,12 @@ def _predict(model, x: np.ndarray) -> np.ndarray:
 
 
 def _embed(model, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([np.asarray(model.embed(x[i : i + CHUNK])).reshape(len(x[i : i + CHUNK]), -1)
-                           for i in range(0, len(x), CHUNK)])
+    return np.concatenate(
+        [
+            np.asarray(model.embed(x[i : i + CHUNK])).reshape(len(x[i : i + CHUNK]), -1)
+            for i in range(0, len(x), CHUNK)
+        ]
+    )
 
 
 def simulate(
@@ -142,43 +161,78 @@ def simulate(
         idx = np.flatnonzero(labeled)
         train_start = time.monotonic()
         notes: list[str] = []
+        last_step = [0]  # a time budget's step count is only known from the progress reports
+
+        def record_step(report, last_step=last_step) -> None:
+            last_step[0] = max(last_step[0], int(report.step))
+
         current = train_model(
-            model, x_pool, idx, y_pool[idx], num_classes, budget_s=budget_s, steps=steps,
-            seed=seed + round_, device=device, warm_start=current, config=config, notes=notes,
+            model,
+            x_pool,
+            idx,
+            y_pool[idx],
+            num_classes,
+            budget_s=budget_s,
+            steps=steps,
+            seed=seed + round_,
+            device=device,
+            warm_start=current,
+            config=config,
+            notes=notes,
+            progress=record_step,
         )
         train_seconds = time.monotonic() - train_start
         accuracy = float(np.mean(_predict(current, x_test).argmax(axis=1) == y_test))
         row = {
-            "labels": int(labeled.sum()), "test_accuracy": round(accuracy, 4),
-            "seconds": round(time.monotonic() - start, 1), "round": round_,
-            "train_seconds": round(train_seconds, 1), "dataset": dataset, "model": model,
-            "strategy": strategy, "seed": seed,
+            "labels": int(labeled.sum()),
+            "test_accuracy": round(accuracy, 4),
+            "seconds": round(time.monotonic() - start, 1),
+            "round": round_,
+            "train_seconds": round(train_seconds, 1),
+            "train_steps": last_step[0],
+            "dataset": dataset,
+            "model": model,
+            "strategy": strategy,
+            "seed": seed,
         }
         rows.append(row)
         if out is not None:  # row by row, so a long run stopped midway keeps its rounds
             with open(out, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
-        log(f"round {round_}: {row['labels']} labels, test accuracy {accuracy:.4f}, "
-            f"trained {train_seconds:.1f} s, total {row['seconds']:.1f} s" + "".join(f" ({n})" for n in notes))
+        log(
+            f"round {round_}: {row['labels']} labels, test accuracy {accuracy:.4f}, "
+            f"trained {train_seconds:.1f} s ({last_step[0]} steps), total {row['seconds']:.1f} s"
+            + "".join(f" ({n})" for n in notes)
+        )
         if step == 0 or labeled.sum() >= max_labels or labeled.all():
             break
         k = int(min(step, max_labels - labeled.sum()))
         needs = STRATEGIES[strategy].needs
         probs = _predict(current, x_pool) if needs == "probs" else None
-        embeddings = _embed(current, x_pool) if needs == "embeddings" or (diverse and strategy != "random") else None
+        embeddings = (
+            _embed(current, x_pool) if needs == "embeddings" or (diverse and strategy != "random") else None
+        )
         mc = None
         if needs == "mc_probs":
-            mc = np.concatenate([current.mc_proba(x_pool[i : i + CHUNK], samples=mc_samples)
-                                 for i in range(0, len(x_pool), CHUNK)], axis=1)  # (S, P, K)
-        picks = select_batch(strategy, k, probs, embeddings, labeled, mc_probs=mc, diverse=diverse,
-                             seed=seed * 1000 + round_)
+            mc = np.concatenate(
+                [
+                    current.mc_proba(x_pool[i : i + CHUNK], samples=mc_samples)
+                    for i in range(0, len(x_pool), CHUNK)
+                ],
+                axis=1,
+            )  # (S, P, K)
+        picks = select_batch(
+            strategy, k, probs, embeddings, labeled, mc_probs=mc, diverse=diverse, seed=seed * 1000 + round_
+        )
         labeled[picks] = True  # the oracle answers y_pool[picks]
     return rows
 
 
 def final_json(rows: list[dict[str, Any]]) -> str:
     last = rows[-1]
-    return json.dumps({key: last[key] for key in ("dataset", "model", "strategy", "labels", "test_accuracy", "seconds")})
+    return json.dumps(
+        {key: last[key] for key in ("dataset", "model", "strategy", "labels", "test_accuracy", "seconds")}
+    )
 
 
 def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
@@ -201,9 +255,19 @@ def cmd_simulate(args) -> int:
     if args.threads:
         torch.set_num_threads(args.threads)
     rows = simulate(
-        args.dataset, args.model, strategy=args.strategy, initial=args.initial, step=args.step,
-        max_labels=args.max_labels, budget_s=args.budget_s, seed=args.seed, out=args.out, device=args.device,
-        steps=args.steps, config=parse_overrides(args.config), diverse=not args.no_diverse,
+        args.dataset,
+        args.model,
+        strategy=args.strategy,
+        initial=args.initial,
+        step=args.step,
+        max_labels=args.max_labels,
+        budget_s=args.budget_s,
+        seed=args.seed,
+        out=args.out,
+        device=args.device,
+        steps=args.steps,
+        config=parse_overrides(args.config),
+        diverse=not args.no_diverse,
     )
     print(final_json(rows), flush=True)
     return 0
@@ -216,7 +280,9 @@ def register(subparsers) -> None:
     p.add_argument("--dataset", required=True, help="digits, fashion-mnist, mnist or folder:PATH")
     p.add_argument("--model", required=True, choices=list(MODELS))
     p.add_argument("--strategy", default="entropy", choices=list(STRATEGIES))
-    p.add_argument("--initial", type=int, default=20, help="labels before the first round (balanced per class)")
+    p.add_argument(
+        "--initial", type=int, default=20, help="labels before the first round (balanced per class)"
+    )
     p.add_argument("--step", type=int, default=10, help="labels added per round; 0 = one round on --initial")
     p.add_argument("--max-labels", type=int, default=100)
     p.add_argument("--budget-s", type=float, default=60.0, help="training seconds per round")
@@ -224,7 +290,11 @@ def register(subparsers) -> None:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="CSV file: one row per round")
     p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
-    p.add_argument("--config", action="append", metavar="KEY=VALUE", help="model setting override (repeatable)")
-    p.add_argument("--no-diverse", action="store_true", help="take the top-k scores without spreading the batch")
+    p.add_argument(
+        "--config", action="append", metavar="KEY=VALUE", help="model setting override (repeatable)"
+    )
+    p.add_argument(
+        "--no-diverse", action="store_true", help="take the top-k scores without spreading the batch"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.set_defaults(func=cmd_simulate)

@@ -76,10 +76,11 @@ def test_benchmark_models_mode_on_a_tiny_budget(tmp_path, capsys):
                  "--out-dir", str(tmp_path)])
     assert code == 0
     text = (tmp_path / "benchmark-models.md").read_text()
-    assert "| supervised |" in text and "(n=2)" in text and "Machine:" in text
+    assert "| supervised | " in text and "(n=2, 10 steps)" in text and "Machine:" in text
     with open(tmp_path / "benchmark-models.csv") as f:
         rows = list(csv.DictReader(f))
     assert len(rows) == 4 and all(not r["error"] for r in rows)
+    assert [r["train_steps"] for r in rows if r["model"] == "supervised"] == ["10", "10"]
     assert (tmp_path / "benchmark-models.html").exists()
 
 

@@ -3,6 +3,7 @@
 Source strings (the CLI, the UI and `Project.source` use the same ones):
 
     digits | fashion-mnist | mnist     a built-in data set (see `labeler.data.builtin`)
+    shapes                            the generated colour benchmark (see `labeler.data.shapes`)
     folder:PATH                       a folder of images (see `labeler.data.importer`)
     zip:PATH                          a zip of images, extracted safely first
     PATH                              an existing folder, or an existing .zip file
@@ -28,6 +29,7 @@ from .builtin import (
 )
 from .images import IMAGE_EXTENSIONS
 from .importer import import_folder, import_zip
+from .shapes import load_shapes
 
 Progress = Callable[[int, int], None]
 
@@ -66,6 +68,14 @@ DATASETS: dict[str, BuiltinDataset] = {
         "70,000 handwritten digits, 28x28 gray; the official 10,000-image test split (downloaded once).",
         load_mnist,
         lambda: has_idx_files(default_download_dir() / "MNIST" / "raw"),
+    ),
+    "shapes": BuiltinDataset(
+        "shapes",
+        "Shapes (generated colour benchmark)",
+        "1,000 generated colour photos-like images in 4 shape classes; colour, size, position and "
+        "background vary at random; a fixed 200-image test split (written on first use).",
+        load_shapes,
+        lambda: True,
     ),
 }
 

@@ -491,6 +491,8 @@ class SSLGAN(SSLModel):
                     raise TrainingCancelled()
         if step:
             losses = {k: float(v.detach()) for k, v in {**terms, **g_terms}.items()}
+            if progress is not None:  # the last throttled report may be up to progress_every_s old
+                progress(Progress(step, budget.elapsed(), budget.fraction(step), losses))
         losses["steps"] = float(step)
         disc.eval(), gen.eval()
         return losses
