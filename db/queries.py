@@ -18,6 +18,7 @@ from sqlalchemy.orm import Session
 from .models import (
     AUDIT,
     DONE,
+    IGNORED,
     POOL,
     Claim,
     ImportIssue,
@@ -111,13 +112,24 @@ def _current_event_ids(project_id: int):
     )
 
 
-def current_labels(session: Session, project_id: int) -> dict[int, int]:
-    """{item_id: class_index} of every currently labeled item."""
+def current_labels(session: Session, project_id: int, ignored: bool = False) -> dict[int, int]:
+    """{item_id: class_index} of every currently labeled item. Images answered "ignore" are left
+    out (they are in no class), unless `ignored`, which keeps them with class IGNORED."""
     newest = _current_event_ids(project_id)
-    rows = session.execute(
-        select(LabelEvent.item_id, LabelEvent.class_index).join(newest, LabelEvent.id == newest.c.event_id)
-    )
-    return {item_id: class_index for item_id, class_index in rows}
+    query = select(LabelEvent.item_id, LabelEvent.class_index).join(newest, LabelEvent.id == newest.c.event_id)
+    if not ignored:
+        query = query.where(LabelEvent.class_index != IGNORED)
+    return {item_id: class_index for item_id, class_index in session.execute(query)}
+
+
+def current_event(session: Session, item_id: int) -> LabelEvent | None:
+    """The item's newest event that is not undone (its current answer), or None."""
+    return session.scalars(
+        select(LabelEvent)
+        .where(LabelEvent.item_id == item_id, LabelEvent.undone.is_(False))
+        .order_by(LabelEvent.id.desc())
+        .limit(1)
+    ).first()
 
 
 def label_count(session: Session, project_id: int) -> int:
@@ -132,12 +144,13 @@ def add_label(
     annotator: str = "anonymous",
     kind: str = "single",
 ) -> LabelEvent:
-    """Append a label event for one item, recording what the newest model predicted."""
+    """Append a label event for one item, recording what the newest model predicted.
+    `class_index` IGNORED answers "not any class": kept in the history, never trained on."""
     item = session.get(Item, item) if isinstance(item, int) else item
     if item is None:
         raise ValueError("That image does not exist any more.")
     n_classes = session.scalar(select(func.count()).where(LabelClass.project_id == item.project_id))
-    if not 0 <= int(class_index) < n_classes:
+    if int(class_index) != IGNORED and not 0 <= int(class_index) < n_classes:
         raise ValueError(f"Class {class_index} does not exist: this project has {n_classes} classes.")
     run_id = latest_done_run_id(session, item.project_id)
     predicted = None
@@ -161,33 +174,93 @@ def add_label(
     return event
 
 
+def add_label_if_unlabeled(
+    session: Session, item: Item | int, class_index: int, annotator: str = "anonymous", kind: str = "single"
+) -> LabelEvent | None:
+    """`add_label`, unless the item has a current answer already (given by anyone, e.g. after
+    this person's page was drawn): then nothing is written and None is returned, so an answer
+    meant for an unlabeled image never replaces somebody's label."""
+    item_id = item if isinstance(item, int) else item.id
+    if current_event(session, item_id) is not None:
+        return None
+    return add_label(session, item, class_index, annotator=annotator, kind=kind)
+
+
 def add_labels(
-    session: Session, item_ids: Iterable[int], class_index: int, annotator: str = "anonymous", kind: str = "bulk"
-) -> int:
-    count = 0
-    for item_id in item_ids:
-        add_label(session, int(item_id), class_index, annotator=annotator, kind=kind)
-        count += 1
-    return count
+    session: Session,
+    item_ids: Iterable[int],
+    class_index: int,
+    annotator: str = "anonymous",
+    kind: str = "bulk",
+    relabel: bool = False,
+) -> list[LabelEvent]:
+    """Label many items at once; items that have an answer already are left as they are unless
+    `relabel`. Returns the events written."""
+    add = add_label if relabel else add_label_if_unlabeled
+    events = [add(session, int(item_id), class_index, annotator=annotator, kind=kind) for item_id in item_ids]
+    return [event for event in events if event is not None]
 
 
-def undo_last(session: Session, project_id: int, annotator: str) -> LabelEvent | None:
-    """Mark this annotator's newest not-undone event as undone; return it (None if nothing)."""
-    event = session.scalars(
-        select(LabelEvent)
-        .where(
-            LabelEvent.project_id == project_id,
-            LabelEvent.annotator == annotator,
-            LabelEvent.undone.is_(False),
+def undo_events(session: Session, event_ids: Iterable[int], annotator: str) -> list[LabelEvent]:
+    """Mark the given events as undone, those of `annotator` that are not undone yet; return them.
+    Callers pass the events one person gave (in this browser session), so an undo can never
+    take back another person's answer."""
+    ids = [int(i) for i in event_ids]
+    if not ids:
+        return []
+    events = list(
+        session.scalars(
+            select(LabelEvent).where(
+                LabelEvent.id.in_(ids), LabelEvent.annotator == annotator, LabelEvent.undone.is_(False)
+            )
         )
-        .order_by(LabelEvent.id.desc())
-        .limit(1)
-    ).first()
-    if event is not None:
+    )
+    now = utcnow()
+    for event in events:
         event.undone = True
-        event.undone_at = utcnow()
-        session.flush()
-    return event
+        event.undone_at = now
+    session.flush()
+    return events
+
+
+def label_history(
+    session: Session,
+    project_id: int,
+    class_index: int | None = None,
+    annotator: str | None = None,
+    disagree: bool = False,
+    limit: int = 200,
+) -> list[tuple[LabelEvent, Item]]:
+    """Current answers, newest first, for browsing and correcting: optionally one class, one
+    annotator, or only those where the answer differs from the model's guess at the time."""
+    newest = _current_event_ids(project_id)
+    query = (
+        select(LabelEvent, Item)
+        .join(newest, LabelEvent.id == newest.c.event_id)
+        .join(Item, Item.id == LabelEvent.item_id)
+        .order_by(LabelEvent.id.desc())
+        .limit(limit)
+    )
+    if class_index is not None:
+        query = query.where(LabelEvent.class_index == class_index)
+    if annotator is not None:
+        query = query.where(LabelEvent.annotator == annotator)
+    if disagree:
+        query = query.where(
+            LabelEvent.predicted_index.is_not(None), LabelEvent.predicted_index != LabelEvent.class_index
+        )
+    return [(event, item) for event, item in session.execute(query)]
+
+
+def annotator_counts(session: Session, project_id: int) -> dict[str, int]:
+    """{annotator: number of current answers they gave} (ignored images included)."""
+    newest = _current_event_ids(project_id)
+    rows = session.execute(
+        select(LabelEvent.annotator, func.count())
+        .join(newest, LabelEvent.id == newest.c.event_id)
+        .group_by(LabelEvent.annotator)
+    )
+    return {name: count for name, count in rows}
 
 
 def history(session: Session, item_id: int) -> Sequence[LabelEvent]:

@@ -170,7 +170,7 @@ def pool_labels(session: Session, project_id: int) -> dict[int, int]:
         select(LabelEvent.item_id, LabelEvent.class_index)
         .join(newest, LabelEvent.id == newest.c.event_id)
         .join(Item, Item.id == LabelEvent.item_id)
-        .where(Item.split == POOL)
+        .where(Item.split == POOL, LabelEvent.class_index >= 0)
     )
     return {item_id: class_index for item_id, class_index in rows}
 

@@ -170,6 +170,7 @@ def _answers_to_guesses(session: Session, project_id: int) -> pd.DataFrame:
             LabelEvent.project_id == project_id,
             LabelEvent.undone.is_(False),
             LabelEvent.predicted_index.is_not(None),
+            LabelEvent.class_index >= 0,  # an "ignore" answer is no verdict on the guess
         )
     ).all()
     return pd.DataFrame(rows, columns=["run_id", "answer", "guess"])

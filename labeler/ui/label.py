@@ -1,49 +1,412 @@
-"""The Label page: the most informative unlabeled image, keys 1-9/0 to label, u undo, s skip;
-or a grid of a diverse batch with the model's guesses pre-filled, accepted as one page.
+"""The Label page, in three modes:
+
+- **One image**: the most informative unlabeled image, large, in a small custom component
+  (`label_box.js`) that owns the image, the keys and a local queue of answers: a key labels the
+  image that was on screen when it went down and the next prefetched image shows at once, so
+  fast typing never lands on the wrong image and never waits for the server (`labeler.answers`).
+- **Grid**: a diverse page of images; the model's guesses above a confidence the person sets are
+  pre-filled; accepting the page never overwrites an answer given meanwhile; one undo per page.
+- **History**: every current answer, filtered by class, annotator or disagreement with the
+  model, and corrected in place.
 
 The sidebar shows the labels per class, the labels since the last run and what the trainer is
-doing; the Classes panel adds and renames classes.
+doing; the Classes panel (admins) adds and renames classes.
 """
 
 from __future__ import annotations
 
+import base64
+import functools
+import io
+from pathlib import Path
+
 import streamlit as st
+from PIL import Image, ImageOps
 
 import db
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, POOL, Item, Project
+from db.models import AUDIT, IGNORED, POOL, Item, Project
 
-from .. import projects
+from .. import answers, projects
 from . import common, parts
 
-KEYS = ["1", "2", "3", "4", "5", "6", "7", "8", "9", "0"]
+# Keys a class can get, in the order they are handed out. Letters with a meaning of their own
+# are left out: A accept the guess, I ignore, S skip, U undo, Z zoom.
+KEY_POOL = [*"1234567890", *"qwertyopdfghjklxcvbnm"]
+BATCH = 16  # images sent to the browser at a time: the next ones are on screen before the server answers
+GRID_SIZE = 12
+MODES = ["One image", "Grid", "History"]
+AUDIT_NOTE = (
+    "Audit image (a random sample kept out of training): no guess is shown, so your answer "
+    "measures the model fairly."
+)
+NO_MODEL_NOTE = "No model yet: images come in random order until the first training run."
 
 
-def shortcut_keys(names: list[str]) -> list[str | None]:
-    """Keys 1-9, 0 for the first ten classes, except when the classes are themselves digits
-    (as in the digits and MNIST data sets): then each digit's own key labels it, since pressing
-    3 for the class "2" is a mistake waiting to happen."""
-    if names and len(names) <= 10 and all(len(n) == 1 and n.isdigit() for n in names) and len(set(names)) == len(names):
-        return list(names)
-    return [KEYS[i] if i < len(KEYS) else None for i in range(len(names))]
+# Keys -----------------------------------------------------------------------------------------
 
 
-def _label(project_id: int, item_id: int, class_index: int, annotator: str) -> None:
-    """Commit one answer before anything else is drawn; the page then shows the next image."""
+def assign_keys(names: list[str], keys: dict[str, str]) -> dict[str, str]:
+    """{class index (as text): key}, keeping every key already given and handing new classes the
+    next free key: a class named by a single digit gets that digit if it is free. So adding or
+    renaming a class never moves another class's key."""
+    keys = {i: k for i, k in keys.items() if i.isdigit() and int(i) < len(names)}
+    taken = set(keys.values())
+    for index, name in enumerate(names):
+        if str(index) in keys:
+            continue
+        wanted = name if len(name) == 1 and name.isdigit() and name not in taken else None
+        free = wanted or next((k for k in KEY_POOL if k not in taken), None)
+        if free is not None:
+            keys[str(index)] = free
+            taken.add(free)
+    return keys
+
+
+def class_keys(project_id: int, names: list[str]) -> list[str | None]:
+    """Each class's key, stored with the project so it stays when classes change."""
+    Session = common.session_factory()
+    with Session() as session:
+        settings = dict(session.get(Project, project_id).settings or {})
+    stored = {str(i): str(k) for i, k in (settings.get("keys") or {}).items()}
+    keys = assign_keys(names, stored)
+    if keys != stored:
+
+        def commit() -> None:
+            with Session.begin() as session:
+                project = session.get(Project, project_id)
+                project.settings = {**(project.settings or {}), "keys": keys}
+
+        db.retrying(commit)
+    return [keys.get(str(i)) for i in range(len(names))]
+
+
+# Images ---------------------------------------------------------------------------------------
+
+
+@functools.lru_cache(maxsize=512)
+def _data_url(project_id: int, row: int, path: str | None, max_side: int = 720) -> str:
+    """The image as the person knows it, as a data URL: the original file (EXIF-rotated, scaled
+    down to `max_side`), else the model's pixels; small images are enlarged with crisp pixels."""
+    image = None
+    if path and Path(path).is_file():
+        try:
+            with Image.open(path) as opened:
+                image = ImageOps.exif_transpose(opened)
+                image.load()
+        except Exception:  # noqa: BLE001 - a file gone bad: show the stored pixels instead
+            image = None
+    if image is None:
+        image = Image.fromarray(projects.image(project_id, row))
+    if image.mode not in ("RGB", "RGBA", "L"):
+        image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
+    image.thumbnail((max_side, max_side))
+    if max(image.size) < 256:
+        scale = max(1, 320 // max(image.size))
+        image = image.resize((image.width * scale, image.height * scale), Image.Resampling.NEAREST)
+    buffer = io.BytesIO()
+    if image.mode == "RGB" and max(image.size) > 256:
+        image.save(buffer, format="JPEG", quality=90)
+        kind = "jpeg"
+    else:
+        image.save(buffer, format="PNG")
+        kind = "png"
+    return f"data:image/{kind};base64,{base64.b64encode(buffer.getvalue()).decode()}"
+
+
+def caption(item: Item) -> str:
+    """An opaque id; the file name only when the person turned names on, never on audit images
+    (a folder name would give the answer away)."""
+    if st.session_state.get("show_names") and item.split != AUDIT:
+        return f"#{item.id} · {item.key}"
+    return f"#{item.id}"
+
+
+def _shown_prediction(item: Item, prediction):
+    """The model's guess to show, or None for audit images: a shown guess would pull the answer
+    towards it and make the audit accuracy look better than it is."""
+    return None if item.split == AUDIT else prediction
+
+
+# One image ------------------------------------------------------------------------------------
+
+
+def _ledger() -> answers.Ledger:
+    return st.session_state.setdefault("ledger", answers.Ledger())
+
+
+@functools.cache
+def _label_box():
+    here = Path(__file__).parent
+    return st.components.v2.component(
+        "labeler_label_box",
+        html='<div class="lb"></div>',
+        css=(here / "label_box.css").read_text(),
+        js=(here / "label_box.js").read_text(),
+    )
+
+
+def _box_actions() -> list[dict]:
+    value = st.session_state.get("label-box")
+    if value is None:
+        return []
+    actions = value.get("actions") if hasattr(value, "get") else getattr(value, "actions", None)
+    return list(actions or [])
+
+
+def _apply_box_actions(project_id: int, annotator: str) -> None:
+    """Callback: runs before the page, so the next images are chosen with these answers saved."""
+    outcome = answers.apply_actions(
+        common.session_factory(), project_id, annotator, _box_actions(), _ledger()
+    )
+    st.session_state["box_notices"] = st.session_state.get("box_notices", []) + outcome.notices
+    st.session_state["show_first"] = outcome.undone_items + st.session_state.get("show_first", [])
+    if outcome.labeled:
+        _auto_retrain(project_id)
+
+
+def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
+    ledger = _ledger()
+    Session = common.session_factory()
+    with Session() as session:
+        first = []
+        for item_id in st.session_state.get("show_first", []):
+            item = session.get(Item, item_id)
+            if item is not None and queries.current_event(session, item_id) is None:
+                first.append((item, None))
+        st.session_state["show_first"] = [item.id for item, _ in first]
+        rest = queries.next_items(
+            session, project_id, k=k, exclude=ledger.skipped, annotator=common.claimant()
+        )
+    seen = {item.id for item, _ in first}
+    return (first + [pair for pair in rest if pair[0].id not in seen])[:k]
+
+
+def _one_image(project: Project, names: list[str], annotator: str, has_model: bool) -> None:
+    batch = _next_batch(project.id, BATCH)
+    keys = class_keys(project.id, names)
+    items = []
+    for item, prediction in batch:
+        prediction = _shown_prediction(item, prediction)
+        guess = prediction.predicted if prediction is not None and prediction.predicted < len(names) else None
+        items.append(
+            {
+                "id": item.id,
+                "src": _data_url(project.id, item.row, item.path),
+                "caption": caption(item),
+                "guess": guess,
+                "confidence": float(prediction.confidence) if guess is not None else None,
+                "audit": item.split == AUDIT,
+            }
+        )
+    applied = _ledger().applied
+    data = {
+        "session": common.claimant(),
+        "items": items,
+        "classes": [{"index": i, "name": n, "key": keys[i]} for i, n in enumerate(names)],
+        "acked": [a["id"] for a in _box_actions() if a.get("id") in applied],
+        "notices": st.session_state.pop("box_notices", []),
+        "done": not batch,
+        "audit_note": AUDIT_NOTE,
+        "no_model_note": "" if has_model else NO_MODEL_NOTE,
+    }
+    _label_box()(
+        data=data,
+        key="label-box",
+        default={"actions": []},
+        on_actions_change=functools.partial(_apply_box_actions, project.id, annotator),
+    )
+    st.caption(
+        "Keys: the key on each class · Enter or A accepts the model's guess · I ignore (no class) · "
+        "U undo · S skip · Z zoom. A key always labels the image that was on screen when it was pressed."
+    )
+
+
+# Grid -----------------------------------------------------------------------------------------
+
+
+def _accept_grid(project_id: int, item_ids: list[int], annotator: str) -> None:
+    """Commit the page in one transaction: the pre-filled guesses the person left alone count as
+    confirmed, tiles set to "skip" stay unlabeled, and an image answered meanwhile (by anyone) is
+    left as it is. The page is one undo step."""
+    chosen = [(i, st.session_state.get(f"grid-{i}", -1)) for i in item_ids]
+    chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
+    skipped = [i for i in item_ids if i not in {a for a, _ in chosen}]
     Session = common.session_factory()
 
-    def commit() -> None:
+    def commit():
         with Session.begin() as session:
-            queries.add_label(session, item_id, class_index, annotator=annotator)
+            events = [
+                queries.add_label_if_unlabeled(session, i, c, annotator=annotator, kind="grid")
+                for i, c in chosen
+            ]
+            return [e for e in events if e is not None]
 
     try:
-        db.retrying(commit)
-        st.session_state["last_message"] = ("success", "Saved.")
+        events = db.retrying(commit)
     except Exception as error:  # noqa: BLE001 - shown to the user, nothing is lost
-        st.session_state["last_message"] = ("error", f"The label was not saved: {error}")
+        st.session_state["last_message"] = ("error", f"The page was not saved: {error}")
         return
+    ledger = _ledger()
+    ledger.record(events)
+    ledger.skipped.update(skipped)
+    for item_id in item_ids:
+        st.session_state.pop(f"grid-{item_id}", None)
+    text = f"Saved {len(events)} labels."
+    if len(events) < len(chosen):
+        text += f" {len(chosen) - len(events)} images had been answered meanwhile and were left as they are."
+    st.session_state["last_message"] = ("success", text)
     _auto_retrain(project_id)
+
+
+def _undo_page(project_id: int, annotator: str) -> None:
+    undone = answers.undo_entry(common.session_factory(), annotator, _ledger())
+    if undone:
+        st.session_state["last_message"] = ("info", f"Undone: {len(undone)} answers are back in the queue.")
+        st.session_state["show_first"] = undone + st.session_state.get("show_first", [])
+        _ledger().skipped.difference_update(undone)
+    else:
+        st.session_state["last_message"] = ("info", "Nothing to undo in this session.")
+
+
+def _refill_grid() -> None:
+    """A new threshold re-fills the tiles: drop what the tiles hold so they take the new guesses."""
+    for key in [k for k in st.session_state if str(k).startswith("grid-")]:
+        del st.session_state[key]
+
+
+def _grid(project_id: int, names: list[str], annotator: str) -> None:
+    threshold = st.slider(
+        "Pre-fill the model's guess when it is at least this sure",
+        0.0,
+        1.0,
+        0.9,
+        0.05,
+        key="grid_threshold",
+        help="Lower guesses are left for you to choose; one key (A) accepts the page.",
+        on_change=_refill_grid,
+    )
+    batch = _next_batch(project_id, GRID_SIZE)
+    if not batch:
+        st.success("Every image is labeled. Train a model or export the data set.")
+        return
+    st.caption(
+        "Check the pre-filled guesses, choose the rest (or leave them on skip), then accept the page: key A."
+    )
+    if any(item.split == AUDIT for item, _ in batch):
+        st.caption(AUDIT_NOTE)
+    options = [-1, *range(len(names))]
+    columns = st.columns(4)
+    for n, (item, prediction) in enumerate(batch):
+        prediction = _shown_prediction(item, prediction)
+        sure = (
+            prediction is not None
+            and prediction.predicted < len(names)
+            and prediction.confidence >= threshold
+        )
+        guess = prediction.predicted if sure else -1
+        with columns[n % len(columns)]:
+            st.image(_data_url(project_id, item.row, item.path), caption=caption(item), width="stretch")
+            note = f" (guess {prediction.confidence:.0%} sure)" if prediction is not None else ""
+            st.selectbox(
+                f"Label{note}",
+                options,
+                index=options.index(guess),
+                key=f"grid-{item.id}",
+                format_func=lambda c: "skip" if c < 0 else names[c],
+            )
+    left, right = st.columns(2)
+    left.button(
+        "Accept page",
+        key="accept_grid",
+        shortcut="A",
+        type="primary",
+        width="stretch",
+        on_click=_accept_grid,
+        args=(project_id, [item.id for item, _ in batch], annotator),
+    )
+    right.button(
+        "Undo last page",
+        key="undo",
+        shortcut="U",
+        width="stretch",
+        on_click=_undo_page,
+        args=(project_id, annotator),
+    )
+
+
+# History --------------------------------------------------------------------------------------
+
+
+def _correct(project_id: int, annotator: str, item_ids: list[int]) -> None:
+    changes = []
+    for item_id in item_ids:
+        value = st.session_state.get(f"hist-{item_id}")
+        if value is not None and value != st.session_state.get(f"hist-was-{item_id}"):
+            changes.append((item_id, int(value)))
+    if not changes:
+        st.session_state["last_message"] = ("info", "Nothing changed.")
+        return
+    Session = common.session_factory()
+
+    def commit():
+        with Session.begin() as session:
+            return [
+                queries.add_label(session, i, c, annotator=annotator, kind="correction") for i, c in changes
+            ]
+
+    events = db.retrying(commit)
+    _ledger().record(events)
+    st.session_state["last_message"] = ("success", f"Corrected {len(events)} labels (kept in the history).")
+
+
+def _history(project_id: int, names: list[str], annotator: str) -> None:
+    Session = common.session_factory()
+    with Session() as session:
+        people = sorted(queries.annotator_counts(session, project_id))
+    a, b, c = st.columns(3)
+    which = a.selectbox(
+        "Class",
+        [None, IGNORED, *range(len(names))],
+        key="hist_class",
+        format_func=lambda i: "all" if i is None else ("ignored" if i == IGNORED else names[i]),
+    )
+    who = b.selectbox(
+        "Annotator", [None, *people], key="hist_who", format_func=lambda p: "everyone" if p is None else p
+    )
+    disagree = c.checkbox("Only where the answer differs from the model's guess", key="hist_disagree")
+    with Session() as session:
+        rows = queries.label_history(
+            session, project_id, class_index=which, annotator=who, disagree=disagree, limit=48
+        )
+    if not rows:
+        st.info("No answers match.")
+        return
+    st.caption(f"The newest {len(rows)} matching answers. Change a label, then save the corrections.")
+    options = [IGNORED, *range(len(names))]
+    columns = st.columns(6)
+    for n, (event, item) in enumerate(rows):
+        with columns[n % len(columns)]:
+            st.image(_data_url(project_id, item.row, item.path, 240), caption=caption(item), width="stretch")
+            st.session_state[f"hist-was-{item.id}"] = event.class_index
+            st.selectbox(
+                f"by {event.annotator}",
+                options,
+                index=options.index(event.class_index) if event.class_index in options else 0,
+                key=f"hist-{item.id}",
+                format_func=lambda i: "ignored" if i == IGNORED else names[i],
+            )
+    st.button(
+        "Save corrections",
+        key="hist_save",
+        type="primary",
+        on_click=_correct,
+        args=(project_id, annotator, [item.id for _, item in rows]),
+    )
+
+
+# Shared ---------------------------------------------------------------------------------------
 
 
 def _auto_retrain(project_id: int) -> None:
@@ -56,71 +419,12 @@ def _auto_retrain(project_id: int) -> None:
         st.session_state["train_message"] = f"Enough new labels: retraining started (run {run_id})."
 
 
-def _undo(project_id: int, annotator: str) -> None:
-    Session = common.session_factory()
-
-    def commit():
-        with Session.begin() as session:
-            event = queries.undo_last(session, project_id, annotator)
-            return None if event is None else (event.item_id, event.class_index)
-
-    undone = db.retrying(commit)
-    if undone is None:
-        st.session_state["last_message"] = ("info", "Nothing to undo.")
-    else:
-        st.session_state["last_message"] = ("info", "Undone: that image is back in the queue.")
-        st.session_state.setdefault("skipped", set()).discard(undone[0])
-        st.session_state["undone_item"] = undone[0]
-
-
-def _skip(item_id: int) -> None:
-    st.session_state.setdefault("skipped", set()).add(item_id)
-    st.session_state["last_message"] = ("info", "Skipped: it comes back after the others.")
-
-
-GRID_SIZE = 12
-AUDIT_NOTE = (
-    "Audit images (a random sample kept out of training) come without the model's guess, so "
-    "your answers measure the model fairly; choose their labels yourself."
-)
-
-
-def _shown_prediction(item: Item, prediction):
-    """The model's guess to show, or None for audit images: a shown guess would pull the answer
-    towards it and make the audit accuracy look better than it is."""
-    return None if item.split == AUDIT else prediction
-
-MODES = ["One image", "Grid"]
-
-
-def _accept_grid(project_id: int, item_ids: list[int], annotator: str) -> None:
-    """Commit every answer of the grid page in one transaction (the pre-filled guesses that
-    the person left alone count as confirmed; tiles set to "skip" stay unlabeled)."""
-    answers = [(i, st.session_state.get(f"grid-{i}", -1)) for i in item_ids]
-    answers = [(i, c) for i, c in answers if c is not None and c >= 0]
-    skipped = [i for i in item_ids if i not in {a for a, _ in answers}]
-    Session = common.session_factory()
-
-    def commit() -> None:
-        with Session.begin() as session:
-            for item_id, class_index in answers:
-                queries.add_label(session, item_id, class_index, annotator=annotator, kind="grid")
-
-    try:
-        db.retrying(commit)
-    except Exception as error:  # noqa: BLE001 - shown to the user, nothing is lost
-        st.session_state["last_message"] = ("error", f"The page was not saved: {error}")
-        return
-    st.session_state.setdefault("skipped", set()).update(skipped)
-    for item_id in item_ids:
-        st.session_state.pop(f"grid-{item_id}", None)
-    st.session_state["last_message"] = ("success", f"Saved {len(answers)} labels.")
-    _auto_retrain(project_id)
-
-
 def _edit_classes(change, success: str, clear: str) -> None:
     """Run `change(session)` in one committed transaction; show `success` and clear the input
     `clear`, or show why the change was refused (an empty or duplicate name)."""
+    if not common.is_admin():
+        st.session_state["last_message"] = ("error", "Only an admin can add or rename classes.")
+        return
     Session = common.session_factory()
 
     def commit() -> None:
@@ -169,126 +473,63 @@ def _sidebar(project_id: int, names: list[str]) -> None:
         auto = f" (retrains every {every})" if every else " (automatic retraining is off)"
         st.caption(f"{since} new labels since the last run{auto}.")
         st.caption(parts.status_line(active))
+        st.toggle(
+            "Show file names",
+            key="show_names",
+            help="Off by default: a folder name can give the answer away.",
+        )
         message = st.session_state.pop("train_message", None)
         if message:
             st.info(message)
 
 
 def _classes_panel(project_id: int, names: list[str]) -> None:
-    with st.expander("Classes: add or rename"):
+    if not common.is_admin():
+        return
+    keys = class_keys(project_id, names)
+    with st.expander("Classes: keys, add or rename"):
+        st.dataframe(
+            {"key": [(k or "-").upper() for k in keys], "class": names}, hide_index=True, width="content"
+        )
         add_col, rename_col = st.columns(2)
         with add_col:
             st.text_input("New class", key="new_class", placeholder="e.g. other")
             st.button("Add class", key="add_class", on_click=_add_class, args=(project_id,))
         with rename_col:
             st.selectbox(
-                "Class", list(range(len(names))), key="rename_which",
+                "Class",
+                list(range(len(names))),
+                key="rename_which",
                 format_func=lambda i: f"{i + 1}: {names[i]}" if i < len(names) else str(i),
             )
             st.text_input("New name", key="rename_to")
             st.button("Rename", key="rename_class", on_click=_rename_class, args=(project_id,))
 
 
-def _grid(project_id: int, names: list[str], annotator: str, skipped: set[int]) -> None:
-    Session = common.session_factory()
-    with Session() as session:
-        batch = queries.next_items(session, project_id, k=GRID_SIZE, exclude=skipped, annotator=common.claimant())
-    if not batch:
-        st.success("Every image is labeled. Train a model or export the data set.")
-        return
-    st.caption(
-        "The model's guesses are filled in: correct the wrong ones (or set them to skip), "
-        "then accept the page. Key A accepts."
-    )
-    options = [-1, *range(len(names))]
-    columns = st.columns(4)
-    if any(item.split == AUDIT for item, _ in batch):
-        st.caption(AUDIT_NOTE)
-    for n, (item, prediction) in enumerate(batch):
-        prediction = _shown_prediction(item, prediction)
-        guess = prediction.predicted if prediction is not None and prediction.predicted < len(names) else -1
-        with columns[n % len(columns)]:
-            st.image(common.enlarge(projects.image(project_id, item.row), 140), caption=item.key)
-            sure = f" ({prediction.confidence:.0%})" if prediction is not None else ""
-            st.selectbox(
-                f"Label{sure}", options, index=options.index(guess), key=f"grid-{item.id}",
-                format_func=lambda c: "skip" if c < 0 else names[c],
-            )
-    st.button(
-        "Accept page", key="accept_grid", shortcut="A", type="primary",
-        on_click=_accept_grid, args=(project_id, [item.id for item, _ in batch], annotator),
-    )
-
-
 def label_page() -> None:
     project = common.current_project()
     annotator = common.annotator()
-    Session = common.session_factory()
     names = common.class_names(project.id)
-    skipped = st.session_state.setdefault("skipped", set())
     _sidebar(project.id, names)
 
-    st.title(f"Label · {project.name}")
+    st.title(f"Label · {common.as_typed(project.name)}", anchor=False)
     mode = st.radio("Mode", MODES, key="label_mode", horizontal=True, label_visibility="collapsed")
-
+    Session = common.session_factory()
     with Session() as session:
-        undone_id = st.session_state.pop("undone_item", None)
-        picked = []
-        if undone_id is not None:
-            item = session.get(Item, undone_id)
-            if item is not None:
-                picked = [(item, None)]
-        if not picked:
-            picked = queries.next_items(session, project.id, k=1, exclude=skipped, annotator=common.claimant())
         n_labeled = queries.label_count(session, project.id)
         n_total = queries.count_items(session, project.id, POOL) + queries.count_items(
-            session, project.id, "audit"
+            session, project.id, AUDIT
         )
         has_model = queries.latest_done_run_id(session, project.id) is not None
-
     st.progress(min(1.0, n_labeled / max(1, n_total)), text=f"{n_labeled} labeled / {n_total} images")
     kind, text = st.session_state.pop("last_message", (None, None))
     if kind:
         getattr(st, kind)(text)
 
     if mode == "Grid":
-        _grid(project.id, names, annotator, skipped)
-        st.button("Undo", key="undo", shortcut="U", on_click=_undo, args=(project.id, annotator))
-        _classes_panel(project.id, names)
-        return
-
-    if not picked:
-        st.success("Every image is labeled. Train a model or export the data set.")
-        _classes_panel(project.id, names)
-        return
-    item, prediction = picked[0]
-    prediction = _shown_prediction(item, prediction)
-    left, right = st.columns([3, 2])
-    with left:
-        st.image(common.enlarge(projects.image(project.id, item.row)), caption=item.key)
-    with right:
-        if prediction is not None:
-            guess = names[prediction.predicted] if prediction.predicted < len(names) else "?"
-            st.metric("Model's guess", guess, f"{prediction.confidence:.0%} sure", delta_color="off", delta_arrow="off")
-        elif item.split == AUDIT:
-            st.caption(AUDIT_NOTE)
-        elif not has_model:
-            st.caption("No model yet: images come in random order until the first training run.")
-        st.caption("Keys: the key shown on each class button labels · U undo · S skip")
-        columns = st.columns(min(5, len(names)))
-        keys = shortcut_keys(names)
-        for index, name in enumerate(names):
-            key = keys[index]
-            with columns[index % len(columns)]:
-                st.button(
-                    common.as_typed(name),
-                    key=f"class-{index}",
-                    shortcut=key,
-                    on_click=_label,
-                    args=(project.id, item.id, index, annotator),
-                    width="stretch",
-                )
-        undo_col, skip_col = st.columns(2)
-        undo_col.button("Undo", key="undo", shortcut="U", on_click=_undo, args=(project.id, annotator))
-        skip_col.button("Skip", key="skip", shortcut="S", on_click=_skip, args=(item.id,))
+        _grid(project.id, names, annotator)
+    elif mode == "History":
+        _history(project.id, names, annotator)
+    else:
+        _one_image(project, names, annotator, has_model)
     _classes_panel(project.id, names)

@@ -10,37 +10,95 @@ def _pool_items(Session, project):
 def test_label_relabel_undo_history(Session, tiny_project):
     item = _pool_items(Session, tiny_project)[0]
     with Session.begin() as session:
-        queries.add_label(session, item.id, 0, annotator="ann")
+        first = queries.add_label(session, item.id, 0, annotator="ann").id
     with Session.begin() as session:
-        queries.add_label(session, item.id, 1, annotator="ann")
+        second = queries.add_label(session, item.id, 1, annotator="ann").id
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {item.id: 1}
     with Session.begin() as session:
-        undone = queries.undo_last(session, tiny_project.id, "ann")
-        assert undone.class_index == 1
+        undone = queries.undo_events(session, [second], "ann")
+        assert [e.class_index for e in undone] == [1]
     with Session() as session:
         # The relabel is undone: the first answer stands again, and history keeps all three facts.
         assert queries.current_labels(session, tiny_project.id) == {item.id: 0}
         events = queries.history(session, item.id)
         assert [(e.class_index, e.undone) for e in events] == [(0, False), (1, True)]
     with Session.begin() as session:
-        queries.undo_last(session, tiny_project.id, "ann")
+        queries.undo_events(session, [first], "ann")
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {}
         assert queries.label_count(session, tiny_project.id) == 0
     with Session.begin() as session:
-        assert queries.undo_last(session, tiny_project.id, "ann") is None
+        assert queries.undo_events(session, [first, second], "ann") == []
 
 
 def test_undo_only_touches_own_labels(Session, tiny_project):
     a, b = _pool_items(Session, tiny_project)[:2]
     with Session.begin() as session:
-        queries.add_label(session, a.id, 0, annotator="alice")
-        queries.add_label(session, b.id, 1, annotator="bob")
+        mine = queries.add_label(session, a.id, 0, annotator="alice").id
+        theirs = queries.add_label(session, b.id, 1, annotator="bob").id
     with Session.begin() as session:
-        queries.undo_last(session, tiny_project.id, "alice")
+        # Even when handed bob's event, alice's undo leaves it alone.
+        queries.undo_events(session, [mine, theirs], "alice")
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {b.id: 1}
+
+
+def test_label_if_unlabeled_never_replaces_an_answer(Session, tiny_project):
+    a, b = _pool_items(Session, tiny_project)[:2]
+    with Session.begin() as session:
+        queries.add_label(session, a.id, 1, annotator="bob")
+    with Session.begin() as session:
+        assert queries.add_label_if_unlabeled(session, a.id, 0, annotator="alice") is None
+        assert queries.add_label_if_unlabeled(session, b.id, 0, annotator="alice") is not None
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a.id: 1, b.id: 0}
+
+
+def test_bulk_labels_skip_labeled_items_unless_asked(Session, tiny_project):
+    a, b, c = _pool_items(Session, tiny_project)[:3]
+    with Session.begin() as session:
+        queries.add_label(session, a.id, 1, annotator="bob")
+    with Session.begin() as session:
+        written = queries.add_labels(session, [a.id, b.id], 0, annotator="alice")
+        assert [e.item_id for e in written] == [b.id]
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a.id: 1, b.id: 0}
+    with Session.begin() as session:
+        written = queries.add_labels(session, [a.id, c.id], 0, annotator="alice", relabel=True)
+        assert sorted(e.item_id for e in written) == sorted([a.id, c.id])
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a.id: 0, b.id: 0, c.id: 0}
+
+
+def test_ignored_images_are_answered_but_in_no_class(Session, tiny_project):
+    from db import runs
+    from db.models import IGNORED
+
+    a, b = _pool_items(Session, tiny_project)[:2]
+    with Session.begin() as session:
+        queries.add_label(session, a.id, IGNORED, annotator="ann")
+        queries.add_label(session, b.id, 1, annotator="ann")
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {b.id: 1}
+        assert queries.current_labels(session, tiny_project.id, ignored=True) == {a.id: IGNORED, b.id: 1}
+        assert runs.pool_labels(session, tiny_project.id) == {b.id: 1}
+        shown = {item.id for item, _ in queries.next_items(session, tiny_project.id, k=100)}
+        assert a.id not in shown and b.id not in shown
+
+
+def test_history_filters_and_annotator_counts(Session, tiny_project):
+    a, b, c = _pool_items(Session, tiny_project)[:3]
+    with Session.begin() as session:
+        queries.add_label(session, a.id, 0, annotator="alice")
+        queries.add_label(session, b.id, 1, annotator="bob")
+        queries.add_label(session, c.id, 1, annotator="alice")
+        queries.add_label(session, c.id, 0, annotator="bob")  # bob corrects alice
+    with Session() as session:
+        assert [i.id for _, i in queries.label_history(session, tiny_project.id)] == [c.id, b.id, a.id]
+        assert [i.id for _, i in queries.label_history(session, tiny_project.id, class_index=1)] == [b.id]
+        assert [i.id for _, i in queries.label_history(session, tiny_project.id, annotator="alice")] == [a.id]
+        assert queries.annotator_counts(session, tiny_project.id) == {"alice": 1, "bob": 2}
 
 
 def test_label_rejects_unknown_class(Session, tiny_project):
@@ -90,9 +148,9 @@ def test_label_events_are_append_only_rows(Session, tiny_project):
 
 
 def test_audit_images_are_woven_in_one_in_five(Session):
-    from tests.conftest import tiny_image_set
     from db.models import AUDIT
     from labeler import projects
+    from tests.conftest import tiny_image_set
 
     project = projects.create_project(Session, "own", "folder:x", images=tiny_image_set(n=60), audit_size=10)
     splits = []

@@ -44,9 +44,8 @@ def test_failed_runs_leave_labels_alone_and_say_why(sqlite_Session, make_image_s
     project = projects.create_project(Session, "fail", "test", images=make_image_set(n=60, test=10))
     with Session.begin() as session:
         pool = queries.items(session, project.id, "pool")
-        for item in pool[:20]:
-            queries.add_label(session, item.id, item.truth, annotator="ann")
-        queries.undo_last(session, project.id, "ann")
+        events = [queries.add_label(session, item.id, item.truth, annotator="ann") for item in pool[:20]]
+        queries.undo_events(session, [events[-1].id], "ann")
     before = _label_rows(Session)
     worker = Worker(Session, device="cpu", name="t")
     real_pixels = Worker._pixels_of

@@ -1,56 +1,96 @@
-"""AppTest runs of the real app.py: label an image and find the answer in the database."""
+"""AppTest runs of the real app.py and of the Label page: the one-image box, the grid, the keys."""
 
 from pathlib import Path
 
+from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from db import queries
+from db.models import AUDIT, POOL
+from tests.ui.ui_helpers import fake_done_run, page_app
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
 
 
-def _app(project_id: int) -> AppTest:
+def test_app_opens_on_the_label_page(Session, tiny_project):
     at = AppTest.from_file(str(APP), default_timeout=60)
-    at.session_state["project_id"] = project_id
+    at.session_state["project_id"] = tiny_project.id
     at.session_state["annotator"] = "tester"
-    return at.run()
-
-
-def test_label_page_labels_and_undoes(Session, tiny_project):
-    at = _app(tiny_project.id)
+    at.run()
     assert not at.exception
     assert "0 labeled" in at.get("progress")[0].proto.text
-    first_caption = at.get("image")[0].proto.imgs[0].caption
-    at.button(key="class-1").click().run()
-    assert not at.exception
+    # The one-image box claimed the first images for this session.
     with Session() as session:
-        labels = queries.current_labels(session, tiny_project.id)
-        events = queries.history(session, next(iter(labels)))
-    assert list(labels.values()) == [1]
-    assert events[0].annotator == "tester"
-    assert "1 labeled" in at.get("progress")[0].proto.text
-    assert at.get("image")[0].proto.imgs[0].caption != first_caption
+        from db.models import Claim
 
+        assert session.query(Claim).filter(Claim.annotator.like("tester#%")).count() > 0
+
+
+def test_grid_accepts_confident_guesses_only_and_undoes_a_page_at_once(Session, tiny_project):
+    fake_done_run(Session, tiny_project.id)  # every guess 90 % sure
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    at.slider(key="grid_threshold").set_value(0.95).run()
+    assert all(box.value == -1 for box in at.selectbox if box.key.startswith("grid-"))  # 0.9 < 0.95: none
+    at.slider(key="grid_threshold").set_value(0.85).run()
+    tiles = [box for box in at.selectbox if box.key.startswith("grid-")]
+    assert len(tiles) == 12 and all(box.value >= 0 for box in tiles)
+    # Somebody answers one tile's image while this page is open: accepting leaves it alone.
+    taken = int(tiles[0].key.split("-")[1])
+    with Session.begin() as session:
+        queries.add_label(session, taken, 1, annotator="bob")
+    at.button(key="accept_grid").click().run()
+    assert not at.exception
+    assert "11 labels" in at.success[0].value and "1 images had been answered" in at.success[0].value
+    with Session() as session:
+        assert queries.label_count(session, tiny_project.id) == 12
+        assert queries.current_labels(session, tiny_project.id)[taken] == 1
+    at.radio(key="label_mode").set_value("Grid").run()
     at.button(key="undo").click().run()
     with Session() as session:
-        assert queries.current_labels(session, tiny_project.id) == {}
-    # The undone image is shown again so it can be answered anew.
-    assert at.get("image")[0].proto.imgs[0].caption == first_caption
+        assert queries.current_labels(session, tiny_project.id) == {taken: 1}  # bob's answer stays
 
 
-def test_skip_moves_on_without_labeling(Session, tiny_project):
-    at = _app(tiny_project.id)
-    first_caption = at.get("image")[0].proto.imgs[0].caption
-    at.button(key="skip").click().run()
-    assert at.get("image")[0].proto.imgs[0].caption != first_caption
+def test_keys_are_stable_when_classes_are_added_or_renamed():
+    from labeler.ui.label import assign_keys
+
+    digits = assign_keys([str(d) for d in range(10)], {})
+    assert [digits[str(i)] for i in range(10)] == [str(d) for d in range(10)]
+    more = assign_keys([*(str(d) for d in range(10)), "other"], digits)
+    assert {k: v for k, v in more.items() if k != "10"} == digits and more["10"] not in digits.values()
+    assert assign_keys(["cat", "dog"], {}) == {"0": "1", "1": "2"}
+    renamed = assign_keys(["kitten", "dog", "bird"], {"0": "1", "1": "2"})
+    assert renamed == {"0": "1", "1": "2", "2": "3"}
+    many = assign_keys([f"c{i}" for i in range(30)], {})
+    assert len(set(many.values())) == 30 and not set(many.values()) & set("aisuz")
+
+
+def test_captions_hide_file_names_and_audit_images_never_show_them(Session, tiny_project, monkeypatch):
+    from labeler.ui import label
+
     with Session() as session:
-        assert queries.label_count(session, tiny_project.id) == 0
+        item = queries.items(session, tiny_project.id, POOL)[0]
+    state = {}
+    monkeypatch.setattr(label.st, "session_state", state)
+    assert label.caption(item) == f"#{item.id}"
+    state["show_names"] = True
+    assert item.key in label.caption(item)
+    item.split = AUDIT
+    assert label.caption(item) == f"#{item.id}" and "img" not in label.caption(item)
 
 
-def test_digit_classes_get_their_own_keys():
-    from labeler.ui.label import shortcut_keys
+def test_the_original_file_is_shown_upright_not_the_model_thumbnail(tmp_path):
+    import base64
+    import io
 
-    assert shortcut_keys([str(d) for d in range(10)]) == [str(d) for d in range(10)]
-    assert shortcut_keys(["cat", "dog"]) == ["1", "2"]
-    assert shortcut_keys(["1", "2", "x"]) == ["1", "2", "3"]
-    assert shortcut_keys([f"c{i}" for i in range(12)])[-2:] == [None, None]
+    from labeler.ui.label import _data_url
+
+    original = Image.new("RGB", (160, 90), (200, 30, 30))
+    exif = original.getexif()
+    exif[0x0112] = 6  # EXIF orientation: rotate 90 degrees to show upright
+    path = tmp_path / "photo.jpg"
+    original.save(path, exif=exif)
+    url = _data_url(1, 0, str(path))
+    shown = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
+    # Upright (90 x 160), at its own size scaled for the page, not a 32x32 model input.
+    assert shown.height > shown.width and max(shown.size) >= 160

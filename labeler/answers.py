@@ -1,0 +1,139 @@
+"""What a person's answers do: the rules between the labeling screen and the database.
+
+The Label page sends its answers as *actions*, each naming the image it was given for (the one
+on screen when the key went down), so an answer can never land on another image however fast
+the keys come and however late the page is redrawn:
+
+- ``{"id": "...", "type": "label", "item": 17, "class": 3}``: label image 17 (class -1: ignore).
+  Applied only while the image has no answer; if somebody (or this person, a moment ago) has
+  answered it since, nothing changes and a notice says so.
+- ``{"id": "...", "type": "undo", "item": 17}``: take back this person's own answer to image 17,
+  given in this browser session. Never anyone else's.
+- ``{"id": "...", "type": "skip", "item": 17}``: show image 17 after the others.
+
+`apply_actions` runs each new action in a committed transaction of its own and says what it
+did; the page keeps the ids it has applied, so sending the same list again changes nothing.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+from sqlalchemy import func, select
+
+import db
+from db import queries
+from db.models import IGNORED, Item, LabelClass
+
+
+@dataclass
+class Ledger:
+    """What one browser session has done: the action ids applied, and the events it wrote, one
+    entry per answer (a grid page or a bulk label is one entry), newest last, for undo."""
+
+    applied: set[str] = field(default_factory=set)
+    entries: list[list[int]] = field(default_factory=list)
+    item_of_event: dict[int, int] = field(default_factory=dict)
+    skipped: set[int] = field(default_factory=set)
+
+    def record(self, events) -> None:
+        if events:
+            self.entries.append([e.id for e in events])
+            self.item_of_event.update({e.id: e.item_id for e in events})
+
+
+@dataclass
+class Outcome:
+    labeled: int = 0
+    notices: list[str] = field(default_factory=list)
+    undone_items: list[int] = field(default_factory=list)  # to show again, first
+
+
+def _check_class(session, project_id: int, class_index: int) -> None:
+    n_classes = session.scalar(select(func.count()).where(LabelClass.project_id == project_id))
+    if class_index != IGNORED and not 0 <= class_index < n_classes:
+        raise ValueError(f"Class {class_index} does not exist: this project has {n_classes} classes.")
+
+
+def apply_actions(Session, project_id: int, annotator: str, actions, ledger: Ledger) -> Outcome:
+    """Apply the actions not applied yet, in order; `ledger` is updated as each one commits."""
+    outcome = Outcome()
+    for action in actions or []:
+        action_id = str(action.get("id", ""))
+        if not action_id or action_id in ledger.applied:
+            continue
+        kind = action.get("type")
+        try:
+            item_id = int(action["item"])
+        except (KeyError, TypeError, ValueError):
+            ledger.applied.add(action_id)
+            continue
+        if kind == "label":
+            _label(Session, project_id, annotator, item_id, int(action.get("class", -2)), ledger, outcome)
+        elif kind == "undo":
+            _undo_item(Session, annotator, item_id, ledger, outcome)
+        elif kind == "skip":
+            ledger.skipped.add(item_id)
+        # Marked only after its transaction committed: no st.* call lies in between, so a rerun
+        # cannot interrupt the page here and apply the same action twice.
+        ledger.applied.add(action_id)
+    return outcome
+
+
+def _label(Session, project_id, annotator, item_id, class_index, ledger: Ledger, outcome: Outcome) -> None:
+    def commit():
+        with Session.begin() as session:
+            item = session.get(Item, item_id)
+            if item is None or item.project_id != project_id:
+                return "gone", None
+            _check_class(session, project_id, class_index)
+            current = queries.current_event(session, item_id)
+            if current is not None:
+                return "answered", current.annotator
+            return "ok", queries.add_label(session, item, class_index, annotator=annotator)
+
+    try:
+        status, detail = db.retrying(commit)
+    except ValueError as error:
+        outcome.notices.append(f"An answer was not saved: {error}")
+        return
+    if status == "ok":
+        ledger.record([detail])
+        ledger.skipped.discard(item_id)
+        outcome.labeled += 1
+    elif status == "answered":
+        who = "you" if detail == annotator else detail
+        outcome.notices.append(
+            f"A key for image #{item_id} arrived after it was answered (by {who}); that answer stands."
+        )
+    else:
+        outcome.notices.append(f"Image #{item_id} is no longer in this project; its answer was dropped.")
+
+
+def _undo_item(Session, annotator: str, item_id: int, ledger: Ledger, outcome: Outcome) -> None:
+    """Undo this session's newest answer entry that covers `item_id`."""
+    for position in range(len(ledger.entries) - 1, -1, -1):
+        if any(ledger.item_of_event.get(e) == item_id for e in ledger.entries[position]):
+            undo_entry(Session, annotator, ledger, position, outcome)
+            return
+    outcome.notices.append(f"Nothing to undo for image #{item_id}: you did not answer it in this session.")
+
+
+def undo_entry(
+    Session, annotator: str, ledger: Ledger, position: int = -1, outcome: Outcome | None = None
+) -> list[int]:
+    """Undo one entry of the ledger (default: the newest): one answer, or a whole grid page or
+    bulk label. Returns the items whose answers were taken back."""
+    outcome = outcome or Outcome()
+    if not ledger.entries:
+        outcome.notices.append("Nothing to undo.")
+        return []
+    event_ids = ledger.entries.pop(position)
+
+    def commit():
+        with Session.begin() as session:
+            return [e.item_id for e in queries.undo_events(session, event_ids, annotator)]
+
+    items = db.retrying(commit)
+    outcome.undone_items.extend(items)
+    return items

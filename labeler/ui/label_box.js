@@ -1,0 +1,213 @@
+// The one-image labeling box: it owns the image, the keys and a local queue of answers.
+//
+// Python sends a page of the next images (data.items) with every rerun. A key labels the image
+// on screen *when the key goes down*: the answer is queued as {id, type, item, class}, the next
+// prefetched image is shown at once (no round trip), and the whole list of answers not yet
+// acknowledged is sent as the state value "actions". Python applies each action once, by id,
+// and lists the ids it has applied in data.acked; only then are they dropped here. However fast
+// the keys come, each answer names the image it was given for.
+
+const boxes = new WeakMap(); // parentElement -> state of that mounted box
+
+const TYPING = new Set(["INPUT", "TEXTAREA", "SELECT"]);
+
+function newState(root) {
+  return {
+    root,
+    mount: Math.random().toString(36).slice(2, 8) + Date.now().toString(36),
+    data: null,
+    session: null,
+    seq: 0,
+    pending: [], // actions sent but not yet acknowledged, in order
+    answered: new Set(), // items answered here (and not undone): never shown again
+    skipped: [], // items skipped here, shown after the others
+    history: [], // items answered here, newest last, for undo
+    restored: [], // undone items, shown first
+    current: null,
+    zoom: false,
+    notice: "",
+    saved: 0,
+    send: null,
+    onKey: null,
+  };
+}
+
+function el(tag, attrs, children) {
+  const node = document.createElement(tag);
+  for (const [k, v] of Object.entries(attrs || {})) {
+    if (k === "text") node.textContent = v;
+    else if (k === "on") Object.entries(v).forEach(([e, f]) => node.addEventListener(e, f));
+    else node.setAttribute(k, v);
+  }
+  (children || []).forEach((c) => c && node.appendChild(c));
+  return node;
+}
+
+// The images left to show, in order: undone ones first, then the page from Python without the
+// ones answered here, skipped ones last.
+function queue(s) {
+  const seen = new Set();
+  const out = [];
+  const add = (item) => {
+    if (!item || seen.has(item.id) || s.answered.has(item.id)) return;
+    seen.add(item.id);
+    out.push(item);
+  };
+  s.restored.forEach(add);
+  const skipped = new Set(s.skipped.map((i) => i.id));
+  (s.data.items || []).filter((i) => !skipped.has(i.id)).forEach(add);
+  s.skipped.forEach(add);
+  return out;
+}
+
+function act(s, type, item, extra) {
+  s.seq += 1;
+  s.pending.push({ id: `${s.mount}-${s.seq}`, type, item: item.id, ...(extra || {}) });
+  s.send(s.pending.slice());
+}
+
+function answer(s, classIndex) {
+  const item = s.current;
+  if (!item) return;
+  act(s, "label", item, { class: classIndex });
+  s.answered.add(item.id);
+  s.history.push(item);
+  s.restored = s.restored.filter((i) => i.id !== item.id);
+  s.skipped = s.skipped.filter((i) => i.id !== item.id);
+  s.notice = "";
+  draw(s);
+}
+
+function undo(s) {
+  const item = s.history.pop();
+  if (!item) {
+    s.notice = "Nothing to undo in this session.";
+    draw(s);
+    return;
+  }
+  act(s, "undo", item);
+  s.answered.delete(item.id);
+  s.restored.unshift(item);
+  s.notice = "Undone: that image is back.";
+  draw(s);
+}
+
+function skip(s) {
+  const item = s.current;
+  if (!item) return;
+  act(s, "skip", item);
+  s.restored = s.restored.filter((i) => i.id !== item.id);
+  s.skipped = s.skipped.filter((i) => i.id !== item.id).concat([item]);
+  s.notice = "Skipped: it comes back after the others.";
+  draw(s);
+}
+
+function onKey(s, event) {
+  if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey) return;
+  const target = event.composedPath ? event.composedPath()[0] : event.target;
+  if (target && (TYPING.has(target.tagName) || target.isContentEditable)) return;
+  if (!s.root.isConnected && !(s.root.host && s.root.host.isConnected)) return;
+  const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
+  const cls = (s.data.classes || []).find((c) => c.key === key);
+  let handled = true;
+  if (cls) answer(s, cls.index);
+  else if ((key === "Enter" || key === "a") && s.current && s.current.guess !== null) answer(s, s.current.guess);
+  else if (key === "i") answer(s, -1);
+  else if (key === "u") undo(s);
+  else if (key === "s") skip(s);
+  else if (key === "z") {
+    s.zoom = !s.zoom;
+    draw(s);
+  } else handled = false;
+  if (handled) {
+    event.preventDefault();
+    event.stopPropagation();
+  }
+}
+
+function draw(s) {
+  const d = s.data;
+  const items = queue(s);
+  s.current = items[0] || null;
+  // Decode the next images ahead of time so showing one costs no network or decode wait.
+  items.slice(1, 4).forEach((i) => {
+    const img = new Image();
+    img.src = i.src;
+  });
+  const box = s.root.querySelector(".lb");
+  box.replaceChildren();
+  const waiting = s.pending.length;
+  const status = waiting ? `saving ${waiting}…` : "all answers saved";
+  box.appendChild(el("div", { class: "lb-status", "data-testid": "lb-status", text: status }));
+  if (s.notice || (d.notices || []).length) {
+    const text = [s.notice, ...(d.notices || [])].filter(Boolean).join(" ");
+    box.appendChild(el("div", { class: "lb-notice", "data-testid": "lb-notice", text }));
+  }
+  if (!s.current) {
+    const text = d.done && !waiting ? "Every image is labeled. Train a model or export the data set." : "Loading the next images…";
+    box.appendChild(el("div", { class: "lb-empty", "data-testid": "lb-empty", text }));
+    return;
+  }
+  const item = s.current;
+  const img = el("img", {
+    class: s.zoom ? "lb-img zoomed" : "lb-img",
+    src: item.src,
+    alt: item.caption,
+    "data-item": String(item.id),
+    on: { click: () => { s.zoom = !s.zoom; draw(s); } },
+  });
+  const frame = el("div", { class: s.zoom ? "lb-frame zoomed" : "lb-frame" }, [img]);
+  const caption = el("div", { class: "lb-caption", "data-testid": "lb-caption", text: item.caption });
+  let guess;
+  if (item.audit) guess = el("div", { class: "lb-guess muted", text: d.audit_note || "" });
+  else if (item.guess !== null && item.guess !== undefined) {
+    const name = (d.classes.find((c) => c.index === item.guess) || {}).name || "?";
+    guess = el("div", { class: "lb-guess" }, [
+      el("span", { text: "Model's guess: " }),
+      el("strong", { text: name }),
+      el("span", { text: ` (${Math.round(100 * item.confidence)} % sure) · Enter or A accepts` }),
+    ]);
+  } else guess = el("div", { class: "lb-guess muted", text: d.no_model_note || "" });
+  const buttons = el(
+    "div",
+    { class: "lb-buttons" },
+    d.classes.map((c) =>
+      el("button", { class: "lb-class", type: "button", "data-index": String(c.index), on: { click: () => answer(s, c.index) } }, [
+        c.key ? el("kbd", { text: c.key.toUpperCase() }) : null,
+        el("span", { text: c.name }),
+      ]),
+    ),
+  );
+  const tools = el("div", { class: "lb-tools" }, [
+    el("button", { type: "button", "data-action": "ignore", on: { click: () => answer(s, -1) } }, [el("kbd", { text: "I" }), el("span", { text: "Ignore (no class)" })]),
+    el("button", { type: "button", "data-action": "skip", on: { click: () => skip(s) } }, [el("kbd", { text: "S" }), el("span", { text: "Skip" })]),
+    el("button", { type: "button", "data-action": "undo", on: { click: () => undo(s) } }, [el("kbd", { text: "U" }), el("span", { text: "Undo" })]),
+    el("button", { type: "button", "data-action": "zoom", on: { click: () => { s.zoom = !s.zoom; draw(s); } } }, [el("kbd", { text: "Z" }), el("span", { text: s.zoom ? "Fit" : "Zoom" })]),
+  ]);
+  box.append(el("div", { class: "lb-main" }, [el("div", { class: "lb-left" }, [frame, caption]), el("div", { class: "lb-right" }, [guess, buttons, tools])]));
+}
+
+export default function (component) {
+  const { data, parentElement, setStateValue } = component;
+  let s = boxes.get(parentElement);
+  if (!s || s.session !== data.session) {
+    if (s && s.onKey) document.removeEventListener("keydown", s.onKey, true);
+    s = newState(parentElement);
+    s.session = data.session;
+    boxes.set(parentElement, s);
+    if (!parentElement.querySelector(".lb")) parentElement.appendChild(el("div", { class: "lb" }));
+    s.onKey = (event) => onKey(s, event);
+    // Capture phase on the document: keys work wherever the focus is, except in text fields.
+    document.addEventListener("keydown", s.onKey, true);
+  }
+  s.send = (actions) => setStateValue("actions", actions);
+  const acked = new Set(data.acked || []);
+  s.pending = s.pending.filter((a) => !acked.has(a.id));
+  s.data = data;
+  draw(s);
+  const state = s;
+  return () => {
+    document.removeEventListener("keydown", state.onKey, true);
+    boxes.delete(parentElement);
+  };
+}

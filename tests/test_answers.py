@@ -1,0 +1,109 @@
+"""The rules between the labeling screen and the database (`labeler.answers`)."""
+
+from db import queries
+from db.models import IGNORED
+from labeler import answers
+
+
+def _pool(Session, project):
+    with Session() as session:
+        return [item.id for item in queries.items(session, project.id, "pool")]
+
+
+def _label(i, item, cls):
+    return {"id": f"m-{i}", "type": "label", "item": item, "class": cls}
+
+
+def test_every_answer_lands_on_the_image_it_names(Session, tiny_project):
+    """Thirty answers sent as a growing list, as fast typing does: each applied once, on its image."""
+    items = _pool(Session, tiny_project)[:30]
+    ledger = answers.Ledger()
+    sent = []
+    for i, item in enumerate(items):
+        sent.append(_label(i, item, i % 2))
+        if i % 7 == 6 or i == len(items) - 1:  # the page reruns now and then, with all unacknowledged answers
+            answers.apply_actions(Session, tiny_project.id, "ann", sent, ledger)
+    answers.apply_actions(Session, tiny_project.id, "ann", sent, ledger)  # a repeat changes nothing
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {
+            item: i % 2 for i, item in enumerate(items)
+        }
+        assert queries.label_count(session, tiny_project.id) == 30
+        assert all(len(queries.history(session, item)) == 1 for item in items)
+
+
+def test_a_late_key_never_replaces_an_answer(Session, tiny_project):
+    a = _pool(Session, tiny_project)[0]
+    ledger = answers.Ledger()
+    answers.apply_actions(Session, tiny_project.id, "ann", [_label(0, a, 0)], ledger)
+    # A second key for the same image (pressed before the screen moved on) is dropped, with a notice.
+    outcome = answers.apply_actions(
+        Session, tiny_project.id, "ann", [_label(0, a, 0), _label(1, a, 1)], ledger
+    )
+    assert outcome.labeled == 0 and "arrived after it was answered" in outcome.notices[0]
+    # Somebody else's answer is never replaced either.
+    b = _pool(Session, tiny_project)[1]
+    with Session.begin() as session:
+        queries.add_label(session, b, 1, annotator="bob")
+    outcome = answers.apply_actions(Session, tiny_project.id, "ann", [_label(2, b, 0)], ledger)
+    assert "by bob" in outcome.notices[0]
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a: 0, b: 1}
+
+
+def test_undo_takes_back_only_this_sessions_own_answer(Session, tiny_project):
+    a, b = _pool(Session, tiny_project)[:2]
+    mine, other_tab = answers.Ledger(), answers.Ledger()
+    answers.apply_actions(Session, tiny_project.id, "ann", [_label(0, a, 0)], mine)
+    answers.apply_actions(
+        Session, tiny_project.id, "ann", [_label(0, b, 1)], other_tab
+    )  # same name, other tab
+    undo_b = {"id": "m-9", "type": "undo", "item": b}
+    outcome = answers.apply_actions(Session, tiny_project.id, "ann", [undo_b], mine)
+    assert outcome.undone_items == [] and "did not answer it" in outcome.notices[0]
+    outcome = answers.apply_actions(
+        Session, tiny_project.id, "ann", [{"id": "m-10", "type": "undo", "item": a}], mine
+    )
+    assert outcome.undone_items == [a]
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {b: 1}
+    # Undone, the image can be answered again.
+    answers.apply_actions(Session, tiny_project.id, "ann", [_label(11, a, 1)], mine)
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a: 1, b: 1}
+
+
+def test_ignore_and_skip(Session, tiny_project):
+    a, b = _pool(Session, tiny_project)[:2]
+    ledger = answers.Ledger()
+    actions = [_label(0, a, IGNORED), {"id": "m-1", "type": "skip", "item": b}]
+    answers.apply_actions(Session, tiny_project.id, "ann", actions, ledger)
+    assert ledger.skipped == {b}
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id, ignored=True) == {a: IGNORED}
+
+
+def test_a_wrong_class_or_item_is_refused_with_a_sentence(Session, tiny_project):
+    a = _pool(Session, tiny_project)[0]
+    ledger = answers.Ledger()
+    outcome = answers.apply_actions(
+        Session,
+        tiny_project.id,
+        "ann",
+        [_label(0, a, 7), _label(1, 10**6, 0), {"id": "x", "type": "label"}],
+        ledger,
+    )
+    assert "does not exist" in outcome.notices[0] and "no longer in this project" in outcome.notices[1]
+    with Session() as session:
+        assert queries.label_count(session, tiny_project.id) == 0
+
+
+def test_undo_entry_takes_back_a_whole_page(Session, tiny_project):
+    items = _pool(Session, tiny_project)[:3]
+    ledger = answers.Ledger()
+    with Session.begin() as session:
+        ledger.record([queries.add_label(session, i, 0, annotator="ann", kind="grid") for i in items])
+    assert sorted(answers.undo_entry(Session, "ann", ledger)) == sorted(items)
+    with Session() as session:
+        assert queries.label_count(session, tiny_project.id) == 0
+    assert answers.undo_entry(Session, "ann", ledger) == []
