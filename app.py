@@ -5,8 +5,12 @@
 
 import streamlit as st
 
-from labeler.ui import PAGES
+from labeler.ui import PAGES, account, common
 
 st.set_page_config(page_title="labeler", page_icon="assets/logo.png", layout="wide")
 st.logo("assets/logo.png")
-st.navigation([st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in PAGES]).run()
+# Before the navigation: with accounts, nothing but the login form runs until a login.
+user = account.gate()
+account.sidebar(user)
+pages = account.visible_pages(PAGES, admin=common.is_admin())
+st.navigation([st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in pages]).run()

@@ -6,6 +6,7 @@ Widgets only: computation lives in `labeler/` and SQL in `db/`.
 from __future__ import annotations
 
 import getpass
+import html
 import secrets
 
 import numpy as np
@@ -61,7 +62,49 @@ def current_project() -> Project:
     return project
 
 
+USER_KEY = "auth_user"  # {"name", "role", "hash_id"} of the logged-in account
+ADMIN_PAGES = {"export"}  # url paths of the pages only admins see
+
+
+def accounts_enabled() -> bool:
+    """True as soon as one account exists: then every page needs a login."""
+    from labeler import auth
+
+    with session_factory()() as session:
+        return auth.accounts_exist(session)
+
+
+def signed_in() -> dict | None:
+    """The logged-in account ({"name", "role"}) of this browser session, or None."""
+    return st.session_state.get(USER_KEY)
+
+
+def is_admin() -> bool:
+    """Admins create and import projects, export, and add or rename classes. Without accounts
+    the app is single-user and local, and whoever opens it may do everything."""
+    if not accounts_enabled():
+        return True
+    user = signed_in()
+    return user is not None and user["role"] == "admin"
+
+
+def require_admin(what: str = "do this") -> None:
+    """Refuse an admin-only page or action on the server: a message, then stop the script run.
+    Pages call it themselves, so hiding a button is never the only protection."""
+    if not is_admin():
+        st.error(f"Only an admin can {what}; ask an admin of this app.")
+        st.stop()
+
+
 def annotator() -> str:
+    """Who is labeling: the logged-in account when accounts exist (no free-text name then),
+    else the name typed on the Project page, by default the operating-system user."""
+    user = signed_in()
+    if user is not None:
+        return user["name"]
+    if accounts_enabled():
+        st.error("Log in first: open the app's address again to get the login form.")
+        st.stop()
     if "annotator" not in st.session_state:
         try:
             st.session_state["annotator"] = getpass.getuser()
@@ -101,3 +144,9 @@ def as_typed(text: str) -> str:
     while "\\-\\-" in escaped:
         escaped = escaped.replace("\\-\\-", "\\-\u2060\\-")
     return escaped
+
+
+def for_chart(text) -> str:
+    """Text for plotly labels, legends and hovers, which read <b>, <a href=...> and entities
+    as markup: &, < and > escaped, so a name shows as typed."""
+    return html.escape(str(text), quote=False)

@@ -3,7 +3,8 @@
 Files are produced by `labeler.export.export_all` into `<data dir>/exports/<project>/`, then
 offered with one download button each: the ImageFolder zip (with metadata.csv and labels.csv),
 the Parquet file, labels.csv, predictions.csv and a zip of the model (checkpoint, TorchScript
-and classes.json).
+and classes.json). Only admins export: the page refuses everyone else itself, not only the
+navigation that hides it.
 """
 
 from __future__ import annotations
@@ -35,23 +36,27 @@ def export_folder(project_id: int) -> Path:
 
 
 def _prepare(project_id: int) -> None:
+    if not common.is_admin():
+        st.session_state["export_error"] = "Only an admin can export."
+        return
     folder = export_folder(project_id)
     try:
         if folder.exists():
             shutil.rmtree(folder)
         written = export.export_all(common.session_factory(), project_id, folder)
     except Exception as error:  # noqa: BLE001 - shown as one sentence
-        st.session_state["export_error"] = f"The export failed: {error}"
+        st.session_state["export_error"] = common.as_typed(f"The export failed: {error}")
         return
     st.session_state["export_files"] = {"project": project_id, "paths": [str(p) for p in written]}
 
 
 def export_page() -> None:
+    common.require_admin("export")
     project = common.current_project()
     with common.session_factory()() as session:
         n_labeled = queries.label_count(session, project.id)
         has_model = queries.latest_done_run_id(session, project.id) is not None
-    st.title(f"Export · {project.name}")
+    st.title(f"Export · {common.as_typed(project.name)}")
     st.write(
         f"{n_labeled} labeled images"
         + ("; the newest finished model is included." if has_model else "; no trained model yet.")

@@ -55,6 +55,9 @@ def points_frame(session, project_id: int, run_id: int, names: list[str], max_po
 
 
 def scatter(frame: pd.DataFrame, colour: str, names: list[str]):
+    # Plotly reads HTML in labels and hovers: the names go in escaped, to show as typed.
+    frame = frame.assign(**{c: frame[c].map(common.for_chart) for c in ("label", "prediction", "key")})
+    names = [common.for_chart(n) for n in names]
     common_args = {
         "x": "x", "y": "y", "symbol": "labeled", "symbol_map": {"labeled": "x", "unlabeled": "circle"},
         "custom_data": ["item_id"], "hover_name": "key",
@@ -127,7 +130,7 @@ def _samples_panel(run: Run, names: list[str]) -> None:
     try:
         samples = generated_images(run.checkpoint, Path(run.checkpoint).stat().st_mtime)
     except Exception as error:  # noqa: BLE001 - a missing panel must not break the page
-        st.caption(f"Could not generate images from run {run.id}: {error}")
+        st.caption(common.as_typed(f"Could not generate images from run {run.id}: {error}"))
         return
     if samples is None:
         st.caption(f"The {run.model} model does not generate images.")
@@ -136,7 +139,7 @@ def _samples_panel(run: Run, names: list[str]) -> None:
     st.subheader("What the model generates, per class" if conditional else "Images the model generates")
     for k, row in enumerate(samples):
         if conditional:
-            st.caption(names[k] if k < len(names) else str(k))
+            st.text(names[k] if k < len(names) else str(k))
         st.image([common.enlarge(to_display(img), 84) for img in row])
 
 
@@ -145,7 +148,7 @@ def latent_page() -> None:
     names = common.class_names(project.id)
     annotator = common.annotator()
     Session = common.session_factory()
-    st.title(f"Latent space · {project.name}")
+    st.title(f"Latent space · {common.as_typed(project.name)}")
     with Session() as session:
         run = run_queries.latest_done_run(session, project.id)
         if run is None:
@@ -154,7 +157,7 @@ def latent_page() -> None:
         frame = points_frame(session, project.id, run.id, names)
     kind, text = st.session_state.pop("latent_message", (None, None))
     if kind:
-        getattr(st, kind)(text)
+        getattr(st, kind)(common.as_typed(text))
 
     colour = st.radio(
         "Colour by", list(COLOUR_BY), format_func=COLOUR_BY.get, horizontal=True, key="latent_colour",
@@ -181,7 +184,7 @@ def _selection_panel(project_id: int, ids: list[int], frame: pd.DataFrame, names
         with columns[n % THUMBNAILS_PER_ROW]:
             st.image(
                 common.enlarge(projects.image(project_id, int(row)), 96), width="stretch",
-                caption=f"{Path(key).stem}: {'-' if label == 'unlabeled' else label}",
+                caption=common.as_typed(f"{Path(key).stem}: {'-' if label == 'unlabeled' else label}"),
             )
     if len(chosen) > MAX_THUMBNAILS:
         st.caption(f"Showing {MAX_THUMBNAILS} of {len(chosen)}.")

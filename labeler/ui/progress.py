@@ -113,7 +113,7 @@ def progress_page() -> None:
         report = evaluate.run_report(session, latest, split=split) if latest and split else None
         counts = parts.class_counts(session, project.id, names)
 
-    st.title(f"Progress · {project.name}")
+    st.title(f"Progress · {common.as_typed(project.name)}")
     st.info(source_text)
     frame = curve_frame(curve, split, n_test)
 
@@ -151,7 +151,7 @@ def progress_page() -> None:
     with balance:
         st.subheader("Class balance")
         if counts["labels"].sum():
-            fig = px.bar(counts, x="class", y="labels")
+            fig = px.bar(counts.assign(**{"class": counts["class"].map(common.for_chart)}), x="class", y="labels")
             fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 20, "b": 10})
             fig.update_xaxes(type="category")
             st.plotly_chart(fig, key="class_balance")
@@ -161,14 +161,15 @@ def progress_page() -> None:
         return
     with per_class:
         st.subheader("Per-class accuracy")
-        frame_pc = pd.DataFrame({"class": names[: len(report["per_class"])], "accuracy": report["per_class"]})
+        shown = [common.for_chart(n) for n in names[: len(report["per_class"])]]
+        frame_pc = pd.DataFrame({"class": shown, "accuracy": report["per_class"]})
         fig = px.bar(frame_pc, x="class", y="accuracy")
         fig.update_layout(yaxis={"range": [0, 1], "tickformat": ".0%"}, height=320, margin={"l": 10, "r": 10, "t": 20, "b": 10})
         fig.update_xaxes(type="category")
         st.plotly_chart(fig, key="per_class")
     st.subheader(f"Confusion matrix of run {latest} ({report['n']} images)")
     cm = np.asarray(report["confusion"])
-    shown = names[: cm.shape[0]]
+    shown = [common.for_chart(n) for n in names[: cm.shape[0]]]
     fig = px.imshow(
         cm, x=shown, y=shown, text_auto=True, color_continuous_scale="Blues",
         labels={"x": "predicted", "y": "true", "color": "images"},

@@ -2,7 +2,8 @@
 
 A new project comes from a built-in data set, a folder on the server, or an uploaded zip (saved
 under `<data dir>/uploads/` and imported as `zip:PATH`). A flat folder has no class folders,
-so its class names are typed in.
+so its class names are typed in. Only admins create projects, and a server folder only under
+`LABELER_IMPORT_ROOT` (no server folder at all when it is unset). Names are shown as typed.
 """
 
 from __future__ import annotations
@@ -14,7 +15,7 @@ import streamlit as st
 
 from db import queries
 
-from .. import projects
+from .. import auth, projects
 from ..config import SettingError, check_int, data_dir
 from ..data import DATASETS, DataError
 from . import common
@@ -42,15 +43,27 @@ def _switch() -> None:
         st.session_state.pop(key, None)
 
 
+def sources() -> dict[str, str]:
+    """The kinds of source offered: a server folder only when an import root is set."""
+    root = auth.import_root()
+    if root is None:
+        return {k: v for k, v in SOURCES.items() if k != "folder"}
+    return {**SOURCES, "folder": f"Folder on the server, under {root}"}
+
+
 def _create_ui() -> None:
+    offered = sources()
     with st.form("create_project", clear_on_submit=False):
         name = st.text_input("Name", key="new_project_name")
-        kind = st.radio("From", list(SOURCES), format_func=SOURCES.get, horizontal=True, key="new_project_kind")
+        kind = st.radio("From", list(offered), format_func=offered.get, horizontal=True, key="new_project_kind")
         st.selectbox(
             "Built-in data set", list(DATASETS), key="new_project_builtin",
             format_func=lambda d: f"{DATASETS[d].title}: {DATASETS[d].description}",
         )
-        st.text_input("Folder on the server (class sub-folders, or a flat folder of images)", key="new_project_folder")
+        if "folder" in offered:
+            st.text_input(
+                "Folder on the server (class sub-folders, or a flat folder of images)", key="new_project_folder"
+            )
         upload = st.file_uploader("Zip of images", type=["zip"], key="new_project_upload")
         st.text_input(
             "Class names, for a flat folder or zip (comma-separated)", key="new_project_classes",
@@ -63,6 +76,9 @@ def _create_ui() -> None:
         submitted = st.form_submit_button("Create project", type="primary")
     if not submitted:
         return
+    if not common.is_admin():  # the form is drawn for admins only; a forged submit lands here
+        st.error("Only an admin can create projects.")
+        return
     try:
         source = _source(kind, upload)
         audit = check_int("The audit set size", st.session_state.get("new_project_audit", 50), 0, 10_000)
@@ -72,10 +88,13 @@ def _create_ui() -> None:
                 classes=parse_classes(st.session_state.get("new_project_classes", "")), audit_size=audit,
             )
     except (DataError, SettingError, ValueError, OSError) as error:
-        st.error(_sentence(error))
+        st.error(common.as_typed(_sentence(error)))
         return
     except Exception as error:  # noqa: BLE001 - e.g. a corrupt zip: one sentence, never a traceback
-        st.error(f"The import failed ({type(error).__name__}: {_sentence(error)}) Check the files and try again.")
+        st.error(
+            common.as_typed(f"The import failed ({type(error).__name__}: {_sentence(error)})")
+            + " Check the files and try again."
+        )
         return
     st.session_state["project_id"] = project.id
     for key in ("skipped", "undone_item", "export_files"):
@@ -88,10 +107,7 @@ def _source(kind: str, upload) -> str:
     if kind == "builtin":
         return st.session_state.get("new_project_builtin") or "digits"
     if kind == "folder":
-        folder = (st.session_state.get("new_project_folder") or "").strip()
-        if not folder:
-            raise ValueError("Type the path of a folder on the server.")
-        return f"folder:{folder}"
+        return f"folder:{auth.check_import_folder(st.session_state.get('new_project_folder') or '')}"
     if upload is None:
         raise ValueError("Choose a zip file to upload first.")
     return save_upload(upload.getvalue())
@@ -103,6 +119,8 @@ def _sentence(error: Exception) -> str:
 
 
 def _set_annotator() -> None:
+    if common.signed_in() is not None or common.accounts_enabled():
+        return
     name = (st.session_state.get("annotator_input") or "").strip()
     if name:
         st.session_state["annotator"] = name[:200]
@@ -122,22 +140,26 @@ def project_page() -> None:
     st.title("Project")
     message = st.session_state.pop("project_message", None)
     if message:
-        st.success(message)
+        st.success(common.as_typed(message))
 
     ids = [p.id for p in all_projects]
     titles = {p.id: f"{p.name} ({p.source})" for p in all_projects}
     if st.session_state.get("project_choice") != project.id:
         st.session_state["project_choice"] = project.id
     st.selectbox("Current project", ids, format_func=titles.get, key="project_choice", on_change=_switch)
-    st.write(
-        f"**{project.name}**: {counts['pool']} images to label, {counts['audit']} in the audit set, "
-        f"{counts['test']} in the test split; {n_labeled} labeled; image size "
-        f"{project.channels}x{project.height}x{project.width}; classes: {', '.join(names)}."
+    st.markdown(
+        f"**{common.as_typed(project.name)}**: {counts['pool']} images to label, {counts['audit']} in the audit "
+        f"set, {counts['test']} in the test split; {n_labeled} labeled; image size "
+        f"{project.channels}x{project.height}x{project.width}; classes: {common.as_typed(', '.join(names))}."
     )
 
-    if "annotator_input" not in st.session_state:
-        st.session_state["annotator_input"] = annotator
-    st.text_input("Your name (recorded with every label)", key="annotator_input", on_change=_set_annotator)
+    if common.signed_in() is None:
+        # Single-user mode only: with accounts, the logged-in name is recorded, never a typed one.
+        if "annotator_input" not in st.session_state:
+            st.session_state["annotator_input"] = annotator
+        st.text_input("Your name (recorded with every label)", key="annotator_input", on_change=_set_annotator)
+    else:
+        st.text(f"Labels are recorded as {annotator}.")
 
     st.subheader("Import report")
     if issues:
@@ -149,5 +171,6 @@ def project_page() -> None:
     else:
         st.caption("Every file was imported.")
 
-    st.subheader("New project")
-    _create_ui()
+    if common.is_admin():
+        st.subheader("New project")
+        _create_ui()

@@ -157,7 +157,7 @@ def _live(project_id: int) -> None:
     label = f"Run {shown.id} ({shown.model}): {parts.STATUS_TEXT.get(shown.status, shown.status)}"
     st.progress(min(1.0, max(0.0, shown.progress or 0.0)), text=f"{label}, {shown.progress or 0:.0%}")
     if shown.status == FAILED and shown.error:
-        st.error(f"Run {shown.id} failed: {shown.error}")
+        st.error(common.as_typed(f"Run {shown.id} failed: {shown.error}"))
     for run in current:
         st.button(
             f"Cancel run {run.id}", key=f"cancel-{run.id}", on_click=_cancel, args=(run.id,),
@@ -221,13 +221,13 @@ def train_page() -> None:
         since = parts.labels_since_last_run(session, project.id)
     parts.ensure_worker_for_active(current)
 
-    st.title(f"Train · {project.name}")
+    st.title(f"Train · {common.as_typed(project.name)}")
     error = st.session_state.pop("train_error", None)
     if error:
-        st.error(error)
+        st.error(common.as_typed(error))
     notice = st.session_state.pop("train_notice", None)
     if notice:
-        st.success(notice)
+        st.success(common.as_typed(notice))
 
     _settings_ui(project)
     st.button("Start training", key="train_start", type="primary", on_click=_start, args=(project.id,))

@@ -375,7 +375,8 @@ def _write_images(folder, n=6, broken=False):
         (folder / "cat" / "broken.png").write_bytes(b"not an image")
 
 
-def test_project_page_creates_a_project_from_a_folder(Session, tiny_project, tmp_path):
+def test_project_page_creates_a_project_from_a_folder(Session, tiny_project, tmp_path, monkeypatch):
+    monkeypatch.setenv("LABELER_IMPORT_ROOT", str(tmp_path))  # server folders only under it
     _write_images(tmp_path / "pets", broken=True)
     at = page_app("project", tiny_project.id)
     at.text_input(key="new_project_name").input("pets")
@@ -395,7 +396,8 @@ def test_project_page_creates_a_project_from_a_folder(Session, tiny_project, tmp
     assert at.session_state["project_id"] == tiny_project.id
 
 
-def test_project_page_says_what_is_wrong_in_one_sentence(tiny_project, tmp_path):
+def test_project_page_says_what_is_wrong_in_one_sentence(tiny_project, tmp_path, monkeypatch):
+    monkeypatch.setenv("LABELER_IMPORT_ROOT", str(tmp_path))
     at = page_app("project", tiny_project.id)
     at.text_input(key="new_project_name").input("nothing")
     at.radio(key="new_project_kind").set_value("folder")

@@ -1,0 +1,160 @@
+"""The login gate app.py draws before the navigation, and the account box in the sidebar.
+
+With no account in the database nothing is asked: the app is single-user and local. As soon as
+one exists (`python -m labeler users add NAME --role admin`), a browser session sees only the
+login form until it logs in. The session keeps the account's name and role, checked against the
+database on every script run, so removing an account, changing its role or resetting its
+password takes effect at that session's next click.
+
+Organisations with an identity provider can use Streamlit's own OIDC login instead of passwords:
+with an `[auth]` section in `.streamlit/secrets.toml`, the form becomes a "Log in with ..."
+button (`st.login`) and the provider's e-mail address must name an account here, which gives
+its role.
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import streamlit as st
+
+import db
+from db import users
+from labeler import auth
+
+from . import common
+
+# Session keys that belong to one person's work: cleared at login and logout, so the next person
+# in the same tab starts clean (claims, the undo target, a prepared export).
+_PERSONAL_KEYS = ("claim_token", "skipped", "undone_item", "export_files", "annotator", "annotator_input")
+
+
+def _fingerprint(password_hash: str) -> str:
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+
+
+def oidc_configured() -> bool:
+    """True when `.streamlit/secrets.toml` has an `[auth]` section for `st.login`."""
+    if not hasattr(st, "login"):
+        return False
+    try:
+        return "auth" in st.secrets
+    except Exception:  # noqa: BLE001 - no secrets file at all
+        return False
+
+
+def _sign_in(name: str, role: str, password_hash: str) -> None:
+    for key in _PERSONAL_KEYS:
+        st.session_state.pop(key, None)
+    st.session_state[common.USER_KEY] = {"name": name, "role": role, "hash_id": _fingerprint(password_hash)}
+
+
+def sign_out() -> None:
+    for key in (common.USER_KEY, *_PERSONAL_KEYS):
+        st.session_state.pop(key, None)
+
+
+def _login_submitted() -> None:
+    name = st.session_state.get("login_name", "")
+    password = st.session_state.get("login_password", "")
+    st.session_state["login_password"] = ""
+    Session = common.session_factory()
+
+    def check():
+        with Session.begin() as session:  # a login may store a rehashed password
+            user = auth.authenticate(session, name, password)
+            return None if user is None else (user.name, user.role, user.password_hash)
+
+    found = db.retrying(check)
+    if found is None:
+        st.session_state["login_error"] = (
+            "Wrong name or password; try again, or ask an admin to reset it with "
+            "`python -m labeler users passwd NAME`."
+        )
+        return
+    st.session_state.pop("login_error", None)
+    _sign_in(*found)
+
+
+def _current_account() -> dict | None:
+    """This session's account, re-read from the database; None (and signed out) when it is gone
+    or its password changed since the login."""
+    user = common.signed_in()
+    if user is None:
+        return None
+    with common.session_factory()() as session:
+        stored = users.get_user(session, user["name"])
+    if stored is None or _fingerprint(stored.password_hash) != user["hash_id"]:
+        sign_out()
+        st.session_state["login_error"] = (
+            "Your session ended (the account was changed or removed); log in again."
+        )
+        return None
+    if stored.role != user["role"]:
+        user["role"] = stored.role
+    return user
+
+
+def _oidc_account() -> dict | None:
+    """The account named by the identity provider's e-mail address, when st.login is set up."""
+    if not st.user.is_logged_in:
+        return None
+    email = str(st.user.get("email") or "")
+    with common.session_factory()() as session:
+        stored = users.get_user(session, email)
+    if stored is None:
+        st.title("labeler")
+        st.error(
+            f"{common.as_typed(email) or 'This login'} has no account here; ask an admin to run "
+            f"`python -m labeler users add {common.as_typed(email)} --role annotator --no-password`."
+        )
+        st.button("Log out", on_click=st.logout)
+        st.stop()
+    current = common.signed_in()
+    if current is None or current["name"] != stored.name:
+        _sign_in(stored.name, stored.role, stored.password_hash)
+    common.signed_in()["role"] = stored.role
+    return common.signed_in()
+
+
+def gate() -> dict | None:
+    """Return the logged-in account, or None in single-user mode; otherwise draw the login form
+    and stop the script run, so no page runs before a login."""
+    if not common.accounts_enabled():
+        if common.signed_in() is not None:
+            sign_out()  # every account was removed: back to single-user mode
+        return None
+    user = _oidc_account() if oidc_configured() else _current_account()
+    if user is not None:
+        return user
+    st.title("labeler")
+    if oidc_configured():
+        st.button("Log in", type="primary", on_click=st.login, key="login_oidc")
+        st.stop()
+    st.caption("Log in with the name and password an admin gave you.")
+    with st.form("login"):
+        st.text_input("Name", key="login_name", autocomplete="username")
+        st.text_input("Password", key="login_password", type="password", autocomplete="current-password")
+        st.form_submit_button("Log in", type="primary", on_click=_login_submitted)
+    error = st.session_state.get("login_error")
+    if error:
+        st.error(error)
+    st.stop()
+
+
+def visible_pages(pages: list, admin: bool) -> list:
+    """The (path, title, icon, function) entries this person may open: no admin pages for
+    annotators (the pages refuse them too)."""
+    return [page for page in pages if admin or page[0] not in common.ADMIN_PAGES]
+
+
+def sidebar(user: dict | None) -> None:
+    """Who is logged in, and the logout button."""
+    if user is None:
+        return
+    with st.sidebar:
+        st.text(f"Logged in as {user['name']} ({user['role']})")
+        if oidc_configured():
+            st.button("Log out", key="logout", on_click=lambda: (sign_out(), st.logout()))
+        else:
+            st.button("Log out", key="logout", on_click=sign_out)

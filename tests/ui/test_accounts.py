@@ -1,0 +1,175 @@
+"""AppTest runs of app.py and the pages with accounts: the login gate, the logged-in name on
+every label, and admin-only pages and actions refused to annotators on the server."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+from streamlit.testing.v1 import AppTest
+from ui_helpers import PAGES
+
+from db import queries, users
+from labeler import auth
+from labeler.ui import common
+
+APP = Path(__file__).resolve().parents[2] / "app.py"
+PASSWORD = "a long password"
+
+
+@pytest.fixture
+def accounts(Session):
+    with Session.begin() as session:
+        users.add_user(session, "ada", auth.hash_password(PASSWORD), "admin")
+        users.add_user(session, "ann", auth.hash_password(PASSWORD), "annotator")
+
+
+def _app(project_id: int) -> AppTest:
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.session_state["project_id"] = project_id
+    return at.run()
+
+
+def _log_in(at: AppTest, name: str, password: str = PASSWORD) -> AppTest:
+    at.text_input(key="login_name").input(name)
+    at.text_input(key="login_password").input(password)
+    return at.button[0].click().run()
+
+
+def _on_label_page(at: AppTest) -> bool:
+    return any(t.value.startswith("Label") for t in at.title)
+
+
+def test_without_accounts_the_app_opens_without_login(tiny_project):
+    at = _app(tiny_project.id)
+    assert not at.exception
+    assert "login_name" not in [t.key for t in at.text_input]
+    assert _on_label_page(at)
+
+
+def test_once_an_account_exists_only_the_login_form_shows(Session, tiny_project, accounts):
+    at = _app(tiny_project.id)
+    assert not at.exception
+    assert [t.key for t in at.text_input] == ["login_name", "login_password"]
+    assert not _on_label_page(at)
+
+    _log_in(at, "ann", "wrong password")
+    assert "Wrong name or password" in at.error[0].value
+    assert common.USER_KEY not in at.session_state
+    assert not _on_label_page(at)
+
+    _log_in(at, "ann")
+    assert not at.exception
+    assert at.session_state[common.USER_KEY]["name"] == "ann"
+    assert _on_label_page(at)
+    assert "login_name" not in [t.key for t in at.text_input]
+
+    at.button(key="logout").click().run()
+    assert common.USER_KEY not in at.session_state
+    assert [t.key for t in at.text_input] == ["login_name", "login_password"]
+    assert not _on_label_page(at)
+
+
+def _identity() -> None:
+    import streamlit as st
+
+    from labeler.ui import common
+
+    st.text(f"annotator={common.annotator()} admin={common.is_admin()}")
+
+
+def test_the_logged_in_account_is_the_annotator(Session, tiny_project, accounts):
+    at = AppTest.from_function(_identity, default_timeout=60)
+    at.session_state["annotator"] = "someone typed this"
+    at.session_state[common.USER_KEY] = {"name": "ann", "role": "annotator", "hash_id": ""}
+    at.run()
+    assert at.text[0].value == "annotator=ann admin=False"
+    # With accounts, nobody without a login gets a name (nor the OS user's): the run stops.
+    anonymous = AppTest.from_function(_identity, default_timeout=60)
+    anonymous.session_state["annotator"] = "someone typed this"
+    anonymous.run()
+    assert not anonymous.text and "Log in first" in anonymous.error[0].value
+
+
+def test_without_accounts_the_typed_name_is_the_annotator(tiny_project):
+    at = AppTest.from_function(_identity, default_timeout=60)
+    at.session_state["annotator"] = "bob"
+    at.run()
+    assert at.text[0].value == "annotator=bob admin=True"
+
+
+def test_a_removed_account_is_logged_out_at_the_next_run(Session, tiny_project, accounts):
+    at = _log_in(_app(tiny_project.id), "ann")
+    assert at.session_state[common.USER_KEY]["name"] == "ann"
+    with Session.begin() as session:
+        users.set_password(session, "ann", auth.hash_password("another password"))
+    at.run()
+    assert common.USER_KEY not in at.session_state
+    assert "login_name" in [t.key for t in at.text_input]
+
+
+def _page_as(module: str, project_id: int, user: dict | None) -> AppTest:
+    """One page run directly, without app.py's gate: the page must protect itself."""
+    at = AppTest.from_string(
+        f"from labeler.ui.{module} import {PAGES[module]}\n{PAGES[module]}()", default_timeout=60
+    )
+    at.session_state["project_id"] = project_id
+    if user is not None:
+        at.session_state[common.USER_KEY] = user
+    return at.run()
+
+
+ANN = {"name": "ann", "role": "annotator", "hash_id": ""}
+ADA = {"name": "ada", "role": "admin", "hash_id": ""}
+
+
+def test_an_annotator_cannot_export(tiny_project, accounts):
+    at = _page_as("export", tiny_project.id, ANN)
+    assert not at.exception
+    assert "Only an admin can export" in at.error[0].value
+    assert not [b for b in at.button if b.key == "export_prepare"]
+    assert not at.get("download_button")
+    admin = _page_as("export", tiny_project.id, ADA)
+    assert not admin.error and admin.button(key="export_prepare")
+
+
+def test_an_annotator_cannot_create_or_import_projects(Session, tiny_project, accounts):
+    at = _page_as("project", tiny_project.id, ANN)
+    assert not at.exception
+    assert "new_project_name" not in [t.key for t in at.text_input]
+    assert "annotator_input" not in [t.key for t in at.text_input]  # no free-text name either
+    admin = _page_as("project", tiny_project.id, ADA)
+    assert "new_project_name" in [t.key for t in admin.text_input]
+
+
+def test_a_forged_create_by_an_annotator_is_refused(Session, tiny_project, accounts):
+    """The form drawn for an admin, then the role changes before the submit arrives."""
+    at = _page_as("project", tiny_project.id, ADA)
+    at.text_input(key="new_project_name").input("sneaky")
+    at.session_state[common.USER_KEY] = ANN
+    at.button[-1].click().run()
+    assert not at.exception
+    with Session() as session:
+        assert queries.get_project(session, "sneaky") is None
+
+
+def test_navigation_leaves_out_admin_pages_for_annotators():
+    from labeler.ui import PAGES as APP_PAGES
+    from labeler.ui import account
+
+    assert "export" not in [path for path, *_ in account.visible_pages(APP_PAGES, admin=False)]
+    assert "export" in [path for path, *_ in account.visible_pages(APP_PAGES, admin=True)]
+
+
+def test_no_server_folder_without_an_import_root(tiny_project, monkeypatch, tmp_path):
+    monkeypatch.delenv("LABELER_IMPORT_ROOT", raising=False)
+    at = _page_as("project", tiny_project.id, None)
+    assert not [o for o in at.radio(key="new_project_kind").options if "Folder" in o]
+    monkeypatch.setenv("LABELER_IMPORT_ROOT", str(tmp_path))
+    at = _page_as("project", tiny_project.id, None)
+    assert [o for o in at.radio(key="new_project_kind").options if "Folder" in o]
+    at.text_input(key="new_project_name").input("etc")
+    at.radio(key="new_project_kind").set_value("folder")
+    at.text_input(key="new_project_folder").input("/etc")
+    at.button[-1].click().run()
+    assert "Only folders under" in at.error[0].value
