@@ -5,10 +5,16 @@ Layout under the data folder:
     projects/<id>/pixels.npy        uint8 (N, C, H, W), row i = Item.row i
     projects/<id>/files/...         original image files of folder and zip imports
     projects/<id>/runs/<run>.pt     checkpoints
+
+Creating a project either completes or leaves the disk as it was: a zip is extracted into a
+scratch folder under `imports/` that is removed when the import ends, whatever its outcome,
+and a failed creation (a refused data set, a full disk) removes the project's folder with any
+partial file in it.
 """
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import os
 import shutil
@@ -23,6 +29,7 @@ from db.models import AUDIT, POOL, TEST, ImportIssue, Item, LabelClass, Project
 
 from .config import check_int, data_dir
 from .data.base import DataError, ImageSet
+from .data.importer import disk_full, scratch_folder
 
 DEFAULT_SETTINGS = {
     "model": "m2",
@@ -92,10 +99,26 @@ def create_project(
     with Session() as session:
         if queries.get_project(session, name) is not None:
             raise ValueError(f"A project named {name!r} exists already; choose another name.")
-    if images is None:
-        from .data import read_source
+    with contextlib.ExitStack() as stack:
+        scratch = None
+        if images is None:
+            from .data import read_source
 
-        images = read_source(source, progress=progress)
+            scratch = stack.enter_context(scratch_folder(Path(source.partition(":")[2] or source).stem))
+            images = read_source(source, progress=progress, target=scratch)
+        return _create(Session, name, source, images, classes, audit_size, seed, scratch)
+
+
+def _create(
+    Session: sessionmaker[Session],
+    name: str,
+    source: str,
+    images: ImageSet,
+    classes: list[str] | None,
+    audit_size: int | None,
+    seed: int,
+    scratch: Path | None,
+) -> Project:
     class_list = list(images.classes) or [c.strip() for c in (classes or []) if c.strip()]
     if not class_list:
         raise ValueError("This data set has no class folders: give the class names (e.g. cat, dog).")
@@ -117,40 +140,51 @@ def create_project(
             splits[int(i)] = AUDIT
 
     channels, height, width = images.shape
-    with Session.begin() as session:
-        project = Project(
-            name=name, source=source, channels=channels, height=height, width=width, settings=settings
-        )
-        session.add(project)
-        session.flush()
-        folder = project_dir(project.id)
-        if folder.exists():  # left over from a database that was deleted
-            shutil.rmtree(folder)
-        folder.mkdir(parents=True)
-        tmp = folder / "pixels.tmp.npy"
-        np.save(tmp, np.ascontiguousarray(images.pixels))
-        os.replace(tmp, pixels_path(project.id))
-        for index, class_name in enumerate(class_list):
-            session.add(LabelClass(project_id=project.id, index=index, name=class_name))
-        stored = _store_files(folder / "files", images)
-        session.add_all(
-            Item(
-                project_id=project.id,
-                row=row,
-                key=images.keys[row],
-                path=stored[row],
-                sha256=images.sha256[row],
-                split=splits[row],
-                truth=int(images.truth[row]) if images.truth[row] >= 0 else None,
+    folder = None
+    try:
+        with Session.begin() as session:
+            project = Project(
+                name=name, source=source, channels=channels, height=height, width=width, settings=settings
             )
-            for row in range(len(images.pixels))
-        )
-        session.add_all(ImportIssue(project_id=project.id, path=p, reason=r) for p, r in images.skipped)
+            session.add(project)
+            session.flush()
+            folder = project_dir(project.id)
+            if folder.exists():  # left over from a database that was deleted
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            tmp = folder / "pixels.tmp.npy"
+            np.save(tmp, np.ascontiguousarray(images.pixels))
+            os.replace(tmp, pixels_path(project.id))
+            for index, class_name in enumerate(class_list):
+                session.add(LabelClass(project_id=project.id, index=index, name=class_name))
+            stored = _store_files(folder / "files", images, scratch)
+            session.add_all(
+                Item(
+                    project_id=project.id,
+                    row=row,
+                    key=images.keys[row],
+                    path=stored[row],
+                    sha256=images.sha256[row],
+                    split=splits[row],
+                    truth=int(images.truth[row]) if images.truth[row] >= 0 else None,
+                )
+                for row in range(len(images.pixels))
+            )
+            session.add_all(ImportIssue(project_id=project.id, path=p, reason=r) for p, r in images.skipped)
+    except BaseException as error:
+        # The transaction is rolled back; leave no pixel array or file behind (a partial
+        # pixels.tmp.npy on a full disk would keep it full).
+        if folder is not None:
+            shutil.rmtree(folder, ignore_errors=True)
+        if isinstance(error, OSError):
+            raise disk_full(error, "storing the images") or error from None
+        raise
     return project
 
 
-def _store_files(target: Path, images: ImageSet) -> list[str | None]:
-    """Copy original files into the project (so exports do not depend on the source staying)."""
+def _store_files(target: Path, images: ImageSet, scratch: Path | None = None) -> list[str | None]:
+    """Keep the original files in the project (so exports do not depend on the source staying):
+    moved out of `scratch` (an extracted zip, removed afterwards anyway), else copied."""
     stored: list[str | None] = []
     for key, file in zip(images.keys, images.files):
         if file is None:
@@ -160,7 +194,10 @@ def _store_files(target: Path, images: ImageSet) -> list[str | None]:
         if not destination.is_relative_to(target.resolve()):
             raise DataError(f"Refusing to store {key!r}: it would land outside the project folder.")
         destination.parent.mkdir(parents=True, exist_ok=True)
-        shutil.copyfile(file, destination)
+        if scratch is not None and Path(file).is_relative_to(scratch):
+            os.replace(file, destination)
+        else:
+            shutil.copyfile(file, destination)
         stored.append(str(destination))
     return stored
 

@@ -18,14 +18,21 @@ else three; `image_size` pixels square, by default 28 for gray and 32 for colour
 of MNIST and CIFAR, which the models are tuned for). Images are letterboxed to it (see
 `labeler.data.images`).
 
-Zip: entries are checked before anything is written (count, total size, compression ratio,
-absolute or `..` paths, symbolic links, encryption), then written one by one with exclusive
+Zip: entries are checked before anything is written (count, total size, compression ratio of
+each entry and of the whole zip, free disk space, absolute or `..` paths, folders nested more
+than `MAX_DEPTH` deep, symbolic links, encryption), then written one by one with exclusive
 creation under the target folder, counting the bytes actually written. The extracted files
-stay as the originals of the imported images (`ImageSet.files`).
+are the originals of the imported images (`ImageSet.files`) until the caller stores them;
+`scratch_folder` gives a folder that is removed again whatever the outcome.
+
+Disk full: a write that fails for lack of space (ENOSPC, EDQUOT) removes its partial file and
+ends the import with `DiskFull`, a DataError that says to free space.
 """
 
 from __future__ import annotations
 
+import contextlib
+import errno
 import hashlib
 import os
 import re
@@ -33,7 +40,7 @@ import shutil
 import stat
 import uuid
 import zipfile
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
 from pathlib import Path
 
 import numpy as np
@@ -57,8 +64,43 @@ MAX_ZIP_BYTES = 2 * 2**30  # total uncompressed size
 MAX_ZIP_ENTRIES = 100_000
 MAX_ZIP_RATIO = 1000  # uncompressed / compressed, for entries over 1 MiB
 _RATIO_MIN_BYTES = 2**20
+# The same for the whole zip, every entry counted: many small entries of zeros each pass the
+# check above (1 MiB of zeros deflates 1015:1), while a zip of real images, even of BMPs, stays
+# far below 100:1 overall.
+MAX_ZIP_TOTAL_RATIO = 100
+_TOTAL_RATIO_MIN_BYTES = 16 * 2**20
+MAX_DEPTH = 64  # folder levels below the zip's or folder's root
+# Left free on the data folder's disk after an import, so labeling and training can go on.
+MIN_FREE_BYTES = 256 * 2**20
 
 SYMLINK = "symbolic link"
+TOO_DEEP = f"folders nested too deep (more than {MAX_DEPTH} levels)"
+_DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
+
+
+class DiskFull(DataError):
+    """The disk ran out of space during an import; whatever was written is removed again."""
+
+
+def disk_full(error: OSError, what: str) -> DiskFull | None:
+    """A DiskFull saying what to do when `error` means "no space left", else None."""
+    if getattr(error, "errno", None) not in _DISK_FULL:
+        return None
+    return DiskFull(f"The disk ran out of space while {what}; free some space, then import again.")
+
+
+@contextlib.contextmanager
+def scratch_folder(name: str = "upload") -> Iterator[Path]:
+    """A new, not yet existing path `<data dir>/imports/<name>-<random>`, removed with
+    everything in it when the block ends, whatever the outcome."""
+    from labeler.config import data_dir
+
+    stem = re.sub(r"[^A-Za-z0-9_-]+", "_", name)[:40] or "upload"
+    path = data_dir() / "imports" / f"{stem}-{uuid.uuid4().hex[:8]}"
+    try:
+        yield path
+    finally:
+        shutil.rmtree(path, ignore_errors=True)
 
 
 def import_folder(
@@ -94,8 +136,9 @@ def import_zip(
     """Extract zip `path` safely into `target`, then import that folder like `import_folder`.
 
     target: an empty or new folder; by default a new `<data dir>/imports/<zip name>-<random>`.
-    The extracted images stay there: they are `ImageSet.files`. On a DataError the folder
-    is removed again when this call created it.
+    The extracted images stay there: they are `ImageSet.files` (use `scratch_folder` for a
+    target that is removed afterwards). On any error the folder is removed again when this
+    call created it.
     """
     if target is None:
         from labeler.config import data_dir
@@ -151,9 +194,25 @@ def extract_zip(
                 f"{path.name} would unpack to {declared / 2**30:.2f} GiB, more than the limit of "
                 f"{max_total_bytes / 2**30:.2f} GiB; split it into smaller zips."
             )
+        packed = sum(info.compress_size for info in infos)
+        if declared > _TOTAL_RATIO_MIN_BYTES and declared > MAX_ZIP_TOTAL_RATIO * max(packed, 1):
+            raise DataError(
+                f"{path.name} would unpack to {declared / 2**20:.0f} MiB from {packed / 2**20:.1f} MiB "
+                f"({declared / max(packed, 1):.0f}:1, a possible zip bomb); zip the images themselves, "
+                "not padding."
+            )
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise DataError(f"The import folder {target} is not empty; choose a new folder.")
-        target.mkdir(parents=True, exist_ok=True)
+        free = _free_bytes(target)
+        if free is not None and declared > free - MIN_FREE_BYTES:
+            raise DiskFull(
+                f"{path.name} would unpack to {declared / 2**20:.0f} MiB but the disk of {target.parent} has "
+                f"{max(free - MIN_FREE_BYTES, 0) / 2**20:.0f} MiB to spare; free some space or split the zip."
+            )
+        try:
+            target.mkdir(parents=True, exist_ok=True)
+        except OSError as error:
+            raise disk_full(error, f"extracting {path.name}") or error from None
         root = target.resolve()
         skipped: list[tuple[str, str]] = []
         written = 0
@@ -178,6 +237,17 @@ def extract_zip(
                     "split it into smaller zips."
                 ) from None
         return skipped
+
+
+def _free_bytes(target: Path) -> int | None:
+    """Free bytes on the disk that will hold `target` (None when it cannot be told)."""
+    folder = target
+    while not folder.exists() and folder != folder.parent:
+        folder = folder.parent
+    try:
+        return shutil.disk_usage(folder).free
+    except OSError:
+        return None
 
 
 class _EntrySkipped(Exception):
@@ -205,6 +275,8 @@ def _entry_parts(
         return [], SYMLINK
     if info.is_dir() or not parts:
         return [], None
+    if len(parts) > MAX_DEPTH + 1:
+        return [], TOO_DEEP
     if any(part.startswith(".") or part == "__MACOSX" for part in parts):
         return [], "hidden file or macOS metadata"
     reason = extension_reason(parts[-1])
@@ -227,7 +299,9 @@ def _extract_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, 
     try:
         dest.parent.mkdir(parents=True, exist_ok=True)
     except OSError as error:
-        raise _EntrySkipped(f"cannot write this entry ({error.strerror or error})") from None
+        raise disk_full(error, f"extracting {Path(str(archive.filename)).name}") or _EntrySkipped(
+            f"cannot write this entry ({error.strerror or error})"
+        ) from None
     try:
         with archive.open(info) as source, open(dest, "xb") as out:
             while chunk := source.read(2**20):
@@ -242,7 +316,9 @@ def _extract_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, 
         raise
     except OSError as error:
         dest.unlink(missing_ok=True)
-        raise _EntrySkipped(f"cannot extract this entry ({error.strerror or error})") from None
+        raise disk_full(error, f"extracting {Path(str(archive.filename)).name}") or _EntrySkipped(
+            f"cannot extract this entry ({error.strerror or error})"
+        ) from None
     except Exception as error:  # noqa: BLE001 - BadZipFile (CRC), zlib.error, NotImplementedError ...
         dest.unlink(missing_ok=True)
         raise _EntrySkipped(f"corrupt zip entry ({error})") from None
@@ -382,8 +458,7 @@ def _scan(
             (shown(error.filename or str(folder)), f"cannot read folder ({error.strerror or error})")
         )
 
-    for dirpath, dirnames, filenames in os.walk(folder, onerror=on_error, followlinks=False):
-        dirnames.sort()
+    for dirpath, depth, dirnames, filenames in _walk(folder, on_error):
         for name in list(dirnames):
             full = os.path.join(dirpath, name)
             reason = None
@@ -391,6 +466,8 @@ def _scan(
                 reason = SYMLINK
             elif _ignored(name):
                 reason = "hidden folder or macOS metadata"
+            elif depth >= MAX_DEPTH:
+                reason = TOO_DEEP
             if reason:
                 dirnames.remove(name)
                 skipped.append((shown(full), reason))
@@ -419,6 +496,40 @@ def _scan(
             key = Path(os.path.relpath(full, data_root)).as_posix()
             candidates.append((key, Path(full), rel))
     return candidates
+
+
+def _walk(
+    folder: Path, on_error: Callable[[OSError], None]
+) -> Iterator[tuple[str, int, list[str], list[str]]]:
+    """Like os.walk top-down, without following links, as (path, depth, folders, files), sorted.
+
+    An explicit stack, not recursion (os.walk recurses before Python 3.12, so a tree 1,000
+    folders deep raised RecursionError); the caller prunes `folders` in place, as with os.walk.
+    """
+    stack = [(str(folder), 0)]
+    while stack:
+        path, depth = stack.pop()
+        try:
+            with os.scandir(path) as entries:
+                entries = list(entries)
+        except OSError as error:
+            on_error(error)
+            continue
+        dirnames, filenames = [], []
+        for entry in entries:
+            # As os.walk: a link to a folder is listed with the folders (the caller skips it).
+            try:
+                is_dir = entry.is_dir()
+            except OSError:
+                is_dir = False
+            (dirnames if is_dir else filenames).append(entry.name)
+        dirnames.sort()
+        yield path, depth, dirnames, filenames
+        stack.extend(
+            (os.path.join(path, name), depth + 1)
+            for name in reversed(dirnames)
+            if not os.path.islink(os.path.join(path, name))
+        )
 
 
 def _utf8(text: str) -> bool:

@@ -9,6 +9,7 @@ so its class names are typed in. Only admins create projects, and a server folde
 from __future__ import annotations
 
 import uuid
+from pathlib import Path
 
 import pandas as pd
 import streamlit as st
@@ -18,6 +19,7 @@ from db import queries
 from .. import auth, projects
 from ..config import SettingError, check_int, data_dir
 from ..data import DATASETS, DataError
+from ..data.importer import disk_full
 from . import common
 
 SOURCES = {"builtin": "Built-in data set", "folder": "Folder on the server", "upload": "Upload a zip"}
@@ -33,8 +35,20 @@ def save_upload(data: bytes) -> str:
     folder = data_dir() / "uploads"
     folder.mkdir(parents=True, exist_ok=True)
     path = folder / f"{uuid.uuid4().hex}.zip"
-    path.write_bytes(data)
+    try:
+        path.write_bytes(data)
+    except OSError as error:
+        path.unlink(missing_ok=True)
+        raise disk_full(error, "saving the upload") or error from None
     return f"zip:{path}"
+
+
+def remove_upload(source: str | None) -> None:
+    """Delete an uploaded zip once its import has ended, whatever the outcome; a `zip:PATH`
+    outside the uploads folder is the user's own file and stays."""
+    kind, _, path = (source or "").partition(":")
+    if kind == "zip" and Path(path).parent == data_dir() / "uploads":
+        Path(path).unlink(missing_ok=True)
 
 
 def _switch() -> None:
@@ -79,6 +93,7 @@ def _create_ui() -> None:
     if not common.is_admin():  # the form is drawn for admins only; a forged submit lands here
         st.error("Only an admin can create projects.")
         return
+    source = None
     try:
         source = _source(kind, upload)
         audit = check_int("The audit set size", st.session_state.get("new_project_audit", 50), 0, 10_000)
@@ -96,6 +111,8 @@ def _create_ui() -> None:
             + " Check the files and try again."
         )
         return
+    finally:
+        remove_upload(source)
     st.session_state["project_id"] = project.id
     for key in ("skipped", "undone_item", "export_files"):
         st.session_state.pop(key, None)

@@ -1,0 +1,257 @@
+"""Imports cannot fill the disk: zip bombs of many small entries are refused whole, scratch
+folders go away whatever the outcome, a full disk leaves no partial file, and entries nested
+too deep are skipped with a reason instead of ending the import."""
+
+from __future__ import annotations
+
+import errno
+import io
+import os
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from db import queries
+from labeler import projects
+from labeler.data import DataError, import_folder, import_zip, importer
+from labeler.data.importer import DiskFull
+
+
+def png(seed: int) -> bytes:
+    rng = np.random.default_rng(seed)
+    buffer = io.BytesIO()
+    Image.fromarray(rng.integers(0, 256, (10, 10), dtype=np.uint8), "L").save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def make_zip(path: Path, entries: list[tuple[str, bytes]]) -> Path:
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_DEFLATED) as archive:
+        for name, data in entries:
+            archive.writestr(name, data)
+    return path
+
+
+def class_zip(path: Path, extra: list[tuple[str, bytes]] = ()) -> Path:
+    entries = [(f"{c}/{i}.png", png(10 * k + i)) for k, c in enumerate(("cat", "dog")) for i in range(5)]
+    return make_zip(path, entries + list(extra))
+
+
+def data_files() -> set[str]:
+    """Every file in the data folder except the database's own, and every folder with a file."""
+    root = Path(os.environ["LABELER_DATA_DIR"])
+    files = {p for p in root.rglob("*") if p.is_file() and not p.name.startswith("labeler.db")}
+    folders = {
+        parent for f in files for parent in f.parents if parent.is_relative_to(root) and parent != root
+    }
+    return {str(p.relative_to(root)) for p in files | folders}
+
+
+def no_space(*_args, **_kwargs):
+    raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
+
+
+class _FillsUp:
+    """A file whose writes succeed for `room` bytes, then fail as on a full disk."""
+
+    def __init__(self, file, room: int):
+        self.file, self.room = file, room
+
+    def write(self, data):
+        if len(data) > self.room:
+            self.file.write(data[: self.room])
+            self.file.flush()
+            self.room = 0
+            no_space()
+        self.room -= len(data)
+        return self.file.write(data)
+
+    def __getattr__(self, name):
+        return getattr(self.file, name)
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc):
+        self.file.close()
+
+
+# ---- zip bombs
+
+
+def test_many_small_entries_zip_bomb_is_refused_and_leaves_nothing(Session, tmp_path):
+    # The issue's zip: 500 entries of 1 MiB of zeros, each too small for the per-entry ratio check.
+    zeros = [(f"cat/zeros{i:03d}.png", bytes(2**20)) for i in range(500)]
+    archive = class_zip(tmp_path / "bomb.zip", zeros)
+    assert max(i.file_size for i in zipfile.ZipFile(archive).infolist()) <= importer._RATIO_MIN_BYTES
+    before = data_files()
+    with pytest.raises(DataError, match=r"would unpack to 50\d MiB .*possible zip bomb"):
+        projects.create_project(Session, "bomb", f"zip:{archive}")
+    assert data_files() == before
+    with Session() as session:
+        assert queries.list_projects(session) == []
+
+
+def test_every_entry_counts_toward_the_total(tmp_path):
+    archive = make_zip(tmp_path / "small.zip", [(f"{i}.png", png(i)) for i in range(20)])
+    total = sum(i.file_size for i in zipfile.ZipFile(archive).infolist())
+    with pytest.raises(DataError, match="would unpack to"):
+        import_zip(archive, target=tmp_path / "t", max_total_bytes=total - 1)
+    assert not (tmp_path / "t").exists()
+    assert len(import_zip(archive, target=tmp_path / "t2", max_total_bytes=total).keys) == 20
+
+
+def test_a_zip_larger_than_the_free_space_is_refused_before_writing(Session, tmp_path, monkeypatch):
+    archive = class_zip(tmp_path / "pets.zip")
+    monkeypatch.setattr(importer, "_free_bytes", lambda _target: importer.MIN_FREE_BYTES + 100)
+    before = data_files()
+    with pytest.raises(DiskFull, match="free some space"):
+        projects.create_project(Session, "pets", f"zip:{archive}")
+    assert data_files() == before
+
+
+# ---- scratch folders and uploads
+
+
+def test_zip_import_keeps_the_files_in_the_project_and_nothing_in_imports(Session, tmp_path):
+    archive = class_zip(
+        tmp_path / "pets.zip", [("dog/readme.txt", b"skip me"), ("cat/bad.png", b"not a png")]
+    )
+    project = projects.create_project(Session, "pets", f"zip:{archive}", audit_size=0)
+    root = Path(os.environ["LABELER_DATA_DIR"])
+    assert not any((root / "imports").glob("*")), "the extracted zip was left behind"
+    with Session() as session:
+        stored = [Path(item.path) for item in queries.items(session, project.id)]
+        skipped = {i.path: i.reason for i in queries.import_issues(session, project.id)}
+    assert len(stored) == 10 and all(p.is_file() and p.is_relative_to(root / "projects") for p in stored)
+    assert set(skipped) == {"dog/readme.txt", "cat/bad.png"}
+
+
+def test_refused_zip_import_leaves_nothing(Session, tmp_path):
+    flat = make_zip(tmp_path / "flat.zip", [(f"{i}.png", png(i)) for i in range(5)])
+    before = data_files()
+    with pytest.raises(ValueError, match="no class folders"):
+        projects.create_project(Session, "flat", f"zip:{flat}")
+    assert data_files() == before
+    assert flat.exists(), "the user's own zip is not ours to delete"
+
+
+def test_an_upload_is_removed_when_its_import_ends(Session, tmp_path):
+    from labeler.ui.project import remove_upload, save_upload
+
+    flat = make_zip(tmp_path / "flat.zip", [(f"{i}.png", png(i)) for i in range(5)])
+    before = data_files()
+    source = save_upload(flat.read_bytes())
+    try:
+        with pytest.raises(ValueError, match="no class folders"):
+            projects.create_project(Session, "flat", source)
+    finally:
+        remove_upload(source)
+    assert data_files() == before, "the upload or its extraction was left behind"
+    remove_upload(f"zip:{flat}")  # a zip elsewhere is never removed
+    assert flat.exists()
+
+
+# ---- a full disk
+
+
+def test_disk_full_while_extracting_leaves_no_file(Session, tmp_path, monkeypatch):
+    archive = class_zip(tmp_path / "pets.zip")
+    calls = []
+
+    def fills_up(path, mode="r", *args, **kwargs):
+        file = open(path, mode, *args, **kwargs)  # noqa: SIM115 - closed by the wrapper
+        calls.append(path)
+        return _FillsUp(file, room=50) if len(calls) == 4 else file
+
+    monkeypatch.setattr(importer, "open", fills_up, raising=False)
+    before = data_files()
+    with pytest.raises(DiskFull, match="ran out of space while extracting pets.zip; free some space"):
+        projects.create_project(Session, "pets", f"zip:{archive}")
+    assert len(calls) == 4
+    assert data_files() == before
+
+
+def test_disk_full_while_saving_the_pixels_leaves_no_file(Session, tmp_path, monkeypatch):
+    archive = class_zip(tmp_path / "pets.zip")
+
+    def partial_save(path, array, *args, **kwargs):
+        Path(path).write_bytes(b"\x93NUMPY" + bytes(100))  # what a write cut short leaves
+        no_space()
+
+    before = data_files()
+    with monkeypatch.context() as patch:
+        patch.setattr(projects.np, "save", partial_save)
+        with pytest.raises(DiskFull, match="ran out of space while storing the images; free some space"):
+            projects.create_project(Session, "pets", f"zip:{archive}")
+    assert data_files() == before, "a partial pixel file or extracted files were left behind"
+    with Session() as session:
+        assert queries.list_projects(session) == []
+
+    # Space was freed: the same import now works.
+    project = projects.create_project(Session, "pets", f"zip:{archive}")
+    assert projects.pixels(project.id).shape == (10, 1, 28, 28)
+
+
+def test_disk_full_while_copying_a_folder_leaves_the_disk_as_it_was(Session, tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    for k, c in enumerate(("cat", "dog")):
+        for i in range(3):
+            (source / c).mkdir(parents=True, exist_ok=True)
+            (source / c / f"{i}.png").write_bytes(png(10 * k + i))
+    originals = {p: p.read_bytes() for p in source.rglob("*.png")}
+    copies = []
+
+    def partial_copy(src, dst, *args, **kwargs):
+        copies.append(src)
+        Path(dst).write_bytes(b"\x89PNG" if len(copies) == 3 else Path(src).read_bytes())
+        if len(copies) == 3:
+            no_space()
+
+    monkeypatch.setattr(projects.shutil, "copyfile", partial_copy)
+    before = data_files()
+    with pytest.raises(DiskFull, match="free some space"):
+        projects.create_project(Session, "pets", f"folder:{source}")
+    assert data_files() == before
+    assert {p: p.read_bytes() for p in source.rglob("*.png")} == originals
+
+
+# ---- nesting
+
+
+def test_zip_entry_nested_too_deep_is_skipped_with_a_reason(tmp_path):
+    deep = "d/" * 1100 + "deep.png"
+    archive = class_zip(tmp_path / "deep.zip", [(deep, png(99))])
+    data = import_zip(archive, target=tmp_path / "t")
+    assert len(data.keys) == 10
+    assert dict(data.skipped) == {deep: importer.TOO_DEEP}
+
+
+def test_folder_nested_too_deep_is_skipped_with_a_reason(tmp_path):
+    root = tmp_path / "src"
+    for k, c in enumerate(("cat", "dog")):
+        (root / c).mkdir(parents=True)
+        (root / c / "0.png").write_bytes(png(k))
+    folder = root / "cat"
+    for _ in range(1100):  # one level at a time: os.makedirs itself recurses
+        folder = folder / "d"
+        folder.mkdir()
+    (folder / "deep.png").write_bytes(png(99))
+    try:
+        data = import_folder(root)
+    finally:
+        _remove_upwards(folder, stop=root / "cat")
+    assert data.keys == ["cat/0.png", "dog/0.png"]
+    ((shown, reason),) = data.skipped
+    assert reason == importer.TOO_DEEP and shown == "cat" + "/d" * importer.MAX_DEPTH
+
+
+def _remove_upwards(folder: Path, stop: Path) -> None:
+    """Remove a deep chain of folders bottom-up (shutil.rmtree, as pytest's cleanup, recurses)."""
+    for path in folder.iterdir():
+        path.unlink()
+    while folder != stop:
+        folder.rmdir()
+        folder = folder.parent
