@@ -40,7 +40,7 @@ class ClassifierNet(nn.Module):
 
     def __init__(self, input_shape, num_classes: int, hidden, dropout: float):
         super().__init__()
-        self.features, width = nets.features(input_shape, hidden)
+        self.features, width = nets.features(input_shape, hidden, classifier=True)
         self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -76,7 +76,9 @@ class Supervised(SSLModel):
         }
         self.modules["net"].eval()
         self.optimizers = {
-            "net": torch.optim.AdamW(self.modules["net"].parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+            "net": torch.optim.AdamW(
+                self.modules["net"].parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            )
         }
         self.labels_seen = 0
         self.steps_done = 0

@@ -33,12 +33,21 @@ Networks (the paper's MLPs): q(y|x), q(z|x,y) and p(x|y,z) each have one hidden 
 units (256 below 28x28 inputs, see nets.default_hidden), with batch norm; z has 50 dimensions
 (10 below 28x28 inputs, see nets.default_latent).
 
+Consistency (`consistency`, off: the paper's form): q(y|x) also gets FixMatch's term on the
+unlabeled batch, with an exponential moving average of q(y|x) as the teacher (see
+`augment.py`; augmentations by kind of data, strong views kept out of batch-norm statistics):
+
+    J_cons = J + consistency_weight * alpha (N_l / N) * L_cons,
+
+weighted like the classification term, and predictions and the export use the teacher.
+
 The same network also serves the stacked model M1+M2 (m1m2.py) with a Gaussian p(x | y, z)
 on M1's latent codes instead of a Bernoulli on pixels.
 """
 
 from __future__ import annotations
 
+import copy
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -49,7 +58,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import nets
+from . import augment, nets
 from .base import Budget, ProgressFn, SSLModel, batched
 
 
@@ -67,6 +76,12 @@ class M2Config:
     labeled_weight: float = 0.0
     # The classifier q(y|x)'s backbone: "auto" (nets.use_conv), "mlp" or "conv".
     classifier_arch: str = "auto"
+    # FixMatch-style consistency with an EMA teacher on q(y|x) (module docstring); False is the
+    # paper's M2. Images only (M1+M2's codes are not augmented).
+    consistency: bool = False
+    consistency_weight: float = 1.0
+    threshold: float = 0.95  # the teacher's confidence needed for a pseudo-label
+    ema: float = 0.99  # the teacher's decay (lower while fewer than ~1 / (1 - ema) steps are done)
 
 
 class M2Net(nn.Module):
@@ -96,7 +111,7 @@ class M2Net(nn.Module):
                 nets.GaussianHead(hidden[0], d),
             )
         else:
-            self.cls_features, _ = nets.features(input_shape, hidden, classifier_arch)
+            self.cls_features, _ = nets.features(input_shape, hidden, classifier_arch, classifier=True)
             self.enc_features, _ = nets.features(input_shape, hidden)
             self.decoder = nets.image_decoder(latent_dim + num_classes, input_shape, hidden)
         width = hidden[-1]
@@ -110,6 +125,10 @@ class M2Net(nn.Module):
 
     def logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.cls_out(self.cls_features(x))  # (B, K)
+
+    def classifier(self) -> nn.Sequential:
+        """q(y|x)'s layers as one module (B, ...) -> (B, K) logits, sharing this net's weights."""
+        return nn.Sequential(self.cls_features, self.cls_out)
 
     def log_lik(self, x: torch.Tensor, out) -> torch.Tensor:
         if self.vector:
@@ -200,12 +219,14 @@ def train_m2(
     step0: int = 0,
     trained_before: int = 0,
     opt: torch.optim.Optimizer | None = None,
+    teacher: nn.Module | None = None,
 ) -> tuple[int, dict[str, float]]:
     """Adam on `m2_loss` with a labeled and an unlabeled batch per step until `budget` ends.
 
     `draw(idx)` returns the inputs of those pool rows (pixels, or sampled M1 codes); `step0` is
     where this loop starts within the caller's fit (for progress), `trained_before` how many M2
-    steps earlier fits made (for the KL warm-up), `opt` the model's Adam (None: a fresh one).
+    steps earlier fits made (for the KL warm-up), `opt` the model's Adam (None: a fresh one),
+    `teacher` the EMA copy of `net.classifier()` for the consistency term (None: off).
     """
     n_l, n_u = len(labeled_idx), len(unlabeled_idx)
     alpha = cfg.alpha_scale * (n_l + n_u)
@@ -214,6 +235,8 @@ def train_m2(
     lab = nets.batches(np.arange(n_l), cfg.labeled_batch, rng) if n_l else None
     unl = nets.batches(unlabeled_idx, cfg.unlabeled_batch, rng) if n_u else None
     y_all = torch.as_tensor(labels, dtype=torch.long, device=device)
+    student = net.classifier()
+    cons_weight = cfg.consistency_weight * alpha * n_l / max(1, n_l + n_u)
     step, parts = 0, {}
     while not budget.done(step):
         empty = np.zeros(0, dtype=np.int64)
@@ -223,10 +246,21 @@ def train_m2(
         xu = draw(ub)
         kl_weight = min(1.0, (trained_before + step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
         loss, parts = m2_loss(net, xl, yl, xu, n_l, n_u, alpha, kl_weight, cfg.labeled_weight)
+        if teacher is not None and len(xu) and n_l:
+            with torch.no_grad():
+                teacher_logits = teacher(augment.weak(xu))
+            with augment.frozen_batchnorm(student):
+                student_logits = student(augment.strong(xu))
+            cons, confident = augment.fixmatch_loss(student_logits, teacher_logits, cfg.threshold)
+            loss = loss + cons_weight * cons
+            parts.update(consistency=cons.item(), confident=confident.item())
         nets.check_finite(loss, step0 + step)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
+        if teacher is not None:
+            done = trained_before + step + 1
+            augment.ema_update(teacher, student, min(cfg.ema, done / (done + 10)))
         step += 1
         ticker.tick(step0 + step, parts)
     net.eval()
@@ -248,6 +282,11 @@ class M2(SSLModel):
             )
         }
         self.modules["net"].eval()
+        if cfg.consistency:
+            # An EMA of q(y|x): the consistency term's teacher, and what predicts and is exported.
+            self.modules["teacher"] = (
+                copy.deepcopy(self.modules["net"].classifier()).requires_grad_(False).eval()
+            )
         self.optimizers = {"net": torch.optim.Adam(self.modules["net"].parameters(), lr=cfg.lr)}
         self.labels_seen = 0
         self.steps_done = 0
@@ -278,30 +317,33 @@ class M2(SSLModel):
             self.device,
             trained_before=self.steps_done,
             opt=self.optimizers["net"],
+            teacher=self.modules.get("teacher"),
         )
         self.steps_done += steps
         self.labels_seen = len(labeled_idx)
         ticker.tick(steps, parts, force=True)
         return parts
 
+    def _classifier(self) -> nn.Sequential:
+        """q(y|x) as used for predictions: the EMA teacher with consistency, else the net's own."""
+        if "teacher" in self.modules:
+            return self.modules["teacher"].eval()
+        return self.modules["net"].eval().classifier()
+
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         if self.labels_seen == 0:
             return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
-        net = self.modules["net"].eval()
-        return batched(lambda xb: torch.softmax(net.logits(xb), 1), x, self.device)
+        classifier = self._classifier()
+        return batched(lambda xb: torch.softmax(classifier(xb), 1), x, self.device)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         """The classifier's last hidden layer (B, F): M2's z is class-free style, useless to plot by class."""
-        net = self.modules["net"].eval()
-        return batched(net.cls_features, x, self.device)
+        return batched(self._classifier()[0], x, self.device)
 
     def classifier_module(self) -> nn.Module:
-        import copy
-
         if self.labels_seen == 0:
             return nets.Uniform(self.num_classes)
-        net = copy.deepcopy(self.modules["net"]).cpu().eval()
-        return nets.SoftmaxOf(nn.Sequential(net.cls_features, net.cls_out)).eval()
+        return nets.SoftmaxOf(copy.deepcopy(self._classifier()).cpu().eval()).eval()
 
     @torch.no_grad()
     def sample_images(self, n_per_class: int = 8, seed: int = 0) -> np.ndarray | None:

@@ -26,6 +26,15 @@ G of 100-500-500-784 with batch norm and softplus, uniform z, sigmoid output; Ad
 beta1 0.5) with the learning rate decayed linearly to zero at the end; the small labeled set
 repeated to fill a batch, while every pool image serves as an unlabeled one. Colour or larger
 images use a small convolutional variant of the same design (see `ConvDiscriminator`).
+
+Consistency (`consistency`, off: the paper's form): the discriminator's real-class logits also
+get FixMatch's term on the unlabeled batch (see `augment.py`), with D's weight average (`ema`)
+as the teacher on weak views and D itself on strong views, and the labeled batch is weakly
+augmented:
+
+    L_D = L_sup + w L_unsup + consistency_weight * L_cons.
+
+The discriminator has no batch norm, so the strong views need no keeping out of its statistics.
 """
 
 from __future__ import annotations
@@ -40,7 +49,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import nets
+from . import augment, nets
 from .base import Budget, Progress, ProgressFn, SSLModel, TrainingCancelled, batched, to_tensor
 
 # -- loss terms (testable free functions) ---------------------------------------------------
@@ -226,14 +235,51 @@ class MLPGenerator(nn.Module):
 
 
 class ConvDiscriminator(nn.Module):
-    """A small version of Salimans et al.'s CIFAR-10 discriminator for 2 CPU cores: Gaussian
-    input noise, WN 3x3 convolutions with leaky ReLU, two stride-2 stages with dropout,
-    global mean pooling (any image size works), then WN dense to K logits."""
+    """A small version of Salimans et al.'s CIFAR-10 discriminator for 2 CPU cores.
 
-    def __init__(self, channels: int, width: int, num_classes: int, input_noise: float, dropout: float):
+    `invariant` (the default): per-image normalisation (nets.PerImageNorm), Gaussian input
+    noise, then three stages of a WN 3x3 convolution with leaky ReLU and 2x2 max pooling (the
+    first two with dropout), a WN 1x1 convolution and global max pooling, so brightness,
+    contrast, colour cast and position do not decide the class (see nets' module docstring).
+    Otherwise the earlier form: Gaussian input noise, WN 3x3 convolutions with leaky ReLU, two
+    stride-2 stages with dropout, global mean pooling. Either works for any image size and
+    ends in a WN dense layer to K logits."""
+
+    def __init__(
+        self,
+        channels: int,
+        width: int,
+        num_classes: int,
+        input_noise: float,
+        dropout: float,
+        invariant: bool = True,
+    ):
         super().__init__()
         w1, w2 = width, 2 * width
         act = lambda: nn.LeakyReLU(0.2)
+        if invariant:
+            self.body = nn.Sequential(
+                nets.PerImageNorm(),
+                GaussianNoise(input_noise),
+                WNConv2d(channels, w1, 3, padding=1),
+                act(),
+                nn.MaxPool2d(2, ceil_mode=True),
+                nn.Dropout(dropout),
+                WNConv2d(w1, w2, 3, padding=1),
+                act(),
+                nn.MaxPool2d(2, ceil_mode=True),
+                nn.Dropout(dropout),
+                WNConv2d(w2, w2, 3, padding=1),
+                act(),
+                nn.MaxPool2d(2, ceil_mode=True),
+                WNConv2d(w2, w2, 1),
+                act(),
+                nn.AdaptiveMaxPool2d(1),
+                nn.Flatten(),
+            )
+            self.head = nn.Sequential(WNLinear(w2, num_classes))
+            self.feature_dim = w2
+            return
         self.body = nn.Sequential(
             GaussianNoise(input_noise),
             WNConv2d(channels, w1, 3, padding=1),
@@ -326,6 +372,9 @@ class SSLGANConfig:
     conv_width: int = 16  # conv D: 16 and 32 channels; conv G: 64 and 32 (sized for 2 CPU cores)
     conv_input_noise: float = 0.15
     conv_dropout: float = 0.5
+    # The conv discriminator normalises each image and max-pools (ConvDiscriminator); False
+    # restores the earlier stride-2, mean-pooled form (at chance on the shapes benchmark).
+    conv_invariant: bool = True
     batch_size: int = 100  # labeled, unlabeled and generated images per step each (MLP)
     conv_batch_size: int = 50  # the same for the conv variant
     lr: float = 0.001  # the paper: 0.003; 0.001 measured better in short budgets (see report)
@@ -336,6 +385,12 @@ class SSLGANConfig:
     # sslgan 0.898 mean with and without, badgan 0.902 without and 0.910 with).
     lr_decay: float = 0.5
     ema: float = 0.99  # > 0: predict with an exponential moving average of D's weights
+    # FixMatch-style consistency (augment.py): D's weight average labels weak views of the
+    # unlabeled batch, D learns those labels on strong views, and the labeled batch is weakly
+    # augmented; False is the paper's form.
+    consistency: bool = False
+    consistency_weight: float = 1.0
+    threshold: float = 0.95
     progress_every_s: float = 0.5
 
 
@@ -356,7 +411,12 @@ class SSLGAN(SSLModel):
             gen = MLPGenerator(cfg.z_dim, tuple(cfg.g_hidden), self.input_shape)
         else:
             disc = ConvDiscriminator(
-                c, cfg.conv_width, self.num_classes, cfg.conv_input_noise, cfg.conv_dropout
+                c,
+                cfg.conv_width,
+                self.num_classes,
+                cfg.conv_input_noise,
+                cfg.conv_dropout,
+                cfg.conv_invariant,
             )
             gen = ConvGenerator(cfg.z_dim, cfg.conv_width, self.input_shape)
         self.modules = {"disc": disc.to(self.device), "gen": gen.to(self.device)}
@@ -366,6 +426,7 @@ class SSLGAN(SSLModel):
         self.opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
         self.optimizers = {"disc": self.opt_d, "gen": self.opt_g}
         self._fits = 0
+        self._steps = 0
 
     @property
     def disc(self) -> nn.Module:
@@ -428,6 +489,8 @@ class SSLGAN(SSLModel):
             if "disc_ema" in self.modules:
                 self._update_ema(0.0)
 
+        if "disc_ema" in self.modules:
+            self.modules["disc_ema"].eval()  # the teacher predicts without noise or dropout
         lab_order = np.zeros(0, dtype=np.int64)
         losses: dict[str, float] = {}
         step, last_report = 0, -math.inf  # report after the first step, then every progress_every_s
@@ -451,8 +514,18 @@ class SSLGAN(SSLModel):
                     )
                 pick, lab_order = lab_order[:bs], lab_order[bs:]
                 pick_t = torch.as_tensor(pick, device=self.device)
-                logits_all, _ = disc(torch.cat([x_lab[pick_t], unl, fake]))
-                logits_lab, logits_unl, logits_fake = logits_all.split(bs)  # (B, K) each
+                xl = x_lab[pick_t]
+                if cfg.consistency:
+                    xl = augment.weak(xl)
+                    with torch.no_grad():
+                        teacher_logits = self._logits(augment.weak(unl))
+                    logits_all, _ = disc(torch.cat([xl, unl, fake, augment.strong(unl)]))
+                    logits_lab, logits_unl, logits_fake, logits_strong = logits_all.split(bs)
+                    cons, _ = augment.fixmatch_loss(logits_strong, teacher_logits, cfg.threshold)
+                    terms["cons"] = cfg.consistency_weight * cons
+                else:
+                    logits_all, _ = disc(torch.cat([xl, unl, fake]))
+                    logits_lab, logits_unl, logits_fake = logits_all.split(bs)  # (B, K) each
                 terms["sup"] = supervised_loss(logits_lab, yt[pick_t])
             else:
                 logits_all, _ = disc(torch.cat([unl, fake]))
@@ -464,7 +537,10 @@ class SSLGAN(SSLModel):
             loss_d.backward()
             self.opt_d.step()
             if "disc_ema" in self.modules:
-                self._update_ema(cfg.ema)
+                # With consistency the average is also the teacher, so it must not lag far
+                # behind in the first steps: the mean teacher's ramp min(ema, t / (t + 10)).
+                t = self._steps + step + 1
+                self._update_ema(min(cfg.ema, t / (t + 10)) if cfg.consistency else cfg.ema)
 
             # generator: feature matching on a fresh unlabeled batch
             unl2 = xt[torch.as_tensor(rng.integers(0, n, bs), device=self.device)]
@@ -494,6 +570,7 @@ class SSLGAN(SSLModel):
             if progress is not None:  # the last throttled report may be up to progress_every_s old
                 progress(Progress(step, budget.elapsed(), budget.fraction(step), losses))
         losses["steps"] = float(step)
+        self._steps += step
         disc.eval(), gen.eval()
         return losses
 
@@ -541,7 +618,8 @@ class SSLGAN(SSLModel):
         return module
 
     def extra_state(self) -> dict:
-        return {"arch": self.arch, "fits": self._fits}
+        return {"arch": self.arch, "fits": self._fits, "steps": self._steps}
 
     def load_extra_state(self, state: dict) -> None:
         self._fits = int(state.get("fits", 0))
+        self._steps = int(state.get("steps", 0))
