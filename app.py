@@ -10,7 +10,7 @@ from labeler.ui import PAGES, account, common
 st.set_page_config(page_title="labeler", page_icon="assets/logo.png", layout="wide")
 st.logo("assets/logo.png")
 # Before the navigation: with accounts, nothing but the login form runs until a login.
-user = account.gate()
+user = account.gate([path for path, *_ in PAGES])
 account.sidebar(user)
 pages = account.visible_pages(PAGES, admin=common.is_admin())
 st.navigation([st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in pages]).run()

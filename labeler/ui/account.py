@@ -117,20 +117,11 @@ def _oidc_account() -> dict | None:
     return common.signed_in()
 
 
-def gate() -> dict | None:
-    """Return the logged-in account, or None in single-user mode; otherwise draw the login form
-    and stop the script run, so no page runs before a login."""
-    if not common.accounts_enabled():
-        if common.signed_in() is not None:
-            sign_out()  # every account was removed: back to single-user mode
-        return None
-    user = _oidc_account() if oidc_configured() else _current_account()
-    if user is not None:
-        return user
+def login_page() -> None:
     st.title("labeler")
     if oidc_configured():
         st.button("Log in", type="primary", on_click=st.login, key="login_oidc")
-        st.stop()
+        return
     st.caption("Log in with the name and password an admin gave you.")
     with st.form("login"):
         st.text_input("Name", key="login_name", autocomplete="username")
@@ -139,6 +130,24 @@ def gate() -> dict | None:
     error = st.session_state.get("login_error")
     if error:
         st.error(error)
+
+
+def gate(paths: list[str]) -> dict | None:
+    """Return the logged-in account, or None in single-user mode; otherwise show the login page
+    at every page's address (`paths`), with no menu, and stop the script run, so no page runs
+    before a login. A link to a page leads there after the login."""
+    if not common.accounts_enabled():
+        if common.signed_in() is not None:
+            sign_out()  # every account was removed: back to single-user mode
+        return None
+    user = _oidc_account() if oidc_configured() else _current_account()
+    if user is not None:
+        return user
+    login = [
+        st.Page(login_page, title="Log in", url_path=path, default=path == "login")
+        for path in ["login", *paths]
+    ]
+    st.navigation(login, position="hidden").run()
     st.stop()
 
 
