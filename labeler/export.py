@@ -3,30 +3,41 @@
 - `labels.csv`: one row per labeled image (file, label, annotator, labeled_at, source).
 - `dataset.zip`: ImageFolder layout (one folder per class, readable by
   `torchvision.datasets.ImageFolder`), with `metadata.csv` (file_name, label), `labels.csv`
-  and `HOW_TO_USE.txt`.
+  and `HOW_TO_USE.txt`. Folder names are the class names made safe as one path component and
+  unique per class, also where the safe forms collide (`a?b` and `a*b`, `.` and `class`) or
+  differ only in case; `metadata.csv` gives the exact class name of every file.
 - `dataset.parquet`: the same rows with the image as PNG bytes.
 - `predictions.csv`: the newest model's prediction for every image.
 - `model.pt` (checkpoint + config, loads with `weights_only=True`), `model.torchscript.pt` and
-  `model.onnx` (each classifies a (B, C, H, W) float tensor in [0, 1] into class probabilities
-  with no labeler code: PyTorch alone, or any ONNX runtime) + `classes.json`.
+  `model.onnx` (one self-contained file; each classifies a (B, C, H, W) float tensor in [0, 1]
+  into class probabilities with no labeler code: PyTorch alone, or any ONNX runtime) +
+  `classes.json`.
+
+One snapshot: an export reads everything it needs in one transaction (`read_snapshot`) before
+it writes a file, so labels given or undone meanwhile are wholly in or wholly out, and
+labels.csv, the zip and the Parquet file agree with each other.
 """
 
 from __future__ import annotations
 
+import contextlib
 import io
 import json
 import logging
 import re
+import unicodedata
 import zipfile
+from collections.abc import Iterator
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import pandas as pd
 from PIL import Image
-from sqlalchemy import select
+from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from db.models import Item, LabelEvent, Prediction, Project, Run
+from db.models import Item, LabelClass, LabelEvent, Prediction, Project, Run
 
 from . import projects
 
@@ -40,7 +51,15 @@ Images are in ImageFolder layout: one folder per class.
     from torchvision import datasets
     data = datasets.ImageFolder("path/to/unzipped/folder")
 
-metadata.csv lists file_name,label for every image (the Hugging Face `imagefolder` layout);
+metadata.csv lists file_name,label for every image (the Hugging Face `imagefolder` layout):
+the label is the exact class name, the first part of file_name its folder. Folder names are
+unique per class, but made safe for any file system, so they can differ from the class names:
+
+    import pandas as pd
+    meta = pd.read_csv("metadata.csv", keep_default_na=False)
+    class_of_folder = dict(zip(meta.file_name.str.split("/").str[0], meta.label))
+    names = [class_of_folder[folder] for folder in data.classes]
+
 labels.csv adds who labeled each image and when.
 
 If the export included a model:
@@ -51,12 +70,26 @@ If the export included a model:
     probabilities = model(images)  # images: float tensor (B, {c}, {h}, {w}) in [0, 1]
     print([classes[i] for i in probabilities.argmax(1)])
 
-The same classifier as ONNX (input "images", output "probabilities", any batch size):
+The same classifier as ONNX (one self-contained file; input "images", output
+"probabilities", any batch size):
 
     import onnxruntime
     session = onnxruntime.InferenceSession("model.onnx")
     probabilities = session.run(None, {{"images": images}})[0]  # images: float32 numpy array
 """
+
+
+LABEL_COLUMNS = ["file", "label", "label_index", "annotator", "labeled_at", "source", "split", "row"]
+CSV_COLUMNS = ["file", "label", "annotator", "labeled_at", "source"]
+PREDICTION_COLUMNS = ["file", "split", "predicted_index", "confidence", "entropy"]
+# What the model download holds; model.onnx.data only appears if an ONNX export ever keeps
+# its weights beside the graph (write_onnx asks for one file).
+MODEL_FILES = ("model.pt", "model.torchscript.pt", "model.onnx", "model.onnx.data", "classes.json")
+PARTS = ("labels", "dataset", "predictions", "model")
+
+
+class ExportError(ValueError):
+    """Something cannot be exported; the message says why and what to do, in one sentence."""
 
 
 def safe_name(name: str) -> str:
@@ -65,37 +98,116 @@ def safe_name(name: str) -> str:
     return cleaned or "class"
 
 
-def labels_frame(session: Session, project_id: int) -> pd.DataFrame:
-    """One row per currently labeled image, with who labeled it and when."""
-    names = queries.class_names(session, project_id)
-    current = queries.current_labels(session, project_id)
-    if not current:
-        return pd.DataFrame(columns=["file", "label", "label_index", "annotator", "labeled_at", "source", "split", "row"])
-    newest = {}
-    events = session.scalars(
-        select(LabelEvent)
-        .where(LabelEvent.project_id == project_id, LabelEvent.undone.is_(False))
-        .order_by(LabelEvent.id)
-    )
-    for event in events:
-        newest[event.item_id] = event
-    items = {item.id: item for item in session.scalars(select(Item).where(Item.id.in_(list(current))))}
-    rows = []
-    for item_id in sorted(current, key=lambda i: items[i].row):
-        event, item = newest[item_id], items[item_id]
-        rows.append(
-            {
-                "file": item.key,
-                "label": names[event.class_index],
-                "label_index": event.class_index,
-                "annotator": event.annotator,
-                "labeled_at": event.created_at.isoformat(timespec="seconds"),
-                "source": event.kind,
-                "split": item.split,
-                "row": item.row,
-            }
+def class_folders(names: list[str]) -> list[str]:
+    """One folder name per class, in class order: `safe_name` (at most 80 characters), with
+    -2, -3, ... added where it would equal an earlier class's folder. Equal means equal after
+    Unicode normalisation and ignoring case, as macOS and Windows file systems compare names,
+    so no two classes ever share a folder once unzipped."""
+    taken: set[str] = set()
+    folders = []
+    for name in names:
+        base = safe_name(name)[:80]
+        folder, n = base, 1
+        while _fold(folder) in taken:
+            n += 1
+            folder = f"{base}-{n}"
+        taken.add(_fold(folder))
+        folders.append(folder)
+    return folders
+
+
+def _fold(name: str) -> str:
+    return unicodedata.normalize("NFC", name).casefold()
+
+
+@dataclass
+class Snapshot:
+    """What an export reads from the database, all from one transaction."""
+
+    project_id: int
+    shape: tuple[int, int, int]
+    names: list[str]
+    labels: pd.DataFrame  # LABEL_COLUMNS + path, one row per labeled image, by row
+    run_id: int | None = None  # the newest finished run
+    checkpoint: str | None = None
+    predictions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PREDICTION_COLUMNS))
+
+
+@contextlib.contextmanager
+def consistent_read(Session: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose reads all see one snapshot of the database, whatever commits meanwhile."""
+    with Session() as session:
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        elif dialect == "sqlite":
+            connection = session.connection()
+            # pysqlite opens no transaction for a SELECT, so each statement would read its own
+            # snapshot; in WAL mode a read transaction keeps the first one until it ends.
+            if not connection.connection.driver_connection.in_transaction:
+                connection.exec_driver_sql("BEGIN")
+        yield session
+
+
+def read_snapshot(Session: sessionmaker[Session], project_id: int, parts=PARTS) -> Snapshot:
+    """Read what the export `parts` need in one transaction (see `consistent_read`)."""
+    with consistent_read(Session) as session:
+        project = session.get(Project, project_id)
+        if project is None:
+            raise ExportError(f"Project {project_id} does not exist any more; choose another project.")
+        snapshot = Snapshot(
+            project_id=project_id,
+            shape=project.shape,
+            names=queries.class_names(session, project_id),
+            labels=labels_frame(session, project_id, with_path=True)
+            if {"labels", "dataset"} & set(parts)
+            else pd.DataFrame(columns=LABEL_COLUMNS),
         )
-    return pd.DataFrame(rows)
+        if {"predictions", "model"} & set(parts):
+            snapshot.run_id = queries.latest_done_run_id(session, project_id)
+        if snapshot.run_id is not None and "model" in parts:
+            snapshot.checkpoint = session.get(Run, snapshot.run_id).checkpoint
+        if snapshot.run_id is not None and "predictions" in parts:
+            rows = session.execute(
+                select(Item.key, Item.split, Prediction.predicted, Prediction.confidence, Prediction.entropy)
+                .join(Prediction, Prediction.item_id == Item.id)
+                .where(Prediction.run_id == snapshot.run_id)
+                .order_by(Item.row)
+            ).all()
+            snapshot.predictions = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+    return snapshot
+
+
+def labels_frame(session: Session, project_id: int, with_path: bool = False) -> pd.DataFrame:
+    """One row per currently labeled image, with who labeled it and when (LABEL_COLUMNS, and
+    the stored file's `path` when `with_path`). One statement, so one snapshot even outside
+    `consistent_read`: an undo or a new label cannot land between two reads."""
+    newest = queries._current_event_ids(project_id)
+    rows = session.execute(
+        select(
+            Item.key,
+            LabelClass.name,
+            LabelEvent.class_index,
+            LabelEvent.annotator,
+            LabelEvent.created_at,
+            LabelEvent.kind,
+            Item.split,
+            Item.row,
+            Item.path,
+        )
+        .select_from(LabelEvent)
+        .join(newest, LabelEvent.id == newest.c.event_id)
+        .join(Item, Item.id == LabelEvent.item_id)
+        # An inner join: answers outside the classes (an "ignore") are in no class folder.
+        .join(
+            LabelClass,
+            and_(LabelClass.project_id == LabelEvent.project_id, LabelClass.index == LabelEvent.class_index),
+        )
+        .order_by(Item.row)
+    ).all()
+    frame = pd.DataFrame(rows, columns=[*LABEL_COLUMNS, "path"])
+    frame["labeled_at"] = [t.isoformat(timespec="seconds") for t in frame["labeled_at"]]
+    return frame if with_path else frame.drop(columns=["path"])
 
 
 def _image_bytes(project_id: int, item_row: int, path: str | None) -> tuple[bytes, str]:
@@ -107,80 +219,83 @@ def _image_bytes(project_id: int, item_row: int, path: str | None) -> tuple[byte
     return buffer.getvalue(), ".png"
 
 
-def write_labels_csv(Session: sessionmaker[Session], project_id: int, out: Path) -> Path:
-    with Session() as session:
-        frame = labels_frame(session, project_id)
+def write_labels_csv(
+    Session: sessionmaker[Session], project_id: int, out: Path, snapshot: Snapshot | None = None
+) -> Path:
+    snapshot = snapshot or read_snapshot(Session, project_id, ("labels",))
     path = Path(out) / "labels.csv"
-    frame[["file", "label", "annotator", "labeled_at", "source"]].to_csv(path, index=False)
+    snapshot.labels[CSV_COLUMNS].to_csv(path, index=False)
     return path
 
 
-def write_dataset(Session: sessionmaker[Session], project_id: int, out: Path) -> list[Path]:
+def write_dataset(
+    Session: sessionmaker[Session], project_id: int, out: Path, snapshot: Snapshot | None = None
+) -> list[Path]:
     """The ImageFolder zip and the Parquet file."""
-    with Session() as session:
-        frame = labels_frame(session, project_id)
-        project = session.get(Project, project_id)
-        paths = {i.row: i.path for i in queries.items(session, project_id)}
+    snapshot = snapshot or read_snapshot(Session, project_id, ("dataset",))
+    frame = snapshot.labels
+    folders = class_folders(snapshot.names)
     out = Path(out)
     zip_path, parquet_path = out / "dataset.zip", out / "dataset.parquet"
     file_names, images = [], []
     with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
         for record in frame.itertuples():
-            data, suffix = _image_bytes(project_id, record.row, paths.get(record.row))
+            data, suffix = _image_bytes(project_id, record.row, record.path)
             stem = safe_name(Path(record.file).stem)[:80]
-            name = f"{safe_name(record.label)}/{record.row:06d}_{stem}{suffix}"
+            name = f"{folders[record.label_index]}/{record.row:06d}_{stem}{suffix}"
             archive.writestr(name, data)
             file_names.append(name)
             images.append(data)
         meta = pd.DataFrame({"file_name": file_names, "label": frame["label"].tolist()})
         archive.writestr("metadata.csv", meta.to_csv(index=False))
-        labels = frame[["file", "label", "annotator", "labeled_at", "source"]]
-        archive.writestr("labels.csv", labels.to_csv(index=False))
-        c, h, w = project.shape
+        archive.writestr("labels.csv", frame[CSV_COLUMNS].to_csv(index=False))
+        c, h, w = snapshot.shape
         archive.writestr("HOW_TO_USE.txt", HOW_TO_USE.format(c=c, h=h, w=w))
-    table = frame.drop(columns=["row"]).assign(file_name=file_names, image=images)
+    table = frame.drop(columns=["row", "path"]).assign(file_name=file_names, image=images)
     table.to_parquet(parquet_path, index=False)
     return [zip_path, parquet_path]
 
 
-def write_predictions(Session: sessionmaker[Session], project_id: int, out: Path) -> Path | None:
-    with Session() as session:
-        run_id = queries.latest_done_run_id(session, project_id)
-        if run_id is None:
-            return None
-        names = queries.class_names(session, project_id)
-        rows = session.execute(
-            select(Item.key, Item.split, Prediction.predicted, Prediction.confidence, Prediction.entropy)
-            .join(Prediction, Prediction.item_id == Item.id)
-            .where(Prediction.run_id == run_id)
-            .order_by(Item.row)
-        ).all()
-    frame = pd.DataFrame(rows, columns=["file", "split", "predicted_index", "confidence", "entropy"])
-    frame.insert(2, "predicted", [names[i] if i < len(names) else "" for i in frame["predicted_index"]])
-    frame = frame.assign(run_id=run_id)
+def write_predictions(
+    Session: sessionmaker[Session], project_id: int, out: Path, snapshot: Snapshot | None = None
+) -> Path | None:
+    snapshot = snapshot or read_snapshot(Session, project_id, ("predictions",))
+    if snapshot.run_id is None:
+        return None
+    names = snapshot.names
+    frame = snapshot.predictions.copy()
+    frame.insert(2, "predicted", [names[i] if 0 <= i < len(names) else "" for i in frame["predicted_index"]])
+    frame = frame.assign(run_id=snapshot.run_id)
     path = Path(out) / "predictions.csv"
     frame.to_csv(path, index=False)
     return path
 
 
-def write_model(Session: sessionmaker[Session], project_id: int, out: Path) -> list[Path]:
+def write_model(
+    Session: sessionmaker[Session], project_id: int, out: Path, snapshot: Snapshot | None = None
+) -> list[Path]:
     """The newest finished run's checkpoint, its classifier as TorchScript and as ONNX, and the
-    class names."""
+    class names. Raises ExportError when the checkpoint does not load (e.g. from an older
+    version whose settings this one no longer knows)."""
     import torch
 
-    from .models import load_checkpoint
+    from .models import CheckpointError
+    from .train import load_model
 
-    with Session() as session:
-        run_id = queries.latest_done_run_id(session, project_id)
-        run = session.get(Run, run_id) if run_id is not None else None
-        names = queries.class_names(session, project_id)
-    if run is None or not run.checkpoint or not Path(run.checkpoint).exists():
+    snapshot = snapshot or read_snapshot(Session, project_id, ("model",))
+    if snapshot.checkpoint is None or not Path(snapshot.checkpoint).exists():
         return []
+    try:
+        model = load_model(snapshot.checkpoint, device="cpu")
+    except CheckpointError as error:
+        raise ExportError(
+            f"The newest model (run {snapshot.run_id}) cannot be exported because its checkpoint does not load "
+            f"({str(error).rstrip('.')}); train it again, then export."
+        ) from None
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    model = load_checkpoint(run.checkpoint, device="cpu")
     checkpoint = out / "model.pt"
-    checkpoint.write_bytes(Path(run.checkpoint).read_bytes())
+    checkpoint.write_bytes(Path(snapshot.checkpoint).read_bytes())
     module = model.classifier_module().eval().cpu()
     example = torch.zeros((1, *model.input_shape))
     with torch.no_grad():
@@ -193,10 +308,16 @@ def write_model(Session: sessionmaker[Session], project_id: int, out: Path) -> l
     written = [checkpoint, scripted_path]
     try:
         written.append(write_onnx(module, model.input_shape, out / "model.onnx"))
-    except Exception:  # noqa: BLE001 - the checkpoint and TorchScript still serve; say why in the log
-        log.warning("The ONNX export of run %s failed; the other model files are written.", run_id, exc_info=True)
+        weights = out / "model.onnx.data"
+        written += [weights] if weights.exists() else []
+    except Exception:  # the checkpoint and TorchScript still serve; the log says why
+        log.warning(
+            "The ONNX export of run %s failed; the other model files are written.",
+            snapshot.run_id,
+            exc_info=True,
+        )
     classes = out / "classes.json"
-    classes.write_text(json.dumps(names, ensure_ascii=False, indent=1))
+    classes.write_text(json.dumps(snapshot.names, ensure_ascii=False, indent=1))
     return [*written, classes]
 
 
@@ -212,28 +333,61 @@ def write_onnx(module, input_shape: tuple[int, ...], path: Path) -> Path:
     with warnings.catch_warnings(), contextlib.redirect_stdout(io.StringIO()), torch.no_grad():
         warnings.simplefilter("ignore")
         torch.onnx.export(
-            module, (example,), str(path), dynamo=True, dynamic_shapes=({0: torch.export.Dim("batch")},),
-            input_names=["images"], output_names=["probabilities"],
+            module,
+            (example,),
+            str(path),
+            dynamo=True,
+            dynamic_shapes=({0: torch.export.Dim("batch")},),
+            input_names=["images"],
+            output_names=["probabilities"],
+            # One file: with the weights in a model.onnx.data beside it, a copy of model.onnx
+            # alone does not load.
+            external_data=False,
         )
     return path
 
 
 def export_all(
-    Session: sessionmaker[Session], project_id: int, out: str | Path, what: str = "all"
+    Session: sessionmaker[Session],
+    project_id: int,
+    out: str | Path,
+    what: str = "all",
+    notes: list[str] | None = None,
 ) -> list[Path]:
+    """Write `what` ("all" or one of PARTS) into folder `out`, all from one snapshot.
+
+    With "all", a model that cannot be exported does not stop the rest: the reason is added
+    to `notes` (when given; else ExportError is raised after the other files are written).
+    """
+    parts = PARTS if what == "all" else (what,)
+    if not set(parts) <= set(PARTS):
+        raise ExportError(f"Nothing called {what!r} can be exported; choose all, {', '.join(PARTS)}.")
+    snapshot = read_snapshot(Session, project_id, parts)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     written: list[Path] = []
-    if what in ("all", "labels"):
-        written.append(write_labels_csv(Session, project_id, out))
-    if what in ("all", "dataset"):
-        written += write_dataset(Session, project_id, out)
-    if what in ("all", "predictions"):
-        path = write_predictions(Session, project_id, out)
+    if "labels" in parts:
+        written.append(write_labels_csv(Session, project_id, out, snapshot))
+    if "dataset" in parts:
+        written += write_dataset(Session, project_id, out, snapshot)
+    if "predictions" in parts:
+        path = write_predictions(Session, project_id, out, snapshot)
         written += [path] if path else []
-    if what in ("all", "model"):
-        written += write_model(Session, project_id, out)
+    if "model" in parts:
+        try:
+            written += write_model(Session, project_id, out, snapshot)
+        except ExportError as error:
+            if what != "all" or notes is None:
+                raise
+            notes.append(str(error))
     return written
+
+
+def model_zip_bytes(paths: list[Path]) -> bytes | None:
+    """The model download: the MODEL_FILES among `paths` in one zip (None when there are none),
+    enough to run the classifier with PyTorch or ONNX Runtime in an empty folder."""
+    chosen = [Path(p) for p in paths if Path(p).name in MODEL_FILES]
+    return zip_bytes(chosen) if chosen else None
 
 
 def zip_bytes(paths: list[Path]) -> bytes:
@@ -243,4 +397,3 @@ def zip_bytes(paths: list[Path]) -> bytes:
         for path in paths:
             archive.write(path, arcname=Path(path).name)
     return buffer.getvalue()
-

@@ -9,13 +9,15 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import re
+import typing
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
 
-from .config import SettingError
+from .config import SettingError, check_choice, check_float, check_int
 from .models import MODELS, Budget, CheckpointError, SSLModel, load_checkpoint
 from .models.base import ProgressFn
 
@@ -32,8 +34,62 @@ def get_model_class(model_name: str) -> type[SSLModel]:
     return MODELS[model_name]
 
 
+# Allowed range of every model setting, by field name, for all models alike; a setting not
+# named here gets the range of its kind in `_default_range`. Whole numbers are sizes, counts and
+# steps; 0 in latent_dim means "the default for the image size".
+SETTING_RANGES: dict[str, tuple[float, float]] = {
+    "latent_dim": (0, 1024),
+    "m1_latent_dim": (0, 1024),
+    "z_dim": (1, 1024),
+    "batch_size": (1, 4096),
+    "m1_batch_size": (1, 4096),
+    "labeled_batch": (1, 4096),
+    "unlabeled_batch": (1, 4096),
+    "conv_batch_size": (1, 4096),
+    "conv_width": (1, 512),
+    "components": (1, 4096),
+    "neighbors": (1, 1000),
+    "max_iter": (1, 100_000),
+    "head_rounds": (0, 100),
+    "head_unlabeled_max": (0, 10_000_000),
+    "warmup_steps": (0, 10_000_000),
+    "lr": (1e-7, 1.0),
+    "m1_lr": (1e-7, 1.0),
+    "head_c": (1e-6, 1e6),
+    "weight_decay": (0.0, 1.0),
+    "dropout": (0.0, 0.99),
+    "conv_dropout": (0.0, 0.99),
+    "ema": (0.0, 0.9999),  # 1 would never update the average
+    "beta1": (0.0, 0.9999),
+    "m1_fraction": (0.01, 0.99),
+    "m1_fraction_warm": (0.0, 0.99),
+    "density_quantile": (0.001, 0.999),
+    "progress_every_s": (0.01, 3600.0),
+}
+LAYER_SIZE = (1, 16_384)
+MAX_LAYERS = 32
+SETTING_CHOICES = {"arch": ("auto", "mlp", "conv"), "classifier_arch": ("auto", "mlp", "conv")}
+_PROBABILITY = re.compile(r"threshold|fraction|quantile|prob|decay|alpha$|momentum|ema|beta|dropout")
+
+
+def _default_range(name: str, kind: type) -> tuple[float, float]:
+    """The range of a setting without an entry in SETTING_RANGES, from its name and kind."""
+    if kind is int:
+        if re.search(r"batch|width|size|neighbors|components|iter|dim|layers|heads|samples", name):
+            return (1, 1_000_000)
+        return (0, 1_000_000_000)  # steps, rounds, counts
+    if re.search(r"(^|_)lr$", name):
+        return (1e-7, 1.0)
+    if _PROBABILITY.search(name):
+        return (0.0, 1.0)
+    if "noise" in name:
+        return (0.0, 10.0)
+    return (0.0, 1000.0)  # weights, scales, strengths
+
+
 def make_config(model_name: str, overrides: dict[str, Any] | None = None, base: Any = None):
-    """The model's Config dataclass with `overrides` applied; unknown keys are an error."""
+    """The model's Config dataclass with `overrides` applied; unknown keys, values of the wrong
+    kind and values out of range (SETTING_RANGES) are a SettingError saying what is allowed."""
     cls = get_model_class(model_name)
     config = base if base is not None else cls.Config()
     if not overrides:
@@ -46,22 +102,93 @@ def make_config(model_name: str, overrides: dict[str, Any] | None = None, base: 
         raise SettingError(
             f"The {model_name} model has no setting {', '.join(unknown)}; known: {', '.join(sorted(fields))}."
         )
-    typed = {}
-    for key, value in overrides.items():
-        current = getattr(config, key)
-        try:
-            # Keep the dataclass' types: "0.001" from a form or the CLI becomes a float.
-            if isinstance(current, bool):
-                typed[key] = value if isinstance(value, bool) else str(value).lower() in ("1", "true", "yes")
-            elif isinstance(current, int) and not isinstance(value, bool):
-                typed[key] = int(value)
-            elif isinstance(current, float):
-                typed[key] = float(value)
-            else:
-                typed[key] = value
-        except (TypeError, ValueError):
-            raise SettingError(f"The setting {key} of {model_name} must look like {current!r}, got {value!r}.") from None
+    hints = typing.get_type_hints(type(config))
+    typed = {
+        key: parse_setting(model_name, key, value, hints[key], getattr(config, key))
+        for key, value in overrides.items()
+    }
     return dataclasses.replace(config, **typed)
+
+
+def parse_setting(model_name: str, key: str, value: Any, hint: Any, default: Any) -> Any:
+    """`value` (from a form, the CLI or JSON) as the type of setting `key`, range checked."""
+    what = f"The setting {key} of {model_name}"
+    args = typing.get_args(hint)
+    optional = type(None) in args
+    if optional:
+        hint = next(a for a in args if a is not type(None))
+    origin = typing.get_origin(hint)
+    if optional and (value is None or str(value).strip().lower() in ("", "none", "null", "default")):
+        return None
+    if origin in (list, tuple):
+        return _parse_layers(what, value, origin, allow_empty=optional or not default)
+    if hint is bool:
+        if isinstance(value, bool):
+            return value
+        text = str(value).strip().lower()
+        if text in ("1", "true", "yes", "on"):
+            return True
+        if text in ("0", "false", "no", "off"):
+            return False
+        raise SettingError(f"{what} must be true or false, got {value!r}.")
+    if hint is int:
+        low, high = SETTING_RANGES.get(key) or _default_range(key, int)
+        if isinstance(value, bool):
+            raise SettingError(f"{what} must be a whole number between {low:g} and {high:g}, got {value!r}.")
+        return check_int(what, value, int(low), int(high))
+    if hint is float:
+        low, high = SETTING_RANGES.get(key) or _default_range(key, float)
+        if isinstance(value, bool):
+            raise SettingError(f"{what} must be a number between {low:g} and {high:g}, got {value!r}.")
+        return check_float(what, value, low, high)
+    if hint is str:
+        text = str(value).strip()
+        if key in SETTING_CHOICES:
+            return check_choice(what, text, SETTING_CHOICES[key])
+        return text
+    return value
+
+
+def _parse_layers(what: str, value: Any, kind: type, allow_empty: bool) -> list[int] | tuple[int, ...]:
+    """Layer sizes from [500, 500], (500, 500), "500,500" or "[500, 500]"."""
+    items = value
+    if isinstance(value, str):
+        text = value.strip().strip("[]()")
+        items = [part for part in re.split(r"[,\s]+", text) if part]
+    elif isinstance(value, int) and not isinstance(value, bool):
+        items = [value]
+    low, high = LAYER_SIZE
+    try:
+        sizes = [int(item) for item in items]
+        if any(isinstance(item, bool) or float(item) != int(item) for item in items):
+            raise ValueError
+    except (TypeError, ValueError):
+        sizes = None
+    if (
+        sizes is None
+        or any(not low <= s <= high for s in sizes)
+        or len(sizes) > MAX_LAYERS
+        or (not sizes and not allow_empty)
+    ):
+        raise SettingError(
+            f"{what} must be a list of 1 to {MAX_LAYERS} layer sizes between {low} and {high}, such as 500,500; "
+            f"got {value!r}."
+        )
+    return tuple(sizes) if kind is tuple else sizes
+
+
+def load_model(path: str | Path, device: str = "cpu") -> SSLModel:
+    """`load_checkpoint`, with every failure a CheckpointError: one written by another version,
+    whose stored settings this code does not know, fails inside its Config (TypeError)."""
+    try:
+        return load_checkpoint(path, device=device)
+    except CheckpointError:
+        raise
+    except Exception as error:
+        reason = str(error).splitlines()[0] if str(error) else type(error).__name__
+        raise CheckpointError(
+            f"The checkpoint {path} was written with model settings this version does not know ({reason})."
+        ) from error
 
 
 def _config_dict(config: Any) -> dict[str, Any]:
@@ -87,7 +214,7 @@ def warm_start_model(
             notes.append(f"The previous checkpoint {warm_start} is missing; trained from scratch.")
             return None
         try:
-            model = load_checkpoint(warm_start, device=device)
+            model = load_model(warm_start, device=device)
         except CheckpointError as error:
             notes.append(f"{error} Trained from scratch instead.")
             return None

@@ -1,6 +1,9 @@
+import io
 import zipfile
+from pathlib import Path
 
 import pandas as pd
+import pytest
 from torchvision import datasets
 
 from db import queries
@@ -39,7 +42,7 @@ def test_dataset_zip_is_an_imagefolder(Session, tiny_project, tmp_path):
     (tmp_path / "unzipped" / "HOW_TO_USE.txt").unlink()
     folder = datasets.ImageFolder(str(tmp_path / "unzipped"))
     assert folder.classes == ["0", "1"] and len(folder) == 6
-    image, target = folder[0]
+    image, _ = folder[0]
     assert image.size == (8, 8)
     frame = pd.read_parquet(parquet_path)
     assert len(frame) == 6 and frame.image.iloc[0][:8] == b"\x89PNG\r\n\x1a\n"
@@ -69,14 +72,115 @@ def test_model_export_runs_without_labeler_code_as_torchscript_and_onnx(Session,
     model = train_model("supervised", x, np.arange(len(pool)), np.arange(len(pool)) % 2, 2, steps=3)
     checkpoint = save_checkpoint(model, tmp_path / "run.pt")
     with Session.begin() as session:
-        session.add(Run(project_id=tiny_project.id, model="supervised", status=DONE, checkpoint=str(checkpoint)))
+        session.add(
+            Run(project_id=tiny_project.id, model="supervised", status=DONE, checkpoint=str(checkpoint))
+        )
 
     written = {p.name: p for p in export.write_model(Session, tiny_project.id, tmp_path / "out")}
     assert set(written) == {"model.pt", "model.torchscript.pt", "model.onnx", "classes.json"}
+    # The model download, unpacked alone in an empty folder: nothing may point back to the export's.
+    fresh = tmp_path / "fresh"
+    with zipfile.ZipFile(io.BytesIO(export.model_zip_bytes(list(written.values())))) as archive:
+        archive.extractall(fresh)
+    assert sorted(p.name for p in fresh.iterdir()) == sorted(written)
     images = rng.random((3, *shape), dtype=np.float32)  # another batch size than the export's example
-    onnx_probs = onnxruntime.InferenceSession(str(written["model.onnx"])).run(None, {"images": images})[0]
+    onnx_probs = onnxruntime.InferenceSession(str(fresh / "model.onnx")).run(None, {"images": images})[0]
     with torch.no_grad():
-        script_probs = torch.jit.load(str(written["model.torchscript.pt"]))(torch.from_numpy(images)).numpy()
+        script_probs = torch.jit.load(str(fresh / "model.torchscript.pt"))(torch.from_numpy(images)).numpy()
     assert onnx_probs.shape == (3, 2)
     np.testing.assert_allclose(onnx_probs, script_probs, atol=1e-5)
     np.testing.assert_allclose(onnx_probs, model.predict_proba(images), atol=1e-5)
+
+
+def _train_and_register(Session, project, tmp_path, n_labeled: int = 6):
+    import numpy as np
+
+    from db.models import DONE, Run
+    from labeler.models import save_checkpoint
+    from labeler.train import train_model
+
+    shape = (project.channels, project.height, project.width)
+    x = np.random.default_rng(0).random((n_labeled, *shape), dtype=np.float32)
+    model = train_model("supervised", x, np.arange(n_labeled), np.arange(n_labeled) % 2, 2, steps=2)
+    checkpoint = save_checkpoint(model, tmp_path / "run.pt")
+    with Session.begin() as session:
+        session.add(Run(project_id=project.id, model="supervised", status=DONE, checkpoint=str(checkpoint)))
+    return checkpoint
+
+
+def test_colliding_class_names_round_trip_through_imagefolder(Session, tmp_path, make_image_set):
+    from labeler import projects
+
+    names = ["a?b", "a*b", ".", "class", "Cat", "cat"]  # the safe forms collide in pairs
+    images = make_image_set(n=60, classes=6)
+    images.classes = names
+    project = projects.create_project(Session, "odd", "test", images=images, audit_size=0)
+    given = {}
+    with Session.begin() as session:
+        for i, item in enumerate(queries.items(session, project.id, "pool")[:18]):
+            queries.add_label(session, item.id, i % 6, annotator="ann")
+            given[item.row] = names[i % 6]
+    zip_path, _ = export.write_dataset(Session, project.id, tmp_path)
+    with zipfile.ZipFile(zip_path) as archive:
+        archive.extractall(tmp_path / "unzipped")
+    root = tmp_path / "unzipped"
+    meta = pd.read_csv(root / "metadata.csv", dtype=str, keep_default_na=False)
+    for extra in ("metadata.csv", "labels.csv", "HOW_TO_USE.txt"):
+        (root / extra).unlink()
+
+    folder = datasets.ImageFolder(str(root))
+    assert len(folder.classes) == 6 and len({c.casefold() for c in folder.classes}) == 6
+    # The mapping HOW_TO_USE.txt shows: folder -> exact class name, from metadata.csv.
+    class_of_folder = dict(zip(meta.file_name.str.split("/").str[0], meta.label))
+    assert sorted(class_of_folder[f] for f in folder.classes) == sorted(names)
+    for path, target in folder.samples:
+        row = int(Path(path).name.split("_")[0])
+        assert class_of_folder[folder.classes[target]] == given[row]
+    assert len(folder) == 18
+
+
+def test_class_folders_are_unique_and_safe():
+    names = ["a?b", "a*b", "a_b", ".", "class", "..", "", "Cat", "cat", "CAT", "x" * 300]
+    folders = export.class_folders(names)
+    assert len({f.casefold() for f in folders}) == len(names)
+    assert all("/" not in f and f not in (".", "..", "") and len(f) <= 90 for f in folders)
+    assert folders[:3] == ["a_b", "a_b-2", "a_b-3"]
+
+
+def test_a_checkpoint_from_an_older_version_is_one_sentence_to_export(
+    Session, tiny_project, tmp_path, capsys
+):
+    import torch
+
+    from labeler.cli import main
+
+    _label_some(Session, tiny_project)
+    checkpoint = _train_and_register(Session, tiny_project, tmp_path)
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"]["a_setting_since_removed"] = 1
+    torch.save(state, checkpoint)
+
+    with pytest.raises(export.ExportError, match=r"cannot be exported .*train it again, then export\.$"):
+        export.export_all(Session, tiny_project.id, tmp_path / "model", what="model")
+    notes = []
+    written = export.export_all(Session, tiny_project.id, tmp_path / "all", what="all", notes=notes)
+    assert {p.name for p in written} >= {"labels.csv", "dataset.zip"} and len(notes) == 1
+
+    capsys.readouterr()
+    assert main(["export", "--project", "tiny", "--out", str(tmp_path / "cli"), "--what", "model"]) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and err[0].startswith("error: The newest model (run"), err
+    assert main(["export", "--project", "tiny", "--out", str(tmp_path / "cli-all")]) == 0
+    captured = capsys.readouterr()
+    assert captured.err.strip().startswith("note: The newest model") and "Traceback" not in captured.err
+    assert (tmp_path / "cli-all" / "dataset.zip").exists()
+
+
+def test_model_zip_holds_only_model_files(tmp_path):
+    paths = []
+    for name in ("model.pt", "model.onnx", "classes.json", "labels.csv"):
+        (tmp_path / name).write_text(name)
+        paths.append(tmp_path / name)
+    with zipfile.ZipFile(io.BytesIO(export.model_zip_bytes(paths))) as archive:
+        assert sorted(archive.namelist()) == ["classes.json", "model.onnx", "model.pt"]
+    assert export.model_zip_bytes([tmp_path / "labels.csv"]) is None

@@ -10,6 +10,7 @@ navigation that hides it.
 from __future__ import annotations
 
 import functools
+import logging
 import shutil
 from pathlib import Path
 
@@ -18,8 +19,10 @@ import streamlit as st
 from db import queries
 
 from .. import export
-from ..config import data_dir
+from ..config import data_dir, user_error
 from . import common
+
+log = logging.getLogger(__name__)
 
 # file name -> (button label, MIME type)
 DOWNLOADS = {
@@ -28,7 +31,7 @@ DOWNLOADS = {
     "labels.csv": ("Labels: CSV", "text/csv"),
     "predictions.csv": ("Predictions of the newest model: CSV", "text/csv"),
 }
-MODEL_FILES = ("model.pt", "model.torchscript.pt", "model.onnx", "classes.json")
+MODEL_FILES = export.MODEL_FILES
 
 
 def export_folder(project_id: int) -> Path:
@@ -43,10 +46,16 @@ def _prepare(project_id: int) -> None:
     try:
         if folder.exists():
             shutil.rmtree(folder)
-        written = export.export_all(common.session_factory(), project_id, folder)
+        notes: list[str] = []
+        written = export.export_all(common.session_factory(), project_id, folder, notes=notes)
     except Exception as error:  # noqa: BLE001 - shown as one sentence
-        st.session_state["export_error"] = common.as_typed(f"The export failed: {error}")
+        message = user_error(error)
+        if message is None:
+            log.exception("The export of project %s failed", project_id)
+            message = f"{type(error).__name__}; the server log has the details. Try again"
+        st.session_state["export_error"] = common.as_typed(f"The export failed: {message.rstrip('.')}.")
         return
+    st.session_state["export_notes"] = notes
     st.session_state["export_files"] = {"project": project_id, "paths": [str(p) for p in written]}
 
 
@@ -64,6 +73,8 @@ def export_page() -> None:
     error = st.session_state.pop("export_error", None)
     if error:
         st.error(error)
+    for note in st.session_state.pop("export_notes", []):
+        st.warning(common.as_typed(note))
     st.button("Prepare the export", key="export_prepare", type="primary", on_click=_prepare, args=(project.id,))
 
     prepared = st.session_state.get("export_files")
