@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import functools
 import os
+import threading
+import time
 from pathlib import Path
 
 from sqlalchemy.orm import Session
@@ -66,6 +68,37 @@ def authenticate(session: Session, name: str, password: str) -> User | None:
         return None
     if _hasher().check_needs_rehash(user.password_hash):
         user.password_hash = _hasher().hash(password)
+    return user
+
+
+# Guessing passwords: after MAX_FAILURES wrong passwords for one name within LOCKOUT_S seconds,
+# that name may not log in for LOCKOUT_S seconds. In memory, per process: the app is one process.
+MAX_FAILURES = 5
+LOCKOUT_S = 60.0
+_failures: dict[str, list[float]] = {}
+_failures_lock = threading.Lock()
+
+
+class TooManyFailures(ValueError):
+    """Too many wrong passwords for one name; the message says how long to wait."""
+
+
+def log_in(session: Session, name: str, password: str, now: float | None = None) -> User | None:
+    """`authenticate`, refused for a while after repeated wrong passwords for the same name."""
+    now = time.monotonic() if now is None else now
+    key = (name or "").strip().casefold()
+    with _failures_lock:
+        recent = [t for t in _failures.get(key, []) if now - t < LOCKOUT_S]
+        _failures[key] = recent
+        if len(recent) >= MAX_FAILURES:
+            wait = int(LOCKOUT_S - (now - recent[-MAX_FAILURES])) + 1
+            raise TooManyFailures(f"Too many wrong passwords for this name; try again in {wait} seconds.")
+    user = authenticate(session, name, password)
+    with _failures_lock:
+        if user is None:
+            _failures.setdefault(key, []).append(now)
+        else:
+            _failures.pop(key, None)
     return user
 
 

@@ -160,7 +160,17 @@ def test_streamlit_run_app_py_binds_to_127_0_0_1(tmp_path):
 
     port = free_port()
     env = {**os.environ, "LABELER_DATA_DIR": str(tmp_path / "data")}
-    command = [sys.executable, "-m", "streamlit", "run", "app.py", "--server.port", str(port), "--server.headless", "true"]
+    command = [
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.port",
+        str(port),
+        "--server.headless",
+        "true",
+    ]
     with open(tmp_path / "server.log", "w") as log:
         server = subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
     try:
@@ -170,3 +180,17 @@ def test_streamlit_run_app_py_binds_to_127_0_0_1(tmp_path):
     finally:
         server.terminate()
         server.wait(timeout=30)
+
+
+def test_repeated_wrong_passwords_lock_the_name_for_a_while(Session):
+    with Session.begin() as session:
+        users.add_user(session, "gus", auth.hash_password("right password"), "annotator")
+    with Session.begin() as session:
+        for t in range(auth.MAX_FAILURES):
+            assert auth.log_in(session, "gus", "wrong password", now=1000.0 + t) is None
+        # Locked: even the right password is refused, with how long to wait.
+        with pytest.raises(auth.TooManyFailures, match="try again in"):
+            auth.log_in(session, "gus", "right password", now=1010.0)
+        assert auth.log_in(session, "ann-other", "x" * 8, now=1010.0) is None  # other names are not locked
+        later = 1004.0 + auth.LOCKOUT_S + 1
+        assert auth.log_in(session, "gus", "right password", now=later).name == "gus"

@@ -62,10 +62,14 @@ def _login_submitted() -> None:
 
     def check():
         with Session.begin() as session:  # a login may store a rehashed password
-            user = auth.authenticate(session, name, password)
+            user = auth.log_in(session, name, password)
             return None if user is None else (user.name, user.role, user.password_hash)
 
-    found = db.retrying(check)
+    try:
+        found = db.retrying(check)
+    except auth.TooManyFailures as error:
+        st.session_state["login_error"] = str(error)
+        return
     if found is None:
         st.session_state["login_error"] = (
             "Wrong name or password; try again, or ask an admin to reset it with "
