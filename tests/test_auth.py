@@ -53,7 +53,7 @@ def test_authenticate_checks_name_and_password(Session):
 # The `users` command ---------------------------------------------------------------------------
 
 
-def test_users_commands_add_list_reset_role_and_remove(monkeypatch, capsys):
+def test_users_commands_add_list_reset_role_and_remove(any_db_url, monkeypatch, capsys):
     monkeypatch.setenv("LABELER_PASSWORD", "first-password")
     assert main(["users", "add", "alice", "--role", "admin"]) == 0
     assert main(["users", "add", "bob", "--role", "annotator"]) == 0
