@@ -59,17 +59,21 @@ def cmd_import(args) -> int:
 
 
 def cmd_export(args) -> int:
-    from . import export
     from db import queries
+
+    from . import export
 
     Session = _session_factory()
     with Session() as session:
         project = queries.get_project(session, args.project)
     if project is None:
         raise ValueError(f"There is no project named {args.project!r}; `python -m labeler projects` lists them.")
-    written = export.export_all(Session, project.id, args.out, what=args.what)
+    notes: list[str] = []
+    written = export.export_all(Session, project.id, args.out, what=args.what, notes=notes)
     for path in written:
         print(f"wrote {path}")
+    for note in notes:
+        print(f"note: {note}", file=sys.stderr)
     print(json.dumps({"project": project.name, "files": [str(p) for p in written]}))
     return 0
 
@@ -79,10 +83,11 @@ def cmd_worker(args) -> int:
 
     import torch
 
+    from .config import check_int
     from .trainer import Worker
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(check_int("--threads", args.threads, 1, 1024))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     worker = Worker(_session_factory(), device=args.device, name=args.name, poll_s=args.poll_s)
     print(f"worker {worker.name} on {worker.device}; waiting for queued runs (Ctrl-C stops)", flush=True)
@@ -237,9 +242,15 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except (ValueError, OSError) as error:
-        # Errors a user can meet (a wrong setting, a bad file): one clear line, no traceback.
-        print(f"error: {error}", file=sys.stderr)
+    except Exception as error:
+        from .config import user_error
+
+        # Errors a user can meet (a wrong setting, a bad file, a database that will not open):
+        # one clear line, no traceback. Anything else is a bug and keeps its traceback.
+        message = user_error(error)
+        if message is None:
+            raise
+        print(f"error: {message}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)

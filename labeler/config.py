@@ -5,6 +5,7 @@ Nothing here runs at import: call `data_dir()` / `db_url()` when they are needed
 
 from __future__ import annotations
 
+import errno
 import os
 from pathlib import Path
 
@@ -15,15 +16,84 @@ class SettingError(ValueError):
 
 def data_dir() -> Path:
     """The folder holding the SQLite database, pixel arrays, checkpoints and imports."""
-    return Path(os.environ.get("LABELER_DATA_DIR", "./labeler-data")).resolve()
+    value = os.environ.get("LABELER_DATA_DIR")
+    if value is None:
+        value = "./labeler-data"
+    elif not value.strip():
+        # Path("") is the current folder: the database would land wherever the command runs.
+        raise SettingError(
+            "LABELER_DATA_DIR is set but empty; set it to a folder, or unset it to use ./labeler-data."
+        )
+    return Path(value).expanduser().resolve()
 
 
 def db_url() -> str:
-    """Any SQLAlchemy URL from `LABELER_DB_URL`, else a SQLite file in the data folder."""
-    url = os.environ.get("LABELER_DB_URL")
-    if url:
-        return url
-    return f"sqlite:///{data_dir() / 'labeler.db'}"
+    """Any SQLAlchemy URL from `LABELER_DB_URL`, else a SQLite file in the data folder.
+
+    Raises SettingError when the URL cannot be parsed or names a database kind or driver that
+    is not installed."""
+    url = (os.environ.get("LABELER_DB_URL") or "").strip()
+    if not url:
+        return f"sqlite:///{data_dir() / 'labeler.db'}"
+    from sqlalchemy.engine import make_url
+
+    try:
+        make_url(url).get_dialect()
+    except Exception as error:  # noqa: BLE001 - ArgumentError, NoSuchModuleError, ImportError of a driver
+        raise SettingError(
+            f"LABELER_DB_URL is not a database URL this installation can open ({_first_line(error)}); set it "
+            "like postgresql+psycopg://user@host/dbname, or unset it to use SQLite in the data folder."
+        ) from None
+    return url
+
+
+def user_error(error: BaseException) -> str | None:
+    """One sentence saying what went wrong and what to do, for errors a person can meet (bad
+    settings, files, the data folder, the database); None for a bug, which keeps its traceback."""
+    from sqlalchemy.exc import SQLAlchemyError
+
+    if isinstance(error, ValueError):  # SettingError, DataError, CheckpointError, ExportError ...
+        return _first_line(error)
+    if isinstance(error, SQLAlchemyError):
+        return database_error(error)
+    if isinstance(error, OSError):
+        where = f" {error.filename}" if error.filename else ""
+        reason = error.strerror or _first_line(error)
+        if isinstance(error, PermissionError | IsADirectoryError | NotADirectoryError | FileExistsError):
+            return (
+                f"Cannot write{where} ({reason}); make it a writable folder, or set LABELER_DATA_DIR "
+                "to one (it holds the database and the images)."
+            )
+        if error.errno == errno.ENOSPC:
+            return f"The disk is full ({reason}{where}); free some space and try again."
+        return f"Cannot use{where} ({reason}); check the path and try again."
+    return None
+
+
+def database_error(error: BaseException) -> str:
+    """One sentence for a database that cannot be opened or written."""
+    reason = _first_line(getattr(error, "orig", None) or error)
+    if os.environ.get("LABELER_DB_URL", "").strip():
+        return (
+            f"Cannot use the database in LABELER_DB_URL ({reason}); check that the server runs and is "
+            "reachable and that the URL's user, password and database name are right."
+        )
+    return (
+        f"Cannot use the database in {_data_dir_or_default()} ({reason}); make that folder writable, "
+        "or set LABELER_DATA_DIR to a writable folder."
+    )
+
+
+def _data_dir_or_default() -> str:
+    try:
+        return str(data_dir())
+    except SettingError:
+        return "LABELER_DATA_DIR"
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0].strip() if text else type(error).__name__
 
 
 def default_device() -> str:
@@ -39,7 +109,9 @@ def check_int(name: str, value, low: int, high: int) -> int:
         if as_int != float(value):
             raise ValueError
     except (TypeError, ValueError):
-        raise SettingError(f"{name} must be a whole number between {low} and {high}, got {value!r}.") from None
+        raise SettingError(
+            f"{name} must be a whole number between {low} and {high}, got {value!r}."
+        ) from None
     if not low <= as_int <= high:
         raise SettingError(f"{name} must be between {low} and {high}, got {as_int}.")
     return as_int

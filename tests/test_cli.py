@@ -66,3 +66,76 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert "\nerror: The folder" in "\n" + err.split("\r")[-1].lstrip() and "Traceback" not in err
     assert main(["export", "--project", "nope", "--out", str(tmp_path)]) == 2
     assert "no project named 'nope'" in capsys.readouterr().err
+
+
+def _one_error_line(capsys) -> str:
+    err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
+    assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err
+    return err[0]
+
+
+@pytest.mark.parametrize(
+    ("argv", "expected"),
+    [
+        (["--config", "hidden=abc"], "The setting hidden of m2 must be a list of 1 to 32 layer sizes"),
+        (["--config", "latent_dim=-3"], "The setting latent_dim of m2 must be between 0 and 1024, got -3."),
+        (
+            ["--config", "labeled_batch=-1"],
+            "The setting labeled_batch of m2 must be between 1 and 4096, got -1.",
+        ),
+    ],
+)
+def test_bad_model_settings_are_one_line(capsys, argv, expected):
+    assert main(["simulate", "--dataset", "digits", "--model", "m2", "--steps", "1", *argv]) == 2
+    assert expected in _one_error_line(capsys)
+
+
+def test_worker_threads_are_range_checked(capsys):
+    assert main(["worker", "--threads", "-3", "--once"]) == 2
+    assert "--threads must be between 1 and 1024, got -3" in _one_error_line(capsys)
+
+
+def test_an_empty_data_dir_is_refused_not_the_current_folder(tmp_path, monkeypatch, capsys):
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("LABELER_DATA_DIR", "")
+    assert main(["projects"]) == 2
+    assert "LABELER_DATA_DIR is set but empty" in _one_error_line(capsys)
+    assert list(tmp_path.iterdir()) == [], "nothing may be created in the current folder"
+
+
+@pytest.mark.parametrize(
+    ("url", "expected"),
+    [
+        ("not a url at all", "LABELER_DB_URL is not a database URL this installation can open"),
+        ("nosuchdb://user@host/db", "LABELER_DB_URL is not a database URL this installation can open"),
+        # Port 9 on this machine: nothing listens, so the connection is refused at once.
+        ("postgresql+psycopg://nobody@127.0.0.1:9/nothing", "Cannot use the database in LABELER_DB_URL"),
+    ],
+)
+def test_a_wrong_or_unreachable_database_url_is_one_line(monkeypatch, capsys, url, expected):
+    import db
+
+    db.engine._cached_engine.cache_clear()
+    monkeypatch.setenv("LABELER_DB_URL", url)
+    assert main(["projects"]) == 2
+    assert expected in _one_error_line(capsys)
+    db.engine._cached_engine.cache_clear()
+
+
+def test_a_data_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch, capsys):
+    import db
+
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    for data_dir, expected in (
+        (blocker / "data", "Cannot write"),
+        (tmp_path / "db-is-a-folder", "Cannot use the database"),
+    ):
+        if "db-is-a-folder" in str(data_dir):
+            (data_dir / "labeler.db").mkdir(parents=True)  # SQLite cannot open it
+        db.engine._cached_engine.cache_clear()
+        monkeypatch.setenv("LABELER_DATA_DIR", str(data_dir))
+        assert main(["projects"]) == 2
+        line = _one_error_line(capsys)
+        assert expected in line and "LABELER_DATA_DIR" in line, line
+    db.engine._cached_engine.cache_clear()
