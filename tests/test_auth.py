@@ -136,6 +136,7 @@ def test_the_projects_streamlit_config_listens_on_localhost_only(monkeypatch):
         config.get_config_options(force_reparse=True)
         assert config.get_option("server.address") == "127.0.0.1"
         assert config.get_option("client.toolbarMode") == "viewer"  # no Deploy button
+        assert config.get_option("server.enableXsrfProtection") is True
     finally:
         config.get_config_options(force_reparse=True)
 
