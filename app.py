@@ -9,6 +9,15 @@ from labeler.ui import PAGES, account, common
 
 st.set_page_config(page_title="labeler", page_icon="assets/logo.png", layout="wide")
 st.logo("assets/logo.png")
+try:
+    common.session_factory()  # opens the database: a wrong LABELER_DB_URL or data folder fails here
+except Exception as error:
+    from labeler.config import user_error
+
+    if user_error(error) is None:
+        raise
+    st.error(user_error(error))
+    st.stop()
 # Before the navigation: with accounts, nothing but the login form runs until a login.
 user = account.gate([path for path, *_ in PAGES])
 account.sidebar(user)

@@ -17,7 +17,7 @@ import streamlit as st
 from db import queries
 
 from .. import auth, projects
-from ..config import SettingError, check_int, data_dir
+from ..config import SettingError, check_int, data_dir, user_error
 from ..data import DATASETS, DataError
 from ..data.importer import disk_full
 from . import common
@@ -103,7 +103,8 @@ def _create_ui() -> None:
                 classes=parse_classes(st.session_state.get("new_project_classes", "")), audit_size=audit,
             )
     except (DataError, SettingError, ValueError, OSError) as error:
-        st.error(common.as_typed(_sentence(error)))
+        # An OSError's own text ("[Errno 13] ...") does not say what to do; user_error does.
+        st.error(common.as_typed(user_error(error) if isinstance(error, OSError) else _sentence(error)))
         return
     except Exception as error:  # noqa: BLE001 - e.g. a corrupt zip: one sentence, never a traceback
         st.error(
