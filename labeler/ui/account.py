@@ -108,9 +108,13 @@ def _oidc_account() -> dict | None:
         stored = users.get_user(session, email)
     if stored is None:
         st.title("labeler")
+        # Escaped as a whole (no code span, where a backslash would show): the address is the
+        # identity provider's, not ours.
         st.error(
-            f"{common.as_typed(email) or 'This login'} has no account here; ask an admin to run "
-            f"`python -m labeler users add {common.as_typed(email)} --role annotator --no-password`."
+            common.as_typed(
+                f"{email or 'This login'} has no account here; ask an admin to run: "
+                f"python -m labeler users add {email or 'NAME'} --role annotator --no-password"
+            )
         )
         st.button("Log out", on_click=st.logout)
         st.stop()

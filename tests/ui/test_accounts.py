@@ -173,3 +173,42 @@ def test_no_server_folder_without_an_import_root(tiny_project, monkeypatch, tmp_
     at.text_input(key="new_project_folder").input("/etc")
     at.button[-1].click().run()
     assert "Only folders under" in at.error[0].value
+
+
+class _OidcUser(dict):
+    """What `st.user` gives after Streamlit's OIDC login (`st.login`): the provider's claims."""
+
+    @property
+    def is_logged_in(self) -> bool:
+        return bool(self)
+
+
+@pytest.fixture
+def oidc(monkeypatch):
+    """Streamlit's OIDC login switched on, with the provider's answer set by the test."""
+    import streamlit
+
+    from labeler.ui import account
+
+    monkeypatch.setattr(account, "oidc_configured", lambda: True)
+    user = _OidcUser()
+    monkeypatch.setattr(streamlit, "user", user)
+    return user
+
+
+def test_oidc_login_maps_the_email_to_an_account(Session, tiny_project, accounts, oidc):
+    with Session.begin() as session:
+        users.add_user(session, "erin@example.org", "!", "annotator")  # `users add --no-password`
+    at = _app(tiny_project.id)
+    assert at.button(key="login_oidc") and not _on_label_page(at)
+
+    oidc.update(email="mallory@example.org")
+    at.run()
+    assert "has no account here" in at.error[0].value and not _on_label_page(at)
+    assert common.USER_KEY not in at.session_state
+
+    oidc.clear()
+    oidc.update(email="erin@example.org")
+    at.run()
+    assert at.session_state[common.USER_KEY]["name"] == "erin@example.org"
+    assert _on_label_page(at)
