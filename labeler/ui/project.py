@@ -62,7 +62,8 @@ def sources() -> dict[str, str]:
     root = auth.import_root()
     if root is None:
         return {k: v for k, v in SOURCES.items() if k != "folder"}
-    return {**SOURCES, "folder": f"Folder on the server, under {root}"}
+    # Radio options are Markdown: a path's underscores would turn into italics.
+    return {**SOURCES, "folder": f"Folder on the server, under {common.as_typed(str(root))}"}
 
 
 def _create_ui() -> None:
