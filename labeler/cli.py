@@ -157,7 +157,10 @@ def cmd_users(args) -> int:
         password_hash = "!" if args.no_password else auth.hash_password(_new_password(name))
         with Session.begin() as session:
             users.add_user(session, name, password_hash, args.role)
+            admins = [u for u in users.list_users(session) if u.role == "admin"]
         print(f"added {name} ({args.role}); the app now asks everyone to log in")
+        if not admins:
+            print("note: no admin yet, so nobody can create projects or export in the app; add one with --role admin")
     elif args.action == "passwd":
         password_hash = auth.hash_password(_new_password(name))
         with Session.begin() as session:
