@@ -28,6 +28,7 @@ from db import queries
 from db.models import AUDIT, POOL, TEST, ImportIssue, Item, LabelClass, Project
 
 from .config import check_int, data_dir
+from .data import importer
 from .data.base import DataError, ImageSet
 from .data.importer import disk_full, scratch_folder
 
@@ -140,6 +141,7 @@ def _create(
             splits[int(i)] = AUDIT
 
     channels, height, width = images.shape
+    _check_free_space(images, scratch)
     folder = None
     try:
         with Session.begin() as session:
@@ -180,6 +182,22 @@ def _create(
             raise disk_full(error, "storing the images") or error from None
         raise
     return project
+
+
+def _check_free_space(images: ImageSet, scratch: Path | None) -> None:
+    """Refuse, before writing, a project that would leave less than MIN_FREE_BYTES free: its
+    pixel array and the files copied in (files moved out of `scratch` need no new space)."""
+    needed = images.pixels.nbytes
+    for file in images.files:
+        if file is not None and not (scratch is not None and Path(file).is_relative_to(scratch)):
+            with contextlib.suppress(OSError):
+                needed += os.stat(file).st_size
+    free = importer.free_bytes(data_dir())
+    if free is not None and needed > free - importer.MIN_FREE_BYTES:
+        raise importer.DiskFull(
+            f"The project needs {needed / 2**20:.0f} MiB but the disk of {data_dir()} has "
+            f"{max(free - importer.MIN_FREE_BYTES, 0) / 2**20:.0f} MiB to spare; free some space, then import again."
+        )
 
 
 def _store_files(target: Path, images: ImageSet, scratch: Path | None = None) -> list[str | None]:

@@ -38,6 +38,7 @@ import os
 import re
 import shutil
 import stat
+import time
 import uuid
 import zipfile
 from collections.abc import Callable, Iterator, Sequence
@@ -72,6 +73,7 @@ _TOTAL_RATIO_MIN_BYTES = 16 * 2**20
 MAX_DEPTH = 64  # folder levels below the zip's or folder's root
 # Left free on the data folder's disk after an import, so labeling and training can go on.
 MIN_FREE_BYTES = 256 * 2**20
+STALE_AFTER_S = 24 * 3600
 
 SYMLINK = "symbolic link"
 TOO_DEEP = f"folders nested too deep (more than {MAX_DEPTH} levels)"
@@ -97,10 +99,32 @@ def scratch_folder(name: str = "upload") -> Iterator[Path]:
 
     stem = re.sub(r"[^A-Za-z0-9_-]+", "_", name)[:40] or "upload"
     path = data_dir() / "imports" / f"{stem}-{uuid.uuid4().hex[:8]}"
+    sweep_stale([data_dir() / "imports", data_dir() / "uploads"])
     try:
         yield path
     finally:
         shutil.rmtree(path, ignore_errors=True)
+
+
+def sweep_stale(folders: Sequence[Path], max_age_s: float = STALE_AFTER_S) -> None:
+    """Remove what a killed process left in `folders` (scratch folders, uploads): entries not
+    modified for `max_age_s`. No import runs that long, so a running one is never touched."""
+    cutoff = time.time() - max_age_s
+    for folder in folders:
+        try:
+            entries = list(os.scandir(folder))
+        except OSError:
+            continue
+        for entry in entries:
+            try:
+                if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
+                    continue
+                if entry.is_dir(follow_symlinks=False):
+                    shutil.rmtree(entry.path, ignore_errors=True)
+                else:
+                    os.unlink(entry.path)
+            except OSError:
+                continue
 
 
 def import_folder(
@@ -203,7 +227,7 @@ def extract_zip(
             )
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise DataError(f"The import folder {target} is not empty; choose a new folder.")
-        free = _free_bytes(target)
+        free = free_bytes(target)
         if free is not None and declared > free - MIN_FREE_BYTES:
             raise DiskFull(
                 f"{path.name} would unpack to {declared / 2**20:.0f} MiB but the disk of {target.parent} has "
@@ -239,7 +263,7 @@ def extract_zip(
         return skipped
 
 
-def _free_bytes(target: Path) -> int | None:
+def free_bytes(target: Path) -> int | None:
     """Free bytes on the disk that will hold `target` (None when it cannot be told)."""
     folder = target
     while not folder.exists() and folder != folder.parent:

@@ -105,7 +105,7 @@ def test_every_entry_counts_toward_the_total(tmp_path):
 
 def test_a_zip_larger_than_the_free_space_is_refused_before_writing(Session, tmp_path, monkeypatch):
     archive = class_zip(tmp_path / "pets.zip")
-    monkeypatch.setattr(importer, "_free_bytes", lambda _target: importer.MIN_FREE_BYTES + 100)
+    monkeypatch.setattr(importer, "free_bytes", lambda _target: importer.MIN_FREE_BYTES + 100)
     before = data_files()
     with pytest.raises(DiskFull, match="free some space"):
         projects.create_project(Session, "pets", f"zip:{archive}")
@@ -255,3 +255,33 @@ def _remove_upwards(folder: Path, stop: Path) -> None:
     while folder != stop:
         folder.rmdir()
         folder = folder.parent
+
+
+def test_a_folder_larger_than_the_free_space_is_refused_before_writing(Session, tmp_path, monkeypatch):
+    source = tmp_path / "src"
+    for k, c in enumerate(("cat", "dog")):
+        (source / c).mkdir(parents=True)
+        (source / c / "0.png").write_bytes(png(k))
+    # Room for the pixel array (2 x 28 x 28 bytes) but not for the copied files as well.
+    monkeypatch.setattr(importer, "free_bytes", lambda _path: importer.MIN_FREE_BYTES + 2 * 28 * 28 + 10)
+    before = data_files()
+    with pytest.raises(DiskFull, match="free some space, then import again"):
+        projects.create_project(Session, "pets", f"folder:{source}", audit_size=0)
+    assert data_files() == before
+
+
+def test_what_a_killed_import_left_is_swept_a_day_later(Session, tmp_path):
+    root = Path(os.environ["LABELER_DATA_DIR"])
+    stale, fresh = root / "imports" / "old-1234", root / "imports" / "running-5678"
+    upload = root / "uploads" / "old.zip"
+    for folder in (stale, fresh):
+        (folder / "cat").mkdir(parents=True)
+        (folder / "cat" / "1.png").write_bytes(png(1))
+    upload.parent.mkdir(parents=True)
+    upload.write_bytes(b"zip")
+    day_and_a_bit = importer.STALE_AFTER_S + 60
+    for path in (stale, upload):
+        os.utime(path, (os.path.getatime(path) - day_and_a_bit, os.path.getmtime(path) - day_and_a_bit))
+    projects.create_project(Session, "pets", f"zip:{class_zip(tmp_path / 'pets.zip')}", audit_size=0)
+    assert not stale.exists() and not upload.exists()
+    assert (fresh / "cat" / "1.png").exists(), "an import still running must be left alone"
