@@ -222,8 +222,8 @@ def extract_zip(
         if declared > _TOTAL_RATIO_MIN_BYTES and declared > MAX_ZIP_TOTAL_RATIO * max(packed, 1):
             raise DataError(
                 f"{path.name} would unpack to {declared / 2**20:.0f} MiB from {packed / 2**20:.1f} MiB "
-                f"({declared / max(packed, 1):.0f}:1, a possible zip bomb); zip the images themselves, "
-                "not padding."
+                f"({declared / max(packed, 1):.0f}:1, a possible zip bomb); zip only the image files "
+                "and try again."
             )
         if target.exists() and (not target.is_dir() or any(target.iterdir())):
             raise DataError(f"The import folder {target} is not empty; choose a new folder.")
