@@ -144,6 +144,7 @@ def test_every_page_asks_for_a_login_first(accounts_server, page):
     settle(page)
     links = nav_links(page)
     assert "Label" in links and "Project" in links and "Export" not in links
+    assert not page.get_by_role("button", name="Deploy").count()  # client.toolbarMode = "viewer"
 
     page.get_by_role("button", name="Log out").click()
     page.get_by_role("button", name="Log in").wait_for()
