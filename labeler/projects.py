@@ -94,19 +94,19 @@ def create_project(
 
     Classes come from the source (built-ins, class folders) or from `classes`. For data with no
     test split, a random audit set of `audit_size` pool items is held out of training so the
-    app can report an honest accuracy.
+    app can report an honest accuracy. Whatever the outcome, nothing is left in `imports/`;
+    on any error nothing is left of the project either (see the module docstring).
     """
     name = validate_name(name)
     with Session() as session:
         if queries.get_project(session, name) is not None:
             raise ValueError(f"A project named {name!r} exists already; choose another name.")
-    with contextlib.ExitStack() as stack:
-        scratch = None
-        if images is None:
-            from .data import read_source
+    if images is not None:
+        return _create(Session, name, source, images, classes, audit_size, seed, scratch=None)
+    from .data import read_source
 
-            scratch = stack.enter_context(scratch_folder(Path(source.partition(":")[2] or source).stem))
-            images = read_source(source, progress=progress, target=scratch)
+    with scratch_folder(Path(source.partition(":")[2] or source).stem) as scratch:
+        images = read_source(source, progress=progress, target=scratch)
         return _create(Session, name, source, images, classes, audit_size, seed, scratch)
 
 
