@@ -17,6 +17,7 @@ did; the page keeps the ids it has applied, so sending the same list again chang
 
 from __future__ import annotations
 
+import threading
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
@@ -35,6 +36,9 @@ class Ledger:
     entries: list[list[int]] = field(default_factory=list)
     item_of_event: dict[int, int] = field(default_factory=dict)
     skipped: set[int] = field(default_factory=set)
+    # Streamlit's fast reruns start a new script run before the old one has stopped, so two
+    # runs of one browser session can apply the same list at once: one at a time, then.
+    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
 
     def record(self, events) -> None:
         if events:
@@ -57,6 +61,11 @@ def _check_class(session, project_id: int, class_index: int) -> None:
 
 def apply_actions(Session, project_id: int, annotator: str, actions, ledger: Ledger) -> Outcome:
     """Apply the actions not applied yet, in order; `ledger` is updated as each one commits."""
+    with ledger.lock:
+        return _apply(Session, project_id, annotator, actions, ledger)
+
+
+def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) -> Outcome:
     outcome = Outcome()
     for action in actions or []:
         action_id = str(action.get("id", ""))

@@ -226,11 +226,16 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
 # Grid -----------------------------------------------------------------------------------------
 
 
-def _accept_grid(project_id: int, item_ids: list[int], annotator: str) -> None:
+def _tile_key(item_id: int, threshold: float) -> str:
+    # The threshold is part of the key: a new threshold makes new tiles with the new guesses.
+    return f"grid-{item_id}-{round(threshold * 100)}"
+
+
+def _accept_grid(project_id: int, item_ids: list[int], annotator: str, threshold: float) -> None:
     """Commit the page in one transaction: the pre-filled guesses the person left alone count as
     confirmed, tiles set to "skip" stay unlabeled, and an image answered meanwhile (by anyone) is
     left as it is. The page is one undo step."""
-    chosen = [(i, st.session_state.get(f"grid-{i}", -1)) for i in item_ids]
+    chosen = [(i, st.session_state.get(_tile_key(i, threshold), -1)) for i in item_ids]
     chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
     skipped = [i for i in item_ids if i not in {a for a, _ in chosen}]
     Session = common.session_factory()
@@ -252,7 +257,7 @@ def _accept_grid(project_id: int, item_ids: list[int], annotator: str) -> None:
     ledger.record(events)
     ledger.skipped.update(skipped)
     for item_id in item_ids:
-        st.session_state.pop(f"grid-{item_id}", None)
+        st.session_state.pop(_tile_key(item_id, threshold), None)
     text = f"Saved {len(events)} labels."
     if len(events) < len(chosen):
         text += f" {len(chosen) - len(events)} images had been answered meanwhile and were left as they are."
@@ -270,12 +275,6 @@ def _undo_page(project_id: int, annotator: str) -> None:
         st.session_state["last_message"] = ("info", "Nothing to undo in this session.")
 
 
-def _refill_grid() -> None:
-    """A new threshold re-fills the tiles: drop what the tiles hold so they take the new guesses."""
-    for key in [k for k in st.session_state if str(k).startswith("grid-")]:
-        del st.session_state[key]
-
-
 def _grid(project_id: int, names: list[str], annotator: str) -> None:
     threshold = st.slider(
         "Pre-fill the model's guess when it is at least this sure",
@@ -285,7 +284,6 @@ def _grid(project_id: int, names: list[str], annotator: str) -> None:
         0.05,
         key="grid_threshold",
         help="Lower guesses are left for you to choose; one key (A) accepts the page.",
-        on_change=_refill_grid,
     )
     batch = _next_batch(project_id, GRID_SIZE)
     if not batch:
@@ -313,7 +311,7 @@ def _grid(project_id: int, names: list[str], annotator: str) -> None:
                 f"Label{note}",
                 options,
                 index=options.index(guess),
-                key=f"grid-{item.id}",
+                key=_tile_key(item.id, threshold),
                 format_func=lambda c: "skip" if c < 0 else names[c],
             )
     left, right = st.columns(2)
@@ -324,7 +322,7 @@ def _grid(project_id: int, names: list[str], annotator: str) -> None:
         type="primary",
         width="stretch",
         on_click=_accept_grid,
-        args=(project_id, [item.id for item, _ in batch], annotator),
+        args=(project_id, [item.id for item, _ in batch], annotator, threshold),
     )
     right.button(
         "Undo last page",

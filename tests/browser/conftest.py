@@ -19,7 +19,7 @@ ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
 
 
-def image_set(n: int = 60, test: int = 10, seed: int = 0):
+def image_set(n: int = 100, test: int = 10, seed: int = 0):
     """n gray 12x12 images in two easy classes (dark and bright), the last `test` a test split."""
     import hashlib
 
