@@ -51,14 +51,20 @@ def current_project() -> Project:
     """The project chosen in this browser session, or the built-in digits project."""
     Session = session_factory()
     project_id = st.session_state.get("project_id")
+    if project_id is None:
+        # A reload starts a new session: the URL (?project=ID) remembers the choice.
+        wanted = st.query_params.get("project", "")
+        project_id = int(wanted) if wanted.isdigit() else None
+    project = None
     if project_id is not None:
         with Session() as session:
             project = session.get(Project, project_id)
-        if project is not None:
-            return project
-    with st.spinner("Preparing the built-in digits project..."):
-        project = projects.ensure_default_project(Session)
+    if project is None:
+        with st.spinner("Preparing the built-in digits project..."):
+            project = projects.ensure_default_project(Session)
     st.session_state["project_id"] = project.id
+    if st.query_params.get("project") != str(project.id):
+        st.query_params["project"] = str(project.id)
     return project
 
 
@@ -105,6 +111,8 @@ def annotator() -> str:
     if accounts_enabled():
         st.error("Log in first: open the app's address again to get the login form.")
         st.stop()
+    if "annotator" not in st.session_state and st.query_params.get("annotator", "").strip():
+        st.session_state["annotator"] = st.query_params["annotator"].strip()[:200]
     if "annotator" not in st.session_state:
         try:
             st.session_state["annotator"] = getpass.getuser()

@@ -96,18 +96,37 @@ def selected_item_ids(event) -> list[int]:
 
 
 def _bulk_label(project_id: int, item_ids: list[int], annotator: str) -> None:
+    """Label the selection in one transaction. Images that already have an answer (anyone's) are
+    left alone unless the person ticked "relabel"; the message says how many. A bulk label is one
+    undo step on the Label page and counts toward automatic retraining."""
+    from .. import answers
+    from . import parts
+
     class_index = st.session_state.get("bulk_class")
+    relabel = bool(st.session_state.get("bulk_relabel", False))
     Session = common.session_factory()
 
-    def commit() -> int:
+    def commit():
         with Session.begin() as session:
-            return queries.add_labels(session, item_ids, int(class_index), annotator=annotator, kind="bulk")
+            return queries.add_labels(
+                session, item_ids, int(class_index), annotator=annotator, kind="bulk", relabel=relabel
+            )
 
     try:
-        n = db.retrying(commit)
-        st.session_state["latent_message"] = ("success", f"Labeled {n} images at once.")
+        events = db.retrying(commit)
     except Exception as error:  # noqa: BLE001 - shown as one sentence
         st.session_state["latent_message"] = ("error", f"The labels were not saved: {error}")
+        return
+    st.session_state.setdefault("ledger", answers.Ledger()).record(events)
+    left = len(item_ids) - len(events)
+    text = f"Labeled {len(events)} images at once."
+    if left:
+        text += f" {left} already had a label and were left as they are (tick \"relabel\" to change them)."
+    st.session_state["latent_message"] = ("success", text)
+    try:
+        parts.maybe_auto_retrain(project_id)
+    except Exception:  # noqa: BLE001 - labeling goes on; the Train page can start a run
+        pass
 
 
 @st.cache_data(show_spinner="Generating images...", max_entries=8)
@@ -190,6 +209,7 @@ def _selection_panel(project_id: int, ids: list[int], frame: pd.DataFrame, names
         st.caption(f"Showing {MAX_THUMBNAILS} of {len(chosen)}.")
     left, right = st.columns([2, 1])
     left.selectbox("Give them all the label", list(range(len(names))), format_func=lambda i: names[i], key="bulk_class")
+    left.checkbox("Relabel images that already have a label", key="bulk_relabel")
     right.button(
         f"Label {len(chosen)} images", key="bulk_apply", type="primary",
         on_click=_bulk_label, args=(project_id, [int(i) for i in chosen.index], annotator),

@@ -143,6 +143,7 @@ def _set_annotator() -> None:
     name = (st.session_state.get("annotator_input") or "").strip()
     if name:
         st.session_state["annotator"] = name[:200]
+        st.query_params["annotator"] = name[:200]  # kept across a reload
 
 
 def project_page() -> None:
