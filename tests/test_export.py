@@ -184,3 +184,25 @@ def test_model_zip_holds_only_model_files(tmp_path):
     with zipfile.ZipFile(io.BytesIO(export.model_zip_bytes(paths))) as archive:
         assert sorted(archive.namelist()) == ["classes.json", "model.onnx", "model.pt"]
     assert export.model_zip_bytes([tmp_path / "labels.csv"]) is None
+
+
+def test_export_page_offers_the_data_and_says_why_the_model_is_left_out(Session, tiny_project, tmp_path):
+    import torch
+    from streamlit.testing.v1 import AppTest
+
+    _label_some(Session, tiny_project)
+    checkpoint = _train_and_register(Session, tiny_project, tmp_path)
+    state = torch.load(checkpoint, weights_only=True)
+    state["config"]["a_setting_since_removed"] = 1
+    torch.save(state, checkpoint)
+
+    at = AppTest.from_string("from labeler.ui.export import export_page\nexport_page()", default_timeout=60)
+    at.session_state["project_id"] = tiny_project.id
+    at.session_state["annotator"] = "tester"
+    at.run()
+    at.button(key="export_prepare").click().run()
+    assert not at.exception and not at.error
+    (warning,) = at.warning
+    assert "cannot be exported" in warning.value and "train it again" in warning.value
+    names = {Path(p).name for p in at.session_state["export_files"]["paths"]}
+    assert {"dataset.zip", "labels.csv"} <= names and not names & set(export.MODEL_FILES)

@@ -48,15 +48,14 @@ def _prepare(project_id: int) -> None:
             shutil.rmtree(folder)
         notes: list[str] = []
         written = export.export_all(common.session_factory(), project_id, folder, notes=notes)
-    except Exception as error:  # noqa: BLE001 - shown as one sentence
+    except Exception as error:  # shown as one sentence
         message = user_error(error)
         if message is None:
             log.exception("The export of project %s failed", project_id)
             message = f"{type(error).__name__}; the server log has the details. Try again"
         st.session_state["export_error"] = common.as_typed(f"The export failed: {message.rstrip('.')}.")
         return
-    st.session_state["export_notes"] = notes
-    st.session_state["export_files"] = {"project": project_id, "paths": [str(p) for p in written]}
+    st.session_state["export_files"] = {"project": project_id, "paths": [str(p) for p in written], "notes": notes}
 
 
 def export_page() -> None:
@@ -73,14 +72,15 @@ def export_page() -> None:
     error = st.session_state.pop("export_error", None)
     if error:
         st.error(error)
-    for note in st.session_state.pop("export_notes", []):
-        st.warning(common.as_typed(note))
     st.button("Prepare the export", key="export_prepare", type="primary", on_click=_prepare, args=(project.id,))
 
     prepared = st.session_state.get("export_files")
     if not prepared or prepared["project"] != project.id:
         st.caption("Prepare the export to get the download buttons; it reflects the labels at that moment.")
         return
+    notes = prepared.get("notes", [])
+    for note in notes:  # e.g. why the model is left out
+        st.warning(common.as_typed(note))
     paths = {Path(p).name: Path(p) for p in prepared["paths"] if Path(p).exists()}
     for name, (label, mime) in DOWNLOADS.items():
         if name in paths:
@@ -95,7 +95,7 @@ def export_page() -> None:
             "Model: checkpoint + TorchScript + ONNX + classes.json (zip)", data=functools.partial(export.zip_bytes, model_paths),
             file_name=f"{project.name}-model.zip", mime="application/zip", key="download-model", on_click="ignore",
         )
-    elif has_model:
+    elif has_model and not notes:
         st.warning("The newest model's checkpoint is missing on disk; train again to export a model.")
     with st.expander("How to use the files"):
         st.code(export.HOW_TO_USE.format(c=project.channels, h=project.height, w=project.width), language="text")
