@@ -92,9 +92,22 @@ class ExportError(ValueError):
     """Something cannot be exported; the message says why and what to do, in one sentence."""
 
 
+# Names Windows will not create as files or folders, with any extension.
+_RESERVED = {
+    "CON",
+    "PRN",
+    "AUX",
+    "NUL",
+    *(f"COM{i}" for i in range(1, 10)),
+    *(f"LPT{i}" for i in range(1, 10)),
+}
+
+
 def safe_name(name: str) -> str:
     """A class name as a safe single path component (the label itself stays exact in the CSVs)."""
     cleaned = re.sub(r"[^\w\-. ]+", "_", name, flags=re.UNICODE).strip(" .")
+    if cleaned.split(".")[0].upper() in _RESERVED:
+        cleaned = f"_{cleaned}"
     return cleaned or "class"
 
 

@@ -53,6 +53,12 @@ def test_safe_name_keeps_one_path_component():
         name = export.safe_name(hostile)
         assert "/" not in name and "\\" not in name and name not in (".", "..", "")
     assert "/" not in export.safe_name("a/b") and export.safe_name("") == "class"
+    assert [export.safe_name(n) for n in ("CON", "nul.txt", "Com1", "console")] == [
+        "_CON",
+        "_nul.txt",
+        "_Com1",
+        "console",
+    ]
 
 
 def test_model_export_runs_without_labeler_code_as_torchscript_and_onnx(Session, tiny_project, tmp_path):
