@@ -305,7 +305,11 @@ def _grid(project_id: int, names: list[str], annotator: str) -> None:
         )
         guess = prediction.predicted if sure else -1
         with columns[n % len(columns)]:
-            st.image(_data_url(project_id, item.row, item.path), caption=caption(item), width="stretch")
+            st.image(
+                _data_url(project_id, item.row, item.path),
+                caption=common.as_typed(caption(item)),
+                width="stretch",
+            )
             note = f" (guess {prediction.confidence:.0%} sure)" if prediction is not None else ""
             st.selectbox(
                 f"Label{note}",
@@ -386,10 +390,14 @@ def _history(project_id: int, names: list[str], annotator: str) -> None:
     columns = st.columns(6)
     for n, (event, item) in enumerate(rows):
         with columns[n % len(columns)]:
-            st.image(_data_url(project_id, item.row, item.path, 240), caption=caption(item), width="stretch")
+            st.image(
+                _data_url(project_id, item.row, item.path, 240),
+                caption=common.as_typed(caption(item)),
+                width="stretch",
+            )
             st.session_state[f"hist-was-{item.id}"] = event.class_index
             st.selectbox(
-                f"by {event.annotator}",
+                f"by {common.as_typed(event.annotator)}",
                 options,
                 index=options.index(event.class_index) if event.class_index in options else 0,
                 key=f"hist-{item.id}",
@@ -522,7 +530,7 @@ def label_page() -> None:
     st.progress(min(1.0, n_labeled / max(1, n_total)), text=f"{n_labeled} labeled / {n_total} images")
     kind, text = st.session_state.pop("last_message", (None, None))
     if kind:
-        getattr(st, kind)(text)
+        getattr(st, kind)(common.as_typed(text))
 
     if mode == "Grid":
         _grid(project.id, names, annotator)

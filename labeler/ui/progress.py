@@ -66,13 +66,20 @@ def curve_frame(curve: pd.DataFrame, split: str | None, n_test: int) -> pd.DataF
 
 def curve_figure(frame: pd.DataFrame, source: str) -> go.Figure:
     fig = px.line(
-        frame, x="labels", y="accuracy", color="model", markers=True,
-        error_y=frame["high"] - frame["accuracy"], error_y_minus=frame["accuracy"] - frame["low"],
+        frame,
+        x="labels",
+        y="accuracy",
+        color="model",
+        markers=True,
+        error_y=frame["high"] - frame["accuracy"],
+        error_y_minus=frame["accuracy"] - frame["low"],
         hover_data={"run_id": True},
     )
     fig.update_layout(
         yaxis={"range": [0, 1.02], "tickformat": ".0%", "title": f"accuracy ({source})"},
-        xaxis_title="labels used for training", height=380, margin={"l": 10, "r": 10, "t": 20, "b": 10},
+        xaxis_title="labels used for training",
+        height=380,
+        margin={"l": 10, "r": 10, "t": 20, "b": 10},
     )
     return fig
 
@@ -82,16 +89,24 @@ def agreement_figure(by_run: pd.DataFrame) -> go.Figure:
     x = [f"run {int(r)}" for r in by_run["run_id"]]
     fig = go.Figure(
         go.Scatter(
-            x=x, y=by_run["rate"], mode="lines+markers",
-            error_y={"type": "data", "symmetric": False, "array": by_run["high"] - by_run["rate"],
-                     "arrayminus": by_run["rate"] - by_run["low"]},
+            x=x,
+            y=by_run["rate"],
+            mode="lines+markers",
+            error_y={
+                "type": "data",
+                "symmetric": False,
+                "array": by_run["high"] - by_run["rate"],
+                "arrayminus": by_run["rate"] - by_run["low"],
+            },
             customdata=np.stack([by_run["agree"], by_run["n"]], axis=1),
             hovertemplate="%{x}: %{customdata[0]} of %{customdata[1]} answers agreed<extra></extra>",
         )
     )
     fig.update_layout(
-        yaxis={"range": [0, 1.02], "tickformat": ".0%", "title": "agreed"}, xaxis={"type": "category"},
-        height=220, margin={"l": 10, "r": 10, "t": 10, "b": 10},
+        yaxis={"range": [0, 1.02], "tickformat": ".0%", "title": "agreed"},
+        xaxis={"type": "category"},
+        height=220,
+        margin={"l": 10, "r": 10, "t": 10, "b": 10},
     )
     return fig
 
@@ -112,6 +127,7 @@ def progress_page() -> None:
         latest = queries.latest_done_run_id(session, project.id)
         report = evaluate.run_report(session, latest, split=split) if latest and split else None
         counts = parts.class_counts(session, project.id, names)
+        people = queries.annotator_counts(session, project.id)
 
     st.title(f"Progress · {common.as_typed(project.name)}")
     st.info(source_text)
@@ -122,14 +138,18 @@ def progress_page() -> None:
         last = frame.iloc[-1]
         left.metric(
             f"Accuracy of run {int(last.run_id)} ({'test split' if split == TEST else 'audit set'})",
-            f"{last.accuracy:.1%}", f"95 % interval {last.low:.1%} - {last.high:.1%}", delta_color="off", delta_arrow="off",
+            f"{last.accuracy:.1%}",
+            f"95 % interval {last.low:.1%} - {last.high:.1%}",
+            delta_color="off",
+            delta_arrow="off",
         )
     if agreement["n"]:
         right.metric(
             "Your labels agreed with the model's prior guess",
             f"{agreement['rate']:.0%}",
             f"{agreement['agree']} of {agreement['n']}, interval {agreement['low']:.0%} - {agreement['high']:.0%}",
-            delta_color="off", delta_arrow="off",
+            delta_color="off",
+            delta_arrow="off",
         )
         right.caption(
             "On the hard images the queue picks this understates accuracy: it says how useful the "
@@ -145,18 +165,29 @@ def progress_page() -> None:
     if frame.empty:
         st.caption("One point per finished run appears here: label, then train (Train page).")
     else:
-        st.plotly_chart(curve_figure(frame, "test split" if split == TEST else "audit set"), key="learning_curve")
+        st.plotly_chart(
+            curve_figure(frame, "test split" if split == TEST else "audit set"), key="learning_curve"
+        )
 
     balance, per_class = st.columns(2)
     with balance:
         st.subheader("Class balance")
         if counts["labels"].sum():
-            fig = px.bar(counts.assign(**{"class": counts["class"].map(common.for_chart)}), x="class", y="labels")
+            fig = px.bar(
+                counts.assign(**{"class": counts["class"].map(common.for_chart)}), x="class", y="labels"
+            )
             fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 20, "b": 10})
             fig.update_xaxes(type="category")
             st.plotly_chart(fig, key="class_balance")
         else:
             st.caption("No labels yet.")
+        if people:
+            st.subheader("Answers per annotator")
+            st.dataframe(
+                pd.DataFrame(sorted(people.items(), key=lambda p: -p[1]), columns=["annotator", "answers"]),
+                hide_index=True,
+                width="content",
+            )
     if report is None:
         return
     with per_class:
@@ -164,14 +195,22 @@ def progress_page() -> None:
         shown = [common.for_chart(n) for n in names[: len(report["per_class"])]]
         frame_pc = pd.DataFrame({"class": shown, "accuracy": report["per_class"]})
         fig = px.bar(frame_pc, x="class", y="accuracy")
-        fig.update_layout(yaxis={"range": [0, 1], "tickformat": ".0%"}, height=320, margin={"l": 10, "r": 10, "t": 20, "b": 10})
+        fig.update_layout(
+            yaxis={"range": [0, 1], "tickformat": ".0%"},
+            height=320,
+            margin={"l": 10, "r": 10, "t": 20, "b": 10},
+        )
         fig.update_xaxes(type="category")
         st.plotly_chart(fig, key="per_class")
     st.subheader(f"Confusion matrix of run {latest} ({report['n']} images)")
     cm = np.asarray(report["confusion"])
     shown = [common.for_chart(n) for n in names[: cm.shape[0]]]
     fig = px.imshow(
-        cm, x=shown, y=shown, text_auto=True, color_continuous_scale="Blues",
+        cm,
+        x=shown,
+        y=shown,
+        text_auto=True,
+        color_continuous_scale="Blues",
         labels={"x": "predicted", "y": "true", "color": "images"},
     )
     fig.update_layout(height=max(300, 40 * len(shown) + 120), margin={"l": 10, "r": 10, "t": 20, "b": 10})

@@ -10,26 +10,32 @@ from pathlib import Path
 from sqlalchemy import select
 
 from db import queries
-from db.models import Item, LabelEvent
+from db.models import LabelEvent
 from labeler import projects
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("label_worker.py")
 
 
-def start_worker(url: str, project_id: int, annotator: str, n: int, go_file: Path | None = None) -> subprocess.Popen:
+def start_worker(
+    url: str, project_id: int, annotator: str, n: int, go_file: Path | None = None
+) -> subprocess.Popen:
     env = dict(os.environ, PYTHONPATH=str(ROOT), PYTHONUNBUFFERED="1")
     args = [sys.executable, str(WORKER), url, str(project_id), annotator, str(n)]
     if go_file is not None:
         args.append(str(go_file))
-    return subprocess.Popen(args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    return subprocess.Popen(
+        args, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True
+    )
 
 
 def acks(output: str) -> list[int]:
     return [int(line.split()[1]) for line in output.splitlines() if line.startswith("ack ")]
 
 
-def test_two_annotator_processes_lose_nothing_and_never_share_an_image(db_url, Session, tmp_path, make_image_set):
+def test_two_annotator_processes_lose_nothing_and_never_share_an_image(
+    db_url, Session, tmp_path, make_image_set
+):
     project = projects.create_project(Session, "team", "test", images=make_image_set(n=80, classes=3))
     n = 20
     go = tmp_path / "go"
@@ -64,7 +70,9 @@ def test_claims_keep_an_image_from_others_until_answered_or_expired(Session, tin
         bob = [item.id for item, _ in queries.next_items(session, tiny_project.id, k=2, annotator="bob")]
         assert not set(alice) & set(bob)
         # Asking again (a page rerun) keeps the same images; without an annotator nothing changes.
-        assert [i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="alice")] == alice
+        assert [
+            i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="alice")
+        ] == alice
         assert [i.id for i, _ in queries.next_items(session, tiny_project.id, k=2)] == alice
     with Session.begin() as session:
         queries.add_label(session, alice[0], 0, annotator="alice")
@@ -72,7 +80,9 @@ def test_claims_keep_an_image_from_others_until_answered_or_expired(Session, tin
         # Answered: alice moves on; bob still does not get her other image.
         again = [i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="alice")]
         assert alice[0] not in again and alice[1] in again
-        assert alice[1] not in [i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="bob")]
+        assert alice[1] not in [
+            i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="bob")
+        ]
     with Session.begin() as session:
         from sqlalchemy import update
 
@@ -81,7 +91,9 @@ def test_claims_keep_an_image_from_others_until_answered_or_expired(Session, tin
         session.execute(update(Claim).where(Claim.annotator == "alice").values(expires_at=utcnow()))
     with Session() as session:
         # Alice left: her claim expired, so her image goes to the next person.
-        assert alice[1] in [i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="bob")]
+        assert alice[1] in [
+            i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="bob")
+        ]
 
 
 def test_when_only_claimed_images_remain_they_are_shared(Session, tiny_project):
@@ -103,38 +115,55 @@ def test_a_database_locked_past_every_retry_still_shows_an_image(Session, tiny_p
         assert len(queries.next_items(session, tiny_project.id, k=2, annotator="alice")) == 2
 
 
-def test_two_label_page_sessions_show_different_images_and_keep_both_answers(Session, tiny_project):
+def _claimed(Session, prefix: str) -> set[int]:
+    from db.models import Claim
+
+    with Session() as session:
+        return set(session.scalars(select(Claim.item_id).where(Claim.annotator.like(f"{prefix}#%"))))
+
+
+def _open_label_page(project_id: int, name: str):
     from streamlit.testing.v1 import AppTest
 
-    app = str(ROOT / "app.py")
-    sessions = {}
+    at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
+    at.session_state["project_id"] = project_id
+    at.session_state["annotator"] = name
+    at.run()
+    assert not at.exception
+    return at
+
+
+def test_two_label_page_sessions_show_different_images_and_keep_both_answers(Session, tiny_project):
+    import json
+
+    from labeler import answers
+
+    shown = {}
     for name in ("alice", "bob"):
-        at = AppTest.from_file(app, default_timeout=60)
-        at.session_state["project_id"] = tiny_project.id
-        at.session_state["annotator"] = name
-        sessions[name] = at.run()
-        assert not at.exception
-    captions = {name: at.get("image")[0].proto.imgs[0].caption for name, at in sessions.items()}
-    assert captions["alice"] != captions["bob"], "two people were shown the same image"
-    sessions["alice"].button(key="class-0").click().run()
-    sessions["bob"].button(key="class-1").click().run()
+        at = _open_label_page(tiny_project.id, name)
+        shown[name] = [i["id"] for i in json.loads(at.get("bidi_component")[0].proto.json)["items"]]
+        assert set(shown[name]) == _claimed(Session, name)
+    assert not set(shown["alice"]) & set(shown["bob"]), "two people were shown the same image"
+    # Each answers the first image on their screen, as the page's box sends it.
+    for n, name in enumerate(("alice", "bob")):
+        action = {"id": "a1", "type": "label", "item": shown[name][0], "class": n}
+        answers.apply_actions(Session, tiny_project.id, name, [action], answers.Ledger())
     with Session() as session:
         events = list(session.scalars(select(LabelEvent).order_by(LabelEvent.id)))
-        keys = {e.annotator: session.get(Item, e.item_id).key for e in events}
-    assert [(e.annotator, e.class_index) for e in events] == [("alice", 0), ("bob", 1)]
-    assert keys == captions
+    assert [(e.annotator, e.item_id, e.class_index) for e in events] == [
+        ("alice", shown["alice"][0], 0),
+        ("bob", shown["bob"][0], 1),
+    ]
 
 
 def test_two_tabs_with_the_same_annotator_name_get_different_images(Session, tiny_project):
     """The default name is the server's user name, which every browser on it shares."""
-    from streamlit.testing.v1 import AppTest
+    import json
 
-    captions = []
-    for _ in range(2):
-        at = AppTest.from_file(str(ROOT / "app.py"), default_timeout=60)
-        at.session_state["project_id"] = tiny_project.id
-        at.session_state["annotator"] = "same-name"
-        at.run()
-        assert not at.exception
-        captions.append(at.get("image")[0].proto.imgs[0].caption)
-    assert captions[0] != captions[1]
+    first = _open_label_page(tiny_project.id, "same-name")
+    second = _open_label_page(tiny_project.id, "same-name")
+    ids = [
+        {i["id"] for i in json.loads(at.get("bidi_component")[0].proto.json)["items"]}
+        for at in (first, second)
+    ]
+    assert ids[0] and ids[1] and not ids[0] & ids[1]

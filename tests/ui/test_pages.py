@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
-from ui_helpers import PAGES, fake_done_run, label_items, page_app, wait_for
+from ui_helpers import PAGES, box_data, fake_done_run, label_items, page_app, wait_for
 
 from db import queries
 from db import runs as run_queries
@@ -46,7 +46,8 @@ def test_label_page_shows_counts_and_the_models_guess(Session, tiny_project):
     captions = " ".join(c.value for c in at.sidebar.caption)
     assert "2 new labels since the last run" in captions
     assert "idle" in captions
-    assert at.metric[0].label == "Model's guess"
+    shown = box_data(at)["items"]
+    assert shown and all(item["guess"] is not None and item["confidence"] == 0.9 for item in shown)
 
 
 def test_grid_accepts_the_page_with_corrections(Session, tiny_project):
@@ -85,9 +86,9 @@ def test_audit_images_come_without_the_models_guess(Session, tiny_project):
         session.execute(update(Item).where(Item.project_id == tiny_project.id, Item.split == "pool").values(split=AUDIT))
     fake_done_run(Session, tiny_project.id)
     at = page_app("label", tiny_project.id)
-    assert not at.metric  # no "Model's guess"
-    assert any("Audit images" in c.value for c in at.caption)
+    assert all(item["audit"] and item["guess"] is None for item in box_data(at)["items"])  # no guess shown
     at.radio(key="label_mode").set_value("Grid").run()
+    assert any("Audit image" in c.value for c in at.caption)
     boxes = [box for box in at.selectbox if box.key.startswith("grid-")]
     assert boxes and all(box.value == -1 for box in boxes)  # nothing pre-filled
 
@@ -102,8 +103,8 @@ def test_classes_can_be_added_and_renamed(Session, tiny_project):
     at.button(key="rename_class").click().run()
     with Session() as session:
         assert queries.class_names(session, tiny_project.id) == ["dark", "1", "other"]
-    # A third class button appears; a duplicate name is refused with one sentence.
-    assert at.button(key="class-2").label == "other"
+    # A third class appears with the next free key; a duplicate name is refused with one sentence.
+    assert [(c["name"], c["key"]) for c in box_data(at)["classes"]] == [("dark", "0"), ("1", "1"), ("other", "2")]
     at.text_input(key="new_class").input("dark")
     at.button(key="add_class").click().run()
     assert "already a class" in at.error[0].value
@@ -115,10 +116,16 @@ def test_auto_retrain_queues_a_run_after_n_labels(Session, tiny_project):
         # A steps budget keeps the worker's run short, whoever trains it.
         p.settings = {**p.settings, "auto_retrain_every": 2, "model": "labelspread", "steps": 1, "budget_s": 5}
     at = page_app("label", tiny_project.id)
-    at.button(key="class-0").click().run()
+    at.radio(key="label_mode").set_value("Grid").run()
+    tiles = [box for box in at.selectbox if box.key.startswith("grid-")]
+    tiles[0].set_value(0)
+    at.button(key="accept_grid").click().run()
     with Session() as session:
         assert run_queries.list_runs(session, tiny_project.id) == []
-    at.button(key="class-1").click().run()
+    at.radio(key="label_mode").set_value("Grid").run()
+    tiles = [box for box in at.selectbox if box.key.startswith("grid-")]
+    tiles[0].set_value(1)
+    at.button(key="accept_grid").click().run()
     assert not at.exception
     with Session() as session:
         runs = run_queries.list_runs(session, tiny_project.id)
@@ -236,6 +243,13 @@ def test_progress_uses_the_test_split_with_an_interval(Session, tiny_project):
         frame = progress.curve_frame(evaluate.learning_curve(session, tiny_project.id), "test", 8)
     assert frame["labels"].tolist() == [2, 4]
     assert (frame["low"] < frame["accuracy"]).all() and (frame["accuracy"] < frame["high"]).all()
+
+
+def test_progress_counts_answers_per_annotator(Session, tiny_project):
+    label_items(Session, tiny_project.id, 3, annotator="alice")
+    at = page_app("progress", tiny_project.id)
+    table = next(frame.value for frame in at.dataframe if "annotator" in frame.value.columns)
+    assert table.to_dict("records") == [{"annotator": "alice", "answers": 3}]
 
 
 def test_progress_says_when_there_is_no_honest_accuracy():

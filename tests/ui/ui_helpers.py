@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-
 from streamlit.testing.v1 import AppTest
 
 from db import queries
@@ -21,21 +20,46 @@ PAGES = {
 
 def page_app(module: str, project_id: int, annotator: str = "tester") -> AppTest:
     """An AppTest of one page (the navigation itself is covered by test_label_page)."""
-    at = AppTest.from_string(f"from labeler.ui.{module} import {PAGES[module]}\n{PAGES[module]}()", default_timeout=60)
+    at = AppTest.from_string(
+        f"from labeler.ui.{module} import {PAGES[module]}\n{PAGES[module]}()", default_timeout=60
+    )
     at.session_state["project_id"] = project_id
     at.session_state["annotator"] = annotator
     return at.run()
 
 
-def fake_done_run(Session, project_id: int, model: str = "m2", accuracy: float = 0.75, labels_used: int = 4,
-                  audit: tuple[float, float, float, int] | None = None, checkpoint: str | None = None) -> int:
+def box_data(at: AppTest) -> dict:
+    """What the Label page sent to its one-image box: items, classes with keys, notices."""
+    import json
+
+    return json.loads(at.get("bidi_component")[0].proto.json)
+
+
+def fake_done_run(
+    Session,
+    project_id: int,
+    model: str = "m2",
+    accuracy: float = 0.75,
+    labels_used: int = 4,
+    audit: tuple[float, float, float, int] | None = None,
+    checkpoint: str | None = None,
+) -> int:
     """A DONE run whose prediction for each item is its truth (class 0 where unknown), with the
     item's row as its queue score and (row, truth) as its latent point."""
     with Session.begin() as session:
         now = utcnow()
         run = Run(
-            project_id=project_id, model=model, status=DONE, created_at=now, started_at=now, finished_at=now,
-            progress=1.0, labels_used=labels_used, test_accuracy=accuracy, seconds=1.0, checkpoint=checkpoint,
+            project_id=project_id,
+            model=model,
+            status=DONE,
+            created_at=now,
+            started_at=now,
+            finished_at=now,
+            progress=1.0,
+            labels_used=labels_used,
+            test_accuracy=accuracy,
+            seconds=1.0,
+            checkpoint=checkpoint,
         )
         if audit is not None:
             run.test_accuracy = None
@@ -46,8 +70,15 @@ def fake_done_run(Session, project_id: int, model: str = "m2", accuracy: float =
             guess = item.truth or 0
             session.add(
                 Prediction(
-                    run_id=run.id, item_id=item.id, predicted=guess, confidence=0.9, entropy=0.3, margin=0.8,
-                    score=float(item.row), x=float(item.row), y=float(guess),
+                    run_id=run.id,
+                    item_id=item.id,
+                    predicted=guess,
+                    confidence=0.9,
+                    entropy=0.3,
+                    margin=0.8,
+                    score=float(item.row),
+                    x=float(item.row),
+                    y=float(guess),
                 )
             )
         return run.id
@@ -60,5 +91,3 @@ def label_items(Session, project_id: int, n: int, annotator: str = "tester") -> 
         for item in pool:
             queries.add_label(session, item.id, item.truth, annotator=annotator)
         return [item.id for item in pool]
-
-
