@@ -4,11 +4,12 @@ Each image holds one filled shape (circle, cross, square or triangle) on a noisy
 Everything but the shape is drawn at random, independently of the class, so none of it gives
 the class away:
 
-- the image is 40-120 px wide and 40-120 px high (the importer letterboxes it to 32x32);
+- the image's long side is 40-120 px, its aspect ratio 1-1.5, either way up (the importer
+  letterboxes it to 32x32);
 - the background is a random colour at a random brightness, with a random linear gradient
   and Gaussian pixel noise of random strength;
 - the object has a random colour (at least `MIN_CONTRAST` grey levels away from the
-  background's mean, so a person can always see it), a random area of 2-12 % of the image,
+  background's mean, so a person can always see it), a random area of 6-20 % of the image,
   a random position (wholly inside the image) and a random rotation; every shape is scaled
   to the same area, so size says nothing about the class either;
 - the file is RGB, RGBA (semi-transparent background, composited over white by the importer)
@@ -105,7 +106,9 @@ def draw_shape(kind: str, rng: np.random.Generator) -> tuple[bytes, str]:
     """One image of shape `kind`, drawn from `rng`: (file bytes, extension "png" or "jpg")."""
     from PIL import Image, ImageDraw
 
-    w, h = (int(v) for v in rng.integers(40, 121, size=2))
+    long_side = int(rng.integers(40, 121))
+    short_side = round(long_side / float(rng.uniform(1.0, 1.5)))
+    w, h = (long_side, short_side) if rng.random() < 0.5 else (short_side, long_side)
     base = rng.uniform(0, 255, size=3) * rng.uniform(0.3, 1.0)  # colour times brightness
     gradient = rng.normal(0, 30, size=(2, 3))  # change over the image, per axis and channel
     yy, xx = np.mgrid[0:h, 0:w]
@@ -123,7 +126,7 @@ def draw_shape(kind: str, rng: np.random.Generator) -> tuple[bytes, str]:
     else:  # a mid-grey background with no contrasting draw: take black or white
         colour = np.zeros(3) if bg_lum > 127 else np.full(3, 255.0)
 
-    outline = _outline(kind, rng) * math.sqrt(rng.uniform(0.02, 0.12) * w * h)
+    outline = _outline(kind, rng) * math.sqrt(rng.uniform(0.06, 0.20) * w * h)
     low, high = -outline.min(0), np.array([w, h]) - outline.max(0)
     centre = rng.uniform(low, np.maximum(low, high))
     mask = Image.new("L", (w, h), 0)

@@ -1,7 +1,7 @@
 """Baselines the semi-supervised models must beat.
 
 - Supervised: the classifier network of M2 (nets.features + a linear layer) trained with
-  cross-entropy on the labeled images only.
+  cross-entropy on weak views (augment.weak) of the labeled images only.
 - SelfTrain: the same network; after a warm-up, unlabeled images whose predicted class has
   probability >= `threshold` join the loss with that class as a pseudo-label (Lee 2013,
   "Pseudo-Label: the simple and efficient semi-supervised learning method", ICML workshop):
@@ -27,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import nets
+from . import augment, nets
 from .base import Budget, ProgressFn, SSLModel, batched
 
 
@@ -54,6 +54,9 @@ class SupervisedConfig:
     lr: float = 1e-3
     weight_decay: float = 1e-4
     dropout: float = 0.2
+    # Train on weak views of the labeled images (augment.weak: by kind of data, shifts for small
+    # grey images, crops and flips for colour ones); False: the images as they are.
+    augment: bool = True
 
 
 @dataclass
@@ -111,9 +114,8 @@ class Supervised(SSLModel):
         step, parts = 0, {}
         while not budget.done(step):
             pick = torch.as_tensor(next(lab), device=self.device)
-            loss = F.cross_entropy(
-                net(pool[torch.as_tensor(labeled_idx, device=self.device)[pick]]), y_all[pick]
-            )
+            xb = pool[torch.as_tensor(labeled_idx, device=self.device)[pick]]
+            loss = F.cross_entropy(net(augment.weak(xb) if cfg.augment else xb), y_all[pick])
             parts = {"cross_entropy": loss.item()}
             if unl is not None:
                 extra, used = self._pseudo_loss(

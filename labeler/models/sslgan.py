@@ -237,7 +237,7 @@ class MLPGenerator(nn.Module):
 class ConvDiscriminator(nn.Module):
     """A small version of Salimans et al.'s CIFAR-10 discriminator for 2 CPU cores.
 
-    `invariant` (the default): per-image normalisation (nets.PerImageNorm), Gaussian input
+    `invariant` (the default): the per-image normalised luminance (nets.PerImageNorm), Gaussian input
     noise, then three stages of a WN 3x3 convolution with leaky ReLU and 2x2 max pooling (the
     first two with dropout), a WN 1x1 convolution and global max pooling, so brightness,
     contrast, colour cast and position do not decide the class (see nets' module docstring).
@@ -259,9 +259,9 @@ class ConvDiscriminator(nn.Module):
         act = lambda: nn.LeakyReLU(0.2)
         if invariant:
             self.body = nn.Sequential(
-                nets.PerImageNorm(),
+                nets.PerImageNorm(),  # (B, 1, H, W): normalised luminance
                 GaussianNoise(input_noise),
-                WNConv2d(channels, w1, 3, padding=1),
+                WNConv2d(1, w1, 3, padding=1),
                 act(),
                 nn.MaxPool2d(2, ceil_mode=True),
                 nn.Dropout(dropout),
