@@ -15,6 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
+from db.models import AUDIT, TEST
 
 from .. import auth, projects
 from ..config import SettingError, check_int, data_dir, user_error
@@ -70,23 +71,32 @@ def _create_ui() -> None:
     offered = sources()
     with st.form("create_project", clear_on_submit=False):
         name = st.text_input("Name", key="new_project_name")
-        kind = st.radio("From", list(offered), format_func=offered.get, horizontal=True, key="new_project_kind")
+        kind = st.radio(
+            "From", list(offered), format_func=offered.get, horizontal=True, key="new_project_kind"
+        )
         st.selectbox(
-            "Built-in data set", list(DATASETS), key="new_project_builtin",
+            "Built-in data set",
+            list(DATASETS),
+            key="new_project_builtin",
             format_func=lambda d: f"{DATASETS[d].title}: {DATASETS[d].description}",
         )
         if "folder" in offered:
             st.text_input(
-                "Folder on the server (class sub-folders, or a flat folder of images)", key="new_project_folder"
+                "Folder on the server (class sub-folders, or a flat folder of images)",
+                key="new_project_folder",
             )
         upload = st.file_uploader("Zip of images", type=["zip"], key="new_project_upload")
         st.text_input(
-            "Class names, for a flat folder or zip (comma-separated)", key="new_project_classes",
+            "Class names, for a flat folder or zip (comma-separated)",
+            key="new_project_classes",
             placeholder="e.g. cat, dog",
         )
         st.number_input(
             "Audit set size (random images kept out of training to measure accuracy; own data only)",
-            min_value=0, max_value=10_000, value=50, key="new_project_audit",
+            value=50,
+            step=10,
+            key="new_project_audit",
+            help="0 to 10,000, and at most a fifth of the images (checked when the project is created).",
         )
         submitted = st.form_submit_button("Create project", type="primary")
     if not submitted:
@@ -100,8 +110,11 @@ def _create_ui() -> None:
         audit = check_int("The audit set size", st.session_state.get("new_project_audit", 50), 0, 10_000)
         with st.spinner("Importing the images..."):
             project = projects.create_project(
-                common.session_factory(), name, source,
-                classes=parse_classes(st.session_state.get("new_project_classes", "")), audit_size=audit,
+                common.session_factory(),
+                name,
+                source,
+                classes=parse_classes(st.session_state.get("new_project_classes", "")),
+                audit_size=audit,
             )
     except (DataError, SettingError, ValueError, OSError) as error:
         # An OSError's own text ("[Errno 13] ...") does not say what to do; user_error does.
@@ -118,7 +131,16 @@ def _create_ui() -> None:
     st.session_state["project_id"] = project.id
     for key in ("skipped", "undone_item", "export_files"):
         st.session_state.pop(key, None)
-    st.session_state["project_message"] = f"Created the project {project.name!r}; it is now the current project."
+    message = f"Created the project {project.name!r}; it is now the current project."
+    with common.session_factory()() as session:
+        n_audit = queries.count_items(session, project.id, AUDIT)
+        n_test = queries.count_items(session, project.id, TEST)
+    if n_audit < audit and not n_test:
+        message += (
+            f" The audit set has {n_audit} images, not {audit}: it is at most a fifth of the images, "
+            "so most are left to label and train on."
+        )
+    st.session_state["project_message"] = message
     st.rerun()
 
 
@@ -154,7 +176,9 @@ def project_page() -> None:
         all_projects = queries.list_projects(session)
         issues = queries.import_issues(session, project.id)
         names = queries.class_names(session, project.id)
-        counts = {split: queries.count_items(session, project.id, split) for split in ("pool", "audit", "test")}
+        counts = {
+            split: queries.count_items(session, project.id, split) for split in ("pool", "audit", "test")
+        }
         n_labeled = queries.label_count(session, project.id)
 
     st.title("Project")
@@ -177,7 +201,9 @@ def project_page() -> None:
         # Single-user mode only: with accounts, the logged-in name is recorded, never a typed one.
         if "annotator_input" not in st.session_state:
             st.session_state["annotator_input"] = annotator
-        st.text_input("Your name (recorded with every label)", key="annotator_input", on_change=_set_annotator)
+        st.text_input(
+            "Your name (recorded with every label)", key="annotator_input", on_change=_set_annotator
+        )
     else:
         st.text(f"Labels are recorded as {annotator}.")
 
@@ -186,7 +212,8 @@ def project_page() -> None:
         st.warning(f"{len(issues)} file{'s were' if len(issues) != 1 else ' was'} skipped when importing.")
         st.dataframe(
             pd.DataFrame([(i.path, i.reason) for i in issues], columns=["file", "why it was skipped"]),
-            hide_index=True, width="stretch",
+            hide_index=True,
+            width="stretch",
         )
     else:
         st.caption("Every file was imported.")

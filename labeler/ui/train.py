@@ -45,7 +45,9 @@ def validated_settings(values: dict) -> dict:
         "seed": check_int("The seed", values["seed"], 0, 2**31 - 1),
     }
     if settings["strategy"] not in active.STRATEGIES:
-        raise SettingError(f"Unknown strategy {settings['strategy']!r}: choose one of {', '.join(active.STRATEGIES)}.")
+        raise SettingError(
+            f"Unknown strategy {settings['strategy']!r}: choose one of {', '.join(active.STRATEGIES)}."
+        )
     steps = check_int("The step limit", values.get("steps", 0) or 0, 0, 10_000_000)
     if steps:
         settings["steps"] = steps
@@ -73,7 +75,10 @@ def _start(project_id: int) -> None:
             project = session.get(Project, project_id)
             # The project remembers the choice: automatic retraining uses it.
             project.settings = {
-                **(project.settings or {}), **settings, "model": values["model"], "auto_retrain_every": every,
+                **(project.settings or {}),
+                **settings,
+                "model": values["model"],
+                "auto_retrain_every": every,
             }
             if "steps" not in settings:
                 project.settings.pop("steps", None)
@@ -106,7 +111,11 @@ def loss_figure(metrics: list) -> object | None:
     fig = px.line(frame, x="step", y="value", facet_col="loss", facet_col_wrap=3, markers=len(frame) < 40)
     fig.update_yaxes(matches=None, showticklabels=True, title=None)
     fig.for_each_annotation(lambda a: a.update(text=a.text.split("=")[-1]))
-    fig.update_layout(height=260 * ((frame["loss"].nunique() + 2) // 3), margin={"l": 10, "r": 10, "t": 30, "b": 10}, showlegend=False)
+    fig.update_layout(
+        height=260 * ((frame["loss"].nunique() + 2) // 3),
+        margin={"l": 10, "r": 10, "t": 30, "b": 10},
+        showlegend=False,
+    )
     return fig
 
 
@@ -160,7 +169,10 @@ def _live(project_id: int) -> None:
         st.error(common.as_typed(f"Run {shown.id} failed: {shown.error}"))
     for run in current:
         st.button(
-            f"Cancel run {run.id}", key=f"cancel-{run.id}", on_click=_cancel, args=(run.id,),
+            f"Cancel run {run.id}",
+            key=f"cancel-{run.id}",
+            on_click=_cancel,
+            args=(run.id,),
             disabled=bool(run.cancel_requested),
         )
     fig = loss_figure(metrics)
@@ -175,40 +187,60 @@ def _settings_ui(project: Project) -> None:
     models = list(MODELS)
     default_model = settings.get("model", "m2")
     st.selectbox(
-        "Model", models, index=models.index(default_model) if default_model in models else 0,
-        key="train_model", format_func=lambda m: DESCRIPTIONS.get(m, m),
+        "Model",
+        models,
+        index=models.index(default_model) if default_model in models else 0,
+        key="train_model",
+        format_func=lambda m: DESCRIPTIONS.get(m, m),
     )
     model = st.session_state["train_model"]
     left, right = st.columns(2)
     with left:
         st.number_input(
-            "Training time (seconds)", min_value=1, max_value=MAX_BUDGET_S,
-            value=int(settings.get("budget_s", 60)), step=10, key="train_budget_s",
-            help="Training stops after this long, or after the step limit, whichever comes first.",
+            "Training time (seconds)",
+            value=int(settings.get("budget_s", 60)),
+            step=10,
+            key="train_budget_s",
+            help=f"1 to {MAX_BUDGET_S:,} s. Training stops after this long, or after the step limit, "
+            "whichever comes first.",
         )
         st.number_input(
-            "Step limit (0 = none)", min_value=0, max_value=10_000_000,
-            value=int(settings.get("steps", 0) or 0), step=100, key="train_steps",
+            "Step limit (0 = none)",
+            value=int(settings.get("steps", 0) or 0),
+            step=100,
+            key="train_steps",
+            help="0 to 10,000,000.",
         )
         defaults = model_defaults(model)
         if "lr" in defaults:
             st.number_input(
-                "Learning rate", min_value=1e-6, max_value=1.0, value=float(defaults["lr"]),
-                format="%.5f", step=1e-4, key="train_lr",
+                "Learning rate",
+                value=float(defaults["lr"]),
+                format="%.5f",
+                step=1e-4,
+                key="train_lr",
+                help="0.000001 to 1.",
             )
     with right:
         strategies = list(active.STRATEGIES)
         default_strategy = settings.get("strategy", "entropy")
         st.selectbox(
-            "Which images to ask about next", strategies,
+            "Which images to ask about next",
+            strategies,
             index=strategies.index(default_strategy) if default_strategy in strategies else 0,
-            key="train_strategy", format_func=lambda s: active.STRATEGIES[s].description,
+            key="train_strategy",
+            format_func=lambda s: active.STRATEGIES[s].description,
         )
         st.number_input(
-            "Retrain automatically every N new labels (0 = off)", min_value=0, max_value=100_000,
-            value=int(settings.get("auto_retrain_every", 10) or 0), step=5, key="train_every",
+            "Retrain automatically every N new labels (0 = off)",
+            value=int(settings.get("auto_retrain_every", 10) or 0),
+            step=5,
+            key="train_every",
+            help="0 to 100,000.",
         )
-        st.number_input("Seed", min_value=0, max_value=2**31 - 1, value=int(settings.get("seed", 0)), key="train_seed")
+        st.number_input(
+            "Seed", value=int(settings.get("seed", 0)), key="train_seed", help="0 to 2,147,483,647."
+        )
 
 
 def train_page() -> None:

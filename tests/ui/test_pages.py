@@ -144,6 +144,21 @@ def test_validated_settings_refuse_bad_values():
             train.validated_settings({**good, key: bad})
 
 
+@pytest.mark.parametrize(("key", "value", "allowed"), [
+    ("train_budget_s", 0, "between 1"),
+    ("train_budget_s", 10**9, "between 1"),
+    ("train_every", -5, "between 0 and 100000"),
+])
+def test_out_of_range_settings_are_refused_with_the_range_not_replaced(Session, tiny_project, key, value, allowed):
+    at = page_app("train", tiny_project.id)
+    at.number_input(key=key).set_value(value)
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    assert allowed in at.error[0].value
+    with Session() as session:
+        assert run_queries.list_runs(session, tiny_project.id) == []  # nothing queued with another value
+
+
 def test_train_page_runs_a_model_and_shows_it_in_the_history(Session, tiny_project):
     label_items(Session, tiny_project.id, 6)
     at = page_app("train", tiny_project.id)
@@ -405,6 +420,10 @@ def test_project_page_creates_a_project_from_a_folder(Session, tiny_project, tmp
         assert queries.class_names(session, pets.id) == ["cat", "dog"]
     assert at.session_state["project_id"] == pets.id
     assert "Created the project" in at.success[0].value
+    # A few images: the audit set of 50 asked for is capped, and the page says so.
+    with Session() as session:
+        n_audit = queries.count_items(session, pets.id, "audit")
+    assert n_audit < 50 and f"The audit set has {n_audit} images, not 50" in at.success[0].value
     # The import report names the skipped file.
     assert "broken.png" in at.dataframe[0].value["file"].iloc[0]
     # Switching back.
