@@ -96,6 +96,16 @@ def _first_line(error: BaseException) -> str:
     return text.splitlines()[0].strip() if text else type(error).__name__
 
 
+def train_threads() -> int:
+    """CPU threads for training in the app's process: `LABELER_TRAIN_THREADS`, by default every
+    core but one, so the page that serves the person labeling keeps a core to itself."""
+    value = os.environ.get("LABELER_TRAIN_THREADS", "").strip()
+    cores = os.cpu_count() or 1
+    if not value:
+        return max(1, cores - 1)
+    return check_int("LABELER_TRAIN_THREADS", value, 1, 1024)
+
+
 def default_device() -> str:
     import torch
 

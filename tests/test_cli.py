@@ -139,3 +139,19 @@ def test_a_data_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch,
         line = _one_error_line(capsys)
         assert expected in line and "LABELER_DATA_DIR" in line, line
     db.engine._cached_engine.cache_clear()
+
+
+def test_training_threads_default_to_all_cores_but_one_and_are_checked(monkeypatch):
+    import os
+
+    import pytest
+
+    from labeler.config import SettingError, train_threads
+
+    monkeypatch.delenv("LABELER_TRAIN_THREADS", raising=False)
+    assert train_threads() == max(1, (os.cpu_count() or 1) - 1)
+    monkeypatch.setenv("LABELER_TRAIN_THREADS", "3")
+    assert train_threads() == 3
+    monkeypatch.setenv("LABELER_TRAIN_THREADS", "0")
+    with pytest.raises(SettingError, match="between 1 and 1024"):
+        train_threads()

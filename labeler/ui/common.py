@@ -33,8 +33,12 @@ def session_factory() -> sessionmaker[Session]:
 
 @st.cache_resource(show_spinner="Starting the background trainer...")
 def _worker(url: str):
+    import torch
+
+    from labeler.config import train_threads
     from labeler.trainer import Worker
 
+    torch.set_num_threads(train_threads())  # the process' intra-op pool: training's share of the cores
     worker = Worker(_session_factory(url))
     worker.start()
     return worker
