@@ -382,6 +382,9 @@ class Worker:
                 raise TrainingDiverged(
                     f"Training diverged at step {p.step} ({', '.join(bad)} is not a number): lower the learning rate or try another model."
                 )
+            if "fit_started" not in last:
+                # The model's own clock starts when fitting does: what came before is set-up.
+                last["fit_started"] = time.monotonic() - p.seconds
             last.update(step=p.step, losses=dict(p.losses))
             self._set(step=p.step, progress=p.fraction, seconds=p.seconds)
             if self._stop.is_set():
@@ -393,11 +396,13 @@ class Worker:
             return self._write_progress(job.run_id, p, time.monotonic() - start)
 
         s = job.settings
-        return train_model(
+        model = train_model(
             job.model, x, labeled_idx, labels, job.num_classes,
             budget_s=s.budget_s, steps=s.steps, seed=s.seed, device=self.device, progress=on_progress,
             warm_start=job.warm_start, config=s.config, notes=notes,
         )
+        last["fit_ended"] = time.monotonic()
+        return model
 
     def _write(self, fn: Callable[[Session], Any]) -> Any:
         def work():
@@ -470,6 +475,7 @@ class Worker:
         audit_low, audit_high = wilson_interval(audit_correct, audit_n) if audit_n else (None, None)
 
         checkpoint = save_checkpoint(model, self._checkpoint_of(job.project_id, job.run_id))
+        store_started = time.monotonic()
         rows = [
             {
                 "run_id": job.run_id, "item_id": int(item_id), "predicted": int(predicted[i]),
@@ -489,6 +495,15 @@ class Worker:
                 run.status, run.finished_at, run.seconds = CANCELLED, utcnow(), seconds
                 return CANCELLED
             session.execute(insert(Prediction), rows)
+            now = time.monotonic()
+            fit_started = last.get("fit_started", start)
+            fit_ended = last.get("fit_ended", now)
+            timing = {
+                "before_training_s": round(fit_started - start, 3),
+                "training_s": round(fit_ended - fit_started, 3),
+                "after_training_s": round(now - fit_ended, 3),
+                "store_s": round(now - store_started, 3),
+            }
             run.status = DONE
             run.finished_at = run.heartbeat_at = utcnow()
             run.progress, run.step, run.seconds = 1.0, int(last["step"]), seconds
@@ -498,7 +513,7 @@ class Worker:
             run.audit_accuracy = audit_correct / audit_n if audit_n else None
             run.audit_low, run.audit_high = audit_low, audit_high
             run.metrics = {"losses": last["losses"], "notes": notes, "labels": len(job.labels),
-                           "strategy": job.settings.strategy, "device": self.device}
+                           "strategy": job.settings.strategy, "device": self.device, "timing": timing}
             return DONE
 
         result = self._write(commit)
