@@ -72,6 +72,28 @@ def _time_answers(page, n: int, key: str = "1") -> list[float]:
     return times
 
 
+def _cpu_seconds(pid: int) -> float:
+    """User + system CPU time of a process (all its threads), from /proc."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def idle_cpu(page, url: str, pid: int, seconds: float = 20.0) -> list[str]:
+    """Share of one core the server uses while a tab sits open on the Label and Train pages and
+    nothing trains (file watching off: `.streamlit/config.toml`)."""
+    rows = []
+    for name, path in (("Label", "/"), ("Train", "/train")):
+        page.goto(url + path)
+        page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for(timeout=120_000)
+        time.sleep(3)
+        start_cpu, start = _cpu_seconds(pid), time.monotonic()
+        time.sleep(seconds)
+        share = (_cpu_seconds(pid) - start_cpu) / (time.monotonic() - start)
+        rows.append(f"| {name} | {seconds:.0f} | {100 * share:.1f} % |")
+    page.goto(url + "/")
+    return rows
+
+
 def _summary(name: str, times: list[float]) -> str:
     ms = sorted(t * 1000 for t in times)
     p90 = ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))]
@@ -92,6 +114,11 @@ def measure(n: int = 20, model: str = "m2", budget_s: float = 300.0, dataset: st
 
     Session = db.session_factory(db.get_engine())
     project = projects.create_project(Session, dataset, dataset)
+    with Session.begin() as session:  # no automatic run: "idle" means nothing trains
+        from db.models import Project
+
+        stored = session.get(Project, project.id)
+        stored.settings = {**stored.settings, "auto_retrain_every": 0}
     port = free_port()
     server = subprocess.Popen(
         [
@@ -122,6 +149,8 @@ def measure(n: int = 20, model: str = "m2", budget_s: float = 300.0, dataset: st
             page.wait_for_function(f"() => ({_CAPTION_JS})() !== null", timeout=120_000)
             _time_answers(page, 2)  # warm-up: first renders compile and cache
             idle = _time_answers(page, n)
+            cpu_rows = idle_cpu(page, f"http://127.0.0.1:{port}", server.pid)
+            page.wait_for_function(f"() => ({_CAPTION_JS})() !== null", timeout=120_000)
             with Session.begin() as session:
                 run_id = run_queries.request_run(session, project.id, model, {"budget_s": budget_s}).id
             _time_answers(page, 1)  # the page starts its process' trainer when it sees a queued run
@@ -143,6 +172,10 @@ def measure(n: int = 20, model: str = "m2", budget_s: float = 300.0, dataset: st
             "| --- | --- | --- | --- | --- |",
             _summary("idle", idle),
             _summary(f"training {model}" + ("" if still_running else " (run ended mid-way)"), busy),
+            "",
+            "| page open, nothing training | seconds | server CPU (one core = 100 %) |",
+            "| --- | --- | --- |",
+            *cpu_rows,
         ]
     finally:
         server.terminate()

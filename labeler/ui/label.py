@@ -34,7 +34,7 @@ from . import common, parts
 # Keys a class can get, in the order they are handed out. Letters with a meaning of their own
 # are left out: A accept the guess, I ignore, S skip, U undo, Z zoom.
 KEY_POOL = [*"1234567890", *"qwertyopdfghjklxcvbnm"]
-BATCH = 16  # images sent to the browser at a time: the next ones are on screen before the server answers
+BATCH = 20  # images sent to the browser at a time: the next ones are on screen before the server answers
 GRID_SIZE = 12
 MODES = ["One image", "Grid", "History"]
 AUDIT_NOTE = (

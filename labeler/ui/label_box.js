@@ -24,6 +24,8 @@ function newState(root) {
     history: [], // items answered here, newest last, for undo
     restored: [], // undone items, shown first
     current: null,
+    timer: null,
+    lastSend: 0,
     zoom: false,
     notice: "",
     saved: 0,
@@ -54,16 +56,33 @@ function queue(s) {
     out.push(item);
   };
   s.restored.forEach(add);
+  // The image on screen stays on screen when a new page arrives (say, a run finished and the
+  // queue was re-ordered), as long as the server still offers it: a key about to go down is
+  // meant for it.
+  const fresh = s.current && (s.data.items || []).find((i) => i.id === s.current.id);
+  if (fresh && !s.skipped.some((i) => i.id === fresh.id)) add(fresh);
   const skipped = new Set(s.skipped.map((i) => i.id));
   (s.data.items || []).filter((i) => !skipped.has(i.id)).forEach(add);
   s.skipped.forEach(add);
   return out;
 }
 
+// Answers go to the server at most every SEND_EVERY_MS: each send reruns the page, and a rerun
+// started while another runs cancels it, so a send per key would keep a fast typist's page from
+// ever finishing (and so from bringing the next images). The first key after a pause goes at once.
+const SEND_EVERY_MS = 300;
+
+function flush(s) {
+  if (s.timer) clearTimeout(s.timer);
+  s.timer = null;
+  s.lastSend = Date.now();
+  s.send(s.pending.slice());
+}
+
 function act(s, type, item, extra) {
   s.seq += 1;
   s.pending.push({ id: `${s.mount}-${s.seq}`, type, item: item.id, ...(extra || {}) });
-  s.send(s.pending.slice());
+  if (!s.timer) s.timer = setTimeout(() => flush(s), Math.max(0, s.lastSend + SEND_EVERY_MS - Date.now()));
 }
 
 function answer(s, classIndex) {
@@ -207,6 +226,7 @@ export default function (component) {
   draw(s);
   const state = s;
   return () => {
+    if (state.timer) flush(state); // answers typed just before leaving the page still go
     document.removeEventListener("keydown", state.onKey, true);
     boxes.delete(parentElement);
   };

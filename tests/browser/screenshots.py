@@ -82,7 +82,8 @@ def shoot(url: str, out: Path, helpers) -> list[Path]:
             saved.append(path)
 
         page.goto(url)
-        page.locator(".st-key-class-0 button").wait_for()
+        page.locator("img.lb-img").wait_for()
+        page.get_by_text("Model's guess").wait_for()
         save("label")
         page.get_by_text("Grid", exact=True).click()
         page.locator(".st-key-accept_grid button").wait_for()
@@ -138,7 +139,9 @@ def main(argv=None) -> int:
         data_dir = Path(tmp)
         prepare(data_dir, args.budget_s)
         port = helpers.free_port()
-        server = helpers.start_server(data_dir, port, data_dir / "server.log", extra=["--client.toolbarMode", "viewer"])
+        server = helpers.start_server(
+            data_dir, port, data_dir / "server.log", extra=["--client.toolbarMode", "viewer"]
+        )
         try:
             helpers.wait_http(f"http://127.0.0.1:{port}/_stcore/health")
             for path in shoot(f"http://127.0.0.1:{port}", out, helpers):

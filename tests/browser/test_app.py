@@ -327,6 +327,51 @@ def test_an_uploaded_zip_becomes_the_current_project(app_server, page, tmp_path)
     page.get_by_text("Label · tiny").wait_for()  # a new browser session starts on the first project
 
 
+def test_an_imported_folder_shows_its_originals_and_audit_captions_give_nothing_away(
+    app_server, page, tmp_path
+):
+    """A folder project whose images are all audit images: each is shown from its original file
+    (160x90, not the model's small input), and with file names turned on the caption is still
+    only an id: no class folder, no file name."""
+    import os
+
+    from PIL import Image
+    from sqlalchemy import update
+
+    from db.models import AUDIT, Item
+    from labeler import projects
+
+    for name, colour in (("red_square", (200, 30, 30)), ("blue_circle", (30, 30, 200))):
+        (tmp_path / "photos" / name).mkdir(parents=True)
+        for i in range(3):
+            Image.new("RGB", (160, 90), tuple(c + 10 * i for c in colour)).save(
+                tmp_path / "photos" / name / f"img{i}.png"
+            )
+    Session = app_server["Session"]
+    os.environ["LABELER_DATA_DIR"] = str(app_server["data_dir"])
+    try:
+        photos = projects.create_project(Session, "photos", f"folder:{tmp_path / 'photos'}", audit_size=0)
+    finally:
+        os.environ.pop("LABELER_DATA_DIR")
+    with Session.begin() as session:
+        session.execute(update(Item).where(Item.project_id == photos.id).values(split=AUDIT))
+    page.goto(f"{app_server['url']}/?project={photos.id}")
+    image = page.locator("img.lb-img")
+    image.wait_for()
+    page.wait_for_function(
+        "() => { for (const h of document.querySelectorAll('[data-testid=\"stBidiComponentIsolated\"]')) {"
+        " const i = h.shadowRoot && h.shadowRoot.querySelector('img.lb-img'); if (i && i.complete) return true; }"
+        " return false; }"
+    )
+    width, height = image.evaluate("i => [i.naturalWidth, i.naturalHeight]")
+    assert width >= 160 and width * 90 == height * 160  # the original's 16:9, not a square model input
+    page.get_by_text("Show file names").click()
+    settle(page)
+    caption = page.locator('[data-testid="lb-caption"]').inner_text()
+    assert re.fullmatch(r"#\d+", caption), caption
+    assert not any(word in caption for word in ("red", "blue", "square", "circle", "img"))
+
+
 def test_adding_a_class_keeps_every_key(app_server, page):
     """Last: it changes the shared project's classes."""
     Session, pid = app_server["Session"], app_server["project_id"]
