@@ -147,6 +147,24 @@ def _label_box():
     )
 
 
+@functools.cache
+def _grid_keys():
+    return st.components.v2.component(
+        "labeler_grid_keys", js=(Path(__file__).parent / "label_grid.js").read_text()
+    )
+
+
+def _set_tile(n_classes: int) -> None:
+    """Callback of the grid's keys: set one tile to a class (-1: skip), as its selectbox would."""
+    value = st.session_state.get("grid-keys")
+    wanted = value.get("set") if hasattr(value, "get") else getattr(value, "set", None)
+    if not isinstance(wanted, dict):
+        return
+    tile, cls = str(wanted.get("tile", "")), wanted.get("class")
+    if tile.startswith("grid-") and isinstance(cls, int) and -1 <= cls < n_classes:
+        st.session_state[tile] = cls
+
+
 def _box_actions() -> list[dict]:
     value = st.session_state.get("label-box")
     if value is None:
@@ -290,7 +308,9 @@ def _grid(project_id: int, names: list[str], annotator: str) -> None:
         st.success("Every image is labeled. Train a model or export the data set.")
         return
     st.caption(
-        "Check the pre-filled guesses, choose the rest (or leave them on skip), then accept the page: key A."
+        "Check the pre-filled guesses, choose the rest (or leave them on skip), then accept the page. "
+        "Keys: arrows move between tiles, a class's key sets the tile in focus, Backspace sets it to "
+        "skip, A accepts the page, U undoes it."
     )
     if any(item.split == AUDIT for item, _ in batch):
         st.caption(AUDIT_NOTE)
@@ -318,6 +338,17 @@ def _grid(project_id: int, names: list[str], annotator: str) -> None:
                 key=_tile_key(item.id, threshold),
                 format_func=lambda c: "skip" if c < 0 else names[c],
             )
+    keys = class_keys(project_id, names)
+    _grid_keys()(
+        data={
+            "page": ",".join(str(item.id) for item, _ in batch),
+            "tiles": [{"key": _tile_key(item.id, threshold)} for item, _ in batch],
+            "classes": [{"index": i, "key": k} for i, k in enumerate(keys) if k],
+            "columns": len(columns),
+        },
+        key="grid-keys",
+        on_set_change=functools.partial(_set_tile, len(names)),
+    )
     left, right = st.columns(2)
     left.button(
         "Accept page",

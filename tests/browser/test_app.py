@@ -209,6 +209,26 @@ def test_grid_page_accepts_the_models_guesses_with_a_key(app_server, page):
     expect(slider).to_have_attribute("aria-valuetext", "0.00")
     # Every tile shows a class, none "skip", once the page has been redrawn with the new threshold.
     expect(page.locator('[data-testid="stSelectbox"]', has_text="skip")).to_have_count(0, timeout=30_000)
+    # Keys on the tiles: the second tile (arrow right) gets a class key, the third (focus moves on
+    # by itself) Backspace, that is "skip".
+    tiles = page.locator('[class*="st-key-grid-"] input[role="combobox"]')
+
+    def values():
+        return [tiles.nth(i).input_value() for i in range(tiles.count())]
+
+    page.locator("h1").first.click()
+    page.keyboard.press("ArrowRight")
+    before_keys = values()
+    assert len(before_keys) == 12
+    second = before_keys[3]  # four columns, filled column by column: tile 1 is the 4th in the page
+    page.keyboard.press("2" if second == "dark" else "1")
+    page.wait_for_timeout(200)
+    page.keyboard.press("Backspace")
+    deadline = time.monotonic() + 60
+    while values().count("skip") != 1 and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    assert values().count("skip") == 1 and before_keys.count("skip") == 0
+    settle(page)
     before = len(events(Session, pid))
     press(page, "a")
     message = page.get_by_text(re.compile(r"Saved \d+ labels\."))
@@ -217,8 +237,9 @@ def test_grid_page_accepts_the_models_guesses_with_a_key(app_server, page):
     with Session() as session:
         run_id = run_queries.list_runs(session, pid)[0].id
         guesses = {p.item_id: p for p in run_queries.predictions(session, run_id)}
-    assert len(grid) == 12 and {e.kind for e in grid} == {"grid"}
-    assert all(e.class_index == guesses[e.item_id].predicted for e in grid)  # accepted as pre-filled
+    assert len(grid) == 11 and {e.kind for e in grid} == {"grid"}  # one tile skipped
+    changed = [e for e in grid if e.class_index != guesses[e.item_id].predicted]
+    assert len(changed) == 1  # the rest accepted as pre-filled
 
 
 def test_lasso_in_the_latent_view_labels_the_selection(app_server, page):
