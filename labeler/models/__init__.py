@@ -32,6 +32,7 @@ _ENTRIES: dict[str, tuple[str, str, str]] = {
     "supervised": ("labeler.models.baselines", "Supervised", "Baseline: the classifier network on labeled images only"),
     "selftrain": ("labeler.models.baselines", "SelfTrain", "Baseline: self-training with confident pseudo-labels"),
     "labelspread": ("labeler.models.baselines", "LabelSpread", "Baseline: label spreading on a PCA embedding (scikit-learn)"),
+    "aae": ("labeler.models.aae", "AAE", "AAE: adversarial autoencoder, categorical and Gaussian codes (Makhzani et al. 2015)"),
     "tsvm": ("labeler.models.tsvm", "TSVM", "Baseline: transductive linear SVM on a PCA embedding (Joachims 1999)"),
 }
 

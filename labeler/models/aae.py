@@ -1,0 +1,253 @@
+"""Semi-supervised adversarial autoencoder.
+
+Makhzani, Shlens, Jaitly, Goodfellow, Frey (2015), "Adversarial autoencoders", arXiv:1511.05644,
+section 5 (semi-supervised adversarial autoencoders).
+
+One encoder gives two codes of an image x: the class code y = q(y|x) = softmax(l(x)), K values
+on the simplex, and the style code z = q(z|x), D values (deterministic, as in the paper). The
+decoder reconstructs x from (y, z):
+
+    x_hat = sigmoid(g(y, z)),   L_rec = -sum_d [x_d log x_hat_d + (1 - x_d) log(1 - x_hat_d)]
+
+(the Bernoulli likelihood of the other models here, on intensities in [0, 1]). Two small
+discriminators impose the priors: D_y tells one-hot samples of p(y) = Cat(1/K) from y, D_z
+samples of p(z) = N(0, I) from z. With s = the discriminator's logit,
+
+    L_D = E_prior softplus(-s) + E_q softplus(s)          (-log D(prior) - log(1 - D(q)))
+    L_G = E_q softplus(-s)                                (-log D(q): the encoder fools D)
+
+so y is pushed to one-hot vectors used equally often (the clusters) and z to a class-free
+Gaussian style. The labeled images train q(y|x) with the cross-entropy L_sup = -log y_label.
+
+Each step takes the paper's three phases, each with its own Adam, on an unlabeled batch (every
+pool image) and a labeled batch:
+
+1. reconstruction: encoder and decoder minimise L_rec;
+2. regularisation: D_y and D_z minimise L_D, then the encoder minimises L_G (both codes);
+3. semi-supervised: the encoder's q(y|x) minimises L_sup on the labeled batch.
+
+Sizes: the encoder and decoder are the project's backbones (nets.features / nets.image_decoder,
+the MLP of `nets.default_hidden` below 28x28, convolutions for colour or larger images), z has
+`nets.default_latent` dimensions (10 below 28x28; the paper's MNIST model also uses a
+10-dimensional style); the discriminators have two hidden layers (the paper: 1000-1000 on
+MNIST; smaller here so the three phases fit many steps into a CPU budget). Adam with one
+learning rate for all phases (the paper: SGD with momentum and per-phase rates).
+
+The latent-space view gets (y, z); `sample_images` decodes one-hot y with shared z draws,
+so each row shows one class in the same styles.
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import nets
+from .base import Budget, ProgressFn, SSLModel, batched
+
+# -- loss terms ------------------------------------------------------------------------------
+
+
+def reconstruction_loss(logits: torch.Tensor, x: torch.Tensor) -> torch.Tensor:
+    """L_rec: mean over the batch of the Bernoulli negative log-likelihood summed over pixels."""
+    return -nets.bernoulli_log_prob(logits, x).mean()
+
+
+def discriminator_loss(prior_logits: torch.Tensor, code_logits: torch.Tensor) -> torch.Tensor:
+    """L_D = mean softplus(-s_prior) + mean softplus(s_code): -log D(prior) - log(1 - D(code))."""
+    return F.softplus(-prior_logits).mean() + F.softplus(code_logits).mean()
+
+
+def generator_loss(code_logits: torch.Tensor) -> torch.Tensor:
+    """L_G = mean softplus(-s_code) = -log D(code): the encoder's codes taken for prior samples."""
+    return F.softplus(-code_logits).mean()
+
+
+def categorical_prior(n: int, k: int, device: torch.device) -> torch.Tensor:
+    """(n, K) one-hot samples of Cat(1/K)."""
+    return F.one_hot(torch.randint(k, (n,), device=device), k).float()
+
+
+# -- networks --------------------------------------------------------------------------------
+
+
+class AAENet(nn.Module):
+    """Encoder x -> (class logits (B, K), style z (B, D)) and decoder (y, z) -> x logits."""
+
+    def __init__(self, input_shape, num_classes: int, latent_dim: int, hidden, conv_width: int):
+        super().__init__()
+        self.trunk, width = nets.features(input_shape, hidden, conv_width=conv_width)
+        self.y_head = nn.Linear(width, num_classes)
+        self.z_head = nn.Linear(width, latent_dim)
+        self.decoder = nets.image_decoder(num_classes + latent_dim, input_shape, hidden, conv_width)
+
+    def encode(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        h = self.trunk(x)  # (B, F)
+        return self.y_head(h), self.z_head(h)  # (B, K), (B, D)
+
+    def decode(self, y: torch.Tensor, z: torch.Tensor) -> torch.Tensor:
+        return self.decoder(torch.cat([y, z], 1))  # (B, C, H, W) logits
+
+    def classifier(self) -> nn.Sequential:
+        return nn.Sequential(self.trunk, self.y_head)
+
+    def encoder_parameters(self):
+        return [*self.trunk.parameters(), *self.y_head.parameters(), *self.z_head.parameters()]
+
+
+def discriminator(in_dim: int, hidden) -> nn.Sequential:
+    """(B, in_dim) -> (B,) logit of "a prior sample"; no batch norm, which would let D compare
+    rows of one batch."""
+    return nn.Sequential(nets.mlp([in_dim, *hidden, 1], batchnorm=False), nn.Flatten(0))
+
+
+@dataclass
+class AAEConfig:
+    latent_dim: int = 0  # 0: nets.default_latent(input shape)
+    hidden: list[int] | None = None  # None: nets.default_hidden(input shape)
+    d_hidden: tuple[int, ...] = (256, 256)  # both discriminators
+    labeled_batch: int = 100
+    unlabeled_batch: int = 100
+    lr: float = 1e-3  # every phase's Adam
+    d_lr: float = 1e-4  # the discriminators' Adam
+    conv_width: int = 16  # colour or larger images (nets.use_conv)
+
+
+class AAE(SSLModel):
+    name = "aae"
+    Config = AAEConfig
+    conditional_samples = True
+
+    def build(self) -> None:
+        cfg = self.config
+        hidden = cfg.hidden or nets.default_hidden(self.input_shape)
+        self.latent_dim = cfg.latent_dim or nets.default_latent(self.input_shape)
+        k = self.num_classes
+        net = AAENet(self.input_shape, k, self.latent_dim, hidden, cfg.conv_width).to(self.device)
+        self.modules = {
+            "net": net.eval(),
+            "d_y": discriminator(k, cfg.d_hidden).to(self.device),
+            "d_z": discriminator(self.latent_dim, cfg.d_hidden).to(self.device),
+        }
+        disc = [*self.modules["d_y"].parameters(), *self.modules["d_z"].parameters()]
+        self.optimizers = {
+            "reconstruction": torch.optim.Adam(net.parameters(), lr=cfg.lr),
+            "discriminators": torch.optim.Adam(disc, lr=cfg.d_lr),
+            "regularisation": torch.optim.Adam(net.encoder_parameters(), lr=cfg.lr),
+            "supervised": torch.optim.Adam(net.classifier().parameters(), lr=cfg.lr),
+        }
+        self.labels_seen = 0
+        self.steps_done = 0
+
+    def _step(self, xu: torch.Tensor, xl: torch.Tensor | None, yl: torch.Tensor | None) -> dict[str, float]:
+        net, d_y, d_z, opts = self.modules["net"], self.modules["d_y"], self.modules["d_z"], self.optimizers
+        k = self.num_classes
+
+        logits, z = net.encode(xu)
+        rec = reconstruction_loss(net.decode(torch.softmax(logits, 1), z), xu)
+        opts["reconstruction"].zero_grad(set_to_none=True)
+        rec.backward()
+        opts["reconstruction"].step()
+
+        with torch.no_grad():
+            logits, z = net.encode(xu)
+            y = torch.softmax(logits, 1)
+        prior_y, prior_z = categorical_prior(len(xu), k, self.device), torch.randn_like(z)
+        d_loss = discriminator_loss(d_y(prior_y), d_y(y)) + discriminator_loss(d_z(prior_z), d_z(z))
+        opts["discriminators"].zero_grad(set_to_none=True)
+        d_loss.backward()
+        opts["discriminators"].step()
+
+        logits, z = net.encode(xu)
+        g_loss = generator_loss(d_y(torch.softmax(logits, 1))) + generator_loss(d_z(z))
+        opts["regularisation"].zero_grad(set_to_none=True)
+        g_loss.backward()
+        opts["regularisation"].step()
+
+        parts = {"reconstruction": rec.item(), "discriminators": d_loss.item(), "generator": g_loss.item()}
+        if xl is not None:
+            ce = F.cross_entropy(net.encode(xl)[0], yl)
+            opts["supervised"].zero_grad(set_to_none=True)
+            ce.backward()
+            opts["supervised"].step()
+            parts["cross_entropy"] = ce.item()
+        for value in parts.values():
+            nets.check_finite(torch.tensor(value), self.steps_done)
+        return parts
+
+    def fit(
+        self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
+    ) -> dict[str, float]:
+        labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
+        cfg = self.config
+        ticker = nets.Ticker(progress, budget)
+        rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
+        pool = nets.pool_tensor(x, self.device)
+        y_all = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        lab_idx = torch.as_tensor(labeled_idx, device=self.device)
+        lab = nets.batches(np.arange(len(labeled_idx)), cfg.labeled_batch, rng) if len(labeled_idx) else None
+        # Every pool image is an unlabeled one for the autoencoder and the priors (as in the paper).
+        unl = nets.batches(np.arange(len(x)), cfg.unlabeled_batch, rng)
+        for module in self.modules.values():
+            module.train()
+        step, parts = 0, {}
+        while not budget.done(step):
+            xu = pool[torch.as_tensor(next(unl), device=self.device)]
+            xl = yl = None
+            if lab is not None:
+                pick = torch.as_tensor(next(lab), device=self.device)
+                xl, yl = pool[lab_idx[pick]], y_all[pick]
+            parts = self._step(xu, xl, yl)
+            step += 1
+            self.steps_done += 1
+            ticker.tick(step, parts)
+        for module in self.modules.values():
+            module.eval()
+        self.labels_seen = len(labeled_idx)
+        ticker.tick(step, parts, force=True)
+        return parts
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if self.labels_seen == 0:
+            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
+        classifier = self.modules["net"].eval().classifier()
+        return batched(lambda xb: torch.softmax(classifier(xb), 1), x, self.device)
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """(N, K + D): the class code y = q(y|x) beside the style code z."""
+        net = self.modules["net"].eval()
+
+        def codes(xb: torch.Tensor) -> torch.Tensor:
+            logits, z = net.encode(xb)
+            return torch.cat([torch.softmax(logits, 1), z], 1)
+
+        return batched(codes, x, self.device)
+
+    def classifier_module(self) -> nn.Module:
+        if self.labels_seen == 0:
+            return nets.Uniform(self.num_classes)
+        classifier = copy.deepcopy(self.modules["net"].classifier()).cpu().eval()
+        return nets.SoftmaxOf(classifier).eval()
+
+    @torch.no_grad()
+    def sample_images(self, n_per_class: int = 8, seed: int = 0) -> np.ndarray | None:
+        net = self.modules["net"].eval()
+        k = self.num_classes
+        gen = torch.Generator().manual_seed(seed)
+        z = torch.randn(n_per_class, self.latent_dim, generator=gen).repeat(k, 1).to(self.device)
+        y = torch.eye(k, device=self.device).repeat_interleave(n_per_class, 0)
+        img = torch.sigmoid(net.decode(y, z))
+        return img.cpu().numpy().reshape(k, n_per_class, *self.input_shape)
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"labels_seen": self.labels_seen, "steps_done": self.steps_done}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.labels_seen = int(state.get("labels_seen", 0))
+        self.steps_done = int(state.get("steps_done", 0))
