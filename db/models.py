@@ -229,3 +229,16 @@ class User(Base):
     password_hash: Mapped[str] = mapped_column(String(200))
     role: Mapped[str] = mapped_column(String(20), default=ANNOTATOR)
     created_at: Mapped[datetime] = mapped_column(DateTime, default=utcnow)
+
+
+class QueuePosition(Base):
+    """A finished run's queue, computed once when its predictions are stored: every item that
+    may be shown (pool and audit) at its place in `ORDER BY score DESC, row`. The Label page
+    reads the first unlabeled rows by position (an index range scan) instead of sorting the
+    whole pool by score on every key press."""
+
+    __tablename__ = "queue_positions"
+
+    run_id: Mapped[int] = mapped_column(ForeignKey("runs.id", ondelete="CASCADE"), primary_key=True)
+    position: Mapped[int] = mapped_column(Integer, primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))

@@ -10,7 +10,7 @@ import logging
 from collections.abc import Iterable, Sequence
 from datetime import timedelta
 
-from sqlalchemy import and_, delete, func, or_, select, update
+from sqlalchemy import and_, delete, exists, func, or_, select, update
 from sqlalchemy.engine import Engine
 from sqlalchemy.exc import IntegrityError, OperationalError
 from sqlalchemy.orm import Session
@@ -27,6 +27,7 @@ from .models import (
     LabelEvent,
     Prediction,
     Project,
+    QueuePosition,
     Run,
     utcnow,
 )
@@ -363,30 +364,17 @@ def _next_in(
     if k <= 0:
         return []
     exclude = set(exclude)
-    candidates = unlabeled_candidates(session, project_id, splits).subquery()
-    run_id = latest_done_run_id(session, project_id) if POOL in splits else None
-    if run_id is not None:
-        query = (
-            select(Item, Prediction)
-            .join(candidates, candidates.c.id == Item.id)
-            .join(Prediction, and_(Prediction.item_id == Item.id, Prediction.run_id == run_id), isouter=True)
-            .order_by(Prediction.score.desc().nulls_last(), Item.row)
-        )
-    else:
-        # A deterministic pseudo-random order (not the file order) keyed by the image hash.
-        query = select(Item, Prediction).join(candidates, candidates.c.id == Item.id).join(
-            Prediction, and_(Prediction.item_id == Item.id, Prediction.run_id == -1), isouter=True
-        ).order_by(Item.sha256)
+    queue = _queue(session, project_id, splits)
     if annotator is None:
-        return _first_k(session.execute(query.limit(k + len(exclude))), k, exclude)
+        return _first_k(_read(session, queue, k + len(exclude)), k, exclude)
 
     now = utcnow()
     held = select(Claim.item_id).where(
         Claim.project_id == project_id, Claim.annotator != annotator, Claim.expires_at > now
     )
-    free = query.where(Item.id.not_in(held))
+    free = [part.where(Item.id.not_in(held)) for part in queue]
     # A few spare rows: another annotator may claim some between this read and our claim.
-    ordered = _first_k(session.execute(free.limit(2 * k + len(exclude) + 8)), None, exclude)
+    ordered = _first_k(_read(session, free, 2 * k + len(exclude) + 8), None, exclude)
     try:
         claimed = _claim(session, project_id, [item.id for item, _ in ordered], annotator, k)
     except OperationalError:
@@ -398,9 +386,63 @@ def _next_in(
     if len(picked) < k:
         # Nothing unclaimed is left: share what others hold rather than show "all done".
         taken = {item.id for item, _ in picked}
-        rest = _first_k(session.execute(query.limit(k + len(exclude) + len(taken))), None, exclude)
+        rest = _first_k(_read(session, queue, k + len(exclude) + len(taken)), None, exclude)
         picked += [pair for pair in rest if pair[0].id not in taken][: k - len(picked)]
     return picked
+
+
+def _queue(session: Session, project_id: int, splits: tuple[str, ...]) -> list:
+    """Selects of (Item, Prediction or None) over the unlabeled items of `splits`, whose results
+    read one after the other are the queue: the newest finished run's order (highest score
+    first, then by row), or a fixed shuffled order while no model exists.
+
+    After a run, the first select walks the run's stored `QueuePosition` rows by position, so a
+    page costs an index range scan over the few rows at the head of the queue, not a sort of
+    the pool. The second holds the items that have no position (a run stored before queues
+    were, or images added after the run) in the same order as the first, and is read only
+    when the first runs out.
+    """
+    # Correlated, so only the rows actually read are looked up (ix_label_events_item).
+    unlabeled = ~exists().where(LabelEvent.item_id == Item.id, LabelEvent.undone.is_(False))
+    wanted = and_(Item.project_id == project_id, Item.split.in_(splits), unlabeled)
+    run_id = latest_done_run_id(session, project_id) if POOL in splits else None
+    if run_id is None:
+        # A deterministic pseudo-random order (not the file order) keyed by the image hash;
+        # the (project_id, sha256) unique index serves it. Prediction is outer-joined on no
+        # run at all, so every row has the same shape.
+        return [
+            select(Item, Prediction)
+            .join(Prediction, and_(Prediction.item_id == Item.id, Prediction.run_id == -1), isouter=True)
+            .where(wanted)
+            .order_by(Item.sha256)
+        ]
+    with_prediction = and_(Prediction.item_id == Item.id, Prediction.run_id == run_id)
+    queued = (
+        select(Item, Prediction)
+        .select_from(QueuePosition)
+        .join(Item, Item.id == QueuePosition.item_id)
+        .join(Prediction, with_prediction, isouter=True)
+        .where(QueuePosition.run_id == run_id, wanted)
+        .order_by(QueuePosition.position)
+    )
+    positioned = select(QueuePosition.item_id).where(QueuePosition.run_id == run_id)
+    rest = (
+        select(Item, Prediction)
+        .join(Prediction, with_prediction, isouter=True)
+        .where(wanted, Item.id.not_in(positioned))
+        .order_by(Prediction.score.desc().nulls_last(), Item.row)
+    )
+    return [queued, rest]
+
+
+def _read(session: Session, parts: list, limit: int) -> list[tuple[Item, Prediction | None]]:
+    """The first `limit` rows of the selects in `parts`, read one after the other."""
+    rows: list[tuple[Item, Prediction | None]] = []
+    for part in parts:
+        if len(rows) >= limit:
+            break
+        rows += [(item, prediction) for item, prediction in session.execute(part.limit(limit - len(rows)))]
+    return rows
 
 
 def _first_k(rows, k: int | None, exclude: set[int]) -> list[tuple[Item, Prediction | None]]:
@@ -424,18 +466,10 @@ def _claim(session: Session, project_id: int, item_ids: list[int], annotator: st
     expires = now + timedelta(seconds=CLAIM_SECONDS)
 
     def attempt(connection) -> set[int]:
-        won: set[int] = set()
-        for item_id in item_ids:
-            if len(won) >= k:
-                break
-            if not _take_claim(connection, project_id, item_id, annotator, now, expires):
-                continue
-            # Read after the claim is written: the candidate list may be older than a label
-            # another annotator committed since (and with it the release of their claim).
-            answered = select(LabelEvent.id).where(LabelEvent.item_id == item_id, LabelEvent.undone.is_(False))
-            labeled = connection.execute(answered.limit(1)).first()
-            if labeled is None:
-                won.add(item_id)
+        if connection.dialect.name in ("sqlite", "postgresql"):
+            won = _claim_at_once(connection, project_id, item_ids, annotator, k, now, expires)
+        else:
+            won = _claim_one_by_one(connection, project_id, item_ids, annotator, k, now, expires)
         release = delete(Claim).where(Claim.project_id == project_id, Claim.annotator == annotator)
         if won:
             release = release.where(Claim.item_id.not_in(won))
@@ -451,6 +485,54 @@ def _claim(session: Session, project_id: int, item_ids: list[int], annotator: st
 
         return retrying(transaction)
     return attempt(session.connection())  # bound to a connection: the caller's transaction
+
+
+def _claim_at_once(connection, project_id: int, item_ids: list[int], annotator: str, k: int, now, expires) -> set[int]:
+    """`_claim`'s work in two statements: claim every candidate in one INSERT ... ON CONFLICT
+    (a claim another annotator holds is left alone), then read which of those were answered
+    meanwhile; the first k claimed and unanswered win (the caller releases the others)."""
+    if connection.dialect.name == "sqlite":
+        from sqlalchemy.dialects.sqlite import insert
+    else:
+        from sqlalchemy.dialects.postgresql import insert
+    ids = list(dict.fromkeys(item_ids))  # PostgreSQL refuses to touch one row twice in a statement
+    if not ids:
+        return set()
+    # An executemany of one cached single-row statement (SQLAlchemy sends it as multi-row
+    # INSERTs): compiling a fresh 40-row statement cost more than running it.
+    statement = insert(Claim).on_conflict_do_update(
+        index_elements=[Claim.item_id],
+        set_={"annotator": annotator, "expires_at": expires, "project_id": project_id},
+        where=or_(Claim.annotator == annotator, Claim.expires_at <= now),
+    )
+    rows = [{"item_id": i, "project_id": project_id, "annotator": annotator, "expires_at": expires} for i in ids]
+    taken = set(connection.execute(statement.returning(Claim.item_id), rows).scalars())
+    if not taken:
+        return set()
+    # Read after the claims are written: the candidate list may be older than a label another
+    # annotator committed since (and with it the release of their claim).
+    answered = set(
+        connection.scalars(
+            select(LabelEvent.item_id).where(LabelEvent.item_id.in_(taken), LabelEvent.undone.is_(False))
+        )
+    )
+    return set([i for i in ids if i in taken and i not in answered][:k])
+
+
+def _claim_one_by_one(
+    connection, project_id: int, item_ids: list[int], annotator: str, k: int, now, expires
+) -> set[int]:
+    """`_claim`'s work on other databases: claim in order until k are won."""
+    won: set[int] = set()
+    for item_id in item_ids:
+        if len(won) >= k:
+            break
+        if not _take_claim(connection, project_id, item_id, annotator, now, expires):
+            continue
+        answered = select(LabelEvent.id).where(LabelEvent.item_id == item_id, LabelEvent.undone.is_(False))
+        if connection.execute(answered.limit(1)).first() is None:
+            won.add(item_id)
+    return won
 
 
 def _take_claim(connection, project_id: int, item_id: int, annotator: str, now, expires) -> bool:

@@ -38,7 +38,7 @@ from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import insert, select, update
+from sqlalchemy import select, update
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import runs as run_queries
@@ -53,7 +53,6 @@ from db.models import (
     RUNNING,
     TEST,
     Item,
-    Prediction,
     Project,
     Run,
     utcnow,
@@ -476,15 +475,10 @@ class Worker:
 
         checkpoint = save_checkpoint(model, self._checkpoint_of(job.project_id, job.run_id))
         store_started = time.monotonic()
-        rows = [
-            {
-                "run_id": job.run_id, "item_id": int(item_id), "predicted": int(predicted[i]),
-                "confidence": float(top2[i, 0]), "entropy": float(entropy[i]),
-                "margin": float(top2[i, 0] - top2[i, 1]), "score": float(score[i]),
-                "x": float(xy[i, 0]), "y": float(xy[i, 1]),
-            }
-            for i, item_id in enumerate(job.item_ids)
-        ]
+        columns = {
+            "item_id": job.item_ids, "predicted": predicted, "confidence": top2[:, 0], "entropy": entropy,
+            "margin": top2[:, 0] - top2[:, 1], "score": score, "x": xy[:, 0], "y": xy[:, 1],
+        }
         seconds = time.monotonic() - start
 
         def commit(session: Session) -> str:
@@ -494,7 +488,7 @@ class Worker:
             if run.cancel_requested:
                 run.status, run.finished_at, run.seconds = CANCELLED, utcnow(), seconds
                 return CANCELLED
-            session.execute(insert(Prediction), rows)
+            run_queries.store_predictions(session, job.run_id, columns)
             now = time.monotonic()
             fit_started = last.get("fit_started", start)
             fit_ended = last.get("fit_ended", now)

@@ -9,8 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from tests.conftest import tiny_image_set
-from sqlalchemy import update
+from sqlalchemy import and_, select, update
 
 import labeler.models as models_pkg
 from db import queries
@@ -23,12 +22,15 @@ from db.models import (
     INTERRUPTED,
     QUEUED,
     RUNNING,
+    Prediction,
+    QueuePosition,
     Run,
 )
 from labeler import projects
 from labeler.models import Progress, SSLModel, TrainingCancelled
 from labeler.train import train_model
 from labeler.trainer import Worker
+from tests.conftest import tiny_image_set
 
 
 @dataclass
@@ -386,6 +388,19 @@ def test_queue_never_offers_labeled_test_or_audit_first(Session, project):
         everything = queries.next_items(session, project.id, k=1000)
         assert all(items[i.id].split != "test" for i, _ in everything)
         assert all(p.run_id == run_id for _, p in everything)
+        # The queue was stored with the predictions: one position per pool and audit image,
+        # in the order of the scores.
+        positioned = session.execute(
+            select(QueuePosition.item_id, Prediction.score)
+            .join(Prediction, and_(Prediction.item_id == QueuePosition.item_id, Prediction.run_id == run_id))
+            .where(QueuePosition.run_id == run_id)
+            .order_by(QueuePosition.position)
+        ).all()
+        assert {i for i, _ in positioned} == {i for i, item in items.items() if item.split != "test"}
+        scores = [score for _, score in positioned]
+        assert scores == sorted(scores, reverse=True)
+        timing = session.get(Run, run_id).metrics["timing"]
+        assert set(timing) == {"before_training_s", "training_s", "after_training_s", "store_s"}
 
 
 @pytest.mark.parametrize(

@@ -1,0 +1,216 @@
+"""The queue a finished run stores (QueuePosition) gives exactly the order the Label page used to
+sort for on every call: score, highest first, then row; labeled and test images never; skipped
+images last; another annotator's claims respected. SQLite and PostgreSQL (tests/db/conftest.py)."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from sqlalchemy import and_, event, select, update
+
+from db import queries
+from db import runs as run_queries
+from db.models import AUDIT, DONE, POOL, TEST, Item, LabelEvent, Prediction, QueuePosition, Run, utcnow
+from labeler import projects
+from tests.conftest import tiny_image_set
+
+
+@pytest.fixture
+def project(Session):
+    """60 images of one's own (no test split): 10 audit, 50 pool."""
+    return projects.create_project(Session, "own", "folder:x", images=tiny_image_set(n=60), audit_size=10)
+
+
+def _finished_run(Session, project_id: int, scores=None, seed: int = 0) -> int:
+    """A DONE run with a prediction for every item, stored the way the worker stores them.
+    Scores come in few distinct values, so the row must break ties."""
+    with Session.begin() as session:
+        ids = [item.id for item in queries.items(session, project_id)]
+        run = Run(project_id=project_id, model="m2", status=DONE, finished_at=utcnow())
+        session.add(run)
+        session.flush()
+        rng = np.random.default_rng(seed)
+        n = len(ids)
+        score = rng.integers(0, 5, n).astype(float) / 4 if scores is None else np.asarray(scores, dtype=float)
+        columns = {
+            "item_id": np.array(ids),
+            "predicted": rng.integers(0, 2, n),
+            "confidence": rng.random(n),
+            "entropy": rng.random(n),
+            "margin": rng.random(n),
+            "score": score,
+            "x": rng.random(n),
+            "y": rng.random(n),
+        }
+        run_queries.store_predictions(session, run.id, columns)
+        return run.id
+
+
+def _old_sort(session, project_id: int, run_id: int, splits) -> list[int]:
+    """The query next_items ran on every call before queues were stored."""
+    labeled = select(LabelEvent.item_id).where(
+        LabelEvent.project_id == project_id, LabelEvent.undone.is_(False)
+    )
+    query = (
+        select(Item.id)
+        .join(Prediction, and_(Prediction.item_id == Item.id, Prediction.run_id == run_id), isouter=True)
+        .where(Item.project_id == project_id, Item.split.in_(splits), Item.id.not_in(labeled))
+        .order_by(Prediction.score.desc().nulls_last(), Item.row)
+    )
+    return list(session.scalars(query))
+
+
+def _label(Session, item_ids, annotator: str = "ann") -> list[int]:
+    with Session.begin() as session:
+        return [queries.add_label(session, i, 0, annotator=annotator).id for i in item_ids]
+
+
+def test_the_stored_queue_is_the_old_sort(Session, project):
+    run_id = _finished_run(Session, project.id)
+    with Session() as session:
+        first = _old_sort(session, project.id, run_id, (POOL,))
+    # Some answers after the run, one taken back: labeled images leave the queue, the undone one returns.
+    events = _label(Session, first[:3] + first[10:13])
+    with Session.begin() as session:
+        queries.undo_events(session, [events[1]], "ann")
+    with Session() as session:
+        pool_order = _old_sort(session, project.id, run_id, (POOL,))
+        both_order = _old_sort(session, project.id, run_id, (POOL, AUDIT))
+        assert first[1] in pool_order and first[0] not in pool_order and first[10] not in pool_order
+        assert not queries.audit_turn(session, project.id)
+        got = [item.id for item, _ in queries.next_items(session, project.id, k=len(pool_order))]
+        assert got == pool_order
+        # Asking for more than the pool holds fills the page from pool and audit, in queue order.
+        everything = queries.next_items(session, project.id, k=1000)
+        assert [item.id for item, _ in everything] == both_order
+        assert all(prediction.run_id == run_id for _, prediction in everything)
+        assert {session.get(Item, i).split for i in both_order} == {POOL, AUDIT}
+        # Skipped images go last, in their own queue order.
+        skipped = {pool_order[0], pool_order[2]}
+        got = [
+            item.id for item, _ in queries.next_items(session, project.id, k=len(pool_order), exclude=skipped)
+        ]
+        assert got == [i for i in pool_order if i not in skipped] + [pool_order[0], pool_order[2]]
+
+
+def test_the_stored_queue_respects_claims(Session, project):
+    run_id = _finished_run(Session, project.id)
+    with Session() as session:
+        order = _old_sort(session, project.id, run_id, (POOL,))
+        bob = [item.id for item, _ in queries.next_items(session, project.id, k=3, annotator="bob")]
+        alice = [item.id for item, _ in queries.next_items(session, project.id, k=4, annotator="alice")]
+        assert bob == order[:3]
+        assert alice == order[3:7]
+        # Asking again keeps one's own images (the claims are one's own) and releases the rest.
+        assert [
+            item.id for item, _ in queries.next_items(session, project.id, k=2, annotator="alice")
+        ] == order[3:5]
+    with Session() as session:
+        from db.models import Claim
+
+        held = {c.item_id: c.annotator for c in session.scalars(select(Claim))}
+        assert held == {**{i: "bob" for i in order[:3]}, **{i: "alice" for i in order[3:5]}}
+    # An image answered meanwhile is passed over; the next free one is won.
+    _label(Session, [order[5]], annotator="carol")
+    with Session() as session:
+        alice = [item.id for item, _ in queries.next_items(session, project.id, k=3, annotator="alice")]
+        assert alice == [order[3], order[4], order[6]]
+
+
+def test_items_without_a_position_follow_in_score_order(Session, project):
+    """A run stored before queues were (no QueuePosition rows) is read in the old order, and
+    so are images that have no position in a run that has them."""
+    run_id = _finished_run(Session, project.id)
+    with Session.begin() as session:
+        positions = list(session.scalars(select(QueuePosition).where(QueuePosition.run_id == run_id)))
+        dropped = {p.item_id for p in positions[::3]}
+        for p in positions:
+            if p.item_id in dropped:
+                session.delete(p)
+    with Session() as session:
+        expected = _old_sort(session, project.id, run_id, (POOL,))
+        got = [item.id for item, _ in queries.next_items(session, project.id, k=len(expected))]
+        assert got == [i for i in expected if i not in dropped] + [i for i in expected if i in dropped]
+    with Session.begin() as session:
+        session.execute(QueuePosition.__table__.delete())
+    with Session() as session:
+        assert [item.id for item, _ in queries.next_items(session, project.id, k=len(expected))] == expected
+
+
+def test_before_the_first_run_the_order_is_the_hash_order(Session, project):
+    with Session() as session:
+        pool = sorted((i for i in queries.items(session, project.id, POOL)), key=lambda i: i.sha256)
+        got = queries.next_items(session, project.id, k=len(pool))
+        assert [item.id for item, _ in got] == [i.id for i in pool]
+        assert all(prediction is None for _, prediction in got)
+        assert [i.row for i in pool] != sorted(i.row for i in pool)
+
+
+def test_predictions_and_positions_are_stored_in_bulk(Session, tiny_project):
+    """One statement (or one COPY) for all prediction rows and one for all positions: the
+    number of statements does not grow with the number of images."""
+    with Session() as session:
+        n_items = queries.count_items(session, tiny_project.id)
+        shown = n_items - queries.count_items(session, tiny_project.id, TEST)
+    engine = Session.kw["bind"]
+    statements = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        scores = np.linspace(1, 0, n_items)
+        run_id = _finished_run(Session, tiny_project.id, scores=scores)
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    writes = [s for s in statements if "predictions" in s or "queue_positions" in s]
+    assert len(writes) <= 2, writes
+    with Session() as session:
+        predictions = run_queries.predictions(session, run_id)
+        assert len(predictions) == n_items
+        positions = list(
+            session.execute(
+                select(QueuePosition.position, QueuePosition.item_id, Item.split, Item.row)
+                .join(Item, Item.id == QueuePosition.item_id)
+                .where(QueuePosition.run_id == run_id)
+                .order_by(QueuePosition.position)
+            )
+        )
+    assert [p for p, *_ in positions] == list(range(1, shown + 1))
+    assert TEST not in {split for _, _, split, _ in positions}
+    rows = [row for *_, row in positions]
+    assert rows == sorted(rows)  # scores fall with the row here
+
+
+def test_pruning_old_runs_drops_their_positions(Session, project):
+    runs = [_finished_run(Session, project.id, seed=s) for s in range(3)]
+    with Session.begin() as session:
+        assert run_queries.prune_predictions(session, project.id, keep=1) == 2
+    with Session() as session:
+        left = set(session.scalars(select(QueuePosition.run_id).distinct()))
+        assert left == {runs[-1]}
+
+
+def test_next_items_reads_the_stored_positions(Session, project):
+    """The page follows the stored queue, not a sort of its own: swap the first two positions
+    and the first two images swap."""
+    run_id = _finished_run(Session, project.id)
+    with Session() as session:
+        order = _old_sort(session, project.id, run_id, (POOL,))
+    with Session.begin() as session:
+        at = QueuePosition.run_id == run_id
+        a, b = (
+            session.scalar(select(QueuePosition.position).where(at, QueuePosition.item_id == i))
+            for i in order[:2]
+        )
+        for old, new in ((a, 0), (b, a), (0, b)):  # position 0 is free: they start at 1
+            session.execute(
+                update(QueuePosition).where(at, QueuePosition.position == old).values(position=new)
+            )
+    with Session() as session:
+        assert [item.id for item, _ in queries.next_items(session, project.id, k=3)] == [
+            order[1],
+            order[0],
+            order[2],
+        ]
