@@ -83,7 +83,7 @@ def shoot(url: str, out: Path, helpers) -> list[Path]:
 
         page.goto(url)
         page.locator("img.lb-img").wait_for()
-        page.get_by_text("Model's guess").wait_for()
+        page.locator(".lb-guess strong").wait_for()
         save("label")
         page.get_by_text("Grid", exact=True).click()
         page.locator(".st-key-accept_grid button").wait_for()

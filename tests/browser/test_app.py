@@ -187,7 +187,7 @@ def test_train_shows_live_progress_and_a_new_curve_point(app_server, page):
 def test_enter_accepts_the_models_guess(app_server, page):
     Session, pid = app_server["Session"], app_server["project_id"]
     page.goto(app_server["url"])
-    page.get_by_text("Model's guess").wait_for()
+    page.locator(".lb-guess strong").wait_for()
     item = shown(page)
     with Session() as session:
         run_id = run_queries.list_runs(session, pid)[0].id
