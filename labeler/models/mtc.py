@@ -1,0 +1,202 @@
+"""Manifold tangent classifier: a contractive autoencoder's tangents, and tangent propagation.
+
+Rifai, Dauphin, Vincent, Bengio, Muller (2011), "The manifold tangent classifier", NeurIPS.
+
+1. Contractive autoencoder (Rifai et al. 2011, ICML) on every pool image, with one sigmoid
+   layer h(x) = sigmoid(W x + b) (W: H x P) and a decoder g(h) = sigmoid(W' h + b'):
+
+       L_CAE = -sum_d [x_d log g_d + (1 - x_d) log(1 - g_d)] + lambda ||J_h(x)||_F^2,
+       J_h(x) = diag(h (1 - h)) W,   ||J_h(x)||_F^2 = sum_j (h_j (1 - h_j))^2 sum_i W_ji^2.
+
+   The contraction makes h insensitive to every direction except those the data vary along,
+   so the leading right singular vectors of J_h(x) span the tangent plane of the data
+   manifold at x: B(x) = {v_1, ..., v_T}, J_h(x) = U S V^T, v_t = the t-th row of V^T.
+
+2. Classifier: o(x) = softmax(A h(x) + c), its first layer the CAE's encoder, fine-tuned
+   (the paper's CAE-initialised network), trained on the labeled images with
+   cross-entropy plus the tangent-propagation penalty (Simard et al. 1992):
+
+       L = mean_labeled [ -log o_y(x) + beta sum_{v in B(x)} ||J_o(x) v||^2 ],
+
+   where J_o(x) v is the directional derivative of the logits along v (one forward-mode
+   product per tangent), so the classifier stays flat along the manifold at each labeled image.
+
+The budget: the first `cae_fraction` trains the CAE, the rest the classifier; the labeled
+images' tangents are computed once when the classifier's phase starts (T of them from an SVD of
+an H x P Jacobian per labeled image: cheap for the few labeled images; the paper's stacked
+CAE+H, its 2,000-unit layers and its higher-order term are cut for CPU budgets: one layer of
+`nets.default_hidden` units). `hidden` beyond its first entry adds ReLU layers between the
+encoder and the output. The latent-space view gets h(x).
+"""
+
+from __future__ import annotations
+
+import copy
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from . import nets
+from .base import Budget, ProgressFn, SSLModel, batched
+
+# -- loss terms ------------------------------------------------------------------------------
+
+
+def contractive_penalty(h: torch.Tensor, weight: torch.Tensor) -> torch.Tensor:
+    """||J_h(x)||_F^2 for a sigmoid layer, per image: h (B, H), weight W (H, P) -> (B,)."""
+    return (h * (1 - h)).pow(2) @ weight.pow(2).sum(1)
+
+
+def encoder_tangents(h: torch.Tensor, weight: torch.Tensor, count: int) -> torch.Tensor:
+    """The `count` leading right singular vectors of J_h(x) = diag(h (1 - h)) W for each image:
+    h (B, H), W (H, P) -> (B, T, P), orthonormal rows, T = min(count, H, P)."""
+    jacobian = (h * (1 - h)).unsqueeze(2) * weight.unsqueeze(0)  # (B, H, P)
+    _, _, vh = torch.linalg.svd(jacobian, full_matrices=False)  # (B, min(H, P), P)
+    return vh[:, :count]
+
+
+def tangent_penalty(f, x: torch.Tensor, tangents: torch.Tensor) -> torch.Tensor:
+    """mean_b sum_t ||J_f(x_b) v_bt||^2 for f: (N, P) -> (N, K), x (B, P), tangents (B, T, P)."""
+    b, t, p = tangents.shape
+    points = x.unsqueeze(1).expand(b, t, p).reshape(b * t, p)
+    _, directional = torch.func.jvp(f, (points,), (tangents.reshape(b * t, p),))  # (B T, K)
+    return directional.pow(2).sum() / b
+
+
+# -- networks --------------------------------------------------------------------------------
+
+
+class MTCNet(nn.Module):
+    """The CAE (encoder, decoder) and the classifier on its code; all on flattened images."""
+
+    def __init__(self, input_shape, num_classes: int, hidden):
+        super().__init__()
+        p = int(np.prod(input_shape))
+        self.shape = tuple(int(s) for s in input_shape)
+        self.encoder = nn.Linear(p, hidden[0])
+        self.decoder = nn.Linear(hidden[0], p)
+        layers: list[nn.Module] = []
+        width = hidden[0]
+        for size in hidden[1:]:
+            layers += [nn.Linear(width, size), nn.ReLU()]
+            width = size
+        self.head = nn.Sequential(*layers, nn.Linear(width, num_classes))
+
+    def code(self, x: torch.Tensor) -> torch.Tensor:
+        return torch.sigmoid(self.encoder(x.flatten(1)))  # (B, H)
+
+    def logits_flat(self, flat: torch.Tensor) -> torch.Tensor:
+        return self.head(torch.sigmoid(self.encoder(flat)))  # (B, K)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.logits_flat(x.flatten(1))
+
+
+@dataclass
+class MTCConfig:
+    hidden: list[int] | None = None  # None: nets.default_hidden(input shape); first = the CAE's code
+    contraction: float = 0.1  # lambda
+    tangents: int = 5  # T per labeled image
+    tangent_weight: float = 1.0  # beta
+    cae_fraction: float = 0.5  # of the budget for the CAE, the rest for the classifier
+    batch_size: int = 100  # CAE batches
+    labeled_batch: int = 100
+    lr: float = 1e-3
+
+
+class MTC(SSLModel):
+    name = "mtc"
+    Config = MTCConfig
+
+    def build(self) -> None:
+        cfg = self.config
+        hidden = cfg.hidden or nets.default_hidden(self.input_shape)
+        net = MTCNet(self.input_shape, self.num_classes, hidden).to(self.device)
+        self.modules = {"net": net.eval()}
+        self.optimizers = {
+            "cae": torch.optim.Adam([*net.encoder.parameters(), *net.decoder.parameters()], lr=cfg.lr),
+            "classifier": torch.optim.Adam([*net.encoder.parameters(), *net.head.parameters()], lr=cfg.lr),
+        }
+        self.labels_seen = 0
+        self.steps_done = 0
+
+    def fit(
+        self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
+    ) -> dict[str, float]:
+        labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
+        cfg = self.config
+        ticker = nets.Ticker(progress, budget)
+        rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
+        pool = nets.pool_tensor(x, self.device).flatten(1)  # (N, P)
+        net = self.modules["net"].train()
+        step, parts = 0, {}
+
+        cae_budget = nets.sub_budget(budget, cfg.cae_fraction) if len(labeled_idx) else budget
+        unl = nets.batches(np.arange(len(x)), cfg.batch_size, rng)
+        while not cae_budget.done(step) and not budget.done(step):
+            xb = pool[torch.as_tensor(next(unl), device=self.device)]
+            h = torch.sigmoid(net.encoder(xb))
+            rec = -nets.bernoulli_log_prob(net.decoder(h), xb).mean()
+            contraction = contractive_penalty(h, net.encoder.weight).mean()
+            loss = rec + cfg.contraction * contraction
+            nets.check_finite(loss, step)
+            self.optimizers["cae"].zero_grad(set_to_none=True)
+            loss.backward()
+            self.optimizers["cae"].step()
+            step += 1
+            parts = {"reconstruction": rec.item(), "contraction": contraction.item()}
+            ticker.tick(step, parts)
+
+        if len(labeled_idx):
+            xl = pool[torch.as_tensor(labeled_idx, device=self.device)]
+            y = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+            with torch.no_grad():
+                tangents = encoder_tangents(net.code(xl), net.encoder.weight, cfg.tangents)  # (N_l, T, P)
+            lab = nets.batches(np.arange(len(labeled_idx)), cfg.labeled_batch, rng)
+            rest = nets.rest_budget(budget, step)
+            cls_steps = 0
+            while not rest.done(cls_steps):
+                pick = torch.as_tensor(next(lab), device=self.device)
+                ce = F.cross_entropy(net.logits_flat(xl[pick]), y[pick])
+                tangent = tangent_penalty(net.logits_flat, xl[pick], tangents[pick])
+                loss = ce + cfg.tangent_weight * tangent
+                nets.check_finite(loss, step)
+                self.optimizers["classifier"].zero_grad(set_to_none=True)
+                loss.backward()
+                self.optimizers["classifier"].step()
+                step += 1
+                cls_steps += 1
+                parts = {**parts, "cross_entropy": ce.item(), "tangent": tangent.item()}
+                ticker.tick(step, parts)
+
+        net.eval()
+        self.steps_done += step
+        self.labels_seen = len(labeled_idx)
+        ticker.tick(step, parts, force=True)
+        return parts
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if self.labels_seen == 0:
+            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
+        net = self.modules["net"].eval()
+        return batched(lambda xb: torch.softmax(net(xb), 1), x, self.device)
+
+    def embed(self, x: np.ndarray) -> np.ndarray:
+        """The CAE's code h(x) (N, H)."""
+        return batched(self.modules["net"].eval().code, x, self.device)
+
+    def classifier_module(self) -> nn.Module:
+        if self.labels_seen == 0:
+            return nets.Uniform(self.num_classes)
+        return nets.SoftmaxOf(copy.deepcopy(self.modules["net"]).cpu().eval()).eval()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"labels_seen": self.labels_seen, "steps_done": self.steps_done}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.labels_seen = int(state.get("labels_seen", 0))
+        self.steps_done = int(state.get("steps_done", 0))
