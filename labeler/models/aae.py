@@ -115,7 +115,9 @@ class AAEConfig:
     labeled_batch: int = 100
     unlabeled_batch: int = 100
     lr: float = 1e-3  # every phase's Adam
-    d_lr: float = 1e-4  # the discriminators' Adam
+    # The discriminators' Adam; slower than the autoencoder's (digits, 30 labels, 60 s, seeds
+    # 0-2: 0.879 +- 0.016 with 1e-4, 0.859 +- 0.019 with 1e-3).
+    d_lr: float = 1e-4
     conv_width: int = 16  # colour or larger images (nets.use_conv)
 
 
