@@ -464,5 +464,11 @@ def test_annotator_name_is_used_for_new_labels(Session, tiny_project):
     at.text_input(key="annotator_input").input("alice").run()
     assert at.session_state["annotator"] == "alice"
     assert project.parse_classes("cat, dog\nbird,") == ["cat", "dog", "bird"]
+    # The name is what the Label page records: one answer from a grid page.
+    label = page_app("label", tiny_project.id, annotator=at.session_state["annotator"])
+    label.radio(key="label_mode").set_value("Grid").run()
+    next(box for box in label.selectbox if box.key.startswith("grid-")).set_value(1)
+    label.button(key="accept_grid").click().run()
     with Session() as session:
-        assert session.query(LabelEvent).count() == 0
+        events = session.query(LabelEvent).all()
+    assert [(e.annotator, e.class_index) for e in events] == [("alice", 1)]
