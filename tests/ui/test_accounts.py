@@ -212,3 +212,33 @@ def test_oidc_login_maps_the_email_to_an_account(Session, tiny_project, accounts
     at.run()
     assert at.session_state[common.USER_KEY]["name"] == "erin@example.org"
     assert _on_label_page(at)
+
+
+def test_undo_across_two_logged_in_sessions_takes_back_only_ones_own_answer(Session, tiny_project, accounts):
+    """Ann and Ada, each logged in through the real login form, each accept a grid page; Ada's
+    undo takes back her page only, and Ann's answers stand."""
+    sessions = {}
+    for name in ("ann", "ada"):
+        at = _log_in(_app(tiny_project.id), name)
+        assert _on_label_page(at)
+        at.radio(key="label_mode").set_value("Grid").run()
+        tiles = [box for box in at.selectbox if box.key.startswith("grid-")]
+        for box in tiles[:2]:
+            box.set_value(0)
+        at.button(key="accept_grid").click().run()
+        assert not at.exception
+        sessions[name] = at
+    with Session() as session:
+        by = {
+            e.item_id: e.annotator
+            for i in queries.current_labels(session, tiny_project.id)
+            for e in queries.history(session, i)
+        }
+    assert sorted(by.values()) == ["ada", "ada", "ann", "ann"]
+    ada = sessions["ada"]
+    ada.radio(key="label_mode").set_value("Grid").run()
+    ada.button(key="undo").click().run()
+    ada.button(key="undo").click().run()  # a second undo finds nothing more of Ada's
+    with Session() as session:
+        labels = queries.current_labels(session, tiny_project.id)
+    assert sorted(by[i] for i in labels) == ["ann", "ann"]
