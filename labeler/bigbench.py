@@ -8,7 +8,8 @@ through the project's own code:
 - `db.queries.next_items` as the Label page calls it (a page of 16 for one annotator, claims
   included), each call followed by an answer to the first image, untimed, before the first run
   and after one;
-- one worker run (`Worker.process_one`, predictions for every image): the time before training
+- one worker run (`Worker.process_one`, predictions for every image, after the worker's
+  once-per-process `warm_up`, timed apart, as `run_forever` does): the time before training
   starts, the training budget, the time after it, and of that the time storing the
   predictions and the queue (the worker's own clock, `Run.metrics["timing"]`).
 
@@ -142,6 +143,7 @@ def measure(
                 with Session.begin() as session:
                     run_id = run_queries.request_run(session, project.id, model, {"budget_s": budget_s}).id
                 worker = Worker(Session, device=device)
+                warm_up_s = worker.warm_up()  # as run_forever does when a worker starts
                 started = time.perf_counter()
                 worker.process_one()
                 run_wall_s = time.perf_counter() - started
@@ -169,6 +171,7 @@ def measure(
         "next_items_after_run": after,
         "model": model,
         "budget_s": budget_s,
+        "worker_warm_up_s": round(warm_up_s, 2),
         "run_wall_s": round(run_wall_s, 2),
         "predictions": predictions,
         **{
@@ -190,6 +193,7 @@ def table(result: dict) -> list[str]:
         f"| import {result['items']:,} images | {s(result['import_s'])} | |",
         f"| `next_items` before the first run (median / p90) | {before['median_ms']:.1f} / {before['p90_ms']:.1f} ms | |",
         f"| `next_items` after one run (median / p90) | {after['median_ms']:.1f} / {after['p90_ms']:.1f} ms | <= 20 ms median |",
+        f"| worker start-up, once per process (PyTorch's lazy imports) | {s(result.get('worker_warm_up_s'))} | |",
         f"| run: before training starts | {s(result['before_training_s'])} | <= 5 s |",
         f"| run: training ({result['model']}, budget {result['budget_s']:.0f} s) | {s(result['training_s'])} | |",
         f"| run: after training (predict, 2-D map, store) | {s(result['after_training_s'])} | |",

@@ -221,12 +221,24 @@ class Worker:
             log.warning("Marked interrupted runs: %s", ids)
         return ids
 
+    def warm_up(self) -> float:
+        """Pay once per process, before any run, what the first run would otherwise wait for:
+        PyTorch imports its compiler stack (torch._dynamo) when the first optimizer is built,
+        5 s or more on a busy 2-core machine. Returns the seconds it took."""
+        started = time.monotonic()
+        try:
+            torch.optim.Adam([torch.zeros(1, requires_grad=True)])
+        except Exception:  # only an optimisation: the run itself will say what is wrong
+            log.warning("Warm-up failed", exc_info=True)
+        return time.monotonic() - started
+
     def run_forever(self, poll_s: float | None = None, until_idle: bool = False) -> int:
         """Process runs until `stop()` (or, with until_idle, until the queue is empty); returns
         how many runs were processed."""
         poll_s = self.poll_s if poll_s is None else poll_s
         processed = 0
         last_recover = -math.inf
+        self.warm_up()
         while not self._stop.is_set():
             try:
                 if time.monotonic() - last_recover > 60:

@@ -450,3 +450,19 @@ def test_heartbeat_stays_fresh_while_a_model_is_silent(Session, project):
     watcher.join(10)
     assert get_run(Session, run_id).status == DONE
     assert len(set(beats)) >= 3  # renewed during the silent second, not only at the claim
+
+
+def test_a_starting_worker_warms_up_before_its_first_run(Session, project, monkeypatch):
+    """PyTorch's lazy imports are paid when the worker starts, not inside the first run."""
+    order = []
+    monkeypatch.setattr(Worker, "warm_up", lambda self: order.append("warm-up") or 0.0)
+    real = Worker.process_one
+
+    def process_one(self):
+        order.append("run")
+        return real(self)
+
+    monkeypatch.setattr(Worker, "process_one", process_one)
+    queue(Session, project.id)
+    Worker(Session, device="cpu").run_forever(until_idle=True)
+    assert order[:2] == ["warm-up", "run"]
