@@ -125,8 +125,8 @@ def _bulk_label(project_id: int, item_ids: list[int], annotator: str) -> None:
     st.session_state["latent_message"] = ("success", text)
     try:
         parts.maybe_auto_retrain(project_id)
-    except Exception:  # noqa: BLE001 - labeling goes on; the Train page can start a run
-        pass
+    except Exception as error:  # noqa: BLE001 - labeling goes on; the Train page can start a run
+        st.session_state["latent_message"] = ("warning", f"{text} Automatic retraining could not start: {error}")
 
 
 @st.cache_data(show_spinner="Generating images...", max_entries=8)
