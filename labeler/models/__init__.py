@@ -33,6 +33,7 @@ _ENTRIES: dict[str, tuple[str, str, str]] = {
     "selftrain": ("labeler.models.baselines", "SelfTrain", "Baseline: self-training with confident pseudo-labels"),
     "labelspread": ("labeler.models.baselines", "LabelSpread", "Baseline: label spreading on a PCA embedding (scikit-learn)"),
     "aae": ("labeler.models.aae", "AAE", "AAE: adversarial autoencoder, categorical and Gaussian codes (Makhzani et al. 2015)"),
+    "pixelgan": ("labeler.models.pixelgan", "PixelGAN", "PixelGAN AE: categorical code, tiny PixelCNN decoder (Makhzani and Frey 2017)"),
     "mtc": ("labeler.models.mtc", "MTC", "MTC: contractive autoencoder tangents + tangent propagation (Rifai et al. 2011)"),
     "tsvm": ("labeler.models.tsvm", "TSVM", "Baseline: transductive linear SVM on a PCA embedding (Joachims 1999)"),
 }
