@@ -18,8 +18,12 @@ Rifai, Dauphin, Vincent, Bengio, Muller (2011), "The manifold tangent classifier
 
        L = mean_labeled [ -log o_y(x) + beta sum_{v in B(x)} ||J_o(x) v||^2 ],
 
-   where J_o(x) v is the directional derivative of the logits along v (one forward-mode
-   product per tangent), so the classifier stays flat along the manifold at each labeled image.
+   where J_o(x) v is the directional derivative of the class probabilities o along v (one
+   forward-mode product per tangent), so the classifier stays flat along the manifold at each
+   labeled image. On the probabilities, as in the paper, not on the logits: flat logits along
+   5 tangents at 30 labeled 8x8 digits span most of the 64 input directions and leave a
+   constant classifier (digits, seed 0, 20 s: 0.45 test accuracy with beta = 0.1 on the
+   logits; 0.756 on the probabilities, 0.758 without the penalty).
 
 The budget: the first `cae_fraction` trains the CAE, the rest the classifier; the labeled
 images' tangents are computed once when the classifier's phase starts (T of them from an SVD of
@@ -92,6 +96,9 @@ class MTCNet(nn.Module):
     def logits_flat(self, flat: torch.Tensor) -> torch.Tensor:
         return self.head(torch.sigmoid(self.encoder(flat)))  # (B, K)
 
+    def proba_flat(self, flat: torch.Tensor) -> torch.Tensor:
+        return torch.softmax(self.logits_flat(flat), 1)  # (B, K)
+
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.logits_flat(x.flatten(1))
 
@@ -162,7 +169,7 @@ class MTC(SSLModel):
             while not rest.done(cls_steps):
                 pick = torch.as_tensor(next(lab), device=self.device)
                 ce = F.cross_entropy(net.logits_flat(xl[pick]), y[pick])
-                tangent = tangent_penalty(net.logits_flat, xl[pick], tangents[pick])
+                tangent = tangent_penalty(net.proba_flat, xl[pick], tangents[pick])
                 loss = ce + cfg.tangent_weight * tangent
                 nets.check_finite(loss, step)
                 self.optimizers["classifier"].zero_grad(set_to_none=True)
