@@ -47,6 +47,33 @@ def db_url() -> str:
     return url
 
 
+def storage_url() -> str | None:
+    """`LABELER_STORAGE_URL`: where pixels, original files and checkpoints are shared beyond this
+    machine (any fsspec URL, e.g. s3://bucket/prefix); None (unset or empty) keeps them only in
+    the data folder."""
+    return (os.environ.get("LABELER_STORAGE_URL") or "").strip() or None
+
+
+def storage_options() -> dict:
+    """`LABELER_STORAGE_OPTIONS`: a JSON object of keyword arguments for the store's filesystem
+    (for s3fs: endpoint_url, key, secret, client_kwargs ...); empty when unset."""
+    import json
+
+    value = (os.environ.get("LABELER_STORAGE_OPTIONS") or "").strip()
+    if not value:
+        return {}
+    try:
+        options = json.loads(value)
+    except ValueError:
+        options = None
+    if not isinstance(options, dict):
+        raise SettingError(
+            'LABELER_STORAGE_OPTIONS must be a JSON object such as {"endpoint_url": "http://minio:9000"}; '
+            "fix it or unset it."
+        )
+    return options
+
+
 def user_error(error: BaseException) -> str | None:
     """One sentence saying what went wrong and what to do, for errors a person can meet (bad
     settings, files, the data folder, the database); None for a bug, which keeps its traceback."""

@@ -225,8 +225,9 @@ def labels_frame(session: Session, project_id: int, with_path: bool = False) -> 
 
 def _image_bytes(project_id: int, item_row: int, path: str | None) -> tuple[bytes, str]:
     """The original file where one was imported, else a PNG made from the stored pixels."""
-    if path and Path(path).exists():
-        return Path(path).read_bytes(), Path(path).suffix.lower() or ".png"
+    local = projects.local_file(path)
+    if local is not None:
+        return local.read_bytes(), local.suffix.lower() or ".png"
     buffer = io.BytesIO()
     Image.fromarray(projects.image(project_id, item_row)).save(buffer, format="PNG")
     return buffer.getvalue(), ".png"
@@ -296,10 +297,11 @@ def write_model(
     from .train import load_model
 
     snapshot = snapshot or read_snapshot(Session, project_id, ("model",))
-    if snapshot.checkpoint is None or not Path(snapshot.checkpoint).exists():
+    local = projects.local_file(snapshot.checkpoint)
+    if local is None:
         return []
     try:
-        model = load_model(snapshot.checkpoint, device="cpu")
+        model = load_model(local, device="cpu")
     except CheckpointError as error:
         raise ExportError(
             f"The newest model (run {snapshot.run_id}) cannot be exported because its checkpoint does not load "
@@ -308,7 +310,7 @@ def write_model(
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     checkpoint = out / "model.pt"
-    checkpoint.write_bytes(Path(snapshot.checkpoint).read_bytes())
+    checkpoint.write_bytes(local.read_bytes())
     module = model.classifier_module().eval().cpu()
     example = torch.zeros((1, *model.input_shape))
     with torch.no_grad():

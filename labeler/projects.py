@@ -10,6 +10,12 @@ Creating a project either completes or leaves the disk as it was: a zip is extra
 scratch folder under `imports/` that is removed when the import ends, whatever its outcome,
 and a failed creation (a refused data set, a full disk) removes the project's folder with any
 partial file in it.
+
+With a shared store (`LABELER_STORAGE_URL`, see `storage.py`) the data folder is a working
+copy: creating a project puts its pixels and files in the store before the project exists in
+the database, a worker puts each checkpoint there (`publish`), and `pixels()` and `local_file()`
+fetch a file this machine lacks, so an app server or a worker needs only the database and the
+store. Without one, nothing here touches anything but the data folder.
 """
 
 from __future__ import annotations
@@ -17,6 +23,7 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
+import re
 import shutil
 from collections.abc import Callable
 from pathlib import Path
@@ -31,6 +38,7 @@ from .config import check_int, data_dir
 from .data import importer
 from .data.base import DataError, ImageSet
 from .data.importer import disk_full, scratch_folder
+from .storage import StorageError
 
 DEFAULT_SETTINGS = {
     "model": "m2",
@@ -62,7 +70,7 @@ def _load_pixels(path: str, mtime: float) -> np.ndarray:
 def pixels(project_id: int) -> np.ndarray:
     """The project's images as uint8 (N, C, H, W), memory-mapped (read-only)."""
     path = pixels_path(project_id)
-    if not path.exists():
+    if not path.exists() and local_file(path) is None:
         raise DataError(f"The pixel file of project {project_id} is missing ({path}); import the data again.")
     return _load_pixels(str(path), path.stat().st_mtime)
 
@@ -71,6 +79,84 @@ def image(project_id: int, row: int) -> np.ndarray:
     """One image as (H, W) or (H, W, 3) uint8, for display."""
     array = np.asarray(pixels(project_id)[row])
     return array[0] if array.shape[0] == 1 else array.transpose(1, 2, 0)
+
+
+# A stored path names a file by its key below the data folder of the machine that wrote it;
+# the first "projects/<id>/" followed by one of the project's own entries starts that key.
+_KEY = re.compile(r"(?:^|/)(projects/\d+/(?:pixels\.npy$|runs/|files/).*)$")
+
+
+def storage_key(path: str | Path) -> str | None:
+    """The key of a project file (`projects/<id>/...`) from its path on this or another
+    machine, or None for a file outside any project's folder."""
+    path = Path(path)
+    with contextlib.suppress(ValueError):
+        key = path.relative_to(data_dir()).as_posix()
+        return key if _KEY.match(key) else None
+    match = _KEY.search(path.as_posix())
+    return match.group(1) if match else None
+
+
+def local_file(path: str | Path | None) -> Path | None:
+    """This machine's copy of a project file (pixels, an original file, a checkpoint) whose
+    path was stored on this or another machine: the path itself when it exists, else the file
+    fetched from the store into the data folder; None when it is nowhere."""
+    if not path:
+        return None
+    path = Path(path)
+    if path.exists():
+        return path
+    key = storage_key(path)
+    if key is None:
+        return None
+    local = data_dir() / key
+    if not local.resolve().is_relative_to(data_dir()):  # a key with ".." from a tampered path
+        return None
+    if local.exists():
+        return local
+    from .storage import store
+
+    shared = store()
+    if shared is None or not shared.get(key, local):
+        return None
+    return local
+
+
+def publish(path: str | Path) -> None:
+    """Put a file of the data folder into the store (a no-op without one), under its key."""
+    from .storage import store
+
+    shared = store()
+    if shared is None:
+        return
+    key = storage_key(path)
+    if key is not None:
+        shared.put(path, key)
+
+
+def _publish_project(project_id: int, files: list[str | None]) -> None:
+    """Put a new project's pixels and original files into the store, first clearing what a
+    deleted database may have left under its id."""
+    from .storage import store
+
+    shared = store()
+    if shared is None:
+        return
+    prefix = f"projects/{project_id}"
+    shared.remove(prefix)
+    stored = [f for f in files if f is not None]
+    shared.put_many(
+        [pixels_path(project_id), *stored], [f"{prefix}/pixels.npy", *(storage_key(f) for f in stored)]
+    )
+
+
+def _unpublish_project(project_id: int) -> None:
+    from .storage import store
+
+    with contextlib.suppress(Exception):  # the original error is the one to report
+        shared = store()
+        if shared is not None:
+            shared.remove(f"projects/{project_id}")
 
 
 def validate_name(name: str) -> str:
@@ -173,11 +259,15 @@ def _create(
                 for row in range(len(images.pixels))
             )
             session.add_all(ImportIssue(project_id=project.id, path=p, reason=r) for p, r in images.skipped)
+            # Before the commit: a project other machines can see has its files in the store.
+            _publish_project(project.id, stored)
     except BaseException as error:
         # The transaction is rolled back; leave no pixel array or file behind (a partial
         # pixels.tmp.npy on a full disk would keep it full).
         if folder is not None:
             shutil.rmtree(folder, ignore_errors=True)
+            if not isinstance(error, StorageError):  # a store out of reach has nothing to clear
+                _unpublish_project(int(folder.name))
         if isinstance(error, OSError):
             raise disk_full(error, "storing the images") or error from None
         raise

@@ -210,11 +210,14 @@ def warm_start_model(
     if isinstance(warm_start, SSLModel):
         model = warm_start
     else:
-        if not Path(warm_start).exists():
+        from .projects import local_file
+
+        local = local_file(warm_start)  # written by a worker on another machine: fetched from the store
+        if local is None:
             notes.append(f"The previous checkpoint {warm_start} is missing; trained from scratch.")
             return None
         try:
-            model = load_model(warm_start, device=device)
+            model = load_model(local, device=device)
         except CheckpointError as error:
             notes.append(f"{error} Trained from scratch instead.")
             return None

@@ -486,6 +486,9 @@ class Worker:
         audit_low, audit_high = wilson_interval(audit_correct, audit_n) if audit_n else (None, None)
 
         checkpoint = save_checkpoint(model, self._checkpoint_of(job.project_id, job.run_id))
+        from .projects import publish
+
+        publish(checkpoint)  # before the run is DONE: app servers and workers elsewhere load it from the store
         store_started = time.monotonic()
         columns = {
             "item_id": job.item_ids, "predicted": predicted, "confidence": top2[:, 0], "entropy": entropy,

@@ -90,13 +90,14 @@ def _data_url(project_id: int, row: int, path: str | None, max_side: int = 720) 
     """The image as the person knows it, as a data URL: the original file (EXIF-rotated, scaled
     down to `max_side`), else the model's pixels; small images are enlarged with crisp pixels."""
     image = None
-    if path and Path(path).is_file():
-        try:
-            with Image.open(path) as opened:
+    try:
+        local = projects.local_file(path)  # imported on another app server: fetched from the shared store
+        if local is not None and local.is_file():
+            with Image.open(local) as opened:
                 image = ImageOps.exif_transpose(opened)
                 image.load()
-        except Exception:  # noqa: BLE001 - a file gone bad: show the stored pixels instead
-            image = None
+    except Exception:  # noqa: BLE001 - a file gone bad or a store out of reach: show the stored pixels instead
+        image = None
     if image is None:
         image = Image.fromarray(projects.image(project_id, row))
     if image.mode not in ("RGB", "RGBA", "L"):

@@ -144,10 +144,11 @@ def to_display(image: np.ndarray) -> np.ndarray:
 
 
 def _samples_panel(run: Run, names: list[str]) -> None:
-    if not run.checkpoint or not Path(run.checkpoint).exists():
-        return
     try:
-        samples = generated_images(run.checkpoint, Path(run.checkpoint).stat().st_mtime)
+        checkpoint = projects.local_file(run.checkpoint)
+        if checkpoint is None:
+            return
+        samples = generated_images(str(checkpoint), checkpoint.stat().st_mtime)
     except Exception as error:  # noqa: BLE001 - a missing panel must not break the page
         st.caption(common.as_typed(f"Could not generate images from run {run.id}: {error}"))
         return
