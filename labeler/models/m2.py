@@ -33,7 +33,7 @@ Networks (the paper's MLPs): q(y|x), q(z|x,y) and p(x|y,z) each have one hidden 
 units (256 below 28x28 inputs, see nets.default_hidden), with batch norm; z has 50 dimensions
 (10 below 28x28 inputs, see nets.default_latent).
 
-Consistency (`consistency`, off: the paper's form): q(y|x) also gets FixMatch's term on the
+Consistency (`consistency`, on by default; off is the paper's form): q(y|x) also gets FixMatch's term on the
 unlabeled batch, with an exponential moving average of q(y|x) as the teacher (see
 `augment.py`; augmentations by kind of data, strong views kept out of batch-norm statistics),
 and its cross-entropy term sees weak views of the labeled images:
@@ -79,8 +79,10 @@ class M2Config:
     # The classifier q(y|x)'s backbone: "auto" (nets.use_conv), "mlp" or "conv".
     classifier_arch: str = "auto"
     # FixMatch-style consistency with an EMA teacher on q(y|x) (module docstring); False is the
-    # paper's M2. Images only (M1+M2's codes are not augmented).
-    consistency: bool = False
+    # paper's M2. Images only (M1+M2's codes are not augmented). Measured (30 labels, 60 s, one
+    # shared CPU core): digits 0.893 +- 0.016 with, 0.882 +- 0.026 without (seeds 0-2); shapes
+    # 0.505 with, 0.285 without (seed 0).
+    consistency: bool = True
     consistency_weight: float = 1.0
     # Colour or larger images (nets.use_conv): the VAE's convolutions are this wide, and each
     # step draws this many labeled and unlabeled images. Decoding every image once per class

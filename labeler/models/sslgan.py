@@ -27,7 +27,7 @@ beta1 0.5) with the learning rate decayed linearly to zero at the end; the small
 repeated to fill a batch, while every pool image serves as an unlabeled one. Colour or larger
 images use a small convolutional variant of the same design (see `ConvDiscriminator`).
 
-Consistency (`consistency`, off: the paper's form): the discriminator's real-class logits also
+Consistency (`consistency`, on by default; off is the paper's form): the discriminator's real-class logits also
 get FixMatch's term on the unlabeled batch (see `augment.py`), with D's weight average (`ema`)
 as the teacher on weak views and D itself on strong views, and the labeled batch is weakly
 augmented:
@@ -387,8 +387,11 @@ class SSLGANConfig:
     ema: float = 0.99  # > 0: predict with an exponential moving average of D's weights
     # FixMatch-style consistency (augment.py): D's weight average labels weak views of the
     # unlabeled batch, D learns those labels on strong views, and the labeled batch is weakly
-    # augmented; False is the paper's form.
-    consistency: bool = False
+    # augmented; False is the paper's form. Measured (30 labels, 60 s, one shared CPU core,
+    # seeds 0-2) on digits: sslgan 0.919 +- 0.023 with, 0.881 +- 0.006 without; badgan 0.923 +-
+    # 0.013 with, 0.879 +- 0.016 without. On shapes (seed 0, under 200 steps) within noise:
+    # sslgan 0.310 with, 0.355 without; badgan 0.390 with, 0.365 without.
+    consistency: bool = True
     consistency_weight: float = 1.0
     threshold: float = 0.95
     progress_every_s: float = 0.5

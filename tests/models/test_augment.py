@@ -163,3 +163,14 @@ def test_colour_classifiers_export_as_torchscript_and_onnx(name, tmp_path):
     path = write_onnx(module, shape, tmp_path / "model.onnx")
     session = onnxruntime.InferenceSession(str(path))
     np.testing.assert_allclose(session.run(None, {"images": x})[0], expected, atol=1e-4)
+
+
+@pytest.mark.parametrize("name", ["m2", "sslgan", "badgan"])
+def test_consistency_is_the_default_and_can_be_switched_off(name):
+    assert model_class(name).Config().consistency is True
+    x, idx, labels = tiny_data(n=24)
+    model = consistent(name, (1, 8, 8), consistency=False)
+    seen = []
+    model.fit(x, idx, labels, Budget(steps=3), progress=lambda p: seen.append(p.losses) and False)
+    assert not {"consistency", "cons"} & set(seen[-1])
+    assert "teacher" not in model.modules

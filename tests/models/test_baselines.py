@@ -68,7 +68,7 @@ def test_selftrain_pseudo_labels_respect_the_threshold():
 def test_network_baselines_learn_easy_classes(cls):
     x, y = blobs()
     model = cls((1, 8, 8), 3, config=cls.Config(hidden=[32]), seed=0)
-    model.fit(x, np.arange(9), y[:9], Budget(steps=100))
+    model.fit(x, np.arange(9), y[:9], Budget(steps=300))
     assert (model.predict_proba(x[:9]).argmax(1) == y[:9]).all()
     assert (model.predict_proba(x).argmax(1) == y).mean() > 0.75  # chance: 1/3
 
