@@ -174,3 +174,15 @@ def test_consistency_is_the_default_and_can_be_switched_off(name):
     model.fit(x, idx, labels, Budget(steps=3), progress=lambda p: seen.append(p.losses) and False)
     assert not {"consistency", "cons"} & set(seen[-1])
     assert "teacher" not in model.modules
+
+
+def test_the_supervised_baseline_augments_colour_images_only(monkeypatch):
+    from labeler.models.baselines import Supervised
+
+    calls = []
+    real = augment.weak
+    monkeypatch.setattr(augment, "weak", lambda x: calls.append(x.shape) or real(x))
+    for shape in [(1, 8, 8), (3, 32, 32)]:
+        x, idx, labels = tiny_data(shape=shape, n=12)
+        Supervised(shape, 3, config=Supervised.Config(hidden=[8])).fit(x, idx, labels, Budget(steps=2))
+    assert calls and all(s[1:] == (3, 32, 32) for s in calls)
