@@ -57,10 +57,11 @@ def _use_s3(monkeypatch, endpoint: str) -> None:
     )
 
 
-@pytest.fixture(params=["s3", "folder"])
+@pytest.fixture
 def shared_store(request, monkeypatch, tmp_path):
-    """LABELER_STORAGE_URL set to a moto S3 bucket, or to a plain folder (a mounted share)."""
-    if request.param == "s3":
+    """LABELER_STORAGE_URL set to a moto S3 bucket ("s3", the default), or to a plain folder
+    (a mounted share)."""
+    if getattr(request, "param", "s3") == "s3":
         _use_s3(monkeypatch, request.getfixturevalue("s3_server"))
     else:
         monkeypatch.setenv("LABELER_STORAGE_URL", (tmp_path / "share").as_uri())
@@ -69,9 +70,14 @@ def shared_store(request, monkeypatch, tmp_path):
 
 
 @pytest.fixture
-def shared_db(tmp_path):
-    """One SQLite database outside every data folder, standing in for the team's PostgreSQL."""
-    engine = db.make_engine(f"sqlite:///{tmp_path / 'shared.db'}")
+def shared_db(request, tmp_path):
+    """The database every machine reaches: a SQLite file outside every data folder (the
+    default), or PostgreSQL ("postgres", skipped without LABELER_TEST_PG_URL)."""
+    if getattr(request, "param", "sqlite") == "postgres":
+        url = request.getfixturevalue("pg_url")
+    else:
+        url = f"sqlite:///{tmp_path / 'shared.db'}"
+    engine = db.make_engine(url)
     yield db.session_factory(engine)
     engine.dispose()
 
@@ -119,6 +125,11 @@ def _run(Session, run_id: int) -> Run:
         return session.get(Run, run_id)
 
 
+@pytest.mark.parametrize(
+    ("shared_store", "shared_db"),
+    [("s3", "sqlite"), ("folder", "sqlite"), pytest.param("s3", "postgres", marks=pytest.mark.postgres)],
+    indirect=True,
+)
 def test_a_worker_elsewhere_trains_from_the_store_and_the_app_loads_its_checkpoint(
     shared_store, shared_db, tmp_path, monkeypatch
 ):
