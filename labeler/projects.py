@@ -34,7 +34,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import AUDIT, POOL, TEST, ImportIssue, Item, LabelClass, Project
 
-from .config import check_int, data_dir
+from .config import check_int, data_dir, storage_url
 from .data import importer
 from .data.base import DataError, ImageSet
 from .data.importer import disk_full, scratch_folder
@@ -106,6 +106,8 @@ def local_file(path: str | Path | None) -> Path | None:
     path = Path(path)
     if path.exists():
         return path
+    if storage_url() is None:  # the default: the data folder is the only copy
+        return None
     key = storage_key(path)
     if key is None:
         return None
