@@ -54,7 +54,18 @@ def tiny_data(shape=(1, 8, 8), n=40, k=3, labeled=9, seed=0):
 
 def test_registry_names_and_descriptions():
     assert set(MODELS) == set(DESCRIPTIONS)
-    for name in ["m1", "m2", "m1m2", "supervised", "selftrain", "labelspread"]:
+    for name in [
+        "m1",
+        "m2",
+        "m1m2",
+        "supervised",
+        "selftrain",
+        "labelspread",
+        "tsvm",
+        "aae",
+        "mtc",
+        "pixelgan",
+    ]:
         assert model_class(name).name == name
 
 
@@ -144,7 +155,7 @@ def test_one_label_and_no_unlabeled_images(name):
     np.testing.assert_allclose(model.predict_proba(x).sum(1), 1.0, atol=1e-5)
 
 
-@pytest.mark.parametrize("name", ["m1", "m2", "m1m2", "supervised", "selftrain"])
+@pytest.mark.parametrize("name", ["m1", "m2", "m1m2", "supervised", "selftrain", "aae", "mtc", "pixelgan"])
 def test_progress_counts_this_fit_after_a_warm_start(name):
     x, idx, labels = tiny_data()
     model = make(name)
