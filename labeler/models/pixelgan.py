@@ -29,7 +29,8 @@ small enough for many steps on two CPU cores, and its blind spot (a plain masked
 not see part of the region above-right) costs detail, which the code does not need. Colour
 channels of one pixel are predicted together, each given only the earlier pixels (the paper
 orders R, G, B within a pixel). Sampling runs the PixelCNN once per pixel (64 passes on 8x8,
-784 on 28x28).
+784 on 28x28), each on the window the pixel can see (`pixel_logits`; 8 per class in 10 classes on one CPU
+core: 0.4 s on 8x8, 4.4 s on 28x28, 7 s on 3x32x32; 130 s on 28x28 with the whole image per pass).
 
 The latent-space view gets the encoder's last hidden layer (y itself sits at the corners of
 the simplex); `sample_images` draws each class with the PixelCNN.
@@ -86,11 +87,24 @@ class TinyPixelCNN(nn.Module):
         self.condition = nn.ModuleList([nn.Linear(num_classes, width, bias=False) for _ in self.convs])
         self.out = nn.Conv2d(width, channels, 1)
 
+        # How far a logit sees: 2 rows up and 2 columns either way through the 5x5 layer, one
+        # more of each through every 3x3 layer.
+        self.reach = 2 + layers
+
     def forward(self, x: torch.Tensor, y: torch.Tensor) -> torch.Tensor:
         h = x
         for conv, cond in zip(self.convs, self.condition, strict=True):
             h = F.relu(conv(h) + cond(y)[:, :, None, None])  # (B, W, H, W)
         return self.out(h)
+
+    def pixel_logits(self, x: torch.Tensor, y: torch.Tensor, i: int, j: int) -> torch.Tensor:
+        """forward(x, y)[:, :, i, j] (B, C) from the window of x that pixel (i, j) can see: the
+        same numbers (outside the window every weight that reaches (i, j) is masked or padded
+        away), at a fraction of the cost when sampling pixel by pixel."""
+        r = self.reach
+        top, left = max(0, i - r), max(0, j - r)
+        window = x[:, :, top : i + 1, left : j + r + 1]
+        return self.forward(window, y)[:, :, i - top, j - left]
 
 
 class PixelGANNet(nn.Module):
@@ -235,7 +249,7 @@ class PixelGAN(SSLModel):
         img = torch.zeros(k * n_per_class, c, h, w, device=self.device)
         for i in range(h):
             for j in range(w):
-                p = torch.sigmoid(decoder(img, y)[:, :, i, j])  # (K n, C)
+                p = torch.sigmoid(decoder.pixel_logits(img, y, i, j))  # (K n, C)
                 img[:, :, i, j] = torch.bernoulli(p, generator=gen)
         return img.cpu().numpy().reshape(k, n_per_class, c, h, w)
 

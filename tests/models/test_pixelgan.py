@@ -32,6 +32,15 @@ def test_each_pixels_logit_sees_only_earlier_pixels():
     assert seen[: i * w + j].any()
 
 
+def test_a_pixels_logits_from_its_window_equal_the_whole_images():
+    torch.manual_seed(0)
+    net = TinyPixelCNN(channels=3, num_classes=2, width=4, layers=2)
+    x, y = torch.rand(2, 3, 9, 11), torch.eye(2)
+    full = net(x, y)
+    for i, j in [(0, 0), (0, 10), (4, 5), (8, 0), (8, 10), (6, 2)]:
+        torch.testing.assert_close(net.pixel_logits(x, y, i, j), full[:, :, i, j])
+
+
 def test_the_class_code_changes_the_decoder_output():
     torch.manual_seed(0)
     net = TinyPixelCNN(channels=1, num_classes=3, width=4, layers=1)
