@@ -127,8 +127,11 @@ class PixelGANNet(nn.Module):
 class PixelGANConfig:
     hidden: list[int] | None = None  # the encoder; None: nets.default_hidden(input shape)
     d_hidden: tuple[int, ...] = (256, 256)
-    pixel_width: int = 32  # channels of the PixelCNN's layers
-    pixel_layers: int = 3  # mask-B layers after the mask-A one
+    # The PixelCNN: channels of its layers and mask-B layers after the mask-A one. On digits
+    # (30 labels, 60 s, seeds 0-2) 32 and 3 gave 0.778 +- 0.099 test accuracy in ~770 steps,
+    # 16 and 2 0.797 +- 0.105 in ~1,550: within the seeds' spread.
+    pixel_width: int = 32
+    pixel_layers: int = 3
     labeled_batch: int = 100
     unlabeled_batch: int = 100
     lr: float = 1e-3
