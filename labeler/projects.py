@@ -261,6 +261,8 @@ def _create(
                 for row in range(len(images.pixels))
             )
             session.add_all(ImportIssue(project_id=project.id, path=p, reason=r) for p, r in images.skipped)
+            session.flush()
+            queries.analyze(session, "items")  # PostgreSQL: the queue's plans see the new rows
             # Before the commit: a project other machines can see has its files in the store.
             _publish_project(project.id, stored)
     except BaseException as error:

@@ -164,7 +164,11 @@ def test_predictions_and_positions_are_stored_in_bulk(Session, tiny_project):
         run_id = _finished_run(Session, tiny_project.id, scores=scores)
     finally:
         event.remove(engine, "before_cursor_execute", count)
-    writes = [s for s in statements if "predictions" in s or "queue_positions" in s]
+    writes = [
+        s
+        for s in statements
+        if s.lstrip().upper().startswith(("INSERT", "COPY")) and "runs" not in s.split("(")[0]
+    ]
     assert len(writes) <= 2, writes
     with Session() as session:
         predictions = run_queries.predictions(session, run_id)
