@@ -515,7 +515,11 @@ def _claim_at_once(connection, project_id: int, item_ids: list[int], annotator: 
         set_={"annotator": annotator, "expires_at": expires, "project_id": project_id},
         where=or_(Claim.annotator == annotator, Claim.expires_at <= now),
     )
-    rows = [{"item_id": i, "project_id": project_id, "annotator": annotator, "expires_at": expires} for i in ids]
+    # In id order, whatever the queue order: two claimers then take the row locks they share
+    # in the same order on PostgreSQL (a deadlock that still happens is retried by `retrying`).
+    rows = [
+        {"item_id": i, "project_id": project_id, "annotator": annotator, "expires_at": expires} for i in sorted(ids)
+    ]
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT. A claim another
     # annotator holds is not updated and not returned, so concurrent claimers cannot both win.
     taken = set(connection.execute(statement.returning(Claim.item_id), rows).scalars())
