@@ -387,6 +387,18 @@ class M2(SSLModel):
         img = torch.sigmoid(net.decoder(torch.cat([z, y], 1)))
         return img.cpu().numpy().reshape(k, n_per_class, *self.input_shape)
 
+    def load_state(self, state: dict[str, Any]) -> None:
+        if "teacher" in self.modules and "teacher" not in state["modules"]:
+            # A checkpoint from before the teacher existed: it starts as a copy of q(y|x), so
+            # the old model predicts and exports as it did.
+            self.modules.pop("teacher")
+            super().load_state(state)
+            self.modules["teacher"] = (
+                copy.deepcopy(self.modules["net"].classifier()).requires_grad_(False).eval()
+            )
+            return
+        super().load_state(state)
+
     def extra_state(self) -> dict[str, Any]:
         return {"labels_seen": self.labels_seen, "steps_done": self.steps_done}
 

@@ -186,3 +186,16 @@ def test_the_supervised_baseline_augments_colour_images_only(monkeypatch):
         x, idx, labels = tiny_data(shape=shape, n=12)
         Supervised(shape, 3, config=Supervised.Config(hidden=[8])).fit(x, idx, labels, Budget(steps=2))
     assert calls and all(s[1:] == (3, 32, 32) for s in calls)
+
+
+def test_an_m2_checkpoint_from_before_the_teacher_still_loads_and_predicts_the_same(tmp_path):
+    x, idx, labels = tiny_data(n=24)
+    old = consistent("m2", (1, 8, 8), consistency=False)
+    old.fit(x, idx, labels, Budget(steps=3))
+    state = old.state()
+    for key in ("consistency", "consistency_weight", "threshold", "ema", "conv_width", "conv_batch"):
+        del state["config"][key]  # the settings such a checkpoint never had
+    torch.save(state, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert "teacher" in loaded.modules
+    np.testing.assert_allclose(loaded.predict_proba(x), old.predict_proba(x), atol=1e-6)
