@@ -133,10 +133,20 @@ def _open_label_page(project_id: int, name: str):
     return at
 
 
-def test_two_label_page_sessions_show_different_images_and_keep_both_answers(Session, tiny_project):
+def _project_of(Session, n: int):
+    """A project with room for two full pages of the label box (20 images each)."""
+    from labeler import projects
+    from tests.conftest import tiny_image_set
+
+    return projects.create_project(Session, f"big-{n}", "test", images=tiny_image_set(n=n, test=8))
+
+
+def test_two_label_page_sessions_show_different_images_and_keep_both_answers(Session):
     import json
 
     from labeler import answers
+
+    tiny_project = _project_of(Session, 60)
 
     shown = {}
     for name in ("alice", "bob"):
@@ -156,10 +166,11 @@ def test_two_label_page_sessions_show_different_images_and_keep_both_answers(Ses
     ]
 
 
-def test_two_tabs_with_the_same_annotator_name_get_different_images(Session, tiny_project):
+def test_two_tabs_with_the_same_annotator_name_get_different_images(Session):
     """The default name is the server's user name, which every browser on it shares."""
     import json
 
+    tiny_project = _project_of(Session, 60)
     first = _open_label_page(tiny_project.id, "same-name")
     second = _open_label_page(tiny_project.id, "same-name")
     ids = [
