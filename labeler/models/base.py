@@ -76,6 +76,9 @@ class SSLModel:
     Config: ClassVar[type] = object
     # Whether `sample_images` can show "what each class looks like" (conditional generator).
     conditional_samples: ClassVar[bool] = False
+    # Settings added after checkpoints were written, with the value such a checkpoint was
+    # trained with (it lacks the key): an old checkpoint rebuilds the model it came from.
+    legacy_config: ClassVar[dict[str, Any]] = {}
 
     def __init__(
         self,
@@ -215,7 +218,8 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> SSLModel:
     cls = MODELS.get(state["name"])
     if cls is None:
         raise CheckpointError(f"{path} holds an unknown model {state['name']!r}.")
-    config = cls.Config(**state["config"]) if state["config"] else cls.Config()
+    saved = {**cls.legacy_config, **state["config"]} if state["config"] else {}
+    config = cls.Config(**saved) if saved else cls.Config()
     model = cls(tuple(state["input_shape"]), state["num_classes"], config=config, device=device)
     try:
         model.load_state(state)
@@ -229,7 +233,9 @@ def to_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
 
 
 @torch.no_grad()
-def batched(fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, device: torch.device, batch: int = 1024) -> np.ndarray:
+def batched(
+    fn: Callable[[torch.Tensor], torch.Tensor], x: np.ndarray, device: torch.device, batch: int = 1024
+) -> np.ndarray:
     """Apply `fn` to `x` in batches and return a numpy array."""
     outs = [fn(to_tensor(x[i : i + batch], device)).float().cpu().numpy() for i in range(0, len(x), batch)]
     return np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)

@@ -53,7 +53,7 @@ import dataclasses
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -294,6 +294,7 @@ def train_m2(
 class M2(SSLModel):
     name = "m2"
     Config = M2Config
+    legacy_config: ClassVar[dict[str, Any]] = {"consistency": False, "conv_width": 32, "conv_batch": 100}
     conditional_samples = True
 
     def build(self) -> None:
@@ -386,18 +387,6 @@ class M2(SSLModel):
         y = torch.eye(k, device=self.device).repeat_interleave(n_per_class, 0)
         img = torch.sigmoid(net.decoder(torch.cat([z, y], 1)))
         return img.cpu().numpy().reshape(k, n_per_class, *self.input_shape)
-
-    def load_state(self, state: dict[str, Any]) -> None:
-        if "teacher" in self.modules and "teacher" not in state["modules"]:
-            # A checkpoint from before the teacher existed: it starts as a copy of q(y|x), so
-            # the old model predicts and exports as it did.
-            self.modules.pop("teacher")
-            super().load_state(state)
-            self.modules["teacher"] = (
-                copy.deepcopy(self.modules["net"].classifier()).requires_grad_(False).eval()
-            )
-            return
-        super().load_state(state)
 
     def extra_state(self) -> dict[str, Any]:
         return {"labels_seen": self.labels_seen, "steps_done": self.steps_done}

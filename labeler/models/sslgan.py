@@ -43,6 +43,7 @@ import copy
 import math
 import time
 from dataclasses import dataclass
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -400,6 +401,7 @@ class SSLGANConfig:
 class SSLGAN(SSLModel):
     name = "sslgan"
     Config = SSLGANConfig
+    legacy_config: ClassVar[dict[str, Any]] = {"conv_invariant": False, "consistency": False}
 
     def build(self) -> None:
         cfg = self.config

@@ -197,5 +197,22 @@ def test_an_m2_checkpoint_from_before_the_teacher_still_loads_and_predicts_the_s
         del state["config"][key]  # the settings such a checkpoint never had
     torch.save(state, tmp_path / "old.pt")
     loaded = load_checkpoint(tmp_path / "old.pt")
-    assert "teacher" in loaded.modules
+    assert loaded.config.consistency is False  # rebuilt as it was trained
     np.testing.assert_allclose(loaded.predict_proba(x), old.predict_proba(x), atol=1e-6)
+
+
+@pytest.mark.parametrize("name", ["sslgan", "badgan"])
+def test_a_colour_gan_checkpoint_from_before_the_invariant_discriminator_still_loads(name, tmp_path):
+    shape = (3, 32, 32)
+    x, idx, labels = tiny_data(shape=shape, n=12)
+    cls = model_class(name)
+    fields = cls.Config.__dataclass_fields__
+    small = {k: v for k, v in SMALL.items() if k in fields}
+    old = cls(shape, 3, config=cls.Config(**small, conv_invariant=False, consistency=False))
+    old.fit(x, idx, labels, Budget(steps=2))
+    state = old.state()
+    del state["config"]["conv_invariant"], state["config"]["consistency"]
+    torch.save(state, tmp_path / "old.pt")
+    np.testing.assert_allclose(
+        load_checkpoint(tmp_path / "old.pt").predict_proba(x), old.predict_proba(x), atol=1e-6
+    )
