@@ -205,12 +205,13 @@ def test_every_registry_entry_loads(name, monkeypatch, tmp_path):
     write_idx_set(downloads / "FashionMNIST" / "raw", n_train=4, n_test=2, gz=True)
     assert DATASETS[name].offline()
     data = read_source(name, image_size=12)
-    assert data.pixels.shape[1:] == (1, 12, 12) and data.splits.count("test") > 0
-    assert len(data.classes) == 10 and data.truth.min() >= 0
+    channels, n_classes = (3, 4) if name == "shapes" else (1, 10)  # shapes: the colour benchmark
+    assert data.pixels.shape[1:] == (channels, 12, 12) and data.splits.count("test") > 0
+    assert len(data.classes) == n_classes and data.truth.min() >= 0
 
 
 def test_registry_entries_describe_themselves():
-    assert list(DATASETS) == ["digits", "fashion-mnist", "mnist"]
+    assert list(DATASETS) == ["digits", "fashion-mnist", "mnist", "shapes"]
     for name, entry in DATASETS.items():
         assert entry.name == name and entry.title and entry.description
     assert DATASETS["digits"].offline()
