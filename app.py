@@ -1,6 +1,6 @@
 """labeler: label images in the browser while a semi-supervised model learns. Run:
 
-    streamlit run app.py
+streamlit run app.py
 """
 
 import streamlit as st

@@ -127,7 +127,9 @@ def current_labels(session: Session, project_id: int, ignored: bool = False) -> 
     """{item_id: class_index} of every currently labeled item. Images answered "ignore" are left
     out (they are in no class), unless `ignored`, which keeps them with class IGNORED."""
     newest = _current_event_ids(project_id)
-    query = select(LabelEvent.item_id, LabelEvent.class_index).join(newest, LabelEvent.id == newest.c.event_id)
+    query = select(LabelEvent.item_id, LabelEvent.class_index).join(
+        newest, LabelEvent.id == newest.c.event_id
+    )
     if not ignored:
         query = query.where(LabelEvent.class_index != IGNORED)
     return {item_id: class_index for item_id, class_index in session.execute(query)}
@@ -275,7 +277,9 @@ def annotator_counts(session: Session, project_id: int) -> dict[str, int]:
 
 
 def history(session: Session, item_id: int) -> Sequence[LabelEvent]:
-    return list(session.scalars(select(LabelEvent).where(LabelEvent.item_id == item_id).order_by(LabelEvent.id)))
+    return list(
+        session.scalars(select(LabelEvent).where(LabelEvent.item_id == item_id).order_by(LabelEvent.id))
+    )
 
 
 # Items and the queue -------------------------------------------------------------------------
@@ -304,14 +308,14 @@ def latest_done_run_id(session: Session, project_id: int) -> int | None:
     )
 
 
-def unlabeled_candidates(session: Session, project_id: int, splits: tuple[str, ...] = (POOL, AUDIT)) -> select:
+def unlabeled_candidates(
+    session: Session, project_id: int, splits: tuple[str, ...] = (POOL, AUDIT)
+) -> select:
     """A select of unlabeled items that may be shown to a person (never the test split)."""
     labeled = select(LabelEvent.item_id).where(
         LabelEvent.project_id == project_id, LabelEvent.undone.is_(False)
     )
-    return select(Item).where(
-        Item.project_id == project_id, Item.split.in_(splits), Item.id.not_in(labeled)
-    )
+    return select(Item).where(Item.project_id == project_id, Item.split.in_(splits), Item.id.not_in(labeled))
 
 
 CLAIM_SECONDS = 300  # how long an image shown to one annotator is kept from the others
@@ -497,7 +501,9 @@ def _claim(session: Session, project_id: int, item_ids: list[int], annotator: st
     return attempt(session.connection())  # bound to a connection: the caller's transaction
 
 
-def _claim_at_once(connection, project_id: int, item_ids: list[int], annotator: str, k: int, now, expires) -> set[int]:
+def _claim_at_once(
+    connection, project_id: int, item_ids: list[int], annotator: str, k: int, now, expires
+) -> set[int]:
     """`_claim`'s work in two statements: claim every candidate in one INSERT ... ON CONFLICT
     (a claim another annotator holds is left alone), then read which of those were answered
     meanwhile; the first k claimed and unanswered win (the caller releases the others)."""
@@ -518,7 +524,8 @@ def _claim_at_once(connection, project_id: int, item_ids: list[int], annotator: 
     # In id order, whatever the queue order: two claimers then take the row locks they share
     # in the same order on PostgreSQL (a deadlock that still happens is retried by `retrying`).
     rows = [
-        {"item_id": i, "project_id": project_id, "annotator": annotator, "expires_at": expires} for i in sorted(ids)
+        {"item_id": i, "project_id": project_id, "annotator": annotator, "expires_at": expires}
+        for i in sorted(ids)
     ]
     # RETURNING, not rowcount: psycopg reports -1 for INSERT ... ON CONFLICT. A claim another
     # annotator holds is not updated and not returned, so concurrent claimers cannot both win.

@@ -201,7 +201,9 @@ def should_auto_retrain(session: Session, project_id: int) -> bool:
 
 def predictions(session: Session, run_id: int) -> list[Prediction]:
     """The run's prediction rows, by item id."""
-    return list(session.scalars(select(Prediction).where(Prediction.run_id == run_id).order_by(Prediction.item_id)))
+    return list(
+        session.scalars(select(Prediction).where(Prediction.run_id == run_id).order_by(Prediction.item_id))
+    )
 
 
 def predictions_frame(session: Session, run_id: int):
@@ -210,15 +212,36 @@ def predictions_frame(session: Session, run_id: int):
 
     rows = session.execute(
         select(
-            Item.id.label("item_id"), Item.row, Item.key, Item.split, Item.truth,
-            Prediction.predicted, Prediction.confidence, Prediction.entropy, Prediction.margin,
-            Prediction.score, Prediction.x, Prediction.y,
+            Item.id.label("item_id"),
+            Item.row,
+            Item.key,
+            Item.split,
+            Item.truth,
+            Prediction.predicted,
+            Prediction.confidence,
+            Prediction.entropy,
+            Prediction.margin,
+            Prediction.score,
+            Prediction.x,
+            Prediction.y,
         )
         .join(Prediction, and_(Prediction.item_id == Item.id, Prediction.run_id == run_id))
         .order_by(Item.row)
     ).all()
-    columns = ["item_id", "row", "key", "split", "truth", "predicted", "confidence", "entropy", "margin",
-               "score", "x", "y"]
+    columns = [
+        "item_id",
+        "row",
+        "key",
+        "split",
+        "truth",
+        "predicted",
+        "confidence",
+        "entropy",
+        "margin",
+        "score",
+        "x",
+        "y",
+    ]
     return pd.DataFrame([tuple(r) for r in rows], columns=columns)
 
 
@@ -237,7 +260,8 @@ def prune_predictions(session: Session, project_id: int, keep: int = 5) -> int:
     Returns the number of runs pruned."""
     done = list(
         session.scalars(
-            select(Run.id).where(Run.project_id == project_id, Run.status == DONE)
+            select(Run.id)
+            .where(Run.project_id == project_id, Run.status == DONE)
             .order_by(Run.finished_at.desc(), Run.id.desc())
         )
     )
@@ -282,7 +306,10 @@ def store_predictions(session: Session, run_id: int, columns: Mapping[str, Seque
             [(run_id, *row) for row in zip(*values, strict=True)],
         )
     elif n:
-        rows = [dict(zip(PREDICTION_COLUMNS, row, strict=True), run_id=run_id) for row in zip(*values, strict=True)]
+        rows = [
+            dict(zip(PREDICTION_COLUMNS, row, strict=True), run_id=run_id)
+            for row in zip(*values, strict=True)
+        ]
         session.execute(insert(Prediction), rows)
     store_queue(session, run_id)
     return n

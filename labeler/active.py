@@ -105,27 +105,39 @@ class Strategy:
 
 STRATEGIES: dict[str, Strategy] = {
     "random": Strategy(
-        "random", "nothing", "Random: a uniform sample, the honest baseline",
+        "random",
+        "nothing",
+        "Random: a uniform sample, the honest baseline",
         lambda probs, embeddings, labeled_mask, mc_probs, seed: random_scores(len(labeled_mask), seed),
     ),
     "least-confidence": Strategy(
-        "least-confidence", "probs", "Least confidence: lowest top-class probability first",
+        "least-confidence",
+        "probs",
+        "Least confidence: lowest top-class probability first",
         lambda probs, embeddings, labeled_mask, mc_probs, seed: least_confidence(probs),
     ),
     "margin": Strategy(
-        "margin", "probs", "Margin: smallest gap between the two likeliest classes first",
+        "margin",
+        "probs",
+        "Margin: smallest gap between the two likeliest classes first",
         lambda probs, embeddings, labeled_mask, mc_probs, seed: margin(probs),
     ),
     "entropy": Strategy(
-        "entropy", "probs", "Entropy: most uncertain prediction first",
+        "entropy",
+        "probs",
+        "Entropy: most uncertain prediction first",
         lambda probs, embeddings, labeled_mask, mc_probs, seed: entropy(probs),
     ),
     "bald": Strategy(
-        "bald", "mc_probs", "BALD: where stochastic passes disagree most (Houlsby et al. 2011)",
+        "bald",
+        "mc_probs",
+        "BALD: where stochastic passes disagree most (Houlsby et al. 2011)",
         lambda probs, embeddings, labeled_mask, mc_probs, seed: bald(mc_probs),
     ),
     "kcenter": Strategy(
-        "kcenter", "embeddings", "k-center: farthest from every labeled image (Sener & Savarese 2018)",
+        "kcenter",
+        "embeddings",
+        "k-center: farthest from every labeled image (Sener & Savarese 2018)",
         lambda probs, embeddings, labeled_mask, mc_probs, seed: kcenter(embeddings, labeled_mask),
     ),
 }
@@ -216,21 +228,30 @@ def select_batch(
     further (e.g. to the pool split).
     """
     labeled_mask = np.asarray(labeled_mask, dtype=bool)
-    allowed = ~labeled_mask if candidate_mask is None else (~labeled_mask & np.asarray(candidate_mask, dtype=bool))
+    allowed = (
+        ~labeled_mask if candidate_mask is None else (~labeled_mask & np.asarray(candidate_mask, dtype=bool))
+    )
     candidates = np.flatnonzero(allowed)
     k = min(int(k), len(candidates))
     if k <= 0:
         return np.zeros(0, dtype=np.int64)
     rng = np.random.default_rng(seed)
     spec = get_strategy(strategy)
-    have = {"probs": probs is not None, "mc_probs": mc_probs is not None, "embeddings": embeddings is not None, "nothing": True}
+    have = {
+        "probs": probs is not None,
+        "mc_probs": mc_probs is not None,
+        "embeddings": embeddings is not None,
+        "nothing": True,
+    }
     centers = None if embeddings is None else np.asarray(embeddings, dtype=np.float32)[labeled_mask]
 
     if spec.name == "random" or not have[spec.needs]:
         if embeddings is not None and diverse and spec.name != "random":
             # Cold start: spread the first picks over the data rather than taking a blob.
             order = rng.permutation(candidates)
-            return np.asarray(greedy_kcenter(embeddings, k, order, centers, first=int(order[0])), dtype=np.int64)
+            return np.asarray(
+                greedy_kcenter(embeddings, k, order, centers, first=int(order[0])), dtype=np.int64
+            )
         return rng.choice(candidates, size=k, replace=False).astype(np.int64)
 
     if spec.name == "kcenter":
@@ -238,7 +259,9 @@ def select_batch(
         first = None if centers is not None and len(centers) else int(rng.choice(candidates))
         return np.asarray(greedy_kcenter(embeddings, k, candidates, centers, first=first), dtype=np.int64)
 
-    s = scores(strategy, probs=probs, embeddings=embeddings, labeled_mask=labeled_mask, mc_probs=mc_probs, seed=seed)
+    s = scores(
+        strategy, probs=probs, embeddings=embeddings, labeled_mask=labeled_mask, mc_probs=mc_probs, seed=seed
+    )
     # Random tie-break so equal scores do not fall back to the file order.
     order = candidates[np.lexsort((rng.random(len(candidates)), -s[candidates]))]
     if not diverse or embeddings is None or k == 1:
@@ -272,15 +295,24 @@ def queue_scores(
     out = np.full(len(labeled_mask), float(not_offered))
     if not candidate_mask.any():
         return out
-    s = scores(strategy, probs=probs, embeddings=embeddings, labeled_mask=labeled_mask, mc_probs=mc_probs, seed=seed)
+    s = scores(
+        strategy, probs=probs, embeddings=embeddings, labeled_mask=labeled_mask, mc_probs=mc_probs, seed=seed
+    )
     finite = np.isfinite(s) & candidate_mask
     top = s[finite].max() if finite.any() else 0.0
     s = np.where(np.isinf(s) & candidate_mask, top + 1.0, s)  # k-center with nothing labeled
     out[candidate_mask] = s[candidate_mask]
     if diverse_batch > 0:
         picks = select_batch(
-            strategy, diverse_batch, probs, embeddings, labeled_mask, mc_probs=mc_probs,
-            diverse=True, seed=seed, candidate_mask=candidate_mask,
+            strategy,
+            diverse_batch,
+            probs,
+            embeddings,
+            labeled_mask,
+            mc_probs=mc_probs,
+            diverse=True,
+            seed=seed,
+            candidate_mask=candidate_mask,
         )
         ceiling = out[candidate_mask].max()
         for rank, i in enumerate(picks):

@@ -94,8 +94,8 @@ def _save_figure(fig, stem: Path) -> list[Path]:
 
         fig.write_image(png)
         return written + [png]
-    except Exception:  # noqa: BLE001 - fall back to the browser
-        pass
+    except Exception as error:  # noqa: BLE001 - fall back to the browser
+        print(f"kaleido gave no PNG ({type(error).__name__}); trying headless Chromium", file=sys.stderr)
     try:
         _screenshot(html, png)
         written.append(png)

@@ -67,7 +67,9 @@ def cmd_export(args) -> int:
     with Session() as session:
         project = queries.get_project(session, args.project)
     if project is None:
-        raise ValueError(f"There is no project named {args.project!r}; `python -m labeler projects` lists them.")
+        raise ValueError(
+            f"There is no project named {args.project!r}; `python -m labeler projects` lists them."
+        )
     notes: list[str] = []
     written = export.export_all(Session, project.id, args.out, what=args.what, notes=notes)
     for path in written:
@@ -160,7 +162,9 @@ def cmd_users(args) -> int:
             admins = [u for u in users.list_users(session) if u.role == "admin"]
         print(f"added {name} ({args.role}); the app now asks everyone to log in")
         if not admins:
-            print("note: no admin yet, so nobody can create projects or export in the app; add one with --role admin")
+            print(
+                "note: no admin yet, so nobody can create projects or export in the app; add one with --role admin"
+            )
     elif args.action == "passwd":
         password_hash = auth.hash_password(_new_password(name))
         with Session.begin() as session:
@@ -174,7 +178,10 @@ def cmd_users(args) -> int:
         with Session.begin() as session:
             users.remove_user(session, name)
             left = users.count_users(session)
-        print(f"removed {name}" + ("" if left else "; no accounts left: the app runs single-user, without a login"))
+        print(
+            f"removed {name}"
+            + ("" if left else "; no accounts left: the app runs single-user, without a login")
+        )
     return 0
 
 
@@ -189,14 +196,19 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("source", help="digits, fashion-mnist, mnist, folder:PATH or zip:PATH")
     p.add_argument("--project", required=True, help="name of the new project")
     p.add_argument("--classes", help="comma-separated class names, for a flat folder of unlabeled images")
-    p.add_argument("--audit-size", type=int, default=None, help="held-out audit images for own data (default 50)")
+    p.add_argument(
+        "--audit-size", type=int, default=None, help="held-out audit images for own data (default 50)"
+    )
     p.set_defaults(func=cmd_import)
 
     p = sub.add_parser("export", help="export a project's labels, data set, predictions and model")
     p.add_argument("--project", required=True)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
-        "--what", default="all", choices=["all", "labels", "dataset", "predictions", "model"], help="what to write"
+        "--what",
+        default="all",
+        choices=["all", "labels", "dataset", "predictions", "model"],
+        help="what to write",
     )
     p.set_defaults(func=cmd_export)
 

@@ -130,12 +130,24 @@ def learning_curve(session: Session, project_id: int) -> pd.DataFrame:
         }
         for run in runs
     ]
-    columns = ["run_id", "model", "labels", "test_accuracy", "audit_accuracy", "audit_low", "audit_high",
-               "audit_n", "seconds", "finished_at"]
+    columns = [
+        "run_id",
+        "model",
+        "labels",
+        "test_accuracy",
+        "audit_accuracy",
+        "audit_low",
+        "audit_high",
+        "audit_n",
+        "seconds",
+        "finished_at",
+    ]
     return pd.DataFrame(rows, columns=columns)
 
 
-def run_report(session: Session, run_id: int, split: str = TEST, num_classes: int | None = None) -> dict | None:
+def run_report(
+    session: Session, run_id: int, split: str = TEST, num_classes: int | None = None
+) -> dict | None:
     """`summarize` of one run's predictions against the test split's truth (split="test") or
     against the user's labels on the audit set (split="audit"); None when there is nothing to
     compare with."""
@@ -188,7 +200,10 @@ def agreement_by_run(session: Session, project_id: int, confidence: float = 0.95
     the model improves, so a flat line can still hide progress)."""
     events = _answers_to_guesses(session, project_id).dropna(subset=["run_id"])
     agreed = (events["answer"] == events["guess"]).groupby(events["run_id"].astype(int)).agg(["sum", "size"])
-    rows = [{"run_id": run_id, **_agreement(int(agree), int(n), confidence)} for run_id, (agree, n) in agreed.iterrows()]
+    rows = [
+        {"run_id": run_id, **_agreement(int(agree), int(n), confidence)}
+        for run_id, (agree, n) in agreed.iterrows()
+    ]
     return pd.DataFrame(rows, columns=["run_id", "n", "agree", "rate", "low", "high"])
 
 

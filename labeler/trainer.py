@@ -94,7 +94,9 @@ class RunSettings:
         if not isinstance(config, dict):
             raise SettingError(f"The model settings must be a mapping of name to value, got {config!r}.")
         return cls(
-            budget_s=None if budget is None else check_float("The training time (seconds)", budget, 1, 7 * 24 * 3600),
+            budget_s=None
+            if budget is None
+            else check_float("The training time (seconds)", budget, 1, 7 * 24 * 3600),
             steps=None if steps is None else check_int("The number of training steps", steps, 1, 10_000_000),
             strategy=check_choice("The strategy", merged.get("strategy", "entropy"), active.STRATEGIES),
             config=config,
@@ -126,7 +128,9 @@ def describe_error(error: BaseException) -> str:
     if isinstance(error, torch.cuda.OutOfMemoryError):
         return "The GPU ran out of memory: lower the batch size or model size in the model settings, or train on the CPU."
     if isinstance(error, MemoryError):
-        return "The computer ran out of memory: lower the batch size or model size, or use a smaller data set."
+        return (
+            "The computer ran out of memory: lower the batch size or model size, or use a smaller data set."
+        )
     if isinstance(error, (SettingError, FloatingPointError)):
         return str(error)
     if isinstance(error, ValueError) and str(error):
@@ -165,8 +169,17 @@ class Worker:
         self._thread: threading.Thread | None = None
         self._lock = threading.Lock()
         self._status: dict[str, Any] = {
-            "name": self.name, "device": self.device, "run_id": None, "project_id": None, "model": None,
-            "step": 0, "progress": 0.0, "seconds": 0.0, "processed": 0, "last_error": None, "last_run_id": None,
+            "name": self.name,
+            "device": self.device,
+            "run_id": None,
+            "project_id": None,
+            "model": None,
+            "step": 0,
+            "progress": 0.0,
+            "seconds": 0.0,
+            "processed": 0,
+            "last_error": None,
+            "last_run_id": None,
         }
 
     # -- lifecycle ---------------------------------------------------------------------------
@@ -287,7 +300,9 @@ class Worker:
         notes: list[str] = []
         last = {"step": 0, "losses": {}}
         beating = threading.Event()
-        beat = threading.Thread(target=self._beat, args=(run_id, beating), name="labeler-heartbeat", daemon=True)
+        beat = threading.Thread(
+            target=self._beat, args=(run_id, beating), name="labeler-heartbeat", daemon=True
+        )
         beat.start()
         try:
             job = self._load(run_id)
@@ -298,7 +313,9 @@ class Worker:
             message = "The worker was stopped; start training again." if status == INTERRUPTED else None
             self._finish(run_id, status, start, error=message, notes=notes)
         except KeyboardInterrupt:
-            self._finish(run_id, INTERRUPTED, start, error="The worker was stopped; start training again.", notes=notes)
+            self._finish(
+                run_id, INTERRUPTED, start, error="The worker was stopped; start training again.", notes=notes
+            )
             raise
         except Exception as error:
             log.exception("Run %s failed", run_id)
@@ -328,12 +345,16 @@ class Worker:
             project = session.get(Project, run.project_id)
             settings = RunSettings.parse(run.settings, project.settings)
             rows = session.execute(
-                select(Item.id, Item.row, Item.split, Item.truth).where(Item.project_id == project.id).order_by(Item.row)
+                select(Item.id, Item.row, Item.split, Item.truth)
+                .where(Item.project_id == project.id)
+                .order_by(Item.row)
             ).all()
             labels = run_queries.pool_labels(session, project.id)
             everything = current_labels(session, project.id)
             num_classes = len(class_names(session, project.id))
-            previous = run_queries.latest_done_run(session, project.id, run.model) if settings.warm_start else None
+            previous = (
+                run_queries.latest_done_run(session, project.id, run.model) if settings.warm_start else None
+            )
             warm = previous.checkpoint if previous is not None and previous.checkpoint else None
             model_name = run.model
         if not rows:
@@ -382,7 +403,9 @@ class Worker:
         labels = np.array([c for _, c in labeled], dtype=np.int64)
 
         def begin(session: Session) -> None:
-            session.execute(update(Run).where(Run.id == job.run_id).values(labels_used=len(labeled), worker=self.name))
+            session.execute(
+                update(Run).where(Run.id == job.run_id).values(labels_used=len(labeled), worker=self.name)
+            )
 
         self._write(begin)
         last_write = [0.0]
@@ -408,9 +431,19 @@ class Worker:
 
         s = job.settings
         model = train_model(
-            job.model, x, labeled_idx, labels, job.num_classes,
-            budget_s=s.budget_s, steps=s.steps, seed=s.seed, device=self.device, progress=on_progress,
-            warm_start=job.warm_start, config=s.config, notes=notes,
+            job.model,
+            x,
+            labeled_idx,
+            labels,
+            job.num_classes,
+            budget_s=s.budget_s,
+            steps=s.steps,
+            seed=s.seed,
+            device=self.device,
+            progress=on_progress,
+            warm_start=job.warm_start,
+            config=s.config,
+            notes=notes,
         )
         last["fit_ended"] = time.monotonic()
         return model
@@ -427,11 +460,18 @@ class Worker:
 
         def work(session: Session) -> bool:
             session.execute(
-                update(Run).where(Run.id == run_id).values(
-                    step=int(p.step), progress=float(p.fraction), seconds=float(seconds), heartbeat_at=utcnow()
+                update(Run)
+                .where(Run.id == run_id)
+                .values(
+                    step=int(p.step),
+                    progress=float(p.fraction),
+                    seconds=float(seconds),
+                    heartbeat_at=utcnow(),
                 )
             )
-            run_queries.add_metrics(session, run_id, p.step, seconds, {k: float(v) for k, v in p.losses.items()})
+            run_queries.add_metrics(
+                session, run_id, p.step, seconds, {k: float(v) for k, v in p.losses.items()}
+            )
             cancel = session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
             return cancel is None or bool(cancel)  # a deleted run counts as cancelled
 
@@ -455,11 +495,15 @@ class Worker:
         if not np.all(np.isfinite(out["probs"])):
             from .train import TrainingDiverged
 
-            raise TrainingDiverged("The model predicts NaN: training diverged; lower the learning rate or try another model.")
+            raise TrainingDiverged(
+                "The model predicts NaN: training diverged; lower the learning rate or try another model."
+            )
         return out
 
     def _heartbeat(self, run_id: int) -> None:
-        self._write(lambda session: session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow())))
+        self._write(
+            lambda session: session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
+        )
 
     def _finish_done(self, job: _Job, model: SSLModel, start: float, notes: list[str], last: dict) -> None:
         from .latent import project_2d
@@ -472,8 +516,14 @@ class Worker:
         labeled_ids = set(job.labels) | set(job.audit_labels)
         labeled_mask = np.isin(job.item_ids, list(labeled_ids))
         score = active.queue_scores(
-            job.settings.strategy, probs, embed, labeled_mask, job.splits == POOL,
-            mc_probs=out.get("mc"), diverse_batch=job.settings.diverse_batch, seed=job.settings.seed,
+            job.settings.strategy,
+            probs,
+            embed,
+            labeled_mask,
+            job.splits == POOL,
+            mc_probs=out.get("mc"),
+            diverse_batch=job.settings.diverse_batch,
+            seed=job.settings.seed,
         )
         entropy = active.entropy(probs)
 
@@ -488,11 +538,19 @@ class Worker:
         checkpoint = save_checkpoint(model, self._checkpoint_of(job.project_id, job.run_id))
         from .projects import publish
 
-        publish(checkpoint)  # before the run is DONE: app servers and workers elsewhere load it from the store
+        publish(
+            checkpoint
+        )  # before the run is DONE: app servers and workers elsewhere load it from the store
         store_started = time.monotonic()
         columns = {
-            "item_id": job.item_ids, "predicted": predicted, "confidence": top2[:, 0], "entropy": entropy,
-            "margin": top2[:, 0] - top2[:, 1], "score": score, "x": xy[:, 0], "y": xy[:, 1],
+            "item_id": job.item_ids,
+            "predicted": predicted,
+            "confidence": top2[:, 0],
+            "entropy": entropy,
+            "margin": top2[:, 0] - top2[:, 1],
+            "score": score,
+            "x": xy[:, 0],
+            "y": xy[:, 1],
         }
         seconds = time.monotonic() - start
 
@@ -521,8 +579,14 @@ class Worker:
             run.audit_n = audit_n or None
             run.audit_accuracy = audit_correct / audit_n if audit_n else None
             run.audit_low, run.audit_high = audit_low, audit_high
-            run.metrics = {"losses": last["losses"], "notes": notes, "labels": len(job.labels),
-                           "strategy": job.settings.strategy, "device": self.device, "timing": timing}
+            run.metrics = {
+                "losses": last["losses"],
+                "notes": notes,
+                "labels": len(job.labels),
+                "strategy": job.settings.strategy,
+                "device": self.device,
+                "timing": timing,
+            }
             return DONE
 
         result = self._write(commit)
@@ -530,12 +594,18 @@ class Worker:
             checkpoint.unlink(missing_ok=True)
         else:
             try:
-                self._write(lambda session: run_queries.prune_predictions(session, job.project_id, self.keep_predictions))
+                self._write(
+                    lambda session: run_queries.prune_predictions(
+                        session, job.project_id, self.keep_predictions
+                    )
+                )
             except Exception:
                 log.exception("Could not prune old predictions of project %s", job.project_id)
         log.info("Run %s %s in %.1f s (test accuracy %s)", job.run_id, result, seconds, test_accuracy)
 
-    def _finish(self, run_id: int, status: str, start: float, error: str | None = None, notes: list[str] | None = None) -> None:
+    def _finish(
+        self, run_id: int, status: str, start: float, error: str | None = None, notes: list[str] | None = None
+    ) -> None:
         seconds = time.monotonic() - start
 
         def work(session: Session) -> None:

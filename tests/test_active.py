@@ -72,7 +72,9 @@ def test_diverse_batch_spreads_over_clusters():
     # Ten near-copies of one confusing image, and ten slightly less uncertain images far apart.
     rng = np.random.default_rng(0)
     blob = rng.normal(0, 0.01, size=(10, 2))
-    spread = np.array([[10.0 * np.cos(a), 10.0 * np.sin(a)] for a in np.linspace(0, 2 * np.pi, 10, endpoint=False)])
+    spread = np.array(
+        [[10.0 * np.cos(a), 10.0 * np.sin(a)] for a in np.linspace(0, 2 * np.pi, 10, endpoint=False)]
+    )
     embeddings = np.concatenate([blob, spread])
     probs = np.concatenate([np.tile([0.5, 0.5], (10, 1)), np.tile([0.6, 0.4], (10, 1))])
     labeled = np.zeros(20, dtype=bool)
@@ -80,8 +82,13 @@ def test_diverse_batch_spreads_over_clusters():
     diverse = active.select_batch("entropy", 5, probs, embeddings, labeled, diverse=True)
     assert set(plain.tolist()) <= set(range(10))  # all from the blob
     assert np.sum(diverse < 10) == 1  # one from the blob, the rest spread out
-    assert np.min(np.linalg.norm(embeddings[diverse][:, None] - embeddings[diverse][None], axis=-1)
-                  + np.eye(5) * 1e9) > 1.0
+    assert (
+        np.min(
+            np.linalg.norm(embeddings[diverse][:, None] - embeddings[diverse][None], axis=-1)
+            + np.eye(5) * 1e9
+        )
+        > 1.0
+    )
 
 
 def test_cold_start_is_random_or_spread_but_never_file_order():

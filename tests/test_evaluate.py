@@ -47,16 +47,30 @@ def test_learning_curve_report_and_agreement(Session, tiny_project):
         test_items = [i for i in items if i.split == "test"]
         pool = [i for i in items if i.split == "pool"]
         for labels, acc in ((10, 0.6), (20, 0.8)):
-            run = Run(project_id=pid, model="m2", status=DONE, labels_used=labels, test_accuracy=acc,
-                      finished_at=utcnow())
+            run = Run(
+                project_id=pid,
+                model="m2",
+                status=DONE,
+                labels_used=labels,
+                test_accuracy=acc,
+                finished_at=utcnow(),
+            )
             session.add(run)
             session.flush()
         # Predictions of the newest run: right on every test item but the first.
         for item in items:
             wrong = item.id == test_items[0].id
             predicted = (item.truth + 1) % 2 if wrong else item.truth
-            session.add(Prediction(run_id=run.id, item_id=item.id, predicted=predicted, confidence=0.9,
-                                   entropy=0.1, margin=0.8))
+            session.add(
+                Prediction(
+                    run_id=run.id,
+                    item_id=item.id,
+                    predicted=predicted,
+                    confidence=0.9,
+                    entropy=0.1,
+                    margin=0.8,
+                )
+            )
         session.flush()
         queries.add_label(session, pool[0], pool[0].truth)  # agrees with the prediction
         queries.add_label(session, pool[1], (pool[1].truth + 1) % 2)  # disagrees

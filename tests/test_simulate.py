@@ -7,10 +7,10 @@ import json
 
 import numpy as np
 import pytest
-from tests.conftest import tiny_image_set
 
 from labeler import simulate as sim
 from labeler.cli import main
+from tests.conftest import tiny_image_set
 
 
 def test_balanced_initial_is_balanced_random_and_unique():
@@ -29,8 +29,20 @@ def test_balanced_initial_is_balanced_random_and_unique():
 @pytest.mark.parametrize("strategy", ["entropy", "kcenter"])
 def test_simulate_on_digits_writes_a_row_per_round(tmp_path, strategy):
     out = tmp_path / "curve.csv"
-    rows = sim.simulate("digits", "supervised", strategy=strategy, initial=20, step=10, max_labels=40,
-                        budget_s=30, steps=20, seed=0, out=out, device="cpu", log=lambda _: None)
+    rows = sim.simulate(
+        "digits",
+        "supervised",
+        strategy=strategy,
+        initial=20,
+        step=10,
+        max_labels=40,
+        budget_s=30,
+        steps=20,
+        seed=0,
+        out=out,
+        device="cpu",
+        log=lambda _: None,
+    )
     assert [r["labels"] for r in rows] == [20, 30, 40]
     assert all(0.0 <= r["test_accuracy"] <= 1.0 for r in rows)
     assert rows[-1]["test_accuracy"] > 0.3  # 10 classes: far above chance after 40 labels
@@ -41,9 +53,31 @@ def test_simulate_on_digits_writes_a_row_per_round(tmp_path, strategy):
 
 
 def test_step_zero_is_one_round_and_cli_prints_the_json_line(tmp_path, capsys):
-    code = main(["simulate", "--dataset", "digits", "--model", "labelspread", "--strategy", "random",
-                 "--initial", "30", "--step", "0", "--budget-s", "30", "--steps", "10", "--seed", "1",
-                 "--device", "cpu", "--out", str(tmp_path / "c.csv")])
+    code = main(
+        [
+            "simulate",
+            "--dataset",
+            "digits",
+            "--model",
+            "labelspread",
+            "--strategy",
+            "random",
+            "--initial",
+            "30",
+            "--step",
+            "0",
+            "--budget-s",
+            "30",
+            "--steps",
+            "10",
+            "--seed",
+            "1",
+            "--device",
+            "cpu",
+            "--out",
+            str(tmp_path / "c.csv"),
+        ]
+    )
     assert code == 0
     last = capsys.readouterr().out.strip().splitlines()[-1]
     result = json.loads(last)
@@ -54,8 +88,19 @@ def test_step_zero_is_one_round_and_cli_prints_the_json_line(tmp_path, capsys):
 def test_a_set_without_test_split_holds_out_a_stratified_part():
     images = tiny_image_set(n=60, classes=2, test=0)
     messages = []
-    rows = sim.simulate("tiny", "supervised", strategy="margin", initial=4, step=4, max_labels=8,
-                        budget_s=30, steps=5, device="cpu", images=images, log=messages.append)
+    rows = sim.simulate(
+        "tiny",
+        "supervised",
+        strategy="margin",
+        initial=4,
+        step=4,
+        max_labels=8,
+        budget_s=30,
+        steps=5,
+        device="cpu",
+        images=images,
+        log=messages.append,
+    )
     assert [r["labels"] for r in rows] == [4, 8]
     assert any("holding out" in m for m in messages)
 
@@ -71,9 +116,29 @@ def test_bad_arguments_say_what_to_do():
 
 
 def test_benchmark_models_mode_on_a_tiny_budget(tmp_path, capsys):
-    code = main(["benchmark", "--mode", "models", "--models", "supervised,labelspread", "--datasets", "digits",
-                 "--seeds", "2", "--labels", "20", "--steps", "10", "--budget-s", "30", "--device", "cpu",
-                 "--out-dir", str(tmp_path)])
+    code = main(
+        [
+            "benchmark",
+            "--mode",
+            "models",
+            "--models",
+            "supervised,labelspread",
+            "--datasets",
+            "digits",
+            "--seeds",
+            "2",
+            "--labels",
+            "20",
+            "--steps",
+            "10",
+            "--budget-s",
+            "30",
+            "--device",
+            "cpu",
+            "--out-dir",
+            str(tmp_path),
+        ]
+    )
     assert code == 0
     text = (tmp_path / "benchmark-models.md").read_text()
     assert "| supervised | " in text and "(n=2, 10 steps)" in text and "Machine:" in text
@@ -89,7 +154,9 @@ def test_benchmark_report_merges_runs(tmp_path):
 
     fields = "dataset,model,seed,labels,budget_s,test_accuracy,seconds,error\n"
     (tmp_path / "a.csv").write_text(fields + "digits,m2,0,30,60,0.90,60,\ndigits,m2,1,30,60,0.80,60,\n")
-    (tmp_path / "b.csv").write_text(fields + "fashion-mnist,m2,0,100,600,0.7,600,\ndigits,sslgan,0,30,60,,1,Boom\n")
+    (tmp_path / "b.csv").write_text(
+        fields + "fashion-mnist,m2,0,100,600,0.7,600,\ndigits,sslgan,0,30,60,,1,Boom\n"
+    )
     table = report([tmp_path / "a.csv", tmp_path / "b.csv"], tmp_path / "out")
     lines = table.splitlines()
     assert lines[0] == "| model | digits (30 labels, 60 s) | fashion-mnist (100 labels, 600 s) |"

@@ -80,7 +80,9 @@ class FakeModel(SSLModel):
                 step += 1
                 time.sleep(self.config.sleep_s)
                 value = float("nan") if self.config.nan else float(loss.detach())
-                if progress and progress(Progress(step, budget.elapsed(), budget.fraction(step), {"loss": value})):
+                if progress and progress(
+                    Progress(step, budget.elapsed(), budget.fraction(step), {"loss": value})
+                ):
                     raise TrainingCancelled()
             return {"loss": float(loss.detach())}
         finally:
@@ -217,7 +219,9 @@ def test_bad_settings_fail_with_a_readable_error(Session, project):
 
 
 def test_never_two_runs_at_once(Session, project):
-    second = projects.create_project(Session, "tiny2", "test", images=tiny_image_set(n=20, seed=1), audit_size=0)
+    second = projects.create_project(
+        Session, "tiny2", "test", images=tiny_image_set(n=20, seed=1), audit_size=0
+    )
     with Session.begin() as session:
         for item in queries.items(session, second.id)[:4]:
             queries.add_label(session, item, item.truth)
@@ -282,7 +286,9 @@ def test_recover_marks_runs_of_dead_processes_on_this_host_at_once(Session, proj
     from labeler.trainer import process_gone
 
     host = socket.gethostname()
-    ended = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    ended = subprocess.run(
+        [sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True
+    )
     dead_pid = int(ended.stdout)
     owners = [f"worker@{host}:{dead_pid}", f"worker@{host}:{os.getpid()}", f"worker@elsewhere:{dead_pid}"]
     ids = []
@@ -308,8 +314,11 @@ def test_should_auto_retrain(Session, project):
     Worker(Session, device="cpu").process_one()
     with Session.begin() as session:
         assert not run_queries.should_auto_retrain(session, project.id)
-        unlabeled = [i for i in queries.items(session, project.id, split="pool")
-                     if i.id not in queries.current_labels(session, project.id)]
+        unlabeled = [
+            i
+            for i in queries.items(session, project.id, split="pool")
+            if i.id not in queries.current_labels(session, project.id)
+        ]
         for item in unlabeled[:5]:
             queries.add_label(session, item, item.truth)
     with Session() as session:
@@ -325,7 +334,9 @@ def test_status_snapshot_and_thread(Session, project):
         worker.wake()
         deadline = time.monotonic() + 20
         # The run is DONE in the database a moment before the worker counts it as processed.
-        while (get_run(Session, run_id).status != DONE or worker.status()["busy"]) and time.monotonic() < deadline:
+        while (
+            get_run(Session, run_id).status != DONE or worker.status()["busy"]
+        ) and time.monotonic() < deadline:
             time.sleep(0.05)
         assert get_run(Session, run_id).status == DONE
         assert worker.status()["processed"] == 1
@@ -346,7 +357,9 @@ def test_train_model_rejects_no_labels_and_nan():
 
 def test_worker_with_a_real_registry_model(Session, project):
     with Session.begin() as session:
-        run_id = run_queries.request_run(session, project.id, "supervised", {"steps": 5, "strategy": "margin"}).id
+        run_id = run_queries.request_run(
+            session, project.id, "supervised", {"steps": 5, "strategy": "margin"}
+        ).id
     Worker(Session, device="cpu").process_one()
     run = get_run(Session, run_id)
     assert run.status == DONE, run.error
@@ -367,8 +380,11 @@ def test_old_predictions_are_pruned_and_auto_retrain_queues_with_project_setting
     with Session.begin() as session:
         p = session.get(type(project), project.id)
         p.settings = {**p.settings, "auto_retrain_every": 1, "model": "fake"}
-        unlabeled = [i for i in queries.items(session, project.id, split="pool")
-                     if i.id not in queries.current_labels(session, project.id)]
+        unlabeled = [
+            i
+            for i in queries.items(session, project.id, split="pool")
+            if i.id not in queries.current_labels(session, project.id)
+        ]
         queries.add_label(session, unlabeled[0], unlabeled[0].truth)
         run = run_queries.maybe_auto_retrain(session, project.id)
         assert run is not None and run.model == "fake" and run.status == QUEUED

@@ -42,7 +42,9 @@ class ImageSet:
         if lengths != {n}:
             raise ValueError(f"ImageSet fields disagree in length: {n} images, lengths {sorted(lengths)}")
         if self.pixels.dtype != np.uint8 or self.pixels.ndim != 4 or self.pixels.shape[1] not in (1, 3):
-            raise ValueError(f"pixels must be uint8 (N, 1|3, H, W), got {self.pixels.dtype} {self.pixels.shape}")
+            raise ValueError(
+                f"pixels must be uint8 (N, 1|3, H, W), got {self.pixels.dtype} {self.pixels.shape}"
+            )
 
     @property
     def shape(self) -> tuple[int, int, int]:

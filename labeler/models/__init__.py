@@ -11,9 +11,25 @@ from collections.abc import Iterator, Mapping
 from typing import TYPE_CHECKING, Any
 
 if TYPE_CHECKING:
-    from .base import Budget, CheckpointError, Progress, SSLModel, TrainingCancelled, load_checkpoint, save_checkpoint
+    from .base import (
+        Budget,
+        CheckpointError,
+        Progress,
+        SSLModel,
+        TrainingCancelled,
+        load_checkpoint,
+        save_checkpoint,
+    )
 
-_FROM_BASE = {"Budget", "CheckpointError", "Progress", "SSLModel", "TrainingCancelled", "load_checkpoint", "save_checkpoint"}
+_FROM_BASE = {
+    "Budget",
+    "CheckpointError",
+    "Progress",
+    "SSLModel",
+    "TrainingCancelled",
+    "load_checkpoint",
+    "save_checkpoint",
+}
 
 
 def __getattr__(name: str) -> Any:
@@ -25,17 +41,57 @@ def __getattr__(name: str) -> Any:
 _ENTRIES: dict[str, tuple[str, str, str]] = {
     # name: (module, class, one-line description for the UI)
     "m1": ("labeler.models.m1", "M1", "M1: VAE features + a linear classifier (Kingma et al. 2014)"),
-    "m2": ("labeler.models.m2", "M2", "M2: label as a latent variable, q(y|x) classifies (Kingma et al. 2014)"),
+    "m2": (
+        "labeler.models.m2",
+        "M2",
+        "M2: label as a latent variable, q(y|x) classifies (Kingma et al. 2014)",
+    ),
     "m1m2": ("labeler.models.m1m2", "M1M2", "M1+M2: M2 on the latent codes of M1 (Kingma et al. 2014)"),
-    "sslgan": ("labeler.models.sslgan", "SSLGAN", "SSL-GAN: K-class discriminator, feature matching (Salimans et al. 2016)"),
-    "badgan": ("labeler.models.badgan", "BadGAN", "Bad GAN: complement generator + entropy term (Dai et al. 2017)"),
-    "supervised": ("labeler.models.baselines", "Supervised", "Baseline: the classifier network on labeled images only"),
-    "selftrain": ("labeler.models.baselines", "SelfTrain", "Baseline: self-training with confident pseudo-labels"),
-    "labelspread": ("labeler.models.baselines", "LabelSpread", "Baseline: label spreading on a PCA embedding (scikit-learn)"),
-    "aae": ("labeler.models.aae", "AAE", "AAE: adversarial autoencoder, categorical and Gaussian codes (Makhzani et al. 2015)"),
-    "pixelgan": ("labeler.models.pixelgan", "PixelGAN", "PixelGAN AE: categorical code, tiny PixelCNN decoder (Makhzani and Frey 2017)"),
-    "mtc": ("labeler.models.mtc", "MTC", "MTC: contractive autoencoder tangents + tangent propagation (Rifai et al. 2011)"),
-    "tsvm": ("labeler.models.tsvm", "TSVM", "Baseline: transductive linear SVM on a PCA embedding (Joachims 1999)"),
+    "sslgan": (
+        "labeler.models.sslgan",
+        "SSLGAN",
+        "SSL-GAN: K-class discriminator, feature matching (Salimans et al. 2016)",
+    ),
+    "badgan": (
+        "labeler.models.badgan",
+        "BadGAN",
+        "Bad GAN: complement generator + entropy term (Dai et al. 2017)",
+    ),
+    "supervised": (
+        "labeler.models.baselines",
+        "Supervised",
+        "Baseline: the classifier network on labeled images only",
+    ),
+    "selftrain": (
+        "labeler.models.baselines",
+        "SelfTrain",
+        "Baseline: self-training with confident pseudo-labels",
+    ),
+    "labelspread": (
+        "labeler.models.baselines",
+        "LabelSpread",
+        "Baseline: label spreading on a PCA embedding (scikit-learn)",
+    ),
+    "aae": (
+        "labeler.models.aae",
+        "AAE",
+        "AAE: adversarial autoencoder, categorical and Gaussian codes (Makhzani et al. 2015)",
+    ),
+    "pixelgan": (
+        "labeler.models.pixelgan",
+        "PixelGAN",
+        "PixelGAN AE: categorical code, tiny PixelCNN decoder (Makhzani and Frey 2017)",
+    ),
+    "mtc": (
+        "labeler.models.mtc",
+        "MTC",
+        "MTC: contractive autoencoder tangents + tangent propagation (Rifai et al. 2011)",
+    ),
+    "tsvm": (
+        "labeler.models.tsvm",
+        "TSVM",
+        "Baseline: transductive linear SVM on a PCA embedding (Joachims 1999)",
+    ),
 }
 
 
@@ -55,8 +111,8 @@ MODELS: Mapping[str, type[SSLModel]] = _Registry()
 DESCRIPTIONS = {name: entry[2] for name, entry in _ENTRIES.items()}
 
 __all__ = [
-    "MODELS",
     "DESCRIPTIONS",
+    "MODELS",
     "Budget",
     "CheckpointError",
     "Progress",

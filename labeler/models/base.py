@@ -210,7 +210,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> SSLModel:
             f"Cannot load the checkpoint {path}: it is corrupt, or holds Python objects other than "
             "tensors, which could run code, so it was refused."
         ) from error
-    except Exception as error:  # noqa: BLE001 - any failure means the same thing to the user
+    except Exception as error:
         reason = str(error).splitlines()[0] if str(error) else type(error).__name__
         raise CheckpointError(f"Cannot load the checkpoint {path}: {reason}") from error
     if not isinstance(state, dict) or state.get("format") != "labeler-checkpoint-1":
@@ -223,7 +223,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> SSLModel:
     model = cls(tuple(state["input_shape"]), state["num_classes"], config=config, device=device)
     try:
         model.load_state(state)
-    except Exception as error:  # noqa: BLE001
+    except Exception as error:
         raise CheckpointError(f"The checkpoint {path} does not fit its model: {error}") from error
     return model
 

@@ -157,7 +157,9 @@ def fit_linear_head(
         shares = np.bincount(np.searchsorted(clf.classes_, labels), minlength=len(clf.classes_)) / len(labels)
         for r in range(1, rounds + 1):
             pseudo = clf.classes_[balanced_argmax(clf.predict_proba(zu), shares)]
-            sample_weight = np.concatenate([np.ones(len(zl)), np.full(len(zu), unlabeled_weight * r / rounds)])
+            sample_weight = np.concatenate(
+                [np.ones(len(zl)), np.full(len(zu), unlabeled_weight * r / rounds)]
+            )
             clf.fit(np.concatenate([zl, zu]), np.concatenate([labels, pseudo]), sample_weight=sample_weight)
     coef = clf.coef_ if len(present) > 2 else np.concatenate([-clf.coef_, clf.coef_]) / 2
     icpt = clf.intercept_ if len(present) > 2 else np.concatenate([-clf.intercept_, clf.intercept_]) / 2
@@ -240,7 +242,14 @@ class M1(SSLModel):
                 rest = np.random.default_rng(self.seed).choice(rest, cfg.head_unlabeled_max, replace=False)
             z_unlabeled = self.embed(x[np.sort(rest)])
         weight, bias = fit_linear_head(
-            z, labels, self.num_classes, cfg.head_c, self.seed, z_unlabeled, cfg.head_rounds, cfg.head_unlabeled_weight
+            z,
+            labels,
+            self.num_classes,
+            cfg.head_c,
+            self.seed,
+            z_unlabeled,
+            cfg.head_rounds,
+            cfg.head_unlabeled_weight,
         )
         with torch.no_grad():
             self.head.weight.copy_(torch.from_numpy(weight))

@@ -119,7 +119,16 @@ class M1M2(SSLModel):
 
         first = nets.sub_budget(budget, cfg.m1_fraction if self.m1_steps == 0 else cfg.m1_fraction_warm)
         steps1, neg_elbo = train_vae(
-            vae, pool, first, ticker, rng, cfg.m1_batch_size, cfg.m1_lr, 0, cfg.m1_kl_weight, self.optimizers["vae"]
+            vae,
+            pool,
+            first,
+            ticker,
+            rng,
+            cfg.m1_batch_size,
+            cfg.m1_lr,
+            0,
+            cfg.m1_kl_weight,
+            self.optimizers["vae"],
         )
         self.m1_steps += steps1
 

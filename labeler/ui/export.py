@@ -55,7 +55,11 @@ def _prepare(project_id: int) -> None:
             message = f"{type(error).__name__}; the server log has the details. Try again"
         st.session_state["export_error"] = common.as_typed(f"The export failed: {message.rstrip('.')}.")
         return
-    st.session_state["export_files"] = {"project": project_id, "paths": [str(p) for p in written], "notes": notes}
+    st.session_state["export_files"] = {
+        "project": project_id,
+        "paths": [str(p) for p in written],
+        "notes": notes,
+    }
 
 
 def export_page() -> None:
@@ -72,7 +76,9 @@ def export_page() -> None:
     error = st.session_state.pop("export_error", None)
     if error:
         st.error(error)
-    st.button("Prepare the export", key="export_prepare", type="primary", on_click=_prepare, args=(project.id,))
+    st.button(
+        "Prepare the export", key="export_prepare", type="primary", on_click=_prepare, args=(project.id,)
+    )
 
     prepared = st.session_state.get("export_files")
     if not prepared or prepared["project"] != project.id:
@@ -86,17 +92,26 @@ def export_page() -> None:
         if name in paths:
             # A callable: the file is read when the button is clicked, not on every rerun.
             st.download_button(
-                label, data=functools.partial(paths[name].read_bytes), file_name=f"{project.name}-{name}",
-                mime=mime, key=f"download-{name}", on_click="ignore",
+                label,
+                data=functools.partial(paths[name].read_bytes),
+                file_name=f"{project.name}-{name}",
+                mime=mime,
+                key=f"download-{name}",
+                on_click="ignore",
             )
     model_paths = [paths[n] for n in MODEL_FILES if n in paths]
     if model_paths:
         st.download_button(
-            "Model: checkpoint + TorchScript + ONNX + classes.json (zip)", data=functools.partial(export.zip_bytes, model_paths),
-            file_name=f"{project.name}-model.zip", mime="application/zip", key="download-model", on_click="ignore",
+            "Model: checkpoint + TorchScript + ONNX + classes.json (zip)",
+            data=functools.partial(export.zip_bytes, model_paths),
+            file_name=f"{project.name}-model.zip",
+            mime="application/zip",
+            key="download-model",
+            on_click="ignore",
         )
     elif has_model and not notes:
         st.warning("The newest model's checkpoint is missing on disk; train again to export a model.")
     with st.expander("How to use the files"):
-        st.code(export.HOW_TO_USE.format(c=project.channels, h=project.height, w=project.width), language="text")
-
+        st.code(
+            export.HOW_TO_USE.format(c=project.channels, h=project.height, w=project.width), language="text"
+        )

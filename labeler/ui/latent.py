@@ -29,7 +29,9 @@ THUMBNAILS_PER_ROW = 8
 COLOUR_BY = {"label": "Label", "prediction": "Prediction", "uncertainty": "Uncertainty (entropy)"}
 
 
-def points_frame(session, project_id: int, run_id: int, names: list[str], max_points: int = MAX_POINTS, seed: int = 0) -> pd.DataFrame:
+def points_frame(
+    session, project_id: int, run_id: int, names: list[str], max_points: int = MAX_POINTS, seed: int = 0
+) -> pd.DataFrame:
     """One row per shown item (pool and audit; the test split is never shown), with its label.
 
     Above `max_points` every labeled item is kept and the rest is a fixed random sample.
@@ -59,8 +61,12 @@ def scatter(frame: pd.DataFrame, colour: str, names: list[str]):
     frame = frame.assign(**{c: frame[c].map(common.for_chart) for c in ("label", "prediction", "key")})
     names = [common.for_chart(n) for n in names]
     common_args = {
-        "x": "x", "y": "y", "symbol": "labeled", "symbol_map": {"labeled": "x", "unlabeled": "circle"},
-        "custom_data": ["item_id"], "hover_name": "key",
+        "x": "x",
+        "y": "y",
+        "symbol": "labeled",
+        "symbol_map": {"labeled": "x", "unlabeled": "circle"},
+        "custom_data": ["item_id"],
+        "hover_name": "key",
         "hover_data": {"x": False, "y": False, "labeled": False, "prediction": True, "confidence": ":.0%"},
     }
     if colour == "uncertainty":
@@ -68,7 +74,11 @@ def scatter(frame: pd.DataFrame, colour: str, names: list[str]):
     else:
         order = {colour: [*names, "unlabeled"], "labeled": ["labeled", "unlabeled"]}
         fig = px.scatter(
-            frame, color=colour, category_orders=order, color_discrete_map={"unlabeled": "#c8c8c8"}, **common_args
+            frame,
+            color=colour,
+            category_orders=order,
+            color_discrete_map={"unlabeled": "#c8c8c8"},
+            **common_args,
         )
         # One legend entry per class: the marker shape already says labeled (x) or not.
         seen = set()
@@ -77,7 +87,9 @@ def scatter(frame: pd.DataFrame, colour: str, names: list[str]):
             trace.update(name=name, legendgroup=name, showlegend=name not in seen)
             seen.add(name)
     fig.update_traces(marker={"size": 6, "opacity": 0.8})
-    fig.update_layout(height=560, dragmode="lasso", margin={"l": 10, "r": 10, "t": 20, "b": 10}, legend_title=None)
+    fig.update_layout(
+        height=560, dragmode="lasso", margin={"l": 10, "r": 10, "t": 20, "b": 10}, legend_title=None
+    )
     return fig
 
 
@@ -121,12 +133,15 @@ def _bulk_label(project_id: int, item_ids: list[int], annotator: str) -> None:
     left = len(item_ids) - len(events)
     text = f"Labeled {len(events)} images at once."
     if left:
-        text += f" {left} already had a label and were left as they are (tick \"relabel\" to change them)."
+        text += f' {left} already had a label and were left as they are (tick "relabel" to change them).'
     st.session_state["latent_message"] = ("success", text)
     try:
         parts.maybe_auto_retrain(project_id)
     except Exception as error:  # noqa: BLE001 - labeling goes on; the Train page can start a run
-        st.session_state["latent_message"] = ("warning", f"{text} Automatic retraining could not start: {error}")
+        st.session_state["latent_message"] = (
+            "warning",
+            f"{text} Automatic retraining could not start: {error}",
+        )
 
 
 @st.cache_data(show_spinner="Generating images...", max_entries=8)
@@ -180,14 +195,21 @@ def latent_page() -> None:
         getattr(st, kind)(common.as_typed(text))
 
     colour = st.radio(
-        "Colour by", list(COLOUR_BY), format_func=COLOUR_BY.get, horizontal=True, key="latent_colour",
+        "Colour by",
+        list(COLOUR_BY),
+        format_func=COLOUR_BY.get,
+        horizontal=True,
+        key="latent_colour",
     )
     st.caption(
         f"Run {run.id} ({run.model}): {len(frame)} images, 2-D projection of the latent codes. "
         "Draw a lasso or a box to select images; crosses are labeled."
     )
     event = st.plotly_chart(
-        scatter(frame, colour, names), key="latent", on_select="rerun", selection_mode=("lasso", "box"),
+        scatter(frame, colour, names),
+        key="latent",
+        on_select="rerun",
+        selection_mode=("lasso", "box"),
     )
     ids = selected_item_ids(event)
     if ids:
@@ -195,7 +217,9 @@ def latent_page() -> None:
     _samples_panel(run, names)
 
 
-def _selection_panel(project_id: int, ids: list[int], frame: pd.DataFrame, names: list[str], annotator: str) -> None:
+def _selection_panel(
+    project_id: int, ids: list[int], frame: pd.DataFrame, names: list[str], annotator: str
+) -> None:
     chosen = frame.set_index("item_id").loc[[i for i in ids if i in set(frame["item_id"])]]
     st.subheader(f"{len(chosen)} selected")
     shown = chosen.head(MAX_THUMBNAILS)
@@ -203,15 +227,21 @@ def _selection_panel(project_id: int, ids: list[int], frame: pd.DataFrame, names
     for n, (row, key, label) in enumerate(zip(shown["row"], shown["key"], shown["label"])):
         with columns[n % THUMBNAILS_PER_ROW]:
             st.image(
-                common.enlarge(projects.image(project_id, int(row)), 96), width="stretch",
+                common.enlarge(projects.image(project_id, int(row)), 96),
+                width="stretch",
                 caption=common.as_typed(f"{Path(key).stem}: {'-' if label == 'unlabeled' else label}"),
             )
     if len(chosen) > MAX_THUMBNAILS:
         st.caption(f"Showing {MAX_THUMBNAILS} of {len(chosen)}.")
     left, right = st.columns([2, 1])
-    left.selectbox("Give them all the label", list(range(len(names))), format_func=lambda i: names[i], key="bulk_class")
+    left.selectbox(
+        "Give them all the label", list(range(len(names))), format_func=lambda i: names[i], key="bulk_class"
+    )
     left.checkbox("Relabel images that already have a label", key="bulk_relabel")
     right.button(
-        f"Label {len(chosen)} images", key="bulk_apply", type="primary",
-        on_click=_bulk_label, args=(project_id, [int(i) for i in chosen.index], annotator),
+        f"Label {len(chosen)} images",
+        key="bulk_apply",
+        type="primary",
+        on_click=_bulk_label,
+        args=(project_id, [int(i) for i in chosen.index], annotator),
     )

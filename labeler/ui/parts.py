@@ -71,7 +71,9 @@ def status_line(active: list[Run]) -> str:
     queued = [r for r in active if r.status == QUEUED]
     if running:
         run = running[0]
-        text = f"Training run {run.id} ({run.model}): {run.progress:.0%}, step {run.step}, {run.seconds:.0f} s"
+        text = (
+            f"Training run {run.id} ({run.model}): {run.progress:.0%}, step {run.step}, {run.seconds:.0f} s"
+        )
         if run.cancel_requested:
             text += " (stopping)"
         if queued:

@@ -13,7 +13,7 @@ from pathlib import Path
 
 import pytest
 
-from labeler.latency import free_port, wait_http  # noqa: F401 - shared with the tests
+from labeler.latency import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
 CHROMIUM = "/usr/bin/chromium"
@@ -40,13 +40,28 @@ def image_set(n: int = 100, test: int = 10, seed: int = 0):
     )
 
 
-def start_server(data_dir: Path, port: int, log_path: Path, extra: list[str] | None = None) -> subprocess.Popen:
+def start_server(
+    data_dir: Path, port: int, log_path: Path, extra: list[str] | None = None
+) -> subprocess.Popen:
     env = {**os.environ, "LABELER_DATA_DIR": str(data_dir), "PYTHONUNBUFFERED": "1"}
     env.pop("LABELER_DB_URL", None)
     command = [
-        sys.executable, "-m", "streamlit", "run", "app.py",
-        "--server.headless", "true", "--server.port", str(port), "--server.address", "127.0.0.1",
-        "--browser.gatherUsageStats", "false", "--server.fileWatcherType", "none", *(extra or []),
+        sys.executable,
+        "-m",
+        "streamlit",
+        "run",
+        "app.py",
+        "--server.headless",
+        "true",
+        "--server.port",
+        str(port),
+        "--server.address",
+        "127.0.0.1",
+        "--browser.gatherUsageStats",
+        "false",
+        "--server.fileWatcherType",
+        "none",
+        *(extra or []),
     ]
     log = open(log_path, "w")  # noqa: SIM115 - closed with the process
     return subprocess.Popen(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
@@ -81,7 +96,12 @@ def app_server(tmp_path_factory):
 
             stored = session.get(Project, project.id)
             # Only the runs a test starts: no automatic retraining in the middle of another test.
-            stored.settings = {**stored.settings, "auto_retrain_every": 0, "model": "supervised", "budget_s": 6}
+            stored.settings = {
+                **stored.settings,
+                "auto_retrain_every": 0,
+                "model": "supervised",
+                "budget_s": 6,
+            }
     finally:
         if old is None:
             os.environ.pop("LABELER_DATA_DIR", None)

@@ -58,8 +58,17 @@ def test_queue_puts_items_without_a_prediction_last(Session, tiny_project):
         session.add(run)
         session.flush()
         for score, item in zip([0.1, 0.9, 0.5], pool[:3]):
-            session.add(Prediction(run_id=run.id, item_id=item.id, predicted=0, confidence=0.5, entropy=0.1,
-                                   margin=0.1, score=score))
+            session.add(
+                Prediction(
+                    run_id=run.id,
+                    item_id=item.id,
+                    predicted=0,
+                    confidence=0.5,
+                    entropy=0.1,
+                    margin=0.1,
+                    score=score,
+                )
+            )
     with Session() as session:
         order = [item.id for item, _ in queries.next_items(session, tiny_project.id, k=5)]
     assert order[:3] == [pool[1].id, pool[2].id, pool[0].id]

@@ -156,11 +156,13 @@ def test_audit_images_are_woven_in_one_in_five(Session):
     splits = []
     for _ in range(15):
         with Session() as session:
-            (item, _), = queries.next_items(session, project.id, k=1)
+            ((item, _),) = queries.next_items(session, project.id, k=1)
             splits.append(item.split)
         with Session.begin() as session:
             queries.add_label(session, item.id, 0)
     assert [s == AUDIT for s in splits] == [i % 5 == 4 for i in range(15)]
     with Session() as session:
-        audit_labeled = [i for i in queries.current_labels(session, project.id) if session.get(Item, i).split == AUDIT]
+        audit_labeled = [
+            i for i in queries.current_labels(session, project.id) if session.get(Item, i).split == AUDIT
+        ]
     assert len(audit_labeled) == 3

@@ -55,7 +55,12 @@ def test_backup_while_labeling_is_consistent_and_complete(sqlite_Session, make_i
         out = tmp_path / "copy" / "backup.db"
         result = subprocess.run(
             [sys.executable, "-m", "labeler", "backup", "--out", str(out)],
-            cwd=ROOT, env=dict(os.environ, PYTHONPATH=str(ROOT)), capture_output=True, text=True, timeout=120, check=False,
+            cwd=ROOT,
+            env=dict(os.environ, PYTHONPATH=str(ROOT)),
+            capture_output=True,
+            text=True,
+            timeout=120,
+            check=False,
         )
         during = len(committed)
     finally:

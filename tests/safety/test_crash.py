@@ -30,7 +30,11 @@ def test_sigkill_while_labeling_keeps_every_acknowledged_label(db_url, Session, 
     project = projects.create_project(Session, "crash", "test", images=make_image_set(n=400, classes=2))
     process = subprocess.Popen(
         [sys.executable, str(WORKER), db_url, str(project.id), "ann", "400"],
-        cwd=ROOT, env=_env(), stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        cwd=ROOT,
+        env=_env(),
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
     )
     acked = []
     try:
@@ -76,9 +80,23 @@ def test_sigkill_during_training_marks_the_run_interrupted_and_the_next_run_work
     with Session.begin() as session:
         run_id = runs.request_run(session, project.id, "supervised", {"budget_s": 120}).id
 
-    args = [sys.executable, "-m", "labeler", "worker", "--name", "w1", "--device", "cpu", "--threads", "1",
-            "--poll-s", "0.2"]
-    worker = subprocess.Popen(args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    args = [
+        sys.executable,
+        "-m",
+        "labeler",
+        "worker",
+        "--name",
+        "w1",
+        "--device",
+        "cpu",
+        "--threads",
+        "1",
+        "--poll-s",
+        "0.2",
+    ]
+    worker = subprocess.Popen(
+        args, cwd=ROOT, env=_env(), stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True
+    )
     try:
         deadline = time.monotonic() + 60
         while True:

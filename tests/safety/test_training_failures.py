@@ -81,8 +81,15 @@ def test_failed_runs_leave_labels_alone_and_say_why(sqlite_Session, make_image_s
     crafted = tmp_path / "crafted.pt"
     torch.save({"format": "labeler-checkpoint-1", "name": "supervised", "config": _Payload(marker)}, crafted)
     with Session.begin() as session:
-        session.add(Run(project_id=project.id, model="supervised", status=DONE, checkpoint=str(crafted),
-                        finished_at=utcnow()))
+        session.add(
+            Run(
+                project_id=project.id,
+                model="supervised",
+                status=DONE,
+                checkpoint=str(crafted),
+                finished_at=utcnow(),
+            )
+        )
     with Session.begin() as session:
         run_id = run_queries.request_run(session, project.id, "supervised", {"budget_s": 1}).id
     assert worker.process_one()

@@ -54,9 +54,23 @@ def test_hostile_zip_import_writes_nothing_outside_the_data_folder(tmp_path):
     before = _files(tmp_path)
 
     result = subprocess.run(
-        [sys.executable, "-m", "labeler", "import", f"zip:{archive}", "--project", "hostile", "--audit-size", "0"],
-        cwd=work, env=dict(os.environ, PYTHONPATH=str(ROOT), LABELER_DATA_DIR=str(data)),
-        capture_output=True, text=True, timeout=180, check=False,
+        [
+            sys.executable,
+            "-m",
+            "labeler",
+            "import",
+            f"zip:{archive}",
+            "--project",
+            "hostile",
+            "--audit-size",
+            "0",
+        ],
+        cwd=work,
+        env=dict(os.environ, PYTHONPATH=str(ROOT), LABELER_DATA_DIR=str(data)),
+        capture_output=True,
+        text=True,
+        timeout=180,
+        check=False,
     )
     assert "Traceback" not in result.stderr, result.stderr
     new_outside = {p for p in _files(tmp_path) - before if not p.is_relative_to(data)}

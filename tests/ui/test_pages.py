@@ -83,7 +83,9 @@ def test_audit_images_come_without_the_models_guess(Session, tiny_project):
     from db.models import AUDIT, Item
 
     with Session.begin() as session:
-        session.execute(update(Item).where(Item.project_id == tiny_project.id, Item.split == "pool").values(split=AUDIT))
+        session.execute(
+            update(Item).where(Item.project_id == tiny_project.id, Item.split == "pool").values(split=AUDIT)
+        )
     fake_done_run(Session, tiny_project.id)
     at = page_app("label", tiny_project.id)
     assert all(item["audit"] and item["guess"] is None for item in box_data(at)["items"])  # no guess shown
@@ -104,7 +106,11 @@ def test_classes_can_be_added_and_renamed(Session, tiny_project):
     with Session() as session:
         assert queries.class_names(session, tiny_project.id) == ["dark", "1", "other"]
     # A third class appears with the next free key; a duplicate name is refused with one sentence.
-    assert [(c["name"], c["key"]) for c in box_data(at)["classes"]] == [("dark", "0"), ("1", "1"), ("other", "2")]
+    assert [(c["name"], c["key"]) for c in box_data(at)["classes"]] == [
+        ("dark", "0"),
+        ("1", "1"),
+        ("other", "2"),
+    ]
     at.text_input(key="new_class").input("dark")
     at.button(key="add_class").click().run()
     assert "already a class" in at.error[0].value
@@ -114,7 +120,13 @@ def test_auto_retrain_queues_a_run_after_n_labels(Session, tiny_project):
     with Session.begin() as session:
         p = session.get(Project, tiny_project.id)
         # A steps budget keeps the worker's run short, whoever trains it.
-        p.settings = {**p.settings, "auto_retrain_every": 2, "model": "labelspread", "steps": 1, "budget_s": 5}
+        p.settings = {
+            **p.settings,
+            "auto_retrain_every": 2,
+            "model": "labelspread",
+            "steps": 1,
+            "budget_s": 5,
+        }
     at = page_app("label", tiny_project.id)
     at.radio(key="label_mode").set_value("Grid").run()
     tiles = [box for box in at.selectbox if box.key.startswith("grid-")]
@@ -138,18 +150,28 @@ def test_auto_retrain_queues_a_run_after_n_labels(Session, tiny_project):
 
 def test_validated_settings_refuse_bad_values():
     good = {"model": "m2", "budget_s": 30, "strategy": "entropy", "seed": 0, "steps": 0, "lr": 0.001}
-    assert train.validated_settings(good) == {"budget_s": 30.0, "strategy": "entropy", "seed": 0, "config": {"lr": 0.001}}
+    assert train.validated_settings(good) == {
+        "budget_s": 30.0,
+        "strategy": "entropy",
+        "seed": 0,
+        "config": {"lr": 0.001},
+    }
     for key, bad in [("budget_s", 0), ("lr", 5.0), ("seed", -1), ("model", "nope"), ("strategy", "nope")]:
         with pytest.raises(SettingError):
             train.validated_settings({**good, key: bad})
 
 
-@pytest.mark.parametrize(("key", "value", "allowed"), [
-    ("train_budget_s", 0, "between 1"),
-    ("train_budget_s", 10**9, "between 1"),
-    ("train_every", -5, "between 0 and 100000"),
-])
-def test_out_of_range_settings_are_refused_with_the_range_not_replaced(Session, tiny_project, key, value, allowed):
+@pytest.mark.parametrize(
+    ("key", "value", "allowed"),
+    [
+        ("train_budget_s", 0, "between 1"),
+        ("train_budget_s", 10**9, "between 1"),
+        ("train_every", -5, "between 0 and 100000"),
+    ],
+)
+def test_out_of_range_settings_are_refused_with_the_range_not_replaced(
+    Session, tiny_project, key, value, allowed
+):
     at = page_app("train", tiny_project.id)
     at.number_input(key=key).set_value(value)
     at.button(key="train_start").click().run()
@@ -171,7 +193,9 @@ def test_train_page_runs_a_model_and_shows_it_in_the_history(Session, tiny_proje
     assert "queued" in at.success[0].value
     with Session() as session:
         settings = session.get(Project, tiny_project.id).settings
-    assert settings["model"] == "labelspread" and settings["auto_retrain_every"] == 3 and settings["steps"] == 1
+    assert (
+        settings["model"] == "labelspread" and settings["auto_retrain_every"] == 3 and settings["steps"] == 1
+    )
 
     def finished():
         with Session() as session:
@@ -195,8 +219,16 @@ def test_a_running_run_can_be_cancelled(Session, tiny_project):
     from db.models import RUNNING, Run, utcnow
 
     with Session.begin() as session:
-        run = Run(project_id=tiny_project.id, model="m2", status=RUNNING, started_at=utcnow(),
-                  heartbeat_at=utcnow(), progress=0.4, step=120, worker="elsewhere")
+        run = Run(
+            project_id=tiny_project.id,
+            model="m2",
+            status=RUNNING,
+            started_at=utcnow(),
+            heartbeat_at=utcnow(),
+            progress=0.4,
+            step=120,
+            worker="elsewhere",
+        )
         session.add(run)
         session.flush()
         run_id = run.id
@@ -214,8 +246,16 @@ def test_a_failed_run_says_why_in_one_sentence(Session, tiny_project):
     from db.models import FAILED, Run, utcnow
 
     with Session.begin() as session:
-        session.add(Run(project_id=tiny_project.id, model="m2", status=FAILED, started_at=utcnow(),
-                        finished_at=utcnow(), error="Training diverged: lower the learning rate."))
+        session.add(
+            Run(
+                project_id=tiny_project.id,
+                model="m2",
+                status=FAILED,
+                started_at=utcnow(),
+                finished_at=utcnow(),
+                error="Training diverged: lower the learning rate.",
+            )
+        )
     at = page_app("train", tiny_project.id)
     assert not at.exception
     # Markdown-escaped (the browser shows it as typed), so compare without the backslashes.
