@@ -147,9 +147,9 @@ def _bulk_label(project_id: int, item_ids: list[int], annotator: str) -> None:
 @st.cache_data(show_spinner="Generating images...", max_entries=8)
 def generated_images(checkpoint: str, mtime: float, n: int = 8) -> np.ndarray | None:
     """(K or 1, n, C, H, W) in [0, 1] from the run's model, or None when it cannot generate."""
-    from ..models import load_checkpoint
+    from ..train import load_model  # a checkpoint of another version: one CheckpointError sentence
 
-    return load_checkpoint(checkpoint, device="cpu").sample_images(n, seed=0)
+    return load_model(checkpoint, device="cpu").sample_images(n, seed=0)
 
 
 def to_display(image: np.ndarray) -> np.ndarray:
