@@ -194,9 +194,12 @@ def add_label_if_unlabeled(
     this person's page was drawn): then nothing is written and None is returned, so an answer
     meant for an unlabeled image never replaces somebody's label."""
     item_id = item if isinstance(item, int) else item.id
-    if current_event(session, item_id) is not None:
+    # Lock the item's row first: on PostgreSQL two transactions could otherwise both see no
+    # answer and both write one (SQLite serialises writers anyway).
+    locked = session.get(Item, item_id, with_for_update=True)
+    if locked is None or current_event(session, item_id) is not None:
         return None
-    return add_label(session, item, class_index, annotator=annotator, kind=kind)
+    return add_label(session, locked, class_index, annotator=annotator, kind=kind)
 
 
 def add_labels(

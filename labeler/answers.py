@@ -74,11 +74,12 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) ->
         kind = action.get("type")
         try:
             item_id = int(action["item"])
+            class_index = int(action.get("class", -2))
         except (KeyError, TypeError, ValueError):
-            ledger.applied.add(action_id)
+            ledger.applied.add(action_id)  # malformed: dropped, so it cannot block the answers after it
             continue
         if kind == "label":
-            _label(Session, project_id, annotator, item_id, int(action.get("class", -2)), ledger, outcome)
+            _label(Session, project_id, annotator, item_id, class_index, ledger, outcome)
         elif kind == "undo":
             _undo_item(Session, annotator, item_id, ledger, outcome)
         elif kind == "skip":
@@ -92,7 +93,9 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) ->
 def _label(Session, project_id, annotator, item_id, class_index, ledger: Ledger, outcome: Outcome) -> None:
     def commit():
         with Session.begin() as session:
-            item = session.get(Item, item_id)
+            # The row lock makes "only while unanswered" hold on PostgreSQL too, where two
+            # READ COMMITTED transactions could otherwise both see no answer and both write.
+            item = session.get(Item, item_id, with_for_update=True)
             if item is None or item.project_id != project_id:
                 return "gone", None
             _check_class(session, project_id, class_index)
@@ -137,12 +140,13 @@ def undo_entry(
     if not ledger.entries:
         outcome.notices.append("Nothing to undo.")
         return []
-    event_ids = ledger.entries.pop(position)
+    event_ids = ledger.entries[position]
 
     def commit():
         with Session.begin() as session:
             return [e.item_id for e in queries.undo_events(session, event_ids, annotator)]
 
     items = db.retrying(commit)
+    ledger.entries.remove(event_ids)  # only once the undo is committed
     outcome.undone_items.extend(items)
     return items

@@ -107,3 +107,12 @@ def test_undo_entry_takes_back_a_whole_page(Session, tiny_project):
     with Session() as session:
         assert queries.label_count(session, tiny_project.id) == 0
     assert answers.undo_entry(Session, "ann", ledger) == []
+
+
+def test_a_malformed_answer_is_dropped_and_the_next_ones_still_apply(Session, tiny_project):
+    a = _pool(Session, tiny_project)[0]
+    ledger = answers.Ledger()
+    bad = {"id": "m-0", "type": "label", "item": a, "class": "abc"}
+    answers.apply_actions(Session, tiny_project.id, "ann", [bad, _label(1, a, 1)], ledger)
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a: 1}

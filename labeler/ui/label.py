@@ -22,6 +22,7 @@ from pathlib import Path
 
 import streamlit as st
 from PIL import Image, ImageOps
+from sqlalchemy import select
 
 import db
 from db import queries
@@ -133,8 +134,9 @@ def _shown_prediction(item: Item, prediction):
 # One image ------------------------------------------------------------------------------------
 
 
-def _ledger() -> answers.Ledger:
-    return st.session_state.setdefault("ledger", answers.Ledger())
+def _ledger(project_id: int) -> answers.Ledger:
+    """This browser session's answers in one project (an undo never reaches into another)."""
+    return st.session_state.setdefault(f"ledger-{project_id}", answers.Ledger())
 
 
 @functools.cache
@@ -166,8 +168,13 @@ def _set_tile(n_classes: int) -> None:
         st.session_state[tile] = cls
 
 
-def _box_actions() -> list[dict]:
-    value = st.session_state.get("label-box")
+def _box_key(project_id: int) -> str:
+    # One box per project: answers given in one project are never sent with another's.
+    return f"label-box-{project_id}"
+
+
+def _box_actions(project_id: int) -> list[dict]:
+    value = st.session_state.get(_box_key(project_id))
     if value is None:
         return []
     actions = value.get("actions") if hasattr(value, "get") else getattr(value, "actions", None)
@@ -177,7 +184,7 @@ def _box_actions() -> list[dict]:
 def _apply_box_actions(project_id: int, annotator: str) -> None:
     """Callback: runs before the page, so the next images are chosen with these answers saved."""
     outcome = answers.apply_actions(
-        common.session_factory(), project_id, annotator, _box_actions(), _ledger()
+        common.session_factory(), project_id, annotator, _box_actions(project_id), _ledger(project_id)
     )
     st.session_state["box_notices"] = st.session_state.get("box_notices", []) + outcome.notices
     st.session_state["show_first"] = outcome.undone_items + st.session_state.get("show_first", [])
@@ -186,13 +193,17 @@ def _apply_box_actions(project_id: int, annotator: str) -> None:
 
 
 def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
-    ledger = _ledger()
+    ledger = _ledger(project_id)
     Session = common.session_factory()
     with Session() as session:
         first = []
         for item_id in st.session_state.get("show_first", []):
             item = session.get(Item, item_id)
-            if item is not None and queries.current_event(session, item_id) is None:
+            if (
+                item is not None
+                and item.project_id == project_id
+                and queries.current_event(session, item_id) is None
+            ):
                 first.append((item, None))
         st.session_state["show_first"] = [item.id for item, _ in first]
         rest = queries.next_items(
@@ -219,12 +230,12 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
                 "audit": item.split == AUDIT,
             }
         )
-    applied = _ledger().applied
+    applied = _ledger(project.id).applied
     data = {
-        "session": common.claimant(),
+        "session": f"{common.claimant()}@{project.id}",
         "items": items,
         "classes": [{"index": i, "name": n, "key": keys[i]} for i, n in enumerate(names)],
-        "acked": [a["id"] for a in _box_actions() if a.get("id") in applied],
+        "acked": [a["id"] for a in _box_actions(project.id) if a.get("id") in applied],
         "notices": st.session_state.pop("box_notices", []),
         "done": not batch,
         "audit_note": AUDIT_NOTE,
@@ -232,7 +243,7 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
     }
     _label_box()(
         data=data,
-        key="label-box",
+        key=_box_key(project.id),
         default={"actions": []},
         on_actions_change=functools.partial(_apply_box_actions, project.id, annotator),
     )
@@ -261,9 +272,15 @@ def _accept_grid(project_id: int, item_ids: list[int], annotator: str, threshold
 
     def commit():
         with Session.begin() as session:
+            mine = set(
+                session.scalars(
+                    select(Item.id).where(Item.project_id == project_id, Item.id.in_([i for i, _ in chosen]))
+                )
+            )
             events = [
                 queries.add_label_if_unlabeled(session, i, c, annotator=annotator, kind="grid")
                 for i, c in chosen
+                if i in mine  # a page drawn for another project (a switch in between) writes nothing
             ]
             return [e for e in events if e is not None]
 
@@ -272,7 +289,7 @@ def _accept_grid(project_id: int, item_ids: list[int], annotator: str, threshold
     except Exception as error:  # noqa: BLE001 - shown to the user, nothing is lost
         st.session_state["last_message"] = ("error", f"The page was not saved: {error}")
         return
-    ledger = _ledger()
+    ledger = _ledger(project_id)
     ledger.record(events)
     ledger.skipped.update(skipped)
     for item_id in item_ids:
@@ -285,11 +302,11 @@ def _accept_grid(project_id: int, item_ids: list[int], annotator: str, threshold
 
 
 def _undo_page(project_id: int, annotator: str) -> None:
-    undone = answers.undo_entry(common.session_factory(), annotator, _ledger())
+    undone = answers.undo_entry(common.session_factory(), annotator, _ledger(project_id))
     if undone:
         st.session_state["last_message"] = ("info", f"Undone: {len(undone)} answers are back in the queue.")
         st.session_state["show_first"] = undone + st.session_state.get("show_first", [])
-        _ledger().skipped.difference_update(undone)
+        _ledger(project_id).skipped.difference_update(undone)
     else:
         st.session_state["last_message"] = ("info", "Nothing to undo in this session.")
 
@@ -373,12 +390,14 @@ def _grid(project_id: int, names: list[str], annotator: str) -> None:
 # History --------------------------------------------------------------------------------------
 
 
-def _correct(project_id: int, annotator: str, item_ids: list[int]) -> None:
+def _correct(project_id: int, annotator: str, shown: list[tuple[int, int, int]]) -> None:
+    """Save the tiles the person changed. `shown` is (item, event, class) as drawn; an answer
+    that changed since (somebody else's correction) is left as it is, and the message says so."""
     changes = []
-    for item_id in item_ids:
-        value = st.session_state.get(f"hist-{item_id}")
-        if value is not None and value != st.session_state.get(f"hist-was-{item_id}"):
-            changes.append((item_id, int(value)))
+    for item_id, event_id, was in shown:
+        value = st.session_state.get(f"hist-{item_id}-{event_id}")
+        if value is not None and value != was:
+            changes.append((item_id, event_id, int(value)))
     if not changes:
         st.session_state["last_message"] = ("info", "Nothing changed.")
         return
@@ -386,13 +405,23 @@ def _correct(project_id: int, annotator: str, item_ids: list[int]) -> None:
 
     def commit():
         with Session.begin() as session:
-            return [
-                queries.add_label(session, i, c, annotator=annotator, kind="correction") for i, c in changes
-            ]
+            events, stale = [], 0
+            for item_id, event_id, value in changes:
+                current = queries.current_event(session, item_id)
+                if current is None or current.id != event_id or current.project_id != project_id:
+                    stale += 1
+                    continue
+                events.append(
+                    queries.add_label(session, item_id, value, annotator=annotator, kind="correction")
+                )
+            return events, stale
 
-    events = db.retrying(commit)
-    _ledger().record(events)
-    st.session_state["last_message"] = ("success", f"Corrected {len(events)} labels (kept in the history).")
+    events, stale = db.retrying(commit)
+    _ledger(project_id).record(events)
+    text = f"Corrected {len(events)} labels (kept in the history)."
+    if stale:
+        text += f" {stale} had been changed by someone else meanwhile and were left as they are."
+    st.session_state["last_message"] = ("success", text)
 
 
 def _history(project_id: int, names: list[str], annotator: str) -> None:
@@ -427,12 +456,11 @@ def _history(project_id: int, names: list[str], annotator: str) -> None:
                 caption=common.as_typed(caption(item)),
                 width="stretch",
             )
-            st.session_state[f"hist-was-{item.id}"] = event.class_index
             st.selectbox(
                 f"by {common.as_typed(event.annotator)}",
                 options,
                 index=options.index(event.class_index) if event.class_index in options else 0,
-                key=f"hist-{item.id}",
+                key=f"hist-{item.id}-{event.id}",  # a new answer makes a new tile
                 format_func=lambda i: "ignored" if i == IGNORED else names[i],
             )
     st.button(
@@ -440,7 +468,7 @@ def _history(project_id: int, names: list[str], annotator: str) -> None:
         key="hist_save",
         type="primary",
         on_click=_correct,
-        args=(project_id, annotator, [item.id for _, item in rows]),
+        args=(project_id, annotator, [(item.id, event.id, event.class_index) for event, item in rows]),
     )
 
 
@@ -518,7 +546,7 @@ def _sidebar(project_id: int, names: list[str]) -> None:
         )
         message = st.session_state.pop("train_message", None)
         if message:
-            st.info(message)
+            st.info(common.as_typed(message))
 
 
 def _classes_panel(project_id: int, names: list[str]) -> None:

@@ -8,8 +8,6 @@ the conditional VAEs, samples of the generator for the GANs. Big projects are su
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import numpy as np
 import pandas as pd
 import plotly.express as px
@@ -129,7 +127,7 @@ def _bulk_label(project_id: int, item_ids: list[int], annotator: str) -> None:
     except Exception as error:  # noqa: BLE001 - shown as one sentence
         st.session_state["latent_message"] = ("error", f"The labels were not saved: {error}")
         return
-    st.session_state.setdefault("ledger", answers.Ledger()).record(events)
+    st.session_state.setdefault(f"ledger-{project_id}", answers.Ledger()).record(events)
     left = len(item_ids) - len(events)
     text = f"Labeled {len(events)} images at once."
     if left:
@@ -224,12 +222,13 @@ def _selection_panel(
     st.subheader(f"{len(chosen)} selected")
     shown = chosen.head(MAX_THUMBNAILS)
     columns = st.columns(THUMBNAILS_PER_ROW)
-    for n, (row, key, label) in enumerate(zip(shown["row"], shown["key"], shown["label"])):
+    for n, (item_id, row, label) in enumerate(zip(shown.index, shown["row"], shown["label"])):
         with columns[n % THUMBNAILS_PER_ROW]:
+            # An opaque id, as on the Label page: a file or folder name could give the class away.
             st.image(
                 common.enlarge(projects.image(project_id, int(row)), 96),
                 width="stretch",
-                caption=common.as_typed(f"{Path(key).stem}: {'-' if label == 'unlabeled' else label}"),
+                caption=common.as_typed(f"#{item_id}: {'-' if label == 'unlabeled' else label}"),
             )
     if len(chosen) > MAX_THUMBNAILS:
         st.caption(f"Showing {MAX_THUMBNAILS} of {len(chosen)}.")

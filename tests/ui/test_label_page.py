@@ -94,3 +94,25 @@ def test_the_original_file_is_shown_upright_not_the_model_thumbnail(tmp_path):
     shown = Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1])))
     # Upright (90 x 160), at its own size scaled for the page, not a 32x32 model input.
     assert shown.height > shown.width and max(shown.size) >= 160
+
+
+def test_a_history_correction_never_replaces_an_answer_changed_meanwhile(Session, tiny_project):
+    from db.models import IGNORED
+    from tests.ui.ui_helpers import label_items
+
+    a, b = label_items(Session, tiny_project.id, 2, annotator="bob")
+    at = page_app("label", tiny_project.id, annotator="alice")
+    at.radio(key="label_mode").set_value("History").run()
+    tiles = {int(box.key.split("-")[1]): box for box in at.selectbox if box.key.startswith("hist-")}
+    with Session.begin() as session:  # bob corrects image a while alice has the history open
+        was = queries.current_labels(session, tiny_project.id)[a]
+        queries.add_label(session, a, 1 - was, annotator="bob", kind="correction")
+    tiles[a].set_value(IGNORED)  # alice changes a too (drawn before bob's change), and b
+    with Session() as session:
+        b_was = queries.current_labels(session, tiny_project.id)[b]
+    tiles[b].set_value(1 - b_was)
+    at.button(key="hist_save").click().run()
+    assert "Corrected 1 labels" in at.success[0].value and "changed by someone else" in at.success[0].value
+    with Session() as session:
+        labels = queries.current_labels(session, tiny_project.id)
+    assert labels == {a: 1 - was, b: 1 - b_was}
