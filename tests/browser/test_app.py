@@ -134,7 +134,7 @@ def test_an_old_label_is_corrected_from_the_history(app_server, page):
     page.goto(app_server["url"])
     page.get_by_text("History", exact=True).click()
     newest = events(Session, pid)[-1]
-    box = page.locator(f".st-key-hist-{newest.item_id}")
+    box = page.locator(f".st-key-hist-{newest.item_id}-{newest.id}")
     box.wait_for()
     box.click()
     target = "dark" if newest.class_index == 1 else "bright"
