@@ -121,7 +121,80 @@ class AAEConfig:
     conv_width: int = 16  # colour or larger images (nets.use_conv)
 
 
-class AAE(SSLModel):
+class PhasedAutoencoder(SSLModel):
+    """What the adversarial autoencoders here share: the training loop over the paper's phases
+    (each subclass's `_step`: reconstruction, regularisation, then the supervised phase),
+    prediction by `modules["net"].classifier()`, and the state kept with a checkpoint."""
+
+    def _step(self, xu: torch.Tensor, xl: torch.Tensor | None, yl: torch.Tensor | None) -> dict[str, float]:
+        raise NotImplementedError
+
+    def _supervised_phase(self, classify, xl, yl, parts: dict[str, float]) -> dict[str, float]:
+        """Cross-entropy of `classify(xl)` on the labeled batch (when there is one), then a check
+        that every loss of the step is finite."""
+        if xl is not None:
+            ce = F.cross_entropy(classify(xl), yl)
+            self.optimizers["supervised"].zero_grad(set_to_none=True)
+            ce.backward()
+            self.optimizers["supervised"].step()
+            parts["cross_entropy"] = ce.item()
+        for value in parts.values():
+            nets.check_finite(torch.tensor(value), self.steps_done)
+        return parts
+
+    def fit(
+        self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
+    ) -> dict[str, float]:
+        labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
+        cfg = self.config
+        ticker = nets.Ticker(progress, budget)
+        rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
+        pool = nets.pool_tensor(x, self.device)
+        y_all = torch.as_tensor(labels, dtype=torch.long, device=self.device)
+        lab_idx = torch.as_tensor(labeled_idx, device=self.device)
+        lab = nets.batches(np.arange(len(labeled_idx)), cfg.labeled_batch, rng) if len(labeled_idx) else None
+        # Every pool image is an unlabeled one for the autoencoder and the priors (as in the paper).
+        unl = nets.batches(np.arange(len(x)), cfg.unlabeled_batch, rng)
+        for module in self.modules.values():
+            module.train()
+        step, parts = 0, {}
+        while not budget.done(step):
+            xu = pool[torch.as_tensor(next(unl), device=self.device)]
+            xl = yl = None
+            if lab is not None:
+                pick = torch.as_tensor(next(lab), device=self.device)
+                xl, yl = pool[lab_idx[pick]], y_all[pick]
+            parts = self._step(xu, xl, yl)
+            step += 1
+            self.steps_done += 1
+            ticker.tick(step, parts)
+        for module in self.modules.values():
+            module.eval()
+        self.labels_seen = len(labeled_idx)
+        ticker.tick(step, parts, force=True)
+        return parts
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if self.labels_seen == 0:
+            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
+        classifier = self.modules["net"].eval().classifier()
+        return batched(lambda xb: torch.softmax(classifier(xb), 1), x, self.device)
+
+    def classifier_module(self) -> nn.Module:
+        if self.labels_seen == 0:
+            return nets.Uniform(self.num_classes)
+        classifier = copy.deepcopy(self.modules["net"].classifier()).cpu().eval()
+        return nets.SoftmaxOf(classifier).eval()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"labels_seen": self.labels_seen, "steps_done": self.steps_done}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.labels_seen = int(state.get("labels_seen", 0))
+        self.steps_done = int(state.get("steps_done", 0))
+
+
+class AAE(PhasedAutoencoder):
     name = "aae"
     Config = AAEConfig
     conditional_samples = True
@@ -173,53 +246,7 @@ class AAE(SSLModel):
         opts["regularisation"].step()
 
         parts = {"reconstruction": rec.item(), "discriminators": d_loss.item(), "generator": g_loss.item()}
-        if xl is not None:
-            ce = F.cross_entropy(net.encode(xl)[0], yl)
-            opts["supervised"].zero_grad(set_to_none=True)
-            ce.backward()
-            opts["supervised"].step()
-            parts["cross_entropy"] = ce.item()
-        for value in parts.values():
-            nets.check_finite(torch.tensor(value), self.steps_done)
-        return parts
-
-    def fit(
-        self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
-    ) -> dict[str, float]:
-        labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
-        cfg = self.config
-        ticker = nets.Ticker(progress, budget)
-        rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
-        pool = nets.pool_tensor(x, self.device)
-        y_all = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        lab_idx = torch.as_tensor(labeled_idx, device=self.device)
-        lab = nets.batches(np.arange(len(labeled_idx)), cfg.labeled_batch, rng) if len(labeled_idx) else None
-        # Every pool image is an unlabeled one for the autoencoder and the priors (as in the paper).
-        unl = nets.batches(np.arange(len(x)), cfg.unlabeled_batch, rng)
-        for module in self.modules.values():
-            module.train()
-        step, parts = 0, {}
-        while not budget.done(step):
-            xu = pool[torch.as_tensor(next(unl), device=self.device)]
-            xl = yl = None
-            if lab is not None:
-                pick = torch.as_tensor(next(lab), device=self.device)
-                xl, yl = pool[lab_idx[pick]], y_all[pick]
-            parts = self._step(xu, xl, yl)
-            step += 1
-            self.steps_done += 1
-            ticker.tick(step, parts)
-        for module in self.modules.values():
-            module.eval()
-        self.labels_seen = len(labeled_idx)
-        ticker.tick(step, parts, force=True)
-        return parts
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        if self.labels_seen == 0:
-            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
-        classifier = self.modules["net"].eval().classifier()
-        return batched(lambda xb: torch.softmax(classifier(xb), 1), x, self.device)
+        return self._supervised_phase(lambda xb: net.encode(xb)[0], xl, yl, parts)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         """(N, K + D): the class code y = q(y|x) beside the style code z."""
@@ -231,12 +258,6 @@ class AAE(SSLModel):
 
         return batched(codes, x, self.device)
 
-    def classifier_module(self) -> nn.Module:
-        if self.labels_seen == 0:
-            return nets.Uniform(self.num_classes)
-        classifier = copy.deepcopy(self.modules["net"].classifier()).cpu().eval()
-        return nets.SoftmaxOf(classifier).eval()
-
     @torch.no_grad()
     def sample_images(self, n_per_class: int = 8, seed: int = 0) -> np.ndarray | None:
         net = self.modules["net"].eval()
@@ -246,10 +267,3 @@ class AAE(SSLModel):
         y = torch.eye(k, device=self.device).repeat_interleave(n_per_class, 0)
         img = torch.sigmoid(net.decode(y, z))
         return img.cpu().numpy().reshape(k, n_per_class, *self.input_shape)
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"labels_seen": self.labels_seen, "steps_done": self.steps_done}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.labels_seen = int(state.get("labels_seen", 0))
-        self.steps_done = int(state.get("steps_done", 0))

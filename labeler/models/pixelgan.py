@@ -38,9 +38,7 @@ the simplex); `sample_images` draws each class with the PixelCNN.
 
 from __future__ import annotations
 
-import copy
 from dataclasses import dataclass
-from typing import Any
 
 import numpy as np
 import torch
@@ -48,8 +46,15 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import nets
-from .aae import categorical_prior, discriminator, discriminator_loss, generator_loss, reconstruction_loss
-from .base import Budget, ProgressFn, SSLModel, batched
+from .aae import (
+    PhasedAutoencoder,
+    categorical_prior,
+    discriminator,
+    discriminator_loss,
+    generator_loss,
+    reconstruction_loss,
+)
+from .base import batched
 
 
 def causal_mask(kernel: int, include_centre: bool) -> torch.Tensor:
@@ -139,7 +144,7 @@ class PixelGANConfig:
     conv_width: int = 16  # the encoder on colour or larger images (nets.use_conv)
 
 
-class PixelGAN(SSLModel):
+class PixelGAN(PhasedAutoencoder):
     name = "pixelgan"
     Config = PixelGANConfig
     conditional_samples = True
@@ -185,61 +190,11 @@ class PixelGAN(SSLModel):
         opts["regularisation"].step()
 
         parts = {"reconstruction": rec.item(), "discriminator": d_loss.item(), "generator": g_loss.item()}
-        if xl is not None:
-            ce = F.cross_entropy(classifier(xl), yl)
-            opts["supervised"].zero_grad(set_to_none=True)
-            ce.backward()
-            opts["supervised"].step()
-            parts["cross_entropy"] = ce.item()
-        for value in parts.values():
-            nets.check_finite(torch.tensor(value), self.steps_done)
-        return parts
-
-    def fit(
-        self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
-    ) -> dict[str, float]:
-        labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
-        cfg = self.config
-        ticker = nets.Ticker(progress, budget)
-        rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
-        pool = nets.pool_tensor(x, self.device)
-        y_all = torch.as_tensor(labels, dtype=torch.long, device=self.device)
-        lab_idx = torch.as_tensor(labeled_idx, device=self.device)
-        lab = nets.batches(np.arange(len(labeled_idx)), cfg.labeled_batch, rng) if len(labeled_idx) else None
-        unl = nets.batches(np.arange(len(x)), cfg.unlabeled_batch, rng)
-        for module in self.modules.values():
-            module.train()
-        step, parts = 0, {}
-        while not budget.done(step):
-            xu = pool[torch.as_tensor(next(unl), device=self.device)]
-            xl = yl = None
-            if lab is not None:
-                pick = torch.as_tensor(next(lab), device=self.device)
-                xl, yl = pool[lab_idx[pick]], y_all[pick]
-            parts = self._step(xu, xl, yl)
-            step += 1
-            self.steps_done += 1
-            ticker.tick(step, parts)
-        for module in self.modules.values():
-            module.eval()
-        self.labels_seen = len(labeled_idx)
-        ticker.tick(step, parts, force=True)
-        return parts
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        if self.labels_seen == 0:
-            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
-        classifier = self.modules["net"].eval().classifier()
-        return batched(lambda xb: torch.softmax(classifier(xb), 1), x, self.device)
+        return self._supervised_phase(classifier, xl, yl, parts)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         """The encoder's last hidden layer (N, F)."""
         return batched(self.modules["net"].eval().trunk, x, self.device)
-
-    def classifier_module(self) -> nn.Module:
-        if self.labels_seen == 0:
-            return nets.Uniform(self.num_classes)
-        return nets.SoftmaxOf(copy.deepcopy(self.modules["net"].classifier()).cpu().eval()).eval()
 
     @torch.no_grad()
     def sample_images(self, n_per_class: int = 8, seed: int = 0) -> np.ndarray | None:
@@ -255,10 +210,3 @@ class PixelGAN(SSLModel):
                 p = torch.sigmoid(decoder.pixel_logits(img, y, i, j))  # (K n, C)
                 img[:, :, i, j] = torch.bernoulli(p, generator=gen)
         return img.cpu().numpy().reshape(k, n_per_class, c, h, w)
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"labels_seen": self.labels_seen, "steps_done": self.steps_done}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.labels_seen = int(state.get("labels_seen", 0))
-        self.steps_done = int(state.get("steps_done", 0))
