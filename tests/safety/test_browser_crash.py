@@ -9,8 +9,6 @@ and the label page itself. One server for the file; the kill test comes last. De
 import os
 import signal
 import sqlite3
-import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -21,6 +19,7 @@ from db import queries
 from db.models import LabelEvent, Project
 from labeler import projects
 from labeler.latency import free_port, wait_http
+from tests.browser.conftest import start_server
 from tests.conftest import tiny_image_set
 
 pytestmark = pytest.mark.browser
@@ -48,32 +47,7 @@ def app(tmp_path_factory, browser):
     engine.dispose()
 
     port = free_port()
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "LABELER_DATA_DIR": str(data)}
-    env.pop("LABELER_DB_URL", None)
-    log = open(data / "server.log", "w")  # noqa: SIM115 - closed below
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            "app.py",
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--server.address",
-            "127.0.0.1",
-            "--browser.gatherUsageStats",
-            "false",
-            "--server.fileWatcherType",
-            "none",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=log,
-        stderr=subprocess.STDOUT,
-    )
+    server = start_server(data, port, data / "server.log")  # the browser suite's own launcher
     try:
         wait_http(f"http://127.0.0.1:{port}/_stcore/health")
         context = browser.new_context()
@@ -87,7 +61,6 @@ def app(tmp_path_factory, browser):
         if server.poll() is None:
             os.kill(server.pid, signal.SIGKILL)
             server.wait(timeout=30)
-        log.close()
 
 
 def test_class_names_show_as_typed_in_the_browser(app):
