@@ -16,7 +16,7 @@ from pathlib import Path
 from sqlalchemy.orm import Session
 
 from db import users
-from db.models import ADMIN, User
+from db.models import ADMIN, ROLES, User
 
 MIN_PASSWORD = 8
 MAX_PASSWORD = 1024  # argon2 takes any length; a cap keeps one login from costing much
@@ -108,6 +108,12 @@ def accounts_exist(session: Session) -> bool:
 
 def is_admin_role(role: str | None) -> bool:
     return role == ADMIN
+
+
+def may_label(role: str | None) -> bool:
+    """Every role this version knows labels; a role it does not know (stored by a later version,
+    or by hand) may not."""
+    return role in ROLES
 
 
 # Importing folders that live on the server ------------------------------------------------------

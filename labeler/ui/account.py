@@ -14,8 +14,6 @@ its role.
 
 from __future__ import annotations
 
-import hashlib
-
 import streamlit as st
 
 import db
@@ -26,11 +24,22 @@ from . import common
 
 # Session keys that belong to one person's work: cleared at login and logout, so the next person
 # in the same tab starts clean (claims, the undo target, a prepared export).
-_PERSONAL_KEYS = ("claim_token", "skipped", "undone_item", "export_files", "annotator", "annotator_input")
+_PERSONAL_KEYS = (
+    "claim_token",
+    "skipped",
+    "undone_item",
+    "show_first",
+    "box_notices",
+    "export_files",
+    "annotator",
+    "annotator_input",
+)
 
 
-def _fingerprint(password_hash: str) -> str:
-    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+def _clear_personal() -> None:
+    # Ledgers (one per project, "ledger-ID") hold the answers this person may undo.
+    for key in [k for k in st.session_state if str(k).startswith("ledger-")] + list(_PERSONAL_KEYS):
+        st.session_state.pop(key, None)
 
 
 def oidc_configured() -> bool:
@@ -44,14 +53,59 @@ def oidc_configured() -> bool:
 
 
 def _sign_in(name: str, role: str, password_hash: str) -> None:
-    for key in _PERSONAL_KEYS:
-        st.session_state.pop(key, None)
-    st.session_state[common.USER_KEY] = {"name": name, "role": role, "hash_id": _fingerprint(password_hash)}
+    _clear_personal()
+    st.session_state[common.USER_KEY] = {
+        "name": name,
+        "role": role,
+        "hash_id": common.fingerprint(password_hash),
+    }
 
 
 def sign_out() -> None:
-    for key in (common.USER_KEY, *_PERSONAL_KEYS):
-        st.session_state.pop(key, None)
+    _clear_personal()
+    st.session_state.pop(common.USER_KEY, None)
+
+
+def _provider_says(name: str) -> bool:
+    """True while the identity provider's login (st.login) is still the account `name`."""
+    return bool(st.user.is_logged_in) and str(st.user.get("email") or "") == name
+
+
+class NotAllowed(Exception):
+    """This browser session may not do that now; the message is one sentence saying what to do."""
+
+
+def acting_user(admin: bool = False) -> dict:
+    """The person a callback that writes acts for, as the database has the account now:
+    {"name", "role"}. Raises NotAllowed when nobody is logged in, the account was removed, its
+    password changed (the session is signed out, as the gate would) or its role may not label;
+    with `admin`, when it is not an admin.
+
+    Streamlit runs callbacks at the start of a script run, before app.py's gate, so a callback
+    cannot rely on the gate, nor on the name a page was drawn for."""
+    if not common.accounts_enabled():
+        user = common.signed_in()  # every account removed since the login: the same person
+        return {"name": user["name"] if user else common.annotator(), "role": "admin"}
+    if common.signed_in() is None:
+        raise NotAllowed("You are not logged in, so this was not saved; log in and do it again.")
+    user = common.account_now()
+    if user is not None and oidc_configured() and not _provider_says(user["name"]):
+        user = None
+    if user is None:
+        sign_out()
+        st.session_state["login_error"] = (
+            "Your session ended (the account was changed or removed); log in again."
+        )
+        raise NotAllowed(
+            "Your session ended (the account was changed or removed), so this was not saved; log in again."
+        )
+    if not auth.may_label(user["role"]):
+        raise NotAllowed(
+            f"The role {user['role']!r} may not label, so this was not saved; ask an admin for the annotator role."
+        )
+    if admin and not auth.is_admin_role(user["role"]):
+        raise NotAllowed("Only an admin can do this, so it was not saved; ask an admin of this app.")
+    return user
 
 
 def _login_submitted() -> None:
@@ -88,7 +142,7 @@ def _current_account() -> dict | None:
         return None
     with common.session_factory()() as session:
         stored = users.get_user(session, user["name"])
-    if stored is None or _fingerprint(stored.password_hash) != user["hash_id"]:
+    if stored is None or common.fingerprint(stored.password_hash) != user["hash_id"]:
         sign_out()
         st.session_state["login_error"] = (
             "Your session ended (the account was changed or removed); log in again."

@@ -6,6 +6,7 @@ Widgets only: computation lives in `labeler/` and SQL in `db/`.
 from __future__ import annotations
 
 import getpass
+import hashlib
 import html
 import secrets
 
@@ -15,7 +16,7 @@ from PIL import Image
 from sqlalchemy.orm import Session, sessionmaker
 
 import db
-from db import queries
+from db import queries, users
 from db.models import Project
 from labeler import projects
 
@@ -89,12 +90,33 @@ def signed_in() -> dict | None:
     return st.session_state.get(USER_KEY)
 
 
+def fingerprint(password_hash: str) -> str:
+    """What a session keeps of its account's password hash: a changed password ends the session."""
+    return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
+
+
+def account_now() -> dict | None:
+    """This session's account as the database has it at this moment ({"name", "role"}), or None
+    when nobody is logged in here, or the account was removed or its password changed since.
+
+    Callbacks run before app.py's gate re-checks the login, so whatever a callback may do is
+    decided here, not by what the session remembers from its last run."""
+    user = signed_in()
+    if user is None:
+        return None
+    with session_factory()() as session:
+        stored = users.get_user(session, user["name"])
+    if stored is None or fingerprint(stored.password_hash) != user.get("hash_id"):
+        return None
+    return {"name": stored.name, "role": stored.role}
+
+
 def is_admin() -> bool:
     """Admins create and import projects, export, and add or rename classes. Without accounts
     the app is single-user and local, and whoever opens it may do everything."""
     if not accounts_enabled():
         return True
-    user = signed_in()
+    user = account_now()
     return user is not None and user["role"] == "admin"
 
 

@@ -30,7 +30,7 @@ from db import runs as run_queries
 from db.models import AUDIT, IGNORED, POOL, Item, Project
 
 from .. import answers, projects
-from . import common, parts
+from . import account, common, parts
 
 # Keys a class can get, in the order they are handed out. Letters with a meaning of their own
 # are left out: A accept the guess, I ignore, S skip, U undo, Z zoom.
@@ -181,8 +181,14 @@ def _box_actions(project_id: int) -> list[dict]:
     return list(actions or [])
 
 
-def _apply_box_actions(project_id: int, annotator: str) -> None:
+def _apply_box_actions(project_id: int) -> None:
     """Callback: runs before the page, so the next images are chosen with these answers saved."""
+    try:
+        annotator = account.acting_user()["name"]
+    except account.NotAllowed as refused:
+        # Not acknowledged: the box keeps these answers and sends them again after a new login.
+        st.session_state["box_notices"] = [*st.session_state.get("box_notices", []), str(refused)]
+        return
     outcome = answers.apply_actions(
         common.session_factory(), project_id, annotator, _box_actions(project_id), _ledger(project_id)
     )
@@ -245,7 +251,7 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
         data=data,
         key=_box_key(project.id),
         default={"actions": []},
-        on_actions_change=functools.partial(_apply_box_actions, project.id, annotator),
+        on_actions_change=functools.partial(_apply_box_actions, project.id),
     )
     st.caption(
         "Keys: the key on each class · Enter or A accepts the model's guess · I ignore (no class) · "
@@ -261,10 +267,15 @@ def _tile_key(item_id: int, threshold: float) -> str:
     return f"grid-{item_id}-{round(threshold * 100)}"
 
 
-def _accept_grid(project_id: int, item_ids: list[int], annotator: str, threshold: float) -> None:
+def _accept_grid(project_id: int, item_ids: list[int], threshold: float) -> None:
     """Commit the page in one transaction: the pre-filled guesses the person left alone count as
     confirmed, tiles set to "skip" stay unlabeled, and an image answered meanwhile (by anyone) is
     left as it is. The page is one undo step."""
+    try:
+        annotator = account.acting_user()["name"]
+    except account.NotAllowed as refused:
+        st.session_state["last_message"] = ("error", str(refused))
+        return
     chosen = [(i, st.session_state.get(_tile_key(i, threshold), -1)) for i in item_ids]
     chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
     skipped = [i for i in item_ids if i not in {a for a, _ in chosen}]
@@ -301,7 +312,12 @@ def _accept_grid(project_id: int, item_ids: list[int], annotator: str, threshold
     _auto_retrain(project_id)
 
 
-def _undo_page(project_id: int, annotator: str) -> None:
+def _undo_page(project_id: int) -> None:
+    try:
+        annotator = account.acting_user()["name"]
+    except account.NotAllowed as refused:
+        st.session_state["last_message"] = ("error", str(refused))
+        return
     undone = answers.undo_entry(common.session_factory(), annotator, _ledger(project_id))
     if undone:
         st.session_state["last_message"] = ("info", f"Undone: {len(undone)} answers are back in the queue.")
@@ -311,7 +327,7 @@ def _undo_page(project_id: int, annotator: str) -> None:
         st.session_state["last_message"] = ("info", "Nothing to undo in this session.")
 
 
-def _grid(project_id: int, names: list[str], annotator: str) -> None:
+def _grid(project_id: int, names: list[str]) -> None:
     threshold = st.slider(
         "Pre-fill the model's guess when it is at least this sure",
         0.0,
@@ -375,7 +391,7 @@ def _grid(project_id: int, names: list[str], annotator: str) -> None:
         type="primary",
         width="stretch",
         on_click=_accept_grid,
-        args=(project_id, [item.id for item, _ in batch], annotator, threshold),
+        args=(project_id, [item.id for item, _ in batch], threshold),
     )
     right.button(
         "Undo last page",
@@ -383,16 +399,21 @@ def _grid(project_id: int, names: list[str], annotator: str) -> None:
         shortcut="U",
         width="stretch",
         on_click=_undo_page,
-        args=(project_id, annotator),
+        args=(project_id,),
     )
 
 
 # History --------------------------------------------------------------------------------------
 
 
-def _correct(project_id: int, annotator: str, shown: list[tuple[int, int, int]]) -> None:
+def _correct(project_id: int, shown: list[tuple[int, int, int]]) -> None:
     """Save the tiles the person changed. `shown` is (item, event, class) as drawn; an answer
     that changed since (somebody else's correction) is left as it is, and the message says so."""
+    try:
+        annotator = account.acting_user()["name"]
+    except account.NotAllowed as refused:
+        st.session_state["last_message"] = ("error", str(refused))
+        return
     changes = []
     for item_id, event_id, was in shown:
         value = st.session_state.get(f"hist-{item_id}-{event_id}")
@@ -424,7 +445,7 @@ def _correct(project_id: int, annotator: str, shown: list[tuple[int, int, int]])
     st.session_state["last_message"] = ("success", text)
 
 
-def _history(project_id: int, names: list[str], annotator: str) -> None:
+def _history(project_id: int, names: list[str]) -> None:
     Session = common.session_factory()
     with Session() as session:
         people = sorted(queries.annotator_counts(session, project_id))
@@ -468,7 +489,7 @@ def _history(project_id: int, names: list[str], annotator: str) -> None:
         key="hist_save",
         type="primary",
         on_click=_correct,
-        args=(project_id, annotator, [(item.id, event.id, event.class_index) for event, item in rows]),
+        args=(project_id, [(item.id, event.id, event.class_index) for event, item in rows]),
     )
 
 
@@ -488,8 +509,10 @@ def _auto_retrain(project_id: int) -> None:
 def _edit_classes(change, success: str, clear: str) -> None:
     """Run `change(session)` in one committed transaction; show `success` and clear the input
     `clear`, or show why the change was refused (an empty or duplicate name)."""
-    if not common.is_admin():
-        st.session_state["last_message"] = ("error", "Only an admin can add or rename classes.")
+    try:
+        account.acting_user(admin=True)
+    except account.NotAllowed as refused:
+        st.session_state["last_message"] = ("error", str(refused))
         return
     Session = common.session_factory()
 
@@ -593,9 +616,9 @@ def label_page() -> None:
         getattr(st, kind)(common.as_typed(text))
 
     if mode == "Grid":
-        _grid(project.id, names, annotator)
+        _grid(project.id, names)
     elif mode == "History":
-        _history(project.id, names, annotator)
+        _history(project.id, names)
     else:
         _one_image(project, names, annotator, has_model)
     _classes_panel(project.id, names)

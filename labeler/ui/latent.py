@@ -105,13 +105,18 @@ def selected_item_ids(event) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def _bulk_label(project_id: int, item_ids: list[int], annotator: str) -> None:
+def _bulk_label(project_id: int, item_ids: list[int]) -> None:
     """Label the selection in one transaction. Images that already have an answer (anyone's) are
     left alone unless the person ticked "relabel"; the message says how many. A bulk label is one
     undo step on the Label page and counts toward automatic retraining."""
     from .. import answers
-    from . import parts
+    from . import account, parts
 
+    try:
+        annotator = account.acting_user()["name"]  # callbacks run before app.py's login gate
+    except account.NotAllowed as refused:
+        st.session_state["latent_message"] = ("error", str(refused))
+        return
     class_index = st.session_state.get("bulk_class")
     relabel = bool(st.session_state.get("bulk_relabel", False))
     Session = common.session_factory()
@@ -242,5 +247,5 @@ def _selection_panel(
         key="bulk_apply",
         type="primary",
         on_click=_bulk_label,
-        args=(project_id, [int(i) for i in chosen.index], annotator),
+        args=(project_id, [int(i) for i in chosen.index]),
     )

@@ -115,8 +115,15 @@ def _page_as(module: str, project_id: int, user: dict | None) -> AppTest:
     )
     at.session_state["project_id"] = project_id
     if user is not None:
-        at.session_state[common.USER_KEY] = user
+        at.session_state[common.USER_KEY] = _as_logged_in(user)
     return at.run()
+
+
+def _as_logged_in(user: dict) -> dict:
+    """`user` as a login through the form keeps it: with its password hash's fingerprint."""
+    with common.session_factory()() as session:
+        stored = users.get_user(session, user["name"])
+        return {**user, "hash_id": common.fingerprint(stored.password_hash)}
 
 
 ANN = {"name": "ann", "role": "annotator", "hash_id": ""}
@@ -146,7 +153,7 @@ def test_a_forged_create_by_an_annotator_is_refused(Session, tiny_project, accou
     """The form drawn for an admin, then the role changes before the submit arrives."""
     at = _page_as("project", tiny_project.id, ADA)
     at.text_input(key="new_project_name").input("sneaky")
-    at.session_state[common.USER_KEY] = ANN
+    at.session_state[common.USER_KEY] = _as_logged_in(ANN)
     at.button[-1].click().run()
     assert not at.exception
     with Session() as session:

@@ -390,6 +390,7 @@ latent._selection_panel({tiny_project.id}, {ids}, frame, names, "tester")
 """
     at = AppTest.from_string(script, default_timeout=60)
     at.session_state["project_id"] = tiny_project.id
+    at.session_state["annotator"] = "tester"  # who labels now: the callback asks, not the page
     at.run()
     assert len(at.get("image")) == 5
     at.selectbox(key="bulk_class").set_value(1)
