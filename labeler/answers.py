@@ -7,12 +7,18 @@ the keys come and however late the page is redrawn:
 - ``{"id": "...", "type": "label", "item": 17, "class": 3}``: label image 17 (class -1: ignore).
   Applied only while the image has no answer; if somebody (or this person, a moment ago) has
   answered it since, nothing changes and a notice says so.
-- ``{"id": "...", "type": "undo", "item": 17}``: take back this person's own answer to image 17,
-  given in this browser session. Never anyone else's.
+- ``{"id": "...", "type": "undo", "item": 17, "class": 3}``: take back this person's own answer
+  to image 17, given in this browser session. Never anyone else's.
 - ``{"id": "...", "type": "skip", "item": 17}``: show image 17 after the others.
 
 `apply_actions` runs each new action in a committed transaction of its own and says what it
 did; the page keeps the ids it has applied, so sending the same list again changes nothing.
+
+The browser keeps answers it has not seen acknowledged in the tab and sends them again after a
+reload (marked ``"again": true``), to a new server session that never saw them: a label this
+person already gave, with the same class, is then taken as given, without a notice; an undo
+takes back this person's own single answer to that image if it still has the class the undo
+names (the answer the tab gave before the reload), and nothing else.
 """
 
 from __future__ import annotations
@@ -81,7 +87,8 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) ->
         if kind == "label":
             _label(Session, project_id, annotator, item_id, class_index, ledger, outcome)
         elif kind == "undo":
-            _undo_item(Session, annotator, item_id, ledger, outcome)
+            again = action.get("again") is True and class_index != -2
+            _undo_item(Session, annotator, item_id, ledger, outcome, class_index if again else None)
         elif kind == "skip":
             ledger.skipped.add(item_id)
         # Marked only after its transaction committed: no st.* call lies in between, so a rerun
@@ -100,6 +107,8 @@ def _label(Session, project_id, annotator, item_id, class_index, ledger: Ledger,
                 return "gone", None
             _check_class(session, project_id, class_index)
             current = queries.current_event(session, item_id)
+            if current is not None and (current.annotator, current.class_index) == (annotator, class_index):
+                return "same", None  # sent again (a reload before its acknowledgement): it stands
             if current is not None:
                 return "answered", current.annotator
             return "ok", queries.add_label(session, item, class_index, annotator=annotator)
@@ -118,15 +127,37 @@ def _label(Session, project_id, annotator, item_id, class_index, ledger: Ledger,
         outcome.notices.append(
             f"A key for image #{item_id} arrived after it was answered (by {who}); that answer stands."
         )
-    else:
+    elif status == "gone":
         outcome.notices.append(f"Image #{item_id} is no longer in this project; its answer was dropped.")
 
 
-def _undo_item(Session, annotator: str, item_id: int, ledger: Ledger, outcome: Outcome) -> None:
-    """Undo this session's newest answer entry that covers `item_id`."""
+def _undo_item(
+    Session, annotator: str, item_id: int, ledger: Ledger, outcome: Outcome, kept_class: int | None = None
+) -> None:
+    """Undo this session's newest answer entry that covers `item_id`; for an undo the tab kept
+    across a reload (`kept_class`: the class it takes back), this person's own answer of that
+    class to that image."""
     for position in range(len(ledger.entries) - 1, -1, -1):
         if any(ledger.item_of_event.get(e) == item_id for e in ledger.entries[position]):
             undo_entry(Session, annotator, ledger, position, outcome)
+            return
+    if kept_class is not None:
+
+        def commit():
+            with Session.begin() as session:
+                session.get(Item, item_id, with_for_update=True)
+                current = queries.current_event(session, item_id)
+                if current is None or (current.annotator, current.class_index, current.kind) != (
+                    annotator,
+                    kept_class,
+                    "single",
+                ):
+                    return []
+                return [e.item_id for e in queries.undo_events(session, [current.id], annotator)]
+
+        undone = db.retrying(commit)
+        if undone:
+            outcome.undone_items.extend(undone)
             return
     outcome.notices.append(f"Nothing to undo for image #{item_id}: you did not answer it in this session.")
 

@@ -116,3 +116,42 @@ def test_a_malformed_answer_is_dropped_and_the_next_ones_still_apply(Session, ti
     answers.apply_actions(Session, tiny_project.id, "ann", [bad, _label(1, a, 1)], ledger)
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {a: 1}
+
+
+def test_an_answer_sent_again_after_a_reload_changes_nothing_and_says_nothing(Session, tiny_project):
+    """The tab keeps answers until acknowledged; one applied just before a reload (its
+    acknowledgement lost) comes again from the new page: it stands once, with no notice."""
+    a = _pool(Session, tiny_project)[0]
+    answers.apply_actions(Session, tiny_project.id, "ann", [_label(0, a, 1)], answers.Ledger())
+    outcome = answers.apply_actions(Session, tiny_project.id, "ann", [_label(0, a, 1)], answers.Ledger())
+    assert outcome.notices == [] and outcome.labeled == 0
+    with Session() as session:
+        assert len(queries.history(session, a)) == 1
+    # Another class, or another person's answer, is still refused with a notice.
+    outcome = answers.apply_actions(Session, tiny_project.id, "bob", [_label(1, a, 1)], answers.Ledger())
+    assert "by ann" in outcome.notices[0]
+    outcome = answers.apply_actions(Session, tiny_project.id, "ann", [_label(2, a, 0)], answers.Ledger())
+    assert "by you" in outcome.notices[0]
+
+
+def test_an_undo_kept_across_a_reload_takes_back_that_answer_only(Session, tiny_project):
+    """A wrong key, then U, then a reload before either was sent: the new page sends both, marked
+    as kept by the tab; the undo takes back that same answer, though this session never gave it."""
+    a, b, c = _pool(Session, tiny_project)[:3]
+    answers.apply_actions(
+        Session, tiny_project.id, "ann", [_label(0, a, 1), _label(1, c, 0)], answers.Ledger()
+    )
+    with Session.begin() as session:
+        queries.add_label(session, b, 1, annotator="bob")
+    reloaded = answers.Ledger()
+
+    def undo(i, item, cls, again=True):
+        action = {"id": f"r-{i}", "type": "undo", "item": item, "class": cls}
+        return answers.apply_actions(Session, tiny_project.id, "ann", [{**action, "again": again}], reloaded)
+
+    assert undo(0, a, 1, again=False).undone_items == []  # not kept by the tab: the old rule
+    assert undo(1, b, 1).undone_items == []  # bob's answer: never
+    assert undo(2, c, 1).undone_items == []  # not the answer this undo names
+    assert undo(3, a, 1).undone_items == [a]
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {b: 1, c: 0}

@@ -239,6 +239,8 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
     applied = _ledger(project.id).applied
     data = {
         "session": f"{common.claimant()}@{project.id}",
+        # Whose unsent answers this box may send again (kept in the tab across reloads).
+        "owner": f"{annotator}@{project.id}",
         "items": items,
         "classes": [{"index": i, "name": n, "key": keys[i]} for i, n in enumerate(names)],
         "acked": [a["id"] for a in _box_actions(project.id) if a.get("id") in applied],

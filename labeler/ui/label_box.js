@@ -6,6 +6,12 @@
 // acknowledged is sent as the state value "actions". Python applies each action once, by id,
 // and lists the ids it has applied in data.acked; only then are they dropped here. However fast
 // the keys come, each answer names the image it was given for.
+//
+// Answers not yet acknowledged are also kept in the tab's sessionStorage, under the person and
+// project they were given for (data.owner), and sent again when a box for the same owner mounts:
+// after a reload, a switch of mode, page or project, or a login that had ended. Sending one twice
+// is harmless: Python applies an answer only while its image has none, and refuses one for an
+// image somebody else answered meanwhile.
 
 const boxes = new WeakMap(); // parentElement -> state of that mounted box
 
@@ -17,11 +23,13 @@ function newState(root) {
     mount: Math.random().toString(36).slice(2, 8) + Date.now().toString(36),
     data: null,
     session: null,
+    owner: null,
     seq: 0,
     pending: [], // actions sent but not yet acknowledged, in order
     answered: new Set(), // items answered here (and not undone): never shown again
     skipped: [], // items skipped here, shown after the others
     history: [], // items answered here, newest last, for undo
+    classOf: new Map(), // item id -> the class answered here, named by an undo
     restored: [], // undone items, shown first
     current: null,
     timer: null,
@@ -79,9 +87,30 @@ function flush(s) {
   s.send(s.pending.slice());
 }
 
+const STORE = "labeler-unsent:";
+
+function keep(s) {
+  try {
+    if (s.pending.length) sessionStorage.setItem(STORE + s.owner, JSON.stringify(s.pending));
+    else sessionStorage.removeItem(STORE + s.owner);
+  } catch (error) {
+    // Storage full or blocked: the answers still go from memory, as before.
+  }
+}
+
+function kept(owner) {
+  try {
+    const list = JSON.parse(sessionStorage.getItem(STORE + owner) || "[]");
+    return Array.isArray(list) ? list.filter((a) => a && typeof a.id === "string") : [];
+  } catch (error) {
+    return [];
+  }
+}
+
 function act(s, type, item, extra) {
   s.seq += 1;
   s.pending.push({ id: `${s.mount}-${s.seq}`, type, item: item.id, ...(extra || {}) });
+  keep(s);
   if (!s.timer) s.timer = setTimeout(() => flush(s), Math.max(0, s.lastSend + SEND_EVERY_MS - Date.now()));
 }
 
@@ -89,6 +118,7 @@ function answer(s, classIndex) {
   const item = s.current;
   if (!item) return;
   act(s, "label", item, { class: classIndex });
+  s.classOf.set(item.id, classIndex);
   s.answered.add(item.id);
   s.history.push(item);
   s.restored = s.restored.filter((i) => i.id !== item.id);
@@ -104,7 +134,7 @@ function undo(s) {
     draw(s);
     return;
   }
-  act(s, "undo", item);
+  act(s, "undo", item, { class: s.classOf.get(item.id) });
   s.answered.delete(item.id);
   s.restored.unshift(item);
   s.notice = "Undone: that image is back.";
@@ -209,25 +239,52 @@ function draw(s) {
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
   let s = boxes.get(parentElement);
+  let resend = false;
   if (!s || s.session !== data.session) {
-    if (s && s.onKey) document.removeEventListener("keydown", s.onKey, true);
+    if (s) {
+      // Another person or session in this box: the old queue stays in storage under its owner.
+      if (s.timer) clearTimeout(s.timer);
+      document.removeEventListener("keydown", s.onKey, true);
+      window.removeEventListener("beforeunload", s.onLeave);
+    }
     s = newState(parentElement);
     s.session = data.session;
+    s.owner = data.owner;
+    s.pending = kept(s.owner).map((a) => ({ ...a, again: true })); // a new server session: see answers.py
+    s.pending.forEach((a) => {
+      if (a.type === "label") s.answered.add(a.item);
+      else if (a.type === "undo") s.answered.delete(a.item);
+    });
+    resend = s.pending.length > 0;
     boxes.set(parentElement, s);
     if (!parentElement.querySelector(".lb")) parentElement.appendChild(el("div", { class: "lb" }));
-    s.onKey = (event) => onKey(s, event);
+    const state = s;
+    s.onKey = (event) => onKey(state, event);
     // Capture phase on the document: keys work wherever the focus is, except in text fields.
     document.addEventListener("keydown", s.onKey, true);
+    // Closing the tab while answers wait: Streamlit sends widget values from a timer, and no
+    // timer runs once the page is gone, so the browser is asked to confirm (its own "changes
+    // may not be saved" dialog); staying lets them go. A reload resends them from storage.
+    s.onLeave = (event) => {
+      if (!state.pending.length) return;
+      flush(state);
+      event.preventDefault();
+      event.returnValue = "";
+    };
+    window.addEventListener("beforeunload", s.onLeave);
   }
   s.send = (actions) => setStateValue("actions", actions);
   const acked = new Set(data.acked || []);
   s.pending = s.pending.filter((a) => !acked.has(a.id));
+  keep(s);
   s.data = data;
   draw(s);
   const state = s;
+  if (resend) state.timer = setTimeout(() => flush(state), 0);
   return () => {
     if (state.timer) flush(state); // answers typed just before leaving the page still go
     document.removeEventListener("keydown", state.onKey, true);
+    window.removeEventListener("beforeunload", state.onLeave);
     boxes.delete(parentElement);
   };
 }

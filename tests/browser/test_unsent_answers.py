@@ -1,0 +1,171 @@
+"""Answers still in the browser when the Label box goes away: the box sends its queue at most
+every 300 ms, so a key pressed just before switching mode, opening another page, reloading or
+closing the tab must still reach the database, once, on the image it was pressed for.
+
+Its own server and project, so what these tests label does not change test_app's counts.
+"""
+
+from __future__ import annotations
+
+import os
+import subprocess
+
+import pytest
+
+from labeler.latency import free_port, wait_http
+from tests.browser.conftest import image_set, start_server
+from tests.conftest import wait_for
+
+pytest.importorskip("playwright.sync_api")
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory):
+    import db
+    from labeler import projects
+
+    data_dir = tmp_path_factory.mktemp("unsent-data")
+    engine = db.make_engine(f"sqlite:///{data_dir / 'labeler.db'}")
+    Session = db.session_factory(engine)
+    old = os.environ.get("LABELER_DATA_DIR")
+    os.environ["LABELER_DATA_DIR"] = str(data_dir)
+    try:
+        project = projects.create_project(Session, "tiny", "test", images=image_set())
+    finally:
+        if old is None:
+            os.environ.pop("LABELER_DATA_DIR", None)
+        else:
+            os.environ["LABELER_DATA_DIR"] = old
+    with Session.begin() as session:
+        from db.models import Project
+
+        stored = session.get(Project, project.id)
+        stored.settings = {**stored.settings, "auto_retrain_every": 0}
+    port = free_port()
+    process = start_server(data_dir, port, data_dir / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/_stcore/health")
+        yield {"url": url, "Session": Session, "project_id": project.id}
+    finally:
+        process.terminate()
+        try:
+            process.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            process.kill()
+        engine.dispose()
+
+
+def shown(page) -> int:
+    image = page.locator("img.lb-img")
+    image.wait_for()
+    return int(image.get_attribute("data-item"))
+
+
+def saved(page) -> None:
+    page.locator('[data-testid="lb-status"]', has_text="all answers saved").wait_for()
+
+
+def settle(page) -> None:
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
+
+
+def answers_of(Session, items) -> dict[int, list[tuple[int, str]]]:
+    from db import queries
+
+    with Session() as session:
+        return {
+            i: [(e.class_index, e.annotator) for e in queries.history(session, i) if not e.undone]
+            for i in items
+        }
+
+
+def two_quick_keys(page) -> dict[int, int]:
+    """Two answers, the second pressed at once after the first: it waits in the browser's queue
+    (sent at most every 300 ms) when this returns. {item: class}."""
+    settle(page)
+    saved(page)
+    first = shown(page)
+    page.keyboard.press("1")
+    second = shown(page)
+    assert second != first
+    page.keyboard.press("2")
+    return {first: 0, second: 1}
+
+
+def open_page(page, title: str) -> None:
+    """Click the page's link in the sidebar until it opens. The rerun the box asks for to send
+    a queued answer can overtake the click (Streamlit reruns the page that rerun was asked for),
+    and then the click is lost; a person clicks again."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    for _ in range(5):
+        page.locator('[data-testid="stSidebarNav"] a', has_text=title).click()
+        try:
+            page.locator("h1", has_text=title).wait_for(timeout=10_000)
+            return
+        except PlaywrightTimeout:
+            continue
+    raise AssertionError(f"the {title} page did not open")
+
+
+def stored(server, pressed: dict[int, int], name: str) -> bool:
+    answers = answers_of(server["Session"], pressed)
+    return all(answers[i] == [(c, name)] for i, c in pressed.items())
+
+
+def test_a_key_just_before_switching_mode_is_kept(server, page):
+    page.goto(f"{server['url']}/?annotator=mode")
+    pressed = two_quick_keys(page)
+    page.get_by_text("Grid", exact=True).click()
+    page.locator(".st-key-accept_grid").wait_for()
+    page.get_by_text("One image", exact=True).click()
+    shown(page)
+    wait_for(lambda: stored(server, pressed, "mode"), timeout=30)
+
+
+def test_a_key_just_before_opening_another_page_is_kept(server, page):
+    page.goto(f"{server['url']}/?annotator=nav")
+    pressed = two_quick_keys(page)
+    open_page(page, "Train")
+    open_page(page, "Label")
+    shown(page)
+    wait_for(lambda: stored(server, pressed, "nav"), timeout=30)
+
+
+def test_a_key_just_before_a_reload_is_kept(server, page):
+    page.goto(f"{server['url']}/?annotator=reload")
+    pressed = two_quick_keys(page)
+    page.reload()
+    shown(page)
+    wait_for(lambda: stored(server, pressed, "reload"), timeout=30)
+
+
+def test_an_undo_just_before_a_reload_is_kept(server, page):
+    """A wrong key, U at once, a reload at once: the wrong answer does not stay."""
+    page.goto(f"{server['url']}/?annotator=undo")
+    settle(page)
+    saved(page)
+    wrong = shown(page)
+    page.keyboard.press("1")
+    assert shown(page) != wrong
+    page.keyboard.press("u")
+    page.reload()
+    shown(page)
+    wait_for(lambda: (saved(page), answers_of(server["Session"], [wrong]) == {wrong: []})[1], timeout=30)
+
+
+def test_closing_the_tab_while_answers_wait_asks_first(server, page):
+    """No timer runs once a tab is gone, so the browser asks before closing; staying saves them."""
+    page.goto(f"{server['url']}/?annotator=close")
+    pressed = two_quick_keys(page)
+    with page.expect_event("dialog") as asked:
+        page.close(run_before_unload=True)
+    assert asked.value.type == "beforeunload"
+    asked.value.dismiss()
+    saved(page)
+    assert stored(server, pressed, "close")
+    with page.expect_event("close"):  # nothing waits now: no question (one would be dismissed)
+        page.close(run_before_unload=True)
