@@ -181,3 +181,25 @@ def undo_entry(
     ledger.entries.remove(event_ids)  # only once the undo is committed
     outcome.undone_items.extend(items)
     return items
+
+
+def correct(Session, project_id: int, annotator: str, changes) -> tuple[list, int]:
+    """Corrections from the History view, in one transaction: `changes` is (item, event the
+    view showed, new class). An answer that changed since the view was drawn is left as it is.
+    Returns (the events written, how many were left)."""
+
+    def commit():
+        with Session.begin() as session:
+            events, stale = [], 0
+            for item_id, event_id, value in changes:
+                # Locked first, so two corrections of one answer cannot both see it unchanged
+                # (PostgreSQL's READ COMMITTED would let both write).
+                item = session.get(Item, item_id, with_for_update=True)
+                current = queries.current_event(session, item_id)
+                if item is None or current is None or current.id != event_id or item.project_id != project_id:
+                    stale += 1
+                    continue
+                events.append(queries.add_label(session, item, value, annotator=annotator, kind="correction"))
+            return events, stale
+
+    return db.retrying(commit)

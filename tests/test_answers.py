@@ -155,3 +155,47 @@ def test_an_undo_kept_across_a_reload_takes_back_that_answer_only(Session, tiny_
     assert undo(3, a, 1).undone_items == [a]
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {b: 1, c: 0}
+
+
+def test_two_corrections_of_one_answer_at_once_leave_one(pg_url):
+    """PostgreSQL: a correction waits for another one in flight on the same image, then finds the
+    answer changed and leaves it; without the row lock both would be written."""
+    import threading
+
+    from sqlalchemy import text
+
+    import db
+    from labeler import projects
+    from tests.conftest import tiny_image_set, wait_for
+
+    engine = db.make_engine(pg_url)
+    Session = db.session_factory(engine)
+    try:
+        project = projects.create_project(Session, "p", "test", images=tiny_image_set())
+        a = _pool(Session, project)[0]
+        with Session.begin() as session:
+            shown = queries.add_label(session, a, 0, annotator="bob").id
+        done = []
+        with Session.begin() as first:
+            first.get(queries.Item, a, with_for_update=True)
+            queries.add_label(first, a, 1, annotator="carl", kind="correction")
+            later = threading.Thread(
+                target=lambda: done.append(answers.correct(Session, project.id, "ann", [(a, shown, IGNORED)]))
+            )
+            later.start()
+            waiting = text("SELECT count(*) FROM pg_stat_activity WHERE wait_event_type = 'Lock'")
+
+            def blocked() -> (
+                int
+            ):  # a new transaction each time: pg_stat_activity is read once per transaction
+                with engine.connect() as watch:
+                    return watch.scalar(waiting)
+
+            wait_for(lambda: done or blocked())  # the later one waits on the lock (or, unlocked, is done)
+        later.join(timeout=60)
+        (events, stale) = done[0]
+        assert (len(events), stale) == (0, 1)
+        with Session() as session:
+            assert [e.annotator for e in queries.history(session, a)] == ["bob", "carl"]
+    finally:
+        engine.dispose()

@@ -424,22 +424,7 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]]) -> None:
     if not changes:
         st.session_state["last_message"] = ("info", "Nothing changed.")
         return
-    Session = common.session_factory()
-
-    def commit():
-        with Session.begin() as session:
-            events, stale = [], 0
-            for item_id, event_id, value in changes:
-                current = queries.current_event(session, item_id)
-                if current is None or current.id != event_id or current.project_id != project_id:
-                    stale += 1
-                    continue
-                events.append(
-                    queries.add_label(session, item_id, value, annotator=annotator, kind="correction")
-                )
-            return events, stale
-
-    events, stale = db.retrying(commit)
+    events, stale = answers.correct(common.session_factory(), project_id, annotator, changes)
     _ledger(project_id).record(events)
     text = f"Corrected {len(events)} labels (kept in the history)."
     if stale:
