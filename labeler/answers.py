@@ -4,9 +4,11 @@ The Label page sends its answers as *actions*, each naming the image it was give
 on screen when the key went down), so an answer can never land on another image however fast
 the keys come and however late the page is redrawn:
 
-- ``{"id": "...", "type": "label", "item": 17, "class": 3}``: label image 17 (class -1: ignore).
-  Applied only while the image has no answer; if somebody (or this person, a moment ago) has
-  answered it since, nothing changes and a notice says so.
+- ``{"id": "...", "type": "label", "item": 17, "class": 3, "name": "cat"}``: label image 17
+  (class -1: ignore). Applied only while the image has no answer; if somebody (or this person, a
+  moment ago) has answered it since, nothing changes and a notice says so. `name` is the class's
+  name as the page showed it: if the class was renamed since, the answer is refused, since the
+  key may now mean something else.
 - ``{"id": "...", "type": "undo", "item": 17, "class": 3}``: take back this person's own answer
   to image 17, given in this browser session. Never anyone else's.
 - ``{"id": "...", "type": "skip", "item": 17}``: show image 17 after the others.
@@ -59,10 +61,19 @@ class Outcome:
     undone_items: list[int] = field(default_factory=list)  # to show again, first
 
 
-def _check_class(session, project_id: int, class_index: int) -> None:
+def _check_class(session, project_id: int, class_index: int, shown_name: str | None = None) -> None:
     n_classes = session.scalar(select(func.count()).where(LabelClass.project_id == project_id))
     if class_index != IGNORED and not 0 <= class_index < n_classes:
         raise ValueError(f"Class {class_index} does not exist: this project has {n_classes} classes.")
+    if class_index == IGNORED or shown_name is None:
+        return
+    name = session.scalar(
+        select(LabelClass.name).where(LabelClass.project_id == project_id, LabelClass.index == class_index)
+    )
+    if name != shown_name:
+        raise ValueError(
+            f"The class {shown_name!r} was renamed to {name!r} after the page showed it; give that answer again."
+        )
 
 
 def apply_actions(Session, project_id: int, annotator: str, actions, ledger: Ledger) -> Outcome:
@@ -85,7 +96,9 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) ->
             ledger.applied.add(action_id)  # malformed: dropped, so it cannot block the answers after it
             continue
         if kind == "label":
-            _label(Session, project_id, annotator, item_id, class_index, ledger, outcome)
+            name = action.get("name")
+            name = name if isinstance(name, str) else None
+            _label(Session, project_id, annotator, item_id, (class_index, name), ledger, outcome)
         elif kind == "undo":
             again = action.get("again") is True and class_index != -2
             _undo_item(Session, annotator, item_id, ledger, outcome, class_index if again else None)
@@ -97,7 +110,9 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) ->
     return outcome
 
 
-def _label(Session, project_id, annotator, item_id, class_index, ledger: Ledger, outcome: Outcome) -> None:
+def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outcome: Outcome) -> None:
+    class_index, shown_name = answer
+
     def commit():
         with Session.begin() as session:
             # The row lock makes "only while unanswered" hold on PostgreSQL too, where two
@@ -105,7 +120,7 @@ def _label(Session, project_id, annotator, item_id, class_index, ledger: Ledger,
             item = session.get(Item, item_id, with_for_update=True)
             if item is None or item.project_id != project_id:
                 return "gone", None
-            _check_class(session, project_id, class_index)
+            _check_class(session, project_id, class_index, shown_name)
             current = queries.current_event(session, item_id)
             if current is not None and (current.annotator, current.class_index) == (annotator, class_index):
                 return "same", None  # sent again (a reload before its acknowledgement): it stands

@@ -199,3 +199,18 @@ def test_two_corrections_of_one_answer_at_once_leave_one(pg_url):
             assert [e.annotator for e in queries.history(session, a)] == ["bob", "carl"]
     finally:
         engine.dispose()
+
+
+def test_an_answer_for_a_class_renamed_since_the_page_showed_it_is_refused(Session, tiny_project):
+    """The key meant the class by the name on screen; after a rename it may mean another."""
+    a, b = _pool(Session, tiny_project)[:2]
+    with Session.begin() as session:
+        names = queries.class_names(session, tiny_project.id)
+        queries.rename_class(session, tiny_project.id, 0, "renamed")
+    ledger = answers.Ledger()
+    stale = {**_label(0, a, 0), "name": names[0]}
+    fresh = {**_label(1, b, 0), "name": "renamed"}
+    outcome = answers.apply_actions(Session, tiny_project.id, "ann", [stale, fresh], ledger)
+    assert "was renamed to 'renamed'" in outcome.notices[0] and outcome.labeled == 1
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {b: 0}

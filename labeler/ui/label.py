@@ -269,10 +269,10 @@ def _tile_key(item_id: int, threshold: float) -> str:
     return f"grid-{item_id}-{round(threshold * 100)}"
 
 
-def _accept_grid(project_id: int, item_ids: list[int], threshold: float) -> None:
+def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: list[str]) -> None:
     """Commit the page in one transaction: the pre-filled guesses the person left alone count as
     confirmed, tiles set to "skip" stay unlabeled, and an image answered meanwhile (by anyone) is
-    left as it is. The page is one undo step."""
+    left as it is. The page is one undo step. `names`: the classes as the page showed them."""
     try:
         annotator = account.acting_user()["name"]
     except account.NotAllowed as refused:
@@ -280,6 +280,13 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float) -> None
         return
     chosen = [(i, st.session_state.get(_tile_key(i, threshold), -1)) for i in item_ids]
     chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
+    now = common.class_names(project_id)
+    if any(c >= len(now) or c >= len(names) or now[c] != names[c] for _, c in chosen):
+        st.session_state["last_message"] = (
+            "error",
+            "A class was renamed after this page was drawn, so nothing was saved; check the page and accept it again.",
+        )
+        return
     skipped = [i for i in item_ids if i not in {a for a, _ in chosen}]
     Session = common.session_factory()
 
@@ -393,7 +400,7 @@ def _grid(project_id: int, names: list[str]) -> None:
         type="primary",
         width="stretch",
         on_click=_accept_grid,
-        args=(project_id, [item.id for item, _ in batch], threshold),
+        args=(project_id, [item.id for item, _ in batch], threshold, names),
     )
     right.button(
         "Undo last page",

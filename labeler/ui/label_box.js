@@ -117,7 +117,9 @@ function act(s, type, item, extra) {
 function answer(s, classIndex) {
   const item = s.current;
   if (!item) return;
-  act(s, "label", item, { class: classIndex });
+  // The name as shown: Python refuses the answer if the class was renamed since.
+  const shownAs = (s.data.classes.find((c) => c.index === classIndex) || {}).name;
+  act(s, "label", item, { class: classIndex, ...(shownAs === undefined ? {} : { name: shownAs }) });
   s.classOf.set(item.id, classIndex);
   s.answered.add(item.id);
   s.history.push(item);

@@ -116,3 +116,18 @@ def test_a_history_correction_never_replaces_an_answer_changed_meanwhile(Session
     with Session() as session:
         labels = queries.current_labels(session, tiny_project.id)
     assert labels == {a: 1 - was, b: 1 - b_was}
+
+
+def test_a_grid_page_drawn_before_a_class_was_renamed_is_not_saved(Session, tiny_project):
+    """A tile showed "0"; the admin renames that class before the page is accepted: the index
+    may now mean something else, so nothing is saved and the page says why."""
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    next(box for box in at.selectbox if box.key.startswith("grid-")).set_value(0)
+    with Session.begin() as session:
+        queries.rename_class(session, tiny_project.id, 0, "renamed")
+    at.button(key="accept_grid").click().run()
+    assert not at.exception
+    assert "renamed" in at.error[0].value
+    with Session() as session:
+        assert queries.label_count(session, tiny_project.id) == 0
