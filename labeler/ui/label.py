@@ -269,6 +269,19 @@ def _tile_key(item_id: int, threshold: float) -> str:
     return f"grid-{item_id}-{round(threshold * 100)}"
 
 
+def _renamed(project_id: int, names: list[str], classes: list[int]) -> bool:
+    """True (and a message) when one of `classes` has another name now than the page showed: a
+    tile's choice is an index, and after a rename it may mean another class."""
+    now = common.class_names(project_id)
+    if all(c == IGNORED or (c < len(now) and c < len(names) and now[c] == names[c]) for c in classes):
+        return False
+    st.session_state["last_message"] = (
+        "error",
+        "A class was renamed after this page was drawn, so nothing was saved; check the page and save it again.",
+    )
+    return True
+
+
 def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: list[str]) -> None:
     """Commit the page in one transaction: the pre-filled guesses the person left alone count as
     confirmed, tiles set to "skip" stay unlabeled, and an image answered meanwhile (by anyone) is
@@ -280,12 +293,7 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
         return
     chosen = [(i, st.session_state.get(_tile_key(i, threshold), -1)) for i in item_ids]
     chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
-    now = common.class_names(project_id)
-    if any(c >= len(now) or c >= len(names) or now[c] != names[c] for _, c in chosen):
-        st.session_state["last_message"] = (
-            "error",
-            "A class was renamed after this page was drawn, so nothing was saved; check the page and accept it again.",
-        )
+    if _renamed(project_id, names, [c for _, c in chosen]):
         return
     skipped = [i for i in item_ids if i not in {a for a, _ in chosen}]
     Session = common.session_factory()
@@ -415,9 +423,10 @@ def _grid(project_id: int, names: list[str]) -> None:
 # History --------------------------------------------------------------------------------------
 
 
-def _correct(project_id: int, shown: list[tuple[int, int, int]]) -> None:
-    """Save the tiles the person changed. `shown` is (item, event, class) as drawn; an answer
-    that changed since (somebody else's correction) is left as it is, and the message says so."""
+def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str]) -> None:
+    """Save the tiles the person changed. `shown` is (item, event, class) as drawn, `names` the
+    classes as drawn; an answer that changed since (somebody else's correction) is left as it
+    is, and the message says so."""
     try:
         annotator = account.acting_user()["name"]
     except account.NotAllowed as refused:
@@ -430,6 +439,8 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]]) -> None:
             changes.append((item_id, event_id, int(value)))
     if not changes:
         st.session_state["last_message"] = ("info", "Nothing changed.")
+        return
+    if _renamed(project_id, names, [value for _, _, value in changes]):
         return
     events, stale = answers.correct(common.session_factory(), project_id, annotator, changes)
     _ledger(project_id).record(events)
@@ -483,7 +494,7 @@ def _history(project_id: int, names: list[str]) -> None:
         key="hist_save",
         type="primary",
         on_click=_correct,
-        args=(project_id, [(item.id, event.id, event.class_index) for event, item in rows]),
+        args=(project_id, [(item.id, event.id, event.class_index) for event, item in rows], names),
     )
 
 

@@ -131,3 +131,20 @@ def test_a_grid_page_drawn_before_a_class_was_renamed_is_not_saved(Session, tiny
     assert "renamed" in at.error[0].value
     with Session() as session:
         assert queries.label_count(session, tiny_project.id) == 0
+
+
+def test_a_history_correction_drawn_before_a_class_was_renamed_is_not_saved(Session, tiny_project):
+    from tests.ui.ui_helpers import label_items
+
+    (a,) = label_items(Session, tiny_project.id, 1, annotator="bob")
+    with Session() as session:
+        was = queries.current_labels(session, tiny_project.id)[a]
+    at = page_app("label", tiny_project.id, annotator="alice")
+    at.radio(key="label_mode").set_value("History").run()
+    next(box for box in at.selectbox if box.key.startswith("hist-")).set_value(1 - was)
+    with Session.begin() as session:
+        queries.rename_class(session, tiny_project.id, 1 - was, "renamed")
+    at.button(key="hist_save").click().run()
+    assert "renamed" in at.error[0].value
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a: was}
