@@ -154,7 +154,7 @@ def _undo_item(
     class to that image."""
     for position in range(len(ledger.entries) - 1, -1, -1):
         if any(ledger.item_of_event.get(e) == item_id for e in ledger.entries[position]):
-            undo_entry(Session, annotator, ledger, position, outcome)
+            _undo_entry(Session, annotator, ledger, position, outcome)
             return
     if kept_class is not None:
 
@@ -182,7 +182,11 @@ def undo_entry(
 ) -> list[int]:
     """Undo one entry of the ledger (default: the newest): one answer, or a whole grid page or
     bulk label. Returns the items whose answers were taken back."""
-    outcome = outcome or Outcome()
+    with ledger.lock:  # two runs of one session (a double click) must not undo one entry twice
+        return _undo_entry(Session, annotator, ledger, position, outcome or Outcome())
+
+
+def _undo_entry(Session, annotator: str, ledger: Ledger, position: int, outcome: Outcome) -> list[int]:
     if not ledger.entries:
         outcome.notices.append("Nothing to undo.")
         return []

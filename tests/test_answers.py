@@ -214,3 +214,41 @@ def test_an_answer_for_a_class_renamed_since_the_page_showed_it_is_refused(Sessi
     assert "was renamed to 'renamed'" in outcome.notices[0] and outcome.labeled == 1
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {b: 0}
+
+
+def test_two_undos_of_one_session_at_once_undo_the_newest_entry_once(Session, tiny_project, monkeypatch):
+    """Streamlit can run two script runs of one session at once (a double click on Undo): the
+    second undo waits for the first, then finds the next entry, never the same one again."""
+    import threading
+
+    a, b = _pool(Session, tiny_project)[:2]
+    ledger = answers.Ledger()
+    answers.apply_actions(Session, tiny_project.id, "ann", [_label(0, a, 0), _label(1, b, 1)], ledger)
+    first_inside, release = threading.Event(), threading.Event()
+    real = queries.undo_events
+
+    def slow_undo(session, event_ids, annotator):
+        if not first_inside.is_set():
+            first_inside.set()
+            release.wait(30)
+        return real(session, event_ids, annotator)
+
+    monkeypatch.setattr(queries, "undo_events", slow_undo)
+    results, errors = [], []
+
+    def undo():
+        try:
+            results.append(answers.undo_entry(Session, "ann", ledger))
+        except Exception as error:  # noqa: BLE001 - what the test looks for
+            errors.append(error)
+
+    one = threading.Thread(target=undo)
+    one.start()
+    first_inside.wait(30)
+    two = threading.Thread(target=undo)
+    two.start()
+    two.join(timeout=1)  # without the lock it runs into the same entry now; with it, it waits
+    release.set()
+    one.join(30)
+    two.join(30)
+    assert errors == [] and sorted(results) == [[a], [b]]
