@@ -21,10 +21,23 @@ pytest.importorskip("playwright.sync_api")
 pytestmark = pytest.mark.browser
 
 
+PASSWORD = "a long password"
+
+
 @pytest.fixture(scope="module")
 def server(tmp_path_factory):
+    yield from _serve(tmp_path_factory, accounts=False)
+
+
+@pytest.fixture(scope="module")
+def accounts_server(tmp_path_factory):
+    yield from _serve(tmp_path_factory, accounts=True)
+
+
+def _serve(tmp_path_factory, accounts: bool):
     import db
-    from labeler import projects
+    from db import users
+    from labeler import auth, projects
 
     data_dir = tmp_path_factory.mktemp("unsent-data")
     engine = db.make_engine(f"sqlite:///{data_dir / 'labeler.db'}")
@@ -43,6 +56,9 @@ def server(tmp_path_factory):
 
         stored = session.get(Project, project.id)
         stored.settings = {**stored.settings, "auto_retrain_every": 0}
+        if accounts:
+            for name in ("ann", "bob"):
+                users.add_user(session, name, auth.hash_password(PASSWORD), "annotator")
     port = free_port()
     process = start_server(data_dir, port, data_dir / "server.log")
     url = f"http://127.0.0.1:{port}"
@@ -169,3 +185,37 @@ def test_closing_the_tab_while_answers_wait_asks_first(server, page):
     assert stored(server, pressed, "close")
     with page.expect_event("close"):  # nothing waits now: no question (one would be dismissed)
         page.close(run_before_unload=True)
+
+
+def log_in(page, name: str) -> None:
+    page.get_by_role("textbox", name="Name").fill(name)
+    page.get_by_role("textbox", name="Password").fill(PASSWORD)
+    page.get_by_role("button", name="Log in").click()
+    page.get_by_text(f"Logged in as {name}").wait_for()
+
+
+def log_out(page) -> None:
+    page.get_by_role("button", name="Log out").click()
+    page.get_by_role("button", name="Log in").wait_for()
+
+
+def test_answers_waiting_at_a_logout_go_with_the_same_person_only(accounts_server, page):
+    """Ann's keys just before she logs out: never sent as bob, who logs in next in the same tab;
+    sent as ann when she logs in again."""
+    server = accounts_server
+    page.goto(server["url"])
+    log_in(page, "ann")
+    pressed = two_quick_keys(page)
+    log_out(page)
+    log_in(page, "bob")
+    shown(page)
+    settle(page)
+    saved(page)
+    with server["Session"]() as session:
+        from db import queries
+
+        assert not [e for i in pressed for e in queries.history(session, i) if e.annotator == "bob"]
+    log_out(page)
+    log_in(page, "ann")
+    shown(page)
+    wait_for(lambda: stored(server, pressed, "ann"), timeout=30)
