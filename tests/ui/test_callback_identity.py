@@ -196,3 +196,31 @@ def test_logging_out_forgets_what_this_person_may_undo(Session, tiny_project, ac
     assert _labels(Session, tiny_project.id) and f"ledger-{tiny_project.id}" in at.session_state
     at.button(key="logout").click().run()
     assert not [key for key in at.session_state if str(key).startswith("ledger-")]
+
+
+def test_with_single_sign_on_the_providers_login_must_still_be_that_account(
+    Session, tiny_project, accounts, monkeypatch
+):
+    """The session was signed in as erin through the identity provider; once the provider's login
+    is gone (logged out in another tab of the browser), a callback stores nothing."""
+    import streamlit
+
+    from labeler.ui import account
+
+    class OidcUser(dict):
+        @property
+        def is_logged_in(self) -> bool:
+            return bool(self)
+
+    with Session.begin() as session:
+        users.add_user(session, "erin@example.org", "!", "annotator")  # `users add --no-password`
+    monkeypatch.setattr(account, "oidc_configured", lambda: True)
+    provider = OidcUser(email="erin@example.org")
+    monkeypatch.setattr(streamlit, "user", provider)
+    erin = _session_user(Session, "erin@example.org")
+    _call(Session, tiny_project.id, "box", erin)
+    assert len(_labels(Session, tiny_project.id)) == 1
+    provider.clear()
+    at = _call(Session, tiny_project.id, "bulk", erin)
+    assert "not saved" in at.text[0].value
+    assert len(_labels(Session, tiny_project.id)) == 1
