@@ -282,9 +282,9 @@ def train_model(
     model = warm_start_model(model_name, warm_start, input_shape, num_classes, cfg, device, notes)
     if model is None:
         model = cls(input_shape, num_classes, config=cfg, device=device, seed=seed)
-    # Fresh randomness per call, reproducible per seed, also when warm-starting.
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
+    # Fresh randomness per call, reproducible per seed, also when warm-starting; the model's own
+    # generators, so nothing another thread does (a checkpoint loaded for a page) changes them.
+    model.reseed(seed)
     losses = model.fit(x, labeled_idx, labels, Budget(steps=steps, seconds=budget_s), progress=progress)
     bad = {k: v for k, v in (losses or {}).items() if not math.isfinite(float(v))}
     if bad:

@@ -247,8 +247,9 @@ def kl_std_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    noise = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+    return mu + noise * torch.exp(0.5 * logvar)
 
 
 class GaussianHead(nn.Module):
