@@ -18,14 +18,12 @@ import numpy as np
 import torch
 
 from .config import SettingError, check_choice, check_float, check_int
-from .models import MODELS, Budget, CheckpointError, SSLModel, load_checkpoint
+from .models import MODELS, Budget, CheckpointError, SSLModel, TrainingDiverged, check_finite, load_checkpoint
 from .models.base import ProgressFn
 
 log = logging.getLogger(__name__)
 
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite."""
+__all__ = ["TrainingDiverged", "train_model"]
 
 
 def get_model_class(model_name: str) -> type[SSLModel]:
@@ -286,11 +284,7 @@ def train_model(
     # generators, so nothing another thread does (a checkpoint loaded for a page) changes them.
     model.reseed(seed)
     losses = model.fit(x, labeled_idx, labels, Budget(steps=steps, seconds=budget_s), progress=progress)
-    bad = {k: v for k, v in (losses or {}).items() if not math.isfinite(float(v))}
-    if bad:
-        raise TrainingDiverged(
-            f"Training diverged ({', '.join(f'{k}={v}' for k, v in bad.items())}): lower the learning rate or try another model."
-        )
+    check_finite(losses or {})
     for note in notes:
         log.info("%s", note)
     return model

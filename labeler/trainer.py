@@ -61,7 +61,7 @@ from db.models import (
 from . import active
 from .config import SettingError, check_choice, check_float, check_int, default_device
 from .evaluate import wilson_interval
-from .models import Progress, SSLModel, TrainingCancelled, save_checkpoint
+from .models import Progress, SSLModel, TrainingCancelled, TrainingDiverged, check_finite, save_checkpoint
 
 log = logging.getLogger(__name__)
 
@@ -131,7 +131,7 @@ def describe_error(error: BaseException) -> str:
         return (
             "The computer ran out of memory: lower the batch size or model size, or use a smaller data set."
         )
-    if isinstance(error, (SettingError, FloatingPointError)):
+    if isinstance(error, (SettingError, TrainingDiverged)):
         return str(error)
     if isinstance(error, ValueError) and str(error):
         return str(error)
@@ -318,7 +318,8 @@ class Worker:
             )
             raise
         except Exception as error:
-            log.exception("Run %s failed", run_id)
+            detail = getattr(error, "detail", "")  # where a divergence happened
+            log.exception("Run %s failed %s", run_id, detail)
             message = describe_error(error)
             self._set(last_error=message)
             if isinstance(error, torch.cuda.OutOfMemoryError):
@@ -392,7 +393,7 @@ class Worker:
         return checkpoint_path(project_id, run_id)
 
     def _train(self, job: _Job, start: float, notes: list[str], last: dict) -> SSLModel:
-        from .train import TrainingDiverged, train_model
+        from .train import train_model
 
         pixels = self._pixels_of(job.project_id)
         pool = job.splits == POOL
@@ -411,11 +412,7 @@ class Worker:
         last_write = [0.0]
 
         def on_progress(p: Progress) -> bool:
-            bad = {k: v for k, v in p.losses.items() if not math.isfinite(float(v))}
-            if bad:
-                raise TrainingDiverged(
-                    f"Training diverged at step {p.step} ({', '.join(bad)} is not a number): lower the learning rate or try another model."
-                )
+            check_finite(p.losses, p.step)
             if "fit_started" not in last:
                 # The model's own clock starts when fitting does: what came before is set-up.
                 last["fit_started"] = time.monotonic() - p.seconds
@@ -492,12 +489,7 @@ class Worker:
         out = {"probs": np.concatenate(probs), "embed": np.concatenate(embeds)}
         if want_mc:
             out["mc"] = np.concatenate(mc, axis=1)  # (S, N, K)
-        if not np.all(np.isfinite(out["probs"])):
-            from .train import TrainingDiverged
-
-            raise TrainingDiverged(
-                "The model predicts NaN: training diverged; lower the learning rate or try another model."
-            )
+        check_finite(out["probs"], what="predictions")
         return out
 
     def _heartbeat(self, run_id: int) -> None:

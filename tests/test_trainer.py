@@ -27,7 +27,7 @@ from db.models import (
     Run,
 )
 from labeler import projects
-from labeler.models import Progress, SSLModel, TrainingCancelled
+from labeler.models import Progress, SSLModel, TrainingCancelled, TrainingDiverged
 from labeler.train import train_model
 from labeler.trainer import Worker
 from tests.conftest import tiny_image_set
@@ -422,7 +422,7 @@ def test_queue_never_offers_labeled_test_or_audit_first(Session, project):
 
 @pytest.mark.parametrize(
     ("config", "expected"),
-    [({"oom": True}, "GPU ran out of memory"), ({"nan": True}, "diverged")],
+    [({"oom": True}, "GPU ran out of memory"), ({"nan": True}, TrainingDiverged.MESSAGE)],
 )
 def test_oom_and_nan_fail_with_a_readable_error(Session, project, config, expected):
     run_id = queue(Session, project.id, config=config)
@@ -430,6 +430,7 @@ def test_oom_and_nan_fail_with_a_readable_error(Session, project, config, expect
     worker.process_one()
     run = get_run(Session, run_id)
     assert run.status == FAILED and expected in run.error
+    assert "Training failed (" not in run.error
     assert worker.status()["last_error"] == run.error
 
 

@@ -32,6 +32,37 @@ class TrainingCancelled(Exception):
     """Raised inside `fit` when the progress callback asks to stop."""
 
 
+class TrainingDiverged(FloatingPointError):
+    """A loss or a prediction became NaN or infinite. `str()` is the one message a user sees;
+    `detail` says where, for the log."""
+
+    MESSAGE = (
+        "Training diverged (a loss became NaN or infinite): lower the learning rate in the model "
+        "settings, or choose another model."
+    )
+
+    def __init__(self, detail: str = ""):
+        super().__init__(self.MESSAGE)
+        self.detail = detail
+
+
+def check_finite(value: Any, step: int | None = None, what: str = "loss") -> None:
+    """Raise TrainingDiverged unless `value` (a tensor, an array, a number, or a dict of them,
+    e.g. a progress report's losses) is finite everywhere: the one divergence check."""
+    items = value.items() if isinstance(value, dict) else [(what, value)]
+    bad = []
+    for name, v in items:
+        if isinstance(v, torch.Tensor):
+            finite = bool(torch.isfinite(v.detach()).all())
+        else:
+            finite = bool(np.all(np.isfinite(np.asarray(v, dtype=np.float64))))
+        if not finite:
+            bad.append(name)
+    if bad:
+        at = f" at step {step}" if step is not None else ""
+        raise TrainingDiverged(f"{', '.join(bad)} not finite{at}")
+
+
 @dataclass
 class Progress:
     """A snapshot sent to the progress callback during `fit`."""

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Progress, ProgressFn, TrainingCancelled
+from .base import Progress, ProgressFn, TrainingCancelled, check_finite  # noqa: F401 - models call nets.check_finite
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -311,13 +311,6 @@ class Ticker:
             )
             if self.progress(report):
                 raise TrainingCancelled()
-
-
-def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
-    if not torch.isfinite(loss):
-        raise RuntimeError(
-            f"training diverged: NaN {what} at step {step}; lower the learning rate or restart from the last good checkpoint."
-        )
 
 
 def batches(idx: np.ndarray, size: int, rng: np.random.Generator):

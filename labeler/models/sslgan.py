@@ -60,6 +60,7 @@ from .base import (
     Stochastic,
     TrainingCancelled,
     batched,
+    check_finite,
     to_tensor,
 )
 
@@ -577,11 +578,7 @@ class SSLGAN(SSLModel):
             self.opt_g.step()
             step += 1
 
-            if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
-                raise RuntimeError(
-                    f"training diverged: the GAN loss became {loss_d.item()} / {loss_g.item()} "
-                    f"at step {step}; lower the learning rate or retrain from scratch."
-                )
+            check_finite({"discriminator loss": loss_d, "generator loss": loss_g}, step)
             now = time.monotonic()
             if progress is not None and now - last_report >= cfg.progress_every_s:
                 last_report = now

@@ -6,7 +6,15 @@ import numpy as np
 import pytest
 import torch
 
-from labeler.models import DESCRIPTIONS, MODELS, Budget, TrainingCancelled, load_checkpoint, save_checkpoint
+from labeler.models import (
+    DESCRIPTIONS,
+    MODELS,
+    Budget,
+    TrainingCancelled,
+    TrainingDiverged,
+    load_checkpoint,
+    save_checkpoint,
+)
 
 # Small networks so each test takes a fraction of a second on one core; keys a class lacks are dropped.
 SMALL = {
@@ -195,3 +203,12 @@ def test_same_seed_same_model_whatever_ran_before(name):
         model = train_model(name, x, idx, labels, 3, steps=3, seed=5, config=config)
         runs.append(model.predict_proba(x))
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", [n for n in MODELS if n not in ("labelspread", "tsvm")])
+def test_a_diverging_fit_raises_the_one_divergence_error(name):
+    x, idx, labels = tiny_data()
+    x[:] = np.nan  # every loss becomes NaN
+    with pytest.raises(TrainingDiverged) as caught:
+        make(name).fit(x, idx, labels, Budget(steps=3))
+    assert str(caught.value) == TrainingDiverged.MESSAGE

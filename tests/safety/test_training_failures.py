@@ -11,6 +11,7 @@ from db import queries
 from db import runs as run_queries
 from db.models import DONE, FAILED, LabelEvent, Run, utcnow
 from labeler import projects
+from labeler.models import TrainingDiverged
 
 
 class _Payload:
@@ -62,7 +63,7 @@ def test_failed_runs_leave_labels_alone_and_say_why(sqlite_Session, make_image_s
     failures = [
         ("_pixels_of", broken, "Input/output error"),
         ("_train", oom, "memory"),
-        ("_pixels_of", nan_pixels, "diverged"),
+        ("_pixels_of", nan_pixels, TrainingDiverged.MESSAGE),
     ]
     for method, replacement, cause in failures:
         with monkeypatch.context() as patch:
