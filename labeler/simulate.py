@@ -32,6 +32,7 @@ import numpy as np
 from .active import STRATEGIES, select_batch
 from .config import SettingError, default_device
 from .data.base import DataError, ImageSet
+from .runspec import RunSpec
 
 CSV_FIELDS = [
     "labels",
@@ -100,31 +101,24 @@ def _embed(model, x: np.ndarray) -> np.ndarray:
 
 def simulate(
     dataset: str,
-    model: str,
-    strategy: str = "entropy",
+    spec: RunSpec,
     initial: int = 20,
     step: int = 10,
     max_labels: int = 100,
-    budget_s: float | None = 60.0,
-    seed: int = 0,
     out: str | Path | None = None,
     device: str | None = None,
-    steps: int | None = None,
-    config: dict[str, Any] | None = None,
     diverse: bool = True,
-    mc_samples: int = 8,
     images: ImageSet | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the loop and return one dict per round (see CSV_FIELDS); write them to `out` as CSV."""
-    from .train import get_model_class, make_config, train_model
+    """Run the loop with `spec` (the model, the budget per round, the strategy, the seed: round r
+    trains with seed + r) and return one dict per round (see CSV_FIELDS); write them to `out`
+    as CSV."""
+    from .train import train_model
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     device = device or default_device()
-    if strategy not in STRATEGIES:
-        raise SettingError(f"Unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}.")
-    get_model_class(model)
-    make_config(model, config)  # fail on a bad setting before reading a large data set
+    model, strategy, seed = spec.model, spec.strategy, spec.seed
     if initial < 1:
         raise SettingError(f"--initial must be at least 1, got {initial}.")
     if step < 0:
@@ -167,17 +161,13 @@ def simulate(
             last_step[0] = max(last_step[0], int(report.step))
 
         current = train_model(
-            model,
+            spec.with_seed(seed + round_),
             x_pool,
             idx,
             y_pool[idx],
             num_classes,
-            budget_s=budget_s,
-            steps=steps,
-            seed=seed + round_,
             device=device,
             warm_start=current,
-            config=config,
             notes=notes,
             progress=record_step,
         )
@@ -216,7 +206,7 @@ def simulate(
         if needs == "mc_probs":
             mc = np.concatenate(
                 [
-                    current.mc_proba(x_pool[i : i + CHUNK], samples=mc_samples)
+                    current.mc_proba(x_pool[i : i + CHUNK], samples=spec.mc_samples)
                     for i in range(0, len(x_pool), CHUNK)
                 ],
                 axis=1,
@@ -252,21 +242,25 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 def cmd_simulate(args) -> int:
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    spec = RunSpec(
+        args.model,
+        budget_s=args.budget_s,
+        steps=args.steps,
+        strategy=args.strategy,
+        seed=args.seed,
+        config=parse_overrides(args.config),
+        threads=args.threads,
+    )
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
     rows = simulate(
         args.dataset,
-        args.model,
-        strategy=args.strategy,
+        spec,
         initial=args.initial,
         step=args.step,
         max_labels=args.max_labels,
-        budget_s=args.budget_s,
-        seed=args.seed,
         out=args.out,
         device=args.device,
-        steps=args.steps,
-        config=parse_overrides(args.config),
         diverse=not args.no_diverse,
     )
     print(final_json(rows), flush=True)

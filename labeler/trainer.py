@@ -32,7 +32,7 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -59,52 +59,17 @@ from db.models import (
 )
 
 from . import active
-from .config import SettingError, check_choice, check_float, check_int, default_device
+from .config import SettingError, default_device
 from .evaluate import wilson_interval
 from .models import Progress, SSLModel, TrainingCancelled, TrainingDiverged, check_finite, save_checkpoint
+from .runspec import RunSpec
 
 log = logging.getLogger(__name__)
 
 # One run at a time per process, whatever number of Worker objects exists: they share a GPU.
 _PROCESS_LOCK = threading.Lock()
 
-DEFAULT_BUDGET_S = 60.0
 PREDICT_CHUNK = 4096
-
-
-@dataclass
-class RunSettings:
-    """A run's settings, validated. Missing keys come from the project's settings, then defaults."""
-
-    budget_s: float | None = DEFAULT_BUDGET_S
-    steps: int | None = None
-    strategy: str = "entropy"
-    config: dict[str, Any] = field(default_factory=dict)
-    seed: int = 0
-    mc_samples: int = 8
-    diverse_batch: int = 20
-    warm_start: bool = True
-
-    @classmethod
-    def parse(cls, run_settings: dict[str, Any], project_settings: dict[str, Any]) -> RunSettings:
-        merged = {**(project_settings or {}), **(run_settings or {})}
-        steps = merged.get("steps")
-        budget = merged.get("budget_s", DEFAULT_BUDGET_S if steps is None else None)
-        config = merged.get("config") or {}
-        if not isinstance(config, dict):
-            raise SettingError(f"The model settings must be a mapping of name to value, got {config!r}.")
-        return cls(
-            budget_s=None
-            if budget is None
-            else check_float("The training time (seconds)", budget, 1, 7 * 24 * 3600),
-            steps=None if steps is None else check_int("The number of training steps", steps, 1, 10_000_000),
-            strategy=check_choice("The strategy", merged.get("strategy", "entropy"), active.STRATEGIES),
-            config=config,
-            seed=check_int("The seed", merged.get("seed", 0), 0, 2**31 - 1),
-            mc_samples=check_int("The number of BALD samples", merged.get("mc_samples", 8), 2, 100),
-            diverse_batch=check_int("The diverse batch size", merged.get("diverse_batch", 20), 0, 1000),
-            warm_start=bool(merged.get("warm_start", True)),
-        )
 
 
 @dataclass
@@ -112,7 +77,7 @@ class _Job:
     run_id: int
     project_id: int
     model: str
-    settings: RunSettings
+    settings: RunSpec
     num_classes: int
     item_ids: np.ndarray  # (N,) in row order
     rows: np.ndarray  # (N,)
@@ -344,7 +309,7 @@ class Worker:
         with self.Session() as session:
             run = session.get(Run, run_id)
             project = session.get(Project, run.project_id)
-            settings = RunSettings.parse(run.settings, project.settings)
+            settings = RunSpec.parse({**(run.settings or {}), "model": run.model}, project.settings)
             rows = session.execute(
                 select(Item.id, Item.row, Item.split, Item.truth)
                 .where(Item.project_id == project.id)
@@ -426,20 +391,15 @@ class Worker:
             last_write[0] = now
             return self._write_progress(job.run_id, p, time.monotonic() - start)
 
-        s = job.settings
         model = train_model(
-            job.model,
+            job.settings,
             x,
             labeled_idx,
             labels,
             job.num_classes,
-            budget_s=s.budget_s,
-            steps=s.steps,
-            seed=s.seed,
             device=self.device,
             progress=on_progress,
             warm_start=job.warm_start,
-            config=s.config,
             notes=notes,
         )
         last["fit_ended"] = time.monotonic()

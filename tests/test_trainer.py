@@ -28,6 +28,7 @@ from db.models import (
 )
 from labeler import projects
 from labeler.models import Progress, SSLModel, TrainingCancelled, TrainingDiverged
+from labeler.runspec import RunSpec
 from labeler.train import train_model
 from labeler.trainer import Worker
 from tests.conftest import tiny_image_set
@@ -348,10 +349,10 @@ def test_status_snapshot_and_thread(Session, project):
 def test_train_model_rejects_no_labels_and_nan():
     x = np.zeros((4, 1, 2, 2), dtype=np.float32)
     with pytest.raises(ValueError, match="no labels"):
-        train_model("fake", x, [], [], 2, steps=1)
+        train_model(RunSpec("fake", steps=1), x, [], [], 2)
     with pytest.raises(ValueError, match="Unknown model"):
-        train_model("nope", x, [0], [0], 2, steps=1)
-    model = train_model("fake", x, [0, 1], [0, 1], 2, steps=3)
+        train_model(RunSpec("nope", steps=1), x, [0], [0], 2)
+    model = train_model(RunSpec("fake", steps=3), x, [0, 1], [0, 1], 2)
     assert model.predict_proba(x).shape == (4, 2)
 
 

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from labeler.models import MODELS, load_checkpoint, save_checkpoint
+from labeler.runspec import RunSpec
 from labeler.train import train_model
 from tests.models.test_registry import SMALL, make, tiny_data
 
@@ -28,7 +29,7 @@ def test_nothing_seeds_the_global_generators(name, monkeypatch, tmp_path):
     monkeypatch.setattr(torch.random, "manual_seed", refuse)
     monkeypatch.setattr(np.random, "seed", refuse)
     x, idx, labels = tiny_data()
-    model = train_model(name, x, idx, labels, 3, steps=2, seed=3, config=small_config(name))
+    model = train_model(RunSpec(name, steps=2, seed=3, config=small_config(name)), x, idx, labels, 3)
     model.mc_proba(x[:5], samples=2)
     load_checkpoint(save_checkpoint(model, tmp_path / "model.pt")).predict_proba(x[:5])
 
@@ -50,11 +51,11 @@ def test_a_checkpoint_loaded_on_another_thread_leaves_a_run_unchanged(name, tmp_
     x, idx, labels = tiny_data()
     config = small_config(name)
     checkpoint = save_checkpoint(
-        train_model(name, x, idx, labels, 3, steps=1, config=config), tmp_path / "m.pt"
+        train_model(RunSpec(name, steps=1, config=config), x, idx, labels, 3), tmp_path / "m.pt"
     )
 
     def run() -> np.ndarray:
-        return train_model(name, x, idx, labels, 3, steps=40, seed=7, config=config).predict_proba(x)
+        return train_model(RunSpec(name, steps=40, seed=7, config=config), x, idx, labels, 3).predict_proba(x)
 
     alone = run()
     stop, loading = threading.Event(), threading.Event()

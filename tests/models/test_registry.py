@@ -192,6 +192,7 @@ def test_a_checkpoint_continues_the_same_optimisation(name, tmp_path):
 def test_same_seed_same_model_whatever_ran_before(name):
     # A result depends on the seed alone, not on the random numbers drawn earlier in the
     # process (the benchmark runs many models one after another in one process).
+    from labeler.runspec import RunSpec
     from labeler.train import train_model
 
     x, idx, labels = tiny_data()
@@ -200,7 +201,7 @@ def test_same_seed_same_model_whatever_ran_before(name):
     runs = []
     for draws in (0, 7):
         torch.rand(draws)
-        model = train_model(name, x, idx, labels, 3, steps=3, seed=5, config=config)
+        model = train_model(RunSpec(name, steps=3, seed=5, config=config), x, idx, labels, 3)
         runs.append(model.predict_proba(x))
     np.testing.assert_allclose(runs[0], runs[1], rtol=1e-5, atol=1e-6)
 
