@@ -120,7 +120,7 @@ def measure(
     from db.models import DONE, Run
 
     from . import projects
-    from .trainer import Worker
+    from .worker import Worker
 
     folder = Path(tempfile.mkdtemp(prefix="labeler-bigbench-"))
     previous = os.environ.get("LABELER_DATA_DIR")

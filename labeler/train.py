@@ -1,6 +1,6 @@
 """The training entry point for any registered model: build or warm-start, then fit.
 
-Used by the background worker (`labeler.trainer`) and the headless simulation
+Used by the background worker (`labeler.worker`) and the headless simulation
 (`labeler.simulate`); it never touches the database or Streamlit.
 """
 

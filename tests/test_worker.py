@@ -30,7 +30,7 @@ from labeler import projects
 from labeler.models import Progress, SSLModel, TrainingCancelled, TrainingDiverged
 from labeler.runspec import RunSpec
 from labeler.train import train_model
-from labeler.trainer import Worker
+from labeler.worker import Worker
 from tests.conftest import tiny_image_set
 
 
@@ -284,7 +284,7 @@ def test_recover_marks_runs_of_dead_processes_on_this_host_at_once(Session, proj
     import subprocess
     import sys
 
-    from labeler.trainer import process_gone
+    from labeler.worker import process_gone
 
     host = socket.gethostname()
     ended = subprocess.run(

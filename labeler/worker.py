@@ -6,20 +6,19 @@ on a GPU machine against a shared database. Everything the UI needs (progress, l
 errors, predictions) goes through the database; `Worker.status()` is a snapshot for this
 process only.
 
-A run, start to end:
+A run is claim -> load -> round -> store:
 
 1. claim the oldest QUEUED run (an UPDATE guarded by status, so two workers never share one);
-2. load the project's pixels and its current *pool* labels; the test split's truth and the
-   audit labels are never trained on, and the audit and test images are not even shown to the
-   model as unlabeled data;
-3. warm-start from the project's newest DONE checkpoint of the same model (fresh, with a note
-   in `Run.metrics["notes"]`, when it does not fit or will not load);
-4. fit within the run's budget, writing step, progress, heartbeat and loss points about once a
-   second and stopping within a second of a cancel request;
-5. save the checkpoint, then in one transaction write a Prediction row per item (all splits)
-   with the acquisition score of the run's strategy and a 2-D latent point, the test and audit
-   accuracies, and mark the run DONE. Any error marks it FAILED with a readable message and the
-   worker carries on.
+2. load the project's items, pixels and current answers (`db.runs.round_inputs`) and the run's
+   settings as a RunSpec (the run's over the project's); the test split's truth and the audit
+   labels are never trained on, and the audit and test images are not even shown to the model
+   as unlabeled data;
+3. run one round (`labeler.round.run_round`): warm-start from the project's newest DONE
+   checkpoint of the same model (fresh, with a note, when it does not fit or will not load),
+   fit within the budget while progress, heartbeat and loss points are written about once a
+   second and a cancel stops it within a second, then predict, score the queue and measure;
+4. save the checkpoint, then store the round in one transaction (`db.runs.store_round`). Any
+   error marks the run FAILED with a readable message and the worker carries on.
 """
 
 from __future__ import annotations
@@ -32,60 +31,35 @@ import socket
 import threading
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import select, update
+from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import runs as run_queries
 from db.engine import retrying
 from db.models import (
-    AUDIT,
     CANCELLED,
     DONE,
     FAILED,
     INTERRUPTED,
     POOL,
     RUNNING,
-    TEST,
-    Item,
-    Project,
     Run,
-    utcnow,
 )
 
-from . import active
 from .config import SettingError, default_device
-from .evaluate import wilson_interval
-from .models import Progress, SSLModel, TrainingCancelled, TrainingDiverged, check_finite, save_checkpoint
+from .models import Progress, TrainingCancelled, TrainingDiverged, check_finite, save_checkpoint
+from .round import RoundResult, run_round
 from .runspec import RunSpec
 
 log = logging.getLogger(__name__)
 
 # One run at a time per process, whatever number of Worker objects exists: they share a GPU.
 _PROCESS_LOCK = threading.Lock()
-
-PREDICT_CHUNK = 4096
-
-
-@dataclass
-class _Job:
-    run_id: int
-    project_id: int
-    model: str
-    settings: RunSpec
-    num_classes: int
-    item_ids: np.ndarray  # (N,) in row order
-    rows: np.ndarray  # (N,)
-    splits: np.ndarray  # (N,) str
-    truth: np.ndarray  # (N,) int, -1 unknown
-    labels: dict[int, int]  # item_id -> class, pool only (training)
-    audit_labels: dict[int, int]  # item_id -> class
-    warm_start: str | None
 
 
 def describe_error(error: BaseException) -> str:
@@ -263,22 +237,21 @@ class Worker:
     def _execute(self, run_id: int) -> None:
         start = time.monotonic()
         notes: list[str] = []
-        last = {"step": 0, "losses": {}}
         beating = threading.Event()
         beat = threading.Thread(
             target=self._beat, args=(run_id, beating), name="labeler-heartbeat", daemon=True
         )
         beat.start()
         try:
-            job = self._load(run_id)
-            model = self._train(job, start, notes, last)
-            self._finish_done(job, model, start, notes, last)
+            inputs, spec = self._load(run_id)
+            result = self._round(inputs, spec, start, notes)
+            self._store(inputs, spec, result, start)
         except TrainingCancelled:
             status = INTERRUPTED if self._stop.is_set() else CANCELLED
             message = "The worker was stopped; start training again." if status == INTERRUPTED else None
-            self._finish(run_id, status, start, error=message, notes=notes)
+            self._end(run_id, status, start, error=message, notes=notes)
         except KeyboardInterrupt:
-            self._finish(
+            self._end(
                 run_id, INTERRUPTED, start, error="The worker was stopped; start training again.", notes=notes
             )
             raise
@@ -289,59 +262,30 @@ class Worker:
             self._set(last_error=message)
             if isinstance(error, torch.cuda.OutOfMemoryError):
                 torch.cuda.empty_cache()
-            self._finish(run_id, FAILED, start, error=message, notes=notes)
+            self._end(run_id, FAILED, start, error=message, notes=notes)
         finally:
             beating.set()
             beat.join()
 
     def _beat(self, run_id: int, done: threading.Event) -> None:
         """Keep the run's heartbeat fresh while a model computes without calling back (e.g. one
-        long closed-form fit), so other workers do not take it for dead."""
+        long closed-form fit, or predicting a large pool), so other workers do not take it for
+        dead."""
         while not done.wait(self.heartbeat_s):
             try:
-                self._heartbeat(run_id)
+                self._write(lambda session: run_queries.beat(session, run_id))
             except Exception:  # a missed beat is harmless; the next one may pass
                 log.warning("Could not write the heartbeat of run %s", run_id, exc_info=True)
 
-    def _load(self, run_id: int) -> _Job:
-        from db.queries import class_names, current_labels
-
+    def _load(self, run_id: int) -> tuple[run_queries.RoundInputs, RunSpec]:
         with self.Session() as session:
-            run = session.get(Run, run_id)
-            project = session.get(Project, run.project_id)
-            settings = RunSpec.parse({**(run.settings or {}), "model": run.model}, project.settings)
-            rows = session.execute(
-                select(Item.id, Item.row, Item.split, Item.truth)
-                .where(Item.project_id == project.id)
-                .order_by(Item.row)
-            ).all()
-            labels = run_queries.pool_labels(session, project.id)
-            everything = current_labels(session, project.id)
-            num_classes = len(class_names(session, project.id))
-            previous = (
-                run_queries.latest_done_run(session, project.id, run.model) if settings.warm_start else None
-            )
-            warm = previous.checkpoint if previous is not None and previous.checkpoint else None
-            model_name = run.model
-        if not rows:
+            inputs = run_queries.round_inputs(session, run_id)
+        if inputs is None:
+            raise ValueError(f"Run {run_id} was deleted before it started.")
+        if not inputs.item_ids:
             raise ValueError("This project has no images: import some, then train.")
-        item_ids = np.array([r[0] for r in rows], dtype=np.int64)
-        splits = np.array([r[2] for r in rows])
-        audit_ids = set(item_ids[splits == AUDIT].tolist())
-        return _Job(
-            run_id=run_id,
-            project_id=project.id,
-            model=model_name,
-            settings=settings,
-            num_classes=num_classes,
-            item_ids=item_ids,
-            rows=np.array([r[1] for r in rows], dtype=np.int64),
-            splits=splits,
-            truth=np.array([-1 if r[3] is None else r[3] for r in rows], dtype=np.int64),
-            labels=labels,
-            audit_labels={i: c for i, c in everything.items() if i in audit_ids},
-            warm_start=warm,
-        )
+        spec = RunSpec.parse({**inputs.run_settings, "model": inputs.model}, inputs.project_settings)
+        return inputs, spec
 
     def _pixels_of(self, project_id: int) -> np.ndarray:
         if self._pixels is not None:
@@ -357,53 +301,96 @@ class Worker:
 
         return checkpoint_path(project_id, run_id)
 
-    def _train(self, job: _Job, start: float, notes: list[str], last: dict) -> SSLModel:
-        from .train import train_model
-
-        pixels = self._pixels_of(job.project_id)
-        pool = job.splits == POOL
-        x = np.asarray(pixels[job.rows[pool]], dtype=np.float32) / 255.0  # (P, C, H, W)
-        position = {item_id: i for i, item_id in enumerate(job.item_ids[pool].tolist())}
-        labeled = [(position[i], c) for i, c in job.labels.items() if i in position]
-        labeled_idx = np.array([p for p, _ in labeled], dtype=np.int64)
-        labels = np.array([c for _, c in labeled], dtype=np.int64)
-
-        def begin(session: Session) -> None:
-            session.execute(
-                update(Run).where(Run.id == job.run_id).values(labels_used=len(labeled), worker=self.name)
-            )
-
-        self._write(begin)
-        last_write = [0.0]
+    def _round(
+        self, inputs: run_queries.RoundInputs, spec: RunSpec, start: float, notes: list[str]
+    ) -> RoundResult:
+        split, labels = np.array(inputs.splits), np.array(inputs.labels, dtype=np.int64)
+        labels_used = int(np.sum((split == POOL) & (labels >= 0)))
+        self._write(
+            lambda session: run_queries.start_training(session, inputs.run_id, labels_used, self.name)
+        )
+        last_write = -math.inf
 
         def on_progress(p: Progress) -> bool:
+            nonlocal last_write
             check_finite(p.losses, p.step)
-            if "fit_started" not in last:
-                # The model's own clock starts when fitting does: what came before is set-up.
-                last["fit_started"] = time.monotonic() - p.seconds
-            last.update(step=p.step, losses=dict(p.losses))
             self._set(step=p.step, progress=p.fraction, seconds=p.seconds)
             if self._stop.is_set():
                 return True
             now = time.monotonic()
-            if now - last_write[0] < self.write_every_s:
+            if now - last_write < self.write_every_s:
                 return False
-            last_write[0] = now
-            return self._write_progress(job.run_id, p, time.monotonic() - start)
+            last_write = now
+            return self._write(
+                lambda session: run_queries.record_progress(
+                    session, inputs.run_id, p.step, p.fraction, now - start, p.losses
+                )
+            )
 
-        model = train_model(
-            job.settings,
-            x,
-            labeled_idx,
+        result = run_round(
+            spec,
+            self._pixels_of(inputs.project_id),
+            split,
             labels,
-            job.num_classes,
+            np.array(inputs.truth, dtype=np.int64),
+            inputs.num_classes,
+            rows=np.array(inputs.rows, dtype=np.int64),
             device=self.device,
+            warm_start=inputs.previous_checkpoint if spec.warm_start else None,
             progress=on_progress,
-            warm_start=job.warm_start,
-            notes=notes,
+            with_map=True,
         )
-        last["fit_ended"] = time.monotonic()
-        return model
+        notes.extend(result.notes)
+        return result
+
+    def _store(
+        self, inputs: run_queries.RoundInputs, spec: RunSpec, result: RoundResult, start: float
+    ) -> None:
+        checkpoint = save_checkpoint(result.model, self._checkpoint_of(inputs.project_id, inputs.run_id))
+        from .projects import publish
+
+        publish(
+            checkpoint
+        )  # before the run is DONE: app servers and workers elsewhere load it from the store
+        columns = {"item_id": np.array(inputs.item_ids), **result.prediction_columns()}
+        seconds = time.monotonic() - start
+        metrics = {
+            "losses": result.losses,
+            "notes": result.notes,
+            "labels": result.labels_used,
+            "strategy": spec.strategy,
+            "device": self.device,
+            "timing": result.timing,
+        }
+        outcome = self._write(
+            lambda session: run_queries.store_round(
+                session,
+                inputs.run_id,
+                columns,
+                checkpoint=str(checkpoint),
+                step=result.steps,
+                seconds=seconds,
+                test_accuracy=result.test_accuracy,
+                audit_n=result.audit_n,
+                audit_accuracy=result.audit_accuracy,
+                audit_interval=result.audit_interval,
+                metrics=metrics,
+            )
+        )
+        if outcome != DONE:
+            checkpoint.unlink(missing_ok=True)
+        else:
+            try:
+                self._write(
+                    lambda session: run_queries.prune_predictions(
+                        session, inputs.project_id, self.keep_predictions
+                    )
+                )
+            except Exception:
+                log.exception("Could not prune old predictions of project %s", inputs.project_id)
+        log.info(
+            "Run %s %s in %.1f s (test accuracy %s)", inputs.run_id, outcome, seconds, result.test_accuracy
+        )
 
     def _write(self, fn: Callable[[Session], Any]) -> Any:
         def work():
@@ -412,164 +399,14 @@ class Worker:
 
         return retrying(work)
 
-    def _write_progress(self, run_id: int, p: Progress, seconds: float) -> bool:
-        """Store progress and loss points; return True when a cancel was requested."""
-
-        def work(session: Session) -> bool:
-            session.execute(
-                update(Run)
-                .where(Run.id == run_id)
-                .values(
-                    step=int(p.step),
-                    progress=float(p.fraction),
-                    seconds=float(seconds),
-                    heartbeat_at=utcnow(),
-                )
-            )
-            run_queries.add_metrics(
-                session, run_id, p.step, seconds, {k: float(v) for k, v in p.losses.items()}
-            )
-            cancel = session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
-            return cancel is None or bool(cancel)  # a deleted run counts as cancelled
-
-        return self._write(work)
-
-    def _predict(self, job: _Job, model: SSLModel) -> dict[str, np.ndarray]:
-        """Probabilities, embeddings (and MC samples for BALD) of every item, in row order."""
-        pixels = self._pixels_of(job.project_id)
-        probs, embeds, mc = [], [], []
-        want_mc = job.settings.strategy == "bald"
-        for i in range(0, len(job.rows), PREDICT_CHUNK):
-            x = np.asarray(pixels[job.rows[i : i + PREDICT_CHUNK]], dtype=np.float32) / 255.0
-            probs.append(np.asarray(model.predict_proba(x), dtype=np.float64))
-            embeds.append(np.asarray(model.embed(x), dtype=np.float32).reshape(len(x), -1))
-            if want_mc:
-                mc.append(np.asarray(model.mc_proba(x, samples=job.settings.mc_samples), dtype=np.float64))
-            self._heartbeat(job.run_id)
-        out = {"probs": np.concatenate(probs), "embed": np.concatenate(embeds)}
-        if want_mc:
-            out["mc"] = np.concatenate(mc, axis=1)  # (S, N, K)
-        check_finite(out["probs"], what="predictions")
-        return out
-
-    def _heartbeat(self, run_id: int) -> None:
-        self._write(
-            lambda session: session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
-        )
-
-    def _finish_done(self, job: _Job, model: SSLModel, start: float, notes: list[str], last: dict) -> None:
-        from .latent import project_2d
-
-        out = self._predict(job, model)
-        probs, embed = out["probs"], out["embed"]  # (N, K), (N, D)
-        predicted = probs.argmax(axis=1)
-        top2 = -np.partition(-probs, 1, axis=1)[:, :2] if probs.shape[1] > 1 else np.c_[probs, probs * 0]
-        xy = project_2d(embed, seed=job.settings.seed)
-        labeled_ids = set(job.labels) | set(job.audit_labels)
-        labeled_mask = np.isin(job.item_ids, list(labeled_ids))
-        score = active.queue_scores(
-            job.settings.strategy,
-            probs,
-            embed,
-            labeled_mask,
-            job.splits == POOL,
-            mc_probs=out.get("mc"),
-            diverse_batch=job.settings.diverse_batch,
-            seed=job.settings.seed,
-        )
-        entropy = active.entropy(probs)
-
-        test = (job.splits == TEST) & (job.truth >= 0)
-        test_accuracy = float(np.mean(predicted[test] == job.truth[test])) if test.any() else None
-        audit_pos = {item_id: i for i, item_id in enumerate(job.item_ids.tolist())}
-        audit_pairs = [(predicted[audit_pos[i]], c) for i, c in job.audit_labels.items()]
-        audit_n = len(audit_pairs)
-        audit_correct = sum(int(p == c) for p, c in audit_pairs)
-        audit_low, audit_high = wilson_interval(audit_correct, audit_n) if audit_n else (None, None)
-
-        checkpoint = save_checkpoint(model, self._checkpoint_of(job.project_id, job.run_id))
-        from .projects import publish
-
-        publish(
-            checkpoint
-        )  # before the run is DONE: app servers and workers elsewhere load it from the store
-        store_started = time.monotonic()
-        columns = {
-            "item_id": job.item_ids,
-            "predicted": predicted,
-            "confidence": top2[:, 0],
-            "entropy": entropy,
-            "margin": top2[:, 0] - top2[:, 1],
-            "score": score,
-            "x": xy[:, 0],
-            "y": xy[:, 1],
-        }
-        seconds = time.monotonic() - start
-
-        def commit(session: Session) -> str:
-            run = session.get(Run, job.run_id)
-            if run is None:
-                return "deleted"
-            if run.cancel_requested:
-                run.status, run.finished_at, run.seconds = CANCELLED, utcnow(), seconds
-                return CANCELLED
-            run_queries.store_predictions(session, job.run_id, columns)
-            now = time.monotonic()
-            fit_started = last.get("fit_started", start)
-            fit_ended = last.get("fit_ended", now)
-            timing = {
-                "before_training_s": round(fit_started - start, 3),
-                "training_s": round(fit_ended - fit_started, 3),
-                "after_training_s": round(now - fit_ended, 3),
-                "store_s": round(now - store_started, 3),
-            }
-            run.status = DONE
-            run.finished_at = run.heartbeat_at = utcnow()
-            run.progress, run.step, run.seconds = 1.0, int(last["step"]), seconds
-            run.checkpoint = str(checkpoint)
-            run.test_accuracy = test_accuracy
-            run.audit_n = audit_n or None
-            run.audit_accuracy = audit_correct / audit_n if audit_n else None
-            run.audit_low, run.audit_high = audit_low, audit_high
-            run.metrics = {
-                "losses": last["losses"],
-                "notes": notes,
-                "labels": len(job.labels),
-                "strategy": job.settings.strategy,
-                "device": self.device,
-                "timing": timing,
-            }
-            return DONE
-
-        result = self._write(commit)
-        if result != DONE:
-            checkpoint.unlink(missing_ok=True)
-        else:
-            try:
-                self._write(
-                    lambda session: run_queries.prune_predictions(
-                        session, job.project_id, self.keep_predictions
-                    )
-                )
-            except Exception:
-                log.exception("Could not prune old predictions of project %s", job.project_id)
-        log.info("Run %s %s in %.1f s (test accuracy %s)", job.run_id, result, seconds, test_accuracy)
-
-    def _finish(
+    def _end(
         self, run_id: int, status: str, start: float, error: str | None = None, notes: list[str] | None = None
     ) -> None:
         seconds = time.monotonic() - start
-
-        def work(session: Session) -> None:
-            run = session.get(Run, run_id)
-            if run is None or run.status != RUNNING:
-                return
-            run.status, run.finished_at, run.seconds, run.error = status, utcnow(), seconds, error
-            if notes:
-                run.metrics = {**(run.metrics or {}), "notes": list(notes)}
-
         try:
-            self._write(work)
+            self._write(
+                lambda session: run_queries.end_run(session, run_id, status, seconds, error, notes or ())
+            )
         except Exception:
             log.exception("Could not record the end of run %s", run_id)
 
