@@ -180,27 +180,6 @@ def pool_labels(session: Session, project_id: int) -> dict[int, int]:
     return {item_id: class_index for item_id, class_index in rows}
 
 
-def should_auto_retrain(session: Session, project_id: int) -> bool:
-    """True when `auto_retrain_every` (project setting, default 10; 0 = off) new pool labels have
-    arrived since the newest run that started, and no run is already queued."""
-    project = session.get(Project, project_id)
-    if project is None:
-        return False
-    every = int((project.settings or {}).get("auto_retrain_every", 10) or 0)
-    if every <= 0:
-        return False
-    if session.scalar(select(Run.id).where(Run.project_id == project_id, Run.status == QUEUED).limit(1)):
-        return False
-    last = session.scalars(
-        select(Run)
-        .where(Run.project_id == project_id, Run.started_at.is_not(None))
-        .order_by(Run.started_at.desc(), Run.id.desc())
-        .limit(1)
-    ).first()
-    used = last.labels_used if last is not None else 0
-    return len(pool_labels(session, project_id)) - used >= every
-
-
 def predictions(session: Session, run_id: int) -> list[Prediction]:
     """The run's prediction rows, by item id."""
     return list(
@@ -245,15 +224,6 @@ def predictions_frame(session: Session, run_id: int):
         "y",
     ]
     return pd.DataFrame([tuple(r) for r in rows], columns=columns)
-
-
-def maybe_auto_retrain(session: Session, project_id: int) -> Run | None:
-    """Queue a run with the project's own settings (model, budget, strategy) when
-    `should_auto_retrain` says so; return it, or None."""
-    if not should_auto_retrain(session, project_id):
-        return None
-    project = session.get(Project, project_id)
-    return request_run(session, project_id, (project.settings or {}).get("model", "m2"), {"auto": True})
 
 
 def prune_predictions(session: Session, project_id: int, keep: int = 5) -> int:
@@ -325,7 +295,7 @@ def _plain(values: Sequence) -> list:
 def store_queue(session: Session, run_id: int) -> None:
     """Write the run's queue order (`QueuePosition`) from its stored predictions, in one
     INSERT ... SELECT: pool and audit items by score, highest first, then by row, which is the
-    order `db.queries.next_items` used to sort on every call."""
+    order `labeler.queue.next_items` used to sort on every call."""
     position = func.row_number().over(order_by=(Prediction.score.desc(), Item.row))
     ranked = (
         select(Prediction.run_id, position, Prediction.item_id)
