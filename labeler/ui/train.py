@@ -22,7 +22,6 @@ from .. import active
 from ..config import SettingError, check_int
 from ..models import DESCRIPTIONS, MODELS
 from ..runspec import LIMITS, RunSpec
-from ..train import SETTING_RANGES
 from . import common, parts
 
 LIVE_EVERY_S = 1.0  # while a run is queued or running
@@ -211,6 +210,8 @@ def _settings_ui(project: Project) -> None:
         )
         defaults = model_defaults(model)
         if "lr" in defaults:
+            from ..train import SETTING_RANGES
+
             st.number_input(
                 "Learning rate",
                 value=float(defaults["lr"]),
