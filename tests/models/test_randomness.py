@@ -79,3 +79,16 @@ def test_a_checkpoint_loaded_on_another_thread_leaves_a_run_unchanged(name, tmp_
     assert loads[0] > 0
     np.testing.assert_array_equal(with_loads, alone)
     np.testing.assert_array_equal(run(), alone)  # and the same seed gives the same result again
+
+
+def test_move_to_gives_the_layers_the_new_generator():
+    # On a GPU the generator must live on the GPU: move_to replaces it, and every noise and
+    # dropout layer (EMA teacher included) draws from the replacement.
+    from labeler.models.base import Stochastic
+
+    model = make("sslgan")
+    before = model.generator
+    model.move_to("cpu")
+    assert model.generator is not before
+    layers = [m for net in model.modules.values() for m in net.modules() if isinstance(m, Stochastic)]
+    assert layers and all(layer.generator() is model.generator for layer in layers)
