@@ -114,11 +114,14 @@ def run_round(
     warm_start: str | Path | SSLModel | None = None,
     progress: ProgressFn | None = None,
     with_map: bool = False,
+    notes: list[str] | None = None,
 ) -> RoundResult:
     """Train `spec.model` on the pool within `spec`'s budget (warm-starting when it fits), then
     predict every item and score the queue by `spec.strategy` (see the module docstring).
 
-    Raises what `train_model` raises: TrainingCancelled, TrainingDiverged, SettingError."""
+    `notes` (optional) receives the reasons for training fresh as they arise, so a caller keeps
+    them when the round fails later. Raises what `train_model` raises: TrainingCancelled,
+    TrainingDiverged, SettingError."""
     from .train import train_model
 
     start = time.monotonic()
@@ -138,7 +141,7 @@ def run_round(
         seen.update(step=max(seen["step"], int(report.step)), losses=dict(report.losses))
         return bool(progress(report)) if progress is not None else False
 
-    notes: list[str] = []
+    notes = [] if notes is None else notes
     model = train_model(
         spec,
         x,

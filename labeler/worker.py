@@ -339,8 +339,8 @@ class Worker:
             warm_start=inputs.previous_checkpoint if spec.warm_start else None,
             progress=on_progress,
             with_map=True,
+            notes=notes,
         )
-        notes.extend(result.notes)
         return result
 
     def _store(

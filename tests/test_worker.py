@@ -422,6 +422,15 @@ def test_queue_never_offers_labeled_test_or_audit_first(Session, project):
         assert set(timing) == {"before_training_s", "training_s", "after_training_s", "store_s"}
 
 
+def test_a_failed_run_keeps_the_note_on_its_warm_start(Session, project):
+    with Session.begin() as session:
+        session.add(Run(project_id=project.id, model="fake", status=DONE, checkpoint="/gone/model.pt"))
+    run_id = queue(Session, project.id, config={"explode": True})
+    Worker(Session, device="cpu").process_one()
+    run = get_run(Session, run_id)
+    assert run.status == FAILED and any("missing" in note for note in run.metrics["notes"])
+
+
 @pytest.mark.parametrize(
     ("config", "expected"),
     [({"oom": True}, "GPU ran out of memory"), ({"nan": True}, TrainingDiverged.MESSAGE)],
