@@ -200,12 +200,12 @@ def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
     ledger = _ledger(project_id)
     Session = common.session_factory()
     try:
-        rest = db.retrying(lambda: _claim_page(Session, project_id, k, ledger.skipped, common.claimant()))
+        rest = db.retrying(lambda: _queue_page(Session, project_id, k, ledger.skipped, common.claimant()))
     except OperationalError:
         # The database stayed locked through every retry: show images unclaimed rather than
         # fail the page; the worst case is two people answering one image, both kept.
         log.warning("Could not claim images; showing them unclaimed.", exc_info=True)
-        rest = _claim_page(Session, project_id, k, ledger.skipped, None)
+        rest = _queue_page(Session, project_id, k, ledger.skipped, None)
     with Session() as session:
         first = []
         for item_id in st.session_state.get("show_first", []):
@@ -221,7 +221,8 @@ def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
     return (first + [pair for pair in rest if pair[0].id not in seen])[:k]
 
 
-def _claim_page(Session, project_id: int, k: int, skipped, claimant: str | None) -> list[tuple[Item, object]]:
+def _queue_page(Session, project_id: int, k: int, skipped, claimant: str | None) -> list[tuple[Item, object]]:
+    """The next k images, claimed for `claimant` (None: unclaimed) in a transaction of their own."""
     with Session.begin() as session:  # the claims count once committed
         return queue.next_items(session, project_id, k=k, exclude=skipped, annotator=claimant)
 
