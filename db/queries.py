@@ -8,11 +8,9 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from datetime import timedelta
 
 from sqlalchemy import and_, delete, exists, func, or_, select, text, update
-from sqlalchemy.engine import Engine
-from sqlalchemy.exc import IntegrityError, OperationalError
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
 from .models import (
@@ -321,94 +319,50 @@ def unlabeled_candidates(
     return select(Item).where(Item.project_id == project_id, Item.split.in_(splits), Item.id.not_in(labeled))
 
 
-CLAIM_SECONDS = 300  # how long an image shown to one annotator is kept from the others
-
-
-AUDIT_EVERY = 5  # one image in five comes from the audit set until it is all labeled
-
-
-def audit_turn(session: Session, project_id: int, k: int = 1) -> bool:
-    """Whether the next page (k images) comes from the audit set.
-
-    The audit set is a random sample held out of training; its accuracy is the honest estimate
-    for data without a test split, so it must be labeled too, in random order (never by
-    uncertainty). It is woven in: one page in AUDIT_EVERY while any of it is unlabeled.
-    """
-    left = session.scalar(
-        select(func.count()).select_from(unlabeled_candidates(session, project_id, (AUDIT,)).subquery())
+def count_unlabeled(session: Session, project_id: int, splits: tuple[str, ...]) -> int:
+    return session.scalar(
+        select(func.count()).select_from(unlabeled_candidates(session, project_id, splits).subquery())
     )
-    if not left:
-        return False
-    return (label_count(session, project_id) // max(1, k)) % AUDIT_EVERY == AUDIT_EVERY - 1
 
 
-def next_items(
-    session: Session,
-    project_id: int,
-    k: int = 1,
-    exclude: Iterable[int] = (),
-    seed: int = 0,
-    annotator: str | None = None,
-) -> list[tuple[Item, Prediction | None]]:
-    """The next k images to show: pool images in queue order, and on audit turns
-    (`audit_turn`) audit images in random order. When that part runs short, both fill the page."""
-    splits = (AUDIT,) if audit_turn(session, project_id, k) else (POOL,)
-    picked = _next_in(session, project_id, k, exclude, annotator, splits)
-    if len(picked) < k:
-        picked = _next_in(session, project_id, k, exclude, annotator, (POOL, AUDIT))
-    return picked
-
-
-def _next_in(
-    session: Session,
-    project_id: int,
-    k: int,
-    exclude: Iterable[int],
-    annotator: str | None,
-    splits: tuple[str, ...],
-) -> list[tuple[Item, Prediction | None]]:
-    """The next k unlabeled items to show: the newest finished run's queue order (highest score
-    first), or a fixed shuffled order while no model exists. Items in `exclude` (skipped, or
-    handed to another annotator) come last.
-
-    With `annotator`, items another annotator holds an unexpired claim on are passed over, and
-    the items returned are claimed for `annotator` for `CLAIM_SECONDS` (their other claims in
-    the project are released). Claims are committed at once on a connection of their own, so
-    call this outside a write transaction. When every remaining item is claimed by someone
-    else, those are returned (unclaimed) rather than nothing: two people may then see the same
-    image, and both answers are kept in the history.
-    """
-    if k <= 0:
-        return []
-    exclude = set(exclude)
-    queue = _queue(session, project_id, splits)
-    if annotator is None:
-        return _first_k(_read(session, queue, k + len(exclude)), k, exclude)
-
-    now = utcnow()
-    held = select(Claim.item_id).where(
+def held_by_others(project_id: int, annotator: str, now) -> select:
+    """A select of the item ids another annotator holds an unexpired claim on."""
+    return select(Claim.item_id).where(
         Claim.project_id == project_id, Claim.annotator != annotator, Claim.expires_at > now
     )
-    free = [part.where(Item.id.not_in(held)) for part in queue]
-    # A few spare rows: another annotator may claim some between this read and our claim.
-    ordered = _first_k(_read(session, free, 2 * k + len(exclude) + 8), None, exclude)
-    try:
-        claimed = _claim(session, project_id, [item.id for item, _ in ordered], annotator, k)
-    except OperationalError:
-        # The database stayed locked through every retry: show images unclaimed rather than
-        # fail the page; the worst case is two people answering one image, both kept.
-        log.warning("Could not claim images for %s; showing them unclaimed.", annotator, exc_info=True)
-        claimed = {item.id for item, _ in ordered[:k]}
-    picked = [pair for pair in ordered if pair[0].id in claimed]
-    if len(picked) < k:
-        # Nothing unclaimed is left: share what others hold rather than show "all done".
-        taken = {item.id for item, _ in picked}
-        rest = _first_k(_read(session, queue, k + len(exclude) + len(taken)), None, exclude)
-        picked += [pair for pair in rest if pair[0].id not in taken][: k - len(picked)]
-    return picked
 
 
-def _queue(session: Session, project_id: int, splits: tuple[str, ...]) -> list:
+def claimed_by(session: Session, project_id: int, annotator: str, valid_until) -> set[int]:
+    """The items `annotator` holds claims on that last at least until `valid_until`."""
+    return set(
+        session.scalars(
+            select(Claim.item_id).where(
+                Claim.project_id == project_id, Claim.annotator == annotator, Claim.expires_at > valid_until
+            )
+        )
+    )
+
+
+def queue_page(
+    session: Session,
+    project_id: int,
+    splits: tuple[str, ...],
+    limit: int,
+    exclude: Iterable[int] = (),
+    unclaimed_for: tuple[str, object] | None = None,
+) -> list[tuple[Item, Prediction | None]]:
+    """Up to `limit` unlabeled items of `splits` in queue order (`queue_selects`), those in
+    `exclude` moved to the back; with `unclaimed_for` = (annotator, now), items another
+    annotator holds are left out."""
+    parts = queue_selects(session, project_id, splits)
+    if unclaimed_for is not None:
+        held = held_by_others(project_id, *unclaimed_for)
+        parts = [part.where(Item.id.not_in(held)) for part in parts]
+    exclude = set(exclude)
+    return _first_k(_read(session, parts, limit + len(exclude)), None, exclude)[:limit]
+
+
+def queue_selects(session: Session, project_id: int, splits: tuple[str, ...]) -> list:
     """Selects of (Item, Prediction or None) over the unlabeled items of `splits`, whose results
     read one after the other are the queue: the newest finished run's order (highest score
     first, then by row), or a fixed shuffled order while no model exists.
@@ -474,40 +428,28 @@ def _first_k(rows, k: int | None, exclude: set[int]) -> list[tuple[Item, Predict
     return result if k is None else result[:k]
 
 
-def _claim(session: Session, project_id: int, item_ids: list[int], annotator: str, k: int) -> set[int]:
-    """Claim up to k of `item_ids` (in order) for `annotator` in one committed transaction of
-    its own; return the ids won. The annotator's other claims in the project are released
-    (including any just taken on an item that turned out to be labeled meanwhile)."""
-    bind = session.get_bind()
-    now = utcnow()
-    expires = now + timedelta(seconds=CLAIM_SECONDS)
-
-    def attempt(connection) -> set[int]:
-        if connection.dialect.name in ("sqlite", "postgresql"):
-            won = _claim_at_once(connection, project_id, item_ids, annotator, k, now, expires)
-        else:
-            won = _claim_one_by_one(connection, project_id, item_ids, annotator, k, now, expires)
-        release = delete(Claim).where(Claim.project_id == project_id, Claim.annotator == annotator)
-        if won:
-            release = release.where(Claim.item_id.not_in(won))
-        connection.execute(release)
-        return won
-
-    if isinstance(bind, Engine):
-        from .engine import retrying
-
-        def transaction() -> set[int]:
-            with bind.begin() as connection:
-                return attempt(connection)
-
-        return retrying(transaction)
-    return attempt(session.connection())  # bound to a connection: the caller's transaction
+def claim_items(
+    session: Session, project_id: int, item_ids: list[int], annotator: str, k: int, now, expires
+) -> set[int]:
+    """Claim up to k of `item_ids` (in order) for `annotator` until `expires`; return the ids
+    won. The annotator's other claims in the project are released (including any just taken on
+    an item that turned out to be labeled meanwhile). Written in the caller's transaction."""
+    connection = session.connection()
+    if connection.dialect.name in ("sqlite", "postgresql"):
+        won = _claim_at_once(connection, project_id, item_ids, annotator, k, now, expires)
+    else:
+        won = _claim_one_by_one(connection, project_id, item_ids, annotator, k, now, expires)
+    release = delete(Claim).where(Claim.project_id == project_id, Claim.annotator == annotator)
+    if won:
+        release = release.where(Claim.item_id.not_in(won))
+    connection.execute(release)
+    return won
 
 
 def _claim_at_once(
     connection, project_id: int, item_ids: list[int], annotator: str, k: int, now, expires
 ) -> set[int]:
-    """`_claim`'s work in two statements: claim every candidate in one INSERT ... ON CONFLICT
+    """`claim_items`'s work in two statements: claim every candidate in one INSERT ... ON CONFLICT
     (a claim another annotator holds is left alone), then read which of those were answered
     meanwhile; the first k claimed and unanswered win (the caller releases the others)."""
     if connection.dialect.name == "sqlite":
@@ -548,7 +490,7 @@ def _claim_at_once(
 def _claim_one_by_one(
     connection, project_id: int, item_ids: list[int], annotator: str, k: int, now, expires
 ) -> set[int]:
-    """`_claim`'s work on other databases: claim in order until k are won."""
+    """`claim_items`'s work on other databases: claim in order until k are won."""
     won: set[int] = set()
     for item_id in item_ids:
         if len(won) >= k:

@@ -9,7 +9,9 @@ at most one follow-up behind a RUNNING run.
 
 from __future__ import annotations
 
+import time
 from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from datetime import timedelta
 from typing import Any
 
@@ -178,27 +180,6 @@ def pool_labels(session: Session, project_id: int) -> dict[int, int]:
     return {item_id: class_index for item_id, class_index in rows}
 
 
-def should_auto_retrain(session: Session, project_id: int) -> bool:
-    """True when `auto_retrain_every` (project setting, default 10; 0 = off) new pool labels have
-    arrived since the newest run that started, and no run is already queued."""
-    project = session.get(Project, project_id)
-    if project is None:
-        return False
-    every = int((project.settings or {}).get("auto_retrain_every", 10) or 0)
-    if every <= 0:
-        return False
-    if session.scalar(select(Run.id).where(Run.project_id == project_id, Run.status == QUEUED).limit(1)):
-        return False
-    last = session.scalars(
-        select(Run)
-        .where(Run.project_id == project_id, Run.started_at.is_not(None))
-        .order_by(Run.started_at.desc(), Run.id.desc())
-        .limit(1)
-    ).first()
-    used = last.labels_used if last is not None else 0
-    return len(pool_labels(session, project_id)) - used >= every
-
-
 def predictions(session: Session, run_id: int) -> list[Prediction]:
     """The run's prediction rows, by item id."""
     return list(
@@ -243,15 +224,6 @@ def predictions_frame(session: Session, run_id: int):
         "y",
     ]
     return pd.DataFrame([tuple(r) for r in rows], columns=columns)
-
-
-def maybe_auto_retrain(session: Session, project_id: int) -> Run | None:
-    """Queue a run with the project's own settings (model, budget, strategy) when
-    `should_auto_retrain` says so; return it, or None."""
-    if not should_auto_retrain(session, project_id):
-        return None
-    project = session.get(Project, project_id)
-    return request_run(session, project_id, (project.settings or {}).get("model", "m2"), {"auto": True})
 
 
 def prune_predictions(session: Session, project_id: int, keep: int = 5) -> int:
@@ -323,7 +295,7 @@ def _plain(values: Sequence) -> list:
 def store_queue(session: Session, run_id: int) -> None:
     """Write the run's queue order (`QueuePosition`) from its stored predictions, in one
     INSERT ... SELECT: pool and audit items by score, highest first, then by row, which is the
-    order `db.queries.next_items` used to sort on every call."""
+    order `labeler.queue.next_items` used to sort on every call."""
     position = func.row_number().over(order_by=(Prediction.score.desc(), Item.row))
     ranked = (
         select(Prediction.run_id, position, Prediction.item_id)
@@ -333,3 +305,139 @@ def store_queue(session: Session, run_id: int) -> None:
     session.execute(delete(QueuePosition).where(QueuePosition.run_id == run_id))
     session.execute(insert(QueuePosition).from_select(["run_id", "position", "item_id"], ranked))
     analyze(session, QueuePosition.__tablename__)
+
+
+# -- what one worker run reads and writes ---------------------------------------------------------
+
+
+@dataclass
+class RoundInputs:
+    """What a worker needs from the database to train run `run_id` (items in row order)."""
+
+    run_id: int
+    project_id: int
+    model: str
+    run_settings: dict[str, Any]
+    project_settings: dict[str, Any]
+    num_classes: int
+    item_ids: list[int]
+    rows: list[int]
+    splits: list[str]
+    truth: list[int]  # -1 unknown
+    labels: list[int]  # each item's current answer usable here: pool labels and audit labels, -1 none
+    previous_checkpoint: str | None  # of the project's newest DONE run of the same model
+
+
+def round_inputs(session: Session, run_id: int) -> RoundInputs | None:
+    """The run's project, items, labels and previous checkpoint; None when the run is gone.
+    Pool labels (`pool_labels`) are what training may use; audit labels only measure."""
+    from .queries import class_names, current_labels
+
+    run = session.get(Run, run_id)
+    if run is None:
+        return None
+    project = session.get(Project, run.project_id)
+    items = session.execute(
+        select(Item.id, Item.row, Item.split, Item.truth)
+        .where(Item.project_id == project.id)
+        .order_by(Item.row)
+    ).all()
+    trained, answered = pool_labels(session, project.id), current_labels(session, project.id)
+    previous = latest_done_run(session, project.id, run.model)
+    return RoundInputs(
+        run_id=run.id,
+        project_id=project.id,
+        model=run.model,
+        run_settings=dict(run.settings or {}),
+        project_settings=dict(project.settings or {}),
+        num_classes=len(class_names(session, project.id)),
+        item_ids=[item.id for item in items],
+        rows=[item.row for item in items],
+        splits=[item.split for item in items],
+        truth=[-1 if item.truth is None else item.truth for item in items],
+        labels=[
+            trained.get(item.id, -1)
+            if item.split == POOL
+            else answered.get(item.id, -1)
+            if item.split == AUDIT
+            else -1
+            for item in items
+        ],
+        previous_checkpoint=previous.checkpoint if previous is not None and previous.checkpoint else None,
+    )
+
+
+def start_training(session: Session, run_id: int, labels_used: int, worker: str) -> None:
+    session.execute(update(Run).where(Run.id == run_id).values(labels_used=labels_used, worker=worker))
+
+
+def beat(session: Session, run_id: int) -> None:
+    """Refresh the run's heartbeat: its worker is alive."""
+    session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
+
+
+def record_progress(
+    session: Session, run_id: int, step: int, fraction: float, seconds: float, losses: Mapping[str, float]
+) -> bool:
+    """Store progress and loss points (and a heartbeat); True when a cancel was requested or the
+    run is gone."""
+    session.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(step=int(step), progress=float(fraction), seconds=float(seconds), heartbeat_at=utcnow())
+    )
+    add_metrics(session, run_id, step, seconds, {k: float(v) for k, v in losses.items()})
+    cancel = session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
+    return cancel is None or bool(cancel)
+
+
+def store_round(
+    session: Session,
+    run_id: int,
+    columns: Mapping[str, Sequence],
+    *,
+    checkpoint: str,
+    step: int,
+    seconds: float,
+    test_accuracy: float | None,
+    audit_n: int,
+    audit_accuracy: float | None,
+    audit_interval: tuple[float | None, float | None],
+    metrics: dict[str, Any],
+) -> str:
+    """Store a finished round: its predictions and queue, accuracies and metrics, and mark the
+    run DONE. Returns DONE, CANCELLED (a cancel arrived meanwhile: nothing stored) or "deleted"."""
+    run = session.get(Run, run_id)
+    if run is None:
+        return "deleted"
+    if run.cancel_requested:
+        run.status, run.finished_at, run.seconds = CANCELLED, utcnow(), seconds
+        return CANCELLED
+    started = time.monotonic()
+    store_predictions(session, run_id, columns)
+    metrics = {
+        **metrics,
+        "timing": {**metrics.get("timing", {}), "store_s": round(time.monotonic() - started, 3)},
+    }
+    run.status = DONE
+    run.finished_at = run.heartbeat_at = utcnow()
+    run.progress, run.step, run.seconds = 1.0, int(step), seconds
+    run.checkpoint = checkpoint
+    run.test_accuracy = test_accuracy
+    run.audit_n = audit_n or None
+    run.audit_accuracy = audit_accuracy
+    run.audit_low, run.audit_high = audit_interval
+    run.metrics = metrics
+    return DONE
+
+
+def end_run(
+    session: Session, run_id: int, status: str, seconds: float, error: str | None, notes: Sequence[str] = ()
+) -> None:
+    """Mark a RUNNING run failed, cancelled or interrupted, with its cause and notes."""
+    run = session.get(Run, run_id)
+    if run is None or run.status != RUNNING:
+        return
+    run.status, run.finished_at, run.seconds, run.error = status, utcnow(), seconds, error
+    if notes:
+        run.metrics = {**(run.metrics or {}), "notes": list(notes)}

@@ -29,6 +29,7 @@ from typing import Any
 import numpy as np
 
 from .config import SettingError, default_device
+from .runspec import RunSpec, check_model, check_strategy
 
 PRESETS: dict[str, dict[str, float]] = {
     "digits": {"labels": 30, "budget_s": 60},
@@ -169,18 +170,16 @@ def run_models(
                     "error": None,
                 }
                 try:
+                    spec = RunSpec(
+                        model, budget_s=budget, steps=steps, strategy="random", seed=seed, config=config or {}
+                    )
                     rows = simulate(
                         dataset,
-                        model,
-                        strategy="random",
+                        spec,
                         initial=n_labels,
                         step=0,
-                        budget_s=budget,
-                        steps=steps,
-                        seed=seed,
                         device=device,
                         images=_load(dataset, cache),
-                        config=config,
                         log=lambda _: None,
                     )
                     record.update(
@@ -326,16 +325,13 @@ def run_strategies(
     for strategy in strategies:
         for seed in seeds:
             try:
+                spec = RunSpec(model, budget_s=budget_s, steps=steps, strategy=strategy, seed=seed)
                 rows = simulate(
                     dataset,
-                    model,
-                    strategy=strategy,
+                    spec,
                     initial=initial,
                     step=step,
                     max_labels=max_labels,
-                    budget_s=budget_s,
-                    steps=steps,
-                    seed=seed,
                     device=device,
                     images=images,
                     log=lambda _: None,
@@ -445,9 +441,8 @@ def cmd_benchmark(args) -> int:
         table = report(inputs, out_dir)
     elif args.mode == "models":
         models = _split_list(args.models, list(MODELS))
-        unknown = [m for m in models if m not in MODELS]
-        if unknown:
-            raise SettingError(f"Unknown model {', '.join(unknown)}: choose from {', '.join(MODELS)}.")
+        for model in models:
+            check_model(model)
         datasets = _split_list(args.datasets, ["digits", "shapes", "fashion-mnist"])
         from .simulate import parse_overrides
 
@@ -465,9 +460,8 @@ def cmd_benchmark(args) -> int:
         )
     else:
         strategies = _split_list(args.strategies, list(STRATEGIES))
-        unknown = [s for s in strategies if s not in STRATEGIES]
-        if unknown:
-            raise SettingError(f"Unknown strategy {', '.join(unknown)}: choose from {', '.join(STRATEGIES)}.")
+        for strategy in strategies:
+            check_strategy(strategy)
         datasets = _split_list(args.datasets, ["digits"])
         model = _split_list(args.models, ["supervised"])[0]
         _, table = run_strategies(

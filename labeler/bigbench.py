@@ -5,7 +5,7 @@ throw-away database created on that PostgreSQL server and dropped afterwards), t
 through the project's own code:
 
 - the import (`projects.create_project`);
-- `db.queries.next_items` as the Label page calls it (a page of 16 for one annotator, claims
+- `labeler.queue.next_items` as the Label page calls it (a page of 16 for one annotator, claims
   included), each call followed by an answer to the first image, untimed, before the first run
   and after one;
 - one worker run (`Worker.process_one`, predictions for every image, after the worker's
@@ -44,12 +44,14 @@ def _time_next_items(Session, project_id: int, calls: int, annotator: str = "ben
     """Time `calls` page requests; after each, answer the first image with its true class."""
     from db import queries
 
+    from .queue import next_items
+
     times = []
     for _ in range(calls):
-        with Session() as session:
-            started = time.perf_counter()
-            page = queries.next_items(session, project_id, k=PAGE, annotator=annotator)
-            times.append(time.perf_counter() - started)
+        started = time.perf_counter()
+        with Session.begin() as session:  # as the Label page: the claims are committed
+            page = next_items(session, project_id, k=PAGE, annotator=annotator)
+        times.append(time.perf_counter() - started)
         if not page:
             break
         item = page[0][0]
@@ -120,7 +122,7 @@ def measure(
     from db.models import DONE, Run
 
     from . import projects
-    from .trainer import Worker
+    from .worker import Worker
 
     folder = Path(tempfile.mkdtemp(prefix="labeler-bigbench-"))
     previous = os.environ.get("LABELER_DATA_DIR")

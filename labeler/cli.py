@@ -86,7 +86,7 @@ def cmd_worker(args) -> int:
     import torch
 
     from .config import check_int
-    from .trainer import Worker
+    from .worker import Worker
 
     if args.threads is not None:
         torch.set_num_threads(check_int("--threads", args.threads, 1, 1024))

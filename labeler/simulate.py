@@ -29,9 +29,10 @@ from typing import Any
 
 import numpy as np
 
-from .active import STRATEGIES, select_batch
+from .active import STRATEGIES
 from .config import SettingError, default_device
 from .data.base import DataError, ImageSet
+from .runspec import RunSpec
 
 CSV_FIELDS = [
     "labels",
@@ -45,7 +46,6 @@ CSV_FIELDS = [
     "strategy",
     "seed",
 ]
-CHUNK = 4096
 
 
 def balanced_initial(truth: np.ndarray, n: int, num_classes: int, rng: np.random.Generator) -> np.ndarray:
@@ -85,46 +85,25 @@ def _split(images: ImageSet, seed: int, log: Callable[[str], None]) -> tuple[np.
     return pool, test
 
 
-def _predict(model, x: np.ndarray) -> np.ndarray:
-    return np.concatenate([model.predict_proba(x[i : i + CHUNK]) for i in range(0, len(x), CHUNK)])
-
-
-def _embed(model, x: np.ndarray) -> np.ndarray:
-    return np.concatenate(
-        [
-            np.asarray(model.embed(x[i : i + CHUNK])).reshape(len(x[i : i + CHUNK]), -1)
-            for i in range(0, len(x), CHUNK)
-        ]
-    )
-
-
 def simulate(
     dataset: str,
-    model: str,
-    strategy: str = "entropy",
+    spec: RunSpec,
     initial: int = 20,
     step: int = 10,
     max_labels: int = 100,
-    budget_s: float | None = 60.0,
-    seed: int = 0,
     out: str | Path | None = None,
     device: str | None = None,
-    steps: int | None = None,
-    config: dict[str, Any] | None = None,
-    diverse: bool = True,
-    mc_samples: int = 8,
     images: ImageSet | None = None,
     log: Callable[[str], None] | None = None,
 ) -> list[dict[str, Any]]:
-    """Run the loop and return one dict per round (see CSV_FIELDS); write them to `out` as CSV."""
-    from .train import get_model_class, make_config, train_model
+    """Run the loop with `spec` (the model, the budget per round, the strategy, its diverse
+    batch, the seed: round r trains with seed + r) and return one dict per round (see
+    CSV_FIELDS); write them to `out` as CSV. Each round is the app's (`run_round`), and the
+    oracle answers the head of its queue, as a person on the Label page would."""
+    from .round import POOL, TEST, queue_head, run_round
 
     log = log or (lambda line: print(line, file=sys.stderr, flush=True))
     device = device or default_device()
-    if strategy not in STRATEGIES:
-        raise SettingError(f"Unknown strategy {strategy!r}: choose one of {', '.join(STRATEGIES)}.")
-    get_model_class(model)
-    make_config(model, config)  # fail on a bad setting before reading a large data set
     if initial < 1:
         raise SettingError(f"--initial must be at least 1, got {initial}.")
     if step < 0:
@@ -137,16 +116,16 @@ def simulate(
 
         images = read_source(dataset)
     num_classes = max(len(images.classes), int(np.max(images.truth)) + 1)
-    pool, test = _split(images, seed, log)
-    x_pool = np.asarray(images.pixels[pool], dtype=np.float32) / 255.0  # (P, C, H, W)
-    y_pool = np.asarray(images.truth[pool], dtype=np.int64)
-    x_test = np.asarray(images.pixels[test], dtype=np.float32) / 255.0
-    y_test = np.asarray(images.truth[test], dtype=np.int64)
+    pool, test = _split(images, spec.seed, log)
     if initial > len(pool):
         raise SettingError(f"--initial ({initial}) is more than the {len(pool)} images in the pool.")
+    rows = np.concatenate([pool, test])  # items: the pool, then the test split
+    split = np.array([POOL] * len(pool) + [TEST] * len(test))
+    y_pool = np.asarray(images.truth[pool], dtype=np.int64)
+    truth = np.concatenate([np.full(len(pool), -1), images.truth[test]]).astype(np.int64)
 
-    rng = np.random.default_rng(seed)
-    labeled = np.zeros(len(pool), dtype=bool)
+    rng = np.random.default_rng(spec.seed)
+    labeled = np.zeros(len(rows), dtype=bool)
     labeled[balanced_initial(y_pool, initial, num_classes, rng)] = True
 
     if out is not None:
@@ -154,78 +133,53 @@ def simulate(
         with open(out, "w", newline="") as f:
             csv.DictWriter(f, fieldnames=CSV_FIELDS).writeheader()
 
-    rows: list[dict[str, Any]] = []
+    rows_out: list[dict[str, Any]] = []
     current = None
     start = time.monotonic()
     for round_ in itertools.count():
-        idx = np.flatnonzero(labeled)
-        train_start = time.monotonic()
-        notes: list[str] = []
-        last_step = [0]  # a time budget's step count is only known from the progress reports
-
-        def record_step(report, last_step=last_step) -> None:
-            last_step[0] = max(last_step[0], int(report.step))
-
-        current = train_model(
-            model,
-            x_pool,
-            idx,
-            y_pool[idx],
+        labels = np.where(
+            labeled, np.concatenate([y_pool, np.full(len(test), -1)]), -1
+        )  # the oracle's answers
+        result = run_round(
+            spec.with_seed(spec.seed + round_),
+            images.pixels,
+            split,
+            labels,
+            truth,
             num_classes,
-            budget_s=budget_s,
-            steps=steps,
-            seed=seed + round_,
+            rows=rows,
             device=device,
             warm_start=current,
-            config=config,
-            notes=notes,
-            progress=record_step,
         )
-        train_seconds = time.monotonic() - train_start
-        accuracy = float(np.mean(_predict(current, x_test).argmax(axis=1) == y_test))
+        current = result.model
+        train_seconds = result.timing["before_training_s"] + result.timing["training_s"]
+        accuracy = result.test_accuracy
         row = {
             "labels": int(labeled.sum()),
             "test_accuracy": round(accuracy, 4),
             "seconds": round(time.monotonic() - start, 1),
             "round": round_,
             "train_seconds": round(train_seconds, 1),
-            "train_steps": last_step[0],
+            "train_steps": result.steps,
             "dataset": dataset,
-            "model": model,
-            "strategy": strategy,
-            "seed": seed,
+            "model": spec.model,
+            "strategy": spec.strategy,
+            "seed": spec.seed,
         }
-        rows.append(row)
+        rows_out.append(row)
         if out is not None:  # row by row, so a long run stopped midway keeps its rounds
             with open(out, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
         log(
             f"round {round_}: {row['labels']} labels, test accuracy {accuracy:.4f}, "
-            f"trained {train_seconds:.1f} s ({last_step[0]} steps), total {row['seconds']:.1f} s"
-            + "".join(f" ({n})" for n in notes)
+            f"trained {train_seconds:.1f} s ({result.steps} steps), total {row['seconds']:.1f} s"
+            + "".join(f" ({n})" for n in result.notes)
         )
-        if step == 0 or labeled.sum() >= max_labels or labeled.all():
+        if step == 0 or labeled.sum() >= max_labels or labeled[: len(pool)].all():
             break
         k = int(min(step, max_labels - labeled.sum()))
-        needs = STRATEGIES[strategy].needs
-        probs = _predict(current, x_pool) if needs == "probs" else None
-        embeddings = (
-            _embed(current, x_pool) if needs == "embeddings" or (diverse and strategy != "random") else None
-        )
-        mc = None
-        if needs == "mc_probs":
-            mc = np.concatenate(
-                [
-                    current.mc_proba(x_pool[i : i + CHUNK], samples=mc_samples)
-                    for i in range(0, len(x_pool), CHUNK)
-                ],
-                axis=1,
-            )  # (S, P, K)
-        picks = select_batch(
-            strategy, k, probs, embeddings, labeled, mc_probs=mc, diverse=diverse, seed=seed * 1000 + round_
-        )
-        labeled[picks] = True  # the oracle answers y_pool[picks]
-    return rows
+        labeled[queue_head(result.scores, k)] = True  # the oracle answers the queue's head
+    return rows_out
 
 
 def final_json(rows: list[dict[str, Any]]) -> str:
@@ -252,22 +206,26 @@ def parse_overrides(pairs: list[str] | None) -> dict[str, Any]:
 def cmd_simulate(args) -> int:
     import torch
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    spec = RunSpec(
+        args.model,
+        budget_s=args.budget_s,
+        steps=args.steps,
+        strategy=args.strategy,
+        seed=args.seed,
+        config=parse_overrides(args.config),
+        diverse_batch=0 if args.no_diverse else RunSpec.diverse_batch,
+        threads=args.threads,
+    )
+    if spec.threads:
+        torch.set_num_threads(spec.threads)
     rows = simulate(
         args.dataset,
-        args.model,
-        strategy=args.strategy,
+        spec,
         initial=args.initial,
         step=args.step,
         max_labels=args.max_labels,
-        budget_s=args.budget_s,
-        seed=args.seed,
         out=args.out,
         device=args.device,
-        steps=args.steps,
-        config=parse_overrides(args.config),
-        diverse=not args.no_diverse,
     )
     print(final_json(rows), flush=True)
     return 0

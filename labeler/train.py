@@ -1,6 +1,6 @@
 """The training entry point for any registered model: build or warm-start, then fit.
 
-Used by the background worker (`labeler.trainer`) and the headless simulation
+Used by the background worker (`labeler.worker`) and the headless simulation
 (`labeler.simulate`); it never touches the database or Streamlit.
 """
 
@@ -8,7 +8,6 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import math
 import re
 import typing
 from pathlib import Path
@@ -18,20 +17,19 @@ import numpy as np
 import torch
 
 from .config import SettingError, check_choice, check_float, check_int
-from .models import MODELS, Budget, CheckpointError, SSLModel, load_checkpoint
+from .models import MODELS, CheckpointError, SSLModel, TrainingDiverged, check_finite, load_checkpoint
 from .models.base import ProgressFn
+from .runspec import RunSpec
 
 log = logging.getLogger(__name__)
 
-
-class TrainingDiverged(FloatingPointError):
-    """The loss became NaN or infinite."""
+__all__ = ["TrainingDiverged", "train_model"]
 
 
 def get_model_class(model_name: str) -> type[SSLModel]:
-    if model_name not in MODELS:
-        raise SettingError(f"Unknown model {model_name!r}: choose one of {', '.join(MODELS)}.")
-    return MODELS[model_name]
+    from .runspec import check_model
+
+    return MODELS[check_model(model_name)]
 
 
 # Allowed range of every model setting, by field name, for all models alike; a setting not
@@ -239,34 +237,25 @@ def warm_start_model(
 
 
 def train_model(
-    model_name: str,
+    spec: RunSpec,
     x: np.ndarray,
     labeled_idx: np.ndarray,
     labels: np.ndarray,
     num_classes: int,
-    budget_s: float | None = None,
-    steps: int | None = None,
-    seed: int = 0,
     device: str = "cpu",
     progress: ProgressFn | None = None,
     warm_start: str | Path | SSLModel | None = None,
-    config: dict[str, Any] | None = None,
     notes: list[str] | None = None,
 ) -> SSLModel:
-    """Train `model_name` on the pool `x` (float32 (N, C, H, W) in [0, 1]) with the given labels.
+    """Train `spec.model` on the pool `x` (float32 (N, C, H, W) in [0, 1]) with the given labels,
+    within `spec`'s budget, its randomness from `spec.seed`.
 
     Continues from `warm_start` (a checkpoint path or a model) when it is the same model for the
     same input shape, classes and settings; otherwise, or when the checkpoint will not load,
     starts fresh and says why in `notes`. Raises TrainingCancelled when `progress` returns True,
-    TrainingDiverged when a loss is not finite, SettingError for bad settings.
+    TrainingDiverged when a loss is not finite, SettingError when there are no usable labels.
     """
     notes = notes if notes is not None else []
-    if budget_s is None and steps is None:
-        raise SettingError("Give a training budget: a number of seconds or of steps.")
-    if budget_s is not None and not (budget_s > 0 and math.isfinite(budget_s)):
-        raise SettingError(f"The training time must be a positive number of seconds, got {budget_s!r}.")
-    if steps is not None and int(steps) < 1:
-        raise SettingError(f"The number of training steps must be at least 1, got {steps!r}.")
     labeled_idx = np.asarray(labeled_idx, dtype=np.int64)
     labels = np.asarray(labels, dtype=np.int64)
     if len(labeled_idx) != len(labels):
@@ -276,21 +265,17 @@ def train_model(
     if labels.min() < 0 or labels.max() >= num_classes:
         raise SettingError(f"Labels must lie in 0..{num_classes - 1}, got {labels.min()}..{labels.max()}.")
 
-    cls = get_model_class(model_name)
-    cfg = make_config(model_name, config)
+    cls = MODELS[spec.model]
+    cfg = spec.model_config()
     input_shape = tuple(int(s) for s in x.shape[1:])
-    model = warm_start_model(model_name, warm_start, input_shape, num_classes, cfg, device, notes)
+    model = warm_start_model(spec.model, warm_start, input_shape, num_classes, cfg, device, notes)
     if model is None:
-        model = cls(input_shape, num_classes, config=cfg, device=device, seed=seed)
-    # Fresh randomness per call, reproducible per seed, also when warm-starting.
-    torch.manual_seed(seed)
-    np.random.seed(seed % 2**32)
-    losses = model.fit(x, labeled_idx, labels, Budget(steps=steps, seconds=budget_s), progress=progress)
-    bad = {k: v for k, v in (losses or {}).items() if not math.isfinite(float(v))}
-    if bad:
-        raise TrainingDiverged(
-            f"Training diverged ({', '.join(f'{k}={v}' for k, v in bad.items())}): lower the learning rate or try another model."
-        )
+        model = cls(input_shape, num_classes, config=cfg, device=device, seed=spec.seed)
+    # Fresh randomness per call, reproducible per seed, also when warm-starting; the model's own
+    # generators, so nothing another thread does (a checkpoint loaded for a page) changes them.
+    model.reseed(spec.seed)
+    losses = model.fit(x, labeled_idx, labels, spec.budget(), progress=progress)
+    check_finite(losses or {})
     for note in notes:
         log.info("%s", note)
     return model

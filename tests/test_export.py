@@ -68,6 +68,7 @@ def test_model_export_runs_without_labeler_code_as_torchscript_and_onnx(Session,
 
     from db.models import DONE, Run
     from labeler.models import save_checkpoint
+    from labeler.runspec import RunSpec
     from labeler.train import train_model
 
     pool = _label_some(Session, tiny_project)
@@ -75,7 +76,7 @@ def test_model_export_runs_without_labeler_code_as_torchscript_and_onnx(Session,
         shape = (tiny_project.channels, tiny_project.height, tiny_project.width)
     rng = np.random.default_rng(0)
     x = rng.random((len(pool), *shape), dtype=np.float32)
-    model = train_model("supervised", x, np.arange(len(pool)), np.arange(len(pool)) % 2, 2, steps=3)
+    model = train_model(RunSpec("supervised", steps=3), x, np.arange(len(pool)), np.arange(len(pool)) % 2, 2)
     checkpoint = save_checkpoint(model, tmp_path / "run.pt")
     with Session.begin() as session:
         session.add(
@@ -103,11 +104,12 @@ def _train_and_register(Session, project, tmp_path, n_labeled: int = 6):
 
     from db.models import DONE, Run
     from labeler.models import save_checkpoint
+    from labeler.runspec import RunSpec
     from labeler.train import train_model
 
     shape = (project.channels, project.height, project.width)
     x = np.random.default_rng(0).random((n_labeled, *shape), dtype=np.float32)
-    model = train_model("supervised", x, np.arange(n_labeled), np.arange(n_labeled) % 2, 2, steps=2)
+    model = train_model(RunSpec("supervised", steps=2), x, np.arange(n_labeled), np.arange(n_labeled) % 2, 2)
     checkpoint = save_checkpoint(model, tmp_path / "run.pt")
     with Session.begin() as session:
         session.add(Run(project_id=project.id, model="supervised", status=DONE, checkpoint=str(checkpoint)))

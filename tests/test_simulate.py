@@ -10,6 +10,7 @@ import pytest
 
 from labeler import simulate as sim
 from labeler.cli import main
+from labeler.runspec import RunSpec
 from tests.conftest import tiny_image_set
 
 
@@ -31,14 +32,10 @@ def test_simulate_on_digits_writes_a_row_per_round(tmp_path, strategy):
     out = tmp_path / "curve.csv"
     rows = sim.simulate(
         "digits",
-        "supervised",
-        strategy=strategy,
+        RunSpec("supervised", strategy=strategy, budget_s=30, steps=20, seed=0),
         initial=20,
         step=10,
         max_labels=40,
-        budget_s=30,
-        steps=20,
-        seed=0,
         out=out,
         device="cpu",
         log=lambda _: None,
@@ -90,13 +87,10 @@ def test_a_set_without_test_split_holds_out_a_stratified_part():
     messages = []
     rows = sim.simulate(
         "tiny",
-        "supervised",
-        strategy="margin",
+        RunSpec("supervised", strategy="margin", budget_s=30, steps=5),
         initial=4,
         step=4,
         max_labels=8,
-        budget_s=30,
-        steps=5,
         device="cpu",
         images=images,
         log=messages.append,
@@ -107,9 +101,9 @@ def test_a_set_without_test_split_holds_out_a_stratified_part():
 
 def test_bad_arguments_say_what_to_do():
     with pytest.raises(ValueError, match="strategy"):
-        sim.simulate("digits", "supervised", strategy="nope", log=lambda _: None)
+        RunSpec("supervised", strategy="nope")
     with pytest.raises(ValueError, match="max-labels"):
-        sim.simulate("digits", "supervised", initial=50, step=10, max_labels=20, log=lambda _: None)
+        sim.simulate("digits", RunSpec("supervised"), initial=50, step=10, max_labels=20, log=lambda _: None)
     with pytest.raises(ValueError, match="KEY=VALUE"):
         sim.parse_overrides(["lr"])
     assert sim.parse_overrides(["lr=0.1", "name=x"]) == {"lr": 0.1, "name": "x"}

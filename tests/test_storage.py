@@ -17,7 +17,7 @@ from db import queries
 from db import runs as run_queries
 from db.models import DONE, FAILED, Item, Run
 from labeler import export, projects, storage
-from labeler.trainer import Worker
+from labeler.worker import Worker
 from tests.conftest import tiny_image_set
 
 BUCKET = "labeler-test"

@@ -17,6 +17,8 @@ if TYPE_CHECKING:
         Progress,
         SSLModel,
         TrainingCancelled,
+        TrainingDiverged,
+        check_finite,
         load_checkpoint,
         save_checkpoint,
     )
@@ -27,6 +29,8 @@ _FROM_BASE = {
     "Progress",
     "SSLModel",
     "TrainingCancelled",
+    "TrainingDiverged",
+    "check_finite",
     "load_checkpoint",
     "save_checkpoint",
 }
@@ -118,6 +122,8 @@ __all__ = [
     "Progress",
     "SSLModel",
     "TrainingCancelled",
+    "TrainingDiverged",
+    "check_finite",
     "load_checkpoint",
     "save_checkpoint",
 ]

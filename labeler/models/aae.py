@@ -69,9 +69,9 @@ def generator_loss(code_logits: torch.Tensor) -> torch.Tensor:
     return F.softplus(-code_logits).mean()
 
 
-def categorical_prior(n: int, k: int, device: torch.device) -> torch.Tensor:
+def categorical_prior(n: int, k: int, device: torch.device, generator: torch.Generator) -> torch.Tensor:
     """(n, K) one-hot samples of Cat(1/K)."""
-    return F.one_hot(torch.randint(k, (n,), device=device), k).float()
+    return F.one_hot(torch.randint(k, (n,), device=device, generator=generator), k).float()
 
 
 # -- networks --------------------------------------------------------------------------------
@@ -210,6 +210,8 @@ class AAE(PhasedAutoencoder):
             "d_y": discriminator(k, cfg.d_hidden).to(self.device),
             "d_z": discriminator(self.latent_dim, cfg.d_hidden).to(self.device),
         }
+        for module in self.modules.values():
+            self.initialised(module)
         disc = [*self.modules["d_y"].parameters(), *self.modules["d_z"].parameters()]
         self.optimizers = {
             "reconstruction": torch.optim.Adam(net.parameters(), lr=cfg.lr),
@@ -233,7 +235,8 @@ class AAE(PhasedAutoencoder):
         with torch.no_grad():
             logits, z = net.encode(xu)
             y = torch.softmax(logits, 1)
-        prior_y, prior_z = categorical_prior(len(xu), k, self.device), torch.randn_like(z)
+        prior_y = categorical_prior(len(xu), k, self.device, self.generator)
+        prior_z = torch.randn(z.shape, device=z.device, generator=self.generator)
         d_loss = discriminator_loss(d_y(prior_y), d_y(y)) + discriminator_loss(d_z(prior_z), d_z(z))
         opts["discriminators"].zero_grad(set_to_none=True)
         d_loss.backward()

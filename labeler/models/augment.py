@@ -53,18 +53,25 @@ def _affine(
     scale: tuple[float, float] = (1.0, 1.0),
     flip: bool = False,
     padding_mode: str = "zeros",
+    generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Per image: a random shift of up to `shift_px` pixels, rotation, scale and horizontal flip,
     in one bilinear resampling. (B, C, H, W) -> the same shape."""
     b, _, h, w = x.shape
     dev = x.device
     if integer_shift:
-        shift = torch.randint(-int(shift_px), int(shift_px) + 1, (b, 2), device=dev).float()
+        shift = torch.randint(
+            -int(shift_px), int(shift_px) + 1, (b, 2), device=dev, generator=generator
+        ).float()
     else:
-        shift = (torch.rand(b, 2, device=dev) * 2 - 1) * shift_px
-    angle = (torch.rand(b, device=dev) * 2 - 1) * math.radians(max_degrees)
-    zoom = torch.empty(b, device=dev).uniform_(*scale)
-    sign = torch.where(torch.rand(b, device=dev) < 0.5, -1.0, 1.0) if flip else torch.ones(b, device=dev)
+        shift = (torch.rand(b, 2, device=dev, generator=generator) * 2 - 1) * shift_px
+    angle = (torch.rand(b, device=dev, generator=generator) * 2 - 1) * math.radians(max_degrees)
+    zoom = torch.empty(b, device=dev).uniform_(*scale, generator=generator)
+    sign = (
+        torch.where(torch.rand(b, device=dev, generator=generator) < 0.5, -1.0, 1.0)
+        if flip
+        else torch.ones(b, device=dev)
+    )
     cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
     theta = torch.zeros(b, 2, 3, device=dev)
     theta[:, 0, 0], theta[:, 0, 1] = cos * sign, -sin
@@ -80,46 +87,59 @@ def _grey(x: torch.Tensor) -> torch.Tensor:
     return (x * luma).sum(1, keepdim=True)  # (B, 1, H, W)
 
 
-def _per_image(b: int, low: float, high: float, device) -> torch.Tensor:
-    return torch.empty(b, 1, 1, 1, device=device).uniform_(low, high)
+def _per_image(b: int, low: float, high: float, device, generator: torch.Generator) -> torch.Tensor:
+    return torch.empty(b, 1, 1, 1, device=device).uniform_(low, high, generator=generator)
 
 
-def weak(x: torch.Tensor) -> torch.Tensor:
+def _randn_like(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    return torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=generator)
+
+
+def weak(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The weak view of a batch in [0, 1], (B, C, H, W) -> the same (module docstring)."""
     h = x.shape[-2]
     if kind(x.shape[1:]) == "grey":
-        return _affine(x, max(1, round(h / 14)), integer_shift=True)
-    return _affine(x, h / 8, integer_shift=False, flip=True, padding_mode="reflection")
+        return _affine(x, max(1, round(h / 14)), integer_shift=True, generator=generator)
+    return _affine(x, h / 8, integer_shift=False, flip=True, padding_mode="reflection", generator=generator)
 
 
-def strong(x: torch.Tensor) -> torch.Tensor:
+def strong(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     """The strong view of a batch in [0, 1], (B, C, H, W) -> the same (module docstring)."""
     b, c, h, w = x.shape
     dev = x.device
     if kind(x.shape[1:]) == "grey":
         s = max(1, round(h / 14))
-        out = _affine(x, 2 * s, integer_shift=False, max_degrees=15, scale=(0.9, 1.1))
+        out = _affine(x, 2 * s, integer_shift=False, max_degrees=15, scale=(0.9, 1.1), generator=generator)
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
-        out = (out - mean) * _per_image(b, 0.7, 1.3, dev) + mean
-        return (out + 0.1 * torch.randn_like(out)).clamp(0, 1)
+        out = (out - mean) * _per_image(b, 0.7, 1.3, dev, generator) + mean
+        return (out + 0.1 * _randn_like(out, generator)).clamp(0, 1)
     out = _affine(
-        x, h / 8, integer_shift=False, max_degrees=30, scale=(0.8, 1.2), flip=True, padding_mode="reflection"
+        x,
+        h / 8,
+        integer_shift=False,
+        max_degrees=30,
+        scale=(0.8, 1.2),
+        flip=True,
+        padding_mode="reflection",
+        generator=generator,
     )
-    out = out * _per_image(b, 0.6, 1.4, dev)  # brightness
+    out = out * _per_image(b, 0.6, 1.4, dev, generator)  # brightness
     if c == 3:
         grey = _grey(out)
-        out = grey + (out - grey) * _per_image(b, 0.0, 2.0, dev)  # saturation
-        out = torch.where(torch.rand(b, 1, 1, 1, device=dev) < 0.3, grey.expand_as(out), out)
+        out = grey + (out - grey) * _per_image(b, 0.0, 2.0, dev, generator)  # saturation
+        out = torch.where(
+            torch.rand(b, 1, 1, 1, device=dev, generator=generator) < 0.3, grey.expand_as(out), out
+        )
     mean = out.mean(dim=(1, 2, 3), keepdim=True)
-    out = (out - mean) * _per_image(b, 0.6, 1.4, dev) + mean  # contrast
-    out = out + 0.05 * torch.randn_like(out)
+    out = (out - mean) * _per_image(b, 0.6, 1.4, dev, generator) + mean  # contrast
+    out = out + 0.05 * _randn_like(out, generator)
     side = max(1, h // 4)
-    top = torch.randint(0, h - side + 1, (b, 1, 1, 1), device=dev)
-    left = torch.randint(0, w - side + 1, (b, 1, 1, 1), device=dev)
+    top = torch.randint(0, h - side + 1, (b, 1, 1, 1), device=dev, generator=generator)
+    left = torch.randint(0, w - side + 1, (b, 1, 1, 1), device=dev, generator=generator)
     rows = torch.arange(h, device=dev).view(1, 1, h, 1)
     cols = torch.arange(w, device=dev).view(1, 1, 1, w)
     hole = (rows >= top) & (rows < top + side) & (cols >= left) & (cols < left + side)
-    out = torch.where(hole, torch.rand(b, c, 1, 1, device=dev), out)
+    out = torch.where(hole, torch.rand(b, c, 1, 1, device=dev, generator=generator), out)
     return out.clamp(0, 1)
 
 

@@ -6,6 +6,11 @@ is unlabeled. It never sees the database, Streamlit or the test split.
 
 Checkpoints hold only tensors and plain Python values (no pickled code), so they load with
 `torch.load(..., weights_only=True)` and a crafted file cannot run code.
+
+Every random number a model uses comes from its own generators (`Randomness`): initial weights,
+batches, noise, dropout and augmentations. Nothing calls `torch.manual_seed` or
+`np.random.seed`: those reseed state shared by every thread, so loading a checkpoint on the UI
+thread would change a run training on the worker thread.
 """
 
 from __future__ import annotations
@@ -20,10 +25,42 @@ from typing import Any, ClassVar
 
 import numpy as np
 import torch
+from torch import nn
 
 
 class TrainingCancelled(Exception):
     """Raised inside `fit` when the progress callback asks to stop."""
+
+
+class TrainingDiverged(FloatingPointError):
+    """A loss or a prediction became NaN or infinite. `str()` is the one message a user sees;
+    `detail` says where, for the log."""
+
+    MESSAGE = (
+        "Training diverged (a loss became NaN or infinite): lower the learning rate in the model "
+        "settings, or choose another model."
+    )
+
+    def __init__(self, detail: str = ""):
+        super().__init__(self.MESSAGE)
+        self.detail = detail
+
+
+def check_finite(value: Any, step: int | None = None, what: str = "loss") -> None:
+    """Raise TrainingDiverged unless `value` (a tensor, an array, a number, or a dict of them,
+    e.g. a progress report's losses) is finite everywhere: the one divergence check."""
+    items = value.items() if isinstance(value, dict) else [(what, value)]
+    bad = []
+    for name, v in items:
+        if isinstance(v, torch.Tensor):
+            finite = bool(torch.isfinite(v.detach()).all())
+        else:
+            finite = bool(np.all(np.isfinite(np.asarray(v, dtype=np.float64))))
+        if not finite:
+            bad.append(name)
+    if bad:
+        at = f" at step {step}" if step is not None else ""
+        raise TrainingDiverged(f"{', '.join(bad)} not finite{at}")
 
 
 @dataclass
@@ -65,6 +102,98 @@ class Budget:
         )
 
 
+class Randomness:
+    """One model's random numbers: a torch generator on the model's device and a numpy
+    generator, both seeded from the run's seed. Layers that draw (noise, dropout) hold a
+    reference to it, so `move_to` swaps the torch generator under them."""
+
+    def __init__(self, seed: int, device: str | torch.device):
+        self.torch = torch.Generator(device=torch.device(device))
+        self.reseed(seed)
+
+    def reseed(self, seed: int) -> None:
+        self.torch.manual_seed(int(seed))
+        self.numpy = np.random.default_rng(int(seed))
+
+    def move_to(self, device: str | torch.device) -> None:
+        # A generator draws on its own device only; the new one continues the old one's stream.
+        seed = int(torch.randint(0, 2**62, (1,), generator=self.torch, device=self.torch.device))
+        self.torch = torch.Generator(device=torch.device(device))
+        self.torch.manual_seed(seed)
+
+    def __deepcopy__(self, memo: dict) -> Randomness:
+        return self  # an EMA teacher or an export copied from a network draws from its model
+
+
+class Stochastic(nn.Module):
+    """Base of layers that draw random numbers in training mode, from their model's generator
+    (attached by `SSLModel.__init__`; a layer used outside a model gets one with `attach`)."""
+
+    random: Randomness | None = None
+    __jit_ignored_attributes__: ClassVar[list[str]] = ["random"]  # exports run in eval mode and never draw
+
+    @torch.jit.unused
+    def generator(self) -> torch.Generator:
+        if self.random is None:
+            raise RuntimeError(f"{type(self).__name__} draws random numbers but belongs to no model.")
+        return self.random.torch
+
+
+class Dropout(Stochastic):
+    """nn.Dropout with the mask drawn from the model's generator (nn.Dropout takes none)."""
+
+    def __init__(self, p: float = 0.5):
+        super().__init__()
+        self.p = float(p)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.training and self.p > 0:
+            return self._drop(x)
+        return x
+
+    @torch.jit.unused
+    def _drop(self, x: torch.Tensor) -> torch.Tensor:
+        keep = torch.rand(x.shape, device=x.device, generator=self.generator()) >= self.p
+        return x * keep / (1.0 - self.p)
+
+
+def attach(modules: Any, random: Randomness) -> Any:
+    """Point every Stochastic layer inside `modules` (one nn.Module or several) at `random`;
+    returns `modules`."""
+    for module in [modules] if isinstance(modules, nn.Module) else modules:
+        for layer in module.modules():
+            if isinstance(layer, Stochastic):
+                layer.random = random
+    return modules
+
+
+# Layers whose parameters PyTorch initialises without random numbers.
+_DETERMINISTIC = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm)
+
+
+@torch.no_grad()
+def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
+    """Redraw `module`'s initial weights from `generator`, with PyTorch's default distributions
+    (kaiming-uniform weights, uniform biases of +-1/sqrt(fan_in)): construction draws from the
+    global generator, which other threads share. A layer of another kind with its own
+    parameters must define `init_parameters(generator)`, or this raises. Returns `module`."""
+    for layer in module.modules():
+        own = list(layer.parameters(recurse=False))
+        if hasattr(layer, "init_parameters"):
+            layer.init_parameters(generator)
+        elif isinstance(layer, (nn.Linear, nn.modules.conv._ConvNd)):
+            nn.init.kaiming_uniform_(layer.weight, a=5**0.5, generator=generator)
+            if layer.bias is not None:
+                fan_in, _ = nn.init._calculate_fan_in_and_fan_out(layer.weight)
+                bound = 1 / fan_in**0.5 if fan_in > 0 else 0
+                nn.init.uniform_(layer.bias, -bound, bound, generator=generator)
+        elif isinstance(layer, nn.Embedding):
+            nn.init.normal_(layer.weight, generator=generator)
+        elif own and not isinstance(layer, _DETERMINISTIC):
+            raise TypeError(f"{type(layer).__name__} has no initialisation from the model's generator.")
+    return module
+
+
 class SSLModel:
     """Base of every model. Subclasses set `name`, `Config` and implement the abstract methods.
 
@@ -93,12 +222,33 @@ class SSLModel:
         self.config = config if config is not None else self.Config()
         self.device = torch.device(device)
         self.seed = seed
-        torch.manual_seed(seed)
+        self.random = Randomness(seed, self.device)
         self.modules: dict[str, torch.nn.Module] = {}
         # Optimizers that persist across fits; their moments are saved with the weights, so a
         # warm start from a checkpoint continues the same optimisation.
         self.optimizers: dict[str, torch.optim.Optimizer] = {}
         self.build()
+        attach(self.modules.values(), self.random)
+
+    @property
+    def generator(self) -> torch.Generator:
+        """The model's torch generator, on its device: every torch draw of the model uses it."""
+        return self.random.torch
+
+    @property
+    def rng(self) -> np.random.Generator:
+        """The model's numpy generator."""
+        return self.random.numpy
+
+    def reseed(self, seed: int) -> None:
+        """Restart the model's generators from `seed` (before each fit: a result depends on the
+        run's seed alone, also when warm-starting)."""
+        self.random.reseed(seed)
+
+    def initialised(self, module: torch.nn.Module) -> torch.nn.Module:
+        """`module` with its initial weights drawn from the model's generator (`build` calls it
+        on each network it creates, after moving it to the device, before copying it)."""
+        return init_parameters(module, self.generator)
 
     # -- to implement ---------------------------------------------------------------------
 
@@ -178,6 +328,7 @@ class SSLModel:
     def move_to(self, device: str | torch.device) -> None:
         """Move the weights and the optimizers' moments to `device`."""
         self.device = torch.device(device)
+        self.random.move_to(self.device)
         for module in self.modules.values():
             module.to(self.device)
         for opt in self.optimizers.values():

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, nets
-from .base import Budget, ProgressFn, SSLModel, batched
+from .base import Budget, Dropout, ProgressFn, SSLModel, batched
 
 
 def _uniform(n: int, k: int) -> np.ndarray:
@@ -42,7 +42,7 @@ class ClassifierNet(nn.Module):
     def __init__(self, input_shape, num_classes: int, hidden, dropout: float):
         super().__init__()
         self.features, width = nets.features(input_shape, hidden, classifier=True)
-        self.out = nn.Sequential(nn.Dropout(dropout), nn.Linear(width, num_classes))
+        self.out = nn.Sequential(Dropout(dropout), nn.Linear(width, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.out(self.features(x))
@@ -81,7 +81,7 @@ class Supervised(SSLModel):
         self.modules = {
             "net": ClassifierNet(self.input_shape, self.num_classes, hidden, cfg.dropout).to(self.device)
         }
-        self.modules["net"].eval()
+        self.initialised(self.modules["net"]).eval()
         self.optimizers = {
             "net": torch.optim.AdamW(
                 self.modules["net"].parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
@@ -120,7 +120,9 @@ class Supervised(SSLModel):
         while not budget.done(step):
             pick = torch.as_tensor(next(lab), device=self.device)
             xb = pool[torch.as_tensor(labeled_idx, device=self.device)[pick]]
-            loss = F.cross_entropy(net(augment.weak(xb) if augment_views else xb), y_all[pick])
+            loss = F.cross_entropy(
+                net(augment.weak(xb, self.generator) if augment_views else xb), y_all[pick]
+            )
             parts = {"cross_entropy": loss.item()}
             if unl is not None:
                 extra, used = self._pseudo_loss(

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import nets
-from .base import Budget, ProgressFn, SSLModel, batched
+from .base import Budget, ProgressFn, SSLModel, Stochastic, batched
 
 ABSENT_LOGIT = -30.0  # bias of classes without any label: never predicted
 
@@ -54,7 +54,7 @@ class M1Config:
     head_unlabeled_max: int = 10000
 
 
-class VAE(nn.Module):
+class VAE(Stochastic):
     """x (B, C, H, W) -> q(z|x); z (B, D) -> Bernoulli logits of p(x|z) (B, C, H, W)."""
 
     def __init__(self, input_shape, latent_dim: int, hidden):
@@ -69,7 +69,7 @@ class VAE(nn.Module):
     def elbo(self, x: torch.Tensor, kl_weight: float = 1.0) -> torch.Tensor:
         """(B, C, H, W) -> (B,) single-sample ELBO (kl_weight 1), or its beta-weighted variant."""
         mu, logvar = self.encode(x)  # (B, D)
-        z = nets.reparameterize(mu, logvar)
+        z = nets.reparameterize(mu, logvar, self.generator())
         return nets.bernoulli_log_prob(self.decoder(z), x) - kl_weight * nets.kl_std_normal(mu, logvar)
 
 
@@ -199,9 +199,9 @@ class M1(SSLModel):
         cfg = self.config
         self.latent_dim = cfg.latent_dim or nets.default_latent(self.input_shape)
         self.modules = {"vae": VAE(self.input_shape, self.latent_dim, cfg.hidden).to(self.device)}
-        self.modules["vae"].eval()
+        self.initialised(self.modules["vae"]).eval()
         self.optimizers = {"vae": torch.optim.Adam(self.modules["vae"].parameters(), lr=cfg.lr)}
-        self.head = nn.Linear(self.latent_dim, self.num_classes).to(self.device)
+        self.head = self.initialised(nn.Linear(self.latent_dim, self.num_classes).to(self.device))
         self.has_head = False
         self.fits = 0
 
@@ -282,7 +282,9 @@ class M1(SSLModel):
 
         def one(xb: torch.Tensor) -> torch.Tensor:
             mu, logvar = vae.encode(xb)
-            z = nets.reparameterize(mu.expand(samples, *mu.shape), logvar.expand(samples, *logvar.shape))
+            z = nets.reparameterize(
+                mu.expand(samples, *mu.shape), logvar.expand(samples, *logvar.shape), self.generator
+            )
             return torch.softmax(self.head(z), -1).transpose(0, 1)  # (B, S, K)
 
         return batched(one, x, self.device).transpose(1, 0, 2)

@@ -98,7 +98,7 @@ class M1M2(SSLModel):
             "net": M2Net((self.m1_latent_dim,), self.num_classes, self.latent_dim, hidden).to(self.device),
         }
         for module in self.modules.values():
-            module.eval()
+            self.initialised(module).eval()
         self.optimizers = {
             "vae": torch.optim.Adam(self.modules["vae"].parameters(), lr=cfg.m1_lr),
             "net": torch.optim.Adam(self.modules["net"].parameters(), lr=cfg.lr),
@@ -140,7 +140,8 @@ class M1M2(SSLModel):
         def draw(idx: np.ndarray) -> torch.Tensor:
             rows = torch.as_tensor(idx, device=self.device)
             if cfg.sample_z1:
-                return mu[rows] + std[rows] * torch.randn_like(std[rows])
+                noise = torch.randn(std[rows].shape, device=self.device, generator=self.generator)
+                return mu[rows] + std[rows] * noise
             return mu[rows]
 
         unlabeled_idx = np.setdiff1d(np.arange(len(x)), labeled_idx)
@@ -169,7 +170,7 @@ class M1M2(SSLModel):
     def _logits(self, xb: torch.Tensor, sample: bool = False) -> torch.Tensor:
         vae, net = self.modules["vae"].eval(), self.modules["net"].eval()
         mu, logvar = vae.encode(xb)
-        z1 = nets.reparameterize(mu, logvar) if sample else mu
+        z1 = nets.reparameterize(mu, logvar, self.generator) if sample else mu
         return net.logits(z1)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:

@@ -61,7 +61,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, nets
-from .base import Budget, ProgressFn, SSLModel, batched
+from .base import Budget, ProgressFn, SSLModel, Stochastic, batched
 
 
 @dataclass
@@ -94,7 +94,7 @@ class M2Config:
     ema: float = 0.99  # the teacher's decay (lower while fewer than ~1 / (1 - ema) steps are done)
 
 
-class M2Net(nn.Module):
+class M2Net(Stochastic):
     """q(y|x), q(z|x,y) and p(x|y,z) for images (Bernoulli) or vectors (Gaussian, for M1+M2).
 
     The image features h(x) are shared by q(z|x,y) across the K labels, so summing out y costs
@@ -161,7 +161,7 @@ class M2Net(nn.Module):
         if rows is not None:
             pre, x = pre[rows], x[rows]
         mu, logvar = self.q_z(self.q_z_act(pre + self.q_z_y(y)))  # (R, D)
-        z = nets.reparameterize(mu, logvar)
+        z = nets.reparameterize(mu, logvar, self.generator())
         out = self.decoder(torch.cat([z, y], 1))
         return -(self.log_lik(x, out) - kl_weight * nets.kl_std_normal(mu, logvar) - math.log(self.k))
 
@@ -194,7 +194,8 @@ def m2_loss(
     bl, bu, k = len(xl), len(xu), net.k
     n = n_labeled + n_unlabeled
     x = torch.cat([xl, xu])  # one pass, so batch norm sees labeled and unlabeled rows together
-    logits = net.logits(torch.cat([augment.weak(xl), xu]) if augment_labeled and bl else x)  # (Bl + Bu, K)
+    views = torch.cat([augment.weak(xl, net.generator()), xu]) if augment_labeled and bl else x
+    logits = net.logits(views)  # (Bl + Bu, K)
     h = net.enc_features(x)  # (Bl + Bu, F)
     eye = torch.eye(k, device=x.device)
     rows = torch.cat(
@@ -272,9 +273,9 @@ def train_m2(
         )
         if teacher is not None and len(xu) and n_l:
             with torch.no_grad():
-                teacher_logits = teacher(augment.weak(xu))
+                teacher_logits = teacher(augment.weak(xu, net.generator()))
             with augment.frozen_batchnorm(student):
-                student_logits = student(augment.strong(xu))
+                student_logits = student(augment.strong(xu, net.generator()))
             cons, confident = augment.fixmatch_loss(student_logits, teacher_logits, cfg.threshold)
             loss = loss + cons_weight * cons
             parts.update(consistency=cons.item(), confident=confident.item())
@@ -311,7 +312,7 @@ class M2(SSLModel):
                 cfg.conv_width,
             ).to(self.device)
         }
-        self.modules["net"].eval()
+        self.initialised(self.modules["net"]).eval()
         if cfg.consistency:
             # An EMA of q(y|x): the consistency term's teacher, and what predicts and is exported.
             self.modules["teacher"] = (

@@ -123,7 +123,7 @@ class MTC(SSLModel):
         cfg = self.config
         hidden = cfg.hidden or nets.default_hidden(self.input_shape)
         net = MTCNet(self.input_shape, self.num_classes, hidden).to(self.device)
-        self.modules = {"net": net.eval()}
+        self.modules = {"net": self.initialised(net).eval()}
         self.optimizers = {
             "cae": torch.optim.Adam([*net.encoder.parameters(), *net.decoder.parameters()], lr=cfg.lr),
             "classifier": torch.optim.Adam([*net.encoder.parameters(), *net.head.parameters()], lr=cfg.lr),

@@ -31,7 +31,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .base import Progress, ProgressFn, TrainingCancelled
+from .base import Progress, ProgressFn, TrainingCancelled, check_finite  # noqa: F401 - models call nets.check_finite
 
 LOG_2PI = math.log(2 * math.pi)
 
@@ -247,8 +247,9 @@ def kl_std_normal(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
     return -0.5 * (1 + logvar - mu.pow(2) - logvar.exp()).sum(1)
 
 
-def reparameterize(mu: torch.Tensor, logvar: torch.Tensor) -> torch.Tensor:
-    return mu + torch.randn_like(mu) * torch.exp(0.5 * logvar)
+def reparameterize(mu: torch.Tensor, logvar: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
+    noise = torch.randn(mu.shape, device=mu.device, dtype=mu.dtype, generator=generator)
+    return mu + noise * torch.exp(0.5 * logvar)
 
 
 class GaussianHead(nn.Module):
@@ -310,13 +311,6 @@ class Ticker:
             )
             if self.progress(report):
                 raise TrainingCancelled()
-
-
-def check_finite(loss: torch.Tensor, step: int, what: str = "loss") -> None:
-    if not torch.isfinite(loss):
-        raise RuntimeError(
-            f"training diverged: NaN {what} at step {step}; lower the learning rate or restart from the last good checkpoint."
-        )
 
 
 def batches(idx: np.ndarray, size: int, rng: np.random.Generator):

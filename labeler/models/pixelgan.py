@@ -158,6 +158,8 @@ class PixelGAN(PhasedAutoencoder):
             "net": net.to(self.device).eval(),
             "d_y": discriminator(k, cfg.d_hidden).to(self.device),
         }
+        for module in self.modules.values():
+            self.initialised(module)
         self.optimizers = {
             "reconstruction": torch.optim.Adam(net.parameters(), lr=cfg.lr),
             "discriminators": torch.optim.Adam(self.modules["d_y"].parameters(), lr=cfg.d_lr),
@@ -179,7 +181,8 @@ class PixelGAN(PhasedAutoencoder):
 
         with torch.no_grad():
             y = torch.softmax(classifier(xu), 1)
-        d_loss = discriminator_loss(d_y(categorical_prior(len(xu), self.num_classes, self.device)), d_y(y))
+        prior = categorical_prior(len(xu), self.num_classes, self.device, self.generator)
+        d_loss = discriminator_loss(d_y(prior), d_y(y))
         opts["discriminators"].zero_grad(set_to_none=True)
         d_loss.backward()
         opts["discriminators"].step()

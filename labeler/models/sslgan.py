@@ -51,7 +51,18 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, nets
-from .base import Budget, Progress, ProgressFn, SSLModel, TrainingCancelled, batched, to_tensor
+from .base import (
+    Budget,
+    Dropout,
+    Progress,
+    ProgressFn,
+    SSLModel,
+    Stochastic,
+    TrainingCancelled,
+    batched,
+    check_finite,
+    to_tensor,
+)
 
 # -- loss terms (testable free functions) ---------------------------------------------------
 
@@ -86,7 +97,7 @@ def feature_matching_loss(features_real: torch.Tensor, features_fake: torch.Tens
 # -- building blocks -------------------------------------------------------------------------
 
 
-class GaussianNoise(nn.Module):
+class GaussianNoise(Stochastic):
     """Adds N(0, std^2) noise in training mode only; `mc_proba` switches it on for BALD."""
 
     def __init__(self, std: float):
@@ -95,7 +106,10 @@ class GaussianNoise(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.training and self.std > 0:
-            return x + torch.randn_like(x) * self.std
+            return (
+                x
+                + torch.randn(x.shape, device=x.device, dtype=x.dtype, generator=self.generator()) * self.std
+            )
         return x
 
 
@@ -105,12 +119,15 @@ class _WeightNorm(nn.Module):
 
     def __init__(self, v_shape: tuple[int, ...], init_scale: float = 1.0):
         super().__init__()
-        self.v = nn.Parameter(torch.randn(v_shape) * 0.05)
+        self.v = nn.Parameter(torch.randn(v_shape) * 0.05)  # redrawn by `init_parameters`
         self.g = nn.Parameter(torch.ones(v_shape[0]))
         self.b = nn.Parameter(torch.zeros(v_shape[0]))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.uint8))
         self.init_scale = init_scale
         self.init_pending = False  # set by `data_dependent_init`
+
+    def init_parameters(self, generator: torch.Generator) -> None:
+        self.v.normal_(0.0, 0.05, generator=generator)
 
     def weight(self) -> torch.Tensor:
         norm = self.v.flatten(1).norm(dim=1).clamp_min(1e-12)  # (out,)
@@ -186,7 +203,7 @@ def _export_layers(layers: nn.Sequential) -> list[nn.Module]:
     for layer in layers:
         if isinstance(layer, (WNLinear, WNConv2d)):
             out.append(layer.export())
-        elif isinstance(layer, (GaussianNoise, nn.Dropout)):
+        elif isinstance(layer, (GaussianNoise, Dropout)):
             continue
         else:
             out.append(layer)
@@ -265,11 +282,11 @@ class ConvDiscriminator(nn.Module):
                 WNConv2d(1, w1, 3, padding=1),
                 act(),
                 nn.MaxPool2d(2, ceil_mode=True),
-                nn.Dropout(dropout),
+                Dropout(dropout),
                 WNConv2d(w1, w2, 3, padding=1),
                 act(),
                 nn.MaxPool2d(2, ceil_mode=True),
-                nn.Dropout(dropout),
+                Dropout(dropout),
                 WNConv2d(w2, w2, 3, padding=1),
                 act(),
                 nn.MaxPool2d(2, ceil_mode=True),
@@ -287,12 +304,12 @@ class ConvDiscriminator(nn.Module):
             act(),
             WNConv2d(w1, w1, 3, stride=2, padding=1),
             act(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             WNConv2d(w1, w2, 3, padding=1),
             act(),
             WNConv2d(w2, w2, 3, stride=2, padding=1),
             act(),
-            nn.Dropout(dropout),
+            Dropout(dropout),
             WNConv2d(w2, w2, 3, padding=0),
             act(),
             WNConv2d(w2, w2, 1),
@@ -425,6 +442,7 @@ class SSLGAN(SSLModel):
             )
             gen = ConvGenerator(cfg.z_dim, cfg.conv_width, self.input_shape)
         self.modules = {"disc": disc.to(self.device), "gen": gen.to(self.device)}
+        self.initialised(disc), self.initialised(gen)
         if cfg.ema > 0:
             self.modules["disc_ema"] = copy.deepcopy(self.modules["disc"]).requires_grad_(False)
         self.opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
@@ -455,6 +473,7 @@ class SSLGAN(SSLModel):
             b_ema.copy_(b)
 
     def _z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        generator = self.generator if generator is None else generator
         return torch.rand(n, self.config.z_dim, device=self.device, generator=generator)  # (n, Z)
 
     # hooks the Bad GAN overrides
@@ -473,7 +492,7 @@ class SSLGAN(SSLModel):
         if len(x) == 0:
             raise ValueError("There are no images to train on; add images to the project first.")
         self._fits += 1
-        torch.manual_seed(self.seed * 1000 + self._fits)
+        self.generator.manual_seed(self.seed * 1000 + self._fits)
         rng = np.random.default_rng(self.seed * 1000 + self._fits)
         xt = to_tensor(x, self.device)  # (N, C, H, W)
         labeled_idx = np.asarray(labeled_idx, dtype=np.int64)
@@ -521,10 +540,10 @@ class SSLGAN(SSLModel):
                 pick_t = torch.as_tensor(pick, device=self.device)
                 xl = x_lab[pick_t]
                 if cfg.consistency:
-                    xl = augment.weak(xl)
+                    xl = augment.weak(xl, self.generator)
                     with torch.no_grad():
-                        teacher_logits = self._logits(augment.weak(unl))
-                    logits_all, _ = disc(torch.cat([xl, unl, fake, augment.strong(unl)]))
+                        teacher_logits = self._logits(augment.weak(unl, self.generator))
+                    logits_all, _ = disc(torch.cat([xl, unl, fake, augment.strong(unl, self.generator)]))
                     logits_lab, logits_unl, logits_fake, logits_strong = logits_all.split(bs)
                     cons, _ = augment.fixmatch_loss(logits_strong, teacher_logits, cfg.threshold)
                     terms["cons"] = cfg.consistency_weight * cons
@@ -559,11 +578,7 @@ class SSLGAN(SSLModel):
             self.opt_g.step()
             step += 1
 
-            if not (torch.isfinite(loss_d) and torch.isfinite(loss_g)):
-                raise RuntimeError(
-                    f"training diverged: the GAN loss became {loss_d.item()} / {loss_g.item()} "
-                    f"at step {step}; lower the learning rate or retrain from scratch."
-                )
+            check_finite({"discriminator loss": loss_d, "generator loss": loss_g}, step)
             now = time.monotonic()
             if progress is not None and now - last_report >= cfg.progress_every_s:
                 last_report = now
@@ -594,7 +609,7 @@ class SSLGAN(SSLModel):
 
     def mc_proba(self, x: np.ndarray, samples: int = 8) -> np.ndarray:
         """(S, N, K): S passes with the discriminator's noise (and dropout) switched on."""
-        torch.manual_seed(self.seed)
+        self.generator.manual_seed(self.seed)
         self.classifier.train()
         try:
             out = np.stack(

@@ -37,7 +37,7 @@ def _worker(url: str):
     import torch
 
     from labeler.config import train_threads
-    from labeler.trainer import Worker
+    from labeler.worker import Worker
 
     torch.set_num_threads(train_threads())  # the process' intra-op pool: training's share of the cores
     worker = Worker(_session_factory(url))

@@ -18,19 +18,23 @@ from __future__ import annotations
 import base64
 import functools
 import io
+import logging
 from pathlib import Path
 
 import streamlit as st
 from PIL import Image, ImageOps
 from sqlalchemy import select
+from sqlalchemy.exc import OperationalError
 
 import db
 from db import queries
 from db import runs as run_queries
 from db.models import AUDIT, IGNORED, POOL, Item, Project
 
-from .. import answers, projects
+from .. import answers, projects, queue
 from . import account, common, parts
+
+log = logging.getLogger(__name__)
 
 # Keys a class can get, in the order they are handed out. Letters with a meaning of their own
 # are left out: A accept the guess, I ignore, S skip, U undo, Z zoom.
@@ -201,6 +205,13 @@ def _apply_box_actions(project_id: int) -> None:
 def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
     ledger = _ledger(project_id)
     Session = common.session_factory()
+    try:
+        rest = db.retrying(lambda: _queue_page(Session, project_id, k, ledger.skipped, common.claimant()))
+    except OperationalError:
+        # The database stayed locked through every retry: show images unclaimed rather than
+        # fail the page; the worst case is two people answering one image, both kept.
+        log.warning("Could not claim images; showing them unclaimed.", exc_info=True)
+        rest = _queue_page(Session, project_id, k, ledger.skipped, None)
     with Session() as session:
         first = []
         for item_id in st.session_state.get("show_first", []):
@@ -212,11 +223,14 @@ def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
             ):
                 first.append((item, None))
         st.session_state["show_first"] = [item.id for item, _ in first]
-        rest = queries.next_items(
-            session, project_id, k=k, exclude=ledger.skipped, annotator=common.claimant()
-        )
     seen = {item.id for item, _ in first}
     return (first + [pair for pair in rest if pair[0].id not in seen])[:k]
+
+
+def _queue_page(Session, project_id: int, k: int, skipped, claimant: str | None) -> list[tuple[Item, object]]:
+    """The next k images, claimed for `claimant` (None: unclaimed) in a transaction of their own."""
+    with Session.begin() as session:  # the claims count once committed
+        return queue.next_items(session, project_id, k=k, exclude=skipped, annotator=claimant)
 
 
 def _one_image(project: Project, names: list[str], annotator: str, has_model: bool) -> None:

@@ -16,6 +16,7 @@ from db import queries
 from db import runs as run_queries
 from db.models import QUEUED, RUNNING, Project, Run
 
+from .. import queue
 from . import common
 
 # Run statuses as the user reads them.
@@ -49,7 +50,7 @@ def maybe_auto_retrain(project_id: int) -> int | None:
 
     def commit() -> int | None:
         with Session.begin() as session:
-            run = run_queries.maybe_auto_retrain(session, project_id)
+            run = queue.maybe_auto_retrain(session, project_id)
             return None if run is None else run.id
 
     run_id = db.retrying(commit)

@@ -19,13 +19,15 @@ from db import runs as run_queries
 from db.models import FAILED, RUNNING, Project
 
 from .. import active
-from ..config import SettingError, check_float, check_int
+from ..config import SettingError, check_int
 from ..models import DESCRIPTIONS, MODELS
+from ..runspec import LIMITS, RunSpec
 from . import common, parts
 
 LIVE_EVERY_S = 1.0  # while a run is queued or running
 IDLE_EVERY_S = 5.0  # otherwise: notices runs started elsewhere (auto-retrain, another tab)
-MAX_BUDGET_S = 24 * 3600
+# The form's fields the run keeps (the project's settings give the rest, e.g. mc_samples).
+FORM_SETTINGS = ("budget_s", "steps", "strategy", "seed", "config")
 
 
 def model_defaults(model: str) -> dict:
@@ -34,28 +36,22 @@ def model_defaults(model: str) -> dict:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
 
 
-def validated_settings(values: dict) -> dict:
-    """The run settings from the form's raw values; raises SettingError with one sentence."""
+def validated_settings(values: dict) -> RunSpec:
+    """The run the form asks for; raises SettingError with one sentence (RunSpec's checks)."""
     model = values["model"]
-    if model not in MODELS:
-        raise SettingError(f"Unknown model {model!r}: choose one of {', '.join(MODELS)}.")
-    settings = {
-        "budget_s": check_float("The training time (seconds)", values["budget_s"], 1, MAX_BUDGET_S),
-        "strategy": values["strategy"],
-        "seed": check_int("The seed", values["seed"], 0, 2**31 - 1),
-    }
-    if settings["strategy"] not in active.STRATEGIES:
-        raise SettingError(
-            f"Unknown strategy {settings['strategy']!r}: choose one of {', '.join(active.STRATEGIES)}."
-        )
-    steps = check_int("The step limit", values.get("steps", 0) or 0, 0, 10_000_000)
-    if steps:
-        settings["steps"] = steps
     config = {}
-    if "lr" in model_defaults(model) and values.get("lr") is not None:
-        config["lr"] = check_float("The learning rate", values["lr"], 1e-6, 1.0)
-    settings["config"] = config
-    return settings
+    if model in MODELS and "lr" in model_defaults(model) and values.get("lr") is not None:
+        config["lr"] = values["lr"]
+    return RunSpec.parse(
+        {
+            "model": model,
+            "budget_s": values["budget_s"],
+            "steps": values.get("steps") or None,
+            "strategy": values["strategy"],
+            "seed": values["seed"],
+            "config": config,
+        }
+    )
 
 
 def _start(project_id: int) -> None:
@@ -63,12 +59,13 @@ def _start(project_id: int) -> None:
     values = {k: state.get(f"train_{k}") for k in ("model", "budget_s", "strategy", "seed", "steps")}
     values["lr"] = state.get("train_lr") if "lr" in model_defaults(values["model"]) else None
     try:
-        settings = validated_settings(values)
+        spec = validated_settings(values)
         every = check_int("Retrain every N labels", state.get("train_every", 0), 0, 100_000)
     except SettingError as error:
         state["train_error"] = str(error)
         return
     Session = common.session_factory()
+    settings = {key: value for key, value in spec.settings().items() if key in FORM_SETTINGS}
 
     def save() -> None:
         with Session.begin() as session:
@@ -201,7 +198,7 @@ def _settings_ui(project: Project) -> None:
             value=int(settings.get("budget_s", 60)),
             step=10,
             key="train_budget_s",
-            help=f"1 to {MAX_BUDGET_S:,} s. Training stops after this long, or after the step limit, "
+            help=f"{LIMITS['budget_s'][1]:,} to {LIMITS['budget_s'][2]:,} s. Training stops after this long, or after the step limit, "
             "whichever comes first.",
         )
         st.number_input(
@@ -209,17 +206,19 @@ def _settings_ui(project: Project) -> None:
             value=int(settings.get("steps", 0) or 0),
             step=100,
             key="train_steps",
-            help="0 to 10,000,000.",
+            help=f"0 to {LIMITS['steps'][2]:,}.",
         )
         defaults = model_defaults(model)
         if "lr" in defaults:
+            from ..train import SETTING_RANGES
+
             st.number_input(
                 "Learning rate",
                 value=float(defaults["lr"]),
                 format="%.5f",
                 step=1e-4,
                 key="train_lr",
-                help="0.000001 to 1.",
+                help=f"{SETTING_RANGES['lr'][0]:g} to {SETTING_RANGES['lr'][1]:g}.",
             )
     with right:
         strategies = list(active.STRATEGIES)
@@ -239,7 +238,7 @@ def _settings_ui(project: Project) -> None:
             help="0 to 100,000.",
         )
         st.number_input(
-            "Seed", value=int(settings.get("seed", 0)), key="train_seed", help="0 to 2,147,483,647."
+            "Seed", value=int(settings.get("seed", 0)), key="train_seed", help=f"0 to {LIMITS['seed'][2]:,}."
         )
 
 

@@ -39,8 +39,8 @@ def prepare(data_dir: Path, budget_s: float, rounds=(20, 40, 80)) -> int:
     from db import queries
     from db import runs as run_queries
     from db.models import Project
-    from labeler import projects
-    from labeler.trainer import Worker
+    from labeler import projects, queue
+    from labeler.worker import Worker
 
     torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
     Session = db.session_factory(db.make_engine(f"sqlite:///{data_dir / 'labeler.db'}"))
@@ -53,13 +53,13 @@ def prepare(data_dir: Path, budget_s: float, rounds=(20, 40, 80)) -> int:
         with Session.begin() as session:
             have = queries.label_count(session, project.id)
             # The queue's order: what an annotator would have been shown.
-            for item, _ in queries.next_items(session, project.id, k=target - have):
+            for item, _ in queue.next_items(session, project.id, k=target - have):
                 queries.add_label(session, item.id, item.truth, annotator="demo")
         with Session.begin() as session:
             run_queries.request_run(session, project.id, "m2", {"budget_s": budget_s})
         worker.process_one()
     with Session.begin() as session:  # a few answers after the last run: the agreement metric
-        for item, _ in queries.next_items(session, project.id, k=6):
+        for item, _ in queue.next_items(session, project.id, k=6):
             queries.add_label(session, item.id, item.truth, annotator="demo")
     return project.id
 

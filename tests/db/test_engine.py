@@ -14,6 +14,7 @@ from sqlalchemy.exc import OperationalError
 import db
 from db import queries
 from db.models import DONE, LabelEvent, Prediction, Project, Run
+from labeler import queue
 
 ROOT = Path(__file__).resolve().parents[2]
 
@@ -70,7 +71,7 @@ def test_queue_puts_items_without_a_prediction_last(Session, tiny_project):
                 )
             )
     with Session() as session:
-        order = [item.id for item, _ in queries.next_items(session, tiny_project.id, k=5)]
+        order = [item.id for item, _ in queue.next_items(session, tiny_project.id, k=5)]
     assert order[:3] == [pool[1].id, pool[2].id, pool[0].id]
     assert order[3:] == [pool[3].id, pool[4].id]  # then by row
 

@@ -1,5 +1,6 @@
 from db import queries
 from db.models import TEST, Item, LabelEvent
+from labeler import queue
 
 
 def _pool_items(Session, project):
@@ -83,7 +84,7 @@ def test_ignored_images_are_answered_but_in_no_class(Session, tiny_project):
         assert queries.current_labels(session, tiny_project.id) == {b.id: 1}
         assert queries.current_labels(session, tiny_project.id, ignored=True) == {a.id: IGNORED, b.id: 1}
         assert runs.pool_labels(session, tiny_project.id) == {b.id: 1}
-        shown = {item.id for item, _ in queries.next_items(session, tiny_project.id, k=100)}
+        shown = {item.id for item, _ in queue.next_items(session, tiny_project.id, k=100)}
         assert a.id not in shown and b.id not in shown
 
 
@@ -111,7 +112,7 @@ def test_label_rejects_unknown_class(Session, tiny_project):
 
 def test_queue_skips_labeled_and_test_items(Session, tiny_project):
     with Session() as session:
-        first = queries.next_items(session, tiny_project.id, k=100)
+        first = queue.next_items(session, tiny_project.id, k=100)
         ids = [item.id for item, _ in first]
         assert all(session.get(Item, i).split != TEST for i in ids)
         rows = [item.row for item, _ in first]
@@ -119,10 +120,10 @@ def test_queue_skips_labeled_and_test_items(Session, tiny_project):
     with Session.begin() as session:
         queries.add_label(session, ids[0], 0)
     with Session() as session:
-        again = [item.id for item, _ in queries.next_items(session, tiny_project.id, k=100)]
+        again = [item.id for item, _ in queue.next_items(session, tiny_project.id, k=100)]
         assert ids[0] not in again and len(again) == len(ids) - 1
         # A skipped item goes to the back of the queue.
-        skipped = queries.next_items(session, tiny_project.id, k=len(again), exclude={again[0]})
+        skipped = queue.next_items(session, tiny_project.id, k=len(again), exclude={again[0]})
         assert skipped[-1][0].id == again[0]
 
 
@@ -156,7 +157,7 @@ def test_audit_images_are_woven_in_one_in_five(Session):
     splits = []
     for _ in range(15):
         with Session() as session:
-            ((item, _),) = queries.next_items(session, project.id, k=1)
+            ((item, _),) = queue.next_items(session, project.id, k=1)
             splits.append(item.split)
         with Session.begin() as session:
             queries.add_label(session, item.id, 0)

@@ -11,7 +11,7 @@ from sqlalchemy import and_, event, select, update
 from db import queries
 from db import runs as run_queries
 from db.models import AUDIT, DONE, POOL, TEST, Item, LabelEvent, Prediction, QueuePosition, Run, utcnow
-from labeler import projects
+from labeler import projects, queue
 from tests.conftest import tiny_image_set
 
 
@@ -77,33 +77,33 @@ def test_the_stored_queue_is_the_old_sort(Session, project):
         pool_order = _old_sort(session, project.id, run_id, (POOL,))
         both_order = _old_sort(session, project.id, run_id, (POOL, AUDIT))
         assert first[1] in pool_order and first[0] not in pool_order and first[10] not in pool_order
-        assert not queries.audit_turn(session, project.id)
-        got = [item.id for item, _ in queries.next_items(session, project.id, k=len(pool_order))]
+        assert not queue.audit_turn(session, project.id)
+        got = [item.id for item, _ in queue.next_items(session, project.id, k=len(pool_order))]
         assert got == pool_order
         # Asking for more than the pool holds fills the page from pool and audit, in queue order.
-        everything = queries.next_items(session, project.id, k=1000)
+        everything = queue.next_items(session, project.id, k=1000)
         assert [item.id for item, _ in everything] == both_order
         assert all(prediction.run_id == run_id for _, prediction in everything)
         assert {session.get(Item, i).split for i in both_order} == {POOL, AUDIT}
         # Skipped images go last, in their own queue order.
         skipped = {pool_order[0], pool_order[2]}
         got = [
-            item.id for item, _ in queries.next_items(session, project.id, k=len(pool_order), exclude=skipped)
+            item.id for item, _ in queue.next_items(session, project.id, k=len(pool_order), exclude=skipped)
         ]
         assert got == [i for i in pool_order if i not in skipped] + [pool_order[0], pool_order[2]]
 
 
 def test_the_stored_queue_respects_claims(Session, project):
     run_id = _finished_run(Session, project.id)
-    with Session() as session:
+    with Session.begin() as session:  # claims count once committed
         order = _old_sort(session, project.id, run_id, (POOL,))
-        bob = [item.id for item, _ in queries.next_items(session, project.id, k=3, annotator="bob")]
-        alice = [item.id for item, _ in queries.next_items(session, project.id, k=4, annotator="alice")]
+        bob = [item.id for item, _ in queue.next_items(session, project.id, k=3, annotator="bob")]
+        alice = [item.id for item, _ in queue.next_items(session, project.id, k=4, annotator="alice")]
         assert bob == order[:3]
         assert alice == order[3:7]
         # Asking again keeps one's own images (the claims are one's own) and releases the rest.
         assert [
-            item.id for item, _ in queries.next_items(session, project.id, k=2, annotator="alice")
+            item.id for item, _ in queue.next_items(session, project.id, k=2, annotator="alice")
         ] == order[3:5]
     with Session() as session:
         from db.models import Claim
@@ -112,9 +112,31 @@ def test_the_stored_queue_respects_claims(Session, project):
         assert held == {**{i: "bob" for i in order[:3]}, **{i: "alice" for i in order[3:5]}}
     # An image answered meanwhile is passed over; the next free one is won.
     _label(Session, [order[5]], annotator="carol")
-    with Session() as session:
-        alice = [item.id for item, _ in queries.next_items(session, project.id, k=3, annotator="alice")]
+    with Session.begin() as session:
+        alice = [item.id for item, _ in queue.next_items(session, project.id, k=3, annotator="alice")]
         assert alice == [order[3], order[4], order[6]]
+
+
+def _claims(Session) -> dict:
+    from db.models import Claim
+
+    with Session() as session:
+        return {c.item_id: (c.annotator, c.expires_at) for c in session.scalars(select(Claim))}
+
+
+def test_asking_again_for_the_page_one_holds_writes_nothing(Session, project):
+    _finished_run(Session, project.id)
+
+    def page(k):
+        with Session.begin() as session:
+            return [item.id for item, _ in queue.next_items(session, project.id, k=k, annotator="alice")]
+
+    first = page(12)
+    held = _claims(Session)
+    assert set(held) == set(first)
+    assert page(12) == first and _claims(Session) == held  # a rerun: the same claims, untouched
+    smaller = page(4)  # a smaller page: one write, which gives back the rest
+    assert smaller == first[:4] and set(_claims(Session)) == set(smaller)
 
 
 def test_items_without_a_position_follow_in_score_order(Session, project):
@@ -129,18 +151,18 @@ def test_items_without_a_position_follow_in_score_order(Session, project):
                 session.delete(p)
     with Session() as session:
         expected = _old_sort(session, project.id, run_id, (POOL,))
-        got = [item.id for item, _ in queries.next_items(session, project.id, k=len(expected))]
+        got = [item.id for item, _ in queue.next_items(session, project.id, k=len(expected))]
         assert got == [i for i in expected if i not in dropped] + [i for i in expected if i in dropped]
     with Session.begin() as session:
         session.execute(QueuePosition.__table__.delete())
     with Session() as session:
-        assert [item.id for item, _ in queries.next_items(session, project.id, k=len(expected))] == expected
+        assert [item.id for item, _ in queue.next_items(session, project.id, k=len(expected))] == expected
 
 
 def test_before_the_first_run_the_order_is_the_hash_order(Session, project):
     with Session() as session:
         pool = sorted((i for i in queries.items(session, project.id, POOL)), key=lambda i: i.sha256)
-        got = queries.next_items(session, project.id, k=len(pool))
+        got = queue.next_items(session, project.id, k=len(pool))
         assert [item.id for item, _ in got] == [i.id for i in pool]
         assert all(prediction is None for _, prediction in got)
         assert [i.row for i in pool] != sorted(i.row for i in pool)
@@ -213,7 +235,7 @@ def test_next_items_reads_the_stored_positions(Session, project):
                 update(QueuePosition).where(at, QueuePosition.position == old).values(position=new)
             )
     with Session() as session:
-        assert [item.id for item, _ in queries.next_items(session, project.id, k=3)] == [
+        assert [item.id for item, _ in queue.next_items(session, project.id, k=3)] == [
             order[1],
             order[0],
             order[2],

@@ -35,8 +35,7 @@ def test_discriminator_and_generator_losses_by_hand():
 
 
 def test_categorical_prior_is_one_hot_and_uniform():
-    torch.manual_seed(0)
-    y = categorical_prior(6000, 3, torch.device("cpu"))
+    y = categorical_prior(6000, 3, torch.device("cpu"), torch.Generator().manual_seed(0))
     assert y.shape == (6000, 3) and set(y.sum(1).tolist()) == {1.0} and set(y.unique().tolist()) == {0.0, 1.0}
     np.testing.assert_allclose(y.mean(0).numpy(), [1 / 3] * 3, atol=0.03)
 

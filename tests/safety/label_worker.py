@@ -14,6 +14,7 @@ from pathlib import Path
 
 import db
 from db import queries
+from labeler import queue
 
 
 def main(url: str, project_id: int, annotator: str, n: int, go_file: str | None = None) -> None:
@@ -23,8 +24,8 @@ def main(url: str, project_id: int, annotator: str, n: int, go_file: str | None 
         while not Path(go_file).exists():
             time.sleep(0.01)
     for _ in range(n):
-        with Session() as session:
-            picked = queries.next_items(session, project_id, k=1, annotator=annotator)
+        with Session.begin() as session:  # as the Label page: the claim is committed
+            picked = queue.next_items(session, project_id, k=1, annotator=annotator)
             n_classes = len(queries.class_names(session, project_id))
         if not picked:
             break

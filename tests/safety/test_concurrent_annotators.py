@@ -11,7 +11,7 @@ from sqlalchemy import select
 
 from db import queries
 from db.models import LabelEvent
-from labeler import projects
+from labeler import projects, queue
 
 ROOT = Path(__file__).resolve().parents[2]
 WORKER = Path(__file__).with_name("label_worker.py")
@@ -66,22 +66,20 @@ def test_two_annotator_processes_lose_nothing_and_never_share_an_image(
 
 def test_claims_keep_an_image_from_others_until_answered_or_expired(Session, tiny_project):
     with Session() as session:
-        alice = [item.id for item, _ in queries.next_items(session, tiny_project.id, k=2, annotator="alice")]
-        bob = [item.id for item, _ in queries.next_items(session, tiny_project.id, k=2, annotator="bob")]
+        alice = [item.id for item, _ in queue.next_items(session, tiny_project.id, k=2, annotator="alice")]
+        bob = [item.id for item, _ in queue.next_items(session, tiny_project.id, k=2, annotator="bob")]
         assert not set(alice) & set(bob)
         # Asking again (a page rerun) keeps the same images; without an annotator nothing changes.
-        assert [
-            i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="alice")
-        ] == alice
-        assert [i.id for i, _ in queries.next_items(session, tiny_project.id, k=2)] == alice
+        assert [i.id for i, _ in queue.next_items(session, tiny_project.id, k=2, annotator="alice")] == alice
+        assert [i.id for i, _ in queue.next_items(session, tiny_project.id, k=2)] == alice
     with Session.begin() as session:
         queries.add_label(session, alice[0], 0, annotator="alice")
     with Session() as session:
         # Answered: alice moves on; bob still does not get her other image.
-        again = [i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="alice")]
+        again = [i.id for i, _ in queue.next_items(session, tiny_project.id, k=2, annotator="alice")]
         assert alice[0] not in again and alice[1] in again
         assert alice[1] not in [
-            i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="bob")
+            i.id for i, _ in queue.next_items(session, tiny_project.id, k=2, annotator="bob")
         ]
     with Session.begin() as session:
         from sqlalchemy import update
@@ -91,28 +89,32 @@ def test_claims_keep_an_image_from_others_until_answered_or_expired(Session, tin
         session.execute(update(Claim).where(Claim.annotator == "alice").values(expires_at=utcnow()))
     with Session() as session:
         # Alice left: her claim expired, so her image goes to the next person.
-        assert alice[1] in [
-            i.id for i, _ in queries.next_items(session, tiny_project.id, k=2, annotator="bob")
-        ]
+        assert alice[1] in [i.id for i, _ in queue.next_items(session, tiny_project.id, k=2, annotator="bob")]
 
 
 def test_when_only_claimed_images_remain_they_are_shared(Session, tiny_project):
     with Session() as session:
-        everything = queries.next_items(session, tiny_project.id, k=100, annotator="alice")
+        everything = queue.next_items(session, tiny_project.id, k=100, annotator="alice")
         assert len(everything) == 32  # 40 images, 8 in the test split
-        shared = queries.next_items(session, tiny_project.id, k=1, annotator="bob")
+        shared = queue.next_items(session, tiny_project.id, k=1, annotator="bob")
         assert len(shared) == 1, "bob must not be told all is done while images are unlabeled"
 
 
 def test_a_database_locked_past_every_retry_still_shows_an_image(Session, tiny_project, monkeypatch):
+    import json
+
     from sqlalchemy.exc import OperationalError
+
+    import db
 
     def locked(*args, **kwargs):
         raise OperationalError("INSERT INTO claims", {}, Exception("database is locked"))
 
-    monkeypatch.setattr(queries, "_claim", locked)
-    with Session() as session:
-        assert len(queries.next_items(session, tiny_project.id, k=2, annotator="alice")) == 2
+    monkeypatch.setattr(queries, "claim_items", locked)
+    monkeypatch.setattr(db, "retrying", lambda fn, **kwargs: fn())  # every retry, at once
+    at = _open_label_page(tiny_project.id, "alice")
+    assert json.loads(at.get("bidi_component")[0].proto.json)["items"], "the page showed no image"
+    assert not _claimed(Session, "alice")
 
 
 def _claimed(Session, prefix: str) -> set[int]:
@@ -178,3 +180,24 @@ def test_two_tabs_with_the_same_annotator_name_get_different_images(Session):
         for at in (first, second)
     ]
     assert ids[0] and ids[1] and not ids[0] & ids[1]
+
+
+def test_the_grid_claims_its_page_once_not_on_every_rerun(Session):
+    from db.models import Claim
+
+    tiny_project = _project_of(Session, 60)
+
+    def claims():
+        with Session() as session:
+            return {
+                c.item_id: c.expires_at
+                for c in session.scalars(select(Claim).where(Claim.annotator.like("alice#%")))
+            }
+
+    at = _open_label_page(tiny_project.id, "alice")
+    assert len(claims()) == 20  # the one-image box's batch
+    at.radio(key="label_mode").set_value("Grid").run()
+    page = claims()
+    assert len(page) == 12  # the grid's page; the rest given back
+    at.run()  # a rerun, as a tile's choice makes
+    assert claims() == page

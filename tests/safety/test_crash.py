@@ -117,7 +117,7 @@ def test_sigkill_during_training_marks_the_run_interrupted_and_the_next_run_work
     with Session.begin() as session:
         next_id = runs.request_run(session, project.id, "supervised", {"budget_s": 1}).id
     # The next start of the same worker (in this process, to spare a second torch import).
-    from labeler.trainer import Worker
+    from labeler.worker import Worker
 
     assert Worker(Session, device="cpu", name="w1").run_forever(until_idle=True) == 1
     with Session() as session:

@@ -14,6 +14,7 @@ import torch
 
 from labeler.config import SettingError
 from labeler.models import MODELS, save_checkpoint
+from labeler.runspec import RunSpec
 from labeler.train import SETTING_RANGES, _default_range, make_config, train_model
 
 CONFIGURED = [name for name, cls in MODELS.items() if dataclasses.is_dataclass(cls.Config)]
@@ -88,7 +89,7 @@ def test_a_checkpoint_with_an_unknown_setting_falls_back_to_a_fresh_model(tmp_pa
     rng = np.random.default_rng(0)
     x = rng.random((12, 1, 8, 8), dtype=np.float32)
     labeled, labels = np.arange(6), np.arange(6) % 2
-    model = train_model("supervised", x, labeled, labels, 2, steps=2)
+    model = train_model(RunSpec("supervised", steps=2), x, labeled, labels, 2)
     checkpoint = save_checkpoint(model, tmp_path / "old.pt")
     state = torch.load(checkpoint, weights_only=True)
     state["config"]["a_setting_since_removed"] = 3
@@ -96,7 +97,9 @@ def test_a_checkpoint_with_an_unknown_setting_falls_back_to_a_fresh_model(tmp_pa
 
     for _ in range(2):  # every later warm start, not only the first
         notes: list[str] = []
-        fresh = train_model("supervised", x, labeled, labels, 2, steps=2, warm_start=checkpoint, notes=notes)
+        fresh = train_model(
+            RunSpec("supervised", steps=2), x, labeled, labels, 2, warm_start=checkpoint, notes=notes
+        )
         assert fresh is not None and fresh.predict_proba(x).shape == (12, 2)
         assert (
             len(notes) == 1

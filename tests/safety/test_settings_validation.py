@@ -29,16 +29,16 @@ def test_check_choice():
         check_choice("The model", "m3", ["m1", "m2"])
 
 
-def test_run_settings_refuse_bad_budget_and_strategy():
-    from labeler.trainer import RunSettings
+def test_run_specs_refuse_bad_budget_and_strategy():
+    from labeler.runspec import RunSpec
 
-    assert RunSettings.parse({"budget_s": 5}, {}).budget_s == 5
+    assert RunSpec.parse({"budget_s": 5}, {"model": "m2"}).budget_s == 5
     with pytest.raises(SettingError, match="training time"):
-        RunSettings.parse({"budget_s": -1}, {})
+        RunSpec.parse({"budget_s": -1}, {"model": "m2"})
     with pytest.raises(SettingError, match="training time"):
-        RunSettings.parse({"budget_s": "forever"}, {})
+        RunSpec.parse({"budget_s": "forever"}, {"model": "m2"})
     with pytest.raises(SettingError, match="strategy must be one of"):
-        RunSettings.parse({"strategy": "'; DROP TABLE runs; --"}, {})
+        RunSpec.parse({"strategy": "'; DROP TABLE runs; --"}, {"model": "m2"})
 
 
 def test_project_creation_refuses_bad_settings(Session, make_image_set):

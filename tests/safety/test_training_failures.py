@@ -11,6 +11,7 @@ from db import queries
 from db import runs as run_queries
 from db.models import DONE, FAILED, LabelEvent, Run, utcnow
 from labeler import projects
+from labeler.models import TrainingDiverged
 
 
 class _Payload:
@@ -38,7 +39,7 @@ def sqlite_Session(sqlite_url):
 
 @pytest.mark.filterwarnings("ignore::UserWarning")
 def test_failed_runs_leave_labels_alone_and_say_why(sqlite_Session, make_image_set, tmp_path, monkeypatch):
-    from labeler.trainer import Worker
+    from labeler.worker import Worker
 
     Session = sqlite_Session
     project = projects.create_project(Session, "fail", "test", images=make_image_set(n=60, test=10))
@@ -61,8 +62,8 @@ def test_failed_runs_leave_labels_alone_and_say_why(sqlite_Session, make_image_s
 
     failures = [
         ("_pixels_of", broken, "Input/output error"),
-        ("_train", oom, "memory"),
-        ("_pixels_of", nan_pixels, "diverged"),
+        ("_round", oom, "memory"),
+        ("_pixels_of", nan_pixels, TrainingDiverged.MESSAGE),
     ]
     for method, replacement, cause in failures:
         with monkeypatch.context() as patch:

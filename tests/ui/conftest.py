@@ -7,8 +7,8 @@ import pytest
 def _test_worker(monkeypatch, Session):
     """Pages reach the trainer through `common.worker()`; hand them one made for this test (only
     when a page asks for it) instead of the process-wide cached one, and stop it at the end."""
-    from labeler.trainer import Worker
     from labeler.ui import common
+    from labeler.worker import Worker
 
     created = []
 

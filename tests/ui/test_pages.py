@@ -15,6 +15,7 @@ from db import runs as run_queries
 from db.models import DONE, LabelEvent, Project
 from labeler import projects
 from labeler.config import SettingError
+from labeler.runspec import RunSpec
 from labeler.ui import latent, progress, project, train
 
 
@@ -150,12 +151,7 @@ def test_auto_retrain_queues_a_run_after_n_labels(Session, tiny_project):
 
 def test_validated_settings_refuse_bad_values():
     good = {"model": "m2", "budget_s": 30, "strategy": "entropy", "seed": 0, "steps": 0, "lr": 0.001}
-    assert train.validated_settings(good) == {
-        "budget_s": 30.0,
-        "strategy": "entropy",
-        "seed": 0,
-        "config": {"lr": 0.001},
-    }
+    assert train.validated_settings(good) == RunSpec("m2", budget_s=30.0, seed=0, config={"lr": 0.001})
     for key, bad in [("budget_s", 0), ("lr", 5.0), ("seed", -1), ("model", "nope"), ("strategy", "nope")]:
         with pytest.raises(SettingError):
             train.validated_settings({**good, key: bad})

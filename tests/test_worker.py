@@ -27,9 +27,11 @@ from db.models import (
     Run,
 )
 from labeler import projects
-from labeler.models import Progress, SSLModel, TrainingCancelled
+from labeler import queue as label_queue
+from labeler.models import Progress, SSLModel, TrainingCancelled, TrainingDiverged
+from labeler.runspec import RunSpec
 from labeler.train import train_model
-from labeler.trainer import Worker
+from labeler.worker import Worker
 from tests.conftest import tiny_image_set
 
 
@@ -151,7 +153,7 @@ def test_worker_runs_a_queued_run_to_done_with_predictions(Session, project):
             if p.item_id in labeled or splits[p.item_id] != "pool":
                 assert p.score < 0  # never offered first
         # The queue offers unlabeled pool/audit items only, highest score first, never test.
-        offered = queries.next_items(session, project.id, k=100)
+        offered = label_queue.next_items(session, project.id, k=100)
         assert offered and all(i.id not in labeled and i.split != "test" for i, _ in offered)
         scores = [p.score for _, p in offered]
         assert scores == sorted(scores, reverse=True)
@@ -283,7 +285,7 @@ def test_recover_marks_runs_of_dead_processes_on_this_host_at_once(Session, proj
     import subprocess
     import sys
 
-    from labeler.trainer import process_gone
+    from labeler.worker import process_gone
 
     host = socket.gethostname()
     ended = subprocess.run(
@@ -307,13 +309,13 @@ def test_should_auto_retrain(Session, project):
         p = session.get(type(project), project.id)
         p.settings = {**p.settings, "auto_retrain_every": 5}
     with Session() as session:
-        assert run_queries.should_auto_retrain(session, project.id)  # 10 labels, no run yet
+        assert label_queue.should_auto_retrain(session, project.id)  # 10 labels, no run yet
     run_id = queue(Session, project.id)
     with Session() as session:
-        assert not run_queries.should_auto_retrain(session, project.id)  # one is queued
+        assert not label_queue.should_auto_retrain(session, project.id)  # one is queued
     Worker(Session, device="cpu").process_one()
     with Session.begin() as session:
-        assert not run_queries.should_auto_retrain(session, project.id)
+        assert not label_queue.should_auto_retrain(session, project.id)
         unlabeled = [
             i
             for i in queries.items(session, project.id, split="pool")
@@ -322,7 +324,7 @@ def test_should_auto_retrain(Session, project):
         for item in unlabeled[:5]:
             queries.add_label(session, item, item.truth)
     with Session() as session:
-        assert run_queries.should_auto_retrain(session, project.id)
+        assert label_queue.should_auto_retrain(session, project.id)
     assert get_run(Session, run_id).status == DONE
 
 
@@ -348,10 +350,10 @@ def test_status_snapshot_and_thread(Session, project):
 def test_train_model_rejects_no_labels_and_nan():
     x = np.zeros((4, 1, 2, 2), dtype=np.float32)
     with pytest.raises(ValueError, match="no labels"):
-        train_model("fake", x, [], [], 2, steps=1)
+        train_model(RunSpec("fake", steps=1), x, [], [], 2)
     with pytest.raises(ValueError, match="Unknown model"):
-        train_model("nope", x, [0], [0], 2, steps=1)
-    model = train_model("fake", x, [0, 1], [0, 1], 2, steps=3)
+        train_model(RunSpec("nope", steps=1), x, [0], [0], 2)
+    model = train_model(RunSpec("fake", steps=3), x, [0, 1], [0, 1], 2)
     assert model.predict_proba(x).shape == (4, 2)
 
 
@@ -386,9 +388,9 @@ def test_old_predictions_are_pruned_and_auto_retrain_queues_with_project_setting
             if i.id not in queries.current_labels(session, project.id)
         ]
         queries.add_label(session, unlabeled[0], unlabeled[0].truth)
-        run = run_queries.maybe_auto_retrain(session, project.id)
+        run = label_queue.maybe_auto_retrain(session, project.id)
         assert run is not None and run.model == "fake" and run.status == QUEUED
-        assert run_queries.maybe_auto_retrain(session, project.id) is None  # one is queued already
+        assert label_queue.maybe_auto_retrain(session, project.id) is None  # one is queued already
 
 
 def test_queue_never_offers_labeled_test_or_audit_first(Session, project):
@@ -399,10 +401,10 @@ def test_queue_never_offers_labeled_test_or_audit_first(Session, project):
         items = {i.id: i for i in queries.items(session, project.id)}
         labeled = set(queries.current_labels(session, project.id))
         n_pool_unlabeled = sum(1 for i in items.values() if i.split == "pool" and i.id not in labeled)
-        offered = queries.next_items(session, project.id, k=n_pool_unlabeled)
+        offered = label_queue.next_items(session, project.id, k=n_pool_unlabeled)
         assert {i.split for i, _ in offered} == {"pool"}
         assert not {i.id for i, _ in offered} & labeled
-        everything = queries.next_items(session, project.id, k=1000)
+        everything = label_queue.next_items(session, project.id, k=1000)
         assert all(items[i.id].split != "test" for i, _ in everything)
         assert all(p.run_id == run_id for _, p in everything)
         # The queue was stored with the predictions: one position per pool and audit image,
@@ -420,9 +422,18 @@ def test_queue_never_offers_labeled_test_or_audit_first(Session, project):
         assert set(timing) == {"before_training_s", "training_s", "after_training_s", "store_s"}
 
 
+def test_a_failed_run_keeps_the_note_on_its_warm_start(Session, project):
+    with Session.begin() as session:
+        session.add(Run(project_id=project.id, model="fake", status=DONE, checkpoint="/gone/model.pt"))
+    run_id = queue(Session, project.id, config={"explode": True})
+    Worker(Session, device="cpu").process_one()
+    run = get_run(Session, run_id)
+    assert run.status == FAILED and any("missing" in note for note in run.metrics["notes"])
+
+
 @pytest.mark.parametrize(
     ("config", "expected"),
-    [({"oom": True}, "GPU ran out of memory"), ({"nan": True}, "diverged")],
+    [({"oom": True}, "GPU ran out of memory"), ({"nan": True}, TrainingDiverged.MESSAGE)],
 )
 def test_oom_and_nan_fail_with_a_readable_error(Session, project, config, expected):
     run_id = queue(Session, project.id, config=config)
@@ -430,6 +441,7 @@ def test_oom_and_nan_fail_with_a_readable_error(Session, project, config, expect
     worker.process_one()
     run = get_run(Session, run_id)
     assert run.status == FAILED and expected in run.error
+    assert "Training failed (" not in run.error
     assert worker.status()["last_error"] == run.error
 
 

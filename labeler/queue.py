@@ -1,0 +1,133 @@
+"""What to ask next and when to retrain: the labeling queue's rules, above the storage in `db/`.
+
+- The queue is the newest finished run's order (`db.queries.queue_selects`); on audit turns
+  (one page in AUDIT_EVERY while any audit image is unlabeled) it is the audit set instead.
+- An image shown to one annotator is claimed for CLAIM_SECONDS, so several people labeling one
+  project see different images.
+- A run is queued automatically every `auto_retrain_every` new pool labels.
+
+Every function takes the session and never commits: the caller owns the transaction, and
+claims count once it commits (`with Session.begin() as session:`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable
+from datetime import timedelta
+
+from sqlalchemy import select
+from sqlalchemy.orm import Session
+
+from db import queries
+from db import runs as run_queries
+from db.models import AUDIT, POOL, QUEUED, Item, Prediction, Project, Run, utcnow
+
+AUDIT_EVERY = 5  # one page in five comes from the audit set until it is all labeled
+CLAIM_SECONDS = 300  # how long an image shown to one annotator is kept from the others
+DEFAULT_RETRAIN_EVERY = 10
+
+
+def audit_turn(session: Session, project_id: int, k: int = 1) -> bool:
+    """Whether the next page (k images) comes from the audit set.
+
+    The audit set is a random sample held out of training; its accuracy is the honest estimate
+    for data without a test split, so it must be labeled too, in random order (never by
+    uncertainty). It is woven in: one page in AUDIT_EVERY while any of it is unlabeled.
+    """
+    if not queries.count_unlabeled(session, project_id, (AUDIT,)):
+        return False
+    return (queries.label_count(session, project_id) // max(1, k)) % AUDIT_EVERY == AUDIT_EVERY - 1
+
+
+def next_items(
+    session: Session,
+    project_id: int,
+    k: int = 1,
+    exclude: Iterable[int] = (),
+    annotator: str | None = None,
+) -> list[tuple[Item, Prediction | None]]:
+    """The next k images to show: pool images in queue order, and on audit turns audit images
+    in random order; when that part runs short, both fill the page. Items in `exclude`
+    (skipped) come last.
+
+    With `annotator`, images another annotator holds are passed over, and the ones returned are
+    claimed for `annotator` (their other claims in the project are released) in `session`: the
+    caller commits. While the annotator already holds the whole page for at least half the
+    claim time, nothing is written (a page's reruns do not churn claims). When every remaining
+    image is held by someone else, those are returned unclaimed rather than nothing: two people
+    may then see the same image, and both answers are kept in the history.
+    """
+    if k <= 0:
+        return []
+    exclude = set(exclude)
+    splits = (AUDIT,) if audit_turn(session, project_id, k) else (POOL,)
+    picked = _next_in(session, project_id, k, exclude, annotator, splits)
+    if len(picked) < k:
+        picked = _next_in(session, project_id, k, exclude, annotator, (POOL, AUDIT))
+    return picked
+
+
+def _next_in(
+    session: Session,
+    project_id: int,
+    k: int,
+    exclude: set[int],
+    annotator: str | None,
+    splits: tuple[str, ...],
+) -> list[tuple[Item, Prediction | None]]:
+    if annotator is None:
+        return queries.queue_page(session, project_id, splits, k, exclude)
+    now = utcnow()
+    # A few spare rows: another annotator may claim some between this read and our claim.
+    limit = 2 * k + 8 + len(exclude)
+    ordered = queries.queue_page(session, project_id, splits, limit, exclude, unclaimed_for=(annotator, now))
+    page = {item.id for item, _ in ordered[:k]}
+    if len(page) == k and queries.claimed_by(session, project_id, annotator, now) == page:
+        lasting = queries.claimed_by(
+            session, project_id, annotator, now + timedelta(seconds=CLAIM_SECONDS / 2)
+        )
+        if page <= lasting:
+            return ordered[:k]  # already this annotator's page, and only it: nothing to write
+    expires = now + timedelta(seconds=CLAIM_SECONDS)
+    claimed = queries.claim_items(
+        session, project_id, [item.id for item, _ in ordered], annotator, k, now, expires
+    )
+    picked = [pair for pair in ordered if pair[0].id in claimed]
+    if len(picked) < k:
+        # Nothing unclaimed is left: share what others hold rather than show "all done".
+        taken = {item.id for item, _ in picked}
+        rest = queries.queue_page(session, project_id, splits, k + len(taken), exclude)
+        picked += [pair for pair in rest if pair[0].id not in taken][: k - len(picked)]
+    return picked
+
+
+def should_auto_retrain(session: Session, project_id: int) -> bool:
+    """True when `auto_retrain_every` (project setting, default 10; 0 = off) new pool labels have
+    arrived since the newest run that started, and no run is already queued."""
+    project = session.get(Project, project_id)
+    if project is None:
+        return False
+    every = int((project.settings or {}).get("auto_retrain_every", DEFAULT_RETRAIN_EVERY) or 0)
+    if every <= 0:
+        return False
+    if session.scalar(select(Run.id).where(Run.project_id == project_id, Run.status == QUEUED).limit(1)):
+        return False
+    last = session.scalars(
+        select(Run)
+        .where(Run.project_id == project_id, Run.started_at.is_not(None))
+        .order_by(Run.started_at.desc(), Run.id.desc())
+        .limit(1)
+    ).first()
+    used = last.labels_used if last is not None else 0
+    return len(run_queries.pool_labels(session, project_id)) - used >= every
+
+
+def maybe_auto_retrain(session: Session, project_id: int) -> Run | None:
+    """Queue a run with the project's own settings (model, budget, strategy) when
+    `should_auto_retrain` says so; return it, or None."""
+    if not should_auto_retrain(session, project_id):
+        return None
+    project = session.get(Project, project_id)
+    return run_queries.request_run(
+        session, project_id, (project.settings or {}).get("model", "m2"), {"auto": True}
+    )

@@ -1,0 +1,105 @@
+"""One active-learning round: pure, the same for the worker and the simulation."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from db import runs as run_queries
+from db.models import Prediction
+from labeler import projects
+from labeler import train as train_module
+from labeler.models.baselines import Supervised
+from labeler.round import queue_head, run_round
+from labeler.runspec import RunSpec
+from labeler.worker import Worker
+from tests.conftest import tiny_image_set
+
+SMALL = {"hidden": [8], "batch_size": 8}
+
+
+def items(n=30, test=6, audit=4):
+    images = tiny_image_set(n=n, test=test)
+    split = np.array(images.splits, dtype=object)
+    split[n - test - audit : n - test] = "audit"
+    labels = np.full(n, -1)
+    labels[:8] = images.truth[:8]  # pool answers
+    labels[n - test - audit : n - test - 2] = images.truth[n - test - audit : n - test - 2]  # audit answers
+    truth = np.where(split == "test", images.truth, -1)
+    return images, split.astype(str), labels, truth
+
+
+def test_a_round_trains_on_pool_answers_and_measures_on_test_and_audit(monkeypatch):
+    images, split, labels, truth = items()
+    seen = {}
+    real = train_module.train_model
+
+    def spy(spec, x, labeled_idx, labels_, num_classes, **kw):
+        seen.update(rows=len(x), labeled=len(labeled_idx))
+        return real(spec, x, labeled_idx, labels_, num_classes, **kw)
+
+    monkeypatch.setattr(train_module, "train_model", spy)
+    spec = RunSpec("supervised", steps=5, config=SMALL)
+    result = run_round(spec, images.pixels, split, labels, truth, 2)
+    assert seen == {"rows": int(np.sum(split == "pool")), "labeled": 8}  # no test or audit image seen
+    assert result.labels_used == 8 and result.steps == 5
+    assert result.audit_n == 2 and result.audit_interval[0] is not None
+    predicted = result.probs.argmax(1)
+    test = split == "test"
+    assert result.test_accuracy == pytest.approx(np.mean(predicted[test] == truth[test]))
+    offered = result.scores >= 0
+    assert np.array_equal(offered, (split == "pool") & (labels < 0))  # answered, test, audit: never
+    head = queue_head(result.scores, 5)
+    assert len(head) == 5 and all(offered[head])
+
+
+def test_the_same_spec_gives_the_same_round():
+    images, split, labels, truth = items()
+    spec = RunSpec("supervised", steps=5, seed=3, config=SMALL)
+    first, second = (run_round(spec, images.pixels, split, labels, truth, 2) for _ in range(2))
+    np.testing.assert_array_equal(first.probs, second.probs)
+    np.testing.assert_array_equal(first.scores, second.scores)
+
+
+@pytest.mark.parametrize(("strategy", "passes"), [("bald", 1), ("entropy", 0)])
+def test_mc_samples_only_when_the_strategy_needs_them(monkeypatch, strategy, passes):
+    images, split, labels, truth = items()
+    calls = []
+    real = Supervised.mc_proba
+    monkeypatch.setattr(
+        Supervised, "mc_proba", lambda self, x, samples=8: calls.append(samples) or real(self, x, samples)
+    )
+    spec = RunSpec("supervised", steps=2, strategy=strategy, mc_samples=3, config=SMALL)
+    run_round(spec, images.pixels, split, labels, truth, 2)
+    assert calls == [3] * passes
+
+
+def test_the_worker_stores_the_round(Session):
+    # The worker is claim -> load -> round -> store: what it stores is what the round computes
+    # from the same inputs.
+    project = projects.create_project(Session, "tiny", "test", images=tiny_image_set(n=30, test=6))
+    with Session.begin() as session:
+        from db import queries
+
+        for item in queries.items(session, project.id, split="pool")[:8]:
+            queries.add_label(session, item, item.truth)
+        run_id = run_queries.request_run(
+            session, project.id, "supervised", {"steps": 4, "seed": 2, "config": SMALL}
+        ).id
+    assert Worker(Session, device="cpu", name="t").process_one()
+    with Session() as session:
+        inputs = run_queries.round_inputs(session, run_id)
+        stored = dict(
+            session.query(Prediction.item_id, Prediction.score).filter(Prediction.run_id == run_id).all()
+        )
+    spec = RunSpec.parse({**inputs.run_settings, "model": inputs.model}, inputs.project_settings)
+    result = run_round(
+        spec,
+        projects.pixels(project.id),
+        np.array(inputs.splits),
+        np.array(inputs.labels),
+        np.array(inputs.truth),
+        inputs.num_classes,
+        rows=np.array(inputs.rows),
+    )
+    np.testing.assert_allclose([stored[i] for i in inputs.item_ids], result.scores)
