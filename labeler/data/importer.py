@@ -511,9 +511,15 @@ def scan(folder: Path, data_root: Path, max_file_bytes: int) -> Iterator[tuple[s
             if reason:
                 dirnames.remove(name)
                 yield "", full, shown(full), reason
+        # Relative paths per folder, not per file: a million relpath calls cost seconds.
+        rel_dir = Path(os.path.relpath(dirpath, folder)).as_posix()
+        key_dir = Path(os.path.relpath(dirpath, data_root)).as_posix()
+        rel_prefix = "" if rel_dir == "." else _printable(rel_dir) + "/"
+        key_prefix = "" if key_dir == "." else key_dir + "/"
+        dir_utf8 = _utf8(rel_dir)
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
-            rel = shown(full)
+            rel = rel_prefix + _printable(name)
             try:
                 info = os.lstat(full)
             except OSError as error:
@@ -526,14 +532,14 @@ def scan(folder: Path, data_root: Path, max_file_bytes: int) -> Iterator[tuple[s
                 reason = "not a regular file"
             elif _ignored(name):
                 reason = "hidden file"
-            elif not _utf8(os.path.relpath(full, folder)):
+            elif not (dir_utf8 and _utf8(name)):
                 reason = "file name is not valid UTF-8"
             else:
                 reason = extension_reason(name) or file_size_reason(size, max_file_bytes)
             if reason:
                 yield "", full, rel, reason
                 continue
-            yield Path(os.path.relpath(full, data_root)).as_posix(), full, rel, None
+            yield key_prefix + name, full, rel, None
     while errors:
         error = errors.pop()
         yield "", "", shown(error.filename or str(folder)), f"cannot read folder ({error.strerror or error})"

@@ -5,12 +5,13 @@ chunk of `CHUNK` files at a time:
 
     state.db      SQLite: the accepted images (row, key, sha256), the skipped files, and how
                   far the walk got; one transaction per chunk
-    pixels.npy    uint8 (candidates, C, S, S), memory-mapped; row i = the i-th accepted image
+    pixels.npy    uint8 (candidates, C, S, S), written a chunk of rows at a time (`PixelFile`);
+                  row i = the i-th accepted image
     files/<key>   copies of the original files
 
 No list of decoded images, file names or digests is held in memory: duplicates are found through
 the UNIQUE sha256 column, and the folder is walked again rather than listed (`importer.scan`
-yields in a fixed, sorted order). A chunk's pixels are flushed to disk before its transaction
+yields in a fixed, sorted order). A chunk's pixels are synced to disk before its transaction
 commits, so what state.db says was imported is on disk. After a kill, calling `stage_folder`
 again with the same folder and staging folder continues after the last committed chunk: the
 rows of an unfinished chunk are written again, never twice, and nothing committed is lost. If
@@ -41,7 +42,7 @@ import numpy as np
 
 from . import importer
 from .base import DataError
-from .images import MAX_FILE_BYTES, MAX_PIXELS, ImageSkipped, check_image, check_image_size, decode_image
+from .images import MAX_FILE_BYTES, MAX_PIXELS, ImageSkipped, check_and_decode, check_image_size, decode_image
 from .importer import (
     COLOUR_SIZE,
     GRAY_SIZE,
@@ -265,13 +266,35 @@ def _stage(
     channels = int(meta["channels"])
     size = int(meta["size"]) or None  # fixed by the first image when not given
     kept = db.execute("SELECT count(*) FROM items").fetchone()[0]
-    pixels = _open_pixels(staging / meta["pixels"], total, channels, size) if size else None
+    pixels = PixelFile(staging / meta["pixels"]) if size else None
     if progress is not None:
         progress(start, total)
     position = 0  # candidates seen so far in this walk
     pending: list[tuple[int, str, str]] = []  # (row, key, sha256) of this chunk
+    decoded: list[np.ndarray] = []  # their pixels, rows kept .. kept + len(pending)
     skips: list[tuple[str, str]] = []
     digests: dict[str, str] = {}  # this chunk's, not yet in state.db
+    made: set[Path] = set()  # folders of files/ made so far
+
+    def target(gray: bool) -> tuple[int, int]:
+        """(size, channels) for this image; the first colour image switches the array to colour."""
+        nonlocal pixels, size, channels, decoded
+        if size is None:
+            size = image_size or (GRAY_SIZE if gray else COLOUR_SIZE)
+            channels = 1 if gray else 3
+            meta.update(size=str(size), channels=str(channels))
+            pixels = PixelFile(staging / meta["pixels"], (total, channels, size, size))
+        elif channels == 1 and not gray:
+            size, channels = image_size or COLOUR_SIZE, 3
+            keys = [k for (k,) in db.execute("SELECT key FROM items ORDER BY row")]
+            pixels.close()
+            pixels = _to_colour(staging, keys, total, size, max_pixels)
+            decoded = [
+                decode_image((staging / "files" / k).read_bytes(), size, 3, max_pixels) for _, k, _ in pending
+            ]
+            meta.update(channels="3", size=str(size), pixels="pixels-3.npy")
+        return size, channels
+
     for key, path, shown, reason in scan(folder, data_root, max_file_bytes):
         if position < start:  # done before the interruption, skips included
             position += reason is None
@@ -289,22 +312,8 @@ def _stage(
             first = digests.get(digest) or _first_key(db, digest)
             if first is not None:
                 raise ImageSkipped(f"duplicate of {first}")
-            info = check_image(data, Path(path).name, max_pixels)
-            if size is None:
-                size = image_size or (GRAY_SIZE if info.grayscale else COLOUR_SIZE)
-                channels = 1 if info.grayscale else 3
-                meta.update(size=str(size), channels=str(channels))
-                pixels = _open_pixels(staging / meta["pixels"], total, channels, size)
-            elif channels == 1 and not info.grayscale:
-                size = image_size or COLOUR_SIZE
-                keys = [k for (k,) in db.execute("SELECT key FROM items ORDER BY row")] + [
-                    k for _, k, _ in pending
-                ]
-                pixels = _to_colour(staging, keys, total, size, max_pixels)
-                channels = 3
-                meta.update(channels="3", size=str(size), pixels="pixels-3.npy")
-            pixels[row] = decode_image(data, size, channels, max_pixels)
-            _copy(path, staging / "files" / key)
+            _, image = check_and_decode(data, key, target, max_pixels)
+            _write_copy(data, staging / "files" / key, made)
         except ImageSkipped as error:
             skips.append((shown, error.reason))
         except OSError as error:
@@ -314,14 +323,17 @@ def _stage(
         else:
             digests[digest] = key
             pending.append((row, key, digest))
+            decoded.append(image)
         if position - start >= chunk:
-            kept = _commit(db, pixels, pending, skips, meta, position, kept)
-            pending, skips, digests, start = [], [], {}, position
+            kept = _commit(db, pixels, pending, decoded, skips, meta, position, kept)
+            pending, decoded, skips, digests, start = [], [], [], {}, position
             if progress is not None:
                 progress(position, total)
     if position < total:
         raise DataError(f"Files were removed from {folder} during the import; import it again.")
-    _commit(db, pixels, pending, skips, meta, position, kept)
+    _commit(db, pixels, pending, decoded, skips, meta, position, kept)
+    if pixels is not None:
+        pixels.close()
     if progress is not None:
         progress(total, total)
 
@@ -331,11 +343,13 @@ def _first_key(db: sqlite3.Connection, digest: str) -> str | None:
     return row[0] if row else None
 
 
-def _commit(db, pixels, pending, skips, meta, done: int, kept: int) -> int:
-    """Make one chunk durable: its pixels are flushed (and its files copied) before its rows
-    and the walk's position commit together."""
+def _commit(db, pixels, pending, decoded, skips, meta, done: int, kept: int) -> int:
+    """Make one chunk durable: its pixels are written and synced (its files are copied) before
+    its rows and the walk's position commit together."""
+    if decoded:
+        pixels.write(kept, np.stack(decoded))
     if pixels is not None:
-        pixels.flush()
+        pixels.sync()
     db.execute("BEGIN")
     db.executemany("INSERT INTO items (row, key, sha256) VALUES (?, ?, ?)", pending)
     db.executemany("INSERT INTO skipped (path, reason) VALUES (?, ?)", skips)
@@ -345,21 +359,54 @@ def _commit(db, pixels, pending, skips, meta, done: int, kept: int) -> int:
     return kept + len(pending)
 
 
-def _open_pixels(path: Path, total: int, channels: int, size: int) -> np.memmap:
-    if path.exists():
-        return np.lib.format.open_memmap(path, mode="r+")
-    return np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(total, channels, size, size))
+class PixelFile:
+    """A uint8 .npy array of shape (N, C, S, S) on disk, written a block of rows at a time with
+    pwrite: unlike a memory map, the rows written never stay in this process' resident memory."""
+
+    def __init__(self, path: Path, shape: tuple[int, int, int, int] | None = None):
+        if shape is None:  # an existing file
+            self.fd = os.open(path, os.O_RDWR)
+            with open(path, "rb") as f:
+                version = np.lib.format.read_magic(f)
+                shape, _, _ = _HEADER_IO[version][0](f)
+                self.offset = f.tell()
+        else:
+            header = io.BytesIO()
+            np.lib.format.write_array_header_1_0(
+                header, {"descr": "|u1", "fortran_order": False, "shape": tuple(int(n) for n in shape)}
+            )
+            self.fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_TRUNC, 0o644)
+            os.pwrite(self.fd, header.getvalue(), 0)
+            self.offset = len(header.getvalue())
+            os.ftruncate(self.fd, self.offset + int(np.prod(shape)))
+        self.row_bytes = int(np.prod(shape[1:]))
+
+    def write(self, row: int, block: np.ndarray) -> None:
+        data = np.ascontiguousarray(block, dtype=np.uint8)
+        os.pwrite(self.fd, memoryview(data).cast("B"), self.offset + row * self.row_bytes)
+
+    def sync(self) -> None:
+        os.fsync(self.fd)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
-def _to_colour(staging: Path, keys: list[str], total: int, size: int, max_pixels: int) -> np.memmap:
-    """A new three-channel array (pixels-3.npy) with the images so far decoded again from their
-    copies, at `size`: what reading the folder in one go gives a set with a colour image in it."""
-    path = staging / "pixels-3.npy"
-    _remove(path)
-    colour = np.lib.format.open_memmap(path, mode="w+", dtype=np.uint8, shape=(total, 3, size, size))
-    for row, key in enumerate(keys):
-        colour[row] = decode_image((staging / "files" / key).read_bytes(), size, 3, max_pixels)
-    colour.flush()
+def _to_colour(
+    staging: Path, keys: list[str], total: int, size: int, max_pixels: int, block: int = 1024
+) -> PixelFile:
+    """A new three-channel array (pixels-3.npy) with the committed images decoded again from
+    their copies, at `size`: what reading the folder in one go gives a set with colour in it."""
+    colour = PixelFile(staging / "pixels-3.npy", (total, 3, size, size))
+    for start in range(0, len(keys), block):
+        images = [
+            decode_image((staging / "files" / key).read_bytes(), size, 3, max_pixels)
+            for key in keys[start : start + block]
+        ]
+        colour.write(start, np.stack(images))
+    colour.sync()
     return colour
 
 
@@ -405,9 +452,12 @@ def _truncate(path: Path, count: int) -> None:
     os.replace(tmp, path)
 
 
-def _copy(source: str, destination: Path) -> None:
-    destination.parent.mkdir(parents=True, exist_ok=True)
-    shutil.copyfile(source, destination)
+def _write_copy(data: bytes, destination: Path, made: set[Path]) -> None:
+    """Keep the original file (its bytes, already read) in files/."""
+    if destination.parent not in made:
+        destination.parent.mkdir(parents=True, exist_ok=True)
+        made.add(destination.parent)
+    destination.write_bytes(data)
 
 
 def _remove(path: Path) -> None:
