@@ -5,6 +5,7 @@ Layout under the data folder:
     projects/<id>/pixels.npy        uint8 (N, C, H, W), row i = Item.row i
     projects/<id>/files/...         original image files of folder and zip imports
     projects/<id>/runs/<run>.pt     checkpoints
+    projects/<id>/exports/...       the newest export made in the app
 
 Creating a project either completes or leaves the disk as it was: a zip is extracted into a
 scratch folder under `imports/` that is removed when the import ends, whatever its outcome,
@@ -84,7 +85,7 @@ def image(project_id: int, row: int) -> np.ndarray:
 
 # A stored path names a file by its key below the data folder of the machine that wrote it;
 # the first "projects/<id>/" followed by one of the project's own entries starts that key.
-_KEY = re.compile(r"(?:^|/)(projects/\d+/(?:pixels\.npy$|runs/|files/).*)$")
+_KEY = re.compile(r"(?:^|/)(projects/\d+/(?:pixels\.npy$|runs/|files/|exports/).*)$")
 
 
 def storage_key(path: str | Path) -> str | None:

@@ -1,7 +1,8 @@
 """The Export page: the labeled data set and the newest model, as downloads.
 
-Files are produced by `labeler.export.export_all` into `<data dir>/exports/<project>/`, then
-offered with one download button each: the ImageFolder zip (with metadata.csv and labels.csv),
+Files are produced by `labeler.export.export_all` into `<data dir>/projects/<id>/exports/` (and
+put in the shared store under the same key when LABELER_STORAGE_URL is set), then offered with
+one download button each: the ImageFolder zip (with metadata.csv and labels.csv),
 the Parquet file, labels.csv, predictions.csv and a zip of the model (checkpoint, TorchScript
 and classes.json). Only admins export: the page refuses everyone else itself, not only the
 navigation that hides it.
@@ -19,8 +20,8 @@ import streamlit as st
 
 from db import queries
 
-from .. import export
-from ..config import data_dir, user_error
+from .. import export, projects
+from ..config import user_error
 from . import common
 
 log = logging.getLogger(__name__)
@@ -36,7 +37,7 @@ MODEL_FILES = export.MODEL_FILES
 
 
 def export_folder(project_id: int) -> Path:
-    return data_dir() / "exports" / str(project_id)
+    return projects.project_dir(project_id) / "exports"
 
 
 def _prepare(project_id: int) -> None:
@@ -60,6 +61,9 @@ def _prepare(project_id: int) -> None:
         written = export.export_all(
             common.session_factory(), project_id, folder, notes=notes, progress=progress
         )
+        bar.progress(1.0, text="Putting the export in the shared store...")
+        for path in written:  # with LABELER_STORAGE_URL, kept beside the project's files
+            projects.publish(path)
     except Exception as error:  # shown as one sentence
         message = user_error(error)
         if message is None:
