@@ -35,11 +35,16 @@ def _write_block(args: tuple[str, int, int]) -> int:
     folder, start, stop = args
     pixels, truth = _source_images()
     for i in range(start, stop):
+        path = Path(folder, str(int(truth[i % len(truth)])), f"{i:07d}.png")
+        if path.exists():  # written by an earlier, interrupted call
+            continue
         image = pixels[i % len(pixels)].copy()
         image[0, :3] = np.frombuffer(i.to_bytes(3, "little"), dtype=np.uint8)
         buffer = io.BytesIO()
         Image.fromarray(image, "L").save(buffer, format="PNG", compress_level=1)
-        Path(folder, str(int(truth[i % len(truth)])), f"{i:07d}.png").write_bytes(buffer.getvalue())
+        partial = path.with_suffix(".part")  # whole files only, even if this is killed
+        partial.write_bytes(buffer.getvalue())
+        os.replace(partial, path)
     return stop - start
 
 
@@ -60,9 +65,8 @@ def write_images(folder: Path, n: int, processes: int = 2) -> float:
     if done.exists():
         return 0.0
     started = time.perf_counter()
-    shutil.rmtree(folder, ignore_errors=True)
     for k in range(CLASSES):
-        (folder / str(k)).mkdir(parents=True)
+        (folder / str(k)).mkdir(parents=True, exist_ok=True)
     step = 20_000
     blocks = [(str(folder), a, min(n, a + step)) for a in range(0, n, step)]
     with ProcessPoolExecutor(processes) as pool:
