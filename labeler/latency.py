@@ -106,20 +106,34 @@ def _summary(name: str, times: list[float]) -> str:
     return f"| {name} | {len(ms)} | {statistics.median(ms):.0f} | {p90:.0f} | {ms[-1]:.0f} |"
 
 
-def measure(n: int = 20, model: str = "m2", budget_s: float = 300.0, dataset: str = "digits") -> list[str]:
+def measure(
+    n: int = 20,
+    model: str = "m2",
+    budget_s: float = 300.0,
+    dataset: str = "digits",
+    data_dir: Path | None = None,
+) -> list[str]:
+    """The table of the module docstring. With `data_dir`, the app runs on that existing data
+    folder's first project (e.g. the one `millionbench --data-dir` made) and only the idle
+    case is timed."""
     from playwright.sync_api import sync_playwright
 
-    folder = Path(tempfile.mkdtemp(prefix="labeler-latency-"))
+    folder = Path(data_dir) if data_dir else Path(tempfile.mkdtemp(prefix="labeler-latency-"))
     env = dict(os.environ, LABELER_DATA_DIR=str(folder))
     os.environ["LABELER_DATA_DIR"] = str(folder)
     import db
+    from db import queries
     from db import runs as run_queries
     from db.models import RUNNING, Run
 
     from . import projects
 
     Session = db.session_factory(db.get_engine())
-    project = projects.create_project(Session, dataset, dataset)
+    if data_dir:
+        with Session() as session:
+            project = queries.list_projects(session)[0]
+    else:
+        project = projects.create_project(Session, dataset, dataset)
     with Session.begin() as session:  # no automatic run: "idle" means nothing trains
         from db.models import Project
 
@@ -155,6 +169,13 @@ def measure(n: int = 20, model: str = "m2", budget_s: float = 300.0, dataset: st
             page.wait_for_function(f"() => ({_CAPTION_JS})() !== null", timeout=120_000)
             _time_answers(page, 2)  # warm-up: first renders compile and cache
             idle = _time_answers(page, n)
+            if data_dir:
+                browser.close()
+                return [
+                    "| trainer | answers | median ms | p90 ms | max ms |",
+                    "| --- | --- | --- | --- | --- |",
+                    _summary("idle", idle),
+                ]
             cpu_rows = idle_cpu(page, f"http://127.0.0.1:{port}", server.pid)
             page.wait_for_function(f"() => ({_CAPTION_JS})() !== null", timeout=120_000)
             with Session.begin() as session:
@@ -378,8 +399,14 @@ def cmd_latency(args) -> int:
         rows = measure_pages(repeats=args.repeats, dataset=dataset, model=args.model, budget_s=args.run_s)
         what = "Sidebar click -> page on screen"
     else:
-        rows = measure(n=args.answers, model=args.model, budget_s=args.budget_s, dataset=args.dataset)
-        what = f"Answer -> next image; {args.dataset}"
+        rows = measure(
+            n=args.answers,
+            model=args.model,
+            budget_s=args.budget_s,
+            dataset=args.dataset,
+            data_dir=args.data_dir,
+        )
+        what = f"Answer -> next image; {args.data_dir or args.dataset}"
     print(
         f"{what} in headless Chromium; {platform.platform()}, load {os.getloadavg()[0]:.1f}, "
         f"{os.cpu_count()} CPUs, torch {torch.__version__}, device "
@@ -405,6 +432,11 @@ def register(subparsers) -> None:
         "--pages",
         action="store_true",
         help="time the Progress, Latent space and Export pages after one finished run instead",
+    )
+    p.add_argument(
+        "--data-dir",
+        default=None,
+        help="time the idle Label page on the first project of this existing data folder instead",
     )
     p.add_argument("--repeats", type=int, default=5, help="loads of each page timed (--pages)")
     p.add_argument("--run-s", type=float, default=20.0, help="training time of the one run (--pages)")
