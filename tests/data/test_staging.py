@@ -52,6 +52,12 @@ def project_state(Session, project_id: int):
 
 
 @pytest.fixture
+def db_url(any_db_url) -> str:
+    """Each test on SQLite and on PostgreSQL (skipped without LABELER_TEST_PG_URL)."""
+    return any_db_url
+
+
+@pytest.fixture
 def small_chunks(monkeypatch):
     monkeypatch.setattr(staging, "CHUNK", 4)
 
