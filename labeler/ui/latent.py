@@ -173,7 +173,12 @@ def selected_item_ids(event) -> list[int]:
         data = point.get("customdata")
         if data is None:
             continue
-        ids.append(int(data[0] if isinstance(data, (list, tuple)) else data))
+        # A row of a 2-D typed array comes back as {"0": id, "1": confidence}; a list as a list.
+        if isinstance(data, dict):
+            data = data.get("0", data.get(0))
+        elif isinstance(data, (list, tuple)):
+            data = data[0]
+        ids.append(int(data))
     return list(dict.fromkeys(ids))
 
 

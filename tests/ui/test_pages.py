@@ -388,6 +388,9 @@ def test_latent_map_is_webgl_with_every_point_once(Session, tiny_project):
 def test_selected_item_ids_reads_customdata():
     event = {"selection": {"points": [{"customdata": [5]}, {"customdata": [7]}, {"customdata": [5]}, {}]}}
     assert latent.selected_item_ids(event) == [5, 7]
+    # What Streamlit sends for rows of the WebGL map's customdata (a 2-D typed array).
+    typed = {"selection": {"points": [{"customdata": {"0": 9.0, "1": 0.5}}, {"customdata": 4}]}}
+    assert latent.selected_item_ids(typed) == [9, 4]
     assert latent.selected_item_ids(None) == []
 
 
