@@ -251,6 +251,17 @@ def _create_from_folder(
     from .data import staging as stage
 
     scratch = stage.staging_folder(data_dir() / "imports", str(path), name, None, None)
+    with stage.exclusive(scratch):
+        return _create_staged(
+            Session, name, source, path, scratch, classes, audit_size, seed, progress, chunk
+        )
+
+
+def _create_staged(
+    Session, name, source, path, scratch, classes, audit_size, seed, progress, chunk
+) -> Project:
+    from .data import staging as stage
+
     try:
         staged = stage.stage_folder(path, scratch, progress=progress)
         class_list, settings = _settings_and_classes(staged.classes, classes, audit_size)

@@ -123,6 +123,30 @@ def staging_folder(root: Path, source: str, name: str, image_size: int | None, c
     return root / f"resume-{hashlib.sha256(ident.encode()).hexdigest()[:16]}"
 
 
+@contextlib.contextmanager
+def exclusive(staging: Path) -> Iterator[None]:
+    """Hold the staging folder for one import at a time: a second import of the same folder
+    under the same name while the first runs is refused in one sentence (an exclusive lock on
+    staging.lock, released by the system when a process dies, so a kill leaves no stale lock)."""
+    import fcntl
+
+    staging.parent.mkdir(parents=True, exist_ok=True)
+    path = staging.parent / f"{staging.name}.lock"
+    with open(path, "a") as lock:
+        try:
+            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise DataError(
+                "This folder is being imported under this name already; wait for that import to finish."
+            ) from None
+        try:
+            yield
+        finally:
+            if not staging.exists():  # finished or cleared: nothing left to continue
+                path.unlink(missing_ok=True)
+            fcntl.flock(lock.fileno(), fcntl.LOCK_UN)
+
+
 def reclaim(staging: Path) -> None:
     """Bring back what `Staged.move_into` moved into a project that was never committed (a kill
     or an error while the items were added). If it is gone (the folder was reused by another

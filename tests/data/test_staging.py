@@ -146,3 +146,15 @@ def test_the_first_colour_image_turns_the_gray_rows_into_colour(tmp_path, small_
     assert staged.shape == (3, 32, 32) and pixels.shape == (staged.count, 3, 32, 32)
     assert np.array_equal(pixels[0], decode_image((source / "cat" / "000.png").read_bytes(), 32, 3))
     assert np.array_equal(pixels, import_folder(source).pixels)
+
+
+def test_a_second_import_of_the_same_folder_while_one_runs_is_refused(Session, tmp_path):
+    source = make_folder(tmp_path / "src")
+    folder = staging.staging_folder(
+        Path(os.environ["LABELER_DATA_DIR"]) / "imports", str(source), "pets", None, None
+    )
+    running = staging.exclusive(folder)  # an import that is running
+    with running, pytest.raises(staging.DataError, match="being imported under this name already"):
+        projects.create_project(Session, "pets", f"folder:{source}", audit_size=0)
+    project = projects.create_project(Session, "pets", f"folder:{source}", audit_size=0)
+    assert project_state(Session, project.id)[0][-1][0] == 21
