@@ -258,8 +258,18 @@ def _create_from_folder(
 
 
 def _create_staged(
-    Session, name, source, path, scratch, classes, audit_size, seed, progress, chunk
+    Session: sessionmaker[Session],
+    name: str,
+    source: str,
+    path: Path,
+    scratch: Path,
+    classes: list[str] | None,
+    audit_size: int | None,
+    seed: int,
+    progress: Callable[[int, int], None] | None,
+    chunk: int,
 ) -> Project:
+    """`_create_from_folder` while it holds the staging folder `scratch`."""
     from .data import staging as stage
 
     try:
