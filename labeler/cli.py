@@ -14,7 +14,13 @@ from tqdm import tqdm
 
 # Modules that add their own sub-commands through `register(subparsers)`.
 # They import torch only when a command runs, so `--help`, `import` and `projects` start quickly.
-_REGISTERING_MODULES = ["labeler.simulate", "labeler.benchmark", "labeler.latency", "labeler.bigbench"]
+_REGISTERING_MODULES = [
+    "labeler.simulate",
+    "labeler.benchmark",
+    "labeler.latency",
+    "labeler.bigbench",
+    "labeler.millionbench",
+]
 
 
 def _session_factory():

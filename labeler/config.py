@@ -74,6 +74,15 @@ def storage_options() -> dict:
     return options
 
 
+def app_worker() -> bool:
+    """`LABELER_WORKER`: "on" (the default) lets the app's process train queued runs itself;
+    "off" leaves every run to `python -m labeler worker` processes, e.g. on GPU machines."""
+    value = (os.environ.get("LABELER_WORKER") or "on").strip().lower()
+    if value not in ("on", "off"):
+        raise SettingError(f"LABELER_WORKER must be on or off, not {value!r}; fix it or unset it.")
+    return value == "on"
+
+
 def user_error(error: BaseException) -> str | None:
     """One sentence saying what went wrong and what to do, for errors a person can meet (bad
     settings, files, the data folder, the database); None for a bug, which keeps its traceback."""

@@ -16,6 +16,10 @@
 One snapshot: an export reads everything it needs in one transaction (`read_snapshot`) before
 it writes a file, so labels given or undone meanwhile are wholly in or wholly out, and
 labels.csv, the zip and the Parquet file agree with each other.
+
+Streaming: images go into the zip and the Parquet file a chunk at a time (`CHUNK` rows per
+Parquet row group), so memory does not grow with the number of labeled images, and a
+`progress(done, total)` callback follows along.
 """
 
 from __future__ import annotations
@@ -27,7 +31,7 @@ import logging
 import re
 import unicodedata
 import zipfile
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,6 +90,9 @@ PREDICTION_COLUMNS = ["file", "split", "predicted_index", "confidence", "entropy
 # its weights beside the graph (write_onnx asks for one file).
 MODEL_FILES = ("model.pt", "model.torchscript.pt", "model.onnx", "model.onnx.data", "classes.json")
 PARTS = ("labels", "dataset", "predictions", "model")
+CHUNK = 2000  # images per Parquet row group: bounded memory however many are labeled
+
+Progress = Callable[[int, int], None]
 
 
 class ExportError(ValueError):
@@ -243,30 +250,52 @@ def write_labels_csv(
 
 
 def write_dataset(
-    Session: sessionmaker[Session], project_id: int, out: Path, snapshot: Snapshot | None = None
+    Session: sessionmaker[Session],
+    project_id: int,
+    out: Path,
+    snapshot: Snapshot | None = None,
+    progress: Progress | None = None,
 ) -> list[Path]:
-    """The ImageFolder zip and the Parquet file."""
+    """The ImageFolder zip and the Parquet file, written side by side a chunk at a time."""
+    import pyarrow as pa
+    import pyarrow.parquet as pq
+
     snapshot = snapshot or read_snapshot(Session, project_id, ("dataset",))
     frame = snapshot.labels
     folders = class_folders(snapshot.names)
     out = Path(out)
     zip_path, parquet_path = out / "dataset.zip", out / "dataset.parquet"
-    file_names, images = [], []
-    with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
-        for record in frame.itertuples():
-            data, suffix = _image_bytes(project_id, record.row, record.path)
-            stem = safe_name(Path(record.file).stem)[:80]
-            name = f"{folders[record.label_index]}/{record.row:06d}_{stem}{suffix}"
-            archive.writestr(name, data)
-            file_names.append(name)
-            images.append(data)
-        meta = pd.DataFrame({"file_name": file_names, "label": frame["label"].tolist()})
-        archive.writestr("metadata.csv", meta.to_csv(index=False))
-        archive.writestr("labels.csv", frame[CSV_COLUMNS].to_csv(index=False))
-        c, h, w = snapshot.shape
-        archive.writestr("HOW_TO_USE.txt", HOW_TO_USE.format(c=c, h=h, w=w))
-    table = frame.drop(columns=["row", "path"]).assign(file_name=file_names, image=images)
-    table.to_parquet(parquet_path, index=False)
+    columns = frame.drop(columns=["row", "path"])
+    file_names: list[str] = []  # names only: the image bytes of one chunk at a time are held
+    writer = None
+    try:
+        with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
+            for start in range(0, max(len(frame), 1), CHUNK):
+                chunk = frame.iloc[start : start + CHUNK]
+                names, images = [], []
+                for record in chunk.itertuples():
+                    data, suffix = _image_bytes(project_id, record.row, record.path)
+                    stem = safe_name(Path(record.file).stem)[:80]
+                    name = f"{folders[record.label_index]}/{record.row:06d}_{stem}{suffix}"
+                    archive.writestr(name, data)
+                    names.append(name)
+                    images.append(data)
+                rows = columns.iloc[start : start + CHUNK].assign(file_name=names, image=images)
+                table = pa.Table.from_pandas(rows, preserve_index=False)
+                if writer is None:
+                    writer = pq.ParquetWriter(parquet_path, table.schema)
+                writer.write_table(table.cast(writer.schema))
+                file_names += names
+                if progress is not None:
+                    progress(min(start + CHUNK, len(frame)), len(frame))
+            meta = pd.DataFrame({"file_name": file_names, "label": frame["label"].tolist()})
+            archive.writestr("metadata.csv", meta.to_csv(index=False))
+            archive.writestr("labels.csv", frame[CSV_COLUMNS].to_csv(index=False))
+            c, h, w = snapshot.shape
+            archive.writestr("HOW_TO_USE.txt", HOW_TO_USE.format(c=c, h=h, w=w))
+    finally:
+        if writer is not None:
+            writer.close()
     return [zip_path, parquet_path]
 
 
@@ -368,11 +397,13 @@ def export_all(
     out: str | Path,
     what: str = "all",
     notes: list[str] | None = None,
+    progress: Progress | None = None,
 ) -> list[Path]:
     """Write `what` ("all" or one of PARTS) into folder `out`, all from one snapshot.
 
     With "all", a model that cannot be exported does not stop the rest: the reason is added
     to `notes` (when given; else ExportError is raised after the other files are written).
+    progress: called as progress(done, total) with the images written to the data set.
     """
     parts = PARTS if what == "all" else (what,)
     if not set(parts) <= set(PARTS):
@@ -384,7 +415,7 @@ def export_all(
     if "labels" in parts:
         written.append(write_labels_csv(Session, project_id, out, snapshot))
     if "dataset" in parts:
-        written += write_dataset(Session, project_id, out, snapshot)
+        written += write_dataset(Session, project_id, out, snapshot, progress=progress)
     if "predictions" in parts:
         path = write_predictions(Session, project_id, out, snapshot)
         written += [path] if path else []

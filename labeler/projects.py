@@ -5,6 +5,7 @@ Layout under the data folder:
     projects/<id>/pixels.npy        uint8 (N, C, H, W), row i = Item.row i
     projects/<id>/files/...         original image files of folder and zip imports
     projects/<id>/runs/<run>.pt     checkpoints
+    projects/<id>/exports/...       the newest export made in the app
 
 Creating a project either completes or leaves the disk as it was: a zip is extracted into a
 scratch folder under `imports/` that is removed when the import ends, whatever its outcome,
@@ -29,6 +30,7 @@ from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
+from sqlalchemy import insert
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
@@ -83,7 +85,7 @@ def image(project_id: int, row: int) -> np.ndarray:
 
 # A stored path names a file by its key below the data folder of the machine that wrote it;
 # the first "projects/<id>/" followed by one of the project's own entries starts that key.
-_KEY = re.compile(r"(?:^|/)(projects/\d+/(?:pixels\.npy$|runs/|files/).*)$")
+_KEY = re.compile(r"(?:^|/)(projects/\d+/(?:pixels\.npy$|runs/|files/|exports/).*)$")
 
 
 def storage_key(path: str | Path) -> str | None:
@@ -191,11 +193,161 @@ def create_project(
             raise ValueError(f"A project named {name!r} exists already; choose another name.")
     if images is not None:
         return _create(Session, name, source, images, classes, audit_size, seed, scratch=None)
+    folder = _folder_of(source)
+    if folder is not None:
+        return _create_from_folder(Session, name, source, folder, classes, audit_size, seed, progress)
     from .data import read_source
 
     with scratch_folder(Path(source.partition(":")[2] or source).stem) as scratch:
         images = read_source(source, progress=progress, target=scratch)
         return _create(Session, name, source, images, classes, audit_size, seed, scratch)
+
+
+def _folder_of(source: str) -> Path | None:
+    """The folder of a folder source (`folder:PATH`, or a bare path to a folder), else None."""
+    from .data import DATASETS
+
+    source = source.strip()
+    if source in DATASETS:
+        return None
+    kind, sep, rest = source.partition(":")
+    if sep and kind == "folder":
+        return Path(rest)
+    if sep and kind == "zip":
+        return None
+    return Path(source) if Path(source).is_dir() else None
+
+
+def _settings_and_classes(
+    found: list[str], classes: list[str] | None, audit_size: int | None
+) -> tuple[list[str], dict]:
+    class_list = list(found) or [c.strip() for c in (classes or []) if c.strip()]
+    if not class_list:
+        raise ValueError("This data set has no class folders: give the class names (e.g. cat, dog).")
+    if len(set(class_list)) != len(class_list):
+        raise ValueError("Class names must be different from each other.")
+    check_int("The number of classes", len(class_list), 2, MAX_CLASSES)
+    settings = dict(DEFAULT_SETTINGS)
+    if audit_size is not None:
+        settings["audit_size"] = check_int("The audit set size", audit_size, 0, 10_000)
+    return class_list, settings
+
+
+def _create_from_folder(
+    Session: sessionmaker[Session],
+    name: str,
+    source: str,
+    path: Path,
+    classes: list[str] | None,
+    audit_size: int | None,
+    seed: int,
+    progress: Callable[[int, int], None] | None,
+    chunk: int = 10_000,
+) -> Project:
+    """A folder import that streams and resumes (`labeler.data.staging`): the images are staged
+    a chunk at a time under `imports/`, then moved into the project while its items are added,
+    `chunk` rows per statement, in one transaction. An import that is killed or fails continues
+    where it stopped when it is started again with the same folder and name."""
+    from .data import staging as stage
+
+    scratch = stage.staging_folder(data_dir() / "imports", str(path), name, None, None)
+    with stage.exclusive(scratch):
+        return _create_staged(
+            Session, name, source, path, scratch, classes, audit_size, seed, progress, chunk
+        )
+
+
+def _create_staged(
+    Session: sessionmaker[Session],
+    name: str,
+    source: str,
+    path: Path,
+    scratch: Path,
+    classes: list[str] | None,
+    audit_size: int | None,
+    seed: int,
+    progress: Callable[[int, int], None] | None,
+    chunk: int,
+) -> Project:
+    """`_create_from_folder` while it holds the staging folder `scratch`."""
+    from .data import staging as stage
+
+    try:
+        staged = stage.stage_folder(path, scratch, progress=progress)
+        class_list, settings = _settings_and_classes(staged.classes, classes, audit_size)
+    except ValueError:  # refused data or settings, a full disk: nothing worth continuing
+        shutil.rmtree(scratch, ignore_errors=True)
+        raise
+    audit = np.zeros(staged.count, dtype=bool)
+    if settings["audit_size"] > 0:  # a folder has no test split
+        n_audit = min(settings["audit_size"], staged.count // 5)
+        audit[np.random.default_rng(seed).choice(np.arange(staged.count), size=n_audit, replace=False)] = True
+    channels, height, width = staged.shape
+    folder = None
+    try:
+        with Session.begin() as session:
+            project = Project(
+                name=name, source=source, channels=channels, height=height, width=width, settings=settings
+            )
+            session.add(project)
+            session.flush()
+            folder = project_dir(project.id)
+            if folder.exists():  # left over from a database that was deleted
+                shutil.rmtree(folder)
+            folder.mkdir(parents=True)
+            staged.move_into(folder)
+            for index, class_name in enumerate(class_list):
+                session.add(LabelClass(project_id=project.id, index=index, name=class_name))
+            session.flush()
+            files = folder / "files"
+            for rows in staged.items(chunk):
+                session.execute(
+                    insert(Item),
+                    [
+                        {
+                            "project_id": project.id,
+                            "row": row,
+                            "key": key,
+                            "path": str(files / key),
+                            "sha256": sha,
+                            "split": AUDIT if audit[row] else POOL,
+                            "truth": truth if truth >= 0 else None,
+                        }
+                        for row, key, sha, truth in rows
+                    ],
+                )
+            for rows in staged.skipped(chunk):
+                session.execute(
+                    insert(ImportIssue), [{"project_id": project.id, "path": p, "reason": r} for p, r in rows]
+                )
+            queries.analyze(session, "items")
+            _publish_staged(project.id, folder, staged, chunk)
+    except BaseException as error:
+        if folder is not None:
+            stage.reclaim(scratch)  # the next import of this folder continues from here
+            shutil.rmtree(folder, ignore_errors=True)
+            if not isinstance(error, StorageError):
+                _unpublish_project(int(folder.name))
+        if isinstance(error, OSError):
+            raise disk_full(error, "storing the images") or error from None
+        raise
+    shutil.rmtree(scratch, ignore_errors=True)
+    return project
+
+
+def _publish_staged(project_id: int, folder: Path, staged, chunk: int) -> None:
+    """`_publish_project` for a streamed import: the files are put `chunk` at a time."""
+    from .storage import store
+
+    shared = store()
+    if shared is None:
+        return
+    prefix = f"projects/{project_id}"
+    shared.remove(prefix)
+    shared.put(folder / "pixels.npy", f"{prefix}/pixels.npy")
+    for rows in staged.items(chunk):
+        paths = [folder / "files" / key for _, key, _, _ in rows]
+        shared.put_many(paths, [storage_key(p) for p in paths])
 
 
 def _create(
@@ -208,18 +360,10 @@ def _create(
     seed: int,
     scratch: Path | None,
 ) -> Project:
-    class_list = list(images.classes) or [c.strip() for c in (classes or []) if c.strip()]
-    if not class_list:
-        raise ValueError("This data set has no class folders: give the class names (e.g. cat, dog).")
-    if len(set(class_list)) != len(class_list):
-        raise ValueError("Class names must be different from each other.")
-    check_int("The number of classes", len(class_list), 2, MAX_CLASSES)
+    class_list, settings = _settings_and_classes(images.classes, classes, audit_size)
     if len(images.pixels) == 0:
         reasons = "; ".join(f"{p}: {r}" for p, r in images.skipped[:5])
         raise DataError(f"No image could be imported from {source}. {reasons}")
-    settings = dict(DEFAULT_SETTINGS)
-    if audit_size is not None:
-        settings["audit_size"] = check_int("The audit set size", audit_size, 0, 10_000)
 
     splits = list(images.splits)
     if TEST not in splits and settings["audit_size"] > 0:

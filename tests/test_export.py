@@ -214,3 +214,29 @@ def test_export_page_offers_the_data_and_says_why_the_model_is_left_out(Session,
     assert "cannot be exported" in warning.value and "train it again" in warning.value
     names = {Path(p).name for p in at.session_state["export_files"]["paths"]}
     assert {"dataset.zip", "labels.csv"} <= names and not names & set(export.MODEL_FILES)
+
+
+def test_dataset_is_written_a_chunk_at_a_time_with_progress(Session, tiny_project, tmp_path, monkeypatch):
+    _label_some(Session, tiny_project, n=7)
+    monkeypatch.setattr(export, "CHUNK", 3)  # bounded memory: one chunk of image bytes at a time
+    seen = []
+    zip_path, parquet_path = export.write_dataset(
+        Session, tiny_project.id, tmp_path, progress=lambda done, total: seen.append((done, total))
+    )
+    import pyarrow.parquet as pq
+
+    assert seen == [(3, 7), (6, 7), (7, 7)]
+    parquet = pq.ParquetFile(parquet_path)
+    assert parquet.num_row_groups == 3 and parquet.metadata.num_rows == 7
+    frame = parquet.read().to_pandas()
+    with zipfile.ZipFile(zip_path) as archive:
+        assert (
+            frame.file_name.tolist()
+            == pd.read_csv(io.BytesIO(archive.read("metadata.csv"))).file_name.tolist()
+        )
+        assert all(archive.read(name) == data for name, data in zip(frame.file_name, frame.image))
+
+
+def test_export_of_nothing_labeled_writes_empty_files(Session, tiny_project, tmp_path):
+    zip_path, parquet_path = export.write_dataset(Session, tiny_project.id, tmp_path)
+    assert len(pd.read_parquet(parquet_path)) == 0 and zipfile.ZipFile(zip_path).namelist()

@@ -263,3 +263,41 @@ def test_storage_key_finds_the_key_of_a_path_written_on_another_machine(tmp_path
         projects.storage_key(tmp_path / "data" / "projects" / "2" / "pixels.npy") == "projects/2/pixels.npy"
     )
     assert projects.storage_key("/tmp/somewhere/else.pt") is None
+
+
+@pytest.mark.parametrize("shared_store", ["folder"], indirect=True)
+def test_a_streamed_folder_import_and_an_export_go_through_the_store(
+    shared_store, shared_db, tmp_path, monkeypatch
+):
+    from streamlit.testing.v1 import AppTest
+
+    Session = shared_db
+    monkeypatch.setenv("LABELER_DB_URL", f"sqlite:///{tmp_path / 'shared.db'}")  # the page's database too
+    source = tmp_path / "source"
+    _image_set_with_files(source)  # source/img/*.png: a flat folder below one wrapper folder
+    app = _on_machine(monkeypatch, tmp_path / "app")
+    project = projects.create_project(Session, "folder", f"folder:{source}", classes=["a", "b"], audit_size=0)
+    with Session.begin() as session:
+        for item in queries.items(session, project.id)[:6]:
+            queries.add_label(session, item, item.truth if item.truth is not None else 0)
+    at = AppTest.from_string("from labeler.ui.export import export_page\nexport_page()", default_timeout=60)
+    at.session_state["project_id"] = project.id
+    at.run()
+    at.button(key="export_prepare").click().run()
+    assert not at.exception and not at.error
+    shared = storage.store()
+    for name in ("labels.csv", "dataset.zip", "dataset.parquet"):
+        assert shared.exists(f"projects/{project.id}/exports/{name}")
+    _unplug(app)
+
+    other = _on_machine(monkeypatch, tmp_path / "other")
+    assert np.array_equal(
+        projects.pixels(project.id),
+        np.load(tmp_path / "app-elsewhere" / "projects" / str(project.id) / "pixels.npy"),
+    )
+    with Session() as session:
+        item = queries.items(session, project.id)[5]
+    assert projects.local_file(item.path).read_bytes() == (source / "img" / item.key).read_bytes()
+    assert projects.local_file(app / "projects" / str(project.id) / "exports" / "labels.csv").is_relative_to(
+        other
+    )

@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import io
 import warnings
+from collections.abc import Callable
 from dataclasses import dataclass
 
 import numpy as np
@@ -135,18 +136,40 @@ def decode_image(data: bytes, size: int, channels: int, max_pixels: int = MAX_PI
     if channels not in (1, 3):
         raise ValueError(f"channels must be 1 or 3, got {channels}")
     with _open(data, max_pixels) as img:
-        try:
-            if img.format in ("JPEG", "MPO"):
-                # Let libjpeg decode at 1/2..1/8 scale when that is still at least size x size.
-                img.draft("L" if channels == 1 else "RGB", (size, size))
-            img.load()
-            return _to_array(img, size, channels)
-        except ImageSkipped:
-            raise
-        except Image.DecompressionBombError:
-            raise ImageSkipped(_bomb_reason(img.width, img.height, max_pixels)) from None
-        except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, struct.error ...
-            raise ImageSkipped(f"truncated or corrupt image ({_short(error)})") from None
+        return _decode(img, size, channels, max_pixels)
+
+
+def check_and_decode(
+    data: bytes, name: str, target: Callable[[bool], tuple[int, int]], max_pixels: int = MAX_PIXELS
+) -> tuple[bool, np.ndarray]:
+    """`check_image` and `decode_image` with one parse of the bytes, for imports of many
+    images: target(grayscale) gives the (size, channels) to decode at. Returns (grayscale,
+    uint8 (channels, size, size)); raises ImageSkipped as those two do."""
+    reason = extension_reason(name) or ("empty file" if not data else None)
+    if reason:
+        raise ImageSkipped(reason)
+    ext = name[name.rfind(".") :].lower()
+    with _open(data, max_pixels) as img:
+        if img.format not in _EXTENSION_FORMATS[ext]:
+            raise ImageSkipped(f"content is {img.format} but the extension is {ext}")
+        gray = is_grayscale(img)
+        size, channels = target(gray)
+        return gray, _decode(img, size, channels, max_pixels)
+
+
+def _decode(img: Image.Image, size: int, channels: int, max_pixels: int) -> np.ndarray:
+    try:
+        if img.format in ("JPEG", "MPO"):
+            # Let libjpeg decode at 1/2..1/8 scale when that is still at least size x size.
+            img.draft("L" if channels == 1 else "RGB", (size, size))
+        img.load()
+        return _to_array(img, size, channels)
+    except ImageSkipped:
+        raise
+    except Image.DecompressionBombError:
+        raise ImageSkipped(_bomb_reason(img.width, img.height, max_pixels)) from None
+    except Exception as error:  # noqa: BLE001 - Pillow raises OSError, SyntaxError, struct.error ...
+        raise ImageSkipped(f"truncated or corrupt image ({_short(error)})") from None
 
 
 def _open(data: bytes, max_pixels: int) -> Image.Image:

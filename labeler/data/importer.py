@@ -473,16 +473,32 @@ def _scan(
 ) -> list[tuple[str, Path, str]]:
     """Candidate image files as (key, path, shown path); other files are added to `skipped`."""
     candidates = []
+    for key, path, shown, reason in scan(folder, data_root, max_file_bytes):
+        if reason is None:
+            candidates.append((key, Path(path), shown))
+        else:
+            skipped.append((shown, reason))
+    return candidates
+
+
+def scan(folder: Path, data_root: Path, max_file_bytes: int) -> Iterator[tuple[str, str, str, str | None]]:
+    """Every file and refused folder under `folder`, in a fixed (sorted) order, as (key, path,
+    shown path, None) for a candidate image and ("", path, shown path, reason) for the rest.
+    A generator: a folder of a million files is walked without a list of them in memory."""
 
     def shown(path: str) -> str:
         return _printable(Path(os.path.relpath(path, folder)).as_posix())
 
-    def on_error(error: OSError) -> None:
-        skipped.append(
-            (shown(error.filename or str(folder)), f"cannot read folder ({error.strerror or error})")
-        )
-
-    for dirpath, depth, dirnames, filenames in _walk(folder, on_error):
+    errors: list[OSError] = []
+    for dirpath, depth, dirnames, filenames in _walk(folder, errors.append):
+        while errors:
+            error = errors.pop()
+            yield (
+                "",
+                "",
+                shown(error.filename or str(folder)),
+                f"cannot read folder ({error.strerror or error})",
+            )
         for name in list(dirnames):
             full = os.path.join(dirpath, name)
             reason = None
@@ -494,14 +510,20 @@ def _scan(
                 reason = TOO_DEEP
             if reason:
                 dirnames.remove(name)
-                skipped.append((shown(full), reason))
+                yield "", full, shown(full), reason
+        # Relative paths per folder, not per file: a million relpath calls cost seconds.
+        rel_dir = Path(os.path.relpath(dirpath, folder)).as_posix()
+        key_dir = Path(os.path.relpath(dirpath, data_root)).as_posix()
+        rel_prefix = "" if rel_dir == "." else _printable(rel_dir) + "/"
+        key_prefix = "" if key_dir == "." else key_dir + "/"
+        dir_utf8 = _utf8(rel_dir)
         for name in sorted(filenames):
             full = os.path.join(dirpath, name)
-            rel = shown(full)
+            rel = rel_prefix + _printable(name)
             try:
                 info = os.lstat(full)
             except OSError as error:
-                skipped.append((rel, f"cannot read file ({error.strerror or error})"))
+                yield "", full, rel, f"cannot read file ({error.strerror or error})"
                 continue
             mode, size = info.st_mode, info.st_size
             if stat.S_ISLNK(mode):
@@ -510,16 +532,17 @@ def _scan(
                 reason = "not a regular file"
             elif _ignored(name):
                 reason = "hidden file"
-            elif not _utf8(os.path.relpath(full, folder)):
+            elif not (dir_utf8 and _utf8(name)):
                 reason = "file name is not valid UTF-8"
             else:
                 reason = extension_reason(name) or file_size_reason(size, max_file_bytes)
             if reason:
-                skipped.append((rel, reason))
+                yield "", full, rel, reason
                 continue
-            key = Path(os.path.relpath(full, data_root)).as_posix()
-            candidates.append((key, Path(full), rel))
-    return candidates
+            yield key_prefix + name, full, rel, None
+    while errors:
+        error = errors.pop()
+        yield "", "", shown(error.filename or str(folder)), f"cannot read folder ({error.strerror or error})"
 
 
 def _walk(

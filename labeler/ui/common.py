@@ -45,10 +45,21 @@ def _worker(url: str):
     return worker
 
 
-def worker():
-    """The one background trainer of this process, shared by every session and tab."""
-    from labeler.config import db_url
+class _NoWorker:
+    """With LABELER_WORKER=off this process never trains: worker processes elsewhere take the
+    queued runs from the database, so waking it does nothing."""
 
+    def wake(self) -> None:
+        pass
+
+
+def worker():
+    """The one background trainer of this process, shared by every session and tab (a stand-in
+    that never trains when LABELER_WORKER=off)."""
+    from labeler.config import app_worker, db_url
+
+    if not app_worker():
+        return _NoWorker()
     return _worker(db_url())
 
 

@@ -1,7 +1,8 @@
 """The Export page: the labeled data set and the newest model, as downloads.
 
-Files are produced by `labeler.export.export_all` into `<data dir>/exports/<project>/`, then
-offered with one download button each: the ImageFolder zip (with metadata.csv and labels.csv),
+Files are produced by `labeler.export.export_all` into `<data dir>/projects/<id>/exports/` (and
+put in the shared store under the same key when LABELER_STORAGE_URL is set), then offered with
+one download button each: the ImageFolder zip (with metadata.csv and labels.csv),
 the Parquet file, labels.csv, predictions.csv and a zip of the model (checkpoint, TorchScript
 and classes.json). Only admins export: the page refuses everyone else itself, not only the
 navigation that hides it.
@@ -9,6 +10,7 @@ navigation that hides it.
 
 from __future__ import annotations
 
+import datetime
 import functools
 import logging
 import shutil
@@ -18,8 +20,8 @@ import streamlit as st
 
 from db import queries
 
-from .. import export
-from ..config import data_dir, user_error
+from .. import export, projects
+from ..config import user_error
 from . import common
 
 log = logging.getLogger(__name__)
@@ -35,19 +37,33 @@ MODEL_FILES = export.MODEL_FILES
 
 
 def export_folder(project_id: int) -> Path:
-    return data_dir() / "exports" / str(project_id)
+    return projects.project_dir(project_id) / "exports"
 
 
 def _prepare(project_id: int) -> None:
+    """Write the export with a progress bar (images written to the data set); runs in the script
+    body, not in a button callback, so the bar shows while it works."""
     if not common.is_admin():
         st.session_state["export_error"] = "Only an admin can export."
         return
     folder = export_folder(project_id)
+    bar = st.progress(0.0, text="Preparing the export...")
+
+    def progress(done: int, total: int) -> None:
+        bar.progress(
+            done / total if total else 1.0, text=f"Preparing the export: {done:,} of {total:,} images"
+        )
+
     try:
         if folder.exists():
             shutil.rmtree(folder)
         notes: list[str] = []
-        written = export.export_all(common.session_factory(), project_id, folder, notes=notes)
+        written = export.export_all(
+            common.session_factory(), project_id, folder, notes=notes, progress=progress
+        )
+        bar.progress(1.0, text="Putting the export in the shared store...")
+        for path in written:  # with LABELER_STORAGE_URL, kept beside the project's files
+            projects.publish(path)
     except Exception as error:  # shown as one sentence
         message = user_error(error)
         if message is None:
@@ -55,10 +71,13 @@ def _prepare(project_id: int) -> None:
             message = f"{type(error).__name__}; the server log has the details. Try again"
         st.session_state["export_error"] = common.as_typed(f"The export failed: {message.rstrip('.')}.")
         return
+    finally:
+        bar.empty()
     st.session_state["export_files"] = {
         "project": project_id,
         "paths": [str(p) for p in written],
         "notes": notes,
+        "at": datetime.datetime.now(datetime.UTC).strftime("%H:%M:%S UTC"),
     }
 
 
@@ -73,17 +92,17 @@ def export_page() -> None:
         f"{n_labeled} labeled images"
         + ("; the newest finished model is included." if has_model else "; no trained model yet.")
     )
+    if st.button("Prepare the export", key="export_prepare", type="primary"):
+        _prepare(project.id)
     error = st.session_state.pop("export_error", None)
     if error:
         st.error(error)
-    st.button(
-        "Prepare the export", key="export_prepare", type="primary", on_click=_prepare, args=(project.id,)
-    )
 
     prepared = st.session_state.get("export_files")
     if not prepared or prepared["project"] != project.id:
         st.caption("Prepare the export to get the download buttons; it reflects the labels at that moment.")
         return
+    st.caption(f"Prepared at {prepared.get('at', '?')}: the files hold the labels of that moment.")
     notes = prepared.get("notes", [])
     for note in notes:  # e.g. why the model is left out
         st.warning(common.as_typed(note))

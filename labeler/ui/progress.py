@@ -111,6 +111,22 @@ def agreement_figure(by_run: pd.DataFrame) -> go.Figure:
     return fig
 
 
+@st.cache_data(show_spinner=False, max_entries=16)
+def _test_report(url: str, run_id: int) -> dict | None:
+    """A finished run's report on the test split: its predictions and the test truth never
+    change, so it is computed once per run and server process (10,000 rows on Fashion-MNIST)."""
+    with common._session_factory(url)() as session:
+        return evaluate.run_report(session, run_id, split=TEST)
+
+
+def run_report(session, run_id: int, split: str) -> dict | None:
+    if split == TEST:
+        from ..config import db_url
+
+        return _test_report(db_url(), run_id)
+    return evaluate.run_report(session, run_id, split=split)  # audit: depends on the labels
+
+
 def progress_page() -> None:
     project = common.current_project()
     names = common.class_names(project.id)
@@ -125,7 +141,7 @@ def progress_page() -> None:
         n_audit_labeled = len(audit_ids & set(labels))
         split, source_text = accuracy_source(n_test, n_audit_labeled, n_audit)
         latest = queries.latest_done_run_id(session, project.id)
-        report = evaluate.run_report(session, latest, split=split) if latest and split else None
+        report = run_report(session, latest, split) if latest and split else None
         counts = parts.class_counts(session, project.id, names)
         people = queries.annotator_counts(session, project.id)
 

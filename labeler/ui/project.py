@@ -108,6 +108,11 @@ def _create_ui() -> None:
     try:
         source = _source(kind, upload)
         audit = check_int("The audit set size", st.session_state.get("new_project_audit", 50), 0, 10_000)
+        bar = st.progress(0.0, text="Importing the images...")
+
+        def progress(done: int, total: int) -> None:
+            bar.progress(done / total if total else 1.0, text=f"Importing the images: {done:,} of {total:,}")
+
         with st.spinner("Importing the images..."):
             project = projects.create_project(
                 common.session_factory(),
@@ -115,6 +120,7 @@ def _create_ui() -> None:
                 source,
                 classes=parse_classes(st.session_state.get("new_project_classes", "")),
                 audit_size=audit,
+                progress=progress,
             )
     except (DataError, SettingError, ValueError, OSError) as error:
         # An OSError's own text ("[Errno 13] ...") does not say what to do; user_error does.

@@ -16,7 +16,7 @@ from PIL import Image
 
 from db import queries
 from labeler import projects
-from labeler.data import DataError, import_folder, import_zip, importer
+from labeler.data import DataError, import_folder, import_zip, importer, staging
 from labeler.data.importer import DiskFull
 
 
@@ -204,13 +204,14 @@ def test_disk_full_while_copying_a_folder_leaves_the_disk_as_it_was(Session, tmp
     originals = {p: p.read_bytes() for p in source.rglob("*.png")}
     copies = []
 
-    def partial_copy(src, dst, *args, **kwargs):
-        copies.append(src)
-        Path(dst).write_bytes(b"\x89PNG" if len(copies) == 3 else Path(src).read_bytes())
+    def partial_copy(data, dst, made):
+        copies.append(dst)
+        Path(dst).parent.mkdir(parents=True, exist_ok=True)
+        Path(dst).write_bytes(b"\x89PNG" if len(copies) == 3 else data)
         if len(copies) == 3:
             no_space()
 
-    monkeypatch.setattr(projects.shutil, "copyfile", partial_copy)
+    monkeypatch.setattr(staging, "_write_copy", partial_copy)  # a folder import keeps copies
     before = data_files()
     with pytest.raises(DiskFull, match="free some space"):
         projects.create_project(Session, "pets", f"folder:{source}")

@@ -365,9 +365,28 @@ def test_points_frame_marks_labels_and_hides_the_test_split(Session, tiny_projec
     latent.scatter(frame, "uncertainty", ["0", "1"])
 
 
+def test_latent_map_is_webgl_with_every_point_once(Session, tiny_project):
+    ids = label_items(Session, tiny_project.id, 3)
+    run_id = fake_done_run(Session, tiny_project.id)
+    with Session() as session:
+        frame = latent.points_frame(session, tiny_project.id, run_id, ["0", "1"])
+    for colour in ("label", "prediction", "uncertainty"):
+        fig = latent.scatter(frame, colour, ["0", "1"])
+        assert {trace.type for trace in fig.data} == {"scattergl"}
+        shown = [int(row[0]) for trace in fig.data for row in trace.customdata]
+        assert sorted(shown) == sorted(frame["item_id"])  # each point once, its id for a selection
+        crosses = {
+            int(row[0]) for trace in fig.data if trace.marker.symbol == "x" for row in trace.customdata
+        }
+        assert crosses == set(ids)
+
+
 def test_selected_item_ids_reads_customdata():
     event = {"selection": {"points": [{"customdata": [5]}, {"customdata": [7]}, {"customdata": [5]}, {}]}}
     assert latent.selected_item_ids(event) == [5, 7]
+    # What Streamlit sends for rows of the WebGL map's customdata (a 2-D typed array).
+    typed = {"selection": {"points": [{"customdata": {"0": 9.0, "1": 0.5}}, {"customdata": 4}]}}
+    assert latent.selected_item_ids(typed) == [9, 4]
     assert latent.selected_item_ids(None) == []
 
 
