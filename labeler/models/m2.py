@@ -33,6 +33,16 @@ Networks (the paper's MLPs): q(y|x), q(z|x,y) and p(x|y,z) each have one hidden 
 units (256 below 28x28 inputs, see nets.default_hidden), with batch norm; z has 50 dimensions
 (10 below 28x28 inputs, see nets.default_latent).
 
+Colour or larger images (nets.use_conv), where this differs from the paper: q(y|x) is the
+invariant convolutional classifier (nets.PooledConvFeatures) on the whole image, while x in
+p(x|y,z) and q(z|x,y) is a 16x16 grey thumbnail of the image, standardised per image
+(nets.GreyThumbnail, `thumbnail`), modelled with the small-image MLPs above. y stays a latent
+of the generative model and U(x) still sums over it, but decoding K full colour images per
+unlabeled image took most of each step (about 100 steps a minute on a loaded core), and the
+colour, brightness and background that a full decoder must spend its capacity on say nothing
+about the class. alpha is 1.0 N there (`conv_alpha_scale`, see M2Config). `thumbnail=0
+conv_alpha_scale=0.1 polarity_invariant=0 consistency=0` gives the earlier, paper-like form.
+
 Consistency (`consistency`, on by default; off is the paper's form): q(y|x) also gets FixMatch's term on the
 unlabeled batch, with an exponential moving average of q(y|x) as the teacher (see
 `augment.py`; augmentations by kind of data, strong views kept out of batch-norm statistics),

@@ -10,7 +10,9 @@ pooling, so that neither an image's brightness, contrast and colour cast nor an 
 position decide its class. A person's own photos vary in exactly these; on the generated
 `shapes` benchmark (labeler/data/shapes.py) the stride-2 encoder below was at chance. The VAE
 encoders and decoders keep the stride-2 `ConvFeatures` / `ConvImage` (they must keep brightness
-to reconstruct the image).
+to reconstruct the image); M2's instead model a small grey thumbnail (`GreyThumbnail`, see m2.py).
+The classifiers' first convolution also ignores the sign of its input (`AbsConv2d`): an
+object may be lighter or darker than its background.
 
 Likelihoods work on intensities in [0, 1]:
 

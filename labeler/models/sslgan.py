@@ -25,7 +25,10 @@ normalization (Salimans & Kingma 2016) with data-dependent initialization; a D o
 G of 100-500-500-784 with batch norm and softplus, uniform z, sigmoid output; Adam(lr 0.003,
 beta1 0.5) with the learning rate decayed linearly to zero at the end; the small labeled set
 repeated to fill a batch, while every pool image serves as an unlabeled one. Colour or larger
-images use a small convolutional variant of the same design (see `ConvDiscriminator`).
+images use a small convolutional variant of the same design (see `ConvDiscriminator`); where
+it differs from the paper: the discriminator sees the per-image normalised luminance, its first
+convolution ignores the sign of its input (`polarity_invariant`), and it has no dropout
+(`conv_dropout`), each measured on the shapes benchmark (see SSLGANConfig).
 
 Consistency (`consistency`, on by default; off is the paper's form): the discriminator's real-class logits also
 get FixMatch's term on the unlabeled batch (see `augment.py`), with D's weight average (`ema`)
