@@ -153,7 +153,9 @@ class Dropout(Stochastic):
 
     @torch.jit.unused
     def _drop(self, x: torch.Tensor) -> torch.Tensor:
-        keep = torch.rand(x.shape, device=x.device, generator=self.generator()) >= self.p
+        # uniform_ in the input's own memory layout (channels-last included): aten's bernoulli_
+        # took a sixth of the conv discriminator's step on one CPU core (shapes, 32x32).
+        keep = torch.empty_like(x).uniform_(generator=self.generator()) >= self.p
         return x * keep / (1.0 - self.p)
 
 

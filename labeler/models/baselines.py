@@ -21,7 +21,7 @@ from __future__ import annotations
 
 import copy
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -39,9 +39,13 @@ def _uniform(n: int, k: int) -> np.ndarray:
 class ClassifierNet(nn.Module):
     """(B, C, H, W) -> (B, K) logits; `features` gives the last hidden layer (B, F)."""
 
-    def __init__(self, input_shape, num_classes: int, hidden, dropout: float):
+    def __init__(
+        self, input_shape, num_classes: int, hidden, dropout: float, polarity_invariant: bool = True
+    ):
         super().__init__()
-        self.features, width = nets.features(input_shape, hidden, classifier=True)
+        self.features, width = nets.features(
+            input_shape, hidden, classifier=True, polarity_invariant=polarity_invariant
+        )
         self.out = nn.Sequential(Dropout(dropout), nn.Linear(width, num_classes))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -61,6 +65,9 @@ class SupervisedConfig:
     # against 0.781 without, while on shapes they are most of the gain (a CNN, 30 labels, seed
     # 0: 0.725 with, 0.465 without).
     augment: bool = True
+    # Colour or larger images: the first convolution ignores the sign of its input
+    # (nets.PooledConvFeatures); False: as checkpoints before it were trained.
+    polarity_invariant: bool = True
 
 
 @dataclass
@@ -74,12 +81,15 @@ class SelfTrainConfig(SupervisedConfig):
 class Supervised(SSLModel):
     name = "supervised"
     Config = SupervisedConfig
+    legacy_config: ClassVar[dict[str, Any]] = {"polarity_invariant": False}
 
     def build(self) -> None:
         cfg = self.config
         hidden = cfg.hidden or nets.default_hidden(self.input_shape)
         self.modules = {
-            "net": ClassifierNet(self.input_shape, self.num_classes, hidden, cfg.dropout).to(self.device)
+            "net": ClassifierNet(
+                self.input_shape, self.num_classes, hidden, cfg.dropout, cfg.polarity_invariant
+            ).to(self.device)
         }
         self.initialised(self.modules["net"]).eval()
         self.optimizers = {

@@ -10,7 +10,9 @@ pooling, so that neither an image's brightness, contrast and colour cast nor an 
 position decide its class. A person's own photos vary in exactly these; on the generated
 `shapes` benchmark (labeler/data/shapes.py) the stride-2 encoder below was at chance. The VAE
 encoders and decoders keep the stride-2 `ConvFeatures` / `ConvImage` (they must keep brightness
-to reconstruct the image).
+to reconstruct the image); M2's instead model a small grey thumbnail (`GreyThumbnail`, see m2.py).
+The classifiers' first convolution also ignores the sign of its input (`AbsConv2d`): an
+object may be lighter or darker than its background.
 
 Likelihoods work on intensities in [0, 1]:
 
@@ -126,21 +128,43 @@ class PerImageNorm(nn.Module):
         return (x - mean) / torch.sqrt(var + self.eps**2)
 
 
+class AbsConv2d(nn.Conv2d):
+    """|conv(x)|: a convolution whose output does not change when its input changes sign.
+
+    After `PerImageNorm` a sign change is an object lighter instead of darker than its
+    surroundings, so the first layer of a polarity-invariant backbone sees an edge and its
+    negative alike. Same weights (and state-dict keys) as the nn.Conv2d it replaces."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self._conv_forward(x, self.weight, self.bias).abs()
+
+
 class PooledConvFeatures(nn.Module):
     """(B, C, H, W) -> (B, out_dim): per-image normalisation, then four stages of a 3x3
     convolution, batch norm and ReLU, each of the first three followed by 2x2 max pooling, then
     global max pooling (any image size; what matters is whether a pattern occurs, not where)
     and a linear layer. Widths w, 2w, 4w, 4w; w = 16 makes about 3.5 M multiply-adds per 32x32
-    image, cheap enough for many steps on a CPU core."""
+    image, cheap enough for many steps on a CPU core.
 
-    def __init__(self, input_shape: Sequence[int], out_dim: int, width: int = 16):
+    `polarity_invariant`: the first convolution is an `AbsConv2d`, so an object lighter than its
+    background and the same object darker give the same features. Measured on the shapes
+    benchmark (this backbone alone, weak views, 30 labels, 600 steps, seed 0): 0.77 test
+    accuracy without, 0.935 with (0.87 with the absolute value after batch norm instead of
+    before it); over seeds 1 and 2, 0.94 and 0.925 with it."""
+
+    def __init__(
+        self, input_shape: Sequence[int], out_dim: int, width: int = 16, polarity_invariant: bool = True
+    ):
         super().__init__()
         c = 1  # PerImageNorm's luminance
         w1, w2, w3 = width, 2 * width, 4 * width
         stage = lambda a, b: [nn.Conv2d(a, b, 3, padding=1, bias=False), nn.BatchNorm2d(b), nn.ReLU()]
+        first = AbsConv2d if polarity_invariant else nn.Conv2d
         self.convs = nn.Sequential(
             PerImageNorm(),
-            *stage(c, w1),
+            first(c, w1, 3, padding=1, bias=False),
+            nn.BatchNorm2d(w1),
+            nn.ReLU(),
             nn.MaxPool2d(2, ceil_mode=True),
             *stage(w1, w2),
             nn.MaxPool2d(2, ceil_mode=True),
@@ -150,10 +174,38 @@ class PooledConvFeatures(nn.Module):
             nn.AdaptiveMaxPool2d(1),
             nn.Flatten(),
         )
+        # Channels-last weights make every feature map channels-last (the memory layout follows
+        # the weights), which made a training step of this network about 1.5 times faster on one
+        # CPU core (batch 96, 32x32; most of it in max pooling).
+        self.convs.to(memory_format=torch.channels_last)
         self.head = nn.Sequential(nn.Linear(w3, out_dim), nn.BatchNorm1d(out_dim), nn.ReLU())
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.head(self.convs(x))
+
+
+class GreyThumbnail(nn.Module):
+    """(B, C, H, W) -> (B, 1, s, s) in [0, 1]: the luminance, averaged down to s x s (at most
+    H x W) and standardised per image, mapped to 0.5 + v / 4 and clipped (mean 0.5, two
+    standard deviations to either end), so that a generative model of it spends nothing on
+    colour, brightness or contrast and its decoder makes s*s values instead of C*H*W."""
+
+    def __init__(self, input_shape: Sequence[int], size: int, eps: float = 1e-2):
+        super().__init__()
+        _, h, w = (int(v) for v in input_shape)
+        self.size = (min(size, h), min(size, w))
+        self.eps = eps
+
+    def output_shape(self) -> tuple[int, int, int]:
+        return (1, *self.size)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if x.shape[1] == 3:
+            x = 0.299 * x[:, 0:1] + 0.587 * x[:, 1:2] + 0.114 * x[:, 2:3]  # (B, 1, H, W)
+        v = F.adaptive_avg_pool2d(x, self.size)  # (B, 1, s, s)
+        mean = v.mean(dim=(2, 3), keepdim=True)
+        std = torch.sqrt((v - mean).pow(2).mean(dim=(2, 3), keepdim=True) + self.eps**2)
+        return (0.5 + (v - mean) / (4 * std)).clamp(0, 1)
 
 
 class ConvImage(nn.Module):
@@ -204,6 +256,7 @@ def features(
     arch: str = "auto",
     classifier: bool = False,
     conv_width: int = 32,
+    polarity_invariant: bool = True,
 ) -> tuple[nn.Module, int]:
     """An image encoder (B, C, H, W) -> (B, F) and its F: an MLP of `hidden`, or convolutions
     ending in hidden[-1] units: `PooledConvFeatures` for a classifier, `ConvFeatures` for a VAE
@@ -214,7 +267,9 @@ def features(
         raise ValueError(f"Unknown architecture {arch!r}; use 'auto', 'mlp' or 'conv'.")
     if arch == "conv" or (arch == "auto" and use_conv(input_shape)):
         if classifier:
-            return PooledConvFeatures(input_shape, hidden[-1]), hidden[-1]
+            return PooledConvFeatures(input_shape, hidden[-1], polarity_invariant=polarity_invariant), hidden[
+                -1
+            ]
         return ConvFeatures(input_shape, hidden[-1], conv_width), hidden[-1]
     d = int(np.prod(input_shape))
     return nn.Sequential(nn.Flatten(), mlp([d, *hidden], last_activation=True)), hidden[-1]

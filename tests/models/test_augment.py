@@ -216,3 +216,53 @@ def test_a_colour_gan_checkpoint_from_before_the_invariant_discriminator_still_l
     np.testing.assert_allclose(
         load_checkpoint(tmp_path / "old.pt").predict_proba(x), old.predict_proba(x), atol=1e-6
     )
+
+
+def test_the_polarity_invariant_backbones_see_an_image_and_its_negative_alike():
+    from labeler.models.sslgan import ConvDiscriminator, data_dependent_init
+
+    torch.manual_seed(0)
+    x = torch.rand(4, 3, 32, 32)
+    net = nets.PooledConvFeatures((3, 32, 32), 8).eval()
+    plain = nets.PooledConvFeatures((3, 32, 32), 8, polarity_invariant=False).eval()
+    disc = ConvDiscriminator(3, 4, 3, input_noise=0.1, dropout=0.0)
+    data_dependent_init(disc, torch.rand(8, 3, 32, 32))
+    disc.eval()
+    with torch.no_grad():
+        np.testing.assert_allclose(net(1 - x).numpy(), net(x).numpy(), atol=1e-4)
+        np.testing.assert_allclose(disc(1 - x)[0].numpy(), disc(x)[0].numpy(), atol=1e-4)
+        assert not torch.allclose(plain(1 - x), plain(x), atol=1e-2)
+
+
+def test_the_grey_thumbnail_by_hand():
+    x = torch.zeros(1, 3, 4, 4)
+    x[:, :, :2, :2] = 1.0  # one white quarter: the 2x2 thumbnail is (1, 0, 0, 0)
+    thumb = nets.GreyThumbnail((3, 4, 4), 2)
+    # mean 1/4, std sqrt(3)/4 (eps 0.01 adds 1e-4 to the variance): 0.5 + (v - mean) / (4 std)
+    std = math.sqrt(3 / 16 + 1e-4)
+    want = torch.tensor([[0.5 + 0.75 / (4 * std), 0.5 - 0.25 / (4 * std)], [0.5 - 0.25 / (4 * std)] * 2])
+    out = thumb(x)
+    assert out.shape == (1, 1, 2, 2) and thumb.output_shape() == (1, 2, 2)
+    torch.testing.assert_close(out[0, 0], want)
+    torch.testing.assert_close(
+        thumb(0.3 * x + 0.2), out, atol=1e-2, rtol=0
+    )  # brightness and contrast drop out
+
+
+@pytest.mark.parametrize("name", ["m2", "supervised", "sslgan"])
+def test_a_colour_checkpoint_from_before_the_polarity_invariant_backbone_still_loads(name, tmp_path):
+    shape = (3, 32, 32)
+    x, idx, labels = tiny_data(shape=shape, n=12)
+    cls = model_class(name)
+    fields = cls.Config.__dataclass_fields__
+    before = {"polarity_invariant": False, "thumbnail": 0, "conv_alpha_scale": 0.1}
+    before = {k: v for k, v in before.items() if k in fields}
+    old = cls(shape, 3, config=cls.Config(**{k: v for k, v in SMALL.items() if k in fields}, **before))
+    old.fit(x, idx, labels, Budget(steps=2))
+    state = old.state()
+    for key in before:
+        del state["config"][key]  # the settings such a checkpoint never had
+    torch.save(state, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert {k: getattr(loaded.config, k) for k in before} == before
+    np.testing.assert_allclose(loaded.predict_proba(x), old.predict_proba(x), atol=1e-6)

@@ -11,7 +11,9 @@ from labeler.models.sslgan import SSLGAN, WNLinear
 @pytest.mark.parametrize(("shape", "latent"), [((1, 8, 8), 10), ((1, 28, 28), 50), ((3, 32, 32), 50)])
 def test_vae_latents_follow_the_image_size(shape, latent):
     assert M1(shape, 3).latent_dim == latent
-    assert M2(shape, 3).latent_dim == latent
+    thumbnail_latent = 10 if shape == (3, 32, 32) else latent  # colour: M2 models a 16x16 grey thumbnail
+    assert M2(shape, 3).latent_dim == thumbnail_latent
+    assert M2(shape, 3, config=M2.Config(thumbnail=0)).latent_dim == latent
     stacked = M1M2(shape, 3)
     assert (stacked.m1_latent_dim, stacked.latent_dim) == (latent, latent)
     assert stacked.modules["net"].q_z.mu.out_features == latent

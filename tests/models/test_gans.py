@@ -170,3 +170,15 @@ def test_density_penalty_pushes_fakes_away_from_data():
     far = torch.full((8, 16), 5.0)
     assert density_penalty(on_data, real, 0.1).item() > 0
     assert density_penalty(far, real, 0.1).item() == 0.0
+
+
+def test_the_discriminator_dropout_drops_a_share_p_and_rescales_the_rest():
+    from labeler.models.base import Dropout, Randomness, attach
+
+    layer = attach(Dropout(0.25), Randomness(0, "cpu"))
+    x = torch.ones(64, 8, 16, 16).contiguous(memory_format=torch.channels_last)
+    out = layer.train()(x)
+    torch.testing.assert_close(out.unique(), torch.tensor([0.0, 4 / 3]))
+    assert (out == 0).float().mean().item() == pytest.approx(0.25, abs=0.01)
+    assert out.is_contiguous(memory_format=torch.channels_last)
+    assert torch.equal(layer.eval()(x), x)

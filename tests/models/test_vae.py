@@ -63,6 +63,19 @@ def test_m2_objective_by_hand_on_a_zero_network():
     assert parts["unlabeled_bound"] == pytest.approx(unl, rel=1e-5)
 
 
+def test_m2_objective_on_a_colour_image_counts_the_thumbnail_pixels():
+    """The same zero network on 3x32x32 images with a 16x16 grey thumbnail: p(x|y,z) models the
+    thumbnail's 256 values, so L = 256 log 2 + log K and U = 256 log 2."""
+    k, d, n_l, n_u, alpha = 4, 256, 5, 15, 2.0
+    net = M2Net((3, 32, 32), k, latent_dim=4, hidden=[16], conv_width=4, thumbnail=16, gen_hidden=[8])
+    net = zero_(net).train()
+    xl, xu = torch.rand(4, 3, 32, 32), torch.rand(6, 3, 32, 32)
+    loss, parts = m2_loss(net, xl, torch.tensor([0, 1, 2, 3]), xu, n_l, n_u, alpha)
+    lab, unl, ce = d * math.log(2) + math.log(k), d * math.log(2), math.log(k)
+    assert loss.item() == pytest.approx((n_l * (lab + alpha * ce) + n_u * unl) / (n_l + n_u), rel=1e-5)
+    assert parts["labeled_neg_elbo"] == pytest.approx(lab, rel=1e-5)
+
+
 def test_m1_elbo_by_hand_on_a_zero_network():
     vae = attach(zero_(VAE((1, 8, 8), latent_dim=3, hidden=[8])), Randomness(0, "cpu")).train()
     elbo = vae.elbo(torch.rand(5, 1, 8, 8))
