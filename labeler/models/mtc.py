@@ -131,6 +131,7 @@ class MTCConfig:
     unlabeled_batch: int = 100
     threshold: float = 0.95  # the teacher's confidence needed for a pseudo-label
     ema: float = 0.99  # the teacher's decay (lower while fewer than ~1 / (1 - ema) steps are done)
+    augment_labeled: bool = True  # the cross-entropy on weak views of the labeled images
 
 
 class MTC(SSLModel):
@@ -201,7 +202,7 @@ class MTC(SSLModel):
             while not rest.done(cls_steps):
                 pick = torch.as_tensor(next(lab), device=self.device)
                 views = xl[pick]
-                if teacher is not None:
+                if teacher is not None and cfg.augment_labeled:
                     views = augment.weak(views.view(images), self.generator).flatten(1)
                 ce = F.cross_entropy(net.logits_flat(views), y[pick])
                 tangent = tangent_penalty(net.proba_flat, xl[pick], tangents[pick])

@@ -151,6 +151,7 @@ class PixelGANConfig:
     consistency_weight: float = 1.0
     threshold: float = 0.95
     ema: float = 0.99
+    augment_labeled: bool = False  # as in the AAE (aae.py's config)
 
 
 class PixelGAN(PhasedAutoencoder):
