@@ -86,3 +86,24 @@ def test_the_mtc_teacher_starts_from_the_encoder_the_cae_phase_trained():
     teacher, net = model.modules["teacher"], model.modules["net"]
     for name, weight in net.state_dict().items():
         torch.testing.assert_close(teacher.state_dict()[name], weight, rtol=0, atol=0)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_weak_views_of_the_labeled_images_only_when_asked(name, monkeypatch):
+    calls = []
+    real = augment.weak
+    monkeypatch.setattr(augment, "weak", lambda x, generator: calls.append(len(x)) or real(x, generator))
+    default = small(name).config.augment_labeled
+    counts = {}
+    for augment_labeled in (False, True):
+        calls.clear()
+        # mtc: the whole budget after one CAE step goes to the classifier
+        fit(
+            small(name, augment_labeled=augment_labeled, cae_fraction=0.1)
+            if name == "mtc"
+            else small(name, augment_labeled=augment_labeled),
+            steps=4,
+        )
+        counts[augment_labeled] = len(calls)
+    assert counts[True] > counts[False] > 0  # the teacher's weak views of the unlabeled batch either way
+    assert default is False  # weak labeled views hurt all three on digits
