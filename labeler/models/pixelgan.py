@@ -32,6 +32,9 @@ orders R, G, B within a pixel). Sampling runs the PixelCNN once per pixel (64 pa
 784 on 28x28), each on the window the pixel can see (`pixel_logits`; 8 per class in 10 classes on one CPU
 core: 0.4 s on 8x8, 4.4 s on 28x28, 7 s on 3x32x32; 130 s on 28x28 with the whole image per pass).
 
+Consistency (`consistency`, on by default; off is the paper's form): the semi-supervised phase
+gets FixMatch's term with an EMA teacher, as in the AAE (aae.py's module docstring).
+
 The latent-space view gets the encoder's last hidden layer (y itself sits at the corners of
 the simplex); `sample_images` draws each class with the PixelCNN.
 """
@@ -142,6 +145,13 @@ class PixelGANConfig:
     lr: float = 1e-3
     d_lr: float = 1e-4
     conv_width: int = 16  # the encoder on colour or larger images (nets.use_conv)
+    # FixMatch-style consistency with an EMA teacher on q(y|x), as in the AAE (aae.py's module
+    # docstring); False is the paper's semi-supervised phase.
+    consistency: bool = True
+    consistency_weight: float = 1.0
+    threshold: float = 0.95
+    ema: float = 0.99
+    augment_labeled: bool = False  # as in the AAE (aae.py's config)
 
 
 class PixelGAN(PhasedAutoencoder):
@@ -160,6 +170,7 @@ class PixelGAN(PhasedAutoencoder):
         }
         for module in self.modules.values():
             self.initialised(module)
+        self._add_teacher()
         self.optimizers = {
             "reconstruction": torch.optim.Adam(net.parameters(), lr=cfg.lr),
             "discriminators": torch.optim.Adam(self.modules["d_y"].parameters(), lr=cfg.d_lr),
@@ -193,11 +204,11 @@ class PixelGAN(PhasedAutoencoder):
         opts["regularisation"].step()
 
         parts = {"reconstruction": rec.item(), "discriminator": d_loss.item(), "generator": g_loss.item()}
-        return self._supervised_phase(classifier, xl, yl, parts)
+        return self._supervised_phase(classifier, xl, yl, xu, parts)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
-        """The encoder's last hidden layer (N, F)."""
-        return batched(self.modules["net"].eval().trunk, x, self.device)
+        """The last hidden layer (N, F) of q(y|x) as used for predictions."""
+        return batched(self._classifier()[0], x, self.device)
 
     @torch.no_grad()
     def sample_images(self, n_per_class: int = 8, seed: int = 0) -> np.ndarray | None:

@@ -30,6 +30,12 @@ Optimisation (Joachims' algorithm, his pairwise label switches replaced by their
 
 A step of the budget is one refit of w. Predictions are softmax(`margin_scale` f(z)), the
 one-vs-rest margins turned into probabilities like a multinomial logistic model.
+
+No consistency term (augment.py's FixMatch, used by the networks here): the classifier is
+linear on a PCA embedding fixed at the first fit, so a view's shift or rotation only moves its
+point in that embedding, and the transductive labels already are hard pseudo-labels of every
+unlabeled image under the balance constraint; what FixMatch would add is invariance learned by
+a feature extractor, and this model has none to train.
 """
 
 from __future__ import annotations
