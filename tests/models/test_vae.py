@@ -68,7 +68,7 @@ def test_m2_objective_on_a_colour_image_counts_the_thumbnail_pixels():
     thumbnail's 256 values, so L = 256 log 2 + log K and U = 256 log 2."""
     k, d, n_l, n_u, alpha = 4, 256, 5, 15, 2.0
     net = M2Net((3, 32, 32), k, latent_dim=4, hidden=[16], conv_width=4, thumbnail=16, gen_hidden=[8])
-    net = zero_(net).train()
+    net = attach(zero_(net), Randomness(0, "cpu")).train()
     xl, xu = torch.rand(4, 3, 32, 32), torch.rand(6, 3, 32, 32)
     loss, parts = m2_loss(net, xl, torch.tensor([0, 1, 2, 3]), xu, n_l, n_u, alpha)
     lab, unl, ce = d * math.log(2) + math.log(k), d * math.log(2), math.log(k)
