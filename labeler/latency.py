@@ -36,6 +36,13 @@ def free_port() -> int:
         return s.getsockname()[1]
 
 
+def start_app(port: int, env: dict[str, str]) -> subprocess.Popen:
+    """The real app (`streamlit run app.py`) on 127.0.0.1:`port`, headless, output discarded."""
+    command = [sys.executable, "-m", "streamlit", "run", str(ROOT / "app.py"), "--server.headless", "true"]
+    command += ["--server.port", str(port), "--browser.gatherUsageStats", "false"]
+    return subprocess.Popen(command, cwd=ROOT, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+
+
 def wait_http(url: str, timeout: float = 120.0) -> None:
     """Wait until `url` answers; raise RuntimeError after `timeout` seconds."""
     end = time.monotonic() + timeout
@@ -140,25 +147,7 @@ def measure(
         stored = session.get(Project, project.id)
         stored.settings = {**stored.settings, "auto_retrain_every": 0}
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "app.py"),
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_app(port, env)
     rows = []
     try:
         wait_http(f"http://127.0.0.1:{port}/_stcore/health")
@@ -299,25 +288,7 @@ def measure_pages(
     project_id, n_items, run_id = _prepare_project(dataset, model, budget_s, labels, answers)
     setup_s = time.perf_counter() - started
     port = free_port()
-    server = subprocess.Popen(
-        [
-            sys.executable,
-            "-m",
-            "streamlit",
-            "run",
-            str(ROOT / "app.py"),
-            "--server.headless",
-            "true",
-            "--server.port",
-            str(port),
-            "--browser.gatherUsageStats",
-            "false",
-        ],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-    )
+    server = start_app(port, env)
     times: dict[str, list[float]] = {path: [] for path, *_ in PAGES}
     times["export: prepare"] = []
     first: dict[str, float] = {}  # the first load after the server started: caches are cold

@@ -18,7 +18,8 @@ from __future__ import annotations
 
 import io
 import warnings
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import numpy as np
@@ -107,6 +108,13 @@ def check_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> ImageIn
     Raises ImageSkipped for an unknown extension, an empty file, a non-image, content that
     does not match the extension, or more than `max_pixels` pixels.
     """
+    with _open_checked(data, name, max_pixels) as img:
+        return ImageInfo(img.format, img.mode, img.width, img.height, is_grayscale(img))
+
+
+@contextmanager
+def _open_checked(data: bytes, name: str, max_pixels: int) -> Iterator[Image.Image]:
+    """The image in `data`, opened once its extension, size and format agree; else ImageSkipped."""
     reason = extension_reason(name) or ("empty file" if not data else None)
     if reason:
         raise ImageSkipped(reason)
@@ -114,7 +122,7 @@ def check_image(data: bytes, name: str, max_pixels: int = MAX_PIXELS) -> ImageIn
     with _open(data, max_pixels) as img:
         if img.format not in _EXTENSION_FORMATS[ext]:
             raise ImageSkipped(f"content is {img.format} but the extension is {ext}")
-        return ImageInfo(img.format, img.mode, img.width, img.height, is_grayscale(img))
+        yield img
 
 
 def is_grayscale(img: Image.Image) -> bool:
@@ -145,13 +153,7 @@ def check_and_decode(
     """`check_image` and `decode_image` with one parse of the bytes, for imports of many
     images: target(grayscale) gives the (size, channels) to decode at. Returns (grayscale,
     uint8 (channels, size, size)); raises ImageSkipped as those two do."""
-    reason = extension_reason(name) or ("empty file" if not data else None)
-    if reason:
-        raise ImageSkipped(reason)
-    ext = name[name.rfind(".") :].lower()
-    with _open(data, max_pixels) as img:
-        if img.format not in _EXTENSION_FORMATS[ext]:
-            raise ImageSkipped(f"content is {img.format} but the extension is {ext}")
+    with _open_checked(data, name, max_pixels) as img:
         gray = is_grayscale(img)
         size, channels = target(gray)
         return gray, _decode(img, size, channels, max_pixels)
