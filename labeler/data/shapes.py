@@ -189,7 +189,15 @@ def generate_shapes(
             "classes": SHAPES_CLASSES,
         }
         (tmp / _DONE).write_text(json.dumps(manifest))
-        tmp.rename(folder)
+        try:
+            tmp.rename(folder)
+        except OSError:
+            # Another process wrote the same data set meanwhile (two benchmarks started at once
+            # on a fresh machine): keep its copy, which has the same bytes.
+            done_file = folder / _DONE
+            if not done_file.is_file() or json.loads(done_file.read_text()) != manifest:
+                raise
+            shutil.rmtree(tmp, ignore_errors=True)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -82,3 +82,32 @@ def test_a_foreign_folder_is_never_overwritten(tmp_path):
     with pytest.raises(DataError, match="not a complete shapes data set"):
         load_shapes(folder=tmp_path / "mine")
     assert (tmp_path / "mine" / "note.txt").read_text() == "keep"
+
+
+def test_two_processes_writing_the_data_set_at_once_both_get_it(tmp_path):
+    """Two benchmarks started at once on a fresh machine both generate the folder: the one that
+    finishes second keeps the first one's copy instead of failing on the rename."""
+    folder = tmp_path / "s"
+    other_done = []
+
+    def meanwhile_another_process_finishes(done, total):
+        if not other_done:
+            other_done.append(generate_shapes(folder, pool_per_class=10, test_per_class=5))
+
+    generate_shapes(folder, pool_per_class=10, test_per_class=5, progress=meanwhile_another_process_finishes)
+    assert other_done
+    assert len(list(folder.rglob("*-0*.*"))) == 4 * 15
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".")]  # no temporary folder left
+
+
+def test_a_different_data_set_written_meanwhile_is_not_taken_for_ours(tmp_path):
+    folder = tmp_path / "s"
+
+    def meanwhile_another_seed_is_written(done, total):
+        if not folder.exists():
+            generate_shapes(folder, pool_per_class=10, test_per_class=5, seed=1)
+
+    with pytest.raises(OSError):
+        generate_shapes(
+            folder, pool_per_class=10, test_per_class=5, progress=meanwhile_another_seed_is_written
+        )
