@@ -241,7 +241,8 @@ def _prepare_project(dataset: str, model: str, budget_s: float, labels: int, ans
 
     from . import projects
     from .bigbench import _label_truth
-    from .trainer import Worker
+    from .queue import next_items
+    from .worker import Worker
 
     Session = db.session_factory(db.get_engine())
     project = projects.create_project(Session, dataset, dataset)
@@ -258,8 +259,8 @@ def _prepare_project(dataset: str, model: str, budget_s: float, labels: int, ans
         if run.status != DONE:
             raise RuntimeError(f"The benchmark's training run ended {run.status}: {run.error}")
     for _ in range(answers):
-        with Session() as session:
-            page = queries.next_items(session, project.id, k=1, annotator="bench")
+        with Session.begin() as session:  # the claim counts once committed, as on the Label page
+            page = next_items(session, project.id, k=1, annotator="bench")
         if not page:
             break
         item = page[0][0]
