@@ -116,7 +116,9 @@ class LinearOnPCA(nn.Module):
         self.register_buffer("mean", mean)  # (P,)
         self.register_buffer("components", components)  # (D, P)
         self.register_buffer("scale", torch.tensor(float(scale)))
-        self.linear = nn.Linear(components.shape[0], num_classes)
+        # Built without drawing initial weights (it starts at zero), so fitting never touches the
+        # global generator that other threads share.
+        self.linear = nn.utils.skip_init(nn.Linear, components.shape[0], num_classes)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 

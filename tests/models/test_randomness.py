@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from labeler.models import MODELS, load_checkpoint, save_checkpoint
+from labeler.models.base import Budget
 from labeler.runspec import RunSpec
 from labeler.train import train_model
 from tests.models.test_registry import SMALL, make, tiny_data
@@ -30,7 +31,14 @@ def test_nothing_seeds_the_global_generators(name, monkeypatch, tmp_path):
     monkeypatch.setattr(np.random, "seed", refuse)
     x, idx, labels = tiny_data()
     model = train_model(RunSpec(name, steps=2, seed=3, config=small_config(name)), x, idx, labels, 3)
+    fresh = make(name, seed=3)
+    before = torch.get_rng_state()
+    fresh.fit(x, idx, labels, Budget(steps=2))  # a first fit (tsvm builds its network there)
+    # Training and predicting draw nothing from the global generator either (building a network
+    # may: its weights are then redrawn from the model's generator, see the next test).
+    model.fit(x, idx, labels, Budget(steps=2))
     model.mc_proba(x[:5], samples=2)
+    assert torch.equal(torch.get_rng_state(), before), "training or predicting drew from the global generator"
     load_checkpoint(save_checkpoint(model, tmp_path / "model.pt")).predict_proba(x[:5])
 
 
