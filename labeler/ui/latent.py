@@ -16,11 +16,12 @@ import numpy as np
 import pandas as pd
 import plotly.graph_objects as go
 import streamlit as st
+from sqlalchemy import select
 
 import db
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, POOL, Run
+from db.models import AUDIT, POOL, LabelClass, Run
 
 from .. import projects
 from . import common
@@ -182,10 +183,16 @@ def selected_item_ids(event) -> list[int]:
     return list(dict.fromkeys(ids))
 
 
-def _bulk_label(project_id: int, item_ids: list[int]) -> None:
+class _Renamed(Exception):
+    """The class chosen by index has another name now than when the page was drawn."""
+
+
+def _bulk_label(project_id: int, item_ids: list[int], names: list[str]) -> None:
     """Label the selection in one transaction. Images that already have an answer (anyone's) are
     left alone unless the person ticked "relabel"; the message says how many. A bulk label is one
-    undo step on the Label page and counts toward automatic retraining."""
+    undo step on the Label page and counts toward automatic retraining. `names` are the classes
+    as the page showed them: the choice is an index, and after a rename it may mean another class,
+    so then nothing is saved."""
     from .. import answers
     from . import account, parts
 
@@ -200,12 +207,27 @@ def _bulk_label(project_id: int, item_ids: list[int]) -> None:
 
     def commit():
         with Session.begin() as session:
+            # Read (and on PostgreSQL lock) the chosen class's row in the labels' transaction, so
+            # a rename cannot land between the check and the labels.
+            now = session.scalar(
+                select(LabelClass.name)
+                .where(LabelClass.project_id == project_id, LabelClass.index == int(class_index))
+                .with_for_update()
+            )
+            if now is None or int(class_index) >= len(names) or now != names[int(class_index)]:
+                raise _Renamed()
             return queries.add_labels(
                 session, item_ids, int(class_index), annotator=annotator, kind="bulk", relabel=relabel
             )
 
     try:
         events = db.retrying(commit)
+    except _Renamed:
+        st.session_state["latent_message"] = (
+            "error",
+            "A class was renamed after this page was drawn, so nothing was saved; check the class and label them again.",
+        )
+        return
     except Exception as error:  # noqa: BLE001 - shown as one sentence
         st.session_state["latent_message"] = ("error", f"The labels were not saved: {error}")
         return
@@ -324,5 +346,5 @@ def _selection_panel(
         key="bulk_apply",
         type="primary",
         on_click=_bulk_label,
-        args=(project_id, [int(i) for i in chosen.index]),
+        args=(project_id, [int(i) for i in chosen.index], list(names)),
     )

@@ -109,14 +109,14 @@ def test_logged_out_in_between_nothing_is_stored(Session, tiny_project, accounts
 # made for a page drawn earlier.
 _CALL = """
 import streamlit as st
-from labeler.ui import label, latent
+from labeler.ui import common, label, latent
 pid, item, what = st.session_state["project_id"], st.session_state["item"], st.session_state["what"]
 if what == "box":
     st.session_state[label._box_key(pid)] = {"actions": [{"id": "x1", "type": "label", "item": item, "class": 0}]}
     label._apply_box_actions(pid)
 else:
     st.session_state["bulk_class"] = 0
-    latent._bulk_label(pid, [item])
+    latent._bulk_label(pid, [item], st.session_state.get("names") or common.class_names(pid))
 st.text(repr(st.session_state.get("box_notices") or st.session_state.get("latent_message")))
 """
 
@@ -224,3 +224,22 @@ def test_with_single_sign_on_the_providers_login_must_still_be_that_account(
     at = _call(Session, tiny_project.id, "bulk", erin)
     assert "not saved" in at.text[0].value
     assert len(_labels(Session, tiny_project.id)) == 1
+
+
+def test_a_bulk_label_chosen_before_a_class_was_renamed_is_not_saved(Session, tiny_project, accounts):
+    """The Latent page's class choice is an index: after a rename it may mean another class, so
+    the selection drawn with the old names stores nothing and the page says why."""
+    with Session() as session:
+        drawn = queries.class_names(session, tiny_project.id)
+    with Session.begin() as session:
+        queries.rename_class(session, tiny_project.id, 0, "renamed")
+    with Session() as session:
+        item = queries.items(session, tiny_project.id, "pool")[0].id
+    at = AppTest.from_string(_CALL, default_timeout=60)
+    for key, value in {"project_id": tiny_project.id, "item": item, "what": "bulk", "names": drawn}.items():
+        at.session_state[key] = value
+    at.session_state[common.USER_KEY] = _session_user(Session, "ann")
+    at.run()
+    assert not at.exception
+    assert _labels(Session, tiny_project.id) == {}
+    assert "renamed" in at.text[0].value
