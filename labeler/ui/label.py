@@ -19,6 +19,7 @@ import base64
 import functools
 import io
 import logging
+import re
 from pathlib import Path
 
 import streamlit as st
@@ -161,15 +162,26 @@ def _grid_keys():
     )
 
 
-def _set_tile(n_classes: int) -> None:
-    """Callback of the grid's keys: set one tile to a class (-1: skip), as its selectbox would."""
+def _grid_presses(page: str, n_classes: int) -> tuple[str, dict[int, tuple[int, int]]]:
+    """The keys pressed on the grid page `page` (its item ids): the list's token and, per item,
+    how many keys it got and the class of the last (-1: skip).
+
+    label_grid.js sends every key of the page as one growing list, so keys pressed faster than
+    the page reruns are all here. A tile that got keys is drawn as a new selectbox (its key
+    counts the presses) that starts on the last key's class: a value the browser still holds
+    for the tile's older selectbox, sent with a rerun that overtook the key, then has nothing
+    to overwrite."""
     value = st.session_state.get("grid-keys")
-    wanted = value.get("set") if hasattr(value, "get") else getattr(value, "set", None)
-    if not isinstance(wanted, dict):
-        return
-    tile, cls = str(wanted.get("tile", "")), wanted.get("class")
-    if tile.startswith("grid-") and isinstance(cls, int) and -1 <= cls < n_classes:
-        st.session_state[tile] = cls
+    edits = value.get("edits") if hasattr(value, "get") else getattr(value, "edits", None)
+    if not hasattr(edits, "get") or str(edits.get("page", "")) != page:
+        return "", {}
+    token = re.sub(r"[^0-9a-z]", "", str(edits.get("token", "")))[:24]
+    pressed: dict[int, tuple[int, int]] = {}
+    for edit in edits.get("list") or []:
+        item, cls = (edit.get("item"), edit.get("class")) if hasattr(edit, "get") else (None, None)
+        if isinstance(item, int) and isinstance(cls, int) and -1 <= cls < n_classes:
+            pressed[item] = (pressed.get(item, (0, -1))[0] + 1, cls)
+    return token, pressed
 
 
 def _box_key(project_id: int) -> str:
@@ -278,9 +290,19 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
 # Grid -----------------------------------------------------------------------------------------
 
 
-def _tile_key(item_id: int, threshold: float) -> str:
+def _tile_key(item_id: int, threshold: float, token: str = "", presses: int = 0) -> str:
     # The threshold is part of the key: a new threshold makes new tiles with the new guesses.
-    return f"grid-{item_id}-{round(threshold * 100)}"
+    # Each key pressed on a tile makes a new one too (see _grid_presses).
+    key = f"grid-{item_id}-{round(threshold * 100)}"
+    return f"{key}-{token}-{presses}" if presses else key
+
+
+def _tile_choice(item_id: int, threshold: float, token: str, pressed: dict[int, tuple[int, int]]) -> int:
+    """What a grid tile shows: its selectbox's value, or the last key's class before the
+    selectbox for that key has been drawn."""
+    presses, last = pressed.get(item_id, (0, -1))
+    value = st.session_state.get(_tile_key(item_id, threshold, token, presses))
+    return (last if presses else -1) if value is None else value
 
 
 def _renamed(project_id: int, names: list[str], classes: list[int]) -> bool:
@@ -305,7 +327,8 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
     except account.NotAllowed as refused:
         st.session_state["last_message"] = ("error", str(refused))
         return
-    chosen = [(i, st.session_state.get(_tile_key(i, threshold), -1)) for i in item_ids]
+    token, pressed = _grid_presses(",".join(map(str, item_ids)), len(names))
+    chosen = [(i, _tile_choice(i, threshold, token, pressed)) for i in item_ids]
     chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
     if _renamed(project_id, names, [c for _, c in chosen]):
         return
@@ -380,6 +403,8 @@ def _grid(project_id: int, names: list[str]) -> None:
     if any(item.split == AUDIT for item, _ in batch):
         st.caption(AUDIT_NOTE)
     options = [-1, *range(len(names))]
+    page = ",".join(str(item.id) for item, _ in batch)
+    token, pressed = _grid_presses(page, len(names))
     columns = st.columns(4)
     for n, (item, prediction) in enumerate(batch):
         prediction = _shown_prediction(item, prediction)
@@ -389,6 +414,7 @@ def _grid(project_id: int, names: list[str]) -> None:
             and prediction.confidence >= threshold
         )
         guess = prediction.predicted if sure else -1
+        presses, last = pressed.get(item.id, (0, guess))
         with columns[n % len(columns)]:
             st.image(
                 _data_url(project_id, item.row, item.path),
@@ -399,20 +425,23 @@ def _grid(project_id: int, names: list[str]) -> None:
             st.selectbox(
                 f"Label{note}",
                 options,
-                index=options.index(guess),
-                key=_tile_key(item.id, threshold),
+                index=options.index(last),
+                key=_tile_key(item.id, threshold, token, presses),
                 format_func=lambda c: "skip" if c < 0 else names[c],
             )
     keys = class_keys(project_id, names)
     _grid_keys()(
         data={
-            "page": ",".join(str(item.id) for item, _ in batch),
-            "tiles": [{"key": _tile_key(item.id, threshold)} for item, _ in batch],
+            "page": page,
+            "tiles": [
+                {"item": item.id, "key": _tile_key(item.id, threshold, token, pressed.get(item.id, (0,))[0])}
+                for item, _ in batch
+            ],
             "classes": [{"index": i, "key": k} for i, k in enumerate(keys) if k],
             "columns": len(columns),
         },
         key="grid-keys",
-        on_set_change=functools.partial(_set_tile, len(names)),
+        on_edits_change=lambda: None,  # read by _grid_presses
     )
     left, right = st.columns(2)
     left.button(

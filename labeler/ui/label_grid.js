@@ -1,7 +1,10 @@
 // Keys for the grid page: arrows move between tiles, a class key sets the tile in focus (and
 // moves on), Backspace or Delete sets it to "skip". A accepts the page and U undoes it (the
-// page's own buttons). The tiles are Streamlit selectboxes; a key sends {tile, class} as a
-// trigger and Python sets that tile's value, so what is accepted is what the tiles show.
+// page's own buttons). Every key of the page is sent, in order, as one growing list of
+// {item, class} (a state, not a trigger: when keys come faster than the page reruns, Streamlit
+// keeps only the newest value, and the newest list still holds every key). Python draws a tile
+// that got a key as a new selectbox showing that key's class, so what is accepted is what the
+// tiles show. `token` names the list, `page` the images it was pressed on.
 
 const grids = new WeakMap();
 const TYPING = new Set(["INPUT", "TEXTAREA", "SELECT"]);
@@ -35,7 +38,8 @@ function onKey(g, event) {
   if (move !== undefined) {
     g.focus = Math.min(tiles.length - 1, Math.max(0, g.focus + move));
   } else if (cls || key === "Backspace" || key === "Delete") {
-    g.set({ tile: tiles[g.focus].key, class: cls ? cls.index : -1 });
+    g.edits.push({ item: tiles[g.focus].item, class: cls ? cls.index : -1 });
+    g.send();
     g.focus = Math.min(tiles.length - 1, g.focus + 1);
   } else return;
   event.preventDefault();
@@ -44,7 +48,7 @@ function onKey(g, event) {
 }
 
 export default function (component) {
-  const { data, parentElement, setTriggerValue } = component;
+  const { data, parentElement, setStateValue } = component;
   let g = grids.get(parentElement);
   if (!g) {
     g = { focus: 0, data };
@@ -52,10 +56,15 @@ export default function (component) {
     document.addEventListener("keydown", g.onKey, true);
     grids.set(parentElement, g);
   }
-  if (g.page !== data.page) g.focus = 0; // a new page of images
+  if (g.page !== data.page) {
+    // A new page of images: a new list of keys.
+    g.focus = 0;
+    g.edits = [];
+    g.token = (Date.now().toString(36) + Math.random().toString(36).slice(2)).replace(/[^0-9a-z]/g, "");
+  }
   g.page = data.page;
   g.data = data;
-  g.set = (value) => setTriggerValue("set", value);
+  g.send = () => setStateValue("edits", { token: g.token, page: g.page, list: g.edits.slice() });
   draw(g);
   setTimeout(() => draw(g), 300); // the tiles may be drawn after this component
   const state = g;
