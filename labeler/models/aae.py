@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, nets
-from .base import Budget, ProgressFn, SSLModel, batched
+from .base import Budget, PredictsWithClassifier, ProgressFn, SSLModel, batched
 
 # -- loss terms ------------------------------------------------------------------------------
 
@@ -141,10 +141,11 @@ class AAEConfig:
     augment_labeled: bool = False
 
 
-class PhasedAutoencoder(SSLModel):
+class PhasedAutoencoder(PredictsWithClassifier, SSLModel):
     """What the adversarial autoencoders here share: the training loop over the paper's phases
-    (each subclass's `_step`: reconstruction, regularisation, then the supervised phase),
-    prediction by `modules["net"].classifier()`, and the state kept with a checkpoint."""
+    (each subclass's `_step`: reconstruction, regularisation, then the supervised phase) and its
+    supervised phase; predictions and the state kept with a checkpoint come from
+    `PredictsWithClassifier`, by `modules["net"].classifier()`."""
 
     def _step(self, xu: torch.Tensor, xl: torch.Tensor | None, yl: torch.Tensor | None) -> dict[str, float]:
         raise NotImplementedError
@@ -224,30 +225,6 @@ class PhasedAutoencoder(SSLModel):
         ticker.tick(step, parts, force=True)
         return parts
 
-    def _classifier(self) -> nn.Sequential:
-        """q(y|x) as used for predictions: the EMA teacher with consistency, else the encoder's own."""
-        if "teacher" in self.modules:
-            return self.modules["teacher"].eval()
-        return self.modules["net"].eval().classifier()
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        if self.labels_seen == 0:
-            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
-        classifier = self._classifier()
-        return batched(lambda xb: torch.softmax(classifier(xb), 1), x, self.device)
-
-    def classifier_module(self) -> nn.Module:
-        if self.labels_seen == 0:
-            return nets.Uniform(self.num_classes)
-        return nets.SoftmaxOf(copy.deepcopy(self._classifier()).cpu().eval()).eval()
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"labels_seen": self.labels_seen, "steps_done": self.steps_done}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.labels_seen = int(state.get("labels_seen", 0))
-        self.steps_done = int(state.get("steps_done", 0))
-
 
 class AAE(PhasedAutoencoder):
     name = "aae"
@@ -275,8 +252,6 @@ class AAE(PhasedAutoencoder):
             "regularisation": torch.optim.Adam(net.encoder_parameters(), lr=cfg.lr),
             "supervised": torch.optim.Adam(net.classifier().parameters(), lr=cfg.lr),
         }
-        self.labels_seen = 0
-        self.steps_done = 0
 
     def _step(self, xu: torch.Tensor, xl: torch.Tensor | None, yl: torch.Tensor | None) -> dict[str, float]:
         net, d_y, d_z, opts = self.modules["net"], self.modules["d_y"], self.modules["d_z"], self.optimizers
