@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from . import nets
-from .base import Budget, ProgressFn, SSLModel, batched
+from .base import Budget, ProgressFn, SSLModel, batched, uniform_proba
 
 
 @dataclass
@@ -233,7 +233,7 @@ class TSVM(SSLModel):
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         if self.net is None or self.labels_seen == 0:
-            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
+            return uniform_proba(len(x), self.num_classes)
         module = _Probabilities(self.net.eval(), self.config.margin_scale)
         return batched(module, x, self.device)
 
