@@ -18,6 +18,7 @@ Prints a markdown table and one JSON line.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import platform
@@ -26,6 +27,7 @@ import statistics
 import tempfile
 import time
 import uuid
+from collections.abc import Iterator
 from pathlib import Path
 
 PAGE = 16  # labeler.ui.label.BATCH: the Label page asks for this many images at a time
@@ -38,6 +40,20 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
         "p90_ms": round(ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))], 1),
         "max_ms": round(ms[-1], 1),
     }
+
+
+@contextlib.contextmanager
+def data_dir_set(folder: Path) -> Iterator[None]:
+    """LABELER_DATA_DIR set to `folder` inside the block, as it was after it."""
+    previous = os.environ.get("LABELER_DATA_DIR")
+    os.environ["LABELER_DATA_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("LABELER_DATA_DIR", None)
+        else:
+            os.environ["LABELER_DATA_DIR"] = previous
 
 
 def _time_next_items(Session, project_id: int, calls: int, annotator: str = "bench") -> dict[str, float]:
@@ -125,10 +141,8 @@ def measure(
     from .worker import Worker
 
     folder = Path(tempfile.mkdtemp(prefix="labeler-bigbench-"))
-    previous = os.environ.get("LABELER_DATA_DIR")
-    os.environ["LABELER_DATA_DIR"] = str(folder)
     try:
-        with _ThrowAwayDatabase(db_url, folder) as url:
+        with data_dir_set(folder), _ThrowAwayDatabase(db_url, folder) as url:
             engine = db.make_engine(url)
             try:
                 Session = db.session_factory(engine)
@@ -159,10 +173,6 @@ def measure(
             finally:
                 engine.dispose()
     finally:
-        if previous is None:
-            os.environ.pop("LABELER_DATA_DIR", None)
-        else:
-            os.environ["LABELER_DATA_DIR"] = previous
         shutil.rmtree(folder, ignore_errors=True)
     return {
         "database": "sqlite" if db_url is None else db_url.split(":", 1)[0].split("+", 1)[0],
