@@ -18,7 +18,6 @@ Prints a markdown table and one JSON line.
 
 from __future__ import annotations
 
-import contextlib
 import json
 import os
 import platform
@@ -27,7 +26,6 @@ import statistics
 import tempfile
 import time
 import uuid
-from collections.abc import Iterator
 from pathlib import Path
 
 PAGE = 16  # labeler.ui.label.BATCH: the Label page asks for this many images at a time
@@ -40,20 +38,6 @@ def _percentiles(seconds: list[float]) -> dict[str, float]:
         "p90_ms": round(ms[min(len(ms) - 1, round(0.9 * (len(ms) - 1)))], 1),
         "max_ms": round(ms[-1], 1),
     }
-
-
-@contextlib.contextmanager
-def data_dir_set(folder: Path) -> Iterator[None]:
-    """LABELER_DATA_DIR set to `folder` inside the block, as it was after it."""
-    previous = os.environ.get("LABELER_DATA_DIR")
-    os.environ["LABELER_DATA_DIR"] = str(folder)
-    try:
-        yield
-    finally:
-        if previous is None:
-            os.environ.pop("LABELER_DATA_DIR", None)
-        else:
-            os.environ["LABELER_DATA_DIR"] = previous
 
 
 def _time_next_items(Session, project_id: int, calls: int, annotator: str = "bench") -> dict[str, float]:
@@ -137,12 +121,12 @@ def measure(
     from db import runs as run_queries
     from db.models import DONE, Run
 
-    from . import projects
+    from . import config, projects
     from .worker import Worker
 
     folder = Path(tempfile.mkdtemp(prefix="labeler-bigbench-"))
     try:
-        with data_dir_set(folder), _ThrowAwayDatabase(db_url, folder) as url:
+        with config.data_dir_set(folder), _ThrowAwayDatabase(db_url, folder) as url:
             engine = db.make_engine(url)
             try:
                 Session = db.session_factory(engine)

@@ -121,7 +121,8 @@ def measure(
     from db import queries
 
     from . import projects
-    from .bigbench import _time_next_items, data_dir_set
+    from .bigbench import _time_next_items
+    from .config import data_dir_set
     from .data import staging  # noqa: F401 - loaded now: the code measured is the code at the start
 
     write_s = write_images(images_dir, n, processes)
