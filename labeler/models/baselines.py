@@ -214,7 +214,6 @@ class LabelSpread(SSLModel):
         self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
     ) -> dict[str, float]:
         """One closed-form fit; the budget only bounds LabelSpreading's iterations by its own max_iter."""
-        from sklearn.decomposition import PCA
         from sklearn.semi_supervised import LabelSpreading
 
         labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
@@ -225,10 +224,8 @@ class LabelSpread(SSLModel):
             return {}
         cfg = self.config
         flat = x.reshape(len(x), -1).astype(np.float32)
-        pca = PCA(
-            n_components=max(1, min(cfg.components, flat.shape[0] - 1, flat.shape[1])), random_state=self.seed
-        )
-        z = pca.fit_transform(flat).astype(np.float32)
+        pca, z = nets.fit_pca(flat, cfg.components, self.seed)
+        z = z.astype(np.float32)
         target = np.full(len(x), -1, dtype=np.int64)
         target[labeled_idx] = labels
         present = np.unique(labels)

@@ -399,6 +399,15 @@ def rest_budget(budget, steps_used: int):
     return Budget(steps=steps, seconds=seconds)
 
 
+def fit_pca(flat: np.ndarray, components: int, seed: int):
+    """A PCA fitted to the rows of `flat` (N, P) with `components` directions, or as many as the
+    rows allow (one at least): (the PCA, the coordinates (N, D))."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=max(1, min(components, flat.shape[0] - 1, flat.shape[1])), random_state=seed)
+    return pca, pca.fit_transform(flat)
+
+
 def pool_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:
     """The pool as one float32 tensor on `device` (no copy on the CPU)."""
     return torch.as_tensor(np.ascontiguousarray(x, dtype=np.float32), device=device)

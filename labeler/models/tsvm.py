@@ -150,15 +150,11 @@ class TSVM(SSLModel):
         self.steps_done = 0
 
     def _fit_pca(self, x: np.ndarray) -> None:
-        from sklearn.decomposition import PCA
-
         flat = x.reshape(len(x), -1).astype(np.float32)
         if len(flat) < 2:  # no directions to find: the embedding is one constant coordinate
             mean, components, scale = flat.mean(0), np.zeros((1, flat.shape[1]), np.float32), 1.0
         else:
-            d = max(1, min(self.config.components, flat.shape[0] - 1, flat.shape[1]))
-            pca = PCA(n_components=d, random_state=self.seed)
-            z = pca.fit_transform(flat)
+            pca, z = nets.fit_pca(flat, self.config.components, self.seed)
             mean, components = pca.mean_, pca.components_
             scale = float(np.sqrt(max(np.mean(z**2), 1e-12)))  # unit variance per coordinate on average
         self.net = LinearOnPCA(
