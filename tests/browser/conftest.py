@@ -135,3 +135,23 @@ def page(browser):
     page.set_default_timeout(30_000)
     yield page
     context.close()
+
+
+# -- page helpers ----------------------------------------------------------------------------
+
+
+def settle(page) -> None:
+    """Wait until the script run is over, so the next key reaches the new buttons."""
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
+
+
+def shown(page) -> int:
+    """The item id of the image in the one-image box (Playwright's CSS reaches into its shadow root)."""
+    image = page.locator("img.lb-img")
+    image.wait_for()
+    return int(image.get_attribute("data-item"))
+
+
+def saved(page) -> None:
+    """Wait until the one-image box says every answer reached the server."""
+    page.locator('[data-testid="lb-status"]', has_text="all answers saved").wait_for()

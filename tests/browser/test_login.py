@@ -13,7 +13,7 @@ import threading
 import pytest
 
 from labeler.config import data_dir_set
-from tests.browser.conftest import image_set, running_app
+from tests.browser.conftest import image_set, running_app, settle
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -89,10 +89,6 @@ def accounts_server(tmp_path_factory, beacon):
             yield {"url": url, "admin": admin}
     finally:
         engine.dispose()
-
-
-def settle(page) -> None:
-    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
 
 
 def log_in(page, name: str, password: str = PASSWORD) -> None:

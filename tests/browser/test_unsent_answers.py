@@ -10,7 +10,7 @@ from __future__ import annotations
 import pytest
 
 from labeler.config import data_dir_set
-from tests.browser.conftest import image_set, running_app
+from tests.browser.conftest import image_set, running_app, saved, settle, shown
 from tests.conftest import wait_for
 
 pytest.importorskip("playwright.sync_api")
@@ -54,20 +54,6 @@ def _serve(tmp_path_factory, accounts: bool):
             yield {"url": url, "Session": Session, "project_id": project.id}
     finally:
         engine.dispose()
-
-
-def shown(page) -> int:
-    image = page.locator("img.lb-img")
-    image.wait_for()
-    return int(image.get_attribute("data-item"))
-
-
-def saved(page) -> None:
-    page.locator('[data-testid="lb-status"]', has_text="all answers saved").wait_for()
-
-
-def settle(page) -> None:
-    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
 
 
 def answers_of(Session, items) -> dict[int, list[tuple[int, str]]]:
