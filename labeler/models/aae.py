@@ -199,7 +199,7 @@ class PhasedAutoencoder(PredictsWithClassifier, SSLModel):
         labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
         cfg = self.config
         ticker = nets.Ticker(progress, budget)
-        rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
+        rng = nets.batch_rng(self.seed, self.steps_done)
         pool = nets.pool_tensor(x, self.device)
         y_all = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         lab_idx = torch.as_tensor(labeled_idx, device=self.device)

@@ -107,7 +107,7 @@ class Supervised(PredictsWithClassifier, SSLModel):
             ticker.tick(0, {}, force=True)
             return {}
         cfg = self.config
-        rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
+        rng = nets.batch_rng(self.seed, self.steps_done)
         pool = nets.pool_tensor(x, self.device)
         y_all = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         lab = nets.batches(np.arange(len(labeled_idx)), cfg.batch_size, rng)

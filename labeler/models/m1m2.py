@@ -112,7 +112,7 @@ class M1M2(SSLModel):
     ) -> dict[str, float]:
         labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
         cfg = self.config
-        rng = np.random.default_rng(self.seed + 7919 * (self.m1_steps + self.m2_steps))
+        rng = nets.batch_rng(self.seed, self.m1_steps + self.m2_steps)
         ticker = nets.Ticker(progress, budget)
         vae, net = self.modules["vae"], self.modules["net"]
         pool = nets.pool_tensor(x, self.device)

@@ -373,7 +373,7 @@ class M2(PredictsWithClassifier, SSLModel):
         self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
     ) -> dict[str, float]:
         labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
-        rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
+        rng = nets.batch_rng(self.seed, self.steps_done)
         unlabeled_idx = np.setdiff1d(np.arange(len(x)), labeled_idx)
         pool = nets.pool_tensor(x, self.device)
         ticker = nets.Ticker(progress, budget)

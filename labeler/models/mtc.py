@@ -162,7 +162,7 @@ class MTC(PredictsWithClassifier, SSLModel):
         labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
         cfg = self.config
         ticker = nets.Ticker(progress, budget)
-        rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
+        rng = nets.batch_rng(self.seed, self.steps_done)
         pool = nets.pool_tensor(x, self.device).flatten(1)  # (N, P)
         net = self.modules["net"].train()
         step, parts = 0, {}

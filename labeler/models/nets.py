@@ -368,6 +368,12 @@ class Ticker:
                 raise TrainingCancelled()
 
 
+def batch_rng(seed: int, steps_done: int) -> np.random.Generator:
+    """The numpy generator of one fit's batch order: from the run's seed and the steps already
+    trained, so a warm start does not replay the batches of the fit before it."""
+    return np.random.default_rng(seed + 7919 * steps_done)
+
+
 def batches(idx: np.ndarray, size: int, rng: np.random.Generator):
     """An endless stream of index batches drawn from `idx`: shuffled epochs, no repeats within one
     (except when `idx` holds a single item, which is then repeated)."""
