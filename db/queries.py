@@ -54,19 +54,22 @@ def class_names(session: Session, project_id: int) -> list[str]:
 MAX_CLASS_NAME = 200  # LabelClass.name is String(200); PostgreSQL enforces it, SQLite would not
 
 
-def check_class_name(name: str) -> str:
-    """`name` without surrounding spaces, or a ValueError saying what is allowed. Any other
-    character is kept as typed: names are data, shown escaped and bound as SQL parameters."""
+def check_text_name(name: str, what: str, max_length: int) -> str:
+    """`name` without surrounding spaces, or a ValueError saying what is allowed, in one
+    sentence that starts with `what` ("A class name"). Any other character is kept as typed:
+    names are data, shown escaped and bound as SQL parameters."""
     name = (name or "").strip()
     if not name:
-        raise ValueError("A class name cannot be empty.")
-    if len(name) > MAX_CLASS_NAME:
-        raise ValueError(
-            f"A class name can be at most {MAX_CLASS_NAME} characters long; this one has {len(name)}."
-        )
+        raise ValueError(f"{what} cannot be empty.")
+    if len(name) > max_length:
+        raise ValueError(f"{what} can be at most {max_length} characters long; this one has {len(name)}.")
     if any(ord(c) < 32 or ord(c) == 127 for c in name):
-        raise ValueError("A class name cannot contain line breaks, tabs or other control characters.")
+        raise ValueError(f"{what} cannot contain line breaks, tabs or other control characters.")
     return name
+
+
+def check_class_name(name: str) -> str:
+    return check_text_name(name, "A class name", MAX_CLASS_NAME)
 
 
 def add_class(session: Session, project_id: int, name: str) -> LabelClass:

@@ -10,22 +10,14 @@ from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
 from .models import ADMIN, ROLES, User
+from .queries import check_text_name
 
 MAX_NAME = 200  # User.name is String(200)
 
 
 def check_name(name: str) -> str:
     """The account name as stored: stripped; raises ValueError with one sentence when unusable."""
-    name = (name or "").strip()
-    if not name:
-        raise ValueError("An account name cannot be empty.")
-    if len(name) > MAX_NAME:
-        raise ValueError(
-            f"An account name can be at most {MAX_NAME} characters long; this one has {len(name)}."
-        )
-    if any(ord(ch) < 32 or ord(ch) == 127 for ch in name):
-        raise ValueError("An account name cannot contain line breaks, tabs or other control characters.")
-    return name
+    return check_text_name(name, "An account name", MAX_NAME)
 
 
 def check_role(role: str) -> str:

@@ -121,14 +121,12 @@ def measure(
     from db import runs as run_queries
     from db.models import DONE, Run
 
-    from . import projects
+    from . import config, projects
     from .worker import Worker
 
     folder = Path(tempfile.mkdtemp(prefix="labeler-bigbench-"))
-    previous = os.environ.get("LABELER_DATA_DIR")
-    os.environ["LABELER_DATA_DIR"] = str(folder)
     try:
-        with _ThrowAwayDatabase(db_url, folder) as url:
+        with config.data_dir_set(folder), _ThrowAwayDatabase(db_url, folder) as url:
             engine = db.make_engine(url)
             try:
                 Session = db.session_factory(engine)
@@ -159,10 +157,6 @@ def measure(
             finally:
                 engine.dispose()
     finally:
-        if previous is None:
-            os.environ.pop("LABELER_DATA_DIR", None)
-        else:
-            os.environ["LABELER_DATA_DIR"] = previous
         shutil.rmtree(folder, ignore_errors=True)
     return {
         "database": "sqlite" if db_url is None else db_url.split(":", 1)[0].split("+", 1)[0],

@@ -5,8 +5,10 @@ Nothing here runs at import: call `data_dir()` / `db_url()` when they are needed
 
 from __future__ import annotations
 
+import contextlib
 import errno
 import os
+from collections.abc import Iterator
 from pathlib import Path
 
 
@@ -25,6 +27,20 @@ def data_dir() -> Path:
             "LABELER_DATA_DIR is set but empty; set it to a folder, or unset it to use ./labeler-data."
         )
     return Path(value).expanduser().resolve()
+
+
+@contextlib.contextmanager
+def data_dir_set(folder: Path) -> Iterator[None]:
+    """LABELER_DATA_DIR set to `folder` inside the block, as it was after it."""
+    previous = os.environ.get("LABELER_DATA_DIR")
+    os.environ["LABELER_DATA_DIR"] = str(folder)
+    try:
+        yield
+    finally:
+        if previous is None:
+            os.environ.pop("LABELER_DATA_DIR", None)
+        else:
+            os.environ["LABELER_DATA_DIR"] = previous
 
 
 def db_url() -> str:

@@ -122,36 +122,32 @@ def measure(
 
     from . import projects
     from .bigbench import _time_next_items
+    from .config import data_dir_set
     from .data import staging  # noqa: F401 - loaded now: the code measured is the code at the start
 
     write_s = write_images(images_dir, n, processes)
     keep = data_dir is not None
     folder = Path(data_dir) if keep else Path(tempfile.mkdtemp(prefix="labeler-million-"))
     folder.mkdir(parents=True, exist_ok=True)
-    previous = os.environ.get("LABELER_DATA_DIR")
-    os.environ["LABELER_DATA_DIR"] = str(folder)
     try:
-        engine = db.make_engine(f"sqlite:///{folder / 'labeler.db'}")
-        Session = db.session_factory(engine)
-        seen = []
-        _reset_peak()
-        before_kib = _status("VmRSS")
-        with _MemoryPeak() as peak:
-            started = time.perf_counter()
-            project = projects.create_project(
-                Session, "million", f"folder:{images_dir}", progress=lambda d, t: seen.append(d)
-            )
-            import_s = time.perf_counter() - started
-        with Session() as session:
-            items = queries.count_items(session, project.id)
-        disk = sum(f.stat().st_size for f in projects.project_dir(project.id).rglob("*") if f.is_file())
-        queue = _time_next_items(Session, project.id, calls)
-        engine.dispose()
+        with data_dir_set(folder):
+            engine = db.make_engine(f"sqlite:///{folder / 'labeler.db'}")
+            Session = db.session_factory(engine)
+            seen = []
+            _reset_peak()
+            before_kib = _status("VmRSS")
+            with _MemoryPeak() as peak:
+                started = time.perf_counter()
+                project = projects.create_project(
+                    Session, "million", f"folder:{images_dir}", progress=lambda d, t: seen.append(d)
+                )
+                import_s = time.perf_counter() - started
+            with Session() as session:
+                items = queries.count_items(session, project.id)
+            disk = sum(f.stat().st_size for f in projects.project_dir(project.id).rglob("*") if f.is_file())
+            queue = _time_next_items(Session, project.id, calls)
+            engine.dispose()
     finally:
-        if previous is None:
-            os.environ.pop("LABELER_DATA_DIR", None)
-        else:
-            os.environ["LABELER_DATA_DIR"] = previous
         if not keep:
             shutil.rmtree(folder, ignore_errors=True)
     return {

@@ -280,21 +280,13 @@ def _create_staged(
         raise
     audit = np.zeros(staged.count, dtype=bool)
     if settings["audit_size"] > 0:  # a folder has no test split
-        n_audit = min(settings["audit_size"], staged.count // 5)
-        audit[np.random.default_rng(seed).choice(np.arange(staged.count), size=n_audit, replace=False)] = True
-    channels, height, width = staged.shape
+        audit[_audit_rows(np.arange(staged.count), settings["audit_size"], seed)] = True
     folder = None
     try:
         with Session.begin() as session:
-            project = Project(
-                name=name, source=source, channels=channels, height=height, width=width, settings=settings
-            )
-            session.add(project)
-            session.flush()
+            project = _add_project(session, name, source, staged.shape, settings)
             folder = project_dir(project.id)
-            if folder.exists():  # left over from a database that was deleted
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
+            _empty_folder(folder)
             staged.move_into(folder)
             for index, class_name in enumerate(class_list):
                 session.add(LabelClass(project_id=project.id, index=index, name=class_name))
@@ -325,9 +317,7 @@ def _create_staged(
     except BaseException as error:
         if folder is not None:
             stage.reclaim(scratch)  # the next import of this folder continues from here
-            shutil.rmtree(folder, ignore_errors=True)
-            if not isinstance(error, StorageError):
-                _unpublish_project(int(folder.name))
+            _discard_project_files(folder, error)
         if isinstance(error, OSError):
             raise disk_full(error, "storing the images") or error from None
         raise
@@ -368,24 +358,16 @@ def _create(
     splits = list(images.splits)
     if TEST not in splits and settings["audit_size"] > 0:
         pool_rows = [i for i, s in enumerate(splits) if s == POOL]
-        n_audit = min(settings["audit_size"], len(pool_rows) // 5)
-        for i in np.random.default_rng(seed).choice(pool_rows, size=n_audit, replace=False):
+        for i in _audit_rows(pool_rows, settings["audit_size"], seed):
             splits[int(i)] = AUDIT
 
-    channels, height, width = images.shape
     _check_free_space(images, scratch)
     folder = None
     try:
         with Session.begin() as session:
-            project = Project(
-                name=name, source=source, channels=channels, height=height, width=width, settings=settings
-            )
-            session.add(project)
-            session.flush()
+            project = _add_project(session, name, source, images.shape, settings)
             folder = project_dir(project.id)
-            if folder.exists():  # left over from a database that was deleted
-                shutil.rmtree(folder)
-            folder.mkdir(parents=True)
+            _empty_folder(folder)
             tmp = folder / "pixels.tmp.npy"
             np.save(tmp, np.ascontiguousarray(images.pixels))
             os.replace(tmp, pixels_path(project.id))
@@ -413,13 +395,44 @@ def _create(
         # The transaction is rolled back; leave no pixel array or file behind (a partial
         # pixels.tmp.npy on a full disk would keep it full).
         if folder is not None:
-            shutil.rmtree(folder, ignore_errors=True)
-            if not isinstance(error, StorageError):  # a store out of reach has nothing to clear
-                _unpublish_project(int(folder.name))
+            _discard_project_files(folder, error)
         if isinstance(error, OSError):
             raise disk_full(error, "storing the images") or error from None
         raise
     return project
+
+
+def _audit_rows(rows: np.ndarray | list[int], audit_size: int, seed: int) -> np.ndarray:
+    """The audit set drawn from `rows` with `seed`: `audit_size` of them, a fifth at the most."""
+    n_audit = min(audit_size, len(rows) // 5)
+    return np.random.default_rng(seed).choice(rows, size=n_audit, replace=False)
+
+
+def _add_project(
+    session: Session, name: str, source: str, shape: tuple[int, int, int], settings: dict
+) -> Project:
+    """Insert a new project's row (flushed, so it has its id)."""
+    channels, height, width = shape
+    project = Project(
+        name=name, source=source, channels=channels, height=height, width=width, settings=settings
+    )
+    session.add(project)
+    session.flush()
+    return project
+
+
+def _empty_folder(folder: Path) -> None:
+    """Make a new project's folder, empty."""
+    if folder.exists():  # left over from a database that was deleted
+        shutil.rmtree(folder)
+    folder.mkdir(parents=True)
+
+
+def _discard_project_files(folder: Path, error: BaseException) -> None:
+    """After a failed import: remove the project's folder and what was put in the store."""
+    shutil.rmtree(folder, ignore_errors=True)
+    if not isinstance(error, StorageError):  # a store out of reach has nothing to clear
+        _unpublish_project(int(folder.name))
 
 
 def _check_free_space(images: ImageSet, scratch: Path | None) -> None:

@@ -363,12 +363,7 @@ def _import_tree(
     max_file_bytes: int,
     skipped: list[tuple[str, str]],
 ) -> ImageSet:
-    if not folder.is_dir():
-        raise DataError(f"The folder {folder} does not exist; check the path.")
-    if image_size is not None:
-        image_size = check_image_size(image_size)
-    if classes is not None:
-        classes = _check_classes(classes)
+    image_size, classes = _check_folder_import(folder, image_size, classes)
     skipped = list(skipped)
     data_root = _data_root(folder)
     candidates = _scan(folder, data_root, max_file_bytes, skipped)
@@ -441,6 +436,20 @@ def _import_tree(
         files=[str(path) for _, path, _ in kept],
         skipped=skipped,
     )
+
+
+def _check_folder_import(
+    folder: Path, image_size: int | None, classes: Sequence[str] | None
+) -> tuple[int | None, list[str] | None]:
+    """The checks of a folder import before it reads a file: the folder exists, and the image
+    size and classes asked for are valid; returns them checked."""
+    if not folder.is_dir():
+        raise DataError(f"The folder {folder} does not exist; check the path.")
+    if image_size is not None:
+        image_size = check_image_size(image_size)
+    if classes is not None:
+        classes = _check_classes(classes)
+    return image_size, classes
 
 
 def _check_classes(classes: Sequence[str]) -> list[str]:

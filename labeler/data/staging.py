@@ -42,13 +42,13 @@ import numpy as np
 
 from . import importer
 from .base import DataError
-from .images import MAX_FILE_BYTES, MAX_PIXELS, ImageSkipped, check_and_decode, check_image_size, decode_image
+from .images import MAX_FILE_BYTES, MAX_PIXELS, ImageSkipped, check_and_decode, decode_image
 from .importer import (
     COLOUR_SIZE,
     GRAY_SIZE,
     MIN_FREE_BYTES,
     DiskFull,
-    _check_classes,
+    _check_folder_import,
     _data_root,
     _nothing_imported,
     disk_full,
@@ -203,12 +203,7 @@ def stage_folder(
     run there. progress(done, total) counts candidate files. Raises DataError when the folder
     is missing or nothing in it can be imported, DiskFull when the disk fills up."""
     folder = Path(path)
-    if not folder.is_dir():
-        raise DataError(f"The folder {folder} does not exist; check the path.")
-    if image_size is not None:
-        image_size = check_image_size(image_size)
-    if classes is not None:
-        classes = _check_classes(classes)
+    image_size, classes = _check_folder_import(folder, image_size, classes)
     chunk = chunk or CHUNK
     data_root = _data_root(folder)
     fingerprint, total, total_bytes = _fingerprint(folder, data_root, max_file_bytes)

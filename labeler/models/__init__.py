@@ -23,7 +23,9 @@ if TYPE_CHECKING:
         save_checkpoint,
     )
 
-_FROM_BASE = {
+__all__ = [
+    "DESCRIPTIONS",
+    "MODELS",
     "Budget",
     "CheckpointError",
     "Progress",
@@ -33,7 +35,8 @@ _FROM_BASE = {
     "check_finite",
     "load_checkpoint",
     "save_checkpoint",
-}
+]
+_FROM_BASE = set(__all__) - {"DESCRIPTIONS", "MODELS"}  # loaded from base on first use
 
 
 def __getattr__(name: str) -> Any:
@@ -113,17 +116,3 @@ class _Registry(Mapping[str, type]):
 
 MODELS: Mapping[str, type[SSLModel]] = _Registry()
 DESCRIPTIONS = {name: entry[2] for name, entry in _ENTRIES.items()}
-
-__all__ = [
-    "DESCRIPTIONS",
-    "MODELS",
-    "Budget",
-    "CheckpointError",
-    "Progress",
-    "SSLModel",
-    "TrainingCancelled",
-    "TrainingDiverged",
-    "check_finite",
-    "load_checkpoint",
-    "save_checkpoint",
-]

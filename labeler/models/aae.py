@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, nets
-from .base import Budget, ProgressFn, SSLModel, batched
+from .base import Budget, PredictsWithClassifier, ProgressFn, SSLModel, batched
 
 # -- loss terms ------------------------------------------------------------------------------
 
@@ -141,10 +141,11 @@ class AAEConfig:
     augment_labeled: bool = False
 
 
-class PhasedAutoencoder(SSLModel):
+class PhasedAutoencoder(PredictsWithClassifier, SSLModel):
     """What the adversarial autoencoders here share: the training loop over the paper's phases
-    (each subclass's `_step`: reconstruction, regularisation, then the supervised phase),
-    prediction by `modules["net"].classifier()`, and the state kept with a checkpoint."""
+    (each subclass's `_step`: reconstruction, regularisation, then the supervised phase) and its
+    supervised phase; predictions and the state kept with a checkpoint come from
+    `PredictsWithClassifier`, by `modules["net"].classifier()`."""
 
     def _step(self, xu: torch.Tensor, xl: torch.Tensor | None, yl: torch.Tensor | None) -> dict[str, float]:
         raise NotImplementedError
@@ -198,7 +199,7 @@ class PhasedAutoencoder(SSLModel):
         labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
         cfg = self.config
         ticker = nets.Ticker(progress, budget)
-        rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
+        rng = nets.batch_rng(self.seed, self.steps_done)
         pool = nets.pool_tensor(x, self.device)
         y_all = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         lab_idx = torch.as_tensor(labeled_idx, device=self.device)
@@ -223,30 +224,6 @@ class PhasedAutoencoder(SSLModel):
         self.labels_seen = len(labeled_idx)
         ticker.tick(step, parts, force=True)
         return parts
-
-    def _classifier(self) -> nn.Sequential:
-        """q(y|x) as used for predictions: the EMA teacher with consistency, else the encoder's own."""
-        if "teacher" in self.modules:
-            return self.modules["teacher"].eval()
-        return self.modules["net"].eval().classifier()
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        if self.labels_seen == 0:
-            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
-        classifier = self._classifier()
-        return batched(lambda xb: torch.softmax(classifier(xb), 1), x, self.device)
-
-    def classifier_module(self) -> nn.Module:
-        if self.labels_seen == 0:
-            return nets.Uniform(self.num_classes)
-        return nets.SoftmaxOf(copy.deepcopy(self._classifier()).cpu().eval()).eval()
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"labels_seen": self.labels_seen, "steps_done": self.steps_done}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.labels_seen = int(state.get("labels_seen", 0))
-        self.steps_done = int(state.get("steps_done", 0))
 
 
 class AAE(PhasedAutoencoder):
@@ -275,8 +252,6 @@ class AAE(PhasedAutoencoder):
             "regularisation": torch.optim.Adam(net.encoder_parameters(), lr=cfg.lr),
             "supervised": torch.optim.Adam(net.classifier().parameters(), lr=cfg.lr),
         }
-        self.labels_seen = 0
-        self.steps_done = 0
 
     def _step(self, xu: torch.Tensor, xl: torch.Tensor | None, yl: torch.Tensor | None) -> dict[str, float]:
         net, d_y, d_z, opts = self.modules["net"], self.modules["d_y"], self.modules["d_z"], self.optimizers

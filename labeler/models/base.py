@@ -15,6 +15,7 @@ thread would change a run training on the worker thread.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import pickle
 import time
@@ -335,6 +336,57 @@ class SSLModel:
             module.to(self.device)
         for opt in self.optimizers.values():
             opt.load_state_dict(opt.state_dict())  # load_state_dict casts the moments to the params' device
+
+
+def uniform_proba(n: int, num_classes: int) -> np.ndarray:
+    """(n, K) uniform probabilities: the honest answer of a model that saw no labels."""
+    return np.full((n, num_classes), 1.0 / num_classes, dtype=np.float32)
+
+
+class PredictsWithClassifier:
+    """What the models that predict with one logits network share; mix it in before SSLModel.
+
+    Predictions and the export use `modules["teacher"]`, the EMA teacher that a model with the
+    consistency term keeps, else the net's own classifier (`_own_classifier`); a model that
+    has seen no labels predicts uniform probabilities. `labels_seen` and `steps_done` go with
+    a checkpoint under the keys the first checkpoints used (a checkpoint without them: zero).
+    """
+
+    modules: dict[str, nn.Module]
+    num_classes: int
+    device: torch.device
+    labels_seen: int = 0  # labels in the last fit: none means uniform predictions
+    steps_done: int = 0  # steps of every fit so far (a warm start continues the count)
+
+    def _own_classifier(self) -> nn.Module:
+        """The net's own q(y|x), (B, C, H, W) -> (B, K) logits, in eval mode."""
+        return self.modules["net"].eval().classifier()
+
+    def _classifier(self) -> nn.Module:
+        """q(y|x) as used for predictions: the EMA teacher with consistency, else the net's own."""
+        if "teacher" in self.modules:
+            return self.modules["teacher"].eval()
+        return self._own_classifier()
+
+    def predict_proba(self, x: np.ndarray) -> np.ndarray:
+        if self.labels_seen == 0:
+            return uniform_proba(len(x), self.num_classes)
+        classifier = self._classifier()
+        return batched(lambda xb: torch.softmax(classifier(xb), 1), x, self.device)
+
+    def classifier_module(self) -> nn.Module:
+        from . import nets  # nets imports this module
+
+        if self.labels_seen == 0:
+            return nets.Uniform(self.num_classes)
+        return nets.SoftmaxOf(copy.deepcopy(self._classifier()).cpu().eval()).eval()
+
+    def extra_state(self) -> dict[str, Any]:
+        return {"labels_seen": self.labels_seen, "steps_done": self.steps_done}
+
+    def load_extra_state(self, state: dict[str, Any]) -> None:
+        self.labels_seen = int(state.get("labels_seen", 0))
+        self.steps_done = int(state.get("steps_done", 0))
 
 
 def save_checkpoint(model: SSLModel, path: str | Path) -> Path:

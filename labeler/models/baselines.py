@@ -29,11 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, nets
-from .base import Budget, Dropout, ProgressFn, SSLModel, batched
-
-
-def _uniform(n: int, k: int) -> np.ndarray:
-    return np.full((n, k), 1.0 / k, dtype=np.float32)
+from .base import Budget, Dropout, PredictsWithClassifier, ProgressFn, SSLModel, batched, uniform_proba
 
 
 class ClassifierNet(nn.Module):
@@ -78,7 +74,7 @@ class SelfTrainConfig(SupervisedConfig):
     warmup_steps: int = 200  # labeled-only steps before pseudo-labels join
 
 
-class Supervised(SSLModel):
+class Supervised(PredictsWithClassifier, SSLModel):
     name = "supervised"
     Config = SupervisedConfig
     legacy_config: ClassVar[dict[str, Any]] = {"polarity_invariant": False}
@@ -97,8 +93,6 @@ class Supervised(SSLModel):
                 self.modules["net"].parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
             )
         }
-        self.labels_seen = 0
-        self.steps_done = 0
 
     def _pseudo_loss(self, net: nn.Module, xu: torch.Tensor, step: int) -> tuple[torch.Tensor | None, float]:
         return None, 0.0
@@ -113,7 +107,7 @@ class Supervised(SSLModel):
             ticker.tick(0, {}, force=True)
             return {}
         cfg = self.config
-        rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
+        rng = nets.batch_rng(self.seed, self.steps_done)
         pool = nets.pool_tensor(x, self.device)
         y_all = torch.as_tensor(labels, dtype=torch.long, device=self.device)
         lab = nets.batches(np.arange(len(labeled_idx)), cfg.batch_size, rng)
@@ -152,27 +146,12 @@ class Supervised(SSLModel):
         ticker.tick(step, parts, force=True)
         return parts
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        if self.labels_seen == 0:
-            return _uniform(len(x), self.num_classes)
-        net = self.modules["net"].eval()
-        return batched(lambda xb: torch.softmax(net(xb), 1), x, self.device)
+    def _own_classifier(self) -> nn.Module:
+        return self.modules["net"].eval()  # the whole net is the classifier (B, C, H, W) -> (B, K)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         net = self.modules["net"].eval()
         return batched(net.features, x, self.device)
-
-    def classifier_module(self) -> nn.Module:
-        if self.labels_seen == 0:
-            return nets.Uniform(self.num_classes)
-        return nets.SoftmaxOf(copy.deepcopy(self.modules["net"]).cpu().eval()).eval()
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"labels_seen": self.labels_seen, "steps_done": self.steps_done}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.labels_seen = int(state.get("labels_seen", 0))
-        self.steps_done = int(state.get("steps_done", 0))
 
 
 class SelfTrain(Supervised):
@@ -235,7 +214,6 @@ class LabelSpread(SSLModel):
         self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
     ) -> dict[str, float]:
         """One closed-form fit; the budget only bounds LabelSpreading's iterations by its own max_iter."""
-        from sklearn.decomposition import PCA
         from sklearn.semi_supervised import LabelSpreading
 
         labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
@@ -246,10 +224,8 @@ class LabelSpread(SSLModel):
             return {}
         cfg = self.config
         flat = x.reshape(len(x), -1).astype(np.float32)
-        pca = PCA(
-            n_components=max(1, min(cfg.components, flat.shape[0] - 1, flat.shape[1])), random_state=self.seed
-        )
-        z = pca.fit_transform(flat).astype(np.float32)
+        pca, z = nets.fit_pca(flat, cfg.components, self.seed)
+        z = z.astype(np.float32)
         target = np.full(len(x), -1, dtype=np.int64)
         target[labeled_idx] = labels
         present = np.unique(labels)
@@ -279,7 +255,7 @@ class LabelSpread(SSLModel):
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         if self.knn is None:
-            return _uniform(len(x), self.num_classes)
+            return uniform_proba(len(x), self.num_classes)
         return batched(self.knn, x, self.device, batch=256)
 
     def embed(self, x: np.ndarray) -> np.ndarray:

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import nets
-from .base import Budget, ProgressFn, SSLModel, Stochastic, batched
+from .base import Budget, ProgressFn, SSLModel, Stochastic, batched, uniform_proba
 
 ABSENT_LOGIT = -30.0  # bias of classes without any label: never predicted
 
@@ -270,7 +270,7 @@ class M1(SSLModel):
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         if not self.has_head:
-            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
+            return uniform_proba(len(x), self.num_classes)
         vae = self.modules["vae"].eval()
         return batched(lambda xb: torch.softmax(self.head(vae.encode(xb)[0]), 1), x, self.device)
 

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import nets
-from .base import Budget, ProgressFn, SSLModel, batched
+from .base import Budget, ProgressFn, SSLModel, batched, uniform_proba
 from .m1 import VAE, train_vae
 from .m2 import M2Config, M2Net, train_m2
 
@@ -112,7 +112,7 @@ class M1M2(SSLModel):
     ) -> dict[str, float]:
         labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
         cfg = self.config
-        rng = np.random.default_rng(self.seed + 7919 * (self.m1_steps + self.m2_steps))
+        rng = nets.batch_rng(self.seed, self.m1_steps + self.m2_steps)
         ticker = nets.Ticker(progress, budget)
         vae, net = self.modules["vae"], self.modules["net"]
         pool = nets.pool_tensor(x, self.device)
@@ -175,7 +175,7 @@ class M1M2(SSLModel):
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         if self.labels_seen == 0:
-            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
+            return uniform_proba(len(x), self.num_classes)
         return batched(lambda xb: torch.softmax(self._logits(xb), 1), x, self.device)
 
     def mc_proba(self, x: np.ndarray, samples: int = 8) -> np.ndarray:

@@ -71,7 +71,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, nets
-from .base import Budget, ProgressFn, SSLModel, Stochastic, batched
+from .base import Budget, PredictsWithClassifier, ProgressFn, SSLModel, Stochastic, batched
 
 
 @dataclass
@@ -327,7 +327,7 @@ def train_m2(
     return step, parts
 
 
-class M2(SSLModel):
+class M2(PredictsWithClassifier, SSLModel):
     name = "m2"
     Config = M2Config
     legacy_config: ClassVar[dict[str, Any]] = {
@@ -368,14 +368,12 @@ class M2(SSLModel):
                 copy.deepcopy(self.modules["net"].classifier()).requires_grad_(False).eval()
             )
         self.optimizers = {"net": torch.optim.Adam(self.modules["net"].parameters(), lr=cfg.lr)}
-        self.labels_seen = 0
-        self.steps_done = 0
 
     def fit(
         self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
     ) -> dict[str, float]:
         labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
-        rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
+        rng = nets.batch_rng(self.seed, self.steps_done)
         unlabeled_idx = np.setdiff1d(np.arange(len(x)), labeled_idx)
         pool = nets.pool_tensor(x, self.device)
         ticker = nets.Ticker(progress, budget)
@@ -412,26 +410,9 @@ class M2(SSLModel):
         ticker.tick(steps, parts, force=True)
         return parts
 
-    def _classifier(self) -> nn.Sequential:
-        """q(y|x) as used for predictions: the EMA teacher with consistency, else the net's own."""
-        if "teacher" in self.modules:
-            return self.modules["teacher"].eval()
-        return self.modules["net"].eval().classifier()
-
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        if self.labels_seen == 0:
-            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
-        classifier = self._classifier()
-        return batched(lambda xb: torch.softmax(classifier(xb), 1), x, self.device)
-
     def embed(self, x: np.ndarray) -> np.ndarray:
         """The classifier's last hidden layer (B, F): M2's z is class-free style, useless to plot by class."""
         return batched(self._classifier()[0], x, self.device)
-
-    def classifier_module(self) -> nn.Module:
-        if self.labels_seen == 0:
-            return nets.Uniform(self.num_classes)
-        return nets.SoftmaxOf(copy.deepcopy(self._classifier()).cpu().eval()).eval()
 
     @torch.no_grad()
     def sample_images(self, n_per_class: int = 8, seed: int = 0) -> np.ndarray | None:
@@ -445,10 +426,3 @@ class M2(SSLModel):
         if tuple(img.shape[1:]) != (c, h, w):  # a grey thumbnail, shown at the image's size
             img = F.interpolate(img, size=(h, w), mode="bilinear", align_corners=False).expand(-1, c, -1, -1)
         return img.cpu().numpy().reshape(k, n_per_class, c, h, w)
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"labels_seen": self.labels_seen, "steps_done": self.steps_done}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.labels_seen = int(state.get("labels_seen", 0))
-        self.steps_done = int(state.get("steps_done", 0))

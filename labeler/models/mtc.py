@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, nets
-from .base import Budget, ProgressFn, SSLModel, batched
+from .base import Budget, PredictsWithClassifier, ProgressFn, SSLModel, batched
 
 # -- loss terms ------------------------------------------------------------------------------
 
@@ -137,7 +137,7 @@ class MTCConfig:
     augment_labeled: bool = False
 
 
-class MTC(SSLModel):
+class MTC(PredictsWithClassifier, SSLModel):
     name = "mtc"
     Config = MTCConfig
     # Checkpoints from before the consistency term were trained without it.
@@ -155,8 +155,6 @@ class MTC(SSLModel):
             "cae": torch.optim.Adam([*net.encoder.parameters(), *net.decoder.parameters()], lr=cfg.lr),
             "classifier": torch.optim.Adam([*net.encoder.parameters(), *net.head.parameters()], lr=cfg.lr),
         }
-        self.labels_seen = 0
-        self.steps_done = 0
 
     def fit(
         self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
@@ -164,7 +162,7 @@ class MTC(SSLModel):
         labeled_idx, labels = nets.check_labels(labeled_idx, labels, len(x), self.num_classes)
         cfg = self.config
         ticker = nets.Ticker(progress, budget)
-        rng = np.random.default_rng(self.seed + 7919 * self.steps_done)
+        rng = nets.batch_rng(self.seed, self.steps_done)
         pool = nets.pool_tensor(x, self.device).flatten(1)  # (N, P)
         net = self.modules["net"].train()
         step, parts = 0, {}
@@ -237,28 +235,9 @@ class MTC(SSLModel):
         ticker.tick(step, parts, force=True)
         return parts
 
-    def predict_proba(self, x: np.ndarray) -> np.ndarray:
-        if self.labels_seen == 0:
-            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
-        net = self._classifier()
-        return batched(lambda xb: torch.softmax(net(xb), 1), x, self.device)
-
-    def _classifier(self) -> MTCNet:
-        """The classifier as used for predictions: the EMA teacher with consistency, else the net."""
-        return self.modules.get("teacher", self.modules["net"]).eval()
+    def _own_classifier(self) -> MTCNet:
+        return self.modules["net"].eval()  # the whole net is the classifier (B, C, H, W) -> (B, K)
 
     def embed(self, x: np.ndarray) -> np.ndarray:
         """The code h(x) (N, H) of the classifier's encoder (the CAE's, fine-tuned)."""
         return batched(self._classifier().code, x, self.device)
-
-    def classifier_module(self) -> nn.Module:
-        if self.labels_seen == 0:
-            return nets.Uniform(self.num_classes)
-        return nets.SoftmaxOf(copy.deepcopy(self._classifier()).cpu().eval()).eval()
-
-    def extra_state(self) -> dict[str, Any]:
-        return {"labels_seen": self.labels_seen, "steps_done": self.steps_done}
-
-    def load_extra_state(self, state: dict[str, Any]) -> None:
-        self.labels_seen = int(state.get("labels_seen", 0))
-        self.steps_done = int(state.get("steps_done", 0))

@@ -368,6 +368,12 @@ class Ticker:
                 raise TrainingCancelled()
 
 
+def batch_rng(seed: int, steps_done: int) -> np.random.Generator:
+    """The numpy generator of one fit's batch order: from the run's seed and the steps already
+    trained, so a warm start does not replay the batches of the fit before it."""
+    return np.random.default_rng(seed + 7919 * steps_done)
+
+
 def batches(idx: np.ndarray, size: int, rng: np.random.Generator):
     """An endless stream of index batches drawn from `idx`: shuffled epochs, no repeats within one
     (except when `idx` holds a single item, which is then repeated)."""
@@ -397,6 +403,15 @@ def rest_budget(budget, steps_used: int):
     steps = None if budget.steps is None else max(0, budget.steps - steps_used)
     seconds = None if budget.seconds is None else max(0.0, budget.seconds - budget.elapsed())
     return Budget(steps=steps, seconds=seconds)
+
+
+def fit_pca(flat: np.ndarray, components: int, seed: int):
+    """A PCA fitted to the rows of `flat` (N, P) with `components` directions, or as many as the
+    rows allow (one at least): (the PCA, the coordinates (N, D))."""
+    from sklearn.decomposition import PCA
+
+    pca = PCA(n_components=max(1, min(components, flat.shape[0] - 1, flat.shape[1])), random_state=seed)
+    return pca, pca.fit_transform(flat)
 
 
 def pool_tensor(x: np.ndarray, device: torch.device) -> torch.Tensor:

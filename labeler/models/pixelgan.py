@@ -177,8 +177,6 @@ class PixelGAN(PhasedAutoencoder):
             "regularisation": torch.optim.Adam(net.encoder_parameters(), lr=cfg.lr),
             "supervised": torch.optim.Adam(net.encoder_parameters(), lr=cfg.lr),
         }
-        self.labels_seen = 0
-        self.steps_done = 0
 
     def _step(self, xu: torch.Tensor, xl: torch.Tensor | None, yl: torch.Tensor | None) -> dict[str, float]:
         net, d_y, opts = self.modules["net"], self.modules["d_y"], self.optimizers

@@ -49,7 +49,7 @@ import torch
 from torch import nn
 
 from . import nets
-from .base import Budget, ProgressFn, SSLModel, batched
+from .base import Budget, ProgressFn, SSLModel, batched, uniform_proba
 
 
 @dataclass
@@ -150,15 +150,11 @@ class TSVM(SSLModel):
         self.steps_done = 0
 
     def _fit_pca(self, x: np.ndarray) -> None:
-        from sklearn.decomposition import PCA
-
         flat = x.reshape(len(x), -1).astype(np.float32)
         if len(flat) < 2:  # no directions to find: the embedding is one constant coordinate
             mean, components, scale = flat.mean(0), np.zeros((1, flat.shape[1]), np.float32), 1.0
         else:
-            d = max(1, min(self.config.components, flat.shape[0] - 1, flat.shape[1]))
-            pca = PCA(n_components=d, random_state=self.seed)
-            z = pca.fit_transform(flat)
+            pca, z = nets.fit_pca(flat, self.config.components, self.seed)
             mean, components = pca.mean_, pca.components_
             scale = float(np.sqrt(max(np.mean(z**2), 1e-12)))  # unit variance per coordinate on average
         self.net = LinearOnPCA(
@@ -233,7 +229,7 @@ class TSVM(SSLModel):
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         if self.net is None or self.labels_seen == 0:
-            return np.full((len(x), self.num_classes), 1.0 / self.num_classes, dtype=np.float32)
+            return uniform_proba(len(x), self.num_classes)
         module = _Probabilities(self.net.eval(), self.config.margin_scale)
         return batched(module, x, self.device)
 

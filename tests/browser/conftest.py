@@ -6,13 +6,16 @@ through `labeler.projects.create_project` before the server starts, so it is the
 
 from __future__ import annotations
 
+import contextlib
 import os
 import subprocess
 import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import pytest
 
+from labeler.config import data_dir_set
 from labeler.latency import free_port, wait_http
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -77,6 +80,24 @@ def launch_browser(playwright):
     )
 
 
+@contextlib.contextmanager
+def running_app(data_dir: Path) -> Iterator[str]:
+    """A `streamlit run app.py` server on `data_dir` (its log in data_dir/server.log), ready to
+    answer: its base url. Stopped after the block."""
+    port = free_port()
+    server = start_server(data_dir, port, data_dir / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/_stcore/health")
+        yield url
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+
+
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory):
     """(base url, data folder, session factory) of a running app on the tiny project."""
@@ -87,9 +108,7 @@ def app_server(tmp_path_factory):
     data_dir = tmp_path_factory.mktemp("browser-data")
     engine = db.make_engine(f"sqlite:///{data_dir / 'labeler.db'}")
     Session = db.session_factory(engine)
-    old = os.environ.get("LABELER_DATA_DIR")
-    os.environ["LABELER_DATA_DIR"] = str(data_dir)  # create_project writes pixels there
-    try:
+    with data_dir_set(data_dir):  # create_project writes pixels there
         project = projects.create_project(Session, "tiny", "test", images=image_set())
         with Session.begin() as session:
             from db.models import Project
@@ -102,23 +121,10 @@ def app_server(tmp_path_factory):
                 "model": "supervised",
                 "budget_s": 6,
             }
-    finally:
-        if old is None:
-            os.environ.pop("LABELER_DATA_DIR", None)
-        else:
-            os.environ["LABELER_DATA_DIR"] = old
-    port = free_port()
-    server = start_server(data_dir, port, data_dir / "server.log")
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/_stcore/health")
-        yield {"url": url, "data_dir": data_dir, "Session": Session, "project_id": project.id}
+        with running_app(data_dir) as url:
+            yield {"url": url, "data_dir": data_dir, "Session": Session, "project_id": project.id}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
         engine.dispose()
 
 
@@ -129,3 +135,23 @@ def page(browser):
     page.set_default_timeout(30_000)
     yield page
     context.close()
+
+
+# -- page helpers ----------------------------------------------------------------------------
+
+
+def settle(page) -> None:
+    """Wait until the script run is over, so the next key reaches the new buttons."""
+    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
+
+
+def shown(page) -> int:
+    """The item id of the image in the one-image box (Playwright's CSS reaches into its shadow root)."""
+    image = page.locator("img.lb-img")
+    image.wait_for()
+    return int(image.get_attribute("data-item"))
+
+
+def saved(page) -> None:
+    """Wait until the one-image box says every answer reached the server."""
+    page.locator('[data-testid="lb-status"]', has_text="all answers saved").wait_for()

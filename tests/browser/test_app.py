@@ -17,6 +17,7 @@ expect = pytest.importorskip("playwright.sync_api").expect
 from db import queries
 from db import runs as run_queries
 from db.models import IGNORED, LabelEvent
+from tests.browser.conftest import saved, settle, shown
 
 pytestmark = pytest.mark.browser
 
@@ -26,27 +27,11 @@ def events(Session, project_id: int) -> list[LabelEvent]:
         return list(session.query(LabelEvent).filter_by(project_id=project_id).order_by(LabelEvent.id))
 
 
-def settle(page) -> None:
-    """Wait until the script run is over, so the next key reaches the new buttons."""
-    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
-
-
 def press(page, key: str) -> None:
     """Press a shortcut on the page itself, not in an input: settle, click the title, press."""
     settle(page)
     page.locator("h1").first.click()
     page.keyboard.press(key)
-
-
-def shown(page) -> int:
-    """The item id of the image in the one-image box (Playwright's CSS reaches into its shadow root)."""
-    image = page.locator("img.lb-img")
-    image.wait_for()
-    return int(image.get_attribute("data-item"))
-
-
-def saved(page) -> None:
-    page.locator('[data-testid="lb-status"]', has_text="all answers saved").wait_for()
 
 
 def current(Session, project_id: int) -> dict[int, int]:

@@ -7,15 +7,13 @@ Its own server (accounts change how every page behaves), started after the accou
 from __future__ import annotations
 
 import http.server
-import os
 import re
-import subprocess
 import threading
 
 import pytest
 
-from labeler.latency import free_port, wait_http
-from tests.browser.conftest import image_set, start_server
+from labeler.config import data_dir_set
+from tests.browser.conftest import image_set, running_app, settle
 
 expect = pytest.importorskip("playwright.sync_api").expect
 
@@ -74,15 +72,8 @@ def accounts_server(tmp_path_factory, beacon):
     Session = db.session_factory(engine)
     images = image_set()
     images.keys[0] = beacon.markdown("file")
-    old = os.environ.get("LABELER_DATA_DIR")
-    os.environ["LABELER_DATA_DIR"] = str(data_dir)
-    try:
+    with data_dir_set(data_dir):
         project = projects.create_project(Session, beacon.markdown("project"), "test", images=images)
-    finally:
-        if old is None:
-            os.environ.pop("LABELER_DATA_DIR", None)
-        else:
-            os.environ["LABELER_DATA_DIR"] = old
     admin = beacon.markdown("account")
     with Session.begin() as session:
         queries.rename_class(session, project.id, 0, beacon.markdown("class"))
@@ -93,23 +84,11 @@ def accounts_server(tmp_path_factory, beacon):
     label_items(Session, project.id, 6, annotator=admin)
     fake_done_run(Session, project.id)
 
-    port = free_port()
-    server = start_server(data_dir, port, data_dir / "server.log")
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/_stcore/health")
-        yield {"url": url, "admin": admin}
+        with running_app(data_dir) as url:
+            yield {"url": url, "admin": admin}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
         engine.dispose()
-
-
-def settle(page) -> None:
-    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
 
 
 def log_in(page, name: str, password: str = PASSWORD) -> None:

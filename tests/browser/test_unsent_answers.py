@@ -7,13 +7,10 @@ Its own server and project, so what these tests label does not change test_app's
 
 from __future__ import annotations
 
-import os
-import subprocess
-
 import pytest
 
-from labeler.latency import free_port, wait_http
-from tests.browser.conftest import image_set, start_server
+from labeler.config import data_dir_set
+from tests.browser.conftest import image_set, running_app, saved, settle, shown
 from tests.conftest import wait_for
 
 pytest.importorskip("playwright.sync_api")
@@ -42,15 +39,8 @@ def _serve(tmp_path_factory, accounts: bool):
     data_dir = tmp_path_factory.mktemp("unsent-data")
     engine = db.make_engine(f"sqlite:///{data_dir / 'labeler.db'}")
     Session = db.session_factory(engine)
-    old = os.environ.get("LABELER_DATA_DIR")
-    os.environ["LABELER_DATA_DIR"] = str(data_dir)
-    try:
+    with data_dir_set(data_dir):
         project = projects.create_project(Session, "tiny", "test", images=image_set())
-    finally:
-        if old is None:
-            os.environ.pop("LABELER_DATA_DIR", None)
-        else:
-            os.environ["LABELER_DATA_DIR"] = old
     with Session.begin() as session:
         from db.models import Project
 
@@ -59,33 +49,11 @@ def _serve(tmp_path_factory, accounts: bool):
         if accounts:
             for name in ("ann", "bob"):
                 users.add_user(session, name, auth.hash_password(PASSWORD), "annotator")
-    port = free_port()
-    process = start_server(data_dir, port, data_dir / "server.log")
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/_stcore/health")
-        yield {"url": url, "Session": Session, "project_id": project.id}
+        with running_app(data_dir) as url:
+            yield {"url": url, "Session": Session, "project_id": project.id}
     finally:
-        process.terminate()
-        try:
-            process.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            process.kill()
         engine.dispose()
-
-
-def shown(page) -> int:
-    image = page.locator("img.lb-img")
-    image.wait_for()
-    return int(image.get_attribute("data-item"))
-
-
-def saved(page) -> None:
-    page.locator('[data-testid="lb-status"]', has_text="all answers saved").wait_for()
-
-
-def settle(page) -> None:
-    page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
 
 
 def answers_of(Session, items) -> dict[int, list[tuple[int, str]]]:

@@ -18,6 +18,7 @@ import db
 from db import queries
 from db.models import LabelEvent, Project
 from labeler import projects
+from labeler.config import data_dir_set
 from labeler.latency import free_port, wait_http
 from tests.browser.conftest import start_server
 from tests.conftest import tiny_image_set
@@ -33,12 +34,8 @@ def app(tmp_path_factory, browser):
     url = f"sqlite:///{data / 'labeler.db'}"
     engine = db.make_engine(url)
     Session = db.session_factory(engine)
-    old = os.environ.get("LABELER_DATA_DIR")
-    os.environ["LABELER_DATA_DIR"] = str(data)  # create_project writes the pixels there
-    try:
+    with data_dir_set(data):  # create_project writes the pixels there
         project = projects.create_project(Session, "kill", "test", images=tiny_image_set(n=60, test=10))
-    finally:
-        os.environ.pop("LABELER_DATA_DIR") if old is None else os.environ.update(LABELER_DATA_DIR=old)
     with Session.begin() as session:
         for index, name in enumerate(NAMES):
             queries.rename_class(session, project.id, index, name)

@@ -2,6 +2,8 @@
 
 import pytest
 
+from tests.ui.ui_helpers import PASSWORD
+
 
 @pytest.fixture(autouse=True)
 def _test_worker(monkeypatch, Session):
@@ -21,3 +23,14 @@ def _test_worker(monkeypatch, Session):
     yield created
     for w in created:
         w.stop(timeout=30)
+
+
+@pytest.fixture
+def accounts(Session):
+    """Two accounts with PASSWORD: ada, an admin, and ann, an annotator."""
+    from db import users
+    from labeler import auth
+
+    with Session.begin() as session:
+        users.add_user(session, "ada", auth.hash_password(PASSWORD), "admin")
+        users.add_user(session, "ann", auth.hash_password(PASSWORD), "annotator")

@@ -3,37 +3,13 @@ every label, and admin-only pages and actions refused to annotators on the serve
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from streamlit.testing.v1 import AppTest
-from ui_helpers import PAGES
+from ui_helpers import PAGES, app_run, log_in
 
 from db import queries, users
 from labeler import auth
 from labeler.ui import common
-
-APP = Path(__file__).resolve().parents[2] / "app.py"
-PASSWORD = "a long password"
-
-
-@pytest.fixture
-def accounts(Session):
-    with Session.begin() as session:
-        users.add_user(session, "ada", auth.hash_password(PASSWORD), "admin")
-        users.add_user(session, "ann", auth.hash_password(PASSWORD), "annotator")
-
-
-def _app(project_id: int) -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    at.session_state["project_id"] = project_id
-    return at.run()
-
-
-def _log_in(at: AppTest, name: str, password: str = PASSWORD) -> AppTest:
-    at.text_input(key="login_name").input(name)
-    at.text_input(key="login_password").input(password)
-    return at.button[0].click().run()
 
 
 def _on_label_page(at: AppTest) -> bool:
@@ -41,24 +17,24 @@ def _on_label_page(at: AppTest) -> bool:
 
 
 def test_without_accounts_the_app_opens_without_login(tiny_project):
-    at = _app(tiny_project.id)
+    at = app_run(tiny_project.id)
     assert not at.exception
     assert "login_name" not in [t.key for t in at.text_input]
     assert _on_label_page(at)
 
 
 def test_once_an_account_exists_only_the_login_form_shows(Session, tiny_project, accounts):
-    at = _app(tiny_project.id)
+    at = app_run(tiny_project.id)
     assert not at.exception
     assert [t.key for t in at.text_input] == ["login_name", "login_password"]
     assert not _on_label_page(at)
 
-    _log_in(at, "ann", "wrong password")
+    log_in(at, "ann", "wrong password")
     assert "Wrong name or password" in at.error[0].value
     assert common.USER_KEY not in at.session_state
     assert not _on_label_page(at)
 
-    _log_in(at, "ann")
+    log_in(at, "ann")
     assert not at.exception
     assert at.session_state[common.USER_KEY]["name"] == "ann"
     assert _on_label_page(at)
@@ -99,7 +75,7 @@ def test_without_accounts_the_typed_name_is_the_annotator(tiny_project):
 
 
 def test_a_removed_account_is_logged_out_at_the_next_run(Session, tiny_project, accounts):
-    at = _log_in(_app(tiny_project.id), "ann")
+    at = log_in(app_run(tiny_project.id), "ann")
     assert at.session_state[common.USER_KEY]["name"] == "ann"
     with Session.begin() as session:
         users.set_password(session, "ann", auth.hash_password("another password"))
@@ -206,7 +182,7 @@ def oidc(monkeypatch):
 def test_oidc_login_maps_the_email_to_an_account(Session, tiny_project, accounts, oidc):
     with Session.begin() as session:
         users.add_user(session, "erin@example.org", "!", "annotator")  # `users add --no-password`
-    at = _app(tiny_project.id)
+    at = app_run(tiny_project.id)
     assert at.button(key="login_oidc") and not _on_label_page(at)
 
     oidc.update(email="mallory@example.org")
@@ -226,7 +202,7 @@ def test_undo_across_two_logged_in_sessions_takes_back_only_ones_own_answer(Sess
     undo takes back her page only, and Ann's answers stand."""
     sessions = {}
     for name in ("ann", "ada"):
-        at = _log_in(_app(tiny_project.id), name)
+        at = log_in(app_run(tiny_project.id), name)
         assert _on_label_page(at)
         at.radio(key="label_mode").set_value("Grid").run()
         tiles = [box for box in at.selectbox if box.key.startswith("grid-")]

@@ -7,8 +7,6 @@ may be stored under her name afterwards."""
 
 from __future__ import annotations
 
-from pathlib import Path
-
 import pytest
 from sqlalchemy import update
 from streamlit.testing.v1 import AppTest
@@ -17,25 +15,11 @@ from db import queries, users
 from db.models import User
 from labeler import auth
 from labeler.ui import common
-
-APP = Path(__file__).resolve().parents[2] / "app.py"
-PASSWORD = "a long password"
-
-
-@pytest.fixture
-def accounts(Session):
-    with Session.begin() as session:
-        users.add_user(session, "ada", auth.hash_password(PASSWORD), "admin")
-        users.add_user(session, "ann", auth.hash_password(PASSWORD), "annotator")
+from tests.ui.ui_helpers import PASSWORD, app_run, log_in
 
 
 def _logged_in(project_id: int, name: str = "ann") -> AppTest:
-    at = AppTest.from_file(str(APP), default_timeout=60)
-    at.session_state["project_id"] = project_id
-    at.run()
-    at.text_input(key="login_name").input(name)
-    at.text_input(key="login_password").input(PASSWORD)
-    at.button[0].click().run()
+    at = log_in(app_run(project_id), name)
     assert at.session_state[common.USER_KEY]["name"] == name
     return at
 

@@ -1,15 +1,11 @@
 """AppTest runs of the real app.py and of the Label page: the one-image box, the grid, the keys."""
 
-from pathlib import Path
-
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from db import queries
 from db.models import AUDIT, POOL
-from tests.ui.ui_helpers import fake_done_run, page_app
-
-APP = Path(__file__).resolve().parents[2] / "app.py"
+from tests.ui.ui_helpers import APP, fake_done_run, page_app
 
 
 def test_app_opens_on_the_label_page(Session, tiny_project):

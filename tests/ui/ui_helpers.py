@@ -2,11 +2,16 @@
 
 from __future__ import annotations
 
+from pathlib import Path
+
 from streamlit.testing.v1 import AppTest
 
 from db import queries
 from db.models import DONE, Prediction, Run, utcnow
 from tests.conftest import wait_for  # noqa: F401 - re-exported to the page tests
+
+APP = Path(__file__).resolve().parents[2] / "app.py"
+PASSWORD = "a long password"  # of every account the `accounts` fixture (conftest.py) adds
 
 PAGES = {
     "label": "label_page",
@@ -26,6 +31,20 @@ def page_app(module: str, project_id: int, annotator: str = "tester") -> AppTest
     at.session_state["project_id"] = project_id
     at.session_state["annotator"] = annotator
     return at.run()
+
+
+def app_run(project_id: int) -> AppTest:
+    """An AppTest of app.py (login gate and navigation included), run once on `project_id`."""
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.session_state["project_id"] = project_id
+    return at.run()
+
+
+def log_in(at: AppTest, name: str, password: str = PASSWORD) -> AppTest:
+    """Fill in and send the login form."""
+    at.text_input(key="login_name").input(name)
+    at.text_input(key="login_password").input(password)
+    return at.button[0].click().run()
 
 
 def box_data(at: AppTest) -> dict:
