@@ -446,7 +446,7 @@ def _grid(project_id: int, names: list[str]) -> None:
     left, right = st.columns(2)
     left.button(
         "Accept page",
-        key="accept_grid",
+        key=f"accept_grid-{common.tag(page, threshold)}",  # see common.tag
         shortcut="A",
         type="primary",
         width="stretch",

@@ -17,6 +17,7 @@ from db import queries, users
 from db.models import User
 from labeler import auth
 from labeler.ui import common
+from tests.ui.ui_helpers import button
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
 PASSWORD = "a long password"
@@ -71,7 +72,7 @@ def test_a_grid_page_is_not_stored_once_the_account_changed(Session, tiny_projec
     for box in [box for box in at.selectbox if box.key.startswith("grid-")][:3]:
         box.set_value(0)
     CHANGES[change](Session)
-    at.button(key="accept_grid").click().run()
+    button(at, "accept_grid").click().run()
     assert not at.exception
     assert _labels(Session, tiny_project.id) == {}
 
@@ -100,7 +101,7 @@ def test_logged_out_in_between_nothing_is_stored(Session, tiny_project, accounts
     for box in [box for box in at.selectbox if box.key.startswith("grid-")][:3]:
         box.set_value(0)
     del at.session_state[common.USER_KEY]
-    at.button(key="accept_grid").click().run()
+    button(at, "accept_grid").click().run()
     assert _labels(Session, tiny_project.id) == {}
 
 
@@ -116,6 +117,7 @@ if what == "box":
     label._apply_box_actions(pid)
 else:
     st.session_state["bulk_class"] = 0
+    st.session_state["latent"] = {"selection": {"points": [{"customdata": [item, 0.9]}]}}  # the map's lasso
     latent._bulk_label(pid, [item], st.session_state.get("names") or common.class_names(pid))
 st.text(repr(st.session_state.get("box_notices") or st.session_state.get("latent_message")))
 """
@@ -192,7 +194,7 @@ def test_logging_out_forgets_what_this_person_may_undo(Session, tiny_project, ac
     at = _logged_in(tiny_project.id)
     at.radio(key="label_mode").set_value("Grid").run()
     next(box for box in at.selectbox if box.key.startswith("grid-")).set_value(0)
-    at.button(key="accept_grid").click().run()
+    button(at, "accept_grid").click().run()
     assert _labels(Session, tiny_project.id) and f"ledger-{tiny_project.id}" in at.session_state
     at.button(key="logout").click().run()
     assert not [key for key in at.session_state if str(key).startswith("ledger-")]

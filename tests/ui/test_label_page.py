@@ -7,7 +7,7 @@ from streamlit.testing.v1 import AppTest
 
 from db import queries
 from db.models import AUDIT, POOL
-from tests.ui.ui_helpers import fake_done_run, page_app
+from tests.ui.ui_helpers import button, fake_done_run, on_screen, page_app, send_from
 
 APP = Path(__file__).resolve().parents[2] / "app.py"
 
@@ -39,7 +39,7 @@ def test_grid_accepts_confident_guesses_only_and_undoes_a_page_at_once(Session, 
     taken = int(tiles[0].key.split("-")[1])
     with Session.begin() as session:
         queries.add_label(session, taken, 1, annotator="bob")
-    at.button(key="accept_grid").click().run()
+    button(at, "accept_grid").click().run()
     assert not at.exception
     assert "11 labels" in at.success[0].value and "1 images had been answered" in at.success[0].value
     with Session() as session:
@@ -126,7 +126,7 @@ def test_a_grid_page_drawn_before_a_class_was_renamed_is_not_saved(Session, tiny
     next(box for box in at.selectbox if box.key.startswith("grid-")).set_value(0)
     with Session.begin() as session:
         queries.rename_class(session, tiny_project.id, 0, "renamed")
-    at.button(key="accept_grid").click().run()
+    button(at, "accept_grid").click().run()
     assert not at.exception
     assert "renamed" in at.error[0].value
     with Session() as session:
@@ -148,3 +148,44 @@ def test_a_history_correction_drawn_before_a_class_was_renamed_is_not_saved(Sess
     assert "renamed" in at.error[0].value
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {a: was}
+
+
+def _labels(Session, project_id: int) -> dict[int, int]:
+    with Session() as session:
+        return queries.current_labels(session, project_id, ignored=True)
+
+
+def test_accept_from_the_page_on_screen_never_accepts_a_page_not_shown_yet(Session, tiny_project):
+    """A pressed twice (or held down): the second press comes from the page just saved, while the
+    server has already drawn the next page, pre-filled with guesses nobody has seen. Streamlit
+    runs a click's callback with the arguments of the newest run that drew the button, so the
+    button is drawn per page: the press accepts the page it was pressed on, and only that."""
+    fake_done_run(Session, tiny_project.id)  # every guess 90 % sure: every tile pre-filled
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    seen = on_screen(at)
+    button(seen, "accept_grid").click()
+    at.run()
+    first = _labels(Session, tiny_project.id)
+    assert len(first) == 12
+    next_page = {int(b.key.split("-")[1]) for b in at.selectbox if b.key.startswith("grid-")}
+    assert len(next_page) == 12 and not next_page & set(first)
+    send_from(at, seen)  # the second press, from the saved page still on screen
+    assert not at.exception
+    assert _labels(Session, tiny_project.id) == first
+
+
+def test_accept_right_after_moving_the_threshold_accepts_the_tiles_on_screen(Session, tiny_project):
+    """The threshold lowered and A pressed before the page is redrawn: the tiles on screen (none
+    pre-filled) are what is accepted, not the pre-fills the new threshold makes on the server."""
+    fake_done_run(Session, tiny_project.id)
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    at.slider(key="grid_threshold").set_value(0.95).run()
+    seen = on_screen(at)
+    assert all(b.value == -1 for b in seen.selectbox if b.key.startswith("grid-"))
+    at.slider(key="grid_threshold").set_value(0.85).run()  # the server draws pre-filled tiles
+    button(seen, "accept_grid").click()
+    send_from(at, seen)
+    assert not at.exception
+    assert _labels(Session, tiny_project.id) == {}
