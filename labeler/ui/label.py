@@ -30,7 +30,7 @@ from sqlalchemy.exc import OperationalError
 import db
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, IGNORED, POOL, Item, Project
+from db.models import AUDIT, IGNORED, POOL, Item, LabelEvent, Project
 
 from .. import answers, projects, queue
 from . import account, common, parts
@@ -42,6 +42,7 @@ log = logging.getLogger(__name__)
 KEY_POOL = [*"1234567890", *"qwertyopdfghjklxcvbnm"]
 BATCH = 20  # images sent to the browser at a time: the next ones are on screen before the server answers
 GRID_SIZE = 12
+HISTORY_ROWS = 48  # the newest answers the History shows
 MODES = ["One image", "Grid", "History"]
 AUDIT_NOTE = (
     "Audit image (a random sample kept out of training): no guess is shown, so your answer "
@@ -486,11 +487,41 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
     if _renamed(project_id, names, [value for _, _, value in changes]):
         return
     events, stale = answers.correct(common.session_factory(), project_id, annotator, changes)
+    seen = st.session_state.get(_seen_key(project_id), {})
+    for item_id, event_id, _ in changes:  # saved, or left as someone else's: no longer kept on the page
+        seen.pop((item_id, event_id), None)
     _ledger(project_id).record(events)
     text = f"Corrected {len(events)} labels (kept in the history)."
     if stale:
         text += f" {stale} had been changed by someone else meanwhile and were left as they are."
     st.session_state["last_message"] = ("success", text)
+
+
+def _seen_key(project_id: int) -> str:
+    return f"hist-seen-{project_id}"
+
+
+def _with_unsaved(session, project_id: int, rows: list) -> list:
+    """`rows` and, after them, every tile still on screen that holds a change not saved yet but
+    is no longer among `rows`. The History shows the newest answers, so answers coming in while a
+    person corrects would push a changed tile off the page at the next rerun (the change itself
+    makes one) and the change would be lost. The tiles on screen are those whose value the
+    browser sent with this run; `_correct` forgets a tile once its change is saved."""
+    seen: dict = st.session_state.setdefault(_seen_key(project_id), {})
+    values = {pair: st.session_state.get(f"hist-{pair[0]}-{pair[1]}") for pair in seen}
+    for pair in [pair for pair, value in values.items() if value is None]:
+        del seen[pair]  # not on screen any more
+    drawn = {(item.id, event.id) for event, item in rows}
+    kept = []
+    for (item_id, event_id), was in seen.items():
+        if (item_id, event_id) in drawn or values[(item_id, event_id)] == was:
+            continue
+        event, item = session.get(LabelEvent, event_id), session.get(Item, item_id)
+        if event is not None and item is not None and item.project_id == project_id:
+            kept.append((event, item))
+    rows = rows + kept
+    seen.update({(item.id, event.id): event.class_index for event, item in rows})
+    return rows
 
 
 def _history(project_id: int, names: list[str]) -> None:
@@ -510,12 +541,15 @@ def _history(project_id: int, names: list[str]) -> None:
     disagree = c.checkbox("Only where the answer differs from the model's guess", key="hist_disagree")
     with Session() as session:
         rows = queries.label_history(
-            session, project_id, class_index=which, annotator=who, disagree=disagree, limit=48
+            session, project_id, class_index=which, annotator=who, disagree=disagree, limit=HISTORY_ROWS
         )
+        newest = len(rows)
+        rows = _with_unsaved(session, project_id, rows)
     if not rows:
         st.info("No answers match.")
         return
-    st.caption(f"The newest {len(rows)} matching answers. Change a label, then save the corrections.")
+    kept = f", and {len(rows) - newest} you changed that are not saved yet" if len(rows) > newest else ""
+    st.caption(f"The newest {newest} matching answers{kept}. Change a label, then save the corrections.")
     options = [IGNORED, *range(len(names))]
     columns = st.columns(6)
     for n, (event, item) in enumerate(rows):
@@ -532,12 +566,13 @@ def _history(project_id: int, names: list[str]) -> None:
                 key=f"hist-{item.id}-{event.id}",  # a new answer makes a new tile
                 format_func=lambda i: "ignored" if i == IGNORED else names[i],
             )
+    shown = [(item.id, event.id, event.class_index) for event, item in rows]
     st.button(
         "Save corrections",
-        key="hist_save",
+        key=f"hist_save-{common.tag(shown, names)}",  # see common.tag
         type="primary",
         on_click=_correct,
-        args=(project_id, [(item.id, event.id, event.class_index) for event, item in rows], names),
+        args=(project_id, shown, names),
     )
 
 

@@ -88,7 +88,7 @@ def test_a_history_correction_is_not_stored_once_the_account_changed(Session, ti
     (tile,) = [box for box in at.selectbox if box.key.startswith("hist-")]
     tile.set_value(1 - before[item])
     CHANGES[change](Session)
-    at.button(key="hist_save").click().run()
+    button(at, "hist_save").click().run()
     assert not at.exception
     assert _labels(Session, tiny_project.id) == before
 

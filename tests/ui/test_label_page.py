@@ -111,7 +111,7 @@ def test_a_history_correction_never_replaces_an_answer_changed_meanwhile(Session
     with Session() as session:
         b_was = queries.current_labels(session, tiny_project.id)[b]
     tiles[b].set_value(1 - b_was)
-    at.button(key="hist_save").click().run()
+    button(at, "hist_save").click().run()
     assert "Corrected 1 labels" in at.success[0].value and "changed by someone else" in at.success[0].value
     with Session() as session:
         labels = queries.current_labels(session, tiny_project.id)
@@ -144,7 +144,7 @@ def test_a_history_correction_drawn_before_a_class_was_renamed_is_not_saved(Sess
     next(box for box in at.selectbox if box.key.startswith("hist-")).set_value(1 - was)
     with Session.begin() as session:
         queries.rename_class(session, tiny_project.id, 1 - was, "renamed")
-    at.button(key="hist_save").click().run()
+    button(at, "hist_save").click().run()
     assert "renamed" in at.error[0].value
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {a: was}
@@ -189,3 +189,57 @@ def test_accept_right_after_moving_the_threshold_accepts_the_tiles_on_screen(Ses
     send_from(at, seen)
     assert not at.exception
     assert _labels(Session, tiny_project.id) == {}
+
+
+def _history_tiles(tree) -> dict[int, object]:
+    return {int(box.key.split("-")[1]): box for box in tree.selectbox if box.key.startswith("hist-")}
+
+
+def test_a_history_change_stays_on_the_page_until_saved_when_newer_answers_push_it_off(
+    Session, tiny_project, monkeypatch
+):
+    """The History shows the newest answers; others keep answering while a person corrects the
+    oldest one on the page. The rerun the change itself makes would push that tile off the page
+    and drop the change: a tile with a change not saved yet stays, and Save stores it."""
+    from labeler.ui import label
+    from tests.ui.ui_helpers import label_items
+
+    monkeypatch.setattr(label, "HISTORY_ROWS", 2)
+    a, b = label_items(Session, tiny_project.id, 2, annotator="bob")
+    at = page_app("label", tiny_project.id, annotator="alice")
+    at.radio(key="label_mode").set_value("History").run()
+    assert set(_history_tiles(at)) == {a, b}
+    was = _labels(Session, tiny_project.id)[a]
+    with Session.begin() as session:  # bob answers another image: a is no longer among the newest 2
+        c = queries.items(session, tiny_project.id, POOL)[5].id
+        queries.add_label(session, c, 0, annotator="bob")
+    _history_tiles(at)[a].set_value(1 - was).run()
+    assert _history_tiles(at)[a].value == 1 - was
+    button(at, "hist_save").click().run()
+    assert "Corrected 1 labels" in at.success[0].value
+    assert _labels(Session, tiny_project.id)[a] == 1 - was
+
+
+def test_save_from_the_history_on_screen_saves_the_tiles_it_shows(Session, tiny_project, monkeypatch):
+    """The page was redrawn on the server (newer answers came in and pushed tile a off) but not on
+    screen yet when the person changes a and clicks Save at once: the click saves the tiles on
+    screen, a among them, not those of the newer page."""
+    from labeler.ui import label
+    from tests.ui.ui_helpers import label_items
+
+    monkeypatch.setattr(label, "HISTORY_ROWS", 2)
+    a, b = label_items(Session, tiny_project.id, 2, annotator="bob")
+    at = page_app("label", tiny_project.id, annotator="alice")
+    at.radio(key="label_mode").set_value("History").run()
+    seen = on_screen(at)
+    was = _labels(Session, tiny_project.id)[a]
+    with Session.begin() as session:
+        c = queries.items(session, tiny_project.id, POOL)[5].id
+        queries.add_label(session, c, 0, annotator="bob")
+    at.run()  # any rerun: the server draws the newest two, c and b
+    assert set(_history_tiles(at)) == {b, c}
+    _history_tiles(seen)[a].set_value(1 - was)
+    button(seen, "hist_save").click()
+    send_from(at, seen)
+    assert not at.exception
+    assert _labels(Session, tiny_project.id)[a] == 1 - was
