@@ -291,6 +291,34 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
 # Grid -----------------------------------------------------------------------------------------
 
 
+def _page_key(project_id: int) -> str:
+    return f"grid-page-{project_id}"
+
+
+def _grid_page(project_id: int) -> list[tuple[Item, object]]:
+    """The grid page: the one drawn last, until it is accepted or undone, else the next images.
+    A run that finishes meanwhile re-orders the queue, and a new page at the next rerun (a key,
+    a tile chosen) would drop the choices made on this one."""
+    pinned = st.session_state.get(_page_key(project_id))
+    if pinned:
+        Session = common.session_factory()
+
+        def read():
+            with Session.begin() as session:
+                return queue.held_page(session, project_id, pinned, common.claimant())
+
+        try:
+            batch = db.retrying(read)
+        except OperationalError:  # claims out of reach, as in _next_batch: the page unclaimed
+            with Session() as session:
+                batch = queue.held_page(session, project_id, pinned, None)
+        if batch:
+            return batch
+    batch = _next_batch(project_id, GRID_SIZE)
+    st.session_state[_page_key(project_id)] = [item.id for item, _ in batch]
+    return batch
+
+
 def _tile_key(item_id: int, threshold: float, token: str = "", presses: int = 0) -> str:
     # The threshold is part of the key: a new threshold makes new tiles with the new guesses.
     # Each key pressed on a tile makes a new one too (see _grid_presses).
@@ -358,6 +386,8 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
     ledger = _ledger(project_id)
     ledger.record(events)
     ledger.skipped.update(skipped)
+    if st.session_state.get(_page_key(project_id)) == item_ids:
+        st.session_state.pop(_page_key(project_id))  # accepted: the next page
     for item_id in item_ids:
         st.session_state.pop(_tile_key(item_id, threshold), None)
     text = f"Saved {len(events)} labels."
@@ -378,6 +408,7 @@ def _undo_page(project_id: int) -> None:
         st.session_state["last_message"] = ("info", f"Undone: {len(undone)} answers are back in the queue.")
         st.session_state["show_first"] = undone + st.session_state.get("show_first", [])
         _ledger(project_id).skipped.difference_update(undone)
+        st.session_state.pop(_page_key(project_id), None)  # the undone images come next
     else:
         st.session_state["last_message"] = ("info", "Nothing to undo in this session.")
 
@@ -392,7 +423,7 @@ def _grid(project_id: int, names: list[str]) -> None:
         key="grid_threshold",
         help="Lower guesses are left for you to choose; one key (A) accepts the page.",
     )
-    batch = _next_batch(project_id, GRID_SIZE)
+    batch = _grid_page(project_id)
     if not batch:
         st.success("Every image is labeled. Train a model or export the data set.")
         return

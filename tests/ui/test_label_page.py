@@ -243,3 +243,31 @@ def test_save_from_the_history_on_screen_saves_the_tiles_it_shows(Session, tiny_
     send_from(at, seen)
     assert not at.exception
     assert _labels(Session, tiny_project.id)[a] == 1 - was
+
+
+def _grid_tiles(tree) -> dict[int, object]:
+    return {int(box.key.split("-")[1]): box for box in tree.selectbox if box.key.startswith("grid-")}
+
+
+def test_a_grid_page_stays_until_accepted_when_a_new_run_reorders_the_queue(Session, tiny_project):
+    """Automatic retraining finishes while a person works through a grid page, and the queue is
+    re-ordered: the next rerun (the tile just chosen makes one) drew another page and dropped
+    the choices made on this one. The page stays until it is accepted."""
+    from sqlalchemy import update
+
+    from db.models import Prediction
+
+    fake_done_run(Session, tiny_project.id)
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    tiles = _grid_tiles(at)
+    first = next(iter(tiles))
+    chosen = 1 - tiles[first].value
+    run_id = fake_done_run(Session, tiny_project.id)  # a new run: the queue in reverse order
+    with Session.begin() as session:
+        session.execute(update(Prediction).where(Prediction.run_id == run_id).values(score=-Prediction.score))
+    tiles[first].set_value(chosen).run()
+    assert list(_grid_tiles(at)) == list(tiles)
+    assert _grid_tiles(at)[first].value == chosen
+    button(at, "accept_grid").click().run()
+    assert _labels(Session, tiny_project.id)[first] == chosen
