@@ -5,9 +5,13 @@
   image that was on screen when it went down and the next prefetched image shows at once, so
   fast typing never lands on the wrong image and never waits for the server (`labeler.answers`).
 - **Grid**: a diverse page of images; the model's guesses above a confidence the person sets are
-  pre-filled; accepting the page never overwrites an answer given meanwhile; one undo per page.
+  pre-filled; the page stays until it is accepted or undone; accepting it never overwrites an
+  answer given meanwhile; one undo per page.
 - **History**: every current answer, filtered by class, annotator or disagreement with the
-  model, and corrected in place.
+  model, and corrected in place; a tile changed and not saved yet stays on the page.
+
+The buttons that store what a page shows (Accept, Save corrections) are keyed by it: see
+`common.tag`.
 
 The sidebar shows the labels per class, the labels since the last run and what the trainer is
 doing; the Classes panel (admins) adds and renames classes.
