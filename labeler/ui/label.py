@@ -390,8 +390,10 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
     ledger = _ledger(project_id)
     ledger.record(events)
     ledger.skipped.update(skipped)
-    if st.session_state.get(_page_key(project_id)) == item_ids:
-        st.session_state.pop(_page_key(project_id))  # accepted: the next page
+    if set(st.session_state.get(_page_key(project_id)) or ()) & set(item_ids):
+        st.session_state.pop(
+            _page_key(project_id)
+        )  # accepted: the next page (an older page's click keeps it)
     for item_id in item_ids:
         st.session_state.pop(_tile_key(item_id, threshold), None)
     text = f"Saved {len(events)} labels."

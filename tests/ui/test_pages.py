@@ -532,13 +532,13 @@ def test_annotator_name_is_used_for_new_labels(Session, tiny_project):
     assert [(e.annotator, e.class_index) for e in events] == [("alice", 1)]
 
 
-def _chart_selection(at, item_ids: list[int]):
-    """The widget state a browser sends for the latent map with these points lassoed."""
+def _chart_selection(tree, item_ids: list[int]):
+    """The widget state a browser showing `tree` sends for its latent map with these points lassoed."""
     import json
 
     from streamlit.proto.WidgetStates_pb2 import WidgetState
 
-    state = WidgetState(id=at.get("plotly_chart")[0].proto.id)
+    state = WidgetState(id=tree.get("plotly_chart")[0].proto.id)
     points = [{"customdata": [i, 0.9]} for i in item_ids]
     selection = {"selection": {"points": points, "point_indices": [], "box": [], "lasso": []}}
     state.json_value = json.dumps(json.dumps(selection))  # the chart's value is JSON text, sent as JSON
@@ -548,7 +548,7 @@ def _chart_selection(at, item_ids: list[int]):
 def _send(at, tree, selection: list[int]):
     """What the browser showing `tree` sends, with `selection` lassoed on the map."""
     states = tree.get_widget_states()
-    states.widgets.append(_chart_selection(at, selection))
+    states.widgets.append(_chart_selection(tree, selection))
     return at._run(widget_state=states)
 
 
@@ -581,3 +581,33 @@ def test_a_bulk_label_stores_only_images_the_button_showed_and_the_map_still_sel
     _send(at, seen, b)
     with Session() as session:
         assert set(queries.current_labels(session, tiny_project.id)) == set(b)
+
+
+def test_a_bulk_label_from_a_map_redrawn_meanwhile_stores_nothing(Session, tiny_project):
+    """A run finishes between the lasso and the click: the server draws a new map (its points
+    moved), which selects nothing. The click from the page still on screen stores nothing, and
+    the page says why."""
+    from ui_helpers import on_screen
+
+    fake_done_run(Session, tiny_project.id)
+    with Session() as session:
+        a = [i.id for i in queries.items(session, tiny_project.id, "pool")[:3]]
+    at = page_app("latent", tiny_project.id)
+    _send(at, on_screen(at), a)
+    seen = on_screen(at)
+    assert seen.subheader[0].value == "3 selected"
+    from sqlalchemy import update
+
+    from db.models import Prediction
+
+    run_id = fake_done_run(Session, tiny_project.id)
+    with Session.begin() as session:  # the new run's latent points lie elsewhere
+        session.execute(update(Prediction).where(Prediction.run_id == run_id).values(x=-Prediction.x))
+    at.run()
+    assert not at.subheader  # the new map selects nothing
+    button(seen, "bulk_apply").click()
+    _send(at, seen, a)
+    assert not at.exception
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {}
+    assert "selection changed" in at.error[0].value
