@@ -323,6 +323,15 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
     return batch
 
 
+def _apart(label: str, names: list[str]) -> str:
+    """`label` for an option that is no class ("skip", "ignored", "all"), made unlike every class
+    name: a selectbox's value travels as the label it shows, so with a class of the same name
+    the option would come back as that class (every tile on skip stored as a class "skip")."""
+    while label in names:
+        label = f"({label})"
+    return label
+
+
 def _tile_key(item_id: int, threshold: float, token: str = "", presses: int = 0) -> str:
     # The threshold is part of the key: a new threshold makes new tiles with the new guesses.
     # Each key pressed on a tile makes a new one too (see _grid_presses).
@@ -441,6 +450,7 @@ def _grid(project_id: int, names: list[str]) -> None:
     if any(item.split == AUDIT for item, _ in batch):
         st.caption(AUDIT_NOTE)
     options = [-1, *range(len(names))]
+    skip = _apart("skip", names)
     page = ",".join(str(item.id) for item, _ in batch)
     token, pressed = _grid_presses(page, len(names))
     columns = st.columns(4)
@@ -465,7 +475,7 @@ def _grid(project_id: int, names: list[str]) -> None:
                 options,
                 index=options.index(last),
                 key=_tile_key(item.id, threshold, token, presses),
-                format_func=lambda c: "skip" if c < 0 else names[c],
+                format_func=lambda c: skip if c < 0 else names[c],
             )
     keys = class_keys(project_id, names)
     _grid_keys()(
@@ -565,15 +575,16 @@ def _history(project_id: int, names: list[str]) -> None:
     Session = common.session_factory()
     with Session() as session:
         people = sorted(queries.annotator_counts(session, project_id))
+    everything, ignored, everyone = _apart("all", names), _apart("ignored", names), _apart("everyone", people)
     a, b, c = st.columns(3)
     which = a.selectbox(
         "Class",
         [None, IGNORED, *range(len(names))],
         key="hist_class",
-        format_func=lambda i: "all" if i is None else ("ignored" if i == IGNORED else names[i]),
+        format_func=lambda i: everything if i is None else (ignored if i == IGNORED else names[i]),
     )
     who = b.selectbox(
-        "Annotator", [None, *people], key="hist_who", format_func=lambda p: "everyone" if p is None else p
+        "Annotator", [None, *people], key="hist_who", format_func=lambda p: everyone if p is None else p
     )
     disagree = c.checkbox("Only where the answer differs from the model's guess", key="hist_disagree")
     with Session() as session:
@@ -601,7 +612,7 @@ def _history(project_id: int, names: list[str]) -> None:
                 options,
                 index=options.index(event.class_index) if event.class_index in options else 0,
                 key=f"hist-{item.id}-{event.id}",  # a new answer makes a new tile
-                format_func=lambda i: "ignored" if i == IGNORED else names[i],
+                format_func=lambda i: ignored if i == IGNORED else names[i],
             )
     shown = [(item.id, event.id, event.class_index) for event, item in rows]
     st.button(

@@ -271,3 +271,27 @@ def test_a_grid_page_stays_until_accepted_when_a_new_run_reorders_the_queue(Sess
     assert _grid_tiles(at)[first].value == chosen
     button(at, "accept_grid").click().run()
     assert _labels(Session, tiny_project.id)[first] == chosen
+
+
+def test_a_class_named_like_skip_or_ignored_is_never_taken_for_it(Session, tiny_project):
+    """A selectbox's value travels as the label it shows: with a class named "skip", every grid
+    tile left on skip came back as that class, and with one named "ignored", every ignored
+    answer in the History came back changed to it. Nothing is stored that was not chosen."""
+    with Session.begin() as session:
+        queries.add_class(session, tiny_project.id, "skip")
+        queries.add_class(session, tiny_project.id, "ignored")
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()  # no model: every tile on skip
+    tiles = _grid_tiles(at)
+    first = next(iter(tiles))
+    tiles[first].set_value(2)  # the class named "skip", chosen on one tile
+    button(at, "accept_grid").click().run()
+    assert _labels(Session, tiny_project.id) == {first: 2}
+    from db.models import IGNORED
+
+    with Session.begin() as session:
+        other = next(i.id for i in queries.items(session, tiny_project.id, POOL) if i.id != first)
+        queries.add_label(session, other, IGNORED, annotator="bob")
+    at.radio(key="label_mode").set_value("History").run()
+    button(at, "hist_save").click().run()  # nothing changed
+    assert _labels(Session, tiny_project.id) == {first: 2, other: IGNORED}
