@@ -136,6 +136,7 @@ def test_an_old_label_is_corrected_from_the_history(app_server, page):
     newest = events(Session, pid)[-1]
     box = page.locator(f".st-key-hist-{newest.item_id}-{newest.id}")
     box.wait_for()
+    settle(page)  # a tile clicked while the page is redrawn loses its open list
     box.click()
     target = "dark" if newest.class_index == 1 else "bright"
     page.get_by_role("option", name=target, exact=True).click()
