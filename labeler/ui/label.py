@@ -397,16 +397,18 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
         st.session_state["last_message"] = ("error", f"The page was not saved: {error}")
         return
     ledger = _ledger(project_id)
+    settled = set(ledger.item_of_event.values()) | ledger.skipped  # this page, accepted before?
     ledger.record(events)
     ledger.skipped.update(skipped)
     if set(st.session_state.get(_page_key(project_id)) or ()) & set(item_ids):
-        st.session_state.pop(
-            _page_key(project_id)
-        )  # accepted: the next page (an older page's click keeps it)
+        # Accepted: the next page. (A click from an older page, still on screen, keeps it.)
+        st.session_state.pop(_page_key(project_id))
     for item_id in item_ids:
         st.session_state.pop(_tile_key(item_id, threshold), None)
     text = f"Saved {len(events)} labels."
-    if len(events) < len(chosen):
+    if not events and set(item_ids) <= settled:
+        text = "This page was saved already (A pressed again); nothing changed."
+    elif len(events) < len(chosen):
         text += f" {len(chosen) - len(events)} images had been answered meanwhile and were left as they are."
     st.session_state["last_message"] = ("success", text)
     _auto_retrain(project_id)

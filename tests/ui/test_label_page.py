@@ -173,6 +173,7 @@ def test_accept_from_the_page_on_screen_never_accepts_a_page_not_shown_yet(Sessi
     send_from(at, seen)  # the second press, from the saved page still on screen
     assert not at.exception
     assert _labels(Session, tiny_project.id) == first
+    assert "saved already" in at.success[0].value
 
 
 def test_accept_right_after_moving_the_threshold_accepts_the_tiles_on_screen(Session, tiny_project):
