@@ -409,6 +409,28 @@ def queue_selects(session: Session, project_id: int, splits: tuple[str, ...]) ->
     return [queued, rest]
 
 
+def page_items(
+    session: Session, project_id: int, item_ids: list[int]
+) -> list[tuple[Item, Prediction | None]]:
+    """The items `item_ids` of the project, in that order, each with the newest finished run's
+    prediction (None without one); an empty list once every one of them has an answer."""
+    unlabeled = ~exists().where(LabelEvent.item_id == Item.id, LabelEvent.undone.is_(False))
+    mine = and_(Item.project_id == project_id, Item.id.in_(item_ids))
+    if not session.scalar(select(func.count()).select_from(Item).where(mine, unlabeled)):
+        return []
+    run_id = latest_done_run_id(session, project_id)
+    with_prediction = and_(
+        Prediction.item_id == Item.id, Prediction.run_id == (run_id if run_id is not None else -1)
+    )
+    rows = {
+        item.id: (item, prediction)
+        for item, prediction in session.execute(
+            select(Item, Prediction).join(Prediction, with_prediction, isouter=True).where(mine)
+        )
+    }
+    return [rows[i] for i in item_ids if i in rows]
+
+
 def _read(session: Session, parts: list, limit: int) -> list[tuple[Item, Prediction | None]]:
     """The first `limit` rows of the selects in `parts`, read one after the other."""
     rows: list[tuple[Item, Prediction | None]] = []

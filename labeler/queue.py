@@ -67,6 +67,27 @@ def next_items(
     return picked
 
 
+def held_page(
+    session: Session, project_id: int, item_ids: list[int], annotator: str | None
+) -> list[tuple[Item, Prediction | None]]:
+    """A page already shown (`item_ids`), again: its images in the same order with the newest
+    run's predictions, whatever the queue's order is now (a run that finished meanwhile must
+    not swap the page under the person's choices). Images answered meanwhile stay, so the page
+    stays the same; [] once all are answered. With `annotator`, the claims are renewed as
+    `next_items` renews them (nothing is written while they last half the claim time)."""
+    page = queries.page_items(session, project_id, item_ids)
+    if page and annotator is not None:
+        now = utcnow()
+        ids = [item.id for item, _ in page]
+        if not set(ids) <= queries.claimed_by(
+            session, project_id, annotator, now + timedelta(seconds=CLAIM_SECONDS / 2)
+        ):
+            queries.claim_items(
+                session, project_id, ids, annotator, len(ids), now, now + timedelta(seconds=CLAIM_SECONDS)
+            )
+    return page
+
+
 def _next_in(
     session: Session,
     project_id: int,

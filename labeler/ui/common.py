@@ -106,6 +106,17 @@ def fingerprint(password_hash: str) -> str:
     return hashlib.sha256(password_hash.encode()).hexdigest()[:16]
 
 
+def tag(*parts) -> str:
+    """A short name for what a button acts on, put in the button's key.
+
+    Streamlit runs a click's callback with the arguments of the newest run that drew the
+    button, and the browser may still show an older run's page when the click comes (a second
+    press of a key, a click right after another change). A button whose arguments are the
+    images it labels is therefore keyed by those images: a click on the button of the page on
+    screen runs with that page's arguments, never with those of a page not shown yet."""
+    return hashlib.sha256(repr(parts).encode()).hexdigest()[:12]
+
+
 def account_now() -> dict | None:
     """This session's account as the database has it at this moment ({"name", "role"}), or None
     when nobody is logged in here, or the account was removed or its password changed since.

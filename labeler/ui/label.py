@@ -5,9 +5,13 @@
   image that was on screen when it went down and the next prefetched image shows at once, so
   fast typing never lands on the wrong image and never waits for the server (`labeler.answers`).
 - **Grid**: a diverse page of images; the model's guesses above a confidence the person sets are
-  pre-filled; accepting the page never overwrites an answer given meanwhile; one undo per page.
+  pre-filled; the page stays until it is accepted or undone; accepting it never overwrites an
+  answer given meanwhile; one undo per page.
 - **History**: every current answer, filtered by class, annotator or disagreement with the
-  model, and corrected in place.
+  model, and corrected in place; a tile changed and not saved yet stays on the page.
+
+The buttons that store what a page shows (Accept, Save corrections) are keyed by it: see
+`common.tag`.
 
 The sidebar shows the labels per class, the labels since the last run and what the trainer is
 doing; the Classes panel (admins) adds and renames classes.
@@ -30,7 +34,7 @@ from sqlalchemy.exc import OperationalError
 import db
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, IGNORED, POOL, Item, Project
+from db.models import AUDIT, IGNORED, POOL, Item, LabelEvent, Project
 
 from .. import answers, projects, queue
 from . import account, common, parts
@@ -42,6 +46,7 @@ log = logging.getLogger(__name__)
 KEY_POOL = [*"1234567890", *"qwertyopdfghjklxcvbnm"]
 BATCH = 20  # images sent to the browser at a time: the next ones are on screen before the server answers
 GRID_SIZE = 12
+HISTORY_ROWS = 48  # the newest answers the History shows
 MODES = ["One image", "Grid", "History"]
 AUDIT_NOTE = (
     "Audit image (a random sample kept out of training): no guess is shown, so your answer "
@@ -290,6 +295,43 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
 # Grid -----------------------------------------------------------------------------------------
 
 
+def _page_key(project_id: int) -> str:
+    return f"grid-page-{project_id}"
+
+
+def _grid_page(project_id: int) -> list[tuple[Item, object]]:
+    """The grid page: the one drawn last, until it is accepted or undone, else the next images.
+    A run that finishes meanwhile re-orders the queue, and a new page at the next rerun (a key,
+    a tile chosen) would drop the choices made on this one."""
+    pinned = st.session_state.get(_page_key(project_id))
+    if pinned:
+        Session = common.session_factory()
+
+        def read():
+            with Session.begin() as session:
+                return queue.held_page(session, project_id, pinned, common.claimant())
+
+        try:
+            batch = db.retrying(read)
+        except OperationalError:  # claims out of reach, as in _next_batch: the page unclaimed
+            with Session() as session:
+                batch = queue.held_page(session, project_id, pinned, None)
+        if batch:
+            return batch
+    batch = _next_batch(project_id, GRID_SIZE)
+    st.session_state[_page_key(project_id)] = [item.id for item, _ in batch]
+    return batch
+
+
+def _apart(label: str, names: list[str]) -> str:
+    """`label` for an option that is no class ("skip", "ignored", "all"), made unlike every class
+    name: a selectbox's value travels as the label it shows, so with a class of the same name
+    the option would come back as that class (every tile on skip stored as a class "skip")."""
+    while label in names:
+        label = f"({label})"
+    return label
+
+
 def _tile_key(item_id: int, threshold: float, token: str = "", presses: int = 0) -> str:
     # The threshold is part of the key: a new threshold makes new tiles with the new guesses.
     # Each key pressed on a tile makes a new one too (see _grid_presses).
@@ -355,12 +397,18 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
         st.session_state["last_message"] = ("error", f"The page was not saved: {error}")
         return
     ledger = _ledger(project_id)
+    settled = set(ledger.item_of_event.values()) | ledger.skipped  # this page, accepted before?
     ledger.record(events)
     ledger.skipped.update(skipped)
+    if set(st.session_state.get(_page_key(project_id)) or ()) & set(item_ids):
+        # Accepted: the next page. (A click from an older page, still on screen, keeps it.)
+        st.session_state.pop(_page_key(project_id))
     for item_id in item_ids:
         st.session_state.pop(_tile_key(item_id, threshold), None)
     text = f"Saved {len(events)} labels."
-    if len(events) < len(chosen):
+    if not events and set(item_ids) <= settled:
+        text = "This page was saved already (A pressed again); nothing changed."
+    elif len(events) < len(chosen):
         text += f" {len(chosen) - len(events)} images had been answered meanwhile and were left as they are."
     st.session_state["last_message"] = ("success", text)
     _auto_retrain(project_id)
@@ -377,6 +425,7 @@ def _undo_page(project_id: int) -> None:
         st.session_state["last_message"] = ("info", f"Undone: {len(undone)} answers are back in the queue.")
         st.session_state["show_first"] = undone + st.session_state.get("show_first", [])
         _ledger(project_id).skipped.difference_update(undone)
+        st.session_state.pop(_page_key(project_id), None)  # the undone images come next
     else:
         st.session_state["last_message"] = ("info", "Nothing to undo in this session.")
 
@@ -391,7 +440,7 @@ def _grid(project_id: int, names: list[str]) -> None:
         key="grid_threshold",
         help="Lower guesses are left for you to choose; one key (A) accepts the page.",
     )
-    batch = _next_batch(project_id, GRID_SIZE)
+    batch = _grid_page(project_id)
     if not batch:
         st.success("Every image is labeled. Train a model or export the data set.")
         return
@@ -403,6 +452,7 @@ def _grid(project_id: int, names: list[str]) -> None:
     if any(item.split == AUDIT for item, _ in batch):
         st.caption(AUDIT_NOTE)
     options = [-1, *range(len(names))]
+    skip = _apart("skip", names)
     page = ",".join(str(item.id) for item, _ in batch)
     token, pressed = _grid_presses(page, len(names))
     columns = st.columns(4)
@@ -427,7 +477,7 @@ def _grid(project_id: int, names: list[str]) -> None:
                 options,
                 index=options.index(last),
                 key=_tile_key(item.id, threshold, token, presses),
-                format_func=lambda c: "skip" if c < 0 else names[c],
+                format_func=lambda c: skip if c < 0 else names[c],
             )
     keys = class_keys(project_id, names)
     _grid_keys()(
@@ -446,7 +496,7 @@ def _grid(project_id: int, names: list[str]) -> None:
     left, right = st.columns(2)
     left.button(
         "Accept page",
-        key="accept_grid",
+        key=f"accept_grid-{common.tag(page, threshold)}",  # see common.tag
         shortcut="A",
         type="primary",
         width="stretch",
@@ -486,6 +536,9 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
     if _renamed(project_id, names, [value for _, _, value in changes]):
         return
     events, stale = answers.correct(common.session_factory(), project_id, annotator, changes)
+    seen = st.session_state.get(_seen_key(project_id), {})
+    for item_id, event_id, _ in changes:  # saved, or left as someone else's: no longer kept on the page
+        seen.pop((item_id, event_id), None)
     _ledger(project_id).record(events)
     text = f"Corrected {len(events)} labels (kept in the history)."
     if stale:
@@ -493,29 +546,60 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
     st.session_state["last_message"] = ("success", text)
 
 
+def _seen_key(project_id: int) -> str:
+    return f"hist-seen-{project_id}"
+
+
+def _with_unsaved(session, project_id: int, rows: list) -> list:
+    """`rows` and, after them, every tile still on screen that holds a change not saved yet but
+    is no longer among `rows`. The History shows the newest answers, so answers coming in while a
+    person corrects would push a changed tile off the page at the next rerun (the change itself
+    makes one) and the change would be lost. The tiles on screen are those whose value the
+    browser sent with this run; `_correct` forgets a tile once its change is saved."""
+    seen: dict = st.session_state.setdefault(_seen_key(project_id), {})
+    values = {pair: st.session_state.get(f"hist-{pair[0]}-{pair[1]}") for pair in seen}
+    for pair in [pair for pair, value in values.items() if value is None]:
+        del seen[pair]  # not on screen any more
+    drawn = {(item.id, event.id) for event, item in rows}
+    kept = []
+    for (item_id, event_id), was in seen.items():
+        if (item_id, event_id) in drawn or values[(item_id, event_id)] == was:
+            continue
+        event, item = session.get(LabelEvent, event_id), session.get(Item, item_id)
+        if event is not None and item is not None and item.project_id == project_id:
+            kept.append((event, item))
+    rows = rows + kept
+    seen.update({(item.id, event.id): event.class_index for event, item in rows})
+    return rows
+
+
 def _history(project_id: int, names: list[str]) -> None:
     Session = common.session_factory()
     with Session() as session:
         people = sorted(queries.annotator_counts(session, project_id))
+    everything, ignored, everyone = _apart("all", names), _apart("ignored", names), _apart("everyone", people)
     a, b, c = st.columns(3)
     which = a.selectbox(
         "Class",
         [None, IGNORED, *range(len(names))],
         key="hist_class",
-        format_func=lambda i: "all" if i is None else ("ignored" if i == IGNORED else names[i]),
+        format_func=lambda i: everything if i is None else (ignored if i == IGNORED else names[i]),
     )
     who = b.selectbox(
-        "Annotator", [None, *people], key="hist_who", format_func=lambda p: "everyone" if p is None else p
+        "Annotator", [None, *people], key="hist_who", format_func=lambda p: everyone if p is None else p
     )
     disagree = c.checkbox("Only where the answer differs from the model's guess", key="hist_disagree")
     with Session() as session:
         rows = queries.label_history(
-            session, project_id, class_index=which, annotator=who, disagree=disagree, limit=48
+            session, project_id, class_index=which, annotator=who, disagree=disagree, limit=HISTORY_ROWS
         )
+        newest = len(rows)
+        rows = _with_unsaved(session, project_id, rows)
     if not rows:
         st.info("No answers match.")
         return
-    st.caption(f"The newest {len(rows)} matching answers. Change a label, then save the corrections.")
+    kept = f", and {len(rows) - newest} you changed that are not saved yet" if len(rows) > newest else ""
+    st.caption(f"The newest {newest} matching answers{kept}. Change a label, then save the corrections.")
     options = [IGNORED, *range(len(names))]
     columns = st.columns(6)
     for n, (event, item) in enumerate(rows):
@@ -530,14 +614,15 @@ def _history(project_id: int, names: list[str]) -> None:
                 options,
                 index=options.index(event.class_index) if event.class_index in options else 0,
                 key=f"hist-{item.id}-{event.id}",  # a new answer makes a new tile
-                format_func=lambda i: "ignored" if i == IGNORED else names[i],
+                format_func=lambda i: ignored if i == IGNORED else names[i],
             )
+    shown = [(item.id, event.id, event.class_index) for event, item in rows]
     st.button(
         "Save corrections",
-        key="hist_save",
+        key=f"hist_save-{common.tag(shown, names)}",  # see common.tag
         type="primary",
         on_click=_correct,
-        args=(project_id, [(item.id, event.id, event.class_index) for event, item in rows], names),
+        args=(project_id, shown, names),
     )
 
 

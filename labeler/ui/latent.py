@@ -192,7 +192,12 @@ def _bulk_label(project_id: int, item_ids: list[int], names: list[str]) -> None:
     left alone unless the person ticked "relabel"; the message says how many. A bulk label is one
     undo step on the Label page and counts toward automatic retraining. `names` are the classes
     as the page showed them: the choice is an index, and after a rename it may mean another class,
-    so then nothing is saved."""
+    so then nothing is saved.
+
+    `item_ids` are the images shown above the button that was clicked (the button is keyed by
+    them, see `common.tag`); they are labeled only while the map, as the browser sent it with the
+    click, still selects every one of them: a new lasso drawn just before the click, or a map
+    redrawn without the selection, stores nothing."""
     from .. import answers
     from . import account, parts
 
@@ -200,6 +205,12 @@ def _bulk_label(project_id: int, item_ids: list[int], names: list[str]) -> None:
         annotator = account.acting_user()["name"]  # callbacks run before app.py's login gate
     except account.NotAllowed as refused:
         st.session_state["latent_message"] = ("error", str(refused))
+        return
+    if not set(item_ids) <= set(selected_item_ids(st.session_state.get("latent"))):
+        st.session_state["latent_message"] = (
+            "error",
+            "The selection changed after these images were shown, so nothing was saved; check them and click again.",
+        )
         return
     class_index = st.session_state.get("bulk_class")
     relabel = bool(st.session_state.get("bulk_relabel", False))
@@ -343,7 +354,7 @@ def _selection_panel(
     left.checkbox("Relabel images that already have a label", key="bulk_relabel")
     right.button(
         f"Label {len(chosen)} images",
-        key="bulk_apply",
+        key=f"bulk_apply-{common.tag(sorted(int(i) for i in chosen.index))}",  # see common.tag
         type="primary",
         on_click=_bulk_label,
         args=(project_id, [int(i) for i in chosen.index], list(names)),

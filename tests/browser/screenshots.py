@@ -86,7 +86,7 @@ def shoot(url: str, out: Path, helpers) -> list[Path]:
         page.locator(".lb-guess strong").wait_for()
         save("label")
         page.get_by_text("Grid", exact=True).click()
-        page.locator(".st-key-accept_grid button").wait_for()
+        page.locator("[class*='st-key-accept_grid-'] button").wait_for()
         save("label-grid", height=1700, settle=2)
 
         page.goto(f"{url}/train")

@@ -104,7 +104,7 @@ def test_a_key_just_before_switching_mode_is_kept(server, page):
     page.goto(f"{server['url']}/?annotator=mode")
     pressed = two_quick_keys(page)
     page.get_by_text("Grid", exact=True).click()
-    page.locator(".st-key-accept_grid").wait_for()
+    page.locator("[class*='st-key-accept_grid-']").wait_for()
     page.get_by_text("One image", exact=True).click()
     shown(page)
     wait_for(lambda: stored(server, pressed, "mode"), timeout=30)

@@ -240,3 +240,22 @@ def test_next_items_reads_the_stored_positions(Session, project):
             order[0],
             order[2],
         ]
+
+
+def test_a_held_page_stays_as_it_was_shown_after_a_new_run(Session, project):
+    """The grid page shown is asked for again (`held_page`): same images, same order, the newest
+    run's predictions, this annotator's claims kept, whatever the new queue order is; images
+    answered meanwhile stay on it; nothing once all are answered."""
+    _finished_run(Session, project.id, seed=0)
+    with Session.begin() as session:
+        shown = [item.id for item, _ in queue.next_items(session, project.id, k=6, annotator="alice")]
+    newer = _finished_run(Session, project.id, seed=1)  # another order
+    _label(Session, shown[:1], annotator="bob")
+    with Session.begin() as session:
+        page = queue.held_page(session, project.id, shown, "alice")
+        assert [item.id for item, _ in page] == shown
+        assert {prediction.run_id for _, prediction in page} == {newer}
+    assert {i for i, (who, _) in _claims(Session).items() if who == "alice"} >= set(shown[1:])
+    _label(Session, shown[1:], annotator="bob")
+    with Session.begin() as session:
+        assert queue.held_page(session, project.id, shown, "alice") == []

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from ui_helpers import PAGES, app_run, log_in
+from ui_helpers import PAGES, app_run, button, log_in
 
 from db import queries, users
 from labeler import auth
@@ -208,7 +208,7 @@ def test_undo_across_two_logged_in_sessions_takes_back_only_ones_own_answer(Sess
         tiles = [box for box in at.selectbox if box.key.startswith("grid-")]
         for box in tiles[:2]:
             box.set_value(0)
-        at.button(key="accept_grid").click().run()
+        button(at, "accept_grid").click().run()
         assert not at.exception
         sessions[name] = at
     with Session() as session:

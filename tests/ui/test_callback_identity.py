@@ -15,7 +15,7 @@ from db import queries, users
 from db.models import User
 from labeler import auth
 from labeler.ui import common
-from tests.ui.ui_helpers import PASSWORD, app_run, log_in
+from tests.ui.ui_helpers import PASSWORD, app_run, button, log_in
 
 
 def _logged_in(project_id: int, name: str = "ann") -> AppTest:
@@ -55,7 +55,7 @@ def test_a_grid_page_is_not_stored_once_the_account_changed(Session, tiny_projec
     for box in [box for box in at.selectbox if box.key.startswith("grid-")][:3]:
         box.set_value(0)
     CHANGES[change](Session)
-    at.button(key="accept_grid").click().run()
+    button(at, "accept_grid").click().run()
     assert not at.exception
     assert _labels(Session, tiny_project.id) == {}
 
@@ -71,7 +71,7 @@ def test_a_history_correction_is_not_stored_once_the_account_changed(Session, ti
     (tile,) = [box for box in at.selectbox if box.key.startswith("hist-")]
     tile.set_value(1 - before[item])
     CHANGES[change](Session)
-    at.button(key="hist_save").click().run()
+    button(at, "hist_save").click().run()
     assert not at.exception
     assert _labels(Session, tiny_project.id) == before
 
@@ -84,7 +84,7 @@ def test_logged_out_in_between_nothing_is_stored(Session, tiny_project, accounts
     for box in [box for box in at.selectbox if box.key.startswith("grid-")][:3]:
         box.set_value(0)
     del at.session_state[common.USER_KEY]
-    at.button(key="accept_grid").click().run()
+    button(at, "accept_grid").click().run()
     assert _labels(Session, tiny_project.id) == {}
 
 
@@ -100,6 +100,7 @@ if what == "box":
     label._apply_box_actions(pid)
 else:
     st.session_state["bulk_class"] = 0
+    st.session_state["latent"] = {"selection": {"points": [{"customdata": [item, 0.9]}]}}  # the map's lasso
     latent._bulk_label(pid, [item], st.session_state.get("names") or common.class_names(pid))
 st.text(repr(st.session_state.get("box_notices") or st.session_state.get("latent_message")))
 """
@@ -176,7 +177,7 @@ def test_logging_out_forgets_what_this_person_may_undo(Session, tiny_project, ac
     at = _logged_in(tiny_project.id)
     at.radio(key="label_mode").set_value("Grid").run()
     next(box for box in at.selectbox if box.key.startswith("grid-")).set_value(0)
-    at.button(key="accept_grid").click().run()
+    button(at, "accept_grid").click().run()
     assert _labels(Session, tiny_project.id) and f"ledger-{tiny_project.id}" in at.session_state
     at.button(key="logout").click().run()
     assert not [key for key in at.session_state if str(key).startswith("ledger-")]

@@ -5,7 +5,7 @@ from streamlit.testing.v1 import AppTest
 
 from db import queries
 from db.models import AUDIT, POOL
-from tests.ui.ui_helpers import APP, fake_done_run, page_app
+from tests.ui.ui_helpers import APP, button, fake_done_run, on_screen, page_app, send_from
 
 
 def test_app_opens_on_the_label_page(Session, tiny_project):
@@ -35,7 +35,7 @@ def test_grid_accepts_confident_guesses_only_and_undoes_a_page_at_once(Session, 
     taken = int(tiles[0].key.split("-")[1])
     with Session.begin() as session:
         queries.add_label(session, taken, 1, annotator="bob")
-    at.button(key="accept_grid").click().run()
+    button(at, "accept_grid").click().run()
     assert not at.exception
     assert "11 labels" in at.success[0].value and "1 images had been answered" in at.success[0].value
     with Session() as session:
@@ -107,7 +107,7 @@ def test_a_history_correction_never_replaces_an_answer_changed_meanwhile(Session
     with Session() as session:
         b_was = queries.current_labels(session, tiny_project.id)[b]
     tiles[b].set_value(1 - b_was)
-    at.button(key="hist_save").click().run()
+    button(at, "hist_save").click().run()
     assert "Corrected 1 labels" in at.success[0].value and "changed by someone else" in at.success[0].value
     with Session() as session:
         labels = queries.current_labels(session, tiny_project.id)
@@ -122,7 +122,7 @@ def test_a_grid_page_drawn_before_a_class_was_renamed_is_not_saved(Session, tiny
     next(box for box in at.selectbox if box.key.startswith("grid-")).set_value(0)
     with Session.begin() as session:
         queries.rename_class(session, tiny_project.id, 0, "renamed")
-    at.button(key="accept_grid").click().run()
+    button(at, "accept_grid").click().run()
     assert not at.exception
     assert "renamed" in at.error[0].value
     with Session() as session:
@@ -140,7 +140,155 @@ def test_a_history_correction_drawn_before_a_class_was_renamed_is_not_saved(Sess
     next(box for box in at.selectbox if box.key.startswith("hist-")).set_value(1 - was)
     with Session.begin() as session:
         queries.rename_class(session, tiny_project.id, 1 - was, "renamed")
-    at.button(key="hist_save").click().run()
+    button(at, "hist_save").click().run()
     assert "renamed" in at.error[0].value
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {a: was}
+
+
+def _labels(Session, project_id: int) -> dict[int, int]:
+    with Session() as session:
+        return queries.current_labels(session, project_id, ignored=True)
+
+
+def test_accept_from_the_page_on_screen_never_accepts_a_page_not_shown_yet(Session, tiny_project):
+    """A pressed twice (or held down): the second press comes from the page just saved, while the
+    server has already drawn the next page, pre-filled with guesses nobody has seen. Streamlit
+    runs a click's callback with the arguments of the newest run that drew the button, so the
+    button is drawn per page: the press accepts the page it was pressed on, and only that."""
+    fake_done_run(Session, tiny_project.id)  # every guess 90 % sure: every tile pre-filled
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    seen = on_screen(at)
+    button(seen, "accept_grid").click()
+    at.run()
+    first = _labels(Session, tiny_project.id)
+    assert len(first) == 12
+    next_page = {int(b.key.split("-")[1]) for b in at.selectbox if b.key.startswith("grid-")}
+    assert len(next_page) == 12 and not next_page & set(first)
+    send_from(at, seen)  # the second press, from the saved page still on screen
+    assert not at.exception
+    assert _labels(Session, tiny_project.id) == first
+    assert "saved already" in at.success[0].value
+
+
+def test_accept_right_after_moving_the_threshold_accepts_the_tiles_on_screen(Session, tiny_project):
+    """The threshold lowered and A pressed before the page is redrawn: the tiles on screen (none
+    pre-filled) are what is accepted, not the pre-fills the new threshold makes on the server."""
+    fake_done_run(Session, tiny_project.id)
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    at.slider(key="grid_threshold").set_value(0.95).run()
+    seen = on_screen(at)
+    assert all(b.value == -1 for b in seen.selectbox if b.key.startswith("grid-"))
+    at.slider(key="grid_threshold").set_value(0.85).run()  # the server draws pre-filled tiles
+    button(seen, "accept_grid").click()
+    send_from(at, seen)
+    assert not at.exception
+    assert _labels(Session, tiny_project.id) == {}
+
+
+def _history_tiles(tree) -> dict[int, object]:
+    return {int(box.key.split("-")[1]): box for box in tree.selectbox if box.key.startswith("hist-")}
+
+
+def test_a_history_change_stays_on_the_page_until_saved_when_newer_answers_push_it_off(
+    Session, tiny_project, monkeypatch
+):
+    """The History shows the newest answers; others keep answering while a person corrects the
+    oldest one on the page. The rerun the change itself makes would push that tile off the page
+    and drop the change: a tile with a change not saved yet stays, and Save stores it."""
+    from labeler.ui import label
+    from tests.ui.ui_helpers import label_items
+
+    monkeypatch.setattr(label, "HISTORY_ROWS", 2)
+    a, b = label_items(Session, tiny_project.id, 2, annotator="bob")
+    at = page_app("label", tiny_project.id, annotator="alice")
+    at.radio(key="label_mode").set_value("History").run()
+    assert set(_history_tiles(at)) == {a, b}
+    was = _labels(Session, tiny_project.id)[a]
+    with Session.begin() as session:  # bob answers another image: a is no longer among the newest 2
+        c = queries.items(session, tiny_project.id, POOL)[5].id
+        queries.add_label(session, c, 0, annotator="bob")
+    _history_tiles(at)[a].set_value(1 - was).run()
+    assert _history_tiles(at)[a].value == 1 - was
+    button(at, "hist_save").click().run()
+    assert "Corrected 1 labels" in at.success[0].value
+    assert _labels(Session, tiny_project.id)[a] == 1 - was
+
+
+def test_save_from_the_history_on_screen_saves_the_tiles_it_shows(Session, tiny_project, monkeypatch):
+    """The page was redrawn on the server (newer answers came in and pushed tile a off) but not on
+    screen yet when the person changes a and clicks Save at once: the click saves the tiles on
+    screen, a among them, not those of the newer page."""
+    from labeler.ui import label
+    from tests.ui.ui_helpers import label_items
+
+    monkeypatch.setattr(label, "HISTORY_ROWS", 2)
+    a, b = label_items(Session, tiny_project.id, 2, annotator="bob")
+    at = page_app("label", tiny_project.id, annotator="alice")
+    at.radio(key="label_mode").set_value("History").run()
+    seen = on_screen(at)
+    was = _labels(Session, tiny_project.id)[a]
+    with Session.begin() as session:
+        c = queries.items(session, tiny_project.id, POOL)[5].id
+        queries.add_label(session, c, 0, annotator="bob")
+    at.run()  # any rerun: the server draws the newest two, c and b
+    assert set(_history_tiles(at)) == {b, c}
+    _history_tiles(seen)[a].set_value(1 - was)
+    button(seen, "hist_save").click()
+    send_from(at, seen)
+    assert not at.exception
+    assert _labels(Session, tiny_project.id)[a] == 1 - was
+
+
+def _grid_tiles(tree) -> dict[int, object]:
+    return {int(box.key.split("-")[1]): box for box in tree.selectbox if box.key.startswith("grid-")}
+
+
+def test_a_grid_page_stays_until_accepted_when_a_new_run_reorders_the_queue(Session, tiny_project):
+    """Automatic retraining finishes while a person works through a grid page, and the queue is
+    re-ordered: the next rerun (the tile just chosen makes one) drew another page and dropped
+    the choices made on this one. The page stays until it is accepted."""
+    from sqlalchemy import update
+
+    from db.models import Prediction
+
+    fake_done_run(Session, tiny_project.id)
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    tiles = _grid_tiles(at)
+    first = next(iter(tiles))
+    chosen = 1 - tiles[first].value
+    run_id = fake_done_run(Session, tiny_project.id)  # a new run: the queue in reverse order
+    with Session.begin() as session:
+        session.execute(update(Prediction).where(Prediction.run_id == run_id).values(score=-Prediction.score))
+    tiles[first].set_value(chosen).run()
+    assert list(_grid_tiles(at)) == list(tiles)
+    assert _grid_tiles(at)[first].value == chosen
+    button(at, "accept_grid").click().run()
+    assert _labels(Session, tiny_project.id)[first] == chosen
+
+
+def test_a_class_named_like_skip_or_ignored_is_never_taken_for_it(Session, tiny_project):
+    """A selectbox's value travels as the label it shows: with a class named "skip", every grid
+    tile left on skip came back as that class, and with one named "ignored", every ignored
+    answer in the History came back changed to it. Nothing is stored that was not chosen."""
+    with Session.begin() as session:
+        queries.add_class(session, tiny_project.id, "skip")
+        queries.add_class(session, tiny_project.id, "ignored")
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()  # no model: every tile on skip
+    tiles = _grid_tiles(at)
+    first = next(iter(tiles))
+    tiles[first].set_value(2)  # the class named "skip", chosen on one tile
+    button(at, "accept_grid").click().run()
+    assert _labels(Session, tiny_project.id) == {first: 2}
+    from db.models import IGNORED
+
+    with Session.begin() as session:
+        other = next(i.id for i in queries.items(session, tiny_project.id, POOL) if i.id != first)
+        queries.add_label(session, other, IGNORED, annotator="bob")
+    at.radio(key="label_mode").set_value("History").run()
+    button(at, "hist_save").click().run()  # nothing changed
+    assert _labels(Session, tiny_project.id) == {first: 2, other: IGNORED}

@@ -8,7 +8,7 @@ import zipfile
 import numpy as np
 import pytest
 from PIL import Image
-from ui_helpers import PAGES, box_data, fake_done_run, label_items, page_app, wait_for
+from ui_helpers import PAGES, box_data, button, fake_done_run, label_items, page_app, wait_for
 
 from db import queries
 from db import runs as run_queries
@@ -64,7 +64,7 @@ def test_grid_accepts_the_page_with_corrections(Session, tiny_project):
     assert [box.value for box in boxes] == [truth[i] for i in ids]
     boxes[0].set_value(1 - truth[ids[0]])  # correct one
     boxes[1].set_value(-1)  # skip one
-    at.button(key="accept_grid").click().run()
+    button(at, "accept_grid").click().run()
     assert not at.exception
     with Session() as session:
         labels = queries.current_labels(session, tiny_project.id)
@@ -132,13 +132,13 @@ def test_auto_retrain_queues_a_run_after_n_labels(Session, tiny_project):
     at.radio(key="label_mode").set_value("Grid").run()
     tiles = [box for box in at.selectbox if box.key.startswith("grid-")]
     tiles[0].set_value(0)
-    at.button(key="accept_grid").click().run()
+    button(at, "accept_grid").click().run()
     with Session() as session:
         assert run_queries.list_runs(session, tiny_project.id) == []
     at.radio(key="label_mode").set_value("Grid").run()
     tiles = [box for box in at.selectbox if box.key.startswith("grid-")]
     tiles[0].set_value(1)
-    at.button(key="accept_grid").click().run()
+    button(at, "accept_grid").click().run()
     assert not at.exception
     with Session() as session:
         runs = run_queries.list_runs(session, tiny_project.id)
@@ -397,10 +397,12 @@ def test_selection_panel_labels_the_selection_at_once(Session, tiny_project):
     with Session() as session:
         ids = [i.id for i in queries.items(session, tiny_project.id, "pool")[:5]]
     script = f"""
+import streamlit as st
 from labeler.ui import common, latent
 names = common.class_names({tiny_project.id})
 with common.session_factory()() as session:
     frame = latent.points_frame(session, {tiny_project.id}, {run_id}, names)
+st.session_state["latent"] = {{"selection": {{"points": [{{"customdata": [i, 0.9]}} for i in {ids}]}}}}  # the map's lasso
 latent._selection_panel({tiny_project.id}, {ids}, frame, names, "tester")
 """
     at = AppTest.from_string(script, default_timeout=60)
@@ -409,7 +411,7 @@ latent._selection_panel({tiny_project.id}, {ids}, frame, names, "tester")
     at.run()
     assert len(at.get("image")) == 5
     at.selectbox(key="bulk_class").set_value(1)
-    at.button(key="bulk_apply").click().run()
+    button(at, "bulk_apply").click().run()
     assert not at.exception
     with Session() as session:
         labels = queries.current_labels(session, tiny_project.id)
@@ -524,7 +526,88 @@ def test_annotator_name_is_used_for_new_labels(Session, tiny_project):
     label = page_app("label", tiny_project.id, annotator=at.session_state["annotator"])
     label.radio(key="label_mode").set_value("Grid").run()
     next(box for box in label.selectbox if box.key.startswith("grid-")).set_value(1)
-    label.button(key="accept_grid").click().run()
+    button(label, "accept_grid").click().run()
     with Session() as session:
         events = session.query(LabelEvent).all()
     assert [(e.annotator, e.class_index) for e in events] == [("alice", 1)]
+
+
+def _chart_selection(tree, item_ids: list[int]):
+    """The widget state a browser showing `tree` sends for its latent map with these points lassoed."""
+    import json
+
+    from streamlit.proto.WidgetStates_pb2 import WidgetState
+
+    state = WidgetState(id=tree.get("plotly_chart")[0].proto.id)
+    points = [{"customdata": [i, 0.9]} for i in item_ids]
+    selection = {"selection": {"points": points, "point_indices": [], "box": [], "lasso": []}}
+    state.json_value = json.dumps(json.dumps(selection))  # the chart's value is JSON text, sent as JSON
+    return state
+
+
+def _send(at, tree, selection: list[int]):
+    """What the browser showing `tree` sends, with `selection` lassoed on the map."""
+    states = tree.get_widget_states()
+    states.widgets.append(_chart_selection(tree, selection))
+    return at._run(widget_state=states)
+
+
+def test_a_bulk_label_stores_only_images_the_button_showed_and_the_map_still_selects(Session, tiny_project):
+    """Lasso A, then lasso B and click "Label" before B's images reach the screen: the click
+    comes from A's button, while the server has already drawn B's. Streamlit would run the click
+    with B's images (nobody has seen them); the button is keyed by its images, so the click is
+    A's, and as the map no longer selects A, nothing is stored and the page says why."""
+    from ui_helpers import on_screen
+
+    fake_done_run(Session, tiny_project.id)
+    with Session() as session:
+        pool = [i.id for i in queries.items(session, tiny_project.id, "pool")]
+    a, b = pool[:3], pool[3:8]
+    at = page_app("latent", tiny_project.id)
+    _send(at, on_screen(at), a)
+    assert at.subheader[0].value == "3 selected"
+    seen = on_screen(at)  # A's images and A's button on screen
+    _send(at, seen, b)  # the person lassos B: the server draws B's images and button
+    assert at.subheader[0].value == "5 selected"
+    button(seen, "bulk_apply").click()
+    _send(at, seen, b)  # ... and clicks the button still on screen, A's
+    assert not at.exception
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {}
+    assert "selection changed" in at.error[0].value
+    # Clicked on B's button, once B's images are on screen: B, and only B, is labeled.
+    seen = on_screen(at)
+    button(seen, "bulk_apply").click()
+    _send(at, seen, b)
+    with Session() as session:
+        assert set(queries.current_labels(session, tiny_project.id)) == set(b)
+
+
+def test_a_bulk_label_from_a_map_redrawn_meanwhile_stores_nothing(Session, tiny_project):
+    """A run finishes between the lasso and the click: the server draws a new map (its points
+    moved), which selects nothing. The click from the page still on screen stores nothing, and
+    the page says why."""
+    from ui_helpers import on_screen
+
+    fake_done_run(Session, tiny_project.id)
+    with Session() as session:
+        a = [i.id for i in queries.items(session, tiny_project.id, "pool")[:3]]
+    at = page_app("latent", tiny_project.id)
+    _send(at, on_screen(at), a)
+    seen = on_screen(at)
+    assert seen.subheader[0].value == "3 selected"
+    from sqlalchemy import update
+
+    from db.models import Prediction
+
+    run_id = fake_done_run(Session, tiny_project.id)
+    with Session.begin() as session:  # the new run's latent points lie elsewhere
+        session.execute(update(Prediction).where(Prediction.run_id == run_id).values(x=-Prediction.x))
+    at.run()
+    assert not at.subheader  # the new map selects nothing
+    button(seen, "bulk_apply").click()
+    _send(at, seen, a)
+    assert not at.exception
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {}
+    assert "selection changed" in at.error[0].value

@@ -110,3 +110,29 @@ def label_items(Session, project_id: int, n: int, annotator: str = "tester") -> 
         for item in pool:
             queries.add_label(session, item.id, item.truth, annotator=annotator)
         return [item.id for item in pool]
+
+
+def button(at: AppTest, prefix: str):
+    """The one button whose key is `prefix` or `prefix-<tag>` (buttons whose arguments change
+    with what the page shows get a key per content: see `common.tag`)."""
+    (found,) = [b for b in at.button if b.key == prefix or b.key.startswith(prefix + "-")]
+    return found
+
+
+def on_screen(at: AppTest):
+    """The page as this run drew it, with every widget's value as it is now: what the browser
+    keeps showing (and sends) until a newer run's page reaches it."""
+    from streamlit.testing.v1.element_tree import InitialValue, Widget
+
+    tree = at._tree
+    for node in tree:
+        if isinstance(node, Widget) and isinstance(getattr(node, "_value", None), (InitialValue, type(None))):
+            node._value = node.value
+    return tree
+
+
+def send_from(at: AppTest, tree) -> AppTest:
+    """Run the page as a browser still showing `tree` (see `on_screen`) makes it run: with the
+    values and clicks of that page's widgets. A newer page has been drawn on the server, but it
+    has not reached the screen yet when the person acts on the old one."""
+    return at._run(widget_state=tree.get_widget_states())
