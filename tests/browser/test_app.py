@@ -17,6 +17,7 @@ expect = pytest.importorskip("playwright.sync_api").expect
 from db import queries
 from db import runs as run_queries
 from db.models import IGNORED, LabelEvent
+from labeler.ui import latent
 
 pytestmark = pytest.mark.browser
 
@@ -310,6 +311,21 @@ def test_lasso_in_the_latent_view_labels_the_selection(app_server, page):
     heading.wait_for()
     n = int(heading.inner_text().split()[0])
     assert n >= 1
+    # Exactly the points inside the drawn lasso, in the axes' units (the page selects from the
+    # drawn area, also points the map shows only in its picture).
+    xr, yr = page.evaluate(
+        "() => { const l = document.querySelector('.js-plotly-plot')._fullLayout;"
+        " return [l.xaxis.range, l.yaxis.range]; }"
+    )
+    lasso_x = [xr[0] + fx * (xr[1] - xr[0]) for fx, _ in path]
+    lasso_y = [yr[1] - fy * (yr[1] - yr[0]) for _, fy in path]
+    with Session() as session:
+        run = run_queries.latest_done_run(session, pid)
+        shown_points = run_queries.predictions_frame(session, run.id)
+    shown_points = shown_points[shown_points["split"].isin(["pool", "audit"])]
+    inside = latent.inside_polygon(shown_points["x"], shown_points["y"], lasso_x, lasso_y)
+    expected = set(shown_points["item_id"][inside].astype(int))
+    assert n == len(expected)
     before = len(events(Session, pid))
     labeled_before = current(Session, pid)
     page.locator(".st-key-bulk_apply button").click()
@@ -319,6 +335,7 @@ def test_lasso_in_the_latent_view_labels_the_selection(app_server, page):
     bulk = [e for e in events(Session, pid)[before:]]
     assert len(bulk) == k <= n and {(e.kind, e.class_index) for e in bulk} == {("bulk", 0)}
     assert not {e.item_id for e in bulk} & set(labeled_before), "a bulk label replaced an answer"
+    assert {e.item_id for e in bulk} == expected - set(labeled_before), "labels on exactly the lasso's points"
 
 
 def test_export_downloads_load_outside_the_app(app_server, page, tmp_path):
