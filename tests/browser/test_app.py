@@ -311,14 +311,11 @@ def test_lasso_in_the_latent_view_labels_the_selection(app_server, page):
     heading.wait_for()
     n = int(heading.inner_text().split()[0])
     assert n >= 1
-    # Exactly the points inside the drawn lasso, in the axes' units (the page selects from the
-    # drawn area, also points the map shows only in its picture).
-    xr, yr = page.evaluate(
-        "() => { const l = document.querySelector('.js-plotly-plot')._fullLayout;"
-        " return [l.xaxis.range, l.yaxis.range]; }"
-    )
-    lasso_x = [xr[0] + fx * (xr[1] - xr[0]) for fx, _ in path]
-    lasso_y = [yr[1] - fy * (yr[1] - yr[0]) for _, fy in path]
+    # Exactly the points inside the lasso plotly drew (its path, in the axes' units: the page
+    # selects from the drawn area, also points the map shows only in its picture).
+    outline = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullLayout.selections[0].path")
+    corners = [point.split(",") for point in outline.strip("MZ").split("L")]
+    lasso_x, lasso_y = [float(x) for x, _ in corners], [float(y) for _, y in corners]
     with Session() as session:
         run = run_queries.latest_done_run(session, pid)
         shown_points = run_queries.predictions_frame(session, run.id)
