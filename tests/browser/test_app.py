@@ -313,7 +313,10 @@ def test_lasso_in_the_latent_view_labels_the_selection(app_server, page):
     assert n >= 1
     # Exactly the points inside the lasso plotly drew (its path, in the axes' units: the page
     # selects from the drawn area, also points the map shows only in its picture).
-    outline = page.evaluate("() => document.querySelector('.js-plotly-plot')._fullLayout.selections[0].path")
+    outline = page.wait_for_function(
+        "() => { const s = document.querySelector('.js-plotly-plot')._fullLayout.selections;"
+        " return s && s.length && s[0].path; }"
+    ).json_value()
     corners = [point.split(",") for point in outline.strip("MZ").split("L")]
     lasso_x, lasso_y = [float(x) for x, _ in corners], [float(y) for _, y in corners]
     with Session() as session:
