@@ -226,7 +226,7 @@ _PREPARED_AT_JS = (
 # (url path, sidebar title, page title, charts on the page, WebGL, text that must show)
 PAGES = [
     ("progress", "Progress", "Progress ·", 4, False, "Confusion matrix"),
-    ("latent", "Latent space", "Latent space ·", 1, True, "Colour by"),
+    ("latent", "Latent space", "Latent space ·", 1, False, "Colour by"),  # a PNG and SVG points
     ("export", "Export", "Export ·", 0, False, "Prepare the export"),
 ]
 

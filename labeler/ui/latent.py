@@ -5,9 +5,11 @@ drawn as crosses. A lasso or box selection shows those images and can label them
 (`queries.add_labels`, kind "bulk"). Below, images the model generates: one row per class for
 the conditional VAEs, samples of the generator for the GANs.
 
-Big projects: the scatter is WebGL (`go.Scattergl`), so 70,000 points draw in well under a
-second, and a finished run's predictions are read once per server process (they never change);
-thumbnails are made only for a selection. Above `MAX_POINTS` a fixed random sample is drawn.
+Big projects: above `SAMPLE_POINTS` every point is drawn into one PNG under the axes and a
+bounded sample on top as plotly points (for the hover); a lasso or a box selects every point
+inside it, computed here from the drawn area, so bulk labels cover points outside the sample
+too. A finished run's predictions are read once per server process (they never change);
+thumbnails are made only for a selection. Above `MAX_POINTS` a fixed random sample is shown.
 """
 
 from __future__ import annotations
@@ -27,6 +29,10 @@ from .. import projects
 from . import common
 
 MAX_POINTS = 100_000
+# Above this many points the map is one PNG of all of them, with this many drawn on top as plotly
+# points for the hover (see `scatter`); the PNG is about twice the plot's size on a wide page.
+SAMPLE_POINTS = 2_000
+RASTER_SIZE = (1800, 1040)
 MAX_THUMBNAILS = 48
 THUMBNAILS_PER_ROW = 8
 COLOUR_BY = {"label": "Label", "prediction": "Prediction", "uncertainty": "Uncertainty (entropy)"}
@@ -92,23 +98,139 @@ PALETTE = [
     "#FECB52",
 ]
 UNLABELED_COLOUR = "#c8c8c8"
+VIRIDIS = [
+    "#440154",
+    "#482878",
+    "#3e4989",
+    "#31688e",
+    "#26828e",
+    "#1f9e89",
+    "#35b779",
+    "#6ece58",
+    "#b5de2b",
+    "#fde725",
+]
 
 
-def scatter(frame: pd.DataFrame, colour: str, names: list[str]) -> go.Figure:
-    """The latent map as WebGL traces: one per class (or one coloured by entropy; names escaped,
-    since plotly reads HTML in them); labeled points are crosses. customdata holds each point's
-    item id (read back by a selection) and the model's confidence."""
-    # Numbers only, one typed array each, so 70,000 points cost no per-point Python work: the
-    # hover names the image by its opaque id (as the thumbnails do) and its class by the trace.
-    x, y = frame["x"].to_numpy(np.float32), frame["y"].to_numpy(np.float32)
-    custom = np.stack(
-        [frame["item_id"].to_numpy(np.float64), frame["confidence"].to_numpy(np.float64)], axis=1
-    )
+def sample_rows(frame: pd.DataFrame, n: int = SAMPLE_POINTS, seed: int = 0) -> np.ndarray:
+    """Positions of the rows drawn as interactive points: all when there are at most `n`, else the
+    labeled ones first (as many as fit) and a fixed random sample of the rest, in frame order."""
+    if len(frame) <= n:
+        return np.arange(len(frame))
+    rng = np.random.default_rng(seed)
+    labeled = np.flatnonzero(frame["labeled"].to_numpy() == "labeled")
+    rest = np.flatnonzero(frame["labeled"].to_numpy() != "labeled")
+    if len(labeled) >= n:
+        return np.sort(rng.choice(labeled, size=n, replace=False))
+    return np.sort(np.concatenate([labeled, rng.choice(rest, size=n - len(labeled), replace=False)]))
+
+
+def _hex_rgb(colour: str) -> tuple[int, int, int]:
+    return tuple(int(colour[i : i + 2], 16) for i in (1, 3, 5))
+
+
+ENTROPY_SHADES = 64
+
+
+def point_colours(frame: pd.DataFrame, colour: str, names: list[str]) -> tuple[np.ndarray, np.ndarray]:
+    """(palette (M, 3) uint8, each point's row in it (N,)): the colours the legend or colour bar
+    shows; entropy in `ENTROPY_SHADES` steps of plotly's Viridis scale, so the PNG stays small."""
+    if colour == "uncertainty":
+        entropy = frame["entropy"].to_numpy(np.float64)
+        low, high = (float(entropy.min()), float(entropy.max())) if len(entropy) else (0.0, 1.0)
+        t = np.clip((entropy - low) / (high - low), 0, 1) if high > low else np.zeros(len(entropy))
+        stops = np.array([_hex_rgb(c) for c in VIRIDIS], dtype=np.float64)
+        steps = np.linspace(0, 1, ENTROPY_SHADES)
+        grid = np.linspace(0, 1, len(stops))
+        palette = np.stack([np.interp(steps, grid, stops[:, c]) for c in range(3)], axis=1)
+        return palette.round().astype(np.uint8), np.round(t * (ENTROPY_SHADES - 1)).astype(np.int64)
+    # Class k has PALETTE[k % 10], as in the traces; the last row is for unlabeled points.
+    palette = np.array([_hex_rgb(c) for c in [*PALETTE, UNLABELED_COLOUR]], dtype=np.uint8)
+    first = {}
+    for k, name in enumerate(names):
+        first.setdefault(name, k)
+    index = frame[colour].map(first).fillna(-1).to_numpy(np.int64)
+    return palette, np.where(index < 0, len(PALETTE), index % len(PALETTE))
+
+
+# Offsets of a filled disc (unlabeled points) and of an x (labeled ones), in raster pixels: about
+# the size of the WebGL markers once the PNG is scaled to the plot.
+_DISC = [(dx, dy) for dx in range(-5, 6) for dy in range(-5, 6) if dx * dx + dy * dy <= 22]
+_CROSS = sorted({(d + t, s * d) for d in range(-6, 7) for s in (1, -1) for t in (-1, 0, 1)})
+
+
+def raster_png(
+    frame: pd.DataFrame,
+    colours: tuple[np.ndarray, np.ndarray],
+    x_range: tuple[float, float],
+    y_range: tuple[float, float],
+    size: tuple[int, int] = RASTER_SIZE,
+) -> bytes:
+    """Every point drawn into one PNG (white where there is none) covering x_range by y_range:
+    unlabeled points as discs, labeled ones as crosses, at the map's 80 % opacity on white."""
+    from io import BytesIO
+
+    from PIL import Image
+
+    width, height = size
+    x = frame["x"].to_numpy(np.float64)
+    y = frame["y"].to_numpy(np.float64)
+    px = np.round((x - x_range[0]) / (x_range[1] - x_range[0]) * (width - 1)).astype(np.int64)
+    py = np.round((y_range[1] - y) / (y_range[1] - y_range[0]) * (height - 1)).astype(np.int64)
+    palette, codes = colours
+    # A palette image (white last): one byte a pixel, and a PNG a few times smaller.
+    shades = np.vstack([0.8 * palette.astype(np.float64) + 0.2 * 255, [[255, 255, 255]]]).round()
+    image = np.full((height, width), len(palette), dtype=np.uint8)
     labeled = frame["labeled"].to_numpy() == "labeled"
+    for mask, stamp in ((~labeled, _DISC), (labeled, _CROSS)):  # crosses on top
+        mx, my, colour = px[mask], py[mask], codes[mask].astype(np.uint8)
+        for dx, dy in stamp:
+            cx, cy = mx + dx, my + dy
+            inside = (cx >= 0) & (cx < width) & (cy >= 0) & (cy < height)
+            image[cy[inside], cx[inside]] = colour[inside]
+    buffer = BytesIO()
+    picture = Image.fromarray(image, mode="P")
+    picture.putpalette(shades.astype(np.uint8).ravel().tolist())
+    picture.save(buffer, format="PNG", compress_level=6)
+    return buffer.getvalue()
+
+
+def map_ranges(frame: pd.DataFrame) -> tuple[tuple[float, float], tuple[float, float]]:
+    """The axes' ranges: every point inside, with a margin of 4 % on each side."""
+
+    def padded(values: np.ndarray) -> tuple[float, float]:
+        low, high = (float(values.min()), float(values.max())) if len(values) else (0.0, 1.0)
+        pad = 0.04 * (high - low) if high > low else 1.0
+        return low - pad, high + pad
+
+    return padded(frame["x"].to_numpy(np.float64)), padded(frame["y"].to_numpy(np.float64))
+
+
+def scatter(frame: pd.DataFrame, colour: str, names: list[str], sample: int = SAMPLE_POINTS) -> go.Figure:
+    """The latent map. Up to `sample` points: SVG traces, one per class (or one coloured by
+    entropy; names escaped, since plotly reads HTML in them); labeled points are crosses;
+    customdata holds each point's item id and the model's confidence, for the hover.
+
+    More points: all of them are drawn into one PNG under the axes (`raster_png`) and only
+    `sample_rows` of them as points on top, for the hover. Measured in headless Chromium without
+    a GPU: 60,000 WebGL points took 2-3.5 s to show, a PNG with 5,000 WebGL points 1.6-2.2 s
+    (the WebGL context alone costs about 0.6 s), with 2,000 SVG points 0.6-0.9 s. A lasso or a
+    box still selects every point inside it, drawn as a trace or not: `selected_item_ids` reads
+    the drawn area, not the points plotly marks."""
+    rows = sample_rows(frame, sample)
+    raster = len(rows) < len(frame)
+    colours = point_colours(frame, colour, names) if raster else None
+    part_frame = frame.iloc[rows]
+    # Numbers only, one typed array each, so many points cost no per-point Python work: the
+    # hover names the image by its opaque id (as the thumbnails do) and its class by the trace.
+    x, y = part_frame["x"].to_numpy(np.float32), part_frame["y"].to_numpy(np.float32)
+    custom = np.stack(
+        [part_frame["item_id"].to_numpy(np.float64), part_frame["confidence"].to_numpy(np.float64)], axis=1
+    )
+    labeled = part_frame["labeled"].to_numpy() == "labeled"
 
     def traces_of(mask: np.ndarray, name: str, marker: dict, legend: bool = True) -> list[dict]:
-        """Unlabeled points as circles, labeled ones as crosses: one symbol per trace, since a
-        per-point symbol array makes WebGL plotly draw every point on its slow path."""
+        """Unlabeled points as circles, labeled ones as crosses, one symbol per trace."""
         out = []
         for symbol, part in (("circle", mask & ~labeled), ("x", mask & labeled)):
             if not part.any():
@@ -116,7 +238,7 @@ def scatter(frame: pd.DataFrame, colour: str, names: list[str]) -> go.Figure:
             colour = marker.get("color")
             out.append(
                 {
-                    "type": "scattergl",
+                    "type": "scatter",
                     "x": x[part],
                     "y": y[part],
                     "mode": "markers",
@@ -139,17 +261,17 @@ def scatter(frame: pd.DataFrame, colour: str, names: list[str]) -> go.Figure:
 
     traces = []
     if colour == "uncertainty":
-        entropy = frame["entropy"].to_numpy(np.float32)
+        everything = frame["entropy"].to_numpy(np.float32)
         marker = {
-            "color": entropy,
+            "color": part_frame["entropy"].to_numpy(np.float32),
             "colorscale": "Viridis",
-            "cmin": float(entropy.min()) if len(entropy) else 0.0,
-            "cmax": float(entropy.max()) if len(entropy) else 1.0,
+            "cmin": float(everything.min()) if len(everything) else 0.0,
+            "cmax": float(everything.max()) if len(everything) else 1.0,
             "colorbar": {"title": {"text": "entropy"}},
         }
-        traces += traces_of(np.ones(len(frame), dtype=bool), "entropy", marker, legend=False)
+        traces += traces_of(np.ones(len(part_frame), dtype=bool), "entropy", marker, legend=False)
     else:
-        values = frame[colour].to_numpy()
+        values = part_frame[colour].to_numpy()
         for k, name in enumerate([*names, "unlabeled"]):
             mask = values == name
             if mask.any():
@@ -161,14 +283,76 @@ def scatter(frame: pd.DataFrame, colour: str, names: list[str]) -> go.Figure:
     fig.update_layout(
         height=560, dragmode="lasso", margin={"l": 10, "r": 10, "t": 20, "b": 10}, legend_title=None
     )
+    if raster:
+        import base64
+
+        x_range, y_range = map_ranges(frame)
+        png = raster_png(frame, colours, x_range, y_range)
+        fig.update_layout(
+            images=[
+                {
+                    "source": "data:image/png;base64," + base64.b64encode(png).decode("ascii"),
+                    "xref": "x",
+                    "yref": "y",
+                    "x": x_range[0],
+                    "y": y_range[1],
+                    "sizex": x_range[1] - x_range[0],
+                    "sizey": y_range[1] - y_range[0],
+                    "sizing": "stretch",
+                    "layer": "below",
+                }
+            ],
+            xaxis={"range": list(x_range), "showgrid": False, "zeroline": False},
+            yaxis={"range": list(y_range), "showgrid": False, "zeroline": False},
+            # Hiding a class would hide only its drawn sample, and a lasso selects every point
+            # inside anyway: the legend names the colours and is not a filter here.
+            legend={"itemclick": False, "itemdoubleclick": False},
+        )
     return fig
 
 
-def selected_item_ids(event) -> list[int]:
-    """Item ids of the points in a plotly selection event (customdata holds the item id)."""
+def inside_polygon(x: np.ndarray, y: np.ndarray, px: list[float], py: list[float]) -> np.ndarray:
+    """(N,) bool: the points inside the closed polygon (px, py), by the even-odd rule (ray
+    casting), the rule plotly's lasso uses."""
+    x, y = np.asarray(x, dtype=np.float64), np.asarray(y, dtype=np.float64)
+    inside = np.zeros(len(x), dtype=bool)
+    n = len(px)
+    if n < 3:
+        return inside
+    for i in range(n):
+        x1, y1, x2, y2 = px[i], py[i], px[(i + 1) % n], py[(i + 1) % n]
+        if y1 == y2:
+            continue
+        crosses = (y1 > y) != (y2 > y)
+        at = x1 + (y - y1) * (x2 - x1) / (y2 - y1)
+        inside ^= crosses & (x < at)
+    return inside
+
+
+def _selection_of(event) -> dict:
     if not event:
-        return []
-    selection = event.get("selection", {}) if isinstance(event, dict) else getattr(event, "selection", {})
+        return {}
+    return event.get("selection", {}) if isinstance(event, dict) else getattr(event, "selection", {})
+
+
+def selected_item_ids(event, frame: pd.DataFrame | None = None) -> list[int]:
+    """Item ids of a plotly selection event. With `frame` and a drawn box or lasso: every point
+    of `frame` inside them (also those the map shows only in its image), in frame order; else
+    the points plotly marked (customdata holds the item id)."""
+    selection = _selection_of(event) or {}
+    boxes, lassos = selection.get("box") or [], selection.get("lasso") or []
+    if frame is not None and (boxes or lassos):
+        x, y = frame["x"].to_numpy(np.float64), frame["y"].to_numpy(np.float64)
+        chosen = np.zeros(len(frame), dtype=bool)
+        for box in boxes:
+            bx, by = [float(v) for v in box.get("x", [])], [float(v) for v in box.get("y", [])]
+            if len(bx) == 2 and len(by) == 2:
+                chosen |= (x >= min(bx)) & (x <= max(bx)) & (y >= min(by)) & (y <= max(by))
+        for lasso in lassos:
+            chosen |= inside_polygon(
+                x, y, [float(v) for v in lasso.get("x", [])], [float(v) for v in lasso.get("y", [])]
+            )
+        return [int(i) for i in frame["item_id"].to_numpy()[chosen]]
     ids = []
     for point in selection.get("points", []) or []:
         data = point.get("customdata")
@@ -187,7 +371,9 @@ class _Renamed(Exception):
     """The class chosen by index has another name now than when the page was drawn."""
 
 
-def _bulk_label(project_id: int, item_ids: list[int], names: list[str]) -> None:
+def _bulk_label(
+    project_id: int, item_ids: list[int], names: list[str], frame: pd.DataFrame | None = None
+) -> None:
     """Label the selection in one transaction. Images that already have an answer (anyone's) are
     left alone unless the person ticked "relabel"; the message says how many. A bulk label is one
     undo step on the Label page and counts toward automatic retraining. `names` are the classes
@@ -197,7 +383,8 @@ def _bulk_label(project_id: int, item_ids: list[int], names: list[str]) -> None:
     `item_ids` are the images shown above the button that was clicked (the button is keyed by
     them, see `common.tag`); they are labeled only while the map, as the browser sent it with the
     click, still selects every one of them: a new lasso drawn just before the click, or a map
-    redrawn without the selection, stores nothing."""
+    redrawn without the selection, stores nothing. `frame`: the map's points, as the page that
+    drew the button had them (a box or lasso selects every point inside, drawn or not)."""
     from .. import answers
     from . import account, parts
 
@@ -206,7 +393,7 @@ def _bulk_label(project_id: int, item_ids: list[int], names: list[str]) -> None:
     except account.NotAllowed as refused:
         st.session_state["latent_message"] = ("error", str(refused))
         return
-    if not set(item_ids) <= set(selected_item_ids(st.session_state.get("latent"))):
+    if not set(item_ids) <= set(selected_item_ids(st.session_state.get("latent"), frame)):
         st.session_state["latent_message"] = (
             "error",
             "The selection changed after these images were shown, so nothing was saved; check them and click again.",
@@ -324,7 +511,7 @@ def latent_page() -> None:
         on_select="rerun",
         selection_mode=("lasso", "box"),
     )
-    ids = selected_item_ids(event)
+    ids = selected_item_ids(event, frame)
     if ids:
         _selection_panel(project.id, ids, frame, names, annotator)
     _samples_panel(run, names)
@@ -333,7 +520,8 @@ def latent_page() -> None:
 def _selection_panel(
     project_id: int, ids: list[int], frame: pd.DataFrame, names: list[str], annotator: str
 ) -> None:
-    chosen = frame.set_index("item_id").loc[[i for i in ids if i in set(frame["item_id"])]]
+    shown_ids = set(frame["item_id"])  # once: a lasso over a big map selects thousands
+    chosen = frame.set_index("item_id").loc[[i for i in ids if i in shown_ids]]
     st.subheader(f"{len(chosen)} selected")
     shown = chosen.head(MAX_THUMBNAILS)
     columns = st.columns(THUMBNAILS_PER_ROW)
@@ -357,5 +545,5 @@ def _selection_panel(
         key=f"bulk_apply-{common.tag(sorted(int(i) for i in chosen.index))}",  # see common.tag
         type="primary",
         on_click=_bulk_label,
-        args=(project_id, [int(i) for i in chosen.index], list(names)),
+        args=(project_id, [int(i) for i in chosen.index], list(names), frame),
     )

@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
-import plotly.express as px
 import plotly.graph_objects as go
 import streamlit as st
 
@@ -65,21 +64,68 @@ def curve_frame(curve: pd.DataFrame, split: str | None, n_test: int) -> pd.DataF
 
 
 def curve_figure(frame: pd.DataFrame, source: str) -> go.Figure:
-    fig = px.line(
-        frame,
-        x="labels",
-        y="accuracy",
-        color="model",
-        markers=True,
-        error_y=frame["high"] - frame["accuracy"],
-        error_y_minus=frame["accuracy"] - frame["low"],
-        hover_data={"run_id": True},
-    )
+    """Accuracy against labels, one line per model, with the 95 % interval as error bars."""
+    traces = []
+    for model, part in frame.groupby("model", sort=False):
+        traces.append(
+            go.Scatter(
+                x=part["labels"],
+                y=part["accuracy"],
+                mode="lines+markers",
+                name=common.for_chart(model),
+                error_y={
+                    "type": "data",
+                    "symmetric": False,
+                    "array": part["high"] - part["accuracy"],
+                    "arrayminus": part["accuracy"] - part["low"],
+                },
+                customdata=part["run_id"],
+                hovertemplate="run %{customdata}: %{y:.1%} with %{x} labels<extra>%{fullData.name}</extra>",
+            )
+        )
+    fig = go.Figure(traces)
     fig.update_layout(
         yaxis={"range": [0, 1.02], "tickformat": ".0%", "title": f"accuracy ({source})"},
         xaxis_title="labels used for training",
+        legend_title="model",
+        showlegend=True,
         height=380,
         margin={"l": 10, "r": 10, "t": 20, "b": 10},
+    )
+    return fig
+
+
+def bar_figure(classes: list[str], values, title: str, percent: bool = False) -> go.Figure:
+    """One bar per class (names escaped for plotly), in the given order."""
+    fig = go.Figure(go.Bar(x=[common.for_chart(c) for c in classes], y=values))
+    fig.update_layout(
+        height=320,
+        margin={"l": 10, "r": 10, "t": 20, "b": 10},
+        xaxis={"type": "category", "title": "class"},
+        yaxis={"title": title, **({"range": [0, 1], "tickformat": ".0%"} if percent else {})},
+    )
+    return fig
+
+
+def confusion_figure(cm: np.ndarray, classes: list[str]) -> go.Figure:
+    """Counts of (true, predicted) with the numbers written in the cells, true classes down."""
+    shown = [common.for_chart(c) for c in classes]
+    fig = go.Figure(
+        go.Heatmap(
+            z=cm,
+            x=shown,
+            y=shown,
+            colorscale="Blues",
+            texttemplate="%{z}",
+            colorbar={"title": {"text": "images"}},
+            hovertemplate="true %{y}, predicted %{x}: %{z}<extra></extra>",
+        )
+    )
+    fig.update_layout(
+        height=max(300, 40 * len(shown) + 120),
+        margin={"l": 10, "r": 10, "t": 20, "b": 10},
+        xaxis={"type": "category", "title": "predicted"},
+        yaxis={"type": "category", "title": "true", "autorange": "reversed"},
     )
     return fig
 
@@ -189,12 +235,9 @@ def progress_page() -> None:
     with balance:
         st.subheader("Class balance")
         if counts["labels"].sum():
-            fig = px.bar(
-                counts.assign(**{"class": counts["class"].map(common.for_chart)}), x="class", y="labels"
+            st.plotly_chart(
+                bar_figure(list(counts["class"]), counts["labels"], "labels"), key="class_balance"
             )
-            fig.update_layout(height=320, margin={"l": 10, "r": 10, "t": 20, "b": 10})
-            fig.update_xaxes(type="category")
-            st.plotly_chart(fig, key="class_balance")
         else:
             st.caption("No labels yet.")
         if people:
@@ -208,28 +251,8 @@ def progress_page() -> None:
         return
     with per_class:
         st.subheader("Per-class accuracy")
-        shown = [common.for_chart(n) for n in names[: len(report["per_class"])]]
-        frame_pc = pd.DataFrame({"class": shown, "accuracy": report["per_class"]})
-        fig = px.bar(frame_pc, x="class", y="accuracy")
-        fig.update_layout(
-            yaxis={"range": [0, 1], "tickformat": ".0%"},
-            height=320,
-            margin={"l": 10, "r": 10, "t": 20, "b": 10},
-        )
-        fig.update_xaxes(type="category")
-        st.plotly_chart(fig, key="per_class")
+        shown = names[: len(report["per_class"])]
+        st.plotly_chart(bar_figure(shown, report["per_class"], "accuracy", percent=True), key="per_class")
     st.subheader(f"Confusion matrix of run {latest} ({report['n']} images)")
     cm = np.asarray(report["confusion"])
-    shown = [common.for_chart(n) for n in names[: cm.shape[0]]]
-    fig = px.imshow(
-        cm,
-        x=shown,
-        y=shown,
-        text_auto=True,
-        color_continuous_scale="Blues",
-        labels={"x": "predicted", "y": "true", "color": "images"},
-    )
-    fig.update_layout(height=max(300, 40 * len(shown) + 120), margin={"l": 10, "r": 10, "t": 20, "b": 10})
-    fig.update_xaxes(type="category")
-    fig.update_yaxes(type="category")
-    st.plotly_chart(fig, key="confusion")
+    st.plotly_chart(confusion_figure(cm, names[: cm.shape[0]]), key="confusion")

@@ -36,7 +36,9 @@ def image_set(n: int = 100, test: int = 10, seed: int = 0):
     return ImageSet(
         pixels=pixels,
         keys=[f"img/{i:03d}.png" for i in range(n)],
-        sha256=[hashlib.sha256(p.tobytes() + bytes([i])).hexdigest() for i, p in enumerate(pixels)],
+        sha256=[
+            hashlib.sha256(p.tobytes() + i.to_bytes(4, "little")).hexdigest() for i, p in enumerate(pixels)
+        ],
         truth=truth.astype(np.int64),
         splits=["test" if i >= n - test else "pool" for i in range(n)],
         classes=["dark", "bright"],

@@ -17,6 +17,7 @@ expect = pytest.importorskip("playwright.sync_api").expect
 from db import queries
 from db import runs as run_queries
 from db.models import IGNORED, LabelEvent
+from labeler.ui import latent
 from tests.browser.conftest import saved, settle, shown
 
 pytestmark = pytest.mark.browser
@@ -296,6 +297,21 @@ def test_lasso_in_the_latent_view_labels_the_selection(app_server, page):
     heading.wait_for()
     n = int(heading.inner_text().split()[0])
     assert n >= 1
+    # Exactly the points inside the lasso plotly drew (its path, in the axes' units: the page
+    # selects from the drawn area, also points the map shows only in its picture).
+    outline = page.wait_for_function(
+        "() => { const s = document.querySelector('.js-plotly-plot')._fullLayout.selections;"
+        " return s && s.length && s[0].path; }"
+    ).json_value()
+    corners = [point.split(",") for point in outline.strip("MZ").split("L")]
+    lasso_x, lasso_y = [float(x) for x, _ in corners], [float(y) for _, y in corners]
+    with Session() as session:
+        run = run_queries.latest_done_run(session, pid)
+        shown_points = run_queries.predictions_frame(session, run.id)
+    shown_points = shown_points[shown_points["split"].isin(["pool", "audit"])]
+    inside = latent.inside_polygon(shown_points["x"], shown_points["y"], lasso_x, lasso_y)
+    expected = set(shown_points["item_id"][inside].astype(int))
+    assert n == len(expected)
     before = len(events(Session, pid))
     labeled_before = current(Session, pid)
     page.locator("[class*='st-key-bulk_apply-'] button").click()
@@ -305,6 +321,7 @@ def test_lasso_in_the_latent_view_labels_the_selection(app_server, page):
     bulk = [e for e in events(Session, pid)[before:]]
     assert len(bulk) == k <= n and {(e.kind, e.class_index) for e in bulk} == {("bulk", 0)}
     assert not {e.item_id for e in bulk} & set(labeled_before), "a bulk label replaced an answer"
+    assert {e.item_id for e in bulk} == expected - set(labeled_before), "labels on exactly the lasso's points"
 
 
 def test_export_downloads_load_outside_the_app(app_server, page, tmp_path):

@@ -6,6 +6,7 @@ import io
 import zipfile
 
 import numpy as np
+import pandas as pd
 import pytest
 from PIL import Image
 from ui_helpers import PAGES, box_data, button, fake_done_run, label_items, page_app, wait_for
@@ -365,20 +366,90 @@ def test_points_frame_marks_labels_and_hides_the_test_split(Session, tiny_projec
     latent.scatter(frame, "uncertainty", ["0", "1"])
 
 
-def test_latent_map_is_webgl_with_every_point_once(Session, tiny_project):
+def test_latent_map_draws_every_point_once(Session, tiny_project):
     ids = label_items(Session, tiny_project.id, 3)
     run_id = fake_done_run(Session, tiny_project.id)
     with Session() as session:
         frame = latent.points_frame(session, tiny_project.id, run_id, ["0", "1"])
     for colour in ("label", "prediction", "uncertainty"):
         fig = latent.scatter(frame, colour, ["0", "1"])
-        assert {trace.type for trace in fig.data} == {"scattergl"}
+        assert {trace.type for trace in fig.data} == {"scatter"} and not fig.layout.images
         shown = [int(row[0]) for trace in fig.data for row in trace.customdata]
         assert sorted(shown) == sorted(frame["item_id"])  # each point once, its id for a selection
         crosses = {
             int(row[0]) for trace in fig.data if trace.marker.symbol == "x" for row in trace.customdata
         }
         assert crosses == set(ids)
+
+
+def big_frame(n: int = 6_000, labeled: int = 40, seed: int = 1) -> pd.DataFrame:
+    """What `points_frame` gives, for n points scattered in the unit square, two classes."""
+    rng = np.random.default_rng(seed)
+    truth = rng.integers(0, 2, n)
+    label = np.where(np.arange(n) < labeled, truth.astype(str), "unlabeled")
+    return pd.DataFrame(
+        {
+            "item_id": np.arange(1000, 1000 + n),
+            "row": np.arange(n),
+            "x": rng.random(n),
+            "y": rng.random(n),
+            "confidence": rng.random(n),
+            "entropy": rng.random(n),
+            "label": label,
+            "prediction": truth.astype(str),
+            "labeled": np.where(label != "unlabeled", "labeled", "unlabeled"),
+        }
+    )
+
+
+def test_big_latent_map_is_an_image_of_all_points_and_a_sample_on_top():
+    frame = big_frame()
+    for colour in ("label", "prediction", "uncertainty"):
+        fig = latent.scatter(frame, colour, ["0", "1"], sample=500)
+        drawn = [int(row[0]) for trace in fig.data for row in trace.customdata]
+        assert len(drawn) == len(set(drawn)) == 500
+        assert set(frame["item_id"][:40]) <= set(drawn), "every labeled point is in the sample"
+        (image,) = fig.layout.images
+        assert image.source.startswith("data:image/png;base64,")
+        assert list(fig.layout.xaxis.range) == pytest.approx([image.x, image.x + image.sizex])
+        assert list(fig.layout.yaxis.range) == pytest.approx([image.y - image.sizey, image.y])
+    # Every point is in the picture: the pixel at each point's place is its class' colour.
+    palette, codes = latent.point_colours(frame, "prediction", ["0", "1"])
+    x_range, y_range = latent.map_ranges(frame)
+    png = latent.raster_png(frame, (palette, codes), x_range, y_range, size=(4000, 4000))
+    picture = np.asarray(Image.open(io.BytesIO(png)).convert("RGB"))
+    unlabeled = frame.index[frame["labeled"] == "unlabeled"][:200]
+    px = np.round((frame["x"][unlabeled] - x_range[0]) / (x_range[1] - x_range[0]) * 3999).astype(int)
+    py = np.round((y_range[1] - frame["y"][unlabeled]) / (y_range[1] - y_range[0]) * 3999).astype(int)
+    seen = picture[py, px]
+    assert (seen != 255).any(axis=1).all(), "no point is left white"
+    want = (0.8 * palette[codes[unlabeled]] + 0.2 * 255).round()
+    assert (np.abs(seen - want) <= 1).all(axis=1).mean() > 0.95  # a few are covered by others
+
+
+def test_a_lasso_selects_every_point_inside_it_drawn_or_not():
+    frame = big_frame()
+    fig = latent.scatter(frame, "label", ["0", "1"], sample=500)
+    drawn = {int(row[0]) for trace in fig.data for row in trace.customdata}
+    x, y, ids = frame["x"].to_numpy(), frame["y"].to_numpy(), frame["item_id"].to_numpy()
+    # A triangle (0, 0), (1, 0), (0, 1) as Streamlit sends a lasso, and a box.
+    lasso = {"xref": "x", "yref": "y", "x": [0.0, 1.0, 0.0], "y": [0.0, 0.0, 1.0]}
+    event = {"selection": {"points": [], "point_indices": [], "box": [], "lasso": [lasso]}}
+    chosen = latent.selected_item_ids(event, frame)
+    assert chosen == [int(i) for i in ids[(x + y < 1)]]
+    assert set(chosen) - drawn, "points only in the picture are selected too"
+    box = {"xref": "x", "yref": "y", "x": [0.7, 0.2], "y": [0.1, 0.3]}
+    event = {"selection": {"points": [{"customdata": [5]}], "box": [box], "lasso": []}}
+    inside = (x >= 0.2) & (x <= 0.7) & (y >= 0.1) & (y <= 0.3)
+    assert latent.selected_item_ids(event, frame) == [int(i) for i in ids[inside]]
+    # Two areas (shift): their union, each point once.
+    event = {"selection": {"box": [box], "lasso": [lasso]}}
+    assert latent.selected_item_ids(event, frame) == [int(i) for i in ids[inside | (x + y < 1)]]
+    # A concave lasso: the notch between its two arms is not selected.
+    u = {"x": [0.1, 0.9, 0.9, 0.6, 0.6, 0.4, 0.4, 0.1], "y": [0.1, 0.1, 0.9, 0.9, 0.3, 0.3, 0.9, 0.9]}
+    notch = (x > 0.4) & (x < 0.6) & (y > 0.3)
+    in_u = (x > 0.1) & (x < 0.9) & (y > 0.1) & (y < 0.9) & ~notch
+    assert latent.selected_item_ids({"selection": {"lasso": [u]}}, frame) == [int(i) for i in ids[in_u]]
 
 
 def test_selected_item_ids_reads_customdata():

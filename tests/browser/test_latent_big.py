@@ -1,0 +1,115 @@
+"""The Latent space page of a project with more points than it draws as plotly points: its own
+server, so the big project does not join the shared one of test_app."""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import time
+
+import pytest
+
+pytest.importorskip("playwright")
+
+from db import queries
+from db import runs as run_queries
+from labeler import config
+from labeler.latency import free_port, wait_http
+from labeler.ui import latent
+from tests.browser.conftest import image_set, start_server
+
+
+@pytest.fixture(scope="module")
+def big_map_server(tmp_path_factory):
+    import db
+    from labeler import projects
+
+    data_dir = tmp_path_factory.mktemp("big-map-data")
+    engine = db.make_engine(f"sqlite:///{data_dir / 'labeler.db'}")
+    Session = db.session_factory(engine)
+    n = latent.SAMPLE_POINTS + 600
+    with config.data_dir_set(data_dir):  # create_project writes pixels there
+        project = projects.create_project(Session, "big map", "test", images=image_set(n=n, test=0, seed=3))
+    port = free_port()
+    server = start_server(data_dir, port, data_dir / "server.log")
+    url = f"http://127.0.0.1:{port}"
+    try:
+        wait_http(f"{url}/_stcore/health")
+        yield {"url": url, "Session": Session, "project": project, "n": n}
+    finally:
+        server.terminate()
+        try:
+            server.wait(timeout=20)
+        except subprocess.TimeoutExpired:
+            server.kill()
+        engine.dispose()
+
+
+def test_a_lasso_on_a_big_map_selects_the_points_drawn_only_in_its_picture(big_map_server, page):
+    """Above `latent.SAMPLE_POINTS` the map is a PNG of every point with a sample drawn on top:
+    a lasso still selects every point inside it, drawn as a plotly point or not."""
+    import numpy as np
+
+    from db.models import DONE, Prediction, Run, utcnow
+
+    Session, project, n = big_map_server["Session"], big_map_server["project"], big_map_server["n"]
+    rng = np.random.default_rng(0)
+    with Session.begin() as session:
+        now = utcnow()
+        run = Run(project_id=project.id, model="m2", status=DONE, created_at=now, started_at=now)
+        run.finished_at, run.progress, run.labels_used = now, 1.0, 0
+        session.add(run)
+        session.flush()
+        for item, (x, y) in zip(queries.items(session, project.id), rng.random((n, 2))):
+            session.add(
+                Prediction(
+                    run_id=run.id,
+                    item_id=item.id,
+                    predicted=int(item.truth),
+                    confidence=0.9,
+                    entropy=0.3,
+                    margin=0.8,
+                    score=0.5,
+                    x=float(x),
+                    y=float(y),
+                )
+            )
+        run_id = run.id
+    page.goto(f"{big_map_server['url']}/latent?project={project.id}")
+    page.get_by_text(f"{n} images, 2-D projection").wait_for()
+    page.locator(".js-plotly-plot .nsewdrag").first.wait_for()
+    time.sleep(1.0)  # let plotly finish laying out
+    drawn = page.evaluate(
+        "() => { const p = document.querySelector('.js-plotly-plot'); const out = [];"
+        " for (const cd of p.calcdata) for (const c of cd) out.push([c.x, c.y]); return out; }"
+    )
+    assert len(drawn) == latent.SAMPLE_POINTS
+    assert page.evaluate("() => document.querySelector('.js-plotly-plot')._fullLayout.images.length") == 1
+    area = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
+    x0, y0, w, h = area["x"], area["y"], area["width"], area["height"]
+    path = [(0.3, 0.3), (0.6, 0.3), (0.6, 0.7), (0.3, 0.7), (0.3, 0.31)]
+    page.mouse.move(x0 + w * path[0][0], y0 + h * path[0][1])
+    page.mouse.down()
+    for fx, fy in path[1:]:
+        page.mouse.move(x0 + w * fx, y0 + h * fy, steps=8)
+    page.mouse.up()
+    heading = page.get_by_text(re.compile(r"^\d+ selected$"))
+    heading.wait_for()
+    outline = page.wait_for_function(
+        "() => { const s = document.querySelector('.js-plotly-plot')._fullLayout.selections;"
+        " return s && s.length && s[0].path; }"
+    ).json_value()
+    corners = [point.split(",") for point in outline.strip("MZ").split("L")]
+    lasso_x, lasso_y = [float(x) for x, _ in corners], [float(y) for _, y in corners]
+    with Session() as session:
+        points = run_queries.predictions_frame(session, run_id)
+    inside = latent.inside_polygon(points["x"], points["y"], lasso_x, lasso_y)
+    drawn_x, drawn_y = np.array(drawn).T
+    drawn_inside = int(latent.inside_polygon(drawn_x, drawn_y, lasso_x, lasso_y).sum())
+    assert int(heading.inner_text().split()[0]) == int(inside.sum()) > drawn_inside
+    # The bulk label stores exactly those images, also the ones only the picture shows.
+    page.locator("[class*='st-key-bulk_apply-'] button").click()
+    page.get_by_text(re.compile(r"Labeled \d+ images at once")).wait_for()
+    with Session() as session:
+        labeled = set(queries.current_labels(session, project.id))
+    assert labeled == {int(i) for i in points["item_id"][inside]}
