@@ -100,6 +100,33 @@ def running_app(data_dir: Path) -> Iterator[str]:
             server.kill()
 
 
+def draw_lasso(page, path: list[tuple[float, float]]) -> None:
+    """Draw a lasso on the page's first plotly chart through `path` (fractions of the plot area),
+    once plotly has laid the chart out."""
+    import time
+
+    drag = page.locator(".js-plotly-plot .nsewdrag").first
+    drag.wait_for()
+    time.sleep(1.0)  # let plotly finish laying out
+    area = drag.bounding_box()
+    x0, y0, w, h = area["x"], area["y"], area["width"], area["height"]
+    page.mouse.move(x0 + w * path[0][0], y0 + h * path[0][1])
+    page.mouse.down()
+    for fx, fy in path[1:]:
+        page.mouse.move(x0 + w * fx, y0 + h * fy, steps=8)
+    page.mouse.up()
+
+
+def lasso_outline(page) -> tuple[list[float], list[float]]:
+    """The corners (x, y in the axes' units) of the lasso plotly drew on the first chart."""
+    outline = page.wait_for_function(
+        "() => { const s = document.querySelector('.js-plotly-plot')._fullLayout.selections;"
+        " return s && s.length && s[0].path; }"
+    ).json_value()
+    corners = [point.split(",") for point in outline.strip("MZ").split("L")]
+    return [float(x) for x, _ in corners], [float(y) for _, y in corners]
+
+
 @pytest.fixture(scope="session")
 def app_server(tmp_path_factory):
     """(base url, data folder, session factory) of a running app on the tiny project."""

@@ -18,7 +18,7 @@ from db import queries
 from db import runs as run_queries
 from db.models import IGNORED, LabelEvent
 from labeler.ui import latent
-from tests.browser.conftest import saved, settle, shown
+from tests.browser.conftest import draw_lasso, lasso_outline, saved, settle, shown
 
 pytestmark = pytest.mark.browser
 
@@ -281,17 +281,8 @@ def test_a_burst_of_grid_keys_sets_every_tile_it_was_pressed_on(app_server, page
 def test_lasso_in_the_latent_view_labels_the_selection(app_server, page):
     Session, pid = app_server["Session"], app_server["project_id"]
     page.goto(f"{app_server['url']}/latent")
-    page.locator(".js-plotly-plot .nsewdrag").first.wait_for()
-    time.sleep(1.0)  # let plotly finish laying out
-    area = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
-    x0, y0, w, h = area["x"], area["y"], area["width"], area["height"]
     # A lasso around the left half of the plot (its leftmost point is always in there).
-    path = [(0.01, 0.01), (0.5, 0.01), (0.5, 0.99), (0.01, 0.99), (0.01, 0.02)]
-    page.mouse.move(x0 + w * path[0][0], y0 + h * path[0][1])
-    page.mouse.down()
-    for fx, fy in path[1:]:
-        page.mouse.move(x0 + w * fx, y0 + h * fy, steps=8)
-    page.mouse.up()
+    draw_lasso(page, [(0.01, 0.01), (0.5, 0.01), (0.5, 0.99), (0.01, 0.99), (0.01, 0.02)])
 
     heading = page.get_by_text(re.compile(r"^\d+ selected$"))
     heading.wait_for()
@@ -299,12 +290,7 @@ def test_lasso_in_the_latent_view_labels_the_selection(app_server, page):
     assert n >= 1
     # Exactly the points inside the lasso plotly drew (its path, in the axes' units: the page
     # selects from the drawn area, also points the map shows only in its picture).
-    outline = page.wait_for_function(
-        "() => { const s = document.querySelector('.js-plotly-plot')._fullLayout.selections;"
-        " return s && s.length && s[0].path; }"
-    ).json_value()
-    corners = [point.split(",") for point in outline.strip("MZ").split("L")]
-    lasso_x, lasso_y = [float(x) for x, _ in corners], [float(y) for _, y in corners]
+    lasso_x, lasso_y = lasso_outline(page)
     with Session() as session:
         run = run_queries.latest_done_run(session, pid)
         shown_points = run_queries.predictions_frame(session, run.id)

@@ -4,7 +4,6 @@ server, so the big project does not join the shared one of test_app."""
 from __future__ import annotations
 
 import re
-import subprocess
 import time
 
 import pytest
@@ -14,9 +13,8 @@ pytest.importorskip("playwright")
 from db import queries
 from db import runs as run_queries
 from labeler import config
-from labeler.latency import free_port, wait_http
 from labeler.ui import latent
-from tests.browser.conftest import image_set, start_server
+from tests.browser.conftest import draw_lasso, image_set, lasso_outline, running_app
 
 
 @pytest.fixture(scope="module")
@@ -30,18 +28,10 @@ def big_map_server(tmp_path_factory):
     n = latent.SAMPLE_POINTS + 600
     with config.data_dir_set(data_dir):  # create_project writes pixels there
         project = projects.create_project(Session, "big map", "test", images=image_set(n=n, test=0, seed=3))
-    port = free_port()
-    server = start_server(data_dir, port, data_dir / "server.log")
-    url = f"http://127.0.0.1:{port}"
     try:
-        wait_http(f"{url}/_stcore/health")
-        yield {"url": url, "Session": Session, "project": project, "n": n}
+        with running_app(data_dir) as url:
+            yield {"url": url, "Session": Session, "project": project, "n": n}
     finally:
-        server.terminate()
-        try:
-            server.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            server.kill()
         engine.dispose()
 
 
@@ -85,22 +75,10 @@ def test_a_lasso_on_a_big_map_selects_the_points_drawn_only_in_its_picture(big_m
     )
     assert len(drawn) == latent.SAMPLE_POINTS
     assert page.evaluate("() => document.querySelector('.js-plotly-plot')._fullLayout.images.length") == 1
-    area = page.locator(".js-plotly-plot .nsewdrag").first.bounding_box()
-    x0, y0, w, h = area["x"], area["y"], area["width"], area["height"]
-    path = [(0.3, 0.3), (0.6, 0.3), (0.6, 0.7), (0.3, 0.7), (0.3, 0.31)]
-    page.mouse.move(x0 + w * path[0][0], y0 + h * path[0][1])
-    page.mouse.down()
-    for fx, fy in path[1:]:
-        page.mouse.move(x0 + w * fx, y0 + h * fy, steps=8)
-    page.mouse.up()
+    draw_lasso(page, [(0.3, 0.3), (0.6, 0.3), (0.6, 0.7), (0.3, 0.7), (0.3, 0.31)])
     heading = page.get_by_text(re.compile(r"^\d+ selected$"))
     heading.wait_for()
-    outline = page.wait_for_function(
-        "() => { const s = document.querySelector('.js-plotly-plot')._fullLayout.selections;"
-        " return s && s.length && s[0].path; }"
-    ).json_value()
-    corners = [point.split(",") for point in outline.strip("MZ").split("L")]
-    lasso_x, lasso_y = [float(x) for x, _ in corners], [float(y) for _, y in corners]
+    lasso_x, lasso_y = lasso_outline(page)
     with Session() as session:
         points = run_queries.predictions_frame(session, run_id)
     inside = latent.inside_polygon(points["x"], points["y"], lasso_x, lasso_y)
