@@ -167,26 +167,30 @@ def _grid_keys():
     )
 
 
-def _grid_presses(page: str, n_classes: int) -> tuple[str, dict[int, tuple[int, int]]]:
-    """The keys pressed on the grid page `page` (its item ids): the list's token and, per item,
-    how many keys it got and the class of the last (-1: skip).
+def _grid_presses(page: str, n_classes: int) -> tuple[str, dict[int, tuple[int, int]], list[dict]]:
+    """The keys pressed on the grid page `page` (its item ids): the list's token, per item how
+    many keys it got and the class of the last (-1: skip), and the list itself.
 
     label_grid.js sends every key of the page as one growing list, so keys pressed faster than
     the page reruns are all here. A tile that got keys is drawn as a new selectbox (its key
     counts the presses) that starts on the last key's class: a value the browser still holds
     for the tile's older selectbox, sent with a rerun that overtook the key, then has nothing
-    to overwrite."""
+    to overwrite. The page hands the list back to label_grid.js when it draws the page again
+    (after an undo, say), so the next key carries on this list instead of starting one that
+    would turn every tile keyed before back to its default."""
     value = st.session_state.get("grid-keys")
     edits = value.get("edits") if hasattr(value, "get") else getattr(value, "edits", None)
     if not hasattr(edits, "get") or str(edits.get("page", "")) != page:
-        return "", {}
+        return "", {}, []
     token = re.sub(r"[^0-9a-z]", "", str(edits.get("token", "")))[:24]
     pressed: dict[int, tuple[int, int]] = {}
+    listed: list[dict] = []
     for edit in edits.get("list") or []:
         item, cls = (edit.get("item"), edit.get("class")) if hasattr(edit, "get") else (None, None)
         if isinstance(item, int) and isinstance(cls, int) and -1 <= cls < n_classes:
             pressed[item] = (pressed.get(item, (0, -1))[0] + 1, cls)
-    return token, pressed
+            listed.append({"item": item, "class": cls})
+    return token, pressed, listed
 
 
 def _box_key(project_id: int) -> str:
@@ -323,27 +327,34 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
     return batch
 
 
-def _apart(label: str, names: list[str]) -> str:
+def _apart(label: str) -> str:
     """`label` for an option that is no class ("skip", "ignored", "all"), made unlike every class
     name: a selectbox's value travels as the label it shows, so with a class of the same name
-    the option would come back as that class (every tile on skip stored as a class "skip")."""
-    while label in names:
-        label = f"({label})"
-    return label
+    the option would come back as that class (every tile on skip stored as a class "skip").
+    A trailing no-break space does it whatever the classes are now or later: names are stored
+    stripped of surrounding (Unicode) whitespace, so no class name ends in one."""
+    return f"{label}\u00a0"
 
 
-def _tile_key(item_id: int, threshold: float, token: str = "", presses: int = 0) -> str:
-    # The threshold is part of the key: a new threshold makes new tiles with the new guesses.
+def _grid_view(threshold: float, names: list[str]) -> str:
+    """What the grid's tiles are drawn for: the threshold and the class names. Part of every
+    tile's key, so a new threshold makes new tiles with the new guesses, and after a class is
+    added or renamed a value the browser sends for an older tile (a class name, as it showed
+    it) has no tile to land on."""
+    return f"{round(threshold * 100)}-{common.tag(list(names))[:8]}"
+
+
+def _tile_key(item_id: int, view: str, token: str = "", presses: int = 0) -> str:
     # Each key pressed on a tile makes a new one too (see _grid_presses).
-    key = f"grid-{item_id}-{round(threshold * 100)}"
+    key = f"grid-{item_id}-{view}"
     return f"{key}-{token}-{presses}" if presses else key
 
 
-def _tile_choice(item_id: int, threshold: float, token: str, pressed: dict[int, tuple[int, int]]) -> int:
+def _tile_choice(item_id: int, view: str, token: str, pressed: dict[int, tuple[int, int]]) -> int:
     """What a grid tile shows: its selectbox's value, or the last key's class before the
     selectbox for that key has been drawn."""
     presses, last = pressed.get(item_id, (0, -1))
-    value = st.session_state.get(_tile_key(item_id, threshold, token, presses))
+    value = st.session_state.get(_tile_key(item_id, view, token, presses))
     return (last if presses else -1) if value is None else value
 
 
@@ -369,8 +380,9 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
     except account.NotAllowed as refused:
         st.session_state["last_message"] = ("error", str(refused))
         return
-    token, pressed = _grid_presses(",".join(map(str, item_ids)), len(names))
-    chosen = [(i, _tile_choice(i, threshold, token, pressed)) for i in item_ids]
+    token, pressed, _ = _grid_presses(",".join(map(str, item_ids)), len(names))
+    view = _grid_view(threshold, names)
+    chosen = [(i, _tile_choice(i, view, token, pressed)) for i in item_ids]
     chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
     if _renamed(project_id, names, [c for _, c in chosen]):
         return
@@ -404,7 +416,7 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
         # Accepted: the next page. (A click from an older page, still on screen, keeps it.)
         st.session_state.pop(_page_key(project_id))
     for item_id in item_ids:
-        st.session_state.pop(_tile_key(item_id, threshold), None)
+        st.session_state.pop(_tile_key(item_id, view), None)
     text = f"Saved {len(events)} labels."
     if not events and set(item_ids) <= settled:
         text = "This page was saved already (A pressed again); nothing changed."
@@ -452,9 +464,10 @@ def _grid(project_id: int, names: list[str]) -> None:
     if any(item.split == AUDIT for item, _ in batch):
         st.caption(AUDIT_NOTE)
     options = [-1, *range(len(names))]
-    skip = _apart("skip", names)
+    skip = _apart("skip")
     page = ",".join(str(item.id) for item, _ in batch)
-    token, pressed = _grid_presses(page, len(names))
+    token, pressed, listed = _grid_presses(page, len(names))
+    view = _grid_view(threshold, names)
     columns = st.columns(4)
     for n, (item, prediction) in enumerate(batch):
         prediction = _shown_prediction(item, prediction)
@@ -476,7 +489,7 @@ def _grid(project_id: int, names: list[str]) -> None:
                 f"Label{note}",
                 options,
                 index=options.index(last),
-                key=_tile_key(item.id, threshold, token, presses),
+                key=_tile_key(item.id, view, token, presses),
                 format_func=lambda c: skip if c < 0 else names[c],
             )
     keys = class_keys(project_id, names)
@@ -484,9 +497,10 @@ def _grid(project_id: int, names: list[str]) -> None:
         data={
             "page": page,
             "tiles": [
-                {"item": item.id, "key": _tile_key(item.id, threshold, token, pressed.get(item.id, (0,))[0])}
+                {"item": item.id, "key": _tile_key(item.id, view, token, pressed.get(item.id, (0,))[0])}
                 for item, _ in batch
             ],
+            "edits": {"token": token, "list": listed} if token else None,
             "classes": [{"index": i, "key": k} for i, k in enumerate(keys) if k],
             "columns": len(columns),
         },
@@ -496,7 +510,7 @@ def _grid(project_id: int, names: list[str]) -> None:
     left, right = st.columns(2)
     left.button(
         "Accept page",
-        key=f"accept_grid-{common.tag(page, threshold)}",  # see common.tag
+        key=f"accept_grid-{common.tag(page, threshold, list(names))}",  # see common.tag
         shortcut="A",
         type="primary",
         width="stretch",
@@ -577,7 +591,7 @@ def _history(project_id: int, names: list[str]) -> None:
     Session = common.session_factory()
     with Session() as session:
         people = sorted(queries.annotator_counts(session, project_id))
-    everything, ignored, everyone = _apart("all", names), _apart("ignored", names), _apart("everyone", people)
+    everything, ignored, everyone = _apart("all"), _apart("ignored"), _apart("everyone")
     a, b, c = st.columns(3)
     which = a.selectbox(
         "Class",

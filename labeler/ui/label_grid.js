@@ -57,10 +57,14 @@ export default function (component) {
     grids.set(parentElement, g);
   }
   if (g.page !== data.page) {
-    // A new page of images: a new list of keys.
+    // A new page of images: the list the server holds for it (a page back after an undo), else
+    // a new one. Carrying on the server's list keeps every tile keyed before as it is shown.
     g.focus = 0;
-    g.edits = [];
-    g.token = (Date.now().toString(36) + Math.random().toString(36).slice(2)).replace(/[^0-9a-z]/g, "");
+    const held = data.edits && data.edits.token ? data.edits : null;
+    g.edits = held ? held.list.slice() : [];
+    g.token = held
+      ? held.token
+      : (Date.now().toString(36) + Math.random().toString(36).slice(2)).replace(/[^0-9a-z]/g, "");
   }
   g.page = data.page;
   g.data = data;

@@ -192,7 +192,8 @@ def grid_tiles(page) -> list[tuple[int, str]]:
         '[class*="st-key-grid-"] input[role="combobox"]',
         """inputs => inputs.map(i => [i.closest('[class*="st-key-grid-"]').className, i.value])""",
     )
-    found = [(int(re.search(r"st-key-grid-(\d+)-", key).group(1)), value) for key, value in found]
+    # The no-class choice reads "skip" plus a no-break space (labeler.ui.label._apart): stripped.
+    found = [(int(re.search(r"st-key-grid-(\d+)-", key).group(1)), value.strip()) for key, value in found]
     order = [row * 4 + column for column in range(4) for row in range(3)]
     if len(found) != len(order):  # tiles of the page before, still on screen
         return found

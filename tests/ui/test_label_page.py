@@ -292,3 +292,41 @@ def test_a_class_named_like_skip_or_ignored_is_never_taken_for_it(Session, tiny_
     at.radio(key="label_mode").set_value("History").run()
     button(at, "hist_save").click().run()  # nothing changed
     assert _labels(Session, tiny_project.id) == {first: 2, other: IGNORED}
+
+
+def test_grid_keys_are_read_from_the_growing_list_of_the_page_on_screen(monkeypatch):
+    """`_grid_presses` and `_tile_choice` without a browser: every key of the page's list counts
+    (a class key, then skip), a list for another page counts nothing, a key outside the classes
+    is dropped, and a keyed tile reads its new selectbox or, before that is drawn, the key."""
+    from types import SimpleNamespace
+
+    from labeler.ui import label
+
+    state = {
+        "grid-keys": {
+            "edits": {
+                "token": "t0K-1",
+                "page": "4,5,6",
+                "list": [
+                    {"item": 4, "class": 1},
+                    {"item": 5, "class": 0},
+                    {"item": 4, "class": -1},
+                    {"item": 6, "class": 7},  # no such class: dropped
+                ],
+            }
+        }
+    }
+    monkeypatch.setattr(label, "st", SimpleNamespace(session_state=state))
+    token, pressed, listed = label._grid_presses("4,5,6", 2)
+    assert token == "t01" and pressed == {4: (2, -1), 5: (1, 0)} and len(listed) == 3
+    assert label._grid_presses("4,5,7", 2) == ("", {}, [])
+    view = label._grid_view(0.9, ["dark", "bright"])
+    assert (
+        view != label._grid_view(0.9, ["dark", "bright", "skip"]) != label._grid_view(0.5, ["dark", "bright"])
+    )
+    assert label._tile_choice(4, view, token, pressed) == -1  # the last key, its tile not drawn yet
+    state[label._tile_key(5, view, token, 1)] = 1  # the keyed tile changed with the mouse
+    assert label._tile_choice(5, view, token, pressed) == 1
+    state[label._tile_key(6, view)] = 0
+    assert label._tile_choice(6, view, token, pressed) == 0
+    assert label._apart("skip") != "skip" and label._apart("skip").strip() == "skip"

@@ -1,0 +1,94 @@
+"""The grid page's keys in Chromium on a project of its own (its own server: these tests add a
+class and hold grid pages, which would change what the shared project's tests see)."""
+
+from __future__ import annotations
+
+import re
+import time
+
+import pytest
+
+expect = pytest.importorskip("playwright.sync_api").expect
+
+from db import queries
+from labeler import config
+from tests.browser.conftest import image_set, running_app, settle
+from tests.browser.test_app import events, press, wait_for_tiles
+
+pytestmark = pytest.mark.browser
+
+
+@pytest.fixture(scope="module")
+def app_server(tmp_path_factory):
+    import db
+    from labeler import projects
+
+    data_dir = tmp_path_factory.mktemp("grid-keys-data")
+    engine = db.make_engine(f"sqlite:///{data_dir / 'labeler.db'}")
+    Session = db.session_factory(engine)
+    with config.data_dir_set(data_dir):  # create_project writes pixels there
+        project = projects.create_project(Session, "grid", "test", images=image_set(seed=5))
+    try:
+        with running_app(data_dir) as url:
+            yield {"url": url, "Session": Session, "project_id": project.id}
+    finally:
+        engine.dispose()
+
+
+def test_a_page_back_after_an_undo_keeps_its_keyed_tiles_when_keys_come_again(app_server, page):
+    """After Accept and Undo the page comes back showing the keys pressed on it; the next key
+    carries on that page's keys instead of turning every other tile back to its default."""
+    page.goto(app_server["url"])
+    page.get_by_text("Grid", exact=True).click()
+    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
+    wait_for_tiles(page, lambda tiles: True)
+    keys = ["1", "2"] * 6
+    wanted = [{"1": "dark", "2": "bright"}[key] for key in keys]
+    page.locator("h1").first.click()
+    for key in keys:
+        page.keyboard.press(key)
+    wait_for_tiles(page, lambda tiles: [v for _, v in tiles] == wanted)
+    press(page, "a")
+    page.get_by_text(re.compile(r"Saved \d+ labels\.")).wait_for()
+    press(page, "u")
+    after_undo = wait_for_tiles(page, lambda tiles: [v for _, v in tiles] == wanted)
+    assert [v for _, v in after_undo] == wanted
+    page.locator("h1").first.click()
+    for _ in range(5):
+        page.keyboard.press("ArrowRight")
+    page.keyboard.press("1")  # tile 5: bright -> dark
+    wanted[5] = "dark"
+    after_key = wait_for_tiles(page, lambda tiles: [v for _, v in tiles] == wanted)
+    assert [v for _, v in after_key] == wanted
+
+
+def test_a_class_named_skip_added_while_a_grid_page_is_open_stores_no_skipped_tile(app_server, page):
+    """A selectbox's value travels as the label it shows: once a class named "skip" existed, the
+    tiles left on skip came back as that class. The choices that are no class read unlike any
+    class name, so the page stores the one tile keyed and no tile as the class "skip"."""
+    Session, pid = app_server["Session"], app_server["project_id"]
+    page.goto(app_server["url"])
+    page.get_by_text("Grid", exact=True).click()
+    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
+    wait_for_tiles(page, lambda tiles: True)
+    slider = page.locator('.st-key-grid_threshold input[type="range"]')
+    slider.focus()
+    page.keyboard.press("End")  # no model ran: no guesses, every tile on skip
+    expect(slider).to_have_attribute("aria-valuetext", "1.00")
+    tiles = wait_for_tiles(page, lambda tiles: all(v == "skip" for _, v in tiles))
+    skipped = {item for item, value in tiles if value == "skip"}
+    assert len(skipped) == 12
+    before = len(events(Session, pid))
+    with Session.begin() as session:
+        skip_class = queries.add_class(session, pid, "skip").index
+    page.locator("h1").first.click()
+    page.keyboard.press("1")  # tile 0; the rerun draws the page with the new class
+    wait_for_tiles(page, lambda now: now[0][1] == "dark")
+    press(page, "a")
+    deadline = time.monotonic() + 60  # the page is saved in one transaction
+    while len(events(Session, pid)) == before and time.monotonic() < deadline:
+        page.wait_for_timeout(200)
+    settle(page)
+    stored = {e.item_id: e.class_index for e in events(Session, pid)[before:]}
+    assert stored[tiles[0][0]] == 0
+    assert skip_class not in stored.values() and not (skipped - {tiles[0][0]}) & set(stored)
