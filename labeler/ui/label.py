@@ -215,6 +215,7 @@ def _apply_box_actions(project_id: int) -> None:
     )
     st.session_state["box_notices"] = st.session_state.get("box_notices", []) + outcome.notices
     st.session_state["show_first"] = outcome.undone_items + st.session_state.get("show_first", [])
+    _forget_accepted(project_id, outcome.undone_items)  # U in the box may undo a grid page
     if outcome.labeled:
         _auto_retrain(project_id)
 
@@ -303,6 +304,12 @@ def _accepted_key(project_id: int) -> str:
     """Session key of the grid pages accepted in this session and not undone since (their ids
     joined by commas): a second A on one says so rather than "answered meanwhile"."""
     return f"grid-accepted-{project_id}"
+
+
+def _forget_accepted(project_id: int, undone: list[int]) -> None:
+    """The accepted grid pages with an image among `undone` are accepted no longer."""
+    accepted = st.session_state.get(_accepted_key(project_id), set())
+    accepted -= {page for page in accepted if set(map(int, page.split(","))) & set(undone)}
 
 
 def _grid_page(project_id: int) -> list[tuple[Item, object]]:
@@ -444,8 +451,7 @@ def _undo_page(project_id: int) -> None:
         st.session_state["show_first"] = undone + st.session_state.get("show_first", [])
         _ledger(project_id).skipped.difference_update(undone)
         st.session_state.pop(_page_key(project_id), None)  # the undone images come next
-        accepted = st.session_state.get(_accepted_key(project_id), set())
-        accepted -= {page for page in accepted if set(map(int, page.split(","))) & set(undone)}
+        _forget_accepted(project_id, undone)
     else:
         st.session_state["last_message"] = ("info", "Nothing to undo in this session.")
 
