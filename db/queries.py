@@ -335,6 +335,13 @@ def held_by_others(project_id: int, annotator: str, now) -> select:
     )
 
 
+def held_by_others_of(session: Session, project_id: int, annotator: str, now, item_ids) -> set[int]:
+    """Which of `item_ids` another annotator holds an unexpired claim on."""
+    if not item_ids:
+        return set()
+    return set(session.scalars(held_by_others(project_id, annotator, now).where(Claim.item_id.in_(item_ids))))
+
+
 def claimed_by(session: Session, project_id: int, annotator: str, valid_until) -> set[int]:
     """The items `annotator` holds claims on that last at least until `valid_until`."""
     return set(
@@ -414,10 +421,9 @@ def page_items(
 ) -> list[tuple[Item, Prediction | None]]:
     """The items `item_ids` of the project, in that order, each with the newest finished run's
     prediction (None without one); an empty list once every one of them has an answer."""
-    unlabeled = ~exists().where(LabelEvent.item_id == Item.id, LabelEvent.undone.is_(False))
-    mine = and_(Item.project_id == project_id, Item.id.in_(item_ids))
-    if not session.scalar(select(func.count()).select_from(Item).where(mine, unlabeled)):
+    if not unanswered(session, project_id, item_ids):
         return []
+    mine = and_(Item.project_id == project_id, Item.id.in_(item_ids))
     run_id = latest_done_run_id(session, project_id)
     with_prediction = and_(
         Prediction.item_id == Item.id, Prediction.run_id == (run_id if run_id is not None else -1)
@@ -429,6 +435,16 @@ def page_items(
         )
     }
     return [rows[i] for i in item_ids if i in rows]
+
+
+def unanswered(session: Session, project_id: int, item_ids) -> set[int]:
+    """Which of `item_ids` (items of the project) have no answer."""
+    unlabeled = ~exists().where(LabelEvent.item_id == Item.id, LabelEvent.undone.is_(False))
+    return set(
+        session.scalars(
+            select(Item.id).where(Item.project_id == project_id, Item.id.in_(item_ids), unlabeled)
+        )
+    )
 
 
 def _read(session: Session, parts: list, limit: int) -> list[tuple[Item, Prediction | None]]:

@@ -69,22 +69,40 @@ def next_items(
 
 def held_page(
     session: Session, project_id: int, item_ids: list[int], annotator: str | None
-) -> list[tuple[Item, Prediction | None]]:
+) -> list[tuple[Item, Prediction | None]] | None:
     """A page already shown (`item_ids`), again: its images in the same order with the newest
     run's predictions, whatever the queue's order is now (a run that finished meanwhile must
     not swap the page under the person's choices). Images answered meanwhile stay, so the page
-    stays the same; [] once all are answered. With `annotator`, the claims are renewed as
-    `next_items` renews them (nothing is written while they last half the claim time)."""
+    stays the same; [] once all are answered.
+
+    With `annotator`, the page's unanswered images are claimed as `next_items` claims them
+    (nothing is written while the claims last half the claim time). None when another annotator
+    holds one of them now (this one was away longer than CLAIM_SECONDS and the other was given
+    it): the page is no longer this annotator's, and the caller draws a new one rather than
+    have two people work the same images."""
     page = queries.page_items(session, project_id, item_ids)
     if page and annotator is not None:
         now = utcnow()
         ids = [item.id for item, _ in page]
-        if not set(ids) <= queries.claimed_by(
+        open_ids = queries.unanswered(session, project_id, ids)
+        if queries.held_by_others_of(session, project_id, annotator, now, open_ids):
+            return None
+        lasting = queries.claimed_by(
             session, project_id, annotator, now + timedelta(seconds=CLAIM_SECONDS / 2)
-        ):
-            queries.claim_items(
-                session, project_id, ids, annotator, len(ids), now, now + timedelta(seconds=CLAIM_SECONDS)
+        )
+        if not open_ids <= lasting:
+            wanted = [i for i in ids if i in open_ids]
+            won = queries.claim_items(
+                session,
+                project_id,
+                wanted,
+                annotator,
+                len(wanted),
+                now,
+                now + timedelta(seconds=CLAIM_SECONDS),
             )
+            if won != open_ids:
+                return None  # another annotator claimed one between the read and the claim
     return page
 
 

@@ -36,9 +36,15 @@ _PERSONAL_KEYS = (
 )
 
 
+# Prefixes of per-project personal keys: ledgers ("ledger-ID", the answers this person may
+# undo), the held grid page and the grid pages accepted ("grid-page-ID", "grid-accepted-ID": the
+# next person would get the held page, claimed under the new name), and the History tiles on
+# screen ("hist-seen-ID").
+_PERSONAL_PREFIXES = ("ledger-", "grid-page-", "grid-accepted-", "hist-seen-")
+
+
 def _clear_personal() -> None:
-    # Ledgers (one per project, "ledger-ID") hold the answers this person may undo.
-    for key in [k for k in st.session_state if str(k).startswith("ledger-")] + list(_PERSONAL_KEYS):
+    for key in [k for k in st.session_state if str(k).startswith(_PERSONAL_PREFIXES)] + list(_PERSONAL_KEYS):
         st.session_state.pop(key, None)
 
 

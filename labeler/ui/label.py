@@ -219,6 +219,7 @@ def _apply_box_actions(project_id: int) -> None:
     )
     st.session_state["box_notices"] = st.session_state.get("box_notices", []) + outcome.notices
     st.session_state["show_first"] = outcome.undone_items + st.session_state.get("show_first", [])
+    _forget_accepted(project_id, outcome.undone_items)  # U in the box may undo a grid page
     if outcome.labeled:
         _auto_retrain(project_id)
 
@@ -303,11 +304,25 @@ def _page_key(project_id: int) -> str:
     return f"grid-page-{project_id}"
 
 
+def _accepted_key(project_id: int) -> str:
+    """Session key of the grid pages accepted in this session and not undone since (their ids
+    joined by commas): a second A on one says so rather than "answered meanwhile"."""
+    return f"grid-accepted-{project_id}"
+
+
+def _forget_accepted(project_id: int, undone: list[int]) -> None:
+    """The accepted grid pages with an image among `undone` are accepted no longer."""
+    accepted = st.session_state.get(_accepted_key(project_id), set())
+    accepted -= {page for page in accepted if set(map(int, page.split(","))) & set(undone)}
+
+
 def _grid_page(project_id: int) -> list[tuple[Item, object]]:
     """The grid page: the one drawn last, until it is accepted or undone, else the next images.
     A run that finishes meanwhile re-orders the queue, and a new page at the next rerun (a key,
-    a tile chosen) would drop the choices made on this one."""
+    a tile chosen) would drop the choices made on this one. A held page another annotator was
+    given meanwhile (this person was away longer than the claim lasts) is dropped for a new one."""
     pinned = st.session_state.get(_page_key(project_id))
+    taken = False
     if pinned:
         Session = common.session_factory()
 
@@ -322,8 +337,15 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
                 batch = queue.held_page(session, project_id, pinned, None)
         if batch:
             return batch
+        taken = batch is None
     batch = _next_batch(project_id, GRID_SIZE)
+    if taken and {item.id for item, _ in batch} == set(pinned):
+        # The same images, shared because all that is left is held by others: the same page.
+        place = {item_id: n for n, item_id in enumerate(pinned)}
+        return sorted(batch, key=lambda pair: place[pair[0].id])
     st.session_state[_page_key(project_id)] = [item.id for item, _ in batch]
+    if taken:
+        st.warning("Someone else took over images of this page while you were away; here is a new page.")
     return batch
 
 
@@ -409,7 +431,10 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
         st.session_state["last_message"] = ("error", f"The page was not saved: {error}")
         return
     ledger = _ledger(project_id)
-    settled = set(ledger.item_of_event.values()) | ledger.skipped  # this page, accepted before?
+    page = ",".join(map(str, item_ids))
+    accepted = st.session_state.setdefault(_accepted_key(project_id), set())  # pages accepted, not undone
+    again = page in accepted
+    accepted.add(page)
     ledger.record(events)
     ledger.skipped.update(skipped)
     if set(st.session_state.get(_page_key(project_id)) or ()) & set(item_ids):
@@ -418,7 +443,7 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
     for item_id in item_ids:
         st.session_state.pop(_tile_key(item_id, view), None)
     text = f"Saved {len(events)} labels."
-    if not events and set(item_ids) <= settled:
+    if not events and again:
         text = "This page was saved already (A pressed again); nothing changed."
     elif len(events) < len(chosen):
         text += f" {len(chosen) - len(events)} images had been answered meanwhile and were left as they are."
@@ -438,6 +463,7 @@ def _undo_page(project_id: int) -> None:
         st.session_state["show_first"] = undone + st.session_state.get("show_first", [])
         _ledger(project_id).skipped.difference_update(undone)
         st.session_state.pop(_page_key(project_id), None)  # the undone images come next
+        _forget_accepted(project_id, undone)
     else:
         st.session_state["last_message"] = ("info", "Nothing to undo in this session.")
 

@@ -4,6 +4,8 @@ images last; another annotator's claims respected. SQLite and PostgreSQL (tests/
 
 from __future__ import annotations
 
+from datetime import timedelta
+
 import numpy as np
 import pytest
 from sqlalchemy import and_, event, select, update
@@ -259,3 +261,84 @@ def test_a_held_page_stays_as_it_was_shown_after_a_new_run(Session, project):
     _label(Session, shown[1:], annotator="bob")
     with Session.begin() as session:
         assert queue.held_page(session, project.id, shown, "alice") == []
+
+
+def _writes(Session, fn):
+    """The INSERT, UPDATE and DELETE statements `fn()` sends."""
+    engine = Session.kw["bind"]
+    statements = []
+
+    def count(conn, cursor, statement, parameters, context, executemany):
+        if statement.lstrip().upper().startswith(("INSERT", "UPDATE", "DELETE")):
+            statements.append(statement)
+
+    event.listen(engine, "before_cursor_execute", count)
+    try:
+        fn()
+    finally:
+        event.remove(engine, "before_cursor_execute", count)
+    return statements
+
+
+def test_a_held_page_with_answered_images_writes_nothing_on_a_rerun(Session, project):
+    """Once someone else answered an image of the held page, asking for the page again renews
+    the claims on the rest once, then writes nothing while they last (each key or tile chosen
+    is a rerun; a write each time would contend for the database lock)."""
+    _finished_run(Session, project.id)
+    with Session.begin() as session:
+        shown = [item.id for item, _ in queue.next_items(session, project.id, k=6, annotator="alice")]
+    _label(Session, shown[:1], annotator="bob")
+
+    def held():
+        with Session.begin() as session:
+            assert [item.id for item, _ in queue.held_page(session, project.id, shown, "alice")] == shown
+
+    held()
+    claims = _claims(Session)
+    assert {i for i, (who, _) in claims.items() if who == "alice"} == set(shown[1:])
+    assert _writes(Session, held) == []
+    assert _writes(Session, held) == []
+    assert _claims(Session) == claims
+
+
+def test_a_held_page_another_annotator_was_given_is_dropped(Session, project):
+    """Alice was away longer than CLAIM_SECONDS, her claims expired and Bob's next page took
+    some of her images: her held page is no longer hers (None), so the two never work the same
+    images, and Bob's claims stay his."""
+    from db.models import Claim
+
+    _finished_run(Session, project.id)
+    with Session.begin() as session:
+        shown = [item.id for item, _ in queue.next_items(session, project.id, k=6, annotator="alice")]
+    with Session.begin() as session:  # alice away: her claims run out
+        session.execute(
+            update(Claim).values(expires_at=Claim.expires_at - timedelta(seconds=queue.CLAIM_SECONDS + 5))
+        )
+    with Session.begin() as session:
+        bobs = [item.id for item, _ in queue.next_items(session, project.id, k=4, annotator="bob")]
+    assert set(bobs) & set(shown)
+    held = _claims(Session)
+    with Session.begin() as session:
+        assert queue.held_page(session, project.id, shown, "alice") is None
+    assert _claims(Session) == held
+    with Session.begin() as session:  # her next page leaves Bob's images out
+        fresh = [item.id for item, _ in queue.next_items(session, project.id, k=6, annotator="alice")]
+    assert fresh and not set(fresh) & set(bobs)
+
+
+def test_a_held_page_whose_claims_ran_out_unclaimed_is_claimed_again(Session, project):
+    """Claims that ran out while nobody else took the images: the page is still the person's,
+    and asking for it claims it again."""
+    from db.models import Claim
+
+    _finished_run(Session, project.id)
+    with Session.begin() as session:
+        shown = [item.id for item, _ in queue.next_items(session, project.id, k=6, annotator="alice")]
+    with Session.begin() as session:
+        session.execute(
+            update(Claim).values(expires_at=Claim.expires_at - timedelta(seconds=queue.CLAIM_SECONDS + 5))
+        )
+    with Session.begin() as session:
+        assert [item.id for item, _ in queue.held_page(session, project.id, shown, "alice")] == shown
+    claims = _claims(Session)
+    assert set(claims) == set(shown) and all(expires > utcnow() for _, expires in claims.values())

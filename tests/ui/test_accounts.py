@@ -225,3 +225,23 @@ def test_undo_across_two_logged_in_sessions_takes_back_only_ones_own_answer(Sess
     with Session() as session:
         labels = queries.current_labels(session, tiny_project.id)
     assert sorted(by[i] for i in labels) == ["ann", "ann"]
+
+
+def test_the_next_person_in_the_tab_does_not_get_the_held_grid_page(Session, tiny_project, accounts):
+    """Ann opens a grid page and logs out without accepting it; Ada logs in in the same tab. The
+    page held for Ann (and the pages she accepted) are gone with the rest of Ann's work: Ada's
+    page is drawn for her, not Ann's page claimed under Ada's name."""
+    at = log_in(app_run(tiny_project.id), "ann")
+    at.radio(key="label_mode").set_value("Grid").run()
+    held = f"grid-page-{tiny_project.id}"
+    anns = list(at.session_state[held])
+    at.session_state[f"grid-accepted-{tiny_project.id}"] = {"1,2,3"}
+    at.session_state[f"hist-seen-{tiny_project.id}"] = {(1, 2): 0}
+    at.button(key="logout").click().run()
+    for key in (held, f"grid-accepted-{tiny_project.id}", f"hist-seen-{tiny_project.id}"):
+        assert key not in at.session_state
+    log_in(at, "ada")
+    assert not at.exception
+    at.radio(key="label_mode").set_value("Grid").run()
+    adas = list(at.session_state[held])
+    assert adas and not set(adas) & set(anns)  # Ann's claims still hold her images

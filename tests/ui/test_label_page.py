@@ -172,6 +172,105 @@ def test_accept_from_the_page_on_screen_never_accepts_a_page_not_shown_yet(Sessi
     assert "saved already" in at.success[0].value
 
 
+def test_a_second_accept_says_saved_already_even_when_others_answered_some_images(Session, tiny_project):
+    """Bob answers two images of Ann's page before she accepts it: the accept saves the other ten
+    and says two were answered meanwhile; A pressed again (from the page still on screen) says the
+    page was saved already, and writes nothing."""
+    fake_done_run(Session, tiny_project.id)
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    page = list(_grid_tiles(at))
+    with Session.begin() as session:
+        for i in page[:2]:
+            queries.add_label(session, i, 0, annotator="bob")
+    seen = on_screen(at)
+    button(seen, "accept_grid").click()
+    at.run()
+    assert (
+        "Saved 10 labels" in at.success[0].value
+        and "2 images had been answered meanwhile" in at.success[0].value
+    )
+    saved = _labels(Session, tiny_project.id)
+    send_from(at, seen)
+    assert not at.exception
+    assert "saved already" in at.success[0].value
+    assert _labels(Session, tiny_project.id) == saved
+
+
+def test_a_page_accepted_undone_then_answered_by_others_is_not_called_saved_already(Session, tiny_project):
+    """Accept, Undo (the same images come back as the next page), someone else answers all
+    twelve, Accept again: nothing of this person's is saved, and the message says the images were
+    answered meanwhile, not that the page was saved already (the undone page is not saved)."""
+    fake_done_run(Session, tiny_project.id)
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    page = list(_grid_tiles(at))
+    button(at, "accept_grid").click().run()
+    at.button(key="undo").click().run()
+    again = list(_grid_tiles(at))
+    assert set(again) == set(page)
+    for tile in _grid_tiles(at).values():
+        tile.set_value(1)
+    at.run()
+    with Session.begin() as session:
+        for i in again:
+            queries.add_label(session, i, 0, annotator="bob")
+    button(at, "accept_grid").click().run()
+    message = at.success[0].value
+    assert "saved already" not in message
+    assert "Saved 0 labels" in message and "12 images had been answered meanwhile" in message
+    assert set(_labels(Session, tiny_project.id).values()) == {0}  # Bob's answers stand
+
+
+def test_a_held_grid_page_another_annotator_took_over_is_replaced(Session, tiny_project):
+    """Ann left her grid page longer than the claims last, and Bob's next page took some of its
+    images: at Ann's next rerun her page is replaced by one without Bob's images, and she is
+    told why (her choices on the old page are gone; otherwise both would label the same images)."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from db.models import Claim
+    from labeler import queue
+
+    fake_done_run(Session, tiny_project.id)
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    page = list(_grid_tiles(at))
+    with Session.begin() as session:  # Ann away: her claims run out
+        session.execute(
+            update(Claim).values(expires_at=Claim.expires_at - timedelta(seconds=queue.CLAIM_SECONDS + 5))
+        )
+    with Session.begin() as session:
+        bobs = {item.id for item, _ in queue.next_items(session, tiny_project.id, k=4, annotator="bob")}
+    assert bobs & set(page)
+    at.run()
+    assert not at.exception
+    now = list(_grid_tiles(at))
+    assert len(now) == 12 and not set(now) & bobs
+    assert any("Someone else took over images of this page" in w.value for w in at.warning)
+    at.run()  # the new page is hers: it stays, without the message
+    assert list(_grid_tiles(at)) == now
+    assert not any("Someone else took over" in w.value for w in at.warning)
+
+
+def test_a_grid_page_shared_because_others_hold_everything_stays(Session, tiny_project):
+    """Bob holds every image left, so Ann's page is made of images he holds (shared rather than
+    "all done"): her page is not taken over from her at each rerun, it stays as it is."""
+    from labeler import queue
+
+    fake_done_run(Session, tiny_project.id)
+    with Session.begin() as session:
+        queue.next_items(session, tiny_project.id, k=1000, annotator="bob")
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    page = list(_grid_tiles(at))
+    assert len(page) == 12
+    at.run()
+    assert list(_grid_tiles(at)) == page
+    assert not at.warning
+
+
 def test_accept_right_after_moving_the_threshold_accepts_the_tiles_on_screen(Session, tiny_project):
     """The threshold lowered and A pressed before the page is redrawn: the tiles on screen (none
     pre-filled) are what is accepted, not the pre-fills the new threshold makes on the server."""
