@@ -248,37 +248,6 @@ def test_grid_page_accepts_the_models_guesses_with_a_key(app_server, page):
     assert [e.item_id for e in changed] == [after_keys[1][0]]  # the rest accepted as pre-filled
 
 
-def test_a_burst_of_grid_keys_sets_every_tile_it_was_pressed_on(app_server, page):
-    """Keys pressed faster than the page reruns: each lands on its own tile and none is dropped
-    (Streamlit keeps only the newest of two values that wait for one rerun, and a rerun can carry
-    a tile's old value); the page stores exactly what was pressed, also when A follows at once."""
-    Session, pid = app_server["Session"], app_server["project_id"]
-    page.goto(app_server["url"])
-    page.get_by_text("Grid", exact=True).click()
-    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
-    names = {"1": "dark", "2": "bright"}
-    for accept_at_once in (False, True):
-        tiles = wait_for_tiles(page, lambda tiles: True)
-        keys = ["1", "2", "2", "1", "2", "1", "1", "2"]  # tiles 0-7, as fast as the keyboard goes
-        wanted = {item: names[key] for (item, _), key in zip(tiles, keys)}
-        before = len(events(Session, pid))
-        page.locator("h1").first.click()
-        for key in keys:
-            page.keyboard.press(key)
-        if not accept_at_once:
-            shown = wait_for_tiles(page, lambda now, wanted=wanted: dict(now[:8]) == wanted)
-            assert dict(shown[:8]) == wanted
-            settle(page)
-            page.locator("h1").first.click()
-        page.keyboard.press("a")
-        deadline = time.monotonic() + 60  # the page is saved in one transaction
-        while len(events(Session, pid)) == before and time.monotonic() < deadline:
-            page.wait_for_timeout(200)
-        settle(page)
-        stored = {e.item_id: e.class_index for e in events(Session, pid)[before:]}
-        assert {i: stored.get(i) for i in wanted} == {i: 0 if v == "dark" else 1 for i, v in wanted.items()}
-
-
 def test_lasso_in_the_latent_view_labels_the_selection(app_server, page):
     Session, pid = app_server["Session"], app_server["project_id"]
     page.goto(f"{app_server['url']}/latent")
