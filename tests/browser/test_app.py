@@ -16,7 +16,7 @@ expect = pytest.importorskip("playwright.sync_api").expect
 
 from db import queries
 from db import runs as run_queries
-from db.models import IGNORED, Claim, LabelEvent
+from db.models import IGNORED, LabelEvent
 from labeler.ui import latent
 from tests.browser.conftest import draw_lasso, lasso_outline, saved, settle, shown
 
@@ -404,10 +404,6 @@ def test_an_imported_folder_shows_its_originals_and_audit_captions_give_nothing_
 def test_adding_a_class_keeps_every_key(app_server, page):
     """Last: it changes the shared project's classes."""
     Session, pid = app_server["Session"], app_server["project_id"]
-    # The grid tests' sessions are closed, but their last pages stay claimed for 5 minutes and
-    # may hold every image still unlabeled: let them go, as their claims running out would.
-    with Session.begin() as session:
-        session.query(Claim).filter_by(project_id=pid).delete()
     page.goto(app_server["url"])
     page.get_by_text("Classes: keys, add or rename").click()
     page.get_by_label("New class").fill("third")
