@@ -420,9 +420,7 @@ def page_items(
     session: Session, project_id: int, item_ids: list[int]
 ) -> list[tuple[Item, Prediction | None]]:
     """The items `item_ids` of the project, in that order, each with the newest finished run's
-    prediction (None without one); an empty list once every one of them has an answer."""
-    if not unanswered(session, project_id, item_ids):
-        return []
+    prediction (None without one)."""
     mine = and_(Item.project_id == project_id, Item.id.in_(item_ids))
     run_id = latest_done_run_id(session, project_id)
     with_prediction = and_(

@@ -80,11 +80,13 @@ def held_page(
     holds one of them now (this one was away longer than CLAIM_SECONDS and the other was given
     it): the page is no longer this annotator's, and the caller draws a new one rather than
     have two people work the same images."""
+    open_ids = queries.unanswered(session, project_id, item_ids)
+    if not open_ids:
+        return []
     page = queries.page_items(session, project_id, item_ids)
-    if page and annotator is not None:
+    if annotator is not None:
         now = utcnow()
         ids = [item.id for item, _ in page]
-        open_ids = queries.unanswered(session, project_id, ids)
         if queries.held_by_others_of(session, project_id, annotator, now, open_ids):
             return None
         lasting = queries.claimed_by(

@@ -304,6 +304,11 @@ def _page_key(project_id: int) -> str:
     return f"grid-page-{project_id}"
 
 
+def _page_name(item_ids) -> str:
+    """A grid page's name: its item ids, in order, joined by commas (as label_grid.js gets it)."""
+    return ",".join(map(str, item_ids))
+
+
 def _accepted_key(project_id: int) -> str:
     """Session key of the grid pages accepted in this session and not undone since (their ids
     joined by commas): a second A on one says so rather than "answered meanwhile"."""
@@ -402,7 +407,8 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
     except account.NotAllowed as refused:
         st.session_state["last_message"] = ("error", str(refused))
         return
-    token, pressed, _ = _grid_presses(",".join(map(str, item_ids)), len(names))
+    page = _page_name(item_ids)
+    token, pressed, _ = _grid_presses(page, len(names))
     view = _grid_view(threshold, names)
     chosen = [(i, _tile_choice(i, view, token, pressed)) for i in item_ids]
     chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
@@ -431,7 +437,6 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
         st.session_state["last_message"] = ("error", f"The page was not saved: {error}")
         return
     ledger = _ledger(project_id)
-    page = ",".join(map(str, item_ids))
     accepted = st.session_state.setdefault(_accepted_key(project_id), set())  # pages accepted, not undone
     again = page in accepted
     accepted.add(page)
@@ -491,10 +496,11 @@ def _grid(project_id: int, names: list[str]) -> None:
         st.caption(AUDIT_NOTE)
     options = [-1, *range(len(names))]
     skip = _apart("skip")
-    page = ",".join(str(item.id) for item, _ in batch)
+    page = _page_name(item.id for item, _ in batch)
     token, pressed, listed = _grid_presses(page, len(names))
     view = _grid_view(threshold, names)
     columns = st.columns(4)
+    tile_keys = []
     for n, (item, prediction) in enumerate(batch):
         prediction = _shown_prediction(item, prediction)
         sure = (
@@ -504,6 +510,7 @@ def _grid(project_id: int, names: list[str]) -> None:
         )
         guess = prediction.predicted if sure else -1
         presses, last = pressed.get(item.id, (0, guess))
+        tile_keys.append({"item": item.id, "key": _tile_key(item.id, view, token, presses)})
         with columns[n % len(columns)]:
             st.image(
                 _data_url(project_id, item.row, item.path),
@@ -515,17 +522,14 @@ def _grid(project_id: int, names: list[str]) -> None:
                 f"Label{note}",
                 options,
                 index=options.index(last),
-                key=_tile_key(item.id, view, token, presses),
+                key=tile_keys[-1]["key"],
                 format_func=lambda c: skip if c < 0 else names[c],
             )
     keys = class_keys(project_id, names)
     _grid_keys()(
         data={
             "page": page,
-            "tiles": [
-                {"item": item.id, "key": _tile_key(item.id, view, token, pressed.get(item.id, (0,))[0])}
-                for item, _ in batch
-            ],
+            "tiles": tile_keys,
             "edits": {"token": token, "list": listed} if token else None,
             "classes": [{"index": i, "key": k} for i, k in enumerate(keys) if k],
             "columns": len(columns),
