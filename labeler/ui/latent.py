@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import numpy as np
 import pandas as pd
+import plotly.colors
 import plotly.graph_objects as go
 import streamlit as st
 from sqlalchemy import select
@@ -98,18 +99,7 @@ PALETTE = [
     "#FECB52",
 ]
 UNLABELED_COLOUR = "#c8c8c8"
-VIRIDIS = [
-    "#440154",
-    "#482878",
-    "#3e4989",
-    "#31688e",
-    "#26828e",
-    "#1f9e89",
-    "#35b779",
-    "#6ece58",
-    "#b5de2b",
-    "#fde725",
-]
+VIRIDIS = list(plotly.colors.sequential.Viridis)  # the scale the colour bar shows
 
 
 def sample_rows(frame: pd.DataFrame, n: int = SAMPLE_POINTS, seed: int = 0) -> np.ndarray:
