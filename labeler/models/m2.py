@@ -52,6 +52,10 @@ and its cross-entropy term sees weak views of the labeled images:
 
 weighted like the classification term, and predictions and the export use the teacher.
 
+Graph pseudo-labels (`graph`, off by default: measured better on digits, worse on
+Fashion-MNIST; see M2Config and graph.py): q(y|x) also learns, on the unlabeled batch, the
+labels spread over a nearest-neighbour graph of its own features.
+
 The same network also serves the stacked model M1+M2 (m1m2.py) with a Gaussian p(x | y, z)
 on M1's latent codes instead of a Bernoulli on pixels.
 """
@@ -60,6 +64,7 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import functools
 import math
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -70,7 +75,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import augment, nets
+from . import augment, graph, nets
 from .base import Budget, PredictsWithClassifier, ProgressFn, SSLModel, Stochastic, batched
 
 
@@ -114,6 +119,15 @@ class M2Config:
     # bound's entropy term kept q(y|x) below the teacher's threshold, so consistency taught
     # little (shapes, seed 0, 400 steps: 0.39 test accuracy, 0.91 with 1.0, 0.87 with 3.0).
     conv_alpha_scale: float = 1.0
+    # Graph pseudo-labels (graph.py, Iscen et al. 2019), off by default: q(y|x)'s hidden features
+    # of the pool (the teacher's with consistency) in a nearest-neighbour graph, the labels (and
+    # q(y|x)'s predictions, weighted by graph_prior) spread along it, and q(y|x) learns the
+    # result on the unlabeled batch, weighted like the classification term. Measured with
+    # graph_prior 0: digits (30 labels, 60 s, seeds 0-2) 0.885 with, 0.860 without;
+    # Fashion-MNIST (100 labels, 600 s, seed 0, side by side) 0.730 with, 0.751 without.
+    graph: bool = False
+    graph_weight: float = 1.0
+    graph_prior: float = 0.0
 
 
 class M2Net(Stochastic):
@@ -222,9 +236,11 @@ def m2_loss(
     kl_weight: float = 1.0,
     labeled_weight: float = 0.0,
     augment_labeled: bool = False,
+    graph_term: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> tuple[torch.Tensor, dict[str, float]]:
     """The minibatch estimate of J / N (module docstring); xl (Bl, ...), yl (Bl,) int, xu (Bu, ...).
-    `augment_labeled`: q(y|x) sees weak views of the labeled images (the ELBO the images themselves)."""
+    `augment_labeled`: q(y|x) sees weak views of the labeled images (the ELBO the images themselves);
+    `graph_term(logits of xu)`: a weighted loss on the unlabeled batch's classifier logits, added."""
     bl, bu, k = len(xl), len(xu), net.k
     n = n_labeled + n_unlabeled
     x = torch.cat([xl, xu])  # one pass, so batch norm sees labeled and unlabeled rows together
@@ -250,6 +266,10 @@ def m2_loss(
         unlabeled = unlabeled_bound(neg[bl:].view(bu, k), logits[bl:]).mean()
         total = total + (n_unlabeled / n) * unlabeled
         parts["unlabeled_bound"] = unlabeled.item()
+        if graph_term is not None:
+            extra = graph_term(logits[bl:])
+            total = total + extra
+            parts["graph"] = extra.item()
     parts["loss"] = total.item()
     return total, parts
 
@@ -269,13 +289,18 @@ def train_m2(
     trained_before: int = 0,
     opt: torch.optim.Optimizer | None = None,
     teacher: nn.Module | None = None,
+    graph_labels: graph.GraphLabels | None = None,
+    predict: Callable[[np.ndarray], tuple[torch.Tensor, np.ndarray]] | None = None,
 ) -> tuple[int, dict[str, float]]:
     """Adam on `m2_loss` with a labeled and an unlabeled batch per step until `budget` ends.
 
     `draw(idx)` returns the inputs of those pool rows (pixels, or sampled M1 codes); `step0` is
     where this loop starts within the caller's fit (for progress), `trained_before` how many M2
     steps earlier fits made (for the KL warm-up), `opt` the model's Adam (None: a fresh one),
-    `teacher` the EMA copy of `net.classifier()` for the consistency term (None: off).
+    `teacher` the EMA copy of `net.classifier()` for the consistency term (None: off);
+    `graph_labels` the graph pseudo-labels (None: off), refreshed with `predict(rows)` (the
+    features and probabilities of those pool rows), whose subset the unlabeled batches then
+    come from.
     """
     n_l, n_u = len(labeled_idx), len(unlabeled_idx)
     alpha = cfg.alpha_scale * (n_l + n_u)
@@ -286,11 +311,23 @@ def train_m2(
     y_all = torch.as_tensor(labels, dtype=torch.long, device=device)
     student = net.classifier()
     cons_weight = cfg.consistency_weight * alpha * n_l / max(1, n_l + n_u)
+    graph_weight = cfg.graph_weight * alpha * n_l / max(1, n_l + n_u)
     step, parts = 0, {}
     while not budget.done(step):
         empty = np.zeros(0, dtype=np.int64)
         pick = next(lab) if lab else empty
-        ub = next(unl) if unl else empty
+        graph_term = None
+        if graph_labels is not None and n_l and n_u and graph_labels.due(budget, step):
+            graph_labels.refresh(predict, budget, step, rng, net.generator())
+            net.train()
+        if graph_labels is not None and graph_labels.rows is not None:
+            positions = graph_labels.draw(cfg.unlabeled_batch, rng)
+            ub = graph_labels.rows[positions]
+            graph_term = functools.partial(
+                graph_labels.loss, positions=torch.as_tensor(positions, device=device), weight=graph_weight
+            )
+        else:
+            ub = next(unl) if unl else empty
         xl, yl = draw(labeled_idx[pick]), y_all[torch.as_tensor(pick, device=device)]
         xu = draw(ub)
         kl_weight = min(1.0, (trained_before + step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
@@ -305,6 +342,7 @@ def train_m2(
             kl_weight,
             cfg.labeled_weight,
             augment_labeled=teacher is not None,
+            graph_term=graph_term,
         )
         if teacher is not None and len(xu) and n_l:
             with torch.no_grad():
@@ -390,6 +428,19 @@ class M2(PredictsWithClassifier, SSLModel):
                 unlabeled_batch=cfg.conv_batch,
                 alpha_scale=cfg.conv_alpha_scale,
             )
+        graph_labels = None
+        if cfg.graph and len(labeled_idx):
+            graph_labels = graph.GraphLabels(
+                len(x), labeled_idx, labels, self.num_classes, prior=cfg.graph_prior
+            )
+
+        @torch.no_grad()
+        def predict(rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+            classifier = self._classifier()  # in eval mode
+            feats = batched(classifier[0], x[rows], self.device)
+            probs = batched(lambda f: torch.softmax(classifier[1](f), 1), feats, self.device)
+            return torch.as_tensor(feats, device=self.device), probs
+
         steps, parts = train_m2(
             net,
             draw,
@@ -404,6 +455,8 @@ class M2(PredictsWithClassifier, SSLModel):
             trained_before=self.steps_done,
             opt=self.optimizers["net"],
             teacher=self.modules.get("teacher"),
+            graph_labels=graph_labels,
+            predict=predict,
         )
         self.steps_done += steps
         self.labels_seen = len(labeled_idx)

@@ -38,6 +38,10 @@ augmented:
     L_D = L_sup + w L_unsup + consistency_weight * L_cons.
 
 The discriminator has no batch norm, so the strong views need no keeping out of its statistics.
+
+Graph pseudo-labels (`graph`, off by default: measured worse on digits; see SSLGANConfig and
+graph.py): D also learns, on the unlabeled batch, the labels spread over a nearest-neighbour
+graph of its weight average's features.
 """
 
 from __future__ import annotations
@@ -53,7 +57,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from . import augment, nets
+from . import augment, graph, nets
 from .base import (
     Budget,
     Dropout,
@@ -448,6 +452,15 @@ class SSLGANConfig:
     consistency: bool = True
     consistency_weight: float = 1.0
     threshold: float = 0.95
+    # Graph pseudo-labels (graph.py, Iscen et al. 2019), off by default: the EMA discriminator's
+    # features of the pool in a nearest-neighbour graph, its predictions (weighted by
+    # graph_prior) and the labels spread along it, and D learns the result on the unlabeled
+    # batch, each label weighted by its certainty. Measured on digits (30 labels, 60 s, seeds
+    # 0-2, two runs side by side): sslgan 0.944 without, 0.933 with graph_prior 1, 0.926 with 0;
+    # badgan 0.940 without, 0.909 with graph_prior 1 (seed 2 fell to 0.833).
+    graph: bool = False
+    graph_weight: float = 1.0
+    graph_prior: float = 1.0
     progress_every_s: float = 0.5
 
 
@@ -559,6 +572,11 @@ class SSLGAN(SSLModel):
         if "disc_ema" in self.modules:
             self.modules["disc_ema"].eval()  # the teacher predicts without noise or dropout
         lab_order = np.zeros(0, dtype=np.int64)
+        graph_labels = None
+        if cfg.graph and x_lab is not None and len(np.unique(labeled_idx)) < n:
+            graph_labels = graph.GraphLabels(
+                n, labeled_idx, yt.cpu().numpy(), self.num_classes, prior=cfg.graph_prior
+            )
         losses: dict[str, float] = {}
         step, last_report = 0, -math.inf  # report after the first step, then every progress_every_s
         while not budget.done(step):
@@ -570,7 +588,16 @@ class SSLGAN(SSLModel):
 
             # discriminator: labeled (repeated), unlabeled and generated batches
             terms: dict[str, torch.Tensor] = {}
-            unl = xt[torch.as_tensor(rng.integers(0, n, bs), device=self.device)]  # (B, C, H, W)
+            if graph_labels is not None and graph_labels.due(budget, step):
+                graph_labels.refresh(
+                    lambda rows: self._features_and_proba(xt, rows), budget, step, rng, self.generator
+                )
+            if graph_labels is not None and graph_labels.rows is not None:
+                positions = graph_labels.draw(bs, rng)
+                unl = xt[torch.as_tensor(graph_labels.rows[positions], device=self.device)]
+            else:
+                positions = None
+                unl = xt[torch.as_tensor(rng.integers(0, n, bs), device=self.device)]  # (B, C, H, W)
             with torch.no_grad():
                 fake = gen(self._z(fb))  # (Bf, C, H, W)
             if x_lab is not None:
@@ -598,6 +625,9 @@ class SSLGAN(SSLModel):
                 logits_all, _ = disc(torch.cat([unl, fake]))
                 logits_unl, logits_fake = logits_all.split([bs, fb])
             terms["unsup"] = cfg.unlabeled_weight * unsupervised_loss(logits_unl, logits_fake)
+            if positions is not None:
+                at = torch.as_tensor(positions, device=self.device)
+                terms["graph"] = cfg.graph_weight * graph_labels.loss(logits_unl, at)
             terms.update(self.extra_d_loss(logits_unl))
             loss_d = sum(terms.values())
             self.opt_d.zero_grad(set_to_none=True)
@@ -641,6 +671,21 @@ class SSLGAN(SSLModel):
 
     def _logits(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(x)[0]
+
+    @torch.no_grad()
+    def _features_and_proba(self, xt: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+        """The prediction discriminator's features (S, D) and probabilities (S, K) of pool rows."""
+        classifier = self.classifier
+        was_training = classifier.training
+        classifier.eval()
+        feats, probs = [], []
+        for start in range(0, len(rows), 1024):
+            batch = xt[torch.as_tensor(rows[start : start + 1024], device=self.device)]
+            logits, f = classifier(batch)
+            feats.append(f.float())
+            probs.append(torch.softmax(logits, dim=1).float().cpu().numpy())
+        classifier.train(was_training)
+        return torch.cat(feats), np.concatenate(probs)
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         self.classifier.eval()
