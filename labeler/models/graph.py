@@ -6,7 +6,8 @@ consistency". Every so often during a fit (`GraphLabels.refresh`) the model's fe
 whole pool are put in a k-nearest-neighbour graph (cosine similarity s, weight s^3 for the k
 nearest, symmetrised, W_n = D^-1/2 W D^-1/2), and the labels spread along it:
 
-    Z = (I - a W_n)^-1 Y,   a = 0.99,
+    Z = (I - a W_n)^-1 Y,   a = 0.9 (the paper: 0.99; with the model's own predictions among
+                             the seeds, 0.9 keeps them nearer their own label),
 
 with Y one-hot on the labeled images, and the model's own predictions, weighted by `prior`,
 on the rest. Each unlabeled image gets the pseudo-label argmax Z_i with a certainty weight
@@ -18,7 +19,9 @@ unlabeled batch. Images that look alike (in the features the classifier learns) 
 the same label, beyond what the few labeled images reach directly. The network itself stays
 the model: predictions and exports do not use the graph.
 
-A refresh covers at most `max_images` of the pool (a fresh random subset each time, the
+The features of a refresh are projected at random to 64 dimensions above 4,096 images (cosine
+similarities stay close, the neighbour search gets cheaper). A refresh covers at most
+`max_images` of the pool (a fresh random subset each time, the
 labeled images always in it), and the model draws its unlabeled batches from that subset
 until the next refresh, so every unlabeled image it trains on has a graph label. Refreshes
 come at fixed fractions of each fit's budget (from `start` on, every `every`), but never
@@ -79,9 +82,11 @@ def propagate(w: sparse.csr_matrix, seeds: np.ndarray, alpha: float = 0.99, iter
 
 def pseudo_labels(z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
     """Labels argmax Z (N,) and certainty weights 1 - H(Z / |Z|_1) / log K in [0, 1] (N,)."""
+    k = z.shape[1]
+    if k < 2:  # one class: nothing to decide, nothing to learn
+        return np.zeros(len(z), dtype=np.int64), np.zeros(len(z))
     p = np.maximum(z, 0)
     total = p.sum(axis=1, keepdims=True)
-    k = z.shape[1]
     p = np.where(total > 0, p / np.maximum(total, 1e-12), 1.0 / k)
     entropy = -(p * np.log(np.maximum(p, 1e-12))).sum(axis=1)
     return z.argmax(axis=1), (1.0 - entropy / math.log(k)).clip(0, 1)
@@ -107,8 +112,9 @@ class GraphLabels:
         dims: int = 64,
     ):
         self.n, self.num_classes = n, num_classes
-        self.labeled_idx = np.asarray(labeled_idx, dtype=np.int64)
-        self.labels_given = np.asarray(labels, dtype=np.int64)
+        # One label per labeled row (its first), rows in increasing order.
+        self.labeled_idx, first = np.unique(np.asarray(labeled_idx, dtype=np.int64), return_index=True)
+        self.labels_given = np.asarray(labels, dtype=np.int64)[first]
         self.k, self.prior, self.alpha, self.max_images, self.dims = k, prior, alpha, max_images, dims
         self.start, self.every, self.max_share = start, every, max_share
         self.rows: np.ndarray | None = None  # (S,) the pool rows of the current subset
@@ -134,12 +140,14 @@ class GraphLabels:
         return budget.elapsed() - self._last_end >= self._last_cost * (1 - self.max_share) / self.max_share
 
     def _choose(self, rng: np.random.Generator) -> np.ndarray:
-        """The subset of pool rows (sorted) a refresh covers: every row, or `max_images` of them
-        with every labeled row."""
+        """The subset of pool rows (sorted) a refresh covers: every row, or every labeled row and
+        unlabeled ones up to `max_images` (at least half of `max_images` unlabeled ones, or all
+        of them, when the labels alone fill it)."""
         if self.n <= self.max_images:
             return np.arange(self.n)
         others = np.setdiff1d(np.arange(self.n), self.labeled_idx)
-        pick = rng.choice(others, size=max(0, self.max_images - len(self.labeled_idx)), replace=False)
+        room = max(self.max_images - len(self.labeled_idx), self.max_images // 2)
+        pick = rng.choice(others, size=min(room, len(others)), replace=False)
         return np.sort(np.concatenate([self.labeled_idx, pick]))
 
     def refresh(
@@ -168,8 +176,8 @@ class GraphLabels:
         seeds[where, self.labels_given] = 1.0
         found, weights = pseudo_labels(propagate(w, seeds, self.alpha))
         weights[where] = 0.0
-        self.rows = rows
         self._unlabeled = np.setdiff1d(np.arange(len(rows)), where)
+        self.rows = rows if len(self._unlabeled) else None  # None: the model's own batches
         self.targets = torch.as_tensor(found, dtype=torch.long, device=features.device)
         self.weights = torch.as_tensor(weights, dtype=torch.float32, device=features.device)
         self.refreshes += 1

@@ -52,8 +52,8 @@ and its cross-entropy term sees weak views of the labeled images:
 
 weighted like the classification term, and predictions and the export use the teacher.
 
-Graph pseudo-labels (`graph`, off by default: measured better on digits, worse on
-Fashion-MNIST; see M2Config and graph.py): q(y|x) also learns, on the unlabeled batch, the
+Graph pseudo-labels (`graph`, off by default: on digits no better than the noise, on
+Fashion-MNIST worse; see M2Config and graph.py): q(y|x) also learns, on the unlabeled batch, the
 labels spread over a nearest-neighbour graph of its own features.
 
 The same network also serves the stacked model M1+M2 (m1m2.py) with a Gaussian p(x | y, z)

@@ -114,6 +114,52 @@ def test_a_model_trains_on_graph_labels_and_repeats_itself_with_a_step_budget(na
     np.testing.assert_array_equal(first, again)
 
 
-def test_graph_labels_are_off_by_default():
-    for name in ("m2", "sslgan", "badgan"):
-        assert MODELS[name].Config().graph is False
+def test_a_subset_of_a_bigger_pool_labels_its_own_rows():
+    features, truth = two_clusters(n=50)  # 100 pool rows, a subset of 30 per refresh
+    labeled = np.array([3, 60])
+    graph = GraphLabels(len(truth), labeled, truth[labeled], 2, k=3, prior=0.0, max_images=30)
+    uniform = np.full((len(truth), 2), 0.5)
+    graph.refresh(
+        lambda rows: (features[rows], uniform[rows]),
+        Budget(steps=10),
+        2,
+        np.random.default_rng(0),
+        torch.Generator(),
+    )
+    assert len(graph.rows) == 30 and {3, 60} <= set(graph.rows.tolist())
+    positions = graph.draw(200, np.random.default_rng(1))
+    rows = graph.rows[positions]
+    assert not set(rows.tolist()) & {3, 60}
+    assert (graph.targets[positions].numpy() == truth[rows]).all()  # targets follow rows[positions]
+
+
+def test_labels_that_fill_the_subset_still_leave_unlabeled_rows_to_draw():
+    features, truth = two_clusters(n=50)
+    labeled = np.arange(0, 100, 4)  # 25 labels, and duplicates of two of them
+    labels = truth[labeled]
+    graph = GraphLabels(100, np.r_[labeled, 0, 4], np.r_[labels, labels[0], labels[1]], 2, k=3, max_images=20)
+    graph.refresh(
+        lambda rows: (features[rows], np.full((len(rows), 2), 0.5)),
+        Budget(steps=10),
+        2,
+        np.random.default_rng(0),
+        torch.Generator(),
+    )
+    assert len(graph.rows) == 25 + 10 and len(np.unique(graph.rows)) == len(graph.rows)
+    assert not set(graph.rows[graph.draw(100, np.random.default_rng(1))].tolist()) & set(labeled.tolist())
+
+
+def test_one_class_gives_no_weight():
+    found, weights = pseudo_labels(np.ones((4, 1)))
+    assert (found == 0).all() and (weights == 0).all()
+
+
+@pytest.mark.parametrize("name", ["m2", "sslgan", "badgan"])
+def test_the_default_settings_never_build_a_graph(name, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise AssertionError("a graph was built with graph off")
+
+    monkeypatch.setattr(GraphLabels, "__init__", refuse)
+    x, idx, labels = tiny_data(n=60)
+    model = MODELS[name](x.shape[1:], 3, config=MODELS[name].Config(**small_config(name)), seed=5)
+    model.fit(x, idx, labels, Budget(steps=20))
