@@ -86,18 +86,7 @@ def _shown_predictions(session, run_id: int) -> pd.DataFrame:
 
 
 # The categorical colours of plotly express, so the map looks as it did before WebGL.
-PALETTE = [
-    "#636efa",
-    "#EF553B",
-    "#00cc96",
-    "#ab63fa",
-    "#FFA15A",
-    "#19d3f3",
-    "#FF6692",
-    "#B6E880",
-    "#FF97FF",
-    "#FECB52",
-]
+PALETTE = list(plotly.colors.qualitative.Plotly)
 UNLABELED_COLOUR = "#c8c8c8"
 VIRIDIS = list(plotly.colors.sequential.Viridis)  # the scale the colour bar shows
 
