@@ -44,6 +44,7 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
     "labeled_batch": (1, 4096),
     "unlabeled_batch": (1, 4096),
     "conv_batch_size": (1, 4096),
+    "conv_fake_batch_size": (0, 4096),  # 0: conv_batch_size (the form before it existed)
     "conv_width": (1, 512),
     "components": (1, 4096),
     "neighbors": (1, 1000),

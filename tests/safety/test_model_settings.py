@@ -106,3 +106,8 @@ def test_a_checkpoint_with_an_unknown_setting_falls_back_to_a_fresh_model(tmp_pa
             and "does not know" in notes[0]
             and notes[0].endswith("Trained from scratch instead.")
         )
+
+
+def test_zero_generated_images_means_the_conv_batch_size_and_can_be_set():
+    # An old checkpoint rebuilds with conv_fake_batch_size=0 (SSLGAN.legacy_config); the CLI can set it too.
+    assert make_config("sslgan", {"conv_fake_batch_size": "0"}).conv_fake_batch_size == 0
