@@ -21,6 +21,17 @@ def two_clusters(n: int = 40, seed: int = 0) -> tuple[torch.Tensor, np.ndarray]:
     return torch.as_tensor(points, dtype=torch.float32), truth
 
 
+def refresh(graph: GraphLabels, features: torch.Tensor, budget: Budget | None = None, step: int = 2) -> None:
+    """One refresh on `features` (N, D) of the whole pool, the model undecided (uniform)."""
+    graph.refresh(
+        lambda rows: (features[rows], np.full((len(rows), graph.num_classes), 1.0 / graph.num_classes)),
+        budget or Budget(steps=10),
+        step,
+        np.random.default_rng(0),
+        torch.Generator(),
+    )
+
+
 def test_knn_graph_is_symmetric_without_self_loops_and_stays_in_its_cluster():
     features, truth = two_clusters()
     w = knn_graph(features, k=5, chunk=7)  # chunks that do not divide the rows
@@ -50,14 +61,7 @@ def test_graph_labels_follow_the_features_and_skip_the_labeled_rows():
     features, truth = two_clusters()
     labeled = np.array([3, 50])
     graph = GraphLabels(len(truth), labeled, truth[labeled], 2, k=5, prior=0.0)
-    uniform = np.full((len(truth), 2), 0.5)
-    graph.refresh(
-        lambda rows: (features[rows], uniform[rows]),
-        Budget(steps=10),
-        2,
-        np.random.default_rng(0),
-        torch.Generator(),
-    )
+    refresh(graph, features)
     assert (graph.targets.numpy() == truth).all()
     assert (graph.weights[labeled] == 0).all()
     drawn = graph.draw(500, np.random.default_rng(1))
@@ -79,13 +83,7 @@ def test_with_a_step_budget_the_refreshes_depend_on_the_steps_alone():
     for step in range(100):
         if graph.due(budget, step):
             due.append(step)
-            graph.refresh(
-                lambda rows: (features[rows], np.full((len(rows), 2), 0.5)),
-                budget,
-                step,
-                np.random.default_rng(0),
-                torch.Generator(),
-            )
+            refresh(graph, features, budget, step)
     assert due == [20, 30, 40, 50, 60, 70, 80, 90]
 
 
@@ -118,14 +116,7 @@ def test_a_subset_of_a_bigger_pool_labels_its_own_rows():
     features, truth = two_clusters(n=50)  # 100 pool rows, a subset of 30 per refresh
     labeled = np.array([3, 60])
     graph = GraphLabels(len(truth), labeled, truth[labeled], 2, k=3, prior=0.0, max_images=30)
-    uniform = np.full((len(truth), 2), 0.5)
-    graph.refresh(
-        lambda rows: (features[rows], uniform[rows]),
-        Budget(steps=10),
-        2,
-        np.random.default_rng(0),
-        torch.Generator(),
-    )
+    refresh(graph, features)
     assert len(graph.rows) == 30 and {3, 60} <= set(graph.rows.tolist())
     positions = graph.draw(200, np.random.default_rng(1))
     rows = graph.rows[positions]
@@ -138,13 +129,7 @@ def test_labels_that_fill_the_subset_still_leave_unlabeled_rows_to_draw():
     labeled = np.arange(0, 100, 4)  # 25 labels, and duplicates of two of them
     labels = truth[labeled]
     graph = GraphLabels(100, np.r_[labeled, 0, 4], np.r_[labels, labels[0], labels[1]], 2, k=3, max_images=20)
-    graph.refresh(
-        lambda rows: (features[rows], np.full((len(rows), 2), 0.5)),
-        Budget(steps=10),
-        2,
-        np.random.default_rng(0),
-        torch.Generator(),
-    )
+    refresh(graph, features)
     assert len(graph.rows) == 25 + 10 and len(np.unique(graph.rows)) == len(graph.rows)
     assert not set(graph.rows[graph.draw(100, np.random.default_rng(1))].tolist()) & set(labeled.tolist())
 
