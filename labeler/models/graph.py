@@ -120,8 +120,6 @@ class GraphLabels:
         self.rows: np.ndarray | None = None  # (S,) the pool rows of the current subset
         self.targets: torch.Tensor | None = None  # (S,) long
         self.weights: torch.Tensor | None = None  # (S,) float; 0 on the labeled images
-        self.refreshes = 0
-        self.seconds = 0.0  # spent refreshing
         self._marks = 0  # fractions of the budget passed: start, start + every, ...
         self._last_cost = 0.0
         self._last_end = -math.inf
@@ -164,9 +162,7 @@ class GraphLabels:
         fraction = budget.fraction(step)
         rows = self._choose(rng)
         features, probs = predict(rows)
-        if (
-            len(rows) > 4096 and features.shape[1] > self.dims
-        ):  # a random projection keeps similarities, cheaply
+        if len(rows) > 4096 and features.shape[1] > self.dims:  # a random projection keeps similarities
             proj = torch.randn(features.shape[1], self.dims, generator=generator, device=generator.device)
             features = features @ proj.to(features.device)
         w = knn_graph(features, self.k)
@@ -180,12 +176,26 @@ class GraphLabels:
         self.rows = rows if len(self._unlabeled) else None  # None: the model's own batches
         self.targets = torch.as_tensor(found, dtype=torch.long, device=features.device)
         self.weights = torch.as_tensor(weights, dtype=torch.float32, device=features.device)
-        self.refreshes += 1
         self._last_cost = time.monotonic() - t0
-        self.seconds += self._last_cost
         self._last_end = budget.elapsed()
         while self._mark() <= fraction:
             self._marks += 1
+
+    def batch(
+        self,
+        size: int,
+        predict: Callable[[np.ndarray], tuple[torch.Tensor, np.ndarray]],
+        budget: Budget,
+        step: int,
+        rng: np.random.Generator,
+        generator: torch.Generator,
+    ) -> np.ndarray | None:
+        """What a model asks at each step: refresh when `due`, then `size` positions of unlabeled
+        images in the subset (`draw`), or None before the first refresh and when the subset has
+        none (the model then draws its own batch)."""
+        if self.due(budget, step):
+            self.refresh(predict, budget, step, rng, generator)
+        return None if self.rows is None else self.draw(size, rng)
 
     def draw(self, size: int, rng: np.random.Generator) -> np.ndarray:
         """`size` random positions of unlabeled images in the current subset (index `rows` with

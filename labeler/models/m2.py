@@ -317,11 +317,10 @@ def train_m2(
         empty = np.zeros(0, dtype=np.int64)
         pick = next(lab) if lab else empty
         graph_term = None
-        if graph_labels is not None and n_l and n_u and graph_labels.due(budget, step):
-            graph_labels.refresh(predict, budget, step, rng, net.generator())
-            net.train()
-        if graph_labels is not None and graph_labels.rows is not None:
-            positions = graph_labels.draw(cfg.unlabeled_batch, rng)
+        positions = None
+        if graph_labels is not None:
+            positions = graph_labels.batch(cfg.unlabeled_batch, predict, budget, step, rng, net.generator())
+        if positions is not None:
             ub = graph_labels.rows[positions]
             graph_term = functools.partial(
                 graph_labels.loss, positions=torch.as_tensor(positions, device=device), weight=graph_weight
@@ -429,16 +428,18 @@ class M2(PredictsWithClassifier, SSLModel):
                 alpha_scale=cfg.conv_alpha_scale,
             )
         graph_labels = None
-        if cfg.graph and len(labeled_idx):
+        if cfg.graph and len(labeled_idx) and len(unlabeled_idx):
             graph_labels = graph.GraphLabels(
                 len(x), labeled_idx, labels, self.num_classes, prior=cfg.graph_prior
             )
 
         @torch.no_grad()
         def predict(rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
-            classifier = self._classifier()  # in eval mode
+            training = net.training
+            classifier = self._classifier()  # in eval mode (the net's own switches the net)
             feats = batched(classifier[0], x[rows], self.device)
             probs = batched(lambda f: torch.softmax(classifier[1](f), 1), feats, self.device)
+            net.train(training)
             return torch.as_tensor(feats, device=self.device), probs
 
         steps, parts = train_m2(

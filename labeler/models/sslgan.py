@@ -588,15 +588,14 @@ class SSLGAN(SSLModel):
 
             # discriminator: labeled (repeated), unlabeled and generated batches
             terms: dict[str, torch.Tensor] = {}
-            if graph_labels is not None and graph_labels.due(budget, step):
-                graph_labels.refresh(
-                    lambda rows: self._features_and_proba(xt, rows), budget, step, rng, self.generator
+            positions = None
+            if graph_labels is not None:
+                positions = graph_labels.batch(
+                    bs, lambda rows: self._features_and_proba(x, rows), budget, step, rng, self.generator
                 )
-            if graph_labels is not None and graph_labels.rows is not None:
-                positions = graph_labels.draw(bs, rng)
+            if positions is not None:
                 unl = xt[torch.as_tensor(graph_labels.rows[positions], device=self.device)]
             else:
-                positions = None
                 unl = xt[torch.as_tensor(rng.integers(0, n, bs), device=self.device)]  # (B, C, H, W)
             with torch.no_grad():
                 fake = gen(self._z(fb))  # (Bf, C, H, W)
@@ -673,19 +672,15 @@ class SSLGAN(SSLModel):
         return self.classifier(x)[0]
 
     @torch.no_grad()
-    def _features_and_proba(self, xt: torch.Tensor, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
+    def _features_and_proba(self, x: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """The prediction discriminator's features (S, D) and probabilities (S, K) of pool rows."""
         classifier = self.classifier
-        was_training = classifier.training
+        training = classifier.training
         classifier.eval()
-        feats, probs = [], []
-        for start in range(0, len(rows), 1024):
-            batch = xt[torch.as_tensor(rows[start : start + 1024], device=self.device)]
-            logits, f = classifier(batch)
-            feats.append(f.float())
-            probs.append(torch.softmax(logits, dim=1).float().cpu().numpy())
-        classifier.train(was_training)
-        return torch.cat(feats), np.concatenate(probs)
+        feats = batched(classifier.body, x[rows], self.device)
+        probs = batched(lambda f: torch.softmax(classifier.head(f), dim=1), feats, self.device)
+        classifier.train(training)
+        return torch.as_tensor(feats, device=self.device), probs
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
         self.classifier.eval()
