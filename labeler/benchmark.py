@@ -144,6 +144,7 @@ def run_models(
         "test_accuracy",
         "seconds",
         "train_steps",
+        "fit_seconds",
         "config",
         "error",
     ]
@@ -166,6 +167,7 @@ def run_models(
                     "test_accuracy": None,
                     "seconds": None,
                     "train_steps": None,
+                    "fit_seconds": None,
                     "config": config_text,
                     "error": None,
                 }
@@ -186,6 +188,7 @@ def run_models(
                         test_accuracy=rows[-1]["test_accuracy"],
                         seconds=rows[-1]["seconds"],
                         train_steps=rows[-1]["train_steps"],
+                        fit_seconds=rows[-1]["fit_seconds"],
                     )
                 except Exception as error:  # noqa: BLE001 - one broken model must not end the benchmark
                     record["error"] = f"{type(error).__name__}: {error}"
@@ -229,18 +232,26 @@ def models_table(records: list[dict], models: list[str], datasets: list[str]) ->
         cells = []
         for dataset in datasets:
             accs, failed = _accuracies(records, model, dataset)
-            steps = [
-                float(r["train_steps"])
+            done = [
+                r
                 for r in records
                 if r["model"] == model
                 and r["dataset"] == dataset
                 and not r.get("error")
                 and r.get("train_steps") not in (None, "")
             ]
+            steps = [float(r["train_steps"]) for r in done]
+            # Steps per second of the fit alone; CSVs from before fit_seconds have none.
+            speed = [
+                float(r["train_steps"]) / float(r["fit_seconds"])
+                for r in done
+                if r.get("fit_seconds") not in (None, "") and float(r["fit_seconds"]) > 0
+            ]
             cell = (
                 mean_std(accs)
                 + f" (n={len(accs)}"
                 + (f", {np.mean(steps):,.0f} steps" if steps else "")
+                + (f", {np.mean(speed):,.1f} steps/s" if speed else "")
                 + ")"
                 if accs or failed
                 else "not run"

@@ -41,6 +41,7 @@ CSV_FIELDS = [
     "round",
     "train_seconds",
     "train_steps",
+    "fit_seconds",
     "dataset",
     "model",
     "strategy",
@@ -161,6 +162,7 @@ def simulate(
             "round": round_,
             "train_seconds": round(train_seconds, 1),
             "train_steps": result.steps,
+            "fit_seconds": round(result.timing["training_s"], 3),  # the fit alone: steps / this = speed
             "dataset": dataset,
             "model": spec.model,
             "strategy": spec.strategy,

@@ -60,7 +60,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, nets
-from .base import Budget, PredictsWithClassifier, ProgressFn, SSLModel, batched
+from .base import Budget, PredictsWithClassifier, ProgressFn, SSLModel, adam, batched
 
 # -- loss terms ------------------------------------------------------------------------------
 
@@ -247,10 +247,10 @@ class AAE(PhasedAutoencoder):
         self._add_teacher()
         disc = [*self.modules["d_y"].parameters(), *self.modules["d_z"].parameters()]
         self.optimizers = {
-            "reconstruction": torch.optim.Adam(net.parameters(), lr=cfg.lr),
-            "discriminators": torch.optim.Adam(disc, lr=cfg.d_lr),
-            "regularisation": torch.optim.Adam(net.encoder_parameters(), lr=cfg.lr),
-            "supervised": torch.optim.Adam(net.classifier().parameters(), lr=cfg.lr),
+            "reconstruction": adam(net.parameters(), lr=cfg.lr),
+            "discriminators": adam(disc, lr=cfg.d_lr),
+            "regularisation": adam(net.encoder_parameters(), lr=cfg.lr),
+            "supervised": adam(net.classifier().parameters(), lr=cfg.lr),
         }
 
     def _step(self, xu: torch.Tensor, xl: torch.Tensor | None, yl: torch.Tensor | None) -> dict[str, float]:

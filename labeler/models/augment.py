@@ -159,10 +159,11 @@ def fixmatch_loss(
 def ema_update(teacher: nn.Module, student: nn.Module, decay: float) -> None:
     """teacher <- decay * teacher + (1 - decay) * student, weights only; buffers (batch-norm
     statistics) are copied, as in the mean teacher."""
-    for p_t, p_s in zip(teacher.parameters(), student.parameters()):
-        p_t.lerp_(p_s, 1.0 - decay)
-    for b_t, b_s in zip(teacher.buffers(), student.buffers()):
-        b_t.copy_(b_s)
+    # One call for every tensor (what torch.optim.swa_utils does), not a Python loop of lerps.
+    torch._foreach_lerp_(list(teacher.parameters()), list(student.parameters()), 1.0 - decay)
+    buffers = list(teacher.buffers())
+    if buffers:
+        torch._foreach_copy_(buffers, list(student.buffers()))
 
 
 @contextmanager

@@ -197,6 +197,23 @@ def init_parameters(module: nn.Module, generator: torch.Generator) -> nn.Module:
     return module
 
 
+def adam(
+    params,
+    lr: float,
+    betas: tuple[float, float] = (0.9, 0.999),
+    weight_decay: float = 0.0,
+    decoupled: bool = False,
+):
+    """Adam (AdamW with `decoupled`) with PyTorch's fused kernel: one kernel updates every
+    tensor, where the default loops over them in Python. Measured on 2 CPU cores: an update of
+    a 64-1000-500-250-250-250-10 MLP takes 0.7 ms fused, 1.8 ms with `foreach`, 3.7 ms with the
+    default; whole training steps on digits take 7 to 37 % less time, depending on the model
+    (README, Benchmarks). The same arithmetic; only the order of floating-point operations
+    differs."""
+    kind = torch.optim.AdamW if decoupled else torch.optim.Adam
+    return kind(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
+
+
 class SSLModel:
     """Base of every model. Subclasses set `name`, `Config` and implement the abstract methods.
 
@@ -325,7 +342,7 @@ class SSLModel:
         saved = state.get("optimizers", {})
         for key, opt in self.optimizers.items():
             if key in saved:  # checkpoints from before optimizer state was kept start fresh moments
-                opt.load_state_dict(saved[key])
+                _load_optimizer(opt, saved[key])
         self.load_extra_state(state.get("extra", {}))
 
     def move_to(self, device: str | torch.device) -> None:
@@ -336,6 +353,19 @@ class SSLModel:
             module.to(self.device)
         for opt in self.optimizers.values():
             opt.load_state_dict(opt.state_dict())  # load_state_dict casts the moments to the params' device
+
+
+def _load_optimizer(opt: torch.optim.Optimizer, saved: dict[str, Any]) -> None:
+    """Load `saved` moments into `opt`, keeping `opt`'s own kernel choice (fused, foreach): a
+    state dict brings its optimizer's flags along, so a checkpoint from before the fused kernel
+    would otherwise switch it off. Loaded twice so the step counters land where the kernel
+    wants them (on the parameters' device when fused)."""
+    flags = [{k: group[k] for k in ("fused", "foreach") if k in group} for group in opt.param_groups]
+    opt.load_state_dict(saved)
+    if any(group.get(k) != v for group, kept in zip(opt.param_groups, flags) for k, v in kept.items()):
+        for group, kept in zip(opt.param_groups, flags):
+            group.update(kept)
+        opt.load_state_dict(opt.state_dict())
 
 
 def uniform_proba(n: int, num_classes: int) -> np.ndarray:

@@ -29,7 +29,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, nets
-from .base import Budget, Dropout, PredictsWithClassifier, ProgressFn, SSLModel, batched, uniform_proba
+from .base import Budget, Dropout, PredictsWithClassifier, ProgressFn, SSLModel, adam, batched, uniform_proba
 
 
 class ClassifierNet(nn.Module):
@@ -89,8 +89,8 @@ class Supervised(PredictsWithClassifier, SSLModel):
         }
         self.initialised(self.modules["net"]).eval()
         self.optimizers = {
-            "net": torch.optim.AdamW(
-                self.modules["net"].parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay
+            "net": adam(
+                self.modules["net"].parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, decoupled=True
             )
         }
 

@@ -31,7 +31,7 @@ import torch
 from torch import nn
 
 from . import nets
-from .base import Budget, ProgressFn, SSLModel, Stochastic, batched, uniform_proba
+from .base import Budget, ProgressFn, SSLModel, Stochastic, adam, batched, uniform_proba
 
 ABSENT_LOGIT = -30.0  # bias of classes without any label: never predicted
 
@@ -89,7 +89,7 @@ def train_vae(
 
     `opt`: the model's Adam, kept across fits (None: a fresh one)."""
     vae.train()
-    opt = opt or torch.optim.Adam(vae.parameters(), lr=lr)
+    opt = opt or adam(vae.parameters(), lr=lr)
     stream = nets.batches(np.arange(len(pool)), batch_size, rng)
     step, value = 0, float("nan")
     while not budget.done(step):
@@ -200,7 +200,7 @@ class M1(SSLModel):
         self.latent_dim = cfg.latent_dim or nets.default_latent(self.input_shape)
         self.modules = {"vae": VAE(self.input_shape, self.latent_dim, cfg.hidden).to(self.device)}
         self.initialised(self.modules["vae"]).eval()
-        self.optimizers = {"vae": torch.optim.Adam(self.modules["vae"].parameters(), lr=cfg.lr)}
+        self.optimizers = {"vae": adam(self.modules["vae"].parameters(), lr=cfg.lr)}
         self.head = self.initialised(nn.Linear(self.latent_dim, self.num_classes).to(self.device))
         self.has_head = False
         self.fits = 0

@@ -29,7 +29,7 @@ import torch
 from torch import nn
 
 from . import nets
-from .base import Budget, ProgressFn, SSLModel, batched, uniform_proba
+from .base import Budget, ProgressFn, SSLModel, adam, batched, uniform_proba
 from .m1 import VAE, train_vae
 from .m2 import M2Config, M2Net, train_m2
 
@@ -100,8 +100,8 @@ class M1M2(SSLModel):
         for module in self.modules.values():
             self.initialised(module).eval()
         self.optimizers = {
-            "vae": torch.optim.Adam(self.modules["vae"].parameters(), lr=cfg.m1_lr),
-            "net": torch.optim.Adam(self.modules["net"].parameters(), lr=cfg.lr),
+            "vae": adam(self.modules["vae"].parameters(), lr=cfg.m1_lr),
+            "net": adam(self.modules["net"].parameters(), lr=cfg.lr),
         }
         self.labels_seen = 0
         self.m1_steps = 0

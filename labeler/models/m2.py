@@ -76,7 +76,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, graph, nets
-from .base import Budget, PredictsWithClassifier, ProgressFn, SSLModel, Stochastic, batched
+from .base import Budget, PredictsWithClassifier, ProgressFn, SSLModel, Stochastic, adam, batched
 
 
 @dataclass
@@ -305,7 +305,7 @@ def train_m2(
     n_l, n_u = len(labeled_idx), len(unlabeled_idx)
     alpha = cfg.alpha_scale * (n_l + n_u)
     net.train()
-    opt = opt or torch.optim.Adam(net.parameters(), lr=cfg.lr)
+    opt = opt or adam(net.parameters(), lr=cfg.lr)
     lab = nets.batches(np.arange(n_l), cfg.labeled_batch, rng) if n_l else None
     unl = nets.batches(unlabeled_idx, cfg.unlabeled_batch, rng) if n_u else None
     y_all = torch.as_tensor(labels, dtype=torch.long, device=device)
@@ -404,7 +404,7 @@ class M2(PredictsWithClassifier, SSLModel):
             self.modules["teacher"] = (
                 copy.deepcopy(self.modules["net"].classifier()).requires_grad_(False).eval()
             )
-        self.optimizers = {"net": torch.optim.Adam(self.modules["net"].parameters(), lr=cfg.lr)}
+        self.optimizers = {"net": adam(self.modules["net"].parameters(), lr=cfg.lr)}
 
     def fit(
         self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None

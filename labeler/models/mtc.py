@@ -57,7 +57,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, nets
-from .base import Budget, PredictsWithClassifier, ProgressFn, SSLModel, batched
+from .base import Budget, PredictsWithClassifier, ProgressFn, SSLModel, adam, batched
 
 # -- loss terms ------------------------------------------------------------------------------
 
@@ -152,8 +152,8 @@ class MTC(PredictsWithClassifier, SSLModel):
             # An EMA of the classifier: the consistency term's teacher, and what predicts and is exported.
             self.modules["teacher"] = copy.deepcopy(net).requires_grad_(False).eval()
         self.optimizers = {
-            "cae": torch.optim.Adam([*net.encoder.parameters(), *net.decoder.parameters()], lr=cfg.lr),
-            "classifier": torch.optim.Adam([*net.encoder.parameters(), *net.head.parameters()], lr=cfg.lr),
+            "cae": adam([*net.encoder.parameters(), *net.decoder.parameters()], lr=cfg.lr),
+            "classifier": adam([*net.encoder.parameters(), *net.head.parameters()], lr=cfg.lr),
         }
 
     def fit(

@@ -57,7 +57,7 @@ from .aae import (
     generator_loss,
     reconstruction_loss,
 )
-from .base import batched
+from .base import adam, batched
 
 
 def causal_mask(kernel: int, include_centre: bool) -> torch.Tensor:
@@ -172,10 +172,10 @@ class PixelGAN(PhasedAutoencoder):
             self.initialised(module)
         self._add_teacher()
         self.optimizers = {
-            "reconstruction": torch.optim.Adam(net.parameters(), lr=cfg.lr),
-            "discriminators": torch.optim.Adam(self.modules["d_y"].parameters(), lr=cfg.d_lr),
-            "regularisation": torch.optim.Adam(net.encoder_parameters(), lr=cfg.lr),
-            "supervised": torch.optim.Adam(net.encoder_parameters(), lr=cfg.lr),
+            "reconstruction": adam(net.parameters(), lr=cfg.lr),
+            "discriminators": adam(self.modules["d_y"].parameters(), lr=cfg.d_lr),
+            "regularisation": adam(net.encoder_parameters(), lr=cfg.lr),
+            "supervised": adam(net.encoder_parameters(), lr=cfg.lr),
         }
 
     def _step(self, xu: torch.Tensor, xl: torch.Tensor | None, yl: torch.Tensor | None) -> dict[str, float]:

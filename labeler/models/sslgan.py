@@ -66,6 +66,7 @@ from .base import (
     SSLModel,
     Stochastic,
     TrainingCancelled,
+    adam,
     batched,
     check_finite,
     to_tensor,
@@ -500,8 +501,8 @@ class SSLGAN(SSLModel):
         self.initialised(disc), self.initialised(gen)
         if cfg.ema > 0:
             self.modules["disc_ema"] = copy.deepcopy(self.modules["disc"]).requires_grad_(False)
-        self.opt_d = torch.optim.Adam(disc.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
-        self.opt_g = torch.optim.Adam(gen.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+        self.opt_d = adam(disc.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
+        self.opt_g = adam(gen.parameters(), lr=cfg.lr, betas=(cfg.beta1, 0.999))
         self.optimizers = {"disc": self.opt_d, "gen": self.opt_g}
         self._fits = 0
         self._steps = 0
@@ -519,13 +520,8 @@ class SSLGAN(SSLModel):
         """The discriminator used for predictions: its weight average when `ema` > 0."""
         return self.modules.get("disc_ema", self.modules["disc"])
 
-    @torch.no_grad()
     def _update_ema(self, decay: float) -> None:
-        ema, disc = self.modules["disc_ema"], self.modules["disc"]
-        for p_ema, p in zip(ema.parameters(), disc.parameters()):
-            p_ema.lerp_(p, 1.0 - decay)
-        for b_ema, b in zip(ema.buffers(), disc.buffers()):
-            b_ema.copy_(b)
+        augment.ema_update(self.modules["disc_ema"], self.modules["disc"], decay)
 
     def _z(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
         generator = self.generator if generator is None else generator

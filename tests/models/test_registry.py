@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import numpy as np
 import pytest
 import torch
@@ -186,6 +188,29 @@ def test_a_checkpoint_continues_the_same_optimisation(name, tmp_path):
         m.reseed(2)
         m.fit(x, idx, labels, Budget(steps=3))
     np.testing.assert_allclose(loaded.predict_proba(x), model.predict_proba(x), rtol=1e-5, atol=1e-6)
+
+
+@pytest.mark.parametrize("name", list(MODELS))
+def test_optimizers_stay_fused_after_a_checkpoint_from_before_the_fused_kernel(name, tmp_path):
+    # Adam's state dict carries its kernel flags; a checkpoint written before the fused kernel
+    # (fused None) must not switch it off, and the moments it holds must still be used.
+    x, idx, labels = tiny_data()
+    model = make(name)
+    model.fit(x, idx, labels, Budget(steps=3))
+    assert all(g["fused"] for opt in model.optimizers.values() for g in opt.param_groups)
+    state = copy.deepcopy(model.state())  # as from a file: no tensor shared with `model`
+    for saved in state["optimizers"].values():
+        for group in saved["param_groups"]:
+            group["fused"] = None
+    old = make(name)
+    old.load_state(state)
+    for key, opt in old.optimizers.items():
+        assert all(g["fused"] and not g["foreach"] for g in opt.param_groups)
+        assert opt.state_dict()["state"].keys() == model.optimizers[key].state_dict()["state"].keys()
+    for m in (model, old):
+        m.reseed(2)
+        m.fit(x, idx, labels, Budget(steps=3))
+    np.testing.assert_allclose(old.predict_proba(x), model.predict_proba(x), rtol=1e-5, atol=1e-6)
 
 
 @pytest.mark.parametrize("name", list(MODELS))
