@@ -68,6 +68,7 @@ class M1M2Config:
             alpha_scale=self.alpha_scale,
             warmup_steps=self.warmup_steps,
             labeled_weight=self.labeled_weight,
+            lr_decay=0.0,  # M1+M2 keeps the constant rate it was measured with
         )
 
 

@@ -85,7 +85,15 @@ class M2Config:
     hidden: list[int] | None = None  # None: nets.default_hidden(input shape)
     labeled_batch: int = 100
     unlabeled_batch: int = 100
-    lr: float = 1e-3
+    # Adam's rate for grey images (q(y|x) an MLP). 3e-3 with lr_decay 0.5, measured on digits (30
+    # labels, 60 s, one thread, two runs side by side, seeds 0-2): 0.910 with the 1e-3 of
+    # before, 0.916 with 1e-3 and the decay, 0.941 with 3e-3 alone, 0.952 with both (0.954 over
+    # seeds 0-4); Fashion-MNIST (100 labels, 600 s, seed 0) 0.760 with both, 0.751 before.
+    lr: float = 3e-3
+    # Colour or larger images (nets.use_conv, q(y|x) convolutional): the rate stays. Shapes (30
+    # labels, 60 s, one thread, side by side, seeds 0-2): 0.912 before, 0.945 with the decay
+    # alone, 0.900 with 3e-3 and the decay.
+    conv_lr: float = 1e-3
     alpha_scale: float = 0.1  # alpha = alpha_scale * N (the paper: 0.1 N)
     warmup_steps: int = 0  # KL weight rises linearly from 0 to 1 over these steps (0: off)
     # Lower bound on the weight of the labeled ELBO term per datum (0: the unbiased N_l / N).
@@ -128,6 +136,9 @@ class M2Config:
     graph: bool = False
     graph_weight: float = 1.0
     graph_prior: float = 0.0
+    # The learning rate falls linearly to 0 over the last lr_decay of each fit's budget, as the
+    # SSL-GAN's does (0: constant, the paper's); each fit starts at the full rate.
+    lr_decay: float = 0.5
 
 
 class M2Net(Stochastic):
@@ -306,6 +317,8 @@ def train_m2(
     alpha = cfg.alpha_scale * (n_l + n_u)
     net.train()
     opt = opt or adam(net.parameters(), lr=cfg.lr)
+    for group in opt.param_groups:  # the full rate, whatever the last fit's decay left
+        group["lr"] = cfg.lr
     lab = nets.batches(np.arange(n_l), cfg.labeled_batch, rng) if n_l else None
     unl = nets.batches(unlabeled_idx, cfg.unlabeled_batch, rng) if n_u else None
     y_all = torch.as_tensor(labels, dtype=torch.long, device=device)
@@ -352,6 +365,10 @@ def train_m2(
             loss = loss + cons_weight * cons
             parts.update(consistency=cons.item(), confident=confident.item())
         nets.check_finite(loss, step0 + step)
+        if cfg.lr_decay > 0:
+            factor = min(1.0, (1.0 - budget.fraction(step)) / cfg.lr_decay)
+            for group in opt.param_groups:
+                group["lr"] = cfg.lr * factor
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -374,6 +391,8 @@ class M2(PredictsWithClassifier, SSLModel):
         "polarity_invariant": False,
         "thumbnail": 0,
         "conv_alpha_scale": 0.1,
+        "conv_lr": 1e-3,
+        "lr_decay": 0.0,
     }
     conditional_samples = True
 
@@ -404,7 +423,20 @@ class M2(PredictsWithClassifier, SSLModel):
             self.modules["teacher"] = (
                 copy.deepcopy(self.modules["net"].classifier()).requires_grad_(False).eval()
             )
-        self.optimizers = {"net": adam(self.modules["net"].parameters(), lr=cfg.lr)}
+        self.optimizers = {"net": adam(self.modules["net"].parameters(), lr=self._training_config().lr)}
+
+    def _training_config(self) -> M2Config:
+        """The settings `train_m2` runs with: the conv_* ones for colour or larger images."""
+        cfg = self.config
+        if not nets.use_conv(self.input_shape):
+            return cfg
+        return dataclasses.replace(
+            cfg,
+            labeled_batch=cfg.conv_batch,
+            unlabeled_batch=cfg.conv_batch,
+            alpha_scale=cfg.conv_alpha_scale,
+            lr=cfg.conv_lr,
+        )
 
     def fit(
         self, x, labeled_idx, labels, budget: Budget, progress: ProgressFn | None = None
@@ -419,14 +451,7 @@ class M2(PredictsWithClassifier, SSLModel):
         def draw(idx: np.ndarray) -> torch.Tensor:
             return pool[torch.as_tensor(idx, device=self.device)]
 
-        cfg = self.config
-        if nets.use_conv(self.input_shape):
-            cfg = dataclasses.replace(
-                cfg,
-                labeled_batch=cfg.conv_batch,
-                unlabeled_batch=cfg.conv_batch,
-                alpha_scale=cfg.conv_alpha_scale,
-            )
+        cfg = self._training_config()
         graph_labels = None
         if cfg.graph and len(labeled_idx) and len(unlabeled_idx):
             graph_labels = graph.GraphLabels(

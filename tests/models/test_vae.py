@@ -153,3 +153,31 @@ def test_m1_mc_proba_varies_with_the_sampled_code():
     assert mc.shape == (5, 20, 2)
     np.testing.assert_allclose(mc.sum(-1), 1.0, atol=1e-5)
     assert mc.std(0).max() > 0
+
+
+def test_m2_learning_rate_falls_over_each_fit_with_lr_decay():
+    """lr_decay = 0.5: full rate for the first half of the budget, then linearly towards 0; a
+    warm-started fit begins at the full rate again. lr_decay = 0: the rate never moves."""
+    x, y = two_blobs()
+    for lr_decay, after_ten in ((0.5, 0.2), (0.0, 1.0)):
+        config = M2.Config(hidden=[16], lr=0.01, lr_decay=lr_decay)
+        model = M2((1, 8, 8), 2, config=config, seed=0)
+        model.fit(x, np.arange(4), y[:4], Budget(steps=10))
+        (group,) = model.optimizers["net"].param_groups
+        assert group["lr"] == pytest.approx(0.01 * after_ten)  # set before step 10 of 10: (1 - 0.9) / 0.5
+        model.fit(x, np.arange(4), y[:4], Budget(steps=1))
+        assert group["lr"] == pytest.approx(0.01)
+
+
+def test_an_m2_checkpoint_from_before_the_decay_keeps_its_constant_rate(tmp_path):
+    """Checkpoints written before lr_decay and conv_lr existed go on training as they were
+    trained: a constant rate, and colour images at the one rate (1e-3) there was."""
+    from labeler.models import load_checkpoint
+
+    model = M2((1, 8, 8), 2, config=M2.Config(hidden=[16], lr=1e-3))
+    state = model.state()
+    del state["config"]["lr_decay"], state["config"]["conv_lr"]
+    torch.save(state, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert (loaded.config.lr, loaded.config.lr_decay, loaded.config.conv_lr) == (1e-3, 0.0, 1e-3)
+    assert M2.Config().lr_decay > 0  # while new models decay
