@@ -78,6 +78,15 @@ from torch import nn
 from . import augment, graph, nets
 from .base import Budget, PredictsWithClassifier, ProgressFn, SSLModel, Stochastic, adam, batched
 
+# M2's default learning rates (M2Config.lr). Grey: 3e-3 with lr_decay 0.5, measured on digits
+# (30 labels, 60 s, one thread, two runs side by side, seeds 0-2): 0.910 with the 1e-3 of
+# before, 0.916 with 1e-3 and the decay, 0.941 with 3e-3 alone, 0.953 with both (0.954 over
+# seeds 0-4); Fashion-MNIST (100 labels, 600 s, seed 0) 0.760 with both, 0.751 before. Colour
+# (shapes, the same runs): 0.912 before, 0.945 with the decay alone, 0.900 with 3e-3 and the
+# decay, so the rate stays there.
+GREY_LR = 3e-3
+CONV_LR = 1e-3
+
 
 @dataclass
 class M2Config:
@@ -85,15 +94,9 @@ class M2Config:
     hidden: list[int] | None = None  # None: nets.default_hidden(input shape)
     labeled_batch: int = 100
     unlabeled_batch: int = 100
-    # Adam's rate for grey images (q(y|x) an MLP). 3e-3 with lr_decay 0.5, measured on digits (30
-    # labels, 60 s, one thread, two runs side by side, seeds 0-2): 0.910 with the 1e-3 of
-    # before, 0.916 with 1e-3 and the decay, 0.941 with 3e-3 alone, 0.952 with both (0.954 over
-    # seeds 0-4); Fashion-MNIST (100 labels, 600 s, seed 0) 0.760 with both, 0.751 before.
-    lr: float = 3e-3
-    # Colour or larger images (nets.use_conv, q(y|x) convolutional): the rate stays. Shapes (30
-    # labels, 60 s, one thread, side by side, seeds 0-2): 0.912 before, 0.945 with the decay
-    # alone, 0.900 with 3e-3 and the decay.
-    conv_lr: float = 1e-3
+    # Adam's rate; None: GREY_LR for images up to 28x28 grey (q(y|x) an MLP), CONV_LR for colour
+    # or larger ones (nets.use_conv). A number applies to both.
+    lr: float | None = None
     alpha_scale: float = 0.1  # alpha = alpha_scale * N (the paper: 0.1 N)
     warmup_steps: int = 0  # KL weight rises linearly from 0 to 1 over these steps (0: off)
     # Lower bound on the weight of the labeled ELBO term per datum (0: the unbiased N_l / N).
@@ -316,9 +319,10 @@ def train_m2(
     n_l, n_u = len(labeled_idx), len(unlabeled_idx)
     alpha = cfg.alpha_scale * (n_l + n_u)
     net.train()
-    opt = opt or adam(net.parameters(), lr=cfg.lr)
+    lr = cfg.lr if cfg.lr is not None else GREY_LR  # M2 passes its resolved rate
+    opt = opt or adam(net.parameters(), lr=lr)
     for group in opt.param_groups:  # the full rate, whatever the last fit's decay left
-        group["lr"] = cfg.lr
+        group["lr"] = lr
     lab = nets.batches(np.arange(n_l), cfg.labeled_batch, rng) if n_l else None
     unl = nets.batches(unlabeled_idx, cfg.unlabeled_batch, rng) if n_u else None
     y_all = torch.as_tensor(labels, dtype=torch.long, device=device)
@@ -368,7 +372,7 @@ def train_m2(
         if cfg.lr_decay > 0:
             factor = min(1.0, (1.0 - budget.fraction(step)) / cfg.lr_decay)
             for group in opt.param_groups:
-                group["lr"] = cfg.lr * factor
+                group["lr"] = lr * factor
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -391,7 +395,6 @@ class M2(PredictsWithClassifier, SSLModel):
         "polarity_invariant": False,
         "thumbnail": 0,
         "conv_alpha_scale": 0.1,
-        "conv_lr": 1e-3,
         "lr_decay": 0.0,
     }
     conditional_samples = True
@@ -426,16 +429,19 @@ class M2(PredictsWithClassifier, SSLModel):
         self.optimizers = {"net": adam(self.modules["net"].parameters(), lr=self._training_config().lr)}
 
     def _training_config(self) -> M2Config:
-        """The settings `train_m2` runs with: the conv_* ones for colour or larger images."""
+        """The settings `train_m2` runs with: the conv_* ones for colour or larger images, and
+        the learning rate for these images when none is set."""
         cfg = self.config
-        if not nets.use_conv(self.input_shape):
-            return cfg
+        conv = nets.use_conv(self.input_shape)
+        lr = cfg.lr if cfg.lr is not None else (CONV_LR if conv else GREY_LR)
+        if not conv:
+            return dataclasses.replace(cfg, lr=lr)
         return dataclasses.replace(
             cfg,
             labeled_batch=cfg.conv_batch,
             unlabeled_batch=cfg.conv_batch,
             alpha_scale=cfg.conv_alpha_scale,
-            lr=cfg.conv_lr,
+            lr=lr,
         )
 
     def fit(

@@ -212,13 +212,17 @@ def _settings_ui(project: Project) -> None:
         if "lr" in defaults:
             from ..train import SETTING_RANGES
 
+            # A model whose rate depends on the images (M2: None) shows an empty field: left
+            # empty, the run uses the model's own rate for this project's images.
             st.number_input(
                 "Learning rate",
-                value=float(defaults["lr"]),
+                value=None if defaults["lr"] is None else float(defaults["lr"]),
                 format="%.5f",
                 step=1e-4,
                 key="train_lr",
-                help=f"{SETTING_RANGES['lr'][0]:g} to {SETTING_RANGES['lr'][1]:g}.",
+                placeholder="the model's default for these images",
+                help=f"{SETTING_RANGES['lr'][0]:g} to {SETTING_RANGES['lr'][1]:g}"
+                + ("; empty: the model's own rate for these images." if defaults["lr"] is None else "."),
             )
     with right:
         strategies = list(active.STRATEGIES)

@@ -12,7 +12,7 @@ from labeler.models import Budget, TrainingDiverged, nets
 from labeler.models.base import Randomness, attach
 from labeler.models.m1 import M1, VAE, balanced_argmax, fit_linear_head
 from labeler.models.m1m2 import M1M2
-from labeler.models.m2 import M2, M2Net, m2_loss, unlabeled_bound
+from labeler.models.m2 import CONV_LR, GREY_LR, M2, M2Net, m2_loss, unlabeled_bound
 
 
 def zero_(module: torch.nn.Module) -> torch.nn.Module:
@@ -170,14 +170,50 @@ def test_m2_learning_rate_falls_over_each_fit_with_lr_decay():
 
 
 def test_an_m2_checkpoint_from_before_the_decay_keeps_its_constant_rate(tmp_path):
-    """Checkpoints written before lr_decay and conv_lr existed go on training as they were
-    trained: a constant rate, and colour images at the one rate (1e-3) there was."""
+    """Checkpoints written before lr_decay existed go on training as they were trained: their
+    own rate (a number then, on every kind of image), constant."""
     from labeler.models import load_checkpoint
 
-    model = M2((1, 8, 8), 2, config=M2.Config(hidden=[16], lr=1e-3))
-    state = model.state()
-    del state["config"]["lr_decay"], state["config"]["conv_lr"]
-    torch.save(state, tmp_path / "old.pt")
-    loaded = load_checkpoint(tmp_path / "old.pt")
-    assert (loaded.config.lr, loaded.config.lr_decay, loaded.config.conv_lr) == (1e-3, 0.0, 1e-3)
+    for shape in ((1, 8, 8), (3, 32, 32)):
+        model = M2(shape, 2, config=M2.Config(hidden=[16], lr=5e-4))
+        state = model.state()
+        del state["config"]["lr_decay"]
+        torch.save(state, tmp_path / "old.pt")
+        loaded = load_checkpoint(tmp_path / "old.pt")
+        assert (loaded.config.lr, loaded.config.lr_decay) == (5e-4, 0.0)
+        assert loaded.optimizers["net"].param_groups[0]["lr"] == 5e-4
     assert M2.Config().lr_decay > 0  # while new models decay
+
+
+@pytest.mark.parametrize(
+    ("shape", "lr", "expected"),
+    [
+        ((1, 8, 8), None, GREY_LR),
+        ((3, 32, 32), None, CONV_LR),
+        ((3, 32, 32), 1e-4, 1e-4),
+        ((1, 8, 8), 1e-4, 1e-4),
+    ],
+)
+def test_m2_trains_at_the_rate_for_its_images_unless_one_is_set(shape, lr, expected):
+    x = np.random.default_rng(0).random((12, *shape)).astype(np.float32)
+    y = np.arange(12) % 2
+    config = M2.Config(hidden=[16], lr=lr, lr_decay=0.0, conv_width=4, conv_batch=4)
+    model = M2(shape, 2, config=config, seed=0)
+    (group,) = model.optimizers["net"].param_groups
+    assert group["lr"] == expected
+    model.fit(x, np.arange(4), y[:4], Budget(steps=2))
+    assert group["lr"] == expected
+
+
+def test_m2_starts_each_fit_at_the_full_rate_and_m1m2_keeps_a_constant_one():
+    """Whatever rate the optimizer holds (a decayed one from the last fit, an old checkpoint's),
+    a fit starts at the setting's; M1+M2 trains its M2 at a constant rate."""
+    x, y = two_blobs()
+    model = M2((1, 8, 8), 2, config=M2.Config(hidden=[16], lr=0.01, lr_decay=0.0), seed=0)
+    (group,) = model.optimizers["net"].param_groups
+    group["lr"] = 1e-6
+    model.fit(x, np.arange(4), y[:4], Budget(steps=1))
+    assert group["lr"] == 0.01
+    stacked = M1M2((1, 8, 8), 2, config=M1M2.Config(hidden=[16], m1_hidden=[16], m1_latent_dim=4), seed=0)
+    stacked.fit(x, np.arange(4), y[:4], Budget(steps=20))
+    assert stacked.optimizers["net"].param_groups[0]["lr"] == stacked.config.lr
