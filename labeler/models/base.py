@@ -214,6 +214,17 @@ def adam(
     return kind(params, lr=lr, betas=betas, weight_decay=weight_decay, fused=True)
 
 
+def decay_lr(optimizers, lr: float, budget: Budget, step: int, decay: float) -> None:
+    """With `decay` > 0, set every group's rate to `lr`, falling linearly to 0 over the last
+    `decay` of the budget (the SSL-GAN authors' schedule; M2's too); `decay` <= 0: leave it."""
+    if decay <= 0:
+        return
+    factor = min(1.0, (1.0 - budget.fraction(step)) / decay)
+    for opt in optimizers:
+        for group in opt.param_groups:
+            group["lr"] = lr * factor
+
+
 class SSLModel:
     """Base of every model. Subclasses set `name`, `Config` and implement the abstract methods.
 

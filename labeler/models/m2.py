@@ -76,7 +76,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from . import augment, graph, nets
-from .base import Budget, PredictsWithClassifier, ProgressFn, SSLModel, Stochastic, adam, batched
+from .base import Budget, PredictsWithClassifier, ProgressFn, SSLModel, Stochastic, adam, batched, decay_lr
 
 # M2's default learning rates (M2Config.lr). Grey: 3e-3 with lr_decay 0.5, measured on digits
 # (30 labels, 60 s, one thread, two runs side by side, seeds 0-2): 0.910 with the 1e-3 of
@@ -369,10 +369,7 @@ def train_m2(
             loss = loss + cons_weight * cons
             parts.update(consistency=cons.item(), confident=confident.item())
         nets.check_finite(loss, step0 + step)
-        if cfg.lr_decay > 0:
-            factor = min(1.0, (1.0 - budget.fraction(step)) / cfg.lr_decay)
-            for group in opt.param_groups:
-                group["lr"] = lr * factor
+        decay_lr((opt,), lr, budget, step, cfg.lr_decay)
         opt.zero_grad(set_to_none=True)
         loss.backward()
         opt.step()
@@ -432,16 +429,14 @@ class M2(PredictsWithClassifier, SSLModel):
         """The settings `train_m2` runs with: the conv_* ones for colour or larger images, and
         the learning rate for these images when none is set."""
         cfg = self.config
-        conv = nets.use_conv(self.input_shape)
-        lr = cfg.lr if cfg.lr is not None else (CONV_LR if conv else GREY_LR)
-        if not conv:
-            return dataclasses.replace(cfg, lr=lr)
+        if not nets.use_conv(self.input_shape):
+            return dataclasses.replace(cfg, lr=GREY_LR if cfg.lr is None else cfg.lr)
         return dataclasses.replace(
             cfg,
             labeled_batch=cfg.conv_batch,
             unlabeled_batch=cfg.conv_batch,
             alpha_scale=cfg.conv_alpha_scale,
-            lr=lr,
+            lr=CONV_LR if cfg.lr is None else cfg.lr,
         )
 
     def fit(

@@ -69,6 +69,7 @@ from .base import (
     adam,
     batched,
     check_finite,
+    decay_lr,
     to_tensor,
 )
 
@@ -576,11 +577,7 @@ class SSLGAN(SSLModel):
         losses: dict[str, float] = {}
         step, last_report = 0, -math.inf  # report after the first step, then every progress_every_s
         while not budget.done(step):
-            if cfg.lr_decay > 0:
-                factor = min(1.0, (1.0 - budget.fraction(step)) / cfg.lr_decay)
-                for opt in (self.opt_d, self.opt_g):
-                    for group in opt.param_groups:
-                        group["lr"] = cfg.lr * factor
+            decay_lr((self.opt_d, self.opt_g), cfg.lr, budget, step, cfg.lr_decay)
 
             # discriminator: labeled (repeated), unlabeled and generated batches
             terms: dict[str, torch.Tensor] = {}
