@@ -133,6 +133,13 @@ def run_metrics(session: Session, run_id: int) -> list[RunMetric]:
     return list(session.scalars(select(RunMetric).where(RunMetric.run_id == run_id).order_by(RunMetric.id)))
 
 
+def running_workers(session: Session) -> list[str]:
+    """The names of the workers that have a RUNNING run (each once)."""
+    return [
+        name for name in session.scalars(select(Run.worker).where(Run.status == RUNNING).distinct()) if name
+    ]
+
+
 def mark_interrupted(
     session: Session, stale_after_s: float | None = 600.0, worker: str | Sequence[str] | None = None
 ) -> list[int]:

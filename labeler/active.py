@@ -144,9 +144,10 @@ STRATEGIES: dict[str, Strategy] = {
 
 
 def get_strategy(name: str) -> Strategy:
-    if name not in STRATEGIES:
-        raise ValueError(f"Unknown strategy {name!r}: choose one of {', '.join(STRATEGIES)}.")
-    return STRATEGIES[name]
+    """The strategy called `name`; a SettingError (a ValueError) with runspec's one message if none is."""
+    from .runspec import check_strategy
+
+    return STRATEGIES[check_strategy(name)]
 
 
 def scores(

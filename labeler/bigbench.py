@@ -201,10 +201,10 @@ def table(result: dict) -> list[str]:
 def cmd_bigbench(args) -> int:
     import torch
 
-    from .config import check_int
+    from .runspec import check_threads
 
     if args.threads is not None:
-        torch.set_num_threads(check_int("--threads", args.threads, 1, 1024))
+        torch.set_num_threads(check_threads(args.threads))
     result = measure(
         db_url=args.db_url,
         dataset=args.dataset,

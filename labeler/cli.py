@@ -91,11 +91,11 @@ def cmd_worker(args) -> int:
 
     import torch
 
-    from .config import check_int
+    from .runspec import check_threads
     from .worker import Worker
 
     if args.threads is not None:
-        torch.set_num_threads(check_int("--threads", args.threads, 1, 1024))
+        torch.set_num_threads(check_threads(args.threads))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     worker = Worker(_session_factory(), device=args.device, name=args.name, poll_s=args.poll_s)
     print(f"worker {worker.name} on {worker.device}; waiting for queued runs (Ctrl-C stops)", flush=True)

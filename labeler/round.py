@@ -135,6 +135,7 @@ def run_round(
     seen: dict[str, Any] = {"step": 0, "losses": {}}
 
     def on_progress(report: Progress) -> bool:
+        check_finite(report.losses, report.step)
         if "fit_started" not in seen:
             # The model's own clock starts when fitting does: what came before is set-up.
             seen["fit_started"] = time.monotonic() - report.seconds

@@ -43,6 +43,12 @@ def check_strategy(name: Any) -> str:
     return check_choice("The strategy", name, STRATEGIES)
 
 
+def check_threads(value: Any, what: str = "--threads") -> int:
+    """A number of torch CPU threads within LIMITS, for a command-line flag called `what`."""
+    _, low, high = LIMITS["threads"]
+    return check_int(what, value, int(low), int(high))
+
+
 def _limit(key: str, value: Any, kind: type) -> Any:
     what, low, high = LIMITS[key]
     if kind is int:

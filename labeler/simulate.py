@@ -142,6 +142,7 @@ def simulate(
             labeled, np.concatenate([y_pool, np.full(len(test), -1)]), -1
         )  # the oracle's answers
         result = run_round(
+            # Round r draws from seed + r (the app's runs are separate runs with the project's seed).
             spec.with_seed(spec.seed + round_),
             images.pixels,
             split,

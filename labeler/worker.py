@@ -36,7 +36,6 @@ from typing import Any
 
 import numpy as np
 import torch
-from sqlalchemy import select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import runs as run_queries
@@ -47,12 +46,10 @@ from db.models import (
     FAILED,
     INTERRUPTED,
     POOL,
-    RUNNING,
-    Run,
 )
 
 from .config import SettingError, default_device
-from .models import Progress, TrainingCancelled, TrainingDiverged, check_finite, save_checkpoint
+from .models import Progress, TrainingCancelled, TrainingDiverged, save_checkpoint
 from .round import RoundResult, run_round
 from .runspec import RunSpec
 
@@ -164,7 +161,7 @@ class Worker:
 
         def work():
             with self.Session.begin() as session:
-                running = session.scalars(select(Run.worker).where(Run.status == RUNNING).distinct())
+                running = run_queries.running_workers(session)
                 gone = [name for name in running if name and name != self.name and process_gone(name)]
                 return run_queries.mark_interrupted(session, self.stale_after_s, worker=[self.name, *gone])
 
@@ -313,7 +310,6 @@ class Worker:
 
         def on_progress(p: Progress) -> bool:
             nonlocal last_write
-            check_finite(p.losses, p.step)
             self._set(step=p.step, progress=p.fraction, seconds=p.seconds)
             if self._stop.is_set():
                 return True

@@ -445,6 +445,36 @@ def test_oom_and_nan_fail_with_a_readable_error(Session, project, config, expect
     assert worker.status()["last_error"] == run.error
 
 
+def test_a_round_stops_at_the_first_nan_progress_report_without_the_worker():
+    # The check lives in the round, so `simulate` and the benchmarks stop as the app does; the
+    # fake model's final loss is finite: only the progress report says NaN.
+    from labeler.round import run_round
+
+    images = tiny_image_set(n=20, test=4)
+    labels = np.where(np.arange(20) < 6, images.truth, -1)
+    truth = np.where(np.array(images.splits) == "test", images.truth, -1)
+    spec = RunSpec("fake", steps=5, config={"nan": True})
+    with pytest.raises(TrainingDiverged) as raised:
+        run_round(spec, images.pixels, np.array(images.splits), labels, truth, 2)
+    assert raised.value.detail == "loss not finite at step 1"
+    FakeModel.fits = 0
+    run_round(RunSpec("fake", steps=5), images.pixels, np.array(images.splits), labels, truth, 2)
+    assert FakeModel.fits == 1  # the same round without NaN finishes
+
+
+def test_running_workers_names_each_worker_with_a_running_run_once(Session, project):
+    owners = ["a", "b", "a"]
+    for owner in owners:
+        queue(Session, project.id)
+        with Session.begin() as session:
+            run_queries.claim_next_run(session, owner)
+    with Session.begin() as session:
+        assert sorted(run_queries.running_workers(session)) == ["a", "b"]
+        run_queries.mark_interrupted(session, stale_after_s=600, worker="b")
+    with Session.begin() as session:
+        assert run_queries.running_workers(session) == ["a"]
+
+
 def test_stopping_the_worker_interrupts_its_run(Session, project):
     run_id = queue(Session, project.id, steps=None, budget_s=30, config={"sleep_s": 0.01})
     worker = Worker(Session, device="cpu", poll_s=0.05).start()
