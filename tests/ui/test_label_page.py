@@ -432,3 +432,55 @@ def test_grid_keys_are_read_from_the_growing_list_of_the_page_on_screen(monkeypa
     state[label._tile_key(6, view)] = 0
     assert label._tile_choice(6, view, token, pressed) == 0
     assert label._apart("skip") != "skip" and label._apart("skip").strip() == "skip"
+
+
+_PAGE_WITH_BOX_UNDO = """
+import streamlit as st
+from labeler.ui import label
+pid = st.session_state["project_id"]
+undo = st.session_state.pop("box_undo", None)
+if undo is not None:  # what the one-image box's callback gets when U is pressed on `undo`
+    st.session_state[label._box_key(pid)] = {"actions": [{"id": "u1", "type": "undo", "item": undo, "class": 0}]}
+    label._apply_box_actions(pid)
+    del st.session_state[label._box_key(pid)]
+label.label_page()
+"""
+
+
+def test_a_grid_page_undone_from_the_box_is_not_called_saved_already(Session, tiny_project):
+    """Accept a grid page, take it back with U in the one-image box (which undoes the newest
+    entry of this session: the whole page), and the page's images come round again; somebody
+    else answers them all, and Accept says they were answered meanwhile, not that this page was
+    saved already (it is not: it was undone)."""
+    fake_done_run(Session, tiny_project.id)  # every guess 90 % sure: every tile pre-filled
+    at = AppTest.from_string(_PAGE_WITH_BOX_UNDO, default_timeout=60)
+    at.session_state["project_id"] = tiny_project.id
+    at.session_state["annotator"] = "tester"
+    at.run()
+    at.radio(key="label_mode").set_value("Grid").run()
+    page = set(_grid_tiles(at))
+    button(at, "accept_grid").click().run()
+    assert set(_labels(Session, tiny_project.id)) == page
+    at.session_state["box_undo"] = min(page)
+    at.run()
+    assert not at.exception
+    assert _labels(Session, tiny_project.id) == {}
+    for _ in range(3):  # the held page (drawn after the accept) first, then the undone images
+        tiles = _grid_tiles(at)
+        if set(tiles) == page:
+            break
+        button(at, "accept_grid").click().run()
+    assert set(tiles) == page, "the undone page never came back"
+    for tile in tiles.values():  # undone tiles come back unanswered ("skip"): choose again
+        tile.set_value(1)
+    at.run()
+    with Session.begin() as session:  # meanwhile somebody else answers all twelve
+        for i in page:
+            queries.add_label(session, i, 0, annotator="bob")
+    button(at, "accept_grid").click().run()
+    assert not at.exception
+    message = at.success[0].value
+    assert "saved already" not in message
+    assert "Saved 0 labels" in message and "12 images had been answered meanwhile" in message
+    stored = _labels(Session, tiny_project.id)
+    assert {i: stored[i] for i in page} == dict.fromkeys(page, 0)  # Bob's answers stand
