@@ -436,9 +436,10 @@ def cmd_benchmark(args) -> int:
 
     from .active import STRATEGIES
     from .models import MODELS
+    from .runspec import check_threads
 
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    if args.threads is not None:
+        torch.set_num_threads(check_threads(args.threads))
     device = args.device or default_device()
     out_dir = Path(args.out_dir)
     seeds = list(range(args.seeds))

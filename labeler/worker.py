@@ -162,7 +162,7 @@ class Worker:
         def work():
             with self.Session.begin() as session:
                 running = run_queries.running_workers(session)
-                gone = [name for name in running if name and name != self.name and process_gone(name)]
+                gone = [name for name in running if name != self.name and process_gone(name)]
                 return run_queries.mark_interrupted(session, self.stale_after_s, worker=[self.name, *gone])
 
         ids = retrying(work)

@@ -114,7 +114,9 @@ def test_candidate_mask_limits_picks_and_queue_scores_mark_others():
 
 
 def test_unknown_strategy_says_which_exist():
-    with pytest.raises(ValueError, match="entropy"):
+    from labeler.config import SettingError
+
+    with pytest.raises(SettingError, match="The strategy must be one of .*entropy"):
         active.get_strategy("nope")
 
 

@@ -95,6 +95,11 @@ def test_worker_threads_are_range_checked(capsys):
     assert "--threads must be between 1 and 1024, got -3" in _one_error_line(capsys)
 
 
+def test_benchmark_threads_are_range_checked(capsys):
+    assert main(["benchmark", "--threads", "-3"]) == 2
+    assert "--threads must be between 1 and 1024, got -3" in _one_error_line(capsys)
+
+
 def test_an_empty_data_dir_is_refused_not_the_current_folder(tmp_path, monkeypatch, capsys):
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("LABELER_DATA_DIR", "")

@@ -128,7 +128,7 @@ class _WeightNorm(nn.Module):
 
     def __init__(self, v_shape: tuple[int, ...], init_scale: float = 1.0):
         super().__init__()
-        self.v = nn.Parameter(torch.empty(v_shape))  # drawn by `init_parameters` from the model's generator
+        self.v = nn.Parameter(torch.zeros(v_shape))  # drawn by `init_parameters` from the model's generator
         self.g = nn.Parameter(torch.ones(v_shape[0]))
         self.b = nn.Parameter(torch.zeros(v_shape[0]))
         self.register_buffer("initialized", torch.zeros((), dtype=torch.uint8))

@@ -219,7 +219,7 @@ def test_a_colour_gan_checkpoint_from_before_the_invariant_discriminator_still_l
 
 
 def test_the_polarity_invariant_backbones_see_an_image_and_its_negative_alike():
-    from labeler.models.base import Randomness, attach
+    from labeler.models.base import Randomness, attach, init_parameters
     from labeler.models.sslgan import ConvDiscriminator, data_dependent_init
 
     torch.manual_seed(0)
@@ -227,6 +227,7 @@ def test_the_polarity_invariant_backbones_see_an_image_and_its_negative_alike():
     net = nets.PooledConvFeatures((3, 32, 32), 8).eval()
     plain = nets.PooledConvFeatures((3, 32, 32), 8, polarity_invariant=False).eval()
     disc = attach(ConvDiscriminator(3, 4, 3, input_noise=0.1, dropout=0.0), Randomness(0, "cpu"))
+    init_parameters(disc, torch.Generator().manual_seed(0))  # as SSLGAN.build does
     data_dependent_init(disc, torch.rand(8, 3, 32, 32))
     disc.eval()
     with torch.no_grad():
