@@ -349,7 +349,8 @@ class SoftmaxOf(nn.Module):
 
 class Ticker:
     """Calls the progress callback about every `every_s` seconds and raises TrainingCancelled
-    when it returns True; also turns a non-finite loss into a clear error."""
+    when it returns True. (Non-finite losses: `check_finite`, in the training loops and on every
+    progress report in `round.run_round`.)"""
 
     def __init__(self, progress: ProgressFn | None, budget, every_s: float = 0.5):
         self.progress, self.budget, self.every_s = progress, budget, every_s
