@@ -203,8 +203,9 @@ def warm_start_model(
     device: str,
     notes: list[str],
 ) -> SSLModel | None:
-    """The model to continue from, or None (with the reason in `notes`) to train fresh."""
-    if warm_start is None:
+    """The model to continue from, or None to train fresh: with the reason in `notes`, except
+    for a model that never warm-starts (`SSLModel.warm_starts`), whose checkpoint is not read."""
+    if warm_start is None or not MODELS[model_name].warm_starts:
         return None
     if isinstance(warm_start, SSLModel):
         model = warm_start

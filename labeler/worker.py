@@ -14,7 +14,8 @@ A run is claim -> load -> round -> store:
    labels are never trained on, and the audit and test images are not even shown to the model
    as unlabeled data;
 3. run one round (`labeler.round.run_round`): warm-start from the project's newest DONE
-   checkpoint of the same model (fresh, with a note, when it does not fit or will not load),
+   checkpoint of the same model (fresh, with a note, when it does not fit or will not load;
+   always fresh for a model that never warm-starts, such as M2),
    fit within the budget while progress, heartbeat and loss points are written about once a
    second and a cancel stops it within a second, then predict, score the queue and measure;
 4. save the checkpoint, then store the round in one transaction (`db.runs.store_round`). Any

@@ -239,6 +239,9 @@ class SSLModel:
     # Settings added after checkpoints were written, with the value such a checkpoint was
     # trained with (it lacks the key): an old checkpoint rebuilds the model it came from.
     legacy_config: ClassVar[dict[str, Any]] = {}
+    # False: every training run builds the model afresh instead of continuing from the last
+    # run's weights (train.warm_start_model), because continuing measured worse (see M2).
+    warm_starts: ClassVar[bool] = True
 
     def __init__(
         self,

@@ -238,3 +238,27 @@ def test_a_diverging_fit_raises_the_one_divergence_error(name):
     with pytest.raises(TrainingDiverged) as caught:
         make(name).fit(x, idx, labels, Budget(steps=3))
     assert str(caught.value) == TrainingDiverged.MESSAGE
+
+
+def test_m2_alone_trains_afresh_on_every_run():
+    assert {name for name, cls in MODELS.items() if not cls.warm_starts} == {"m2"}
+
+
+@pytest.mark.parametrize(("name", "continues"), [("m2", False), ("supervised", True), ("selftrain", True)])
+def test_a_run_continues_from_the_last_model_only_where_the_model_warm_starts(name, continues, tmp_path):
+    from labeler.models import save_checkpoint
+    from labeler.runspec import RunSpec
+    from labeler.train import train_model
+
+    x, idx, labels = tiny_data()
+    fields = getattr(model_class(name).Config, "__dataclass_fields__", {})
+    spec = RunSpec(name, steps=2, seed=5, config={key: v for key, v in SMALL.items() if key in fields})
+    first = train_model(spec, x, idx, labels, 3)
+    save_checkpoint(first, tmp_path / "last.pt")
+    for warm_start in (first, tmp_path / "last.pt"):  # the model in memory, or its checkpoint
+        notes = []
+        again = train_model(spec, x, idx, labels, 3, warm_start=warm_start, notes=notes)
+        assert (again is first) == (continues and warm_start is first)
+        # a fresh model starts from no training at all; a continued one from the last run's
+        assert (again.steps_done > 2) == continues
+        assert notes == []
