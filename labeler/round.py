@@ -116,8 +116,8 @@ def run_round(
     with_map: bool = False,
     notes: list[str] | None = None,
 ) -> RoundResult:
-    """Train `spec.model` on the pool within `spec`'s budget (warm-starting when it fits and the model warm-starts), then
-    predict every item and score the queue by `spec.strategy` (see the module docstring).
+    """Train `spec.model` on the pool within `spec`'s budget (warm-starting when it fits and the
+    model warm-starts), then predict every item and score the queue by `spec.strategy` (see the module docstring).
 
     `notes` (optional) receives the reasons for training fresh as they arise, so a caller keeps
     them when the round fails later. Raises what `train_model` raises: TrainingCancelled,

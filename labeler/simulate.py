@@ -3,8 +3,8 @@
 Purely in memory (no database): the data set's pool is the unlabeled pool, its test split the
 evaluation set, and an oracle answers every query with the ground truth. Each round trains the
 model within `budget_s` seconds (or `steps` steps), warm-starting from the previous round's
-model (as the app does; M2 trains afresh, see `SSLModel.warm_starts`), measures test accuracy, and asks for `step` more labels chosen by the strategy, until
-`max_labels`. `step=0` is one round on the initial labels (what benchmarks use to compare
+model as the app does (M2 trains afresh, see `SSLModel.warm_starts`), measures test accuracy,
+and asks for `step` more labels chosen by the strategy, until `max_labels`. `step=0` is one round on the initial labels (what benchmarks use to compare
 models at a fixed number of labels).
 
 The initial labels are drawn at random, balanced over the classes (as in the semi-supervised

@@ -254,7 +254,8 @@ def train_model(
 
     Continues from `warm_start` (a checkpoint path or a model) when it is the same model for the
     same input shape, classes and settings; otherwise, or when the checkpoint will not load,
-    starts fresh and says why in `notes`. Raises TrainingCancelled when `progress` returns True,
+    starts fresh and says why in `notes`. A model that never warm-starts (`SSLModel.warm_starts`:
+    M2) always starts fresh, without a note. Raises TrainingCancelled when `progress` returns True,
     TrainingDiverged when a loss is not finite, SettingError when there are no usable labels.
     """
     notes = notes if notes is not None else []

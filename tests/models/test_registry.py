@@ -246,7 +246,6 @@ def test_m2_alone_trains_afresh_on_every_run():
 
 @pytest.mark.parametrize(("name", "continues"), [("m2", False), ("supervised", True), ("selftrain", True)])
 def test_a_run_continues_from_the_last_model_only_where_the_model_warm_starts(name, continues, tmp_path):
-    from labeler.models import save_checkpoint
     from labeler.runspec import RunSpec
     from labeler.train import train_model
 
@@ -262,3 +261,7 @@ def test_a_run_continues_from_the_last_model_only_where_the_model_warm_starts(na
         # a fresh model starts from no training at all; a continued one from the last run's
         assert (again.steps_done > 2) == continues
         assert notes == []
+    # a model that never warm-starts does not even look for the last checkpoint
+    notes = []
+    train_model(spec, x, idx, labels, 3, warm_start=tmp_path / "gone.pt", notes=notes)
+    assert (notes == []) == (not continues)
