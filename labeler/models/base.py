@@ -329,6 +329,13 @@ class SSLModel:
         scriptable with torch.jit.script or traceable, for the standalone export."""
         raise NotImplementedError
 
+    @classmethod
+    def checkpoint_config(cls, config: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        """The settings a checkpoint's model is rebuilt with, from its saved `config` (with
+        `legacy_config` filled in) and its whole `state`. Subclasses pin here what a setting such
+        as "auto" resolved to when the checkpoint was trained, if its meaning has changed since."""
+        return config
+
     def extra_state(self) -> dict[str, Any]:
         """Tensors and plain values beyond the modules' weights (e.g. a fitted linear head)."""
         return {}
@@ -467,7 +474,7 @@ def load_checkpoint(path: str | Path, device: str = "cpu") -> SSLModel:
     cls = MODELS.get(state["name"])
     if cls is None:
         raise CheckpointError(f"{path} holds an unknown model {state['name']!r}.")
-    saved = {**cls.legacy_config, **state["config"]} if state["config"] else {}
+    saved = cls.checkpoint_config({**cls.legacy_config, **state["config"]}, state) if state["config"] else {}
     config = cls.Config(**saved) if saved else cls.Config()
     model = cls(tuple(state["input_shape"]), state["num_classes"], config=config, device=device)
     try:

@@ -24,9 +24,10 @@ normalization (Salimans & Kingma 2016) with data-dependent initialization; a D o
 784-1000-500-250-250-250-K (two hidden layers of 250 below 28x28, see `default_d_hidden`) and a
 G of 100-500-500-784 with batch norm and softplus, uniform z, sigmoid output; Adam(lr 0.003,
 beta1 0.5) with the learning rate decayed linearly to zero at the end; the small labeled set
-repeated to fill a batch, while every pool image serves as an unlabeled one. Colour or larger
-images use a small convolutional variant of the same design (see `ConvDiscriminator`); where
-it differs from the paper: the discriminator sees the per-image normalised luminance, its first
+repeated to fill a batch, while every pool image serves as an unlabeled one. That MLP is the
+default only for grey images smaller than 28x28 (`arch="mlp"` forces it): colour images and
+those of 28x28 or more use a small convolutional variant of the same design (`default_arch`,
+`ConvDiscriminator`), which measured better on Fashion-MNIST; where it differs from the paper: the discriminator sees the per-image normalised luminance, its first
 convolution ignores the sign of its input (`polarity_invariant`), and it has no dropout
 (`conv_dropout`), each measured on the shapes benchmark (see SSLGANConfig).
 
@@ -410,9 +411,25 @@ def default_d_hidden(input_shape: tuple[int, ...]) -> tuple[int, ...]:
     return (1000, 500, 250, 250, 250) if nets.mnist_sized(input_shape) else (250, 250)
 
 
+def default_arch(input_shape: tuple[int, ...]) -> str:
+    """The discriminator `arch="auto"` builds: the conv one for colour images and for grey ones of
+    28x28 or larger, the papers' MLP for smaller grey images such as 8x8 digits. Measured on
+    Fashion-MNIST (100 labels, 600 s, seeds 0-2, one thread, two runs side by side): sslgan 0.756 +-
+    0.013 with the conv discriminator (about 7,200 steps), 0.732 +- 0.005 with the MLP (about
+    5,300); badgan 0.752 +- 0.003 and 0.740 +- 0.012."""
+    return "conv" if nets.use_conv(input_shape) or nets.mnist_sized(input_shape) else "mlp"
+
+
+def _arch_before_default_arch(input_shape: tuple[int, ...]) -> str:
+    """What "auto" built before `default_arch` (checkpoints that did not record it)."""
+    return "conv" if nets.use_conv(input_shape) else "mlp"
+
+
 @dataclass
 class SSLGANConfig:
-    arch: str = "auto"  # "mlp" (1 channel, H*W <= 784), "conv" otherwise, or forced
+    # "auto": `default_arch` (the conv discriminator, except the MLP for grey images smaller than
+    # 28x28); "mlp" (the papers' form) or "conv" force one.
+    arch: str = "auto"
     z_dim: int = 100
     d_hidden: tuple[int, ...] = ()  # (): default_d_hidden(input shape)
     g_hidden: tuple[int, ...] = (500, 500)
@@ -476,10 +493,23 @@ class SSLGAN(SSLModel):
         "conv_fake_batch_size": 0,
     }
 
+    @classmethod
+    def checkpoint_config(cls, config: dict[str, Any], state: dict[str, Any]) -> dict[str, Any]:
+        """A checkpoint saved with arch "auto" rebuilds the discriminator it was trained with
+        (recorded in its extra state). Where that is no longer what "auto" builds (an MLP of
+        28x28 grey images from before `default_arch`), arch is pinned to it, so a later run with
+        "auto" sees changed settings and trains the new default afresh."""
+        if config.get("arch", "auto") == "auto":
+            shape = tuple(state["input_shape"])
+            built = state.get("extra", {}).get("arch") or _arch_before_default_arch(shape)
+            if built != default_arch(shape):
+                config = {**config, "arch": built}
+        return config
+
     def build(self) -> None:
         cfg = self.config
         c, h, w = self.input_shape
-        arch = cfg.arch if cfg.arch != "auto" else ("conv" if nets.use_conv(self.input_shape) else "mlp")
+        arch = cfg.arch if cfg.arch != "auto" else default_arch(self.input_shape)
         if arch not in ("mlp", "conv"):
             raise ValueError(f"Unknown GAN architecture {cfg.arch!r}; use 'auto', 'mlp' or 'conv'.")
         self.arch = arch

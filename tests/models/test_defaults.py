@@ -29,6 +29,10 @@ def hidden_widths(model: SSLGAN) -> list[int]:
 
 
 def test_gan_discriminator_follows_the_image_size():
-    assert hidden_widths(SSLGAN((1, 8, 8), 3)) == [250, 250]
-    assert hidden_widths(SSLGAN((1, 28, 28), 3)) == [1000, 500, 250, 250, 250]
+    assert SSLGAN((1, 8, 8), 3).arch == "mlp" and hidden_widths(SSLGAN((1, 8, 8), 3)) == [250, 250]
+    # conv from 28x28 grey up (measured better on Fashion-MNIST, sslgan.default_arch) and for colour
+    assert SSLGAN((1, 28, 28), 3).arch == "conv" and SSLGAN((3, 8, 8), 3).arch == "conv"
+    assert SSLGAN((1, 20, 20), 3).arch == "mlp"
+    papers = SSLGAN((1, 28, 28), 3, config=SSLGAN.Config(arch="mlp"))
+    assert hidden_widths(papers) == [1000, 500, 250, 250, 250]
     assert hidden_widths(SSLGAN((1, 8, 8), 3, config=SSLGAN.Config(d_hidden=(16,)))) == [16]

@@ -18,6 +18,8 @@ from labeler.models import (
 )
 from labeler.models.badgan import conditional_entropy, density_penalty, pull_away_term
 from labeler.models.sslgan import feature_matching_loss, supervised_loss, unsupervised_loss
+from labeler.runspec import RunSpec
+from labeler.train import train_model
 
 GANS = ["sslgan", "badgan"]
 SMALL_MLP = {"d_hidden": (32, 16), "g_hidden": (32,), "z_dim": 8, "batch_size": 16}
@@ -124,6 +126,29 @@ def test_save_load_round_trip(name, shape, ema, tmp_path):
     np.testing.assert_array_equal(loaded.predict_proba(x), model.predict_proba(x))
     np.testing.assert_array_equal(loaded.embed(x), model.embed(x))
     np.testing.assert_array_equal(loaded.sample_images(4, seed=1), model.sample_images(4, seed=1))
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_28x28_checkpoint_from_before_the_conv_default_loads_as_the_mlp_it_was(recorded, tmp_path):
+    # Such a checkpoint was saved with arch "auto", which built the MLP at 28x28 grey then.
+    shape = (1, 28, 28)
+    x, idx, labels = tiny_data(shape, n=12)
+    old = make("sslgan", shape, arch="mlp")
+    old.fit(x, idx, labels, Budget(steps=2))
+    state = old.state()
+    state["config"]["arch"] = "auto"
+    if not recorded:  # the discriminator it built not in the checkpoint: "auto"'s old rule decides
+        del state["extra"]["arch"]
+    torch.save(state, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded.arch == "mlp" and loaded.config.arch == "mlp"
+    np.testing.assert_array_equal(loaded.predict_proba(x), old.predict_proba(x))
+    # The next run with the defaults trains the conv discriminator afresh, and says so.
+    notes: list[str] = []
+    spec = RunSpec("sslgan", steps=1)
+    model = train_model(spec, x, idx, labels, 3, warm_start=tmp_path / "old.pt", notes=notes)
+    assert model.arch == "conv"
+    assert notes == ["The model settings changed since the previous run; trained from scratch."]
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 10, 10)])
