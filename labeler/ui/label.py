@@ -235,15 +235,11 @@ def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
         log.warning("Could not claim images; showing them unclaimed.", exc_info=True)
         rest = _queue_page(Session, project_id, k, ledger.skipped, None)
     with Session() as session:
-        first = []
-        for item_id in st.session_state.get("show_first", []):
-            item = session.get(Item, item_id)
-            if (
-                item is not None
-                and item.project_id == project_id
-                and queries.current_event(session, item_id) is None
-            ):
-                first.append((item, None))
+        # Undone images come back first, unanswered ones only, with the model's guesses (the
+        # grid pre-fills them again as before the undo).
+        wanted = st.session_state.get("show_first", [])
+        open_ids = queries.unanswered(session, project_id, wanted) if wanted else set()
+        first = [pair for pair in queries.page_items(session, project_id, wanted) if pair[0].id in open_ids]
         st.session_state["show_first"] = [item.id for item, _ in first]
     seen = {item.id for item, _ in first}
     return (first + [pair for pair in rest if pair[0].id not in seen])[:k]

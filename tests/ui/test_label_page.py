@@ -33,6 +33,7 @@ def test_grid_accepts_confident_guesses_only_and_undoes_a_page_at_once(Session, 
     assert len(tiles) == 12 and all(box.value >= 0 for box in tiles)
     # Somebody answers one tile's image while this page is open: accepting leaves it alone.
     taken = int(tiles[0].key.split("-")[1])
+    accepted = [int(box.key.split("-")[1]) for box in tiles]
     with Session.begin() as session:
         queries.add_label(session, taken, 1, annotator="bob")
     button(at, "accept_grid").click().run()
@@ -45,6 +46,10 @@ def test_grid_accepts_confident_guesses_only_and_undoes_a_page_at_once(Session, 
     at.button(key="undo").click().run()
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {taken: 1}  # bob's answer stays
+    # The undone images come back first, pre-filled with the guesses again, not on "skip".
+    again = [box for box in at.selectbox if box.key.startswith("grid-")]
+    assert {int(box.key.split("-")[1]) for box in again[:11]} == set(accepted) - {taken}
+    assert all(box.value >= 0 for box in again)
 
 
 def test_keys_are_stable_when_classes_are_added_or_renamed():
