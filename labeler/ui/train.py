@@ -36,6 +36,12 @@ def model_defaults(model: str) -> dict:
     return dataclasses.asdict(config) if dataclasses.is_dataclass(config) else {}
 
 
+def _lr_key(model: str) -> str:
+    """One learning-rate field per model: a rate typed (or shown) for one model is not carried
+    to another when the model is switched (M2's own rate for the images would be lost)."""
+    return f"train_lr-{model}"
+
+
 def validated_settings(values: dict) -> RunSpec:
     """The run the form asks for; raises SettingError with one sentence (RunSpec's checks)."""
     model = values["model"]
@@ -57,7 +63,7 @@ def validated_settings(values: dict) -> RunSpec:
 def _start(project_id: int) -> None:
     state = st.session_state
     values = {k: state.get(f"train_{k}") for k in ("model", "budget_s", "strategy", "seed", "steps")}
-    values["lr"] = state.get("train_lr") if "lr" in model_defaults(values["model"]) else None
+    values["lr"] = state.get(_lr_key(values["model"])) if "lr" in model_defaults(values["model"]) else None
     try:
         spec = validated_settings(values)
         every = check_int("Retrain every N labels", state.get("train_every", 0), 0, 100_000)
@@ -212,14 +218,21 @@ def _settings_ui(project: Project) -> None:
         if "lr" in defaults:
             from ..train import SETTING_RANGES
 
-            # A model whose rate depends on the images (M2: None) shows an empty field: left
-            # empty, the run uses the model's own rate for this project's images.
+            # The rate the project's runs use: the one last started with for this model, else
+            # the model's default. A model whose rate depends on the images (M2: None) shows an
+            # empty field: left empty, the run uses the model's own rate for this project's images.
+            stored = settings.get("config") or {}
+            lr = (
+                stored["lr"]
+                if settings.get("model") == model and stored.get("lr") is not None
+                else defaults["lr"]
+            )
             st.number_input(
                 "Learning rate",
-                value=None if defaults["lr"] is None else float(defaults["lr"]),
+                value=None if lr is None else float(lr),
                 format="%.5f",
                 step=1e-4,
-                key="train_lr",
+                key=_lr_key(model),
                 placeholder="the model's default for these images",
                 help=f"{SETTING_RANGES['lr'][0]:g} to {SETTING_RANGES['lr'][1]:g}"
                 + ("; empty: the model's own rate for these images." if defaults["lr"] is None else "."),

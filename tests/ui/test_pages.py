@@ -212,6 +212,28 @@ def test_train_page_runs_a_model_and_shows_it_in_the_history(Session, tiny_proje
     assert len(at.get("plotly_chart")) >= 3  # learning curve, balance, per-class, confusion
 
 
+def test_the_learning_rate_field_shows_the_rate_the_project_runs_with(Session, tiny_project):
+    with Session.begin() as session:
+        session.get(Project, tiny_project.id).settings = {"model": "sslgan", "config": {"lr": 0.0005}}
+    at = page_app("train", tiny_project.id)
+    assert at.number_input(key="train_lr-sslgan").value == 0.0005  # what auto-retrain uses, not 0.001
+    # Another model shows its own default, not the rate of the model before: M2's is empty
+    # (its own rate for these images), and Start keeps it so.
+    at.selectbox(key="train_model").set_value("badgan").run()
+    assert at.number_input(key="train_lr-badgan").value == 0.001
+    at.selectbox(key="train_model").set_value("m2").run()
+    assert at.number_input(key="train_lr-m2").value is None
+    at.number_input(key="train_steps").set_value(1)
+    at.number_input(key="train_budget_s").set_value(5)
+    at.button(key="train_start").click().run()
+    with Session() as session:
+        settings = session.get(Project, tiny_project.id).settings
+    assert settings["model"] == "m2" and "lr" not in settings["config"]
+    with Session.begin() as session:
+        session.get(Project, tiny_project.id).settings = {"model": "sslgan", "config": {}}
+    assert page_app("train", tiny_project.id).number_input(key="train_lr-sslgan").value == 0.001
+
+
 def test_a_running_run_can_be_cancelled(Session, tiny_project):
     from db.models import RUNNING, Run, utcnow
 
