@@ -27,9 +27,10 @@ beta1 0.5) with the learning rate decayed linearly to zero at the end; the small
 repeated to fill a batch, while every pool image serves as an unlabeled one. That MLP is the
 default only for grey images smaller than 28x28 (`arch="mlp"` forces it): colour images and
 those of 28x28 or more use a small convolutional variant of the same design (`default_arch`,
-`ConvDiscriminator`), which measured better on Fashion-MNIST; where it differs from the paper: the discriminator sees the per-image normalised luminance, its first
-convolution ignores the sign of its input (`polarity_invariant`), and it has no dropout
-(`conv_dropout`), each measured on the shapes benchmark (see SSLGANConfig).
+`ConvDiscriminator`), which measured better on Fashion-MNIST; where it differs from the paper:
+the discriminator sees the per-image normalised luminance, its first convolution ignores the
+sign of its input (`polarity_invariant`), and it has no dropout (`conv_dropout`), each measured
+on the shapes benchmark (see SSLGANConfig).
 
 Consistency (`consistency`, on by default; off is the paper's form): the discriminator's real-class logits also
 get FixMatch's term on the unlabeled batch (see `augment.py`), with D's weight average (`ema`)
