@@ -133,7 +133,7 @@ def test_a_28x28_checkpoint_from_before_the_conv_default_loads_as_the_mlp_it_was
     # Such a checkpoint was saved with arch "auto", which built the MLP at 28x28 grey then.
     shape = (1, 28, 28)
     x, idx, labels = tiny_data(shape, n=12)
-    old = make("sslgan", shape, arch="mlp")
+    old = MODELS["sslgan"](shape, 3, config=MODELS["sslgan"].Config(arch="mlp"), seed=0)  # else the defaults
     old.fit(x, idx, labels, Budget(steps=2))
     state = old.state()
     state["config"]["arch"] = "auto"
@@ -149,6 +149,17 @@ def test_a_28x28_checkpoint_from_before_the_conv_default_loads_as_the_mlp_it_was
     model = train_model(spec, x, idx, labels, 3, warm_start=tmp_path / "old.pt", notes=notes)
     assert model.arch == "conv"
     assert notes == ["The model settings changed since the previous run; trained from scratch."]
+
+
+def test_a_current_28x28_checkpoint_warm_starts_the_next_run(tmp_path):
+    # Only a checkpoint whose "auto" built something else is pinned: today's continue.
+    x, idx, labels = tiny_data((1, 28, 28), n=12)
+    first = train_model(RunSpec("sslgan", steps=2), x, idx, labels, 3)
+    path = save_checkpoint(first, tmp_path / "now.pt")
+    assert load_checkpoint(path).config.arch == "auto"
+    notes: list[str] = []
+    model = train_model(RunSpec("sslgan", steps=1), x, idx, labels, 3, warm_start=path, notes=notes)
+    assert notes == [] and model.arch == "conv" and model._steps == 3
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 10, 10)])

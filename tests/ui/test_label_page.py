@@ -49,7 +49,7 @@ def test_grid_accepts_confident_guesses_only_and_undoes_a_page_at_once(Session, 
     # The undone images come back first, pre-filled with the guesses again, not on "skip".
     again = [box for box in at.selectbox if box.key.startswith("grid-")]
     assert {int(box.key.split("-")[1]) for box in again[:11]} == set(accepted) - {taken}
-    assert all(box.value >= 0 for box in again)
+    assert all(box.value >= 0 for box in again[:11])  # the 12th comes from the queue
 
 
 def test_keys_are_stable_when_classes_are_added_or_renamed():
