@@ -219,8 +219,9 @@ def _settings_ui(project: Project) -> None:
             from ..train import SETTING_RANGES
 
             # The rate the project's runs use: the project's stored rate when this is its stored
-            # model (what auto-retrain runs), else the model's default. A model whose rate depends on the images (M2: None) shows an
-            # empty field: left empty, the run uses the model's own rate for this project's images.
+            # model (what auto-retrain runs), else the model's default. A model whose rate
+            # depends on the images (M2: None) shows an empty field: left empty, the run uses the
+            # model's own rate for this project's images.
             stored = settings.get("config") or {}
             lr = (
                 stored["lr"]
