@@ -5,7 +5,7 @@ import pytest
 from labeler.models.m1 import M1
 from labeler.models.m1m2 import M1M2
 from labeler.models.m2 import M2
-from labeler.models.sslgan import SSLGAN, WNLinear
+from labeler.models.sslgan import SSLGAN, WNConv2d, WNLinear
 
 
 @pytest.mark.parametrize(("shape", "latent"), [((1, 8, 8), 10), ((1, 28, 28), 50), ((3, 32, 32), 50)])
@@ -36,3 +36,20 @@ def test_gan_discriminator_follows_the_image_size():
     papers = SSLGAN((1, 28, 28), 3, config=SSLGAN.Config(arch="mlp"))
     assert hidden_widths(papers) == [1000, 500, 250, 250, 250]
     assert hidden_widths(SSLGAN((1, 8, 8), 3, config=SSLGAN.Config(d_hidden=(16,)))) == [16]
+
+
+def conv_widths(net) -> list[int]:
+    return [m.v.shape[0] for m in net.modules() if isinstance(m, WNConv2d)]
+
+
+def test_gan_conv_width_follows_the_image_kind():
+    # Twice as wide on 28x28 grey (measured better on Fashion-MNIST, sslgan.default_conv_width);
+    # colour and larger grey images keep 16, where the 60 s rounds are short of steps.
+    assert conv_widths(SSLGAN((1, 28, 28), 3).disc) == [32, 64, 64, 64]
+    assert conv_widths(SSLGAN((3, 32, 32), 3).disc) == [16, 32, 32, 32]
+    assert conv_widths(SSLGAN((1, 40, 40), 3).disc) == [16, 32, 32, 32]
+    assert conv_widths(SSLGAN((1, 28, 28), 3, config=SSLGAN.Config(conv_width=8)).disc) == [8, 16, 16, 16]
+    # The generator has its own width (4x and 2x it), the same for every image kind.
+    for shape in [(1, 28, 28), (3, 32, 32)]:
+        convs = [m for m in SSLGAN(shape, 3).gen.modules() if hasattr(m, "in_channels")]
+        assert [m.in_channels for m in convs] == [64, 32]

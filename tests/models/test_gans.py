@@ -23,7 +23,7 @@ from labeler.train import train_model
 
 GANS = ["sslgan", "badgan"]
 SMALL_MLP = {"d_hidden": (32, 16), "g_hidden": (32,), "z_dim": 8, "batch_size": 16}
-SMALL_CONV = {"conv_width": 4, "z_dim": 8, "conv_batch_size": 8}
+SMALL_CONV = {"conv_width": 4, "gen_width": 4, "z_dim": 8, "conv_batch_size": 8}
 
 
 def tiny_data(shape=(1, 8, 8), n=40, k=3, seed=0):
@@ -160,6 +160,48 @@ def test_a_current_28x28_checkpoint_warm_starts_the_next_run(tmp_path):
     notes: list[str] = []
     model = train_model(RunSpec("sslgan", steps=1), x, idx, labels, 3, warm_start=path, notes=notes)
     assert notes == [] and model.arch == "conv" and model._steps == 3
+
+
+def one_width_checkpoint(shape, arch, tmp_path):
+    """A conv GAN checkpoint as saved before `gen_width`: one conv_width (16) for both networks,
+    and arch "auto" (which built the conv discriminator for these shapes then, as now)."""
+    x, idx, labels = tiny_data(shape, n=12)
+    old = MODELS["sslgan"](shape, 3, config=MODELS["sslgan"].Config(conv_width=16, gen_width=16), seed=0)
+    old.fit(x, idx, labels, Budget(steps=2))
+    state = old.state()
+    del state["config"]["gen_width"]
+    assert state["config"]["arch"] == "auto" and state["extra"]["arch"] == arch
+    torch.save(state, tmp_path / "old.pt")
+    return old, (x, idx, labels)
+
+
+def test_a_colour_checkpoint_from_before_gen_width_loads_and_warm_starts(tmp_path):
+    # Width 16 is what conv_width 0 builds on colour images: the checkpoint continues.
+    old, (x, idx, labels) = one_width_checkpoint((3, 10, 10), "conv", tmp_path)
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert (loaded.config.conv_width, loaded.config.gen_width) == (0, 16)
+    np.testing.assert_array_equal(loaded.predict_proba(x), old.predict_proba(x))
+    notes: list[str] = []
+    model = train_model(
+        RunSpec("sslgan", steps=1), x, idx, labels, 3, warm_start=tmp_path / "old.pt", notes=notes
+    )
+    assert notes == [] and model._steps == 3
+
+
+def test_a_28x28_conv_checkpoint_from_before_the_wider_default_loads_as_trained(tmp_path):
+    # 28x28 grey now defaults to width 32: the old width-16 checkpoint loads, predicts and
+    # samples as it was trained, and the next run with the defaults starts afresh, saying why.
+    old, (x, idx, labels) = one_width_checkpoint((1, 28, 28), "conv", tmp_path)
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert (loaded.config.conv_width, loaded.config.gen_width) == (16, 16)
+    np.testing.assert_array_equal(loaded.predict_proba(x), old.predict_proba(x))
+    np.testing.assert_array_equal(loaded.sample_images(2, seed=1), old.sample_images(2, seed=1))
+    notes: list[str] = []
+    model = train_model(
+        RunSpec("sslgan", steps=1), x, idx, labels, 3, warm_start=tmp_path / "old.pt", notes=notes
+    )
+    assert notes == ["The model settings changed since the previous run; trained from scratch."]
+    assert model.disc.body[2].v.shape[0] == 32 and model._steps == 1
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 10, 10)])

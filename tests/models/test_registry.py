@@ -33,6 +33,7 @@ SMALL = {
     "g_hidden": (32,),
     "z_dim": 8,
     "conv_width": 4,
+    "gen_width": 4,
     "components": 5,
     "neighbors": 3,
 }
