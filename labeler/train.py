@@ -45,7 +45,7 @@ SETTING_RANGES: dict[str, tuple[float, float]] = {
     "unlabeled_batch": (1, 4096),
     "conv_batch_size": (1, 4096),
     "conv_fake_batch_size": (0, 4096),  # 0: conv_batch_size (the form before it existed)
-    "conv_width": (1, 512),  # the GANs' default 0 (width by image size) is not set by hand
+    "conv_width": (1, 512),
     "gen_width": (1, 512),
     "components": (1, 4096),
     "neighbors": (1, 1000),

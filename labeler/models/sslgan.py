@@ -423,8 +423,9 @@ def default_arch(input_shape: tuple[int, ...]) -> str:
 
 
 def default_conv_width(input_shape: tuple[int, ...]) -> int:
-    """The conv discriminator's width `conv_width=0` builds: 32 for 28x28 grey images, 16 for
-    colour and other images (the first stage has this many channels, the others twice as many).
+    """The conv discriminator's width when `conv_width` is None: 32 for 28x28 grey images, 16
+    for colour and larger images (the first stage has this many channels, the later ones twice
+    as many).
     Measured on Fashion-MNIST (sslgan, 100 labels, 600 s, seeds 0-2, one thread, two runs side by
     side): 0.756 +- 0.013 at width 16 (about 7,200 steps), 0.765 +- 0.015 at 32 (about 3,700);
     at 48, 0.747 on seed 0 (2,393 steps) against 0.774 at 32. Colour images (the shapes
@@ -448,8 +449,8 @@ class SSLGANConfig:
     input_noise: float = 0.3
     hidden_noise: float = 0.5
     # The conv discriminator's first stage has this many channels, the later ones twice as many;
-    # 0: `default_conv_width` (32 for 28x28 grey images, 16 otherwise; sized for 2 CPU cores).
-    conv_width: int = 0
+    # None: `default_conv_width` (32 for 28x28 grey images, 16 otherwise; sized for 2 CPU cores).
+    conv_width: int | None = None
     # The conv generator's width: 4x and 2x this many channels. Measured (Fashion-MNIST, sslgan,
     # seeds 0-2, 600 s, discriminator width 32): 0.765 +- 0.015 (about 3,700 steps) with 16,
     # 0.766 +- 0.007 (about 3,100) with 32, so the cheaper one.
@@ -518,19 +519,25 @@ class SSLGAN(SSLModel):
         28x28 grey images from before `default_arch`), arch is pinned to it, so a later run with
         "auto" sees changed settings and trains the new default afresh.
 
-        One saved before `gen_width` had one `conv_width` for both networks: the generator keeps
-        it, and so does the discriminator, as 0 where that is what 0 builds today (colour images,
-        small grey ones), so those warm-start as before; a 28x28 grey one keeps its explicit 16,
-        and the next run with the defaults trains width 32 afresh."""
+        One saved before `gen_width` had one `conv_width` for both networks. With conv networks
+        the generator keeps it, and so does the discriminator, as None where that is what None
+        builds today (every image but 28x28 grey), so those warm-start as before; a 28x28 grey
+        one keeps its explicit 16, and the next run with the defaults trains width 32 afresh. An
+        MLP checkpoint built neither: both take today's defaults."""
         shape = tuple(state["input_shape"])
-        if "gen_width" not in config:
-            width = config.get("conv_width", 16)
-            auto = width == default_conv_width(shape)
-            config = {**config, "gen_width": width, "conv_width": 0 if auto else width}
-        if config.get("arch", "auto") == "auto":
+        built = config.get("arch", "auto")
+        if built == "auto":
             built = state.get("extra", {}).get("arch") or _arch_before_default_arch(shape)
             if built != default_arch(shape):
                 config = {**config, "arch": built}
+        if "gen_width" not in config:
+            width = config["conv_width"]
+            conv = built == "conv"
+            config = {
+                **config,
+                "conv_width": width if conv and width != default_conv_width(shape) else None,
+                "gen_width": width if conv else SSLGANConfig.gen_width,
+            }
         return config
 
     def build(self) -> None:

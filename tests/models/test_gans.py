@@ -162,46 +162,64 @@ def test_a_current_28x28_checkpoint_warm_starts_the_next_run(tmp_path):
     assert notes == [] and model.arch == "conv" and model._steps == 3
 
 
-def one_width_checkpoint(shape, arch, tmp_path):
-    """A conv GAN checkpoint as saved before `gen_width`: one conv_width (16) for both networks,
-    and arch "auto" (which built the conv discriminator for these shapes then, as now)."""
+def one_width_checkpoint(shape, width, tmp_path, **config):
+    """A GAN checkpoint as saved before `gen_width`: one conv_width for both networks."""
     x, idx, labels = tiny_data(shape, n=12)
-    old = MODELS["sslgan"](shape, 3, config=MODELS["sslgan"].Config(conv_width=16, gen_width=16), seed=0)
+    cls = MODELS["sslgan"]
+    old = cls(shape, 3, config=cls.Config(conv_width=width, gen_width=width, **config), seed=0)
     old.fit(x, idx, labels, Budget(steps=2))
     state = old.state()
     del state["config"]["gen_width"]
-    assert state["config"]["arch"] == "auto" and state["extra"]["arch"] == arch
     torch.save(state, tmp_path / "old.pt")
     return old, (x, idx, labels)
 
 
-def test_a_colour_checkpoint_from_before_gen_width_loads_and_warm_starts(tmp_path):
-    # Width 16 is what conv_width 0 builds on colour images: the checkpoint continues.
-    old, (x, idx, labels) = one_width_checkpoint((3, 10, 10), "conv", tmp_path)
-    loaded = load_checkpoint(tmp_path / "old.pt")
-    assert (loaded.config.conv_width, loaded.config.gen_width) == (0, 16)
-    np.testing.assert_array_equal(loaded.predict_proba(x), old.predict_proba(x))
+def warm_start(x, idx, labels, path, **config):
     notes: list[str] = []
     model = train_model(
-        RunSpec("sslgan", steps=1), x, idx, labels, 3, warm_start=tmp_path / "old.pt", notes=notes
+        RunSpec("sslgan", steps=1, config=config), x, idx, labels, 3, warm_start=path, notes=notes
     )
+    return model, notes
+
+
+def assert_same_model(loaded, old, x):
+    np.testing.assert_array_equal(loaded.predict_proba(x), old.predict_proba(x))
+    np.testing.assert_array_equal(loaded.sample_images(2, seed=1), old.sample_images(2, seed=1))
+
+
+@pytest.mark.parametrize(("width", "widths"), [(16, (None, 16)), (8, (8, 8))])
+def test_a_colour_checkpoint_from_before_gen_width_loads_and_warm_starts(width, widths, tmp_path):
+    # 16 is what conv_width None builds on colour images; another width stays, for both networks.
+    old, (x, idx, labels) = one_width_checkpoint((3, 10, 10), width, tmp_path)
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert (loaded.config.conv_width, loaded.config.gen_width) == widths
+    assert_same_model(loaded, old, x)
+    same = {} if width == 16 else {"conv_width": width, "gen_width": width}
+    model, notes = warm_start(x, idx, labels, tmp_path / "old.pt", **same)
     assert notes == [] and model._steps == 3
 
 
 def test_a_28x28_conv_checkpoint_from_before_the_wider_default_loads_as_trained(tmp_path):
     # 28x28 grey now defaults to width 32: the old width-16 checkpoint loads, predicts and
     # samples as it was trained, and the next run with the defaults starts afresh, saying why.
-    old, (x, idx, labels) = one_width_checkpoint((1, 28, 28), "conv", tmp_path)
+    old, (x, idx, labels) = one_width_checkpoint((1, 28, 28), 16, tmp_path)
     loaded = load_checkpoint(tmp_path / "old.pt")
-    assert (loaded.config.conv_width, loaded.config.gen_width) == (16, 16)
-    np.testing.assert_array_equal(loaded.predict_proba(x), old.predict_proba(x))
-    np.testing.assert_array_equal(loaded.sample_images(2, seed=1), old.sample_images(2, seed=1))
-    notes: list[str] = []
-    model = train_model(
-        RunSpec("sslgan", steps=1), x, idx, labels, 3, warm_start=tmp_path / "old.pt", notes=notes
-    )
+    assert loaded.arch == "conv" and (loaded.config.conv_width, loaded.config.gen_width) == (16, 16)
+    assert_same_model(loaded, old, x)
+    model, notes = warm_start(x, idx, labels, tmp_path / "old.pt")
     assert notes == ["The model settings changed since the previous run; trained from scratch."]
     assert model.disc.body[2].v.shape[0] == 32 and model._steps == 1
+
+
+def test_an_mlp_checkpoint_from_before_gen_width_warm_starts_as_before(tmp_path):
+    # The MLP built neither conv network: its widths become today's defaults, so the papers'
+    # form (arch=mlp) continues from it.
+    old, (x, idx, labels) = one_width_checkpoint((1, 28, 28), 16, tmp_path, arch="mlp")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded.arch == "mlp" and (loaded.config.conv_width, loaded.config.gen_width) == (None, 16)
+    assert_same_model(loaded, old, x)
+    model, notes = warm_start(x, idx, labels, tmp_path / "old.pt", arch="mlp")
+    assert notes == [] and model._steps == 3
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 10, 10)])
