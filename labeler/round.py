@@ -89,9 +89,12 @@ def predict(
     probs, embeds, mc = [], [], []
     for start in range(0, len(rows), CHUNK):
         x = images(pixels, rows[start : start + CHUNK])
-        probs.append(np.asarray(model.predict_proba(x), dtype=np.float64))
         if embed:
-            embeds.append(np.asarray(model.embed(x), dtype=np.float32).reshape(len(x), -1))
+            p, e = model.predict_and_embed(x)
+            embeds.append(np.asarray(e, dtype=np.float32).reshape(len(x), -1))
+        else:
+            p = model.predict_proba(x)
+        probs.append(np.asarray(p, dtype=np.float64))
         if mc_samples:
             mc.append(np.asarray(model.mc_proba(x, samples=mc_samples), dtype=np.float64))
     k = model.num_classes

@@ -314,6 +314,11 @@ class SSLModel:
 
     # -- optional -------------------------------------------------------------------------
 
+    def predict_and_embed(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """`predict_proba(x)` and `embed(x)`; a model whose classifier gives both in one pass
+        overrides it (the GANs), so a round that needs both reads the images once."""
+        return self.predict_proba(x), self.embed(x)
+
     def mc_proba(self, x: np.ndarray, samples: int = 8) -> np.ndarray:
         """(S, N, K) probabilities from S stochastic passes (for BALD). Default: S copies."""
         p = self.predict_proba(x)

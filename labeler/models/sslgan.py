@@ -747,6 +747,19 @@ class SSLGAN(SSLModel):
         self.classifier.eval()
         return batched(lambda b: self.classifier(b)[1], x, self.device)
 
+    def predict_and_embed(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One pass of the discriminator for both: its softmax and features side by side."""
+        if not len(x):
+            return super().predict_and_embed(x)
+        self.classifier.eval()
+
+        def both(b: torch.Tensor) -> torch.Tensor:
+            logits, features = self.classifier(b)  # (B, K), (B, D)
+            return torch.cat([torch.softmax(logits, dim=1), features], dim=1)  # (B, K + D)
+
+        out = batched(both, x, self.device)
+        return out[:, : self.num_classes], out[:, self.num_classes :]
+
     def mc_proba(self, x: np.ndarray, samples: int = 8) -> np.ndarray:
         """(S, N, K): S passes with the discriminator's noise (and dropout) switched on."""
         self.generator.manual_seed(self.seed)

@@ -212,14 +212,28 @@ def test_a_28x28_conv_checkpoint_from_before_the_wider_default_loads_as_trained(
 
 
 def test_an_mlp_checkpoint_from_before_gen_width_warm_starts_as_before(tmp_path):
-    # The MLP built neither conv network: its widths become today's defaults, so the papers'
-    # form (arch=mlp) continues from it.
-    old, (x, idx, labels) = one_width_checkpoint((1, 28, 28), 16, tmp_path, arch="mlp")
+    # The MLP built neither conv network: its widths, whatever they were, become today's
+    # defaults, so the papers' form (arch=mlp) continues from it.
+    old, (x, idx, labels) = one_width_checkpoint((1, 28, 28), 8, tmp_path, arch="mlp")
     loaded = load_checkpoint(tmp_path / "old.pt")
     assert loaded.arch == "mlp" and (loaded.config.conv_width, loaded.config.gen_width) == (None, 16)
     assert_same_model(loaded, old, x)
     model, notes = warm_start(x, idx, labels, tmp_path / "old.pt", arch="mlp")
     assert notes == [] and model._steps == 3
+
+
+@pytest.mark.parametrize("shape", [(1, 8, 8), (3, 10, 10)])
+def test_predict_and_embed_reads_the_images_once(shape):
+    x, idx, labels = tiny_data(shape)
+    model = make("badgan", shape)
+    model.fit(x, idx, labels, Budget(steps=2))
+    passes = []
+    hook = model.classifier.register_forward_hook(lambda *args: passes.append(1))
+    probs, features = model.predict_and_embed(x)
+    hook.remove()
+    assert len(passes) == 1  # 40 images: one batch, one pass for both
+    np.testing.assert_array_equal(probs, model.predict_proba(x))
+    np.testing.assert_array_equal(features, model.embed(x))
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 10, 10)])
