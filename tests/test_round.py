@@ -9,8 +9,9 @@ from db import runs as run_queries
 from db.models import Prediction
 from labeler import projects
 from labeler import train as train_module
+from labeler.models import MODELS, Budget
 from labeler.models.baselines import Supervised
-from labeler.round import queue_head, run_round
+from labeler.round import predict, queue_head, run_round
 from labeler.runspec import RunSpec
 from labeler.worker import Worker
 from tests.conftest import tiny_image_set
@@ -103,3 +104,24 @@ def test_the_worker_stores_the_round(Session):
         rows=np.array(inputs.rows),
     )
     np.testing.assert_allclose([stored[i] for i in inputs.item_ids], result.scores)
+
+
+@pytest.mark.parametrize("embed", [True, False])
+def test_predict_reads_the_images_once_for_probabilities_and_features(embed, monkeypatch):
+    rng = np.random.default_rng(0)
+    pixels = (rng.random((30, 1, 8, 8)) * 255).astype(np.uint8)
+    x = pixels.astype(np.float32) / 255.0
+    model = MODELS["sslgan"]((1, 8, 8), 3, seed=0)
+    model.fit(x, np.arange(6), np.arange(6) % 3, Budget(steps=2))
+    want_probs, want_features = model.predict_proba(x), model.embed(x)
+    calls: list[str] = []
+    for name in ("predict_proba", "embed", "predict_and_embed"):
+        method = getattr(model, name)
+        monkeypatch.setattr(model, name, lambda x, method=method, name=name: calls.append(name) or method(x))
+    probs, features, _ = predict(model, pixels, np.arange(30), embed=embed)
+    assert calls == (["predict_and_embed"] if embed else ["predict_proba"])
+    np.testing.assert_array_equal(probs, want_probs)
+    if embed:
+        np.testing.assert_array_equal(features, want_features)
+    else:
+        assert features is None

@@ -416,20 +416,20 @@ def default_d_hidden(input_shape: tuple[int, ...]) -> tuple[int, ...]:
 def default_arch(input_shape: tuple[int, ...]) -> str:
     """The discriminator `arch="auto"` builds: the conv one for colour images and for grey ones of
     28x28 or larger, the papers' MLP for smaller grey images such as 8x8 digits. Measured on
-    Fashion-MNIST (100 labels, 600 s, seeds 0-2, one thread, two runs side by side): sslgan 0.756 +-
-    0.013 with the conv discriminator (about 7,200 steps), 0.732 +- 0.005 with the MLP (about
-    5,300); badgan 0.752 +- 0.003 and 0.740 +- 0.012."""
+    Fashion-MNIST (100 labels, 600 s, seeds 0-2, one thread, two runs side by side): sslgan
+    0.756 +- 0.013 with the conv discriminator at width 16 (about 7,200 steps), 0.732 +- 0.005
+    with the MLP (about 5,300); badgan 0.752 +- 0.003 and 0.740 +- 0.012."""
     return "conv" if nets.use_conv(input_shape) or nets.mnist_sized(input_shape) else "mlp"
 
 
 def default_conv_width(input_shape: tuple[int, ...]) -> int:
     """The conv discriminator's width when `conv_width` is None: 32 for 28x28 grey images, 16
-    for colour and larger images (the first stage has this many channels, the later ones twice
-    as many).
+    for every other image (the first stage has this many channels, the later ones twice as
+    many).
     Measured on Fashion-MNIST (sslgan, 100 labels, 600 s, seeds 0-2, one thread, two runs side by
     side): 0.756 +- 0.013 at width 16 (about 7,200 steps), 0.765 +- 0.015 at 32 (about 3,700);
-    at 48, 0.747 on seed 0 (2,393 steps) against 0.774 at 32. Colour images (the shapes
-    benchmark's 60 s) are short of steps, so they keep the cheaper 16."""
+    at 48, 0.747 on seed 0 (2,393 steps) against 0.774 at 32. Colour images keep the cheaper 16:
+    the shapes benchmark's 60 s rounds are short of steps (width 32 not measured there)."""
     return 32 if nets.mnist_sized(input_shape) and not nets.use_conv(input_shape) else 16
 
 
@@ -525,18 +525,18 @@ class SSLGAN(SSLModel):
         one keeps its explicit 16, and the next run with the defaults trains width 32 afresh. An
         MLP checkpoint built neither: both take today's defaults."""
         shape = tuple(state["input_shape"])
-        built = config.get("arch", "auto")
-        if built == "auto":
-            built = state.get("extra", {}).get("arch") or _arch_before_default_arch(shape)
-            if built != default_arch(shape):
-                config = {**config, "arch": built}
+        arch = config.get("arch", "auto")
+        if arch == "auto":
+            arch = state.get("extra", {}).get("arch") or _arch_before_default_arch(shape)
+            if arch != default_arch(shape):
+                config = {**config, "arch": arch}
         if "gen_width" not in config:
             width = config["conv_width"]
-            conv = built == "conv"
+            conv = arch == "conv"
             config = {
                 **config,
                 "conv_width": width if conv and width != default_conv_width(shape) else None,
-                "gen_width": width if conv else SSLGANConfig.gen_width,
+                "gen_width": width if conv else cls.Config.gen_width,
             }
         return config
 
@@ -554,7 +554,7 @@ class SSLGAN(SSLModel):
         else:
             disc = ConvDiscriminator(
                 c,
-                cfg.conv_width or default_conv_width(self.input_shape),
+                default_conv_width(self.input_shape) if cfg.conv_width is None else cfg.conv_width,
                 self.num_classes,
                 cfg.conv_input_noise,
                 cfg.conv_dropout,

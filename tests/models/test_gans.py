@@ -222,10 +222,12 @@ def test_an_mlp_checkpoint_from_before_gen_width_warm_starts_as_before(tmp_path)
     assert notes == [] and model._steps == 3
 
 
+@pytest.mark.parametrize("name", GANS)
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 10, 10)])
-def test_predict_and_embed_reads_the_images_once(shape):
+@pytest.mark.parametrize("ema", [0.0, 0.99])
+def test_predict_and_embed_reads_the_images_once(name, shape, ema):
     x, idx, labels = tiny_data(shape)
-    model = make("badgan", shape)
+    model = make(name, shape, ema=ema)
     model.fit(x, idx, labels, Budget(steps=2))
     passes = []
     hook = model.classifier.register_forward_hook(lambda *args: passes.append(1))
@@ -234,6 +236,8 @@ def test_predict_and_embed_reads_the_images_once(shape):
     assert len(passes) == 1  # 40 images: one batch, one pass for both
     np.testing.assert_array_equal(probs, model.predict_proba(x))
     np.testing.assert_array_equal(features, model.embed(x))
+    empty = model.predict_and_embed(x[:0])
+    assert [len(a) for a in empty] == [0, 0]
 
 
 @pytest.mark.parametrize("shape", [(1, 8, 8), (3, 10, 10)])
