@@ -6,6 +6,7 @@ from __future__ import annotations
 
 import dataclasses
 import math
+import types
 import typing
 
 import numpy as np
@@ -21,12 +22,16 @@ CONFIGURED = [name for name, cls in MODELS.items() if dataclasses.is_dataclass(c
 
 
 def _numeric_fields(name: str):
+    """Every int or float setting, optional ones (None: a default by image kind) included."""
     config = MODELS[name].Config()
     hints = typing.get_type_hints(type(config))
     for field in dataclasses.fields(config):
-        if hints[field.name] in (int, float):
-            low, high = SETTING_RANGES.get(field.name) or _default_range(field.name, hints[field.name])
-            yield field.name, hints[field.name], getattr(config, field.name), low, high
+        hint = hints[field.name]
+        union = typing.get_origin(hint) in (typing.Union, types.UnionType)
+        kinds = set(typing.get_args(hint) if union else [hint]) - {type(None)}
+        if len(kinds) == 1 and (kind := kinds.pop()) in (int, float):
+            low, high = SETTING_RANGES.get(field.name) or _default_range(field.name, kind)
+            yield field.name, kind, getattr(config, field.name), low, high
 
 
 @pytest.mark.parametrize("name", CONFIGURED)
@@ -43,7 +48,9 @@ def test_every_number_setting_refuses_values_outside_its_range(name):
     fields = list(_numeric_fields(name))
     assert fields, f"{name} has no number settings to check"
     for key, kind, default, low, high in fields:
-        assert low <= default <= high, f"{name}.{key}: the default {default} is outside [{low}, {high}]"
+        assert default is None or low <= default <= high, (
+            f"{name}.{key}: the default {default} is outside [{low}, {high}]"
+        )
         below = low - 1 if kind is int else (low / 10 if low > 0 else -0.5)
         for bad in (below, high * 10 + 1, "abc"):
             with pytest.raises(SettingError, match=rf"The setting {key} of {name} must"):
