@@ -73,6 +73,7 @@ def test_every_number_setting_refuses_values_outside_its_range(name):
         ("m2", "lr", 0, "between 1e-07 and 1"),
         ("m2", "classifier_arch", "transformer", "must be one of auto, mlp, conv"),
         ("sslgan", "ema", 1.0, "between 0.0 and 0.9999"),
+        ("badgan", "conv_width", 0, "between 1 and 512"),  # None, not 0, is the width by image kind
         ("sslgan", "g_hidden", "500,x", "layer sizes"),
         ("m1m2", "sample_z1", "maybe", "true or false"),
         ("supervised", "dropout", 1.0, "between 0.0 and 0.99"),
@@ -88,6 +89,7 @@ def test_layer_lists_and_optional_settings_parse():
     assert make_config("m2", {"hidden": "256,128"}).hidden == [256, 128]
     assert make_config("m2", {"hidden": "[64]"}).hidden == [64]
     assert make_config("m2", {"hidden": "none"}).hidden is None
+    assert make_config("sslgan", {"conv_width": "default"}).conv_width is None
     assert make_config("sslgan", {"g_hidden": [300, 300]}).g_hidden == (300, 300)
     assert make_config("m1m2", {"sample_z1": "false"}).sample_z1 is False
 
