@@ -731,12 +731,9 @@ class SSLGAN(SSLModel):
     @torch.no_grad()
     def _features_and_proba(self, x: np.ndarray, rows: np.ndarray) -> tuple[torch.Tensor, np.ndarray]:
         """The prediction discriminator's features (S, D) and probabilities (S, K) of pool rows."""
-        classifier = self.classifier
-        training = classifier.training
-        classifier.eval()
-        feats = batched(classifier.body, x[rows], self.device)
-        probs = batched(lambda f: torch.softmax(classifier.head(f), dim=1), feats, self.device)
-        classifier.train(training)
+        training = self.classifier.training
+        probs, feats = self.predict_and_embed(x[rows])
+        self.classifier.train(training)
         return torch.as_tensor(feats, device=self.device), probs
 
     def predict_proba(self, x: np.ndarray) -> np.ndarray:
