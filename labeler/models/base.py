@@ -413,6 +413,9 @@ class PredictsWithClassifier:
     device: torch.device
     labels_seen: int = 0  # labels in the last fit: none means uniform predictions
     steps_done: int = 0  # steps of every fit so far (a warm start continues the count)
+    # `embed` is the classifier's body (the first of its two parts), so `predict_and_embed`
+    # reads the images once.
+    embed_is_body: bool = False
 
     def _own_classifier(self) -> nn.Module:
         """The net's own q(y|x), (B, C, H, W) -> (B, K) logits, in eval mode."""
@@ -429,6 +432,20 @@ class PredictsWithClassifier:
             return uniform_proba(len(x), self.num_classes)
         classifier = self._classifier()
         return batched(lambda xb: torch.softmax(classifier(xb), 1), x, self.device)
+
+    def predict_and_embed(self, x: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """One pass for both where `embed_is_body`: the classifier (body, head) gives its
+        body's features and the head's softmax side by side; otherwise two passes."""
+        if not (self.embed_is_body and self.labels_seen and len(x)):
+            return super().predict_and_embed(x)  # type: ignore[misc]
+        body, head = self._classifier()
+
+        def both(xb: torch.Tensor) -> torch.Tensor:
+            features = body(xb)  # (B, D)
+            return torch.cat([torch.softmax(head(features), 1), features], 1)  # (B, K + D)
+
+        out = batched(both, x, self.device)
+        return out[:, : self.num_classes], out[:, self.num_classes :]
 
     def classifier_module(self) -> nn.Module:
         from . import nets  # nets imports this module

@@ -385,6 +385,7 @@ def train_m2(
 class M2(PredictsWithClassifier, SSLModel):
     name = "m2"
     Config = M2Config
+    embed_is_body = True
     legacy_config: ClassVar[dict[str, Any]] = {
         "consistency": False,
         "conv_width": 32,

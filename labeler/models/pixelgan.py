@@ -157,6 +157,7 @@ class PixelGANConfig:
 class PixelGAN(PhasedAutoencoder):
     name = "pixelgan"
     Config = PixelGANConfig
+    embed_is_body = True
     conditional_samples = True
 
     def build(self) -> None:

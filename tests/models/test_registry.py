@@ -96,6 +96,24 @@ def test_smoke_fit_predict_embed(name):
 
 
 @pytest.mark.parametrize("name", list(MODELS))
+def test_predict_and_embed_is_predict_proba_and_embed(name):
+    x, idx, labels = tiny_data()
+    model = make(name)
+    for fitted in (False, True):  # before a fit: uniform probabilities beside the features
+        probs, features = model.predict_and_embed(x)
+        np.testing.assert_array_equal(probs, model.predict_proba(x))
+        np.testing.assert_array_equal(features, model.embed(x))
+        model.fit(x, idx, labels, Budget(steps=3))
+    assert [len(a) for a in model.predict_and_embed(x[:0])] == [0, 0]
+    if name in ("m2", "pixelgan"):  # embed is q(y|x)'s body: one pass of it for both
+        passes = []
+        hook = model._classifier()[0].register_forward_hook(lambda *args: passes.append(1))
+        model.predict_and_embed(x)
+        hook.remove()
+        assert len(passes) == 1  # 40 images: one batch
+
+
+@pytest.mark.parametrize("name", list(MODELS))
 def test_save_load_round_trip_and_warm_start(name, tmp_path):
     x, idx, labels = tiny_data()
     model = make(name)
