@@ -44,12 +44,11 @@ def model_class(name):
     return MODELS[name]
 
 
-def make(name, shape=(1, 8, 8), k=3, seed=0):
+def make(name, shape=(1, 8, 8), k=3, seed=0, **overrides):
     cls = model_class(name)
     fields = getattr(cls.Config, "__dataclass_fields__", {})
-    return cls(
-        shape, k, config=cls.Config(**{key: v for key, v in SMALL.items() if key in fields}), seed=seed
-    )
+    small = {key: v for key, v in SMALL.items() if key in fields}
+    return cls(shape, k, config=cls.Config(**{**small, **overrides}), seed=seed)
 
 
 def tiny_data(shape=(1, 8, 8), n=40, k=3, labeled=9, seed=0):
@@ -99,18 +98,33 @@ def test_smoke_fit_predict_embed(name):
 def test_predict_and_embed_is_predict_proba_and_embed(name):
     x, idx, labels = tiny_data()
     model = make(name)
-    for fitted in (False, True):  # before a fit: uniform probabilities beside the features
+
+    def check():
         probs, features = model.predict_and_embed(x)
         np.testing.assert_array_equal(probs, model.predict_proba(x))
         np.testing.assert_array_equal(features, model.embed(x))
-        model.fit(x, idx, labels, Budget(steps=3))
+
+    check()  # before a fit: uniform probabilities beside the features
+    model.fit(x, idx, labels, Budget(steps=3))
+    check()
     assert [len(a) for a in model.predict_and_embed(x[:0])] == [0, 0]
-    if name in ("m2", "pixelgan"):  # embed is q(y|x)'s body: one pass of it for both
-        passes = []
-        hook = model._classifier()[0].register_forward_hook(lambda *args: passes.append(1))
-        model.predict_and_embed(x)
-        hook.remove()
-        assert len(passes) == 1  # 40 images: one batch
+
+
+@pytest.mark.parametrize("name", ["m2", "pixelgan"])
+@pytest.mark.parametrize("consistency", [True, False])  # the EMA teacher predicts, or the net itself
+def test_predict_and_embed_runs_the_classifier_body_once(name, consistency):
+    """embed is q(y|x)'s body for these two: one pass of it gives both."""
+    x, idx, labels = tiny_data()
+    model = make(name, consistency=consistency)
+    model.fit(x, idx, labels, Budget(steps=3))
+    assert ("teacher" in model.modules) == consistency
+    passes = []
+    hook = model._classifier()[0].register_forward_hook(lambda *args: passes.append(1))
+    probs, features = model.predict_and_embed(x)
+    hook.remove()
+    assert len(passes) == 1  # 40 images: one batch
+    np.testing.assert_array_equal(probs, model.predict_proba(x))
+    np.testing.assert_array_equal(features, model.embed(x))
 
 
 @pytest.mark.parametrize("name", list(MODELS))
