@@ -440,12 +440,11 @@ class PredictsWithClassifier:
             return super().predict_and_embed(x)  # type: ignore[misc]
         body, head = self._classifier()
 
-        def both(xb: torch.Tensor) -> torch.Tensor:
+        def logits_and_features(xb: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
             features = body(xb)  # (B, D)
-            return torch.cat([torch.softmax(head(features), 1), features], 1)  # (B, K + D)
+            return head(features), features
 
-        out = batched(both, x, self.device)
-        return out[:, : self.num_classes], out[:, self.num_classes :]
+        return batched_proba_and_features(logits_and_features, x, self.device, self.num_classes)
 
     def classifier_module(self) -> nn.Module:
         from . import nets  # nets imports this module
@@ -517,3 +516,20 @@ def batched(
     """Apply `fn` to `x` in batches and return a numpy array."""
     outs = [fn(to_tensor(x[i : i + batch], device)).float().cpu().numpy() for i in range(0, len(x), batch)]
     return np.concatenate(outs) if outs else np.zeros((0,), dtype=np.float32)
+
+
+def batched_proba_and_features(
+    fn: Callable[[torch.Tensor], tuple[torch.Tensor, torch.Tensor]],
+    x: np.ndarray,
+    device: torch.device,
+    num_classes: int,
+) -> tuple[np.ndarray, np.ndarray]:
+    """One pass of `fn`, (B, C, H, W) -> logits (B, K) and features (B, D), over non-empty `x` in
+    batches: the softmax (N, K) and the features (N, D) side by side."""
+
+    def both(xb: torch.Tensor) -> torch.Tensor:
+        logits, features = fn(xb)
+        return torch.cat([torch.softmax(logits, 1), features], 1)  # (B, K + D)
+
+    out = batched(both, x, device)
+    return out[:, :num_classes], out[:, num_classes:]

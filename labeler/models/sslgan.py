@@ -71,6 +71,7 @@ from .base import (
     TrainingCancelled,
     adam,
     batched,
+    batched_proba_and_features,
     check_finite,
     decay_lr,
     to_tensor,
@@ -749,13 +750,7 @@ class SSLGAN(SSLModel):
         if not len(x):
             return super().predict_and_embed(x)
         self.classifier.eval()
-
-        def both(b: torch.Tensor) -> torch.Tensor:
-            logits, features = self.classifier(b)  # (B, K), (B, D)
-            return torch.cat([torch.softmax(logits, dim=1), features], dim=1)  # (B, K + D)
-
-        out = batched(both, x, self.device)
-        return out[:, : self.num_classes], out[:, self.num_classes :]
+        return batched_proba_and_features(self.classifier, x, self.device, self.num_classes)
 
     def mc_proba(self, x: np.ndarray, samples: int = 8) -> np.ndarray:
         """(S, N, K): S passes with the discriminator's noise (and dropout) switched on."""
