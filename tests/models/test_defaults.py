@@ -5,6 +5,7 @@ import pytest
 from labeler.models.m1 import M1
 from labeler.models.m1m2 import M1M2
 from labeler.models.m2 import M2
+from labeler.models.nets import ConvFeatures, PooledConvFeatures
 from labeler.models.sslgan import SSLGAN, WNConv2d, WNLinear
 
 
@@ -53,3 +54,18 @@ def test_gan_conv_width_follows_the_image_kind():
     for shape in [(1, 28, 28), (3, 32, 32)]:
         convs = [m for m in SSLGAN(shape, 3).gen.modules() if hasattr(m, "in_channels")]
         assert [m.in_channels for m in convs] == [64, 32]
+
+
+def test_m2_classifier_follows_the_image_size():
+    # q(y|x) is the invariant conv classifier from 28x28 grey up (measured better on
+    # Fashion-MNIST, m2.default_classifier_arch) and for colour; the paper's MLP below.
+    assert M2((1, 8, 8), 3).classifier_arch == "mlp"
+    assert M2((1, 20, 20), 3).classifier_arch == "mlp"
+    assert M2((1, 28, 28), 3).classifier_arch == "conv" and M2((3, 8, 8), 3).classifier_arch == "conv"
+    assert isinstance(M2((1, 28, 28), 3).modules["net"].cls_features, PooledConvFeatures)
+    papers = M2((1, 28, 28), 3, config=M2.Config(classifier_arch="mlp"))
+    assert papers.classifier_arch == "mlp" and not isinstance(
+        papers.modules["net"].cls_features, PooledConvFeatures
+    )
+    # The generative side keeps the paper's MLPs at 28x28 grey.
+    assert not isinstance(M2((1, 28, 28), 3).modules["net"].enc_features, ConvFeatures)

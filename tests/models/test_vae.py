@@ -8,11 +8,13 @@ import numpy as np
 import pytest
 import torch
 
-from labeler.models import Budget, TrainingDiverged, nets
+from labeler.models import Budget, TrainingDiverged, load_checkpoint, nets, save_checkpoint
 from labeler.models.base import Randomness, attach
 from labeler.models.m1 import M1, VAE, balanced_argmax, fit_linear_head
 from labeler.models.m1m2 import M1M2
 from labeler.models.m2 import CONV_LR, GREY_LR, M2, M2Net, m2_loss, unlabeled_bound
+from labeler.runspec import RunSpec
+from labeler.train import train_model
 
 
 def zero_(module: torch.nn.Module) -> torch.nn.Module:
@@ -217,3 +219,29 @@ def test_m2_starts_each_fit_at_the_full_rate_and_m1m2_keeps_a_constant_one():
     stacked = M1M2((1, 8, 8), 2, config=M1M2.Config(hidden=[16], m1_hidden=[16], m1_latent_dim=4), seed=0)
     stacked.fit(x, np.arange(4), y[:4], Budget(steps=20))
     assert stacked.optimizers["net"].param_groups[0]["lr"] == stacked.config.lr
+
+
+@pytest.mark.parametrize("recorded", [True, False])
+def test_a_28x28_m2_checkpoint_from_before_the_conv_default_loads_as_the_mlp_it_was(recorded, tmp_path):
+    """Such a checkpoint was saved with classifier_arch "auto", which built the MLP q(y|x) at
+    28x28 grey then: it loads and predicts as trained, and the next run trains the conv one."""
+    shape = (1, 28, 28)
+    x = np.random.default_rng(0).random((12, *shape)).astype(np.float32)
+    idx, labels = np.arange(6), np.arange(6) % 3
+    old = M2(shape, 3, config=M2.Config(classifier_arch="mlp"), seed=0)
+    old.fit(x, idx, labels, Budget(steps=2))
+    state = old.state()
+    state["config"]["classifier_arch"] = "auto"
+    if not recorded:  # what it built not in the checkpoint: "auto"'s old rule decides
+        del state["extra"]["classifier_arch"]
+    torch.save(state, tmp_path / "old.pt")
+    loaded = load_checkpoint(tmp_path / "old.pt")
+    assert loaded.classifier_arch == "mlp" and loaded.config.classifier_arch == "mlp"
+    np.testing.assert_array_equal(loaded.predict_proba(x), old.predict_proba(x))
+    # A checkpoint of today's default keeps "auto" and loads as the conv q(y|x) it is.
+    path = save_checkpoint(M2(shape, 3, seed=0), tmp_path / "now.pt")
+    now = load_checkpoint(path)
+    assert now.config.classifier_arch == "auto" and now.classifier_arch == "conv"
+    # M2 trains afresh each run: the next run with the defaults builds the conv q(y|x).
+    model = train_model(RunSpec("m2", steps=1), x, idx, labels, 3, warm_start=tmp_path / "old.pt", notes=[])
+    assert model.classifier_arch == "conv"
