@@ -137,7 +137,7 @@ class M2Config:
     conv_batch: int = 32
     threshold: float = 0.95  # the teacher's confidence needed for a pseudo-label
     ema: float = 0.99  # the teacher's decay (lower while fewer than ~1 / (1 - ema) steps are done)
-    # Colour or larger images: q(y|x)'s first convolution ignores the sign of its input
+    # Wherever q(y|x) is convolutional: its first convolution ignores the sign of its input
     # (nets.PooledConvFeatures); False: the earlier backbone, as checkpoints before it were trained.
     polarity_invariant: bool = True
     # Colour or larger images: p(x|y,z) and q(z|x,y) model a grey thumbnail of this side
@@ -167,7 +167,8 @@ class M2Net(Stochastic):
     """q(y|x), q(z|x,y) and p(x|y,z) for images (Bernoulli) or vectors (Gaussian, for M1+M2).
 
     The image features h(x) are shared by q(z|x,y) across the K labels, so summing out y costs
-    one encoder pass per image, K decoder passes.
+    one encoder pass per image, K decoder passes. `classifier_arch` "auto" here follows
+    nets.use_conv; M2 passes the arch it resolved (`default_classifier_arch`).
     """
 
     def __init__(

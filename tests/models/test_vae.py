@@ -13,8 +13,6 @@ from labeler.models.base import Randomness, attach
 from labeler.models.m1 import M1, VAE, balanced_argmax, fit_linear_head
 from labeler.models.m1m2 import M1M2
 from labeler.models.m2 import CONV_LR, GREY_LR, M2, M2Net, m2_loss, unlabeled_bound
-from labeler.runspec import RunSpec
-from labeler.train import train_model
 
 
 def zero_(module: torch.nn.Module) -> torch.nn.Module:
@@ -224,7 +222,7 @@ def test_m2_starts_each_fit_at_the_full_rate_and_m1m2_keeps_a_constant_one():
 @pytest.mark.parametrize("recorded", [True, False])
 def test_a_28x28_m2_checkpoint_from_before_the_conv_default_loads_as_the_mlp_it_was(recorded, tmp_path):
     """Such a checkpoint was saved with classifier_arch "auto", which built the MLP q(y|x) at
-    28x28 grey then: it loads and predicts as trained, and the next run trains the conv one."""
+    28x28 grey then: it loads and predicts as trained."""
     shape = (1, 28, 28)
     x = np.random.default_rng(0).random((12, *shape)).astype(np.float32)
     idx, labels = np.arange(6), np.arange(6) % 3
@@ -238,10 +236,26 @@ def test_a_28x28_m2_checkpoint_from_before_the_conv_default_loads_as_the_mlp_it_
     loaded = load_checkpoint(tmp_path / "old.pt")
     assert loaded.classifier_arch == "mlp" and loaded.config.classifier_arch == "mlp"
     np.testing.assert_array_equal(loaded.predict_proba(x), old.predict_proba(x))
-    # A checkpoint of today's default keeps "auto" and loads as the conv q(y|x) it is.
-    path = save_checkpoint(M2(shape, 3, seed=0), tmp_path / "now.pt")
-    now = load_checkpoint(path)
-    assert now.config.classifier_arch == "auto" and now.classifier_arch == "conv"
-    # M2 trains afresh each run: the next run with the defaults builds the conv q(y|x).
-    model = train_model(RunSpec("m2", steps=1), x, idx, labels, 3, warm_start=tmp_path / "old.pt", notes=[])
-    assert model.classifier_arch == "conv"
+
+
+@pytest.mark.parametrize(
+    ("shape", "arch", "recorded"),
+    [
+        ((1, 28, 28), "conv", True),
+        ((1, 8, 8), "mlp", True),
+        ((1, 8, 8), "mlp", False),
+        ((3, 16, 16), "conv", True),
+        ((3, 16, 16), "conv", False),
+    ],
+)
+def test_an_m2_checkpoint_whose_auto_still_builds_the_same_keeps_auto(shape, arch, recorded, tmp_path):
+    """Only a checkpoint whose "auto" built something else is pinned: today's 28x28 ones, and
+    those of every other image kind, recorded or not (the rule is unchanged there), keep "auto"."""
+    config = M2.Config(hidden=[16], conv_width=4, conv_batch=4)
+    save_checkpoint(M2(shape, 3, config=config, seed=0), tmp_path / "m2.pt")
+    if not recorded:  # as saved before the q(y|x) built was recorded: the old rule decides
+        state = torch.load(tmp_path / "m2.pt", weights_only=True)
+        del state["extra"]["classifier_arch"]
+        torch.save(state, tmp_path / "m2.pt")
+    loaded = load_checkpoint(tmp_path / "m2.pt")
+    assert loaded.config.classifier_arch == "auto" and loaded.classifier_arch == arch
