@@ -101,11 +101,6 @@ def default_classifier_arch(input_shape: Sequence[int]) -> str:
     return "conv" if nets.use_conv(input_shape) or nets.mnist_sized(input_shape) else "mlp"
 
 
-def _classifier_arch_before_default(input_shape: Sequence[int]) -> str:
-    """What "auto" built before `default_classifier_arch` (checkpoints that did not record it)."""
-    return "conv" if nets.use_conv(input_shape) else "mlp"
-
-
 @dataclass
 class M2Config:
     latent_dim: int = 0  # 0: nets.default_latent(input shape): 50 at 28x28 and up (the paper), 10 below
@@ -429,13 +424,8 @@ class M2(PredictsWithClassifier, SSLModel):
         (recorded in its extra state). Where that is no longer what "auto" builds (an MLP of
         28x28 grey images from before `default_classifier_arch`), classifier_arch is pinned to
         it: the checkpoint loads and predicts as trained, and a later run with "auto" trains the
-        new default afresh."""
-        if config.get("classifier_arch", "auto") == "auto":
-            shape = tuple(state["input_shape"])
-            arch = state.get("extra", {}).get("classifier_arch") or _classifier_arch_before_default(shape)
-            if arch != default_classifier_arch(shape):
-                config = {**config, "classifier_arch": arch}
-        return config
+        new default afresh (nets.checkpoint_arch)."""
+        return nets.checkpoint_arch(config, state, "classifier_arch", default_classifier_arch)[0]
 
     def build(self) -> None:
         cfg = self.config

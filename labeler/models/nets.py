@@ -29,7 +29,8 @@ from __future__ import annotations
 import itertools
 import math
 import time
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from typing import Any
 
 import numpy as np
 import torch
@@ -45,6 +46,24 @@ def use_conv(input_shape: Sequence[int]) -> bool:
     """True when the image is colour or larger than 28x28 (see the module docstring)."""
     c, h, w = input_shape
     return not (c == 1 and h * w <= 28 * 28)
+
+
+def checkpoint_arch(
+    config: dict[str, Any], state: dict[str, Any], key: str, default: Callable[[Sequence[int]], str]
+) -> tuple[dict[str, Any], str]:
+    """For a model whose architecture setting `key` defaults to "auto" and resolves by
+    `default(input shape)`: the checkpoint's settings with `key` pinned where its "auto" built
+    something other than what "auto" builds now, and the architecture it built. That is read from
+    the checkpoint's extra state under `key`, or for checkpoints that did not record it, from the
+    rule "auto" followed before (`use_conv`). A pinned setting makes a later run with "auto" see
+    changed settings and train the new default afresh."""
+    arch = config.get(key, "auto")
+    if arch == "auto":
+        shape = tuple(state["input_shape"])
+        arch = state.get("extra", {}).get(key) or ("conv" if use_conv(shape) else "mlp")
+        if arch != default(shape):
+            config = {**config, key: arch}
+    return config, arch
 
 
 def mnist_sized(input_shape: Sequence[int]) -> bool:

@@ -434,11 +434,6 @@ def default_conv_width(input_shape: tuple[int, ...]) -> int:
     return 32 if nets.mnist_sized(input_shape) and not nets.use_conv(input_shape) else 16
 
 
-def _arch_before_default_arch(input_shape: tuple[int, ...]) -> str:
-    """What "auto" built before `default_arch` (checkpoints that did not record it)."""
-    return "conv" if nets.use_conv(input_shape) else "mlp"
-
-
 @dataclass
 class SSLGANConfig:
     # "auto": `default_arch` (the conv discriminator, except the MLP for grey images smaller than
@@ -526,11 +521,7 @@ class SSLGAN(SSLModel):
         one keeps its explicit 16, and the next run with the defaults trains width 32 afresh. An
         MLP checkpoint built neither: both take today's defaults."""
         shape = tuple(state["input_shape"])
-        arch = config.get("arch", "auto")
-        if arch == "auto":
-            arch = state.get("extra", {}).get("arch") or _arch_before_default_arch(shape)
-            if arch != default_arch(shape):
-                config = {**config, "arch": arch}
+        config, arch = nets.checkpoint_arch(config, state, "arch", default_arch)
         if "gen_width" not in config:
             width = config["conv_width"]
             conv = arch == "conv"
