@@ -175,7 +175,8 @@ def simulate(
                 csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
         log(
             f"round {round_}: {row['labels']} labels, test accuracy {accuracy:.4f}, "
-            f"trained {train_seconds:.1f} s ({result.steps} steps), total {row['seconds']:.1f} s"
+            f"trained {train_seconds:.1f} s ({result.steps} steps), total {row['seconds']:.1f} s, "
+            f"labels per class {'/'.join(map(str, np.bincount(y_pool[labeled[: len(pool)]], minlength=num_classes)))}"
             + "".join(f" ({n})" for n in result.notes)
         )
         if step == 0 or labeled.sum() >= max_labels or labeled[: len(pool)].all():

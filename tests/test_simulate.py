@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import csv
 import json
+import re
 
 import numpy as np
 import pytest
@@ -97,6 +98,10 @@ def test_a_set_without_test_split_holds_out_a_stratified_part():
     )
     assert [r["labels"] for r in rows] == [4, 8]
     assert any("holding out" in m for m in messages)
+    # Each round's line says how many labels each class has (the initial ones are balanced).
+    counts = [re.search(r"labels per class ([\d/]+)", m) for m in messages if m.startswith("round")]
+    per_class = [[int(c) for c in found.group(1).split("/")] for found in counts]
+    assert per_class[0] == [2, 2] and sum(per_class[1]) == 8 and len(per_class[1]) == 2
 
 
 def test_bad_arguments_say_what_to_do():
