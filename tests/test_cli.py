@@ -146,7 +146,7 @@ def test_a_data_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch,
     db.engine._cached_engine.cache_clear()
 
 
-def test_training_threads_default_to_all_cores_but_one_and_are_checked(monkeypatch):
+def test_training_threads_default_by_cores_and_are_checked(monkeypatch):
     import os
 
     import pytest
@@ -154,7 +154,10 @@ def test_training_threads_default_to_all_cores_but_one_and_are_checked(monkeypat
     from labeler.config import SettingError, train_threads
 
     monkeypatch.delenv("LABELER_TRAIN_THREADS", raising=False)
-    assert train_threads() == max(1, (os.cpu_count() or 1) - 1)
+    # Every core on one or two (one thread halved the steps there), every core but one above.
+    for cores, threads in [(None, 1), (1, 1), (2, 2), (3, 2), (4, 3), (16, 15)]:
+        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+        assert train_threads() == threads
     monkeypatch.setenv("LABELER_TRAIN_THREADS", "3")
     assert train_threads() == 3
     monkeypatch.setenv("LABELER_TRAIN_THREADS", "0")
