@@ -173,11 +173,11 @@ def simulate(
         if out is not None:  # row by row, so a long run stopped midway keeps its rounds
             with open(out, "a", newline="") as f:
                 csv.DictWriter(f, fieldnames=CSV_FIELDS).writerow(row)
+        per_class = np.bincount(y_pool[labeled[: len(pool)]], minlength=num_classes)  # (K,)
         log(
             f"round {round_}: {row['labels']} labels, test accuracy {accuracy:.4f}, "
             f"trained {train_seconds:.1f} s ({result.steps} steps), total {row['seconds']:.1f} s, "
-            f"labels per class {'/'.join(map(str, np.bincount(y_pool[labeled[: len(pool)]], minlength=num_classes)))}"
-            + "".join(f" ({n})" for n in result.notes)
+            f"labels per class {'/'.join(map(str, per_class))}" + "".join(f" ({n})" for n in result.notes)
         )
         if step == 0 or labeled.sum() >= max_labels or labeled[: len(pool)].all():
             break

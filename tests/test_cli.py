@@ -151,12 +151,21 @@ def test_training_threads_default_by_cores_and_are_checked(monkeypatch):
 
     import pytest
 
+    from labeler import config
     from labeler.config import SettingError, train_threads
 
     monkeypatch.delenv("LABELER_TRAIN_THREADS", raising=False)
-    # Every core on one or two (one thread halved the steps there), every core but one above.
-    for cores, threads in [(None, 1), (1, 1), (2, 2), (3, 2), (4, 3), (16, 15)]:
-        monkeypatch.setattr(os, "cpu_count", lambda cores=cores: cores)
+    # The cores this process may use (a container's limit), not the host's count.
+    monkeypatch.setattr(os, "cpu_count", lambda: 64)
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: {0, 1}, raising=False)
+    assert config.available_cores() == 2 and train_threads() == 2
+    monkeypatch.delattr(os, "sched_getaffinity")
+    assert config.available_cores() == 64
+    monkeypatch.setattr(os, "cpu_count", lambda: None)
+    assert config.available_cores() == 1
+    # Every core on one or two (one thread alone trains about 0.6 of two's steps), all but one above.
+    for cores, threads in [(1, 1), (2, 2), (3, 2), (4, 3), (16, 15)]:
+        monkeypatch.setattr(config, "available_cores", lambda cores=cores: cores)
         assert train_threads() == threads
     monkeypatch.setenv("LABELER_TRAIN_THREADS", "3")
     assert train_threads() == 3

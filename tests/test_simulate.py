@@ -102,6 +102,7 @@ def test_a_set_without_test_split_holds_out_a_stratified_part():
     counts = [re.search(r"labels per class ([\d/]+)", m) for m in messages if m.startswith("round")]
     per_class = [[int(c) for c in found.group(1).split("/")] for found in counts]
     assert per_class[0] == [2, 2] and sum(per_class[1]) == 8 and len(per_class[1]) == 2
+    assert all(after >= before for before, after in zip(per_class[0], per_class[1]))  # labels stay
 
 
 def test_bad_arguments_say_what_to_do():
