@@ -19,7 +19,6 @@ Prints a markdown table and one JSON line.
 from __future__ import annotations
 
 import json
-import os
 import platform
 import shutil
 import statistics
@@ -27,6 +26,8 @@ import tempfile
 import time
 import uuid
 from pathlib import Path
+
+from .config import available_cores
 
 PAGE = 16  # labeler.ui.label.BATCH: the Label page asks for this many images at a time
 
@@ -215,7 +216,7 @@ def cmd_bigbench(args) -> int:
         device=args.device,
     )
     print(
-        f"{result['dataset']} on {result['database']}; {platform.platform()}, {os.cpu_count()} CPUs, "
+        f"{result['dataset']} on {result['database']}; {platform.platform()}, {available_cores()} CPUs, "
         f"torch {torch.__version__} ({torch.get_num_threads()} threads), device "
         f"{args.device or ('cuda' if torch.cuda.is_available() else 'cpu')}"
     )

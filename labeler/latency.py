@@ -25,6 +25,8 @@ import time
 import urllib.request
 from pathlib import Path
 
+from .config import available_cores
+
 ROOT = Path(__file__).resolve().parents[1]
 CHROMIUM_ARGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-background-networking"]
 
@@ -381,7 +383,7 @@ def cmd_latency(args) -> int:
         what = f"Answer -> next image; {args.data_dir or args.dataset}"
     print(
         f"{what} in headless Chromium; {platform.platform()}, load {os.getloadavg()[0]:.1f}, "
-        f"{os.cpu_count()} CPUs, torch {torch.__version__}, device "
+        f"{available_cores()} CPUs, torch {torch.__version__}, device "
         f"{'cuda' if torch.cuda.is_available() else 'cpu'}"
     )
     print("\n".join(rows))

@@ -22,6 +22,8 @@ import threading
 import time
 from pathlib import Path
 
+from .config import available_cores
+
 CLASSES = 10
 
 
@@ -169,7 +171,7 @@ def cmd_millionbench(args) -> int:
 
     n = check_int("--images", args.images, 10, 10_000_000)
     result = measure(n, Path(args.images_dir), calls=args.calls, data_dir=args.data_dir)
-    print(f"{platform.platform()}, {os.cpu_count()} CPUs, load {os.getloadavg()[0]:.1f}")
+    print(f"{platform.platform()}, {available_cores()} CPUs, load {os.getloadavg()[0]:.1f}")
     print(
         f"| import {result['items']:,} images | {result['import_s']:.0f} s | peak RSS {result['peak_rss_mib']} MiB "
         f"(anonymous {result['peak_anon_mib']} MiB, {result['rss_before_mib']} MiB before) | "

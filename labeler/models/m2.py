@@ -162,8 +162,8 @@ class M2Net(Stochastic):
     """q(y|x), q(z|x,y) and p(x|y,z) for images (Bernoulli) or vectors (Gaussian, for M1+M2).
 
     The image features h(x) are shared by q(z|x,y) across the K labels, so summing out y costs
-    one encoder pass per image, K decoder passes. `classifier_arch` "auto" here follows
-    nets.use_conv; M2 passes the arch it resolved (`default_classifier_arch`).
+    one encoder pass per image, K decoder passes. `classifier_arch` "auto" is
+    `default_classifier_arch`, the rule M2 resolves and records too.
     """
 
     def __init__(
@@ -197,6 +197,8 @@ class M2Net(Stochastic):
                 nets.GaussianHead(hidden[0], d),
             )
         else:
+            if classifier_arch == "auto":
+                classifier_arch = default_classifier_arch(input_shape)
             self.cls_features, _ = nets.features(
                 input_shape, hidden, classifier_arch, classifier=True, polarity_invariant=polarity_invariant
             )

@@ -12,7 +12,7 @@ from labeler.models import Budget, TrainingDiverged, load_checkpoint, nets, save
 from labeler.models.base import Randomness, attach
 from labeler.models.m1 import M1, VAE, balanced_argmax, fit_linear_head
 from labeler.models.m1m2 import M1M2
-from labeler.models.m2 import CONV_LR, GREY_LR, M2, M2Net, m2_loss, unlabeled_bound
+from labeler.models.m2 import CONV_LR, GREY_LR, M2, M2Net, default_classifier_arch, m2_loss, unlabeled_bound
 
 
 def zero_(module: torch.nn.Module) -> torch.nn.Module:
@@ -74,6 +74,15 @@ def test_m2_objective_on_a_colour_image_counts_the_thumbnail_pixels():
     lab, unl, ce = d * math.log(2) + math.log(k), d * math.log(2), math.log(k)
     assert loss.item() == pytest.approx((n_l * (lab + alpha * ce) + n_u * unl) / (n_l + n_u), rel=1e-5)
     assert parts["labeled_neg_elbo"] == pytest.approx(lab, rel=1e-5)
+
+
+def test_m2net_auto_classifier_is_m2s_rule():
+    """M2Net's own "auto" q(y|x) is `default_classifier_arch`: convolutional at 28x28 grey (where
+    nets.use_conv alone says MLP), the MLP on 8x8 grey, convolutional on colour."""
+    for shape, conv in (((1, 28, 28), True), ((1, 8, 8), False), ((3, 32, 32), True)):
+        net = M2Net(shape, 3, latent_dim=4, hidden=[16], conv_width=4, thumbnail=16 if shape[0] == 3 else 0)
+        assert isinstance(net.cls_features, nets.PooledConvFeatures) is conv, shape
+        assert (default_classifier_arch(shape) == "conv") is conv, shape
 
 
 def test_m1_elbo_by_hand_on_a_zero_network():
