@@ -40,9 +40,10 @@ def prepare(data_dir: Path, budget_s: float, rounds=(20, 40, 80)) -> int:
     from db import runs as run_queries
     from db.models import Project
     from labeler import projects, queue
+    from labeler.config import available_cores
     from labeler.worker import Worker
 
-    torch.set_num_threads(max(1, (os.cpu_count() or 2) // 2))
+    torch.set_num_threads(max(1, available_cores() // 2))
     Session = db.session_factory(db.make_engine(f"sqlite:///{data_dir / 'labeler.db'}"))
     project = projects.create_project(Session, "digits", "digits")
     with Session.begin() as session:
