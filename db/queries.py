@@ -188,6 +188,25 @@ def add_label(
     return event
 
 
+def lock_for_write(session: Session) -> None:
+    """On SQLite, take the database's write lock now (BEGIN IMMEDIATE), so that what this
+    transaction reads next stays true until it commits. Python's sqlite3 driver begins a
+    transaction only at the first write: the reads before it hold no lock, so two sessions could
+    both read "no answer yet" and both write one, the second silently replacing the first.
+    Nothing elsewhere: on PostgreSQL the row locks of `lock_item` do this per image."""
+    connection = session.connection()
+    if connection.dialect.name == "sqlite" and not connection.connection.dbapi_connection.in_transaction:
+        connection.exec_driver_sql("BEGIN IMMEDIATE")  # waits for another writer (busy timeout)
+
+
+def lock_item(session: Session, item_id: int) -> Item | None:
+    """The item, locked until the transaction ends (None if it is gone): a check such as "it has
+    no answer" or "its answer is still the one shown" then holds for the write that follows.
+    SELECT ... FOR UPDATE on PostgreSQL, the database's write lock on SQLite (`lock_for_write`)."""
+    lock_for_write(session)
+    return session.get(Item, item_id, with_for_update=True)
+
+
 def add_label_if_unlabeled(
     session: Session, item: Item | int, class_index: int, annotator: str = "anonymous", kind: str = "single"
 ) -> LabelEvent | None:
@@ -195,9 +214,8 @@ def add_label_if_unlabeled(
     this person's page was drawn): then nothing is written and None is returned, so an answer
     meant for an unlabeled image never replaces somebody's label."""
     item_id = item if isinstance(item, int) else item.id
-    # Lock the item's row first: on PostgreSQL two transactions could otherwise both see no
-    # answer and both write one (SQLite serialises writers anyway).
-    locked = session.get(Item, item_id, with_for_update=True)
+    # Locked first: two transactions could otherwise both see no answer and both write one.
+    locked = lock_item(session, item_id)
     if locked is None or current_event(session, item_id) is not None:
         return None
     return add_label(session, locked, class_index, annotator=annotator, kind=kind)

@@ -32,7 +32,7 @@ from sqlalchemy import func, select
 
 import db
 from db import queries
-from db.models import IGNORED, Item, LabelClass
+from db.models import IGNORED, LabelClass
 
 
 @dataclass
@@ -115,9 +115,10 @@ def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outc
 
     def commit():
         with Session.begin() as session:
-            # The row lock makes "only while unanswered" hold on PostgreSQL too, where two
-            # READ COMMITTED transactions could otherwise both see no answer and both write.
-            item = session.get(Item, item_id, with_for_update=True)
+            # The lock makes "only while unanswered" hold: two transactions could otherwise both
+            # see no answer and both write (PostgreSQL's READ COMMITTED, SQLite's reads before
+            # its driver begins the transaction at the first write).
+            item = queries.lock_item(session, item_id)
             if item is None or item.project_id != project_id:
                 return "gone", None
             _check_class(session, project_id, class_index, shown_name)
@@ -160,7 +161,7 @@ def _undo_item(
 
         def commit():
             with Session.begin() as session:
-                session.get(Item, item_id, with_for_update=True)
+                queries.lock_item(session, item_id)
                 current = queries.current_event(session, item_id)
                 if current is None or (current.annotator, current.class_index, current.kind) != (
                     annotator,
@@ -212,8 +213,8 @@ def correct(Session, project_id: int, annotator: str, changes) -> tuple[list, in
             events, stale = [], 0
             for item_id, event_id, value in changes:
                 # Locked first, so two corrections of one answer cannot both see it unchanged
-                # (PostgreSQL's READ COMMITTED would let both write).
-                item = session.get(Item, item_id, with_for_update=True)
+                # and both write (see `_label`).
+                item = queries.lock_item(session, item_id)
                 current = queries.current_event(session, item_id)
                 if item is None or current is None or current.id != event_id or item.project_id != project_id:
                     stale += 1

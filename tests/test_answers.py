@@ -1,5 +1,7 @@
 """The rules between the labeling screen and the database (`labeler.answers`)."""
 
+import pytest
+
 from db import queries
 from db.models import IGNORED
 from labeler import answers
@@ -199,6 +201,60 @@ def test_two_corrections_of_one_answer_at_once_leave_one(pg_url):
             assert [e.annotator for e in queries.history(session, a)] == ["bob", "carl"]
     finally:
         engine.dispose()
+
+
+@pytest.mark.parametrize("writer", ["box", "grid", "correction"])
+def test_an_answer_given_while_another_commits_leaves_that_one_on_sqlite(
+    Session, tiny_project, monkeypatch, writer
+):
+    """SQLite: Python's sqlite3 driver begins a transaction only at the first write, so the check
+    "no answer yet" (or "still the answer shown") held no lock. An answer given while another
+    person's was being committed saw none, was written after it and silently replaced it. Now the
+    check waits for the write lock, then finds the other answer and leaves it."""
+    import threading
+
+    a = _pool(Session, tiny_project)[0]
+    shown = None
+    if writer == "correction":
+        with Session.begin() as session:
+            shown = queries.add_label(session, a, 0, annotator="bob").id
+    checked = threading.Event()  # set when the second writer reads the image's answer
+    real = queries.current_event
+
+    def spy(session, item_id):
+        if threading.current_thread() is not threading.main_thread():
+            checked.set()
+        return real(session, item_id)
+
+    monkeypatch.setattr(queries, "current_event", spy)
+
+    def second() -> int:
+        """How many answers the second writer stored."""
+        if writer == "box":
+            return answers.apply_actions(
+                Session, tiny_project.id, "ann", [_label(0, a, 1)], answers.Ledger()
+            ).labeled
+        if writer == "grid":
+            with Session.begin() as session:
+                return int(
+                    queries.add_label_if_unlabeled(session, a, 1, annotator="ann", kind="grid") is not None
+                )
+        return len(answers.correct(Session, tiny_project.id, "ann", [(a, shown, 1)])[0])
+
+    done = []
+    with Session.begin() as first:  # carl's answer, written and not committed yet
+        queries.add_label(first, a, IGNORED, annotator="carl", kind="correction" if shown else "single")
+        later = threading.Thread(target=lambda: done.append(second()))
+        later.start()
+        # Unlocked, the second writer reads at once (no answer yet) and then waits to write;
+        # locked, it waits before reading. Either way carl's answer commits now.
+        checked.wait(timeout=2)
+    later.join(timeout=60)
+    assert done == [0]
+    with Session() as session:
+        current = queries.current_event(session, a)
+        assert (current.annotator, current.class_index) == ("carl", IGNORED)
+        assert [e.annotator for e in queries.history(session, a)] == (["bob", "carl"] if shown else ["carl"])
 
 
 def test_an_answer_for_a_class_renamed_since_the_page_showed_it_is_refused(Session, tiny_project):

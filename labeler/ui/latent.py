@@ -384,8 +384,9 @@ def _bulk_label(
 
     def commit():
         with Session.begin() as session:
-            # Read (and on PostgreSQL lock) the chosen class's row in the labels' transaction, so
-            # a rename cannot land between the check and the labels.
+            # Read (and lock) the chosen class's row in the labels' transaction, so a rename
+            # cannot land between the check and the labels; on SQLite the lock is the database's.
+            queries.lock_for_write(session)
             now = session.scalar(
                 select(LabelClass.name)
                 .where(LabelClass.project_id == project_id, LabelClass.index == int(class_index))
