@@ -64,11 +64,12 @@ function queue(s) {
     out.push(item);
   };
   s.restored.forEach(add);
-  // The image on screen stays on screen when a new page arrives (say, a run finished and the
-  // queue was re-ordered), as long as the server still offers it: a key about to go down is
-  // meant for it.
-  const fresh = s.current && (s.data.items || []).find((i) => i.id === s.current.id);
-  if (fresh && !s.skipped.some((i) => i.id === fresh.id)) add(fresh);
+  // The image on screen stays on screen, with the guess it was shown with, until it is answered
+  // or skipped here, whatever the new page from the server holds: a key about to go down is meant
+  // for it and for that guess. A new page may leave it out (a finished run re-ordered the queue,
+  // an audit turn began, another person holds it now) or bring it with another run's guess. Should
+  // somebody else answer it meanwhile, the server keeps their answer and says so.
+  if (s.current && !s.skipped.some((i) => i.id === s.current.id)) add(s.current);
   const skipped = new Set(s.skipped.map((i) => i.id));
   (s.data.items || []).filter((i) => !skipped.has(i.id)).forEach(add);
   s.skipped.forEach(add);
@@ -161,7 +162,10 @@ function onKey(s, event) {
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
   const cls = (s.data.classes || []).find((c) => c.key === key);
   let handled = true;
-  if (cls) answer(s, cls.index);
+  // A key held down repeats about 30 times a second: each repeat would answer the next image,
+  // unseen. Only a press counts.
+  if (event.repeat) handled = Boolean(cls) || ["Enter", "a", "i", "u", "s", "z"].includes(key);
+  else if (cls) answer(s, cls.index);
   else if ((key === "Enter" || key === "a") && s.current && s.current.guess !== null) answer(s, s.current.guess);
   else if (key === "i") answer(s, -1);
   else if (key === "u") undo(s);

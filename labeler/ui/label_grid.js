@@ -4,7 +4,8 @@
 // {item, class} (a state, not a trigger: when keys come faster than the page reruns, Streamlit
 // keeps only the newest value, and the newest list still holds every key). Python draws a tile
 // that got a key as a new selectbox showing that key's class, so what is accepted is what the
-// tiles show. `token` names the list, `page` the images it was pressed on.
+// tiles show. `token` names the list, `page` the images it was pressed on. A held key counts
+// once (its repeats are dropped here, before the page's A and U buttons see them).
 
 const grids = new WeakMap();
 const TYPING = new Set(["INPUT", "TEXTAREA", "SELECT"]);
@@ -37,6 +38,10 @@ function onKey(g, event) {
   const cls = g.data.classes.find((c) => c.key === key);
   if (move !== undefined) {
     g.focus = Math.min(tiles.length - 1, Math.max(0, g.focus + move));
+  } else if (event.repeat && (cls || ["Backspace", "Delete", "a", "u"].includes(key))) {
+    // A held key repeats about 30 times a second: a class key would set tile after tile, and A
+    // or U (the page's buttons, which take repeats) would accept or undo the pages after this
+    // one, unseen. Only a press counts; the arrows repeat.
   } else if (cls || key === "Backspace" || key === "Delete") {
     g.edits.push({ item: tiles[g.focus].item, class: cls ? cls.index : -1 });
     g.send();

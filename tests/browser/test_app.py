@@ -9,6 +9,7 @@ from __future__ import annotations
 import re
 import time
 import zipfile
+from datetime import timedelta
 
 import pytest
 
@@ -16,7 +17,7 @@ expect = pytest.importorskip("playwright.sync_api").expect
 
 from db import queries
 from db import runs as run_queries
-from db.models import IGNORED, LabelEvent
+from db.models import DONE, IGNORED, Claim, LabelEvent, Prediction, Run, utcnow
 from labeler.ui import latent
 from tests.browser.conftest import draw_lasso, lasso_outline, saved, settle, shown
 
@@ -95,6 +96,70 @@ def test_thirty_fast_keys_give_thirty_right_labels_on_the_right_images(app_serve
             for i, _ in pressed
         }
         assert all(sum(not e[1] for e in h) == 1 for h in hist.values()), hist
+
+
+def toggle_file_names(page) -> None:
+    """Rerun the page without a key in the box: flip "Show file names" and wait for the run."""
+    settle(page)
+    page.get_by_text("Show file names").click()
+    settle(page)
+    page.wait_for_timeout(1000)  # the box has drawn the new page's data by now
+
+
+def test_the_image_on_screen_stays_when_a_new_page_leaves_it_out(app_server, page):
+    """A new page of images from the server can leave out the image on screen (here: another
+    person holds it now; also after a run re-orders the queue or when an audit turn begins). It
+    used to be replaced by the new page's first image a moment after it showed, so a key meant
+    for it labeled another image. It stays until a key answers it, and that key labels it."""
+    Session, pid = app_server["Session"], app_server["project_id"]
+    page.goto(app_server["url"])
+    with Session() as session:
+        truth = {item.id: item.truth for item in queries.items(session, pid)}
+    first = shown(page)
+    page.keyboard.press(str(truth[first] + 1))
+    saved(page)
+    settle(page)
+    second = shown(page)
+    assert second != first
+    with Session.begin() as session:  # somebody else is given it now: the next page leaves it out
+        claim = session.get(Claim, second)
+        claim.annotator, claim.expires_at = "somebody else#0", utcnow() + timedelta(hours=1)
+    toggle_file_names(page)
+    try:
+        assert shown(page) == second
+        press(page, str(truth[second] + 1))
+        saved(page)
+        third = shown(page)
+        assert third != second
+        expect(page.locator('[data-testid="lb-caption"]')).to_contain_text("img/")  # the new page's
+        labels = current(Session, pid)
+        assert labels[second] == truth[second]
+        assert third not in labels
+    finally:
+        toggle_file_names(page)
+
+
+def test_a_held_key_labels_one_image(app_server, page):
+    """A key held down repeats about 30 times a second; each repeat used to answer the next
+    image, unseen. Only the press counts."""
+    Session, pid = app_server["Session"], app_server["project_id"]
+    page.goto(app_server["url"])
+    with Session() as session:
+        truth = {item.id: item.truth for item in queries.items(session, pid)}
+    before = current(Session, pid)
+    first = shown(page)
+    key = str(truth[first] + 1)
+    settle(page)
+    page.locator("h1").first.click()
+    page.keyboard.down(key)
+    for _ in range(5):
+        page.keyboard.down(key)  # Playwright sends these with repeat set, as a held key does
+        page.wait_for_timeout(50)
+    page.keyboard.up(key)
+    saved(page)
+    new = {i: c for i, c in current(Session, pid).items() if i not in before}
+    assert new == {first: truth[first]}
+    assert shown(page) != first
 
 
 def test_a_reload_keeps_the_project_and_the_annotator(app_server, page):
@@ -399,6 +464,60 @@ def test_an_imported_folder_shows_its_originals_and_audit_captions_give_nothing_
     caption = page.locator('[data-testid="lb-caption"]').inner_text()
     assert re.fullmatch(r"#\d+", caption), caption
     assert not any(word in caption for word in ("red", "blue", "square", "circle", "img"))
+
+
+def test_the_guess_on_screen_is_the_one_enter_accepts(app_server, page):
+    """A run that finishes while an image is on screen brings a new guess for it: the screen kept
+    the image but showed the new guess, which could change just before Enter. The image keeps the
+    guess it was shown with, and Enter stores that one. (A newer run here flips every guess.)"""
+    Session, pid = app_server["Session"], app_server["project_id"]
+    page.goto(app_server["url"])
+    page.locator(".lb-guess strong").wait_for()
+    item = shown(page)
+    was = page.locator(".lb-guess strong").inner_text()
+    with Session.begin() as session:
+        old = run_queries.latest_done_run(session, pid)
+        now = utcnow()
+        run = Run(
+            project_id=pid,
+            model=old.model,
+            status=DONE,
+            created_at=now,
+            started_at=now,
+            finished_at=now,
+            progress=1.0,
+            labels_used=old.labels_used,
+            test_accuracy=old.test_accuracy,
+            seconds=1.0,
+        )
+        session.add(run)
+        session.flush()
+        for p in run_queries.predictions(session, old.id):
+            session.add(
+                Prediction(
+                    run_id=run.id,
+                    item_id=p.item_id,
+                    predicted=1 - p.predicted,
+                    confidence=p.confidence,
+                    entropy=p.entropy,
+                    margin=p.margin,
+                    score=p.score,
+                    x=p.x,
+                    y=p.y,
+                )
+            )
+        session.flush()
+        run_queries.store_queue(session, run.id)
+        flipped = {p.item_id: 1 - p.predicted for p in run_queries.predictions(session, old.id)}
+    toggle_file_names(page)
+    try:
+        assert shown(page) == item
+        expect(page.locator(".lb-guess strong")).to_have_text(was)
+        press(page, "Enter")
+        saved(page)
+        assert current(Session, pid)[item] == 1 - flipped[item]  # the guess shown, not the new run's
+    finally:
+        toggle_file_names(page)
 
 
 def test_adding_a_class_keeps_every_key(app_server, page):

@@ -13,7 +13,7 @@ expect = pytest.importorskip("playwright.sync_api").expect
 from db import queries
 from labeler import config
 from tests.browser.conftest import image_set, running_app, settle
-from tests.browser.test_app import events, press, wait_for_tiles
+from tests.browser.test_app import events, grid_tiles, press, wait_for_tiles
 
 pytestmark = pytest.mark.browser
 
@@ -91,6 +91,46 @@ def test_a_page_back_after_an_undo_keeps_its_keyed_tiles_when_keys_come_again(ap
     wanted[5] = "dark"
     after_key = wait_for_tiles(page, lambda tiles: [v for _, v in tiles] == wanted)
     assert [v for _, v in after_key] == wanted
+
+
+def hold(page, key: str, repeats: int = 5, every_ms: int = 300) -> None:
+    """Hold `key` down: one press, then keydowns with repeat set (as Playwright sends them while
+    a key is down), `every_ms` apart, so later repeats reach the page drawn after the first."""
+    page.keyboard.down(key)
+    for _ in range(repeats):
+        page.wait_for_timeout(every_ms)
+        page.keyboard.down(key)
+    page.keyboard.up(key)
+
+
+def test_a_held_key_sets_one_tile_and_a_held_a_accepts_one_page(app_server, page):
+    """A held key repeats about 30 times a second: a class key used to set tile after tile, and
+    a held A would accept the pages after this one, unseen. Only the press counts."""
+    Session, pid = app_server["Session"], app_server["project_id"]
+    page.goto(app_server["url"])
+    page.get_by_text("Grid", exact=True).click()
+    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
+    tiles = wait_for_tiles(page, lambda tiles: all(v == "skip" for _, v in tiles))  # no model: no guesses
+    page.locator("h1").first.click()
+    hold(page, "2", every_ms=50)
+    keyed = wait_for_tiles(page, lambda now: now[0][1] == "bright")
+    settle(page)
+    page.wait_for_timeout(1000)  # repeats, had they counted, would have reached the page by now
+    keyed = grid_tiles(page)
+    assert [item for item, _ in keyed] == [item for item, _ in tiles]
+    assert [v for _, v in keyed] == ["bright"] + ["skip"] * 11
+    before = len(events(Session, pid))
+    page.locator("h1").first.click()
+    hold(page, "a")
+    page.get_by_text(re.compile(r"Saved \d+ labels\.")).wait_for()
+    settle(page)
+    page.wait_for_timeout(1000)
+    settle(page)
+    stored = events(Session, pid)[before:]
+    assert [(e.item_id, e.class_index) for e in stored] == [(tiles[0][0], 1)]
+    expect(page.get_by_text("Saved 1 labels.")).to_be_visible()  # an accept of the next page says 0
+    press(page, "u")  # one page accepted: one undo takes tile 0's answer back
+    page.get_by_text("Undone: 1 answers are back in the queue.").wait_for()
 
 
 def test_a_class_named_skip_added_while_a_grid_page_is_open_stores_no_skipped_tile(app_server, page):
