@@ -59,6 +59,9 @@ class Outcome:
     labeled: int = 0
     notices: list[str] = field(default_factory=list)
     undone_items: list[int] = field(default_factory=list)  # to show again, first
+    # Images whose answer was refused and may be given again (a class renamed since the page
+    # showed it): to show again, first.
+    refused_items: list[int] = field(default_factory=list)
 
 
 def _check_class(session, project_id: int, class_index: int, shown_name: str | None = None) -> None:
@@ -133,6 +136,7 @@ def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outc
         status, detail = db.retrying(commit)
     except ValueError as error:
         outcome.notices.append(f"An answer was not saved: {error}")
+        outcome.refused_items.append(item_id)
         return
     if status == "ok":
         ledger.record([detail])

@@ -218,7 +218,9 @@ def _apply_box_actions(project_id: int) -> None:
         common.session_factory(), project_id, annotator, _box_actions(project_id), _ledger(project_id)
     )
     st.session_state["box_notices"] = st.session_state.get("box_notices", []) + outcome.notices
-    st.session_state["show_first"] = outcome.undone_items + st.session_state.get("show_first", [])
+    st.session_state["box_refused"] = st.session_state.get("box_refused", []) + outcome.refused_items
+    shown_again = outcome.refused_items + outcome.undone_items
+    st.session_state["show_first"] = shown_again + st.session_state.get("show_first", [])
     _forget_accepted(project_id, outcome.undone_items)  # U in the box may undo a grid page
     if outcome.labeled:
         _auto_retrain(project_id)
@@ -277,6 +279,8 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
         "classes": [{"index": i, "name": n, "key": keys[i]} for i, n in enumerate(names)],
         "acked": [a["id"] for a in _box_actions(project.id) if a.get("id") in applied],
         "notices": st.session_state.pop("box_notices", []),
+        # Answers refused so that they can be given again: the box shows their images again.
+        "refused": st.session_state.pop("box_refused", []),
         "done": not batch,
         "audit_note": AUDIT_NOTE,
         "no_model_note": "" if has_model else NO_MODEL_NOTE,

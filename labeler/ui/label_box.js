@@ -31,6 +31,7 @@ function newState(root) {
     history: [], // items answered here, newest last, for undo
     classOf: new Map(), // item id -> the class answered here, named by an undo
     restored: [], // undone items, shown first
+    again: [], // items whose answer the server refused, shown right after the one on screen
     current: null,
     timer: null,
     lastSend: 0,
@@ -53,8 +54,8 @@ function el(tag, attrs, children) {
   return node;
 }
 
-// The images left to show, in order: undone ones first, then the page from Python without the
-// ones answered here, skipped ones last.
+// The images left to show, in order: undone ones first, the one on screen, refused ones, then
+// the page from Python without the ones answered here, skipped ones last.
 function queue(s) {
   const seen = new Set();
   const out = [];
@@ -70,6 +71,7 @@ function queue(s) {
   // an audit turn began, another person holds it now) or bring it with another run's guess. Should
   // somebody else answer it meanwhile, the server keeps their answer and says so.
   if (s.current && !s.skipped.some((i) => i.id === s.current.id)) add(s.current);
+  s.again.forEach(add);
   const skipped = new Set(s.skipped.map((i) => i.id));
   (s.data.items || []).filter((i) => !skipped.has(i.id)).forEach(add);
   s.skipped.forEach(add);
@@ -125,6 +127,7 @@ function answer(s, classIndex) {
   s.answered.add(item.id);
   s.history.push(item);
   s.restored = s.restored.filter((i) => i.id !== item.id);
+  s.again = s.again.filter((i) => i.id !== item.id);
   s.skipped = s.skipped.filter((i) => i.id !== item.id);
   s.notice = "";
   draw(s);
@@ -144,11 +147,26 @@ function undo(s) {
   draw(s);
 }
 
+// Answers the server refused so that they can be given again (a class renamed after the page
+// showed it, whose index may now mean another class): their images come back right after the
+// one on screen (which stays, see queue), and the undo history forgets them (nothing was stored).
+function restoreRefused(s, ids) {
+  ids.forEach((id) => {
+    if (!s.answered.has(id)) return;
+    s.answered.delete(id);
+    s.classOf.delete(id);
+    const at = s.history.map((i) => i.id).lastIndexOf(id);
+    const item = at >= 0 ? s.history.splice(at, 1)[0] : (s.data.items || []).find((i) => i.id === id);
+    if (item) s.again = [...s.again.filter((i) => i.id !== id), item];
+  });
+}
+
 function skip(s) {
   const item = s.current;
   if (!item) return;
   act(s, "skip", item);
   s.restored = s.restored.filter((i) => i.id !== item.id);
+  s.again = s.again.filter((i) => i.id !== item.id);
   s.skipped = s.skipped.filter((i) => i.id !== item.id).concat([item]);
   s.notice = "Skipped: it comes back after the others.";
   draw(s);
@@ -284,6 +302,7 @@ export default function (component) {
   s.pending = s.pending.filter((a) => !acked.has(a.id));
   keep(s);
   s.data = data;
+  restoreRefused(s, data.refused || []);
   draw(s);
   const state = s;
   if (resend) state.timer = setTimeout(() => flush(state), 0);

@@ -201,3 +201,40 @@ def test_answers_waiting_at_a_logout_go_with_the_same_person_only(accounts_serve
     log_in(page, "ann")
     shown(page)
     wait_for(lambda: stored(server, pressed, "ann"), timeout=30)
+
+
+def test_an_answer_refused_for_a_renamed_class_can_be_given_again(server, page):
+    """A key for a class renamed after the page showed it is refused (its index may now mean
+    another class) with a note saying to give it again. The box had marked the image answered
+    and never showed it again; now it comes back right after the image on screen."""
+    from db import queries
+
+    Session, pid = server["Session"], server["project_id"]
+    page.goto(server["url"])
+    settle(page)
+    saved(page)
+    first = shown(page)
+    with Session.begin() as session:
+        queries.rename_class(session, pid, 0, "darker")
+    try:
+        page.locator("h1").first.click()
+        page.keyboard.press("1")  # meant for "dark", now named "darker"
+        second = shown(page)
+        assert second != first
+        page.locator('[data-testid="lb-notice"]', has_text="was renamed to 'darker'").wait_for()
+        saved(page)
+        settle(page)
+        assert shown(page) == second  # the image on screen stays
+        page.locator("h1").first.click()
+        page.keyboard.press("2")
+        wait_for(lambda: shown(page) == first)  # then the refused one, again
+        settle(page)
+        page.locator('button.lb-class[data-index="0"]', has_text="darker").wait_for()
+        page.locator("h1").first.click()
+        page.keyboard.press("1")
+        saved(page)
+        answers = answers_of(Session, [first, second])
+        assert [c for c, _ in answers[first]] == [0] and [c for c, _ in answers[second]] == [1]
+    finally:
+        with Session.begin() as session:
+            queries.rename_class(session, pid, 0, "dark")
