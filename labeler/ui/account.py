@@ -38,9 +38,9 @@ _PERSONAL_KEYS = (
 
 # Prefixes of per-project personal keys: ledgers ("ledger-ID", the answers this person may
 # undo), the held grid page and the grid pages accepted ("grid-page-ID", "grid-accepted-ID": the
-# next person would get the held page, claimed under the new name), and the History tiles on
-# screen ("hist-seen-ID").
-_PERSONAL_PREFIXES = ("ledger-", "grid-page-", "grid-accepted-", "hist-seen-")
+# next person would get the held page, claimed under the new name), the grid tiles chosen with
+# the mouse ("grid-choices-ID"), and the History tiles on screen ("hist-seen-ID").
+_PERSONAL_PREFIXES = ("ledger-", "grid-page-", "grid-accepted-", "grid-choices-", "hist-seen-")
 
 
 def _clear_personal() -> None:

@@ -377,6 +377,30 @@ def _tile_key(item_id: int, view: str, token: str = "", presses: int = 0) -> str
     return f"{key}-{token}-{presses}" if presses else key
 
 
+def _choices_key(project_id: int) -> str:
+    return f"grid-choices-{project_id}"
+
+
+def _remember_choice(
+    project_id: int, page: str, item_id: int, key: str, presses: int, names: list[str]
+) -> None:
+    """Callback of a tile's selectbox: keep the person's choice (and the class name it showed),
+    so a tile drawn anew keeps it. Tiles are drawn anew when the classes change (another person
+    adds or renames one) or the threshold moves; a key pressed on the tile later wins."""
+    value = st.session_state.get(key)
+    if value is None:
+        return
+    name = names[value] if 0 <= value < len(names) else None
+    chosen = st.session_state.setdefault(_choices_key(project_id), {})
+    chosen[item_id] = {"page": page, "presses": presses, "value": int(value), "name": name}
+
+
+def _own_choice(project_id: int, page: str, item_id: int, presses: int) -> dict | None:
+    """The choice the person made with the mouse on this tile, unless a key came after it."""
+    chosen = st.session_state.get(_choices_key(project_id), {}).get(item_id)
+    return chosen if chosen and chosen["page"] == page and chosen["presses"] == presses else None
+
+
 def _tile_choice(item_id: int, view: str, token: str, pressed: dict[int, tuple[int, int]]) -> int:
     """What a grid tile shows: its selectbox's value, or the last key's class before the
     selectbox for that key has been drawn."""
@@ -385,11 +409,14 @@ def _tile_choice(item_id: int, view: str, token: str, pressed: dict[int, tuple[i
     return (last if presses else -1) if value is None else value
 
 
-def _renamed(project_id: int, names: list[str], classes: list[int]) -> bool:
+def _renamed(project_id: int, names: list[str], classes: list[int], chosen_as=()) -> bool:
     """True (and a message) when one of `classes` has another name now than the page showed: a
-    tile's choice is an index, and after a rename it may mean another class."""
+    tile's choice is an index, and after a rename it may mean another class. `chosen_as`: (class,
+    the name it had when the person chose it) of choices carried onto tiles drawn since."""
     now = common.class_names(project_id)
-    if all(c == IGNORED or (c < len(now) and c < len(names) and now[c] == names[c]) for c in classes):
+    if all(c == IGNORED or (c < len(now) and c < len(names) and now[c] == names[c]) for c in classes) and all(
+        name is None or (c < len(now) and now[c] == name) for c, name in chosen_as
+    ):
         return False
     st.session_state["last_message"] = (
         "error",
@@ -412,7 +439,9 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
     view = _grid_view(threshold, names)
     chosen = [(i, _tile_choice(i, view, token, pressed)) for i in item_ids]
     chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
-    if _renamed(project_id, names, [c for _, c in chosen]):
+    own = {i: _own_choice(project_id, page, i, pressed.get(i, (0, -1))[0]) for i, _ in chosen}
+    chosen_as = [(c, own[i]["name"]) for i, c in chosen if own[i] and own[i]["value"] == c]
+    if _renamed(project_id, names, [c for _, c in chosen], chosen_as):
         return
     skipped = [i for i in item_ids if i not in {a for a, _ in chosen}]
     Session = common.session_factory()
@@ -499,6 +528,8 @@ def _grid(project_id: int, names: list[str]) -> None:
     page = _page_name(item.id for item, _ in batch)
     token, pressed, listed = _grid_presses(page, len(names))
     view = _grid_view(threshold, names)
+    kept = st.session_state.get(_choices_key(project_id), {})
+    st.session_state[_choices_key(project_id)] = {i: c for i, c in kept.items() if c["page"] == page}
     columns = st.columns(4)
     tile_keys = []
     for n, (item, prediction) in enumerate(batch):
@@ -510,6 +541,9 @@ def _grid(project_id: int, names: list[str]) -> None:
         )
         guess = prediction.predicted if sure else -1
         presses, last = pressed.get(item.id, (0, guess))
+        own = _own_choice(project_id, page, item.id, presses)
+        if own and own["value"] in options:
+            last = own["value"]  # chosen with the mouse before these tiles were drawn anew
         tile_keys.append({"item": item.id, "key": _tile_key(item.id, view, token, presses)})
         with columns[n % len(columns)]:
             st.image(
@@ -524,6 +558,8 @@ def _grid(project_id: int, names: list[str]) -> None:
                 index=options.index(last),
                 key=tile_keys[-1]["key"],
                 format_func=lambda c: skip if c < 0 else names[c],
+                on_change=_remember_choice,
+                args=(project_id, page, item.id, tile_keys[-1]["key"], presses, list(names)),
             )
     keys = class_keys(project_id, names)
     _grid_keys()(

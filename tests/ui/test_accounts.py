@@ -237,8 +237,12 @@ def test_the_next_person_in_the_tab_does_not_get_the_held_grid_page(Session, tin
     anns = list(at.session_state[held])
     at.session_state[f"grid-accepted-{tiny_project.id}"] = {"1,2,3"}
     at.session_state[f"hist-seen-{tiny_project.id}"] = {(1, 2): 0}
+    at.session_state[f"grid-choices-{tiny_project.id}"] = {
+        1: {"page": "1,2", "presses": 0, "value": 0, "name": "0"}
+    }
     at.button(key="logout").click().run()
-    for key in (held, f"grid-accepted-{tiny_project.id}", f"hist-seen-{tiny_project.id}"):
+    personal = ("grid-accepted", "hist-seen", "grid-choices")
+    for key in (held, *(f"{prefix}-{tiny_project.id}" for prefix in personal)):
         assert key not in at.session_state
     log_in(at, "ada")
     assert not at.exception

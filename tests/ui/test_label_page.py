@@ -134,6 +134,56 @@ def test_a_grid_page_drawn_before_a_class_was_renamed_is_not_saved(Session, tiny
         assert queries.label_count(session, tiny_project.id) == 0
 
 
+def _grid_tiles(at) -> dict[int, object]:
+    """The grid's selectboxes by item id."""
+    return {int(box.key.split("-")[1]): box for box in at.selectbox if box.key.startswith("grid-")}
+
+
+def test_a_tile_chosen_with_the_mouse_keeps_its_choice_when_another_person_adds_a_class(
+    Session, tiny_project
+):
+    """A class added (or the threshold moved) draws every tile anew: a tile the person had set with
+    the mouse went back to its pre-filled guess, and A stored the guess. It keeps the choice."""
+    fake_done_run(Session, tiny_project.id)  # every guess 90 % sure: pre-filled
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    tiles = _grid_tiles(at)
+    first = next(iter(tiles))
+    guess = tiles[first].value
+    assert guess >= 0
+    tiles[first].set_value(1 - guess).run()  # the person corrects the guess
+    with Session.begin() as session:  # an admin adds a class meanwhile
+        queries.add_class(session, tiny_project.id, "third")
+    at.run()
+    tiles = _grid_tiles(at)
+    assert tiles[first].value == 1 - guess and len(tiles[first].options) == 4  # drawn anew, choice kept
+    at.slider(key="grid_threshold").set_value(0.95).run()  # no guesses pre-filled now; the choice stays
+    tiles = _grid_tiles(at)
+    assert tiles[first].value == 1 - guess and all(box.value == -1 for i, box in tiles.items() if i != first)
+    button(at, "accept_grid").click().run()
+    assert not at.exception
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {first: 1 - guess}
+
+
+def test_a_tile_chosen_before_its_class_was_renamed_is_not_saved_after_a_redraw(Session, tiny_project):
+    """The rename redraws the tiles (a rerun before A): the choice is kept, under the new name, and
+    A refuses the page as for any answer given for the old name."""
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    first = next(iter(_grid_tiles(at)))
+    _grid_tiles(at)[first].set_value(0).run()
+    with Session.begin() as session:
+        queries.rename_class(session, tiny_project.id, 0, "renamed")
+    at.run()
+    assert _grid_tiles(at)[first].value == 0
+    button(at, "accept_grid").click().run()
+    assert not at.exception
+    assert "renamed" in at.error[0].value
+    with Session() as session:
+        assert queries.label_count(session, tiny_project.id) == 0
+
+
 def test_a_history_correction_drawn_before_a_class_was_renamed_is_not_saved(Session, tiny_project):
     from tests.ui.ui_helpers import label_items
 
