@@ -189,7 +189,8 @@ def _grid_presses(page: str, n_classes: int) -> tuple[str, dict[int, tuple[int, 
         item, cls = (edit.get("item"), edit.get("class")) if hasattr(edit, "get") else (None, None)
         if isinstance(item, int) and isinstance(cls, int) and -1 <= cls < n_classes:
             pressed[item] = (pressed.get(item, (0, -1))[0] + 1, cls)
-            listed.append({"item": item, "class": cls})
+            name = edit.get("name")
+            listed.append({"item": item, "class": cls, **({"name": name} if isinstance(name, str) else {})})
     return token, pressed, listed
 
 
@@ -435,12 +436,15 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
         st.session_state["last_message"] = ("error", str(refused))
         return
     page = _page_name(item_ids)
-    token, pressed, _ = _grid_presses(page, len(names))
+    token, pressed, listed = _grid_presses(page, len(names))
     view = _grid_view(threshold, names)
     chosen = [(i, _tile_choice(i, view, token, pressed)) for i in item_ids]
+    key_names = {edit["item"]: edit.get("name") for edit in listed}  # the class name of each tile's last key
     chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
     own = {i: _own_choice(project_id, page, i, pressed.get(i, (0, -1))[0]) for i, _ in chosen}
-    chosen_as = [(c, own[i]["name"]) for i, c in chosen if own[i] and own[i]["value"] == c]
+    chosen_as = [(c, own[i]["name"]) for i, c in chosen if own[i] and own[i]["value"] == c] + [
+        (c, key_names.get(i)) for i, c in chosen if not own[i] and i in pressed and pressed[i][1] == c
+    ]
     if _renamed(project_id, names, [c for _, c in chosen], chosen_as):
         return
     skipped = [i for i in item_ids if i not in {a for a, _ in chosen}]
@@ -567,7 +571,7 @@ def _grid(project_id: int, names: list[str]) -> None:
             "page": page,
             "tiles": tile_keys,
             "edits": {"token": token, "list": listed} if token else None,
-            "classes": [{"index": i, "key": k} for i, k in enumerate(keys) if k],
+            "classes": [{"index": i, "key": k, "name": names[i]} for i, k in enumerate(keys) if k],
             "columns": len(columns),
         },
         key="grid-keys",

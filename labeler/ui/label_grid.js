@@ -43,7 +43,8 @@ function onKey(g, event) {
     // or U (the page's buttons, which take repeats) would accept or undo the pages after this
     // one, unseen. Only a press counts; the arrows repeat.
   } else if (cls || key === "Backspace" || key === "Delete") {
-    g.edits.push({ item: tiles[g.focus].item, class: cls ? cls.index : -1 });
+    // The class's name as shown goes with its index: Python refuses the page if it was renamed since.
+    g.edits.push({ item: tiles[g.focus].item, class: cls ? cls.index : -1, name: cls ? cls.name : null });
     g.send();
     g.focus = Math.min(tiles.length - 1, g.focus + 1);
   } else return;

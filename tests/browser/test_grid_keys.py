@@ -163,3 +163,29 @@ def test_a_class_named_skip_added_while_a_grid_page_is_open_stores_no_skipped_ti
     stored = {e.item_id: e.class_index for e in events(Session, pid)[before:]}
     assert stored[tiles[0][0]] == 0
     assert skip_class not in stored.values() and not (skipped - {tiles[0][0]}) & set(stored)
+
+
+def test_a_grid_key_for_a_class_renamed_since_is_refused_at_accept(app_server, page):
+    """The key sends the class's name as the page showed it: after the class is renamed (and the
+    page drawn again, under the new name), A refuses the page instead of storing the index."""
+    Session, pid = app_server["Session"], app_server["project_id"]
+    page.goto(app_server["url"])
+    page.get_by_text("Grid", exact=True).click()
+    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
+    tiles = wait_for_tiles(page, lambda tiles: True)
+    before = len(events(Session, pid))
+    page.locator("h1").first.click()
+    page.keyboard.press("1")  # tile 0: "dark"
+    wait_for_tiles(page, lambda now: now[0][1] == "dark")
+    with Session.begin() as session:
+        queries.rename_class(session, pid, 0, "darker")
+    try:
+        settle(page)
+        page.get_by_text("Show file names").click()  # a rerun draws the page anew, on "darker"
+        wait_for_tiles(page, lambda now: now[0] == (tiles[0][0], "darker"))
+        press(page, "a")
+        page.get_by_text("A class was renamed after this page was drawn").wait_for()
+        assert len(events(Session, pid)) == before
+    finally:
+        with Session.begin() as session:
+            queries.rename_class(session, pid, 0, "dark")

@@ -184,6 +184,30 @@ def test_a_tile_chosen_before_its_class_was_renamed_is_not_saved_after_a_redraw(
         assert queries.label_count(session, tiny_project.id) == 0
 
 
+def test_a_grid_key_pressed_before_its_class_was_renamed_is_not_saved_after_a_redraw(Session, tiny_project):
+    """A key sends its class's name as shown with the index: after a rename and a redraw the tile
+    shows the new name, and A refuses the page as for any answer given for the old name."""
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    held = list(at.session_state[f"grid-page-{tiny_project.id}"])  # the page's items, in order
+    first, page = held[0], ",".join(map(str, held))
+    # What label_grid.js sends for the key "1" on the first tile while class 0 is named "0".
+    at.session_state["grid-keys"] = {
+        "edits": {"token": "k1", "page": page, "list": [{"item": first, "class": 0, "name": "0"}]}
+    }
+    at.run()
+    assert _grid_tiles(at)[first].value == 0
+    with Session.begin() as session:
+        queries.rename_class(session, tiny_project.id, 0, "renamed")
+    at.run()
+    assert _grid_tiles(at)[first].value == 0
+    button(at, "accept_grid").click().run()
+    assert not at.exception
+    assert "renamed" in at.error[0].value
+    with Session() as session:
+        assert queries.label_count(session, tiny_project.id) == 0
+
+
 def test_a_history_correction_drawn_before_a_class_was_renamed_is_not_saved(Session, tiny_project):
     from tests.ui.ui_helpers import label_items
 
