@@ -59,9 +59,10 @@ class Outcome:
     labeled: int = 0
     notices: list[str] = field(default_factory=list)
     undone_items: list[int] = field(default_factory=list)  # to show again, first
-    # Images whose answer was refused and may be given again (a class renamed since the page
-    # showed it): to show again, first.
+    # Answers refused that may be given again (a class renamed since the page showed it, or no
+    # longer there): their images, to show again first, and the refused actions' ids.
     refused_items: list[int] = field(default_factory=list)
+    refused_actions: list[str] = field(default_factory=list)
 
 
 def _check_class(session, project_id: int, class_index: int, shown_name: str | None = None) -> None:
@@ -101,7 +102,10 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) ->
         if kind == "label":
             name = action.get("name")
             name = name if isinstance(name, str) else None
+            before = len(outcome.refused_items)
             _label(Session, project_id, annotator, item_id, (class_index, name), ledger, outcome)
+            if len(outcome.refused_items) > before:
+                outcome.refused_actions.append(action_id)
         elif kind == "undo":
             again = action.get("again") is True and class_index != -2
             _undo_item(Session, annotator, item_id, ledger, outcome, class_index if again else None)

@@ -45,6 +45,7 @@ log = logging.getLogger(__name__)
 # are left out: A accept the guess, I ignore, S skip, U undo, Z zoom.
 KEY_POOL = [*"1234567890", *"qwertyopdfghjklxcvbnm"]
 BATCH = 20  # images sent to the browser at a time: the next ones are on screen before the server answers
+SENT_KEPT = 200  # images sent to the box that are checked for answers given elsewhere (_closed_since)
 GRID_SIZE = 12
 HISTORY_ROWS = 48  # the newest answers the History shows
 MODES = ["One image", "Grid", "History"]
@@ -219,7 +220,8 @@ def _apply_box_actions(project_id: int) -> None:
         common.session_factory(), project_id, annotator, _box_actions(project_id), _ledger(project_id)
     )
     st.session_state["box_notices"] = st.session_state.get("box_notices", []) + outcome.notices
-    st.session_state["box_refused"] = st.session_state.get("box_refused", []) + outcome.refused_items
+    refused = f"box-refused-{project_id}"
+    st.session_state[refused] = st.session_state.get(refused, []) + outcome.refused_actions
     shown_again = outcome.refused_items + outcome.undone_items
     st.session_state["show_first"] = shown_again + st.session_state.get("show_first", [])
     _forget_accepted(project_id, outcome.undone_items)  # U in the box may undo a grid page
@@ -254,6 +256,20 @@ def _queue_page(Session, project_id: int, k: int, skipped, claimant: str | None)
         return queue.next_items(session, project_id, k=k, exclude=skipped, annotator=claimant)
 
 
+def _closed_since(project_id: int, batch) -> list[int]:
+    """The images sent to this box before (the newest SENT_KEPT) that are answered now, by anyone,
+    or gone. The box keeps the image on screen whatever a new page holds, unless it is among these:
+    then a key for it could only be refused."""
+    key = f"box-sent-{project_id}"
+    sent = st.session_state.get(key, [])
+    with common.session_factory()() as session:
+        still = queries.unanswered(session, project_id, sent) if sent else set()
+    fresh = [item.id for item, _ in batch]
+    kept = [i for i in sent if i in still and i not in set(fresh)] + fresh
+    st.session_state[key] = kept[-SENT_KEPT:]
+    return [i for i in sent if i not in still]
+
+
 def _one_image(project: Project, names: list[str], annotator: str, has_model: bool) -> None:
     batch = _next_batch(project.id, BATCH)
     keys = class_keys(project.id, names)
@@ -280,8 +296,9 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
         "classes": [{"index": i, "name": n, "key": keys[i]} for i, n in enumerate(names)],
         "acked": [a["id"] for a in _box_actions(project.id) if a.get("id") in applied],
         "notices": st.session_state.pop("box_notices", []),
-        # Answers refused so that they can be given again: the box shows their images again.
-        "refused": st.session_state.pop("box_refused", []),
+        "closed": _closed_since(project.id, batch),
+        # The ids of answers refused so that they can be given again: the box shows their images again.
+        "refused": st.session_state.pop(f"box-refused-{project.id}", []),
         "done": not batch,
         "audit_note": AUDIT_NOTE,
         "no_model_note": "" if has_model else NO_MODEL_NOTE,
@@ -396,6 +413,11 @@ def _remember_choice(
     chosen[item_id] = {"page": page, "presses": presses, "value": int(value), "name": name}
 
 
+def _names_seen_key(project_id: int) -> str:
+    """Session key of (page, class names) shown after a refusal for a rename: see _accept_grid."""
+    return f"grid-names-seen-{project_id}"
+
+
 def _own_choice(project_id: int, page: str, item_id: int, presses: int) -> dict | None:
     """The choice the person made with the mouse on this tile, unless a key came after it."""
     chosen = st.session_state.get(_choices_key(project_id), {}).get(item_id)
@@ -421,7 +443,7 @@ def _renamed(project_id: int, names: list[str], classes: list[int], chosen_as=()
         return False
     st.session_state["last_message"] = (
         "error",
-        "A class was renamed after this page was drawn, so nothing was saved; check the page and save it again.",
+        "A class was renamed since these choices were made, so nothing was saved; check the page (it shows the names now) and save it again.",
     )
     return True
 
@@ -445,7 +467,10 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
     chosen_as = [(c, own[i]["name"]) for i, c in chosen if own[i] and own[i]["value"] == c] + [
         (c, key_names.get(i)) for i, c in chosen if not own[i] and i in pressed and pressed[i][1] == c
     ]
-    if _renamed(project_id, names, [c for _, c in chosen], chosen_as):
+    # After one refusal the page is drawn under the names of now: A on it saves what it shows.
+    seen = st.session_state.get(_names_seen_key(project_id)) == (page, tuple(names))
+    if _renamed(project_id, names, [c for _, c in chosen], [] if seen else chosen_as):
+        st.session_state[_names_seen_key(project_id)] = (page, tuple(common.class_names(project_id)))
         return
     skipped = [i for i in item_ids if i not in {a for a, _ in chosen}]
     Session = common.session_factory()

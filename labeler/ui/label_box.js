@@ -30,6 +30,7 @@ function newState(root) {
     skipped: [], // items skipped here, shown after the others
     history: [], // items answered here, newest last, for undo
     classOf: new Map(), // item id -> the class answered here, named by an undo
+    actionOf: new Map(), // item id -> the id of its newest label action here
     restored: [], // undone items, shown first
     again: [], // items whose answer the server refused, shown right after the one on screen
     current: null,
@@ -123,6 +124,7 @@ function answer(s, classIndex) {
   // The name as shown: Python refuses the answer if the class was renamed since.
   const shownAs = (s.data.classes.find((c) => c.index === classIndex) || {}).name;
   act(s, "label", item, { class: classIndex, ...(shownAs === undefined ? {} : { name: shownAs }) });
+  s.actionOf.set(item.id, s.pending[s.pending.length - 1].id);
   s.classOf.set(item.id, classIndex);
   s.answered.add(item.id);
   s.history.push(item);
@@ -147,18 +149,33 @@ function undo(s) {
   draw(s);
 }
 
-// Answers the server refused so that they can be given again (a class renamed after the page
-// showed it, whose index may now mean another class): their images come back right after the
-// one on screen (which stays, see queue), and the undo history forgets them (nothing was stored).
-function restoreRefused(s, ids) {
-  ids.forEach((id) => {
-    if (!s.answered.has(id)) return;
+// Answers (action ids) the server refused so that they can be given again (a class renamed after
+// the page showed it, whose index may now mean another class, or no longer there): their images
+// come back right after the one on screen (which stays, see queue), and the undo history forgets
+// them (nothing was stored). Only while that answer is the image's newest here: an image undone
+// and answered again since keeps the newer answer.
+function restoreRefused(s, actionIds) {
+  const refused = new Set(actionIds);
+  [...s.actionOf].forEach(([id, action]) => {
+    if (!refused.has(action) || !s.answered.has(id)) return;
+    s.actionOf.delete(id);
     s.answered.delete(id);
     s.classOf.delete(id);
     const at = s.history.map((i) => i.id).lastIndexOf(id);
     const item = at >= 0 ? s.history.splice(at, 1)[0] : (s.data.items || []).find((i) => i.id === id);
     if (item) s.again = [...s.again.filter((i) => i.id !== id), item];
   });
+}
+
+// Images answered elsewhere (somebody else, another tab) or removed since they were sent: the one
+// on screen gives way, with a note, since a key for it could only be refused.
+function dropClosed(s, ids) {
+  const closed = new Set(ids);
+  if (s.current && closed.has(s.current.id) && !s.answered.has(s.current.id)) {
+    s.notice = `Image #${s.current.id} was answered elsewhere (or removed) meanwhile; here is the next one.`;
+    s.current = null;
+  }
+  s.again = s.again.filter((i) => !closed.has(i.id));
 }
 
 function skip(s) {
@@ -179,23 +196,23 @@ function onKey(s, event) {
   if (!s.root.isConnected && !(s.root.host && s.root.host.isConnected)) return;
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
   const cls = (s.data.classes || []).find((c) => c.key === key);
-  let handled = true;
+  let action = null;
+  if (cls) action = () => answer(s, cls.index);
+  else if ((key === "Enter" || key === "a") && s.current && s.current.guess !== null) action = () => answer(s, s.current.guess);
+  else if (key === "i") action = () => answer(s, -1);
+  else if (key === "u") action = () => undo(s);
+  else if (key === "s") action = () => skip(s);
+  else if (key === "z")
+    action = () => {
+      s.zoom = !s.zoom;
+      draw(s);
+    };
+  if (!action) return;
+  event.preventDefault();
+  event.stopPropagation();
   // A key held down repeats about 30 times a second: each repeat would answer the next image,
   // unseen. Only a press counts.
-  if (event.repeat) handled = Boolean(cls) || ["Enter", "a", "i", "u", "s", "z"].includes(key);
-  else if (cls) answer(s, cls.index);
-  else if ((key === "Enter" || key === "a") && s.current && s.current.guess !== null) answer(s, s.current.guess);
-  else if (key === "i") answer(s, -1);
-  else if (key === "u") undo(s);
-  else if (key === "s") skip(s);
-  else if (key === "z") {
-    s.zoom = !s.zoom;
-    draw(s);
-  } else handled = false;
-  if (handled) {
-    event.preventDefault();
-    event.stopPropagation();
-  }
+  if (!event.repeat) action();
 }
 
 function draw(s) {
@@ -276,8 +293,10 @@ export default function (component) {
     s.owner = data.owner;
     s.pending = kept(s.owner).map((a) => ({ ...a, again: true })); // a new server session: see answers.py
     s.pending.forEach((a) => {
-      if (a.type === "label") s.answered.add(a.item);
-      else if (a.type === "undo") s.answered.delete(a.item);
+      if (a.type === "label") {
+        s.answered.add(a.item);
+        s.actionOf.set(a.item, a.id);
+      } else if (a.type === "undo") s.answered.delete(a.item);
     });
     resend = s.pending.length > 0;
     boxes.set(parentElement, s);
@@ -303,6 +322,7 @@ export default function (component) {
   keep(s);
   s.data = data;
   restoreRefused(s, data.refused || []);
+  dropClosed(s, data.closed || []);
   draw(s);
   const state = s;
   if (resend) state.timer = setTimeout(() => flush(state), 0);

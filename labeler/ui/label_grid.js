@@ -1,7 +1,7 @@
 // Keys for the grid page: arrows move between tiles, a class key sets the tile in focus (and
 // moves on), Backspace or Delete sets it to "skip". A accepts the page and U undoes it (the
 // page's own buttons). Every key of the page is sent, in order, as one growing list of
-// {item, class} (a state, not a trigger: when keys come faster than the page reruns, Streamlit
+// {item, class, name} (a state, not a trigger: when keys come faster than the page reruns, Streamlit
 // keeps only the newest value, and the newest list still holds every key). Python draws a tile
 // that got a key as a new selectbox showing that key's class, so what is accepted is what the
 // tiles show. `token` names the list, `page` the images it was pressed on. A held key counts

@@ -139,6 +139,26 @@ def test_the_image_on_screen_stays_when_a_new_page_leaves_it_out(app_server, pag
         toggle_file_names(page)
 
 
+def test_the_image_on_screen_gives_way_when_somebody_else_answers_it(app_server, page):
+    """The image on screen stays through new pages, except when it was answered elsewhere (or
+    removed) meanwhile: a key for it could only be refused, so the next image shows, with a note."""
+    Session, pid = app_server["Session"], app_server["project_id"]
+    page.goto(app_server["url"])
+    settle(page)
+    saved(page)
+    item = shown(page)
+    with Session() as session:
+        truth = {i.id: i.truth for i in queries.items(session, pid)}
+    with Session.begin() as session:  # bob, in another tab, answers it
+        queries.add_label(session, item, truth[item], annotator="bob")
+    toggle_file_names(page)
+    try:
+        page.locator('[data-testid="lb-notice"]', has_text=f"Image #{item} was answered elsewhere").wait_for()
+        assert shown(page) != item
+    finally:
+        toggle_file_names(page)
+
+
 def test_a_held_key_labels_one_image(app_server, page):
     """A key held down repeats about 30 times a second; each repeat used to answer the next
     image, unseen. Only the press counts."""

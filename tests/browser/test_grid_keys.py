@@ -184,8 +184,11 @@ def test_a_grid_key_for_a_class_renamed_since_is_refused_at_accept(app_server, p
         page.get_by_text("Show file names").click()  # a rerun draws the page anew, on "darker"
         wait_for_tiles(page, lambda now: now[0] == (tiles[0][0], "darker"))
         press(page, "a")
-        page.get_by_text("A class was renamed after this page was drawn").wait_for()
+        page.get_by_text("A class was renamed since these choices were made").wait_for()
         assert len(events(Session, pid)) == before
+        press(page, "a")  # the page as it shows now, under "darker": saved
+        page.get_by_text("Saved 1 labels.").wait_for()
+        assert [(e.item_id, e.class_index) for e in events(Session, pid)[before:]] == [(tiles[0][0], 0)]
     finally:
         with Session.begin() as session:
             queries.rename_class(session, pid, 0, "dark")

@@ -182,6 +182,10 @@ def test_a_tile_chosen_before_its_class_was_renamed_is_not_saved_after_a_redraw(
     assert "renamed" in at.error[0].value
     with Session() as session:
         assert queries.label_count(session, tiny_project.id) == 0
+    button(at, "accept_grid").click().run()  # again, on the page drawn under the new names: saved
+    assert "Saved 1 labels" in at.success[0].value
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {first: 0}
 
 
 def test_a_grid_key_pressed_before_its_class_was_renamed_is_not_saved_after_a_redraw(Session, tiny_project):
@@ -206,6 +210,10 @@ def test_a_grid_key_pressed_before_its_class_was_renamed_is_not_saved_after_a_re
     assert "renamed" in at.error[0].value
     with Session() as session:
         assert queries.label_count(session, tiny_project.id) == 0
+    button(at, "accept_grid").click().run()  # again, on the page drawn under the new names: saved
+    assert "Saved 1 labels" in at.success[0].value
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {first: 0}
 
 
 def test_a_history_correction_drawn_before_a_class_was_renamed_is_not_saved(Session, tiny_project):
