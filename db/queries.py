@@ -193,7 +193,9 @@ def lock_for_write(session: Session) -> None:
     transaction reads next stays true until it commits. Python's sqlite3 driver begins a
     transaction only at the first write: the reads before it hold no lock, so two sessions could
     both read "no answer yet" and both write one, the second silently replacing the first.
-    Nothing elsewhere: on PostgreSQL the row locks of `lock_item` do this per image."""
+    Nothing elsewhere: on PostgreSQL the row locks of `lock_item` do this per image. Call it
+    before the transaction's first read: once the driver is in a transaction (a write, which holds
+    the lock already, or a SAVEPOINT, which does not) nothing is taken here."""
     connection = session.connection()
     if connection.dialect.name == "sqlite" and not connection.connection.dbapi_connection.in_transaction:
         connection.exec_driver_sql("BEGIN IMMEDIATE")  # waits for another writer (busy timeout)
