@@ -166,6 +166,24 @@ def test_a_tile_chosen_with_the_mouse_keeps_its_choice_when_another_person_adds_
         assert queries.current_labels(session, tiny_project.id) == {first: 1 - guess}
 
 
+def _rename_refused_once_then_saved(Session, project_id: int, at, first: int) -> None:
+    """Class 0 renamed while the first tile holds it: the redraw keeps the tile on 0, the first A
+    is refused, the second (on the page drawn under the new names) saves it."""
+    with Session.begin() as session:
+        queries.rename_class(session, project_id, 0, "renamed")
+    at.run()
+    assert _grid_tiles(at)[first].value == 0
+    button(at, "accept_grid").click().run()
+    assert not at.exception
+    assert "renamed" in at.error[0].value
+    with Session() as session:
+        assert queries.label_count(session, project_id) == 0
+    button(at, "accept_grid").click().run()  # again, on the page drawn under the new names: saved
+    assert "Saved 1 labels" in at.success[0].value
+    with Session() as session:
+        assert queries.current_labels(session, project_id) == {first: 0}
+
+
 def test_a_tile_chosen_before_its_class_was_renamed_is_not_saved_after_a_redraw(Session, tiny_project):
     """The rename redraws the tiles (a rerun before A): the choice is kept, under the new name, and
     A refuses the page as for any answer given for the old name."""
@@ -173,19 +191,7 @@ def test_a_tile_chosen_before_its_class_was_renamed_is_not_saved_after_a_redraw(
     at.radio(key="label_mode").set_value("Grid").run()
     first = next(iter(_grid_tiles(at)))
     _grid_tiles(at)[first].set_value(0).run()
-    with Session.begin() as session:
-        queries.rename_class(session, tiny_project.id, 0, "renamed")
-    at.run()
-    assert _grid_tiles(at)[first].value == 0
-    button(at, "accept_grid").click().run()
-    assert not at.exception
-    assert "renamed" in at.error[0].value
-    with Session() as session:
-        assert queries.label_count(session, tiny_project.id) == 0
-    button(at, "accept_grid").click().run()  # again, on the page drawn under the new names: saved
-    assert "Saved 1 labels" in at.success[0].value
-    with Session() as session:
-        assert queries.current_labels(session, tiny_project.id) == {first: 0}
+    _rename_refused_once_then_saved(Session, tiny_project.id, at, first)
 
 
 def test_a_grid_key_pressed_before_its_class_was_renamed_is_not_saved_after_a_redraw(Session, tiny_project):
@@ -201,19 +207,7 @@ def test_a_grid_key_pressed_before_its_class_was_renamed_is_not_saved_after_a_re
     }
     at.run()
     assert _grid_tiles(at)[first].value == 0
-    with Session.begin() as session:
-        queries.rename_class(session, tiny_project.id, 0, "renamed")
-    at.run()
-    assert _grid_tiles(at)[first].value == 0
-    button(at, "accept_grid").click().run()
-    assert not at.exception
-    assert "renamed" in at.error[0].value
-    with Session() as session:
-        assert queries.label_count(session, tiny_project.id) == 0
-    button(at, "accept_grid").click().run()  # again, on the page drawn under the new names: saved
-    assert "Saved 1 labels" in at.success[0].value
-    with Session() as session:
-        assert queries.current_labels(session, tiny_project.id) == {first: 0}
+    _rename_refused_once_then_saved(Session, tiny_project.id, at, first)
 
 
 def test_a_history_correction_drawn_before_a_class_was_renamed_is_not_saved(Session, tiny_project):
