@@ -265,7 +265,8 @@ def _closed_since(project_id: int, batch) -> list[int]:
     with common.session_factory()() as session:
         still = queries.unanswered(session, project_id, sent) if sent else set()
     fresh = [item.id for item, _ in batch]
-    kept = [i for i in sent if i in still and i not in set(fresh)] + fresh
+    now_sent = set(fresh)
+    kept = [i for i in sent if i in still and i not in now_sent] + fresh
     st.session_state[key] = kept[-SENT_KEPT:]
     return [i for i in sent if i not in still]
 

@@ -113,9 +113,11 @@ function kept(owner) {
 
 function act(s, type, item, extra) {
   s.seq += 1;
-  s.pending.push({ id: `${s.mount}-${s.seq}`, type, item: item.id, ...(extra || {}) });
+  const action = { id: `${s.mount}-${s.seq}`, type, item: item.id, ...(extra || {}) };
+  s.pending.push(action);
   keep(s);
   if (!s.timer) s.timer = setTimeout(() => flush(s), Math.max(0, s.lastSend + SEND_EVERY_MS - Date.now()));
+  return action;
 }
 
 function answer(s, classIndex) {
@@ -123,8 +125,8 @@ function answer(s, classIndex) {
   if (!item) return;
   // The name as shown: Python refuses the answer if the class was renamed since.
   const shownAs = (s.data.classes.find((c) => c.index === classIndex) || {}).name;
-  act(s, "label", item, { class: classIndex, ...(shownAs === undefined ? {} : { name: shownAs }) });
-  s.actionOf.set(item.id, s.pending[s.pending.length - 1].id);
+  const action = act(s, "label", item, { class: classIndex, ...(shownAs === undefined ? {} : { name: shownAs }) });
+  s.actionOf.set(item.id, action.id);
   s.classOf.set(item.id, classIndex);
   s.answered.add(item.id);
   s.history.push(item);

@@ -36,13 +36,14 @@ function onKey(g, event) {
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
   const move = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns, ArrowUp: -columns }[key];
   const cls = g.data.classes.find((c) => c.key === key);
+  const setsTile = cls || key === "Backspace" || key === "Delete"; // sets the tile in focus
   if (move !== undefined) {
     g.focus = Math.min(tiles.length - 1, Math.max(0, g.focus + move));
-  } else if (event.repeat && (cls || ["Backspace", "Delete", "a", "u"].includes(key))) {
+  } else if (event.repeat && (setsTile || key === "a" || key === "u")) {
     // A held key repeats about 30 times a second: a class key would set tile after tile, and A
     // or U (the page's buttons, which take repeats) would accept or undo the pages after this
     // one, unseen. Only a press counts; the arrows repeat.
-  } else if (cls || key === "Backspace" || key === "Delete") {
+  } else if (setsTile) {
     // The class's name as shown goes with its index: Python refuses the page if it was renamed since.
     g.edits.push({ item: tiles[g.focus].item, class: cls ? cls.index : -1, name: cls ? cls.name : null });
     g.send();
