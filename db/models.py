@@ -129,6 +129,25 @@ class LabelEvent(Base):
     predicted_run_id: Mapped[int | None] = mapped_column(Integer, nullable=True)
 
 
+class AppliedAnswer(Base):
+    """An answer from the labeling box, by the id its browser tab gave it, and the event it wrote.
+
+    A tab sends an answer again after a reload until it has seen it acknowledged, to a new server
+    session that never saw it. With this row that session knows the answer was applied already
+    (so a class renamed since does not refuse it), and an undo kept across the reload takes back
+    exactly this event: never an identical answer given since, by another tab under the same name.
+    A table of its own, so databases made before it get it from `create_all`.
+    """
+
+    __tablename__ = "applied_answers"
+    __table_args__ = (UniqueConstraint("item_id", "action"),)
+
+    id: Mapped[int] = mapped_column(primary_key=True)
+    item_id: Mapped[int] = mapped_column(ForeignKey("items.id", ondelete="CASCADE"))
+    action: Mapped[str] = mapped_column(String(100))  # the action's id, given by the browser tab
+    event_id: Mapped[int] = mapped_column(ForeignKey("label_events.id", ondelete="CASCADE"), index=True)
+
+
 class Claim(Base):
     """An image handed to one annotator, so others are not shown it at the same time.
 

@@ -18,6 +18,7 @@ from .models import (
     DONE,
     IGNORED,
     POOL,
+    AppliedAnswer,
     Claim,
     ImportIssue,
     Item,
@@ -144,6 +145,17 @@ def current_event(session: Session, item_id: int) -> LabelEvent | None:
         .order_by(LabelEvent.id.desc())
         .limit(1)
     ).first()
+
+
+def applied_event(session: Session, item_id: int, action: str) -> int | None:
+    """The event the labeling box's action `action` wrote for the item, or None (`AppliedAnswer`)."""
+    return session.scalar(
+        select(AppliedAnswer.event_id).where(AppliedAnswer.item_id == item_id, AppliedAnswer.action == action)
+    )
+
+
+def record_applied(session: Session, event: LabelEvent, action: str) -> None:
+    session.add(AppliedAnswer(item_id=event.item_id, action=action, event_id=event.id))
 
 
 def label_count(session: Session, project_id: int) -> int:

@@ -9,18 +9,21 @@ the keys come and however late the page is redrawn:
   moment ago) has answered it since, nothing changes and a notice says so. `name` is the class's
   name as the page showed it: if the class was renamed since, the answer is refused, since the
   key may now mean something else.
-- ``{"id": "...", "type": "undo", "item": 17, "class": 3}``: take back this person's own answer
-  to image 17, given in this browser session. Never anyone else's.
+- ``{"id": "...", "type": "undo", "item": 17, "of": "..."}``: take back this person's own answer
+  to image 17, given in this browser session (`of`: the id of the label action it takes back).
+  Never anyone else's.
 - ``{"id": "...", "type": "skip", "item": 17}``: show image 17 after the others.
 
 `apply_actions` runs each new action in a committed transaction of its own and says what it
 did; the page keeps the ids it has applied, so sending the same list again changes nothing.
 
 The browser keeps answers it has not seen acknowledged in the tab and sends them again after a
-reload (marked ``"again": true``), to a new server session that never saw them: a label this
-person already gave, with the same class, is then taken as given, without a notice; an undo
-takes back this person's own single answer to that image if it still has the class the undo
-names (the answer the tab gave before the reload), and nothing else.
+reload (marked ``"again": true``), to a new server session that never saw them. Every label
+applied is stored with its action id (`AppliedAnswer`), so a label applied before is taken as
+given, without a notice (even if its class was renamed since), and an undo takes back the event
+its label action wrote, if that is still the image's answer, and nothing else: not an identical
+answer given meanwhile in another tab under the same name. A label this person gave in another
+tab, with the same class, is also taken as given.
 """
 
 from __future__ import annotations
@@ -33,6 +36,8 @@ from sqlalchemy import func, select
 import db
 from db import queries
 from db.models import IGNORED, LabelClass
+
+ID_LENGTH = 100  # the longest action id kept (`AppliedAnswer.action`); the box's are about 20
 
 
 @dataclass
@@ -92,6 +97,9 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) ->
         action_id = str(action.get("id", ""))
         if not action_id or action_id in ledger.applied:
             continue
+        if len(action_id) > ID_LENGTH:
+            ledger.applied.add(action_id)  # not one of the box's ids: dropped, like a malformed one
+            continue
         kind = action.get("type")
         try:
             item_id = int(action["item"])
@@ -102,13 +110,10 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) ->
         if kind == "label":
             name = action.get("name")
             name = name if isinstance(name, str) else None
-            before = len(outcome.refused_items)
-            _label(Session, project_id, annotator, item_id, (class_index, name), ledger, outcome)
-            if len(outcome.refused_items) > before:
-                outcome.refused_actions.append(action_id)
+            _label(Session, project_id, annotator, item_id, (class_index, name, action_id), ledger, outcome)
         elif kind == "undo":
-            again = action.get("again") is True and class_index != -2
-            _undo_item(Session, annotator, item_id, ledger, outcome, class_index if again else None)
+            of = action.get("of") if action.get("again") is True else None
+            _undo_item(Session, annotator, item_id, ledger, outcome, of if isinstance(of, str) else None)
         elif kind == "skip":
             ledger.skipped.add(item_id)
         # Marked only after its transaction committed: no st.* call lies in between, so a rerun
@@ -118,7 +123,7 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) ->
 
 
 def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outcome: Outcome) -> None:
-    class_index, shown_name = answer
+    class_index, shown_name, action_id = answer
 
     def commit():
         with Session.begin() as session:
@@ -128,19 +133,24 @@ def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outc
             item = queries.lock_item(session, item_id)
             if item is None or item.project_id != project_id:
                 return "gone", None
+            if queries.applied_event(session, item_id, action_id) is not None:
+                return "same", None  # applied before a reload lost its acknowledgement: it stands
             _check_class(session, project_id, class_index, shown_name)
             current = queries.current_event(session, item_id)
             if current is not None and (current.annotator, current.class_index) == (annotator, class_index):
-                return "same", None  # sent again (a reload before its acknowledgement): it stands
+                return "same", None  # the same answer from this person's other tab: it stands
             if current is not None:
                 return "answered", current.annotator
-            return "ok", queries.add_label(session, item, class_index, annotator=annotator)
+            event = queries.add_label(session, item, class_index, annotator=annotator)
+            queries.record_applied(session, event, action_id)
+            return "ok", event
 
     try:
         status, detail = db.retrying(commit)
     except ValueError as error:
         outcome.notices.append(f"An answer was not saved: {error}")
         outcome.refused_items.append(item_id)
+        outcome.refused_actions.append(action_id)
         return
     if status == "ok":
         ledger.record([detail])
@@ -156,26 +166,23 @@ def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outc
 
 
 def _undo_item(
-    Session, annotator: str, item_id: int, ledger: Ledger, outcome: Outcome, kept_class: int | None = None
+    Session, annotator: str, item_id: int, ledger: Ledger, outcome: Outcome, kept_of: str | None = None
 ) -> None:
     """Undo this session's newest answer entry that covers `item_id`; for an undo the tab kept
-    across a reload (`kept_class`: the class it takes back), this person's own answer of that
-    class to that image."""
+    across a reload (`kept_of`: the id of the label action it takes back), the event that label
+    wrote, while it is still the image's answer and this person's."""
     for position in range(len(ledger.entries) - 1, -1, -1):
         if any(ledger.item_of_event.get(e) == item_id for e in ledger.entries[position]):
             _undo_entry(Session, annotator, ledger, position, outcome)
             return
-    if kept_class is not None:
+    if kept_of is not None:
 
         def commit():
             with Session.begin() as session:
                 queries.lock_item(session, item_id)
+                applied = queries.applied_event(session, item_id, kept_of)
                 current = queries.current_event(session, item_id)
-                if current is None or (current.annotator, current.class_index, current.kind) != (
-                    annotator,
-                    kept_class,
-                    "single",
-                ):
+                if applied is None or current is None or current.id != applied:
                     return []
                 return [e.item_id for e in queries.undo_events(session, [current.id], annotator)]
 

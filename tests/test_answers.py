@@ -136,9 +136,14 @@ def test_an_answer_sent_again_after_a_reload_changes_nothing_and_says_nothing(Se
     assert "by you" in outcome.notices[0]
 
 
+def _undo(i, item, of, again=True):
+    return {"id": f"u-{i}", "type": "undo", "item": item, "of": of, **({"again": True} if again else {})}
+
+
 def test_an_undo_kept_across_a_reload_takes_back_that_answer_only(Session, tiny_project):
-    """A wrong key, then U, then a reload before either was sent: the new page sends both, marked
-    as kept by the tab; the undo takes back that same answer, though this session never gave it."""
+    """A wrong key, then U, then a reload before the undo was sent: the new page sends it, marked
+    as kept by the tab and naming the label action it takes back; that answer is taken back,
+    though this server session never gave it, and nothing else."""
     a, b, c = _pool(Session, tiny_project)[:3]
     answers.apply_actions(
         Session, tiny_project.id, "ann", [_label(0, a, 1), _label(1, c, 0)], answers.Ledger()
@@ -147,16 +152,55 @@ def test_an_undo_kept_across_a_reload_takes_back_that_answer_only(Session, tiny_
         queries.add_label(session, b, 1, annotator="bob")
     reloaded = answers.Ledger()
 
-    def undo(i, item, cls, again=True):
-        action = {"id": f"r-{i}", "type": "undo", "item": item, "class": cls}
-        return answers.apply_actions(Session, tiny_project.id, "ann", [{**action, "again": again}], reloaded)
+    def undo(i, item, of, again=True):
+        return answers.apply_actions(Session, tiny_project.id, "ann", [_undo(i, item, of, again)], reloaded)
 
-    assert undo(0, a, 1, again=False).undone_items == []  # not kept by the tab: the old rule
-    assert undo(1, b, 1).undone_items == []  # bob's answer: never
-    assert undo(2, c, 1).undone_items == []  # not the answer this undo names
-    assert undo(3, a, 1).undone_items == [a]
+    assert undo(0, a, "m-0", again=False).undone_items == []  # not kept by the tab: the old rule
+    assert undo(1, b, "m-0").undone_items == []  # bob's answer: never
+    assert undo(2, c, "m-0").undone_items == []  # not the answer this undo names
+    assert undo(3, a, "m-9").undone_items == []  # an action that never wrote anything
+    assert undo(4, a, "m-0").undone_items == [a]
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {b: 1, c: 0}
+
+
+def test_a_label_and_undo_sent_again_leave_the_same_answer_given_since_in_another_tab(Session, tiny_project):
+    """Two tabs under one name (without accounts, everyone on a server has its user's name by
+    default). The first tab answers image a, takes it back, and reloads before either was
+    acknowledged; meanwhile the other tab gives a the same answer. The first tab's resent label
+    and undo name the answer they wrote and took back: the other tab's answer stands."""
+    a = _pool(Session, tiny_project)[0]
+    answers.apply_actions(
+        Session, tiny_project.id, "ann", [_label(0, a, 1), _undo(1, a, "m-0", False)], answers.Ledger()
+    )
+    other_tab = answers.apply_actions(Session, tiny_project.id, "ann", [_label(7, a, 1)], answers.Ledger())
+    assert other_tab.labeled == 1
+    resent = [{**_label(0, a, 1), "again": True}, _undo(1, a, "m-0")]
+    outcome = answers.apply_actions(Session, tiny_project.id, "ann", resent, answers.Ledger())
+    assert outcome.undone_items == [] and outcome.labeled == 0
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a: 1}
+        assert [e.undone for e in queries.history(session, a)] == [True, False]  # oldest first
+
+
+def test_a_label_applied_before_a_rename_and_sent_again_is_taken_as_given(Session, tiny_project):
+    """Applied, its acknowledgement lost, the class renamed, the tab reloaded: the resent answer
+    was stored before the rename, so it is not refused (and its image not asked again)."""
+    a = _pool(Session, tiny_project)[0]
+    with Session() as session:
+        shown = {**_label(0, a, 1), "name": queries.class_names(session, tiny_project.id)[1]}
+    answers.apply_actions(Session, tiny_project.id, "ann", [shown], answers.Ledger())
+    with Session.begin() as session:
+        queries.rename_class(session, tiny_project.id, 1, "renamed")
+    outcome = answers.apply_actions(
+        Session, tiny_project.id, "ann", [{**shown, "again": True}], answers.Ledger()
+    )
+    assert outcome.notices == [] and outcome.refused_items == []
+    # A label never applied under the old name is still refused.
+    b = _pool(Session, tiny_project)[1]
+    fresh = {**_label(1, b, 1), "name": shown["name"], "again": True}
+    outcome = answers.apply_actions(Session, tiny_project.id, "ann", [fresh], answers.Ledger())
+    assert outcome.refused_items == [b]
 
 
 def test_two_corrections_of_one_answer_at_once_leave_one(pg_url):

@@ -10,8 +10,9 @@
 // Answers not yet acknowledged are also kept in the tab's sessionStorage, under the person and
 // project they were given for (data.owner), and sent again when a box for the same owner mounts:
 // after a reload, a switch of mode, page or project, or a login that had ended. Sending one twice
-// is harmless: Python applies an answer only while its image has none, and refuses one for an
-// image somebody else answered meanwhile.
+// is harmless: Python stores the id of every answer it applied, applies an answer only while its
+// image has none, refuses one for an image somebody else answered meanwhile, and an undo names
+// the label action it takes back (answers.py).
 
 const boxes = new WeakMap(); // parentElement -> state of that mounted box
 
@@ -29,8 +30,7 @@ function newState(root) {
     answered: new Set(), // items answered here (and not undone): never shown again
     skipped: [], // items skipped here, shown after the others
     history: [], // items answered here, newest last, for undo
-    classOf: new Map(), // item id -> the class answered here, named by an undo
-    actionOf: new Map(), // item id -> the id of its newest label action here
+    actionOf: new Map(), // item id -> the id of its newest label action here, named by its undo
     restored: [], // undone items, shown first
     again: [], // items whose answer the server refused, shown right after the one on screen
     current: null,
@@ -127,7 +127,6 @@ function answer(s, classIndex) {
   const shownAs = (s.data.classes.find((c) => c.index === classIndex) || {}).name;
   const action = act(s, "label", item, { class: classIndex, ...(shownAs === undefined ? {} : { name: shownAs }) });
   s.actionOf.set(item.id, action.id);
-  s.classOf.set(item.id, classIndex);
   s.answered.add(item.id);
   s.history.push(item);
   s.restored = s.restored.filter((i) => i.id !== item.id);
@@ -144,7 +143,7 @@ function undo(s) {
     draw(s);
     return;
   }
-  act(s, "undo", item, { class: s.classOf.get(item.id) });
+  act(s, "undo", item, { of: s.actionOf.get(item.id) });
   s.answered.delete(item.id);
   s.restored.unshift(item);
   s.notice = "Undone: that image is back.";
@@ -162,7 +161,6 @@ function restoreRefused(s, actionIds) {
     if (!refused.has(action) || !s.answered.has(id)) return;
     s.actionOf.delete(id);
     s.answered.delete(id);
-    s.classOf.delete(id);
     const at = s.history.map((i) => i.id).lastIndexOf(id);
     const item = at >= 0 ? s.history.splice(at, 1)[0] : (s.data.items || []).find((i) => i.id === id);
     if (item) s.again = [...s.again.filter((i) => i.id !== id), item];

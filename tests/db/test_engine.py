@@ -8,12 +8,12 @@ import time
 from pathlib import Path
 
 import pytest
-from sqlalchemy import delete, select, text
+from sqlalchemy import delete, inspect, select, text
 from sqlalchemy.exc import OperationalError
 
 import db
 from db import queries
-from db.models import DONE, LabelEvent, Prediction, Project, Run
+from db.models import DONE, AppliedAnswer, LabelEvent, Prediction, Project, Run
 from labeler import queue
 
 ROOT = Path(__file__).resolve().parents[2]
@@ -35,11 +35,25 @@ def test_sqlite_connections_are_durable_and_checked(sqlite_url):
 def test_foreign_keys_cascade(Session, tiny_project):
     with Session.begin() as session:
         item = queries.items(session, tiny_project.id)[0]
-        queries.add_label(session, item.id, 0)
+        queries.record_applied(session, queries.add_label(session, item.id, 0), "tab-1")
     with Session.begin() as session:
         session.execute(delete(Project).where(Project.id == tiny_project.id))
     with Session() as session:
         assert session.scalar(select(LabelEvent.id)) is None
+        assert session.scalar(select(AppliedAnswer.id)) is None
+
+
+def test_a_database_made_before_a_table_existed_gets_it(sqlite_url):
+    """Tables added since (applied_answers) are created in an existing database on start."""
+    engine = db.make_engine(sqlite_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP TABLE applied_answers")
+    engine.dispose()
+    engine = db.make_engine(sqlite_url)
+    try:
+        assert "applied_answers" in inspect(engine).get_table_names()
+    finally:
+        engine.dispose()
 
 
 def test_json_and_boolean_columns_round_trip(Session, tiny_project):
