@@ -195,6 +195,11 @@ def _grid_presses(page: str, n_classes: int) -> tuple[str, dict[int, tuple[int, 
     return token, pressed, listed
 
 
+def _key_names(listed: list[dict]) -> dict[int, str | None]:
+    """Per tile, the class name its last key showed (from `_grid_presses`' list)."""
+    return {edit["item"]: edit.get("name") for edit in listed}
+
+
 def _box_key(project_id: int) -> str:
     # One box per project: answers given in one project are never sent with another's.
     return f"label-box-{project_id}"
@@ -425,6 +430,19 @@ def _own_choice(project_id: int, page: str, item_id: int, presses: int) -> dict 
     return chosen if chosen and chosen["page"] == page and chosen["presses"] == presses else None
 
 
+def _carried_choice(
+    project_id: int, page: str, item_id: int, pressed: dict[int, tuple[int, int]], key_names: dict, n: int
+) -> tuple[int, str | None] | None:
+    """The choice a tile drawn anew starts on, and the class name it was made under: the
+    person's mouse choice unless a key came after it, else the last key's class (`key_names`:
+    the name each tile's last key showed); None when the tile got neither. `n`: the classes."""
+    presses, last = pressed.get(item_id, (0, -1))
+    own = _own_choice(project_id, page, item_id, presses)
+    if own and -1 <= own["value"] < n:
+        return own["value"], own["name"]
+    return (last, key_names.get(item_id)) if presses else None
+
+
 def _tile_choice(item_id: int, view: str, token: str, pressed: dict[int, tuple[int, int]]) -> int:
     """What a grid tile shows: its selectbox's value, or the last key's class before the
     selectbox for that key has been drawn."""
@@ -462,12 +480,10 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
     token, pressed, listed = _grid_presses(page, len(names))
     view = _grid_view(threshold, names)
     chosen = [(i, _tile_choice(i, view, token, pressed)) for i in item_ids]
-    key_names = {edit["item"]: edit.get("name") for edit in listed}  # the class name of each tile's last key
     chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
-    own = {i: _own_choice(project_id, page, i, pressed.get(i, (0, -1))[0]) for i, _ in chosen}
-    chosen_as = [(c, own[i]["name"]) for i, c in chosen if own[i] and own[i]["value"] == c] + [
-        (c, key_names.get(i)) for i, c in chosen if not own[i] and i in pressed and pressed[i][1] == c
-    ]
+    key_names = _key_names(listed)
+    carried = {i: _carried_choice(project_id, page, i, pressed, key_names, len(names)) for i, _ in chosen}
+    chosen_as = [carried[i] for i, c in chosen if carried[i] and carried[i][0] == c]
     # After one refusal the page is drawn under the names of now: A on it saves what it shows.
     seen = st.session_state.get(_names_seen_key(project_id)) == (page, tuple(names))
     if _renamed(project_id, names, [c for _, c in chosen], [] if seen else chosen_as):
@@ -557,6 +573,7 @@ def _grid(project_id: int, names: list[str]) -> None:
     skip = _apart("skip")
     page = _page_name(item.id for item, _ in batch)
     token, pressed, listed = _grid_presses(page, len(names))
+    key_names = _key_names(listed)
     view = _grid_view(threshold, names)
     kept = st.session_state.get(_choices_key(project_id), {})
     st.session_state[_choices_key(project_id)] = {i: c for i, c in kept.items() if c["page"] == page}
@@ -570,10 +587,9 @@ def _grid(project_id: int, names: list[str]) -> None:
             and prediction.confidence >= threshold
         )
         guess = prediction.predicted if sure else -1
-        presses, last = pressed.get(item.id, (0, guess))
-        own = _own_choice(project_id, page, item.id, presses)
-        if own and own["value"] in options:
-            last = own["value"]  # chosen with the mouse before these tiles were drawn anew
+        presses = pressed.get(item.id, (0, -1))[0]
+        carried = _carried_choice(project_id, page, item.id, pressed, key_names, len(names))
+        last = carried[0] if carried else guess  # a choice made before these tiles were drawn
         tile_keys.append({"item": item.id, "key": _tile_key(item.id, view, token, presses)})
         with columns[n % len(columns)]:
             st.image(
