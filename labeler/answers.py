@@ -35,7 +35,7 @@ from sqlalchemy import func, select
 
 import db
 from db import queries
-from db.models import IGNORED, LabelClass
+from db.models import IGNORED, LabelClass, LabelEvent
 
 ID_LENGTH = 100  # the longest action id kept (`AppliedAnswer.action`); the box's are about 20
 
@@ -170,7 +170,8 @@ def _undo_item(
 ) -> None:
     """Undo this session's newest answer entry that covers `item_id`; for an undo the tab kept
     across a reload (`kept_of`: the id of the label action it takes back), the event that label
-    wrote, while it is still the image's answer and this person's."""
+    wrote, while it is still the image's answer and this person's (quietly nothing when it was
+    undone already, before the reload)."""
     for position in range(len(ledger.entries) - 1, -1, -1):
         if any(ledger.item_of_event.get(e) == item_id for e in ledger.entries[position]):
             _undo_entry(Session, annotator, ledger, position, outcome)
@@ -181,14 +182,22 @@ def _undo_item(
             with Session.begin() as session:
                 queries.lock_item(session, item_id)
                 applied = queries.applied_event(session, item_id, kept_of)
+                event = session.get(LabelEvent, applied) if applied is not None else None
+                if event is None:
+                    return "none", []
+                if event.undone:
+                    return "undone already", []
                 current = queries.current_event(session, item_id)
-                if applied is None or current is None or current.id != applied:
-                    return []
-                return [e.item_id for e in queries.undo_events(session, [current.id], annotator)]
+                if current is None or current.id != event.id:
+                    return "answered since", []
+                return "undone", [e.item_id for e in queries.undo_events(session, [event.id], annotator)]
 
-        undone = db.retrying(commit)
-        if undone:
-            outcome.undone_items.extend(undone)
+        status, undone = db.retrying(commit)
+        outcome.undone_items.extend(undone)
+        if undone or status == "undone already":
+            return
+        if status == "answered since":
+            outcome.notices.append(f"Image #{item_id} was answered again since; your undo left that answer.")
             return
     outcome.notices.append(f"Nothing to undo for image #{item_id}: you did not answer it in this session.")
 

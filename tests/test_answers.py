@@ -160,8 +160,12 @@ def test_an_undo_kept_across_a_reload_takes_back_that_answer_only(Session, tiny_
     assert undo(2, c, "m-0").undone_items == []  # not the answer this undo names
     assert undo(3, a, "m-9").undone_items == []  # an action that never wrote anything
     assert undo(4, a, "m-0").undone_items == [a]
+    with Session.begin() as session:  # ann's answer to c corrected by bob
+        queries.add_label(session, c, 1, annotator="bob", kind="correction")
+    outcome = undo(5, c, "m-1")
+    assert outcome.undone_items == [] and "answered again since" in outcome.notices[0]
     with Session() as session:
-        assert queries.current_labels(session, tiny_project.id) == {b: 1, c: 0}
+        assert queries.current_labels(session, tiny_project.id) == {b: 1, c: 1}
 
 
 def test_a_label_and_undo_sent_again_leave_the_same_answer_given_since_in_another_tab(Session, tiny_project):
@@ -178,6 +182,7 @@ def test_a_label_and_undo_sent_again_leave_the_same_answer_given_since_in_anothe
     resent = [{**_label(0, a, 1), "again": True}, _undo(1, a, "m-0")]
     outcome = answers.apply_actions(Session, tiny_project.id, "ann", resent, answers.Ledger())
     assert outcome.undone_items == [] and outcome.labeled == 0
+    assert outcome.notices == []  # both were applied before the reload: nothing to say
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {a: 1}
         assert [e.undone for e in queries.history(session, a)] == [True, False]  # oldest first
