@@ -6,7 +6,8 @@ the keys come and however late the page is redrawn:
 
 - ``{"id": "...", "type": "label", "item": 17, "class": 3, "name": "cat"}``: label image 17
   (class -1: ignore). Applied only while the image has no answer; if somebody (or this person, a
-  moment ago) has answered it since, nothing changes and a notice says so. `name` is the class's
+  moment ago) has answered it since, nothing changes and a notice says so (no notice for the same
+  answer sent again, below). `name` is the class's
   name as the page showed it: if the class was renamed since, the answer is refused, since the
   key may now mean something else.
 - ``{"id": "...", "type": "undo", "item": 17, "of": "..."}``: take back this person's own answer
@@ -170,8 +171,8 @@ def _undo_item(
 ) -> None:
     """Undo this session's newest answer entry that covers `item_id`; for an undo the tab kept
     across a reload (`kept_of`: the id of the label action it takes back), the event that label
-    wrote, while it is still the image's answer and this person's (quietly nothing when it was
-    undone already, before the reload)."""
+    wrote, while it is still the image's answer and this person's: quietly nothing when it was
+    undone already (before the reload), a notice when it was replaced since (a correction)."""
     for position in range(len(ledger.entries) - 1, -1, -1):
         if any(ledger.item_of_event.get(e) == item_id for e in ledger.entries[position]):
             _undo_entry(Session, annotator, ledger, position, outcome)

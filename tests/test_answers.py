@@ -75,6 +75,17 @@ def test_undo_takes_back_only_this_sessions_own_answer(Session, tiny_project):
         assert queries.current_labels(session, tiny_project.id) == {a: 1, b: 1}
 
 
+def test_an_action_id_longer_than_the_box_ever_makes_is_dropped(Session, tiny_project):
+    a = _pool(Session, tiny_project)[0]
+    long_id = {**_label(0, a, 1), "id": "x" * (answers.ID_LENGTH + 1)}
+    outcome = answers.apply_actions(
+        Session, tiny_project.id, "ann", [long_id, _label(1, a, 0)], answers.Ledger()
+    )
+    assert outcome.labeled == 1  # the next answer is not blocked
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a: 0}
+
+
 def test_ignore_and_skip(Session, tiny_project):
     a, b = _pool(Session, tiny_project)[:2]
     ledger = answers.Ledger()
@@ -148,16 +159,17 @@ def test_an_undo_kept_across_a_reload_takes_back_that_answer_only(Session, tiny_
     answers.apply_actions(
         Session, tiny_project.id, "ann", [_label(0, a, 1), _label(1, c, 0)], answers.Ledger()
     )
-    with Session.begin() as session:
-        queries.add_label(session, b, 1, annotator="bob")
+    bobs = {"id": "b-0", "type": "label", "item": b, "class": 1}
+    answers.apply_actions(Session, tiny_project.id, "bob", [bobs], answers.Ledger())
     reloaded = answers.Ledger()
 
     def undo(i, item, of, again=True):
         return answers.apply_actions(Session, tiny_project.id, "ann", [_undo(i, item, of, again)], reloaded)
 
     assert undo(0, a, "m-0", again=False).undone_items == []  # not kept by the tab: the old rule
-    assert undo(1, b, "m-0").undone_items == []  # bob's answer: never
-    assert undo(2, c, "m-0").undone_items == []  # not the answer this undo names
+    assert undo(1, b, "b-0").undone_items == []  # bob's answer, even named by its action: never
+    outcome = undo(2, c, "m-0")  # an action of this tab, but for another image
+    assert outcome.undone_items == [] and "Nothing to undo" in outcome.notices[0]
     assert undo(3, a, "m-9").undone_items == []  # an action that never wrote anything
     assert undo(4, a, "m-0").undone_items == [a]
     with Session.begin() as session:  # ann's answer to c corrected by bob
@@ -200,7 +212,11 @@ def test_a_label_applied_before_a_rename_and_sent_again_is_taken_as_given(Sessio
     outcome = answers.apply_actions(
         Session, tiny_project.id, "ann", [{**shown, "again": True}], answers.Ledger()
     )
-    assert outcome.notices == [] and outcome.refused_items == []
+    assert outcome.notices == [] and outcome.refused_items == outcome.refused_actions == []
+    with Session() as session:
+        assert len(queries.history(session, a)) == 1 and queries.current_labels(session, tiny_project.id) == {
+            a: 1
+        }
     # A label never applied under the old name is still refused.
     b = _pool(Session, tiny_project)[1]
     fresh = {**_label(1, b, 1), "name": shown["name"], "again": True}

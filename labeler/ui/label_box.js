@@ -1,7 +1,7 @@
 // The one-image labeling box: it owns the image, the keys and a local queue of answers.
 //
 // Python sends a page of the next images (data.items) with every rerun. A key labels the image
-// on screen *when the key goes down*: the answer is queued as {id, type, item, class}, the next
+// on screen *when the key goes down*: the answer is queued as {id, type, item, ...}, the next
 // prefetched image is shown at once (no round trip), and the whole list of answers not yet
 // acknowledged is sent as the state value "actions". Python applies each action once, by id,
 // and lists the ids it has applied in data.acked; only then are they dropped here. However fast

@@ -521,7 +521,7 @@ from labeler.ui import label
 pid = st.session_state["project_id"]
 undo = st.session_state.pop("box_undo", None)
 if undo is not None:  # what the one-image box's callback gets when U is pressed on `undo`
-    st.session_state[label._box_key(pid)] = {"actions": [{"id": "u1", "type": "undo", "item": undo, "class": 0}]}
+    st.session_state[label._box_key(pid)] = {"actions": [{"id": "u1", "type": "undo", "item": undo}]}
     label._apply_box_actions(pid)
     del st.session_state[label._box_key(pid)]
 label.label_page()
