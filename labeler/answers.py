@@ -24,7 +24,9 @@ applied is stored with its action id (`AppliedAnswer`), so a label applied befor
 given, without a notice (even if its class was renamed since), and an undo takes back the event
 its label action wrote, if that is still the image's answer, and nothing else: not an identical
 answer given meanwhile in another tab under the same name. A label this person gave in another
-tab, with the same class, is also taken as given.
+tab, with the same class, is also taken as given. (An undo queued by a page from before action
+ids were stored names a class instead: this person's single answer of that class is taken back,
+the rule then.)
 """
 
 from __future__ import annotations
@@ -113,8 +115,10 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) ->
             name = name if isinstance(name, str) else None
             _label(Session, project_id, annotator, item_id, (class_index, name, action_id), ledger, outcome)
         elif kind == "undo":
-            of = action.get("of") if action.get("again") is True else None
-            _undo_item(Session, annotator, item_id, ledger, outcome, of if isinstance(of, str) else None)
+            of, kept = action.get("of"), None
+            if action.get("again") is True:
+                kept = of if isinstance(of, str) else class_index if class_index != -2 else None
+            _undo_item(Session, annotator, item_id, ledger, outcome, kept)
         elif kind == "skip":
             ledger.skipped.add(item_id)
         # Marked only after its transaction committed: no st.* call lies in between, so a rerun
@@ -166,24 +170,41 @@ def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outc
         outcome.notices.append(f"Image #{item_id} is no longer in this project; its answer was dropped.")
 
 
+def _kept_event(session, item_id: int, annotator: str, kept: str | int) -> LabelEvent | None:
+    """The answer a kept undo names: the event its label action wrote (`kept` the action's id);
+    for an undo the box queued before action ids were stored (`kept` a class: a tab open across
+    the upgrade), the image's current answer if it is this person's single answer of that class,
+    the rule then."""
+    if isinstance(kept, str):
+        applied = queries.applied_event(session, item_id, kept)
+        return session.get(LabelEvent, applied) if applied is not None else None
+    current = queries.current_event(session, item_id)
+    mine = current is not None and (current.annotator, current.class_index, current.kind) == (
+        annotator,
+        kept,
+        "single",
+    )
+    return current if mine else None
+
+
 def _undo_item(
-    Session, annotator: str, item_id: int, ledger: Ledger, outcome: Outcome, kept_of: str | None = None
+    Session, annotator: str, item_id: int, ledger: Ledger, outcome: Outcome, kept: str | int | None = None
 ) -> None:
     """Undo this session's newest answer entry that covers `item_id`; for an undo the tab kept
-    across a reload (`kept_of`: the id of the label action it takes back), the event that label
-    wrote, while it is still the image's answer and this person's: quietly nothing when it was
-    undone already (before the reload), a notice when it was replaced since (a correction)."""
+    across a reload (`kept`: the id of the label action it takes back, see _kept_event), the
+    event that label wrote, while it is still the image's answer and this person's: quietly
+    nothing when it was undone already (before the reload), a notice when it was replaced since
+    (a correction)."""
     for position in range(len(ledger.entries) - 1, -1, -1):
         if any(ledger.item_of_event.get(e) == item_id for e in ledger.entries[position]):
             _undo_entry(Session, annotator, ledger, position, outcome)
             return
-    if kept_of is not None:
+    if kept is not None:
 
         def commit():
             with Session.begin() as session:
                 queries.lock_item(session, item_id)
-                applied = queries.applied_event(session, item_id, kept_of)
-                event = session.get(LabelEvent, applied) if applied is not None else None
+                event = _kept_event(session, item_id, annotator, kept)
                 if event is None:
                     return "none", []
                 if event.undone:

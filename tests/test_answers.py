@@ -180,6 +180,26 @@ def test_an_undo_kept_across_a_reload_takes_back_that_answer_only(Session, tiny_
         assert queries.current_labels(session, tiny_project.id) == {b: 1, c: 1}
 
 
+def test_an_undo_queued_before_action_ids_were_stored_keeps_the_old_rule(Session, tiny_project):
+    """A tab open across the upgrade resends an undo without `of` but with the class it takes
+    back: this person's single answer of that class is taken back, as before (not left wrong)."""
+    a, b = _pool(Session, tiny_project)[:2]
+    answers.apply_actions(
+        Session, tiny_project.id, "ann", [_label(0, a, 1), _label(1, b, 1)], answers.Ledger()
+    )
+    old = [{"id": "u-0", "type": "undo", "item": a, "class": 1, "again": True}]
+    assert answers.apply_actions(Session, tiny_project.id, "ann", old, answers.Ledger()).undone_items == [a]
+    other_class = [{"id": "u-1", "type": "undo", "item": b, "class": 0, "again": True}]
+    assert (
+        answers.apply_actions(Session, tiny_project.id, "ann", other_class, answers.Ledger()).undone_items
+        == []
+    )
+    bobs = [{"id": "u-2", "type": "undo", "item": b, "class": 1, "again": True}]  # ann's answer
+    assert answers.apply_actions(Session, tiny_project.id, "bob", bobs, answers.Ledger()).undone_items == []
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {b: 1}
+
+
 def test_a_label_and_undo_sent_again_leave_the_same_answer_given_since_in_another_tab(Session, tiny_project):
     """Two tabs under one name (without accounts, everyone on a server has its user's name by
     default). The first tab answers image a, takes it back, and reloads before either was
