@@ -7,12 +7,12 @@ the keys come and however late the page is redrawn:
 - ``{"id": "...", "type": "label", "item": 17, "class": 3, "name": "cat"}``: label image 17
   (class -1: ignore). Applied only while the image has no answer; if somebody (or this person, a
   moment ago) has answered it since, nothing changes and a notice says so (no notice for the same
-  answer sent again, below). `name` is the class's
-  name as the page showed it: if the class was renamed since, the answer is refused, since the
-  key may now mean something else.
+  answer sent again, below). `name` is the class's name as the page showed it: if the class was
+  renamed since, the answer is refused, since the key may now mean something else.
 - ``{"id": "...", "type": "undo", "item": 17, "of": "..."}``: take back this person's own answer
-  to image 17, given in this browser session (`of`: the id of the label action it takes back).
-  Never anyone else's.
+  to image 17, given in this browser session: the newest answer of this session that covers the
+  image (one answer, or a whole grid page). Never anyone else's. `of`, the id of the label
+  action it takes back, is read only when the undo is sent again after a reload (below).
 - ``{"id": "...", "type": "skip", "item": 17}``: show image 17 after the others.
 
 `apply_actions` runs each new action in a committed transaction of its own and says what it

@@ -166,7 +166,9 @@ def test_an_undo_kept_across_a_reload_takes_back_that_answer_only(Session, tiny_
     def undo(i, item, of, again=True):
         return answers.apply_actions(Session, tiny_project.id, "ann", [_undo(i, item, of, again)], reloaded)
 
-    assert undo(0, a, "m-0", again=False).undone_items == []  # not kept by the tab: the old rule
+    assert (
+        undo(0, a, "m-0", again=False).undone_items == []
+    )  # not sent again: only this server session's own answers
     assert undo(1, b, "b-0").undone_items == []  # bob's answer, even named by its action: never
     outcome = undo(2, c, "m-0")  # an action of this tab, but for another image
     assert outcome.undone_items == [] and "Nothing to undo" in outcome.notices[0]

@@ -10,9 +10,9 @@
 // Answers not yet acknowledged are also kept in the tab's sessionStorage, under the person and
 // project they were given for (data.owner), and sent again when a box for the same owner mounts:
 // after a reload, a switch of mode, page or project, or a login that had ended. Sending one twice
-// is harmless: Python stores the id of every answer it applied, applies an answer only while its
-// image has none, refuses one for an image somebody else answered meanwhile, and an undo names
-// the label action it takes back (answers.py).
+// is harmless: Python stores the id of every label it wrote, applies an answer only while its
+// image has none, refuses one for an image answered meanwhile (by somebody else, or by this person
+// otherwise), and an undo names the label action it takes back (answers.py).
 
 const boxes = new WeakMap(); // parentElement -> state of that mounted box
 
