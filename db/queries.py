@@ -147,10 +147,12 @@ def current_event(session: Session, item_id: int) -> LabelEvent | None:
     ).first()
 
 
-def applied_event(session: Session, item_id: int, action: str) -> int | None:
+def applied_event(session: Session, item_id: int, action: str) -> LabelEvent | None:
     """The event the labeling box's action `action` wrote for the item, or None (`AppliedAnswer`)."""
     return session.scalar(
-        select(AppliedAnswer.event_id).where(AppliedAnswer.item_id == item_id, AppliedAnswer.action == action)
+        select(LabelEvent)
+        .join(AppliedAnswer, AppliedAnswer.event_id == LabelEvent.id)
+        .where(AppliedAnswer.item_id == item_id, AppliedAnswer.action == action)
     )
 
 

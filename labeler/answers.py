@@ -176,8 +176,7 @@ def _kept_event(session, item_id: int, annotator: str, kept: str | int) -> Label
     the upgrade), the image's current answer if it is this person's single answer of that class,
     the rule then."""
     if isinstance(kept, str):
-        applied = queries.applied_event(session, item_id, kept)
-        return session.get(LabelEvent, applied) if applied is not None else None
+        return queries.applied_event(session, item_id, kept)
     current = queries.current_event(session, item_id)
     mine = current is not None and (current.annotator, current.class_index, current.kind) == (
         annotator,
