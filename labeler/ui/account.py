@@ -39,14 +39,15 @@ _PERSONAL_KEYS = (
 # Prefixes of per-project personal keys: ledgers ("ledger-ID", the answers this person may
 # undo), the held grid page and the grid pages accepted ("grid-page-ID", "grid-accepted-ID": the
 # next person would get the held page, claimed under the new name), the grid tiles chosen with
-# the mouse and the names a refused page was shown under ("grid-choices-ID",
-# "grid-names-seen-ID"), the box's refused answers and the images sent to it ("box-refused-ID",
+# the mouse and the keys pressed on them, and the names a refused page was shown under
+# ("grid-choices-ID", "grid-keyed-ID", "grid-names-seen-ID"), the box's refused answers and the images sent to it ("box-refused-ID",
 # "box-sent-ID"), and the History tiles on screen ("hist-seen-ID").
 _PERSONAL_PREFIXES = (
     "ledger-",
     "grid-page-",
     "grid-accepted-",
     "grid-choices-",
+    "grid-keyed-",
     "grid-names-seen-",
     "box-refused-",
     "box-sent-",

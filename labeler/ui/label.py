@@ -46,6 +46,7 @@ log = logging.getLogger(__name__)
 KEY_POOL = [*"1234567890", *"qwertyopdfghjklxcvbnm"]
 BATCH = 20  # images sent to the browser at a time: the next ones are on screen before the server answers
 SENT_KEPT = 200  # images sent to the box that are checked for answers given elsewhere (_closed_since)
+REFUSED_KEPT = 200  # refused box answers listed to the box on every run (_refused_actions)
 GRID_SIZE = 12
 HISTORY_ROWS = 48  # the newest answers the History shows
 MODES = ["One image", "Grid", "History"]
@@ -168,7 +169,15 @@ def _grid_keys():
     )
 
 
-def _grid_presses(page: str, n_classes: int) -> tuple[str, dict[int, tuple[int, int]], list[dict]]:
+def _keyed_key(project_id: int) -> str:
+    """Session key of the newest grid key list (`_grid_presses`), kept beside the component's own
+    value, which Streamlit drops as soon as a run does not draw the grid."""
+    return f"grid-keyed-{project_id}"
+
+
+def _grid_presses(
+    project_id: int, page: str, n_classes: int
+) -> tuple[str, dict[int, tuple[int, int]], list[dict]]:
     """The keys pressed on the grid page `page` (its item ids): the list's token, per item how
     many keys it got and the class of the last (-1: skip), and the list itself.
 
@@ -178,11 +187,23 @@ def _grid_presses(page: str, n_classes: int) -> tuple[str, dict[int, tuple[int, 
     for the tile's older selectbox, sent with a rerun that overtook the key, then has nothing
     to overwrite. The page hands the list back to label_grid.js when it draws the page again
     (after an undo, say), so the next key carries on this list instead of starting one that
-    would turn every tile keyed before back to its default."""
+    would turn every tile keyed before back to its default.
+
+    The list is also kept under `_keyed_key`: the component's value is gone once a run leaves the
+    grid out (One image, History, another page), and the page held on return would have drawn its
+    keyed tiles back on their pre-filled guesses, which `A` would then store."""
     value = st.session_state.get("grid-keys")
     edits = value.get("edits") if hasattr(value, "get") else getattr(value, "edits", None)
-    if not hasattr(edits, "get") or str(edits.get("page", "")) != page:
-        return "", {}, []
+    if hasattr(edits, "get") and str(edits.get("page", "")) == page:
+        st.session_state[_keyed_key(project_id)] = {
+            "page": page,
+            "token": edits.get("token", ""),
+            "list": [dict(edit) for edit in edits.get("list") or [] if hasattr(edit, "get")],
+        }
+    else:
+        edits = st.session_state.get(_keyed_key(project_id))
+        if not edits or edits["page"] != page:
+            return "", {}, []
     token = re.sub(r"[^0-9a-z]", "", str(edits.get("token", "")))[:24]
     pressed: dict[int, tuple[int, int]] = {}
     listed: list[dict] = []
@@ -261,6 +282,18 @@ def _queue_page(Session, project_id: int, k: int, skipped, claimant: str | None)
         return queue.next_items(session, project_id, k=k, exclude=skipped, annotator=claimant)
 
 
+def _refused_actions(project_id: int) -> list[str]:
+    """The ids of the box's answers refused so that they can be given again (the newest
+    REFUSED_KEPT). Listed on every run, like `acked`, not once: a run can be stopped before its
+    page reaches the browser (by the next key's rerun), and the box, told by a later run that the
+    answer was acknowledged, would drop it without showing its image again. The box acts on a
+    refusal once (label_box.js restoreRefused), so hearing of it again changes nothing."""
+    key = f"box-refused-{project_id}"
+    refused = st.session_state.get(key, [])[-REFUSED_KEPT:]
+    st.session_state[key] = refused
+    return refused
+
+
 def _closed_since(project_id: int, batch) -> list[int]:
     """The images sent to this box before (the newest SENT_KEPT) that are answered now, by anyone,
     or gone. The box keeps the image on screen whatever a new page holds, unless it is among these:
@@ -304,7 +337,7 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
         "notices": st.session_state.pop("box_notices", []),
         "closed": _closed_since(project.id, batch),
         # The ids of answers refused so that they can be given again: the box shows their images again.
-        "refused": st.session_state.pop(f"box-refused-{project.id}", []),
+        "refused": _refused_actions(project.id),
         "done": not batch,
         "audit_note": AUDIT_NOTE,
         "no_model_note": "" if has_model else NO_MODEL_NOTE,
@@ -477,7 +510,7 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
         st.session_state["last_message"] = ("error", str(refused))
         return
     page = _page_name(item_ids)
-    token, pressed, listed = _grid_presses(page, len(names))
+    token, pressed, listed = _grid_presses(project_id, page, len(names))
     view = _grid_view(threshold, names)
     chosen = [(i, _tile_choice(i, view, token, pressed)) for i in item_ids]
     chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
@@ -572,7 +605,7 @@ def _grid(project_id: int, names: list[str]) -> None:
     options = [-1, *range(len(names))]
     skip = _apart("skip")
     page = _page_name(item.id for item, _ in batch)
-    token, pressed, listed = _grid_presses(page, len(names))
+    token, pressed, listed = _grid_presses(project_id, page, len(names))
     key_names = _key_names(listed)
     view = _grid_view(threshold, names)
     kept = st.session_state.get(_choices_key(project_id), {})

@@ -34,6 +34,7 @@ function newState(root) {
     restored: [], // undone items, shown first
     again: [], // items whose answer the server refused, shown right after the one on screen
     current: null,
+    gone: null, // the image on screen, if it was answered elsewhere (or removed) since it showed
     timer: null,
     lastSend: 0,
     zoom: false,
@@ -123,6 +124,10 @@ function act(s, type, item, extra) {
 function answer(s, classIndex) {
   const item = s.current;
   if (!item) return;
+  if (item.id === s.gone) {
+    passOver(s);
+    return;
+  }
   // The name as shown: Python refuses the answer if the class was renamed since.
   const shownAs = (s.data.classes.find((c) => c.index === classIndex) || {}).name;
   const action = act(s, "label", item, { class: classIndex, ...(shownAs === undefined ? {} : { name: shownAs }) });
@@ -167,20 +172,35 @@ function restoreRefused(s, actionIds) {
   });
 }
 
-// Images answered elsewhere (somebody else, another tab) or removed since they were sent: the one
-// on screen gives way, with a note, since a key for it could only be refused.
+// Images answered elsewhere (somebody else, another tab) or removed since they were sent. The one
+// on screen stays, with a note: a key may be on its way down for it, and swapping in the next
+// image would give that key to an image nobody has looked at. A key for it stores nothing (the
+// server would refuse it) and only goes on to the next image. The others are dropped.
 function dropClosed(s, ids) {
   const closed = new Set(ids);
-  if (s.current && closed.has(s.current.id) && !s.answered.has(s.current.id)) {
-    s.notice = `Image #${s.current.id} was answered elsewhere (or removed) meanwhile; here is the next one.`;
-    s.current = null;
-  }
+  if (s.current && closed.has(s.current.id) && !s.answered.has(s.current.id)) s.gone = s.current.id;
   s.again = s.again.filter((i) => !closed.has(i.id));
+  s.skipped = s.skipped.filter((i) => !closed.has(i.id));
+}
+
+// A key (class, guess, ignore or skip) on the image on screen that was answered elsewhere: nothing
+// is sent; the next image shows.
+function passOver(s) {
+  const id = s.current.id;
+  s.gone = null;
+  s.current = null;
+  s.restored = s.restored.filter((i) => i.id !== id);
+  s.notice = `Nothing was stored for image #${id}: it had been answered elsewhere. Here is the next one.`;
+  draw(s);
 }
 
 function skip(s) {
   const item = s.current;
   if (!item) return;
+  if (item.id === s.gone) {
+    passOver(s);
+    return;
+  }
   act(s, "skip", item);
   s.restored = s.restored.filter((i) => i.id !== item.id);
   s.again = s.again.filter((i) => i.id !== item.id);
@@ -229,8 +249,12 @@ function draw(s) {
   const waiting = s.pending.length;
   const status = waiting ? `saving ${waiting}…` : "all answers saved";
   box.appendChild(el("div", { class: "lb-status", "data-testid": "lb-status", text: status }));
-  if (s.notice || (d.notices || []).length) {
-    const text = [s.notice, ...(d.notices || [])].filter(Boolean).join(" ");
+  const gone =
+    s.current && s.current.id === s.gone
+      ? `Image #${s.current.id} was answered elsewhere (or removed) meanwhile: a key for it stores nothing and goes on to the next image.`
+      : "";
+  if (s.notice || gone || (d.notices || []).length) {
+    const text = [gone, s.notice, ...(d.notices || [])].filter(Boolean).join(" ");
     box.appendChild(el("div", { class: "lb-notice", "data-testid": "lb-notice", text }));
   }
   if (!s.current) {
@@ -322,6 +346,8 @@ export default function (component) {
   keep(s);
   s.data = data;
   restoreRefused(s, data.refused || []);
+  // Open again (its answer undone): a key for it counts once more.
+  if ((data.items || []).some((i) => i.id === s.gone)) s.gone = null;
   dropClosed(s, data.closed || []);
   draw(s);
   const state = s;

@@ -139,9 +139,13 @@ def test_the_image_on_screen_stays_when_a_new_page_leaves_it_out(app_server, pag
         toggle_file_names(page)
 
 
-def test_the_image_on_screen_gives_way_when_somebody_else_answers_it(app_server, page):
-    """The image on screen stays through new pages, except when it was answered elsewhere (or
-    removed) meanwhile: a key for it could only be refused, so the next image shows, with a note."""
+def test_the_image_on_screen_stays_when_somebody_else_answers_it_and_a_key_for_it_stores_nothing(
+    app_server, page
+):
+    """The image on screen was answered elsewhere (or removed) meanwhile. It used to give way to
+    the next image at once, so a key already on its way down for it labeled an image nobody had
+    looked at. It stays, with a note; a key for it stores nothing and only goes on to the next
+    image, and the key after that labels the image then on screen."""
     Session, pid = app_server["Session"], app_server["project_id"]
     page.goto(app_server["url"])
     settle(page)
@@ -149,12 +153,26 @@ def test_the_image_on_screen_gives_way_when_somebody_else_answers_it(app_server,
     item = shown(page)
     with Session() as session:
         truth = {i.id: i.truth for i in queries.items(session, pid)}
+    mine = 1 - truth[item]  # not bob's class (two classes): a stored key would show in the history
     with Session.begin() as session:  # bob, in another tab, answers it
         queries.add_label(session, item, truth[item], annotator="bob")
     toggle_file_names(page)
     try:
         page.locator('[data-testid="lb-notice"]', has_text=f"Image #{item} was answered elsewhere").wait_for()
-        assert shown(page) != item
+        assert shown(page) == item
+        before = current(Session, pid)
+        press(page, str(mine + 1))
+        page.locator('[data-testid="lb-notice"]', has_text=f"Nothing was stored for image #{item}").wait_for()
+        nxt = shown(page)
+        assert nxt != item
+        press(page, str(truth[nxt] + 1))
+        saved(page)
+        settle(page)
+        with Session() as session:
+            stored = [(e.class_index, e.annotator) for e in queries.history(session, item)]
+        assert stored == [(truth[item], "bob")]
+        after = current(Session, pid)
+        assert {i: c for i, c in after.items() if before.get(i) != c} == {nxt: truth[nxt]}
     finally:
         toggle_file_names(page)
 

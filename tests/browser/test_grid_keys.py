@@ -93,6 +93,38 @@ def test_a_page_back_after_an_undo_keeps_its_keyed_tiles_when_keys_come_again(ap
     assert [v for _, v in after_key] == wanted
 
 
+def test_keyed_tiles_keep_their_keys_after_leaving_the_grid_and_coming_back(app_server, page):
+    """Keys set three tiles; the person looks at One image and comes back to the page held for
+    them. The key list was the grid component's value, which Streamlit drops in a run without the
+    grid: the tiles came back on their pre-filled choice, which A would have stored."""
+    Session, pid = app_server["Session"], app_server["project_id"]
+    page.goto(app_server["url"])
+    page.get_by_text("Grid", exact=True).click()
+    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
+    tiles = wait_for_tiles(page, lambda tiles: True)
+    keys = ["2", "1", "2"]
+    wanted = [{"1": "dark", "2": "bright"}[key] for key in keys] + [v for _, v in tiles[3:]]
+    page.locator("h1").first.click()
+    for key in keys:
+        page.keyboard.press(key)
+    wait_for_tiles(page, lambda now: [v for _, v in now] == wanted)
+    page.get_by_text("One image", exact=True).click()
+    page.locator('[data-testid="lb-status"]').wait_for()
+    settle(page)
+    page.get_by_text("Grid", exact=True).click()
+    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
+    back = grid_tiles(page)
+    assert [item for item, _ in back] == [item for item, _ in tiles]  # the page held for this person
+    assert [v for _, v in back] == wanted
+    before = len(events(Session, pid))
+    press(page, "a")
+    page.get_by_text(re.compile(r"Saved \d+ labels\.")).wait_for()
+    settle(page)
+    stored = {e.item_id: e.class_index for e in events(Session, pid)[before:]}
+    expected = {item: {"dark": 0, "bright": 1}.get(v) for (item, _), v in zip(tiles, wanted)}
+    assert stored == {i: c for i, c in expected.items() if c is not None}
+
+
 def hold(page, key: str, repeats: int = 5, every_ms: int = 300) -> None:
     """Hold `key` down: one press, then keydowns with repeat set (as Playwright sends them while
     a key is down), `every_ms` apart, so later repeats reach the page drawn after the first."""

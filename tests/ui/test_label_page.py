@@ -5,7 +5,7 @@ from streamlit.testing.v1 import AppTest
 
 from db import queries
 from db.models import AUDIT, POOL
-from tests.ui.ui_helpers import APP, button, fake_done_run, on_screen, page_app, send_from
+from tests.ui.ui_helpers import APP, box_data, button, fake_done_run, on_screen, page_app, send_from
 
 
 def test_app_opens_on_the_label_page(Session, tiny_project):
@@ -477,6 +477,41 @@ def test_a_class_named_like_skip_or_ignored_is_never_taken_for_it(Session, tiny_
     assert _labels(Session, tiny_project.id) == {first: 2, other: IGNORED}
 
 
+def test_a_refused_box_answer_is_listed_to_the_box_on_every_run_not_once(Session, tiny_project):
+    """A refusal (a class renamed since the key) reached the box only with the one run after it:
+    when the next key's rerun stopped that run before its page reached the browser, a later run
+    told the box the answer was acknowledged, and the box dropped it without showing its image
+    again. The box acts on a refusal once, so it is listed on every run."""
+    from labeler.ui import label
+
+    at = page_app("label", tiny_project.id)
+    at.session_state[f"box-refused-{tiny_project.id}"] = ["r1"]
+    for _ in range(2):
+        at.run()
+        assert box_data(at)["refused"] == ["r1"]
+    at.session_state[f"box-refused-{tiny_project.id}"] = [f"r{n}" for n in range(label.REFUSED_KEPT + 5)]
+    at.run()
+    assert box_data(at)["refused"] == [f"r{n}" for n in range(5, label.REFUSED_KEPT + 5)]
+
+
+def test_keyed_grid_tiles_are_kept_when_the_grid_component_value_is_gone(monkeypatch):
+    """Streamlit drops the grid component's value in a run without the grid (One image, another
+    page); the page held on return reads its keys from the copy `_grid_presses` keeps."""
+    from types import SimpleNamespace
+
+    from labeler.ui import label
+
+    edits = {"token": "t1", "page": "4,5,6", "list": [{"item": 5, "class": 1, "name": "bright"}]}
+    state = {"grid-keys": {"edits": edits}}
+    monkeypatch.setattr(label, "st", SimpleNamespace(session_state=state))
+    read = label._grid_presses(7, "4,5,6", 2)
+    assert read == ("t1", {5: (1, 1)}, [{"item": 5, "class": 1, "name": "bright"}])
+    del state["grid-keys"]  # a run without the grid
+    assert label._grid_presses(7, "4,5,6", 2) == read
+    assert label._grid_presses(8, "4,5,6", 2) == ("", {}, [])  # another project's page: nothing
+    assert label._grid_presses(7, "4,5,7", 2) == ("", {}, [])  # another page: nothing
+
+
 def test_grid_keys_are_read_from_the_growing_list_of_the_page_on_screen(monkeypatch):
     """`_grid_presses` and `_tile_choice` without a browser: every key of the page's list counts
     (a class key, then skip), a list for another page counts nothing, a key outside the classes
@@ -500,9 +535,9 @@ def test_grid_keys_are_read_from_the_growing_list_of_the_page_on_screen(monkeypa
         }
     }
     monkeypatch.setattr(label, "st", SimpleNamespace(session_state=state))
-    token, pressed, listed = label._grid_presses("4,5,6", 2)
+    token, pressed, listed = label._grid_presses(1, "4,5,6", 2)
     assert token == "t01" and pressed == {4: (2, -1), 5: (1, 0)} and len(listed) == 3
-    assert label._grid_presses("4,5,7", 2) == ("", {}, [])
+    assert label._grid_presses(1, "4,5,7", 2) == ("", {}, [])
     view = label._grid_view(0.9, ["dark", "bright"])
     assert (
         view != label._grid_view(0.9, ["dark", "bright", "skip"]) != label._grid_view(0.5, ["dark", "bright"])
