@@ -10,9 +10,9 @@ the keys come and however late the page is redrawn:
   answer sent again, below). `name` is the class's name as the page showed it: if the class was
   renamed since, the answer is refused, since the key may now mean something else.
 - ``{"id": "...", "type": "undo", "item": 17, "of": "..."}``: take back this person's own answer
-  to image 17, given in this browser session: the newest answer of this session that covers the
-  image (one answer, or a whole grid page). Never anyone else's. `of`, the id of the label
-  action it takes back, is read only when the undo is sent again after a reload (below).
+  to image 17 that the label action `of` wrote in this browser session, while it is still the
+  image's answer; nothing else (not a correction or bulk label of the image made since). Never
+  anyone else's.
 - ``{"id": "...", "type": "skip", "item": 17}``: show image 17 after the others.
 
 `apply_actions` runs each new action in a committed transaction of its own and says what it
@@ -22,11 +22,12 @@ The browser keeps answers it has not seen acknowledged in the tab and sends them
 reload (marked ``"again": true``), to a new server session that never saw them. Every label
 applied is stored with its action id (`AppliedAnswer`), so a label applied before is taken as
 given, without a notice (even if its class was renamed since), and an undo takes back the event
-its label action wrote, if that is still the image's answer, and nothing else: not an identical
-answer given meanwhile in another tab under the same name. A label this person gave in another
-tab, with the same class, is also taken as given. (An undo queued by a page from before action
-ids were stored names a class instead: this person's single answer of that class is taken back,
-the rule then.)
+its label action wrote, if that is still the image's answer, though this server session never
+saw it, and nothing else: not an identical answer given meanwhile in another tab under the same
+name. A label this person gave in another tab, with the same class, is also taken as given. (An
+undo from a page made before undos named their answer takes back this session's newest answer
+entry covering the image; kept across a reload it names a class: this person's single answer of
+that class is taken back, the rule then.)
 """
 
 from __future__ import annotations
@@ -38,7 +39,7 @@ from sqlalchemy import func, select
 
 import db
 from db import queries
-from db.models import IGNORED, LabelClass, LabelEvent
+from db.models import IGNORED, LabelClass
 
 ID_LENGTH = 100  # the longest action id kept (`AppliedAnswer.action`); the box's are about 20
 
@@ -115,10 +116,12 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) ->
             name = name if isinstance(name, str) else None
             _label(Session, project_id, annotator, item_id, (class_index, name, action_id), ledger, outcome)
         elif kind == "undo":
-            of, kept = action.get("of"), None
-            if action.get("again") is True:
-                kept = of if isinstance(of, str) else class_index if class_index != -2 else None
-            _undo_item(Session, annotator, item_id, ledger, outcome, kept)
+            of, again = action.get("of"), action.get("again") is True
+            if isinstance(of, str):
+                _undo_named(Session, annotator, item_id, of, again, ledger, outcome)
+            else:  # from a page made before undos named their answer
+                kept = class_index if again and class_index != -2 else None
+                _undo_item(Session, annotator, item_id, ledger, outcome, kept)
         elif kind == "skip":
             ledger.skipped.add(item_id)
         # Marked only after its transaction committed: no st.* call lies in between, so a rerun
@@ -170,30 +173,55 @@ def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outc
         outcome.notices.append(f"Image #{item_id} is no longer in this project; its answer was dropped.")
 
 
-def _kept_event(session, item_id: int, annotator: str, kept: str | int) -> LabelEvent | None:
-    """The answer a kept undo names: the event its label action wrote (`kept` the action's id);
-    for an undo the box queued before action ids were stored (`kept` a class: a tab open across
-    the upgrade), the image's current answer if it is this person's single answer of that class,
-    the rule then."""
-    if isinstance(kept, str):
-        return queries.applied_event(session, item_id, kept)
-    current = queries.current_event(session, item_id)
-    mine = current is not None and (current.annotator, current.class_index, current.kind) == (
-        annotator,
-        kept,
-        "single",
-    )
-    return current if mine else None
+def _undo_named(
+    Session, annotator: str, item_id: int, of: str, again: bool, ledger: Ledger, outcome: Outcome
+) -> None:
+    """An undo from the box names the label action it takes back (`of`): the event that action
+    wrote is taken back, while it is still the image's answer, and nothing else (not a History
+    correction or bulk label of the image made since, which the newest ledger entry covering the
+    image would be). It must be this session's own answer (in the ledger) unless the tab kept the
+    undo across a reload (`again`: this server session never saw the answer). Quietly nothing when
+    it was undone already (before the reload, or by the grid's "Undo last page"); a notice when
+    the image was answered again since."""
+    mine = {event_id for entry in ledger.entries for event_id in entry}
+
+    def commit():
+        with Session.begin() as session:
+            queries.lock_item(session, item_id)
+            event = queries.applied_event(session, item_id, of)
+            if event is None or event.annotator != annotator:
+                return "none", None
+            if event.undone:
+                return "undone already", None
+            if not (again or event.id in mine):
+                return "none", None
+            current = queries.current_event(session, item_id)
+            if current is None or current.id != event.id:
+                return "answered since", None
+            queries.undo_events(session, [event.id], annotator)
+            return "undone", event.id
+
+    status, undone = db.retrying(commit)
+    if status == "undone":
+        ledger.entries = [
+            kept for kept in ([e for e in entry if e != undone] for entry in ledger.entries) if kept
+        ]
+        outcome.undone_items.append(item_id)
+    elif status == "answered since":
+        outcome.notices.append(f"Image #{item_id} was answered again since; your undo left that answer.")
+    elif status == "none":
+        outcome.notices.append(
+            f"Nothing to undo for image #{item_id}: you did not answer it in this session."
+        )
 
 
 def _undo_item(
-    Session, annotator: str, item_id: int, ledger: Ledger, outcome: Outcome, kept: str | int | None = None
+    Session, annotator: str, item_id: int, ledger: Ledger, outcome: Outcome, kept: int | None = None
 ) -> None:
-    """Undo this session's newest answer entry that covers `item_id`; for an undo the tab kept
-    across a reload (`kept`: the id of the label action it takes back, see _kept_event), the
-    event that label wrote, while it is still the image's answer and this person's: quietly
-    nothing when it was undone already (before the reload), a notice when it was replaced since
-    (a correction)."""
+    """An undo from a page made before undos named their answer (a tab open across the
+    upgrade): this session's newest answer entry that covers `item_id`; sent again after a reload
+    (`kept`: the class it names), the image's current answer if it is this person's single answer
+    of that class, the rule then."""
     for position in range(len(ledger.entries) - 1, -1, -1):
         if any(ledger.item_of_event.get(e) == item_id for e in ledger.entries[position]):
             _undo_entry(Session, annotator, ledger, position, outcome)
@@ -203,22 +231,18 @@ def _undo_item(
         def commit():
             with Session.begin() as session:
                 queries.lock_item(session, item_id)
-                event = _kept_event(session, item_id, annotator, kept)
-                if event is None:
-                    return "none", []
-                if event.undone:
-                    return "undone already", []
                 current = queries.current_event(session, item_id)
-                if current is None or current.id != event.id:
-                    return "answered since", []
-                return "undone", [e.item_id for e in queries.undo_events(session, [event.id], annotator)]
+                if current is None or (current.annotator, current.class_index, current.kind) != (
+                    annotator,
+                    kept,
+                    "single",
+                ):
+                    return []
+                return [e.item_id for e in queries.undo_events(session, [current.id], annotator)]
 
-        status, undone = db.retrying(commit)
+        undone = db.retrying(commit)
         outcome.undone_items.extend(undone)
-        if undone or status == "undone already":
-            return
-        if status == "answered since":
-            outcome.notices.append(f"Image #{item_id} was answered again since; your undo left that answer.")
+        if undone:
             return
     outcome.notices.append(f"Nothing to undo for image #{item_id}: you did not answer it in this session.")
 

@@ -222,6 +222,52 @@ def test_a_label_and_undo_sent_again_leave_the_same_answer_given_since_in_anothe
         assert [e.undone for e in queries.history(session, a)] == [True, False]  # oldest first
 
 
+def test_an_undo_takes_back_the_answer_it_names_and_not_a_correction_made_since(Session, tiny_project):
+    """The box's U names its label action. A History correction of that image (and another)
+    saved in the same session since is the newest ledger entry covering it: the undo used to take
+    back the whole correction, both images, and leave the box's answer. Now it takes back only
+    the answer it names, while that is the image's answer: here the correction stands, with a
+    notice."""
+    a, b = _pool(Session, tiny_project)[:2]
+    ledger = answers.Ledger()
+    answers.apply_actions(Session, tiny_project.id, "ann", [_label(0, a, 0), _label(1, b, 0)], ledger)
+    with Session() as session:
+        shown = {i: queries.current_event(session, i).id for i in (a, b)}
+    events, stale = answers.correct(Session, tiny_project.id, "ann", [(a, shown[a], 1), (b, shown[b], 1)])
+    ledger.record(events)
+    assert stale == 0
+    outcome = answers.apply_actions(Session, tiny_project.id, "ann", [_undo(2, a, "m-0", False)], ledger)
+    assert outcome.undone_items == [] and "answered again since" in outcome.notices[0]
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a: 1, b: 1}
+
+
+def test_an_undo_of_an_older_answer_takes_back_that_one_and_leaves_the_ledger_without_it(
+    Session, tiny_project
+):
+    """U for image a after b was answered (the box's history after an undo of b was refused, or a
+    kept tab): a's answer goes, b's stays, and the grid's "Undo last page" (the newest ledger
+    entry) then takes back b, never a's again. An undo naming an action of another session (not
+    kept across a reload) takes back nothing; one for an answer the grid's undo took back says
+    nothing."""
+    a, b, c = _pool(Session, tiny_project)[:3]
+    ledger, other = answers.Ledger(), answers.Ledger()
+    answers.apply_actions(Session, tiny_project.id, "ann", [_label(0, a, 0), _label(1, b, 1)], ledger)
+    answers.apply_actions(Session, tiny_project.id, "ann", [{**_label(0, c, 1), "id": "o-0"}], other)
+    outcome = answers.apply_actions(Session, tiny_project.id, "ann", [_undo(2, a, "m-0", False)], ledger)
+    assert outcome.undone_items == [a] and outcome.notices == []
+    assert len(ledger.entries) == 1
+    assert answers.undo_entry(Session, "ann", ledger) == [b]
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {c: 1}
+    outcome = answers.apply_actions(Session, tiny_project.id, "ann", [_undo(3, c, "o-0", False)], ledger)
+    assert outcome.undone_items == [] and "did not answer it" in outcome.notices[0]
+    outcome = answers.apply_actions(Session, tiny_project.id, "ann", [_undo(4, b, "m-1", False)], ledger)
+    assert outcome.undone_items == [] and outcome.notices == []
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {c: 1}
+
+
 def test_a_label_applied_before_a_rename_and_sent_again_is_taken_as_given(Session, tiny_project):
     """Applied, its acknowledgement lost, the class renamed, the tab reloaded: the resent answer
     was stored before the rename, so it is not refused (and its image not asked again)."""
