@@ -350,6 +350,25 @@ class _Renamed(Exception):
     """The class chosen by index has another name now than when the page was drawn."""
 
 
+BULK_CHOSEN = "bulk_chosen"  # the class name last chosen for a bulk label
+
+
+def _bulk_key(names: list[str]) -> str:
+    """The bulk label's class selector, one per list of class names. A selectbox's value travels
+    as the name it shows: after a class was renamed, the browser's old name matched no option and
+    Streamlit put the selector back on the first class, silently, ready to label the whole
+    selection (with "relabel", over other people's answers) as that class. A new list of names
+    makes a new selector, which starts on the class chosen before (`BULK_CHOSEN`) while that
+    name exists, and otherwise on no class, saying to choose again."""
+    return f"bulk_class-{common.tag(list(names))[:8]}"
+
+
+def _remember_bulk_class(names: list[str]) -> None:
+    value = st.session_state.get(_bulk_key(names))
+    if value is not None and 0 <= value < len(names):
+        st.session_state[BULK_CHOSEN] = names[value]
+
+
 def _bulk_label(
     project_id: int, item_ids: list[int], names: list[str], frame: pd.DataFrame | None = None
 ) -> None:
@@ -378,7 +397,10 @@ def _bulk_label(
             "The selection changed after these images were shown, so nothing was saved; check them and click again.",
         )
         return
-    class_index = st.session_state.get("bulk_class")
+    class_index = st.session_state.get(_bulk_key(names))
+    if class_index is None:  # the selector of these names was not drawn with the button
+        st.session_state["latent_message"] = ("error", "Choose the label first, then click again.")
+        return
     relabel = bool(st.session_state.get("bulk_relabel", False))
     Session = common.session_factory()
 
@@ -516,8 +538,19 @@ def _selection_panel(
     if len(chosen) > MAX_THUMBNAILS:
         st.caption(f"Showing {MAX_THUMBNAILS} of {len(chosen)}.")
     left, right = st.columns([2, 1])
+    last = st.session_state.get(BULK_CHOSEN)
+    gone = last is not None and last not in names
+    if gone:
+        left.warning(f"The class you chose, {last!r}, was renamed since: choose the label again.")
     left.selectbox(
-        "Give them all the label", list(range(len(names))), format_func=lambda i: names[i], key="bulk_class"
+        "Give them all the label",
+        list(range(len(names))),
+        index=None if gone else names.index(last) if last in names else 0,
+        placeholder="Choose a class",
+        format_func=lambda i: names[i],
+        key=_bulk_key(names),
+        on_change=_remember_bulk_class,
+        args=(list(names),),
     )
     left.checkbox("Relabel images that already have a label", key="bulk_relabel")
     right.button(

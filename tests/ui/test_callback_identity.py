@@ -99,9 +99,10 @@ if what == "box":
     st.session_state[label._box_key(pid)] = {"actions": [{"id": "x1", "type": "label", "item": item, "class": 0}]}
     label._apply_box_actions(pid)
 else:
-    st.session_state["bulk_class"] = 0
+    names = st.session_state.get("names") or common.class_names(pid)
+    st.session_state[latent._bulk_key(names)] = 0
     st.session_state["latent"] = {"selection": {"points": [{"customdata": [item, 0.9]}]}}  # the map's lasso
-    latent._bulk_label(pid, [item], st.session_state.get("names") or common.class_names(pid))
+    latent._bulk_label(pid, [item], names)
 st.text(repr(st.session_state.get("box_notices") or st.session_state.get("latent_message")))
 """
 

@@ -483,6 +483,55 @@ def test_selected_item_ids_reads_customdata():
     assert latent.selected_item_ids(None) == []
 
 
+def test_the_bulk_label_choice_stays_through_a_rename_and_asks_again_when_its_own_class_is_renamed(
+    Session, tiny_project
+):
+    """A selectbox's value travels as the name it shows: after a rename the bulk label's class
+    went back to the first class, silently, ready to label the whole selection as that class.
+    Now the choice stays when another class is renamed, and after its own class is renamed the
+    selector shows no class and says to choose again: a click then stores nothing."""
+    from streamlit.testing.v1 import AppTest
+
+    run_id = fake_done_run(Session, tiny_project.id)
+    with Session() as session:
+        ids = [i.id for i in queries.items(session, tiny_project.id, "pool")[:3]]
+    script = f"""
+import streamlit as st
+from labeler.ui import common, latent
+names = common.class_names({tiny_project.id})
+with common.session_factory()() as session:
+    frame = latent.points_frame(session, {tiny_project.id}, {run_id}, names)
+st.session_state["latent"] = {{"selection": {{"points": [{{"customdata": [i, 0.9]}} for i in {ids}]}}}}
+latent._selection_panel({tiny_project.id}, {ids}, frame, names, "tester")
+"""
+    at = AppTest.from_string(script, default_timeout=60)
+    at.session_state["project_id"] = tiny_project.id
+    at.session_state["annotator"] = "tester"
+    at.run()
+
+    def selector():
+        return next(box for box in at.selectbox if box.key.startswith("bulk_class-"))
+
+    selector().set_value(1).run()
+    with Session.begin() as session:
+        queries.rename_class(session, tiny_project.id, 0, "zero")
+    at.run()
+    assert selector().value == 1 and not at.warning
+    with Session.begin() as session:
+        queries.rename_class(session, tiny_project.id, 1, "one")
+    at.run()
+    assert selector().value is None and "choose the label again" in at.warning[0].value
+    button(at, "bulk_apply").click().run()
+    assert not at.exception
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {}
+    selector().set_value(1).run()
+    assert not at.warning
+    button(at, "bulk_apply").click().run()
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {i: 1 for i in ids}
+
+
 def test_selection_panel_labels_the_selection_at_once(Session, tiny_project):
     from streamlit.testing.v1 import AppTest
 
@@ -503,7 +552,7 @@ latent._selection_panel({tiny_project.id}, {ids}, frame, names, "tester")
     at.session_state["annotator"] = "tester"  # who labels now: the callback asks, not the page
     at.run()
     assert len(at.get("image")) == 5
-    at.selectbox(key="bulk_class").set_value(1)
+    next(box for box in at.selectbox if box.key.startswith("bulk_class-")).set_value(1)
     button(at, "bulk_apply").click().run()
     assert not at.exception
     with Session() as session:
