@@ -41,7 +41,8 @@ _PERSONAL_KEYS = (
 # next person would get the held page, claimed under the new name), the grid tiles chosen with
 # the mouse and the keys pressed on them, and the names a refused page was shown under
 # ("grid-choices-ID", "grid-keyed-ID", "grid-names-seen-ID"), the box's refused answers and the images sent to it ("box-refused-ID",
-# "box-sent-ID"), and the History tiles on screen ("hist-seen-ID").
+# "box-sent-ID"), and the History tiles on screen, changed and the names they were drawn under
+# ("hist-seen-ID", "hist-chosen-ID", "hist-names-ID").
 _PERSONAL_PREFIXES = (
     "ledger-",
     "grid-page-",
@@ -52,6 +53,8 @@ _PERSONAL_PREFIXES = (
     "box-refused-",
     "box-sent-",
     "hist-seen-",
+    "hist-chosen-",
+    "hist-names-",
 )
 
 

@@ -696,8 +696,10 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
         return
     events, stale = answers.correct(common.session_factory(), project_id, annotator, changes)
     seen = st.session_state.get(_seen_key(project_id), {})
+    chosen = st.session_state.get(_chosen_key(project_id), {})
     for item_id, event_id, _ in changes:  # saved, or left as someone else's: no longer kept on the page
         seen.pop((item_id, event_id), None)
+        chosen.pop((item_id, event_id), None)
     _ledger(project_id).record(events)
     text = f"Corrected {len(events)} labels (kept in the history)."
     if stale:
@@ -707,6 +709,51 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
 
 def _seen_key(project_id: int) -> str:
     return f"hist-seen-{project_id}"
+
+
+def _chosen_key(project_id: int) -> str:
+    """Session key of the History tiles changed and not saved yet: (item, event) -> the class
+    name chosen (None: ignored). See `_keep_chosen_through_renames`."""
+    return f"hist-chosen-{project_id}"
+
+
+def _remember_correction(project_id: int, pair: tuple[int, int], names: list[str]) -> None:
+    value = st.session_state.get(f"hist-{pair[0]}-{pair[1]}")
+    if value is None or not (value == IGNORED or 0 <= value < len(names)):
+        return
+    st.session_state.setdefault(_chosen_key(project_id), {})[pair] = (
+        None if value == IGNORED else names[value]
+    )
+
+
+def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) -> None:
+    """After a class was renamed, put each changed tile on screen back on the class it was set
+    to, by name. A selectbox's value travels as the name it shows: the browser's old name matched
+    no option and Streamlit put the tile back on its saved answer, silently, so Save left that
+    correction out. A tile whose class is gone under its old name goes back to its saved answer,
+    and a note says to choose again."""
+    drawn = f"hist-names-{project_id}"
+    renamed = st.session_state.get(drawn, names) != names
+    st.session_state[drawn] = list(names)
+    chosen: dict = st.session_state.get(_chosen_key(project_id), {})
+    if not renamed or not chosen:
+        return
+    lost = []
+    for event, item in rows:
+        pair = (item.id, event.id)
+        if pair not in chosen:
+            continue
+        name = chosen[pair]
+        if name is None or name in names:
+            st.session_state[f"hist-{item.id}-{event.id}"] = IGNORED if name is None else names.index(name)
+        else:
+            st.session_state[f"hist-{item.id}-{event.id}"] = event.class_index
+            del chosen[pair]
+            lost.append(f"#{item.id}")
+    if lost:
+        st.warning(
+            f"A class was renamed while you changed {', '.join(lost)}: those tiles show their saved answer again; choose again."
+        )
 
 
 def _with_unsaved(session, project_id: int, rows: list) -> list:
@@ -760,6 +807,7 @@ def _history(project_id: int, names: list[str]) -> None:
     kept = f", and {len(rows) - newest} you changed that are not saved yet" if len(rows) > newest else ""
     st.caption(f"The newest {newest} matching answers{kept}. Change a label, then save the corrections.")
     options = [IGNORED, *range(len(names))]
+    _keep_chosen_through_renames(project_id, rows, names)
     columns = st.columns(6)
     for n, (event, item) in enumerate(rows):
         with columns[n % len(columns)]:
@@ -774,6 +822,8 @@ def _history(project_id: int, names: list[str]) -> None:
                 index=options.index(event.class_index) if event.class_index in options else 0,
                 key=f"hist-{item.id}-{event.id}",  # a new answer makes a new tile
                 format_func=lambda i: ignored if i == IGNORED else names[i],
+                on_change=_remember_correction,
+                args=(project_id, (item.id, event.id), list(names)),
             )
     shown = [(item.id, event.id, event.class_index) for event, item in rows]
     st.button(

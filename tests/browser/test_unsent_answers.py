@@ -238,3 +238,34 @@ def test_an_answer_refused_for_a_renamed_class_can_be_given_again(server, page):
     finally:
         with Session.begin() as session:
             queries.rename_class(session, pid, 0, "dark")
+
+
+def test_a_history_change_whose_class_is_renamed_before_saving_says_so(server, page):
+    """A History tile set to a class that an admin renames before Save: Streamlit put the tile
+    back on its saved answer, silently (a selectbox's value travels as the name it shows, and the
+    old name matched no option), and Save left that correction out. Now a note says so."""
+    from db import queries
+
+    Session, pid = server["Session"], server["project_id"]
+    with Session.begin() as session:
+        labeled = queries.current_labels(session, pid, ignored=True)
+        item = next(i.id for i in queries.items(session, pid, "pool") if i.id not in labeled)
+        event = queries.add_label(session, item, 0, annotator="bob")
+    page.goto(server["url"])
+    page.get_by_text("History", exact=True).click()
+    box = page.locator(f".st-key-hist-{item}-{event.id}")
+    box.wait_for()
+    settle(page)
+    box.click()
+    page.get_by_role("option", name="bright", exact=True).click()
+    settle(page)
+    with Session.begin() as session:
+        queries.rename_class(session, pid, 1, "brighter")
+    try:
+        page.get_by_text("Only where the answer differs").click()  # any rerun
+        page.get_by_text(f"A class was renamed while you changed #{item}").wait_for()
+        settle(page)
+        assert box.locator('input[role="combobox"]').input_value() == "dark"
+    finally:
+        with Session.begin() as session:
+            queries.rename_class(session, pid, 1, "bright")

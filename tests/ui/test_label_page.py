@@ -400,6 +400,34 @@ def test_a_history_change_stays_on_the_page_until_saved_when_newer_answers_push_
     assert _labels(Session, tiny_project.id)[a] == 1 - was
 
 
+def test_a_history_change_not_saved_yet_follows_its_class_name_through_a_rename(Session, tiny_project):
+    """A selectbox's value travels as the name it shows: after a rename the browser's old name
+    matched no option, and Streamlit put a changed tile back on its saved answer, silently, so
+    Save left that correction out. The tile keeps the class it was set to, by name, when another
+    class is renamed; when its own class is renamed it shows its saved answer again and says so."""
+    from tests.ui.ui_helpers import label_items
+
+    (a,) = label_items(Session, tiny_project.id, 1, annotator="bob")
+    was = _labels(Session, tiny_project.id)[a]
+    at = page_app("label", tiny_project.id, annotator="alice")
+    at.radio(key="label_mode").set_value("History").run()
+    _history_tiles(at)[a].set_value(1 - was).run()
+    with Session.begin() as session:
+        queries.rename_class(session, tiny_project.id, was, "saved one")
+    at.run()
+    assert _history_tiles(at)[a].value == 1 - was and not at.warning
+    with Session.begin() as session:
+        queries.rename_class(session, tiny_project.id, 1 - was, "chosen one")
+    at.run()
+    assert _history_tiles(at)[a].value == was and f"#{a}" in at.warning[0].value
+    button(at, "hist_save").click().run()
+    assert _labels(Session, tiny_project.id)[a] == was
+    _history_tiles(at)[a].set_value(1 - was).run()
+    button(at, "hist_save").click().run()
+    assert "Corrected 1 labels" in at.success[0].value
+    assert _labels(Session, tiny_project.id)[a] == 1 - was
+
+
 def test_save_from_the_history_on_screen_saves_the_tiles_it_shows(Session, tiny_project, monkeypatch):
     """The page was redrawn on the server (newer answers came in and pushed tile a off) but not on
     screen yet when the person changes a and clicks Save at once: the click saves the tiles on
