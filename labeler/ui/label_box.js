@@ -103,6 +103,32 @@ function keep(s) {
   }
 }
 
+// Answers waiting in this tab for a box to send them, under any person or project: a key pressed
+// just before leaving the Label page (for another page, a mode, a project or a logout) waits in
+// storage until a box for its owner shows again. Closing the tab meanwhile would lose it, so the
+// browser asks first (its own "leave site?"), from whatever page is open: this listener stays
+// once the module has loaded, also when no box is mounted.
+function unsentInStorage() {
+  try {
+    for (let n = 0; n < sessionStorage.length; n += 1) {
+      const key = sessionStorage.key(n);
+      if (key && key.startsWith(STORE) && kept(key.slice(STORE.length)).length) return true;
+    }
+  } catch (error) {
+    // Storage blocked: nothing was kept there.
+  }
+  return false;
+}
+
+if (!window.__labelerUnsentGuard) {
+  window.__labelerUnsentGuard = true;
+  window.addEventListener("beforeunload", (event) => {
+    if (!unsentInStorage()) return;
+    event.preventDefault();
+    event.returnValue = "";
+  });
+}
+
 function kept(owner) {
   try {
     const list = JSON.parse(sessionStorage.getItem(STORE + owner) || "[]");

@@ -155,6 +155,22 @@ def test_closing_the_tab_while_answers_wait_asks_first(server, page):
         page.close(run_before_unload=True)
 
 
+def test_closing_the_tab_on_another_page_while_answers_wait_asks_first(server, page):
+    """A key pressed just before opening another page waits in the tab until the Label box shows
+    again (the box is gone, so nothing sends it): closing the tab from that page asks first too.
+    It used to close without a word, and the answer was lost."""
+    page.goto(f"{server['url']}/?annotator=away")
+    pressed = two_quick_keys(page)
+    open_page(page, "Train")
+    with page.expect_event("dialog") as asked:
+        page.close(run_before_unload=True)
+    assert asked.value.type == "beforeunload"
+    asked.value.dismiss()
+    open_page(page, "Label")
+    shown(page)
+    wait_for(lambda: stored(server, pressed, "away"), timeout=30)
+
+
 def log_in(page, name: str) -> None:
     page.get_by_role("textbox", name="Name").fill(name)
     page.get_by_role("textbox", name="Password").fill(PASSWORD)
