@@ -33,6 +33,7 @@ _PERSONAL_KEYS = (
     "export_files",
     "annotator",
     "annotator_input",
+    "annotator_named",
 )
 
 
@@ -42,7 +43,8 @@ _PERSONAL_KEYS = (
 # the mouse and the keys pressed on them, and the names a refused page was shown under
 # ("grid-choices-ID", "grid-keyed-ID", "grid-names-seen-ID"), the box's refused answers and the images sent to it ("box-refused-ID",
 # "box-sent-ID"), and the History tiles on screen, changed and the names they were drawn under
-# ("hist-seen-ID", "hist-chosen-ID", "hist-names-ID").
+# ("hist-seen-ID", "hist-chosen-ID", "hist-names-ID"), and the class last chosen for a bulk label
+# ("bulk-chosen-ID").
 _PERSONAL_PREFIXES = (
     "ledger-",
     "grid-page-",
@@ -55,6 +57,7 @@ _PERSONAL_PREFIXES = (
     "hist-seen-",
     "hist-chosen-",
     "hist-names-",
+    "bulk-chosen-",
 )
 
 

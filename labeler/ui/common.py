@@ -5,10 +5,12 @@ Widgets only: computation lives in `labeler/` and SQL in `db/`.
 
 from __future__ import annotations
 
+import functools
 import getpass
 import hashlib
 import html
 import secrets
+from pathlib import Path
 
 import numpy as np
 import streamlit as st
@@ -24,6 +26,20 @@ from labeler import projects
 @st.cache_resource(show_spinner=False)
 def _session_factory(url: str) -> sessionmaker[Session]:
     return db.session_factory(db.get_engine(url))
+
+
+@functools.cache
+def _unsent_guard():
+    return st.components.v2.component(
+        "labeler_unsent_guard", js=(Path(__file__).parent / "unsent_guard.js").read_text()
+    )
+
+
+def unsent_guard() -> None:
+    """On every page, before the login gate: the browser asks before the tab closes while answers
+    the Label box has not sent wait in the tab (unsent_guard.js)."""
+    with st.sidebar:
+        _unsent_guard()(key="unsent-guard")
 
 
 def session_factory() -> sessionmaker[Session]:
@@ -161,12 +177,28 @@ def annotator() -> str:
         st.stop()
     if "annotator" not in st.session_state and st.query_params.get("annotator", "").strip():
         st.session_state["annotator"] = st.query_params["annotator"].strip()[:200]
+        st.session_state[NAMED] = True
     if "annotator" not in st.session_state:
         try:
             st.session_state["annotator"] = getpass.getuser()
         except Exception:  # noqa: BLE001 - no user name on this system
             st.session_state["annotator"] = "anonymous"
     return st.session_state["annotator"]
+
+
+NAMED = "annotator_named"  # the name was chosen (Project page, or ?annotator= in the address)
+
+
+def keep_annotator_in_address() -> None:
+    """Without accounts: a name chosen on the Project page or given in the address
+    (?annotator=NAME) is put back in the address on every page. Switching pages drops the query,
+    and a reload there started a new session under the operating-system user's name, so the
+    person's next answers went in under another name."""
+    if "annotator" not in st.session_state and st.query_params.get("annotator", "").strip():
+        annotator()  # read it now, before a page could switch and drop it
+    name = st.session_state.get("annotator")
+    if name is not None and st.session_state.get(NAMED) and st.query_params.get("annotator") != name:
+        st.query_params["annotator"] = name
 
 
 def claimant() -> str:

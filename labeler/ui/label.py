@@ -717,13 +717,15 @@ def _chosen_key(project_id: int) -> str:
     return f"hist-chosen-{project_id}"
 
 
-def _remember_correction(project_id: int, pair: tuple[int, int], names: list[str]) -> None:
+def _remember_correction(project_id: int, pair: tuple[int, int], names: list[str], was: int) -> None:
+    """Callback of a History tile: keep the class name it was set to, until saved; a tile set
+    back to its saved answer holds no change."""
     value = st.session_state.get(f"hist-{pair[0]}-{pair[1]}")
-    if value is None or not (value == IGNORED or 0 <= value < len(names)):
+    chosen = st.session_state.setdefault(_chosen_key(project_id), {})
+    if not isinstance(value, int) or value == was or not (value == IGNORED or 0 <= value < len(names)):
+        chosen.pop(pair, None)
         return
-    st.session_state.setdefault(_chosen_key(project_id), {})[pair] = (
-        None if value == IGNORED else names[value]
-    )
+    chosen[pair] = None if value == IGNORED else names[value]
 
 
 def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) -> None:
@@ -763,9 +765,11 @@ def _with_unsaved(session, project_id: int, rows: list) -> list:
     makes one) and the change would be lost. The tiles on screen are those whose value the
     browser sent with this run; `_correct` forgets a tile once its change is saved."""
     seen: dict = st.session_state.setdefault(_seen_key(project_id), {})
+    chosen: dict = st.session_state.get(_chosen_key(project_id), {})
     values = {pair: st.session_state.get(f"hist-{pair[0]}-{pair[1]}") for pair in seen}
     for pair in [pair for pair, value in values.items() if value is None]:
-        del seen[pair]  # not on screen any more
+        del seen[pair]  # not on screen any more (another mode or page): its change is dropped
+        chosen.pop(pair, None)
     drawn = {(item.id, event.id) for event, item in rows}
     kept = []
     for (item_id, event_id), was in seen.items():
@@ -823,7 +827,7 @@ def _history(project_id: int, names: list[str]) -> None:
                 key=f"hist-{item.id}-{event.id}",  # a new answer makes a new tile
                 format_func=lambda i: ignored if i == IGNORED else names[i],
                 on_change=_remember_correction,
-                args=(project_id, (item.id, event.id), list(names)),
+                args=(project_id, (item.id, event.id), list(names), event.class_index),
             )
     shown = [(item.id, event.id, event.class_index) for event, item in rows]
     st.button(

@@ -103,32 +103,6 @@ function keep(s) {
   }
 }
 
-// Answers waiting in this tab for a box to send them, under any person or project: a key pressed
-// just before leaving the Label page (for another page, a mode, a project or a logout) waits in
-// storage until a box for its owner shows again. Closing the tab meanwhile would lose it, so the
-// browser asks first (its own "leave site?"), from whatever page is open: this listener stays
-// once the module has loaded, also when no box is mounted.
-function unsentInStorage() {
-  try {
-    for (let n = 0; n < sessionStorage.length; n += 1) {
-      const key = sessionStorage.key(n);
-      if (key && key.startsWith(STORE) && kept(key.slice(STORE.length)).length) return true;
-    }
-  } catch (error) {
-    // Storage blocked: nothing was kept there.
-  }
-  return false;
-}
-
-if (!window.__labelerUnsentGuard) {
-  window.__labelerUnsentGuard = true;
-  window.addEventListener("beforeunload", (event) => {
-    if (!unsentInStorage()) return;
-    event.preventDefault();
-    event.returnValue = "";
-  });
-}
-
 function kept(owner) {
   try {
     const list = JSON.parse(sessionStorage.getItem(STORE + owner) || "[]");
@@ -203,8 +177,13 @@ function restoreRefused(s, actionIds) {
 // image would give that key to an image nobody has looked at. A key for it stores nothing (the
 // server would refuse it) and only goes on to the next image. The others are dropped.
 function dropClosed(s, ids) {
-  const closed = new Set(ids);
-  if (s.current && closed.has(s.current.id) && !s.answered.has(s.current.id)) s.gone = s.current.id;
+  // An image answered here and undone since, the undo not sent yet, is listed as answered: it is
+  // this person's own answer, about to be taken back.
+  const undoing = new Set(s.pending.filter((a) => a.type === "undo").map((a) => a.item));
+  const closed = new Set(ids.filter((id) => !undoing.has(id)));
+  const current = s.current ? s.current.id : null;
+  if (closed.has(current) && !s.answered.has(current)) s.gone = current;
+  s.restored = s.restored.filter((i) => i.id === current || !closed.has(i.id));
   s.again = s.again.filter((i) => !closed.has(i.id));
   s.skipped = s.skipped.filter((i) => !closed.has(i.id));
 }

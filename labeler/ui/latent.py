@@ -350,7 +350,10 @@ class _Renamed(Exception):
     """The class chosen by index has another name now than when the page was drawn."""
 
 
-BULK_CHOSEN = "bulk_chosen"  # the class name last chosen for a bulk label
+def _chosen_key(project_id: int) -> str:
+    """Session key of the class name last chosen for a bulk label in this project (personal:
+    cleared at login and logout)."""
+    return f"bulk-chosen-{project_id}"
 
 
 def _bulk_key(names: list[str]) -> str:
@@ -358,15 +361,15 @@ def _bulk_key(names: list[str]) -> str:
     as the name it shows: after a class was renamed, the browser's old name matched no option and
     Streamlit put the selector back on the first class, silently, ready to label the whole
     selection (with "relabel", over other people's answers) as that class. A new list of names
-    makes a new selector, which starts on the class chosen before (`BULK_CHOSEN`) while that
+    makes a new selector, which starts on the class chosen before (`_chosen_key`) while that
     name exists, and otherwise on no class, saying to choose again."""
     return f"bulk_class-{common.tag(list(names))[:8]}"
 
 
-def _remember_bulk_class(names: list[str]) -> None:
+def _remember_bulk_class(project_id: int, names: list[str]) -> None:
     value = st.session_state.get(_bulk_key(names))
-    if value is not None and 0 <= value < len(names):
-        st.session_state[BULK_CHOSEN] = names[value]
+    if isinstance(value, int) and 0 <= value < len(names):
+        st.session_state[_chosen_key(project_id)] = names[value]
 
 
 def _bulk_label(
@@ -538,7 +541,7 @@ def _selection_panel(
     if len(chosen) > MAX_THUMBNAILS:
         st.caption(f"Showing {MAX_THUMBNAILS} of {len(chosen)}.")
     left, right = st.columns([2, 1])
-    last = st.session_state.get(BULK_CHOSEN)
+    last = st.session_state.get(_chosen_key(project_id))
     gone = last is not None and last not in names
     if gone:
         left.warning(f"The class you chose, {last!r}, was renamed since: choose the label again.")
@@ -550,7 +553,7 @@ def _selection_panel(
         format_func=lambda i: names[i],
         key=_bulk_key(names),
         on_change=_remember_bulk_class,
-        args=(list(names),),
+        args=(project_id, list(names)),
     )
     left.checkbox("Relabel images that already have a label", key="bulk_relabel")
     right.button(

@@ -171,7 +171,8 @@ def _set_annotator() -> None:
     name = (st.session_state.get("annotator_input") or "").strip()
     if name:
         st.session_state["annotator"] = name[:200]
-        st.query_params["annotator"] = name[:200]  # kept across a reload
+        st.session_state[common.NAMED] = True
+        st.query_params["annotator"] = name[:200]  # kept across a reload (common.keep_annotator_in_address)
 
 
 def project_page() -> None:

@@ -218,6 +218,29 @@ def test_a_reload_keeps_the_project_and_the_annotator(app_server, page):
     assert [(e.item_id, e.annotator) for e in mine] == [(item, "carol"), (again, "carol")]
 
 
+def test_a_reload_on_another_page_keeps_the_annotator(app_server, page):
+    """Switching pages drops the address's query: a reload on the Train page started a session
+    under the server's user name, and the person's next answers went in under that name."""
+    from tests.browser.test_unsent_answers import open_page
+
+    Session, pid = app_server["Session"], app_server["project_id"]
+    page.goto(f"{app_server['url']}/?annotator=dave")
+    shown(page)
+    open_page(page, "Train")
+    settle(page)
+    expect(page).to_have_url(re.compile(r"annotator=dave"))
+    page.reload()
+    page.locator("h1", has_text="Train").wait_for()
+    open_page(page, "Label")
+    with Session() as session:
+        truth = {item.id: item.truth for item in queries.items(session, pid)}
+    item = shown(page)
+    press(page, str(truth[item] + 1))
+    saved(page)
+    mine = [(e.item_id, e.annotator) for e in events(Session, pid) if e.item_id == item]
+    assert mine == [(item, "dave")]
+
+
 def test_an_old_label_is_corrected_from_the_history(app_server, page):
     Session, pid = app_server["Session"], app_server["project_id"]
     page.goto(app_server["url"])

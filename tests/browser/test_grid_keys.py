@@ -113,8 +113,10 @@ def test_keyed_tiles_keep_their_keys_after_leaving_the_grid_and_coming_back(app_
     settle(page)
     page.get_by_text("Grid", exact=True).click()
     page.locator("[class*='st-key-accept_grid-'] button").wait_for()
-    back = grid_tiles(page)
-    assert [item for item, _ in back] == [item for item, _ in tiles]  # the page held for this person
+    held = [item for item, _ in tiles]
+    back = wait_for_tiles(
+        page, lambda now: [item for item, _ in now] == held
+    )  # the page held for this person
     assert [v for _, v in back] == wanted
     before = len(events(Session, pid))
     press(page, "a")

@@ -156,19 +156,34 @@ def test_closing_the_tab_while_answers_wait_asks_first(server, page):
 
 
 def test_closing_the_tab_on_another_page_while_answers_wait_asks_first(server, page):
-    """A key pressed just before opening another page waits in the tab until the Label box shows
-    again (the box is gone, so nothing sends it): closing the tab from that page asks first too.
-    It used to close without a word, and the answer was lost."""
+    """An answer waiting in the tab for the Label box (a key pressed just before opening another
+    page, which the box had no time to send, as `two_quick_keys` shows above) is sent only when
+    the box shows again. Closing the tab from another page, even one loaded afresh, asks first
+    too; it used to close without a word, and the answer was lost. Back on Label it is sent."""
+    import json
+
+    Session, pid = server["Session"], server["project_id"]
     page.goto(f"{server['url']}/?annotator=away")
-    pressed = two_quick_keys(page)
+    settle(page)
+    saved(page)
+    item = shown(page)
     open_page(page, "Train")
+    page.reload()  # a page on which the Label box never loaded
+    page.locator("h1", has_text="Train").wait_for()
+    settle(page)
+    waiting = [{"id": "away-1", "type": "label", "item": item, "class": 0, "name": "dark"}]
+    page.evaluate(  # as label_box.js keeps an answer it has not sent
+        "([key, value]) => sessionStorage.setItem(key, value)",
+        [f"labeler-unsent:away@{pid}", json.dumps(waiting)],
+    )
+    page.locator("h1").first.click()  # the browser asks only on a page the person has used
     with page.expect_event("dialog") as asked:
         page.close(run_before_unload=True)
     assert asked.value.type == "beforeunload"
     asked.value.dismiss()
     open_page(page, "Label")
     shown(page)
-    wait_for(lambda: stored(server, pressed, "away"), timeout=30)
+    wait_for(lambda: answers_of(Session, [item]) == {item: [(0, "away")]}, timeout=30)
 
 
 def log_in(page, name: str) -> None:
