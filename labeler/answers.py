@@ -39,7 +39,7 @@ from sqlalchemy import func, select
 
 import db
 from db import queries
-from db.models import IGNORED, LabelClass
+from db.models import IGNORED, LabelClass, LabelEvent
 
 ID_LENGTH = 100  # the longest action id kept (`AppliedAnswer.action`); the box's are about 20
 
@@ -248,12 +248,39 @@ def _undo_item(
 
 
 def undo_entry(
-    Session, annotator: str, ledger: Ledger, position: int = -1, outcome: Outcome | None = None
+    Session,
+    annotator: str,
+    ledger: Ledger,
+    position: int = -1,
+    outcome: Outcome | None = None,
+    kinds: tuple[str, ...] | None = None,
 ) -> list[int]:
     """Undo one entry of the ledger (default: the newest): one answer, or a whole grid page or
-    bulk label. Returns the items whose answers were taken back."""
+    bulk label. `kinds`: the newest entry whose answers are all of these kinds (the grid's "Undo
+    last page": grid pages and bulk labels, never a box answer or a History correction made
+    since). Returns the items whose answers were taken back."""
+    outcome = outcome or Outcome()
     with ledger.lock:  # two runs of one session (a double click) must not undo one entry twice
-        return _undo_entry(Session, annotator, ledger, position, outcome or Outcome())
+        if kinds is not None:
+            position = _newest_of_kinds(Session, ledger, kinds)
+            if position is None:
+                outcome.notices.append("Nothing to undo.")
+                return []
+        return _undo_entry(Session, annotator, ledger, position, outcome)
+
+
+def _newest_of_kinds(Session, ledger: Ledger, kinds: tuple[str, ...]) -> int | None:
+    ids = [event_id for entry in ledger.entries for event_id in entry]
+    if not ids:
+        return None
+    with Session() as session:
+        kind_of = dict(
+            session.execute(select(LabelEvent.id, LabelEvent.kind).where(LabelEvent.id.in_(ids))).all()
+        )
+    for position in range(len(ledger.entries) - 1, -1, -1):
+        if all(kind_of.get(event_id) in kinds for event_id in ledger.entries[position]):
+            return position
+    return None
 
 
 def _undo_entry(Session, annotator: str, ledger: Ledger, position: int, outcome: Outcome) -> list[int]:

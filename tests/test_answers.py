@@ -122,6 +122,29 @@ def test_undo_entry_takes_back_a_whole_page(Session, tiny_project):
     assert answers.undo_entry(Session, "ann", ledger) == []
 
 
+def test_the_grids_undo_takes_back_the_newest_page_not_a_correction_or_box_answer_made_since(
+    Session, tiny_project
+):
+    """The grid's "Undo last page" undid the session's newest entry whatever it was: a History
+    correction saved after the page was reverted, silently. It takes back the newest grid page or
+    bulk label; a box answer and a correction made since stay."""
+    a, b, c = _pool(Session, tiny_project)[:3]
+    ledger = answers.Ledger()
+    with Session.begin() as session:
+        ledger.record([queries.add_label(session, i, 0, annotator="ann", kind="grid") for i in (a, b)])
+    answers.apply_actions(Session, tiny_project.id, "ann", [_label(0, c, 1)], ledger)
+    with Session() as session:
+        shown = queries.current_event(session, a).id
+    events, _ = answers.correct(Session, tiny_project.id, "ann", [(a, shown, 1)])
+    ledger.record(events)
+    assert sorted(answers.undo_entry(Session, "ann", ledger, kinds=("grid", "bulk"))) == [a, b]
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a: 1, c: 1}  # the correction stays
+    outcome = answers.Outcome()
+    assert answers.undo_entry(Session, "ann", ledger, outcome=outcome, kinds=("grid", "bulk")) == []
+    assert outcome.notices == ["Nothing to undo."]
+
+
 def test_a_malformed_answer_is_dropped_and_the_next_ones_still_apply(Session, tiny_project):
     a = _pool(Session, tiny_project)[0]
     ledger = answers.Ledger()

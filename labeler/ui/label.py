@@ -570,7 +570,10 @@ def _undo_page(project_id: int) -> None:
     except account.NotAllowed as refused:
         st.session_state["last_message"] = ("error", str(refused))
         return
-    undone = answers.undo_entry(common.session_factory(), annotator, _ledger(project_id))
+    # The newest grid page or bulk label: a box answer or History correction made since stays.
+    undone = answers.undo_entry(
+        common.session_factory(), annotator, _ledger(project_id), kinds=("grid", "bulk")
+    )
     if undone:
         st.session_state["last_message"] = ("info", f"Undone: {len(undone)} answers are back in the queue.")
         st.session_state["show_first"] = undone + st.session_state.get("show_first", [])
