@@ -18,11 +18,11 @@ except Exception as error:
         raise
     st.error(user_error(error))
     st.stop()
-common.unsent_guard()  # every page, the login form too: closing the tab with unsent answers asks
 # Before the navigation: with accounts, nothing but the login form runs until a login.
 user = account.gate([path for path, *_ in PAGES])
 if user is None:  # no accounts: the name typed or given in the address stays in it
     common.keep_annotator_in_address()
+common.unsent_guard()  # every page (the login form too): closing the tab with unsent answers asks
 account.sidebar(user)
 pages = account.visible_pages(PAGES, admin=common.is_admin())
 st.navigation([st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in pages]).run()

@@ -39,7 +39,7 @@ from sqlalchemy import func, select
 
 import db
 from db import queries
-from db.models import IGNORED, LabelClass, LabelEvent
+from db.models import IGNORED, LabelClass
 
 ID_LENGTH = 100  # the longest action id kept (`AppliedAnswer.action`); the box's are about 20
 
@@ -52,6 +52,7 @@ class Ledger:
     applied: set[str] = field(default_factory=set)
     entries: list[list[int]] = field(default_factory=list)
     item_of_event: dict[int, int] = field(default_factory=dict)
+    kind_of_event: dict[int, str] = field(default_factory=dict)
     skipped: set[int] = field(default_factory=set)
     # Streamlit's fast reruns start a new script run before the old one has stopped, so two
     # runs of one browser session can apply the same list at once: one at a time, then.
@@ -61,6 +62,7 @@ class Ledger:
         if events:
             self.entries.append([e.id for e in events])
             self.item_of_event.update({e.id: e.item_id for e in events})
+            self.kind_of_event.update({e.id: e.kind for e in events})
 
 
 @dataclass
@@ -262,23 +264,16 @@ def undo_entry(
     outcome = outcome or Outcome()
     with ledger.lock:  # two runs of one session (a double click) must not undo one entry twice
         if kinds is not None:
-            position = _newest_of_kinds(Session, ledger, kinds)
+            position = _newest_of_kinds(ledger, kinds)
             if position is None:
                 outcome.notices.append("Nothing to undo.")
                 return []
         return _undo_entry(Session, annotator, ledger, position, outcome)
 
 
-def _newest_of_kinds(Session, ledger: Ledger, kinds: tuple[str, ...]) -> int | None:
-    ids = [event_id for entry in ledger.entries for event_id in entry]
-    if not ids:
-        return None
-    with Session() as session:
-        kind_of = dict(
-            session.execute(select(LabelEvent.id, LabelEvent.kind).where(LabelEvent.id.in_(ids))).all()
-        )
+def _newest_of_kinds(ledger: Ledger, kinds: tuple[str, ...]) -> int | None:
     for position in range(len(ledger.entries) - 1, -1, -1):
-        if all(kind_of.get(event_id) in kinds for event_id in ledger.entries[position]):
+        if all(ledger.kind_of_event.get(event_id) in kinds for event_id in ledger.entries[position]):
             return position
     return None
 

@@ -61,9 +61,11 @@ _PERSONAL_PREFIXES = (
 )
 
 
-def _clear_personal() -> None:
+def clear_personal(keep: tuple[str, ...] = ()) -> None:
+    """Forget the person's work in this tab (a login, a logout, a new name without accounts)."""
     for key in [k for k in st.session_state if str(k).startswith(_PERSONAL_PREFIXES)] + list(_PERSONAL_KEYS):
-        st.session_state.pop(key, None)
+        if key not in keep:
+            st.session_state.pop(key, None)
 
 
 def oidc_configured() -> bool:
@@ -77,7 +79,7 @@ def oidc_configured() -> bool:
 
 
 def _sign_in(name: str, role: str, password_hash: str) -> None:
-    _clear_personal()
+    clear_personal()
     st.session_state[common.USER_KEY] = {
         "name": name,
         "role": role,
@@ -86,7 +88,7 @@ def _sign_in(name: str, role: str, password_hash: str) -> None:
 
 
 def sign_out() -> None:
-    _clear_personal()
+    clear_personal()
     st.session_state.pop(common.USER_KEY, None)
 
 
@@ -205,6 +207,7 @@ def _oidc_account() -> dict | None:
 
 def login_page() -> None:
     st.title("labeler")
+    common.unsent_guard(sidebar=False)  # the login page has no sidebar
     if oidc_configured():
         st.button("Log in", type="primary", on_click=st.login, key="login_oidc")
         return

@@ -35,10 +35,10 @@ def _unsent_guard():
     )
 
 
-def unsent_guard() -> None:
-    """On every page, before the login gate: the browser asks before the tab closes while answers
-    the Label box has not sent wait in the tab (unsent_guard.js)."""
-    with st.sidebar:
+def unsent_guard(sidebar: bool = True) -> None:
+    """On every page and the login form: the browser asks before the tab closes while answers
+    the Label box has not sent wait in the tab (unsent_guard.js). It draws nothing."""
+    with st.sidebar if sidebar else st.container():
         _unsent_guard()(key="unsent-guard")
 
 
@@ -197,8 +197,13 @@ def keep_annotator_in_address() -> None:
     if "annotator" not in st.session_state and st.query_params.get("annotator", "").strip():
         annotator()  # read it now, before a page could switch and drop it
     name = st.session_state.get("annotator")
-    if name is not None and st.session_state.get(NAMED) and st.query_params.get("annotator") != name:
-        st.query_params["annotator"] = name
+    if name is None or not st.session_state.get(NAMED) or st.query_params.get("annotator") == name:
+        return
+    wanted = {"annotator": name}
+    project_id = st.session_state.get("project_id")
+    if project_id is not None:  # with the project in one change: one entry in the browser's history
+        wanted["project"] = str(project_id)
+    st.query_params.update(wanted)
 
 
 def claimant() -> str:

@@ -575,13 +575,18 @@ def _undo_page(project_id: int) -> None:
         common.session_factory(), annotator, _ledger(project_id), kinds=("grid", "bulk")
     )
     if undone:
-        st.session_state["last_message"] = ("info", f"Undone: {len(undone)} answers are back in the queue.")
+        with common.session_factory()() as session:
+            back = queries.unanswered(session, project_id, undone)
+        st.session_state["last_message"] = (
+            "info",
+            f"Undone: your last grid page or bulk label ({len(undone)} answers); {len(back)} images are back in the queue.",
+        )
         st.session_state["show_first"] = undone + st.session_state.get("show_first", [])
         _ledger(project_id).skipped.difference_update(undone)
         st.session_state.pop(_page_key(project_id), None)  # the undone images come next
         _forget_accepted(project_id, undone)
     else:
-        st.session_state["last_message"] = ("info", "Nothing to undo in this session.")
+        st.session_state["last_message"] = ("info", "No grid page or bulk label of this session to undo.")
 
 
 def _grid(project_id: int, names: list[str]) -> None:

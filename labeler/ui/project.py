@@ -21,7 +21,7 @@ from .. import auth, projects
 from ..config import SettingError, check_int, data_dir, user_error
 from ..data import DATASETS, DataError
 from ..data.importer import disk_full
-from . import common
+from . import account, common
 
 SOURCES = {"builtin": "Built-in data set", "folder": "Folder on the server", "upload": "Upload a zip"}
 
@@ -170,6 +170,10 @@ def _set_annotator() -> None:
         return
     name = (st.session_state.get("annotator_input") or "").strip()
     if name:
+        if name[:200] != st.session_state.get("annotator"):
+            # Another person, as a login would be: the last one's undo history, held grid page,
+            # claims and choices stay theirs.
+            account.clear_personal(keep=("annotator_input",))
         st.session_state["annotator"] = name[:200]
         st.session_state[common.NAMED] = True
         st.query_params["annotator"] = name[:200]  # kept across a reload (common.keep_annotator_in_address)

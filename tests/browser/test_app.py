@@ -333,7 +333,7 @@ def wait_for_tiles(page, wanted) -> list[tuple[int, str]]:
     while not (len(tiles) == 12 and wanted(tiles)) and time.monotonic() < deadline:
         page.wait_for_timeout(200)
         tiles = grid_tiles(page)
-    assert len(tiles) == 12, tiles
+    assert len(tiles) == 12 and wanted(tiles), tiles
     return tiles
 
 

@@ -164,7 +164,9 @@ def test_a_held_key_sets_one_tile_and_a_held_a_accepts_one_page(app_server, page
     assert [(e.item_id, e.class_index) for e in stored] == [(tiles[0][0], 1)]
     expect(page.get_by_text("Saved 1 labels.")).to_be_visible()  # an accept of the next page says 0
     press(page, "u")  # one page accepted: one undo takes tile 0's answer back
-    page.get_by_text("Undone: 1 answers are back in the queue.").wait_for()
+    page.get_by_text(
+        "Undone: your last grid page or bulk label (1 answers); 1 images are back in the queue."
+    ).wait_for()
 
 
 def test_a_class_named_skip_added_while_a_grid_page_is_open_stores_no_skipped_tile(app_server, page):

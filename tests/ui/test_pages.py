@@ -659,6 +659,23 @@ def test_uploaded_zip_is_saved_under_the_data_folder_and_imports(Session, tmp_pa
         assert queries.count_items(session, created.id) == 12
 
 
+def test_a_new_annotator_name_starts_clean_as_a_login_does(Session, tiny_project):
+    """Without accounts a new name is another person: the last one's undo history, held grid
+    page and choices stay theirs (a login or logout clears them the same way); the same name
+    typed again keeps them."""
+    from labeler import answers
+
+    at = page_app("project", tiny_project.id, annotator="alice")
+    at.session_state[f"ledger-{tiny_project.id}"] = answers.Ledger(entries=[[1]])
+    at.session_state[f"grid-page-{tiny_project.id}"] = [1, 2, 3]
+    at.text_input(key="annotator_input").input("alice").run()
+    assert f"grid-page-{tiny_project.id}" in at.session_state
+    at.text_input(key="annotator_input").input("bob").run()
+    assert at.session_state["annotator"] == "bob"
+    assert f"ledger-{tiny_project.id}" not in at.session_state
+    assert f"grid-page-{tiny_project.id}" not in at.session_state
+
+
 def test_annotator_name_is_used_for_new_labels(Session, tiny_project):
     at = page_app("project", tiny_project.id)
     at.text_input(key="annotator_input").input("alice").run()
