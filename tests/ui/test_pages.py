@@ -490,24 +490,7 @@ def test_the_bulk_label_choice_stays_through_a_rename_and_asks_again_when_its_ow
     went back to the first class, silently, ready to label the whole selection as that class.
     Now the choice stays when another class is renamed, and after its own class is renamed the
     selector shows no class and says to choose again: a click then stores nothing."""
-    from streamlit.testing.v1 import AppTest
-
-    run_id = fake_done_run(Session, tiny_project.id)
-    with Session() as session:
-        ids = [i.id for i in queries.items(session, tiny_project.id, "pool")[:3]]
-    script = f"""
-import streamlit as st
-from labeler.ui import common, latent
-names = common.class_names({tiny_project.id})
-with common.session_factory()() as session:
-    frame = latent.points_frame(session, {tiny_project.id}, {run_id}, names)
-st.session_state["latent"] = {{"selection": {{"points": [{{"customdata": [i, 0.9]}} for i in {ids}]}}}}
-latent._selection_panel({tiny_project.id}, {ids}, frame, names, "tester")
-"""
-    at = AppTest.from_string(script, default_timeout=60)
-    at.session_state["project_id"] = tiny_project.id
-    at.session_state["annotator"] = "tester"
-    at.run()
+    at, ids = _selection_panel_app(Session, tiny_project, 3)
 
     def selector():
         return next(box for box in at.selectbox if box.key.startswith("bulk_class-"))
@@ -532,25 +515,31 @@ latent._selection_panel({tiny_project.id}, {ids}, frame, names, "tester")
         assert queries.current_labels(session, tiny_project.id) == {i: 1 for i in ids}
 
 
-def test_selection_panel_labels_the_selection_at_once(Session, tiny_project):
+def _selection_panel_app(Session, project, n: int):
+    """An AppTest of the Latent page's selection panel with the first n pool images lassoed on
+    the map of a finished run, run once; and those images' ids."""
     from streamlit.testing.v1 import AppTest
 
-    run_id = fake_done_run(Session, tiny_project.id)
+    run_id = fake_done_run(Session, project.id)
     with Session() as session:
-        ids = [i.id for i in queries.items(session, tiny_project.id, "pool")[:5]]
+        ids = [i.id for i in queries.items(session, project.id, "pool")[:n]]
     script = f"""
 import streamlit as st
 from labeler.ui import common, latent
-names = common.class_names({tiny_project.id})
+names = common.class_names({project.id})
 with common.session_factory()() as session:
-    frame = latent.points_frame(session, {tiny_project.id}, {run_id}, names)
+    frame = latent.points_frame(session, {project.id}, {run_id}, names)
 st.session_state["latent"] = {{"selection": {{"points": [{{"customdata": [i, 0.9]}} for i in {ids}]}}}}  # the map's lasso
-latent._selection_panel({tiny_project.id}, {ids}, frame, names, "tester")
+latent._selection_panel({project.id}, {ids}, frame, names, "tester")
 """
     at = AppTest.from_string(script, default_timeout=60)
-    at.session_state["project_id"] = tiny_project.id
+    at.session_state["project_id"] = project.id
     at.session_state["annotator"] = "tester"  # who labels now: the callback asks, not the page
-    at.run()
+    return at.run(), ids
+
+
+def test_selection_panel_labels_the_selection_at_once(Session, tiny_project):
+    at, ids = _selection_panel_app(Session, tiny_project, 5)
     assert len(at.get("image")) == 5
     next(box for box in at.selectbox if box.key.startswith("bulk_class-")).set_value(1)
     button(at, "bulk_apply").click().run()
