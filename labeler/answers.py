@@ -224,10 +224,10 @@ def _undo_item(
     upgrade): this session's newest answer entry that covers `item_id`; sent again after a reload
     (`kept`: the class it names), the image's current answer if it is this person's single answer
     of that class, the rule then."""
-    for position in range(len(ledger.entries) - 1, -1, -1):
-        if any(ledger.item_of_event.get(e) == item_id for e in ledger.entries[position]):
-            _undo_entry(Session, annotator, ledger, position, outcome)
-            return
+    position = _newest_entry(ledger, lambda entry: any(ledger.item_of_event.get(e) == item_id for e in entry))
+    if position is not None:
+        _undo_entry(Session, annotator, ledger, position, outcome)
+        return
     if kept is not None:
 
         def commit():
@@ -264,16 +264,19 @@ def undo_entry(
     outcome = outcome or Outcome()
     with ledger.lock:  # two runs of one session (a double click) must not undo one entry twice
         if kinds is not None:
-            position = _newest_of_kinds(ledger, kinds)
+            position = _newest_entry(
+                ledger, lambda entry: all(ledger.kind_of_event.get(e) in kinds for e in entry)
+            )
             if position is None:
                 outcome.notices.append("Nothing to undo.")
                 return []
         return _undo_entry(Session, annotator, ledger, position, outcome)
 
 
-def _newest_of_kinds(ledger: Ledger, kinds: tuple[str, ...]) -> int | None:
+def _newest_entry(ledger: Ledger, test) -> int | None:
+    """The position of the newest ledger entry (a list of event ids) for which `test` holds."""
     for position in range(len(ledger.entries) - 1, -1, -1):
-        if all(ledger.kind_of_event.get(event_id) in kinds for event_id in ledger.entries[position]):
+        if test(ledger.entries[position]):
             return position
     return None
 

@@ -694,7 +694,7 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
         return
     changes = []
     for item_id, event_id, was in shown:
-        value = st.session_state.get(f"hist-{item_id}-{event_id}")
+        value = st.session_state.get(_tile_of(item_id, event_id))
         if value is not None and value != was:
             changes.append((item_id, event_id, int(value)))
     if not changes:
@@ -719,6 +719,11 @@ def _seen_key(project_id: int) -> str:
     return f"hist-seen-{project_id}"
 
 
+def _tile_of(item_id: int, event_id: int) -> str:
+    """A History tile's selectbox key: a new answer makes a new tile."""
+    return f"hist-{item_id}-{event_id}"
+
+
 def _chosen_key(project_id: int) -> str:
     """Session key of the History tiles changed and not saved yet: (item, event) -> the class
     name chosen (None: ignored). See `_keep_chosen_through_renames`."""
@@ -728,7 +733,7 @@ def _chosen_key(project_id: int) -> str:
 def _remember_correction(project_id: int, pair: tuple[int, int], names: list[str], was: int) -> None:
     """Callback of a History tile: keep the class name it was set to, until saved; a tile set
     back to its saved answer holds no change."""
-    value = st.session_state.get(f"hist-{pair[0]}-{pair[1]}")
+    value = st.session_state.get(_tile_of(*pair))
     chosen = st.session_state.setdefault(_chosen_key(project_id), {})
     if not isinstance(value, int) or value == was or not (value == IGNORED or 0 <= value < len(names)):
         chosen.pop(pair, None)
@@ -755,9 +760,9 @@ def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) 
             continue
         name = chosen[pair]
         if name is None or name in names:
-            st.session_state[f"hist-{item.id}-{event.id}"] = IGNORED if name is None else names.index(name)
+            st.session_state[_tile_of(*pair)] = IGNORED if name is None else names.index(name)
         else:
-            st.session_state[f"hist-{item.id}-{event.id}"] = event.class_index
+            st.session_state[_tile_of(*pair)] = event.class_index
             del chosen[pair]
             lost.append(f"#{item.id}")
     if lost:
@@ -774,7 +779,7 @@ def _with_unsaved(session, project_id: int, rows: list) -> list:
     browser sent with this run; `_correct` forgets a tile once its change is saved."""
     seen: dict = st.session_state.setdefault(_seen_key(project_id), {})
     chosen: dict = st.session_state.get(_chosen_key(project_id), {})
-    values = {pair: st.session_state.get(f"hist-{pair[0]}-{pair[1]}") for pair in seen}
+    values = {pair: st.session_state.get(_tile_of(*pair)) for pair in seen}
     for pair in [pair for pair, value in values.items() if value is None]:
         del seen[pair]  # not on screen any more (another mode or page): its change is dropped
         chosen.pop(pair, None)
@@ -832,7 +837,7 @@ def _history(project_id: int, names: list[str]) -> None:
                 f"by {common.as_typed(event.annotator)}",
                 options,
                 index=options.index(event.class_index) if event.class_index in options else 0,
-                key=f"hist-{item.id}-{event.id}",  # a new answer makes a new tile
+                key=_tile_of(item.id, event.id),
                 format_func=lambda i: ignored if i == IGNORED else names[i],
                 on_change=_remember_correction,
                 args=(project_id, (item.id, event.id), list(names), event.class_index),
