@@ -32,6 +32,7 @@ import contextlib
 import hashlib
 import io
 import os
+import secrets
 import shutil
 import sqlite3
 from collections.abc import Callable, Iterator, Sequence
@@ -57,6 +58,7 @@ from .importer import (
 
 Progress = Callable[[int, int], None]
 CHUNK = 1024  # files per transaction: what an interrupted import may have to read again
+TOKEN = ".import-token"  # in a project's folder: which staging moved its files there (`move_into`)
 
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (name TEXT PRIMARY KEY, value TEXT NOT NULL);
@@ -102,9 +104,18 @@ class Staged:
 
     def move_into(self, target: Path) -> None:
         """Move the pixel array (as pixels.npy) and files/ into the new project's folder `target`,
-        noting it first, so that `reclaim` can bring them back if the project is never committed."""
+        noting it first, so that `reclaim` can bring them back if the project is never committed.
+
+        A token goes into `target` and into state.db first: after a kill the project's id was
+        never committed and the next project may get it (SQLite reuses the highest id), and that
+        project's own files must not be taken back for this import (`reclaim`)."""
+        token = secrets.token_hex(16)
+        (target / TOKEN).write_text(token)
         with contextlib.closing(self.connect()) as db:
-            db.execute("INSERT OR REPLACE INTO meta VALUES ('moved_to', ?)", (str(target),))
+            db.executemany(
+                "INSERT OR REPLACE INTO meta VALUES (?, ?)",
+                [("moved_to", str(target)), ("moved_token", token)],
+            )
         os.replace(self.pixels_path, target / "pixels.npy")
         if self.files.exists():
             os.replace(self.files, target / "files")
@@ -149,8 +160,9 @@ def exclusive(staging: Path) -> Iterator[None]:
 
 def reclaim(staging: Path) -> None:
     """Bring back what `Staged.move_into` moved into a project that was never committed (a kill
-    or an error while the items were added). If it is gone (the folder was reused by another
-    project), the import starts over at its next run."""
+    or an error while the items were added). If it is gone, or the folder is another project's
+    now (a kill left the id uncommitted and the next project got it: `move_into`'s token differs),
+    the import starts over at its next run, unless the pixels never left the staging folder."""
     if not (staging / "state.db").exists():
         return
     with contextlib.closing(_connect(staging)) as db:
@@ -159,15 +171,25 @@ def reclaim(staging: Path) -> None:
         if "moved_to" not in meta:
             return
         target, pixels = Path(meta["moved_to"]), staging / meta.get("pixels", "pixels.npy")
-        with contextlib.suppress(OSError):
-            if not pixels.exists():
-                os.replace(target / "pixels.npy", pixels)
-            if (target / "files").exists() and not (staging / "files").exists():
-                os.replace(target / "files", staging / "files")
+        # Without our token the folder is another project's now (its files are not ours to take);
+        # a staging from before tokens has none to compare.
+        if _token(target) == meta.get("moved_token"):
+            with contextlib.suppress(OSError):
+                if not pixels.exists():
+                    os.replace(target / "pixels.npy", pixels)
+                if (target / "files").exists() and not (staging / "files").exists():
+                    os.replace(target / "files", staging / "files")
         if pixels.exists():
-            db.execute("DELETE FROM meta WHERE name = 'moved_to'")
+            db.execute("DELETE FROM meta WHERE name IN ('moved_to', 'moved_token')")
         else:
             db.execute("DELETE FROM meta")  # nothing left to continue from: start over
+
+
+def _token(folder: Path) -> str | None:
+    try:
+        return (folder / TOKEN).read_text()
+    except OSError:
+        return None
 
 
 def _connect(folder: Path) -> sqlite3.Connection:

@@ -122,6 +122,48 @@ def test_a_kill_while_the_items_are_added_loses_nothing(Session, tmp_path, small
         assert queries.count_items(session, project.id, "audit") == 4  # at most a fifth
 
 
+def test_a_retry_after_a_real_kill_leaves_the_next_projects_files_alone(
+    Session, db_url, tmp_path, small_chunks, monkeypatch
+):
+    # A kill runs no cleanup: nothing is reclaimed and the project's folder stays. Its id was never
+    # committed, so on SQLite the next project gets it, and with it the folder the kill left.
+    source = make_folder(tmp_path / "src")
+    other_source = tmp_path / "other"
+    for k, name in enumerate(("x", "y")):
+        (other_source / name).mkdir(parents=True)
+        for i in range(3):
+            (other_source / name / f"{i}.png").write_bytes(png(900 + 10 * k + i))
+
+    def fail(*_args):
+        raise Killed
+
+    root = projects.project_dir(0).parent
+    before = set(root.iterdir()) if root.exists() else set()
+    with monkeypatch.context() as patch:
+        patch.setattr(queries, "analyze", fail)  # after the files moved into the project's folder
+        patch.setattr(staging, "reclaim", lambda scratch: None)
+        patch.setattr(projects, "_discard_project_files", lambda folder, error: None)
+        with pytest.raises(Killed):
+            projects.create_project(Session, "pets", f"folder:{source}", audit_size=0)
+    (killed_folder,) = set(root.iterdir()) - before
+    assert (killed_folder / "pixels.npy").exists()
+    other = projects.create_project(Session, "other", f"folder:{other_source}", audit_size=0)
+    if db_url.startswith("sqlite"):
+        assert projects.project_dir(other.id) == killed_folder  # the id (and folder) reused
+    other_before = project_state(Session, other.id)
+
+    project = projects.create_project(Session, "pets", f"folder:{source}", audit_size=0)
+    items, skipped, _, pixels = project_state(Session, project.id)
+    whole = import_folder(source)
+    assert len(items) == 22 and len(skipped) == 3 and np.array_equal(pixels, whole.pixels)
+    other_after = project_state(Session, other.id)
+    assert other_after[:3] == other_before[:3] and np.array_equal(other_after[3], other_before[3])
+    assert np.array_equal(other_after[3], import_folder(other_source).pixels)
+    with Session() as session:
+        for item in queries.items(session, other.id):
+            assert Path(item.path).read_bytes() == (other_source / item.key).read_bytes()
+
+
 def test_a_folder_changed_between_the_runs_is_imported_afresh(Session, tmp_path, small_chunks):
     source = make_folder(tmp_path / "src")
 
