@@ -286,8 +286,10 @@ def test_a_streamed_folder_import_and_an_export_go_through_the_store(
     at.button(key="export_prepare").click().run()
     assert not at.exception and not at.error
     shared = storage.store()
+    exported = {Path(p).name: Path(p) for p in at.session_state["export_files"]["paths"]}
     for name in ("labels.csv", "dataset.zip", "dataset.parquet"):
-        assert shared.exists(f"projects/{project.id}/exports/{name}")
+        key = projects.storage_key(exported[name])
+        assert key.startswith(f"projects/{project.id}/exports/") and shared.exists(key)
     _unplug(app)
 
     other = _on_machine(monkeypatch, tmp_path / "other")
@@ -298,6 +300,4 @@ def test_a_streamed_folder_import_and_an_export_go_through_the_store(
     with Session() as session:
         item = queries.items(session, project.id)[5]
     assert projects.local_file(item.path).read_bytes() == (source / "img" / item.key).read_bytes()
-    assert projects.local_file(app / "projects" / str(project.id) / "exports" / "labels.csv").is_relative_to(
-        other
-    )
+    assert projects.local_file(exported["labels.csv"]).is_relative_to(other)

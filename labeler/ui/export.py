@@ -1,7 +1,9 @@
 """The Export page: the labeled data set and the newest model, as downloads.
 
-Files are produced by `labeler.export.export_all` into `<data dir>/projects/<id>/exports/` (and
-put in the shared store under the same key when LABELER_STORAGE_URL is set), then offered with
+Files are produced by `labeler.export.export_all` into a folder of their own under
+`<data dir>/projects/<id>/exports/` (and put in the shared store under the same key when
+LABELER_STORAGE_URL is set), one per preparation, so two admins (or two tabs) preparing at once
+never write, delete or download each other's files; then offered with
 one download button each: the ImageFolder zip (with metadata.csv and labels.csv),
 the Parquet file, labels.csv, predictions.csv and a zip of the model (checkpoint, TorchScript
 and classes.json). Only admins export: the page refuses everyone else itself, not only the
@@ -10,10 +12,13 @@ navigation that hides it.
 
 from __future__ import annotations
 
+import contextlib
 import datetime
 import functools
 import logging
+import secrets
 import shutil
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -36,8 +41,42 @@ DOWNLOADS = {
 MODEL_FILES = export.MODEL_FILES
 
 
+KEEP_S = 24 * 3600  # an export folder older than this is removed when anyone prepares another
+
+
 def export_folder(project_id: int) -> Path:
+    """Where the project's exports go, each in a folder of its own (`_new_folder`)."""
     return projects.project_dir(project_id) / "exports"
+
+
+def _new_folder(project_id: int) -> Path:
+    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+    return export_folder(project_id) / f"{stamp}-{secrets.token_hex(4)}"
+
+
+def _discard(path: Path) -> None:
+    """Remove an export (a folder, or a file of the layout before folders) here and in the store."""
+    if path.is_dir():
+        shutil.rmtree(path, ignore_errors=True)
+    else:
+        path.unlink(missing_ok=True)
+    from ..storage import store
+
+    key = projects.storage_key(path)
+    with contextlib.suppress(Exception):  # a store out of reach keeps a stale copy, nothing worse
+        shared = store()
+        if shared is not None and key is not None:
+            shared.remove(key)
+
+
+def _sweep(project_id: int, keep: Path) -> None:
+    """Remove the project's exports older than KEEP_S (their sessions are long gone), never `keep`."""
+    now = time.time()
+    folder = export_folder(project_id)
+    for path in folder.iterdir() if folder.exists() else ():
+        with contextlib.suppress(OSError):
+            if path != keep and now - path.stat().st_mtime > KEEP_S:
+                _discard(path)
 
 
 def _prepare(project_id: int) -> None:
@@ -46,7 +85,8 @@ def _prepare(project_id: int) -> None:
     if not common.is_admin():
         st.session_state["export_error"] = "Only an admin can export."
         return
-    folder = export_folder(project_id)
+    folder = _new_folder(project_id)
+    previous = st.session_state.get("export_files") or {}
     bar = st.progress(0.0, text="Preparing the export...")
 
     def progress(done: int, total: int) -> None:
@@ -55,8 +95,6 @@ def _prepare(project_id: int) -> None:
         )
 
     try:
-        if folder.exists():
-            shutil.rmtree(folder)
         notes: list[str] = []
         written = export.export_all(
             common.session_factory(), project_id, folder, notes=notes, progress=progress
@@ -65,6 +103,7 @@ def _prepare(project_id: int) -> None:
         for path in written:  # with LABELER_STORAGE_URL, kept beside the project's files
             projects.publish(path)
     except Exception as error:  # shown as one sentence
+        _discard(folder)
         message = user_error(error)
         if message is None:
             log.exception("The export of project %s failed", project_id)
@@ -73,8 +112,12 @@ def _prepare(project_id: int) -> None:
         return
     finally:
         bar.empty()
+    if previous.get("folder"):  # this session's last export: its buttons now offer the new one
+        _discard(Path(previous["folder"]))
+    _sweep(project_id, keep=folder)
     st.session_state["export_files"] = {
         "project": project_id,
+        "folder": str(folder),
         "paths": [str(p) for p in written],
         "notes": notes,
         "at": datetime.datetime.now(datetime.UTC).strftime("%H:%M:%S UTC"),

@@ -3,7 +3,11 @@
 from __future__ import annotations
 
 import io
+import os
+import time
 import zipfile
+from pathlib import Path
+from unittest import mock
 
 import numpy as np
 import pandas as pd
@@ -17,6 +21,7 @@ from db.models import DONE, LabelEvent, Project
 from labeler import projects
 from labeler.config import SettingError
 from labeler.runspec import RunSpec
+from labeler.ui import export as export_ui
 from labeler.ui import latent, progress, project, train
 
 
@@ -579,6 +584,50 @@ def test_export_page_offers_the_data_set(Session, tiny_project):
     with zipfile.ZipFile(zip_path) as archive:
         assert "metadata.csv" in archive.namelist()
         assert len([n for n in archive.namelist() if n.endswith(".png")]) == 6
+
+
+def test_two_exports_of_one_project_keep_their_own_files(Session, tiny_project):
+    label_items(Session, tiny_project.id, 6)
+    first, second = page_app("export", tiny_project.id), page_app("export", tiny_project.id)
+    first.button(key="export_prepare").click().run()
+    first_files = {Path(p).name: Path(p) for p in first.session_state["export_files"]["paths"]}
+    first_labels = first_files["labels.csv"].read_bytes()
+    label_items(Session, tiny_project.id, 8)  # two more answers before the second admin prepares
+    second.button(key="export_prepare").click().run()
+    assert not first.exception and not second.exception and not second.error
+    second_files = {Path(p).name: Path(p) for p in second.session_state["export_files"]["paths"]}
+    assert first_files["labels.csv"].parent != second_files["labels.csv"].parent
+    assert first_files["labels.csv"].read_bytes() == first_labels  # untouched by the second export
+    assert len(first_labels.decode().strip().splitlines()) == 1 + 6
+    assert len(second_files["labels.csv"].read_text().strip().splitlines()) == 1 + 8
+    # Preparing again replaces the session's own export only; a failed one leaves no folder.
+    old = first_files["labels.csv"].parent
+    first.button(key="export_prepare").click().run()
+    assert not old.exists() and second_files["labels.csv"].exists()
+    exports = export_ui.export_folder(tiny_project.id)
+    before = set(exports.iterdir())
+    def half_written(Session, project_id, folder, **kwargs):
+        folder.mkdir(parents=True)
+        (folder / "labels.csv").write_text("half")
+        raise RuntimeError("boom")
+
+    with mock.patch.object(export_ui.export, "export_all", side_effect=half_written):
+        second.button(key="export_prepare").click().run()
+    assert second.error and set(exports.iterdir()) == before
+
+
+def test_an_export_older_than_a_day_is_swept_when_another_is_prepared(Session, tiny_project):
+    label_items(Session, tiny_project.id, 6)
+    stale = export_ui.export_folder(tiny_project.id) / "20260101-000000-abcd"
+    stale.mkdir(parents=True)
+    (stale / "labels.csv").write_text("old")
+    recent = export_ui.export_folder(tiny_project.id) / "recent"
+    recent.mkdir()
+    day_ago = time.time() - export_ui.KEEP_S - 60
+    os.utime(stale, (day_ago, day_ago))
+    at = page_app("export", tiny_project.id)
+    at.button(key="export_prepare").click().run()
+    assert not at.exception and not stale.exists() and recent.exists()
 
 
 # Project -------------------------------------------------------------------------------------
