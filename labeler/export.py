@@ -11,7 +11,8 @@
 - `model.pt` (checkpoint + config, loads with `weights_only=True`), `model.torchscript.pt` and
   `model.onnx` (one self-contained file; each classifies a (B, C, H, W) float tensor in [0, 1]
   into class probabilities with no labeler code: PyTorch alone, or any ONNX runtime) +
-  `classes.json`.
+  `classes.json` (the name of each of the model's outputs, in order: classes added after it
+  trained are not among them).
 
 One snapshot: an export reads everything it needs in one transaction (`read_snapshot`) before
 it writes a file, so labels given or undone meanwhile are wholly in or wholly out, and
@@ -361,7 +362,10 @@ def write_model(
             exc_info=True,
         )
     classes = out / "classes.json"
-    classes.write_text(json.dumps(snapshot.names, ensure_ascii=False, indent=1))
+    # The model's outputs, under today's names: a class added since it trained is not one of them
+    # (class indices only grow, so its K outputs are the first K classes).
+    names = snapshot.names[: model.num_classes]
+    classes.write_text(json.dumps(names, ensure_ascii=False, indent=1))
     return [*written, classes]
 
 

@@ -1,4 +1,5 @@
 import io
+import json
 import zipfile
 from pathlib import Path
 
@@ -83,8 +84,12 @@ def test_model_export_runs_without_labeler_code_as_torchscript_and_onnx(Session,
             Run(project_id=tiny_project.id, model="supervised", status=DONE, checkpoint=str(checkpoint))
         )
 
+    with Session.begin() as session:  # a class added after the model was trained: not one of its outputs
+        queries.add_class(session, tiny_project.id, "bird")
+        names = queries.class_names(session, tiny_project.id)
     written = {p.name: p for p in export.write_model(Session, tiny_project.id, tmp_path / "out")}
     assert set(written) == {"model.pt", "model.torchscript.pt", "model.onnx", "classes.json"}
+    assert json.loads(written["classes.json"].read_text()) == names[:2] and len(names) == 3
     # The model download, unpacked alone in an empty folder: nothing may point back to the export's.
     fresh = tmp_path / "fresh"
     with zipfile.ZipFile(io.BytesIO(export.model_zip_bytes(list(written.values())))) as archive:
