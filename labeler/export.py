@@ -91,6 +91,13 @@ PREDICTION_COLUMNS = ["file", "split", "predicted_index", "confidence", "entropy
 # its weights beside the graph (write_onnx asks for one file).
 MODEL_FILES = ("model.pt", "model.torchscript.pt", "model.onnx", "model.onnx.data", "classes.json")
 PARTS = ("labels", "dataset", "predictions", "model")
+# What each part may write; an export removes these first (`export_all`).
+PART_FILES = {
+    "labels": ("labels.csv",),
+    "dataset": ("dataset.zip", "dataset.parquet"),
+    "predictions": ("predictions.csv",),
+    "model": MODEL_FILES,
+}
 CHUNK = 2000  # images per Parquet row group: bounded memory however many are labeled
 
 Progress = Callable[[int, int], None]
@@ -403,7 +410,8 @@ def export_all(
     notes: list[str] | None = None,
     progress: Progress | None = None,
 ) -> list[Path]:
-    """Write `what` ("all" or one of PARTS) into folder `out`, all from one snapshot.
+    """Write `what` ("all" or one of PARTS) into folder `out`, all from one snapshot; the files
+    those parts write (PART_FILES) are removed from `out` first, other files are left alone.
 
     With "all", a model that cannot be exported does not stop the rest: the reason is added
     to `notes` (when given; else ExportError is raised after the other files are written).
@@ -415,6 +423,9 @@ def export_all(
     snapshot = read_snapshot(Session, project_id, parts)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
+    for part in parts:  # an earlier export's files (a model this one leaves out) must not pass as this one's
+        for name in PART_FILES[part]:
+            (out / name).unlink(missing_ok=True)
     written: list[Path] = []
     if "labels" in parts:
         written.append(write_labels_csv(Session, project_id, out, snapshot))

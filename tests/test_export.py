@@ -176,8 +176,13 @@ def test_a_checkpoint_from_an_older_version_is_one_sentence_to_export(
     with pytest.raises(export.ExportError, match=r"cannot be exported .*train it again, then export\.$"):
         export.export_all(Session, tiny_project.id, tmp_path / "model", what="model")
     notes = []
+    (tmp_path / "all").mkdir()
+    for name in ("model.pt", "model.onnx", "classes.json", "mine.txt"):  # an earlier export's, and the user's
+        (tmp_path / "all" / name).write_text("earlier")
     written = export.export_all(Session, tiny_project.id, tmp_path / "all", what="all", notes=notes)
     assert {p.name for p in written} >= {"labels.csv", "dataset.zip"} and len(notes) == 1
+    left = {p.name for p in (tmp_path / "all").iterdir()}
+    assert not left & set(export.MODEL_FILES) and "mine.txt" in left  # no stale model beside the note
 
     capsys.readouterr()
     assert main(["export", "--project", "tiny", "--out", str(tmp_path / "cli"), "--what", "model"]) == 2
