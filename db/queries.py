@@ -137,6 +137,16 @@ def current_labels(session: Session, project_id: int, ignored: bool = False) -> 
     return {item_id: class_index for item_id, class_index in session.execute(query)}
 
 
+def current_answers(session: Session, project_id: int) -> dict[int, tuple[int, int]]:
+    """{item_id: (event id, class index)} of every item's current answer, "ignore" answers
+    (IGNORED) included: what a page shows, so a later write can check it is still the same."""
+    newest = _current_event_ids(project_id)
+    query = select(LabelEvent.item_id, LabelEvent.id, LabelEvent.class_index).join(
+        newest, LabelEvent.id == newest.c.event_id
+    )
+    return {item_id: (event_id, class_index) for item_id, event_id, class_index in session.execute(query)}
+
+
 def current_event(session: Session, item_id: int) -> LabelEvent | None:
     """The item's newest event that is not undone (its current answer), or None."""
     return session.scalars(
@@ -235,6 +245,34 @@ def add_label_if_unlabeled(
     if locked is None or current_event(session, item_id) is not None:
         return None
     return add_label(session, locked, class_index, annotator=annotator, kind=kind)
+
+
+# What `relabel_as_shown` did with one item.
+LABELED, REPLACED, SAME, CHANGED = "labeled", "replaced", "same", "changed"
+
+
+def relabel_as_shown(
+    session: Session,
+    item_id: int,
+    class_index: int,
+    shown_event: int | None,
+    annotator: str = "anonymous",
+    kind: str = "bulk",
+) -> tuple[LabelEvent | None, str, LabelEvent | None]:
+    """Give the item `class_index` over whatever answer it has, as long as that answer is still
+    the one a page showed (`shown_event`: its event id, None for no answer). Returns (the event
+    written or None, what happened, the answer it found): LABELED (it had none), REPLACED,
+    SAME (it has this class already: nothing written, so the answer stays its giver's) or
+    CHANGED (answered, undone or corrected since the page was drawn, or gone: left alone)."""
+    if lock_item(session, item_id) is None:
+        return None, CHANGED, None
+    current = current_event(session, item_id)
+    if (current.id if current is not None else None) != shown_event:
+        return None, CHANGED, current
+    if current is not None and current.class_index == int(class_index):
+        return None, SAME, current
+    event = add_label(session, item_id, class_index, annotator=annotator, kind=kind)
+    return event, REPLACED if current is not None else LABELED, current
 
 
 def add_labels(

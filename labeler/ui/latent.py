@@ -24,7 +24,7 @@ from sqlalchemy import select
 import db
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, POOL, LabelClass, Run
+from db.models import AUDIT, IGNORED, POOL, LabelClass, Run
 
 from .. import projects
 from . import common
@@ -47,8 +47,12 @@ def points_frame(
     Above `max_points` every labeled item is kept and the rest is a fixed random sample.
     """
     frame = _shown_predictions(session, run_id)
-    labels = queries.current_labels(session, project_id)
-    frame["label_index"] = frame["item_id"].map(labels)
+    answers = queries.current_answers(session, project_id)
+    frame["label_index"] = frame["item_id"].map({item: k for item, (_, k) in answers.items()})
+    # The answer each image has as the page is drawn ("ignore" ones too), which a relabel checks.
+    frame["answer_event"] = frame["item_id"].map({item: event for item, (event, _) in answers.items()})
+    frame["ignored"] = frame["label_index"] == IGNORED
+    frame.loc[frame["ignored"], "label_index"] = np.nan  # in no class: drawn as unlabeled
     if len(frame) > max_points:
         labeled = frame[frame["label_index"].notna()]
         rest = frame[frame["label_index"].isna()]
@@ -62,6 +66,9 @@ def points_frame(
     frame["label"] = frame["label_index"].map(name)
     frame["prediction"] = frame["predicted"].map(name)
     frame["labeled"] = np.where(frame["label_index"].notna(), "labeled", "unlabeled")
+    frame["answer"] = np.where(
+        frame["ignored"], "ignored", np.where(frame["label_index"].notna(), frame["label"], "-")
+    )
     return frame
 
 
@@ -376,7 +383,10 @@ def _bulk_label(
     project_id: int, item_ids: list[int], names: list[str], frame: pd.DataFrame | None = None
 ) -> None:
     """Label the selection in one transaction. Images that already have an answer (anyone's) are
-    left alone unless the person ticked "relabel"; the message says how many. A bulk label is one
+    left alone unless the person ticked "relabel"; then an answer is replaced only while it is
+    still the one the page showed (in `frame`; "ignore" answers are shown too), and one that has
+    this class already is left its giver's; the message says how many of each, and how many
+    answers of other people were replaced. A bulk label is one
     undo step on the Label page and counts toward automatic retraining. `names` are the classes
     as the page showed them: the choice is an index, and after a rename it may mean another class,
     so then nothing is saved.
@@ -405,6 +415,13 @@ def _bulk_label(
         st.session_state["latent_message"] = ("error", "Choose the label first, then click again.")
         return
     relabel = bool(st.session_state.get("bulk_relabel", False))
+    # The answers the page showed: a relabel replaces only those (`queries.relabel_as_shown`).
+    shown = (
+        dict(zip(frame["item_id"].astype(int), frame["answer_event"]))
+        if frame is not None and "answer_event" in frame
+        else None
+    )
+    outcome: dict[str, int] = {}
     Session = common.session_factory()
 
     def commit():
@@ -419,9 +436,22 @@ def _bulk_label(
             )
             if now is None or int(class_index) >= len(names) or now != names[int(class_index)]:
                 raise _Renamed()
-            return queries.add_labels(
-                session, item_ids, int(class_index), annotator=annotator, kind="bulk", relabel=relabel
-            )
+            if not relabel or shown is None:  # no answer replaced (nor, without the page's, checked)
+                return queries.add_labels(
+                    session, item_ids, int(class_index), annotator=annotator, kind="bulk"
+                )
+            outcome.clear()  # a retried transaction counts afresh
+            events = []
+            for item_id in item_ids:
+                before = shown.get(item_id)
+                event, what, found = queries.relabel_as_shown(
+                    session, item_id, int(class_index), None if pd.isna(before) else int(before), annotator
+                )
+                if what == queries.REPLACED and found.annotator != annotator:
+                    what = "others"
+                outcome[what] = outcome.get(what, 0) + 1
+                events += [event] if event is not None else []
+            return events
 
     try:
         events = db.retrying(commit)
@@ -435,9 +465,10 @@ def _bulk_label(
         st.session_state["latent_message"] = ("error", f"The labels were not saved: {error}")
         return
     st.session_state.setdefault(f"ledger-{project_id}", answers.Ledger()).record(events)
-    left = len(item_ids) - len(events)
     text = f"Labeled {len(events)} images at once."
-    if left:
+    if outcome:
+        text += _relabel_report(outcome)
+    elif left := len(item_ids) - len(events):
         text += f' {left} already had a label and were left as they are (tick "relabel" to change them).'
     st.session_state["latent_message"] = ("success", text)
     try:
@@ -447,6 +478,26 @@ def _bulk_label(
             "warning",
             f"{text} Automatic retraining could not start: {error}",
         )
+
+
+def _relabel_report(outcome: dict[str, int]) -> str:
+    """What a relabel did, beyond the count labeled (`_bulk_label`)."""
+    replaced, others = outcome.get(queries.REPLACED, 0), outcome.get("others", 0)
+    parts = []
+    if replaced + others:
+        parts.append(
+            f" {replaced + others} of them replaced an earlier answer"
+            + (f", {others} of those given by someone else" if others else "")
+            + " (Undo last page on the Label page takes them all back)."
+        )
+    if same := outcome.get(queries.SAME, 0):
+        parts.append(f" {same} had this label already and were left as they are.")
+    if changed := outcome.get(queries.CHANGED, 0):
+        parts.append(
+            f" {changed} were answered or changed after this page was drawn and were left as they are;"
+            " check them and label again if needed."
+        )
+    return "".join(parts)
 
 
 @st.cache_data(show_spinner="Generating images...", max_entries=8)
@@ -530,13 +581,13 @@ def _selection_panel(
     st.subheader(f"{len(chosen)} selected")
     shown = chosen.head(MAX_THUMBNAILS)
     columns = st.columns(THUMBNAILS_PER_ROW)
-    for n, (item_id, row, label) in enumerate(zip(shown.index, shown["row"], shown["label"])):
+    for n, (item_id, row, answer) in enumerate(zip(shown.index, shown["row"], shown["answer"])):
         with columns[n % THUMBNAILS_PER_ROW]:
             # An opaque id, as on the Label page: a file or folder name could give the class away.
             st.image(
                 common.enlarge(projects.image(project_id, int(row)), 96),
                 width="stretch",
-                caption=common.as_typed(f"#{item_id}: {'-' if label == 'unlabeled' else label}"),
+                caption=common.as_typed(f"#{item_id}: {answer}"),
             )
     if len(chosen) > MAX_THUMBNAILS:
         st.caption(f"Showing {MAX_THUMBNAILS} of {len(chosen)}.")

@@ -72,6 +72,48 @@ def test_bulk_labels_skip_labeled_items_unless_asked(Session, tiny_project):
         assert queries.current_labels(session, tiny_project.id) == {a.id: 0, b.id: 0, c.id: 0}
 
 
+def test_a_relabel_replaces_only_the_answer_a_page_showed(Session, tiny_project):
+    from db.models import IGNORED
+
+    a, b, c, d, e = _pool_items(Session, tiny_project)[:5]
+    with Session.begin() as session:
+        queries.add_label(session, b.id, 0, annotator="bob")
+        queries.add_label(session, c.id, 1, annotator="bob")
+        queries.add_label(session, d.id, IGNORED, annotator="bob")
+    with Session() as session:
+        shown = {
+            item: event for item, (event, _) in queries.current_answers(session, tiny_project.id).items()
+        }
+    assert set(shown) == {b.id, c.id, d.id}  # the "ignore" answer too
+    with Session.begin() as session:  # then bob answers e and corrects b
+        queries.add_label(session, e.id, 0, annotator="bob")
+        queries.add_label(session, b.id, 1, annotator="bob")
+    results = {}
+    with Session.begin() as session:
+        for item in (a, b, c, d, e):
+            event, what, _ = queries.relabel_as_shown(
+                session, item.id, 1, shown.get(item.id), annotator="alice"
+            )
+            results[item.id] = (what, event is not None)
+    assert results == {
+        a.id: (queries.LABELED, True),
+        b.id: (queries.CHANGED, False),  # bob's correction since the page was drawn stays
+        c.id: (queries.SAME, False),  # already class 1: stays bob's answer
+        d.id: (queries.REPLACED, True),
+        e.id: (queries.CHANGED, False),  # answered since the page was drawn
+    }
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {
+            a.id: 1,
+            b.id: 1,
+            c.id: 1,
+            d.id: 1,
+            e.id: 0,
+        }
+        assert [ev.annotator for ev in queries.history(session, c.id)] == ["bob"]
+        assert queries.history(session, b.id)[-1].annotator == "bob"
+
+
 def test_ignored_images_are_answered_but_in_no_class(Session, tiny_project):
     from db import runs
     from db.models import IGNORED

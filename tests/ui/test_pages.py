@@ -556,6 +556,48 @@ def test_selection_panel_labels_the_selection_at_once(Session, tiny_project):
     assert {(e.kind, e.annotator) for e in events} == {("bulk", "tester")}
 
 
+def test_a_relabel_replaces_only_what_the_page_showed_and_says_whose_answers_it_replaced(
+    Session, tiny_project
+):
+    """With "relabel" ticked the bulk label wrote over every selected image: an answer given after
+    the page was drawn, one shown as unlabeled because it was "ignore", and one that had the
+    class already (now credited to whoever clicked), and the message said only "Labeled N"."""
+    from db.models import IGNORED
+
+    with Session() as session:
+        ids = [i.id for i in queries.items(session, tiny_project.id, "pool")[:5]]
+    with Session.begin() as session:
+        queries.add_label(session, ids[1], 0, annotator="bob")
+        queries.add_label(session, ids[2], 1, annotator="bob")
+        queries.add_label(session, ids[3], IGNORED, annotator="bob")
+    at, _ = _selection_panel_app(Session, tiny_project, 5)
+    captions = [image.proto.imgs[0].caption.replace("\\", "") for image in at.get("image")]  # as typed
+    assert captions == [
+        f"#{ids[0]}: -",
+        f"#{ids[1]}: 0",
+        f"#{ids[2]}: 1",
+        f"#{ids[3]}: ignored",
+        f"#{ids[4]}: -",
+    ]
+    with Session.begin() as session:  # bob answers one of them after the page was drawn
+        queries.add_label(session, ids[4], 0, annotator="bob")
+    next(box for box in at.selectbox if box.key.startswith("bulk_class-")).set_value(1)
+    at.checkbox(key="bulk_relabel").check()
+    button(at, "bulk_apply").click().run()
+    assert not at.exception
+    with Session() as session:
+        labels = queries.current_labels(session, tiny_project.id)
+        owners = [queries.history(session, i)[-1].annotator for i in ids]
+    assert [labels.get(i) for i in ids] == [1, 1, 1, 1, 0]
+    assert owners == ["tester", "tester", "bob", "tester", "bob"]
+    kind, text = at.session_state["latent_message"]
+    assert kind == "success" and text.startswith("Labeled 3 images at once.")
+    assert "2 of them replaced an earlier answer, 2 of those given by someone else" in text
+    assert (
+        "1 had this label already" in text and "1 were answered or changed after this page was drawn" in text
+    )
+
+
 def test_generated_images_panel_shows_one_row_per_class(Session, tiny_project, tmp_path):
     from labeler.models import MODELS, save_checkpoint
 
@@ -606,6 +648,7 @@ def test_two_exports_of_one_project_keep_their_own_files(Session, tiny_project):
     assert not old.exists() and second_files["labels.csv"].exists()
     exports = export_ui.export_folder(tiny_project.id)
     before = set(exports.iterdir())
+
     def half_written(Session, project_id, folder, **kwargs):
         folder.mkdir(parents=True)
         (folder / "labels.csv").write_text("half")
