@@ -183,8 +183,9 @@ def _undo_named(
     correction or bulk label of the image made since, which the newest ledger entry covering the
     image would be). It must be this session's own answer (in the ledger) unless the tab kept the
     undo across a reload (`again`: this server session never saw the answer). Quietly nothing when
-    it was undone already (before the reload, or by the grid's "Undo last page"); a notice when
-    the image was answered again since."""
+    it was undone already (before the reload, or by the grid's "Undo last page"); when the image
+    was answered again since, the answer is taken back all the same (so undoing the newer one
+    later does not bring it back), the newer one stands, and a notice says so."""
     mine = {event_id for entry in ledger.entries for event_id in entry}
 
     def commit():
@@ -198,19 +199,24 @@ def _undo_named(
             if not (again or event.id in mine):
                 return "none", None
             current = queries.current_event(session, item_id)
-            if current is None or current.id != event.id:
-                return "answered since", None
+            # Taken back either way; when a newer answer stands it stays, and should that one be
+            # undone later, this answer (which its giver took back) does not come back with it.
             queries.undo_events(session, [event.id], annotator)
+            if current is None or current.id != event.id:
+                return "answered since", event.id
             return "undone", event.id
 
     status, undone = db.retrying(commit)
-    if status == "undone":
+    if undone is not None:
         ledger.entries = [
             kept for kept in ([e for e in entry if e != undone] for entry in ledger.entries) if kept
         ]
+    if status == "undone":
         outcome.undone_items.append(item_id)
     elif status == "answered since":
-        outcome.notices.append(f"Image #{item_id} was answered again since; your undo left that answer.")
+        outcome.notices.append(
+            f"Image #{item_id} was answered again since: your answer is taken back, and the newer one stands."
+        )
     elif status == "none":
         outcome.notices.append(
             f"Nothing to undo for image #{item_id}: you did not answer it in this session."

@@ -263,6 +263,12 @@ def test_an_undo_takes_back_the_answer_it_names_and_not_a_correction_made_since(
     assert outcome.undone_items == [] and "answered again since" in outcome.notices[0]
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {a: 1, b: 1}
+    # The correction undone later (say a bulk label of another person's, by its giver): the box's
+    # answer of a, taken back above, does not come back; b's, never taken back, does.
+    with Session.begin() as session:
+        queries.undo_events(session, [e.id for e in events], "ann")
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {b: 0}
 
 
 def test_an_undo_of_an_older_answer_takes_back_that_one_and_leaves_the_ledger_without_it(
