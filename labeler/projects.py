@@ -5,7 +5,7 @@ Layout under the data folder:
     projects/<id>/pixels.npy        uint8 (N, C, H, W), row i = Item.row i
     projects/<id>/files/...         original image files of folder and zip imports
     projects/<id>/runs/<run>.pt     checkpoints
-    projects/<id>/exports/...       the newest export made in the app
+    projects/<id>/exports/<time>-<random>/...  one export made in the app (kept a day)
 
 Creating a project either completes or leaves the disk as it was: a zip is extracted into a
 scratch folder under `imports/` that is removed when the import ends, whatever its outcome,

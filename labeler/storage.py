@@ -76,6 +76,16 @@ class Store:
             partial.unlink(missing_ok=True)
         return True
 
+    def names(self, prefix: str) -> list[str]:
+        """The names of the entries right below `prefix` (files and folders); [] when it is absent."""
+        with self._reaching():
+            if not self.fs.exists(self.path(prefix)):
+                return []
+            return sorted(
+                str(entry).rstrip("/").rsplit("/", 1)[-1]
+                for entry in self.fs.ls(self.path(prefix), detail=False)
+            )
+
     def remove(self, prefix: str) -> None:
         """Delete `prefix` and everything below it; nothing when it is absent."""
         with self._reaching():

@@ -265,6 +265,33 @@ def test_storage_key_finds_the_key_of_a_path_written_on_another_machine(tmp_path
     assert projects.storage_key("/tmp/somewhere/else.pt") is None
 
 
+@pytest.mark.parametrize("shared_store", ["folder", "s3"], indirect=True)
+def test_old_exports_leave_the_store_too(shared_store, shared_db, tmp_path, monkeypatch):
+    """Each preparation writes a folder of its own: the session's previous one, those older
+    than a day (made on any machine) and files of the layout before folders leave the store."""
+    from streamlit.testing.v1 import AppTest
+
+    Session = shared_db
+    monkeypatch.setenv("LABELER_DB_URL", f"sqlite:///{tmp_path / 'shared.db'}")
+    _on_machine(monkeypatch, tmp_path / "app")
+    project = _create_labeled_project(Session, tmp_path / "source")
+    shared = storage.store()
+    prefix = f"projects/{project.id}/exports"
+    (tmp_path / "old.csv").write_text("old")
+    for name in ("20200101-000000-aaaa/labels.csv", "labels.csv", "29990101-000000-bbbb/labels.csv"):
+        shared.put(tmp_path / "old.csv", f"{prefix}/{name}")  # a day old elsewhere; old layout; recent
+    at = AppTest.from_string("from labeler.ui.export import export_page\nexport_page()", default_timeout=60)
+    at.session_state["project_id"] = project.id
+    at.run()
+    at.button(key="export_prepare").click().run()
+    first = Path(at.session_state["export_files"]["folder"]).name
+    assert not at.exception and shared.names(prefix) == sorted([first, "29990101-000000-bbbb"])
+    at.button(key="export_prepare").click().run()
+    second = Path(at.session_state["export_files"]["folder"]).name
+    assert second != first and shared.names(prefix) == sorted([second, "29990101-000000-bbbb"])
+    assert shared.exists(f"{prefix}/{second}/labels.csv")
+
+
 @pytest.mark.parametrize("shared_store", ["folder"], indirect=True)
 def test_a_streamed_folder_import_and_an_export_go_through_the_store(
     shared_store, shared_db, tmp_path, monkeypatch

@@ -49,9 +49,22 @@ def export_folder(project_id: int) -> Path:
     return projects.project_dir(project_id) / "exports"
 
 
+STAMP = "%Y%m%d-%H%M%S"  # an export folder's name starts with its UTC time
+
+
 def _new_folder(project_id: int) -> Path:
-    stamp = datetime.datetime.now(datetime.UTC).strftime("%Y%m%d-%H%M%S")
+    stamp = datetime.datetime.now(datetime.UTC).strftime(STAMP)
     return export_folder(project_id) / f"{stamp}-{secrets.token_hex(4)}"
+
+
+def _age_s(name: str, now: float) -> float | None:
+    """Seconds since the export folder `name` was made, from its name; None for another name (a
+    file of the layout before folders)."""
+    try:
+        made = datetime.datetime.strptime(name[:15], STAMP).replace(tzinfo=datetime.UTC)
+    except ValueError:
+        return None
+    return now - made.timestamp()
 
 
 def _discard(path: Path) -> None:
@@ -60,23 +73,35 @@ def _discard(path: Path) -> None:
         shutil.rmtree(path, ignore_errors=True)
     else:
         path.unlink(missing_ok=True)
-    from ..storage import store
-
     key = projects.storage_key(path)
     with contextlib.suppress(Exception):  # a store out of reach keeps a stale copy, nothing worse
-        shared = store()
+        shared = _store()
         if shared is not None and key is not None:
             shared.remove(key)
 
 
 def _sweep(project_id: int, keep: Path) -> None:
-    """Remove the project's exports older than KEEP_S (their sessions are long gone), never `keep`."""
+    """Remove the project's exports older than KEEP_S (their sessions are long gone) and files of
+    the layout before folders, here and in the store (another machine's too), never `keep`."""
     now = time.time()
     folder = export_folder(project_id)
     for path in folder.iterdir() if folder.exists() else ():
-        with contextlib.suppress(OSError):
-            if path != keep and now - path.stat().st_mtime > KEEP_S:
-                _discard(path)
+        age = _age_s(path.name, now)
+        if path != keep and (age is None or age > KEEP_S):
+            _discard(path)
+    prefix = f"projects/{project_id}/exports"  # the store's copy of `folder` (projects.storage_key)
+    with contextlib.suppress(Exception):  # a store out of reach is swept another time
+        shared = _store()
+        for name in shared.names(prefix) if shared is not None else ():
+            age = _age_s(name, now)
+            if name != keep.name and (age is None or age > KEEP_S):
+                shared.remove(f"{prefix}/{name}")
+
+
+def _store():
+    from ..storage import store
+
+    return store()
 
 
 def _prepare(project_id: int) -> None:
@@ -102,8 +127,10 @@ def _prepare(project_id: int) -> None:
         bar.progress(1.0, text="Putting the export in the shared store...")
         for path in written:  # with LABELER_STORAGE_URL, kept beside the project's files
             projects.publish(path)
-    except Exception as error:  # shown as one sentence
+    except BaseException as error:  # shown as one sentence; a stopped script run (a click) re-raised
         _discard(folder)
+        if not isinstance(error, Exception):
+            raise
         message = user_error(error)
         if message is None:
             log.exception("The export of project %s failed", project_id)
@@ -144,6 +171,9 @@ def export_page() -> None:
     prepared = st.session_state.get("export_files")
     if not prepared or prepared["project"] != project.id:
         st.caption("Prepare the export to get the download buttons; it reflects the labels at that moment.")
+        return
+    if prepared.get("folder") and not Path(prepared["folder"]).exists():
+        st.info("This export was removed (exports are kept for a day); prepare it again.")
         return
     st.caption(f"Prepared at {prepared.get('at', '?')}: the files hold the labels of that moment.")
     notes = prepared.get("notes", [])

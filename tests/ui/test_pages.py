@@ -2,9 +2,8 @@
 
 from __future__ import annotations
 
+import datetime
 import io
-import os
-import time
 import zipfile
 from pathlib import Path
 from unittest import mock
@@ -657,6 +656,17 @@ def test_two_exports_of_one_project_keep_their_own_files(Session, tiny_project):
     with mock.patch.object(export_ui.export, "export_all", side_effect=half_written):
         second.button(key="export_prepare").click().run()
     assert second.error and set(exports.iterdir()) == before
+    # Stopped half-way (another click or page while it runs): nothing left either.
+    from streamlit.runtime.scriptrunner_utils.exceptions import StopException
+
+    def stopped(Session, project_id, folder, **kwargs):
+        folder.mkdir(parents=True)
+        (folder / "labels.csv").write_text("half")
+        raise StopException()
+
+    with mock.patch.object(export_ui.export, "export_all", side_effect=stopped):
+        second.button(key="export_prepare").click().run()
+    assert set(exports.iterdir()) == before
 
 
 def test_an_export_older_than_a_day_is_swept_when_another_is_prepared(Session, tiny_project):
@@ -664,13 +674,18 @@ def test_an_export_older_than_a_day_is_swept_when_another_is_prepared(Session, t
     stale = export_ui.export_folder(tiny_project.id) / "20260101-000000-abcd"
     stale.mkdir(parents=True)
     (stale / "labels.csv").write_text("old")
-    recent = export_ui.export_folder(tiny_project.id) / "recent"
+    hour_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+    recent = export_ui.export_folder(tiny_project.id) / f"{hour_ago.strftime(export_ui.STAMP)}-abcd"
     recent.mkdir()
-    day_ago = time.time() - export_ui.KEEP_S - 60
-    os.utime(stale, (day_ago, day_ago))
+    before_folders = export_ui.export_folder(tiny_project.id) / "labels.csv"  # the layout before
+    before_folders.write_text("old")
     at = page_app("export", tiny_project.id)
     at.button(key="export_prepare").click().run()
-    assert not at.exception and not stale.exists() and recent.exists()
+    assert not at.exception and not stale.exists() and not before_folders.exists() and recent.exists()
+    # A tab whose export was swept says so, rather than offering no downloads without a word.
+    export_ui._discard(Path(at.session_state["export_files"]["folder"]))
+    at.run()
+    assert "prepare it again" in at.info[0].value and not at.get("download_button")
 
 
 # Project -------------------------------------------------------------------------------------
