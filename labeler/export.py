@@ -91,7 +91,8 @@ PREDICTION_COLUMNS = ["file", "split", "predicted_index", "confidence", "entropy
 # its weights beside the graph (write_onnx asks for one file).
 MODEL_FILES = ("model.pt", "model.torchscript.pt", "model.onnx", "model.onnx.data", "classes.json")
 PARTS = ("labels", "dataset", "predictions", "model")
-# What each part may write; an export removes these first (`export_all`).
+# What each part may write: an export removes an earlier export's (listed in MANIFEST) first.
+MANIFEST = ".labeler-export.json"
 PART_FILES = {
     "labels": ("labels.csv",),
     "dataset": ("dataset.zip", "dataset.parquet"),
@@ -411,7 +412,8 @@ def export_all(
     progress: Progress | None = None,
 ) -> list[Path]:
     """Write `what` ("all" or one of PARTS) into folder `out`, all from one snapshot; the files
-    those parts write (PART_FILES) are removed from `out` first, other files are left alone.
+    those parts write (PART_FILES) that an earlier export left there (MANIFEST, which lists what
+    each export wrote) are removed from `out` first; other files are left alone.
 
     With "all", a model that cannot be exported does not stop the rest: the reason is added
     to `notes` (when given; else ExportError is raised after the other files are written).
@@ -423,9 +425,12 @@ def export_all(
     snapshot = read_snapshot(Session, project_id, parts)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
-    for part in parts:  # an earlier export's files (a model this one leaves out) must not pass as this one's
-        for name in PART_FILES[part]:
-            (out / name).unlink(missing_ok=True)
+    # An earlier export's files of these parts (a model this one leaves out) must not pass as this
+    # one's; only files an export wrote (its manifest) are removed, never a file of the user's.
+    earlier = _manifest(out)
+    ours = {name for part in parts for name in PART_FILES[part]}
+    for name in earlier & ours:
+        (out / name).unlink(missing_ok=True)
     written: list[Path] = []
     if "labels" in parts:
         written.append(write_labels_csv(Session, project_id, out, snapshot))
@@ -441,7 +446,19 @@ def export_all(
             if what != "all" or notes is None:
                 raise
             notes.append(str(error))
+    listed = sorted((earlier - ours) | {path.name for path in written})
+    (out / MANIFEST).write_text(json.dumps(listed, indent=1))
     return written
+
+
+def _manifest(out: Path) -> set[str]:
+    """The file names the last export into `out` wrote (none when it has no readable manifest)."""
+    try:
+        names = json.loads((out / MANIFEST).read_text())
+    except (OSError, ValueError):
+        return set()
+    known = {name for files in PART_FILES.values() for name in files}
+    return {name for name in names if name in known} if isinstance(names, list) else set()
 
 
 def model_zip_bytes(paths: list[Path]) -> bytes | None:

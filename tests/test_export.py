@@ -169,6 +169,8 @@ def test_a_checkpoint_from_an_older_version_is_one_sentence_to_export(
 
     _label_some(Session, tiny_project)
     checkpoint = _train_and_register(Session, tiny_project, tmp_path)
+    export.export_all(Session, tiny_project.id, tmp_path / "all", what="all")  # with the model, still fine
+    assert (tmp_path / "all" / "model.pt").exists()
     state = torch.load(checkpoint, weights_only=True)
     state["config"]["a_setting_since_removed"] = 1
     torch.save(state, checkpoint)
@@ -176,13 +178,15 @@ def test_a_checkpoint_from_an_older_version_is_one_sentence_to_export(
     with pytest.raises(export.ExportError, match=r"cannot be exported .*train it again, then export\.$"):
         export.export_all(Session, tiny_project.id, tmp_path / "model", what="model")
     notes = []
-    (tmp_path / "all").mkdir()
-    for name in ("model.pt", "model.onnx", "classes.json", "mine.txt"):  # an earlier export's, and the user's
-        (tmp_path / "all" / name).write_text("earlier")
+    (tmp_path / "all" / "mine.txt").write_text("the user's")
     written = export.export_all(Session, tiny_project.id, tmp_path / "all", what="all", notes=notes)
     assert {p.name for p in written} >= {"labels.csv", "dataset.zip"} and len(notes) == 1
     left = {p.name for p in (tmp_path / "all").iterdir()}
     assert not left & set(export.MODEL_FILES) and "mine.txt" in left  # no stale model beside the note
+    (tmp_path / "users").mkdir()  # a folder of the user's own, with a model.pt no export wrote
+    (tmp_path / "users" / "model.pt").write_text("the user's")
+    export.export_all(Session, tiny_project.id, tmp_path / "users", what="all", notes=[])
+    assert (tmp_path / "users" / "model.pt").read_text() == "the user's"
 
     capsys.readouterr()
     assert main(["export", "--project", "tiny", "--out", str(tmp_path / "cli"), "--what", "model"]) == 2
