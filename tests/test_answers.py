@@ -261,6 +261,7 @@ def test_an_undo_takes_back_the_answer_it_names_and_not_a_correction_made_since(
     assert stale == 0
     outcome = answers.apply_actions(Session, tiny_project.id, "ann", [_undo(2, a, "m-0", False)], ledger)
     assert outcome.undone_items == [] and "answered again since" in outcome.notices[0]
+    assert shown[a] not in {e for entry in ledger.entries for e in entry}  # taken back: not in the undo list
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {a: 1, b: 1}
     # The correction undone later (say a bulk label of another person's, by its giver): the box's

@@ -172,8 +172,8 @@ def reclaim(staging: Path) -> None:
             return
         target, pixels = Path(meta["moved_to"]), staging / meta.get("pixels", "pixels.npy")
         # Without our token the folder is another project's now (its files are not ours to take);
-        # a staging from before tokens has none to compare.
-        if _token(target) == meta.get("moved_token"):
+        # a staging from before tokens has none to compare, so it starts over too.
+        if meta.get("moved_token") is not None and _token(target) == meta["moved_token"]:
             with contextlib.suppress(OSError):
                 if not pixels.exists():
                     os.replace(target / "pixels.npy", pixels)

@@ -480,6 +480,18 @@ def _bulk_label(
         )
 
 
+def _were(n: int) -> str:
+    return "was" if n == 1 else "were"
+
+
+def _they(n: int) -> str:
+    return "it" if n == 1 else "they"
+
+
+def _are(n: int) -> str:
+    return "is" if n == 1 else "are"
+
+
 def _relabel_report(outcome: dict[str, int]) -> str:
     """What a relabel did, beyond the count labeled (`_bulk_label`)."""
     replaced, others = outcome.get(queries.REPLACED, 0), outcome.get("others", 0)
@@ -491,11 +503,11 @@ def _relabel_report(outcome: dict[str, int]) -> str:
             + " (Undo last page on the Label page takes them all back)."
         )
     if same := outcome.get(queries.SAME, 0):
-        parts.append(f" {same} had this label already and were left as they are.")
+        parts.append(f" {same} had this label already and {_were(same)} left as {_they(same)} {_are(same)}.")
     if changed := outcome.get(queries.CHANGED, 0):
         parts.append(
-            f" {changed} were answered or changed after this page was drawn and were left as they are;"
-            " check them and label again if needed."
+            f" {changed} {_were(changed)} answered or changed after this page was drawn and"
+            f" {_were(changed)} left as {_they(changed)} {_are(changed)}; check and label again if needed."
         )
     return "".join(parts)
 

@@ -122,8 +122,9 @@ def test_a_kill_while_the_items_are_added_loses_nothing(Session, tmp_path, small
         assert queries.count_items(session, project.id, "audit") == 4  # at most a fifth
 
 
+@pytest.mark.parametrize("from_before_tokens", [False, True])
 def test_a_retry_after_a_real_kill_leaves_the_next_projects_files_alone(
-    Session, db_url, tmp_path, small_chunks, monkeypatch
+    Session, db_url, tmp_path, small_chunks, monkeypatch, from_before_tokens
 ):
     # A kill runs no cleanup: nothing is reclaimed and the project's folder stays. Its id was never
     # committed, so on SQLite the next project gets it, and with it the folder the kill left.
@@ -147,7 +148,17 @@ def test_a_retry_after_a_real_kill_leaves_the_next_projects_files_alone(
             projects.create_project(Session, "pets", f"folder:{source}", audit_size=0)
     (killed_folder,) = set(root.iterdir()) - before
     assert (killed_folder / "pixels.npy").exists()
-    other = projects.create_project(Session, "other", f"folder:{other_source}", audit_size=0)
+    if from_before_tokens:  # killed by the version before tokens: its state has none
+        import sqlite3
+
+        (state,) = (Path(os.environ["LABELER_DATA_DIR"]) / "imports").glob("*/state.db")
+        with sqlite3.connect(state) as db:
+            db.execute("DELETE FROM meta WHERE name = 'moved_token'")
+        (killed_folder / staging.TOKEN).unlink()
+    # Made by the importer that holds images in memory (a zip's): it writes no token of its own.
+    other = projects.create_project(
+        Session, "other", "test", images=import_folder(other_source), audit_size=0
+    )
     if db_url.startswith("sqlite"):
         assert projects.project_dir(other.id) == killed_folder  # the id (and folder) reused
     other_before = project_state(Session, other.id)
