@@ -8,7 +8,8 @@ Two kinds of data (`kind`):
 - "grey": one channel and at most 28x28 pixels (digits, MNIST, Fashion-MNIST). Weak view:
   an integer shift of up to `s` pixels, s = max(1, round(H / 14)) (1 px on 8x8 digits, 2 px on
   28x28). Strong view: shifts of up to 2s, rotation up to 15 degrees, scale 0.9-1.1, contrast
-  0.7-1.3, Gaussian pixel noise (std 0.1).
+  0.7-1.3, Gaussian pixel noise (std `grey_noise`: 0.1 unless the model says otherwise; M2
+  uses none, measured in m2.M2Config).
 - "colour": everything else (a person's photos). Weak view: a random crop shifted by up to
   1/8 of the size and a horizontal flip. Strong view: the same plus rotation up to 30
   degrees, scale 0.8-1.2, brightness, contrast and saturation jitter, greyscale with
@@ -103,8 +104,12 @@ def weak(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return _affine(x, h / 8, integer_shift=False, flip=True, padding_mode="reflection", generator=generator)
 
 
-def strong(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
-    """The strong view of a batch in [0, 1], (B, C, H, W) -> the same (module docstring)."""
+GREY_NOISE = 0.1  # the strong view's pixel noise on grey images unless a model passes its own
+
+
+def strong(x: torch.Tensor, generator: torch.Generator, grey_noise: float = GREY_NOISE) -> torch.Tensor:
+    """The strong view of a batch in [0, 1], (B, C, H, W) -> the same (module docstring);
+    `grey_noise` is the std of the pixel noise on grey images (colour images keep theirs)."""
     b, c, h, w = x.shape
     dev = x.device
     if kind(x.shape[1:]) == "grey":
@@ -112,7 +117,8 @@ def strong(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
         out = _affine(x, 2 * s, integer_shift=False, max_degrees=15, scale=(0.9, 1.1), generator=generator)
         mean = out.mean(dim=(1, 2, 3), keepdim=True)
         out = (out - mean) * _per_image(b, 0.7, 1.3, dev, generator) + mean
-        return (out + 0.1 * _randn_like(out, generator)).clamp(0, 1)
+        # Drawn even at 0: the random stream, and so every later draw, is the same as with noise.
+        return (out + grey_noise * _randn_like(out, generator)).clamp(0, 1)
     out = _affine(
         x,
         h / 8,

@@ -10,7 +10,7 @@ import torch
 from torch import nn
 
 from labeler.models import Budget, augment, load_checkpoint, nets, save_checkpoint
-from tests.models.test_registry import SMALL, model_class, tiny_data
+from tests.models.test_registry import SMALL, make, model_class, tiny_data
 
 
 def test_fixmatch_loss_against_hand_computed_values():
@@ -268,3 +268,32 @@ def test_a_colour_checkpoint_from_before_the_polarity_invariant_backbone_still_l
     loaded = load_checkpoint(tmp_path / "old.pt")
     assert {k: getattr(loaded.config, k) for k in before} == before
     np.testing.assert_allclose(loaded.predict_proba(x), old.predict_proba(x), atol=1e-6)
+
+
+def test_the_pixel_noise_of_grey_strong_views_is_a_setting_and_colour_keeps_its_own():
+    x = torch.rand(64, 1, 28, 28) * 0.4 + 0.3
+    quiet = augment.strong(x, torch.Generator().manual_seed(0), grey_noise=0.0)
+    noisy = augment.strong(x, torch.Generator().manual_seed(0), grey_noise=0.1)
+    torch.testing.assert_close(augment.strong(x, torch.Generator().manual_seed(0)), noisy)  # 0.1 the default
+    inside = (noisy > 0) & (noisy < 1) & (quiet > 0) & (quiet < 1)
+    diff = (noisy - quiet)[inside]
+    assert diff.std().item() == pytest.approx(0.1, rel=0.05)  # the same views, only the noise differs
+    assert abs(diff.mean().item()) < 0.01
+    colour = torch.rand(8, 3, 32, 32)
+    torch.testing.assert_close(
+        augment.strong(colour, torch.Generator().manual_seed(0), grey_noise=0.0),
+        augment.strong(colour, torch.Generator().manual_seed(0), grey_noise=0.1),
+    )
+
+
+@pytest.mark.parametrize(("config", "expected"), [({}, 0.0), ({"grey_noise": 0.1}, 0.1)])
+def test_m2_passes_its_grey_noise_to_the_strong_views(config, expected, monkeypatch):
+    seen = []
+    real = augment.strong
+    monkeypatch.setattr(
+        augment, "strong", lambda x, g, grey_noise=99.0: seen.append(grey_noise) or real(x, g, grey_noise)
+    )
+    model = make("m2", **config)
+    x, idx, labels = tiny_data(n=24)
+    model.fit(x, idx, labels, Budget(steps=3))
+    assert seen and set(seen) == {expected}
