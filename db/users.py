@@ -9,7 +9,7 @@ from __future__ import annotations
 from sqlalchemy import func, select
 from sqlalchemy.orm import Session
 
-from .models import ADMIN, ROLES, User
+from .models import ADMIN, ROLES, LabelEvent, User
 from .queries import check_text_name
 
 MAX_NAME = 200  # User.name is String(200)
@@ -80,6 +80,12 @@ def remove_user(session: Session, name: str) -> None:
         )
     session.delete(user)
     session.flush()
+
+
+def answers_given(session: Session, name: str) -> int:
+    """How many answers the history holds under `name`, in every project: answers are kept by
+    name, so an account added under a name that answered before is credited with them."""
+    return session.scalar(select(func.count()).where(LabelEvent.annotator == name)) or 0
 
 
 def _admins(session: Session) -> int:

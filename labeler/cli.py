@@ -166,7 +166,14 @@ def cmd_users(args) -> int:
         with Session.begin() as session:
             users.add_user(session, name, password_hash, args.role)
             admins = [u for u in users.list_users(session) if u.role == "admin"]
+            earlier = users.answers_given(session, name)
         print(f"added {name} ({args.role}); the app now asks everyone to log in")
+        if earlier:
+            print(
+                f"note: the history holds {earlier} answers given under the name {name} before this account"
+                " (an account removed earlier, or labeling without accounts); they count as this account's."
+                " If this is someone else, remove the account and choose another name."
+            )
         if not admins:
             print(
                 "note: no admin yet, so nobody can create projects or export in the app; add one with --role admin"
@@ -184,10 +191,16 @@ def cmd_users(args) -> int:
         with Session.begin() as session:
             users.remove_user(session, name)
             left = users.count_users(session)
+            given = users.answers_given(session, name)
         print(
             f"removed {name}"
             + ("" if left else "; no accounts left: the app runs single-user, without a login")
         )
+        if given:
+            print(
+                f"note: {name}'s {given} answers stay in the history under that name; an account added"
+                " later under the same name is credited with them, so give another person another name."
+            )
     return 0
 
 

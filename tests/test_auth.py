@@ -73,6 +73,23 @@ def test_users_commands_add_list_reset_role_and_remove(any_db_url, monkeypatch, 
         assert auth.authenticate(session, "bob", "second-password") is not None
         assert auth.authenticate(session, "bob", "first-password") is None
 
+    # Answers are kept by name: removing bob keeps his, and a new "bob" is told it gets them.
+    from db import queries
+    from labeler import projects
+    from tests.conftest import tiny_image_set
+
+    project = projects.create_project(_session(), "p", "test", images=tiny_image_set(n=4), audit_size=0)
+    with _session().begin() as session:
+        queries.add_label(session, queries.items(session, project.id)[0], 0, annotator="bob")
+    capsys.readouterr()
+    assert main(["users", "remove", "bob"]) == 0
+    assert "bob's 1 answers stay in the history" in capsys.readouterr().out
+    assert main(["users", "add", "bob", "--role", "annotator"]) == 0
+    assert "history holds 1 answers given under the name bob before this account" in capsys.readouterr().out
+    assert main(["users", "add", "carol", "--role", "annotator"]) == 0
+    assert "note" not in capsys.readouterr().out
+    assert main(["users", "remove", "carol"]) == 0
+
     # The last admin stays while others exist: someone must be able to create and export.
     assert main(["users", "remove", "alice"]) == 2
     assert "last admin" in capsys.readouterr().err
