@@ -125,13 +125,16 @@ def _current_event_ids(project_id: int):
     )
 
 
+def _current_answers_query(project_id: int, *columns):
+    """SELECT `columns` of every item's current answer (its newest event not undone)."""
+    newest = _current_event_ids(project_id)
+    return select(*columns).join(newest, LabelEvent.id == newest.c.event_id)
+
+
 def current_labels(session: Session, project_id: int, ignored: bool = False) -> dict[int, int]:
     """{item_id: class_index} of every currently labeled item. Images answered "ignore" are left
     out (they are in no class), unless `ignored`, which keeps them with class IGNORED."""
-    newest = _current_event_ids(project_id)
-    query = select(LabelEvent.item_id, LabelEvent.class_index).join(
-        newest, LabelEvent.id == newest.c.event_id
-    )
+    query = _current_answers_query(project_id, LabelEvent.item_id, LabelEvent.class_index)
     if not ignored:
         query = query.where(LabelEvent.class_index != IGNORED)
     return {item_id: class_index for item_id, class_index in session.execute(query)}
@@ -140,10 +143,7 @@ def current_labels(session: Session, project_id: int, ignored: bool = False) -> 
 def current_answers(session: Session, project_id: int) -> dict[int, tuple[int, int]]:
     """{item_id: (event id, class index)} of every item's current answer, "ignore" answers
     (IGNORED) included: what a page shows, so a later write can check it is still the same."""
-    newest = _current_event_ids(project_id)
-    query = select(LabelEvent.item_id, LabelEvent.id, LabelEvent.class_index).join(
-        newest, LabelEvent.id == newest.c.event_id
-    )
+    query = _current_answers_query(project_id, LabelEvent.item_id, LabelEvent.id, LabelEvent.class_index)
     return {item_id: (event_id, class_index) for item_id, event_id, class_index in session.execute(query)}
 
 

@@ -84,17 +84,20 @@ def _sweep(project_id: int, keep: Path) -> None:
     """Remove the project's exports older than KEEP_S (their sessions are long gone) and files of
     the layout before folders, here and in the store (another machine's too), never `keep`."""
     now = time.time()
+
+    def expired(name: str) -> bool:
+        age = _age_s(name, now)
+        return name != keep.name and (age is None or age > KEEP_S)
+
     folder = export_folder(project_id)
     for path in folder.iterdir() if folder.exists() else ():
-        age = _age_s(path.name, now)
-        if path != keep and (age is None or age > KEEP_S):
+        if expired(path.name):
             _discard(path)
     prefix = f"projects/{project_id}/exports"  # the store's copy of `folder` (projects.storage_key)
     with contextlib.suppress(Exception):  # a store out of reach is swept another time
         shared = _store()
         for name in shared.names(prefix) if shared is not None else ():
-            age = _age_s(name, now)
-            if name != keep.name and (age is None or age > KEEP_S):
+            if expired(name):
                 shared.remove(f"{prefix}/{name}")
 
 

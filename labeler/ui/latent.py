@@ -417,8 +417,8 @@ def _bulk_label(
     relabel = bool(st.session_state.get("bulk_relabel", False))
     # The answers the page showed: a relabel replaces only those (`queries.relabel_as_shown`).
     shown = (
-        dict(zip(frame["item_id"].astype(int), frame["answer_event"]))
-        if frame is not None and "answer_event" in frame
+        frame.set_index("item_id")["answer_event"].reindex(item_ids).to_dict()
+        if relabel and frame is not None and "answer_event" in frame
         else None
     )
     outcome: dict[str, int] = {}
@@ -436,7 +436,7 @@ def _bulk_label(
             )
             if now is None or int(class_index) >= len(names) or now != names[int(class_index)]:
                 raise _Renamed()
-            if not relabel or shown is None:  # no answer replaced (nor, without the page's, checked)
+            if shown is None:  # no relabel (or no page to check against): no answer is replaced
                 return queries.add_labels(
                     session, item_ids, int(class_index), annotator=annotator, kind="bulk"
                 )
@@ -480,16 +480,8 @@ def _bulk_label(
         )
 
 
-def _were(n: int) -> str:
-    return "was" if n == 1 else "were"
-
-
-def _they(n: int) -> str:
-    return "it" if n == 1 else "they"
-
-
-def _are(n: int) -> str:
-    return "is" if n == 1 else "are"
+def _by_count(n: int, one: str, many: str) -> str:
+    return one if n == 1 else many
 
 
 def _relabel_report(outcome: dict[str, int]) -> str:
@@ -503,11 +495,16 @@ def _relabel_report(outcome: dict[str, int]) -> str:
             + " (Undo last page on the Label page takes them all back)."
         )
     if same := outcome.get(queries.SAME, 0):
-        parts.append(f" {same} had this label already and {_were(same)} left as {_they(same)} {_are(same)}.")
+        left = _by_count(same, "was left as it is", "were left as they are")
+        parts.append(f" {same} had this label already and {left}.")
     if changed := outcome.get(queries.CHANGED, 0):
+        were, left = (
+            _by_count(changed, "was", "were"),
+            _by_count(changed, "was left as it is", "were left as they are"),
+        )
         parts.append(
-            f" {changed} {_were(changed)} answered or changed after this page was drawn and"
-            f" {_were(changed)} left as {_they(changed)} {_are(changed)}; check and label again if needed."
+            f" {changed} {were} answered or changed after this page was drawn and {left};"
+            " check and label again if needed."
         )
     return "".join(parts)
 

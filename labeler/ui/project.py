@@ -168,15 +168,15 @@ def _sentence(error: Exception) -> str:
 def _set_annotator() -> None:
     if common.signed_in() is not None or common.accounts_enabled():
         return
-    name = (st.session_state.get("annotator_input") or "").strip()
+    name = (st.session_state.get("annotator_input") or "").strip()[:200]
     if name:
-        if name[:200] != st.session_state.get("annotator"):
+        if name != st.session_state.get("annotator"):
             # Another person, as a login would be: the last one's undo history, held grid page,
             # claims and choices stay theirs.
             account.clear_personal(keep=("annotator_input",))
-        st.session_state["annotator"] = name[:200]
+        st.session_state["annotator"] = name
         st.session_state[common.NAMED] = True
-        st.query_params["annotator"] = name[:200]  # kept across a reload (common.keep_annotator_in_address)
+        st.query_params["annotator"] = name  # kept across a reload (common.keep_annotator_in_address)
 
 
 def project_page() -> None:
