@@ -5,7 +5,7 @@ streamlit run app.py
 
 import streamlit as st
 
-from labeler.ui import PAGES, account, common
+from labeler.ui import PAGES, account, common, label
 
 st.set_page_config(page_title="labeler", page_icon="assets/logo.png", layout="wide")
 st.logo("assets/logo.png")
@@ -22,7 +22,7 @@ except Exception as error:
 user = account.gate([path for path, *_ in PAGES])
 if user is None:  # no accounts: the name typed or given in the address stays in it
     common.keep_annotator_in_address()
-common.unsent_guard()  # every page (the login form too): closing the tab with unsent answers asks
+label.unsent_guard()  # every page: answers the Label box left in the tab are sent, closing it asks
 account.sidebar(user)
 pages = account.visible_pages(PAGES, admin=common.is_admin())
 st.navigation([st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in pages]).run()

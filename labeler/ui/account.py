@@ -30,6 +30,7 @@ _PERSONAL_KEYS = (
     "undone_item",
     "show_first",
     "box_notices",
+    "unsent_notices",
     "export_files",
     "annotator",
     "annotator_input",

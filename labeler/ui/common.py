@@ -35,11 +35,13 @@ def _unsent_guard():
     )
 
 
-def unsent_guard(sidebar: bool = True) -> None:
+def unsent_guard(sidebar: bool = True, data: dict | None = None, on_change=None) -> None:
     """On every page and the login form: the browser asks before the tab closes while answers
-    the Label box has not sent wait in the tab (unsent_guard.js). It draws nothing."""
+    the Label box has not sent wait in the tab (unsent_guard.js). It draws nothing. With `data`
+    ({"name", "acked"}) and `on_change` (label.unsent_guard), it also sends them."""
+    sends = {"default": {"actions": []}, "on_actions_change": on_change} if on_change else {}
     with st.sidebar if sidebar else st.container():
-        _unsent_guard()(key="unsent-guard")
+        _unsent_guard()(key="unsent-guard", data=data, **sends)
 
 
 def session_factory() -> sessionmaker[Session]:

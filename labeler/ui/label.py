@@ -242,10 +242,16 @@ def _apply_box_actions(project_id: int) -> None:
         # Not acknowledged: the box keeps these answers and sends them again after a new login.
         st.session_state["box_notices"] = [*st.session_state.get("box_notices", []), str(refused)]
         return
+    notices = _apply_answers(project_id, annotator, _box_actions(project_id))
+    st.session_state["box_notices"] = st.session_state.get("box_notices", []) + notices
+
+
+def _apply_answers(project_id: int, annotator: str, actions: list[dict]) -> list[str]:
+    """Store the box's answers (from the box, or sent for it by the guard) and return the notices
+    for the person; the images refused or undone come first in the queue."""
     outcome = answers.apply_actions(
-        common.session_factory(), project_id, annotator, _box_actions(project_id), _ledger(project_id)
+        common.session_factory(), project_id, annotator, actions, _ledger(project_id)
     )
-    st.session_state["box_notices"] = st.session_state.get("box_notices", []) + outcome.notices
     refused = f"box-refused-{project_id}"
     st.session_state[refused] = st.session_state.get(refused, []) + outcome.refused_actions
     shown_again = outcome.refused_items + outcome.undone_items
@@ -253,6 +259,65 @@ def _apply_box_actions(project_id: int) -> None:
     _forget_accepted(project_id, outcome.undone_items)  # U in the box may undo a grid page
     if outcome.labeled:
         _auto_retrain(project_id)
+    return outcome.notices
+
+
+# Answers the box had no time to send (unsent_guard.js, on every page) ---------------------------
+
+UNSENT_KEY = "unsent-guard"
+
+
+def _unsent_actions() -> list[dict]:
+    value = st.session_state.get(UNSENT_KEY)
+    actions = value.get("actions") if hasattr(value, "get") else getattr(value, "actions", None)
+    return [dict(a) for a in actions or [] if hasattr(a, "get")]
+
+
+def _owned(action: dict, annotator: str) -> int | None:
+    """The project of an answer sent by the guard, if it was given by `annotator` (its "owner" is
+    the box's data.owner, name@project id); None otherwise: never stored under another name."""
+    name, _, project = str(action.get("owner", "")).rpartition("@")
+    return int(project) if name == annotator and re.fullmatch(r"[0-9]{1,18}", project) else None
+
+
+def _apply_unsent() -> None:
+    """Callback of the guard: the answers a Label box left in the tab, stored as the box would
+    have, for the person acting now (a person's answers are never stored under another's name;
+    not logged in: not acknowledged, they wait in the tab)."""
+    try:
+        annotator = account.acting_user()["name"]
+    except account.NotAllowed as refused:
+        st.session_state["unsent_notices"] = [*st.session_state.get("unsent_notices", []), str(refused)]
+        return
+    by_project: dict[int, list[dict]] = {}
+    for action in _unsent_actions():
+        project_id = _owned(action, annotator)
+        if project_id is not None:
+            by_project.setdefault(project_id, []).append(action)
+    for project_id, actions in by_project.items():
+        notices = _apply_answers(project_id, annotator, actions)
+        st.session_state["unsent_notices"] = st.session_state.get("unsent_notices", []) + notices
+
+
+def _unsent_acked(annotator: str) -> list[str]:
+    """The ids of the guard's answers stored (or dropped for good) for `annotator`: the tab
+    forgets them."""
+    done = []
+    for action in _unsent_actions():
+        ledger = st.session_state.get(f"ledger-{_owned(action, annotator)}")  # made by _apply_unsent
+        if ledger is not None and str(action.get("id")) in ledger.applied:
+            done.append(str(action.get("id")))
+    return done
+
+
+def unsent_guard() -> None:
+    """On every page but the login form (app.py): closing the tab while answers wait in it asks
+    first, and where no Label box is drawn the guard sends the person's waiting answers, which
+    `_apply_unsent` stores. `acked` lists those stored, so the tab can forget them."""
+    annotator = common.annotator()
+    common.unsent_guard(data={"name": annotator, "acked": _unsent_acked(annotator)}, on_change=_apply_unsent)
+    for notice in st.session_state.pop("unsent_notices", []):
+        st.toast(notice)
 
 
 def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
@@ -270,8 +335,12 @@ def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
         # grid pre-fills them again as before the undo).
         wanted = st.session_state.get("show_first", [])
         open_ids = queries.unanswered(session, project_id, wanted) if wanted else set()
-        first = [pair for pair in queries.page_items(session, project_id, wanted) if pair[0].id in open_ids]
-        st.session_state["show_first"] = [item.id for item, _ in first]
+        here = queries.page_items(session, project_id, wanted) if wanted else []
+        first = [pair for pair in here if pair[0].id in open_ids]
+        # Another project's stay for its own page (the guard stores answers of any project).
+        elsewhere = set(wanted) - {item.id for item, _ in here}
+        kept = [item.id for item, _ in first] + [i for i in wanted if i in elsewhere][-SENT_KEPT:]
+        st.session_state["show_first"] = kept
     seen = {item.id for item, _ in first}
     return (first + [pair for pair in rest if pair[0].id not in seen])[:k]
 

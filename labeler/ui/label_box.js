@@ -9,7 +9,8 @@
 //
 // Answers not yet acknowledged are also kept in the tab's sessionStorage, under the person and
 // project they were given for (data.owner), and sent again when a box for the same owner mounts:
-// after a reload, a switch of mode, page or project, or a login that had ended. Sending one twice
+// after a reload, a switch of mode, page or project, or a login that had ended; on a page without
+// a box, the guard on every page sends them for the person logged in (unsent_guard.js). Sending one twice
 // is harmless: Python stores the id of every label it wrote, applies an answer only while its
 // image has none, refuses one for an image answered meanwhile (by somebody else, or by this person
 // otherwise), and an undo names the label action it takes back (answers.py).
@@ -42,6 +43,7 @@ function newState(root) {
     saved: 0,
     send: null,
     onKey: null,
+    counted: false, // in window.__labelerBoxes (see unsent_guard.js)
   };
 }
 
@@ -316,6 +318,7 @@ export default function (component) {
       if (s.timer) clearTimeout(s.timer);
       document.removeEventListener("keydown", s.onKey, true);
       window.removeEventListener("beforeunload", s.onLeave);
+      if (s.counted) window.__labelerBoxes = Math.max(0, (window.__labelerBoxes || 1) - 1);
     }
     s = newState(parentElement);
     s.session = data.session;
@@ -355,12 +358,23 @@ export default function (component) {
   if ((data.items || []).some((i) => i.id === s.gone)) s.gone = null;
   dropClosed(s, data.closed || []);
   draw(s);
+  if (!s.counted) {
+    // Counted once drawn (a box that failed to draw returns no cleanup to count it out again):
+    // while a box is on the page, it sends its own answers and the guard does not (unsent_guard.js).
+    s.counted = true;
+    window.__labelerBoxes = (window.__labelerBoxes || 0) + 1;
+  }
   const state = s;
   if (resend) state.timer = setTimeout(() => flush(state), 0);
   return () => {
-    if (state.timer) flush(state); // answers typed just before leaving the page still go
+    // Streamlit drops a value sent by a box it is taking away: answers typed just before leaving
+    // the page wait in storage, and the guard on every page sends them (unsent_guard.js).
+    if (state.timer) flush(state);
     document.removeEventListener("keydown", state.onKey, true);
     window.removeEventListener("beforeunload", state.onLeave);
     boxes.delete(parentElement);
+    if (state.counted) window.__labelerBoxes = Math.max(0, (window.__labelerBoxes || 1) - 1);
+    state.counted = false;
+    window.dispatchEvent(new Event("labeler-box-gone"));
   };
 }

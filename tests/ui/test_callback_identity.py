@@ -98,6 +98,11 @@ pid, item, what = st.session_state["project_id"], st.session_state["item"], st.s
 if what == "box":
     st.session_state[label._box_key(pid)] = {"actions": [{"id": "x1", "type": "label", "item": item, "class": 0}]}
     label._apply_box_actions(pid)
+elif what == "unsent":  # a key ann pressed just before leaving the Label page, sent by the guard
+    owner = f"ann@{pid}"
+    st.session_state[label.UNSENT_KEY] = {"actions": [{"id": "x1", "type": "label", "item": item, "class": 0, "owner": owner}]}
+    label._apply_unsent()
+    st.session_state["box_notices"] = st.session_state.pop("unsent_notices", None)
 else:
     names = st.session_state.get("names") or common.class_names(pid)
     st.session_state[latent._bulk_key(names)] = 0
@@ -126,7 +131,7 @@ def _session_user(Session, name: str) -> dict:
         return {"name": stored.name, "role": stored.role, "hash_id": common.fingerprint(stored.password_hash)}
 
 
-@pytest.mark.parametrize("what", ["box", "bulk"])
+@pytest.mark.parametrize("what", ["box", "bulk", "unsent"])
 @pytest.mark.parametrize("change", [None, *CHANGES])
 def test_box_and_bulk_answers_need_the_account_as_it_is_now(Session, tiny_project, accounts, what, change):
     ann = _session_user(Session, "ann")
@@ -144,7 +149,7 @@ def test_box_and_bulk_answers_need_the_account_as_it_is_now(Session, tiny_projec
         assert "not saved" in at.text[0].value
 
 
-@pytest.mark.parametrize("what", ["box", "bulk"])
+@pytest.mark.parametrize("what", ["box", "bulk", "unsent"])
 def test_box_and_bulk_answers_need_a_login(Session, tiny_project, accounts, what):
     at = _call(Session, tiny_project.id, what, None)
     assert not at.exception
@@ -159,6 +164,44 @@ def test_an_answer_is_stored_under_who_is_logged_in_now(Session, tiny_project, a
     (item,) = _labels(Session, tiny_project.id)
     with Session() as session:
         assert [e.annotator for e in queries.history(session, item)] == ["ada"]
+
+
+_UNSENT = """
+import streamlit as st
+from labeler.ui import label
+st.session_state[label.UNSENT_KEY] = {"actions": st.session_state["sent"]}
+label._apply_unsent()
+st.text(repr(label._unsent_acked("ann")))
+"""
+
+
+def test_answers_left_in_the_tab_are_stored_only_for_whoever_gave_them(Session, tiny_project, accounts):
+    """The guard on every page sends what Label boxes left in the tab (unsent_guard.js), with the
+    box's owner: ann's are stored as ann's, in their own project; bob's (he logged out in this
+    tab, ann logged in) and a name that only starts like ann's are not stored at all, nor listed
+    as done, so the tab keeps them for their giver. A project that is not there: dropped."""
+    pid = tiny_project.id
+    with Session() as session:
+        a, b, c, d = (i.id for i in queries.items(session, pid, "pool")[:4])
+    sent = [
+        {"id": "ann-1", "type": "label", "item": a, "class": 1, "owner": f"ann@{pid}", "again": True},
+        {"id": "bob-1", "type": "label", "item": b, "class": 0, "owner": f"bob@{pid}"},
+        {"id": "ann-2", "type": "label", "item": c, "class": 0, "owner": f"ann@x@{pid}"},
+        {"id": "ann-3", "type": "label", "item": d, "class": 0, "owner": f"ann@{pid + 1000}"},
+        {"id": "ann-4", "type": "label", "item": d, "class": 0, "owner": f"ann@-{pid}"},
+    ]
+    at = AppTest.from_string(_UNSENT, default_timeout=60)
+    at.session_state[common.USER_KEY] = _session_user(Session, "ann")
+    at.session_state["sent"] = sent
+    at.run()
+    assert not at.exception
+    assert _labels(Session, pid) == {a: 1}
+    with Session() as session:
+        assert [e.annotator for e in queries.history(session, a)] == ["ann"]
+    assert at.text[0].value == repr(["ann-1", "ann-3"])  # ann-3's image is not in that project
+    at.run()  # sent again (the tab had not heard): stored once
+    with Session() as session:
+        assert len(queries.history(session, a)) == 1
 
 
 def test_adding_a_class_needs_an_admin_as_the_account_is_now(Session, tiny_project, accounts):

@@ -628,3 +628,39 @@ def test_a_grid_page_undone_from_the_box_is_not_called_saved_already(Session, ti
     assert "Saved 0 labels" in message and "12 images had been answered meanwhile" in message
     stored = _labels(Session, tiny_project.id)
     assert {i: stored[i] for i in page} == dict.fromkeys(page, 0)  # Bob's answers stand
+
+
+_UNSENT_THEN_PAGES = """
+import streamlit as st
+from labeler.ui import label
+a, b, item = st.session_state["a"], st.session_state["b"], st.session_state["item"]
+if "sent" not in st.session_state:  # the guard sends a key ann gave in project a, for "old name"
+    st.session_state["sent"] = True
+    refused = {"id": "r1", "type": "label", "item": item, "class": 0, "name": "old name", "owner": f"ann@{a}"}
+    st.session_state[label.UNSENT_KEY] = {"actions": [refused]}
+    label._apply_unsent()
+label._next_batch(b, 4)  # project b's page draws next
+st.text(repr(label._next_batch(a, 4)[0][0].id))
+st.text(repr(st.session_state.get("unsent_notices")))
+"""
+
+
+def test_an_answer_left_in_the_tab_and_refused_comes_first_in_its_own_project(Session, tiny_project):
+    """The guard stores answers of any project from any page: a refused one (its class renamed
+    since the key) comes first when its project's page draws, even if another project's page drew
+    in between (the list of images to show first was the last page's alone)."""
+    from labeler import projects
+    from tests.conftest import tiny_image_set
+
+    other = projects.create_project(Session, "other", "test", images=tiny_image_set())
+    with Session() as session:
+        item = queries.items(session, tiny_project.id, "pool")[-1].id
+    at = AppTest.from_string(_UNSENT_THEN_PAGES, default_timeout=60)
+    for key, value in {"annotator": "ann", "a": tiny_project.id, "b": other.id, "item": item}.items():
+        at.session_state[key] = value
+    at.run()
+    assert not at.exception
+    assert at.text[0].value == repr(item)
+    assert "old name" in at.text[1].value and "not saved" in at.text[1].value
+    with Session() as session:
+        assert queries.history(session, item) == []
