@@ -204,6 +204,34 @@ def test_answers_left_in_the_tab_are_stored_only_for_whoever_gave_them(Session, 
         assert len(queries.history(session, a)) == 1
 
 
+_GUARD_THEN_BOX = """
+import streamlit as st
+from labeler.ui import label
+pid, answer = st.session_state["pid"], st.session_state["answer"]
+st.session_state[label.UNSENT_KEY] = {"actions": [{**answer, "owner": f"ann@{pid}", "again": True}]}
+label._apply_unsent()
+st.session_state[label._box_key(pid)] = {"actions": [{**answer, "again": True}]}  # the box, back on Label
+label._apply_box_actions(pid)
+st.text(repr(answer["id"] in label._ledger(pid).applied))
+"""
+
+
+def test_an_answer_sent_by_the_guard_and_then_by_the_box_stands_once(Session, tiny_project):
+    """Back on the Label page, the box loads the answers left in the tab and sends them too (the
+    guard may have sent them already): one answer, and the box hears it was applied."""
+    pid = tiny_project.id
+    with Session() as session:
+        item = queries.items(session, pid, "pool")[0].id
+    at = AppTest.from_string(_GUARD_THEN_BOX, default_timeout=60)
+    at.session_state["annotator"] = "ann"
+    at.session_state["pid"] = pid
+    at.session_state["answer"] = {"id": "ann-9", "type": "label", "item": item, "class": 1}
+    at.run()
+    assert not at.exception and at.text[0].value == "True"
+    with Session() as session:
+        assert [(e.class_index, e.annotator) for e in queries.history(session, item)] == [(1, "ann")]
+
+
 def test_adding_a_class_needs_an_admin_as_the_account_is_now(Session, tiny_project, accounts):
     """Ada, an admin when the Classes panel was drawn, is an annotator when her click arrives."""
     at = _logged_in(tiny_project.id, "ada")
