@@ -280,19 +280,21 @@ def features(
     classifier: bool = False,
     conv_width: int = 32,
     polarity_invariant: bool = True,
+    classifier_width: int = 16,
 ) -> tuple[nn.Module, int]:
     """An image encoder (B, C, H, W) -> (B, F) and its F: an MLP of `hidden`, or convolutions
     ending in hidden[-1] units: `PooledConvFeatures` for a classifier, `ConvFeatures` for a VAE
-    encoder (see the module docstring).
+    encoder (see the module docstring), of width `classifier_width` and `conv_width`.
 
     `arch` "auto" follows `use_conv`; "mlp" or "conv" force one."""
     if arch not in ("auto", "mlp", "conv"):
         raise ValueError(f"Unknown architecture {arch!r}; use 'auto', 'mlp' or 'conv'.")
     if arch == "conv" or (arch == "auto" and use_conv(input_shape)):
         if classifier:
-            return PooledConvFeatures(input_shape, hidden[-1], polarity_invariant=polarity_invariant), hidden[
-                -1
-            ]
+            features = PooledConvFeatures(
+                input_shape, hidden[-1], width=classifier_width, polarity_invariant=polarity_invariant
+            )
+            return features, hidden[-1]
         return ConvFeatures(input_shape, hidden[-1], conv_width), hidden[-1]
     d = int(np.prod(input_shape))
     return nn.Sequential(nn.Flatten(), mlp([d, *hidden], last_activation=True)), hidden[-1]
