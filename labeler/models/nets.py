@@ -284,7 +284,7 @@ def features(
 ) -> tuple[nn.Module, int]:
     """An image encoder (B, C, H, W) -> (B, F) and its F: an MLP of `hidden`, or convolutions
     ending in hidden[-1] units: `PooledConvFeatures` for a classifier, `ConvFeatures` for a VAE
-    encoder (see the module docstring), of width `classifier_width` and `conv_width`.
+    encoder (see the module docstring), of widths `classifier_width` and `conv_width` respectively.
 
     `arch` "auto" follows `use_conv`; "mlp" or "conv" force one."""
     if arch not in ("auto", "mlp", "conv"):

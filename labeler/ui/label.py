@@ -339,7 +339,7 @@ def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
         first = [pair for pair in here if pair[0].id in open_ids]
         # Another project's stay for its own page (the guard stores answers of any project).
         elsewhere = set(wanted) - {item.id for item, _ in here}
-        kept = [item.id for item, _ in first] + [i for i in wanted if i in elsewhere][-SENT_KEPT:]
+        kept = [item.id for item, _ in first] + [i for i in wanted if i in elsewhere][:SENT_KEPT]
         st.session_state["show_first"] = kept
     seen = {item.id for item, _ in first}
     return (first + [pair for pair in rest if pair[0].id not in seen])[:k]

@@ -9,11 +9,11 @@
 //
 // Answers not yet acknowledged are also kept in the tab's sessionStorage, under the person and
 // project they were given for (data.owner), and sent again when a box for the same owner mounts:
-// after a reload, a switch of mode, page or project, or a login that had ended; on a page without
-// a box, the guard on every page sends them for the person logged in (unsent_guard.js). Sending one twice
-// is harmless: Python stores the id of every label it wrote, applies an answer only while its
-// image has none, refuses one for an image answered meanwhile (by somebody else, or by this person
-// otherwise), and an undo names the label action it takes back (answers.py).
+// after a reload, a switch of mode, page or project, or a login that had ended; on a page
+// without a box, the guard on every page sends them for the person logged in (unsent_guard.js).
+// Sending one twice is harmless: Python stores the id of every label it wrote, applies an answer
+// only while its image has none, refuses one for an image answered meanwhile (by somebody else, or
+// by this person otherwise), and an undo names the label action it takes back (answers.py).
 
 const boxes = new WeakMap(); // parentElement -> state of that mounted box
 
@@ -319,6 +319,7 @@ export default function (component) {
       document.removeEventListener("keydown", s.onKey, true);
       window.removeEventListener("beforeunload", s.onLeave);
       if (s.counted) window.__labelerBoxes = Math.max(0, (window.__labelerBoxes || 1) - 1);
+      s.counted = false;
     }
     s = newState(parentElement);
     s.session = data.session;
@@ -365,10 +366,16 @@ export default function (component) {
     window.__labelerBoxes = (window.__labelerBoxes || 0) + 1;
   }
   const state = s;
+  state.renders = (state.renders || 0) + 1;
+  const render = state.renders;
   if (resend) state.timer = setTimeout(() => flush(state), 0);
   return () => {
-    // Streamlit drops a value sent by a box it is taking away: answers typed just before leaving
-    // the page wait in storage, and the guard on every page sends them (unsent_guard.js).
+    // A render superseded before it finished loading may be cleaned up after the newer one ran:
+    // the box lives on, so nothing here is for it.
+    if (state.renders !== render) return;
+    // Streamlit drops a value sent by a box it is taking away (flushed anyway, it may not arrive):
+    // answers typed just before leaving the page wait in storage, and the guard on every page
+    // sends them (unsent_guard.js).
     if (state.timer) flush(state);
     document.removeEventListener("keydown", state.onKey, true);
     window.removeEventListener("beforeunload", state.onLeave);

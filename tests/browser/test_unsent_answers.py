@@ -178,8 +178,8 @@ def test_closing_the_tab_while_answers_wait_asks_first(server, page):
 
 
 def test_closing_the_tab_on_another_page_while_answers_wait_asks_first(server, page):
-    """An answer waiting in the tab for the Label box, closing the tab from another page, even
-    one loaded afresh, asks first; it used to close without a word, and the answer was lost.
+    """With an answer waiting in the tab for the Label box, closing the tab from another page,
+    even one loaded afresh, asks first; it used to close without a word, and the answer was lost.
     (A key pressed just before leaving is sent by the guard on that page, see above; this answer
     is put in storage after the page drew, so nothing sends it until the Label page shows.)"""
     import json
