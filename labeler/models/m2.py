@@ -122,8 +122,8 @@ class M2Config:
     # A convolutional q(y|x)'s width (nets.PooledConvFeatures). 32 pays off in long runs only
     # (Fashion-MNIST, 100 labels, both cores, README): 1,800 s 0.802 +- 0.009 against 0.795 +-
     # 0.016 (seeds 0-2, about 15,000 steps against 23,000); 60 s 0.758 for both (seeds 0-2);
-    # 600 s 0.775 against 0.782 (seed 0, 3,918 steps against 8,338). Predicting takes about twice
-    # as long.
+    # 600 s 0.786 +- 0.010 against 0.791 +- 0.016 (about 4,000 steps against 8,300). Predicting
+    # takes about twice as long.
     classifier_width: int = 16
     # FixMatch-style consistency with an EMA teacher on q(y|x) (module docstring); False is the
     # paper's M2. Images only (M1+M2's codes are not augmented). Measured (30 labels, 60 s, one
