@@ -226,12 +226,17 @@ def _box_key(project_id: int) -> str:
     return f"label-box-{project_id}"
 
 
-def _box_actions(project_id: int) -> list[dict]:
-    value = st.session_state.get(_box_key(project_id))
+def _actions_of(key: str) -> list:
+    """The "actions" state value of the component under `key` (the box's or the guard's)."""
+    value = st.session_state.get(key)
     if value is None:
         return []
     actions = value.get("actions") if hasattr(value, "get") else getattr(value, "actions", None)
     return list(actions or [])
+
+
+def _box_actions(project_id: int) -> list[dict]:
+    return _actions_of(_box_key(project_id))
 
 
 def _apply_box_actions(project_id: int) -> None:
@@ -268,9 +273,7 @@ UNSENT_KEY = "unsent-guard"
 
 
 def _unsent_actions() -> list[dict]:
-    value = st.session_state.get(UNSENT_KEY)
-    actions = value.get("actions") if hasattr(value, "get") else getattr(value, "actions", None)
-    return [dict(a) for a in actions or [] if hasattr(a, "get")]
+    return [dict(a) for a in _actions_of(UNSENT_KEY) if hasattr(a, "get")]
 
 
 def _owned(action: dict, annotator: str) -> int | None:
