@@ -8,7 +8,8 @@
   pre-filled; the page stays until it is accepted or undone; accepting it never overwrites an
   answer given meanwhile; one undo per page.
 - **History**: every current answer, filtered by class, annotator or disagreement with the
-  model, and corrected in place; a tile changed and not saved yet stays on the page.
+  model, and corrected in place; a tile changed and not saved yet stays on the page, also when
+  the person looks at another mode or page and comes back.
 
 The buttons that store what a page shows (Accept, Save corrections) are keyed by it: see
 `common.tag`.
@@ -843,22 +844,34 @@ def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) 
         )
 
 
-def _with_unsaved(session, project_id: int, rows: list) -> list:
-    """`rows` and, after them, every tile still on screen that holds a change not saved yet but
-    is no longer among `rows`. The History shows the newest answers, so answers coming in while a
-    person corrects would push a changed tile off the page at the next rerun (the change itself
-    makes one) and the change would be lost. The tiles on screen are those whose value the
-    browser sent with this run; `_correct` forgets a tile once its change is saved."""
+def _with_unsaved(session, project_id: int, rows: list, names: list[str]) -> list:
+    """`rows` and, after them, every tile that holds a change not saved yet but is no longer
+    among `rows`. The History shows the newest answers, so answers coming in while a person
+    corrects would push a changed tile off the page at the next rerun (the change itself makes
+    one) and the change would be lost; so would every change when the person looked at another
+    mode or page before saving (Streamlit forgets a widget that is not drawn). A tile on screen
+    keeps the value the browser sent with this run; one that was not on screen is drawn again on
+    the class it was set to (`_chosen_key`, by name: a class renamed meanwhile is
+    `_keep_chosen_through_renames`'s). `_correct` forgets a tile once its change is saved."""
     seen: dict = st.session_state.setdefault(_seen_key(project_id), {})
     chosen: dict = st.session_state.get(_chosen_key(project_id), {})
     values = {pair: st.session_state.get(_tile_of(*pair)) for pair in seen}
     for pair in [pair for pair, value in values.items() if value is None]:
-        del seen[pair]  # not on screen any more (another mode or page): its change is dropped
-        chosen.pop(pair, None)
+        if pair not in chosen:
+            del seen[pair]  # not on screen any more and never changed: nothing to keep
+            del values[pair]
+            continue
+        name = chosen[pair]
+        if name is None or name in names:
+            values[pair] = IGNORED if name is None else names.index(name)
+            st.session_state[_tile_of(*pair)] = values[pair]
+        else:
+            values[pair] = seen[pair]  # its class was renamed: `_keep_chosen_through_renames` says so
     drawn = {(item.id, event.id) for event, item in rows}
     kept = []
     for (item_id, event_id), was in seen.items():
-        if (item_id, event_id) in drawn or values[(item_id, event_id)] == was:
+        pair = (item_id, event_id)
+        if pair in drawn or (values[pair] == was and pair not in chosen):
             continue
         event, item = session.get(LabelEvent, event_id), session.get(Item, item_id)
         if event is not None and item is not None and item.project_id == project_id:
@@ -889,7 +902,7 @@ def _history(project_id: int, names: list[str]) -> None:
             session, project_id, class_index=which, annotator=who, disagree=disagree, limit=HISTORY_ROWS
         )
         newest = len(rows)
-        rows = _with_unsaved(session, project_id, rows)
+        rows = _with_unsaved(session, project_id, rows, names)
     if not rows:
         st.info("No answers match.")
         return
@@ -1046,6 +1059,9 @@ def label_page() -> None:
     if kind:
         getattr(st, kind)(common.as_typed(text))
 
+    unsaved = len(st.session_state.get(_chosen_key(project.id), {}))
+    if unsaved and mode != "History":  # kept for the History (`_with_unsaved`): say they wait
+        st.info(f"History changes not saved yet: {unsaved}. Open History to save them.")
     if mode == "Grid":
         _grid(project.id, names)
     elif mode == "History":

@@ -428,6 +428,48 @@ def test_a_history_change_not_saved_yet_follows_its_class_name_through_a_rename(
     assert _labels(Session, tiny_project.id)[a] == 1 - was
 
 
+def test_a_history_change_not_saved_yet_waits_while_the_person_looks_at_another_mode(Session, tiny_project):
+    """Streamlit forgets a widget that is not drawn: a History change not saved was dropped when
+    the person looked at another mode (or page) first. It waits, the other modes say so, and it
+    comes back on the class it was set to, also after another class was renamed (its own class
+    renamed: the test above); Save stores it."""
+    from tests.ui.ui_helpers import label_items
+
+    a, b = label_items(Session, tiny_project.id, 2, annotator="bob")
+    was = _labels(Session, tiny_project.id)
+    at = page_app("label", tiny_project.id, annotator="alice")
+    at.radio(key="label_mode").set_value("History").run()
+    _history_tiles(at)[a].set_value(1 - was[a]).run()
+    assert not at.info
+    at.radio(key="label_mode").set_value("Grid").run()
+    assert not _history_tiles(at) and "History changes not saved yet: 1" in at.info[0].value
+    at.radio(key="label_mode").set_value("History").run()
+    assert _history_tiles(at)[a].value == 1 - was[a]
+    at.radio(key="label_mode").set_value("Grid").run()
+    with Session.begin() as session:
+        queries.rename_class(session, tiny_project.id, was[a], "saved one")
+    at.radio(key="label_mode").set_value("One image").run()
+    at.radio(key="label_mode").set_value("History").run()
+    assert not at.exception and not at.warning
+    tiles = _history_tiles(at)
+    assert tiles[a].value == 1 - was[a] and tiles[b].value == was[b]
+    button(at, "hist_save").click().run()
+    assert "Corrected 1 labels" in at.success[0].value
+    assert _labels(Session, tiny_project.id) == {a: 1 - was[a], b: was[b]}
+    at.radio(key="label_mode").set_value("Grid").run()
+    assert not at.info  # saved: nothing waits
+    # Its own class renamed while it waited: the tile shows its saved answer again and says so.
+    at.radio(key="label_mode").set_value("History").run()
+    _history_tiles(at)[b].set_value(1 - was[b]).run()
+    at.radio(key="label_mode").set_value("Grid").run()
+    with Session.begin() as session:
+        queries.rename_class(session, tiny_project.id, 1 - was[b], "chosen one")
+    at.radio(key="label_mode").set_value("History").run()
+    assert _history_tiles(at)[b].value == was[b] and f"#{b}" in at.warning[0].value
+    at.radio(key="label_mode").set_value("Grid").run()
+    assert not at.info
+
+
 def test_save_from_the_history_on_screen_saves_the_tiles_it_shows(Session, tiny_project, monkeypatch):
     """The page was redrawn on the server (newer answers came in and pushed tile a off) but not on
     screen yet when the person changes a and clicks Save at once: the click saves the tiles on
