@@ -322,3 +322,34 @@ def test_a_history_change_whose_class_is_renamed_before_saving_says_so(server, p
     finally:
         with Session.begin() as session:
             queries.rename_class(session, pid, 1, "bright")
+
+
+def test_a_history_change_not_saved_waits_while_another_page_shows(server, page):
+    """A History tile changed, then the person opens Train before saving: Streamlit forgot the
+    selector that was no longer drawn, and the change was gone without a word. It waits: the
+    Label page says so, and History shows it again on the class chosen, ready to save."""
+    from db import queries
+
+    Session, pid = server["Session"], server["project_id"]
+    with Session.begin() as session:
+        labeled = queries.current_labels(session, pid, ignored=True)
+        item = next(i.id for i in queries.items(session, pid, "pool") if i.id not in labeled)
+        event = queries.add_label(session, item, 0, annotator="bob")
+    page.goto(f"{server['url']}/?annotator=carol")
+    page.get_by_text("History", exact=True).click()
+    box = page.locator(f".st-key-hist-{item}-{event.id}")
+    box.wait_for()
+    settle(page)
+    box.click()
+    page.get_by_role("option", name="bright", exact=True).click()
+    settle(page)
+    open_page(page, "Train")
+    open_page(page, "Label")
+    page.get_by_text("History changes not saved yet: 1").wait_for()
+    page.get_by_text("History", exact=True).click()
+    box.wait_for()
+    settle(page)
+    assert box.locator('input[role="combobox"]').input_value() == "bright"
+    page.locator("[class*='st-key-hist_save-'] button").click()
+    page.get_by_text("Corrected 1 labels").wait_for()
+    assert answers_of(Session, [item])[item][-1] == (1, "carol")
