@@ -20,7 +20,7 @@ from sqlalchemy.orm import Session, sessionmaker
 import db
 from db import queries, users
 from db.models import Project
-from labeler import projects
+from labeler import answers, projects
 
 
 @st.cache_resource(show_spinner=False)
@@ -245,3 +245,9 @@ def for_chart(text) -> str:
     """Text for plotly labels, legends and hovers, which read <b>, <a href=...> and entities
     as markup: &, < and > escaped, so a name shows as typed."""
     return html.escape(str(text), quote=False)
+
+
+def ledger(project_id: int) -> answers.Ledger:
+    """This browser session's answers in one project, the ones its undo may take back (an undo
+    never reaches into another project). A personal key (account._PERSONAL_PREFIXES)."""
+    return st.session_state.setdefault(f"ledger-{project_id}", answers.Ledger())

@@ -147,11 +147,6 @@ def _shown_prediction(item: Item, prediction):
 # One image ------------------------------------------------------------------------------------
 
 
-def _ledger(project_id: int) -> answers.Ledger:
-    """This browser session's answers in one project (an undo never reaches into another)."""
-    return st.session_state.setdefault(f"ledger-{project_id}", answers.Ledger())
-
-
 @functools.cache
 def _label_box():
     here = Path(__file__).parent
@@ -256,7 +251,7 @@ def _apply_answers(project_id: int, annotator: str, actions: list[dict]) -> list
     """Store the box's answers (from the box, or sent for it by the guard) and return the notices
     for the person; the images refused or undone come first in the queue."""
     outcome = answers.apply_actions(
-        common.session_factory(), project_id, annotator, actions, _ledger(project_id)
+        common.session_factory(), project_id, annotator, actions, common.ledger(project_id)
     )
     refused = f"box-refused-{project_id}"
     st.session_state[refused] = st.session_state.get(refused, []) + outcome.refused_actions
@@ -308,8 +303,8 @@ def _unsent_acked(annotator: str) -> list[str]:
     forgets them."""
     done = []
     for action in _unsent_actions():
-        ledger = st.session_state.get(f"ledger-{_owned(action, annotator)}")  # made by _apply_unsent
-        if ledger is not None and str(action.get("id")) in ledger.applied:
+        project_id = _owned(action, annotator)
+        if project_id is not None and str(action.get("id")) in common.ledger(project_id).applied:
             done.append(str(action.get("id")))
     return done
 
@@ -325,7 +320,7 @@ def unsent_guard() -> None:
 
 
 def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
-    ledger = _ledger(project_id)
+    ledger = common.ledger(project_id)
     Session = common.session_factory()
     try:
         rest = db.retrying(lambda: _queue_page(Session, project_id, k, ledger.skipped, common.claimant()))
@@ -399,7 +394,7 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
                 "audit": item.split == AUDIT,
             }
         )
-    applied = _ledger(project.id).applied
+    applied = common.ledger(project.id).applied
     data = {
         "session": f"{common.claimant()}@{project.id}",
         # Whose unsent answers this box may send again (kept in the tab across reloads).
@@ -617,7 +612,7 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
     except Exception as error:  # noqa: BLE001 - shown to the user, nothing is lost
         st.session_state["last_message"] = ("error", f"The page was not saved: {error}")
         return
-    ledger = _ledger(project_id)
+    ledger = common.ledger(project_id)
     accepted = st.session_state.setdefault(_accepted_key(project_id), set())  # pages accepted, not undone
     again = page in accepted
     accepted.add(page)
@@ -645,7 +640,7 @@ def _undo_page(project_id: int) -> None:
         return
     # The newest grid page or bulk label: a box answer or History correction made since stays.
     undone = answers.undo_entry(
-        common.session_factory(), annotator, _ledger(project_id), kinds=("grid", "bulk")
+        common.session_factory(), annotator, common.ledger(project_id), kinds=("grid", "bulk")
     )
     if undone:
         with common.session_factory()() as session:
@@ -655,7 +650,7 @@ def _undo_page(project_id: int) -> None:
             f"Undone: your last grid page or bulk label ({len(undone)} answers); {len(back)} images are back in the queue.",
         )
         st.session_state["show_first"] = undone + st.session_state.get("show_first", [])
-        _ledger(project_id).skipped.difference_update(undone)
+        common.ledger(project_id).skipped.difference_update(undone)
         st.session_state.pop(_page_key(project_id), None)  # the undone images come next
         _forget_accepted(project_id, undone)
     else:
@@ -781,7 +776,7 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
     for item_id, event_id, _ in changes:  # saved, or left as someone else's: no longer kept on the page
         seen.pop((item_id, event_id), None)
         chosen.pop((item_id, event_id), None)
-    _ledger(project_id).record(events)
+    common.ledger(project_id).record(events)
     text = f"Corrected {len(events)} labels (kept in the history)."
     if stale:
         text += f" {stale} had been changed by someone else meanwhile and were left as they are."

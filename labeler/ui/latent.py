@@ -396,7 +396,6 @@ def _bulk_label(
     click, still selects every one of them: a new lasso drawn just before the click, or a map
     redrawn without the selection, stores nothing. `frame`: the map's points, as the page that
     drew the button had them (a box or lasso selects every point inside, drawn or not)."""
-    from .. import answers
     from . import account, parts
 
     try:
@@ -464,7 +463,7 @@ def _bulk_label(
     except Exception as error:  # noqa: BLE001 - shown as one sentence
         st.session_state["latent_message"] = ("error", f"The labels were not saved: {error}")
         return
-    st.session_state.setdefault(f"ledger-{project_id}", answers.Ledger()).record(events)
+    common.ledger(project_id).record(events)
     text = f"Labeled {len(events)} images at once."
     if outcome:
         text += _relabel_report(outcome)

@@ -206,13 +206,13 @@ def test_answers_left_in_the_tab_are_stored_only_for_whoever_gave_them(Session, 
 
 _GUARD_THEN_BOX = """
 import streamlit as st
-from labeler.ui import label
+from labeler.ui import common, label
 pid, answer = st.session_state["pid"], st.session_state["answer"]
 st.session_state[label.UNSENT_KEY] = {"actions": [{**answer, "owner": f"ann@{pid}", "again": True}]}
 label._apply_unsent()
 st.session_state[label._box_key(pid)] = {"actions": [{**answer, "again": True}]}  # the box, back on Label
 label._apply_box_actions(pid)
-applied = label._ledger(pid).applied
+applied = common.ledger(pid).applied
 st.text(repr([a["id"] for a in label._box_actions(pid) if a.get("id") in applied]))  # the box's data.acked
 st.text(repr(st.session_state.get("box_notices")))
 """
