@@ -14,13 +14,17 @@ its role.
 
 from __future__ import annotations
 
+import logging
+
 import streamlit as st
 
 import db
-from db import users
+from db import queries, users
 from labeler import auth
 
 from . import common
+
+logger = logging.getLogger(__name__)
 
 # Session keys that belong to one person's work: cleared at login and logout, so the next person
 # in the same tab starts clean (claims, the undo target, a prepared export).
@@ -63,7 +67,16 @@ _PERSONAL_PREFIXES = (
 
 
 def clear_personal(keep: tuple[str, ...] = ()) -> None:
-    """Forget the person's work in this tab (a login, a logout, a new name without accounts)."""
+    """Forget the person's work in this tab (a login, a logout, a new name without accounts),
+    and give back the images the tab held for them, so others get them now rather than when
+    the claims run out (queue.CLAIM_SECONDS)."""
+    token = st.session_state.get("claim_token")
+    if token and "claim_token" not in keep:
+        try:
+            with common.session_factory().begin() as session:
+                queries.release_claims(session, str(token))
+        except Exception:  # the claims run out by themselves; the logout goes on
+            logger.warning("could not give back the claims of a tab", exc_info=True)
     for key in [k for k in st.session_state if str(k).startswith(_PERSONAL_PREFIXES)] + list(_PERSONAL_KEYS):
         if key not in keep:
             st.session_state.pop(key, None)

@@ -229,8 +229,13 @@ def test_undo_across_two_logged_in_sessions_takes_back_only_ones_own_answer(Sess
 
 def test_the_next_person_in_the_tab_does_not_get_the_held_grid_page(Session, tiny_project, accounts):
     """Ann opens a grid page and logs out without accepting it; Ada logs in in the same tab. The
-    page held for Ann (and the pages she accepted) are gone with the rest of Ann's work: Ada's
-    page is drawn for her, not Ann's page claimed under Ada's name."""
+    page held for Ann (and the pages she accepted) are gone with the rest of Ann's work, and the
+    images the tab held for Ann are given back at once (they were kept from everyone until the
+    claims ran out); Ann's other tabs keep theirs. Ada's page is drawn and claimed for her."""
+    from datetime import timedelta
+
+    from db.models import Claim, utcnow
+
     at = log_in(app_run(tiny_project.id), "ann")
     at.radio(key="label_mode").set_value("Grid").run()
     held = f"grid-page-{tiny_project.id}"
@@ -240,7 +245,24 @@ def test_the_next_person_in_the_tab_does_not_get_the_held_grid_page(Session, tin
     at.session_state[f"grid-choices-{tiny_project.id}"] = {
         1: {"page": "1,2", "presses": 0, "value": 0, "name": "0"}
     }
+    tab = f"ann#{at.session_state['claim_token']}"
+    with Session.begin() as session:  # Ann's other tab
+        claimed = {c.item_id for c in session.query(Claim)}
+        other = next(i.id for i in queries.items(session, tiny_project.id, "pool") if i.id not in claimed)
+        session.add(
+            Claim(
+                item_id=other,
+                project_id=tiny_project.id,
+                annotator="ann#0ther",
+                expires_at=utcnow() + timedelta(minutes=5),
+            )
+        )
+    with Session() as session:
+        assert {c.item_id for c in session.query(Claim).filter_by(annotator=tab)} >= set(anns)
     at.button(key="logout").click().run()
+    with Session() as session:
+        assert not session.query(Claim).filter_by(annotator=tab).count()
+        assert [c.annotator for c in session.query(Claim).filter_by(item_id=other)] == ["ann#0ther"]
     personal = ("grid-accepted", "hist-seen", "grid-choices")
     for key in (held, *(f"{prefix}-{tiny_project.id}" for prefix in personal)):
         assert key not in at.session_state
@@ -248,4 +270,6 @@ def test_the_next_person_in_the_tab_does_not_get_the_held_grid_page(Session, tin
     assert not at.exception
     at.radio(key="label_mode").set_value("Grid").run()
     adas = list(at.session_state[held])
-    assert adas and not set(adas) & set(anns)  # Ann's claims still hold her images
+    ada = f"ada#{at.session_state['claim_token']}"
+    with Session() as session:
+        assert adas and {c.item_id for c in session.query(Claim).filter_by(annotator=ada)} >= set(adas)
