@@ -212,8 +212,10 @@ def claimant() -> str:
     """Who holds the images this browser session is shown: the annotator's name plus a token
     of this session, so two tabs or two people with the same name never get the same image."""
     if "claim_token" not in st.session_state:
-        st.session_state["claim_token"] = secrets.token_hex(4)
-    return f"{annotator()}#{st.session_state['claim_token']}"
+        st.session_state["claim_token"] = secrets.token_hex(16)  # a logout gives back its claims
+    # At most 160 + 1 + 32 characters: the claims' column holds 200 (PostgreSQL enforces it),
+    # and the token alone tells tabs apart.
+    return f"{annotator()[:160]}#{st.session_state['claim_token']}"
 
 
 def enlarge(array: np.ndarray, size: int = 280) -> Image.Image:

@@ -829,6 +829,8 @@ def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) 
         name = chosen[pair]
         if name is None or name in names:
             st.session_state[_tile_of(*pair)] = IGNORED if name is None else names.index(name)
+            if st.session_state[_tile_of(*pair)] == event.class_index:  # renames traded names
+                del chosen[pair]  # it shows its saved answer: no change waits
         else:
             st.session_state[_tile_of(*pair)] = event.class_index
             del chosen[pair]

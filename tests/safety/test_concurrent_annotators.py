@@ -92,6 +92,27 @@ def test_claims_keep_an_image_from_others_until_answered_or_expired(Session, tin
         assert alice[1] in [i.id for i, _ in queue.next_items(session, tiny_project.id, k=2, annotator="bob")]
 
 
+def test_a_tab_gives_back_its_own_claims_and_nobody_elses(Session, tiny_project):
+    """`release_claims(token)` (a login, logout or new name in that tab) frees the claims of
+    "name#token" whatever the name, and no other: not the same person's other tab, not a token
+    that only a LIKE wildcard would match."""
+    from db.models import Claim
+
+    token, other = "0123abcd" * 4, "fedc9876" * 4
+    holders = [f"ann%_/#{token}", f"ann#{other}", f"bob#{token}0", "x#abcd"]
+    with Session.begin() as session:
+        held = {
+            who: queue.next_items(session, tiny_project.id, k=1, annotator=who)[0][0].id for who in holders
+        }
+    assert len(set(held.values())) == len(holders)
+    with Session.begin() as session:
+        assert queries.release_claims(session, "ab_d") == 0
+        assert queries.release_claims(session, "") == 0
+        assert queries.release_claims(session, token) == 1
+    with Session() as session:
+        assert {c.annotator for c in session.query(Claim)} == set(holders[1:])
+
+
 def test_when_only_claimed_images_remain_they_are_shared(Session, tiny_project):
     with Session() as session:
         everything = queue.next_items(session, tiny_project.id, k=100, annotator="alice")

@@ -468,6 +468,18 @@ def test_a_history_change_not_saved_yet_waits_while_the_person_looks_at_another_
     assert _history_tiles(at)[b].value == was[b] and f"#{b}" in at.warning[0].value
     at.radio(key="label_mode").set_value("Grid").run()
     assert not at.info
+    # Two renames trade the names: the name chosen is now the saved answer's, so no change waits.
+    at.radio(key="label_mode").set_value("History").run()
+    _history_tiles(at)[b].set_value(1 - was[b]).run()
+    at.radio(key="label_mode").set_value("Grid").run()
+    with Session.begin() as session:
+        names = queries.class_names(session, tiny_project.id)
+        queries.rename_class(session, tiny_project.id, 1 - was[b], "spare")
+        queries.rename_class(session, tiny_project.id, was[b], names[1 - was[b]])
+    at.radio(key="label_mode").set_value("History").run()
+    assert _history_tiles(at)[b].value == was[b]
+    at.radio(key="label_mode").set_value("Grid").run()
+    assert not at.info
 
 
 def test_save_from_the_history_on_screen_saves_the_tiles_it_shows(Session, tiny_project, monkeypatch):
