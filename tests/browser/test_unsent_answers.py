@@ -293,10 +293,9 @@ def test_an_answer_refused_for_a_renamed_class_can_be_given_again(server, page):
             queries.rename_class(session, pid, 0, "dark")
 
 
-def test_a_history_change_whose_class_is_renamed_before_saving_says_so(server, page):
-    """A History tile set to a class that an admin renames before Save: Streamlit put the tile
-    back on its saved answer, silently (a selectbox's value travels as the name it shows, and the
-    old name matched no option), and Save left that correction out. Now a note says so."""
+def bobs_answer_set_to_bright_in_history(server, page, address: str):
+    """Bob answers an unlabeled image "dark"; the page opens `address`, shows History and sets
+    that answer's tile to "bright" (not saved). Returns the image and its tile."""
     from db import queries
 
     Session, pid = server["Session"], server["project_id"]
@@ -304,7 +303,7 @@ def test_a_history_change_whose_class_is_renamed_before_saving_says_so(server, p
         labeled = queries.current_labels(session, pid, ignored=True)
         item = next(i.id for i in queries.items(session, pid, "pool") if i.id not in labeled)
         event = queries.add_label(session, item, 0, annotator="bob")
-    page.goto(server["url"])
+    page.goto(address)
     page.get_by_text("History", exact=True).click()
     box = page.locator(f".st-key-hist-{item}-{event.id}")
     box.wait_for()
@@ -312,6 +311,17 @@ def test_a_history_change_whose_class_is_renamed_before_saving_says_so(server, p
     box.click()
     page.get_by_role("option", name="bright", exact=True).click()
     settle(page)
+    return item, box
+
+
+def test_a_history_change_whose_class_is_renamed_before_saving_says_so(server, page):
+    """A History tile set to a class that an admin renames before Save: Streamlit put the tile
+    back on its saved answer, silently (a selectbox's value travels as the name it shows, and the
+    old name matched no option), and Save left that correction out. Now a note says so."""
+    from db import queries
+
+    Session, pid = server["Session"], server["project_id"]
+    item, box = bobs_answer_set_to_bright_in_history(server, page, server["url"])
     with Session.begin() as session:
         queries.rename_class(session, pid, 1, "brighter")
     try:
@@ -328,21 +338,8 @@ def test_a_history_change_not_saved_waits_while_another_page_shows(server, page)
     """A History tile changed, then the person opens Train before saving: Streamlit forgot the
     selector that was no longer drawn, and the change was gone without a word. It waits: the
     Label page says so, and History shows it again on the class chosen, ready to save."""
-    from db import queries
-
-    Session, pid = server["Session"], server["project_id"]
-    with Session.begin() as session:
-        labeled = queries.current_labels(session, pid, ignored=True)
-        item = next(i.id for i in queries.items(session, pid, "pool") if i.id not in labeled)
-        event = queries.add_label(session, item, 0, annotator="bob")
-    page.goto(f"{server['url']}/?annotator=carol")
-    page.get_by_text("History", exact=True).click()
-    box = page.locator(f".st-key-hist-{item}-{event.id}")
-    box.wait_for()
-    settle(page)
-    box.click()
-    page.get_by_role("option", name="bright", exact=True).click()
-    settle(page)
+    Session = server["Session"]
+    item, box = bobs_answer_set_to_bright_in_history(server, page, f"{server['url']}/?annotator=carol")
     open_page(page, "Train")
     open_page(page, "Label")
     page.get_by_text("History changes not saved yet: 1").wait_for()
