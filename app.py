@@ -25,4 +25,7 @@ if user is None:  # no accounts: the name typed or given in the address stays in
 label.unsent_guard()  # every page: answers the Label box left in the tab are sent, closing it asks
 account.sidebar(user)
 pages = account.visible_pages(PAGES, admin=common.is_admin())
-st.navigation([st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in pages]).run()
+page = st.navigation([st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in pages])
+if page.title != "Label":  # the Label page says it itself, beside its History
+    label.unsaved_note()
+page.run()

@@ -878,6 +878,19 @@ def _with_unsaved(session, project_id: int, rows: list, names: list[str]) -> lis
     return rows
 
 
+def unsaved_corrections(project_id: int | None) -> int:
+    """How many History changes of the project wait to be saved in this session (`_chosen_key`)."""
+    return len(st.session_state.get(_chosen_key(project_id), {})) if project_id is not None else 0
+
+
+def unsaved_note() -> None:
+    """On the other pages (app.py): a sidebar line while History changes wait to be saved, so
+    the person goes back before a logout or a reload drops them."""
+    unsaved = unsaved_corrections(st.session_state.get("project_id"))
+    if unsaved:
+        st.sidebar.warning(f"History changes not saved yet: {unsaved}. Label, History saves them.")
+
+
 def _history(project_id: int, names: list[str]) -> None:
     Session = common.session_factory()
     with Session() as session:
@@ -1056,7 +1069,7 @@ def label_page() -> None:
     if kind:
         getattr(st, kind)(common.as_typed(text))
 
-    unsaved = len(st.session_state.get(_chosen_key(project.id), {}))
+    unsaved = unsaved_corrections(project.id)
     if unsaved and mode != "History":  # kept for the History (`_with_unsaved`): say they wait
         st.info(f"History changes not saved yet: {unsaved}. Open History to save them.")
     if mode == "Grid":

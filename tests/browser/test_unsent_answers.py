@@ -336,11 +336,13 @@ def test_a_history_change_whose_class_is_renamed_before_saving_says_so(server, p
 
 def test_a_history_change_not_saved_waits_while_another_page_shows(server, page):
     """A History tile changed, then the person opens Train before saving: Streamlit forgot the
-    selector that was no longer drawn, and the change was gone without a word. It waits: the
-    Label page says so, and History shows it again on the class chosen, ready to save."""
+    selector that was no longer drawn, and the change was gone without a word. It waits: Train's
+    sidebar and the Label page say so, and History shows it again on the class chosen, ready to
+    save."""
     Session = server["Session"]
     item, box = bobs_answer_set_to_bright_in_history(server, page, f"{server['url']}/?annotator=carol")
     open_page(page, "Train")
+    page.locator('[data-testid="stSidebar"]').get_by_text("History changes not saved yet: 1").wait_for()
     open_page(page, "Label")
     page.get_by_text("History changes not saved yet: 1").wait_for()
     page.get_by_text("History", exact=True).click()
