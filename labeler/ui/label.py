@@ -809,6 +809,12 @@ def _remember_correction(project_id: int, pair: tuple[int, int], names: list[str
     chosen[pair] = None if value == IGNORED else names[value]
 
 
+def _chosen_value(name: str | None, names: list[str]) -> int:
+    """A History tile's value for the class name kept in `_chosen_key` (None: ignored), which
+    must be among `names`."""
+    return IGNORED if name is None else names.index(name)
+
+
 def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) -> None:
     """After a class was renamed, put each changed tile on screen back on the class it was set
     to, by name. A selectbox's value travels as the name it shows: the browser's old name matched
@@ -828,8 +834,8 @@ def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) 
             continue
         name = chosen[pair]
         if name is None or name in names:
-            st.session_state[_tile_of(*pair)] = IGNORED if name is None else names.index(name)
-            if st.session_state[_tile_of(*pair)] == event.class_index:  # renames traded names
+            value = st.session_state[_tile_of(*pair)] = _chosen_value(name, names)
+            if value == event.class_index:  # renames traded names
                 del chosen[pair]  # it shows its saved answer: no change waits
         else:
             st.session_state[_tile_of(*pair)] = event.class_index
@@ -860,7 +866,7 @@ def _with_unsaved(session, project_id: int, rows: list, names: list[str]) -> lis
             continue
         name = chosen[pair]
         if name is None or name in names:
-            values[pair] = IGNORED if name is None else names.index(name)
+            values[pair] = _chosen_value(name, names)
             st.session_state[_tile_of(*pair)] = values[pair]
         else:
             values[pair] = seen[pair]  # its class was renamed: `_keep_chosen_through_renames` says so
