@@ -889,12 +889,17 @@ def unsaved_corrections(project_id: int | None) -> int:
     return len(st.session_state.get(_chosen_key(project_id), {})) if project_id is not None else 0
 
 
+def _unsaved_words(count: int) -> str:
+    """What the other modes and pages say while History changes wait (`unsaved_corrections`)."""
+    return f"History changes not saved yet: {count}."
+
+
 def unsaved_note() -> None:
     """On the other pages (app.py): a sidebar line while History changes wait to be saved, so
     the person goes back before a logout or a reload drops them."""
     unsaved = unsaved_corrections(st.session_state.get("project_id"))
     if unsaved:
-        st.sidebar.warning(f"History changes not saved yet: {unsaved}. Label, History saves them.")
+        st.sidebar.warning(f"{_unsaved_words(unsaved)} Label, History saves them.")
 
 
 def _history(project_id: int, names: list[str]) -> None:
@@ -1077,7 +1082,7 @@ def label_page() -> None:
 
     unsaved = unsaved_corrections(project.id)
     if unsaved and mode != "History":  # kept for the History (`_with_unsaved`): say they wait
-        st.info(f"History changes not saved yet: {unsaved}. Open History to save them.")
+        st.info(f"{_unsaved_words(unsaved)} Open History to save them.")
     if mode == "Grid":
         _grid(project.id, names)
     elif mode == "History":

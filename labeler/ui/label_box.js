@@ -308,6 +308,15 @@ function draw(s) {
   box.append(el("div", { class: "lb-main" }, [el("div", { class: "lb-left" }, [frame, caption]), el("div", { class: "lb-right" }, [guess, buttons, tools])]));
 }
 
+// A box's state leaves the page: its key and leave listeners go, and it is counted out of
+// window.__labelerBoxes (see unsent_guard.js).
+function detach(s) {
+  document.removeEventListener("keydown", s.onKey, true);
+  window.removeEventListener("beforeunload", s.onLeave);
+  if (s.counted) window.__labelerBoxes = Math.max(0, (window.__labelerBoxes || 1) - 1);
+  s.counted = false;
+}
+
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
   let s = boxes.get(parentElement);
@@ -316,10 +325,7 @@ export default function (component) {
     if (s) {
       // Another person or session in this box: the old queue stays in storage under its owner.
       if (s.timer) clearTimeout(s.timer);
-      document.removeEventListener("keydown", s.onKey, true);
-      window.removeEventListener("beforeunload", s.onLeave);
-      if (s.counted) window.__labelerBoxes = Math.max(0, (window.__labelerBoxes || 1) - 1);
-      s.counted = false;
+      detach(s);
     }
     s = newState(parentElement);
     s.session = data.session;
@@ -377,11 +383,8 @@ export default function (component) {
     // answers typed just before leaving the page wait in storage, and the guard on every page
     // sends them (unsent_guard.js).
     if (state.timer) flush(state);
-    document.removeEventListener("keydown", state.onKey, true);
-    window.removeEventListener("beforeunload", state.onLeave);
+    detach(state);
     boxes.delete(parentElement);
-    if (state.counted) window.__labelerBoxes = Math.max(0, (window.__labelerBoxes || 1) - 1);
-    state.counted = false;
     window.dispatchEvent(new Event("labeler-box-gone"));
   };
 }
