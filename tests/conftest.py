@@ -33,6 +33,7 @@ def _isolated(tmp_path, monkeypatch):
     """A private data folder per test; no test touches ./labeler-data or another's database."""
     monkeypatch.setenv("LABELER_DATA_DIR", str(tmp_path / "data"))
     monkeypatch.delenv("LABELER_DB_URL", raising=False)
+    monkeypatch.setattr("labeler.ui.export._last_sweep", {})  # each test's Export page sweeps afresh
     torch.manual_seed(0)
     torch.set_num_threads(1)
 

@@ -268,7 +268,8 @@ def test_storage_key_finds_the_key_of_a_path_written_on_another_machine(tmp_path
 @pytest.mark.parametrize("shared_store", ["folder", "s3"], indirect=True)
 def test_old_exports_leave_the_store_too(shared_store, shared_db, tmp_path, monkeypatch):
     """Each preparation writes a folder of its own: the session's previous one, those older
-    than a day (made on any machine) and files of the layout before folders leave the store."""
+    than a day (made on any machine) and files of the layout before folders leave the store,
+    when the page opens and when an export is prepared."""
     from streamlit.testing.v1 import AppTest
 
     Session = shared_db
@@ -282,7 +283,10 @@ def test_old_exports_leave_the_store_too(shared_store, shared_db, tmp_path, monk
         shared.put(tmp_path / "old.csv", f"{prefix}/{name}")  # a day old elsewhere; old layout; recent
     at = AppTest.from_string("from labeler.ui.export import export_page\nexport_page()", default_timeout=60)
     at.session_state["project_id"] = project.id
-    at.run()
+    at.run()  # opening the page sweeps (at most hourly)
+    assert not at.exception and shared.names(prefix) == ["29990101-000000-bbbb"]
+    for name in ("20200101-000000-aaaa/labels.csv", "labels.csv"):
+        shared.put(tmp_path / "old.csv", f"{prefix}/{name}")  # again, for the sweep on preparing
     at.button(key="export_prepare").click().run()
     first = Path(at.session_state["export_files"]["folder"]).name
     assert not at.exception and shared.names(prefix) == sorted([first, "29990101-000000-bbbb"])

@@ -16,6 +16,7 @@ import contextlib
 import datetime
 import functools
 import logging
+import math
 import secrets
 import shutil
 import time
@@ -41,7 +42,11 @@ DOWNLOADS = {
 MODEL_FILES = export.MODEL_FILES
 
 
-KEEP_S = 24 * 3600  # an export folder older than this is removed when anyone prepares another
+KEEP_S = 24 * 3600  # an export folder older than this is removed (`_sweep`)
+# The Export page also sweeps when it opens, at most this often per project and server process,
+# so a day-old export does not stay on disk until someone prepares another.
+SWEEP_EVERY_S = 3600
+_last_sweep: dict[int, float] = {}  # project id -> time.monotonic() of this process's last sweep
 
 
 def export_folder(project_id: int) -> Path:
@@ -80,14 +85,14 @@ def _discard(path: Path) -> None:
             shared.remove(key)
 
 
-def _sweep(project_id: int, keep: Path) -> None:
+def _sweep(project_id: int, keep: Path | None) -> None:
     """Remove the project's exports older than KEEP_S (their sessions are long gone) and files of
     the layout before folders, here and in the store (another machine's too), never `keep`."""
     now = time.time()
 
     def expired(name: str) -> bool:
         age = _age_s(name, now)
-        return name != keep.name and (age is None or age > KEEP_S)
+        return (keep is None or name != keep.name) and (age is None or age > KEEP_S)
 
     folder = export_folder(project_id)
     for path in folder.iterdir() if folder.exists() else ():
@@ -99,6 +104,16 @@ def _sweep(project_id: int, keep: Path) -> None:
         for name in shared.names(prefix) if shared is not None else ():
             if expired(name):
                 shared.remove(f"{prefix}/{name}")
+
+
+def _sweep_now_and_then(project_id: int, keep: Path | None) -> None:
+    """`_sweep` when the page opens, unless this process swept the project's exports less than
+    SWEEP_EVERY_S ago (each sweep lists the folder and the shared store)."""
+    now = time.monotonic()
+    if now - _last_sweep.get(project_id, -math.inf) < SWEEP_EVERY_S:
+        return
+    _last_sweep[project_id] = now
+    _sweep(project_id, keep)
 
 
 def _store():
@@ -160,6 +175,12 @@ def export_page() -> None:
     with common.session_factory()() as session:
         n_labeled = queries.label_count(session, project.id)
         has_model = queries.latest_done_run_id(session, project.id) is not None
+    prepared = st.session_state.get("export_files")
+    mine = prepared.get("folder") if prepared and prepared["project"] == project.id else None
+    try:
+        _sweep_now_and_then(project.id, keep=Path(mine) if mine else None)
+    except Exception:  # an export left on disk is tidied another time; the page works on
+        log.warning("Sweeping the old exports of project %s failed", project.id, exc_info=True)
     st.title(f"Export · {common.as_typed(project.name)}")
     st.write(
         f"{n_labeled} labeled images"

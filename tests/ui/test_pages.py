@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime
 import io
+import time
 import zipfile
 from pathlib import Path
 from unittest import mock
@@ -668,8 +669,9 @@ def test_two_exports_of_one_project_keep_their_own_files(Session, tiny_project):
     assert set(exports.iterdir()) == before
 
 
-def test_an_export_older_than_a_day_is_swept_when_another_is_prepared(Session, tiny_project):
+def test_an_export_older_than_a_day_is_swept_when_another_is_prepared(Session, tiny_project, monkeypatch):
     label_items(Session, tiny_project.id, 6)
+    monkeypatch.setattr(export_ui, "_last_sweep", {tiny_project.id: time.monotonic()})  # not on opening
     stale = export_ui.export_folder(tiny_project.id) / "20260101-000000-abcd"
     stale.mkdir(parents=True)
     (stale / "labels.csv").write_text("old")
@@ -685,6 +687,32 @@ def test_an_export_older_than_a_day_is_swept_when_another_is_prepared(Session, t
     export_ui._discard(Path(at.session_state["export_files"]["folder"]))
     at.run()
     assert "prepare it again" in at.info[0].value and not at.get("download_button")
+
+
+def test_the_export_page_sweeps_day_old_exports_when_it_opens_at_most_hourly(
+    Session, tiny_project, monkeypatch
+):
+    exports = export_ui.export_folder(tiny_project.id)
+    stale = exports / "20260101-000000-abcd"
+    stale.mkdir(parents=True)
+    hour_ago = datetime.datetime.now(datetime.UTC) - datetime.timedelta(hours=1)
+    recent = exports / f"{hour_ago.strftime(export_ui.STAMP)}-abcd"
+    recent.mkdir()
+    at = page_app("export", tiny_project.id)
+    assert not at.exception and not stale.exists() and recent.exists()
+    stale.mkdir()  # left by another process since: the next sweep is an hour away
+    page_app("export", tiny_project.id)
+    assert stale.exists()
+    monkeypatch.setattr(export_ui, "SWEEP_EVERY_S", 0)
+    page_app("export", tiny_project.id)
+    assert not stale.exists() and recent.exists()
+    # The opening session's own export stays, however old: its buttons are on its screen.
+    stale.mkdir()
+    at.session_state["export_files"] = {"project": tiny_project.id, "folder": str(stale), "paths": []}
+    at.run()
+    assert not at.exception and stale.exists()
+    page_app("export", tiny_project.id)  # another session's page
+    assert not stale.exists()
 
 
 # Project -------------------------------------------------------------------------------------
