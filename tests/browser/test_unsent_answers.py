@@ -325,7 +325,10 @@ def test_a_history_change_whose_class_is_renamed_before_saving_says_so(server, p
     with Session.begin() as session:
         queries.rename_class(session, pid, 1, "brighter")
     try:
-        page.get_by_text("Only where the answer differs").click()  # any rerun
+        # Any rerun that keeps Bob's answer in the list (the tile is kept for its change only until
+        # that change is dropped, so a filter that hides it made this test depend on a second rerun).
+        page.locator(".st-key-hist_who").click()
+        page.get_by_role("option", name="bob", exact=True).click()
         page.get_by_text(f"A class was renamed while you changed #{item}").wait_for()
         settle(page)
         assert box.locator('input[role="combobox"]').input_value() == "dark"
