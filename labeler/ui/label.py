@@ -809,10 +809,12 @@ def _remember_correction(project_id: int, pair: tuple[int, int], names: list[str
     chosen[pair] = None if value == IGNORED else names[value]
 
 
-def _chosen_value(name: str | None, names: list[str]) -> int:
-    """A History tile's value for the class name kept in `_chosen_key` (None: ignored), which
-    must be among `names`."""
-    return IGNORED if name is None else names.index(name)
+def _chosen_value(name: str | None, names: list[str]) -> int | None:
+    """A History tile's value for the class name kept in `_chosen_key` (None: ignored), or None
+    when no class in `names` has that name any more (it was renamed)."""
+    if name is None:
+        return IGNORED
+    return names.index(name) if name in names else None
 
 
 def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) -> None:
@@ -832,15 +834,15 @@ def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) 
         pair = (item.id, event.id)
         if pair not in chosen:
             continue
-        name = chosen[pair]
-        if name is None or name in names:
-            value = st.session_state[_tile_of(*pair)] = _chosen_value(name, names)
-            if value == event.class_index:  # renames traded names
-                del chosen[pair]  # it shows its saved answer: no change waits
-        else:
+        value = _chosen_value(chosen[pair], names)
+        if value is None:
             st.session_state[_tile_of(*pair)] = event.class_index
             del chosen[pair]
             lost.append(f"#{item.id}")
+        else:
+            st.session_state[_tile_of(*pair)] = value
+            if value == event.class_index:  # renames traded names
+                del chosen[pair]  # it shows its saved answer: no change waits
     if lost:
         st.warning(
             f"A class was renamed while you changed {', '.join(lost)}: those tiles show their saved answer again; choose again."
@@ -864,12 +866,11 @@ def _with_unsaved(session, project_id: int, rows: list, names: list[str]) -> lis
             del seen[pair]  # not on screen any more and never changed: nothing to keep
             del values[pair]
             continue
-        name = chosen[pair]
-        if name is None or name in names:
-            values[pair] = _chosen_value(name, names)
-            st.session_state[_tile_of(*pair)] = values[pair]
-        else:
+        value = _chosen_value(chosen[pair], names)
+        if value is None:
             values[pair] = seen[pair]  # its class was renamed: `_keep_chosen_through_renames` says so
+        else:
+            values[pair] = st.session_state[_tile_of(*pair)] = value
     drawn = {(item.id, event.id) for event, item in rows}
     kept = []
     for (item_id, event_id), was in seen.items():
