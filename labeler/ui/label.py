@@ -310,11 +310,13 @@ def _unsent_acked(annotator: str) -> list[str]:
 
 
 def unsent_guard() -> None:
-    """On every page but the login form (app.py): closing the tab while answers wait in it asks
-    first, and where no Label box is drawn the guard sends the person's waiting answers, which
+    """On every page but the login form (app.py): closing or reloading the tab while answers wait
+    in it, or while History changes wait to be saved (`unsaved`, in any project), asks first;
+    where no Label box is drawn the guard sends the person's waiting answers, which
     `_apply_unsent` stores. `acked` lists those stored, so the tab can forget them."""
     annotator = common.annotator()
-    common.unsent_guard(data={"name": annotator, "acked": _unsent_acked(annotator)}, on_change=_apply_unsent)
+    data = {"name": annotator, "acked": _unsent_acked(annotator), "unsaved": _unsaved_anywhere()}
+    common.unsent_guard(data=data, on_change=_apply_unsent)
     for notice in st.session_state.pop("unsent_notices", []):
         st.toast(notice)
 
@@ -792,10 +794,13 @@ def _tile_of(item_id: int, event_id: int) -> str:
     return f"hist-{item_id}-{event_id}"
 
 
+_CHOSEN = "hist-chosen-"  # `_chosen_key`'s prefix
+
+
 def _chosen_key(project_id: int) -> str:
     """Session key of the History tiles changed and not saved yet: (item, event) -> the class
     name chosen (None: ignored). See `_keep_chosen_through_renames`."""
-    return f"hist-chosen-{project_id}"
+    return f"{_CHOSEN}{project_id}"
 
 
 def _remember_correction(project_id: int, pair: tuple[int, int], names: list[str], was: int) -> None:
@@ -888,6 +893,13 @@ def _with_unsaved(session, project_id: int, rows: list, names: list[str]) -> lis
 def unsaved_corrections(project_id: int | None) -> int:
     """How many History changes of the project wait to be saved in this session (`_chosen_key`)."""
     return len(st.session_state.get(_chosen_key(project_id), {})) if project_id is not None else 0
+
+
+def _unsaved_anywhere() -> int:
+    """How many History changes wait to be saved in this session, in every project."""
+    return sum(
+        len(v) for k, v in st.session_state.items() if str(k).startswith(_CHOSEN) and isinstance(v, dict)
+    )
 
 
 def _unsaved_words(count: int) -> str:

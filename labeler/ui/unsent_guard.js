@@ -7,16 +7,18 @@
 // - While no box is on the page, it sends the waiting answers of the person logged in (data.name)
 //   to the server, which applies them as the box's own (label.py `_apply_unsent`), and drops them
 //   once the server lists them as applied (data.acked). Another person's stay for them.
-// - Closing the tab while answers wait asks first (the browser's own "leave site?"): no timer runs
-//   once a tab is gone. It can ask about an answer already stored whose acknowledgement had not
-//   come back yet, and about answers kept for a person who logged out, until they log in again.
+// - Closing or reloading the tab while answers wait asks first (the browser's own "leave site?"):
+//   no timer runs once a tab is gone. It can ask about an answer already stored whose
+//   acknowledgement had not come back yet, and about answers kept for a person who logged out,
+//   until they log in again. It asks too while History changes wait to be saved (data.unsaved,
+//   kept by the server session, which a reload or a closed tab ends).
 
 const STORE = "labeler-unsent:";
 
 // One guard per tab, whatever Streamlit mounts: the last render's name, sender, the ids the server
 // has stored, and what was sent. (A new name: a tab open across the upgrade has the old flag.)
 if (typeof window.__labelerUnsent !== "object" || !window.__labelerUnsent) {
-  window.__labelerUnsent = { name: null, send: null, acked: new Set(), sent: "" };
+  window.__labelerUnsent = { name: null, send: null, acked: new Set(), sent: "", unsaved: 0 };
 }
 const guard = window.__labelerUnsent;
 
@@ -77,6 +79,7 @@ export default function (component) {
   const name = data && typeof data.name === "string" ? data.name : null;
   if (name !== guard.name) guard.sent = "";
   guard.name = name;
+  guard.unsaved = data && Number.isInteger(data.unsaved) ? data.unsaved : 0;
   const send = data ? (actions) => setStateValue("actions", actions) : null;
   guard.send = send;
   ((data && data.acked) || []).forEach((id) => guard.acked.add(id));
@@ -87,7 +90,7 @@ export default function (component) {
     // A box unmounted after this render (the page it was on went away): its last keys are in storage.
     window.addEventListener("labeler-box-gone", () => setTimeout(() => (forget(), sendWaiting()), 0));
     window.addEventListener("beforeunload", (event) => {
-      if (!waiting().length) return;
+      if (!waiting().length && !(guard.unsaved > 0)) return;
       event.preventDefault();
       event.returnValue = "";
     });

@@ -355,3 +355,21 @@ def test_a_history_change_not_saved_waits_while_another_page_shows(server, page)
     page.locator("[class*='st-key-hist_save-'] button").click()
     page.get_by_text("Corrected 1 labels").wait_for()
     assert answers_of(Session, [item])[item][-1] == (1, "carol")
+
+
+def test_closing_the_tab_while_a_history_change_waits_asks_first(server, page):
+    """A History change not saved yet lives in the server session, which a reload or a closed tab
+    ends: the browser asks first, as for answers waiting in the tab; once saved, it does not."""
+    item, _ = bobs_answer_set_to_bright_in_history(server, page, f"{server['url']}/?annotator=dora")
+    # The guard hears of the change with the rerun's drawing, a moment after the script ends.
+    page.wait_for_function("() => window.__labelerUnsent && window.__labelerUnsent.unsaved === 1")
+    with page.expect_event("dialog") as asked:
+        page.close(run_before_unload=True)
+    assert asked.value.type == "beforeunload"
+    asked.value.dismiss()
+    page.locator("[class*='st-key-hist_save-'] button").click()
+    page.get_by_text("Corrected 1 labels").wait_for()
+    assert answers_of(server["Session"], [item])[item][-1] == (1, "dora")
+    page.wait_for_function("() => window.__labelerUnsent.unsaved === 0")
+    with page.expect_event("close"):  # nothing waits now: no question (one would be dismissed)
+        page.close(run_before_unload=True)

@@ -718,3 +718,18 @@ def test_an_answer_left_in_the_tab_and_refused_comes_first_in_its_own_project(Se
     assert "old name" in at.text[1].value and "not saved" in at.text[1].value
     with Session() as session:
         assert queries.history(session, item) == []
+
+
+def test_closing_the_tab_asks_while_history_changes_of_any_project_wait(monkeypatch):
+    """The guard's `unsaved` (the browser asks before a reload or a close, unsent_guard.js) counts
+    the History changes waiting in every project of the session, not the current one only."""
+    from labeler.ui import label
+
+    state = {
+        label._chosen_key(1): {(1, 10): "cat", (2, 11): None},
+        label._chosen_key(2): {(5, 12): "dog"},
+        label._seen_key(1): {(3, 13): 0},  # tiles seen, not changed
+        "project_id": 2,
+    }
+    monkeypatch.setattr(label.st, "session_state", state)
+    assert label._unsaved_anywhere() == 3 and label.unsaved_corrections(2) == 1
