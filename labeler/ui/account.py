@@ -26,6 +26,8 @@ from . import common
 
 logger = logging.getLogger(__name__)
 
+LOGOUT_ASKED = "logout_asked"  # Log out was clicked while History changes wait (`sidebar`)
+
 # Session keys that belong to one person's work: cleared at login and logout, so the next person
 # in the same tab starts clean (claims, the undo target, a prepared export).
 _PERSONAL_KEYS = (
@@ -39,6 +41,7 @@ _PERSONAL_KEYS = (
     "annotator",
     "annotator_input",
     "annotator_named",
+    LOGOUT_ASKED,
 )
 
 
@@ -260,13 +263,23 @@ def visible_pages(pages: list, admin: bool) -> list:
     return [page for page in pages if admin or page[0] not in common.ADMIN_PAGES]
 
 
-def sidebar(user: dict | None) -> None:
-    """Who is logged in, and the logout button."""
+def sidebar(user: dict | None, unsaved: int = 0) -> None:
+    """Who is logged in, and the logout button. While `unsaved` History changes wait to be saved
+    (a logout drops them), the button asks first: log out anyway, or stay."""
     if user is None:
         return
+    log_out = (lambda: (sign_out(), st.logout())) if oidc_configured() else sign_out
+    if not unsaved:
+        st.session_state.pop(LOGOUT_ASKED, None)
     with st.sidebar:
         st.text(f"Logged in as {user['name']} ({user['role']})")
-        if oidc_configured():
-            st.button("Log out", key="logout", on_click=lambda: (sign_out(), st.logout()))
+        if not unsaved:
+            st.button("Log out", key="logout", on_click=log_out)
+        elif not st.session_state.get(LOGOUT_ASKED):
+            st.button("Log out", key="logout", on_click=lambda: st.session_state.update({LOGOUT_ASKED: True}))
         else:
-            st.button("Log out", key="logout", on_click=sign_out)
+            st.warning(f"A logout drops the History changes not saved yet ({unsaved}).")
+            st.button("Log out anyway", key="logout_anyway", on_click=log_out)
+            st.button(
+                "Stay logged in", key="logout_stay", on_click=lambda: st.session_state.pop(LOGOUT_ASKED)
+            )

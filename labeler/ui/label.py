@@ -315,7 +315,7 @@ def unsent_guard() -> None:
     where no Label box is drawn the guard sends the person's waiting answers, which
     `_apply_unsent` stores. `acked` lists those stored, so the tab can forget them."""
     annotator = common.annotator()
-    data = {"name": annotator, "acked": _unsent_acked(annotator), "unsaved": _unsaved_anywhere()}
+    data = {"name": annotator, "acked": _unsent_acked(annotator), "unsaved": unsaved_anywhere()}
     common.unsent_guard(data=data, on_change=_apply_unsent)
     for notice in st.session_state.pop("unsent_notices", []):
         st.toast(notice)
@@ -895,7 +895,7 @@ def unsaved_corrections(project_id: int | None) -> int:
     return len(st.session_state.get(_chosen_key(project_id), {})) if project_id is not None else 0
 
 
-def _unsaved_anywhere() -> int:
+def unsaved_anywhere() -> int:
     """How many History changes wait to be saved in this session, in every project."""
     return sum(
         len(v) for k, v in st.session_state.items() if str(k).startswith(_CHOSEN) and isinstance(v, dict)

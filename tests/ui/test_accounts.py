@@ -273,3 +273,29 @@ def test_the_next_person_in_the_tab_does_not_get_the_held_grid_page(Session, tin
     ada = f"ada#{at.session_state['claim_token']}"
     with Session() as session:
         assert adas and {c.item_id for c in session.query(Claim).filter_by(annotator=ada)} >= set(adas)
+
+
+def test_a_logout_while_history_changes_wait_asks_first(Session, tiny_project, accounts):
+    """A logout drops the History changes not saved yet (they are the person's, kept in the
+    session): Log out asks first; Stay keeps them, Log out anyway drops them; once nothing waits,
+    Log out logs out at once (the test above)."""
+    from ui_helpers import label_items
+
+    (item,) = label_items(Session, tiny_project.id, 1, annotator="bob")
+    at = app_run(tiny_project.id)
+    log_in(at, "ann")
+    at.radio(key="label_mode").set_value("History").run()
+    tile = next(box for box in at.selectbox if box.key.startswith(f"hist-{item}-"))
+    tile.set_value(1 - tile.value).run()
+    at.button(key="logout").click().run()
+    assert at.session_state[common.USER_KEY]["name"] == "ann"  # still logged in
+    assert "History changes not saved yet (1)" in at.sidebar.warning[-1].value
+    at.button(key="logout_stay").click().run()
+    assert at.session_state[common.USER_KEY]["name"] == "ann"
+    assert [b.key for b in at.sidebar.button if b.key.startswith("logout")] == ["logout"]
+    at.button(key="logout").click().run()
+    at.button(key="logout_anyway").click().run()
+    assert common.USER_KEY not in at.session_state
+    assert [t.key for t in at.text_input] == ["login_name", "login_password"]
+    log_in(at, "ann")  # the change went with the logout, and the question with it
+    assert [b.key for b in at.sidebar.button if b.key.startswith("logout")] == ["logout"]

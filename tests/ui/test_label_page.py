@@ -732,4 +732,4 @@ def test_closing_the_tab_asks_while_history_changes_of_any_project_wait(monkeypa
         "project_id": 2,
     }
     monkeypatch.setattr(label.st, "session_state", state)
-    assert label._unsaved_anywhere() == 3 and label.unsaved_corrections(2) == 1
+    assert label.unsaved_anywhere() == 3 and label.unsaved_corrections(2) == 1
