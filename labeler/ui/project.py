@@ -21,7 +21,7 @@ from .. import auth, projects
 from ..config import SettingError, check_int, data_dir, user_error
 from ..data import DATASETS, DataError
 from ..data.importer import disk_full
-from . import account, common
+from . import account, common, label
 
 SOURCES = {"builtin": "Built-in data set", "folder": "Folder on the server", "upload": "Upload a zip"}
 
@@ -215,6 +215,11 @@ def project_page() -> None:
         st.text_input(
             "Your name (recorded with every label)", key="annotator_input", on_change=_set_annotator
         )
+        unsaved = label.unsaved_anywhere()
+        if unsaved:  # another name starts clean, as a login does (`_set_annotator`)
+            st.warning(
+                f"History changes not saved yet: {unsaved}. Another name drops them; Label, History saves them."
+            )
     else:
         st.text(f"Labels are recorded as {annotator}.")
 

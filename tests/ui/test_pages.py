@@ -784,19 +784,23 @@ def test_uploaded_zip_is_saved_under_the_data_folder_and_imports(Session, tmp_pa
 
 def test_a_new_annotator_name_starts_clean_as_a_login_does(Session, tiny_project):
     """Without accounts a new name is another person: the last one's undo history, held grid
-    page and choices stay theirs (a login or logout clears them the same way); the same name
-    typed again keeps them."""
+    page, choices and History changes not saved stay theirs (a login or logout clears them the
+    same way; the page warns about the changes first); the same name typed again keeps them."""
     from labeler import answers
 
     at = page_app("project", tiny_project.id, annotator="alice")
     at.session_state[f"ledger-{tiny_project.id}"] = answers.Ledger(entries=[[1]])
     at.session_state[f"grid-page-{tiny_project.id}"] = [1, 2, 3]
+    at.session_state[f"hist-chosen-{tiny_project.id}"] = {(1, 1): "dark"}  # a History change
     at.text_input(key="annotator_input").input("alice").run()
     assert f"grid-page-{tiny_project.id}" in at.session_state
+    # The page says before a new name drops the History change (nothing asks: a name is typed).
+    assert "History changes not saved yet: 1. Another name drops them" in at.warning[0].value
     at.text_input(key="annotator_input").input("bob").run()
     assert at.session_state["annotator"] == "bob"
     assert f"ledger-{tiny_project.id}" not in at.session_state
     assert f"grid-page-{tiny_project.id}" not in at.session_state
+    assert not at.warning
 
 
 def test_annotator_name_is_used_for_new_labels(Session, tiny_project):
