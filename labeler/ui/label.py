@@ -952,14 +952,11 @@ def _history(project_id: int, names: list[str]) -> None:
                 caption=common.as_typed(caption(item)),
                 width="stretch",
             )
-            tile = _tile_of(item.id, event.id)
-            # Its saved answer through the state, not `index`: a tile put back on a change
-            # (`_with_unsaved`) would otherwise have both, which Streamlit logs as a mistake.
-            st.session_state.setdefault(tile, event.class_index if event.class_index in options else IGNORED)
             st.selectbox(
                 f"by {common.as_typed(event.annotator)}",
                 options,
-                key=tile,
+                index=options.index(event.class_index) if event.class_index in options else 0,
+                key=_tile_of(item.id, event.id),
                 format_func=lambda i: ignored if i == IGNORED else names[i],
                 on_change=_remember_correction,
                 args=(project_id, (item.id, event.id), list(names), event.class_index),

@@ -733,29 +733,3 @@ def test_closing_the_tab_asks_while_history_changes_of_any_project_wait(monkeypa
     }
     monkeypatch.setattr(label.st, "session_state", state)
     assert label.unsaved_anywhere() == 3 and label.unsaved_corrections(2) == 1
-
-
-def test_a_history_tile_put_back_on_its_change_draws_without_streamlit_s_warning(
-    Session, tiny_project, monkeypatch
-):
-    """A tile drawn again on a change not saved yet (`_with_unsaved`) got its value through the
-    session state and a default index too, which Streamlit logs as a mistake ("created with a
-    default value but also had its value set via the Session State API"). Its saved answer now
-    comes through the state alone."""
-    from streamlit.elements.lib import policies
-
-    from tests.ui.ui_helpers import label_items
-
-    logged = []
-    monkeypatch.setattr(policies, "_shown_default_value_warning", False)
-    monkeypatch.setattr(policies._LOGGER, "warning", lambda text, *args, **_: logged.append(text % args))
-    (a,) = label_items(Session, tiny_project.id, 1, annotator="bob")
-    was = _labels(Session, tiny_project.id)[a]
-    at = page_app("label", tiny_project.id, annotator="alice")
-    at.radio(key="label_mode").set_value("History").run()
-    assert _history_tiles(at)[a].value == was
-    _history_tiles(at)[a].set_value(1 - was).run()
-    at.radio(key="label_mode").set_value("Grid").run()
-    at.radio(key="label_mode").set_value("History").run()
-    assert not at.exception and _history_tiles(at)[a].value == 1 - was
-    assert not [text for text in logged if "default value" in text]
