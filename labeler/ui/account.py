@@ -281,5 +281,5 @@ def sidebar(user: dict | None, unsaved: int = 0) -> None:
             st.warning(f"A logout drops the History changes not saved yet ({unsaved}).")
             st.button("Log out anyway", key="logout_anyway", on_click=log_out)
             st.button(
-                "Stay logged in", key="logout_stay", on_click=lambda: st.session_state.pop(LOGOUT_ASKED)
+                "Stay logged in", key="logout_stay", on_click=lambda: st.session_state.pop(LOGOUT_ASKED, None)
             )

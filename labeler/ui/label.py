@@ -563,11 +563,15 @@ def _renamed(project_id: int, names: list[str], classes: list[int], chosen_as=()
         name is None or (c < len(now) and now[c] == name) for c, name in chosen_as
     ):
         return False
+    _renamed_note()
+    return True
+
+
+def _renamed_note() -> None:
     st.session_state["last_message"] = (
         "error",
         "A class was renamed since these choices were made, so nothing was saved; check the page (it shows the names now) and save it again.",
     )
-    return True
 
 
 def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: list[str]) -> None:
@@ -762,11 +766,16 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
     except account.NotAllowed as refused:
         st.session_state["last_message"] = ("error", str(refused))
         return
-    changes = []
+    changes, unknown = [], False
     for item_id, event_id, was in shown:
         value = st.session_state.get(_tile_of(item_id, event_id))
-        if value is not None and value != was:
+        if isinstance(value, str):  # a name no class has now: renamed since the browser drew it
+            unknown = True
+        elif value is not None and value != was:
             changes.append((item_id, event_id, int(value)))
+    if unknown:
+        _renamed_note()
+        return
     if not changes:
         st.session_state["last_message"] = ("info", "Nothing changed.")
         return
@@ -794,13 +803,13 @@ def _tile_of(item_id: int, event_id: int) -> str:
     return f"hist-{item_id}-{event_id}"
 
 
-_CHOSEN = "hist-chosen-"  # `_chosen_key`'s prefix
+_CHOSEN_PREFIX = "hist-chosen-"  # `_chosen_key`'s prefix
 
 
 def _chosen_key(project_id: int) -> str:
     """Session key of the History tiles changed and not saved yet: (item, event) -> the class
     name chosen (None: ignored). See `_keep_chosen_through_renames`."""
-    return f"{_CHOSEN}{project_id}"
+    return f"{_CHOSEN_PREFIX}{project_id}"
 
 
 def _remember_correction(project_id: int, pair: tuple[int, int], names: list[str], was: int) -> None:
@@ -827,17 +836,22 @@ def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) 
     to, by name. A selectbox's value travels as the name it shows: the browser's old name matched
     no option and Streamlit put the tile back on its saved answer, silently, so Save left that
     correction out. A tile whose class is gone under its old name goes back to its saved answer,
-    and a note says to choose again."""
+    and a note says to choose again. Unchanged tiles are set to their saved answer, so the
+    browser shows the names now (it kept the old name, and sent it with the next click)."""
     drawn = f"hist-names-{project_id}"
     renamed = st.session_state.get(drawn, names) != names
     st.session_state[drawn] = list(names)
-    chosen: dict = st.session_state.get(_chosen_key(project_id), {})
-    if not renamed or not chosen:
+    if not renamed:
         return
+    chosen: dict = st.session_state.get(_chosen_key(project_id), {})
     lost = []
     for event, item in rows:
         pair = (item.id, event.id)
         if pair not in chosen:
+            # Unchanged: its saved answer, set here so the browser shows the name it has now (it
+            # would go on showing the old one, and send it back with the next click).
+            if event.class_index == IGNORED or 0 <= event.class_index < len(names):
+                st.session_state[_tile_of(*pair)] = event.class_index
             continue
         value = _chosen_value(chosen[pair], names)
         if value is None:
@@ -898,7 +912,9 @@ def unsaved_corrections(project_id: int | None) -> int:
 def unsaved_anywhere() -> int:
     """How many History changes wait to be saved in this session, in every project."""
     return sum(
-        len(v) for k, v in st.session_state.items() if str(k).startswith(_CHOSEN) and isinstance(v, dict)
+        len(v)
+        for k, v in st.session_state.items()
+        if str(k).startswith(_CHOSEN_PREFIX) and isinstance(v, dict)
     )
 
 

@@ -337,6 +337,37 @@ def test_a_history_change_whose_class_is_renamed_before_saving_says_so(server, p
             queries.rename_class(session, pid, 1, "bright")
 
 
+def test_an_unchanged_history_tile_whose_class_is_renamed_keeps_its_saved_answer(server, page):
+    """After a rename, an unchanged History tile went on showing its class's old name, which
+    matches no option, and the next Save but one failed with "ValueError: invalid literal for
+    int()" (the browser sent that name). The page now puts every tile on the name its class has
+    now, and Save changes nothing."""
+    from db import queries
+
+    Session, pid = server["Session"], server["project_id"]
+    with Session.begin() as session:
+        labeled = queries.current_labels(session, pid, ignored=True)
+        item = next(i.id for i in queries.items(session, pid, "pool") if i.id not in labeled)
+        event = queries.add_label(session, item, 0, annotator="bob")
+    page.goto(f"{server['url']}/?annotator=erin")
+    page.get_by_text("History", exact=True).click()
+    box = page.locator(f".st-key-hist-{item}-{event.id}")
+    box.wait_for()
+    settle(page)
+    with Session.begin() as session:
+        queries.rename_class(session, pid, 0, "darker")
+    try:
+        page.locator(".st-key-hist_who").click()  # any rerun that keeps Bob's answer listed
+        page.get_by_role("option", name="bob", exact=True).click()
+        wait_for(lambda: box.locator('input[role="combobox"]').input_value() == "darker", timeout=30)
+        page.locator("[class*='st-key-hist_save-'] button").click()
+        page.get_by_text("Nothing changed.").wait_for()
+        assert answers_of(Session, [item])[item] == [(0, "bob")]
+    finally:
+        with Session.begin() as session:
+            queries.rename_class(session, pid, 0, "dark")
+
+
 def test_a_history_change_not_saved_waits_while_another_page_shows(server, page):
     """A History tile changed, then the person opens Train before saving: Streamlit forgot the
     selector that was no longer drawn, and the change was gone without a word. It waits: Train's

@@ -294,6 +294,14 @@ def test_a_logout_while_history_changes_wait_asks_first(Session, tiny_project, a
     assert at.session_state[common.USER_KEY]["name"] == "ann"
     assert [b.key for b in at.sidebar.button if b.key.startswith("logout")] == ["logout"]
     at.button(key="logout").click().run()
+    tile = next(box for box in at.selectbox if box.key.startswith(f"hist-{item}-"))
+    tile.set_value(1 - tile.value).run()  # back on its saved answer: nothing waits, no question
+    assert [b.key for b in at.sidebar.button if b.key.startswith("logout")] == ["logout"]
+    assert not at.sidebar.warning
+    tile = next(box for box in at.selectbox if box.key.startswith(f"hist-{item}-"))
+    tile.set_value(1 - tile.value).run()  # changed again: the question comes only with a click
+    assert not [w for w in at.sidebar.warning if "A logout drops" in w.value]
+    at.button(key="logout").click().run()
     at.button(key="logout_anyway").click().run()
     assert common.USER_KEY not in at.session_state
     assert [t.key for t in at.text_input] == ["login_name", "login_password"]

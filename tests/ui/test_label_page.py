@@ -720,7 +720,7 @@ def test_an_answer_left_in_the_tab_and_refused_comes_first_in_its_own_project(Se
         assert queries.history(session, item) == []
 
 
-def test_closing_the_tab_asks_while_history_changes_of_any_project_wait(monkeypatch):
+def test_unsaved_anywhere_counts_the_history_changes_of_every_project(monkeypatch):
     """The guard's `unsaved` (the browser asks before a reload or a close, unsent_guard.js) counts
     the History changes waiting in every project of the session, not the current one only."""
     from labeler.ui import label
@@ -733,3 +733,25 @@ def test_closing_the_tab_asks_while_history_changes_of_any_project_wait(monkeypa
     }
     monkeypatch.setattr(label.st, "session_state", state)
     assert label.unsaved_anywhere() == 3 and label.unsaved_corrections(2) == 1
+
+
+def test_save_with_a_class_name_no_class_has_now_refuses_instead_of_failing(Session, tiny_project):
+    """A browser still showing a class's old name on a History tile sends that name, which
+    Streamlit hands on as it is (no option matches): Save failed with "ValueError: invalid literal
+    for int()". It now says a class was renamed and saves nothing."""
+    from tests.ui.ui_helpers import label_items
+
+    (a,) = label_items(Session, tiny_project.id, 1, annotator="bob")
+    was = _labels(Session, tiny_project.id)[a]
+    at = page_app("label", tiny_project.id, annotator="alice")
+    at.radio(key="label_mode").set_value("History").run()
+    tile = _history_tiles(at)[a].id
+    button(at, "hist_save").click()
+    states = at._tree.get_widget_states()
+    for state in states.widgets:  # what a browser showing a name from before a rename sends
+        if state.id == tile:
+            state.string_value = "a name no class has"
+    at._run(widget_state=states)
+    assert not at.exception
+    assert "A class was renamed since these choices were made" in at.error[0].value
+    assert _labels(Session, tiny_project.id) == {a: was}
