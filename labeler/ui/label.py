@@ -1031,9 +1031,21 @@ def _add_class(project_id: int) -> None:
     )
 
 
+def _rename_choice(value) -> int | None:
+    """The class index the rename selector holds: an int, or the label a browser still showing
+    names from before a rename sends ("N: old name", which matches no option; N counts from 1)."""
+    if isinstance(value, int):
+        return value
+    match = re.match(r"([0-9]{1,9}): ", str(value)) if value is not None else None
+    return int(match.group(1)) - 1 if match else None
+
+
 def _rename_class(project_id: int) -> None:
-    index = st.session_state.get("rename_which", 0)
+    index = _rename_choice(st.session_state.get("rename_which", 0))
     name = st.session_state.get("rename_to", "")
+    if index is None:
+        st.session_state["last_message"] = ("error", "Choose the class to rename again.")
+        return
     _edit_classes(
         lambda session: queries.rename_class(session, project_id, index, name),
         f"Renamed class {index + 1} to {name.strip()!r}.",
@@ -1079,6 +1091,12 @@ def _classes_panel(project_id: int, names: list[str]) -> None:
             st.text_input("New class", key="new_class", placeholder="e.g. other")
             st.button("Add class", key="add_class", on_click=_add_class, args=(project_id,))
         with rename_col:
+            # After a rename (by anyone) the browser would go on showing the old name and send it
+            # with the next click, which matches no option: set the choice, so it shows the new one.
+            which = _rename_choice(st.session_state.get("rename_which"))
+            if st.session_state.get("rename_names") != names and which is not None and which < len(names):
+                st.session_state["rename_which"] = which
+            st.session_state["rename_names"] = list(names)
             st.selectbox(
                 "Class",
                 list(range(len(names))),

@@ -368,6 +368,28 @@ def test_an_unchanged_history_tile_whose_class_is_renamed_keeps_its_saved_answer
             queries.rename_class(session, pid, 0, "dark")
 
 
+def test_a_class_renamed_twice_in_a_row(server, page):
+    """An admin fixing a typo in a class name just given: the selector went on showing the old
+    name, sent it with the next click, and the second rename failed with "TypeError: can only
+    concatenate str". Both renames now land, and the selector shows the name the class has."""
+    from db import queries
+
+    Session, pid = server["Session"], server["project_id"]
+    page.goto(f"{server['url']}/?annotator=admin")
+    try:
+        for new in ("drak", "darker"):
+            page.get_by_text("Classes: keys, add or rename").click()  # closed again by each rename
+            page.get_by_label("New name").fill(new)
+            page.locator(".st-key-rename_class button").click()
+            page.get_by_text(f"Renamed class 1 to '{new}'.").wait_for()
+            with Session() as session:
+                assert queries.class_names(session, pid)[0] == new
+        wait_for(lambda: page.locator(".st-key-rename_which input").input_value() == "1: darker", timeout=30)
+    finally:
+        with Session.begin() as session:
+            queries.rename_class(session, pid, 0, "dark")
+
+
 def test_a_history_change_not_saved_waits_while_another_page_shows(server, page):
     """A History tile changed, then the person opens Train before saving: Streamlit forgot the
     selector that was no longer drawn, and the change was gone without a word. It waits: Train's

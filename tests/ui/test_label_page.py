@@ -755,3 +755,17 @@ def test_save_with_a_class_name_no_class_has_now_refuses_instead_of_failing(Sess
     assert not at.exception
     assert "A class was renamed since these choices were made" in at.error[0].value
     assert _labels(Session, tiny_project.id) == {a: was}
+
+
+def test_the_rename_selector_reads_a_label_from_before_a_rename():
+    """What a browser showing names from before a rename sends ("N: old name") still names class
+    N; anything else names none (Rename then asks to choose again)."""
+    from labeler.ui import label
+
+    assert [label._rename_choice(v) for v in (1, "2: dark", "12: a: b", "dark", None)] == [
+        1,
+        1,
+        11,
+        None,
+        None,
+    ]
