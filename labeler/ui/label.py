@@ -831,6 +831,12 @@ def _chosen_value(name: str | None, names: list[str]) -> int | None:
     return names.index(name) if name in names else None
 
 
+def _names_drawn_key(project_id: int) -> str:
+    """Session key of the class names the History tiles were last drawn with (whole: `_history`
+    writes it after the last tile, so a run stopped halfway by a click sets them all again)."""
+    return f"hist-names-{project_id}"
+
+
 def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) -> None:
     """After a class was renamed, put each changed tile on screen back on the class it was set
     to, by name. A selectbox's value travels as the name it shows: the browser's old name matched
@@ -838,10 +844,7 @@ def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) 
     correction out. A tile whose class is gone under its old name goes back to its saved answer,
     and a note says to choose again. Unchanged tiles are set to their saved answer, so the
     browser shows the names now (it kept the old name, and sent it with the next click)."""
-    drawn = f"hist-names-{project_id}"
-    renamed = st.session_state.get(drawn, names) != names
-    st.session_state[drawn] = list(names)
-    if not renamed:
+    if st.session_state.get(_names_drawn_key(project_id), names) == names:
         return
     chosen: dict = st.session_state.get(_chosen_key(project_id), {})
     lost = []
@@ -977,6 +980,7 @@ def _history(project_id: int, names: list[str]) -> None:
                 on_change=_remember_correction,
                 args=(project_id, (item.id, event.id), list(names), event.class_index),
             )
+    st.session_state[_names_drawn_key(project_id)] = list(names)
     shown = [(item.id, event.id, event.class_index) for event, item in rows]
     st.button(
         "Save corrections",
@@ -1036,14 +1040,14 @@ def _rename_choice(value) -> int | None:
     names from before a rename sends ("N: old name", which matches no option; N counts from 1)."""
     if isinstance(value, int):
         return value
-    match = re.match(r"([0-9]{1,9}): ", str(value)) if value is not None else None
+    match = re.match(r"([1-9][0-9]{0,8}): ", str(value)) if value is not None else None
     return int(match.group(1)) - 1 if match else None
 
 
 def _rename_class(project_id: int) -> None:
     index = _rename_choice(st.session_state.get("rename_which", 0))
     name = st.session_state.get("rename_to", "")
-    if index is None:
+    if index is None or not 0 <= index < len(common.class_names(project_id)):
         st.session_state["last_message"] = ("error", "Choose the class to rename again.")
         return
     _edit_classes(
@@ -1094,7 +1098,11 @@ def _classes_panel(project_id: int, names: list[str]) -> None:
             # After a rename (by anyone) the browser would go on showing the old name and send it
             # with the next click, which matches no option: set the choice, so it shows the new one.
             which = _rename_choice(st.session_state.get("rename_which"))
-            if st.session_state.get("rename_names") != names and which is not None and which < len(names):
+            if (
+                st.session_state.get("rename_names") != names
+                and which is not None
+                and 0 <= which < len(names)
+            ):
                 st.session_state["rename_which"] = which
             st.session_state["rename_names"] = list(names)
             st.selectbox(

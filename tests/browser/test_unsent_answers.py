@@ -360,6 +360,7 @@ def test_an_unchanged_history_tile_whose_class_is_renamed_keeps_its_saved_answer
         page.locator(".st-key-hist_who").click()  # any rerun that keeps Bob's answer listed
         page.get_by_role("option", name="bob", exact=True).click()
         wait_for(lambda: box.locator('input[role="combobox"]').input_value() == "darker", timeout=30)
+        settle(page)  # the run ended: the Save button drawn under the old names is gone
         page.locator("[class*='st-key-hist_save-'] button").click()
         page.get_by_text("Nothing changed.").wait_for()
         assert answers_of(Session, [item])[item] == [(0, "bob")]
@@ -378,8 +379,12 @@ def test_a_class_renamed_twice_in_a_row(server, page):
     page.goto(f"{server['url']}/?annotator=admin")
     try:
         for new in ("drak", "darker"):
-            page.get_by_text("Classes: keys, add or rename").click()  # closed again by each rename
-            page.get_by_label("New name").fill(new)
+            settle(page)
+            field = page.get_by_label("New name")
+            if not field.is_visible():  # the expander starts closed, and a rename may close it
+                page.get_by_text("Classes: keys, add or rename").click()
+            field.wait_for(state="visible")
+            field.fill(new)
             page.locator(".st-key-rename_class button").click()
             page.get_by_text(f"Renamed class 1 to '{new}'.").wait_for()
             with Session() as session:

@@ -762,10 +762,5 @@ def test_the_rename_selector_reads_a_label_from_before_a_rename():
     N; anything else names none (Rename then asks to choose again)."""
     from labeler.ui import label
 
-    assert [label._rename_choice(v) for v in (1, "2: dark", "12: a: b", "dark", None)] == [
-        1,
-        1,
-        11,
-        None,
-        None,
-    ]
+    values = (1, "2: dark", "12: a: b", "dark", "0: dark", None)
+    assert [label._rename_choice(v) for v in values] == [1, 1, 11, None, None, None]
