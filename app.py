@@ -22,8 +22,9 @@ except Exception as error:
 user = account.gate([path for path, *_ in PAGES])
 if user is None:  # no accounts: the name typed or given in the address stays in it
     common.keep_annotator_in_address()
-label.unsent_guard()  # every page: answers the Label box left in the tab are sent, closing it asks
-account.sidebar(user, unsaved=label.unsaved_anywhere())  # a logout drops History changes: it asks
+unsaved = label.unsaved_anywhere()  # History changes not saved: closing the tab or a logout asks
+label.unsent_guard(unsaved)  # every page: answers the Label box left in the tab are sent, closing it asks
+account.sidebar(user, unsaved=unsaved)
 pages = account.visible_pages(PAGES, admin=common.is_admin())
 page = st.navigation([st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in pages])
 if page.title != "Label":  # the Label page says it itself, beside its History

@@ -309,13 +309,13 @@ def _unsent_acked(annotator: str) -> list[str]:
     return done
 
 
-def unsent_guard() -> None:
+def unsent_guard(unsaved: int) -> None:
     """On every page but the login form (app.py): closing or reloading the tab while answers wait
-    in it, or while History changes wait to be saved (`unsaved`, in any project), asks first;
+    in it, or while `unsaved` History changes wait to be saved (`unsaved_anywhere`), asks first;
     where no Label box is drawn the guard sends the person's waiting answers, which
     `_apply_unsent` stores. `acked` lists those stored, so the tab can forget them."""
     annotator = common.annotator()
-    data = {"name": annotator, "acked": _unsent_acked(annotator), "unsaved": unsaved_anywhere()}
+    data = {"name": annotator, "acked": _unsent_acked(annotator), "unsaved": unsaved}
     common.unsent_guard(data=data, on_change=_apply_unsent)
     for notice in st.session_state.pop("unsent_notices", []):
         st.toast(notice)
@@ -921,8 +921,8 @@ def unsaved_anywhere() -> int:
     )
 
 
-def _unsaved_words(count: int) -> str:
-    """What the other modes and pages say while History changes wait (`unsaved_corrections`)."""
+def unsaved_words(count: int) -> str:
+    """What the other modes and pages (and the Project page) say while History changes wait."""
     return f"History changes not saved yet: {count}."
 
 
@@ -931,7 +931,7 @@ def unsaved_note() -> None:
     the person goes back before a logout or a reload drops them."""
     unsaved = unsaved_corrections(st.session_state.get("project_id"))
     if unsaved:
-        st.sidebar.warning(f"{_unsaved_words(unsaved)} Label, History saves them.")
+        st.sidebar.warning(f"{unsaved_words(unsaved)} Label, History saves them.")
 
 
 def _history(project_id: int, names: list[str]) -> None:
@@ -1137,7 +1137,7 @@ def label_page() -> None:
 
     unsaved = unsaved_corrections(project.id)
     if unsaved and mode != "History":  # kept for the History (`_with_unsaved`): say they wait
-        st.info(f"{_unsaved_words(unsaved)} Open History to save them.")
+        st.info(f"{unsaved_words(unsaved)} Open History to save them.")
     if mode == "Grid":
         _grid(project.id, names)
     elif mode == "History":

@@ -217,9 +217,7 @@ def project_page() -> None:
         )
         unsaved = label.unsaved_anywhere()
         if unsaved:  # another name starts clean, as a login does (`_set_annotator`)
-            st.warning(
-                f"History changes not saved yet: {unsaved}. Another name drops them; Label, History saves them."
-            )
+            st.warning(f"{label.unsaved_words(unsaved)} Another name drops them; Label, History saves them.")
     else:
         st.text(f"Labels are recorded as {annotator}.")
 
