@@ -934,11 +934,27 @@ def unsaved_note() -> None:
         st.sidebar.warning(f"{unsaved_words(unsaved)} Label, History saves them.")
 
 
+def _keep_class_filter_through_renames(names: list[str]) -> None:
+    """After a class was renamed (by anyone), set the History's class filter to the class it
+    holds, so the browser shows the name that class has now: it went on showing the old one and
+    sent it with the next click, which matched no option, and the server fell back to every class
+    while the filter still read the old name."""
+    drawn = st.session_state.get("hist_class_names", names)
+    st.session_state["hist_class_names"] = list(names)
+    if drawn == names or "hist_class" not in st.session_state:
+        return
+    value = st.session_state["hist_class"]
+    if not (value is None or value == IGNORED or (isinstance(value, int) and 0 <= value < len(names))):
+        value = None  # not a class of these names: every class, as Streamlit would
+    st.session_state["hist_class"] = value
+
+
 def _history(project_id: int, names: list[str]) -> None:
     Session = common.session_factory()
     with Session() as session:
         people = sorted(queries.annotator_counts(session, project_id))
     everything, ignored, everyone = _apart("all"), _apart("ignored"), _apart("everyone")
+    _keep_class_filter_through_renames(names)
     a, b, c = st.columns(3)
     which = a.selectbox(
         "Class",

@@ -395,6 +395,57 @@ def test_a_class_renamed_twice_in_a_row(server, page):
             queries.rename_class(session, pid, 0, "dark")
 
 
+def test_the_history_class_filter_keeps_its_class_through_a_rename(server, page):
+    """The History's class filter on a class renamed, here or by another admin: the browser went
+    on showing the old name and sent it with the next click, which matched no option, so the
+    server fell back to every class while the filter still read the old name. It shows the new
+    name and keeps listing that class only."""
+    from db import queries
+
+    Session, pid = server["Session"], server["project_id"]
+    with Session.begin() as session:
+        labeled = queries.current_labels(session, pid, ignored=True)
+        free = [i.id for i in queries.items(session, pid, "pool") if i.id not in labeled]
+        dark = queries.add_label(session, free[0], 0, annotator="dora")
+        bright = queries.add_label(session, free[1], 1, annotator="dora")
+    tile_of = page.locator(f".st-key-hist-{free[0]}-{dark.id}")
+    other = page.locator(f".st-key-hist-{free[1]}-{bright.id}")
+    page.goto(f"{server['url']}/?annotator=erin")
+    page.get_by_text("History", exact=True).click()
+    settle(page)
+    page.locator(".st-key-hist_class").click()
+    page.get_by_role("option", name="dark", exact=True).click()
+    other.wait_for(state="detached")
+    tile_of.wait_for()
+    settle(page)
+
+    def still_filtered(name: str) -> None:
+        wait_for(lambda: page.locator(".st-key-hist_class input").input_value() == name, timeout=30)
+        for _ in range(2):  # two more runs: the browser sends the filter back with each
+            page.locator(".st-key-hist_disagree label").click()
+            settle(page)
+        assert page.locator(".st-key-hist_class input").input_value() == name
+        tile_of.wait_for()
+        assert other.count() == 0
+
+    try:
+        page.get_by_text("Classes: keys, add or rename").click()
+        page.get_by_label("New name").fill("darker")
+        page.locator(".st-key-rename_class button").click()
+        page.get_by_text("Renamed class 1 to 'darker'.").wait_for()
+        settle(page)
+        still_filtered("darker")
+        with Session.begin() as session:  # another admin
+            queries.rename_class(session, pid, 0, "darkest")
+        page.locator(".st-key-hist_who").click()  # any rerun
+        page.get_by_role("option", name="dora", exact=True).click()
+        settle(page)
+        still_filtered("darkest")
+    finally:
+        with Session.begin() as session:
+            queries.rename_class(session, pid, 0, "dark")
+
+
 def test_a_history_change_not_saved_waits_while_another_page_shows(server, page):
     """A History tile changed, then the person opens Train before saving: Streamlit forgot the
     selector that was no longer drawn, and the change was gone without a word. It waits: Train's
