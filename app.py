@@ -27,6 +27,5 @@ label.unsent_guard(unsaved)  # every page: answers the Label box left in the tab
 account.sidebar(user, unsaved=unsaved)
 pages = account.visible_pages(PAGES, admin=common.is_admin())
 page = st.navigation([st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in pages])
-if page.title != "Label":  # the Label page says it itself, beside its History
-    label.unsaved_note()
+label.unsaved_note(current=page.title != "Label")  # the Label page says its own, beside its History
 page.run()

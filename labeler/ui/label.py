@@ -926,12 +926,20 @@ def unsaved_words(count: int) -> str:
     return f"History changes not saved yet: {count}."
 
 
-def unsaved_note() -> None:
-    """On the other pages (app.py): a sidebar line while History changes wait to be saved, so
-    the person goes back before a logout or a reload drops them."""
-    unsaved = unsaved_corrections(st.session_state.get("project_id"))
-    if unsaved:
-        st.sidebar.warning(f"{unsaved_words(unsaved)} Label, History saves them.")
+def unsaved_note(current: bool = True) -> None:
+    """A sidebar line while History changes wait to be saved, so the person goes back before a
+    logout or a reload drops them: those of the current project (`current`: app.py leaves them to
+    the Label page, which says it beside its History), and on every page those of the session's
+    other projects, which nothing else shows while another project is open."""
+    here = unsaved_corrections(st.session_state.get("project_id"))
+    if here and current:
+        st.sidebar.warning(f"{unsaved_words(here)} Label, History saves them.")
+    elsewhere = unsaved_anywhere() - here
+    if elsewhere:
+        st.sidebar.warning(
+            f"History changes not saved yet in another project: {elsewhere}. "
+            "Open it on the Project page, then Label, History saves them."
+        )
 
 
 def _keep_class_filter_through_renames(names: list[str]) -> None:

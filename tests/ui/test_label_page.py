@@ -735,6 +735,27 @@ def test_unsaved_anywhere_counts_the_history_changes_of_every_project(monkeypatc
     assert label.unsaved_anywhere() == 3 and label.unsaved_corrections(2) == 1
 
 
+def test_the_sidebar_names_history_changes_waiting_in_another_project(tiny_project):
+    """History changes wait in the session per project; with another project open nothing showed
+    them (the Label page and the sidebar counted the open project's only), though a logout or a
+    reload drops them. The sidebar says how many wait elsewhere, on every page."""
+    at = AppTest.from_file(str(APP), default_timeout=60)
+    at.session_state["project_id"] = tiny_project.id
+    at.session_state["annotator"] = "tester"
+    at.session_state[f"hist-chosen-{tiny_project.id + 1}"] = {(1, 10): "cat", (2, 11): None}
+    at.run()
+    assert not at.exception
+    notes = [w.value for w in at.sidebar.warning]
+    assert notes == [
+        "History changes not saved yet in another project: 2. Open it on the Project page, then Label, History saves them."
+    ]
+    # One waits here too: the Label page says that one itself; the sidebar still names the others.
+    at.session_state[f"hist-chosen-{tiny_project.id}"] = {(3, 12): None}
+    at.run()
+    assert any("History changes not saved yet: 1." in i.value for i in at.info)
+    assert [w.value for w in at.sidebar.warning] == notes
+
+
 def test_save_with_a_class_name_no_class_has_now_refuses_instead_of_failing(Session, tiny_project):
     """A browser still showing a class's old name on a History tile sends that name, which
     Streamlit hands on as it is (no option matches): Save failed with "ValueError: invalid literal
