@@ -23,7 +23,9 @@ user = account.gate([path for path, *_ in PAGES])
 if user is None:  # no accounts: the name typed or given in the address stays in it
     common.keep_annotator_in_address()
 unsaved = label.unsaved_anywhere()  # History changes not saved: closing the tab or a logout asks
-label.unsent_guard(unsaved)  # every page: answers the Label box left in the tab are sent, closing it asks
+# Every page: answers the Label box left in the tab are sent; closing it asks while answers, History
+# changes or grid tiles set and not accepted wait.
+label.unsent_guard(unsaved + label.grid_choices_anywhere())
 account.sidebar(user, unsaved=unsaved)
 pages = account.visible_pages(PAGES, admin=common.is_admin())
 page = st.navigation([st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in pages])

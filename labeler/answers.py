@@ -13,6 +13,9 @@ the keys come and however late the page is redrawn:
   to image 17 that the label action `of` wrote in this browser session, while it is still the
   image's answer; nothing else (not a correction or bulk label of the image made since). Never
   anyone else's.
+- ``{"id": "...", "type": "undo_last"}``: take back this person's newest answer from the box in
+  this browser session (the server's ledger), from a box drawn anew (after another mode or page
+  and back) whose own undo history starts empty; its image comes back first (`Outcome.undone_last`).
 - ``{"id": "...", "type": "skip", "item": 17}``: show image 17 after the others.
 
 `apply_actions` runs each new action in a committed transaction of its own and says what it
@@ -39,7 +42,7 @@ from sqlalchemy import func, select
 
 import db
 from db import queries
-from db.models import IGNORED, LabelClass
+from db.models import IGNORED, LabelClass, LabelEvent
 
 ID_LENGTH = 100  # the longest action id kept (`AppliedAnswer.action`); the box's are about 20
 
@@ -74,6 +77,8 @@ class Outcome:
     # longer there): their images, to show again first, and the refused actions' ids.
     refused_items: list[int] = field(default_factory=list)
     refused_actions: list[str] = field(default_factory=list)
+    # (undo_last action id, the image it opened again): the box shows that image at once.
+    undone_last: list[tuple[str, int]] = field(default_factory=list)
 
 
 def _check_class(session, project_id: int, class_index: int, shown_name: str | None = None) -> None:
@@ -107,6 +112,10 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) ->
             ledger.applied.add(action_id)  # not one of the box's ids: dropped, like a malformed one
             continue
         kind = action.get("type")
+        if kind == "undo_last":  # names no image: the ledger knows which
+            _undo_last(Session, annotator, action_id, ledger, outcome)
+            ledger.applied.add(action_id)
+            continue
         try:
             item_id = int(action["item"])
             class_index = int(action.get("class", -2))
@@ -187,16 +196,68 @@ def _undo_named(
     was answered again since, the answer is taken back all the same (so undoing the newer one
     later does not bring it back), the newer one stands, and a notice says so."""
     mine = {event_id for entry in ledger.entries for event_id in entry}
+    status = _take_back(
+        Session,
+        annotator,
+        item_id,
+        lambda session: queries.applied_event(session, item_id, of),
+        lambda event: again or event.id in mine,
+        ledger,
+        outcome,
+    )
+    if status == "none":
+        outcome.notices.append(
+            f"Nothing to undo for image #{item_id}: you did not answer it in this session."
+        )
+
+
+def _undo_last(Session, annotator: str, action_id: str, ledger: Ledger, outcome: Outcome) -> None:
+    """U in a box that has no undo history of its own (drawn anew after another mode or page):
+    this session's newest answer from the box (one event per ledger entry; never a grid page, bulk
+    label or History correction, which the box's own undo never takes back either), by the same
+    rule as `_undo_named`. An entry already taken back some other way is passed over."""
+    while True:
+        position = _newest_entry(
+            ledger, lambda entry: [ledger.kind_of_event.get(e) for e in entry] == ["single"]
+        )
+        if position is None:
+            outcome.notices.append("Nothing to undo in this session.")
+            return
+        (event_id,) = ledger.entries[position]
+        item_id = ledger.item_of_event[event_id]
+        status = _take_back(
+            Session,
+            annotator,
+            item_id,
+            lambda session, event_id=event_id: session.get(LabelEvent, event_id),
+            lambda event: True,
+            ledger,
+            outcome,
+        )
+        if status == "undone":
+            outcome.undone_last.append((action_id, item_id))
+        if status in ("undone", "answered since"):
+            return
+        ledger.entries.pop(position)  # not this person's any more, or undone already: the one before
+
+
+def _take_back(
+    Session, annotator: str, item_id: int, event_of, allowed, ledger: Ledger, outcome: Outcome
+) -> str:
+    """Take back this person's answer `event_of(session)` to `item_id` if `allowed(event)`; the
+    ledger forgets it. Returns "undone" (the image is open again, listed in the outcome),
+    "answered since" (taken back, the newer answer stands, a notice says so), "undone already" or
+    "none" (nothing changed)."""
 
     def commit():
         with Session.begin() as session:
             queries.lock_item(session, item_id)
-            event = queries.applied_event(session, item_id, of)
-            if event is None or event.annotator != annotator:
+            event = event_of(session)
+            if event is None or event.item_id != item_id or event.annotator != annotator:
                 return "none", None
             if event.undone:
                 return "undone already", None
-            if not (again or event.id in mine):
+            if not allowed(event):
                 return "none", None
             current = queries.current_event(session, item_id)
             # Taken back either way; when a newer answer stands it stays, and should that one be
@@ -217,10 +278,7 @@ def _undo_named(
         outcome.notices.append(
             f"Image #{item_id} was answered again since: your answer is taken back, and the newer one stands."
         )
-    elif status == "none":
-        outcome.notices.append(
-            f"Nothing to undo for image #{item_id}: you did not answer it in this session."
-        )
+    return status
 
 
 def _undo_item(

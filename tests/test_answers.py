@@ -75,6 +75,58 @@ def test_undo_takes_back_only_this_sessions_own_answer(Session, tiny_project):
         assert queries.current_labels(session, tiny_project.id) == {a: 1, b: 1}
 
 
+def test_undo_last_takes_back_this_sessions_newest_box_answers_one_by_one(Session, tiny_project):
+    """A box drawn anew (after another mode or page) has no undo history of its own: its U
+    (`undo_last`) takes back this session's newest answer from the box, then the one before,
+    never a grid page, another tab's answer or another person's, and then says nothing is left."""
+    a, b, c, d = _pool(Session, tiny_project)[:4]
+    mine, other_tab = answers.Ledger(), answers.Ledger()
+    answers.apply_actions(Session, tiny_project.id, "ann", [_label(0, a, 0), _label(1, b, 1)], mine)
+    with Session.begin() as session:  # a grid page of this session, newer than both
+        mine.record([queries.add_label(session, c, 0, annotator="ann", kind="grid")])
+    answers.apply_actions(Session, tiny_project.id, "ann", [_label(2, d, 1)], other_tab)
+
+    def undo_last(n):
+        return answers.apply_actions(
+            Session, tiny_project.id, "ann", [{"id": f"u-{n}", "type": "undo_last"}], mine
+        )
+
+    first = undo_last(0)
+    assert first.undone_items == [b] and first.undone_last == [("u-0", b)] and not first.notices
+    assert undo_last(0).undone_items == []  # the same action again changes nothing
+    assert undo_last(1).undone_last == [("u-1", a)]
+    last = undo_last(2)
+    assert last.undone_items == [] and last.notices == ["Nothing to undo in this session."]
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {c: 0, d: 1}
+
+
+def test_undo_last_of_an_answer_corrected_since_leaves_the_correction(Session, tiny_project):
+    """The newest box answer was corrected since (a History correction, here by bob): taken back,
+    the correction stands and nothing comes back to answer; an answer taken back another way is
+    passed over for the one before."""
+    a, b = _pool(Session, tiny_project)[:2]
+    mine = answers.Ledger()
+    answers.apply_actions(Session, tiny_project.id, "ann", [_label(0, a, 0), _label(1, b, 0)], mine)
+    with Session() as session:
+        shown = queries.current_event(session, b).id
+    answers.correct(Session, tiny_project.id, "bob", [(b, shown, 1)])
+    outcome = answers.apply_actions(
+        Session, tiny_project.id, "ann", [{"id": "u-0", "type": "undo_last"}], mine
+    )
+    assert outcome.undone_last == [] and "answered again since" in outcome.notices[0]
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a: 0, b: 1}
+    # a's answer, taken back meanwhile some other way (another tab's undo, say): passed over.
+    with Session.begin() as session:
+        queries.undo_events(session, [queries.current_event(session, a).id], "ann")
+    outcome = answers.apply_actions(
+        Session, tiny_project.id, "ann", [{"id": "u-1", "type": "undo_last"}], mine
+    )
+    assert outcome.undone_items == [] and outcome.notices == ["Nothing to undo in this session."]
+    assert mine.entries == []
+
+
 def test_an_action_id_longer_than_the_box_ever_makes_is_dropped(Session, tiny_project):
     a = _pool(Session, tiny_project)[0]
     long_id = {**_label(0, a, 1), "id": "x" * (answers.ID_LENGTH + 1)}

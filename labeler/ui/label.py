@@ -165,10 +165,20 @@ def _grid_keys():
     )
 
 
+# Session keys of a project's grid: the page held, its key list, its mouse choices.
+_PAGE_PREFIX, _KEYED_PREFIX, _CHOICES_PREFIX = "grid-page-", "grid-keyed-", "grid-choices-"
+
+
 def _keyed_key(project_id: int) -> str:
     """Session key of the newest grid key list (`_grid_presses`), kept beside the component's own
     value, which Streamlit drops as soon as a run does not draw the grid."""
-    return f"grid-keyed-{project_id}"
+    return f"{_KEYED_PREFIX}{project_id}"
+
+
+def _live_grid_keys():
+    """The key list label_grid.js sent last ({"page", "token", "list"}), None if none."""
+    value = st.session_state.get("grid-keys")
+    return value.get("edits") if hasattr(value, "get") else getattr(value, "edits", None)
 
 
 def _grid_presses(
@@ -188,8 +198,7 @@ def _grid_presses(
     The list is also kept under `_keyed_key`: the component's value is gone once a run leaves the
     grid out (One image, History, another page), and the page held on return would have drawn its
     keyed tiles back on their pre-filled guesses, which `A` would then store."""
-    value = st.session_state.get("grid-keys")
-    edits = value.get("edits") if hasattr(value, "get") else getattr(value, "edits", None)
+    edits = _live_grid_keys()
     if hasattr(edits, "get") and str(edits.get("page", "")) == page:
         st.session_state[_keyed_key(project_id)] = {
             "page": page,
@@ -255,6 +264,8 @@ def _apply_answers(project_id: int, annotator: str, actions: list[dict]) -> list
     )
     refused = f"box-refused-{project_id}"
     st.session_state[refused] = st.session_state.get(refused, []) + outcome.refused_actions
+    undone = _undone_key(project_id)
+    st.session_state[undone] = st.session_state.get(undone, []) + [list(pair) for pair in outcome.undone_last]
     shown_again = outcome.refused_items + outcome.undone_items
     st.session_state["show_first"] = shown_again + st.session_state.get("show_first", [])
     _forget_accepted(project_id, outcome.undone_items)  # U in the box may undo a grid page
@@ -311,7 +322,8 @@ def _unsent_acked(annotator: str) -> list[str]:
 
 def unsent_guard(unsaved: int) -> None:
     """On every page but the login form (app.py): closing or reloading the tab while answers wait
-    in it, or while `unsaved` History changes wait to be saved (`unsaved_anywhere`), asks first;
+    in it, or while `unsaved` History changes or grid tiles wait to be saved (`unsaved_anywhere`,
+    `grid_choices_anywhere`), asks first;
     where no Label box is drawn the guard sends the person's waiting answers, which
     `_apply_unsent` stores. `acked` lists those stored, so the tab can forget them."""
     annotator = common.annotator()
@@ -364,6 +376,22 @@ def _refused_actions(project_id: int) -> list[str]:
     return refused
 
 
+def _undone_key(project_id: int) -> str:
+    return f"box-undone-{project_id}"
+
+
+def _undone_last(project_id: int, batch) -> list[list]:
+    """[action id, image] for each U the box could not name itself (`answers._undo_last`: a box
+    drawn anew has no undo history of its own) whose image is open again and first in `batch`:
+    the box shows it at once, as for an undo of its own. Listed on every run while it is (the newest
+    REFUSED_KEPT), for the reason `_refused_actions` gives; the box acts on each once."""
+    key = _undone_key(project_id)
+    undone = st.session_state.get(key, [])[-REFUSED_KEPT:]
+    st.session_state[key] = undone
+    sent = {item.id for item, _ in batch}
+    return [pair for pair in undone if pair[1] in sent]
+
+
 def _closed_since(project_id: int, batch) -> list[int]:
     """The images sent to this box before (the newest SENT_KEPT) that are answered now, by anyone,
     or gone. The box keeps the image on screen whatever a new page holds, unless it is among these:
@@ -408,6 +436,8 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
         "closed": _closed_since(project.id, batch),
         # The ids of answers refused so that they can be given again: the box shows their images again.
         "refused": _refused_actions(project.id),
+        # U from a box drawn anew, taken back by the server: the box shows those images first.
+        "undone": _undone_last(project.id, batch),
         "done": not batch,
         "audit_note": AUDIT_NOTE,
         "no_model_note": "" if has_model else NO_MODEL_NOTE,
@@ -428,7 +458,7 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
 
 
 def _page_key(project_id: int) -> str:
-    return f"grid-page-{project_id}"
+    return f"{_PAGE_PREFIX}{project_id}"
 
 
 def _page_name(item_ids) -> str:
@@ -505,7 +535,7 @@ def _tile_key(item_id: int, view: str, token: str = "", presses: int = 0) -> str
 
 
 def _choices_key(project_id: int) -> str:
-    return f"grid-choices-{project_id}"
+    return f"{_CHOICES_PREFIX}{project_id}"
 
 
 def _remember_choice(
@@ -919,6 +949,27 @@ def unsaved_anywhere() -> int:
         for k, v in st.session_state.items()
         if str(k).startswith(_CHOSEN_PREFIX) and isinstance(v, dict)
     )
+
+
+def grid_choices_anywhere() -> int:
+    """How many tiles of the grid pages held in this session (one per project) the person set, by
+    key or mouse, and has not accepted: a reload or a closed tab ends the session and drops them
+    (the guard asks first, as for History changes)."""
+    waiting = 0
+    for key, pinned in list(st.session_state.items()):
+        if not str(key).startswith(_PAGE_PREFIX) or not pinned:
+            continue
+        project_id, page = str(key)[len(_PAGE_PREFIX) :], _page_name(pinned)
+        set_here = set()
+        # The list kept at the last grid run, and the one just sent (this run's page reads it
+        # after the guard is drawn).
+        for keyed in (st.session_state.get(f"{_KEYED_PREFIX}{project_id}"), _live_grid_keys()):
+            if hasattr(keyed, "get") and str(keyed.get("page", "")) == page:
+                set_here |= {e.get("item") for e in keyed.get("list") or [] if hasattr(e, "get")}
+        choices = st.session_state.get(f"{_CHOICES_PREFIX}{project_id}") or {}
+        set_here |= {item for item, choice in choices.items() if choice.get("page") == page}
+        waiting += len(set_here & set(pinned))
+    return waiting
 
 
 def unsaved_words(count: int) -> str:

@@ -17,7 +17,15 @@
 
 const boxes = new WeakMap(); // parentElement -> state of that mounted box
 
-const TYPING = new Set(["INPUT", "TEXTAREA", "SELECT"]);
+// Inputs that take no typed letters: a key pressed while the mouse left the focus on one (the
+// mode switch, "Show file names") is the page's, as anywhere else (it was dropped, silently).
+const NOT_TYPED_IN = new Set(["checkbox", "radio", "button", "submit", "reset", "range", "color", "file", "image"]);
+
+function typedIn(target) {
+  if (!target) return false;
+  if (target.isContentEditable || target.tagName === "TEXTAREA" || target.tagName === "SELECT") return true;
+  return target.tagName === "INPUT" && !NOT_TYPED_IN.has(String(target.type || "text").toLowerCase());
+}
 
 function newState(root) {
   return {
@@ -34,6 +42,7 @@ function newState(root) {
     actionOf: new Map(), // item id -> the id of its newest label action here, named by its undo
     restored: [], // undone items, shown first
     again: [], // items whose answer the server refused, shown right after the one on screen
+    undoneLast: new Set(), // undo_last actions whose image this box has shown again
     current: null,
     gone: null, // the image on screen, if it was answered elsewhere (or removed) since it showed
     timer: null,
@@ -116,7 +125,7 @@ function kept(owner) {
 
 function act(s, type, item, extra) {
   s.seq += 1;
-  const action = { id: `${s.mount}-${s.seq}`, type, item: item.id, ...(extra || {}) };
+  const action = { id: `${s.mount}-${s.seq}`, type, ...(item ? { item: item.id } : {}), ...(extra || {}) };
   s.pending.push(action);
   keep(s);
   if (!s.timer) s.timer = setTimeout(() => flush(s), Math.max(0, s.lastSend + SEND_EVERY_MS - Date.now()));
@@ -146,7 +155,11 @@ function answer(s, classIndex) {
 function undo(s) {
   const item = s.history.pop();
   if (!item) {
-    s.notice = "Nothing to undo in this session.";
+    // Drawn anew (after another mode or page, and back), this box has no undo history of its own;
+    // the server knows this session's answers, takes back the newest and sends its image first
+    // (data.undone), or says there is nothing to undo.
+    act(s, "undo_last", null);
+    s.notice = "Undoing your last answer…";
     draw(s);
     return;
   }
@@ -171,6 +184,20 @@ function restoreRefused(s, actionIds) {
     const at = s.history.map((i) => i.id).lastIndexOf(id);
     const item = at >= 0 ? s.history.splice(at, 1)[0] : (s.data.items || []).find((i) => i.id === id);
     if (item) s.again = [...s.again.filter((i) => i.id !== id), item];
+  });
+}
+
+// Images opened again by an undo_last (see undo): shown at once, as for an undo here, each once.
+// The server lists them on every run while the image is on the page it sent.
+function restoreUndone(s, undone) {
+  undone.forEach(([action, id]) => {
+    if (s.undoneLast.has(action)) return;
+    const item = (s.data.items || []).find((i) => i.id === id);
+    if (!item) return;
+    s.undoneLast.add(action);
+    s.answered.delete(id);
+    s.restored = [item, ...s.restored.filter((i) => i.id !== id)];
+    if (s.notice === "Undoing your last answer…") s.notice = "Undone: that image is back.";
   });
 }
 
@@ -219,7 +246,7 @@ function skip(s) {
 function onKey(s, event) {
   if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey) return;
   const target = event.composedPath ? event.composedPath()[0] : event.target;
-  if (target && (TYPING.has(target.tagName) || target.isContentEditable)) return;
+  if (typedIn(target)) return;
   if (!s.root.isConnected && !(s.root.host && s.root.host.isConnected)) return;
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
   const cls = (s.data.classes || []).find((c) => c.key === key);
@@ -357,10 +384,14 @@ export default function (component) {
   }
   s.send = (actions) => setStateValue("actions", actions);
   const acked = new Set(data.acked || []);
+  const undoLastDone = s.pending.filter((a) => a.type === "undo_last" && acked.has(a.id));
   s.pending = s.pending.filter((a) => !acked.has(a.id));
   keep(s);
   s.data = data;
   restoreRefused(s, data.refused || []);
+  restoreUndone(s, data.undone || []);
+  // Applied and nothing came back (the server's notice says why): the "Undoing" line goes.
+  if (s.notice === "Undoing your last answer…" && undoLastDone.some((a) => !s.undoneLast.has(a.id))) s.notice = "";
   // Open again (its answer undone): a key for it counts once more.
   if ((data.items || []).some((i) => i.id === s.gone)) s.gone = null;
   dropClosed(s, data.closed || []);

@@ -8,7 +8,15 @@
 // once (its repeats are dropped here, before the page's A and U buttons see them).
 
 const grids = new WeakMap();
-const TYPING = new Set(["INPUT", "TEXTAREA", "SELECT"]);
+// Inputs that take no typed letters: a key pressed while the mouse left the focus on one (the
+// mode switch, "Show file names") is the page's, as anywhere else (it was dropped, silently).
+const NOT_TYPED_IN = new Set(["checkbox", "radio", "button", "submit", "reset", "range", "color", "file", "image"]);
+
+function typedIn(target) {
+  if (!target) return false;
+  if (target.isContentEditable || target.tagName === "TEXTAREA" || target.tagName === "SELECT") return true;
+  return target.tagName === "INPUT" && !NOT_TYPED_IN.has(String(target.type || "text").toLowerCase());
+}
 
 // A tile is its image and, below it, its selectbox (two elements of one column).
 function tileParts(tile) {
@@ -29,7 +37,7 @@ function draw(g) {
 function onKey(g, event) {
   if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey) return;
   const target = event.composedPath ? event.composedPath()[0] : event.target;
-  if (target && (TYPING.has(target.tagName) || target.isContentEditable || target.getAttribute("role") === "combobox")) return;
+  if (typedIn(target) || (target && target.getAttribute && target.getAttribute("role") === "combobox")) return;
   const tiles = g.data.tiles;
   if (!tiles.length) return;
   const columns = g.data.columns || 4;

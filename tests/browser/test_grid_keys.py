@@ -228,3 +228,41 @@ def test_a_grid_key_for_a_class_renamed_since_is_refused_at_accept(app_server, p
     finally:
         with Session.begin() as session:
             queries.rename_class(session, pid, 0, "dark")
+
+
+def test_a_grid_key_right_after_clicking_grid_sets_the_tile(app_server, page):
+    """The click on "Grid" leaves the focus in the mode switch, and the grid took every input for
+    a text field: the first keys were dropped without a word until the person clicked elsewhere."""
+    page.goto(app_server["url"])
+    page.get_by_text("Grid", exact=True).click()
+    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
+    tiles = wait_for_tiles(page, lambda tiles: True)
+    wanted = "dark" if tiles[0][1] != "dark" else "bright"
+    page.keyboard.press("1" if wanted == "dark" else "2")
+    wait_for_tiles(page, lambda now: now[0] == (tiles[0][0], wanted))
+
+
+def test_closing_the_tab_while_grid_tiles_wait_asks_first(app_server, page):
+    """Tiles set on a grid page and not accepted live in the server session, which a reload or a
+    closed tab ends (the box's answers and History changes asked first; these did not): the
+    browser asks; once the page is accepted, it does not."""
+    page.goto(app_server["url"])
+    page.get_by_text("Grid", exact=True).click()
+    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
+    tiles = wait_for_tiles(page, lambda tiles: True)
+    wanted = "dark" if tiles[0][1] != "dark" else "bright"
+    page.locator("h1").first.click()
+    page.keyboard.press("1" if wanted == "dark" else "2")
+    wait_for_tiles(page, lambda now: now[0] == (tiles[0][0], wanted))
+    # The guard hears of the tile with the rerun's drawing, a moment after the script ends.
+    page.wait_for_function("() => window.__labelerUnsent && window.__labelerUnsent.unsaved === 1")
+    with page.expect_event("dialog") as asked:
+        page.close(run_before_unload=True)
+    assert asked.value.type == "beforeunload"
+    asked.value.dismiss()
+    settle(page)
+    page.locator("h1").first.click()
+    page.keyboard.press("a")
+    page.wait_for_function("() => window.__labelerUnsent.unsaved === 0")
+    with page.expect_event("close"):  # nothing waits now: no question (one would be dismissed)
+        page.close(run_before_unload=True)

@@ -119,6 +119,46 @@ def test_a_key_just_before_opening_another_page_is_kept(server, page):
     wait_for(lambda: stored(server, pressed, "nav"), timeout=30)
 
 
+def test_u_after_switching_mode_and_back_takes_back_the_last_answers(server, page):
+    """The box keeps its undo history in the tab, and a box drawn anew (after another mode or
+    page, and back) had none: U said "Nothing to undo in this session." and the person had to
+    find the answer in History. The server knows the session's answers: U takes back the newest,
+    then the one before, each image shown again at once, and then says nothing is left."""
+    page.goto(f"{server['url']}/?annotator=undoer")
+    pressed = two_quick_keys(page)  # {first: class 0, second: class 1}
+    first, second = pressed
+    saved(page)
+    wait_for(lambda: stored(server, pressed, "undoer"), timeout=30)
+    page.get_by_text("Grid", exact=True).click()
+    page.locator("[class*='st-key-accept_grid-']").wait_for()
+    page.get_by_text("One image", exact=True).click()
+    settle(page)
+    shown(page)
+    for back in (second, first):
+        page.keyboard.press("u")
+        wait_for(lambda back=back: shown(page) == back, timeout=30)
+        page.get_by_test_id("lb-notice").filter(has_text="Undone: that image is back.").wait_for()
+        wait_for(lambda back=back: answers_of(server["Session"], [back])[back] == [], timeout=30)
+    assert answers_of(server["Session"], [first, second]) == {first: [], second: []}
+    page.keyboard.press("u")
+    page.get_by_test_id("lb-notice").filter(has_text="Nothing to undo in this session.").wait_for()
+    assert shown(page) == first
+
+
+def test_a_key_after_clicking_a_toggle_labels_the_image(server, page):
+    """A click on "Show file names" (or the mode switch) leaves the focus in that input, and the
+    box took every input for a text field: the next key was dropped without a word. Only text
+    fields keep their keys now."""
+    page.goto(f"{server['url']}/?annotator=toggler")
+    settle(page)
+    saved(page)
+    page.get_by_text("Show file names").click()
+    settle(page)
+    item = shown(page)
+    page.keyboard.press("2")
+    wait_for(lambda: stored(server, {item: 1}, "toggler"), timeout=30)
+
+
 def waiting_in_tab(page) -> int:
     """How many answers wait in the tab's storage for a Label box (label_box.js keeps them)."""
     return page.evaluate(

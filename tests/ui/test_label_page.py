@@ -735,6 +735,28 @@ def test_unsaved_anywhere_counts_the_history_changes_of_every_project(monkeypatc
     assert label.unsaved_anywhere() == 3 and label.unsaved_corrections(2) == 1
 
 
+def test_grid_choices_anywhere_counts_the_set_tiles_of_every_held_grid_page(monkeypatch):
+    """The guard also asks while grid tiles set by key or mouse wait to be accepted: those of the
+    page held now in each project, once each, not those of a page before."""
+    from labeler.ui import label
+
+    state = {
+        label._page_key(1): [10, 11, 12],
+        label._keyed_key(1): {
+            "page": "10,11,12",
+            "token": "t",
+            "list": [{"item": 10, "class": 0}, {"item": 10, "class": 1}],
+        },
+        label._choices_key(1): {11: {"page": "10,11,12", "value": 1}, 99: {"page": "98,99", "value": 0}},
+        label._page_key(2): [20, 21],
+        label._keyed_key(2): {"page": "7,8", "list": [{"item": 7, "class": 0}]},  # an older page's keys
+        label._choices_key(2): {21: {"page": "20,21", "value": 0}},
+        label._page_key(3): [],
+    }
+    monkeypatch.setattr(label.st, "session_state", state)
+    assert label.grid_choices_anywhere() == 3
+
+
 def test_the_sidebar_names_history_changes_waiting_in_another_project(tiny_project):
     """History changes wait in the session per project; with another project open nothing showed
     them (the Label page and the sidebar counted the open project's only), though a logout or a
