@@ -44,6 +44,16 @@ def save_upload(data: bytes) -> str:
     return f"zip:{path}"
 
 
+def named_as_uploaded(text: str, source: str | None, upload) -> str:
+    """`text` (an import's error) with the saved upload's server-side name (a random one under
+    the uploads folder) put back to the name of the file the person uploaded."""
+    kind, _, path = (source or "").partition(":")
+    saved = Path(path).name
+    if kind != "zip" or upload is None or Path(path).parent != data_dir() / "uploads" or not saved:
+        return text
+    return text.replace(saved, str(upload.name))
+
+
 def remove_upload(source: str | None) -> None:
     """Delete an uploaded zip once its import has ended, whatever the outcome; a `zip:PATH`
     outside the uploads folder is the user's own file and stays."""
@@ -104,7 +114,7 @@ def _create_ui() -> None:
     if not common.is_admin():  # the form is drawn for admins only; a forged submit lands here
         st.error("Only an admin can create projects.")
         return
-    source = None
+    source = bar = None
     try:
         source = _source(kind, upload)
         audit = check_int("The audit set size", st.session_state.get("new_project_audit", 50), 0, 10_000)
@@ -122,15 +132,17 @@ def _create_ui() -> None:
                 audit_size=audit,
                 progress=progress,
             )
-    except (DataError, SettingError, ValueError, OSError) as error:
-        # An OSError's own text ("[Errno 13] ...") does not say what to do; user_error does.
-        st.error(common.as_typed(user_error(error) if isinstance(error, OSError) else _sentence(error)))
-        return
     except Exception as error:  # noqa: BLE001 - e.g. a corrupt zip: one sentence, never a traceback
-        st.error(
-            common.as_typed(f"The import failed ({type(error).__name__}: {_sentence(error)})")
-            + " Check the files and try again."
-        )
+        if bar is not None:
+            bar.empty()  # the import ended: no bar left standing above the error
+        if isinstance(error, OSError):
+            # An OSError's own text ("[Errno 13] ...") does not say what to do; user_error does.
+            text = user_error(error)
+        elif isinstance(error, (DataError, SettingError, ValueError)):
+            text = _sentence(error)
+        else:
+            text = f"The import failed ({type(error).__name__}: {_sentence(error)}) Check the files and try again."
+        st.error(common.as_typed(named_as_uploaded(text, source, upload)))
         return
     finally:
         remove_upload(source)

@@ -482,6 +482,26 @@ def test_an_uploaded_zip_becomes_the_current_project(app_server, page, tmp_path)
     page.get_by_text("Label · tiny").wait_for()  # a new browser session starts on the first project
 
 
+def test_a_broken_zip_upload_names_the_file_uploaded_and_leaves_no_progress_bar(app_server, page):
+    """The error named the server's saved copy ("4c83...e1a627.zip is not a readable zip file"),
+    not the person's file, and an empty "Importing the images..." bar stayed above it."""
+    page.goto(f"{app_server['url']}/project")
+    page.get_by_label("Name", exact=True).fill("broken")
+    page.get_by_text("Upload a zip", exact=True).click()
+    page.locator('[data-testid="stFileUploaderDropzoneInput"]').set_input_files(
+        files=[{"name": "holiday photos.zip", "mimeType": "application/zip", "buffer": b"not a zip at all"}]
+    )
+    page.get_by_text("holiday photos.zip").wait_for()
+    page.get_by_role("button", name="Create project").click()
+    page.locator(
+        '[data-testid="stAlert"]', has_text="holiday photos.zip is not a readable zip file"
+    ).wait_for()
+    settle(page)
+    assert page.get_by_text("Importing the images").count() == 0
+    with app_server["Session"]() as session:
+        assert queries.get_project(session, "broken") is None
+
+
 def test_an_imported_folder_shows_its_originals_and_audit_captions_give_nothing_away(
     app_server, page, tmp_path
 ):
