@@ -1206,13 +1206,16 @@ def label_page() -> None:
         )
         has_model = queries.latest_done_run_id(session, project.id) is not None
     st.progress(min(1.0, n_labeled / max(1, n_total)), text=f"{n_labeled} labeled / {n_total} images")
+    # The notes go in a container that is always there: a note drawn in the page itself moved
+    # everything below it down one place, and the browser drew the Classes panel anew, closed.
+    notes = st.container()
     kind, text = st.session_state.pop("last_message", (None, None))
     if kind:
-        getattr(st, kind)(common.as_typed(text))
+        getattr(notes, kind)(common.as_typed(text))
 
     unsaved = unsaved_corrections(project.id)
     if unsaved and mode != "History":  # kept for the History (`_with_unsaved`): say they wait
-        st.info(f"{unsaved_words(unsaved)} Open History to save them.")
+        notes.info(f"{unsaved_words(unsaved)} Open History to save them.")
     if mode == "Grid":
         _grid(project.id, names)
     elif mode == "History":

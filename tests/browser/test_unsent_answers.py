@@ -435,6 +435,30 @@ def test_a_class_renamed_twice_in_a_row(server, page):
             queries.rename_class(session, pid, 0, "dark")
 
 
+def test_the_classes_panel_stays_open_after_a_rename(server, page):
+    """The "Classes" panel closed after every Add class or Rename (the note above the page moved
+    everything below it down one place, and the panel came back as a new, closed one), so an
+    admin fixing several names opened it again each time."""
+    from db import queries
+
+    Session, pid = server["Session"], server["project_id"]
+    page.goto(f"{server['url']}/?annotator=admin")
+    settle(page)
+    page.get_by_text("Classes: keys, add or rename").click()
+    field = page.get_by_label("New name")
+    try:
+        for new in ("darkish", "dark"):
+            field.wait_for(state="visible")
+            field.fill(new)
+            page.locator(".st-key-rename_class button").click()
+            page.get_by_text(f"Renamed class 1 to '{new}'.").wait_for()
+            settle(page)
+            assert field.is_visible()
+    finally:
+        with Session.begin() as session:
+            queries.rename_class(session, pid, 0, "dark")
+
+
 def test_the_history_class_filter_keeps_its_class_through_a_rename(server, page):
     """The History's class filter on a class renamed, here or by another admin: the browser went
     on showing the old name and sent it with the next click, which matched no option, so the
