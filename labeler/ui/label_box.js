@@ -52,6 +52,8 @@ function newState(root) {
     saved: 0,
     send: null,
     onKey: null,
+    onNav: null,
+    navHold: null, // after a click on a page link, see onNavClick
     counted: false, // in window.__labelerBoxes (see unsent_guard.js)
   };
 }
@@ -337,8 +339,28 @@ function draw(s) {
 
 // A box's state leaves the page: its key and leave listeners go, and it is counted out of
 // window.__labelerBoxes (see unsent_guard.js).
+// A click on a page link in the sidebar while answers wait for the send timer: the send would
+// ask for a rerun of this page a moment after the click asked for the other page, and often won
+// (the click was lost; the person clicked again). The timer stops: the answers wait in storage,
+// and the guard on the next page sends them (unsent_guard.js). Should the page not change (its
+// own link), they go a moment later.
+function onNavClick(s, event) {
+  const link = event.target && event.target.closest && event.target.closest('[data-testid="stSidebarNav"] a');
+  if (!link || !s.timer) return;
+  clearTimeout(s.timer);
+  s.timer = null;
+  const from = window.location.pathname;
+  clearTimeout(s.navHold);
+  s.navHold = setTimeout(() => {
+    s.navHold = null;
+    if (window.location.pathname === from && s.pending.length && !s.timer) flush(s);
+  }, 1500);
+}
+
 function detach(s) {
   document.removeEventListener("keydown", s.onKey, true);
+  document.removeEventListener("click", s.onNav, true);
+  clearTimeout(s.navHold);
   window.removeEventListener("beforeunload", s.onLeave);
   if (s.counted) window.__labelerBoxes = Math.max(0, (window.__labelerBoxes || 1) - 1);
   s.counted = false;
@@ -371,6 +393,8 @@ export default function (component) {
     s.onKey = (event) => onKey(state, event);
     // Capture phase on the document: keys work wherever the focus is, except in text fields.
     document.addEventListener("keydown", s.onKey, true);
+    s.onNav = (event) => onNavClick(state, event);
+    document.addEventListener("click", s.onNav, true);
     // Closing the tab while answers wait: Streamlit sends widget values from a timer, and no
     // timer runs once the page is gone, so the browser is asked to confirm (its own "changes
     // may not be saved" dialog); staying lets them go. A reload resends them from storage.

@@ -159,6 +159,18 @@ def test_a_key_after_clicking_a_toggle_labels_the_image(server, page):
     wait_for(lambda: stored(server, {item: 1}, "toggler"), timeout=30)
 
 
+def test_a_page_link_clicked_right_after_keys_opens_that_page(server, page):
+    """The box's send of the last keys (at most every 300 ms) asked for a rerun of the Label page
+    a moment after the click asked for another page, and often won: the click was lost. Now one
+    click opens the page, and the answers are stored from there."""
+    for n in range(3):
+        page.goto(f"{server['url']}/?annotator=quick{n}")
+        pressed = two_quick_keys(page)
+        page.locator('[data-testid="stSidebarNav"] a', has_text="Train").click()
+        page.locator("h1", has_text="Train").wait_for(timeout=20_000)
+        wait_for(lambda pressed=pressed, n=n: stored(server, pressed, f"quick{n}"), timeout=30)
+
+
 def waiting_in_tab(page) -> int:
     """How many answers wait in the tab's storage for a Label box (label_box.js keeps them)."""
     return page.evaluate(
