@@ -412,6 +412,10 @@ export default function (component) {
   s.pending = s.pending.filter((a) => !acked.has(a.id));
   keep(s);
   s.data = data;
+  // The image on screen keeps the guess it came with, but takes the caption the page has now
+  // (file names turned on or off).
+  const fresh = s.current && (data.items || []).find((i) => i.id === s.current.id);
+  if (fresh && fresh.caption !== s.current.caption) s.current = { ...s.current, caption: fresh.caption };
   restoreRefused(s, data.refused || []);
   restoreUndone(s, data.undone || []);
   // Applied and nothing came back (the server's notice says why): the "Undoing" line goes.

@@ -171,6 +171,20 @@ def test_a_page_link_clicked_right_after_keys_opens_that_page(server, page):
         wait_for(lambda pressed=pressed, n=n: stored(server, pressed, f"quick{n}"), timeout=30)
 
 
+def test_file_names_turned_on_show_on_the_image_on_screen(server, page):
+    """The image on screen kept the caption it came with, so turning file names on showed them
+    only from the next image on."""
+    page.goto(f"{server['url']}/?annotator=names")
+    settle(page)
+    saved(page)
+    item = shown(page)
+    caption = page.locator('[data-testid="lb-caption"]')
+    assert caption.inner_text() == f"#{item}"
+    page.get_by_text("Show file names").click()
+    wait_for(lambda: caption.inner_text().startswith(f"#{item} · "), timeout=30)
+    assert shown(page) == item
+
+
 def waiting_in_tab(page) -> int:
     """How many answers wait in the tab's storage for a Label box (label_box.js keeps them)."""
     return page.evaluate(
