@@ -25,8 +25,9 @@ if user is None:  # no accounts: the name typed or given in the address stays in
 unsaved = label.unsaved_anywhere()  # History changes not saved: closing the tab or a logout asks
 # Every page: answers the Label box left in the tab are sent; closing it asks while answers, History
 # changes or grid tiles set and not accepted wait.
-label.unsent_guard(unsaved + label.grid_choices_anywhere())
-account.sidebar(user, unsaved=unsaved)
+grid = label.grid_choices_anywhere()
+label.unsent_guard(unsaved + grid)
+account.sidebar(user, unsaved=unsaved, grid=grid)
 pages = account.visible_pages(PAGES, admin=common.is_admin())
 page = st.navigation([st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in pages])
 label.unsaved_note(current=page.title != "Label")  # the Label page says its own, beside its History

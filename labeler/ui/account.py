@@ -263,22 +263,31 @@ def visible_pages(pages: list, admin: bool) -> list:
     return [page for page in pages if admin or page[0] not in common.ADMIN_PAGES]
 
 
-def sidebar(user: dict | None, unsaved: int = 0) -> None:
+def sidebar(user: dict | None, unsaved: int = 0, grid: int = 0) -> None:
     """Who is logged in, and the logout button. While `unsaved` History changes wait to be saved
-    (a logout drops them), the button asks first: log out anyway, or stay."""
+    or `grid` tiles set on a grid page wait to be accepted (a logout drops both), the button asks
+    first: log out anyway, or stay."""
     if user is None:
         return
     log_out = (lambda: (sign_out(), st.logout())) if oidc_configured() else sign_out
-    if not unsaved:
+    waiting = [
+        what
+        for what, n in (
+            (f"the History changes not saved yet ({unsaved})", unsaved),
+            (f"the grid tiles set and not accepted ({grid})", grid),
+        )
+        if n
+    ]
+    if not waiting:
         st.session_state.pop(LOGOUT_ASKED, None)
     with st.sidebar:
         st.text(f"Logged in as {user['name']} ({user['role']})")
-        if not unsaved:
+        if not waiting:
             st.button("Log out", key="logout", on_click=log_out)
         elif not st.session_state.get(LOGOUT_ASKED):
             st.button("Log out", key="logout", on_click=lambda: st.session_state.update({LOGOUT_ASKED: True}))
         else:
-            st.warning(f"A logout drops the History changes not saved yet ({unsaved}).")
+            st.warning(f"A logout drops {' and '.join(waiting)}.")
             st.button("Log out anyway", key="logout_anyway", on_click=log_out)
             st.button(
                 "Stay logged in", key="logout_stay", on_click=lambda: st.session_state.pop(LOGOUT_ASKED, None)

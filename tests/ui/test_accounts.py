@@ -307,3 +307,21 @@ def test_a_logout_while_history_changes_wait_asks_first(Session, tiny_project, a
     assert [t.key for t in at.text_input] == ["login_name", "login_password"]
     log_in(at, "ann")  # the change went with the logout, and the question with it
     assert [b.key for b in at.sidebar.button if b.key.startswith("logout")] == ["logout"]
+
+
+def test_a_logout_while_grid_tiles_wait_asks_first(Session, tiny_project, accounts):
+    """A grid tile set and not accepted is dropped by a logout too: Log out asks first, and once
+    the page is accepted it logs out at once."""
+    at = app_run(tiny_project.id)
+    log_in(at, "ann")
+    at.radio(key="label_mode").set_value("Grid").run()
+    tile = next(box for box in at.selectbox if box.key.startswith("grid-"))
+    tile.set_value(1 if tile.value != 1 else 0).run()
+    at.button(key="logout").click().run()
+    assert at.session_state[common.USER_KEY]["name"] == "ann"  # still logged in
+    assert at.sidebar.warning[-1].value == "A logout drops the grid tiles set and not accepted (1)."
+    at.button(key="logout_stay").click().run()
+    next(b for b in at.button if b.key.startswith("accept_grid")).click().run()
+    assert not at.exception
+    at.button(key="logout").click().run()  # nothing waits: out at once
+    assert common.USER_KEY not in at.session_state
