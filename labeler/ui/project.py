@@ -230,6 +230,11 @@ def project_page() -> None:
         unsaved = label.unsaved_anywhere()
         if unsaved:  # another name starts clean, as a login does (`_set_annotator`)
             st.warning(f"{label.unsaved_words(unsaved)} Another name drops them; Label, History saves them.")
+        grid = label.grid_choices_anywhere()
+        if grid:
+            st.warning(
+                f"Grid tiles set and not accepted: {grid}. Another name drops them; Label, Grid accepts them."
+            )
     else:
         st.text(f"Labels are recorded as {annotator}.")
 

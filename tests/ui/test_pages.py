@@ -796,6 +796,12 @@ def test_a_new_annotator_name_starts_clean_as_a_login_does(Session, tiny_project
     assert f"grid-page-{tiny_project.id}" in at.session_state
     # The page says before a new name drops the History change (nothing asks: a name is typed).
     assert "History changes not saved yet: 1. Another name drops them" in at.warning[0].value
+    assert len(at.warning) == 1
+    at.session_state[f"grid-choices-{tiny_project.id}"] = {
+        2: {"page": "1,2,3", "value": 0}
+    }  # a grid tile set
+    at.run()
+    assert "Grid tiles set and not accepted: 1. Another name drops them" in at.warning[1].value
     at.text_input(key="annotator_input").input("bob").run()
     assert at.session_state["annotator"] == "bob"
     assert f"ledger-{tiny_project.id}" not in at.session_state
