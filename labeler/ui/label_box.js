@@ -337,8 +337,6 @@ function draw(s) {
   box.append(el("div", { class: "lb-main" }, [el("div", { class: "lb-left" }, [frame, caption]), el("div", { class: "lb-right" }, [guess, buttons, tools])]));
 }
 
-// A box's state leaves the page: its key and leave listeners go, and it is counted out of
-// window.__labelerBoxes (see unsent_guard.js).
 // A click on a page link in the sidebar while answers wait for the send timer: the send would
 // ask for a rerun of this page a moment after the click asked for the other page, and often won
 // (the click was lost; the person clicked again). The timer stops: the answers wait in storage,
@@ -357,6 +355,8 @@ function onNavClick(s, event) {
   }, 1500);
 }
 
+// A box's state leaves the page: its key, click and leave listeners go, and it is counted out of
+// window.__labelerBoxes (see unsent_guard.js).
 function detach(s) {
   document.removeEventListener("keydown", s.onKey, true);
   document.removeEventListener("click", s.onNav, true);
