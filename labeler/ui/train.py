@@ -22,7 +22,7 @@ from .. import active
 from ..config import SettingError, check_int
 from ..models import DESCRIPTIONS, MODELS
 from ..runspec import LIMITS, RunSpec
-from . import common, parts
+from . import account, common, parts
 
 LIVE_EVERY_S = 1.0  # while a run is queued or running
 IDLE_EVERY_S = 5.0  # otherwise: notices runs started elsewhere (auto-retrain, another tab)
@@ -60,7 +60,20 @@ def validated_settings(values: dict) -> RunSpec:
     )
 
 
+def _allowed() -> bool:
+    """Whether the person acting now may start or cancel runs (account.acting_user: a session an
+    admin ended, by a new password or a removed account, may not); the Train page says why not."""
+    try:
+        account.acting_user()
+    except account.NotAllowed as refused:
+        st.session_state["train_error"] = str(refused)
+        return False
+    return True
+
+
 def _start(project_id: int) -> None:
+    if not _allowed():  # checked before anything is stored: the project's settings too
+        return
     state = st.session_state
     values = {k: state.get(f"train_{k}") for k in ("model", "budget_s", "strategy", "seed", "steps")}
     values["lr"] = state.get(_lr_key(values["model"])) if "lr" in model_defaults(values["model"]) else None
@@ -96,6 +109,8 @@ def _start(project_id: int) -> None:
 
 
 def _cancel(run_id: int) -> None:
+    if not _allowed():
+        return
     Session = common.session_factory()
 
     def commit() -> None:

@@ -303,3 +303,61 @@ def test_a_bulk_label_chosen_before_a_class_was_renamed_is_not_saved(Session, ti
     assert not at.exception
     assert _labels(Session, tiny_project.id) == {}
     assert "renamed" in at.text[0].value
+
+
+def _train_page_of_ann(Session, project_id: int) -> AppTest:
+    """The Train page, drawn for ann logged in (her session as the login form leaves it)."""
+    from tests.ui.ui_helpers import page_app
+
+    at = page_app("train", project_id, annotator="ann")
+    with Session() as session:
+        stored = users.get_user(session, "ann")
+    at.session_state[common.USER_KEY] = {
+        "name": "ann",
+        "role": stored.role,
+        "hash_id": common.fingerprint(stored.password_hash),
+    }
+    return at.run()
+
+
+@pytest.mark.parametrize("change", [None, *CHANGES])
+def test_training_is_not_started_or_cancelled_once_the_account_changed(
+    Session, tiny_project, accounts, change
+):
+    """Start training and Cancel run wrote without asking who was logged in: a tab whose session
+    an admin had ended (a new password, a removed account) queued a run, stored its settings as
+    the project's, and cancelled another person's run. They are refused like every other write
+    (`None`: the account unchanged, both work)."""
+    from db import runs as run_queries
+    from db.models import RUNNING, Project, Run, utcnow
+
+    with Session.begin() as session:
+        run = Run(
+            project_id=tiny_project.id,
+            model="m2",
+            status=RUNNING,
+            started_at=utcnow(),
+            heartbeat_at=utcnow(),
+            worker="elsewhere",
+        )
+        session.add(run)
+        session.flush()
+        run_id = run.id
+        settings_before = dict(session.get(Project, tiny_project.id).settings or {})
+    start, cancel = _train_page_of_ann(Session, tiny_project.id), _train_page_of_ann(Session, tiny_project.id)
+    start.selectbox(key="train_model").set_value("labelspread")
+    start.number_input(key="train_budget_s").set_value(5)
+    if change:
+        CHANGES[change](Session)
+    start.button(key="train_start").click().run()
+    cancel.button(key=f"cancel-{run_id}").click().run()
+    assert not start.exception and not cancel.exception
+    with Session() as session:
+        runs = [r.model for r in run_queries.list_runs(session, tiny_project.id)]
+        cancelled = session.get(Run, run_id).cancel_requested
+        settings = session.get(Project, tiny_project.id).settings or {}
+    if change is None:
+        assert sorted(runs) == ["labelspread", "m2"] and cancelled and settings["model"] == "labelspread"
+    else:
+        assert runs == ["m2"] and not cancelled and settings == settings_before
+        assert "so this was not saved" in start.error[0].value
