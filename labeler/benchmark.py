@@ -28,7 +28,8 @@ from typing import Any
 
 import numpy as np
 
-from .config import SettingError, default_device
+from .config import SettingError, check_int, default_device, device_arg
+from .data import check_source
 from .runspec import RunSpec, check_model, check_strategy
 
 PRESETS: dict[str, dict[str, float]] = {
@@ -442,7 +443,7 @@ def cmd_benchmark(args) -> int:
         torch.set_num_threads(check_threads(args.threads))
     device = args.device or default_device()
     out_dir = Path(args.out_dir)
-    seeds = list(range(args.seeds))
+    seeds = list(range(check_int("--seeds", args.seeds, 1, 1000)))
     log = lambda line: print(line, file=sys.stderr, flush=True)
     start = time.monotonic()
     if args.mode == "report":
@@ -456,6 +457,8 @@ def cmd_benchmark(args) -> int:
         for model in models:
             check_model(model)
         datasets = _split_list(args.datasets, ["digits", "shapes", "fashion-mnist"])
+        for dataset in datasets:
+            check_source(dataset)  # before hours of runs, not one failure per run
         from .simulate import parse_overrides
 
         _, table = run_models(
@@ -475,6 +478,7 @@ def cmd_benchmark(args) -> int:
         for strategy in strategies:
             check_strategy(strategy)
         datasets = _split_list(args.datasets, ["digits"])
+        check_source(datasets[0])
         model = _split_list(args.models, ["supervised"])[0]
         _, table = run_strategies(
             datasets[0],
@@ -544,7 +548,9 @@ def register(subparsers) -> None:
         "--target-labels", type=int, default=100, help="strategies mode: random's accuracy here is the target"
     )
     p.add_argument("--out-dir", default="benchmark-results")
-    p.add_argument("--device", default=None)
+    p.add_argument(
+        "--device", default=None, type=device_arg, help="cuda, cuda:N or cpu (default: cuda when present)"
+    )
     p.add_argument("--threads", type=int, default=None, help="torch CPU threads")
     p.add_argument(
         "--config",

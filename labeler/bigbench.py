@@ -27,7 +27,7 @@ import time
 import uuid
 from pathlib import Path
 
-from .config import available_cores
+from .config import available_cores, device_arg
 
 PAGE = 16  # labeler.ui.label.BATCH: the Label page asks for this many images at a time
 
@@ -241,5 +241,7 @@ def register(subparsers) -> None:
     p.add_argument("--labels", type=int, default=100, help="true labels given before the run")
     p.add_argument("--calls", type=int, default=30, help="next_items calls timed before and after the run")
     p.add_argument("--threads", type=int, default=None, help="torch threads")
-    p.add_argument("--device", default=None, help="cpu or cuda (default: cuda when available)")
+    p.add_argument(
+        "--device", default=None, type=device_arg, help="cpu or cuda (default: cuda when available)"
+    )
     p.set_defaults(func=cmd_bigbench)

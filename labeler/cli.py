@@ -204,6 +204,12 @@ def cmd_users(args) -> int:
     return 0
 
 
+def _device_arg(value: str) -> str:
+    from .config import device_arg  # torch only once --device is given
+
+    return device_arg(value)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m labeler",
@@ -239,7 +245,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_backup)
 
     p = sub.add_parser("worker", help="train queued runs in the foreground (e.g. on a GPU machine)")
-    p.add_argument("--device", default=None, help="cuda, cuda:1 or cpu (default: cuda when present)")
+    p.add_argument(
+        "--device", default=None, type=_device_arg, help="cuda, cuda:1 or cpu (default: cuda when present)"
+    )
     p.add_argument("--name", default=None, help="worker name shown with its runs (default worker@HOST:PID)")
     p.add_argument("--poll-s", type=float, default=2.0, help="seconds between looks at the queue")
     p.add_argument("--once", action="store_true", help="process the runs queued now, then exit")

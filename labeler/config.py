@@ -179,6 +179,33 @@ def default_device() -> str:
     return "cuda" if torch.cuda.is_available() else "cpu"
 
 
+def device_arg(value: str) -> str:
+    """The `type` of every command's --device: "cpu", "cuda" or "cuda:N" that this machine has.
+    Anything else is one line and exit 2 from argparse (torch's own error was a traceback, and a
+    worker started on a wrong device waited for runs that could only fail)."""
+    import argparse
+    import re
+
+    import torch
+
+    text = str(value).strip().lower()
+    if text == "cpu":
+        return text
+    match = re.fullmatch(r"cuda(?::([0-9]{1,3}))?", text)
+    if match is None:
+        raise argparse.ArgumentTypeError(f"{value!r} is not a device here: use cpu, cuda or cuda:N")
+    if not torch.cuda.is_available():
+        raise argparse.ArgumentTypeError(
+            "CUDA is not available on this machine (no GPU, or no working driver); use --device cpu or leave it out"
+        )
+    count = torch.cuda.device_count()
+    if match.group(1) is not None and int(match.group(1)) >= count:
+        raise argparse.ArgumentTypeError(
+            f"{value!r}: this machine has {count} GPU(s), cuda:0 to cuda:{count - 1}"
+        )
+    return text
+
+
 def check_int(name: str, value, low: int, high: int) -> int:
     """Return `value` as an int in [low, high], or raise a SettingError saying what is allowed."""
     try:

@@ -30,7 +30,7 @@ from typing import Any
 import numpy as np
 
 from .active import STRATEGIES
-from .config import SettingError, default_device
+from .config import SettingError, default_device, device_arg
 from .data.base import DataError, ImageSet
 from .runspec import RunSpec
 
@@ -251,7 +251,7 @@ def register(subparsers) -> None:
     p.add_argument("--steps", type=int, default=None, help="training steps per round (whichever ends first)")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--out", default=None, help="CSV file: one row per round")
-    p.add_argument("--device", default=None, help="cuda or cpu (default: cuda when present)")
+    p.add_argument("--device", default=None, type=device_arg, help="cuda or cpu (default: cuda when present)")
     p.add_argument(
         "--config", action="append", metavar="KEY=VALUE", help="model setting override (repeatable)"
     )

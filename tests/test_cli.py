@@ -172,3 +172,62 @@ def test_training_threads_default_by_cores_and_are_checked(monkeypatch):
     monkeypatch.setenv("LABELER_TRAIN_THREADS", "0")
     with pytest.raises(SettingError, match="between 1 and 1024"):
         train_threads()
+
+
+@pytest.mark.parametrize(
+    "command",
+    [
+        ["simulate", "--dataset", "digits", "--model", "m2"],
+        ["worker", "--once"],
+        ["benchmark", "--mode", "models"],
+        ["bigbench", "--dataset", "digits"],
+    ],
+)
+def test_a_device_this_machine_lacks_is_one_line_and_exit_2(command, capsys, monkeypatch):
+    """--device tpu (or cuda without CUDA) ended in a 25-line torch traceback, and a worker started
+    on it waited for runs that could only fail; now argparse says what is allowed."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: False)
+    for device, says in (
+        ("tpu", "use cpu, cuda or cuda:N"),
+        ("cuda", "CUDA is not available on this machine"),
+    ):
+        with pytest.raises(SystemExit) as stopped:
+            main([*command, "--device", device])
+        assert stopped.value.code == 2
+        err = capsys.readouterr().err
+        assert f"argument --device: {'' if device == 'cuda' else repr(device) + ' '}" in err and says in err
+        assert "Traceback" not in err
+
+
+def test_device_arg_takes_the_devices_this_machine_has(monkeypatch):
+    import argparse
+
+    import torch
+
+    from labeler.config import device_arg
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    monkeypatch.setattr(torch.cuda, "device_count", lambda: 2)
+    assert [device_arg(d) for d in ("cpu", "CUDA", "cuda:1")] == ["cpu", "cuda", "cuda:1"]
+    with pytest.raises(argparse.ArgumentTypeError, match="this machine has 2 GPU"):
+        device_arg("cuda:2")
+    with pytest.raises(argparse.ArgumentTypeError, match="is not a device"):
+        device_arg("cuda:-1")
+
+
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["--datasets", "nosuch"], "Unknown data source 'nosuch'"),
+        (["--mode", "strategies", "--datasets", "nosuch"], "Unknown data source 'nosuch'"),
+        (["--datasets", "digits", "--seeds", "0"], "--seeds must be between 1 and 1000"),
+    ],
+)
+def test_benchmark_refuses_impossible_inputs_before_running_anything(args, says, tmp_path, capsys):
+    """An unknown data set failed once per run (36 lines for 12 models and 3 seeds) and zero seeds
+    wrote an empty table, both with exit 0."""
+    assert main(["benchmark", "--budget-s", "1", "--out-dir", str(tmp_path / "out"), *args]) == 2
+    assert says in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()

@@ -109,7 +109,21 @@ def read_source(
         return import_folder(path, image_size=image_size, classes=classes, progress=progress)
     if path.is_file() and (path.suffix.lower() == ".zip" or zipfile.is_zipfile(path)):
         return import_zip(path, target=target, image_size=image_size, classes=classes, progress=progress)
-    raise DataError(
+    raise _unknown(source)
+
+
+def check_source(source: str) -> None:
+    """Raise `read_source`'s DataError for a source it would not know, without reading anything
+    (a command that reads its sources one after another checks them all first)."""
+    source = source.strip()
+    kind, sep, _ = source.partition(":")
+    if source in DATASETS or (sep and kind in ("folder", "zip")) or Path(source).exists():
+        return
+    raise _unknown(source)
+
+
+def _unknown(source: str) -> DataError:
+    return DataError(
         f"Unknown data source {source!r}; use {', '.join(DATASETS)}, folder:PATH or zip:PATH "
         "(with a folder or zip that exists)."
     )
@@ -121,6 +135,7 @@ __all__ = [
     "BuiltinDataset",
     "DataError",
     "ImageSet",
+    "check_source",
     "import_folder",
     "import_zip",
     "read_source",
