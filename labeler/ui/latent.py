@@ -464,11 +464,14 @@ def _bulk_label(
         st.session_state["latent_message"] = ("error", f"The labels were not saved: {error}")
         return
     common.ledger(project_id).record(events)
-    text = f"Labeled {len(events)} images at once."
+    text = f"Labeled {len(events)} {_by_count(len(events), 'image', 'images')} at once."
     if outcome:
         text += _relabel_report(outcome)
     elif left := len(item_ids) - len(events):
-        text += f' {left} already had a label and were left as they are (tick "relabel" to change them).'
+        had = _by_count(
+            left, "already had a label and was left as it is", "already had a label and were left as they are"
+        )
+        text += f' {left} {had} (tick "relabel" to change them).'
     st.session_state["latent_message"] = ("success", text)
     try:
         parts.maybe_auto_retrain(project_id)

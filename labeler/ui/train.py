@@ -45,6 +45,9 @@ def _lr_key(model: str) -> str:
 def validated_settings(values: dict) -> RunSpec:
     """The run the form asks for; raises SettingError with one sentence (RunSpec's checks)."""
     model = values["model"]
+    steps = values.get("steps")
+    if isinstance(steps, int | float) and steps < 0:  # RunSpec's range starts at 1: 0 is the form's "none"
+        raise SettingError(f"The step limit must be 0 (none) to {LIMITS['steps'][2]:,}, not {steps:g}.")
     config = {}
     if model in MODELS and "lr" in model_defaults(model) and values.get("lr") is not None:
         config["lr"] = values["lr"]
@@ -246,7 +249,7 @@ def _settings_ui(project: Project) -> None:
             st.number_input(
                 "Learning rate",
                 value=None if lr is None else float(lr),
-                format="%.5f",
+                format="%g",  # "%.5f" showed a rate of 1e-6 as 0.00000
                 step=1e-4,
                 key=_lr_key(model),
                 placeholder="the model's default for these images",

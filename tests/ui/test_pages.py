@@ -169,6 +169,7 @@ def test_validated_settings_refuse_bad_values():
         ("train_budget_s", 0, "between 1"),
         ("train_budget_s", 10**9, "between 1"),
         ("train_every", -5, "between 0 and 100000"),
+        ("train_steps", -1, "to 10,000,000, not"),  # "0 (none) to ...": it said "between 1"
     ],
 )
 def test_out_of_range_settings_are_refused_with_the_range_not_replaced(
@@ -903,3 +904,22 @@ def test_a_bulk_label_from_a_map_redrawn_meanwhile_stores_nothing(Session, tiny_
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {}
     assert "selection changed" in at.error[0].value
+
+
+def test_a_bulk_label_of_two_images_one_labeled_already_counts_in_the_singular(Session, tiny_project):
+    """It said "Labeled 1 images at once. 1 already had a label and were left as they are"."""
+    from ui_helpers import on_screen
+
+    fake_done_run(Session, tiny_project.id)
+    with Session() as session:
+        pool = [i.id for i in queries.items(session, tiny_project.id, "pool")]
+    with Session.begin() as session:
+        queries.add_label(session, pool[0], 0, annotator="bob")
+    at = page_app("latent", tiny_project.id)
+    _send(at, on_screen(at), pool[:2])
+    seen = on_screen(at)
+    button(seen, "bulk_apply").click()
+    _send(at, seen, pool[:2])
+    assert not at.exception
+    (shown,) = [m.value.replace("\\", "") for m in at.success]  # as_typed escapes Markdown
+    assert shown.startswith("Labeled 1 image at once. 1 already had a label and was left as it is (tick")
