@@ -174,15 +174,25 @@ def run_report(
     return summarize(y_true, y_pred, num_classes) | {"source": split}
 
 
+# The answers given with the model's guess on screen for that image: the one-image box and grid
+# pages. A bulk label names one class for a whole selection, a History correction changes an
+# earlier answer, and audit images never show a guess: no verdict on the guess, so left out.
+_GUESS_SHOWN = ("single", "grid")
+
+
 def _answers_to_guesses(session: Session, project_id: int) -> pd.DataFrame:
-    """Current answers that were given with a model guess on screen: run_id (the run that
-    guessed), answer, guess; one row per answer."""
+    """Answers not undone that were given with a model guess on screen (`_GUESS_SHOWN`, never on
+    an audit image): run_id (the run that guessed), answer, guess; one row per answer."""
     rows = session.execute(
-        select(LabelEvent.predicted_run_id, LabelEvent.class_index, LabelEvent.predicted_index).where(
+        select(LabelEvent.predicted_run_id, LabelEvent.class_index, LabelEvent.predicted_index)
+        .join(Item, Item.id == LabelEvent.item_id)
+        .where(
             LabelEvent.project_id == project_id,
             LabelEvent.undone.is_(False),
             LabelEvent.predicted_index.is_not(None),
             LabelEvent.class_index >= 0,  # an "ignore" answer is no verdict on the guess
+            LabelEvent.kind.in_(_GUESS_SHOWN),
+            Item.split != AUDIT,
         )
     ).all()
     return pd.DataFrame(rows, columns=["run_id", "answer", "guess"])

@@ -83,3 +83,12 @@ def test_learning_curve_report_and_agreement(Session, tiny_project):
         assert evaluate.run_report(session, run.id, split="audit") is None  # no audit labels here
         agreement = evaluate.label_agreement(session, pid)
         assert agreement["n"] == 2 and agreement["agree"] == 1 and agreement["low"] < 0.5 < agreement["high"]
+    with Session.begin() as session:
+        pool = [i for i in queries.items(session, pid) if i.split == "pool"]
+        # No guess on screen for these: a bulk label, a History correction, an audit image.
+        queries.add_label(session, pool[2], (pool[2].truth + 1) % 2, kind="bulk")
+        queries.add_label(session, pool[0], (pool[0].truth + 1) % 2, kind="correction")
+        pool[3].split = "audit"  # an audit image: its guess is never shown
+        queries.add_label(session, pool[3], (pool[3].truth + 1) % 2)
+    with Session() as session:  # none of them is a verdict on a guess shown: the same count
+        assert evaluate.label_agreement(session, pid) == agreement

@@ -214,8 +214,9 @@ def progress_page() -> None:
             delta_arrow="off",
         )
         right.caption(
-            "On the hard images the queue picks this understates accuracy: it says how useful the "
-            "guesses are, not how accurate the model is."
+            "Answers given with the guess on screen (one image, grid; not bulk labels, History "
+            "corrections or audit images). On the hard images the queue picks this understates "
+            "accuracy: it says how useful the guesses are, not how accurate the model is."
         )
         if len(by_run) > 1:
             right.plotly_chart(agreement_figure(by_run), key="agreement_by_run")
