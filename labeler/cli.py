@@ -12,6 +12,8 @@ import sys
 
 from tqdm import tqdm
 
+from .config import device_arg  # torch only once a --device is given
+
 # Modules that add their own sub-commands through `register(subparsers)`.
 # They import torch only when a command runs, so `--help`, `import` and `projects` start quickly.
 _REGISTERING_MODULES = [
@@ -204,12 +206,6 @@ def cmd_users(args) -> int:
     return 0
 
 
-def _device_arg(value: str) -> str:
-    from .config import device_arg  # torch only once --device is given
-
-    return device_arg(value)
-
-
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="python -m labeler",
@@ -246,7 +242,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="train queued runs in the foreground (e.g. on a GPU machine)")
     p.add_argument(
-        "--device", default=None, type=_device_arg, help="cuda, cuda:1 or cpu (default: cuda when present)"
+        "--device", default=None, type=device_arg, help="cuda, cuda:1 or cpu (default: cuda when present)"
     )
     p.add_argument("--name", default=None, help="worker name shown with its runs (default worker@HOST:PID)")
     p.add_argument("--poll-s", type=float, default=2.0, help="seconds between looks at the queue")

@@ -221,6 +221,7 @@ def test_device_arg_takes_the_devices_this_machine_has(monkeypatch):
     ("args", "says"),
     [
         (["--datasets", "nosuch"], "Unknown data source 'nosuch'"),
+        (["--datasets", "digits,folder:/no/such/folder"], "Unknown data source 'folder:/no/such/folder'"),
         (["--mode", "strategies", "--datasets", "nosuch"], "Unknown data source 'nosuch'"),
         (["--datasets", "digits", "--seeds", "0"], "--seeds must be between 1 and 1000"),
     ],

@@ -116,8 +116,16 @@ def check_source(source: str) -> None:
     """Raise `read_source`'s DataError for a source it would not know, without reading anything
     (a command that reads its sources one after another checks them all first)."""
     source = source.strip()
-    kind, sep, _ = source.partition(":")
-    if source in DATASETS or (sep and kind in ("folder", "zip")) or Path(source).exists():
+    kind, sep, rest = source.partition(":")
+    if sep and kind in ("folder", "zip"):
+        path = Path(rest)
+    elif source in DATASETS:
+        return
+    else:
+        path, kind = Path(source), "folder" if Path(source).is_dir() else "zip"
+    if (kind == "folder" and path.is_dir()) or (
+        kind == "zip" and path.is_file() and zipfile.is_zipfile(path)
+    ):
         return
     raise _unknown(source)
 

@@ -209,19 +209,32 @@ def _short(error: Exception) -> str:
     return text[:120]
 
 
+def is_deep(img: Image.Image) -> bool:
+    """A 16-bit, 32-bit integer or float grey image (one `eight_bit` converts)."""
+    return img.mode in ("I", "F") or img.mode.startswith("I;16")
+
+
+def eight_bit(img: Image.Image) -> Image.Image:
+    """A deep grey image (`is_deep`) as 8-bit grey, as the model sees it: 16-bit values scaled by
+    1/257, 32-bit integer and float values outside 0..255 stretched from their own min..max. The
+    Label page shows it through this too (PIL's own conversion clips at 255: a 16-bit image showed
+    almost white)."""
+    values = np.asarray(img, dtype=np.float64)  # (H, W)
+    if img.mode.startswith("I;16"):
+        values = values / 257.0
+    elif values.size and (values.min() < 0 or values.max() > 255):
+        low, high = values.min(), values.max()
+        values = (values - low) * (255.0 / max(high - low, 1e-12))
+    return Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+
+
 def _to_array(img: Image.Image, size: int, channels: int) -> np.ndarray:
     try:
         img = ImageOps.exif_transpose(img) or img
     except Exception:  # noqa: BLE001, S110 - a broken EXIF block: the pixels are fine, keep them unrotated
         pass
-    if img.mode == "I" or img.mode == "F" or img.mode.startswith("I;16"):
-        values = np.asarray(img, dtype=np.float64)  # (H, W)
-        if img.mode.startswith("I;16"):
-            values = values / 257.0
-        elif values.size and (values.min() < 0 or values.max() > 255):
-            low, high = values.min(), values.max()
-            values = (values - low) * (255.0 / max(high - low, 1e-12))
-        img = Image.fromarray(np.clip(np.rint(values), 0, 255).astype(np.uint8), "L")
+    if is_deep(img):
+        img = eight_bit(img)
     elif img.mode in ("RGBA", "LA", "La", "RGBa", "PA") or "transparency" in img.info:
         rgba = img.convert("RGBA")
         img = Image.alpha_composite(Image.new("RGBA", rgba.size, (255, 255, 255, 255)), rgba)

@@ -49,8 +49,9 @@ _PERSONAL_KEYS = (
 # undo), the held grid page and the grid pages accepted ("grid-page-ID", "grid-accepted-ID": the
 # next person would get the held page, claimed under the new name), the grid tiles chosen with
 # the mouse and the keys pressed on them, and the names a refused page was shown under
-# ("grid-choices-ID", "grid-keyed-ID", "grid-names-seen-ID"), the box's refused answers and the images sent to it ("box-refused-ID",
-# "box-sent-ID"), and the History tiles on screen, changed and the names they were drawn under
+# ("grid-choices-ID", "grid-keyed-ID", "grid-names-seen-ID"), the box's refused answers, its
+# answers the server took back for a U it could not name, and the images sent to it
+# ("box-refused-ID", "box-undone-ID", "box-sent-ID"), and the History tiles on screen, changed and the names they were drawn under
 # ("hist-seen-ID", "hist-chosen-ID", "hist-names-ID"), and the class last chosen for a bulk label
 # ("bulk-chosen-ID").
 _PERSONAL_PREFIXES = (
@@ -61,6 +62,7 @@ _PERSONAL_PREFIXES = (
     "grid-keyed-",
     "grid-names-seen-",
     "box-refused-",
+    "box-undone-",
     "box-sent-",
     "hist-seen-",
     "hist-chosen-",

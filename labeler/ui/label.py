@@ -38,6 +38,7 @@ from db import runs as run_queries
 from db.models import AUDIT, IGNORED, POOL, Item, LabelEvent, Project
 
 from .. import answers, projects, queue
+from ..data import images
 from . import account, common, parts
 
 log = logging.getLogger(__name__)
@@ -114,6 +115,8 @@ def _data_url(project_id: int, row: int, path: str | None, max_side: int = 720) 
         image = None
     if image is None:
         image = Image.fromarray(projects.image(project_id, row))
+    if images.is_deep(image):  # as the model sees it (PIL's convert clips 16-bit values at 255)
+        image = images.eight_bit(image)
     if image.mode not in ("RGB", "RGBA", "L"):
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     image.thumbnail((max_side, max_side))
@@ -977,15 +980,16 @@ def unsaved_words(count: int) -> str:
     return f"History changes not saved yet: {count}."
 
 
-def unsaved_note(current: bool = True) -> None:
+def unsaved_note(current: bool = True, anywhere: int | None = None) -> None:
     """A sidebar line while History changes wait to be saved, so the person goes back before a
     logout or a reload drops them: those of the current project (`current`: app.py leaves them to
     the Label page, which says it beside its History), and on every page those of the session's
-    other projects, which nothing else shows while another project is open."""
+    other projects, which nothing else shows while another project is open (`anywhere`: their
+    count in every project, `unsaved_anywhere`, when the caller has it)."""
     here = unsaved_corrections(st.session_state.get("project_id"))
     if here and current:
         st.sidebar.warning(f"{unsaved_words(here)} Label, History saves them.")
-    elsewhere = unsaved_anywhere() - here
+    elsewhere = (unsaved_anywhere() if anywhere is None else anywhere) - here
     if elsewhere:
         st.sidebar.warning(
             f"History changes not saved yet in another project: {elsewhere}. "
@@ -1216,10 +1220,11 @@ def label_page() -> None:
     unsaved = unsaved_corrections(project.id)
     if unsaved and mode != "History":  # kept for the History (`_with_unsaved`): say they wait
         notes.info(f"{unsaved_words(unsaved)} Open History to save them.")
-    if mode == "Grid":
-        _grid(project.id, names)
-    elif mode == "History":
-        _history(project.id, names)
-    else:
-        _one_image(project, names, annotator, has_model)
+    with st.container():  # whatever a mode draws, the Classes panel after it keeps its place
+        if mode == "Grid":
+            _grid(project.id, names)
+        elif mode == "History":
+            _history(project.id, names)
+        else:
+            _one_image(project, names, annotator, has_model)
     _classes_panel(project.id, names)

@@ -43,6 +43,7 @@ function newState(root) {
     restored: [], // undone items, shown first
     again: [], // items whose answer the server refused, shown right after the one on screen
     undoneLast: new Set(), // undo_last actions whose image this box has shown again
+    undoLast: null, // the newest undo_last: {action, seq} (see restoreUndone)
     current: null,
     gone: null, // the image on screen, if it was answered elsewhere (or removed) since it showed
     timer: null,
@@ -130,7 +131,8 @@ function act(s, type, item, extra) {
   const action = { id: `${s.mount}-${s.seq}`, type, ...(item ? { item: item.id } : {}), ...(extra || {}) };
   s.pending.push(action);
   keep(s);
-  if (!s.timer) s.timer = setTimeout(() => flush(s), Math.max(0, s.lastSend + SEND_EVERY_MS - Date.now()));
+  // After a click on a page link the guard on the next page sends them (onNavClick).
+  if (!s.timer && !s.navHold) s.timer = setTimeout(() => flush(s), Math.max(0, s.lastSend + SEND_EVERY_MS - Date.now()));
   return action;
 }
 
@@ -160,7 +162,8 @@ function undo(s) {
     // Drawn anew (after another mode or page, and back), this box has no undo history of its own;
     // the server knows this session's answers, takes back the newest and sends its image first
     // (data.undone), or says there is nothing to undo.
-    act(s, "undo_last", null);
+    const action = act(s, "undo_last", null);
+    s.undoLast = { action: action.id, seq: s.seq };
     s.notice = "Undoing your last answer…";
     draw(s);
     return;
@@ -189,8 +192,10 @@ function restoreRefused(s, actionIds) {
   });
 }
 
-// Images opened again by an undo_last (see undo): shown at once, as for an undo here, each once.
-// The server lists them on every run while the image is on the page it sent.
+// Images opened again by an undo_last (see undo), each once; the server lists them on every run
+// while the image is on the page it sent. Shown at once, as for an undo here, only while nothing
+// was pressed since the U: a key pressed meanwhile was meant for the image on screen, which then
+// stays, and the undone image comes right after it.
 function restoreUndone(s, undone) {
   undone.forEach(([action, id]) => {
     if (s.undoneLast.has(action)) return;
@@ -198,8 +203,16 @@ function restoreUndone(s, undone) {
     if (!item) return;
     s.undoneLast.add(action);
     s.answered.delete(id);
-    s.restored = [item, ...s.restored.filter((i) => i.id !== id)];
-    if (s.notice === "Undoing your last answer…") s.notice = "Undone: that image is back.";
+    const waited = s.undoLast && s.undoLast.action === action && s.undoLast.seq === s.seq;
+    s.restored = s.restored.filter((i) => i.id !== id);
+    s.again = s.again.filter((i) => i.id !== id);
+    if (waited) {
+      s.restored.unshift(item);
+      s.notice = "Undone: that image is back.";
+    } else {
+      s.again.unshift(item);
+      s.notice = `Undone: image #${id} comes back after this one.`;
+    }
   });
 }
 
@@ -274,6 +287,10 @@ function onKey(s, event) {
 function draw(s) {
   const d = s.data;
   const items = queue(s);
+  // The image on screen keeps the guess it came with, but takes the caption the page has now
+  // (file names turned on or off), wherever it was kept (restored, skipped, on screen).
+  const fresh = items[0] && (d.items || []).find((i) => i.id === items[0].id);
+  if (fresh && fresh.caption !== items[0].caption) items[0] = { ...items[0], caption: fresh.caption };
   s.current = items[0] || null;
   // Decode the next images ahead of time so showing one costs no network or decode wait.
   items.slice(1, 4).forEach((i) => {
@@ -337,22 +354,24 @@ function draw(s) {
   box.append(el("div", { class: "lb-main" }, [el("div", { class: "lb-left" }, [frame, caption]), el("div", { class: "lb-right" }, [guess, buttons, tools])]));
 }
 
-// A click on a page link in the sidebar while answers wait for the send timer: the send would
-// ask for a rerun of this page a moment after the click asked for the other page, and often won
-// (the click was lost; the person clicked again). The timer stops: the answers wait in storage,
-// and the guard on the next page sends them (unsent_guard.js). Should the page not change (its
-// own link), they go a moment later.
+// A click on a link to another page in the sidebar while answers wait for the send timer: the
+// send would ask for a rerun of this page a moment after the click asked for the other page, and
+// often won (the click was lost; the person clicked again). The box sends nothing more: the
+// answers wait in storage, and the guard on the next page sends them (unsent_guard.js); keys
+// pressed before the page goes wait there too. Should the page not have changed after 10 s (a
+// click that went nowhere), the box sends them itself.
 function onNavClick(s, event) {
   const link = event.target && event.target.closest && event.target.closest('[data-testid="stSidebarNav"] a');
-  if (!link || !s.timer) return;
+  if (!link || !s.pending.length) return;
+  const from = window.location.pathname;
+  if (new URL(link.href, window.location.href).pathname === from) return;
   clearTimeout(s.timer);
   s.timer = null;
-  const from = window.location.pathname;
   clearTimeout(s.navHold);
   s.navHold = setTimeout(() => {
     s.navHold = null;
-    if (window.location.pathname === from && s.pending.length && !s.timer) flush(s);
-  }, 1500);
+    if (window.location.pathname === from && s.pending.length) flush(s);
+  }, 10000);
 }
 
 // A box's state leaves the page: its key, click and leave listeners go, and it is counted out of
@@ -412,10 +431,6 @@ export default function (component) {
   s.pending = s.pending.filter((a) => !acked.has(a.id));
   keep(s);
   s.data = data;
-  // The image on screen keeps the guess it came with, but takes the caption the page has now
-  // (file names turned on or off).
-  const fresh = s.current && (data.items || []).find((i) => i.id === s.current.id);
-  if (fresh && fresh.caption !== s.current.caption) s.current = { ...s.current, caption: fresh.caption };
   restoreRefused(s, data.refused || []);
   restoreUndone(s, data.undone || []);
   // Applied and nothing came back (the server's notice says why): the "Undoing" line goes.

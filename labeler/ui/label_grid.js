@@ -40,6 +40,10 @@ function onKey(g, event) {
   if (typedIn(target) || (target && target.getAttribute && target.getAttribute("role") === "combobox")) return;
   const tiles = g.data.tiles;
   if (!tiles.length) return;
+  // A grid taken off the page (One image, History, another page) can keep its listener a while:
+  // its keys then set tiles nobody sees. With a Label box on the page (label_box.js counts them),
+  // the keys are the box's.
+  if (!tileParts(tiles[0]).length || (window.__labelerBoxes || 0) > 0) return;
   const columns = g.data.columns || 4;
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
   const move = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns, ArrowUp: -columns }[key];

@@ -131,7 +131,9 @@ def test_u_after_switching_mode_and_back_takes_back_the_last_answers(server, pag
     wait_for(lambda: stored(server, pressed, "undoer"), timeout=30)
     page.get_by_text("Grid", exact=True).click()
     page.locator("[class*='st-key-accept_grid-']").wait_for()
+    page.wait_for_function("() => window.__labelerBoxes === 0")  # the box is gone, its history with it
     page.get_by_text("One image", exact=True).click()
+    page.wait_for_function("() => window.__labelerBoxes === 1")
     settle(page)
     shown(page)
     for back in (second, first):
@@ -143,6 +145,37 @@ def test_u_after_switching_mode_and_back_takes_back_the_last_answers(server, pag
     page.keyboard.press("u")
     page.get_by_test_id("lb-notice").filter(has_text="Nothing to undo in this session.").wait_for()
     assert shown(page) == first
+
+
+def test_a_key_pressed_while_an_undo_last_waits_labels_the_image_on_screen(server, page):
+    """U in a box drawn anew waits for the server; a key pressed meanwhile is for the image on
+    screen and labels it, and the image on screen when the server answers stays: the undone image
+    comes right after it, not in its place."""
+    page.goto(f"{server['url']}/?annotator=impatient")
+    settle(page)
+    saved(page)
+    first = shown(page)
+    page.keyboard.press("1")
+    wait_for(lambda: stored(server, {first: 0}, "impatient"), timeout=30)
+    page.get_by_text("Grid", exact=True).click()
+    page.locator("[class*='st-key-accept_grid-']").wait_for()
+    page.wait_for_function("() => window.__labelerBoxes === 0")  # the box is gone, its history with it
+    page.get_by_text("One image", exact=True).click()
+    page.wait_for_function("() => window.__labelerBoxes === 1")
+    settle(page)
+    on_screen = shown(page)
+    page.keyboard.press("u")
+    page.keyboard.press("2")  # at once, before the server answers the U
+    wait_for(lambda: stored(server, {on_screen: 1}, "impatient"), timeout=30)
+    page.get_by_test_id("lb-notice").filter(
+        has_text=f"Undone: image #{first} comes back after this one."
+    ).wait_for()
+    assert answers_of(server["Session"], [first])[first] == []
+    now = shown(page)  # the image on screen when the server answered stays
+    assert now not in (first, on_screen)
+    page.keyboard.press("1")
+    wait_for(lambda: shown(page) == first, timeout=30)
+    wait_for(lambda: stored(server, {now: 0}, "impatient"), timeout=30)
 
 
 def test_a_key_after_clicking_a_toggle_labels_the_image(server, page):

@@ -807,3 +807,31 @@ def test_the_rename_selector_reads_a_label_from_before_a_rename():
 
     values = (1, "2: dark", "12: a: b", "dark", "0: dark", None)
     assert [label._rename_choice(v) for v in values] == [1, 1, 11, None, None, None]
+
+
+def test_a_16_bit_image_is_shown_as_the_model_sees_it(tmp_path, monkeypatch):
+    """PIL's convert clips 16-bit values at 255: a 16-bit PNG showed almost white on the Label
+    page while the model saw its shapes (16-bit values scaled by 1/257)."""
+    import base64
+    import io
+
+    import numpy as np
+
+    from labeler import projects
+    from labeler.data import images
+    from labeler.ui import label
+
+    values = np.full((40, 40), 20_000, dtype=np.uint16)
+    values[10:30, 10:30] = 60_000  # a bright square on a mid-grey ground
+    path = tmp_path / "deep.png"
+    Image.fromarray(values).save(path)
+    assert Image.open(path).mode.startswith("I;16")
+    monkeypatch.setattr(projects, "local_file", lambda p: path)
+    url = label._data_url(1, 0, str(path))
+    shown = np.asarray(Image.open(io.BytesIO(base64.b64decode(url.split(",", 1)[1]))).convert("L"))
+    model = images.decode_image(path.read_bytes(), 40, 1)[0]
+    assert (
+        abs(int(shown[0, 0]) - round(20_000 / 257)) <= 1 and abs(int(shown[-1, -1]) - int(model[-1, -1])) <= 1
+    )
+    middle = shown.shape[0] // 2
+    assert abs(int(shown[middle, middle]) - round(60_000 / 257)) <= 1

@@ -792,6 +792,7 @@ def test_a_new_annotator_name_starts_clean_as_a_login_does(Session, tiny_project
     at = page_app("project", tiny_project.id, annotator="alice")
     at.session_state[f"ledger-{tiny_project.id}"] = answers.Ledger(entries=[[1]])
     at.session_state[f"grid-page-{tiny_project.id}"] = [1, 2, 3]
+    at.session_state[f"box-undone-{tiny_project.id}"] = [["a-1", 1]]  # a U the server took back
     at.session_state[f"hist-chosen-{tiny_project.id}"] = {(1, 1): "dark"}  # a History change
     at.text_input(key="annotator_input").input("alice").run()
     assert f"grid-page-{tiny_project.id}" in at.session_state
@@ -807,6 +808,7 @@ def test_a_new_annotator_name_starts_clean_as_a_login_does(Session, tiny_project
     assert at.session_state["annotator"] == "bob"
     assert f"ledger-{tiny_project.id}" not in at.session_state
     assert f"grid-page-{tiny_project.id}" not in at.session_state
+    assert f"box-undone-{tiny_project.id}" not in at.session_state
     assert not at.warning
 
 
