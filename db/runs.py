@@ -114,6 +114,20 @@ def active_runs(session: Session, project_id: int | None = None) -> list[Run]:
     return list(session.scalars(query.order_by(Run.id)))
 
 
+def labels_counted(session: Session, project_id: int) -> int:
+    """The pool labels the newest run that started had (auto-retrain counts new labels from
+    here): a run killed with its server (INTERRUPTED) trained no model on its labels, so the one
+    before it counts; a failed or cancelled one counts (or a failing model would be queued again
+    at every label, and a person's cancel undone by the next)."""
+    used = session.scalar(
+        select(Run.labels_used)
+        .where(Run.project_id == project_id, Run.started_at.is_not(None), Run.status != INTERRUPTED)
+        .order_by(Run.started_at.desc(), Run.id.desc())
+        .limit(1)
+    )
+    return int(used or 0)
+
+
 def latest_done_run(session: Session, project_id: int, model: str | None = None) -> Run | None:
     query = select(Run).where(Run.project_id == project_id, Run.status == DONE)
     if model is not None:

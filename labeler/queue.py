@@ -144,7 +144,8 @@ def _next_in(
 
 def should_auto_retrain(session: Session, project_id: int) -> bool:
     """True when `auto_retrain_every` (project setting, default 10; 0 = off) new pool labels have
-    arrived since the newest run that started, and no run is already queued."""
+    arrived since the newest run that started (`runs.labels_counted`: not one killed with its
+    server), and no run is already queued."""
     project = session.get(Project, project_id)
     if project is None:
         return False
@@ -153,13 +154,7 @@ def should_auto_retrain(session: Session, project_id: int) -> bool:
         return False
     if session.scalar(select(Run.id).where(Run.project_id == project_id, Run.status == QUEUED).limit(1)):
         return False
-    last = session.scalars(
-        select(Run)
-        .where(Run.project_id == project_id, Run.started_at.is_not(None))
-        .order_by(Run.started_at.desc(), Run.id.desc())
-        .limit(1)
-    ).first()
-    used = last.labels_used if last is not None else 0
+    used = run_queries.labels_counted(session, project_id)
     return len(run_queries.pool_labels(session, project_id)) - used >= every
 
 

@@ -525,3 +525,34 @@ def test_a_starting_worker_warms_up_before_its_first_run(Session, project, monke
     queue(Session, project.id)
     Worker(Session, device="cpu").run_forever(until_idle=True)
     assert order[:2] == ["warm-up", "run"]
+
+
+def test_a_run_killed_with_its_server_does_not_count_as_having_used_its_labels(Session, project):
+    """A run marked interrupted trained no model on its labels: auto-retrain and the Train page
+    counted new labels from it ("0 new labels since the last run"), so nothing retrained until N
+    more labels came. They count from the run before it; a failed or cancelled run still counts
+    (a failing model is not queued again at every label, a cancel is not undone by the next)."""
+    from db.models import CANCELLED, FAILED, Run, utcnow
+    from labeler.ui import parts
+
+    with Session.begin() as session:
+        p = session.get(type(project), project.id)
+        p.settings = {**p.settings, "auto_retrain_every": 5}
+        n = len(run_queries.pool_labels(session, project.id))
+        session.add(
+            Run(project_id=project.id, model="m2", status=DONE, labels_used=n - 5, started_at=utcnow())
+        )
+        session.flush()
+        killed = Run(
+            project_id=project.id, model="m2", status=INTERRUPTED, labels_used=n, started_at=utcnow()
+        )
+        session.add(killed)
+    with Session() as session:
+        assert label_queue.should_auto_retrain(session, project.id)
+        assert parts.labels_since_last_run(session, project.id) == 5
+    for status in (FAILED, CANCELLED):
+        with Session.begin() as session:
+            session.get(Run, killed.id).status = status
+        with Session() as session:
+            assert not label_queue.should_auto_retrain(session, project.id)
+            assert parts.labels_since_last_run(session, project.id) == 0

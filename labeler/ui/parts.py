@@ -87,9 +87,9 @@ def status_line(active: list[Run]) -> str:
 
 def labels_since_last_run(session, project_id: int) -> int:
     """Pool labels added since the newest run that started (what auto-retrain counts)."""
-    started = [r for r in run_queries.list_runs(session, project_id) if r.started_at is not None]
-    used = started[0].labels_used if started else 0
-    return max(0, len(run_queries.pool_labels(session, project_id)) - used)
+    return max(
+        0, len(run_queries.pool_labels(session, project_id)) - run_queries.labels_counted(session, project_id)
+    )
 
 
 def class_counts(session, project_id: int, names: list[str]) -> pd.DataFrame:
