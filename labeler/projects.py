@@ -219,9 +219,16 @@ def _folder_of(source: str) -> Path | None:
 
 
 def _settings_and_classes(
-    found: list[str], classes: list[str] | None, audit_size: int | None
+    found: list[str], classes: list[str] | None, audit_size: int | None, subfolders=()
 ) -> tuple[list[str], dict]:
+    """`subfolders`: a few folders of a flat set (images at its top level make it flat)."""
     class_list = list(found) or [c.strip() for c in (classes or []) if c.strip()]
+    if not class_list and subfolders:
+        raise ValueError(
+            "Images at the top level of this folder make it a flat set, so its folders "
+            f"({', '.join(subfolders)}) are not classes: move those images into class folders to use "
+            "the folders as classes, or give the class names."
+        )
     if not class_list:
         raise ValueError("This data set has no class folders: give the class names (e.g. cat, dog).")
     if len(set(class_list)) != len(class_list):
@@ -274,7 +281,7 @@ def _create_staged(
 
     try:
         staged = stage.stage_folder(path, scratch, progress=progress)
-        class_list, settings = _settings_and_classes(staged.classes, classes, audit_size)
+        class_list, settings = _settings_and_classes(staged.classes, classes, audit_size, staged.subfolders)
     except ValueError:  # refused data or settings, a full disk: nothing worth continuing
         shutil.rmtree(scratch, ignore_errors=True)
         raise
@@ -350,7 +357,10 @@ def _create(
     seed: int,
     scratch: Path | None,
 ) -> Project:
-    class_list, settings = _settings_and_classes(images.classes, classes, audit_size)
+    subfolders = (
+        sorted({key.split("/")[0] for key in images.keys if "/" in key})[:5] if not images.classes else []
+    )
+    class_list, settings = _settings_and_classes(images.classes, classes, audit_size, subfolders)
     if len(images.pixels) == 0:
         reasons = "; ".join(f"{p}: {r}" for p, r in images.skipped[:5])
         raise DataError(f"No image could be imported from {source}. {reasons}")

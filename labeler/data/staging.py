@@ -79,6 +79,9 @@ class Staged:
     shape: tuple[int, int, int]
     classes: list[str]
     class_folders: bool  # keys start with a class folder (truth known)
+    # A flat set with images in folders too (a few of those folders): images at the top level
+    # make the set flat, so its folders are not classes (the project page says why).
+    subfolders: tuple[str, ...] = ()
 
     @property
     def pixels_path(self) -> Path:
@@ -269,8 +272,15 @@ def stage_folder(
             raise DataError(_nothing_imported(str(path), reasons + [("", "")] * (n_skipped - len(reasons))))
         flat = db.execute("SELECT count(*) FROM items WHERE instr(key, '/') = 0").fetchone()[0]
         channels, size = int(meta["channels"]), int(meta["size"])
+        subfolders: tuple[str, ...] = ()
         if flat:
             class_names, class_folders = list(classes or []), False
+            subfolders = tuple(
+                name
+                for (name,) in db.execute(
+                    "SELECT DISTINCT substr(key, 1, instr(key, '/') - 1) FROM items WHERE instr(key, '/') > 0 LIMIT 5"
+                )
+            )
         else:
             found = [
                 name
@@ -287,7 +297,9 @@ def stage_folder(
     finally:
         db.close()
     _truncate(staging / meta["pixels"], count)
-    return Staged(staging, meta["pixels"], count, (channels, size, size), class_names, class_folders)
+    return Staged(
+        staging, meta["pixels"], count, (channels, size, size), class_names, class_folders, subfolders
+    )
 
 
 def _stage(

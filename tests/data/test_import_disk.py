@@ -286,3 +286,21 @@ def test_what_a_killed_import_left_is_swept_a_day_later(Session, tmp_path):
     projects.create_project(Session, "pets", f"zip:{class_zip(tmp_path / 'pets.zip')}", audit_size=0)
     assert not stale.exists() and not upload.exists()
     assert (fresh / "cat" / "1.png").exists(), "an import still running must be left alone"
+
+
+@pytest.mark.parametrize("kind", ["folder", "zip"])
+def test_a_stray_image_beside_class_folders_says_why_the_folders_are_not_classes(Session, tmp_path, kind):
+    """One image at the top level makes the set flat (a flat set may have folders), so its class
+    folders are no classes; the refusal said "This data set has no class folders" while there
+    were five. It says why and names them."""
+    entries = [(f"{cls}/{i}.png", png(i + 10 * n)) for n, cls in enumerate(["cat", "dog"]) for i in range(3)]
+    entries.append(("stray.png", png(99)))
+    if kind == "zip":
+        source = f"zip:{make_zip(tmp_path / 'pets.zip', entries)}"
+    else:
+        for name, data in entries:
+            (tmp_path / "pets" / name).parent.mkdir(parents=True, exist_ok=True)
+            (tmp_path / "pets" / name).write_bytes(data)
+        source = f"folder:{tmp_path / 'pets'}"
+    with pytest.raises(ValueError, match=r"make it a flat set, so its folders \(cat, dog\) are not classes"):
+        projects.create_project(Session, f"pets-{kind}", source)
