@@ -173,7 +173,8 @@ def export_page() -> None:
     common.require_admin("export")
     project = common.current_project()
     with common.session_factory()() as session:
-        n_labeled = queries.label_count(session, project.id)
+        n_labeled = len(queries.current_labels(session, project.id))  # "ignore" answers are not exported
+        n_ignored = queries.label_count(session, project.id) - n_labeled
         has_model = queries.latest_done_run_id(session, project.id) is not None
     prepared = st.session_state.get("export_files")
     mine = prepared.get("folder") if prepared and prepared["project"] == project.id else None
@@ -184,6 +185,7 @@ def export_page() -> None:
     st.title(f"Export · {common.as_typed(project.name)}")
     st.write(
         f"{n_labeled} labeled images"
+        + (f" ({n_ignored} more answered 'ignore', which are not exported)" if n_ignored else "")
         + ("; the newest finished model is included." if has_model else "; no trained model yet.")
     )
     if st.button("Prepare the export", key="export_prepare", type="primary"):

@@ -17,7 +17,7 @@ from ui_helpers import PAGES, box_data, button, fake_done_run, label_items, page
 
 from db import queries
 from db import runs as run_queries
-from db.models import DONE, LabelEvent, Project
+from db.models import DONE, IGNORED, LabelEvent, Project
 from labeler import projects
 from labeler.config import SettingError
 from labeler.runspec import RunSpec
@@ -615,7 +615,14 @@ def test_generated_images_panel_shows_one_row_per_class(Session, tiny_project, t
 
 def test_export_page_offers_the_data_set(Session, tiny_project):
     label_items(Session, tiny_project.id, 6)
+    with Session.begin() as session:  # an "ignore" answer: not exported, and the count says so
+        labeled = queries.current_labels(session, tiny_project.id)
+        spare = next(i for i in queries.items(session, tiny_project.id, "pool") if i.id not in labeled)
+        queries.add_label(session, spare, IGNORED, annotator="bob")
     at = page_app("export", tiny_project.id)
+    assert at.markdown[0].value.startswith(
+        "6 labeled images (1 more answered 'ignore', which are not exported)"
+    )
     assert not at.get("download_button")
     at.button(key="export_prepare").click().run()
     assert not at.exception and not at.error
