@@ -119,6 +119,17 @@ def test_a_key_just_before_opening_another_page_is_kept(server, page):
     wait_for(lambda: stored(server, pressed, "nav"), timeout=30)
 
 
+def box_drawn_anew(page) -> None:
+    """Grid, then One image again: the Label box is taken off the page (its undo history with it)
+    and drawn anew."""
+    page.get_by_text("Grid", exact=True).click()
+    page.locator("[class*='st-key-accept_grid-']").wait_for()
+    page.wait_for_function("() => window.__labelerBoxes === 0")
+    page.get_by_text("One image", exact=True).click()
+    page.wait_for_function("() => window.__labelerBoxes === 1")
+    settle(page)
+
+
 def test_u_after_switching_mode_and_back_takes_back_the_last_answers(server, page):
     """The box keeps its undo history in the tab, and a box drawn anew (after another mode or
     page, and back) had none: U said "Nothing to undo in this session." and the person had to
@@ -129,12 +140,7 @@ def test_u_after_switching_mode_and_back_takes_back_the_last_answers(server, pag
     first, second = pressed
     saved(page)
     wait_for(lambda: stored(server, pressed, "undoer"), timeout=30)
-    page.get_by_text("Grid", exact=True).click()
-    page.locator("[class*='st-key-accept_grid-']").wait_for()
-    page.wait_for_function("() => window.__labelerBoxes === 0")  # the box is gone, its history with it
-    page.get_by_text("One image", exact=True).click()
-    page.wait_for_function("() => window.__labelerBoxes === 1")
-    settle(page)
+    box_drawn_anew(page)
     shown(page)
     for back in (second, first):
         page.keyboard.press("u")
@@ -157,12 +163,7 @@ def test_a_key_pressed_while_an_undo_last_waits_labels_the_image_on_screen(serve
     first = shown(page)
     page.keyboard.press("1")
     wait_for(lambda: stored(server, {first: 0}, "impatient"), timeout=30)
-    page.get_by_text("Grid", exact=True).click()
-    page.locator("[class*='st-key-accept_grid-']").wait_for()
-    page.wait_for_function("() => window.__labelerBoxes === 0")  # the box is gone, its history with it
-    page.get_by_text("One image", exact=True).click()
-    page.wait_for_function("() => window.__labelerBoxes === 1")
-    settle(page)
+    box_drawn_anew(page)
     on_screen = shown(page)
     page.keyboard.press("u")
     page.keyboard.press("2")  # at once, before the server answers the U

@@ -329,20 +329,11 @@ def test_training_is_not_started_or_cancelled_once_the_account_changed(
     the project's, and cancelled another person's run. They are refused like every other write
     (`None`: the account unchanged, both work)."""
     from db import runs as run_queries
-    from db.models import RUNNING, Project, Run, utcnow
+    from db.models import Project, Run
+    from tests.ui.ui_helpers import running_run
 
-    with Session.begin() as session:
-        run = Run(
-            project_id=tiny_project.id,
-            model="m2",
-            status=RUNNING,
-            started_at=utcnow(),
-            heartbeat_at=utcnow(),
-            worker="elsewhere",
-        )
-        session.add(run)
-        session.flush()
-        run_id = run.id
+    run_id = running_run(Session, tiny_project.id)
+    with Session() as session:
         settings_before = dict(session.get(Project, tiny_project.id).settings or {})
     start, cancel = _train_page_of_ann(Session, tiny_project.id), _train_page_of_ann(Session, tiny_project.id)
     start.selectbox(key="train_model").set_value("labelspread")

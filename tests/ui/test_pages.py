@@ -13,7 +13,7 @@ import numpy as np
 import pandas as pd
 import pytest
 from PIL import Image
-from ui_helpers import PAGES, box_data, button, fake_done_run, label_items, page_app, wait_for
+from ui_helpers import PAGES, box_data, button, fake_done_run, label_items, page_app, running_run, wait_for
 
 from db import queries
 from db import runs as run_queries
@@ -241,22 +241,9 @@ def test_the_learning_rate_field_shows_the_rate_the_project_runs_with(Session, t
 
 
 def test_a_running_run_can_be_cancelled(Session, tiny_project):
-    from db.models import RUNNING, Run, utcnow
+    from db.models import Run
 
-    with Session.begin() as session:
-        run = Run(
-            project_id=tiny_project.id,
-            model="m2",
-            status=RUNNING,
-            started_at=utcnow(),
-            heartbeat_at=utcnow(),
-            progress=0.4,
-            step=120,
-            worker="elsewhere",
-        )
-        session.add(run)
-        session.flush()
-        run_id = run.id
+    run_id = running_run(Session, tiny_project.id, progress=0.4, step=120)
     at = page_app("train", tiny_project.id)
     assert "Run 1 (m2): training, 40%" in at.get("progress")[0].proto.text
     at.button(key=f"cancel-{run_id}").click().run()

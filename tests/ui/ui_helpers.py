@@ -54,6 +54,25 @@ def box_data(at: AppTest) -> dict:
     return json.loads(at.get("bidi_component")[0].proto.json)
 
 
+def running_run(Session, project_id: int, **extra) -> int:
+    """The id of an m2 run shown as training on another worker (a Cancel button for it)."""
+    from db.models import RUNNING, Run, utcnow
+
+    with Session.begin() as session:
+        run = Run(
+            project_id=project_id,
+            model="m2",
+            status=RUNNING,
+            started_at=utcnow(),
+            heartbeat_at=utcnow(),
+            worker="elsewhere",
+            **extra,
+        )
+        session.add(run)
+        session.flush()
+        return run.id
+
+
 def fake_done_run(
     Session,
     project_id: int,
