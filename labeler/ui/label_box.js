@@ -198,7 +198,8 @@ function restoreRefused(s, actionIds) {
 // stays, and the undone image comes right after it.
 function restoreUndone(s, undone) {
   undone.forEach(([action, id]) => {
-    if (s.undoneLast.has(action)) return;
+    // Only this box's own U (a box drawn anew gets the image first from the server's page anyway).
+    if (s.undoneLast.has(action) || !String(action).startsWith(`${s.mount}-`)) return;
     const item = (s.data.items || []).find((i) => i.id === id);
     if (!item) return;
     s.undoneLast.add(action);
