@@ -30,7 +30,6 @@ label.unsent_guard(unsaved + grid)
 account.sidebar(user, unsaved=unsaved, grid=grid)
 pages = account.visible_pages(PAGES, admin=common.is_admin())
 page = st.navigation([st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in pages])
-label.unsaved_note(
-    current=page.title != "Label", anywhere=unsaved
-)  # the Label page says its own, beside its History
+# The Label page says the current project's History changes itself, beside its History.
+label.unsaved_note(current=page.title != "Label", anywhere=unsaved)
 page.run()

@@ -48,7 +48,7 @@ log = logging.getLogger(__name__)
 KEY_POOL = [*"1234567890", *"qwertyopdfghjklxcvbnm"]
 BATCH = 20  # images sent to the browser at a time: the next ones are on screen before the server answers
 SENT_KEPT = 200  # images sent to the box that are checked for answers given elsewhere (_closed_since)
-REFUSED_KEPT = 200  # refused box answers listed to the box on every run (_refused_actions)
+REFUSED_KEPT = 200  # box answers refused or undone for it, listed to the box on every run (_newest_kept)
 GRID_SIZE = 12
 HISTORY_ROWS = 48  # the newest answers the History shows
 MODES = ["One image", "Grid", "History"]
@@ -367,16 +367,20 @@ def _queue_page(Session, project_id: int, k: int, skipped, claimant: str | None)
         return queue.next_items(session, project_id, k=k, exclude=skipped, annotator=claimant)
 
 
+def _newest_kept(key: str) -> list:
+    """The newest REFUSED_KEPT entries of the box list under `key` (the rest forgotten)."""
+    kept = st.session_state.get(key, [])[-REFUSED_KEPT:]
+    st.session_state[key] = kept
+    return kept
+
+
 def _refused_actions(project_id: int) -> list[str]:
     """The ids of the box's answers refused so that they can be given again (the newest
     REFUSED_KEPT). Listed on every run, like `acked`, not once: a run can be stopped before its
     page reaches the browser (by the next key's rerun), and the box, told by a later run that the
     answer was acknowledged, would drop it without showing its image again. The box acts on a
     refusal once (label_box.js restoreRefused), so hearing of it again changes nothing."""
-    key = f"box-refused-{project_id}"
-    refused = st.session_state.get(key, [])[-REFUSED_KEPT:]
-    st.session_state[key] = refused
-    return refused
+    return _newest_kept(f"box-refused-{project_id}")
 
 
 def _undone_key(project_id: int) -> str:
@@ -388,11 +392,8 @@ def _undone_last(project_id: int, batch) -> list[list]:
     drawn anew has no undo history of its own) whose image is open again and first in `batch`:
     the box shows it at once, as for an undo of its own. Listed on every run while it is (the newest
     REFUSED_KEPT), for the reason `_refused_actions` gives; the box acts on each once."""
-    key = _undone_key(project_id)
-    undone = st.session_state.get(key, [])[-REFUSED_KEPT:]
-    st.session_state[key] = undone
     sent = {item.id for item, _ in batch}
-    return [pair for pair in undone if pair[1] in sent]
+    return [pair for pair in _newest_kept(_undone_key(project_id)) if pair[1] in sent]
 
 
 def _closed_since(project_id: int, batch) -> list[int]:
@@ -980,16 +981,16 @@ def unsaved_words(count: int) -> str:
     return f"History changes not saved yet: {count}."
 
 
-def unsaved_note(current: bool = True, anywhere: int | None = None) -> None:
+def unsaved_note(current: bool, anywhere: int) -> None:
     """A sidebar line while History changes wait to be saved, so the person goes back before a
     logout or a reload drops them: those of the current project (`current`: app.py leaves them to
     the Label page, which says it beside its History), and on every page those of the session's
-    other projects, which nothing else shows while another project is open (`anywhere`: their
-    count in every project, `unsaved_anywhere`, when the caller has it)."""
+    other projects, which nothing else shows while another project is open (`anywhere`: the count
+    in every project, `unsaved_anywhere`)."""
     here = unsaved_corrections(st.session_state.get("project_id"))
     if here and current:
         st.sidebar.warning(f"{unsaved_words(here)} Label, History saves them.")
-    elsewhere = (unsaved_anywhere() if anywhere is None else anywhere) - here
+    elsewhere = anywhere - here
     if elsewhere:
         st.sidebar.warning(
             f"History changes not saved yet in another project: {elsewhere}. "
@@ -997,14 +998,20 @@ def unsaved_note(current: bool = True, anywhere: int | None = None) -> None:
         )
 
 
+def _names_changed(key: str, names: list[str]) -> bool:
+    """Whether the class names differ from those a widget was last drawn with (kept under `key`,
+    now `names`): after a rename its browser would go on showing an old name and send it back."""
+    changed = st.session_state.get(key, names) != names
+    st.session_state[key] = list(names)
+    return changed
+
+
 def _keep_class_filter_through_renames(names: list[str]) -> None:
     """After a class was renamed (by anyone), set the History's class filter to the class it
     holds, so the browser shows the name that class has now: it went on showing the old one and
     sent it with the next click, which matched no option, and the server fell back to every class
     while the filter still read the old name."""
-    drawn = st.session_state.get("hist_class_names", names)
-    st.session_state["hist_class_names"] = list(names)
-    if drawn == names or "hist_class" not in st.session_state:
+    if not _names_changed("hist_class_names", names) or "hist_class" not in st.session_state:
         return
     value = st.session_state["hist_class"]
     if not (value is None or value == IGNORED or (isinstance(value, int) and 0 <= value < len(names))):
@@ -1177,13 +1184,8 @@ def _classes_panel(project_id: int, names: list[str]) -> None:
             # After a rename (by anyone) the browser would go on showing the old name and send it
             # with the next click, which matches no option: set the choice, so it shows the new one.
             which = _rename_choice(st.session_state.get("rename_which"))
-            if (
-                st.session_state.get("rename_names") != names
-                and which is not None
-                and 0 <= which < len(names)
-            ):
+            if _names_changed("rename_names", names) and which is not None and 0 <= which < len(names):
                 st.session_state["rename_which"] = which
-            st.session_state["rename_names"] = list(names)
             st.selectbox(
                 "Class",
                 list(range(len(names))),
