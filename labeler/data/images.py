@@ -10,8 +10,9 @@ Working size: every image is letterboxed into an S x S square: the longer side i
 to S (Lanczos) keeping the aspect ratio, and the rest is filled with the median colour of
 the resized image's border, so a black-background digit gets black bars and a product photo
 on white gets white ones. Transparent pixels are composited onto white (as a browser shows
-them). EXIF orientation is applied. 16-bit images are scaled by 1/257; 32-bit integer and
-float images outside 0..255 are stretched from their own min..max to 0..255.
+them). EXIF orientation is applied. 16-bit images are scaled by 1/257; float images whose
+values all lie in 0..1 (the usual range of float images) are scaled by 255; 32-bit integer
+and float images outside 0..255 are stretched from their own min..max to 0..255.
 """
 
 from __future__ import annotations
@@ -216,12 +217,14 @@ def is_deep(img: Image.Image) -> bool:
 
 def eight_bit(img: Image.Image) -> Image.Image:
     """A deep grey image (`is_deep`) as 8-bit grey, as the model sees it: 16-bit values scaled by
-    1/257, 32-bit integer and float values outside 0..255 stretched from their own min..max. The
-    Label page shows it through this too (PIL's own conversion clips at 255: a 16-bit image showed
-    almost white)."""
+    1/257, float values all in 0..1 scaled by 255 (they showed almost black), 32-bit integer and
+    float values outside 0..255 stretched from their own min..max. The Label page shows it
+    through this too (PIL's own conversion clips at 255: a 16-bit image showed almost white)."""
     values = np.asarray(img, dtype=np.float64)  # (H, W)
     if img.mode.startswith("I;16"):
         values = values / 257.0
+    elif img.mode == "F" and values.size and values.min() >= 0 and values.max() <= 1:
+        values = values * 255.0
     elif values.size and (values.min() < 0 or values.max() > 255):
         low, high = values.min(), values.max()
         values = (values - low) * (255.0 / max(high - low, 1e-12))

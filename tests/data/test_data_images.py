@@ -63,6 +63,20 @@ def test_png_modes_decode_to_uint8(mode, channels):
 
 
 @pytest.mark.parametrize(
+    "low, high, expect",
+    [
+        (0.0, 1.0, (0, 255)),  # the usual float range: scaled by 255 (it showed almost black)
+        (0.0, 200.0, (0, 200)),  # within 0..255: kept as it is
+        (-5.0, 1000.0, (0, 255)),  # outside 0..255: stretched from its own min..max
+    ],
+)
+def test_float_tiff_ranges(low, high, expect):
+    img = Image.fromarray(np.tile(np.linspace(low, high, 20, dtype=np.float32), (20, 1)), "F")
+    out = decode_image(encode(img, "TIFF"), 20, 1)
+    assert (int(out.min()), int(out.max())) == expect
+
+
+@pytest.mark.parametrize(
     "fmt, ext, kwargs",
     [
         ("PNG", ".png", {}),
