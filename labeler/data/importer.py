@@ -349,6 +349,16 @@ def _extract_entry(archive: zipfile.ZipFile, info: zipfile.ZipInfo, dest: Path, 
     return written
 
 
+def duplicate_reason(key: str, first: str) -> str:
+    """Why `key` is skipped as a byte-for-byte copy of the image kept as `first`. Copies in two
+    folders say so: in class folders the tree gives one image two classes, and only the first
+    folder's is kept (it was a bare "duplicate of", easy to miss among the skips)."""
+    folder, first_folder = key.rpartition("/")[0], first.rpartition("/")[0]
+    if folder != first_folder:
+        return f"duplicate of {first}, in another folder; kept there only"
+    return f"duplicate of {first}"
+
+
 # ---------------------------------------------------------------------------------------
 # Folder import
 
@@ -379,7 +389,7 @@ def _import_tree(
             continue
         digest = hashlib.sha256(data).hexdigest()
         if digest in first_key:
-            skipped.append((shown, f"duplicate of {first_key[digest]}"))
+            skipped.append((shown, duplicate_reason(key, first_key[digest])))
             continue
         try:
             info = check_image(data, path.name, max_pixels)

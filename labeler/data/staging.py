@@ -364,7 +364,7 @@ def _stage(
             digest = hashlib.sha256(data).hexdigest()
             first = digests.get(digest) or _first_key(db, digest)
             if first is not None:
-                raise ImageSkipped(f"duplicate of {first}")
+                raise ImageSkipped(importer.duplicate_reason(key, first))
             _, image = check_and_decode(data, key, target, max_pixels)
             _write_copy(data, staging / "files" / key, made)
         except ImageSkipped as error:

@@ -150,6 +150,18 @@ def test_every_skip_reason(tmp_path):
     assert len(data.skipped) == 10
 
 
+def test_a_copy_in_another_class_folder_says_it_is_kept_in_the_first(tmp_path):
+    write(tmp_path / "cat" / "a.png", png(seed=0))
+    write(tmp_path / "cat" / "b.png", png(seed=0))
+    write(tmp_path / "dog" / "c.png", png(seed=0))
+    write(tmp_path / "dog" / "d.png", png(seed=1))
+    data = import_folder(tmp_path)
+    assert data.keys == ["cat/a.png", "dog/d.png"]
+    got = reasons(data)
+    assert got["cat/b.png"] == "duplicate of cat/a.png"
+    assert got["dog/c.png"] == "duplicate of cat/a.png, in another folder; kept there only"
+
+
 def test_file_size_limit(tmp_path):
     write(tmp_path / "a.png", png(seed=0))
     write(tmp_path / "b.png", png(seed=1, size=(100, 100)))

@@ -201,6 +201,12 @@ def test_the_first_colour_image_turns_the_gray_rows_into_colour(tmp_path, small_
     assert np.array_equal(pixels, import_folder(source).pixels)
 
 
+def test_a_copy_in_another_class_folder_says_it_is_kept_in_the_first(tmp_path):
+    staged = staging.stage_folder(make_folder(tmp_path / "src", n=5), tmp_path / "stage")
+    reasons = dict(pair for chunk in staged.skipped() for pair in chunk)
+    assert reasons["dog/dup.png"] == "duplicate of cat/003.png, in another folder; kept there only"
+
+
 def test_a_second_import_of_the_same_folder_while_one_runs_is_refused(Session, tmp_path):
     source = make_folder(tmp_path / "src")
     folder = staging.staging_folder(
