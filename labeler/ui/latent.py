@@ -607,10 +607,12 @@ def _selection_panel(
     gone = last is not None and last not in names
     if gone:
         left.warning(f"The class you chose, {last!r}, was renamed since: choose the label again.")
-    left.selectbox(
+    # No class until one is chosen: it started on the first class, so one click on the button
+    # labeled the whole selection as that class (found by an exploratory session).
+    chosen_class = left.selectbox(
         "Give them all the label",
         list(range(len(names))),
-        index=None if gone else names.index(last) if last in names else 0,
+        index=names.index(last) if last in names else None,
         placeholder="Choose a class",
         format_func=lambda i: names[i],
         key=_bulk_key(names),
@@ -618,8 +620,11 @@ def _selection_panel(
         args=(project_id, list(names)),
     )
     left.checkbox("Relabel images that already have a label", key="bulk_relabel")
+    as_class = (
+        f" as {names[chosen_class]}" if isinstance(chosen_class, int) and chosen_class < len(names) else ""
+    )
     right.button(
-        f"Label {len(chosen)} images",
+        common.as_typed(f"Label {len(chosen)} image{'s' * (len(chosen) != 1)}{as_class}"),
         key=f"bulk_apply-{common.tag(sorted(int(i) for i in chosen.index))}",  # see common.tag
         type="primary",
         on_click=_bulk_label,

@@ -117,6 +117,28 @@ def draw_lasso(page, path: list[tuple[float, float]]) -> None:
     page.mouse.up()
 
 
+def choose_bulk_class(page, name: str) -> None:
+    """Choose the Latent page's bulk label class (it starts on none), and wait until the button
+    names it."""
+    import re
+
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    option = page.get_by_role("option", name=name, exact=True)
+    for _ in range(5):  # a rerun that lands just after the click closes the list again
+        settle(page)
+        page.locator("[class*='st-key-bulk_class-'] input").click()
+        try:
+            option.wait_for(timeout=5_000)
+            break
+        except PlaywrightTimeout:
+            continue
+    option.click()
+    page.locator(
+        "[class*='st-key-bulk_apply-'] button", has_text=re.compile(f" as {re.escape(name)}$")
+    ).wait_for()
+
+
 def lasso_outline(page) -> tuple[list[float], list[float]]:
     """The corners (x, y in the axes' units) of the lasso plotly drew on the first chart."""
     outline = page.wait_for_function(

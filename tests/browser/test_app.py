@@ -19,7 +19,7 @@ from db import queries
 from db import runs as run_queries
 from db.models import DONE, IGNORED, Claim, LabelEvent, Prediction, Run, utcnow
 from labeler.ui import latent
-from tests.browser.conftest import draw_lasso, lasso_outline, saved, settle, shown
+from tests.browser.conftest import choose_bulk_class, draw_lasso, lasso_outline, saved, settle, shown
 
 pytestmark = pytest.mark.browser
 
@@ -396,6 +396,7 @@ def test_lasso_in_the_latent_view_labels_the_selection(app_server, page):
     assert n == len(expected)
     before = len(events(Session, pid))
     labeled_before = current(Session, pid)
+    choose_bulk_class(page, "dark")  # class 0
     page.locator("[class*='st-key-bulk_apply-'] button").click()
     message = page.get_by_text(re.compile(r"Labeled \d+ images at once"))
     message.wait_for()

@@ -14,7 +14,7 @@ from db import queries
 from db import runs as run_queries
 from labeler import config
 from labeler.ui import latent
-from tests.browser.conftest import draw_lasso, image_set, lasso_outline, running_app
+from tests.browser.conftest import choose_bulk_class, draw_lasso, image_set, lasso_outline, running_app
 
 
 @pytest.fixture(scope="module")
@@ -86,6 +86,7 @@ def test_a_lasso_on_a_big_map_selects_the_points_drawn_only_in_its_picture(big_m
     drawn_inside = int(latent.inside_polygon(drawn_x, drawn_y, lasso_x, lasso_y).sum())
     assert int(heading.inner_text().split()[0]) == int(inside.sum()) > drawn_inside
     # The bulk label stores exactly those images, also the ones only the picture shows.
+    choose_bulk_class(page, "dark")
     page.locator("[class*='st-key-bulk_apply-'] button").click()
     page.get_by_text(re.compile(r"Labeled \d+ images at once")).wait_for()
     with Session() as session:

@@ -531,6 +531,19 @@ latent._selection_panel({project.id}, {ids}, frame, names, "tester")
     return at.run(), ids
 
 
+def test_the_bulk_label_starts_on_no_class_and_its_button_names_the_class(Session, tiny_project):
+    """The selector started on the first class, so one click labeled the whole lasso as it."""
+    at, _ = _selection_panel_app(Session, tiny_project, 3)
+    selector = next(box for box in at.selectbox if box.key.startswith("bulk_class-"))
+    assert selector.value is None and button(at, "bulk_apply").label == "Label 3 images"
+    button(at, "bulk_apply").click().run()
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {}
+    assert "Choose the label first" in str(at.session_state["latent_message"])
+    selector.set_value(1).run()
+    assert button(at, "bulk_apply").label == "Label 3 images as 1"
+
+
 def test_selection_panel_labels_the_selection_at_once(Session, tiny_project):
     at, ids = _selection_panel_app(Session, tiny_project, 5)
     assert len(at.get("image")) == 5
@@ -853,6 +866,7 @@ def test_a_bulk_label_stores_only_images_the_button_showed_and_the_map_still_sel
         pool = [i.id for i in queries.items(session, tiny_project.id, "pool")]
     a, b = pool[:3], pool[3:8]
     at = page_app("latent", tiny_project.id)
+    at.session_state[f"bulk-chosen-{tiny_project.id}"] = "0"  # chosen before: the selector starts on it
     _send(at, on_screen(at), a)
     assert at.subheader[0].value == "3 selected"
     seen = on_screen(at)  # A's images and A's button on screen
@@ -882,6 +896,7 @@ def test_a_bulk_label_from_a_map_redrawn_meanwhile_stores_nothing(Session, tiny_
     with Session() as session:
         a = [i.id for i in queries.items(session, tiny_project.id, "pool")[:3]]
     at = page_app("latent", tiny_project.id)
+    at.session_state[f"bulk-chosen-{tiny_project.id}"] = "0"  # chosen before: the selector starts on it
     _send(at, on_screen(at), a)
     seen = on_screen(at)
     assert seen.subheader[0].value == "3 selected"
@@ -912,6 +927,7 @@ def test_a_bulk_label_of_two_images_one_labeled_already_counts_in_the_singular(S
     with Session.begin() as session:
         queries.add_label(session, pool[0], 0, annotator="bob")
     at = page_app("latent", tiny_project.id)
+    at.session_state[f"bulk-chosen-{tiny_project.id}"] = "0"  # chosen before: the selector starts on it
     _send(at, on_screen(at), pool[:2])
     seen = on_screen(at)
     button(seen, "bulk_apply").click()
