@@ -12,6 +12,11 @@ const grids = new WeakMap();
 // mode switch, "Show file names") is the page's, as anywhere else (it was dropped, silently).
 const NOT_TYPED_IN = new Set(["checkbox", "radio", "button", "submit", "reset", "range", "color", "file", "image"]);
 
+// A and U are the page's own buttons (Streamlit shortcuts), which take no key while the focus is
+// on an input, such as the mode switch a click on "Grid" leaves it on: A did nothing, silently,
+// until a click elsewhere. Then this module clicks them.
+const BUTTONS = { a: '[class*="st-key-accept_grid-"] button', u: ".st-key-undo button" };
+
 function typedIn(target) {
   if (!target) return false;
   if (target.isContentEditable || target.tagName === "TEXTAREA" || target.tagName === "SELECT") return true;
@@ -60,6 +65,11 @@ function onKey(g, event) {
     g.edits.push({ item: tiles[g.focus].item, class: cls ? cls.index : -1, name: cls ? cls.name : null });
     g.send();
     g.focus = Math.min(tiles.length - 1, g.focus + 1);
+  } else if (BUTTONS[key] && target && target.tagName === "INPUT") {
+    const button = document.querySelector(BUTTONS[key]);
+    if (!button || button.disabled) return;
+    target.blur(); // the next keys reach the page's shortcuts themselves
+    button.click();
   } else return;
   event.preventDefault();
   event.stopPropagation();

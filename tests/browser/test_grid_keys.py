@@ -242,6 +242,31 @@ def test_a_grid_key_right_after_clicking_grid_sets_the_tile(app_server, page):
     wait_for_tiles(page, lambda now: now[0] == (tiles[0][0], wanted))
 
 
+def test_a_right_after_clicking_grid_accepts_the_page_once(app_server, page):
+    """The click on "Grid" leaves the focus in the mode switch, where Streamlit's own shortcut for
+    the Accept button takes no key: A did nothing, silently, and a person who then left dropped
+    the page's tiles. The grid clicks the button then, once."""
+    Session, pid = app_server["Session"], app_server["project_id"]
+    page.goto(app_server["url"])
+    page.get_by_text("Grid", exact=True).click()
+    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
+    tiles = wait_for_tiles(page, lambda tiles: True)
+    before = len(events(Session, pid))
+    page.keyboard.press("2")
+    wait_for_tiles(page, lambda now: now[0] == (tiles[0][0], "bright"))
+    settle(page)
+    assert page.evaluate("() => document.activeElement.type") == "radio"  # still in the mode switch
+    page.keyboard.press("a")
+    page.get_by_text(re.compile(r"Saved \d+ labels?\.")).wait_for()
+    settle(page)
+    page.wait_for_timeout(1000)  # a second accept, had there been one, would have landed by now
+    settle(page)
+    stored = events(Session, pid)[before:]
+    assert (tiles[0][0], 1) in [(e.item_id, e.class_index) for e in stored]
+    assert len({e.item_id for e in stored}) == len(stored)  # one page, each image once
+    assert not {e.item_id for e in stored} - {item for item, _ in tiles}  # this page's images only
+
+
 def test_closing_the_tab_while_grid_tiles_wait_asks_first(app_server, page):
     """Tiles set on a grid page and not accepted live in the server session, which a reload or a
     closed tab ends (the box's answers and History changes asked first; these did not): the
