@@ -15,8 +15,10 @@ higher = ask first (the convention of modAL and baal):
 - random             s(x) ~ U(0, 1)
 
 `select_batch` turns scores into a batch of k picks. With `diverse=True` it takes the top
-m = `pool_factor` * k by score and spreads the k picks among them by greedy k-center in the
-embedding space, so a grid of ten does not show ten near-copies of one confusing image.
+m = `pool_factor` * k by score (of those, only the ones scoring at least half the k-th best:
+on a small pool the top m is most of the pool) and spreads the k picks among them by greedy
+k-center in the embedding space, so a grid of ten does not show ten near-copies of one
+confusing image.
 """
 
 from __future__ import annotations
@@ -27,6 +29,9 @@ from dataclasses import dataclass
 import numpy as np
 
 _EPS = 1e-12
+# A diverse batch spreads its picks only over images scoring at least this fraction of the k-th
+# best score (`select_batch`).
+MIN_RELATIVE_SCORE = 0.5
 
 
 # Scores: pure functions -----------------------------------------------------------------------
@@ -268,6 +273,11 @@ def select_batch(
     if not diverse or embeddings is None or k == 1:
         return order[:k].astype(np.int64)
     top = order[: max(k, pool_factor * k)]
+    # Only images at least half as uncertain as the k-th most uncertain: on a small pool the
+    # top m is most of the pool, and spreading the picks over it asked about images the model
+    # was sure of (an exploratory session, 261 images: 12 to 14 of the first 20 at 99 % or more).
+    # The first k by score always stay (sorted), so a batch is never short.
+    top = top[s[top] >= MIN_RELATIVE_SCORE * s[order[k - 1]]]
     # Spread among the top-m by distance to each other only: labeled images are not the
     # point here (the scores already cover what the model knows).
     empty = np.zeros((0, np.asarray(embeddings).shape[1]), dtype=np.float32)

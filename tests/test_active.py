@@ -91,6 +91,18 @@ def test_diverse_batch_spreads_over_clusters():
     )
 
 
+def test_a_diverse_batch_on_a_small_pool_asks_only_about_uncertain_images():
+    """On a pool of 200 the top m = 10 k was the whole pool, and k-center spread the picks over
+    images the model was sure of (an exploratory session: 12 to 14 of the first 20 at 99 %+)."""
+    rng = np.random.default_rng(0)
+    sure = np.tile([0.999, 0.0005, 0.0005], (170, 1))
+    unsure = rng.dirichlet(np.full(3, 20.0), size=30)  # near uniform
+    probs = np.concatenate([sure, unsure])
+    embeddings = np.concatenate([rng.normal(0, 10, (170, 2)), rng.normal(0, 0.1, (30, 2))])
+    picks = active.select_batch("entropy", 20, probs, embeddings, np.zeros(200, dtype=bool), seed=0)
+    assert len(set(picks.tolist())) == 20 and np.all(picks >= 170)
+
+
 def test_cold_start_is_random_or_spread_but_never_file_order():
     labeled = np.zeros(200, dtype=bool)
     picks = active.select_batch("entropy", 10, None, None, labeled, seed=3)
