@@ -94,7 +94,7 @@ def cmd_worker(args) -> int:
     import torch
 
     from .runspec import check_threads
-    from .worker import Worker
+    from .worker import Worker, stopped_by_sigterm
 
     if args.threads is not None:
         torch.set_num_threads(check_threads(args.threads))
@@ -102,7 +102,8 @@ def cmd_worker(args) -> int:
     worker = Worker(_session_factory(), device=args.device, name=args.name, poll_s=args.poll_s)
     print(f"worker {worker.name} on {worker.device}; waiting for queued runs (Ctrl-C stops)", flush=True)
     try:
-        processed = worker.run_forever(until_idle=args.once)
+        with stopped_by_sigterm(worker):
+            processed = worker.run_forever(until_idle=args.once)
     except KeyboardInterrupt:
         worker.stop(timeout=0)
         raise

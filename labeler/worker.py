@@ -24,14 +24,16 @@ A run is claim -> load -> round -> store:
 
 from __future__ import annotations
 
+import contextlib
 import gc
 import logging
 import math
 import os
+import signal
 import socket
 import threading
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
@@ -406,6 +408,25 @@ class Worker:
             )
         except Exception:
             log.exception("Could not record the end of run %s", run_id)
+
+
+@contextlib.contextmanager
+def stopped_by_sigterm(worker: Worker) -> Iterator[None]:
+    """While inside (main thread only): SIGTERM, what systemd, docker and a plain `kill` send to
+    stop a service, stops `worker` as Ctrl-C does: its run ends within a second, marked
+    interrupted, and the loop returns. Without it the process died with its run left "running"
+    (a Cancel button that did nothing, later runs waiting) until another worker on that machine
+    started or the heartbeat went stale (found by an exploratory session)."""
+
+    def stop(signum, frame) -> None:
+        log.warning("Stopping: SIGTERM received")
+        worker.stop(timeout=0)
+
+    previous = signal.signal(signal.SIGTERM, stop)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGTERM, previous)
 
 
 def process_gone(worker: str) -> bool:

@@ -31,7 +31,7 @@ from labeler import queue as label_queue
 from labeler.models import Progress, SSLModel, TrainingCancelled, TrainingDiverged
 from labeler.runspec import RunSpec
 from labeler.train import train_model
-from labeler.worker import Worker
+from labeler.worker import Worker, stopped_by_sigterm
 from tests.conftest import tiny_image_set
 
 
@@ -484,6 +484,30 @@ def test_stopping_the_worker_interrupts_its_run(Session, project):
     started = time.monotonic()
     worker.stop(timeout=10)
     assert time.monotonic() - started < 5 and not worker.alive
+    run = get_run(Session, run_id)
+    assert run.status == INTERRUPTED and "start training again" in run.error
+
+
+def test_sigterm_stops_a_foreground_worker_and_interrupts_its_run(Session, project):
+    """`python -m labeler worker` stopped with SIGTERM (systemd, docker, kill) died with its run
+    left "running" until another worker started or its heartbeat went stale."""
+    import os
+    import signal
+
+    run_id = queue(Session, project.id, steps=None, budget_s=60, config={"sleep_s": 0.01})
+    worker = Worker(Session, device="cpu", poll_s=0.05)
+
+    def terminate_once_running():
+        deadline = time.monotonic() + 60
+        while get_run(Session, run_id).status != RUNNING and time.monotonic() < deadline:
+            time.sleep(0.05)
+        os.kill(os.getpid(), signal.SIGTERM)
+
+    sender = threading.Thread(target=terminate_once_running)
+    sender.start()
+    with stopped_by_sigterm(worker):
+        worker.run_forever()  # in the main thread, as the CLI runs it; returns once stopped
+    sender.join()
     run = get_run(Session, run_id)
     assert run.status == INTERRUPTED and "start training again" in run.error
 
