@@ -4,6 +4,7 @@ streamlit run app.py
 """
 
 import streamlit as st
+from sqlalchemy.exc import OperationalError
 
 from labeler.ui import PAGES, account, common, label
 
@@ -18,18 +19,27 @@ except Exception as error:
         raise
     st.error(user_error(error))
     st.stop()
-# Before the navigation: with accounts, nothing but the login form runs until a login.
-user = account.gate([path for path, *_ in PAGES])
-if user is None:  # no accounts: the name typed or given in the address stays in it
-    common.keep_annotator_in_address()
-unsaved = label.unsaved_anywhere()  # History changes not saved: closing the tab or a logout asks
-# Every page: answers the Label box left in the tab are sent; closing it asks while answers, History
-# changes or grid tiles set and not accepted wait.
-grid = label.grid_choices_anywhere()
-label.unsent_guard(unsaved + grid)
-account.sidebar(user, unsaved=unsaved, grid=grid)
-pages = account.visible_pages(PAGES, admin=common.is_admin())
-page = st.navigation([st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in pages])
-# The Label page says the current project's History changes itself, beside its History.
-label.unsaved_note(current=page.title != "Label", anywhere=unsaved)
-page.run()
+guarded = False  # the tab's guard drawn: once per run
+try:
+    # Before the navigation: with accounts, nothing but the login form runs until a login.
+    user = account.gate([path for path, *_ in PAGES])
+    if user is None:  # no accounts: the name typed or given in the address stays in it
+        common.keep_annotator_in_address()
+    unsaved = label.unsaved_anywhere()  # History changes not saved: closing the tab or a logout asks
+    # Every page: answers the Label box left in the tab are sent; closing it asks while answers,
+    # History changes or grid tiles set and not accepted wait.
+    grid = label.grid_choices_anywhere()
+    label.unsent_guard(unsaved + grid)
+    guarded = True
+    account.sidebar(user, unsaved=unsaved, grid=grid)
+    pages = account.visible_pages(PAGES, admin=common.is_admin())
+    page = st.navigation(
+        [st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in pages]
+    )
+    # The Label page says the current project's History changes itself, beside its History.
+    label.unsaved_note(current=page.title != "Label", anywhere=unsaved)
+    page.run()
+except OperationalError as error:  # the database stopped answering: one sentence, then retries
+    if not guarded:
+        common.unsent_guard()  # closing the tab still asks while answers wait in it
+    common.database_unreachable(error)

@@ -50,6 +50,67 @@ def session_factory() -> sessionmaker[Session]:
     return _session_factory(db_url())
 
 
+# How often a page that could not reach the database tries again (`database_unreachable`).
+RETRY_DATABASE_S = 10
+
+
+def database_unreachable(error: Exception) -> None:
+    """What a page shows instead of a traceback when the database stopped answering (a restart,
+    a network cut): one sentence, and a look every RETRY_DATABASE_S seconds that redraws the
+    page once it answers again. The traceback named the database's host and port, and the page
+    stayed broken after the database came back, until the person clicked elsewhere (found by an
+    exploratory session)."""
+    import logging
+
+    logging.getLogger(__name__).warning("The database cannot be reached: %s", error)
+    st.error(
+        "The database cannot be reached just now, so nothing can be shown or saved. Answers you "
+        "gave are kept in this tab and sent once it is back; this page tries again every "
+        f"{RETRY_DATABASE_S} seconds."
+    )
+
+    @st.fragment(run_every=RETRY_DATABASE_S)
+    def retry() -> None:
+        if database_answers():
+            st.rerun(scope="app")
+
+    retry()
+
+
+def database_answers() -> bool:
+    from sqlalchemy import text
+    from sqlalchemy.exc import SQLAlchemyError
+
+    try:
+        with session_factory()() as session:
+            session.execute(text("SELECT 1"))
+        return True
+    except SQLAlchemyError:
+        return False
+
+
+def survives_outage(callback):
+    """A widget callback that, when the database cannot be reached, stores nothing and returns,
+    instead of raising: the answers it was given stay unacknowledged in the tab (sent again
+    later), and the page then says what happened (`database_unreachable`). A callback's
+    exception replaced the whole page with a traceback."""
+    from sqlalchemy.exc import OperationalError
+
+    @functools.wraps(callback)
+    def guarded(*args, **kwargs):
+        try:
+            return callback(*args, **kwargs)
+        except OperationalError as error:
+            import logging
+
+            logging.getLogger(__name__).warning(
+                "Callback %s: database unreachable: %s", callback.__name__, error
+            )
+            return None
+
+    return guarded
+
+
 @st.cache_resource(show_spinner="Starting the background trainer...")
 def _worker(url: str):
     import torch

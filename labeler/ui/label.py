@@ -247,6 +247,7 @@ def _box_actions(project_id: int) -> list[dict]:
     return _actions_of(_box_key(project_id))
 
 
+@common.survives_outage
 def _apply_box_actions(project_id: int) -> None:
     """Callback: runs before the page, so the next images are chosen with these answers saved."""
     try:
@@ -293,6 +294,7 @@ def _owned(action: dict, annotator: str) -> int | None:
     return int(project) if name == annotator and re.fullmatch(r"[0-9]{1,18}", project) else None
 
 
+@common.survives_outage
 def _apply_unsent() -> None:
     """Callback of the guard: the answers a Label box left in the tab, stored as the box would
     have, for the person acting now (a person's answers are never stored under another's name;
