@@ -39,6 +39,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import runs as run_queries
@@ -92,6 +93,8 @@ class Worker:
         checkpoint_path: Callable[[int, int], Path] | None = None,
         keep_predictions: int = 5,
         heartbeat_s: float = 30.0,
+        outage_patience_s: float = 300.0,
+        outage_retry_s: float = 5.0,
     ):
         self.Session = session_factory
         self.device = device or default_device()
@@ -103,6 +106,11 @@ class Worker:
         self._checkpoint_path = checkpoint_path
         self.keep_predictions = keep_predictions
         self.heartbeat_s = heartbeat_s
+        # A database that stops answering for a while (a restart, a network cut): progress is
+        # not recorded meanwhile and training goes on; the writes a run cannot do without (its
+        # start, its results, its end) are tried every outage_retry_s for outage_patience_s.
+        self.outage_patience_s = outage_patience_s
+        self.outage_retry_s = outage_retry_s
         self._stop = threading.Event()
         self._wake = threading.Event()
         self._thread: threading.Thread | None = None
@@ -256,7 +264,7 @@ class Worker:
             )
             raise
         except Exception as error:
-            detail = getattr(error, "detail", "")  # where a divergence happened
+            detail = error.detail if isinstance(error, TrainingDiverged) else ""  # where it diverged
             log.exception("Run %s failed %s", run_id, detail)
             message = describe_error(error)
             self._set(last_error=message)
@@ -306,7 +314,7 @@ class Worker:
     ) -> RoundResult:
         split, labels = np.array(inputs.splits), np.array(inputs.labels, dtype=np.int64)
         labels_used = int(np.sum((split == POOL) & (labels >= 0)))
-        self._write(
+        self._write_through_outage(
             lambda session: run_queries.start_training(session, inputs.run_id, labels_used, self.name)
         )
         last_write = -math.inf
@@ -320,11 +328,17 @@ class Worker:
             if now - last_write < self.write_every_s:
                 return False
             last_write = now
-            return self._write(
-                lambda session: run_queries.record_progress(
-                    session, inputs.run_id, p.step, p.fraction, now - start, p.losses
+            try:
+                return self._write(
+                    lambda session: run_queries.record_progress(
+                        session, inputs.run_id, p.step, p.fraction, now - start, p.losses
+                    )
                 )
-            )
+            except OperationalError as error:
+                # The database went away for a moment: training goes on, the next write catches
+                # up (a run failed at the first missed progress write, its minutes lost).
+                log.warning("Run %s: progress not recorded, training goes on: %s", inputs.run_id, error)
+                return False
 
         result = run_round(
             spec,
@@ -361,7 +375,7 @@ class Worker:
             "device": self.device,
             "timing": result.timing,
         }
-        outcome = self._write(
+        outcome = self._write_through_outage(
             lambda session: run_queries.store_round(
                 session,
                 inputs.run_id,
@@ -398,12 +412,27 @@ class Worker:
 
         return retrying(work)
 
+    def _write_through_outage(self, fn: Callable[[Session], Any]) -> Any:
+        """`_write`, tried again every outage_retry_s while the database cannot be reached, for
+        up to outage_patience_s (not once the worker is told to stop)."""
+        deadline = time.monotonic() + self.outage_patience_s
+        while True:
+            try:
+                return self._write(fn)
+            except OperationalError as error:
+                if time.monotonic() >= deadline or self._stop.is_set():
+                    raise
+                log.warning(
+                    "The database cannot be reached, trying again in %g s: %s", self.outage_retry_s, error
+                )
+                self._stop.wait(self.outage_retry_s)
+
     def _end(
         self, run_id: int, status: str, start: float, error: str | None = None, notes: list[str] | None = None
     ) -> None:
         seconds = time.monotonic() - start
         try:
-            self._write(
+            self._write_through_outage(
                 lambda session: run_queries.end_run(session, run_id, status, seconds, error, notes or ())
             )
         except Exception:

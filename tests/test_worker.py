@@ -160,6 +160,51 @@ def test_worker_runs_a_queued_run_to_done_with_predictions(Session, project):
     assert worker.process_one() is False  # queue empty
 
 
+def test_a_short_database_outage_does_not_fail_the_run(Session, project, monkeypatch):
+    """The first missed progress write failed the run (its minutes lost), and the end could not
+    be written either, so later it read "the worker stopped" (found by an exploratory session)."""
+    from sqlalchemy.exc import OperationalError
+
+    down = OperationalError("UPDATE runs", {}, ConnectionRefusedError("connection refused"))
+    failures = {"record_progress": 3, "store_round": 2}
+
+    def flaky(name):
+        real = getattr(run_queries, name)
+
+        def call(*args, **kwargs):
+            if failures[name]:
+                failures[name] -= 1
+                raise down
+            return real(*args, **kwargs)
+
+        return call
+
+    for name in failures:
+        monkeypatch.setattr(run_queries, name, flaky(name))
+    run_id = queue(Session, project.id)
+    worker = Worker(Session, device="cpu", name="t", write_every_s=0.0, outage_retry_s=0.01)
+    assert worker.process_one() is True
+    run = get_run(Session, run_id)
+    assert run.status == DONE, run.error
+    assert run.step == 20 and failures == {"record_progress": 0, "store_round": 0}
+
+
+def test_an_outage_longer_than_the_patience_fails_the_run_once_the_database_is_back(
+    Session, project, monkeypatch
+):
+    from sqlalchemy.exc import OperationalError
+
+    def down(*args, **kwargs):
+        raise OperationalError("UPDATE runs", {}, ConnectionRefusedError("connection refused"))
+
+    monkeypatch.setattr(run_queries, "store_round", down)
+    run_id = queue(Session, project.id)
+    worker = Worker(Session, device="cpu", name="t", outage_patience_s=0.05, outage_retry_s=0.01)
+    worker.process_one()
+    run = get_run(Session, run_id)
+    assert run.status == FAILED and "connection refused" in run.error
+
+
 def test_second_run_warm_starts_and_notes_a_bad_checkpoint(Session, project):
     first = queue(Session, project.id)
     worker = Worker(Session, device="cpu", name="t")
