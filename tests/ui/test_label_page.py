@@ -1,5 +1,6 @@
 """AppTest runs of the real app.py and of the Label page: the one-image box, the grid, the keys."""
 
+import pytest
 from PIL import Image
 from streamlit.testing.v1 import AppTest
 
@@ -20,6 +21,31 @@ def test_app_opens_on_the_label_page(Session, tiny_project):
         from db.models import Claim
 
         assert session.query(Claim).filter(Claim.annotator.like("tester#%")).count() > 0
+
+
+@pytest.mark.parametrize(
+    "audit, expected",
+    [
+        (None, "not measured yet"),
+        ((0.58, 0.3, 0.8, 12), "got 58% of 12 audit images right"),
+        ((0.95, 0.9, 0.99, 40), None),
+    ],
+)
+def test_grid_warns_when_its_prefilled_guesses_come_from_a_model_measured_poorly(
+    Session, tiny_project, audit, expected
+):
+    """An early model is sure of wrong guesses (an exploratory session: 4 of 8 pre-filled tiles
+    wrong, 58 % on the audit images), and A accepts them all, without a word."""
+    fake_done_run(Session, tiny_project.id, audit=audit)  # every guess 90 % sure: pre-filled
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    warnings = [w.value for w in at.warning]
+    if expected is None:
+        assert not warnings
+    else:
+        assert any(expected in w for w in warnings), warnings
+        at.slider(key="grid_threshold").set_value(0.95).run()  # nothing pre-filled: no warning
+        assert not [w for w in at.warning if "pre-filled" in w.value]
 
 
 def test_grid_accepts_confident_guesses_only_and_undoes_a_page_at_once(Session, tiny_project):
@@ -349,7 +375,7 @@ def test_a_grid_page_shared_because_others_hold_everything_stays(Session, tiny_p
     assert len(page) == 12
     at.run()
     assert list(_grid_tiles(at)) == page
-    assert not at.warning
+    assert not [w for w in at.warning if "pre-filled guess" not in w.value]  # the model's is no matter here
 
 
 def test_accept_right_after_moving_the_threshold_accepts_the_tiles_on_screen(Session, tiny_project):
