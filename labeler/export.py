@@ -12,7 +12,8 @@
   `model.onnx` (one self-contained file; each classifies a (B, C, H, W) float tensor in [0, 1]
   into class probabilities with no labeler code: PyTorch alone, or any ONNX runtime) +
   `classes.json` (the name of each of the model's outputs, in order: classes added after it
-  trained are not among them).
+  trained are not among them) + `prepare.py` (labeler.data.prepare itself: how an image file
+  becomes the model's input, NumPy and Pillow only) and `HOW_TO_USE_MODEL.txt`.
 
 One snapshot: an export reads everything it needs in one transaction (`read_snapshot`) before
 it writes a file, so labels given or undone meanwhile are wholly in or wholly out, and
@@ -75,6 +76,9 @@ If the export included a model:
     probabilities = model(images)  # images: float tensor (B, {c}, {h}, {w}) in [0, 1]
     print([classes[i] for i in probabilities.argmax(1)])
 
+Images of your own must be prepared as labeler prepared these: see HOW_TO_USE_MODEL.txt and
+prepare.py in the model download (the images in this zip are the original files).
+
 The same classifier as ONNX (one self-contained file; input "images", output
 "probabilities", any batch size):
 
@@ -84,12 +88,53 @@ The same classifier as ONNX (one self-contained file; input "images", output
 """
 
 
+HOW_TO_USE_MODEL = """\
+This model was exported by labeler. It classifies images of {c} channel(s), {h}x{w} pixels,
+float values in [0, 1], into the classes of classes.json (in order).
+
+Prepare each image exactly as labeler did when it trained, with prepare.py (NumPy and Pillow
+only): it letterboxes the image into a square (the longer side resized, the rest filled with
+the border's median colour), applies EXIF orientation and puts transparent pixels on white.
+A plain resize instead gives other predictions for many images.
+
+    import json
+    import numpy as np
+    import torch
+    from PIL import Image
+    from prepare import prepare  # the prepare.py beside this file
+
+    paths = ["a.jpg", "b.png"]
+    x = np.stack([prepare(Image.open(p), size={h}, channels={c}) for p in paths])
+    images = torch.from_numpy(x).float() / 255  # (B, {c}, {h}, {w}) in [0, 1]
+    model = torch.jit.load("model.torchscript.pt")
+    classes = json.load(open("classes.json"))
+    probabilities = model(images)
+    print([classes[i] for i in probabilities.argmax(1)])
+
+The same classifier as ONNX (input "images", output "probabilities", any batch size):
+
+    import onnxruntime
+    session = onnxruntime.InferenceSession("model.onnx")
+    probabilities = session.run(None, {{"images": images.numpy()}})[0]
+
+model.pt is labeler's own checkpoint (settings and weights; `torch.load(..., weights_only=True)`).
+"""
+
+
 LABEL_COLUMNS = ["file", "label", "label_index", "annotator", "labeled_at", "source", "split", "row"]
 CSV_COLUMNS = ["file", "label", "annotator", "labeled_at", "source"]
 PREDICTION_COLUMNS = ["file", "split", "predicted_index", "confidence", "entropy"]
 # What the model download holds; model.onnx.data only appears if an ONNX export ever keeps
 # its weights beside the graph (write_onnx asks for one file).
-MODEL_FILES = ("model.pt", "model.torchscript.pt", "model.onnx", "model.onnx.data", "classes.json")
+MODEL_FILES = (
+    "model.pt",
+    "model.torchscript.pt",
+    "model.onnx",
+    "model.onnx.data",
+    "classes.json",
+    "prepare.py",
+    "HOW_TO_USE_MODEL.txt",
+)
 PARTS = ("labels", "dataset", "predictions", "model")
 # What each part may write: an export removes an earlier export's (listed in MANIFEST) first.
 MANIFEST = ".labeler-export.json"
@@ -374,7 +419,15 @@ def write_model(
     # (class indices only grow, so its K outputs are the first K classes).
     names = snapshot.names[: model.num_classes]
     classes.write_text(json.dumps(names, ensure_ascii=False, indent=1))
-    return [*written, classes]
+    # The preprocessing the model was trained with, as code outside labeler needs it.
+    from .data import prepare
+
+    prepare_py = out / "prepare.py"
+    prepare_py.write_text(Path(prepare.__file__).read_text(encoding="utf-8"), encoding="utf-8")
+    how_to = out / "HOW_TO_USE_MODEL.txt"
+    c, h, w = model.input_shape
+    how_to.write_text(HOW_TO_USE_MODEL.format(c=c, h=h, w=w), encoding="utf-8")
+    return [*written, classes, prepare_py, how_to]
 
 
 def write_onnx(module, input_shape: tuple[int, ...], path: Path) -> Path:

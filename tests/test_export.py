@@ -88,7 +88,14 @@ def test_model_export_runs_without_labeler_code_as_torchscript_and_onnx(Session,
         queries.add_class(session, tiny_project.id, "bird")
         names = queries.class_names(session, tiny_project.id)
     written = {p.name: p for p in export.write_model(Session, tiny_project.id, tmp_path / "out")}
-    assert set(written) == {"model.pt", "model.torchscript.pt", "model.onnx", "classes.json"}
+    assert set(written) == {
+        "model.pt",
+        "model.torchscript.pt",
+        "model.onnx",
+        "classes.json",
+        "prepare.py",
+        "HOW_TO_USE_MODEL.txt",
+    }
     assert json.loads(written["classes.json"].read_text()) == names[:2] and len(names) == 3
     # The model download, unpacked alone in an empty folder: nothing may point back to the export's.
     fresh = tmp_path / "fresh"
@@ -102,6 +109,43 @@ def test_model_export_runs_without_labeler_code_as_torchscript_and_onnx(Session,
     assert onnx_probs.shape == (3, 2)
     np.testing.assert_allclose(onnx_probs, script_probs, atol=1e-5)
     np.testing.assert_allclose(onnx_probs, model.predict_proba(images), atol=1e-5)
+    assert "prepare(Image.open(p)" in (fresh / "HOW_TO_USE_MODEL.txt").read_text()
+
+
+def test_the_exported_prepare_py_prepares_images_as_labeler_does_without_labeler(tmp_path):
+    """An exported model came with no word on how its input was made, and a plain resize changed
+    24 of 60 predictions (an exploratory session): the export ships labeler's own preprocessing
+    as prepare.py, which runs with NumPy and Pillow alone."""
+    import subprocess
+    import sys
+
+    import numpy as np
+    from PIL import Image
+
+    from labeler.data import prepare
+    from labeler.data.images import decode_image
+
+    (tmp_path / "prepare.py").write_text(Path(prepare.__file__).read_text())  # as write_model does
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (20, 30, 4), dtype=np.uint8), "RGBA").save(tmp_path / "a.png")
+    jpeg = Image.fromarray(rng.integers(0, 256, (40, 64, 3), dtype=np.uint8), "RGB")
+    exif = jpeg.getexif()
+    exif[0x0112] = 6  # EXIF orientation: rotated
+    jpeg.save(tmp_path / "b.jpg", exif=exif, quality=90)
+    Image.fromarray(np.tile(np.linspace(0, 65535, 25).astype(np.uint16), (9, 1))).save(tmp_path / "c.png")
+    script = (
+        "import sys, json; sys.path.insert(0, '.'); import numpy as np; from PIL import Image;"
+        "from prepare import prepare; assert 'labeler' not in sys.modules;"
+        "print(json.dumps({n: prepare(Image.open(n), 16, c).tolist()"
+        " for n, c in [('a.png', 3), ('b.jpg', 3), ('c.png', 1)]}))"
+    )
+    out = subprocess.run(
+        [sys.executable, "-I", "-c", script], check=False, cwd=tmp_path, capture_output=True, text=True
+    )
+    assert out.returncode == 0, out.stderr
+    for name, got in json.loads(out.stdout).items():
+        expected = decode_image((tmp_path / name).read_bytes(), 16, 1 if name == "c.png" else 3)
+        np.testing.assert_array_equal(np.array(got, dtype=np.uint8), expected)
 
 
 def _train_and_register(Session, project, tmp_path, n_labeled: int = 6):

@@ -220,7 +220,7 @@ def export_page() -> None:
     model_paths = [paths[n] for n in MODEL_FILES if n in paths]
     if model_paths:
         st.download_button(
-            "Model: checkpoint + TorchScript + ONNX + classes.json (zip)",
+            "Model: checkpoint + TorchScript + ONNX + classes.json + prepare.py (zip)",
             data=functools.partial(export.zip_bytes, model_paths),
             file_name=f"{project.name}-model.zip",
             mime="application/zip",

@@ -38,7 +38,7 @@ from db import runs as run_queries
 from db.models import AUDIT, IGNORED, POOL, Item, LabelEvent, Project
 
 from .. import answers, projects, queue
-from ..data import images
+from ..data import prepare
 from . import account, common, parts
 
 log = logging.getLogger(__name__)
@@ -115,8 +115,8 @@ def _data_url(project_id: int, row: int, path: str | None, max_side: int = 720) 
         image = None
     if image is None:
         image = Image.fromarray(projects.image(project_id, row))
-    if images.is_deep(image):  # as the model sees it (PIL's convert clips 16-bit values at 255)
-        image = images.eight_bit(image)
+    if prepare.is_deep(image):  # as the model sees it (PIL's convert clips 16-bit values at 255)
+        image = prepare.eight_bit(image)
     if image.mode not in ("RGB", "RGBA", "L"):
         image = image.convert("RGBA" if "A" in image.getbands() else "RGB")
     image.thumbnail((max_side, max_side))
