@@ -62,7 +62,12 @@ def cmd_import(args) -> int:
         n_items = queries.count_items(session, project.id)
     for issue in issues:
         print(f"skipped {issue.path}: {issue.reason}")
-    print(json.dumps({"project": project.name, "items": n_items, "skipped": len(issues), "classes": names}))
+    print(
+        json.dumps(
+            {"project": project.name, "items": n_items, "skipped": len(issues), "classes": names},
+            ensure_ascii=False,
+        )
+    )
     return 0
 
 

@@ -35,7 +35,7 @@ def test_building_the_cli_loads_neither_torch_nor_scikit_learn():
 
 
 def test_import_folder_then_export_labels(tmp_path, capsys):
-    for cls, shade in (("cat", 40), ("dog", 200)):
+    for cls, shade in (("cat", 40), ("Étoile dog", 200)):
         (tmp_path / "src" / cls).mkdir(parents=True)
         for i in range(3):
             Image.new("L", (10, 10), shade + i).save(tmp_path / "src" / cls / f"{i}.png")
@@ -43,8 +43,9 @@ def test_import_folder_then_export_labels(tmp_path, capsys):
 
     assert main(["import", f"folder:{tmp_path / 'src'}", "--project", "pets"]) == 0
     summary, lines = _last_json(capsys)
-    assert summary == {"project": "pets", "items": 6, "skipped": 1, "classes": ["cat", "dog"]}
+    assert summary == {"project": "pets", "items": 6, "skipped": 1, "classes": ["cat", "Étoile dog"]}
     assert any("notes.txt" in line and "not an image" in line for line in lines)
+    assert any('"Étoile dog"' in line for line in lines)  # as typed: it printed "\u00c9toile"
 
     import db
     from db import queries
@@ -57,7 +58,7 @@ def test_import_folder_then_export_labels(tmp_path, capsys):
 
     assert main(["export", "--project", "pets", "--out", str(tmp_path / "out"), "--what", "labels"]) == 0
     frame = pd.read_csv(tmp_path / "out" / "labels.csv")
-    assert frame[["file", "label", "annotator"]].values.tolist() == [[first.key, "dog", "ann"]]
+    assert frame[["file", "label", "annotator"]].values.tolist() == [[first.key, "Étoile dog", "ann"]]
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):

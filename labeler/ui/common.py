@@ -44,6 +44,11 @@ def unsent_guard(sidebar: bool = True, data: dict | None = None, on_change=None)
         _unsent_guard()(key="unsent-guard", data=data, **sends)
 
 
+def by_count(n: int, one: str, many: str) -> str:
+    """`one` or `many`, by the count n ("1 label", "2 labels")."""
+    return one if n == 1 else many
+
+
 def session_factory() -> sessionmaker[Session]:
     from labeler.config import db_url
 

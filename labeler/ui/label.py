@@ -665,11 +665,16 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
         st.session_state.pop(_page_key(project_id))
     for item_id in item_ids:
         st.session_state.pop(_tile_key(item_id, view), None)
-    text = f"Saved {len(events)} labels."
+    text = f"Saved {len(events)} {common.by_count(len(events), 'label', 'labels')}."
     if not events and again:
         text = "This page was saved already (A pressed again); nothing changed."
     elif len(events) < len(chosen):
-        text += f" {len(chosen) - len(events)} images had been answered meanwhile and were left as they are."
+        left = len(chosen) - len(events)
+        text += " " + common.by_count(
+            left,
+            "1 image had been answered meanwhile and was left as it is.",
+            f"{left} images had been answered meanwhile and were left as they are.",
+        )
     st.session_state["last_message"] = ("success", text)
     _auto_retrain(project_id)
 
@@ -855,9 +860,13 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
         seen.pop((item_id, event_id), None)
         chosen.pop((item_id, event_id), None)
     common.ledger(project_id).record(events)
-    text = f"Corrected {len(events)} labels (kept in the history)."
+    text = f"Corrected {len(events)} {common.by_count(len(events), 'label', 'labels')} (kept in the history)."
     if stale:
-        text += f" {stale} had been changed by someone else meanwhile and were left as they are."
+        text += " " + common.by_count(
+            stale,
+            "1 had been changed by someone else meanwhile and was left as it is.",
+            f"{stale} had been changed by someone else meanwhile and were left as they are.",
+        )
     st.session_state["last_message"] = ("success", text)
 
 

@@ -464,11 +464,11 @@ def _bulk_label(
         st.session_state["latent_message"] = ("error", f"The labels were not saved: {error}")
         return
     common.ledger(project_id).record(events)
-    text = f"Labeled {len(events)} {_by_count(len(events), 'image', 'images')} at once."
+    text = f"Labeled {len(events)} {common.by_count(len(events), 'image', 'images')} at once."
     if outcome:
         text += _relabel_report(outcome)
     elif left := len(item_ids) - len(events):
-        had = _by_count(
+        had = common.by_count(
             left, "already had a label and was left as it is", "already had a label and were left as they are"
         )
         text += f' {left} {had} (tick "relabel" to change them).'
@@ -482,10 +482,6 @@ def _bulk_label(
         )
 
 
-def _by_count(n: int, one: str, many: str) -> str:
-    return one if n == 1 else many
-
-
 def _relabel_report(outcome: dict[str, int]) -> str:
     """What a relabel did, beyond the count labeled (`_bulk_label`)."""
     replaced, others = outcome.get(queries.REPLACED, 0), outcome.get("others", 0)
@@ -497,12 +493,12 @@ def _relabel_report(outcome: dict[str, int]) -> str:
             + " (Undo last page on the Label page takes them all back)."
         )
     if same := outcome.get(queries.SAME, 0):
-        left = _by_count(same, "was left as it is", "were left as they are")
+        left = common.by_count(same, "was left as it is", "were left as they are")
         parts.append(f" {same} had this label already and {left}.")
     if changed := outcome.get(queries.CHANGED, 0):
         were, left = (
-            _by_count(changed, "was", "were"),
-            _by_count(changed, "was left as it is", "were left as they are"),
+            common.by_count(changed, "was", "were"),
+            common.by_count(changed, "was left as it is", "were left as they are"),
         )
         parts.append(
             f" {changed} {were} answered or changed after this page was drawn and {left};"

@@ -254,7 +254,7 @@ def test_an_old_label_is_corrected_from_the_history(app_server, page):
     page.get_by_role("option", name=target, exact=True).click()
     settle(page)
     page.locator("[class*='st-key-hist_save-'] button").click()
-    page.get_by_text("Corrected 1 labels").wait_for()
+    page.get_by_text("Corrected 1 label (").wait_for()
     last = events(Session, pid)[-1]
     assert (last.item_id, last.kind, last.class_index) == (
         newest.item_id,

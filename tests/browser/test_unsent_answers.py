@@ -586,7 +586,7 @@ def test_a_history_change_not_saved_waits_while_another_page_shows(server, page)
     settle(page)
     assert box.locator('input[role="combobox"]').input_value() == "bright"
     page.locator("[class*='st-key-hist_save-'] button").click()
-    page.get_by_text("Corrected 1 labels").wait_for()
+    page.get_by_text("Corrected 1 label (").wait_for()
     assert answers_of(Session, [item])[item][-1] == (1, "carol")
 
 
@@ -601,7 +601,7 @@ def test_closing_the_tab_while_a_history_change_waits_asks_first(server, page):
     assert asked.value.type == "beforeunload"
     asked.value.dismiss()
     page.locator("[class*='st-key-hist_save-'] button").click()
-    page.get_by_text("Corrected 1 labels").wait_for()
+    page.get_by_text("Corrected 1 label (").wait_for()
     assert answers_of(server["Session"], [item])[item][-1] == (1, "dora")
     page.wait_for_function("() => window.__labelerUnsent.unsaved === 0")
     with page.expect_event("close"):  # nothing waits now: no question (one would be dismissed)

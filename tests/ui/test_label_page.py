@@ -64,7 +64,10 @@ def test_grid_accepts_confident_guesses_only_and_undoes_a_page_at_once(Session, 
         queries.add_label(session, taken, 1, annotator="bob")
     button(at, "accept_grid").click().run()
     assert not at.exception
-    assert "11 labels" in at.success[0].value and "1 images had been answered" in at.success[0].value
+    assert (
+        "11 labels" in at.success[0].value
+        and "1 image had been answered meanwhile and was left" in at.success[0].value
+    )
     with Session() as session:
         assert queries.label_count(session, tiny_project.id) == 12
         assert queries.current_labels(session, tiny_project.id)[taken] == 1
@@ -139,7 +142,7 @@ def test_a_history_correction_never_replaces_an_answer_changed_meanwhile(Session
         b_was = queries.current_labels(session, tiny_project.id)[b]
     tiles[b].set_value(1 - b_was)
     button(at, "hist_save").click().run()
-    assert "Corrected 1 labels" in at.success[0].value and "changed by someone else" in at.success[0].value
+    assert "Corrected 1 label " in at.success[0].value and "changed by someone else" in at.success[0].value
     with Session() as session:
         labels = queries.current_labels(session, tiny_project.id)
     assert labels == {a: 1 - was, b: 1 - b_was}
@@ -205,7 +208,7 @@ def _rename_refused_once_then_saved(Session, project_id: int, at, first: int) ->
     with Session() as session:
         assert queries.label_count(session, project_id) == 0
     button(at, "accept_grid").click().run()  # again, on the page drawn under the new names: saved
-    assert "Saved 1 labels" in at.success[0].value
+    assert "Saved 1 label\\." in at.success[0].value
     with Session() as session:
         assert queries.current_labels(session, project_id) == {first: 0}
 
@@ -422,7 +425,7 @@ def test_a_history_change_stays_on_the_page_until_saved_when_newer_answers_push_
     _history_tiles(at)[a].set_value(1 - was).run()
     assert _history_tiles(at)[a].value == 1 - was
     button(at, "hist_save").click().run()
-    assert "Corrected 1 labels" in at.success[0].value
+    assert "Corrected 1 label " in at.success[0].value
     assert _labels(Session, tiny_project.id)[a] == 1 - was
 
 
@@ -450,7 +453,7 @@ def test_a_history_change_not_saved_yet_follows_its_class_name_through_a_rename(
     assert _labels(Session, tiny_project.id)[a] == was
     _history_tiles(at)[a].set_value(1 - was).run()
     button(at, "hist_save").click().run()
-    assert "Corrected 1 labels" in at.success[0].value
+    assert "Corrected 1 label " in at.success[0].value
     assert _labels(Session, tiny_project.id)[a] == 1 - was
 
 
@@ -480,7 +483,7 @@ def test_a_history_change_not_saved_yet_waits_while_the_person_looks_at_another_
     tiles = _history_tiles(at)
     assert tiles[a].value == 1 - was[a] and tiles[b].value == was[b]
     button(at, "hist_save").click().run()
-    assert "Corrected 1 labels" in at.success[0].value
+    assert "Corrected 1 label " in at.success[0].value
     assert _labels(Session, tiny_project.id) == {a: 1 - was[a], b: was[b]}
     at.radio(key="label_mode").set_value("Grid").run()
     assert not at.info  # saved: nothing waits
