@@ -15,7 +15,7 @@ import pandas as pd
 import streamlit as st
 
 from db import queries
-from db.models import AUDIT, TEST
+from db.models import AUDIT, TEST, Project
 
 from .. import auth, projects
 from ..config import SettingError, check_int, data_dir, user_error
@@ -52,6 +52,16 @@ def named_as_uploaded(text: str, source: str | None, upload) -> str:
     if kind != "zip" or upload is None or Path(path).parent != data_dir() / "uploads" or not saved:
         return text
     return text.replace(saved, str(upload.name))
+
+
+def record_uploaded_name(project_id: int, source: str | None, upload) -> None:
+    """A project imported from an upload is shown with the name of the file the person uploaded
+    (`upload:photos.zip`), not the server's random name of a copy deleted after the import."""
+    kind, _, path = (source or "").partition(":")
+    if kind != "zip" or upload is None or Path(path).parent != data_dir() / "uploads":
+        return
+    with common.session_factory().begin() as session:
+        session.get(Project, project_id).source = f"upload:{upload.name}"[:1000]
 
 
 def remove_upload(source: str | None) -> None:
@@ -146,6 +156,7 @@ def _create_ui() -> None:
         return
     finally:
         remove_upload(source)
+    record_uploaded_name(project.id, source, upload)
     st.session_state["project_id"] = project.id
     for key in ("skipped", "undone_item", "export_files"):
         st.session_state.pop(key, None)

@@ -7,6 +7,7 @@ import io
 import time
 import zipfile
 from pathlib import Path
+from types import SimpleNamespace
 from unittest import mock
 
 import numpy as np
@@ -788,6 +789,14 @@ def test_uploaded_zip_is_saved_under_the_data_folder_and_imports(Session, tmp_pa
     created = projects.create_project(Session, "zipped", source)
     with Session() as session:
         assert queries.count_items(session, created.id) == 12
+    # Shown with the uploaded file's name, not the random one of the copy removed after the import.
+    own = SimpleNamespace(name="photos.zip")
+    project.record_uploaded_name(created.id, f"zip:{tmp_path / 'own.zip'}", own)  # the user's own zip
+    with Session() as session:
+        assert session.get(Project, created.id).source == source
+    project.record_uploaded_name(created.id, source, own)
+    with Session() as session:
+        assert session.get(Project, created.id).source == "upload:photos.zip"
 
 
 def test_a_new_annotator_name_starts_clean_as_a_login_does(Session, tiny_project):
