@@ -25,6 +25,7 @@ try:
     user = account.gate([path for path, *_ in PAGES])
     if user is None:  # no accounts: the name typed or given in the address stays in it
         common.keep_annotator_in_address()
+    common.replay_missed()  # answers an outage kept from being stored: stored now
     unsaved = label.unsaved_anywhere()  # History changes not saved: closing the tab or a logout asks
     # Every page: answers the Label box left in the tab are sent; closing it asks while answers,
     # History changes or grid tiles set and not accepted wait.
@@ -38,8 +39,11 @@ try:
     )
     # The Label page says the current project's History changes itself, beside its History.
     label.unsaved_note(current=page.title != "Label", anywhere=unsaved)
+    common.outage_notice()  # a click an outage kept from being saved
     page.run()
 except OperationalError as error:  # the database stopped answering: one sentence, then retries
+    if common.database_answers():
+        raise  # it answers: not an outage but a fault (a missing table, a read-only file), shown as one
     if not guarded:
         common.unsent_guard()  # closing the tab still asks while answers wait in it
     common.database_unreachable(error)

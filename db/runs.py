@@ -427,10 +427,15 @@ def store_round(
     metrics: dict[str, Any],
 ) -> str:
     """Store a finished round: its predictions and queue, accuracies and metrics, and mark the
-    run DONE. Returns DONE, CANCELLED (a cancel arrived meanwhile: nothing stored) or "deleted"."""
+    run DONE. Returns DONE, CANCELLED (a cancel arrived meanwhile: nothing stored) or "deleted";
+    for a run no longer RUNNING, its status, storing nothing: a retry after a commit whose answer
+    was lost (the worker tries again through a database outage) found it DONE and stored the
+    predictions twice, and a run marked interrupted meanwhile was turned DONE."""
     run = session.get(Run, run_id)
     if run is None:
         return "deleted"
+    if run.status != RUNNING:
+        return run.status
     if run.cancel_requested:
         run.status, run.finished_at, run.seconds = CANCELLED, utcnow(), seconds
         return CANCELLED

@@ -39,6 +39,7 @@ import threading
 from dataclasses import dataclass, field
 
 from sqlalchemy import func, select
+from sqlalchemy.exc import OperationalError
 
 import db
 from db import queries
@@ -79,6 +80,9 @@ class Outcome:
     refused_actions: list[str] = field(default_factory=list)
     # (undo_last action id, the image it opened again): the box shows that image at once.
     undone_last: list[tuple[str, int]] = field(default_factory=list)
+    # The database stopped answering before every action was applied: the ones before it are
+    # applied (and reported above), the rest wait for the next try (the caller re-raises this).
+    stopped_by: OperationalError | None = None
 
 
 def _check_class(session, project_id: int, class_index: int, shown_name: str | None = None) -> None:
@@ -97,13 +101,19 @@ def _check_class(session, project_id: int, class_index: int, shown_name: str | N
 
 
 def apply_actions(Session, project_id: int, annotator: str, actions, ledger: Ledger) -> Outcome:
-    """Apply the actions not applied yet, in order; `ledger` is updated as each one commits."""
+    """Apply the actions not applied yet, in order; `ledger` is updated as each one commits. When
+    the database stops answering partway, the outcome of those applied is returned with
+    `stopped_by` set, so their refusals and undos still reach the person."""
     with ledger.lock:
-        return _apply(Session, project_id, annotator, actions, ledger)
+        outcome = Outcome()
+        try:
+            _apply(Session, project_id, annotator, actions, ledger, outcome)
+        except OperationalError as error:
+            outcome.stopped_by = error
+        return outcome
 
 
-def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) -> Outcome:
-    outcome = Outcome()
+def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger, outcome: Outcome) -> None:
     for action in actions or []:
         action_id = str(action.get("id", ""))
         if not action_id or action_id in ledger.applied:
@@ -138,7 +148,6 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger) ->
         # Marked only after its transaction committed: no st.* call lies in between, so a rerun
         # cannot interrupt the page here and apply the same action twice.
         ledger.applied.add(action_id)
-    return outcome
 
 
 def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outcome: Outcome) -> None:

@@ -107,7 +107,7 @@ def cmd_worker(args) -> int:
     worker = Worker(_session_factory(), device=args.device, name=args.name, poll_s=args.poll_s)
     print(f"worker {worker.name} on {worker.device}; waiting for queued runs (Ctrl-C stops)", flush=True)
     try:
-        with stopped_by_sigterm(worker):
+        with stopped_by_sigterm():
             processed = worker.run_forever(until_idle=args.once)
     except KeyboardInterrupt:
         worker.stop(timeout=0)

@@ -440,18 +440,14 @@ class Worker:
 
 
 @contextlib.contextmanager
-def stopped_by_sigterm(worker: Worker) -> Iterator[None]:
+def stopped_by_sigterm() -> Iterator[None]:
     """While inside (main thread only): SIGTERM, what systemd, docker and a plain `kill` send to
-    stop a service, stops `worker` as Ctrl-C does: its run ends within a second, marked
-    interrupted, and the loop returns. Without it the process died with its run left "running"
-    (a Cancel button that did nothing, later runs waiting) until another worker on that machine
-    started or the heartbeat went stale (found by an exploratory session)."""
-
-    def stop(signum, frame) -> None:
-        log.warning("Stopping: SIGTERM received")
-        worker.stop(timeout=0)
-
-    previous = signal.signal(signal.SIGTERM, stop)
+    stop a service, raises KeyboardInterrupt, as Ctrl-C does, so a run in progress is marked
+    interrupted and the worker stops (Python's own handler: no lock taken inside the signal
+    handler). Without it the process died with its run left "running" (a Cancel button that
+    did nothing, later runs waiting) until another worker on that machine started or the
+    heartbeat went stale (found by an exploratory session)."""
+    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
     try:
         yield
     finally:

@@ -205,6 +205,29 @@ def test_an_outage_longer_than_the_patience_fails_the_run_once_the_database_is_b
     assert run.status == FAILED and "connection refused" in run.error
 
 
+def test_store_round_stores_nothing_for_a_run_no_longer_running(Session, project):
+    """A retry through an outage after a commit whose answer was lost found the run DONE and
+    stored its predictions again; a run marked interrupted meanwhile was turned DONE."""
+    run_id = queue(Session, project.id)
+    with Session.begin() as session:
+        session.get(Run, run_id).status = INTERRUPTED
+    with Session.begin() as session:
+        outcome = run_queries.store_round(
+            session,
+            run_id,
+            {"item_id": []},
+            checkpoint="x.pt",
+            step=1,
+            seconds=1.0,
+            test_accuracy=None,
+            audit_n=0,
+            audit_accuracy=None,
+            audit_interval=(None, None),
+            metrics={},
+        )
+    assert outcome == INTERRUPTED and get_run(Session, run_id).status == INTERRUPTED
+
+
 def test_second_run_warm_starts_and_notes_a_bad_checkpoint(Session, project):
     first = queue(Session, project.id)
     worker = Worker(Session, device="cpu", name="t")
@@ -550,8 +573,8 @@ def test_sigterm_stops_a_foreground_worker_and_interrupts_its_run(Session, proje
 
     sender = threading.Thread(target=terminate_once_running)
     sender.start()
-    with stopped_by_sigterm(worker):
-        worker.run_forever()  # in the main thread, as the CLI runs it; returns once stopped
+    with pytest.raises(KeyboardInterrupt), stopped_by_sigterm():
+        worker.run_forever()  # in the main thread, as the CLI runs it: stopped as by Ctrl-C
     sender.join()
     run = get_run(Session, run_id)
     assert run.status == INTERRUPTED and "start training again" in run.error

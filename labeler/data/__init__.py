@@ -1,6 +1,7 @@
 """Data sources: the built-in registry `DATASETS` and `read_source` for every source string.
 
-Source strings (the CLI, the UI and `Project.source` use the same ones):
+Source strings (the CLI, the UI and `Project.source` use the same ones; a project imported from
+an uploaded zip is recorded as `upload:NAME`, the uploaded file's name, for display only):
 
     digits | fashion-mnist | mnist     a built-in data set (see `labeler.data.builtin`)
     shapes                            the generated colour benchmark (see `labeler.data.shapes`)

@@ -83,37 +83,67 @@ def database_unreachable(error: Exception) -> None:
 
 
 def database_answers() -> bool:
+    """Whether the database answers a trivial query now."""
     from sqlalchemy import text
-    from sqlalchemy.exc import SQLAlchemyError
 
     try:
         with session_factory()() as session:
             session.execute(text("SELECT 1"))
         return True
-    except SQLAlchemyError:
+    except Exception:  # noqa: BLE001 - any failure to answer is "no"
         return False
 
 
-def survives_outage(callback):
-    """A widget callback that, when the database cannot be reached, stores nothing and returns,
-    instead of raising: the answers it was given stay unacknowledged in the tab (sent again
-    later), and the page then says what happened (`database_unreachable`). A callback's
-    exception replaced the whole page with a traceback."""
+# Session keys: the callbacks an outage stopped, to call again (`replay_missed`), and the notice
+# for a deliberate action it stopped (`outage_notice`).
+MISSED = "outage-missed"
+OUTAGE_NOTICE = "outage-notice"
+
+
+def survives_outage(callback=None, *, replay: bool = False):
+    """A widget callback that, when the database cannot be reached, returns instead of raising
+    (a callback's exception replaced the whole page with a traceback, and nothing redrew it).
+    `replay`: the callback is called again in the next page run (`replay_missed`), as for the
+    Label box's and the guard's answers, which stay in the tab until stored (else a blip with the
+    page itself fine left them waiting until the next key). Otherwise (a deliberate click) the
+    page says that it was not saved (`outage_notice`)."""
     from sqlalchemy.exc import OperationalError
 
-    @functools.wraps(callback)
-    def guarded(*args, **kwargs):
-        try:
-            return callback(*args, **kwargs)
-        except OperationalError as error:
-            import logging
+    def wrap(fn):
+        @functools.wraps(fn)
+        def guarded(*args, **kwargs):
+            try:
+                return fn(*args, **kwargs)
+            except OperationalError as error:
+                import logging
 
-            logging.getLogger(__name__).warning(
-                "Callback %s: database unreachable: %s", callback.__name__, error
-            )
-            return None
+                logging.getLogger(__name__).warning("%s: database unreachable: %s", fn.__name__, error)
+                if replay:
+                    st.session_state.setdefault(MISSED, {})[fn.__qualname__] = (fn, args, kwargs)
+                else:
+                    st.session_state[OUTAGE_NOTICE] = (
+                        "The database could not be reached, so that was not saved: try again once it is back."
+                    )
+                return None
 
-    return guarded
+        return guarded
+
+    return wrap(callback) if callback is not None else wrap
+
+
+def replay_missed() -> None:
+    """Call again the callbacks an outage stopped (`survives_outage(replay=True)`), each once it
+    passes; while the database is still away this raises, and the page says so."""
+    missed = st.session_state.get(MISSED) or {}
+    for name, (fn, args, kwargs) in list(missed.items()):
+        fn(*args, **kwargs)
+        missed.pop(name, None)
+
+
+def outage_notice() -> None:
+    text = st.session_state.pop(OUTAGE_NOTICE, None)
+    if text:
+        st.error(text)
 
 
 @st.cache_resource(show_spinner="Starting the background trainer...")

@@ -247,7 +247,7 @@ def _box_actions(project_id: int) -> list[dict]:
     return _actions_of(_box_key(project_id))
 
 
-@common.survives_outage
+@common.survives_outage(replay=True)
 def _apply_box_actions(project_id: int) -> None:
     """Callback: runs before the page, so the next images are chosen with these answers saved."""
     try:
@@ -256,13 +256,14 @@ def _apply_box_actions(project_id: int) -> None:
         # Not acknowledged: the box keeps these answers and sends them again after a new login.
         st.session_state["box_notices"] = [*st.session_state.get("box_notices", []), str(refused)]
         return
-    notices = _apply_answers(project_id, annotator, _box_actions(project_id))
-    st.session_state["box_notices"] = st.session_state.get("box_notices", []) + notices
+    _apply_answers(project_id, annotator, _box_actions(project_id), "box_notices")
 
 
-def _apply_answers(project_id: int, annotator: str, actions: list[dict]) -> list[str]:
-    """Store the box's answers (from the box, or sent for it by the guard) and return the notices
-    for the person; the images refused or undone come first in the queue."""
+def _apply_answers(project_id: int, annotator: str, actions: list[dict], notices_key: str) -> None:
+    """Store the box's answers (from the box, or sent for it by the guard) and add the notices
+    for the person to the session list `notices_key`; the images refused or undone come first in
+    the queue. When the database stops answering partway, what was applied is reported all the
+    same, then the error is raised (the rest wait in the tab)."""
     outcome = answers.apply_actions(
         common.session_factory(), project_id, annotator, actions, common.ledger(project_id)
     )
@@ -273,9 +274,11 @@ def _apply_answers(project_id: int, annotator: str, actions: list[dict]) -> list
     shown_again = outcome.refused_items + outcome.undone_items
     st.session_state["show_first"] = shown_again + st.session_state.get("show_first", [])
     _forget_accepted(project_id, outcome.undone_items)  # U in the box may undo a grid page
+    st.session_state[notices_key] = st.session_state.get(notices_key, []) + outcome.notices
+    if outcome.stopped_by is not None:  # the rest wait in the tab; the page says why
+        raise outcome.stopped_by
     if outcome.labeled:
         _auto_retrain(project_id)
-    return outcome.notices
 
 
 # Answers the box had no time to send (unsent_guard.js, on every page) ---------------------------
@@ -294,7 +297,7 @@ def _owned(action: dict, annotator: str) -> int | None:
     return int(project) if name == annotator and re.fullmatch(r"[0-9]{1,18}", project) else None
 
 
-@common.survives_outage
+@common.survives_outage(replay=True)
 def _apply_unsent() -> None:
     """Callback of the guard: the answers a Label box left in the tab, stored as the box would
     have, for the person acting now (a person's answers are never stored under another's name;
@@ -310,8 +313,7 @@ def _apply_unsent() -> None:
         if project_id is not None:
             by_project.setdefault(project_id, []).append(action)
     for project_id, actions in by_project.items():
-        notices = _apply_answers(project_id, annotator, actions)
-        st.session_state["unsent_notices"] = st.session_state.get("unsent_notices", []) + notices
+        _apply_answers(project_id, annotator, actions, "unsent_notices")
 
 
 def _unsent_acked(annotator: str) -> list[str]:
@@ -610,6 +612,7 @@ def _renamed_note() -> None:
     )
 
 
+@common.survives_outage
 def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: list[str]) -> None:
     """Commit the page in one transaction: the pre-filled guesses the person left alone count as
     confirmed, tiles set to "skip" stay unlabeled, and an image answered meanwhile (by anyone) is
@@ -651,6 +654,8 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
 
     try:
         events = db.retrying(commit)
+    except OperationalError:
+        raise  # the database is away: survives_outage says so, without its host and port
     except Exception as error:  # noqa: BLE001 - shown to the user, nothing is lost
         st.session_state["last_message"] = ("error", f"The page was not saved: {error}")
         return
@@ -679,6 +684,7 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
     _auto_retrain(project_id)
 
 
+@common.survives_outage
 def _undo_page(project_id: int) -> None:
     try:
         annotator = account.acting_user()["name"]
@@ -694,7 +700,11 @@ def _undo_page(project_id: int) -> None:
             back = queries.unanswered(session, project_id, undone)
         st.session_state["last_message"] = (
             "info",
-            f"Undone: your last grid page or bulk label ({len(undone)} answers); {len(back)} images are back in the queue.",
+            (
+                f"Undone: your last grid page or bulk label ({len(undone)} "
+                f"{common.by_count(len(undone), 'answer', 'answers')}); {len(back)} "
+                f"{common.by_count(len(back), 'image is', 'images are')} back in the queue."
+            ),
         )
         st.session_state["show_first"] = undone + st.session_state.get("show_first", [])
         common.ledger(project_id).skipped.difference_update(undone)
@@ -713,7 +723,8 @@ def _guess_warning(project_id: int, batch: list, threshold: float) -> str | None
     right often: early models are sure of wrong guesses (an exploratory session: 4 of 8
     pre-filled tiles wrong, 127 of 198 guesses at 90 % or more right, 58 % on the audit images),
     and A accepts them all. None when nothing is pre-filled or the model measured well."""
-    if not any(p is not None and p.confidence >= threshold for _, p in batch):
+    shown = (_shown_prediction(item, p) for item, p in batch)  # audit images get no guess
+    if not any(p is not None and p.confidence >= threshold for p in shown):
         return None
     with common.session_factory()() as session:
         run = run_queries.latest_done_run(session, project_id)
@@ -829,6 +840,7 @@ def _grid(project_id: int, names: list[str]) -> None:
 # History --------------------------------------------------------------------------------------
 
 
+@common.survives_outage
 def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str]) -> None:
     """Save the tiles the person changed. `shown` is (item, event, class) as drawn, `names` the
     classes as drawn; an answer that changed since (somebody else's correction) is left as it

@@ -379,6 +379,7 @@ def _remember_bulk_class(project_id: int, names: list[str]) -> None:
         st.session_state[_chosen_key(project_id)] = names[value]
 
 
+@common.survives_outage
 def _bulk_label(
     project_id: int, item_ids: list[int], names: list[str], frame: pd.DataFrame | None = None
 ) -> None:
@@ -620,7 +621,7 @@ def _selection_panel(
         f" as {names[chosen_class]}" if isinstance(chosen_class, int) and chosen_class < len(names) else ""
     )
     right.button(
-        common.as_typed(f"Label {len(chosen)} image{'s' * (len(chosen) != 1)}{as_class}"),
+        common.as_typed(f"Label {len(chosen)} {common.by_count(len(chosen), 'image', 'images')}{as_class}"),
         key=f"bulk_apply-{common.tag(sorted(int(i) for i in chosen.index))}",  # see common.tag
         type="primary",
         on_click=_bulk_label,

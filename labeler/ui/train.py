@@ -74,6 +74,7 @@ def _allowed() -> bool:
     return True
 
 
+@common.survives_outage
 def _start(project_id: int) -> None:
     if not _allowed():  # checked before anything is stored: the project's settings too
         return
@@ -111,6 +112,7 @@ def _start(project_id: int) -> None:
     state["train_notice"] = f"Run {run_id} is queued; it starts as soon as the trainer is free."
 
 
+@common.survives_outage
 def _cancel(run_id: int) -> None:
     if not _allowed():
         return
@@ -164,6 +166,21 @@ def history_frame(runs: list) -> pd.DataFrame:
             for run in runs
         ]
     )
+
+
+def _live_or_outage(project_id: int) -> None:
+    """`_live`; while the database cannot be reached, one line instead of a traceback (the
+    fragment reruns on its own, without the page's handler around it), until it answers again."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        _live(project_id)
+    except OperationalError:
+        if common.database_answers():
+            raise
+        st.warning(
+            "The database cannot be reached just now; training goes on, and this part follows once it is back."
+        )
 
 
 def _live(project_id: int) -> None:
@@ -302,7 +319,7 @@ def train_page() -> None:
 
     st.subheader("Now")
     st.session_state["train_seen_active"] = {r.id for r in current}
-    st.fragment(run_every=LIVE_EVERY_S if current else IDLE_EVERY_S)(_live)(project.id)
+    st.fragment(run_every=LIVE_EVERY_S if current else IDLE_EVERY_S)(_live_or_outage)(project.id)
 
     st.subheader("History")
     if runs:

@@ -478,7 +478,7 @@ def test_an_uploaded_zip_becomes_the_current_project(app_server, page, tmp_path)
         assert queries.count_items(session, project.id) == 10
         assert [i.path for i in queries.import_issues(session, project.id)] == ["cats/notes.txt"]
     page.get_by_text("1 file was skipped when importing.").wait_for()
-    assert str(app_server["data_dir"]) in project.source  # saved under the data folder
+    assert project.source == "upload:pets.zip"  # the uploaded file's name, not the removed copy's
     page.goto(f"{app_server['url']}/")
     page.get_by_text("Label · tiny").wait_for()  # a new browser session starts on the first project
 

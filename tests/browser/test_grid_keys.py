@@ -165,7 +165,7 @@ def test_a_held_key_sets_one_tile_and_a_held_a_accepts_one_page(app_server, page
     expect(page.get_by_text("Saved 1 label.")).to_be_visible()  # an accept of the next page says 0
     press(page, "u")  # one page accepted: one undo takes tile 0's answer back
     page.get_by_text(
-        "Undone: your last grid page or bulk label (1 answers); 1 images are back in the queue."
+        "Undone: your last grid page or bulk label (1 answer); 1 image is back in the queue."
     ).wait_for()
 
 

@@ -6,6 +6,7 @@ import pytest
 from sqlalchemy.exc import OperationalError
 from ui_helpers import app_run
 
+from db import queries
 from labeler.ui import common, label
 
 DOWN = OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
@@ -52,5 +53,78 @@ def test_a_callback_that_meets_an_unreachable_database_stores_nothing_and_does_n
         broken()
 
 
-def test_the_box_and_the_guard_callbacks_survive_an_outage():
-    assert label._apply_box_actions.__wrapped__ and label._apply_unsent.__wrapped__
+def _outage_app():
+    """A button whose callback meets an unreachable database the first time it runs, with the
+    page-run steps app.py takes: replaying missed callbacks, then the notice."""
+    from streamlit.testing.v1 import AppTest
+
+    def script():
+        import streamlit as st
+        from sqlalchemy.exc import OperationalError
+
+        from labeler.ui import common
+
+        calls = st.session_state.setdefault("calls", [])
+
+        def store(kind):
+            calls.append(kind)
+            if len(calls) == 1:
+                raise OperationalError("INSERT", {}, ConnectionRefusedError("connection refused"))
+
+        common.replay_missed()
+        common.outage_notice()
+        st.button("answers", on_click=common.survives_outage(store, replay=True), args=("box",))
+        st.button("click", on_click=common.survives_outage(store), args=("click",))
+
+    return AppTest.from_function(script, default_timeout=60).run()
+
+
+def test_answers_an_outage_kept_from_being_stored_are_stored_in_the_next_page_run():
+    """The box's answers waited, with "saving" on screen, until the next key when the callback
+    met the outage and the page itself then ran fine (a blip)."""
+    at = _outage_app()
+    at.button[0].click().run()
+    assert not at.exception and at.session_state["calls"] == ["box", "box"]  # failed, then replayed
+    assert not at.session_state[common.MISSED] and not at.error
+    at.run()
+    assert at.session_state["calls"] == ["box", "box"]  # once stored, not again
+
+
+def test_a_click_an_outage_kept_from_being_saved_says_so():
+    at = _outage_app()
+    at.button[1].click().run()
+    assert not at.exception and at.session_state["calls"] == ["click"]  # not replayed: a deliberate act
+    assert "not saved" in at.error[0].value
+    at.run()
+    assert not at.error  # said once
+
+
+def test_answers_applied_before_an_outage_are_reported_and_the_rest_wait(Session, tiny_project, monkeypatch):
+    """The database stopped answering partway through a batch: the answers before it were
+    acknowledged, but their outcome (a refusal, an undo) never reached the person."""
+    from labeler import answers
+
+    with Session() as session:
+        a, b = (item.id for item in queries.items(session, tiny_project.id, "pool")[:2])
+    real = answers._label
+    calls = []
+
+    def label_then_down(*args, **kwargs):
+        calls.append(args[3])
+        if len(calls) == 2:
+            raise DOWN
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(answers, "_label", label_then_down)
+    ledger = answers.Ledger()
+    sent = [
+        {"id": "x1", "type": "label", "item": a, "class": 0},
+        {"id": "x2", "type": "label", "item": b, "class": 1},
+    ]
+    outcome = answers.apply_actions(Session, tiny_project.id, "ann", sent, ledger)
+    assert outcome.labeled == 1 and outcome.stopped_by is DOWN
+    assert "x1" in ledger.applied and "x2" not in ledger.applied  # waits in the tab, sent again
+    monkeypatch.undo()
+    answers.apply_actions(Session, tiny_project.id, "ann", sent, ledger)
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a: 0, b: 1}
