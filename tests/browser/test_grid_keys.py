@@ -35,6 +35,14 @@ def app_server(tmp_path_factory):
         engine.dispose()
 
 
+def open_grid(page, url: str) -> list[tuple[int, str]]:
+    """Open the Label page in Grid mode (the focus stays in the mode switch) and return its tiles."""
+    page.goto(url)
+    page.get_by_text("Grid", exact=True).click()
+    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
+    return wait_for_tiles(page, lambda tiles: True)
+
+
 def test_a_burst_of_grid_keys_sets_every_tile_it_was_pressed_on(app_server, page):
     """Keys pressed faster than the page reruns: each lands on its own tile and none is dropped
     (Streamlit keeps only the newest of two values that wait for one rerun, and a rerun can carry
@@ -98,10 +106,7 @@ def test_keyed_tiles_keep_their_keys_after_leaving_the_grid_and_coming_back(app_
     them. The key list was the grid component's value, which Streamlit drops in a run without the
     grid: the tiles came back on their pre-filled choice, which A would have stored."""
     Session, pid = app_server["Session"], app_server["project_id"]
-    page.goto(app_server["url"])
-    page.get_by_text("Grid", exact=True).click()
-    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
-    tiles = wait_for_tiles(page, lambda tiles: True)
+    tiles = open_grid(page, app_server["url"])
     keys = ["2", "1", "2"]
     wanted = [{"1": "dark", "2": "bright"}[key] for key in keys] + [v for _, v in tiles[3:]]
     page.locator("h1").first.click()
@@ -205,10 +210,7 @@ def test_a_grid_key_for_a_class_renamed_since_is_refused_at_accept(app_server, p
     """The key sends the class's name as the page showed it: after the class is renamed (and the
     page drawn again, under the new name), A refuses the page instead of storing the index."""
     Session, pid = app_server["Session"], app_server["project_id"]
-    page.goto(app_server["url"])
-    page.get_by_text("Grid", exact=True).click()
-    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
-    tiles = wait_for_tiles(page, lambda tiles: True)
+    tiles = open_grid(page, app_server["url"])
     before = len(events(Session, pid))
     page.locator("h1").first.click()
     page.keyboard.press("1")  # tile 0: "dark"
@@ -233,10 +235,7 @@ def test_a_grid_key_for_a_class_renamed_since_is_refused_at_accept(app_server, p
 def test_a_grid_key_right_after_clicking_grid_sets_the_tile(app_server, page):
     """The click on "Grid" leaves the focus in the mode switch, and the grid took every input for
     a text field: the first keys were dropped without a word until the person clicked elsewhere."""
-    page.goto(app_server["url"])
-    page.get_by_text("Grid", exact=True).click()
-    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
-    tiles = wait_for_tiles(page, lambda tiles: True)
+    tiles = open_grid(page, app_server["url"])
     wanted = "dark" if tiles[0][1] != "dark" else "bright"
     page.keyboard.press("1" if wanted == "dark" else "2")
     wait_for_tiles(page, lambda now: now[0] == (tiles[0][0], wanted))
@@ -247,10 +246,7 @@ def test_a_right_after_clicking_grid_accepts_the_page_once(app_server, page):
     the Accept button takes no key: A did nothing, silently, and a person who then left dropped
     the page's tiles. The grid clicks the button then, once."""
     Session, pid = app_server["Session"], app_server["project_id"]
-    page.goto(app_server["url"])
-    page.get_by_text("Grid", exact=True).click()
-    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
-    tiles = wait_for_tiles(page, lambda tiles: True)
+    tiles = open_grid(page, app_server["url"])
     before = len(events(Session, pid))
     page.keyboard.press("2")
     wait_for_tiles(page, lambda now: now[0] == (tiles[0][0], "bright"))
@@ -271,10 +267,7 @@ def test_closing_the_tab_while_grid_tiles_wait_asks_first(app_server, page):
     """Tiles set on a grid page and not accepted live in the server session, which a reload or a
     closed tab ends (the box's answers and History changes asked first; these did not): the
     browser asks; once the page is accepted, it does not."""
-    page.goto(app_server["url"])
-    page.get_by_text("Grid", exact=True).click()
-    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
-    tiles = wait_for_tiles(page, lambda tiles: True)
+    tiles = open_grid(page, app_server["url"])
     wanted = "dark" if tiles[0][1] != "dark" else "bright"
     page.locator("h1").first.click()
     page.keyboard.press("1" if wanted == "dark" else "2")
