@@ -343,12 +343,8 @@ def unsent_guard(unsaved: int) -> None:
 def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
     ledger = common.ledger(project_id)
     Session = common.session_factory()
-    # The last batch sent to the box, unanswered: one of them may be on screen still.
-    in_browser = st.session_state.get(f"box-sent-{project_id}", [])[-BATCH:]
     try:
-        rest = db.retrying(
-            lambda: _queue_page(Session, project_id, k, ledger.skipped, common.claimant(), in_browser)
-        )
+        rest = db.retrying(lambda: _queue_page(Session, project_id, k, ledger.skipped, common.claimant()))
     except OperationalError:
         # The database stayed locked through every retry: show images unclaimed rather than
         # fail the page; the worst case is two people answering one image, both kept.
@@ -369,13 +365,10 @@ def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
     return (first + [pair for pair in rest if pair[0].id not in seen])[:k]
 
 
-def _queue_page(
-    Session, project_id: int, k: int, skipped, claimant: str | None, keep=()
-) -> list[tuple[Item, object]]:
-    """The next k images, claimed for `claimant` (None: unclaimed) in a transaction of their own;
-    the claims on `keep` (images still in the browser) are kept (`queue.next_items`)."""
+def _queue_page(Session, project_id: int, k: int, skipped, claimant: str | None) -> list[tuple[Item, object]]:
+    """The next k images, claimed for `claimant` (None: unclaimed) in a transaction of their own."""
     with Session.begin() as session:  # the claims count once committed
-        return queue.next_items(session, project_id, k=k, exclude=skipped, annotator=claimant, keep=keep)
+        return queue.next_items(session, project_id, k=k, exclude=skipped, annotator=claimant)
 
 
 def _newest_kept(key: str) -> list:
