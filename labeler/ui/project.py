@@ -44,21 +44,28 @@ def save_upload(data: bytes) -> str:
     return f"zip:{path}"
 
 
+def _saved_upload(source: str | None) -> Path | None:
+    """The file of a `zip:PATH` source that `save_upload` wrote (in the uploads folder), else
+    None: a zip elsewhere is the user's own file."""
+    kind, _, path = (source or "").partition(":")
+    if kind == "zip" and Path(path).name and Path(path).parent == data_dir() / "uploads":
+        return Path(path)
+    return None
+
+
 def named_as_uploaded(text: str, source: str | None, upload) -> str:
     """`text` (an import's error) with the saved upload's server-side name (a random one under
     the uploads folder) put back to the name of the file the person uploaded."""
-    kind, _, path = (source or "").partition(":")
-    saved = Path(path).name
-    if kind != "zip" or upload is None or Path(path).parent != data_dir() / "uploads" or not saved:
+    saved = _saved_upload(source)
+    if saved is None or upload is None:
         return text
-    return text.replace(saved, str(upload.name))
+    return text.replace(saved.name, str(upload.name))
 
 
 def record_uploaded_name(project_id: int, source: str | None, upload) -> None:
     """A project imported from an upload is shown with the name of the file the person uploaded
     (`upload:photos.zip`), not the server's random name of a copy deleted after the import."""
-    kind, _, path = (source or "").partition(":")
-    if kind != "zip" or upload is None or Path(path).parent != data_dir() / "uploads":
+    if _saved_upload(source) is None or upload is None:
         return
     with common.session_factory().begin() as session:
         session.get(Project, project_id).source = f"upload:{upload.name}"[:1000]
@@ -67,9 +74,9 @@ def record_uploaded_name(project_id: int, source: str | None, upload) -> None:
 def remove_upload(source: str | None) -> None:
     """Delete an uploaded zip once its import has ended, whatever the outcome; a `zip:PATH`
     outside the uploads folder is the user's own file and stays."""
-    kind, _, path = (source or "").partition(":")
-    if kind == "zip" and Path(path).parent == data_dir() / "uploads":
-        Path(path).unlink(missing_ok=True)
+    saved = _saved_upload(source)
+    if saved is not None:
+        saved.unlink(missing_ok=True)
 
 
 def _switch() -> None:
