@@ -16,6 +16,7 @@ the keys come and however late the page is redrawn:
 - ``{"id": "...", "type": "undo_last"}``: take back this person's newest answer from the box in
   this browser session (the server's ledger), from a box drawn anew (after another mode or page
   and back) whose own undo history starts empty; its image comes back first (`Outcome.undone_last`).
+  Sent again because the database's answer to its commit was lost, it takes back nothing more.
 - ``{"id": "...", "type": "skip", "item": 17}``: show image 17 after the others.
 
 `apply_actions` runs each new action in a committed transaction of its own and says what it
@@ -58,6 +59,9 @@ class Ledger:
     item_of_event: dict[int, int] = field(default_factory=dict)
     kind_of_event: dict[int, str] = field(default_factory=dict)
     skipped: set[int] = field(default_factory=set)
+    # undo_last action id -> the event it went to take back: sent again (the database's answer
+    # to that commit was lost), the action finds that event taken back by itself, not another way.
+    undo_last_tried: dict[str, int] = field(default_factory=dict)
     # Streamlit's fast reruns start a new script run before the old one has stopped, so two
     # runs of one browser session can apply the same list at once: one at a time, then.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -230,10 +234,13 @@ def _undo_last(Session, annotator: str, action_id: str, ledger: Ledger, outcome:
             ledger, lambda entry: [ledger.kind_of_event.get(e) for e in entry] == ["single"]
         )
         if position is None:
+            ledger.undo_last_tried.pop(action_id, None)
             outcome.notices.append("Nothing to undo in this session.")
             return
         (event_id,) = ledger.entries[position]
         item_id = ledger.item_of_event[event_id]
+        tried_before = ledger.undo_last_tried.get(action_id) == event_id
+        ledger.undo_last_tried[action_id] = event_id
         status = _take_back(
             Session,
             annotator,
@@ -242,21 +249,31 @@ def _undo_last(Session, annotator: str, action_id: str, ledger: Ledger, outcome:
             lambda event: True,
             ledger,
             outcome,
+            taken_by_this_action=tried_before,
         )
         if status == "undone":
             outcome.undone_last.append((action_id, item_id))
         if status in ("undone", "answered since"):
+            ledger.undo_last_tried.pop(action_id, None)
             return
         ledger.entries.pop(position)  # not this person's any more, or undone already: the one before
 
 
 def _take_back(
-    Session, annotator: str, item_id: int, event_of, allowed, ledger: Ledger, outcome: Outcome
+    Session,
+    annotator: str,
+    item_id: int,
+    event_of,
+    allowed,
+    ledger: Ledger,
+    outcome: Outcome,
+    taken_by_this_action: bool = False,
 ) -> str:
     """Take back this person's answer `event_of(session)` to `item_id` if `allowed(event)`; the
     ledger forgets it. Returns "undone" (the image is open again, listed in the outcome),
     "answered since" (taken back, the newer answer stands, a notice says so), "undone already" or
-    "none" (nothing changed)."""
+    "none" (nothing changed). `taken_by_this_action`: the action was sent before and its commit's
+    answer lost, so an answer found taken back is this action's doing, reported as if done now."""
 
     def commit():
         with Session.begin() as session:
@@ -264,11 +281,13 @@ def _take_back(
             event = event_of(session)
             if event is None or event.item_id != item_id or event.annotator != annotator:
                 return "none", None
+            current = queries.current_event(session, item_id)
+            if event.undone and taken_by_this_action:
+                return ("undone" if current is None else "answered since"), event.id
             if event.undone:
                 return "undone already", None
             if not allowed(event):
                 return "none", None
-            current = queries.current_event(session, item_id)
             # Taken back either way; when a newer answer stands it stays, and should that one be
             # undone later, this answer (which its giver took back) does not come back with it.
             queries.undo_events(session, [event.id], annotator)

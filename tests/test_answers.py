@@ -127,6 +127,34 @@ def test_undo_last_of_an_answer_corrected_since_leaves_the_correction(Session, t
     assert mine.entries == []
 
 
+def test_undo_last_sent_again_after_its_commits_answer_was_lost_takes_back_one_answer(
+    Session, tiny_project, monkeypatch
+):
+    """The database commits an undo_last, then the connection drops before it answers: the
+    page keeps the action and sends it again. It finds its own answer taken back and reports
+    it then; it does not go on to take back the answer before it."""
+    from sqlalchemy.exc import OperationalError
+
+    a, b = _pool(Session, tiny_project)[:2]
+    mine = answers.Ledger()
+    answers.apply_actions(Session, tiny_project.id, "ann", [_label(0, a, 0), _label(1, b, 1)], mine)
+    real = answers.db.retrying
+
+    def committed_then_lost(fn):
+        real(fn)
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    undo = [{"id": "u-0", "type": "undo_last"}]
+    monkeypatch.setattr(answers.db, "retrying", committed_then_lost)
+    assert answers.apply_actions(Session, tiny_project.id, "ann", undo, mine).stopped_by is not None
+    monkeypatch.setattr(answers.db, "retrying", real)
+    again = answers.apply_actions(Session, tiny_project.id, "ann", undo, mine)
+    assert again.undone_last == [("u-0", b)] and again.undone_items == [b] and not again.notices
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a: 0}
+    assert answers.apply_actions(Session, tiny_project.id, "ann", undo, mine).undone_items == []
+
+
 def test_an_action_id_longer_than_the_box_ever_makes_is_dropped(Session, tiny_project):
     a = _pool(Session, tiny_project)[0]
     long_id = {**_label(0, a, 1), "id": "x" * (answers.ID_LENGTH + 1)}
