@@ -540,19 +540,28 @@ def _first_k(rows, k: int | None, exclude: set[int]) -> list[tuple[Item, Predict
 
 
 def claim_items(
-    session: Session, project_id: int, item_ids: list[int], annotator: str, k: int, now, expires
+    session: Session,
+    project_id: int,
+    item_ids: list[int],
+    annotator: str,
+    k: int,
+    now,
+    expires,
+    keep: Iterable[int] = (),
 ) -> set[int]:
     """Claim up to k of `item_ids` (in order) for `annotator` until `expires`; return the ids
     won. The annotator's other claims in the project are released (including any just taken on
-    an item that turned out to be labeled meanwhile). Written in the caller's transaction."""
+    an item that turned out to be labeled meanwhile), but for those on `keep` (images still in
+    this annotator's browser), which run to their own end. Written in the caller's transaction."""
     connection = session.connection()
     if connection.dialect.name in ("sqlite", "postgresql"):
         won = _claim_at_once(connection, project_id, item_ids, annotator, k, now, expires)
     else:
         won = _claim_one_by_one(connection, project_id, item_ids, annotator, k, now, expires)
     release = delete(Claim).where(Claim.project_id == project_id, Claim.annotator == annotator)
-    if won:
-        release = release.where(Claim.item_id.not_in(won))
+    held = set(won) | set(keep)
+    if held:
+        release = release.where(Claim.item_id.not_in(held))
     connection.execute(release)
     return won
 

@@ -45,10 +45,14 @@ def next_items(
     k: int = 1,
     exclude: Iterable[int] = (),
     annotator: str | None = None,
+    keep: Iterable[int] = (),
 ) -> list[tuple[Item, Prediction | None]]:
     """The next k images to show: pool images in queue order, and on audit turns audit images
     in random order; when that part runs short, both fill the page. Items in `exclude`
-    (skipped) come last.
+    (skipped) come last. `keep`: images still in this annotator's browser (the Label box keeps
+    the image on screen whatever the new page holds), whose claims are not released even when
+    a finished run re-ordered the queue past them (they were, and another session was given the
+    image on screen: two answers for one image, the second refused).
 
     With `annotator`, images another annotator holds are passed over, and the ones returned are
     claimed for `annotator` (their other claims in the project are released) in `session`: the
@@ -61,9 +65,10 @@ def next_items(
         return []
     exclude = set(exclude)
     splits = (AUDIT,) if audit_turn(session, project_id, k) else (POOL,)
-    picked = _next_in(session, project_id, k, exclude, annotator, splits)
+    keep = set(keep)
+    picked = _next_in(session, project_id, k, exclude, annotator, splits, keep)
     if len(picked) < k:
-        picked = _next_in(session, project_id, k, exclude, annotator, (POOL, AUDIT))
+        picked = _next_in(session, project_id, k, exclude, annotator, (POOL, AUDIT), keep)
     return picked
 
 
@@ -115,6 +120,7 @@ def _next_in(
     exclude: set[int],
     annotator: str | None,
     splits: tuple[str, ...],
+    keep: set[int] = frozenset(),
 ) -> list[tuple[Item, Prediction | None]]:
     if annotator is None:
         return queries.queue_page(session, project_id, splits, k, exclude)
@@ -123,7 +129,7 @@ def _next_in(
     limit = 2 * k + 8 + len(exclude)
     ordered = queries.queue_page(session, project_id, splits, limit, exclude, unclaimed_for=(annotator, now))
     page = {item.id for item, _ in ordered[:k]}
-    if len(page) == k and queries.claimed_by(session, project_id, annotator, now) == page:
+    if len(page) == k and queries.claimed_by(session, project_id, annotator, now) - (keep - page) == page:
         lasting = queries.claimed_by(
             session, project_id, annotator, now + timedelta(seconds=CLAIM_SECONDS / 2)
         )
@@ -131,7 +137,7 @@ def _next_in(
             return ordered[:k]  # already this annotator's page, and only it: nothing to write
     expires = now + timedelta(seconds=CLAIM_SECONDS)
     claimed = queries.claim_items(
-        session, project_id, [item.id for item, _ in ordered], annotator, k, now, expires
+        session, project_id, [item.id for item, _ in ordered], annotator, k, now, expires, keep=keep
     )
     picked = [pair for pair in ordered if pair[0].id in claimed]
     if len(picked) < k:

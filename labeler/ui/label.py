@@ -340,11 +340,17 @@ def unsent_guard(unsaved: int) -> None:
         st.toast(notice)
 
 
-def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
+def _next_batch(project_id: int, k: int, box: bool = False) -> list[tuple[Item, object]]:
+    """The next k images for the box (`box`) or the grid. The box keeps the image on screen
+    whatever the new batch holds, so the last batch it was sent (unanswered; `_closed_since`)
+    keeps its claims; the grid replaces its whole page, and keeps none."""
     ledger = common.ledger(project_id)
     Session = common.session_factory()
+    in_browser = st.session_state.get(f"box-sent-{project_id}", [])[-BATCH:] if box else []
     try:
-        rest = db.retrying(lambda: _queue_page(Session, project_id, k, ledger.skipped, common.claimant()))
+        rest = db.retrying(
+            lambda: _queue_page(Session, project_id, k, ledger.skipped, common.claimant(), in_browser)
+        )
     except OperationalError:
         # The database stayed locked through every retry: show images unclaimed rather than
         # fail the page; the worst case is two people answering one image, both kept.
@@ -365,10 +371,13 @@ def _next_batch(project_id: int, k: int) -> list[tuple[Item, object]]:
     return (first + [pair for pair in rest if pair[0].id not in seen])[:k]
 
 
-def _queue_page(Session, project_id: int, k: int, skipped, claimant: str | None) -> list[tuple[Item, object]]:
-    """The next k images, claimed for `claimant` (None: unclaimed) in a transaction of their own."""
+def _queue_page(
+    Session, project_id: int, k: int, skipped, claimant: str | None, keep=()
+) -> list[tuple[Item, object]]:
+    """The next k images, claimed for `claimant` (None: unclaimed) in a transaction of their own;
+    the claims on `keep` (images still in the browser) are kept (`queue.next_items`)."""
     with Session.begin() as session:  # the claims count once committed
-        return queue.next_items(session, project_id, k=k, exclude=skipped, annotator=claimant)
+        return queue.next_items(session, project_id, k=k, exclude=skipped, annotator=claimant, keep=keep)
 
 
 def _newest_kept(key: str) -> list:
@@ -416,7 +425,7 @@ def _closed_since(project_id: int, batch) -> list[int]:
 
 
 def _one_image(project: Project, names: list[str], annotator: str, has_model: bool) -> None:
-    batch = _next_batch(project.id, BATCH)
+    batch = _next_batch(project.id, BATCH, box=True)
     keys = class_keys(project.id, names)
     items = []
     for item, prediction in batch:

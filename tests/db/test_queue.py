@@ -119,6 +119,28 @@ def test_the_stored_queue_respects_claims(Session, project):
         assert alice == [order[3], order[4], order[6]]
 
 
+def test_images_still_in_the_browser_keep_their_claims_when_a_new_run_reorders_the_queue(Session, project):
+    """The Label box keeps the image on screen whatever a new page holds; a finished run that
+    put it further back released its claim, and another session was given it (a team
+    exploration: one image answered in two tabs, the second answer refused)."""
+    _finished_run(Session, project.id)
+    with Session.begin() as session:
+        first = [item.id for item, _ in queue.next_items(session, project.id, k=3, annotator="alice#1")]
+        ids = [item.id for item in queries.items(session, project.id)]
+        pool = [item.id for item in queries.items(session, project.id, "pool")]
+    # A new run puts three other images first, then alice's, then the rest.
+    others = [i for i in pool if i not in first][:3]
+    _finished_run(
+        Session, project.id, scores=[1.0 if i in others else 0.9 if i in first else 0.0 for i in ids]
+    )
+    with Session.begin() as session:
+        second = queue.next_items(session, project.id, k=3, annotator="alice#1", keep=first)
+        assert not {item.id for item, _ in second} & set(first)
+        bob = {item.id for item, _ in queue.next_items(session, project.id, k=3, annotator="bob#1")}
+    assert not bob & set(first)  # still alice's: kept from bob
+    assert {i: a for i, (a, _) in _claims(Session).items() if i in first} == dict.fromkeys(first, "alice#1")
+
+
 def _claims(Session) -> dict:
     from db.models import Claim
 
