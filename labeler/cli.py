@@ -121,9 +121,11 @@ def cmd_projects(args) -> int:
 
     with _session_factory()() as session:
         for project in queries.list_projects(session):
-            labeled = queries.label_count(session, project.id)
+            answered = queries.label_count(session, project.id)
+            labeled = len(queries.current_labels(session, project.id))  # "ignore" answers are no label
             total = queries.count_items(session, project.id)
-            print(f"{project.name}\t{project.source}\t{labeled}/{total} labeled")
+            ignored = f", {answered - labeled} ignored" if answered > labeled else ""
+            print(f"{project.name}\t{project.source}\t{labeled}/{total} labeled{ignored}")
     return 0
 
 

@@ -49,12 +49,17 @@ def test_import_folder_then_export_labels(tmp_path, capsys):
 
     import db
     from db import queries
+    from db.models import IGNORED
 
     Session = db.session_factory(db.get_engine())
     with Session.begin() as session:
         project = queries.get_project(session, "pets")
         first = queries.items(session, project.id)[0]
         queries.add_label(session, first.id, 1, annotator="ann")
+        queries.add_label(session, queries.items(session, project.id)[1].id, IGNORED, annotator="ann")
+    capsys.readouterr()
+    assert main(["projects"]) == 0
+    assert capsys.readouterr().out.splitlines()[-1].endswith("\t1/6 labeled, 1 ignored")  # was 2/6
 
     assert main(["export", "--project", "pets", "--out", str(tmp_path / "out"), "--what", "labels"]) == 0
     frame = pd.read_csv(tmp_path / "out" / "labels.csv")
