@@ -17,7 +17,11 @@ except Exception as error:
 
     if user_error(error) is None:
         raise
-    st.error(user_error(error))
+    if isinstance(error, OperationalError):  # a database server not up yet, or out of reach
+        common.unsent_guard()  # closing the tab still asks while answers wait in it
+        common.database_unreachable(error, user_error(error))  # tries again (it said so once)
+    else:
+        st.error(user_error(error))
     st.stop()
 guarded = False  # the tab's guard drawn: once per run
 try:

@@ -59,20 +59,23 @@ def session_factory() -> sessionmaker[Session]:
 RETRY_DATABASE_S = 10
 
 
-def database_unreachable(error: Exception) -> None:
+def database_unreachable(error: Exception, reason: str | None = None) -> None:
     """What a page shows instead of a traceback when the database stopped answering (a restart,
-    a network cut): one sentence, and a look every RETRY_DATABASE_S seconds that redraws the
-    page once it answers again. The traceback named the database's host and port, and the page
-    stayed broken after the database came back, until the person clicked elsewhere (found by an
-    exploratory session)."""
+    a network cut) or, with `reason` (what to check), could not be opened when the server started:
+    one sentence, and a look every RETRY_DATABASE_S seconds that redraws the page once it answers
+    again. The traceback named the database's host and port, and the page stayed broken after the
+    database came back, until the person clicked elsewhere (found by an exploratory session)."""
     import logging
 
     logging.getLogger(__name__).warning("The database cannot be reached: %s", error)
-    st.error(
-        "The database cannot be reached just now, so nothing can be shown or saved. Answers you "
-        "gave are kept in this tab and sent once it is back; this page tries again every "
-        f"{RETRY_DATABASE_S} seconds."
-    )
+    kept = "Answers you gave are kept in this tab and sent once it is back"
+    retry_note = f"this page tries again every {RETRY_DATABASE_S} seconds."
+    if reason is None:
+        st.error(
+            f"The database cannot be reached just now, so nothing can be shown or saved. {kept}; {retry_note}"
+        )
+    else:
+        st.error(f"{reason} {kept}; {retry_note}")
 
     @st.fragment(run_every=RETRY_DATABASE_S)
     def retry() -> None:

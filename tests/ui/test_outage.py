@@ -35,6 +35,26 @@ def test_a_page_says_the_database_is_unreachable_and_comes_back_on_the_next_run(
     assert not at.exception and not at.error
 
 
+def test_the_first_page_after_a_start_with_the_database_away_tries_again(Session, tiny_project, monkeypatch):
+    """The server started while the database was away: the first page said so once and never
+    looked again (a reload was needed); it says what to check and retries like any page."""
+    real = common.session_factory
+
+    def down():
+        raise DOWN
+
+    monkeypatch.setattr(common, "session_factory", down)
+    monkeypatch.setattr(common, "RETRY_DATABASE_S", None)  # AppTest waits for a timed fragment
+    at = app_run(tiny_project.id)
+    assert not at.exception
+    assert "Cannot use the database" in at.error[0].value and "tries again" in at.error[0].value
+    assert not common.database_answers()  # what the page's retry asks: still away
+    monkeypatch.setattr(common, "session_factory", real)
+    assert common.database_answers()
+    at.run()  # the retry's rerun
+    assert not at.exception and not at.error
+
+
 def test_a_callback_that_meets_an_unreachable_database_stores_nothing_and_does_not_raise():
     calls = []
 
