@@ -52,6 +52,7 @@ REFUSED_KEPT = 200  # box answers refused or undone for it, listed to the box on
 GRID_SIZE = 12
 HISTORY_ROWS = 48  # the newest answers the History shows
 MODES = ["One image", "Grid", "History"]
+STATUS_EVERY_S = 5.0  # how often the sidebar's training status is redrawn in Grid and History
 AUDIT_NOTE = (
     "Audit image (a random sample kept out of training): no guess is shown, so your answer "
     "measures the model fairly."
@@ -1206,21 +1207,30 @@ def _rename_class(project_id: int) -> None:
     )
 
 
-def _sidebar(project_id: int, names: list[str]) -> None:
-    Session = common.session_factory()
-    with Session() as session:
-        counts = parts.class_counts(session, project_id, names)
+def _training_status(project_id: int) -> None:
+    """The sidebar's labels since the last run and what the trainer does now."""
+    with common.session_factory()() as session:
         since = parts.labels_since_last_run(session, project_id)
         active = run_queries.active_runs(session, project_id)
         project = session.get(Project, project_id)
     every = int((project.settings or {}).get("auto_retrain_every", 0) or 0)
     parts.ensure_worker_for_active(active)
+    auto = f" (retrains every {every})" if every else " (automatic retraining is off)"
+    st.caption(f"{since} new labels since the last run{auto}.")
+    st.caption(parts.status_line(active))
+
+
+def _sidebar(project_id: int, names: list[str]) -> None:
+    Session = common.session_factory()
+    with Session() as session:
+        counts = parts.class_counts(session, project_id, names)
+    # Each key in the one-image box redraws the page; the grid and the History can stay a while
+    # without a run, and the status went stale there ("running" long after the run ended).
+    idle_mode = st.session_state.get("label_mode", MODES[0]) != MODES[0]
     with st.sidebar:
         st.subheader("Labels per class")
         st.dataframe(counts, hide_index=True, width="stretch", height=min(400, 36 + 35 * len(counts)))
-        auto = f" (retrains every {every})" if every else " (automatic retraining is off)"
-        st.caption(f"{since} new labels since the last run{auto}.")
-        st.caption(parts.status_line(active))
+        st.fragment(run_every=STATUS_EVERY_S if idle_mode else None)(_training_status)(project_id)
         st.toggle(
             "Show file names",
             key="show_names",

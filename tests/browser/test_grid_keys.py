@@ -30,7 +30,7 @@ def app_server(tmp_path_factory):
         project = projects.create_project(Session, "grid", "test", images=image_set(seed=5))
     try:
         with running_app(data_dir) as url:
-            yield {"url": url, "Session": Session, "project_id": project.id}
+            yield {"url": url, "Session": Session, "project_id": project.id, "data_dir": data_dir}
     finally:
         engine.dispose()
 
@@ -284,3 +284,29 @@ def test_closing_the_tab_while_grid_tiles_wait_asks_first(app_server, page):
     page.wait_for_function("() => window.__labelerUnsent.unsaved === 0")
     with page.expect_event("close"):  # nothing waits now: no question (one would be dismissed)
         page.close(run_before_unload=True)
+
+
+def test_the_sidebars_training_status_follows_a_run_while_the_grid_waits(app_server, page):
+    """The grid reruns only when a tile or button is used: the sidebar said a run was training
+    long after it ended (an exploratory session). It looks again every few seconds there."""
+    from db.models import INTERRUPTED, RUNNING, Run, utcnow
+    from labeler import projects
+
+    Session = app_server["Session"]
+    with config.data_dir_set(app_server["data_dir"]):  # a project of its own: nothing trains on it
+        pid = projects.create_project(Session, "status", "test", images=image_set(seed=6)).id
+    open_grid(page, f"{app_server['url']}/?project={pid}")
+    sidebar = page.locator('[data-testid="stSidebar"]')
+    sidebar.get_by_text("The trainer is idle.").wait_for()
+    with Session.begin() as session:
+        run = Run(project_id=pid, model="m2", status=RUNNING, started_at=utcnow(), heartbeat_at=utcnow())
+        run.worker = "elsewhere"  # another machine's worker: this server's leaves it alone
+        session.add(run)
+        session.flush()
+        run_id = run.id
+    try:
+        sidebar.get_by_text(f"Training run {run_id} (m2)").wait_for()
+    finally:
+        with Session.begin() as session:
+            session.get(Run, run_id).status = INTERRUPTED
+    sidebar.get_by_text("The trainer is idle.").wait_for()
