@@ -175,27 +175,38 @@ def label_count(session: Session, project_id: int) -> int:
     return session.scalar(select(func.count()).select_from(newest)) or 0
 
 
+NEWEST = "newest"  # add_label's guess: the newest finished run's prediction for the image
+
+
 def add_label(
     session: Session,
     item: Item | int,
     class_index: int,
     annotator: str = "anonymous",
     kind: str = "single",
+    guess: tuple[int, int] | str | None = NEWEST,
 ) -> LabelEvent:
-    """Append a label event for one item, recording what the newest model predicted.
-    `class_index` IGNORED answers "not any class": kept in the history, never trained on."""
+    """Append a label event for one item, recording the model's guess for it: `guess` (run id,
+    class) is the one the page showed with the image (kept only if that run did predict that
+    class for it), None that no guess was shown, NEWEST the newest finished run's prediction
+    (where the caller does not know what was shown). `class_index` IGNORED answers "not any
+    class": kept in the history, never trained on."""
     item = session.get(Item, item) if isinstance(item, int) else item
     if item is None:
         raise ValueError("That image does not exist any more.")
     n_classes = session.scalar(select(func.count()).where(LabelClass.project_id == item.project_id))
     if int(class_index) != IGNORED and not 0 <= int(class_index) < n_classes:
         raise ValueError(f"Class {class_index} does not exist: this project has {n_classes} classes.")
-    run_id = latest_done_run_id(session, item.project_id)
+    run_id = latest_done_run_id(session, item.project_id) if guess == NEWEST else None
+    if isinstance(guess, tuple):
+        run_id = guess[0]
     predicted = None
     if run_id is not None:
         predicted = session.scalar(
             select(Prediction.predicted).where(Prediction.run_id == run_id, Prediction.item_id == item.id)
         )
+    if isinstance(guess, tuple) and predicted != guess[1]:
+        predicted = None  # not what that run guessed for this image: no guess is known
     event = LabelEvent(
         project_id=item.project_id,
         item_id=item.id,

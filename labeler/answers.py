@@ -4,8 +4,9 @@ The Label page sends its answers as *actions*, each naming the image it was give
 on screen when the key went down), so an answer can never land on another image however fast
 the keys come and however late the page is redrawn:
 
-- ``{"id": "...", "type": "label", "item": 17, "class": 3, "name": "cat"}``: label image 17
-  (class -1: ignore). Applied only while the image has no answer; if somebody (or this person, a
+- ``{"id": "...", "type": "label", "item": 17, "class": 3, "name": "cat", "guess": [5, 2]}``: label
+  image 17 (class -1: ignore), given with run 5's guess of class 2 on screen (null: no guess;
+  kept with the answer, for the Progress page's agreement). Applied only while the image has no answer; if somebody (or this person, a
   moment ago) has answered it since, nothing changes and a notice says so (no notice for the same
   answer sent again, below). `name` is the class's name as the page showed it: if the class was
   renamed since, the answer is refused, since the key may now mean something else.
@@ -139,7 +140,8 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger, ou
         if kind == "label":
             name = action.get("name")
             name = name if isinstance(name, str) else None
-            _label(Session, project_id, annotator, item_id, (class_index, name, action_id), ledger, outcome)
+            answer = (class_index, name, action_id, _shown_guess(action))
+            _label(Session, project_id, annotator, item_id, answer, ledger, outcome)
         elif kind == "undo":
             of, again = action.get("of"), action.get("again") is True
             if isinstance(of, str):
@@ -154,8 +156,19 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger, ou
         ledger.applied.add(action_id)
 
 
+def _shown_guess(action: dict):
+    """The guess the box showed with the image: (run id, class), None (none shown), or
+    `queries.NEWEST` from a page made before answers named it."""
+    if "guess" not in action:
+        return queries.NEWEST
+    guess = action["guess"]
+    if isinstance(guess, list) and len(guess) == 2 and all(type(v) is int for v in guess):
+        return tuple(guess)
+    return None
+
+
 def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outcome: Outcome) -> None:
-    class_index, shown_name, action_id = answer
+    class_index, shown_name, action_id, guess = answer
 
     def commit():
         with Session.begin() as session:
@@ -173,7 +186,7 @@ def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outc
                 return "same", None  # the same answer from this person's other tab: it stands
             if current is not None:
                 return "answered", current.annotator
-            event = queries.add_label(session, item, class_index, annotator=annotator)
+            event = queries.add_label(session, item, class_index, annotator=annotator, guess=guess)
             queries.record_applied(session, event, action_id)
             return "ok", event
 

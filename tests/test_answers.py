@@ -554,3 +554,45 @@ def test_two_undos_of_one_session_at_once_undo_the_newest_entry_once(Session, ti
     one.join(30)
     two.join(30)
     assert errors == [] and sorted(results) == [[a], [b]]
+
+
+def _run_guessing(Session, project_id: int, guess: int) -> int:
+    """A finished run that guesses `guess` for every image."""
+    import numpy as np
+
+    from db import runs as run_queries
+    from db.models import DONE, Run, utcnow
+
+    with Session.begin() as session:
+        ids = np.array([item.id for item in queries.items(session, project_id)])
+        run = Run(project_id=project_id, model="m2", status=DONE, finished_at=utcnow())
+        session.add(run)
+        session.flush()
+        ones = np.ones(len(ids))
+        columns = {"item_id": ids, "predicted": np.full(len(ids), guess), "confidence": ones / 2}
+        columns |= {"entropy": ones, "margin": ones, "score": ones, "x": ones, "y": ones}
+        run_queries.store_predictions(session, run.id, columns)
+        return run.id
+
+
+def test_an_answer_keeps_the_guess_shown_with_its_image_not_a_newer_runs(Session, tiny_project):
+    """The Progress page's agreement compares answers with the guesses shown: an answer kept the
+    newest finished run's guess instead, so accepting the guess on screen after a run finished
+    could count as a disagreement, and an image shown with no guess counted as shown with one."""
+    a, b, c, d = _pool(Session, tiny_project)[:4]
+    first = _run_guessing(Session, tiny_project.id, 0)
+    newer = _run_guessing(Session, tiny_project.id, 1)  # finished while the image was on screen
+    sent = [
+        {**_label(0, a, 0), "guess": [first, 0]},  # the guess on screen, accepted
+        {**_label(1, b, 1), "guess": None},  # no guess on screen
+        {**_label(2, c, 0), "guess": [first, 1]},  # not what that run guessed: no guess is known
+        _label(3, d, 0),  # from a page made before answers named their guess: the newest run's
+    ]
+    answers.apply_actions(Session, tiny_project.id, "ann", sent, answers.Ledger())
+    with Session() as session:
+        kept = {
+            i: (e.predicted_run_id, e.predicted_index)
+            for i in (a, b, c, d)
+            for e in queries.history(session, i)
+        }
+    assert kept == {a: (first, 0), b: (None, None), c: (None, None), d: (newer, 1)}

@@ -438,6 +438,7 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
                 "src": _data_url(project.id, item.row, item.path),
                 "caption": caption(item),
                 "guess": guess,
+                "run": prediction.run_id if guess is not None else None,  # sent back with the answer
                 "confidence": float(prediction.confidence) if guess is not None else None,
                 "audit": item.split == AUDIT,
             }

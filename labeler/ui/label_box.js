@@ -145,7 +145,9 @@ function answer(s, classIndex) {
   }
   // The name as shown: Python refuses the answer if the class was renamed since.
   const shownAs = (s.data.classes.find((c) => c.index === classIndex) || {}).name;
-  const action = act(s, "label", item, { class: classIndex, ...(shownAs === undefined ? {} : { name: shownAs }) });
+  // The guess shown with it (run, class), which the Progress page's agreement compares with.
+  const guess = item.guess !== null && item.guess !== undefined && Number.isInteger(item.run) ? [item.run, item.guess] : null;
+  const action = act(s, "label", item, { class: classIndex, guess, ...(shownAs === undefined ? {} : { name: shownAs }) });
   s.actionOf.set(item.id, action.id);
   s.answered.add(item.id);
   s.history.push(item);

@@ -602,6 +602,9 @@ def test_the_guess_on_screen_is_the_one_enter_accepts(app_server, page):
         press(page, "Enter")
         saved(page)
         assert current(Session, pid)[item] == 1 - flipped[item]  # the guess shown, not the new run's
+        with Session() as session:  # kept with the answer as the guess shown (Progress's agreement)
+            event = queries.current_event(session, item)
+            assert (event.predicted_run_id, event.predicted_index) == (old.id, 1 - flipped[item])
     finally:
         toggle_file_names(page)
 
