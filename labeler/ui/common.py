@@ -74,8 +74,10 @@ def database_unreachable(error: Exception, reason: str | None = None) -> None:
         st.error(
             f"The database cannot be reached just now, so nothing can be shown or saved. {kept}; {retry_note}"
         )
-    else:
-        st.error(f"{reason} {kept}; {retry_note}")
+    else:  # one sentence still
+        st.error(
+            f"{reason.rstrip('.')}; {retry_note[:-1]}, and answers you gave wait in this tab until then."
+        )
 
     @st.fragment(run_every=RETRY_DATABASE_S)
     def retry() -> None:
