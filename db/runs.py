@@ -114,18 +114,35 @@ def active_runs(session: Session, project_id: int | None = None) -> list[Run]:
     return list(session.scalars(query.order_by(Run.id)))
 
 
-def labels_counted(session: Session, project_id: int) -> int:
-    """The pool labels the newest run that started had (auto-retrain counts new labels from
-    here): a run killed with its server (INTERRUPTED) trained no model on its labels, so the one
-    before it counts; a failed or cancelled one counts (or a failing model would be queued again
-    at every label, and a person's cancel undone by the next)."""
-    used = session.scalar(
-        select(Run.labels_used)
+def labels_since_last_run(session: Session, project_id: int) -> int:
+    """The current pool labels given after the newest run that started (what auto-retrain
+    counts): a run killed with its server (INTERRUPTED) trained no model on its labels, so the
+    one before it counts; a failed or cancelled one counts (or a failing model would be queued
+    again at every label, and a person's cancel undone by the next). Counted by when each answer
+    was given, not as labels now minus the run's: after an undo of a bulk label that run had
+    used, that difference stayed below zero for hundreds of labels, and nothing retrained."""
+    started = session.scalar(
+        select(Run.started_at)
         .where(Run.project_id == project_id, Run.started_at.is_not(None), Run.status != INTERRUPTED)
         .order_by(Run.started_at.desc(), Run.id.desc())
         .limit(1)
     )
-    return int(used or 0)
+    newest = (
+        select(func.max(LabelEvent.id).label("event_id"))
+        .where(LabelEvent.project_id == project_id, LabelEvent.undone.is_(False))
+        .group_by(LabelEvent.item_id)
+        .subquery()
+    )
+    query = (
+        select(func.count())
+        .select_from(LabelEvent)
+        .join(newest, LabelEvent.id == newest.c.event_id)
+        .join(Item, Item.id == LabelEvent.item_id)
+        .where(Item.split == POOL, LabelEvent.class_index >= 0)
+    )
+    if started is not None:
+        query = query.where(LabelEvent.created_at > started)
+    return int(session.scalar(query) or 0)
 
 
 def latest_done_run(session: Session, project_id: int, model: str | None = None) -> Run | None:

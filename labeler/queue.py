@@ -150,8 +150,8 @@ def _next_in(
 
 def should_auto_retrain(session: Session, project_id: int) -> bool:
     """True when `auto_retrain_every` (project setting, default 10; 0 = off) new pool labels have
-    arrived since the newest run that started (`runs.labels_counted`: not one killed with its
-    server), and no run is already queued."""
+    arrived since the newest run that started (`runs.labels_since_last_run`: not one killed with
+    its server), and no run is already queued."""
     project = session.get(Project, project_id)
     if project is None:
         return False
@@ -160,8 +160,7 @@ def should_auto_retrain(session: Session, project_id: int) -> bool:
         return False
     if session.scalar(select(Run.id).where(Run.project_id == project_id, Run.status == QUEUED).limit(1)):
         return False
-    used = run_queries.labels_counted(session, project_id)
-    return len(run_queries.pool_labels(session, project_id)) - used >= every
+    return run_queries.labels_since_last_run(session, project_id) >= every
 
 
 def maybe_auto_retrain(session: Session, project_id: int) -> Run | None:

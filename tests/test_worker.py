@@ -396,6 +396,36 @@ def test_should_auto_retrain(Session, project):
     assert get_run(Session, run_id).status == DONE
 
 
+def test_labels_taken_back_after_a_run_do_not_hold_back_the_next(Session, project):
+    """A bulk label the last run used, undone, left "labels now minus the run's" below zero, so
+    the sidebar said "0 new labels" and nothing retrained for hundreds of labels (an exploratory
+    session: 291 undone, 90 labels given, no run). New labels are those given since it began."""
+    from datetime import timedelta
+
+    from db.models import LabelEvent, Run, utcnow
+    from labeler.ui import parts
+
+    with Session.begin() as session:
+        p = session.get(type(project), project.id)
+        p.settings = {**p.settings, "auto_retrain_every": 5}
+        pool = queries.items(session, project.id, split="pool")
+        labeled = queries.current_labels(session, project.id)
+        bulk = [i for i in pool if i.id not in labeled][:8]
+        events = [queries.add_label(session, i, i.truth, kind="bulk") for i in bulk]
+        for event in session.scalars(select(LabelEvent)):  # all given before the run began
+            event.created_at = utcnow() - timedelta(hours=1)
+        n = len(run_queries.pool_labels(session, project.id))
+        session.add(Run(project_id=project.id, model="m2", status=DONE, labels_used=n, started_at=utcnow()))
+    with Session.begin() as session:
+        queries.undo_events(session, [e.id for e in events], "anonymous")
+        fresh = [i for i in pool if i.id not in labeled and i not in bulk][:5]
+        for item in fresh:
+            queries.add_label(session, item, item.truth)
+    with Session() as session:
+        assert parts.labels_since_last_run(session, project.id) == 5
+        assert label_queue.should_auto_retrain(session, project.id)
+
+
 def test_status_snapshot_and_thread(Session, project):
     worker = Worker(Session, device="cpu", name="t", poll_s=0.05).start()
     try:
@@ -624,20 +654,34 @@ def test_a_run_killed_with_its_server_does_not_count_as_having_used_its_labels(S
     counted new labels from it ("0 new labels since the last run"), so nothing retrained until N
     more labels came. They count from the run before it; a failed or cancelled run still counts
     (a failing model is not queued again at every label, a cancel is not undone by the next)."""
-    from db.models import CANCELLED, FAILED, Run, utcnow
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from db.models import CANCELLED, FAILED, LabelEvent, Run, utcnow
     from labeler.ui import parts
 
+    now = utcnow()
     with Session.begin() as session:
         p = session.get(type(project), project.id)
         p.settings = {**p.settings, "auto_retrain_every": 5}
         n = len(run_queries.pool_labels(session, project.id))
         session.add(
-            Run(project_id=project.id, model="m2", status=DONE, labels_used=n - 5, started_at=utcnow())
+            Run(
+                project_id=project.id,
+                model="m2",
+                status=DONE,
+                labels_used=n - 5,
+                started_at=now - timedelta(hours=1),
+            )
         )
         session.flush()
-        killed = Run(
-            project_id=project.id, model="m2", status=INTERRUPTED, labels_used=n, started_at=utcnow()
-        )
+        pool = set(run_queries.pool_labels(session, project.id))
+        events = sorted(e.id for e in session.scalars(select(LabelEvent)) if e.item_id in pool)
+        session.execute(update(LabelEvent).values(created_at=now - timedelta(hours=2)))
+        after = update(LabelEvent).where(LabelEvent.id.in_(events[-5:]))  # 5 given after that run began
+        session.execute(after.values(created_at=now - timedelta(minutes=30)))
+        killed = Run(project_id=project.id, model="m2", status=INTERRUPTED, labels_used=n, started_at=now)
         session.add(killed)
     with Session() as session:
         assert label_queue.should_auto_retrain(session, project.id)

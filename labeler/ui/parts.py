@@ -86,10 +86,8 @@ def status_line(active: list[Run]) -> str:
 
 
 def labels_since_last_run(session, project_id: int) -> int:
-    """Pool labels added since the newest run that started (what auto-retrain counts)."""
-    return max(
-        0, len(run_queries.pool_labels(session, project_id)) - run_queries.labels_counted(session, project_id)
-    )
+    """Pool labels given since the newest run that started (what auto-retrain counts)."""
+    return run_queries.labels_since_last_run(session, project_id)
 
 
 def class_counts(session, project_id: int, names: list[str]) -> pd.DataFrame:

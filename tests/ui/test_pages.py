@@ -46,8 +46,11 @@ def test_every_page_renders_after_a_run(Session, tiny_project, module):
 
 
 def test_label_page_shows_counts_and_the_models_guess(Session, tiny_project):
-    label_items(Session, tiny_project.id, 3)
+    label_items(Session, tiny_project.id, 1)
     fake_done_run(Session, tiny_project.id, labels_used=1)
+    with Session.begin() as session:  # two more given since that run began
+        for item in queries.items(session, tiny_project.id, "pool")[1:3]:
+            queries.add_label(session, item.id, item.truth, annotator="tester")
     at = page_app("label", tiny_project.id)
     counts = at.sidebar.dataframe[0].value
     assert counts["labels"].tolist() == [2, 1]  # truth alternates 0, 1, 0
