@@ -184,8 +184,16 @@ def export_page() -> None:
         log.warning("Sweeping the old exports of project %s failed", project.id, exc_info=True)
     st.title(f"Export · {common.as_typed(project.name)}")
     st.write(
-        f"{n_labeled} labeled images"
-        + (f" ({n_ignored} more answered 'ignore', which are not exported)" if n_ignored else "")
+        common.by_count(n_labeled, "1 labeled image", f"{n_labeled} labeled images")
+        + (
+            common.by_count(
+                n_ignored,
+                " (1 more answered 'ignore', which is not exported)",
+                f" ({n_ignored} more answered 'ignore', which are not exported)",
+            )
+            if n_ignored
+            else ""
+        )
         + ("; the newest finished model is included." if has_model else "; no trained model yet.")
     )
     if st.button("Prepare the export", key="export_prepare", type="primary"):

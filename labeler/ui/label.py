@@ -725,7 +725,8 @@ def _undo_page(project_id: int) -> None:
         st.session_state["last_message"] = ("info", "No grid page or bulk label of this session to undo.")
 
 
-# Pre-filled grid guesses from a model measured below this on the audit images get a warning.
+# Pre-filled grid guesses from a model measured below this on the audit images (or, for a built-in
+# set without them, its test split) get a warning.
 TRUSTED_AUDIT_ACCURACY = 0.9
 
 
@@ -741,6 +742,13 @@ def _guess_warning(project_id: int, batch: list, threshold: float) -> str | None
         run = run_queries.latest_done_run(session, project_id)
     if run is None:
         return None
+    if not run.audit_n and run.test_accuracy is not None:  # a built-in set: its test split measures it
+        if run.test_accuracy >= TRUSTED_AUDIT_ACCURACY:
+            return None
+        return (
+            f"The model got {run.test_accuracy:.0%} of the test images right, and it can be sure of a "
+            "wrong guess: check every pre-filled guess before you accept."
+        )
     if not run.audit_n:
         return (
             "How often the model is right is not measured yet (no audit image answered): "

@@ -24,19 +24,22 @@ def test_app_opens_on_the_label_page(Session, tiny_project):
 
 
 @pytest.mark.parametrize(
-    "audit, expected",
+    "test, audit, expected",
     [
-        (None, "not measured yet"),
-        ((0.58, 0.3, 0.8, 12), "got 58% of 12 audit images right"),
-        ((0.95, 0.9, 0.99, 40), None),
+        (None, None, "not measured yet"),
+        (None, (0.58, 0.3, 0.8, 12), "got 58% of 12 audit images right"),
+        (None, (0.95, 0.9, 0.99, 40), None),
+        # A built-in set has no audit images but a test split: it said "not measured yet" for ever.
+        (0.69, None, "got 69% of the test images right"),
+        (0.93, None, None),
     ],
 )
 def test_grid_warns_when_its_prefilled_guesses_come_from_a_model_measured_poorly(
-    Session, tiny_project, audit, expected
+    Session, tiny_project, test, audit, expected
 ):
     """An early model is sure of wrong guesses (an exploratory session: 4 of 8 pre-filled tiles
     wrong, 58 % on the audit images), and A accepts them all, without a word."""
-    fake_done_run(Session, tiny_project.id, audit=audit)  # every guess 90 % sure: pre-filled
+    fake_done_run(Session, tiny_project.id, accuracy=test, audit=audit)  # every guess 90 % sure: pre-filled
     at = page_app("label", tiny_project.id)
     at.radio(key="label_mode").set_value("Grid").run()
     warnings = [w.value for w in at.warning]

@@ -625,7 +625,7 @@ def test_export_page_offers_the_data_set(Session, tiny_project):
         queries.add_label(session, spare, IGNORED, annotator="bob")
     at = page_app("export", tiny_project.id)
     assert at.markdown[0].value.startswith(
-        "6 labeled images (1 more answered 'ignore', which are not exported)"
+        "6 labeled images (1 more answered 'ignore', which is not exported)"
     )
     assert not at.get("download_button")
     at.button(key="export_prepare").click().run()
