@@ -159,6 +159,9 @@ def run_round(
     )
     del x
     fit_ended = time.monotonic()
+    if progress is not None:  # trained: the rest (predicting every image) shows as its own phase
+        fit_seconds = fit_ended - seen.get("fit_started", start)
+        progress(Progress(step=seen["step"], seconds=fit_seconds, fraction=1.0, losses=seen["losses"]))
 
     needs = active.STRATEGIES[spec.strategy].needs
     want_embed = with_map or needs == "embeddings" or spec.diverse_batch > 0

@@ -325,7 +325,7 @@ class Worker:
             if self._stop.is_set():
                 return True
             now = time.monotonic()
-            if now - last_write < self.write_every_s:
+            if now - last_write < self.write_every_s and p.fraction < 1.0:  # the end is always written
                 return False
             last_write = now
             try:

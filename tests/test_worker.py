@@ -692,3 +692,20 @@ def test_a_run_killed_with_its_server_does_not_count_as_having_used_its_labels(S
         with Session() as session:
             assert not label_queue.should_auto_retrain(session, project.id)
             assert parts.labels_since_last_run(session, project.id) == 0
+
+
+def test_the_end_of_training_is_written_however_recent_the_last_progress_write(Session, project, monkeypatch):
+    """Progress writes are spaced out; the one saying training ended (then every image is
+    predicted, minutes on a big project) must not be skipped, or the page shows a frozen 96 %."""
+    written = []
+    real = run_queries.record_progress
+
+    def spy(session, run_id, step, fraction, *args, **kwargs):
+        written.append(fraction)
+        return real(session, run_id, step, fraction, *args, **kwargs)
+
+    monkeypatch.setattr(run_queries, "record_progress", spy)
+    run_id = queue(Session, project.id)
+    Worker(Session, device="cpu", write_every_s=3600).process_one()
+    assert get_run(Session, run_id).status == DONE
+    assert written[0] < 1.0 and written[-1] == 1.0  # the first write, then the end (not spaced out)

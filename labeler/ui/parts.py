@@ -75,6 +75,11 @@ def status_line(active: list[Run]) -> str:
         text = (
             f"Training run {run.id} ({run.model}): {run.progress:.0%}, step {run.step}, {run.seconds:.0f} s"
         )
+        if run.progress >= 1.0:  # the budget is spent: every image is predicted, then stored
+            text = (
+                f"Run {run.id} ({run.model}) trained ({run.step} steps, {run.seconds:.0f} s); "
+                "now predicting every image and storing the results"
+            )
         if run.cancel_requested:
             text += " (stopping)"
         if queued:

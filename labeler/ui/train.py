@@ -201,7 +201,10 @@ def _live(project_id: int) -> None:
     if shown is None:
         st.info("No run yet: label a few images of each class, then start training.")
         return
-    label = f"Run {shown.id} ({shown.model}): {parts.STATUS_TEXT.get(shown.status, shown.status)}"
+    doing = parts.STATUS_TEXT.get(shown.status, shown.status)
+    if shown.status == RUNNING and (shown.progress or 0) >= 1.0:
+        doing = "trained, predicting every image"  # can take minutes on a big project after the budget
+    label = f"Run {shown.id} ({shown.model}): {doing}"
     st.progress(min(1.0, max(0.0, shown.progress or 0.0)), text=f"{label}, {shown.progress or 0:.0%}")
     if shown.status == FAILED and shown.error:
         st.error(common.as_typed(f"Run {shown.id} failed: {shown.error}"))
