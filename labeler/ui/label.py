@@ -762,6 +762,28 @@ def _guess_warning(project_id: int, batch: list, threshold: float) -> str | None
     return None
 
 
+def _answered_meanwhile(project_id: int, item_ids: list[int], names: list[str]) -> dict[int, str]:
+    """{image: a note} for the images of a held grid page answered since it was drawn (in the
+    one-image box, another tab, by another person): the page showed them as open, pre-filled with
+    other classes (9 of 12 tiles in an exploratory session); A leaves them as they are."""
+    with common.session_factory()() as session:
+        still = queries.unanswered(session, project_id, item_ids)
+        events = {i: queries.current_event(session, i) for i in item_ids if i not in still}
+    notes = {}
+    for item_id, event in events.items():
+        if event is None:  # gone from the project meanwhile
+            continue
+        answer = (
+            "ignore"
+            if event.class_index == IGNORED
+            else names[event.class_index]
+            if event.class_index < len(names)
+            else "?"
+        )
+        notes[item_id] = f"Answered meanwhile as {answer} by {event.annotator}: left as it is."
+    return notes
+
+
 def _grid(project_id: int, names: list[str]) -> None:
     threshold = st.slider(
         "Pre-fill the model's guess when it is at least this sure",
@@ -794,6 +816,7 @@ def _grid(project_id: int, names: list[str]) -> None:
     view = _grid_view(threshold, names)
     kept = st.session_state.get(_choices_key(project_id), {})
     st.session_state[_choices_key(project_id)] = {i: c for i, c in kept.items() if c["page"] == page}
+    closed = _answered_meanwhile(project_id, [item.id for item, _ in batch], names)
     columns = st.columns(4)
     tile_keys = []
     for n, (item, prediction) in enumerate(batch):
@@ -823,7 +846,10 @@ def _grid(project_id: int, names: list[str]) -> None:
                 format_func=lambda c: skip if c < 0 else names[c],
                 on_change=_remember_choice,
                 args=(project_id, page, item.id, tile_keys[-1]["key"], presses, list(names)),
+                disabled=item.id in closed,
             )
+            if item.id in closed:
+                st.caption(common.as_typed(closed[item.id]))
     keys = class_keys(project_id, names)
     _grid_keys()(
         data={

@@ -65,6 +65,10 @@ def test_grid_accepts_confident_guesses_only_and_undoes_a_page_at_once(Session, 
     accepted = [int(box.key.split("-")[1]) for box in tiles]
     with Session.begin() as session:
         queries.add_label(session, taken, 1, annotator="bob")
+    at.run()  # redrawn (a tile's choice reruns the page): the tile says so and takes no choice
+    tile = next(box for box in at.selectbox if box.key.startswith(f"grid-{taken}-"))
+    assert tile.disabled, "shown open, pre-filled, after it was answered"
+    assert any("Answered meanwhile as" in c.value and "by bob" in c.value for c in at.caption)
     button(at, "accept_grid").click().run()
     assert not at.exception
     assert (
