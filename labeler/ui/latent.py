@@ -24,7 +24,7 @@ from sqlalchemy import select
 import db
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, IGNORED, POOL, LabelClass, Run
+from db.models import AUDIT, DONE, IGNORED, POOL, LabelClass, Run
 
 from .. import projects
 from . import common
@@ -549,14 +549,19 @@ def latent_page() -> None:
     Session = common.session_factory()
     st.title(f"Latent space · {common.as_typed(project.name)}")
     with Session() as session:
-        run = run_queries.latest_done_run(session, project.id)
-        if run is None:
+        newest = run_queries.latest_done_run(session, project.id)
+        if newest is None:
             st.info("No finished run yet: train a model (Train page) to see its latent space.")
             return
+        run = _map_run(session, project.id, newest)
         frame = points_frame(session, project.id, run.id, names)
     kind, text = st.session_state.pop("latent_message", (None, None))
     if kind:
         getattr(st, kind)(common.as_typed(text))
+    if run.id != newest.id:
+        note, show = st.columns([4, 1])
+        note.info(f"Run {newest.id} has finished: the map stays on run {run.id} while you have a selection.")
+        show.button(f"Show run {newest.id}", key="latent_newest", on_click=_pin, args=(project.id, newest.id))
 
     colour = st.radio(
         "Colour by",
@@ -579,6 +584,34 @@ def latent_page() -> None:
     if ids:
         _selection_panel(project.id, ids, frame, names, annotator)
     _samples_panel(run, names)
+
+
+def _pin_key(project_id: int) -> str:
+    return f"latent-run-{project_id}"
+
+
+def _pin(project_id: int, run_id: int) -> None:
+    st.session_state[_pin_key(project_id)] = run_id
+
+
+def _map_run(session, project_id: int, newest: Run) -> Run:
+    """The run whose map the page shows: the newest, but while something is selected the one the
+    selection was drawn on (a run finishing under it replaced the map, and the selection, the
+    thumbnails and the chosen class were gone without a word; retraining every 10 labels, twice
+    in an exploratory session); the page then offers the newer one."""
+    pinned = st.session_state.get(_pin_key(project_id))
+    selecting = bool(_has_selection(st.session_state.get("latent")))
+    if pinned is not None and pinned != newest.id and selecting:
+        run = session.get(Run, pinned)
+        if run is not None and run.project_id == project_id and run.status == DONE:
+            return run
+    _pin(project_id, newest.id)
+    return newest
+
+
+def _has_selection(event) -> bool:
+    selection = _selection_of(event) or {}
+    return any(selection.get(part) for part in ("points", "box", "lasso"))
 
 
 def _selection_panel(

@@ -35,22 +35,20 @@ def big_map_server(tmp_path_factory):
         engine.dispose()
 
 
-def test_a_lasso_on_a_big_map_selects_the_points_drawn_only_in_its_picture(big_map_server, page):
-    """Above `latent.SAMPLE_POINTS` the map is a PNG of every point with a sample drawn on top:
-    a lasso still selects every point inside it, drawn as a plotly point or not."""
+def _done_run(Session, project_id: int, n: int, seed: int) -> int:
+    """A finished run whose map puts the n images at random places (seeded)."""
     import numpy as np
 
     from db.models import DONE, Prediction, Run, utcnow
 
-    Session, project, n = big_map_server["Session"], big_map_server["project"], big_map_server["n"]
-    rng = np.random.default_rng(0)
+    rng = np.random.default_rng(seed)
     with Session.begin() as session:
         now = utcnow()
-        run = Run(project_id=project.id, model="m2", status=DONE, created_at=now, started_at=now)
+        run = Run(project_id=project_id, model="m2", status=DONE, created_at=now, started_at=now)
         run.finished_at, run.progress, run.labels_used = now, 1.0, 0
         session.add(run)
         session.flush()
-        for item, (x, y) in zip(queries.items(session, project.id), rng.random((n, 2))):
+        for item, (x, y) in zip(queries.items(session, project_id), rng.random((n, 2))):
             session.add(
                 Prediction(
                     run_id=run.id,
@@ -64,7 +62,16 @@ def test_a_lasso_on_a_big_map_selects_the_points_drawn_only_in_its_picture(big_m
                     y=float(y),
                 )
             )
-        run_id = run.id
+        return run.id
+
+
+def test_a_lasso_on_a_big_map_selects_the_points_drawn_only_in_its_picture(big_map_server, page):
+    """Above `latent.SAMPLE_POINTS` the map is a PNG of every point with a sample drawn on top:
+    a lasso still selects every point inside it, drawn as a plotly point or not."""
+    import numpy as np
+
+    Session, project, n = big_map_server["Session"], big_map_server["project"], big_map_server["n"]
+    run_id = _done_run(Session, project.id, n, seed=0)
     page.goto(f"{big_map_server['url']}/latent?project={project.id}")
     page.get_by_text(f"{n} images, 2-D projection").wait_for()
     page.locator(".js-plotly-plot .nsewdrag").first.wait_for()
@@ -92,3 +99,24 @@ def test_a_lasso_on_a_big_map_selects_the_points_drawn_only_in_its_picture(big_m
     with Session() as session:
         labeled = set(queries.current_labels(session, project.id))
     assert labeled == {int(i) for i in points["item_id"][inside]}
+
+
+def test_a_run_finishing_under_a_selection_keeps_the_map_and_the_selection(big_map_server, page):
+    """With retraining every 10 labels, a run finished while a person had a lasso drawn: the next
+    rerun (choosing the class) drew the new run's map, and the selection, its thumbnails and the
+    button were gone without a word. The map stays; the page offers the newer run."""
+    Session, project, n = big_map_server["Session"], big_map_server["project"], big_map_server["n"]
+    first = _done_run(Session, project.id, n, seed=1)
+    page.goto(f"{big_map_server['url']}/latent?project={project.id}")
+    page.get_by_text(f"Run {first} (m2): {n} images").wait_for()
+    draw_lasso(page, [(0.3, 0.3), (0.6, 0.3), (0.6, 0.7), (0.3, 0.7), (0.3, 0.31)])
+    heading = page.get_by_text(re.compile(r"^\d+ selected$"))
+    heading.wait_for()
+    selected = heading.inner_text()
+    newer = _done_run(Session, project.id, n, seed=2)
+    choose_bulk_class(page, "dark")  # a rerun, as in the session that found it
+    page.get_by_text(f"Run {newer} has finished: the map stays on run {first}").wait_for()
+    assert heading.inner_text() == selected
+    assert page.get_by_text(f"Run {first} (m2): {n} images").is_visible()
+    page.get_by_role("button", name=f"Show run {newer}").click()
+    page.get_by_text(f"Run {newer} (m2): {n} images").wait_for()

@@ -899,9 +899,10 @@ def test_a_bulk_label_stores_only_images_the_button_showed_and_the_map_still_sel
 
 
 def test_a_bulk_label_from_a_map_redrawn_meanwhile_stores_nothing(Session, tiny_project):
-    """A run finishes between the lasso and the click: the server draws a new map (its points
-    moved), which selects nothing. The click from the page still on screen stores nothing, and
-    the page says why."""
+    """A run finishes between the lasso and the click: the map stays on the selection's run (it
+    was replaced, and the selection with it) and offers the new one. Shown (its points moved),
+    the new map selects nothing; a click from the page still on screen stores nothing, and the
+    page says why."""
     from ui_helpers import on_screen
 
     fake_done_run(Session, tiny_project.id)
@@ -920,6 +921,9 @@ def test_a_bulk_label_from_a_map_redrawn_meanwhile_stores_nothing(Session, tiny_
     with Session.begin() as session:  # the new run's latent points lie elsewhere
         session.execute(update(Prediction).where(Prediction.run_id == run_id).values(x=-Prediction.x))
     at.run()
+    assert at.subheader[0].value == "3 selected"  # the map and the selection stay
+    assert f"Run {run_id} has finished" in at.info[0].value
+    at.button(key="latent_newest").click().run()
     assert not at.subheader  # the new map selects nothing
     button(seen, "bulk_apply").click()
     _send(at, seen, a)
