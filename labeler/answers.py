@@ -193,7 +193,9 @@ def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outc
     try:
         status, detail = db.retrying(commit)
     except ValueError as error:
-        outcome.notices.append(f"An answer was not saved: {error}")
+        # Named: the box has moved on to the next image by now (an exploratory session could not
+        # tell which answer it was, and pressed U, which took back an older one).
+        outcome.notices.append(f"Your answer for image #{item_id} was not saved (it is shown again): {error}")
         outcome.refused_items.append(item_id)
         outcome.refused_actions.append(action_id)
         return

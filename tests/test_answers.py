@@ -511,6 +511,7 @@ def test_an_answer_for_a_class_renamed_since_the_page_showed_it_is_refused(Sessi
     fresh = {**_label(1, b, 0), "name": "renamed"}
     outcome = answers.apply_actions(Session, tiny_project.id, "ann", [stale, fresh], ledger)
     assert "was renamed to 'renamed'" in outcome.notices[0] and outcome.labeled == 1
+    assert f"image #{a} was not saved" in outcome.notices[0]  # the box is on the next image by now
     assert outcome.refused_items == [a] and outcome.refused_actions == [
         "m-0"
     ]  # shown again, to be answered again
