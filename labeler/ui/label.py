@@ -1314,12 +1314,16 @@ def label_page() -> None:
     mode = st.radio("Mode", MODES, key="label_mode", horizontal=True, label_visibility="collapsed")
     Session = common.session_factory()
     with Session() as session:
-        n_labeled = queries.label_count(session, project.id)
+        n_answered = queries.label_count(session, project.id)
+        n_labeled = len(queries.current_labels(session, project.id))  # an "ignore" answer is no label
         n_total = queries.count_items(session, project.id, POOL) + queries.count_items(
             session, project.id, AUDIT
         )
         has_model = queries.latest_done_run_id(session, project.id) is not None
-    st.progress(min(1.0, n_labeled / max(1, n_total)), text=f"{n_labeled} labeled / {n_total} images")
+    ignored = f" + {n_answered - n_labeled} ignored" if n_answered > n_labeled else ""
+    st.progress(
+        min(1.0, n_answered / max(1, n_total)), text=f"{n_labeled} labeled{ignored} / {n_total} images"
+    )
     # The notes go in a container that is always there: a note drawn in the page itself moved
     # everything below it down one place, and the browser drew the Classes panel anew, closed.
     notes = st.container()

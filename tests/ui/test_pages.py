@@ -49,9 +49,13 @@ def test_label_page_shows_counts_and_the_models_guess(Session, tiny_project):
     label_items(Session, tiny_project.id, 1)
     fake_done_run(Session, tiny_project.id, labels_used=1)
     with Session.begin() as session:  # two more given since that run began
-        for item in queries.items(session, tiny_project.id, "pool")[1:3]:
+        pool = queries.items(session, tiny_project.id, "pool")
+        for item in pool[1:3]:
             queries.add_label(session, item.id, item.truth, annotator="tester")
+        queries.add_label(session, pool[3].id, IGNORED, annotator="tester")  # answered, not labeled
+        total = len(pool) + len(queries.items(session, tiny_project.id, "audit"))
     at = page_app("label", tiny_project.id)
+    assert at.get("progress")[0].proto.text == f"3 labeled + 1 ignored / {total} images"  # was "4 labeled"
     counts = at.sidebar.dataframe[0].value
     assert counts["labels"].tolist() == [2, 1]  # truth alternates 0, 1, 0
     captions = " ".join(c.value for c in at.sidebar.caption)
