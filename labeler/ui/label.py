@@ -50,7 +50,7 @@ BATCH = 20  # images sent to the browser at a time: the next ones are on screen 
 SENT_KEPT = 200  # images sent to the box that are checked for answers given elsewhere (_closed_since)
 REFUSED_KEPT = 200  # box answers refused or undone for it, listed to the box on every run (_newest_kept)
 GRID_SIZE = 12
-HISTORY_ROWS = 48  # the newest answers the History shows
+HISTORY_ROWS = 48  # answers per History page, newest first
 MODES = ["One image", "Grid", "History"]
 STATUS_EVERY_S = 5.0  # how often the sidebar's training status is redrawn in Grid and History
 AUDIT_NOTE = (
@@ -1118,6 +1118,14 @@ def _keep_class_filter_through_renames(names: list[str]) -> None:
     st.session_state["hist_class"] = value
 
 
+def _history_page_key(project_id: int) -> str:
+    return f"hist_page-{project_id}"
+
+
+def _history_page_to(project_id: int, filters: tuple, page: int) -> None:
+    st.session_state[_history_page_key(project_id)] = (filters, max(0, page))
+
+
 def _history(project_id: int, names: list[str]) -> None:
     Session = common.session_factory()
     with Session() as session:
@@ -1135,17 +1143,54 @@ def _history(project_id: int, names: list[str]) -> None:
         "Annotator", [None, *people], key="hist_who", format_func=lambda p: everyone if p is None else p
     )
     disagree = c.checkbox("Only where the answer differs from the model's guess", key="hist_disagree")
+    # Pages of HISTORY_ROWS, newest first; other filters start on the first page again.
+    filters = (which, who, disagree)
+    at = st.session_state.get(_history_page_key(project_id))
+    page = at[1] if at and at[0] == filters else 0
     with Session() as session:
         rows = queries.label_history(
-            session, project_id, class_index=which, annotator=who, disagree=disagree, limit=HISTORY_ROWS
+            session,
+            project_id,
+            class_index=which,
+            annotator=who,
+            disagree=disagree,
+            limit=HISTORY_ROWS + 1,
+            offset=page * HISTORY_ROWS,
         )
+        older = len(rows) > HISTORY_ROWS
+        rows = rows[:HISTORY_ROWS]
         newest = len(rows)
         rows = _with_unsaved(session, project_id, rows, names)
+    if page and not newest:  # the answers on this page went meanwhile (undone, corrected away)
+        st.session_state[_history_page_key(project_id)] = (filters, 0)
+        st.rerun()
     if not rows:
         st.info("No answers match.")
         return
     kept = f", and {len(rows) - newest} you changed that are not saved yet" if len(rows) > newest else ""
-    st.caption(f"The newest {newest} matching answers{kept}. Change a label, then save the corrections.")
+    first = page * HISTORY_ROWS
+    shown_words = (
+        f"The newest {newest} matching answers"
+        if not page
+        else f"Matching answers {first + 1}-{first + newest}, newest first"
+    )
+    st.caption(f"{shown_words}{kept}. Change a label, then save the corrections.")
+    if page or older:
+        back, on = st.columns(2)
+        back.button(
+            "Newer answers",
+            key="hist_newer",
+            disabled=not page,
+            on_click=_history_page_to,
+            args=(project_id, filters, page - 1),
+        )
+        on.button(
+            "Older answers",
+            key="hist_older",
+            disabled=not older,
+            on_click=_history_page_to,
+            args=(project_id, filters, page + 1),
+        )
     options = [IGNORED, *range(len(names))]
     _keep_chosen_through_renames(project_id, rows, names)
     columns = st.columns(6)

@@ -6,7 +6,17 @@ from streamlit.testing.v1 import AppTest
 
 from db import queries
 from db.models import AUDIT, POOL
-from tests.ui.ui_helpers import APP, box_data, button, fake_done_run, on_screen, page_app, send_from
+from labeler.ui import label
+from tests.ui.ui_helpers import (
+    APP,
+    box_data,
+    button,
+    fake_done_run,
+    label_items,
+    on_screen,
+    page_app,
+    send_from,
+)
 
 
 def test_app_opens_on_the_label_page(Session, tiny_project):
@@ -871,3 +881,28 @@ def test_a_16_bit_image_is_shown_as_the_model_sees_it(tmp_path, monkeypatch):
     )
     middle = shown.shape[0] // 2
     assert abs(int(shown[middle, middle]) - round(60_000 / 257)) <= 1
+
+
+def test_the_history_pages_through_every_answer(Session, tiny_project, monkeypatch):
+    """It showed the newest 48 matching answers and nothing older: an answer further back could
+    not be found or corrected. Newer / Older page through them; a new filter starts at the top."""
+    monkeypatch.setattr(label, "HISTORY_ROWS", 4)
+    label_items(Session, tiny_project.id, 10)
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("History").run()
+    with Session() as session:
+        newest_first = [e.item_id for e, _ in queries.label_history(session, tiny_project.id)]
+    assert list(_history_tiles(at)) == newest_first[:4]
+    assert at.button(key="hist_newer").disabled and not at.button(key="hist_older").disabled
+    at.button(key="hist_older").click().run()
+    at.button(key="hist_older").click().run()
+    assert list(_history_tiles(at)) == newest_first[8:]
+    assert "Matching answers 9-10" in " ".join(c.value for c in at.caption)
+    assert at.button(key="hist_older").disabled
+    at.button(key="hist_newer").click().run()
+    assert list(_history_tiles(at)) == newest_first[4:8]
+    at.selectbox(key="hist_class").set_value(0).run()  # another filter: its newest answers
+    with Session() as session:
+        class_0 = [e.item_id for e, _ in queries.label_history(session, tiny_project.id, class_index=0)]
+    assert list(_history_tiles(at)) == class_0[:4]
+    assert at.button(key="hist_newer").disabled
