@@ -624,10 +624,14 @@ def _renamed_note() -> None:
 
 
 @common.survives_outage
-def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: list[str]) -> None:
+def _accept_grid(
+    project_id: int, item_ids: list[int], threshold: float, names: list[str], closed: list[int] = ()
+) -> None:
     """Commit the page in one transaction: the pre-filled guesses the person left alone count as
     confirmed, tiles set to "skip" stay unlabeled, and an image answered meanwhile (by anyone) is
-    left as it is. The page is one undo step. `names`: the classes as the page showed them."""
+    left as it is: also one the page showed so (`closed`), should that answer be undone by now,
+    since its tile was never the person's to check. The page is one undo step. `names`: the
+    classes as the page showed them."""
     try:
         annotator = account.acting_user()["name"]
     except account.NotAllowed as refused:
@@ -636,7 +640,7 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
     page = _page_name(item_ids)
     token, pressed, listed = _grid_presses(project_id, page, len(names))
     view = _grid_view(threshold, names)
-    chosen = [(i, _tile_choice(i, view, token, pressed)) for i in item_ids]
+    chosen = [(i, _tile_choice(i, view, token, pressed)) for i in item_ids if i not in set(closed)]
     chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
     key_names = _key_names(listed)
     carried = {i: _carried_choice(project_id, page, i, pressed, key_names, len(names)) for i, _ in chosen}
@@ -684,8 +688,8 @@ def _accept_grid(project_id: int, item_ids: list[int], threshold: float, names: 
     text = f"Saved {len(events)} {common.by_count(len(events), 'label', 'labels')}."
     if not events and again:
         text = "This page was saved already (A pressed again); nothing changed."
-    elif len(events) < len(chosen):
-        left = len(chosen) - len(events)
+    elif len(events) < len(chosen) + len(closed):
+        left = len(chosen) - len(events) + len(closed)
         text += " " + common.by_count(
             left,
             "1 image had been answered meanwhile and was left as it is.",
@@ -870,7 +874,7 @@ def _grid(project_id: int, names: list[str]) -> None:
         type="primary",
         width="stretch",
         on_click=_accept_grid,
-        args=(project_id, [item.id for item, _ in batch], threshold, names),
+        args=(project_id, [item.id for item, _ in batch], threshold, names, sorted(closed)),
     )
     right.button(
         "Undo last page",
@@ -1288,7 +1292,18 @@ def _rename_class(project_id: int) -> None:
 
 
 def _training_status(project_id: int) -> None:
-    """The sidebar's labels since the last run and what the trainer does now."""
+    """The sidebar's labels since the last run and what the trainer does now; while the database
+    cannot be reached, one line (in Grid and History this reruns on its own, outside app.py's
+    handler: a traceback with the database's host and port every 5 s)."""
+    try:
+        _training_status_lines(project_id)
+    except OperationalError:
+        if common.database_answers():
+            raise
+        st.caption("The database cannot be reached just now.")
+
+
+def _training_status_lines(project_id: int) -> None:
     with common.session_factory()() as session:
         since = parts.labels_since_last_run(session, project_id)
         active = run_queries.active_runs(session, project_id)

@@ -906,3 +906,41 @@ def test_the_history_pages_through_every_answer(Session, tiny_project, monkeypat
         class_0 = [e.item_id for e, _ in queries.label_history(session, tiny_project.id, class_index=0)]
     assert list(_history_tiles(at)) == class_0[:4]
     assert at.button(key="hist_newer").disabled
+
+
+def test_a_grid_tile_shown_as_answered_meanwhile_is_never_stored(Session, tiny_project):
+    """The page said "left as it is" and drew the tile without a choice; should that answer be
+    undone before A, the tile's old pre-filled guess was stored under this person's name."""
+    fake_done_run(Session, tiny_project.id)  # every guess 90 % sure: pre-filled
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    taken = int(next(b for b in at.selectbox if b.key.startswith("grid-")).key.split("-")[1])
+    with Session.begin() as session:
+        bob = queries.add_label(session, taken, 1, annotator="bob")
+    at.run()  # drawn as answered meanwhile
+    with Session.begin() as session:
+        queries.undo_events(session, [bob.id], "bob")  # ... and taken back before the accept
+    button(at, "accept_grid").click().run()
+    assert not at.exception
+    assert "1 image had been answered meanwhile" in at.success[0].value
+    with Session() as session:
+        assert taken not in queries.current_labels(session, tiny_project.id)
+
+
+def test_the_sidebar_status_says_the_database_is_away_without_a_traceback(Session, tiny_project, monkeypatch):
+    """In Grid and History the sidebar's status reruns on its own, outside the page's handler."""
+    from sqlalchemy.exc import OperationalError
+
+    from labeler.ui import common
+
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+
+    def down(project_id):
+        raise OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
+
+    monkeypatch.setattr(label, "_training_status_lines", down)
+    monkeypatch.setattr(common, "database_answers", lambda: False)
+    at.run()
+    assert not at.exception and not at.error  # the page itself stays
+    assert any("cannot be reached" in c.value for c in at.sidebar.caption)
