@@ -140,7 +140,7 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger, ou
         if kind == "label":
             name = action.get("name")
             name = name if isinstance(name, str) else None
-            answer = (class_index, name, action_id, _shown_guess(action))
+            answer = (class_index, name, action_id, _shown_guess(action), action.get("again") is True)
             _label(Session, project_id, annotator, item_id, answer, ledger, outcome)
         elif kind == "undo":
             of, again = action.get("of"), action.get("again") is True
@@ -162,13 +162,13 @@ def _shown_guess(action: dict):
     if "guess" not in action:
         return queries.NEWEST
     guess = action["guess"]
-    if isinstance(guess, list) and len(guess) == 2 and all(type(v) is int for v in guess):
+    if isinstance(guess, list) and len(guess) == 2 and all(type(v) is int and 0 <= v < 2**31 for v in guess):
         return tuple(guess)
-    return None
+    return None  # none shown, or not ids a page sends (too large for the database's integers)
 
 
 def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outcome: Outcome) -> None:
-    class_index, shown_name, action_id, guess = answer
+    class_index, shown_name, action_id, guess, again = answer
 
     def commit():
         with Session.begin() as session:
@@ -178,8 +178,9 @@ def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outc
             item = queries.lock_item(session, item_id)
             if item is None or item.project_id != project_id:
                 return "gone", None
-            if queries.applied_event(session, item_id, action_id) is not None:
-                return "same", None  # applied before a reload lost its acknowledgement: it stands
+            applied = queries.applied_event(session, item_id, action_id)
+            if applied is not None:  # applied before its acknowledgement was lost: it stands
+                return "applied", applied
             _check_class(session, project_id, class_index, shown_name)
             current = queries.current_event(session, item_id)
             if current is not None and (current.annotator, current.class_index) == (annotator, class_index):
@@ -203,6 +204,13 @@ def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outc
         ledger.record([detail])
         ledger.skipped.discard(item_id)
         outcome.labeled += 1
+    elif status == "applied" and not again and not detail.undone and detail.annotator == annotator:
+        # Sent again by this page (not after a reload): the database committed it, then its
+        # answer was lost (an outage), so the ledger never heard of it; U in the box then said
+        # "you did not answer it", and a U from a box drawn anew passed over it and took back the
+        # answer before it.
+        if all(detail.id not in entry for entry in ledger.entries):
+            ledger.record([detail])
     elif status == "answered":
         who = "you" if detail == annotator else detail
         outcome.notices.append(

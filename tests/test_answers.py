@@ -597,3 +597,42 @@ def test_an_answer_keeps_the_guess_shown_with_its_image_not_a_newer_runs(Session
             for e in queries.history(session, i)
         }
     assert kept == {a: (first, 0), b: (None, None), c: (None, None), d: (newer, 1)}
+
+
+def test_a_label_sent_again_after_its_commits_answer_was_lost_can_be_undone(
+    Session, tiny_project, monkeypatch
+):
+    """The database commits a label, then the connection drops before it answers: the page sends
+    it again, and it stands (applied before). The ledger never heard of it, so U in the box said
+    "you did not answer it" and a U from a box drawn anew took back the answer before it."""
+    from sqlalchemy.exc import OperationalError
+
+    a, b = _pool(Session, tiny_project)[:2]
+    mine = answers.Ledger()
+    answers.apply_actions(Session, tiny_project.id, "ann", [_label(0, a, 0)], mine)
+    real = answers.db.retrying
+
+    def committed_then_lost(fn):
+        real(fn)
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    sent = [_label(0, a, 0), _label(1, b, 1)]
+    monkeypatch.setattr(answers.db, "retrying", committed_then_lost)
+    assert answers.apply_actions(Session, tiny_project.id, "ann", sent, mine).stopped_by is not None
+    monkeypatch.setattr(answers.db, "retrying", real)
+    again = answers.apply_actions(Session, tiny_project.id, "ann", sent, mine)
+    assert again.labeled == 0 and not again.notices  # it stands, as given
+    undo = answers.apply_actions(Session, tiny_project.id, "ann", [{"id": "u-0", "type": "undo_last"}], mine)
+    assert undo.undone_last == [("u-0", b)]  # b's answer, the newest: not a's
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {a: 0}
+
+
+def test_a_guess_naming_a_run_id_no_database_holds_is_no_guess(Session, tiny_project):
+    """A run id past the database's integers raised on every rerun, so the answer never landed."""
+    a = _pool(Session, tiny_project)[0]
+    sent = [{**_label(0, a, 0), "guess": [2**63, 0]}]
+    outcome = answers.apply_actions(Session, tiny_project.id, "ann", sent, answers.Ledger())
+    assert outcome.labeled == 1 and outcome.stopped_by is None
+    with Session() as session:
+        assert queries.current_event(session, a).predicted_run_id is None
