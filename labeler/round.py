@@ -28,7 +28,7 @@ import numpy as np
 
 from . import active
 from .evaluate import wilson_interval
-from .models import Progress, SSLModel, check_finite
+from .models import Progress, SSLModel, TrainingCancelled, check_finite
 from .models.base import ProgressFn
 from .runspec import RunSpec
 
@@ -161,7 +161,9 @@ def run_round(
     fit_ended = time.monotonic()
     if progress is not None:  # trained: the rest (predicting every image) shows as its own phase
         fit_seconds = fit_ended - seen.get("fit_started", start)
-        progress(Progress(step=seen["step"], seconds=fit_seconds, fraction=1.0, losses=seen["losses"]))
+        # No losses: the fit's last report stored them (a second loss point at the same step).
+        if progress(Progress(step=seen["step"], seconds=fit_seconds, fraction=1.0, losses={})):
+            raise TrainingCancelled()  # a cancel now spares minutes of predicting
 
     needs = active.STRATEGIES[spec.strategy].needs
     want_embed = with_map or needs == "embeddings" or spec.diverse_batch > 0

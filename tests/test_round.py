@@ -56,9 +56,11 @@ def test_a_round_trains_on_pool_answers_and_measures_on_test_and_audit(monkeypat
 
 def test_a_round_reports_the_end_of_training_before_it_predicts(monkeypatch):
     """Predicting every image after the budget took minutes on 70,000 images (an exploratory
-    session: 191 s after a 20 s budget), while the status said "training, 96 %", frozen. The
-    round reports fraction 1.0 when fitting ends, so the worker writes it and the page says so."""
+    session: 191 s after a 20 s budget), while the status said "training, 96 %", frozen (a time
+    budget's last report comes before its end). The round reports fraction 1.0, without losses,
+    once fitting ends, so the worker writes it and the page says so; a cancel then stops it."""
     import labeler.round as round_module
+    from labeler.models import TrainingCancelled
     from labeler.ui import parts
 
     images, split, labels, truth = items()
@@ -66,8 +68,28 @@ def test_a_round_reports_the_end_of_training_before_it_predicts(monkeypatch):
     real = round_module.predict
     monkeypatch.setattr(round_module, "predict", lambda *a, **k: order.append("predict") or real(*a, **k))
     spec = RunSpec("supervised", steps=5, config=SMALL)
-    run_round(spec, images.pixels, split, labels, truth, 2, progress=lambda p: order.append(p.fraction))
-    assert order[-2:] == [1.0, "predict"]
+    run_round(
+        spec,
+        images.pixels,
+        split,
+        labels,
+        truth,
+        2,
+        progress=lambda p: order.append((p.fraction, bool(p.losses))),
+    )
+    assert order[-3:] == [(1.0, True), (1.0, False), "predict"]  # the fit's last report, then the round's
+    order.clear()
+    with pytest.raises(TrainingCancelled):  # cancelled as training ends: no minutes of predicting
+        run_round(
+            spec,
+            images.pixels,
+            split,
+            labels,
+            truth,
+            2,
+            progress=lambda p: p.fraction >= 1.0 and not p.losses,
+        )
+    assert "predict" not in order
 
     class Running:  # a run row as the status line reads it
         id, model, status, progress, step, seconds, cancel_requested = 7, "m2", "running", 1.0, 5, 21.0, False
