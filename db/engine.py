@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import functools
+import sqlite3
 import time
 from pathlib import Path
 
@@ -32,6 +33,7 @@ def make_engine(url: str) -> Engine:
         path = url.split("///", 1)[-1]
         if path and path != ":memory:":
             Path(path).parent.mkdir(parents=True, exist_ok=True)
+            _refuse_an_emptied_database(Path(path))
         engine = create_engine(
             url, connect_args={"check_same_thread": False, "timeout": BUSY_TIMEOUT_MS / 1000}
         )
@@ -40,6 +42,23 @@ def make_engine(url: str) -> Engine:
         engine = create_engine(url, pool_pre_ping=True)
     _create_tables(engine)
     return engine
+
+
+def _refuse_an_emptied_database(path: Path) -> None:
+    """A SQLite database without tables beside a `projects` folder with files in it was emptied
+    or replaced (a 0-byte file after a crash or a bad copy): made afresh, it started a new
+    project 1 and wrote its images over the old project's files (an exploratory session).
+    Refused, with nothing changed."""
+    folder = path.parent / "projects"
+    if not folder.is_dir() or not any(folder.iterdir()):
+        return
+    if _has_tables(path):
+        return
+    raise ValueError(
+        f"The database {path} is empty, but {folder} holds project files, so it was emptied or "
+        "replaced; restore it from a backup (python -m labeler backup makes them), or move that "
+        "folder away to start afresh (nothing was changed)."
+    )
 
 
 def _create_tables(engine: Engine, attempts: int = 5) -> None:
@@ -53,6 +72,24 @@ def _create_tables(engine: Engine, attempts: int = 5) -> None:
             if attempt == attempts - 1:
                 raise
             time.sleep(0.1 * (attempt + 1))
+
+
+def _has_tables(path: Path) -> bool:
+    """Whether the SQLite file holds any table, read without writing to it (the engine's first
+    connection sets WAL mode, which writes a header even to an empty file)."""
+    if not path.exists():
+        return False
+    try:
+        connection = sqlite3.connect(f"{path.resolve().as_uri()}?mode=ro", uri=True)
+        try:
+            return (
+                connection.execute("SELECT count(*) FROM sqlite_master WHERE type = 'table'").fetchone()[0]
+                > 0
+            )
+        finally:
+            connection.close()
+    except sqlite3.DatabaseError:  # damaged, locked or unreadable: the engine reports it as before
+        return True
 
 
 @functools.lru_cache(maxsize=8)

@@ -125,6 +125,12 @@ def user_error(error: BaseException) -> str | None:
 def database_error(error: BaseException) -> str:
     """One sentence for a database that cannot be opened or written."""
     reason = _first_line(getattr(error, "orig", None) or error)
+    if any(words in reason for words in ("malformed", "not a database")):
+        where = "LABELER_DB_URL" if os.environ.get("LABELER_DB_URL", "").strip() else _data_dir_or_default()
+        return (
+            f"The database file in {where} is damaged ({reason}); restore it from a backup (python -m "
+            "labeler backup makes them), or move it away to start afresh."
+        )
     if os.environ.get("LABELER_DB_URL", "").strip():
         return (
             f"Cannot use the database in LABELER_DB_URL ({reason}); check that the server runs and is "
