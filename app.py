@@ -46,8 +46,9 @@ try:
     common.outage_notice()  # a click an outage kept from being saved
     page.run()
 except OperationalError as error:  # the database stopped answering: one sentence, then retries
-    if common.database_answers():
-        raise  # it answers: not an outage but a fault (a missing table, a read-only file), shown as one
+    unwritable = common.cannot_write(error)  # a full disk, a read-only file: it may pass too
+    if common.database_answers() and unwritable is None:
+        raise  # it answers: not an outage but a fault (a missing table), shown as one
     if not guarded:
         common.unsent_guard()  # closing the tab still asks while answers wait in it
-    common.database_unreachable(error)
+    common.database_unreachable(error, unwritable)

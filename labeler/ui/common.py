@@ -81,10 +81,41 @@ def database_unreachable(error: Exception, reason: str | None = None) -> None:
 
     @st.fragment(run_every=RETRY_DATABASE_S)
     def retry() -> None:
+        # Not in the page run that draws it, only on the timer's: a database that answers but
+        # cannot be written (a full disk) reran the page at once, over and over.
+        if st.session_state.get("retry-drawing"):
+            return
         if database_answers():
             st.rerun(scope="app")
 
-    retry()
+    st.session_state["retry-drawing"] = True
+    try:
+        retry()
+    finally:
+        st.session_state["retry-drawing"] = False
+
+
+def cannot_write(error: Exception) -> str | None:
+    """One sentence when `error` says the database cannot be written (a full disk, a file made
+    read-only), else None. Such a page showed a traceback on every key until the server was
+    restarted: SQLite keeps a connection opened read-only so, so the pool is emptied here and
+    the next try opens new ones."""
+    text = str(getattr(error, "orig", None) or error).lower()
+    if "disk is full" in text:
+        what = "the disk holding it is full: free some space"
+    elif "readonly database" in text or "read-only" in text:
+        what = "its file is read-only: make it writable"
+    else:
+        return None
+    from labeler.config import db_url
+
+    try:
+        db.get_engine(db_url()).dispose()
+    except Exception:  # the message matters more; the next try opens its own
+        import logging
+
+        logging.getLogger(__name__).warning("Could not empty the database's pool", exc_info=True)
+    return f"The database cannot be written just now ({what})."
 
 
 def database_answers() -> bool:

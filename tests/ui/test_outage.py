@@ -35,6 +35,40 @@ def test_a_page_says_the_database_is_unreachable_and_comes_back_on_the_next_run(
     assert not at.exception and not at.error
 
 
+@pytest.mark.parametrize(
+    ("reason", "says"),
+    [
+        ("database or disk is full", "disk holding it is full"),
+        ("attempt to write a readonly database", "read-only"),
+    ],
+)
+def test_a_database_that_cannot_be_written_is_one_sentence_and_a_retry(
+    Session, tiny_project, monkeypatch, reason, says
+):
+    """A full disk or a read-only file: the database still answers reads, so the page showed the
+    traceback on every key, and after the file was writable again it stayed so until the server
+    restarted (SQLite keeps a connection opened read-only so). One sentence, retries, a fresh pool."""
+    import sqlite3
+
+    at = app_run(tiny_project.id)
+    disposed = []
+    engine = common.session_factory().kw["bind"]
+    monkeypatch.setattr(type(engine), "dispose", lambda self, *a, **k: disposed.append(self))
+
+    def full(*args, **kwargs):
+        raise OperationalError("INSERT INTO label_events", {}, sqlite3.OperationalError(reason))
+
+    monkeypatch.setattr(label, "unsaved_anywhere", full)
+    monkeypatch.setattr(common, "RETRY_DATABASE_S", None)  # AppTest waits for a timed fragment
+    at.run()
+    assert not at.exception
+    assert "cannot be written just now" in at.error[0].value and says in at.error[0].value
+    assert disposed, "the pool keeps the read-only connections"
+    monkeypatch.undo()
+    at.run()  # the retry's rerun, once it can write
+    assert not at.exception and not at.error
+
+
 def test_the_first_page_after_a_start_with_the_database_away_tries_again(Session, tiny_project, monkeypatch):
     """The server started while the database was away: the first page said so once and never
     looked again (a reload was needed); it says what to check and retries like any page."""
