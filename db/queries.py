@@ -171,8 +171,21 @@ def record_applied(session: Session, event: LabelEvent, action: str) -> None:
 
 
 def label_count(session: Session, project_id: int) -> int:
+    """The images with a current answer ("ignore" answers included)."""
     newest = _current_event_ids(project_id)
     return session.scalar(select(func.count()).select_from(newest)) or 0
+
+
+def ignored_count(session: Session, project_id: int) -> int:
+    """The images whose current answer is "ignore" (answered, in no class: no label)."""
+    newest = _current_event_ids(project_id)
+    query = (
+        select(func.count())
+        .select_from(LabelEvent)
+        .join(newest, LabelEvent.id == newest.c.event_id)
+        .where(LabelEvent.class_index == IGNORED)
+    )
+    return session.scalar(query) or 0
 
 
 NEWEST = "newest"  # add_label's guess: the newest finished run's prediction for the image

@@ -121,10 +121,10 @@ def cmd_projects(args) -> int:
 
     with _session_factory()() as session:
         for project in queries.list_projects(session):
-            answered = queries.label_count(session, project.id)
-            labeled = len(queries.current_labels(session, project.id))  # "ignore" answers are no label
+            n_ignored = queries.ignored_count(session, project.id)  # "ignore" answers are no label
+            labeled = queries.label_count(session, project.id) - n_ignored
             total = queries.count_items(session, project.id)
-            ignored = f", {answered - labeled} ignored" if answered > labeled else ""
+            ignored = f", {n_ignored} ignored" if n_ignored else ""
             print(f"{project.name}\t{project.source}\t{labeled}/{total} labeled{ignored}")
     return 0
 

@@ -173,8 +173,8 @@ def export_page() -> None:
     common.require_admin("export")
     project = common.current_project()
     with common.session_factory()() as session:
-        n_labeled = len(queries.current_labels(session, project.id))  # "ignore" answers are not exported
-        n_ignored = queries.label_count(session, project.id) - n_labeled
+        n_ignored = queries.ignored_count(session, project.id)  # "ignore" answers are not exported
+        n_labeled = queries.label_count(session, project.id) - n_ignored
         has_model = queries.latest_done_run_id(session, project.id) is not None
     prepared = st.session_state.get("export_files")
     mine = prepared.get("folder") if prepared and prepared["project"] == project.id else None

@@ -1375,7 +1375,7 @@ def label_page() -> None:
     Session = common.session_factory()
     with Session() as session:
         n_answered = queries.label_count(session, project.id)
-        n_labeled = len(queries.current_labels(session, project.id))  # an "ignore" answer is no label
+        n_labeled = n_answered - queries.ignored_count(session, project.id)  # "ignore" is no label
         n_total = queries.count_items(session, project.id, POOL) + queries.count_items(
             session, project.id, AUDIT
         )
