@@ -343,20 +343,22 @@ def label_history(
     annotator: str | None = None,
     disagree: bool = False,
     limit: int = 200,
-    offset: int = 0,
+    before: int | None = None,
 ) -> list[tuple[LabelEvent, Item]]:
-    """Current answers, newest first (from the `offset`-th), for browsing and correcting:
-    optionally one class, one annotator, or only those where the answer differs from the model's
-    guess at the time."""
+    """Current answers, newest first (older than the event `before`, for the next page: an
+    answer corrected or undone on a newer page does not shift one past the person), for browsing
+    and correcting: optionally one class, one annotator, or only those where the answer differs
+    from the model's guess at the time."""
     newest = _current_event_ids(project_id)
     query = (
         select(LabelEvent, Item)
         .join(newest, LabelEvent.id == newest.c.event_id)
         .join(Item, Item.id == LabelEvent.item_id)
         .order_by(LabelEvent.id.desc())
-        .offset(offset)
         .limit(limit)
     )
+    if before is not None:
+        query = query.where(LabelEvent.id < before)
     if class_index is not None:
         query = query.where(LabelEvent.class_index == class_index)
     if annotator is not None:

@@ -1126,8 +1126,8 @@ def _history_page_key(project_id: int) -> str:
     return f"hist_page-{project_id}"
 
 
-def _history_page_to(project_id: int, filters: tuple, page: int) -> None:
-    st.session_state[_history_page_key(project_id)] = (filters, max(0, page))
+def _history_page_to(project_id: int, filters: tuple, starts: list[int]) -> None:
+    st.session_state[_history_page_key(project_id)] = (filters, starts)
 
 
 def _history(project_id: int, names: list[str]) -> None:
@@ -1147,36 +1147,40 @@ def _history(project_id: int, names: list[str]) -> None:
         "Annotator", [None, *people], key="hist_who", format_func=lambda p: everyone if p is None else p
     )
     disagree = c.checkbox("Only where the answer differs from the model's guess", key="hist_disagree")
-    # Pages of HISTORY_ROWS, newest first; other filters start on the first page again.
+    # Pages of HISTORY_ROWS, newest first, each starting below the last answer of the one before
+    # (`starts`); other filters start on the first page again.
     filters = (which, who, disagree)
     at = st.session_state.get(_history_page_key(project_id))
-    page = at[1] if at and at[0] == filters else 0
+    starts = list(at[1]) if at and at[0] == filters else []
+    st.session_state[_history_page_key(project_id)] = (filters, starts)
     with Session() as session:
-        rows = queries.label_history(
-            session,
-            project_id,
-            class_index=which,
-            annotator=who,
-            disagree=disagree,
-            limit=HISTORY_ROWS + 1,
-            offset=page * HISTORY_ROWS,
-        )
+        while True:
+            rows = queries.label_history(
+                session,
+                project_id,
+                class_index=which,
+                annotator=who,
+                disagree=disagree,
+                limit=HISTORY_ROWS + 1,
+                before=starts[-1] if starts else None,
+            )
+            if rows or not starts:
+                break
+            starts.pop()  # this page's answers went meanwhile (undone, corrected away): the one before
         older = len(rows) > HISTORY_ROWS
         rows = rows[:HISTORY_ROWS]
         newest = len(rows)
+        last_shown = rows[-1][0].id if rows else None
         rows = _with_unsaved(session, project_id, rows, names)
-    if page and not newest:  # the answers on this page went meanwhile (undone, corrected away)
-        st.session_state[_history_page_key(project_id)] = (filters, 0)
-        st.rerun()
+    page = len(starts)
     if not rows:
         st.info("No answers match.")
         return
     kept = f", and {len(rows) - newest} you changed that are not saved yet" if len(rows) > newest else ""
-    first = page * HISTORY_ROWS
     shown_words = (
         f"The newest {newest} matching answers"
         if not page
-        else f"Matching answers {first + 1}-{first + newest}, newest first"
+        else f"Page {page + 1} of the matching answers: {newest}, newest first"
     )
     st.caption(f"{shown_words}{kept}. Change a label, then save the corrections.")
     if page or older:
@@ -1186,14 +1190,14 @@ def _history(project_id: int, names: list[str]) -> None:
             key="hist_newer",
             disabled=not page,
             on_click=_history_page_to,
-            args=(project_id, filters, page - 1),
+            args=(project_id, filters, starts[:-1]),
         )
         on.button(
             "Older answers",
             key="hist_older",
             disabled=not older,
             on_click=_history_page_to,
-            args=(project_id, filters, page + 1),
+            args=(project_id, filters, [*starts, last_shown]),
         )
     options = [IGNORED, *range(len(names))]
     _keep_chosen_through_renames(project_id, rows, names)
