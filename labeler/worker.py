@@ -25,6 +25,7 @@ A run is claim -> load -> round -> store:
 from __future__ import annotations
 
 import contextlib
+import errno
 import gc
 import logging
 import math
@@ -75,6 +76,9 @@ def describe_error(error: BaseException) -> str:
         return str(error)
     if isinstance(error, ValueError) and str(error):
         return str(error)
+    if isinstance(error, OSError) and error.errno == errno.ENOSPC:
+        where = f" ({error.filename})" if error.filename else ""
+        return f"The disk is full{where}: free some space, then start training again."
     return f"Training failed ({type(error).__name__}: {error}); see the worker's log for details."
 
 

@@ -709,3 +709,31 @@ def test_the_end_of_training_is_written_however_recent_the_last_progress_write(S
     Worker(Session, device="cpu", write_every_s=3600).process_one()
     assert get_run(Session, run_id).status == DONE
     assert written[0] < 1.0 and written[-1] == 1.0  # the first write, then the end (not spaced out)
+
+
+def test_a_checkpoint_that_does_not_fit_on_the_disk_says_so_and_leaves_no_half_file(tmp_path, monkeypatch):
+    """PyTorch said "unexpected pos 64 vs 0" and the .tmp file stayed, keeping a full disk full."""
+    import shutil
+    from collections import namedtuple
+    from pathlib import Path
+
+    from labeler.models import base
+    from labeler.worker import describe_error
+
+    class Model:  # what save_checkpoint asks of a model
+        def state(self):
+            return {}
+
+    path = tmp_path / "runs" / "1.pt"
+
+    def half_written(state, target):
+        Path(target).write_bytes(b"half")
+        raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
+
+    usage = namedtuple("usage", "total used free")
+    monkeypatch.setattr(base.torch, "save", half_written)
+    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(100, 100, 0))
+    with pytest.raises(OSError) as raised:
+        base.save_checkpoint(Model(), path)
+    assert not list(path.parent.iterdir())  # no half file
+    assert describe_error(raised.value).startswith("The disk is full")

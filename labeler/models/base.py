@@ -17,7 +17,9 @@ from __future__ import annotations
 
 import copy
 import dataclasses
+import errno
 import pickle
+import shutil
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -461,13 +463,25 @@ class PredictsWithClassifier:
         self.steps_done = int(state.get("steps_done", 0))
 
 
+DISK_FULL_BYTES = 1 << 20  # less free space than this after a failed write: the disk is full
+
+
 def save_checkpoint(model: SSLModel, path: str | Path) -> Path:
     """Write atomically: a crash mid-write never leaves a half checkpoint under `path`."""
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
-    torch.save(model.state(), tmp)
-    tmp.replace(path)
+    try:
+        torch.save(model.state(), tmp)
+        tmp.replace(path)
+    except BaseException as error:
+        tmp.unlink(missing_ok=True)  # a half file left behind could keep a full disk full
+        if isinstance(error, Exception) and shutil.disk_usage(path.parent).free < DISK_FULL_BYTES:
+            # PyTorch says "unexpected pos 64 vs 0" (an exploratory session): say what it means.
+            raise OSError(
+                errno.ENOSPC, "the disk is full: the checkpoint could not be written", str(path)
+            ) from error
+        raise
     return path
 
 
