@@ -456,8 +456,8 @@ def _check_free_space(images: ImageSet, scratch: Path | None) -> None:
     free = importer.free_bytes(data_dir())
     if free is not None and needed > free - importer.MIN_FREE_BYTES:
         raise importer.DiskFull(
-            f"The project needs {needed / 2**20:.0f} MiB but the disk of {data_dir()} has "
-            f"{max(free - importer.MIN_FREE_BYTES, 0) / 2**20:.0f} MiB to spare; free some space, then import again."
+            f"The project needs {importer.mib(needed)} but the disk of {data_dir()} has "
+            f"{importer.spare_words(free)}; free some space, then import again."
         )
 
 

@@ -73,6 +73,17 @@ _TOTAL_RATIO_MIN_BYTES = 16 * 2**20
 MAX_DEPTH = 64  # folder levels below the zip's or folder's root
 # Left free on the data folder's disk after an import, so labeling and training can go on.
 MIN_FREE_BYTES = 256 * 2**20
+
+
+def mib(n: int) -> str:
+    """A size for a sentence: "0.3 MiB", "42 MiB"."""
+    return f"{n / 2**20:.1f} MiB" if n < 10 * 2**20 else f"{n / 2**20:.0f} MiB"
+
+
+def spare_words(free: int) -> str:
+    """What a disk with `free` bytes has to spare, saying what is kept free ("0 MiB to spare"
+    on a 30 MB disk said nothing of the 256 MiB kept)."""
+    return f"{mib(max(free - MIN_FREE_BYTES, 0))} to spare (it keeps {MIN_FREE_BYTES // 2**20} MiB free)"
 STALE_AFTER_S = 24 * 3600
 
 SYMLINK = "symbolic link"
@@ -230,8 +241,8 @@ def extract_zip(
         free = free_bytes(target)
         if free is not None and declared > free - MIN_FREE_BYTES:
             raise DiskFull(
-                f"{path.name} would unpack to {declared / 2**20:.0f} MiB but the disk of {target.parent} has "
-                f"{max(free - MIN_FREE_BYTES, 0) / 2**20:.0f} MiB to spare; free some space or split the zip."
+                f"{path.name} would unpack to {mib(declared)} but the disk of {target.parent} has "
+                f"{spare_words(free)}; free some space or split the zip."
             )
         try:
             target.mkdir(parents=True, exist_ok=True)

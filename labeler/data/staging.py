@@ -527,6 +527,6 @@ def _check_space(staging: Path, total: int, total_bytes: int, size: int) -> None
     free = importer.free_bytes(staging)
     if free is not None and needed > free - MIN_FREE_BYTES:
         raise DiskFull(
-            f"The import needs {needed / 2**20:.0f} MiB but the disk of {staging} has "
-            f"{max(free - MIN_FREE_BYTES, 0) / 2**20:.0f} MiB to spare; free some space, then import again."
+            f"The import needs {importer.mib(needed)} but the disk of {staging} has "
+            f"{importer.spare_words(free)}; free some space, then import again."
         )

@@ -107,9 +107,11 @@ def test_a_zip_larger_than_the_free_space_is_refused_before_writing(Session, tmp
     archive = class_zip(tmp_path / "pets.zip")
     monkeypatch.setattr(importer, "free_bytes", lambda _target: importer.MIN_FREE_BYTES + 100)
     before = data_files()
-    with pytest.raises(DiskFull, match="free some space"):
+    with pytest.raises(DiskFull, match="free some space") as refused:
         projects.create_project(Session, "pets", f"zip:{archive}")
     assert data_files() == before
+    # What is kept free is said: "needs 0 MiB but has 0 MiB to spare" on a small disk said nothing.
+    assert "0.0 MiB to spare (it keeps 256 MiB free)" in str(refused.value)
 
 
 # ---- scratch folders and uploads
