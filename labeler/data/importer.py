@@ -84,6 +84,8 @@ def spare_words(free: int) -> str:
     """What a disk with `free` bytes has to spare, saying what is kept free ("0 MiB to spare"
     on a 30 MB disk said nothing of the 256 MiB kept)."""
     return f"{mib(max(free - MIN_FREE_BYTES, 0))} to spare (it keeps {MIN_FREE_BYTES // 2**20} MiB free)"
+
+
 STALE_AFTER_S = 24 * 3600
 
 SYMLINK = "symbolic link"
