@@ -49,6 +49,13 @@ def _refuse_an_emptied_database(path: Path) -> None:
     or replaced (a 0-byte file after a crash or a bad copy): made afresh, it started a new
     project 1 and wrote its images over the old project's files (an exploratory session).
     Refused, with nothing changed."""
+    from labeler.config import SettingError, data_dir
+
+    try:
+        if path.resolve().parent != data_dir().resolve():  # not the data folder's own database
+            return
+    except SettingError:
+        return
     folder = path.parent / "projects"
     if not folder.is_dir() or not any(folder.iterdir()):
         return

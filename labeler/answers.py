@@ -140,7 +140,7 @@ def _apply(Session, project_id: int, annotator: str, actions, ledger: Ledger, ou
         if kind == "label":
             name = action.get("name")
             name = name if isinstance(name, str) else None
-            answer = (class_index, name, action_id, _shown_guess(action), action.get("again") is True)
+            answer = (class_index, name, action_id, _shown_guess(action))
             _label(Session, project_id, annotator, item_id, answer, ledger, outcome)
         elif kind == "undo":
             of, again = action.get("of"), action.get("again") is True
@@ -168,7 +168,7 @@ def _shown_guess(action: dict):
 
 
 def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outcome: Outcome) -> None:
-    class_index, shown_name, action_id, guess, again = answer
+    class_index, shown_name, action_id, guess = answer
 
     def commit():
         with Session.begin() as session:
@@ -204,11 +204,11 @@ def _label(Session, project_id, annotator, item_id, answer, ledger: Ledger, outc
         ledger.record([detail])
         ledger.skipped.discard(item_id)
         outcome.labeled += 1
-    elif status == "applied" and not again and not detail.undone and detail.annotator == annotator:
-        # Sent again by this page (not after a reload): the database committed it, then its
-        # answer was lost (an outage), so the ledger never heard of it; U in the box then said
-        # "you did not answer it", and a U from a box drawn anew passed over it and took back the
-        # answer before it.
+    elif status == "applied" and not detail.undone and detail.annotator == annotator:
+        # Sent again (by this page, or by a box drawn anew after the outage page, which marks its
+        # kept answers `again`): the database committed it, then its answer was lost, so the
+        # ledger never heard of it; U in the box then said "you did not answer it", and a U from
+        # a box drawn anew passed over it and took back the answer before it.
         if all(detail.id not in entry for entry in ledger.entries):
             ledger.record([detail])
     elif status == "answered":

@@ -620,7 +620,8 @@ def test_a_label_sent_again_after_its_commits_answer_was_lost_can_be_undone(
     monkeypatch.setattr(answers.db, "retrying", committed_then_lost)
     assert answers.apply_actions(Session, tiny_project.id, "ann", sent, mine).stopped_by is not None
     monkeypatch.setattr(answers.db, "retrying", real)
-    again = answers.apply_actions(Session, tiny_project.id, "ann", sent, mine)
+    # The box drawn anew after the outage page sends its kept answers marked "again".
+    again = answers.apply_actions(Session, tiny_project.id, "ann", [{**a, "again": True} for a in sent], mine)
     assert again.labeled == 0 and not again.notices  # it stands, as given
     undo = answers.apply_actions(Session, tiny_project.id, "ann", [{"id": "u-0", "type": "undo_last"}], mine)
     assert undo.undone_last == [("u-0", b)]  # b's answer, the newest: not a's

@@ -732,7 +732,10 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_says_so_and_leaves_no_half_f
 
     usage = namedtuple("usage", "total used free")
     monkeypatch.setattr(base.torch, "save", half_written)
-    monkeypatch.setattr(shutil, "disk_usage", lambda p: usage(100, 100, 0))
+    # Full while the half file is there; its space comes back once it is removed.
+    monkeypatch.setattr(
+        shutil, "disk_usage", lambda p: usage(100, 100, 0 if any(Path(p).iterdir()) else 40 << 20)
+    )
     with pytest.raises(OSError) as raised:
         base.save_checkpoint(Model(), path)
     assert not list(path.parent.iterdir())  # no half file

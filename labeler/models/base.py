@@ -475,8 +475,9 @@ def save_checkpoint(model: SSLModel, path: str | Path) -> Path:
         torch.save(model.state(), tmp)
         tmp.replace(path)
     except BaseException as error:
+        full = isinstance(error, Exception) and shutil.disk_usage(path.parent).free < DISK_FULL_BYTES
         tmp.unlink(missing_ok=True)  # a half file left behind could keep a full disk full
-        if isinstance(error, Exception) and shutil.disk_usage(path.parent).free < DISK_FULL_BYTES:
+        if full:  # measured before the half file's space came back
             # PyTorch says "unexpected pos 64 vs 0" (an exploratory session): say what it means.
             raise OSError(
                 errno.ENOSPC, "the disk is full: the checkpoint could not be written", str(path)

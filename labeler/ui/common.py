@@ -101,7 +101,7 @@ def cannot_write(error: Exception) -> str | None:
     restarted: SQLite keeps a connection opened read-only so, so the pool is emptied here and
     the next try opens new ones."""
     text = str(getattr(error, "orig", None) or error).lower()
-    if "disk is full" in text:
+    if "disk is full" in text or "no space left on device" in text:  # SQLite, PostgreSQL
         what = "the disk holding it is full: free some space"
     elif "readonly database" in text or "read-only" in text:
         what = "its file is read-only: make it writable"
@@ -154,8 +154,13 @@ def survives_outage(callback=None, *, replay: bool = False):
                 import logging
 
                 logging.getLogger(__name__).warning("%s: database unreachable: %s", fn.__name__, error)
+                unwritable = cannot_write(error)  # also empties the pool of read-only connections
                 if replay:
                     st.session_state.setdefault(MISSED, {})[fn.__qualname__] = (fn, args, kwargs)
+                elif unwritable:
+                    st.session_state[OUTAGE_NOTICE] = (
+                        f"{unwritable[:-1]}, so that was not saved: try again then."
+                    )
                 else:
                     st.session_state[OUTAGE_NOTICE] = (
                         "The database could not be reached, so that was not saved: try again once it is back."

@@ -650,7 +650,7 @@ def _accept_grid(
     if _renamed(project_id, names, [c for _, c in chosen], [] if seen else chosen_as):
         st.session_state[_names_seen_key(project_id)] = (page, tuple(common.class_names(project_id)))
         return
-    skipped = [i for i in item_ids if i not in {a for a, _ in chosen}]
+    skipped = [i for i in item_ids if i not in {a for a, _ in chosen} and i not in set(closed)]
     Session = common.session_factory()
 
     def commit():
@@ -1151,7 +1151,7 @@ def _history(project_id: int, names: list[str]) -> None:
     # (`starts`); other filters start on the first page again.
     filters = (which, who, disagree)
     at = st.session_state.get(_history_page_key(project_id))
-    starts = list(at[1]) if at and at[0] == filters else []
+    starts = list(at[1]) if at and at[0] == filters and isinstance(at[1], list) else []
     st.session_state[_history_page_key(project_id)] = (filters, starts)
     with Session() as session:
         while True:

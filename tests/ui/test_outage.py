@@ -182,3 +182,23 @@ def test_answers_applied_before_an_outage_are_reported_and_the_rest_wait(Session
     answers.apply_actions(Session, tiny_project.id, "ann", sent, ledger)
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {a: 0, b: 1}
+
+
+def test_a_click_that_meets_a_full_disk_says_so_and_empties_the_pool(monkeypatch):
+    """Grid accept and History save run as callbacks: a full disk or read-only file said the
+    database "could not be reached", and the read-only connections stayed in the pool."""
+    import sqlite3
+
+    import streamlit as st
+
+    emptied = []
+    monkeypatch.setattr(
+        common.db, "get_engine", lambda url=None: type("E", (), {"dispose": lambda self: emptied.append(1)})()
+    )
+
+    @common.survives_outage
+    def save():
+        raise OperationalError("INSERT", {}, sqlite3.OperationalError("database or disk is full"))
+
+    save()
+    assert "cannot be written just now" in st.session_state[common.OUTAGE_NOTICE] and emptied
