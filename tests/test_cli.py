@@ -240,24 +240,29 @@ def test_benchmark_refuses_impossible_inputs_before_running_anything(args, says,
     assert not (tmp_path / "out").exists()
 
 
-def test_an_emptied_database_beside_project_files_is_refused_and_nothing_changes(
-    tmp_path, monkeypatch, capsys
-):
-    """A 0-byte labeler.db (a crash, a bad copy) was made afresh: a new project 1 wrote its images
-    over the old project's files. The refusal says to restore a backup; no file changes."""
+def _refusal_on(data_dir, monkeypatch, capsys) -> str:
+    """The one line `labeler projects` prints when it refuses the data folder `data_dir`."""
     import db
 
-    files = tmp_path / "data" / "projects" / "1"
-    files.mkdir(parents=True)
-    (files / "pixels.npy").write_bytes(b"the old project's images")
-    (tmp_path / "data" / "labeler.db").write_bytes(b"")
-    monkeypatch.setenv("LABELER_DATA_DIR", str(tmp_path / "data"))
+    monkeypatch.setenv("LABELER_DATA_DIR", str(data_dir))
     db.engine._cached_engine.cache_clear()
     try:
         assert main(["projects"]) == 2
     finally:
         db.engine._cached_engine.cache_clear()
-    line = _one_error_line(capsys)
+    return _one_error_line(capsys)
+
+
+def test_an_emptied_database_beside_project_files_is_refused_and_nothing_changes(
+    tmp_path, monkeypatch, capsys
+):
+    """A 0-byte labeler.db (a crash, a bad copy) was made afresh: a new project 1 wrote its images
+    over the old project's files. The refusal says to restore a backup; no file changes."""
+    files = tmp_path / "data" / "projects" / "1"
+    files.mkdir(parents=True)
+    (files / "pixels.npy").write_bytes(b"the old project's images")
+    (tmp_path / "data" / "labeler.db").write_bytes(b"")
+    line = _refusal_on(tmp_path / "data", monkeypatch, capsys)
     assert "is empty, but" in line and "restore it from a backup" in line, line
     assert (files / "pixels.npy").read_bytes() == b"the old project's images"
     assert (tmp_path / "data" / "labeler.db").stat().st_size == 0
@@ -265,15 +270,7 @@ def test_an_emptied_database_beside_project_files_is_refused_and_nothing_changes
 
 def test_a_damaged_database_file_says_to_restore_a_backup(tmp_path, monkeypatch, capsys):
     """It said to make the folder writable, which does not help a damaged file."""
-    import db
-
     (tmp_path / "data").mkdir()
     (tmp_path / "data" / "labeler.db").write_bytes(b"not a database at all, " * 400)
-    monkeypatch.setenv("LABELER_DATA_DIR", str(tmp_path / "data"))
-    db.engine._cached_engine.cache_clear()
-    try:
-        assert main(["projects"]) == 2
-    finally:
-        db.engine._cached_engine.cache_clear()
-    line = _one_error_line(capsys)
+    line = _refusal_on(tmp_path / "data", monkeypatch, capsys)
     assert "is damaged" in line and "restore it from a backup" in line and "writable" not in line, line

@@ -68,27 +68,15 @@ def test_a_round_reports_the_end_of_training_before_it_predicts(monkeypatch):
     real = round_module.predict
     monkeypatch.setattr(round_module, "predict", lambda *a, **k: order.append("predict") or real(*a, **k))
     spec = RunSpec("supervised", steps=5, config=SMALL)
-    run_round(
-        spec,
-        images.pixels,
-        split,
-        labels,
-        truth,
-        2,
-        progress=lambda p: order.append((p.fraction, bool(p.losses))),
-    )
+
+    def round_with(progress):
+        return run_round(spec, images.pixels, split, labels, truth, 2, progress=progress)
+
+    round_with(lambda p: order.append((p.fraction, bool(p.losses))))
     assert order[-3:] == [(1.0, True), (1.0, False), "predict"]  # the fit's last report, then the round's
     order.clear()
     with pytest.raises(TrainingCancelled):  # cancelled as training ends: no minutes of predicting
-        run_round(
-            spec,
-            images.pixels,
-            split,
-            labels,
-            truth,
-            2,
-            progress=lambda p: p.fraction >= 1.0 and not p.losses,
-        )
+        round_with(lambda p: p.fraction >= 1.0 and not p.losses)
     assert "predict" not in order
 
     class Running:  # a run row as the status line reads it
