@@ -47,7 +47,7 @@ try:
     page.run()
 except OperationalError as error:  # the database stopped answering: one sentence, then retries
     unwritable = common.cannot_write(error)  # a full disk, a read-only file: it may pass too
-    if common.database_answers() and unwritable is None:
+    if unwritable is None and common.database_answers():
         raise  # it answers: not an outage but a fault (a missing table), shown as one
     if not guarded:
         common.unsent_guard()  # closing the tab still asks while answers wait in it

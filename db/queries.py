@@ -210,9 +210,12 @@ def add_label(
     n_classes = session.scalar(select(func.count()).where(LabelClass.project_id == item.project_id))
     if int(class_index) != IGNORED and not 0 <= int(class_index) < n_classes:
         raise ValueError(f"Class {class_index} does not exist: this project has {n_classes} classes.")
-    run_id = latest_done_run_id(session, item.project_id) if guess == NEWEST else None
     if isinstance(guess, tuple):
         run_id = guess[0]
+    elif guess == NEWEST:
+        run_id = latest_done_run_id(session, item.project_id)
+    else:
+        run_id = None
     predicted = None
     if run_id is not None:
         predicted = session.scalar(

@@ -35,7 +35,7 @@ from .models import (
     RunMetric,
     utcnow,
 )
-from .queries import analyze
+from .queries import _current_event_ids, analyze
 
 FINISHED_STATUSES = (DONE, "failed", CANCELLED, INTERRUPTED)
 
@@ -127,12 +127,7 @@ def labels_since_last_run(session: Session, project_id: int) -> int:
         .order_by(Run.started_at.desc(), Run.id.desc())
         .limit(1)
     )
-    newest = (
-        select(func.max(LabelEvent.id).label("event_id"))
-        .where(LabelEvent.project_id == project_id, LabelEvent.undone.is_(False))
-        .group_by(LabelEvent.item_id)
-        .subquery()
-    )
+    newest = _current_event_ids(project_id)
     query = (
         select(func.count())
         .select_from(LabelEvent)

@@ -95,6 +95,20 @@ def database_unreachable(error: Exception, reason: str | None = None) -> None:
         st.session_state["retry-drawing"] = False
 
 
+def drawn_through_outage(draw, project_id: int, say) -> None:
+    """`draw(project_id)` in a fragment that reruns on its own (outside app.py's handler): while
+    the database cannot be reached, `say()` draws one line instead of a traceback with the
+    database's host and port, until it answers again."""
+    from sqlalchemy.exc import OperationalError
+
+    try:
+        draw(project_id)
+    except OperationalError:
+        if database_answers():
+            raise
+        say()
+
+
 def cannot_write(error: Exception) -> str | None:
     """One sentence when `error` says the database cannot be written (a full disk, a file made
     read-only), else None. Such a page showed a traceback on every key until the server was

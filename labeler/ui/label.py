@@ -640,7 +640,8 @@ def _accept_grid(
     page = _page_name(item_ids)
     token, pressed, listed = _grid_presses(project_id, page, len(names))
     view = _grid_view(threshold, names)
-    chosen = [(i, _tile_choice(i, view, token, pressed)) for i in item_ids if i not in set(closed)]
+    closed = set(closed)
+    chosen = [(i, _tile_choice(i, view, token, pressed)) for i in item_ids if i not in closed]
     chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
     key_names = _key_names(listed)
     carried = {i: _carried_choice(project_id, page, i, pressed, key_names, len(names)) for i, _ in chosen}
@@ -650,7 +651,8 @@ def _accept_grid(
     if _renamed(project_id, names, [c for _, c in chosen], [] if seen else chosen_as):
         st.session_state[_names_seen_key(project_id)] = (page, tuple(common.class_names(project_id)))
         return
-    skipped = [i for i in item_ids if i not in {a for a, _ in chosen} and i not in set(closed)]
+    taken = {i for i, _ in chosen} | closed
+    skipped = [i for i in item_ids if i not in taken]
     Session = common.session_factory()
 
     def commit():
@@ -1299,12 +1301,9 @@ def _training_status(project_id: int) -> None:
     """The sidebar's labels since the last run and what the trainer does now; while the database
     cannot be reached, one line (in Grid and History this reruns on its own, outside app.py's
     handler: a traceback with the database's host and port every 5 s)."""
-    try:
-        _training_status_lines(project_id)
-    except OperationalError:
-        if common.database_answers():
-            raise
-        st.caption("The database cannot be reached just now.")
+    common.drawn_through_outage(
+        _training_status_lines, project_id, lambda: st.caption("The database cannot be reached just now.")
+    )
 
 
 def _training_status_lines(project_id: int) -> None:

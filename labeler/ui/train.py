@@ -169,18 +169,14 @@ def history_frame(runs: list) -> pd.DataFrame:
 
 
 def _live_or_outage(project_id: int) -> None:
-    """`_live`; while the database cannot be reached, one line instead of a traceback (the
-    fragment reruns on its own, without the page's handler around it), until it answers again."""
-    from sqlalchemy.exc import OperationalError
-
-    try:
-        _live(project_id)
-    except OperationalError:
-        if common.database_answers():
-            raise
-        st.warning(
+    """`_live`, with one line while the database cannot be reached (`common.drawn_through_outage`)."""
+    common.drawn_through_outage(
+        _live,
+        project_id,
+        lambda: st.warning(
             "The database cannot be reached just now; training goes on, and this part follows once it is back."
-        )
+        ),
+    )
 
 
 def _live(project_id: int) -> None:
