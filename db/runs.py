@@ -127,14 +127,7 @@ def labels_since_last_run(session: Session, project_id: int) -> int:
         .order_by(Run.started_at.desc(), Run.id.desc())
         .limit(1)
     )
-    newest = _current_event_ids(project_id)
-    query = (
-        select(func.count())
-        .select_from(LabelEvent)
-        .join(newest, LabelEvent.id == newest.c.event_id)
-        .join(Item, Item.id == LabelEvent.item_id)
-        .where(Item.split == POOL, LabelEvent.class_index >= 0)
-    )
+    query = _current_pool_labels(project_id, func.count())
     if started is not None:
         query = query.where(LabelEvent.created_at > started)
     return int(session.scalar(query) or 0)
@@ -198,19 +191,20 @@ def mark_interrupted(
 def pool_labels(session: Session, project_id: int) -> dict[int, int]:
     """{item_id: class_index} of the current labels on pool items: what training may use.
     Audit labels are left out (they measure accuracy), and test items are never labeled."""
-    newest = (
-        select(func.max(LabelEvent.id).label("event_id"))
-        .where(LabelEvent.project_id == project_id, LabelEvent.undone.is_(False))
-        .group_by(LabelEvent.item_id)
-        .subquery()
-    )
-    rows = session.execute(
-        select(LabelEvent.item_id, LabelEvent.class_index)
+    rows = session.execute(_current_pool_labels(project_id, LabelEvent.item_id, LabelEvent.class_index))
+    return {item_id: class_index for item_id, class_index in rows}
+
+
+def _current_pool_labels(project_id: int, *columns):
+    """SELECT `columns` of each pool image's current answer that names a class (no "ignore")."""
+    newest = _current_event_ids(project_id)
+    return (
+        select(*columns)
+        .select_from(LabelEvent)
         .join(newest, LabelEvent.id == newest.c.event_id)
         .join(Item, Item.id == LabelEvent.item_id)
         .where(Item.split == POOL, LabelEvent.class_index >= 0)
     )
-    return {item_id: class_index for item_id, class_index in rows}
 
 
 def predictions(session: Session, run_id: int) -> list[Prediction]:
