@@ -48,6 +48,10 @@ function newState(root) {
     gone: null, // the image on screen, if it was answered elsewhere (or removed) since it showed
     timer: null,
     lastSend: 0,
+    sentUpTo: null, // the id of the newest action sent
+    inFlight: null, // {last, at} while a send is not answered yet (see schedule); its watchdog timer
+    flightTimer: null,
+    early: 0, // keys pressed while no image was on screen (none stored), since the last image
     zoom: false,
     notice: "",
     saved: 0,
@@ -94,16 +98,47 @@ function queue(s) {
   return out;
 }
 
-// Answers go to the server at most every SEND_EVERY_MS: each send reruns the page, and a rerun
-// started while another runs cancels it, so a send per key would keep a fast typist's page from
-// ever finishing (and so from bringing the next images). The first key after a pause goes at once.
+// Answers go to the server at most every SEND_EVERY_MS, and one send at a time: each send reruns
+// the page, and a rerun started while another runs cancels it, so sends faster than the page runs
+// (a send per key; or every 300 ms while a model trains beside the server) kept the page from ever
+// finishing and so from bringing the next images: the box ran dry ("Loading the next images…")
+// and keys were pressed on nothing. Keys pressed while a send is unanswered wait (in storage too)
+// and go together once the server has acknowledged it (see the render below), or after
+// IN_FLIGHT_MS without an answer. The first key after a pause goes at once.
 const SEND_EVERY_MS = 300;
+const IN_FLIGHT_MS = 10000;
 
 function flush(s) {
   if (s.timer) clearTimeout(s.timer);
   s.timer = null;
   s.lastSend = Date.now();
+  if (s.pending.length) {
+    const last = s.pending[s.pending.length - 1].id;
+    s.sentUpTo = last;
+    clearTimeout(s.flightTimer);
+    s.inFlight = { last };
+    s.flightTimer = setTimeout(() => landed(s), IN_FLIGHT_MS);
+  }
   s.send(s.pending.slice());
+}
+
+// Actions given since the last send.
+function unsent(s) {
+  return s.pending.length > 0 && s.pending[s.pending.length - 1].id !== s.sentUpTo;
+}
+
+// The send in flight was answered (or not, within IN_FLIGHT_MS): what came meanwhile goes now.
+function landed(s) {
+  clearTimeout(s.flightTimer);
+  s.flightTimer = null;
+  s.inFlight = null;
+  schedule(s);
+}
+
+function schedule(s) {
+  // After a click on a page link the guard on the next page sends them (onNavClick).
+  if (s.timer || s.navHold || s.inFlight || !unsent(s)) return;
+  s.timer = setTimeout(() => flush(s), Math.max(0, s.lastSend + SEND_EVERY_MS - Date.now()));
 }
 
 const STORE = "labeler-unsent:";
@@ -131,8 +166,7 @@ function act(s, type, item, extra) {
   const action = { id: `${s.mount}-${s.seq}`, type, ...(item ? { item: item.id } : {}), ...(extra || {}) };
   s.pending.push(action);
   keep(s);
-  // After a click on a page link the guard on the next page sends them (onNavClick).
-  if (!s.timer && !s.navHold) s.timer = setTimeout(() => flush(s), Math.max(0, s.lastSend + SEND_EVERY_MS - Date.now()));
+  schedule(s);
   return action;
 }
 
@@ -155,6 +189,7 @@ function answer(s, classIndex) {
   s.again = s.again.filter((i) => i.id !== item.id);
   s.skipped = s.skipped.filter((i) => i.id !== item.id);
   s.notice = "";
+  s.early = 0;
   draw(s);
 }
 
@@ -279,12 +314,23 @@ function onKey(s, event) {
       s.zoom = !s.zoom;
       draw(s);
     };
+  else if (!s.current && (key === "Enter" || key === "a")) action = () => {};
   if (!action) return;
   event.preventDefault();
   event.stopPropagation();
   // A key held down repeats about 30 times a second: each repeat would answer the next image,
   // unseen. Only a press counts.
-  if (!event.repeat) action();
+  if (event.repeat) return;
+  // No image on screen ("Loading the next images…"): an answer key has nothing to label. Said
+  // so, with a count, rather than dropped without a word.
+  if (!s.current && key !== "u" && key !== "z" && !(s.data.done && !s.pending.length)) {
+    s.early += 1;
+    const keys = s.early === 1 ? "That key stored" : `${s.early} keys stored`;
+    s.notice = `${keys} nothing: no image was on screen yet (the next ones were loading).`;
+    draw(s);
+    return;
+  }
+  action();
 }
 
 function draw(s) {
@@ -383,6 +429,7 @@ function detach(s) {
   document.removeEventListener("keydown", s.onKey, true);
   document.removeEventListener("click", s.onNav, true);
   clearTimeout(s.navHold);
+  clearTimeout(s.flightTimer);
   window.removeEventListener("beforeunload", s.onLeave);
   if (s.counted) window.__labelerBoxes = Math.max(0, (window.__labelerBoxes || 1) - 1);
   s.counted = false;
@@ -433,6 +480,7 @@ export default function (component) {
   const undoLastDone = s.pending.filter((a) => a.type === "undo_last" && acked.has(a.id));
   s.pending = s.pending.filter((a) => !acked.has(a.id));
   keep(s);
+  if (s.inFlight && !s.pending.some((a) => a.id === s.inFlight.last)) landed(s);
   s.data = data;
   restoreRefused(s, data.refused || []);
   restoreUndone(s, data.undone || []);
@@ -459,7 +507,7 @@ export default function (component) {
     // Streamlit drops a value sent by a box it is taking away (flushed anyway, it may not arrive):
     // answers typed just before leaving the page wait in storage, and the guard on every page
     // sends them (unsent_guard.js).
-    if (state.timer) flush(state);
+    if (state.timer || (unsent(state) && !state.navHold)) flush(state);
     detach(state);
     boxes.delete(parentElement);
     window.dispatchEvent(new Event("labeler-box-gone"));
