@@ -153,6 +153,24 @@ class Worker:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
+    def shutdown(self, timeout: float = 5.0) -> None:
+        """At the process' exit (the app server's `atexit`: a SIGTERM from systemd, docker or
+        `kill`, or Ctrl-C): stop as `stop` does; a run still going after `timeout` (a model that
+        computes without reporting, or predicting a large pool) is marked INTERRUPTED here.
+        Without this the daemon thread died with the interpreter, mid-run, and the run read
+        "running" until another worker noticed."""
+        self.stop(timeout)
+        if not self.alive:
+            return
+
+        def mark(session):
+            return run_queries.mark_interrupted(session, self.stale_after_s, worker=self.name)
+
+        try:
+            log.warning("Marked interrupted at exit: %s", self._write(mark))
+        except Exception:  # the process is going: say so, nothing more to do
+            log.warning("Could not mark this worker's run interrupted at exit", exc_info=True)
+
     def wake(self) -> None:
         """Look for queued runs now instead of at the next poll (call after queuing one)."""
         self._wake.set()

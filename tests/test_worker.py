@@ -586,6 +586,22 @@ def test_stopping_the_worker_interrupts_its_run(Session, project):
     assert run.status == INTERRUPTED and "start training again" in run.error
 
 
+def test_shutdown_at_exit_marks_a_run_that_does_not_stop_in_time_interrupted(Session, project):
+    """The app server's atexit hook: a run computing without reporting (predicting a large pool)
+    cannot be told to stop; it is marked interrupted rather than left "running"."""
+    run_id = queue(Session, project.id, config={"silent_s": 4.0})
+    worker = Worker(Session, device="cpu", poll_s=0.05).start()
+    deadline = time.monotonic() + 30
+    while get_run(Session, run_id).status != RUNNING and time.monotonic() < deadline:
+        time.sleep(0.05)
+    worker.shutdown(timeout=0.1)
+    run = get_run(Session, run_id)
+    assert worker.alive  # still silent: marked from outside
+    assert run.status == INTERRUPTED and "start training again" in run.error
+    worker.stop(timeout=60)
+    assert get_run(Session, run_id).status == INTERRUPTED  # and so it stays
+
+
 def test_sigterm_stops_a_foreground_worker_and_interrupts_its_run(Session, project):
     """`python -m labeler worker` stopped with SIGTERM (systemd, docker, kill) died with its run
     left "running" until another worker started or its heartbeat went stale."""

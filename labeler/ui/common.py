@@ -5,6 +5,7 @@ Widgets only: computation lives in `labeler/` and SQL in `db/`.
 
 from __future__ import annotations
 
+import atexit
 import functools
 import getpass
 import hashlib
@@ -211,6 +212,9 @@ def _worker(url: str):
     torch.set_num_threads(train_threads())  # the process' intra-op pool: training's share of the cores
     worker = Worker(_session_factory(url))
     worker.start()
+    # Streamlit ends its server on SIGTERM or Ctrl-C and Python then exits: the run in progress
+    # is marked interrupted first (it read "running", and the process aborted mid-run).
+    atexit.register(worker.shutdown)
     return worker
 
 
