@@ -35,7 +35,7 @@ from .models import (
     RunMetric,
     utcnow,
 )
-from .queries import _current_event_ids, analyze
+from .queries import _current_event_ids, analyze, lock_for_write
 
 FINISHED_STATUSES = (DONE, "failed", CANCELLED, INTERRUPTED)
 
@@ -59,19 +59,33 @@ def request_run(session: Session, project_id: int, model: str, settings: dict[st
 
 
 def claim_next_run(session: Session, worker_name: str) -> Run | None:
-    """Take the oldest QUEUED run (of any project) for this worker, or None.
+    """Take the oldest QUEUED run of a project with no RUNNING run, for this worker, or None.
 
-    The UPDATE only succeeds while the row is still QUEUED, so when two workers race for the
-    same run exactly one sees rowcount 1; the other moves on to the next candidate.
+    One run per project at a time, whatever the number of workers: two app servers on one data
+    folder, or GPU workers beside an app, each took a run of the same project (the run and the
+    follow-up queued behind it) and trained both at once, each at half speed. The project's row
+    is locked first (PostgreSQL; on SQLite the database's write lock), so two workers cannot
+    both see it idle. The UPDATE only succeeds while the row is still QUEUED and the project
+    still idle, so when two workers race for the same run exactly one sees rowcount 1; the other
+    moves on to the next candidate.
     """
+    lock_for_write(session)
+    busy = select(Run.project_id).where(Run.status == RUNNING)
     for _ in range(5):
-        run_id = session.scalar(select(Run.id).where(Run.status == QUEUED).order_by(Run.id).limit(1))
-        if run_id is None:
+        found = session.execute(
+            select(Run.id, Run.project_id)
+            .where(Run.status == QUEUED, Run.project_id.not_in(busy))
+            .order_by(Run.id)
+            .limit(1)
+        ).first()
+        if found is None:
             return None
+        run_id, project_id = found
+        session.get(Project, project_id, with_for_update=True)
         now = utcnow()
         result = session.execute(
             update(Run)
-            .where(Run.id == run_id, Run.status == QUEUED)
+            .where(Run.id == run_id, Run.status == QUEUED, Run.project_id.not_in(busy))
             .values(status=RUNNING, worker=worker_name, started_at=now, heartbeat_at=now, error=None)
             .execution_options(synchronize_session=False)
         )

@@ -315,6 +315,14 @@ def test_claim_is_exclusive(Session, project):
         assert run_queries.claim_next_run(s2, "b") is None
 
 
+def running(Session, project_id, owner) -> int:
+    """A RUNNING run of `owner`, set directly (a worker claims one run per project at a time)."""
+    run_id = queue(Session, project_id)
+    with Session.begin() as session:
+        session.execute(update(Run).where(Run.id == run_id).values(status=RUNNING, worker=owner))
+    return run_id
+
+
 def test_request_run_keeps_one_follow_up(Session, project):
     with Session.begin() as session:
         first = run_queries.request_run(session, project.id, "fake", {"steps": 1})
@@ -361,11 +369,7 @@ def test_recover_marks_runs_of_dead_processes_on_this_host_at_once(Session, proj
     )
     dead_pid = int(ended.stdout)
     owners = [f"worker@{host}:{dead_pid}", f"worker@{host}:{os.getpid()}", f"worker@elsewhere:{dead_pid}"]
-    ids = []
-    for owner in owners:
-        ids.append(queue(Session, project.id))
-        with Session.begin() as session:
-            assert run_queries.claim_next_run(session, owner).id == ids[-1]
+    ids = [running(Session, project.id, owner) for owner in owners]
     assert [process_gone(owner) for owner in owners] == [True, False, False]
     assert not process_gone("crashed") and not process_gone(f"x@{host}:notapid")
     assert Worker(Session, device="cpu", name="newcomer").recover() == [ids[0]]
@@ -561,11 +565,8 @@ def test_a_round_stops_at_the_first_nan_progress_report_without_the_worker():
 
 
 def test_running_workers_names_each_worker_with_a_running_run_once(Session, project):
-    owners = ["a", "b", "a"]
-    for owner in owners:
-        queue(Session, project.id)
-        with Session.begin() as session:
-            run_queries.claim_next_run(session, owner)
+    for owner in ["a", "b", "a"]:
+        running(Session, project.id, owner)
     with Session.begin() as session:
         assert sorted(run_queries.running_workers(session)) == ["a", "b"]
         run_queries.mark_interrupted(session, stale_after_s=600, worker="b")

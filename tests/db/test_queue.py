@@ -364,3 +364,28 @@ def test_a_held_page_whose_claims_ran_out_unclaimed_is_claimed_again(Session, pr
         assert [item.id for item, _ in queue.held_page(session, project.id, shown, "alice")] == shown
     claims = _claims(Session)
     assert set(claims) == set(shown) and all(expires > utcnow() for _, expires in claims.values())
+
+
+def test_a_project_trains_one_run_at_a_time_whatever_the_number_of_workers(Session, project):
+    """Two app servers on one data folder (or GPU workers beside an app) each took a run of the
+    same project, the run and its follow-up, and trained both at once."""
+
+    def request(project_id: int) -> int:
+        with Session.begin() as session:
+            return run_queries.request_run(session, project_id, "m2", {}).id
+
+    def claim(worker: str) -> int | None:
+        with Session.begin() as session:
+            run = run_queries.claim_next_run(session, worker)
+            return None if run is None else run.id
+
+    first = request(project.id)
+    assert claim("a") == first
+    follow_up = request(project.id)  # labels given while it trains
+    other = projects.create_project(Session, "other", "folder:y", images=tiny_image_set(n=12), audit_size=0)
+    elsewhere = request(other.id)
+    assert claim("b") == elsewhere  # not the follow-up
+    assert claim("c") is None
+    with Session.begin() as session:
+        session.get(Run, first).status = DONE
+    assert claim("c") == follow_up
