@@ -1284,15 +1284,25 @@ def _rename_choice(value) -> int | None:
     return int(match.group(1)) - 1 if match else None
 
 
+def _rename_option(i: int, names: list[str], keys: list[str | None]) -> str:
+    """The rename selector's label of class i: "N: name (key K)", N counting from 1 (read back by
+    `_rename_choice`)."""
+    if i >= len(names):
+        return str(i)
+    key = keys[i] if i < len(keys) else None
+    return f"{i + 1}: {names[i]}" + (f" (key {key.upper()})" if key else "")
+
+
 def _rename_class(project_id: int) -> None:
     index = _rename_choice(st.session_state.get("rename_which", 0))
     name = st.session_state.get("rename_to", "")
-    if index is None or not 0 <= index < len(common.class_names(project_id)):
+    names = common.class_names(project_id)
+    if index is None or not 0 <= index < len(names):
         st.session_state["last_message"] = ("error", "Choose the class to rename again.")
         return
     _edit_classes(
         lambda session: queries.rename_class(session, project_id, index, name),
-        f"Renamed class {index + 1} to {name.strip()!r}.",
+        f"Renamed class {names[index]!r} to {name.strip()!r}.",
         "rename_to",
     )
 
@@ -1361,7 +1371,8 @@ def _classes_panel(project_id: int, names: list[str]) -> None:
                 "Class",
                 list(range(len(names))),
                 key="rename_which",
-                format_func=lambda i: f"{i + 1}: {names[i]}" if i < len(names) else str(i),
+                # With its key: "2: 1" alone (digits: class "1" second) read as key 2, or class 2.
+                format_func=lambda i: _rename_option(i, names, keys),
             )
             st.text_input("New name", key="rename_to")
             st.button("Rename", key="rename_class", on_click=_rename_class, args=(project_id,))

@@ -478,7 +478,7 @@ def test_a_class_renamed_twice_in_a_row(server, page):
     Session, pid = server["Session"], server["project_id"]
     page.goto(f"{server['url']}/?annotator=admin")
     try:
-        for new in ("drak", "darker"):
+        for old, new in (("dark", "drak"), ("drak", "darker")):
             settle(page)
             field = page.get_by_label("New name")
             if not field.is_visible():  # the expander starts closed, and a rename may close it
@@ -486,10 +486,13 @@ def test_a_class_renamed_twice_in_a_row(server, page):
             field.wait_for(state="visible")
             field.fill(new)
             page.locator(".st-key-rename_class button").click()
-            page.get_by_text(f"Renamed class 1 to '{new}'.").wait_for()
+            page.get_by_text(f"Renamed class '{old}' to '{new}'.").wait_for()
             with Session() as session:
                 assert queries.class_names(session, pid)[0] == new
-        wait_for(lambda: page.locator(".st-key-rename_which input").input_value() == "1: darker", timeout=30)
+        wait_for(
+            lambda: page.locator(".st-key-rename_which input").input_value() == "1: darker (key 1)",
+            timeout=30,
+        )
     finally:
         with Session.begin() as session:
             queries.rename_class(session, pid, 0, "dark")
@@ -507,11 +510,11 @@ def test_the_classes_panel_stays_open_after_a_rename(server, page):
     page.get_by_text("Classes: keys, add or rename").click()
     field = page.get_by_label("New name")
     try:
-        for new in ("darkish", "dark"):
+        for old, new in (("dark", "darkish"), ("darkish", "dark")):
             field.wait_for(state="visible")
             field.fill(new)
             page.locator(".st-key-rename_class button").click()
-            page.get_by_text(f"Renamed class 1 to '{new}'.").wait_for()
+            page.get_by_text(f"Renamed class '{old}' to '{new}'.").wait_for()
             settle(page)
             assert field.is_visible()
     finally:
@@ -556,7 +559,7 @@ def test_the_history_class_filter_keeps_its_class_through_a_rename(server, page)
         page.get_by_text("Classes: keys, add or rename").click()
         page.get_by_label("New name").fill("darker")
         page.locator(".st-key-rename_class button").click()
-        page.get_by_text("Renamed class 1 to 'darker'.").wait_for()
+        page.get_by_text("Renamed class 'dark' to 'darker'.").wait_for()
         settle(page)
         still_filtered("darker")
         with Session.begin() as session:  # another admin

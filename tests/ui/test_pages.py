@@ -115,9 +115,12 @@ def test_classes_can_be_added_and_renamed(Session, tiny_project):
     at.text_input(key="new_class").input("other")
     at.button(key="add_class").click().run()
     assert not at.exception
+    # Each class with its key: "2: 1" alone read as key 2 (digits: class "1" is second, key 1).
+    assert at.selectbox(key="rename_which").options == ["1: 0 (key 0)", "2: 1 (key 1)", "3: other (key 2)"]
     at.selectbox(key="rename_which").set_value(0)
     at.text_input(key="rename_to").input("dark")
     at.button(key="rename_class").click().run()
+    assert "Renamed class '0' to 'dark'." in [s.value.replace("\\", "") for s in at.success]
     with Session() as session:
         assert queries.class_names(session, tiny_project.id) == ["dark", "1", "other"]
     # A third class appears with the next free key; a duplicate name is refused with one sentence.
