@@ -10,14 +10,31 @@ from __future__ import annotations
 import sqlite3
 from pathlib import Path
 
+from db.models import INTERRUPTED, RUNNING, utcnow
+
 from .config import db_url
+
+INTERRUPTED_BY_BACKUP = "The backup was taken while this run trained; start training again."
+
+
+def _interrupt_running(copy: sqlite3.Connection) -> None:
+    """A run training when the copy was taken can never finish in it: restored, it read
+    "running" (a Cancel button that did nothing) until a worker noticed. Marked interrupted in
+    the copy, as a worker marks a run whose process died; the database itself is untouched."""
+    if copy.execute("SELECT 1 FROM sqlite_master WHERE type = 'table' AND name = 'runs'").fetchone():
+        copy.execute(
+            "UPDATE runs SET status = ?, finished_at = ?, error = COALESCE(error, ?) WHERE status = ?",
+            (INTERRUPTED, utcnow().isoformat(sep=" "), INTERRUPTED_BY_BACKUP, RUNNING),
+        )
+        copy.commit()
 
 
 def backup(out: str | Path, url: str | None = None) -> Path:
     """Copy the SQLite database at `url` (default: the configured one) to `out`.
 
     Readers and writers may keep working meanwhile; the copy is one consistent snapshot,
-    checked with `PRAGMA integrity_check` before it replaces `out`. For PostgreSQL use
+    checked with `PRAGMA integrity_check` before it replaces `out`; a run training then is marked
+    interrupted in the copy. For PostgreSQL use
     `pg_dump` instead: this raises a ValueError saying so.
     """
     url = url or db_url()
@@ -38,6 +55,7 @@ def backup(out: str | Path, url: str | None = None) -> Path:
         # All pages in one step: under WAL this reads one snapshot while writers carry on. A
         # step-wise copy restarts whenever another connection writes, and might never finish.
         source.backup(target, pages=-1)
+        _interrupt_running(target)
         target.execute("PRAGMA journal_mode=DELETE")  # one self-contained file
         check = target.execute("PRAGMA integrity_check").fetchone()[0]
         if check != "ok":

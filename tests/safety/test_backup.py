@@ -86,6 +86,32 @@ def test_backup_while_labeling_is_consistent_and_complete(sqlite_Session, make_i
     engine.dispose()
 
 
+def test_a_run_training_at_backup_time_is_interrupted_in_the_copy_only(
+    sqlite_Session, make_image_set, tmp_path
+):
+    """Restored, it read "running" (a Cancel button that did nothing) until a worker noticed."""
+    from db import runs as run_queries
+    from db.models import INTERRUPTED, QUEUED, RUNNING, Run
+    from labeler import projects
+
+    Session = sqlite_Session
+    project = projects.create_project(Session, "b", "test", images=make_image_set(n=20))
+    with Session.begin() as session:
+        training = run_queries.request_run(session, project.id, "m2", {}).id
+        run_queries.claim_next_run(session, "w")
+        queued = run_queries.request_run(session, project.id, "m2", {}).id
+    out = backup_module.backup(tmp_path / "backup.db", url=str(Session.kw["bind"].url))
+    engine = db.make_engine(f"sqlite:///{out}")
+    with db.session_factory(engine)() as session:
+        copied = session.get(Run, training)
+        assert copied.status == INTERRUPTED and copied.finished_at is not None
+        assert copied.error == backup_module.INTERRUPTED_BY_BACKUP
+        assert session.get(Run, queued).status == QUEUED  # it trains once restored
+    engine.dispose()
+    with Session() as session:
+        assert session.get(Run, training).status == RUNNING  # the database itself is untouched
+
+
 def test_backup_refuses_postgres_and_missing_databases(tmp_path):
     with pytest.raises(ValueError, match="pg_dump"):
         backup_module.backup(tmp_path / "x.db", url="postgresql+psycopg://u@h/db")
