@@ -64,9 +64,12 @@ def curve_frame(curve: pd.DataFrame, split: str | None, n_test: int) -> pd.DataF
 
 
 def curve_figure(frame: pd.DataFrame, source: str) -> go.Figure:
-    """Accuracy against labels, one line per model, with the 95 % interval as error bars."""
+    """Accuracy against labels, one line per model, with the 95 % interval as error bars. Each
+    line runs from fewer labels to more (runs with as many labels in run order): joined in run
+    order, a run after an undone bulk label, trained on fewer, drew the line back over itself."""
     traces = []
     for model, part in frame.groupby("model", sort=False):
+        part = part.sort_values("labels", kind="stable")
         traces.append(
             go.Scatter(
                 x=part["labels"],

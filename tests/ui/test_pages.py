@@ -958,3 +958,24 @@ def test_a_bulk_label_of_two_images_one_labeled_already_counts_in_the_singular(S
     assert not at.exception
     (shown,) = [m.value.replace("\\", "") for m in at.success]  # as_typed escapes Markdown
     assert shown.startswith("Labeled 1 image at once. 1 already had a label and was left as it is (tick")
+
+
+def test_the_learning_curve_runs_from_fewer_labels_to_more():
+    """A run after an undone bulk label, trained on fewer labels, drew the line back over itself."""
+    import pandas as pd
+
+    from labeler.ui import progress
+
+    frame = pd.DataFrame(
+        {
+            "run_id": [1, 2, 3, 4],
+            "model": ["m2", "m2", "m2", "sslgan"],
+            "labels": [10, 300, 20, 5],
+            "accuracy": [0.5, 0.9, 0.6, 0.4],
+            "low": [0.4, 0.8, 0.5, 0.3],
+            "high": [0.6, 0.95, 0.7, 0.5],
+        }
+    )
+    m2, sslgan = progress.curve_figure(frame, "test split").data
+    assert list(m2.x) == [10, 20, 300] and list(m2.y) == [0.5, 0.6, 0.9] and list(m2.customdata) == [1, 3, 2]
+    assert list(sslgan.x) == [5]
