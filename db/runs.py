@@ -267,7 +267,23 @@ def predictions_frame(session: Session, run_id: int):
     return pd.DataFrame([tuple(r) for r in rows], columns=columns)
 
 
-def prune_predictions(session: Session, project_id: int, keep: int = 5) -> int:
+KEPT_PREDICTIONS = 5  # finished runs per project whose prediction rows are kept (prune_predictions)
+
+
+def newest_done_runs(session: Session, project_id: int, n: int = KEPT_PREDICTIONS) -> list[Run]:
+    """The project's newest `n` finished runs, newest first: those whose predictions are kept, so
+    whose model and predictions can be exported."""
+    return list(
+        session.scalars(
+            select(Run)
+            .where(Run.project_id == project_id, Run.status == DONE)
+            .order_by(Run.finished_at.desc(), Run.id.desc())
+            .limit(n)
+        )
+    )
+
+
+def prune_predictions(session: Session, project_id: int, keep: int = KEPT_PREDICTIONS) -> int:
     """Delete the prediction rows of all but the newest `keep` DONE runs (each run stores one
     row per item, which adds up on large sets); the runs themselves and their accuracies stay.
     Returns the number of runs pruned."""

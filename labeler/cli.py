@@ -84,7 +84,7 @@ def cmd_export(args) -> int:
             f"There is no project named {args.project!r}; `python -m labeler projects` lists them."
         )
     notes: list[str] = []
-    written = export.export_all(Session, project.id, args.out, what=args.what, notes=notes)
+    written = export.export_all(Session, project.id, args.out, what=args.what, notes=notes, run_id=args.run)
     for path in written:
         print(f"wrote {path}")
     for note in notes:
@@ -238,6 +238,12 @@ def build_parser() -> argparse.ArgumentParser:
         default="all",
         choices=["all", "labels", "dataset", "predictions", "model"],
         help="what to write",
+    )
+    p.add_argument(
+        "--run",
+        type=int,
+        default=None,
+        help="the finished run whose model and predictions to write (default: the newest)",
     )
     p.set_defaults(func=cmd_export)
 

@@ -7,7 +7,7 @@
   unique per class, also where the safe forms collide (`a?b` and `a*b`, `.` and `class`) or
   differ only in case; `metadata.csv` gives the exact class name of every file.
 - `dataset.parquet`: the same rows with the image as PNG bytes.
-- `predictions.csv`: the newest model's prediction for every image.
+- `predictions.csv`: the newest model's (or a chosen finished run's) prediction for every image.
 - `model.pt` (checkpoint + config, loads with `weights_only=True`), `model.torchscript.pt` and
   `model.onnx` (one self-contained file; each classifies a (B, C, H, W) float tensor in [0, 1]
   into class probabilities with no labeler code: PyTorch alone, or any ONNX runtime) +
@@ -43,7 +43,8 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
-from db.models import Item, LabelClass, LabelEvent, Prediction, Project, Run
+from db.models import DONE, Item, LabelClass, LabelEvent, Prediction, Project, Run
+from db.runs import KEPT_PREDICTIONS
 
 from . import projects
 
@@ -202,7 +203,8 @@ class Snapshot:
     shape: tuple[int, int, int]
     names: list[str]
     labels: pd.DataFrame  # LABEL_COLUMNS + path, one row per labeled image, by row
-    run_id: int | None = None  # the newest finished run
+    run_id: int | None = None  # the newest finished run, or the one chosen
+    newest: bool = True  # run_id is the newest finished run
     checkpoint: str | None = None
     predictions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PREDICTION_COLUMNS))
 
@@ -223,8 +225,11 @@ def consistent_read(Session: sessionmaker[Session]) -> Iterator[Session]:
         yield session
 
 
-def read_snapshot(Session: sessionmaker[Session], project_id: int, parts=PARTS) -> Snapshot:
-    """Read what the export `parts` need in one transaction (see `consistent_read`)."""
+def read_snapshot(
+    Session: sessionmaker[Session], project_id: int, parts=PARTS, run_id: int | None = None
+) -> Snapshot:
+    """Read what the export `parts` need in one transaction (see `consistent_read`): the model
+    and predictions of finished run `run_id` of this project (None: the newest)."""
     with consistent_read(Session) as session:
         project = session.get(Project, project_id)
         if project is None:
@@ -238,7 +243,9 @@ def read_snapshot(Session: sessionmaker[Session], project_id: int, parts=PARTS) 
             else pd.DataFrame(columns=LABEL_COLUMNS),
         )
         if {"predictions", "model"} & set(parts):
-            snapshot.run_id = queries.latest_done_run_id(session, project_id)
+            newest = queries.latest_done_run_id(session, project_id)
+            snapshot.run_id = newest if run_id is None else _chosen_run(session, project_id, run_id)
+            snapshot.newest = snapshot.run_id == newest
         if snapshot.run_id is not None and "model" in parts:
             snapshot.checkpoint = session.get(Run, snapshot.run_id).checkpoint
         if snapshot.run_id is not None and "predictions" in parts:
@@ -249,7 +256,31 @@ def read_snapshot(Session: sessionmaker[Session], project_id: int, parts=PARTS) 
                 .order_by(Item.row)
             ).all()
             snapshot.predictions = pd.DataFrame(rows, columns=PREDICTION_COLUMNS)
+            if not rows and not snapshot.newest:
+                raise ExportError(
+                    f"The predictions of run {snapshot.run_id} are no longer kept (the newest "
+                    f"{KEPT_PREDICTIONS} finished runs keep theirs); choose a newer run."
+                )
     return snapshot
+
+
+def _chosen_run(session: Session, project_id: int, run_id: int) -> int:
+    """`run_id`, checked to be a finished run of this project."""
+    run = session.get(Run, run_id)
+    if run is None or run.project_id != project_id or run.status != DONE:
+        raise ExportError(
+            f"Run {run_id} is not a finished run of this project; the Train page lists its runs."
+        )
+    return run_id
+
+
+def model_name(snapshot: Snapshot) -> str:
+    """How notes name the exported model."""
+    return (
+        f"The newest model (run {snapshot.run_id})"
+        if snapshot.newest
+        else f"The model of run {snapshot.run_id}"
+    )
 
 
 def labels_frame(session: Session, project_id: int, with_path: bool = False) -> pd.DataFrame:
@@ -371,8 +402,8 @@ def write_predictions(
 def write_model(
     Session: sessionmaker[Session], project_id: int, out: Path, snapshot: Snapshot | None = None
 ) -> list[Path]:
-    """The newest finished run's checkpoint, its classifier as TorchScript and as ONNX, and the
-    class names. Raises ExportError when the checkpoint does not load (e.g. from an older
+    """The snapshot's run's checkpoint (the newest finished run's by default), its classifier as
+    TorchScript and as ONNX, and the class names. Raises ExportError when the checkpoint does not load (e.g. from an older
     version whose settings this one no longer knows)."""
     import torch
 
@@ -387,7 +418,7 @@ def write_model(
         model = load_model(local, device="cpu")
     except CheckpointError as error:
         raise ExportError(
-            f"The newest model (run {snapshot.run_id}) cannot be exported because its checkpoint does not load "
+            f"{model_name(snapshot)} cannot be exported because its checkpoint does not load "
             f"({str(error).rstrip('.')}); train it again, then export."
         ) from None
     out = Path(out)
@@ -463,6 +494,7 @@ def export_all(
     what: str = "all",
     notes: list[str] | None = None,
     progress: Progress | None = None,
+    run_id: int | None = None,
 ) -> list[Path]:
     """Write `what` ("all" or one of PARTS) into folder `out`, all from one snapshot; the files
     those parts write (PART_FILES) that an earlier export left there (MANIFEST, which lists what
@@ -471,11 +503,12 @@ def export_all(
     With "all", a model that cannot be exported does not stop the rest: the reason is added
     to `notes` (when given; else ExportError is raised after the other files are written).
     progress: called as progress(done, total) with the images written to the data set.
+    run_id: the finished run whose model and predictions are exported (None: the newest).
     """
     parts = PARTS if what == "all" else (what,)
     if not set(parts) <= set(PARTS):
         raise ExportError(f"Nothing called {what!r} can be exported; choose all, {', '.join(PARTS)}.")
-    snapshot = read_snapshot(Session, project_id, parts)
+    snapshot = read_snapshot(Session, project_id, parts, run_id=run_id)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # An earlier export's files of these parts (a model this one leaves out) must not pass as this

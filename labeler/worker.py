@@ -95,7 +95,7 @@ class Worker:
         stale_after_s: float = 600.0,
         pixels: Callable[[int], np.ndarray] | None = None,
         checkpoint_path: Callable[[int, int], Path] | None = None,
-        keep_predictions: int = 5,
+        keep_predictions: int = run_queries.KEPT_PREDICTIONS,
         heartbeat_s: float = 30.0,
         outage_patience_s: float = 300.0,
         outage_retry_s: float = 5.0,

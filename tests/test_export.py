@@ -298,3 +298,70 @@ def test_dataset_is_written_a_chunk_at_a_time_with_progress(Session, tiny_projec
 def test_export_of_nothing_labeled_writes_empty_files(Session, tiny_project, tmp_path):
     zip_path, parquet_path = export.write_dataset(Session, tiny_project.id, tmp_path)
     assert len(pd.read_parquet(parquet_path)) == 0 and zipfile.ZipFile(zip_path).namelist()
+
+
+def _finished_run(Session, project, tmp_path, name: str, predicted: int) -> int:
+    """A DONE run with its own checkpoint and a prediction (`predicted`) for every image."""
+    import numpy as np
+
+    from db import runs as run_queries
+    from db.models import DONE, Run, utcnow
+
+    checkpoint = _train_and_register(Session, project, tmp_path / name)
+    with Session.begin() as session:
+        run = session.query(Run).filter_by(checkpoint=str(checkpoint)).one()
+        run.finished_at, run.labels_used, run.test_accuracy = utcnow(), 6, 0.5 + predicted / 10
+        ids = [item.id for item in queries.items(session, project.id)]
+        n = len(ids)
+        columns = {name: np.zeros(n) for name in run_queries.PREDICTION_COLUMNS}
+        columns.update(item_id=np.array(ids), predicted=np.full(n, predicted))
+        run_queries.store_predictions(session, run.id, columns)
+        assert run.status == DONE
+        return run.id
+
+
+def test_an_older_finished_run_can_be_exported_instead_of_the_newest(Session, tiny_project, tmp_path):
+    """A newer run is not always the better one (trained for seconds, or after an undone bulk
+    label): the export took the newest, always."""
+    from db import runs as run_queries
+
+    _label_some(Session, tiny_project)
+    older = _finished_run(Session, tiny_project, tmp_path, "a", predicted=1)
+    newer = _finished_run(Session, tiny_project, tmp_path, "b", predicted=0)
+    out = tmp_path / "out"
+    export.export_all(Session, tiny_project.id, out, run_id=older)
+    predictions = pd.read_csv(out / "predictions.csv")
+    assert set(predictions["run_id"]) == {older} and set(predictions["predicted_index"]) == {1}
+    assert (out / "model.pt").read_bytes() == (tmp_path / "a" / "run.pt").read_bytes()
+    export.export_all(Session, tiny_project.id, out)  # the newest by default
+    assert set(pd.read_csv(out / "predictions.csv")["run_id"]) == {newer}
+    with pytest.raises(export.ExportError, match="is not a finished run of this project"):
+        export.export_all(Session, tiny_project.id, out, run_id=newer + 100)
+    with Session.begin() as session:
+        run_queries.prune_predictions(session, tiny_project.id, keep=1)
+    with pytest.raises(export.ExportError, match=f"predictions of run {older} are no longer kept"):
+        export.export_all(Session, tiny_project.id, out, what="predictions", run_id=older)
+
+
+def test_the_export_page_exports_the_run_chosen(Session, tiny_project, tmp_path):
+    from streamlit.testing.v1 import AppTest
+
+    _label_some(Session, tiny_project)
+    older = _finished_run(Session, tiny_project, tmp_path, "a", predicted=1)
+    newer = _finished_run(Session, tiny_project, tmp_path, "b", predicted=0)
+    at = AppTest.from_string("from labeler.ui.export import export_page\nexport_page()", default_timeout=60)
+    at.session_state["project_id"] = tiny_project.id
+    at.session_state["annotator"] = "tester"
+    at.run()
+    chooser = at.selectbox(key=f"export_run-{tiny_project.id}")
+    assert chooser.options == [
+        f"run {newer}: supervised, 6 labels, 50.0% (test) (the newest)",
+        f"run {older}: supervised, 6 labels, 60.0% (test)",
+    ]
+    chooser.set_value(older).run()
+    at.button(key="export_prepare").click().run()
+    assert not at.exception and not at.error
+    prepared = at.session_state["export_files"]
+    assert prepared["run"] == older and f"the model of run {older}" in at.caption[0].value
+    path = next(p for p in prepared["paths"] if p.endswith("predictions.csv"))
+    assert set(pd.read_csv(path)["run_id"]) == {older}

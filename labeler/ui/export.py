@@ -1,4 +1,5 @@
-"""The Export page: the labeled data set and the newest model, as downloads.
+"""The Export page: the labeled data set and the newest model (or one of the newest finished
+runs, chosen), as downloads.
 
 Files are produced by `labeler.export.export_all` into a folder of their own under
 `<data dir>/projects/<id>/exports/` (and put in the shared store under the same key when
@@ -25,10 +26,11 @@ from pathlib import Path
 import streamlit as st
 
 from db import queries
+from db import runs as run_queries
 
 from .. import export, projects
 from ..config import user_error
-from . import common
+from . import common, parts
 
 log = logging.getLogger(__name__)
 
@@ -37,7 +39,7 @@ DOWNLOADS = {
     "dataset.zip": ("Data set: ImageFolder zip", "application/zip"),
     "dataset.parquet": ("Data set: Parquet", "application/vnd.apache.parquet"),
     "labels.csv": ("Labels: CSV", "text/csv"),
-    "predictions.csv": ("Predictions of the newest model: CSV", "text/csv"),
+    "predictions.csv": ("Predictions of the model: CSV", "text/csv"),
 }
 MODEL_FILES = export.MODEL_FILES
 
@@ -122,7 +124,7 @@ def _store():
     return store()
 
 
-def _prepare(project_id: int) -> None:
+def _prepare(project_id: int, run_id: int | None) -> None:
     """Write the export with a progress bar (images written to the data set); runs in the script
     body, not in a button callback, so the bar shows while it works."""
     if not common.is_admin():
@@ -140,7 +142,7 @@ def _prepare(project_id: int) -> None:
     try:
         notes: list[str] = []
         written = export.export_all(
-            common.session_factory(), project_id, folder, notes=notes, progress=progress
+            common.session_factory(), project_id, folder, notes=notes, progress=progress, run_id=run_id
         )
         bar.progress(1.0, text="Putting the export in the shared store...")
         for path in written:  # with LABELER_STORAGE_URL, kept beside the project's files
@@ -165,8 +167,36 @@ def _prepare(project_id: int) -> None:
         "folder": str(folder),
         "paths": [str(p) for p in written],
         "notes": notes,
+        "run": run_id,
         "at": datetime.datetime.now(datetime.UTC).strftime("%H:%M:%S UTC"),
     }
+
+
+def _chosen_run(project_id: int, runs: list) -> int | None:
+    """The finished run whose model and predictions go in the export: the newest, or one of the
+    newest few (those whose predictions are kept), chosen here. A newer run is not always the
+    better one: one trained for seconds, or after an undone bulk label."""
+    if not runs:
+        return None
+    newest = runs[0].id
+
+    def label(run_id: int) -> str:
+        run = next(r for r in runs if r.id == run_id)
+        accuracy = parts.run_accuracy(run)
+        return (
+            f"run {run.id}: {common.as_typed(run.model)}, {run.labels_used or 0} labels"
+            + (f", {accuracy}" if accuracy else "")
+            + (" (the newest)" if run.id == newest else "")
+        )
+
+    chosen = st.selectbox(
+        "Model and predictions from",
+        [run.id for run in runs],
+        format_func=label,
+        key=f"export_run-{project_id}",
+        help=f"The newest {len(runs)} finished runs (older runs' predictions are not kept).",
+    )
+    return chosen  # the one shown, even if a newer run finishes before the click
 
 
 def export_page() -> None:
@@ -175,7 +205,8 @@ def export_page() -> None:
     with common.session_factory()() as session:
         n_ignored = queries.ignored_count(session, project.id)  # "ignore" answers are not exported
         n_labeled = queries.label_count(session, project.id) - n_ignored
-        has_model = queries.latest_done_run_id(session, project.id) is not None
+        runs = run_queries.newest_done_runs(session, project.id)
+    has_model = bool(runs)
     prepared = st.session_state.get("export_files")
     mine = prepared.get("folder") if prepared and prepared["project"] == project.id else None
     try:
@@ -194,10 +225,11 @@ def export_page() -> None:
             if n_ignored
             else ""
         )
-        + ("; the newest finished model is included." if has_model else "; no trained model yet.")
+        + ("; a trained model is included." if has_model else "; no trained model yet.")
     )
+    run_id = _chosen_run(project.id, runs)
     if st.button("Prepare the export", key="export_prepare", type="primary"):
-        _prepare(project.id)
+        _prepare(project.id, run_id)
     error = st.session_state.pop("export_error", None)
     if error:
         st.error(error)
@@ -209,7 +241,8 @@ def export_page() -> None:
     if prepared.get("folder") and not Path(prepared["folder"]).exists():
         st.info("This export was removed (exports are kept for a day); prepare it again.")
         return
-    st.caption(f"Prepared at {prepared.get('at', '?')}: the files hold the labels of that moment.")
+    model = f" and the model of run {prepared['run']}" if prepared.get("run") else ""
+    st.caption(f"Prepared at {prepared.get('at', '?')}: the files hold the labels of that moment{model}.")
     notes = prepared.get("notes", [])
     for note in notes:  # e.g. why the model is left out
         st.warning(common.as_typed(note))
@@ -236,7 +269,9 @@ def export_page() -> None:
             on_click="ignore",
         )
     elif has_model and not notes:
-        st.warning("The newest model's checkpoint is missing on disk; train again to export a model.")
+        st.warning(
+            f"The checkpoint of run {prepared.get('run')} is missing on disk; train again to export a model."
+        )
     with st.expander("How to use the files"):
         st.code(
             export.HOW_TO_USE.format(c=project.channels, h=project.height, w=project.width), language="text"

@@ -30,6 +30,15 @@ STATUS_TEXT = {
 }
 
 
+def run_accuracy(run: Run) -> str:
+    """A finished run's accuracy as the pages show it: on the test split, else on the audit set."""
+    if run.test_accuracy is not None:
+        return f"{run.test_accuracy:.1%} (test)"
+    if run.audit_accuracy is not None:
+        return f"{run.audit_accuracy:.1%} [{run.audit_low:.0%}-{run.audit_high:.0%}] (audit, n={run.audit_n})"
+    return ""
+
+
 def request_training(project_id: int, model: str, settings: dict | None = None) -> int:
     """Queue a run (or update the one already waiting), wake the worker; return the run id."""
     Session = common.session_factory()

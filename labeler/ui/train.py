@@ -143,13 +143,6 @@ def loss_figure(metrics: list) -> object | None:
 
 
 def history_frame(runs: list) -> pd.DataFrame:
-    def accuracy(run):
-        if run.test_accuracy is not None:
-            return f"{run.test_accuracy:.1%} (test)"
-        if run.audit_accuracy is not None:
-            return f"{run.audit_accuracy:.1%} [{run.audit_low:.0%}-{run.audit_high:.0%}] (audit, n={run.audit_n})"
-        return ""
-
     return pd.DataFrame(
         [
             {
@@ -157,7 +150,7 @@ def history_frame(runs: list) -> pd.DataFrame:
                 "model": run.model,
                 "status": parts.STATUS_TEXT.get(run.status, run.status),
                 "labels": run.labels_used,
-                "accuracy": accuracy(run),
+                "accuracy": parts.run_accuracy(run),
                 "steps": run.step,
                 "seconds": round(run.seconds or 0.0, 1),
                 "started": run.started_at.strftime("%Y-%m-%d %H:%M:%S") if run.started_at else "",
