@@ -167,7 +167,18 @@ def applied_event(session: Session, item_id: int, action: str) -> LabelEvent | N
 
 
 def record_applied(session: Session, event: LabelEvent, action: str) -> None:
+    """Keep that the box's action `action` wrote `event` (a label), or took it back (an undo
+    that names no image, so that sent again after a reload it takes back nothing more)."""
     session.add(AppliedAnswer(item_id=event.item_id, action=action, event_id=event.id))
+
+
+def applied_by(session: Session, action: str) -> tuple[int, int] | None:
+    """(image, event) of the box's action `action` (`record_applied`), for an action that names
+    no image; None when it was never applied."""
+    row = session.execute(
+        select(AppliedAnswer.item_id, AppliedAnswer.event_id).where(AppliedAnswer.action == action).limit(1)
+    ).first()
+    return None if row is None else (row.item_id, row.event_id)
 
 
 def label_count(session: Session, project_id: int) -> int:

@@ -60,9 +60,6 @@ class Ledger:
     item_of_event: dict[int, int] = field(default_factory=dict)
     kind_of_event: dict[int, str] = field(default_factory=dict)
     skipped: set[int] = field(default_factory=set)
-    # undo_last action id -> the event it went to take back: sent again (the database's answer
-    # to that commit was lost), the action finds that event taken back by itself, not another way.
-    undo_last_tried: dict[str, int] = field(default_factory=dict)
     # Streamlit's fast reruns start a new script run before the old one has stopped, so two
     # runs of one browser session can apply the same list at once: one at a time, then.
     lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
@@ -251,19 +248,36 @@ def _undo_last(Session, annotator: str, action_id: str, ledger: Ledger, outcome:
     """U in a box that has no undo history of its own (drawn anew after another mode or page):
     this session's newest answer from the box (one event per ledger entry; never a grid page, bulk
     label or History correction, which the box's own undo never takes back either), by the same
-    rule as `_undo_named`. An entry already taken back some other way is passed over."""
+    rule as `_undo_named`. An entry already taken back some other way is passed over. What it took
+    back is kept in the database (`AppliedAnswer`): sent again to a new server session (the tab
+    kept it across a reload because the answer to its commit was lost), it took back the answer
+    before that one too, silently (2 of 2 tries in an exploratory session); sent again to this
+    session (the database's answer to its commit was lost) it took back the answer before it."""
+    done = db.retrying(lambda: _applied_by(Session, action_id))
+    if done is not None:  # applied before: its own answer is found taken back, reported as done now
+        item_id, event_id = done
+        status = _take_back(
+            Session,
+            annotator,
+            item_id,
+            lambda session: session.get(LabelEvent, event_id),
+            lambda event: True,
+            ledger,
+            outcome,
+            taken_by_this_action=True,
+        )
+        if status == "undone":
+            outcome.undone_last.append((action_id, item_id))
+        return
     while True:
         position = _newest_entry(
             ledger, lambda entry: [ledger.kind_of_event.get(e) for e in entry] == ["single"]
         )
         if position is None:
-            ledger.undo_last_tried.pop(action_id, None)
             outcome.notices.append("Nothing to undo in this session.")
             return
         (event_id,) = ledger.entries[position]
         item_id = ledger.item_of_event[event_id]
-        tried_before = ledger.undo_last_tried.get(action_id) == event_id
-        ledger.undo_last_tried[action_id] = event_id
         status = _take_back(
             Session,
             annotator,
@@ -272,14 +286,18 @@ def _undo_last(Session, annotator: str, action_id: str, ledger: Ledger, outcome:
             lambda event: True,
             ledger,
             outcome,
-            taken_by_this_action=tried_before,
+            record_as=action_id,
         )
         if status == "undone":
             outcome.undone_last.append((action_id, item_id))
         if status in ("undone", "answered since"):
-            ledger.undo_last_tried.pop(action_id, None)
             return
         ledger.entries.pop(position)  # not this person's any more, or undone already: the one before
+
+
+def _applied_by(Session, action_id: str) -> tuple[int, int] | None:
+    with Session() as session:
+        return queries.applied_by(session, action_id)
 
 
 def _take_back(
@@ -291,12 +309,14 @@ def _take_back(
     ledger: Ledger,
     outcome: Outcome,
     taken_by_this_action: bool = False,
+    record_as: str | None = None,
 ) -> str:
     """Take back this person's answer `event_of(session)` to `item_id` if `allowed(event)`; the
     ledger forgets it. Returns "undone" (the image is open again, listed in the outcome),
     "answered since" (taken back, the newer answer stands, a notice says so), "undone already" or
     "none" (nothing changed). `taken_by_this_action`: the action was sent before and its commit's
-    answer lost, so an answer found taken back is this action's doing, reported as if done now."""
+    answer lost, so an answer found taken back is this action's doing, reported as if done now.
+    `record_as`: the action id kept with the event taken back, in the same transaction."""
 
     def commit():
         with Session.begin() as session:
@@ -314,6 +334,8 @@ def _take_back(
             # Taken back either way; when a newer answer stands it stays, and should that one be
             # undone later, this answer (which its giver took back) does not come back with it.
             queries.undo_events(session, [event.id], annotator)
+            if record_as is not None:
+                queries.record_applied(session, event, record_as)
             if current is None or current.id != event.id:
                 return "answered since", event.id
             return "undone", event.id
