@@ -49,8 +49,8 @@ function newState(root) {
     timer: null,
     lastSend: 0,
     sentUpTo: null, // the id of the newest action sent
-    inFlight: null, // {last, at} while a send is not answered yet (see schedule); its watchdog timer
-    flightTimer: null,
+    inFlight: null, // {last}: the newest action of a send not answered yet (see schedule)
+    flightTimer: null, // IN_FLIGHT_MS after that send: it counts as answered
     early: 0, // keys pressed while no image was on screen (none stored), since the last image
     zoom: false,
     notice: "",
@@ -165,6 +165,7 @@ function act(s, type, item, extra) {
   s.seq += 1;
   const action = { id: `${s.mount}-${s.seq}`, type, ...(item ? { item: item.id } : {}), ...(extra || {}) };
   s.pending.push(action);
+  s.early = 0; // what comes next counts anew
   keep(s);
   schedule(s);
   return action;
@@ -189,7 +190,6 @@ function answer(s, classIndex) {
   s.again = s.again.filter((i) => i.id !== item.id);
   s.skipped = s.skipped.filter((i) => i.id !== item.id);
   s.notice = "";
-  s.early = 0;
   draw(s);
 }
 
