@@ -23,6 +23,7 @@ from db import runs as run_queries
 from db.models import AUDIT, POOL, QUEUED, Item, Prediction, Project, Run, utcnow
 
 AUDIT_EVERY = 5  # one page in five comes from the audit set until it is all labeled
+SHARED_LOOK = 200  # images held by others looked at for the last ones to share (`_next_in`)
 CLAIM_SECONDS = 300  # how long an image shown to one annotator is kept from the others
 DEFAULT_RETRAIN_EVERY = 10
 
@@ -57,18 +58,21 @@ def next_items(
     With `annotator`, images another annotator holds are passed over, and the ones returned are
     claimed for `annotator` (their other claims in the project are released) in `session`: the
     caller commits. While the annotator already holds the whole page for at least half the
-    claim time, nothing is written (a page's reruns do not churn claims). When every remaining
-    image is held by someone else, those are returned unclaimed rather than nothing: two people
-    may then see the same image, and both answers are kept in the history.
+    claim time, nothing is written (a page's reruns do not churn claims). Only when every image
+    left, in either split, is held by someone else are some of those returned, unclaimed, rather
+    than nothing: the ones the others reach last (the ends of their pages). Two people may then
+    see the same image; the second answer is refused with a note. (They were shared as soon as
+    the turn's split ran short, the other split's free images unused, and the others' next ones
+    first: on a project of 24 pool images two people met on 2 of 16 answers.)
     """
     if k <= 0:
         return []
     exclude = set(exclude)
     splits = (AUDIT,) if audit_turn(session, project_id, k) else (POOL,)
     keep = set(keep)
-    picked = _next_in(session, project_id, k, exclude, annotator, splits, keep)
+    picked = _next_in(session, project_id, k, exclude, annotator, splits, keep, share=False)
     if len(picked) < k:
-        picked = _next_in(session, project_id, k, exclude, annotator, (POOL, AUDIT), keep)
+        picked = _next_in(session, project_id, k, exclude, annotator, (POOL, AUDIT), keep, share=True)
     return picked
 
 
@@ -121,6 +125,7 @@ def _next_in(
     annotator: str | None,
     splits: tuple[str, ...],
     keep: set[int] = frozenset(),
+    share: bool = True,
 ) -> list[tuple[Item, Prediction | None]]:
     if annotator is None:
         return queries.queue_page(session, project_id, splits, k, exclude)
@@ -140,11 +145,13 @@ def _next_in(
         session, project_id, [item.id for item, _ in ordered], annotator, k, now, expires, keep=keep
     )
     picked = [pair for pair in ordered if pair[0].id in claimed]
-    if len(picked) < k:
-        # Nothing unclaimed is left: share what others hold rather than show "all done".
+    if share and len(picked) < k:
+        # Nothing unclaimed is left: share what others hold rather than show "all done", from the
+        # end of the queue, which they reach last (their pages are its head, in order).
         taken = {item.id for item, _ in picked}
-        rest = queries.queue_page(session, project_id, splits, k + len(taken), exclude)
-        picked += [pair for pair in rest if pair[0].id not in taken][: k - len(picked)]
+        rest = queries.queue_page(session, project_id, splits, SHARED_LOOK + len(taken), exclude)
+        others = [pair for pair in rest if pair[0].id not in taken]
+        picked += others[::-1][: k - len(picked)]
     return picked
 
 

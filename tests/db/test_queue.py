@@ -389,3 +389,24 @@ def test_a_project_trains_one_run_at_a_time_whatever_the_number_of_workers(Sessi
     with Session.begin() as session:
         session.get(Run, first).status = DONE
     assert claim("c") == follow_up
+
+
+def test_free_images_of_either_split_come_before_images_another_person_holds(Session, project):
+    """The pool ran short for a second person while audit images were free: they were given the
+    first person's next images instead (two people met on 2 of 16 answers, the second refused)."""
+    _finished_run(Session, project.id)
+
+    def page(annotator: str, k: int) -> list[int]:
+        with Session.begin() as session:
+            return [item.id for item, _ in queue.next_items(session, project.id, k=k, annotator=annotator)]
+
+    alice = page("alice", 45)  # 45 of the 50 pool images
+    bob = page("bob", 10)
+    assert not set(bob) & set(alice)
+    with Session() as session:
+        audit = {item.id for item in queries.items(session, project.id, AUDIT)}
+    assert len(set(bob) & audit) >= 5  # only 5 pool images were left
+    # Nothing free is left for 5 more: shared, from the images alice reaches last.
+    bob = page("bob", 20)
+    shared = set(bob) & set(alice)
+    assert len(shared) == 5 and not shared & set(alice[:40])
