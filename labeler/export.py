@@ -242,9 +242,11 @@ def read_snapshot(
             if {"labels", "dataset"} & set(parts)
             else pd.DataFrame(columns=LABEL_COLUMNS),
         )
+        if run_id is not None:  # checked whatever is exported: a wrong one was passed over with labels only
+            _chosen_run(session, project_id, run_id)
         if {"predictions", "model"} & set(parts):
             newest = queries.latest_done_run_id(session, project_id)
-            snapshot.run_id = newest if run_id is None else _chosen_run(session, project_id, run_id)
+            snapshot.run_id = newest if run_id is None else run_id
             snapshot.newest = snapshot.run_id == newest
         if snapshot.run_id is not None and "model" in parts:
             snapshot.checkpoint = session.get(Run, snapshot.run_id).checkpoint

@@ -65,10 +65,11 @@ def test_import_folder_then_export_labels(tmp_path, capsys):
     frame = pd.read_csv(tmp_path / "out" / "labels.csv")
     assert frame[["file", "label", "annotator"]].values.tolist() == [[first.key, "Étoile dog", "ann"]]
     # --run names a finished run of the project; anything else is one line, nothing written.
-    out = ["export", "--project", "pets", "--out", str(tmp_path / "out2"), "--what", "predictions"]
-    assert main([*out, "--run", "7"]) == 2
-    assert "Run 7 is not a finished run of this project" in capsys.readouterr().err
-    assert not (tmp_path / "out2" / "predictions.csv").exists()
+    for what in ("predictions", "labels"):  # with labels only it was passed over without a word
+        out = ["export", "--project", "pets", "--out", str(tmp_path / "out2"), "--what", what]
+        assert main([*out, "--run", "7"]) == 2
+        assert "Run 7 is not a finished run of this project" in capsys.readouterr().err
+    assert not (tmp_path / "out2").exists()
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):

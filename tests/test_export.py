@@ -359,6 +359,10 @@ def test_the_export_page_exports_the_run_chosen(Session, tiny_project, tmp_path)
         f"run {older}: supervised, 6 labels, 60.0% (test)",
     ]
     chooser.set_value(older).run()
+    # Runs finishing before the click push run `older` out of the newest five: the choice on the
+    # page went back to the newest, and that one was exported while the page showed `older`.
+    for n in range(4):
+        _finished_run(Session, tiny_project, tmp_path, f"later{n}", predicted=0)
     at.button(key="export_prepare").click().run()
     assert not at.exception and not at.error
     prepared = at.session_state["export_files"]

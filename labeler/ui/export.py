@@ -172,6 +172,13 @@ def _prepare(project_id: int, run_id: int | None) -> None:
     }
 
 
+EXPORT_REQUEST = "export_request"  # (project, run) of a click on Prepare, done in the script body
+
+
+def _ask_export(project_id: int, run_id: int | None) -> None:
+    st.session_state[EXPORT_REQUEST] = (project_id, run_id)
+
+
 def _chosen_run(project_id: int, runs: list) -> int | None:
     """The finished run whose model and predictions go in the export: the newest, or one of the
     newest few (those whose predictions are kept), chosen here. A newer run is not always the
@@ -196,7 +203,7 @@ def _chosen_run(project_id: int, runs: list) -> int | None:
         key=f"export_run-{project_id}",
         help=f"The newest {len(runs)} finished runs (older runs' predictions are not kept).",
     )
-    return chosen  # the one shown, even if a newer run finishes before the click
+    return chosen
 
 
 def export_page() -> None:
@@ -227,9 +234,19 @@ def export_page() -> None:
         )
         + ("; a trained model is included." if has_model else "; no trained model yet.")
     )
-    run_id = _chosen_run(project.id, runs)
-    if st.button("Prepare the export", key="export_prepare", type="primary"):
-        _prepare(project.id, run_id)
+    # The run shown when the button was drawn: a run finishing before the click pushed the one
+    # chosen out of the newest few, Streamlit put the choice back on the newest, and that was
+    # exported while the page still showed the one chosen.
+    st.button(
+        "Prepare the export",
+        key="export_prepare",
+        type="primary",
+        on_click=_ask_export,
+        args=(project.id, _chosen_run(project.id, runs)),
+    )
+    request = st.session_state.pop(EXPORT_REQUEST, None)
+    if request is not None and request[0] == project.id:
+        _prepare(*request)
     error = st.session_state.pop("export_error", None)
     if error:
         st.error(error)
