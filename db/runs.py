@@ -209,6 +209,13 @@ def pool_labels(session: Session, project_id: int) -> dict[int, int]:
     return {item_id: class_index for item_id, class_index in rows}
 
 
+def pool_label_count(session: Session, project_id: int) -> int:
+    """How many pool images have a label training may use (`pool_labels`, counted)."""
+    return session.scalar(
+        select(func.count()).select_from(_current_pool_labels(project_id, LabelEvent.id).subquery())
+    )
+
+
 def _current_pool_labels(project_id: int, *columns):
     """SELECT `columns` of each pool image's current answer that names a class (no "ignore")."""
     newest = _current_event_ids(project_id)

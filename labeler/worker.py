@@ -287,7 +287,10 @@ class Worker:
             raise
         except Exception as error:
             detail = error.detail if isinstance(error, TrainingDiverged) else ""  # where it diverged
-            log.exception("Run %s failed %s", run_id, detail)
+            if isinstance(error, SettingError):  # the person's to fix (no labels yet), said on the page
+                log.warning("Run %s failed: %s", run_id, error)
+            else:
+                log.exception("Run %s failed %s", run_id, detail)
             message = describe_error(error)
             self._set(last_error=message)
             if isinstance(error, torch.cuda.OutOfMemoryError):

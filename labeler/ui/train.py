@@ -88,6 +88,10 @@ def _start(project_id: int) -> None:
         state["train_error"] = str(error)
         return
     Session = common.session_factory()
+    with Session() as session:  # a run would fail at once, and the server log get a traceback
+        if not run_queries.pool_label_count(session, project_id):
+            state["train_error"] = "There are no labels yet: label a few images, then train."
+            return
     settings = {key: value for key, value in spec.settings().items() if key in FORM_SETTINGS}
 
     def save() -> None:

@@ -330,8 +330,9 @@ def test_training_is_not_started_or_cancelled_once_the_account_changed(
     (`None`: the account unchanged, both work)."""
     from db import runs as run_queries
     from db.models import Project, Run
-    from tests.ui.ui_helpers import running_run
+    from tests.ui.ui_helpers import label_items, running_run
 
+    label_items(Session, tiny_project.id, 6)
     run_id = running_run(Session, tiny_project.id)
     with Session() as session:
         settings_before = dict(session.get(Project, tiny_project.id).settings or {})

@@ -195,6 +195,18 @@ def test_out_of_range_settings_are_refused_with_the_range_not_replaced(
         assert run_queries.list_runs(session, tiny_project.id) == []  # nothing queued with another value
 
 
+def test_training_with_no_labels_is_refused_before_a_run_is_queued(Session, tiny_project):
+    """The run was queued, failed at once with this sentence, and left a traceback in the log."""
+    with Session.begin() as session:  # an "ignore" answer is no label to train on
+        queries.add_label(session, queries.items(session, tiny_project.id, "pool")[0], IGNORED)
+    at = page_app("train", tiny_project.id)
+    at.button(key="train_start").click().run()
+    assert not at.exception
+    assert at.error[0].value.replace("\\", "") == "There are no labels yet: label a few images, then train."
+    with Session() as session:
+        assert run_queries.list_runs(session, tiny_project.id) == []
+
+
 def test_train_page_runs_a_model_and_shows_it_in_the_history(Session, tiny_project):
     label_items(Session, tiny_project.id, 6)
     at = page_app("train", tiny_project.id)
@@ -230,6 +242,7 @@ def test_train_page_runs_a_model_and_shows_it_in_the_history(Session, tiny_proje
 
 
 def test_the_learning_rate_field_shows_the_rate_the_project_runs_with(Session, tiny_project):
+    label_items(Session, tiny_project.id, 6)
     with Session.begin() as session:
         session.get(Project, tiny_project.id).settings = {"model": "sslgan", "config": {"lr": 0.0005}}
     at = page_app("train", tiny_project.id)
