@@ -23,6 +23,10 @@ from db import runs as run_queries
 from db.models import AUDIT, POOL, QUEUED, Item, Prediction, Project, Run, utcnow
 
 AUDIT_EVERY = 5  # one page in five comes from the audit set until it is all labeled
+# The Label box asks for 20 images at a time but shows one: its audit turns come every few
+# answers, not every fifth batch of 20 (the first audit image came after 80 labels, and a small
+# project was almost all labeled before its accuracy could be measured).
+BOX_TURN = 4
 SHARED_LOOK = 200  # images held by others looked at for the last ones to share (`_next_in`)
 CLAIM_SECONDS = 300  # how long an image shown to one annotator is kept from the others
 DEFAULT_RETRAIN_EVERY = 10
@@ -47,9 +51,11 @@ def next_items(
     exclude: Iterable[int] = (),
     annotator: str | None = None,
     keep: Iterable[int] = (),
+    turn: int | None = None,
 ) -> list[tuple[Item, Prediction | None]]:
     """The next k images to show: pool images in queue order, and on audit turns audit images
-    in random order; when that part runs short, both fill the page. Items in `exclude`
+    in random order (`audit_turn` with `turn` answers per turn, default k: the grid's pages; the
+    Label box's BOX_TURN); when that part runs short, both fill the page. Items in `exclude`
     (skipped) come last. `keep`: images still in this annotator's browser (the Label box keeps
     the image on screen whatever the new page holds), whose claims are not released even when
     a finished run re-ordered the queue past them (they were, and another session was given the
@@ -68,11 +74,13 @@ def next_items(
     if k <= 0:
         return []
     exclude = set(exclude)
-    splits = (AUDIT,) if audit_turn(session, project_id, k) else (POOL,)
+    splits = (AUDIT,) if audit_turn(session, project_id, turn or k) else (POOL,)
     keep = set(keep)
     picked = _next_in(session, project_id, k, exclude, annotator, splits, keep, share=False)
-    if len(picked) < k:
-        picked = _next_in(session, project_id, k, exclude, annotator, (POOL, AUDIT), keep, share=True)
+    if len(picked) < k:  # the turn's images first (an audit turn's came in score order among the rest)
+        taken = {item.id for item, _ in picked}
+        more = _next_in(session, project_id, k, exclude, annotator, (POOL, AUDIT), keep | taken, share=True)
+        picked += [pair for pair in more if pair[0].id not in taken][: k - len(picked)]
     return picked
 
 

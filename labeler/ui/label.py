@@ -348,15 +348,16 @@ def _next_batch(project_id: int, k: int, box: bool = False) -> list[tuple[Item, 
     ledger = common.ledger(project_id)
     Session = common.session_factory()
     in_browser = st.session_state.get(f"box-sent-{project_id}", [])[-BATCH:] if box else []
+    turn = queue.BOX_TURN if box else None  # the box's audit turns come every few answers
     try:
         rest = db.retrying(
-            lambda: _queue_page(Session, project_id, k, ledger.skipped, common.claimant(), in_browser)
+            lambda: _queue_page(Session, project_id, k, ledger.skipped, common.claimant(), in_browser, turn)
         )
     except OperationalError:
         # The database stayed locked through every retry: show images unclaimed rather than
         # fail the page; the worst case is two people answering one image, both kept.
         log.warning("Could not claim images; showing them unclaimed.", exc_info=True)
-        rest = _queue_page(Session, project_id, k, ledger.skipped, None)
+        rest = _queue_page(Session, project_id, k, ledger.skipped, None, (), turn)
     with Session() as session:
         # Undone images come back first, unanswered ones only, with the model's guesses (the
         # grid pre-fills them again as before the undo).
@@ -373,12 +374,14 @@ def _next_batch(project_id: int, k: int, box: bool = False) -> list[tuple[Item, 
 
 
 def _queue_page(
-    Session, project_id: int, k: int, skipped, claimant: str | None, keep=()
+    Session, project_id: int, k: int, skipped, claimant: str | None, keep=(), turn: int | None = None
 ) -> list[tuple[Item, object]]:
     """The next k images, claimed for `claimant` (None: unclaimed) in a transaction of their own;
     the claims on `keep` (images still in the browser) are kept (`queue.next_items`)."""
     with Session.begin() as session:  # the claims count once committed
-        return queue.next_items(session, project_id, k=k, exclude=skipped, annotator=claimant, keep=keep)
+        return queue.next_items(
+            session, project_id, k=k, exclude=skipped, annotator=claimant, keep=keep, turn=turn
+        )
 
 
 def _newest_kept(key: str) -> list:

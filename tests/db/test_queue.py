@@ -82,9 +82,11 @@ def test_the_stored_queue_is_the_old_sort(Session, project):
         assert not queue.audit_turn(session, project.id)
         got = [item.id for item, _ in queue.next_items(session, project.id, k=len(pool_order))]
         assert got == pool_order
-        # Asking for more than the pool holds fills the page from pool and audit, in queue order.
+        # Asking for more than the pool holds: the pool in queue order, then the audit images.
         everything = queue.next_items(session, project.id, k=1000)
-        assert [item.id for item, _ in everything] == both_order
+        assert [item.id for item, _ in everything] == pool_order + [
+            i for i in both_order if i not in pool_order
+        ]
         assert all(prediction.run_id == run_id for _, prediction in everything)
         assert {session.get(Item, i).split for i in both_order} == {POOL, AUDIT}
         # Skipped images go last, in their own queue order.
@@ -410,3 +412,21 @@ def test_free_images_of_either_split_come_before_images_another_person_holds(Ses
     bob = page("bob", 20)
     shared = set(bob) & set(alice)
     assert len(shared) == 5 and not shared & set(alice[:40])
+
+
+def test_the_label_box_gets_its_audit_turns_every_few_answers(Session, project):
+    """Asking 20 at a time, the box got its first audit image after 80 labels: on a small project
+    nearly everything was labeled before any honest accuracy existed."""
+    _finished_run(Session, project.id)
+    with Session() as session:
+        pool = [item.id for item in queries.items(session, project.id, POOL)]
+        audit = {item.id for item in queries.items(session, project.id, AUDIT)}
+    _label(Session, pool[:16])
+
+    def splits(**turn) -> set[str]:
+        with Session() as session:
+            page = queue.next_items(session, project.id, k=20, **turn)
+            return {item.split for item, _ in page[: len(audit)]}
+
+    assert splits() == {POOL}  # a grid of 20 waits for its fifth page
+    assert splits(turn=queue.BOX_TURN) == {AUDIT}  # 16 answers: the box's fifth turn of 4
