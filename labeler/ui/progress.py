@@ -199,7 +199,18 @@ def progress_page() -> None:
     frame = curve_frame(curve, split, n_test)
 
     left, right = st.columns(2)
-    if not frame.empty:
+    if split == AUDIT and report is not None and (frame.empty or int(frame.iloc[-1].run_id) != latest):
+        # The newest run finished before the audit images it is measured on now were labeled (its
+        # point on the curve has none): measured on them now, as the confusion matrix below is.
+        # The box stayed empty though audit images were labeled.
+        left.metric(
+            f"Accuracy of run {latest} (the {report['n']} audit images labeled now)",
+            f"{report['accuracy']:.1%}",
+            f"95 % interval {report['low']:.1%} - {report['high']:.1%}",
+            delta_color="off",
+            delta_arrow="off",
+        )
+    elif not frame.empty:
         last = frame.iloc[-1]
         left.metric(
             f"Accuracy of run {int(last.run_id)} ({'test split' if split == TEST else 'audit set'})",
@@ -228,7 +239,12 @@ def progress_page() -> None:
         right.caption("Agreement with the model appears once you label images after a finished run.")
 
     st.subheader("Learning curve")
-    if frame.empty:
+    if frame.empty and not curve.empty and split == AUDIT:
+        st.caption(
+            "One point per finished run, measured on the audit images labeled when it finished: "
+            "the runs so far finished before any was labeled, so the next run adds the first point."
+        )
+    elif frame.empty:
         st.caption("One point per finished run appears here: label, then train (Train page).")
     else:
         st.plotly_chart(

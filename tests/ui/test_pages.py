@@ -350,6 +350,24 @@ def test_progress_says_when_there_is_no_honest_accuracy():
     assert split == "audit" and "7 of 10" in text
 
 
+def test_audit_images_labeled_after_the_newest_run_measure_it(Session):
+    """Runs that finished before any audit image was labeled have no point on the curve: the
+    accuracy box stayed empty and the curve said "label, then train" with audit images labeled
+    and three runs done, while the confusion matrix below used them."""
+    from tests.conftest import tiny_image_set
+
+    own = projects.create_project(Session, "own", "folder:x", images=tiny_image_set(n=40), audit_size=10)
+    run_id = fake_done_run(Session, own.id)
+    with Session.begin() as session:
+        for item in queries.items(session, own.id, "audit")[:3]:
+            queries.add_label(session, item.id, item.truth)  # the fake run guessed the truth
+    at = page_app("progress", own.id)
+    (accuracy,) = [m for m in at.metric if m.label.startswith("Accuracy")]
+    assert accuracy.label == f"Accuracy of run {run_id} (the 3 audit images labeled now)"
+    assert accuracy.value == "100.0%"
+    assert any("the next run adds the first point" in c.value for c in at.caption)
+
+
 def test_agreement_counts_labels_given_after_a_run(Session, tiny_project):
     fake_done_run(Session, tiny_project.id)
     with Session.begin() as session:
