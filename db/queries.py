@@ -601,12 +601,16 @@ def claim_items(
         won = _claim_at_once(connection, project_id, item_ids, annotator, k, now, expires)
     else:
         won = _claim_one_by_one(connection, project_id, item_ids, annotator, k, now, expires)
+    release_claims_but(session, project_id, annotator, set(won) | set(keep))
+    return won
+
+
+def release_claims_but(session: Session, project_id: int, annotator: str, held: set[int]) -> None:
+    """Release the annotator's claims in the project but for those on `held`."""
     release = delete(Claim).where(Claim.project_id == project_id, Claim.annotator == annotator)
-    held = set(won) | set(keep)
     if held:
         release = release.where(Claim.item_id.not_in(held))
-    connection.execute(release)
-    return won
+    session.connection().execute(release)
 
 
 def _claim_at_once(

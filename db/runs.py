@@ -81,7 +81,9 @@ def claim_next_run(session: Session, worker_name: str) -> Run | None:
         if found is None:
             return None
         run_id, project_id = found
-        session.get(Project, project_id, with_for_update=True)
+        # FOR NO KEY UPDATE on PostgreSQL: claimers wait for each other; a run or class added to
+        # the project meanwhile (a foreign key's lighter lock) does not wait.
+        session.get(Project, project_id, with_for_update={"key_share": True})
         now = utcnow()
         result = session.execute(
             update(Run)

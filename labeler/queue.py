@@ -81,6 +81,8 @@ def next_items(
         taken = {item.id for item, _ in picked}
         more = _next_in(session, project_id, k, exclude, annotator, (POOL, AUDIT), keep | taken, share=True)
         picked += [pair for pair in more if pair[0].id not in taken][: k - len(picked)]
+        if annotator is not None:  # claimed for the page and left out: held from the others for nothing
+            queries.release_claims_but(session, project_id, annotator, {item.id for item, _ in picked} | keep)
     return picked
 
 

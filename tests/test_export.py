@@ -346,6 +346,8 @@ def test_an_older_finished_run_can_be_exported_instead_of_the_newest(Session, ti
 def test_the_export_page_exports_the_run_chosen(Session, tiny_project, tmp_path):
     from streamlit.testing.v1 import AppTest
 
+    from db import runs as run_queries
+
     _label_some(Session, tiny_project)
     older = _finished_run(Session, tiny_project, tmp_path, "a", predicted=1)
     newer = _finished_run(Session, tiny_project, tmp_path, "b", predicted=0)
@@ -359,13 +361,20 @@ def test_the_export_page_exports_the_run_chosen(Session, tiny_project, tmp_path)
         f"run {older}: supervised, 6 labels, 60.0% (test)",
     ]
     chooser.set_value(older).run()
-    # Runs finishing before the click push run `older` out of the newest five: the choice on the
-    # page went back to the newest, and that one was exported while the page showed `older`.
-    for n in range(4):
-        _finished_run(Session, tiny_project, tmp_path, f"later{n}", predicted=0)
     at.button(key="export_prepare").click().run()
     assert not at.exception and not at.error
     prepared = at.session_state["export_files"]
     assert prepared["run"] == older and f"the model of run {older}" in at.caption[0].value
     path = next(p for p in prepared["paths"] if p.endswith("predictions.csv"))
     assert set(pd.read_csv(path)["run_id"]) == {older}
+    # Runs finishing before the next click push run `older` out of the newest five (the worker
+    # deletes its predictions): the choice on the page went back to the newest, and that one was
+    # exported while the page showed `older`. Now the export of `older` says why it cannot be.
+    for n in range(4):
+        _finished_run(Session, tiny_project, tmp_path, f"later{n}", predicted=0)
+    with Session.begin() as session:
+        run_queries.prune_predictions(session, tiny_project.id)
+    at.button(key="export_prepare").click().run()
+    assert not at.exception
+    assert f"predictions of run {older} are no longer kept" in at.error[0].value
+    assert at.session_state["export_files"]["run"] == older  # the export before it, unchanged

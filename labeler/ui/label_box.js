@@ -314,7 +314,9 @@ function onKey(s, event) {
       s.zoom = !s.zoom;
       draw(s);
     };
-  else if (!s.current && (key === "Enter" || key === "a")) action = () => {};
+  // Enter or A with no image: taken (and said to store nothing) only while images are to come;
+  // with every image labeled, Enter stays the page's (a focused button or link).
+  else if (!s.current && (key === "Enter" || key === "a") && !(s.data.done && !s.pending.length)) action = () => {};
   if (!action) return;
   event.preventDefault();
   event.stopPropagation();

@@ -113,3 +113,7 @@ def test_keys_on_a_box_with_every_image_labeled_are_not_called_lost(box):
     box.keyboard.press("1")
     assert text(box, "lb-empty").startswith("Every image is labeled")
     assert box.locator('[data-testid="lb-notice"]').count() == 0
+    # Enter stays the page's (a focused button or link): the box took it while it showed nothing.
+    box.evaluate("() => document.body.addEventListener('keydown', (e) => { window.reached = e.key; })")
+    box.keyboard.press("Enter")
+    assert box.evaluate("() => window.reached") == "Enter"

@@ -412,6 +412,7 @@ def test_free_images_of_either_split_come_before_images_another_person_holds(Ses
     bob = page("bob", 20)
     shared = set(bob) & set(alice)
     assert len(shared) == 5 and not shared & set(alice[:40])
+    assert {i for i, (who, _) in _claims(Session).items() if who == "bob"} == set(bob) - shared
 
 
 def test_the_label_box_gets_its_audit_turns_every_few_answers(Session, project):
@@ -430,3 +431,9 @@ def test_the_label_box_gets_its_audit_turns_every_few_answers(Session, project):
 
     assert splits() == {POOL}  # a grid of 20 waits for its fifth page
     assert splits(turn=queue.BOX_TURN) == {AUDIT}  # 16 answers: the box's fifth turn of 4
+    # Claimed: the audit images first, then the queue's head; nothing held that is not shown
+    # (the page's fill claimed k more and kept the claims on those it left out).
+    with Session.begin() as session:
+        page = queue.next_items(session, project.id, k=20, annotator="alice", turn=queue.BOX_TURN)
+    assert {item.split for item, _ in page[: len(audit)]} == {AUDIT}
+    assert set(_claims(Session)) == {item.id for item, _ in page}
