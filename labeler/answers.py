@@ -253,9 +253,8 @@ def _undo_last(Session, annotator: str, action_id: str, ledger: Ledger, outcome:
     kept it across a reload because the answer to its commit was lost), it took back the answer
     before that one too, silently (2 of 2 tries in an exploratory session); sent again to this
     session (the database's answer to its commit was lost) it took back the answer before it."""
-    done = db.retrying(lambda: _applied_by(Session, action_id))
-    if done is not None:  # applied before: its own answer is found taken back, reported as done now
-        item_id, event_id = done
+
+    def take_back(item_id: int, event_id: int, **how) -> str:
         status = _take_back(
             Session,
             annotator,
@@ -264,10 +263,15 @@ def _undo_last(Session, annotator: str, action_id: str, ledger: Ledger, outcome:
             lambda event: True,
             ledger,
             outcome,
-            taken_by_this_action=True,
+            **how,
         )
         if status == "undone":
             outcome.undone_last.append((action_id, item_id))
+        return status
+
+    done = db.retrying(lambda: _applied_by(Session, action_id))
+    if done is not None:  # applied before: its own answer is found taken back, reported as done now
+        take_back(*done, taken_by_this_action=True)
         return
     while True:
         position = _newest_entry(
@@ -277,20 +281,10 @@ def _undo_last(Session, annotator: str, action_id: str, ledger: Ledger, outcome:
             outcome.notices.append("Nothing to undo in this session.")
             return
         (event_id,) = ledger.entries[position]
-        item_id = ledger.item_of_event[event_id]
-        status = _take_back(
-            Session,
-            annotator,
-            item_id,
-            lambda session, event_id=event_id: session.get(LabelEvent, event_id),
-            lambda event: True,
-            ledger,
-            outcome,
-            record_as=action_id,
-        )
-        if status == "undone":
-            outcome.undone_last.append((action_id, item_id))
-        if status in ("undone", "answered since"):
+        if take_back(ledger.item_of_event[event_id], event_id, record_as=action_id) in (
+            "undone",
+            "answered since",
+        ):
             return
         ledger.entries.pop(position)  # not this person's any more, or undone already: the one before
 

@@ -3,12 +3,12 @@
 from __future__ import annotations
 
 import signal
-import time
 
 import pytest
 
 from labeler.latency import free_port, wait_http
 from tests.browser.conftest import image_set, settle, start_server
+from tests.conftest import wait_for
 
 pytestmark = pytest.mark.browser
 
@@ -37,14 +37,12 @@ def test_sigterm_to_the_app_server_mid_run_marks_the_run_interrupted(tmp_path, p
         wait_http(f"http://127.0.0.1:{port}/_stcore/health")
         page.goto(f"http://127.0.0.1:{port}/")  # the page starts the process' trainer
         settle(page)
-        deadline = time.monotonic() + 120
-        while time.monotonic() < deadline:
+
+        def training() -> bool:
             with Session() as session:
-                if session.get(Run, run_id).status == RUNNING:
-                    break
-            time.sleep(0.2)
-        else:
-            pytest.fail("the run did not start")
+                return session.get(Run, run_id).status == RUNNING
+
+        wait_for(training, timeout=120)
         server.send_signal(signal.SIGTERM)
         code = server.wait(timeout=120)
     finally:
