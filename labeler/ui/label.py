@@ -1321,13 +1321,13 @@ def _training_status(project_id: int) -> None:
 
 def _training_status_lines(project_id: int) -> None:
     with common.session_factory()() as session:
-        since = parts.labels_since_last_run(session, project_id)
+        since = parts.since_last_run_words(session, project_id)
         active = run_queries.active_runs(session, project_id)
         project = session.get(Project, project_id)
     every = int((project.settings or {}).get("auto_retrain_every", 0) or 0)
     parts.ensure_worker_for_active(active)
     auto = f" (retrains every {every})" if every else " (automatic retraining is off)"
-    st.caption(f"{since} new labels since the last run{auto}.")
+    st.caption(f"{since[0].upper()}{since[1:]}{auto}.")
     st.caption(parts.status_line(active))
 
 

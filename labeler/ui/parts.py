@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import streamlit as st
+from sqlalchemy import select
 
 import db
 from db import queries
@@ -102,6 +103,18 @@ def status_line(active: list[Run]) -> str:
 def labels_since_last_run(session, project_id: int) -> int:
     """Pool labels given since the newest run that started (what auto-retrain counts)."""
     return run_queries.labels_since_last_run(session, project_id)
+
+
+def since_last_run_words(session, project_id: int) -> str:
+    """ "N new labels since the last run", or, before any run, how many there are to train on (it
+    said "0 new labels since the last run" with no run at all)."""
+    since = labels_since_last_run(session, project_id)
+    started = session.scalar(
+        select(Run.id).where(Run.project_id == project_id, Run.started_at.is_not(None)).limit(1)
+    )
+    if started is not None:
+        return f"{since} new labels since the last run"
+    return f"no run yet, {since} {'label' if since == 1 else 'labels'} to train on"
 
 
 def class_counts(session, project_id: int, names: list[str]) -> pd.DataFrame:

@@ -90,7 +90,11 @@ def _start(project_id: int) -> None:
     Session = common.session_factory()
     with Session() as session:  # a run would fail at once, and the server log get a traceback
         if not run_queries.pool_label_count(session, project_id):
-            state["train_error"] = "There are no labels yet: label a few images, then train."
+            # Answers on audit images measure accuracy and are never trained on (nor is "ignore").
+            state["train_error"] = (
+                "There are no labels to train on yet (audit images and 'ignore' answers are not "
+                "trained on): label a few images from the queue, then train."
+            )
             return
     settings = {key: value for key, value in spec.settings().items() if key in FORM_SETTINGS}
 
@@ -298,7 +302,7 @@ def train_page() -> None:
         project = session.get(Project, project.id)
         runs = run_queries.list_runs(session, project.id)
         current = run_queries.active_runs(session, project.id)
-        since = parts.labels_since_last_run(session, project.id)
+        since = parts.since_last_run_words(session, project.id)
     parts.ensure_worker_for_active(current)
 
     st.title(f"Train · {common.as_typed(project.name)}")
@@ -311,7 +315,7 @@ def train_page() -> None:
 
     _settings_ui(project)
     st.button("Start training", key="train_start", type="primary", on_click=_start, args=(project.id,))
-    st.caption(f"{since} new labels since the last run. Training runs in the background: keep labeling.")
+    st.caption(f"{since[0].upper()}{since[1:]}. Training runs in the background: keep labeling.")
 
     st.subheader("Now")
     st.session_state["train_seen_active"] = {r.id for r in current}

@@ -202,7 +202,9 @@ def test_training_with_no_labels_is_refused_before_a_run_is_queued(Session, tiny
     at = page_app("train", tiny_project.id)
     at.button(key="train_start").click().run()
     assert not at.exception
-    assert at.error[0].value.replace("\\", "") == "There are no labels yet: label a few images, then train."
+    assert at.error[0].value.replace("\\", "").startswith("There are no labels to train on yet (audit images")
+    # It said "0 new labels since the last run" with no run at all.
+    assert at.caption[0].value.startswith("No run yet, 0 labels to train on.")
     with Session() as session:
         assert run_queries.list_runs(session, tiny_project.id) == []
 
