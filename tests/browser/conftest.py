@@ -125,18 +125,28 @@ def choose_bulk_class(page, name: str) -> None:
     from playwright.sync_api import TimeoutError as PlaywrightTimeout
 
     option = page.get_by_role("option", name=name, exact=True)
+    field = page.locator("[class*='st-key-bulk_class-'] input")
+    button = page.locator(
+        "[class*='st-key-bulk_apply-'] button", has_text=re.compile(f" as {re.escape(name)}$")
+    )
     for _ in range(5):  # a rerun that lands just after the click closes the list again
         settle(page)
-        page.locator("[class*='st-key-bulk_class-'] input").click()
+        field.click()
         try:
             option.wait_for(timeout=5_000)
-            break
+            try:
+                option.click(timeout=5_000)
+            except PlaywrightTimeout:
+                # The list can open below the window's edge (a note drawn above the field moved
+                # it down), where no click reaches it: choose by keyboard, as a person could.
+                field.fill(name)
+                option.wait_for(timeout=5_000)
+                page.keyboard.press("Enter")
+            button.wait_for(timeout=10_000)
+            return
         except PlaywrightTimeout:
-            continue
-    option.click()
-    page.locator(
-        "[class*='st-key-bulk_apply-'] button", has_text=re.compile(f" as {re.escape(name)}$")
-    ).wait_for()
+            page.keyboard.press("Escape")
+    button.wait_for()
 
 
 def lasso_outline(page) -> tuple[list[float], list[float]]:
