@@ -165,8 +165,13 @@ def _next_in(
         taken = {item.id for item, _ in picked}
         rest = queries.queue_page(session, project_id, splits, SHARED_LOOK + len(taken), exclude)
         others = [pair for pair in rest if pair[0].id not in taken][::-1]
-        last = sorted(others[: max(k, len(others) // 2)], key=lambda pair: _spread(annotator, pair[0].id))
-        picked += last[: k - len(picked)]
+        # Skipped ones (last in `rest`, so first here) only when nothing else is left.
+        others = [pair for pair in others if pair[0].id not in exclude] or others
+        # At least twice as many to choose from as are wanted, so that tabs take different ones
+        # (with just as many, every grid sharing from 24 images or fewer took the same 12).
+        wanted = k - len(picked)
+        window = others[: max(2 * wanted, len(others) // 2)]
+        picked += sorted(window, key=lambda pair: _spread(annotator, pair[0].id))[:wanted]
     return picked
 
 

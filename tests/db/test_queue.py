@@ -453,3 +453,18 @@ def test_people_sharing_what_another_holds_are_not_all_given_the_same_images(Ses
     assert bob <= alice and carol <= alice and len(bob) == len(carol) == 5
     assert len(bob & carol) < 3
     assert page("bob#1", 5) == bob  # the same page again for the same tab
+
+
+def test_grid_pages_shared_from_a_small_project_differ_between_tabs(Session):
+    """With 24 or fewer images held, every sharing tab took the same 12 (only reordered)."""
+    small = projects.create_project(Session, "small", "folder:s", images=tiny_image_set(n=20), audit_size=0)
+    _finished_run(Session, small.id)
+
+    def page(annotator: str, k: int) -> set[int]:
+        with Session.begin() as session:
+            return {item.id for item, _ in queue.next_items(session, small.id, k=k, annotator=annotator)}
+
+    alice = page("alice#1", 20)
+    bob, carol = page("bob#1", 12), page("carol#1", 12)
+    assert bob <= alice and carol <= alice and len(bob) == len(carol) == 12
+    assert bob != carol

@@ -1012,3 +1012,27 @@ def test_the_learning_curve_runs_from_fewer_labels_to_more():
     m2, sslgan = progress.curve_figure(frame, "test split").data
     assert list(m2.x) == [10, 20, 300] and list(m2.y) == [0.5, 0.6, 0.9] and list(m2.customdata) == [1, 3, 2]
     assert list(sslgan.x) == [5]
+
+
+def test_the_words_for_labels_since_the_last_run(Session, tiny_project):
+    """It said "0 new labels since the last run" with no run, and counted a run killed with its
+    server as the last run while the count passed over it."""
+    from db.models import INTERRUPTED, Run
+    from labeler.ui import parts
+
+    run_id = running_run(Session, tiny_project.id)
+    with Session.begin() as session:
+        session.get(Run, run_id).status = INTERRUPTED
+    label_items(Session, tiny_project.id, 1)
+    with Session() as session:
+        assert parts.since_last_run_words(session, tiny_project.id) == "no run yet, 1 label to train on"
+    fake_done_run(Session, tiny_project.id)
+    with Session.begin() as session:  # given after that run began
+        item = next(
+            i
+            for i in queries.items(session, tiny_project.id, "pool")
+            if i.id not in queries.current_labels(session, tiny_project.id)
+        )
+        queries.add_label(session, item.id, 0)
+    with Session() as session:
+        assert parts.since_last_run_words(session, tiny_project.id) == "1 new label since the last run"
