@@ -418,13 +418,18 @@ def count_items(session: Session, project_id: int, split: str | None = None) -> 
     return session.scalar(query) or 0
 
 
-def latest_done_run_id(session: Session, project_id: int) -> int | None:
-    return session.scalar(
-        select(Run.id)
+def done_runs_newest_first(project_id: int, *columns):
+    """SELECT `columns` (default: the Run) of the project's finished runs, newest first: the one
+    order that "the newest run" and "the newest five keep their predictions" both mean."""
+    return (
+        select(*(columns or (Run,)))
         .where(Run.project_id == project_id, Run.status == DONE)
         .order_by(Run.finished_at.desc(), Run.id.desc())
-        .limit(1)
     )
+
+
+def latest_done_run_id(session: Session, project_id: int) -> int | None:
+    return session.scalar(done_runs_newest_first(project_id, Run.id).limit(1))
 
 
 def unlabeled_candidates(

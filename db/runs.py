@@ -35,7 +35,7 @@ from .models import (
     RunMetric,
     utcnow,
 )
-from .queries import _current_event_ids, analyze, lock_for_write
+from .queries import _current_event_ids, analyze, done_runs_newest_first, lock_for_write
 
 FINISHED_STATUSES = (DONE, "failed", CANCELLED, INTERRUPTED)
 
@@ -130,6 +130,17 @@ def active_runs(session: Session, project_id: int | None = None) -> list[Run]:
     return list(session.scalars(query.order_by(Run.id)))
 
 
+def last_run_started(session: Session, project_id: int):
+    """When the newest run that trained (or is training) started, or None: a run killed with its
+    server (INTERRUPTED) trained nothing, so it does not count."""
+    return session.scalar(
+        select(Run.started_at)
+        .where(Run.project_id == project_id, Run.started_at.is_not(None), Run.status != INTERRUPTED)
+        .order_by(Run.started_at.desc(), Run.id.desc())
+        .limit(1)
+    )
+
+
 def labels_since_last_run(session: Session, project_id: int) -> int:
     """The current pool labels given after the newest run that started (what auto-retrain
     counts): a run killed with its server (INTERRUPTED) trained no model on its labels, so the
@@ -137,12 +148,7 @@ def labels_since_last_run(session: Session, project_id: int) -> int:
     again at every label, and a person's cancel undone by the next). Counted by when each answer
     was given, not as labels now minus the run's: after an undo of a bulk label that run had
     used, that difference stayed below zero for hundreds of labels, and nothing retrained."""
-    started = session.scalar(
-        select(Run.started_at)
-        .where(Run.project_id == project_id, Run.started_at.is_not(None), Run.status != INTERRUPTED)
-        .order_by(Run.started_at.desc(), Run.id.desc())
-        .limit(1)
-    )
+    started = last_run_started(session, project_id)
     query = _current_pool_labels(project_id, func.count())
     if started is not None:
         query = query.where(LabelEvent.created_at > started)
@@ -150,10 +156,10 @@ def labels_since_last_run(session: Session, project_id: int) -> int:
 
 
 def latest_done_run(session: Session, project_id: int, model: str | None = None) -> Run | None:
-    query = select(Run).where(Run.project_id == project_id, Run.status == DONE)
+    query = done_runs_newest_first(project_id)
     if model is not None:
         query = query.where(Run.model == model)
-    return session.scalars(query.order_by(Run.finished_at.desc(), Run.id.desc()).limit(1)).first()
+    return session.scalars(query.limit(1)).first()
 
 
 def add_metrics(session: Session, run_id: int, step: int, seconds: float, values: dict[str, float]) -> None:
@@ -213,9 +219,7 @@ def pool_labels(session: Session, project_id: int) -> dict[int, int]:
 
 def pool_label_count(session: Session, project_id: int) -> int:
     """How many pool images have a label training may use (`pool_labels`, counted)."""
-    return session.scalar(
-        select(func.count()).select_from(_current_pool_labels(project_id, LabelEvent.id).subquery())
-    )
+    return int(session.scalar(_current_pool_labels(project_id, func.count())) or 0)
 
 
 def _current_pool_labels(project_id: int, *columns):
@@ -282,28 +286,14 @@ KEPT_PREDICTIONS = 5  # finished runs per project whose prediction rows are kept
 def newest_done_runs(session: Session, project_id: int, n: int = KEPT_PREDICTIONS) -> list[Run]:
     """The project's newest `n` finished runs, newest first: those whose predictions are kept, so
     whose model and predictions can be exported."""
-    return list(
-        session.scalars(
-            select(Run)
-            .where(Run.project_id == project_id, Run.status == DONE)
-            .order_by(Run.finished_at.desc(), Run.id.desc())
-            .limit(n)
-        )
-    )
+    return list(session.scalars(done_runs_newest_first(project_id).limit(n)))
 
 
 def prune_predictions(session: Session, project_id: int, keep: int = KEPT_PREDICTIONS) -> int:
     """Delete the prediction rows of all but the newest `keep` DONE runs (each run stores one
     row per item, which adds up on large sets); the runs themselves and their accuracies stay.
     Returns the number of runs pruned."""
-    done = list(
-        session.scalars(
-            select(Run.id)
-            .where(Run.project_id == project_id, Run.status == DONE)
-            .order_by(Run.finished_at.desc(), Run.id.desc())
-        )
-    )
-    old = done[keep:]
+    old = list(session.scalars(done_runs_newest_first(project_id, Run.id)))[keep:]
     if old:
         session.execute(delete(QueuePosition).where(QueuePosition.run_id.in_(old)))
         session.execute(delete(Prediction).where(Prediction.run_id.in_(old)))

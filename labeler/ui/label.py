@@ -1327,7 +1327,7 @@ def _training_status_lines(project_id: int) -> None:
     every = int((project.settings or {}).get("auto_retrain_every", 0) or 0)
     parts.ensure_worker_for_active(active)
     auto = f" (retrains every {every})" if every else " (automatic retraining is off)"
-    st.caption(f"{since[0].upper()}{since[1:]}{auto}.")
+    st.caption(f"{since}{auto}.")
     st.caption(parts.status_line(active))
 
 

@@ -10,12 +10,11 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import streamlit as st
-from sqlalchemy import select
 
 import db
 from db import queries
 from db import runs as run_queries
-from db.models import INTERRUPTED, QUEUED, RUNNING, Project, Run
+from db.models import QUEUED, RUNNING, Project, Run
 
 from .. import queue
 from . import common
@@ -109,14 +108,10 @@ def since_last_run_words(session, project_id: int) -> str:
     """ "N new labels since the last run", or, before any run, how many there are to train on (it
     said "0 new labels since the last run" with no run at all)."""
     since = labels_since_last_run(session, project_id)
-    started = session.scalar(  # as labels_since_last_run counts: a run killed with its server trained nothing
-        select(Run.id)
-        .where(Run.project_id == project_id, Run.started_at.is_not(None), Run.status != INTERRUPTED)
-        .limit(1)
-    )
-    if started is not None:
-        return f"{since} new {'label' if since == 1 else 'labels'} since the last run"
-    return f"no run yet, {since} {'label' if since == 1 else 'labels'} to train on"
+    labels = common.by_count(since, "1 label", f"{since} labels")
+    if run_queries.last_run_started(session, project_id) is not None:
+        return f"{common.by_count(since, '1 new label', f'{since} new labels')} since the last run"
+    return f"No run yet, {labels} to train on"
 
 
 def class_counts(session, project_id: int, names: list[str]) -> pd.DataFrame:

@@ -315,7 +315,7 @@ def train_page() -> None:
 
     _settings_ui(project)
     st.button("Start training", key="train_start", type="primary", on_click=_start, args=(project.id,))
-    st.caption(f"{since[0].upper()}{since[1:]}. Training runs in the background: keep labeling.")
+    st.caption(f"{since}. Training runs in the background: keep labeling.")
 
     st.subheader("Now")
     st.session_state["train_seen_active"] = {r.id for r in current}

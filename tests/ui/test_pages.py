@@ -1025,7 +1025,7 @@ def test_the_words_for_labels_since_the_last_run(Session, tiny_project):
         session.get(Run, run_id).status = INTERRUPTED
     label_items(Session, tiny_project.id, 1)
     with Session() as session:
-        assert parts.since_last_run_words(session, tiny_project.id) == "no run yet, 1 label to train on"
+        assert parts.since_last_run_words(session, tiny_project.id) == "No run yet, 1 label to train on"
     fake_done_run(Session, tiny_project.id)
     with Session.begin() as session:  # given after that run began
         item = next(
