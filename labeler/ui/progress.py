@@ -199,23 +199,23 @@ def progress_page() -> None:
     frame = curve_frame(curve, split, n_test)
 
     left, right = st.columns(2)
+    shown = None  # (label, accuracy, low, high) of the accuracy box
     if split == AUDIT and report is not None and (frame.empty or int(frame.iloc[-1].run_id) != latest):
         # The newest run finished before the audit images it is measured on now were labeled (its
         # point on the curve has none): measured on them now, as the confusion matrix below is.
         # The box stayed empty though audit images were labeled.
-        left.metric(
-            f"Accuracy of run {latest} (the {report['n']} audit images labeled now)",
-            f"{report['accuracy']:.1%}",
-            f"95 % interval {report['low']:.1%} - {report['high']:.1%}",
-            delta_color="off",
-            delta_arrow="off",
-        )
+        label = f"Accuracy of run {latest} (the {report['n']} audit images labeled now)"
+        shown = (label, report["accuracy"], report["low"], report["high"])
     elif not frame.empty:
         last = frame.iloc[-1]
+        label = f"Accuracy of run {int(last.run_id)} ({'test split' if split == TEST else 'audit set'})"
+        shown = (label, last.accuracy, last.low, last.high)
+    if shown is not None:
+        label, accuracy, low, high = shown
         left.metric(
-            f"Accuracy of run {int(last.run_id)} ({'test split' if split == TEST else 'audit set'})",
-            f"{last.accuracy:.1%}",
-            f"95 % interval {last.low:.1%} - {last.high:.1%}",
+            label,
+            f"{accuracy:.1%}",
+            f"95 % interval {low:.1%} - {high:.1%}",
             delta_color="off",
             delta_arrow="off",
         )
