@@ -243,7 +243,7 @@ def read_snapshot(
             else pd.DataFrame(columns=LABEL_COLUMNS),
         )
         if run_id is not None:  # checked whatever is exported: a wrong one was passed over with labels only
-            _chosen_run(session, project_id, run_id)
+            _check_run(session, project_id, run_id)
         if {"predictions", "model"} & set(parts):
             newest = queries.latest_done_run_id(session, project_id)
             snapshot.run_id = newest if run_id is None else run_id
@@ -266,7 +266,7 @@ def read_snapshot(
     return snapshot
 
 
-def _chosen_run(session: Session, project_id: int, run_id: int) -> int:
+def _check_run(session: Session, project_id: int, run_id: int) -> int:
     """`run_id`, checked to be a finished run of this project."""
     run = session.get(Run, run_id)
     if run is None or run.project_id != project_id or run.status != DONE:
