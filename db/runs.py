@@ -67,8 +67,12 @@ def claim_next_run(session: Session, worker_name: str) -> Run | None:
     is locked first (PostgreSQL; on SQLite the database's write lock), so two workers cannot
     both see it idle. The UPDATE only succeeds while the row is still QUEUED and the project
     still idle, so when two workers race for the same run exactly one sees rowcount 1; the other
-    moves on to the next candidate.
+    moves on to the next candidate. With nothing queued it returns before taking any lock: every
+    worker polls every second, and an idle poll took SQLite's write lock each time (waiting behind
+    any long writer, and making the app's answers wait behind it).
     """
+    if session.scalar(select(Run.id).where(Run.status == QUEUED).limit(1)) is None:
+        return None
     lock_for_write(session)
     busy = select(Run.project_id).where(Run.status == RUNNING)
     for _ in range(5):

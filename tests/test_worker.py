@@ -315,6 +315,25 @@ def test_claim_is_exclusive(Session, project):
         assert run_queries.claim_next_run(s2, "b") is None
 
 
+def test_an_idle_poll_takes_no_write_lock(Session, db_url, project):
+    """Every worker polls every second; with nothing queued the poll must not wait for (or take)
+    SQLite's write lock, which a long writer holds (an import, a backup, another app's answers)."""
+    import sqlite3
+
+    writer = sqlite3.connect(db_url.split("///", 1)[-1], isolation_level=None)
+    writer.execute("BEGIN IMMEDIATE")  # another connection holds the write lock
+    try:
+        with Session.begin() as session:
+            session.connection().exec_driver_sql("PRAGMA busy_timeout=0")  # fail at once, never wait
+            assert run_queries.claim_next_run(session, "idle") is None
+    finally:
+        writer.execute("ROLLBACK")
+        writer.close()
+    queue(Session, project.id)  # with a run queued it takes the lock (and the run)
+    with Session.begin() as session:
+        assert run_queries.claim_next_run(session, "busy") is not None
+
+
 def running(Session, project_id, owner) -> int:
     """A RUNNING run of `owner`, set directly (a worker claims one run per project at a time)."""
     run_id = queue(Session, project_id)
