@@ -6,7 +6,7 @@ streamlit run app.py
 import streamlit as st
 from sqlalchemy.exc import OperationalError
 
-from labeler.ui import PAGES, account, common, label
+from labeler.ui import PAGES, account, common, label, parts
 
 st.set_page_config(page_title="labeler", page_icon="assets/logo.png", layout="wide")
 st.logo("assets/logo.png")
@@ -41,6 +41,7 @@ try:
     page = st.navigation(
         [st.Page(fn, title=title, icon=icon, url_path=path) for path, title, icon, fn in pages]
     )
+    parts.wake_worker_if_runs_wait()  # a run queued before a restart trains whatever page is open
     # The Label page says the current project's History changes itself, beside its History.
     label.unsaved_note(current=page.title != "Label", anywhere=unsaved)
     common.outage_notice()  # a click an outage kept from being saved

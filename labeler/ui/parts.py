@@ -10,6 +10,7 @@ from collections import Counter
 import numpy as np
 import pandas as pd
 import streamlit as st
+from sqlalchemy import select
 
 import db
 from db import queries
@@ -72,6 +73,17 @@ def ensure_worker_for_active(active: list[Run]) -> None:
     """Start this process' worker when a run waits (e.g. one queued before a restart) or shows
     as running: if that run's process was killed, the worker marks it interrupted on start."""
     if any(run.status in (QUEUED, RUNNING) for run in active):
+        common.worker().wake()
+
+
+def wake_worker_if_runs_wait() -> None:
+    """Every page, before it runs (app.py): start this process' worker when a run of any project
+    waits or shows as running. Only the Label and Train pages started it, so after a restart a
+    run queued before it stayed queued while only the Latent space page was open (an exploratory
+    session, about 2 minutes, until the Train page was opened)."""
+    with common.session_factory()() as session:
+        waiting = session.scalar(select(Run.id).where(Run.status.in_((QUEUED, RUNNING))).limit(1))
+    if waiting is not None:
         common.worker().wake()
 
 

@@ -1036,3 +1036,16 @@ def test_the_words_for_labels_since_the_last_run(Session, tiny_project):
         queries.add_label(session, item.id, 0)
     with Session() as session:
         assert parts.since_last_run_words(session, tiny_project.id) == "1 new label since the last run"
+
+
+def test_a_waiting_run_starts_the_worker_whatever_page_is_open(Session, tiny_project, _test_worker):
+    """app.py asks before every page: only Label and Train started the worker, so after a restart
+    a queued run waited while only the Latent space page was open (an exploratory session)."""
+    from streamlit.testing.v1 import AppTest
+
+    script = "from labeler.ui import parts\nparts.wake_worker_if_runs_wait()"
+    AppTest.from_string(script, default_timeout=60).run()
+    assert not _test_worker  # nothing waits: no worker (and no torch) for an idle project
+    running_run(Session, tiny_project.id)
+    AppTest.from_string(script, default_timeout=60).run()
+    assert _test_worker
