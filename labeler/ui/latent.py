@@ -465,6 +465,7 @@ def _bulk_label(
         st.session_state["latent_message"] = ("error", f"The labels were not saved: {error}")
         return
     common.ledger(project_id).record(events)
+    st.session_state.pop(_frame_key(project_id), None)  # the map shows the new labels (`_map_frame`)
     text = f"Labeled {len(events)} {common.by_count(len(events), 'image', 'images')} at once."
     if outcome:
         text += _relabel_report(outcome)
@@ -554,7 +555,7 @@ def latent_page() -> None:
             st.info("No finished run yet: train a model (Train page) to see its latent space.")
             return
         run = _map_run(session, project.id, newest)
-        frame = points_frame(session, project.id, run.id, names)
+        frame = _map_frame(session, project.id, run.id, names)
     kind, text = st.session_state.pop("latent_message", (None, None))
     if kind:
         getattr(st, kind)(common.as_typed(text))
@@ -607,6 +608,25 @@ def _map_run(session, project_id: int, newest: Run) -> Run:
             return run
     _pin(project_id, newest.id)
     return newest
+
+
+def _frame_key(project_id: int) -> str:
+    return f"latent-frame-{project_id}"
+
+
+def _map_frame(session, project_id: int, run_id: int, names: list[str]) -> pd.DataFrame:
+    """The map's points: read anew on every page run, but while something is selected the ones
+    the selection was drawn on. Streamlit tells a chart by its whole figure, and labeled points
+    are crosses, so a label given anywhere, by anyone, made a new chart: the selection, its
+    thumbnails and the chosen class vanished at the next click (an exploratory session, 4 of 4
+    while another person labeled). A bulk label checks the answers the map showed (`_bulk_label`),
+    and then lets the map be read anew."""
+    kept = st.session_state.get(_frame_key(project_id))
+    if kept is not None and kept[0] == run_id and _has_selection(st.session_state.get("latent")):
+        return kept[1]
+    frame = points_frame(session, project_id, run_id, names)
+    st.session_state[_frame_key(project_id)] = (run_id, frame)
+    return frame
 
 
 def _has_selection(event) -> bool:

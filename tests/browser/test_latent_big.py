@@ -120,3 +120,39 @@ def test_a_run_finishing_under_a_selection_keeps_the_map_and_the_selection(big_m
     assert page.get_by_text(f"Run {first} (m2): {n} images").is_visible()
     page.get_by_role("button", name=f"Show run {newer}").click()
     page.get_by_text(f"Run {newer} (m2): {n} images").wait_for()
+
+
+def test_a_label_given_anywhere_under_a_selection_keeps_it(big_map_server, page):
+    """Streamlit tells a chart by its whole figure and labeled points are crosses: a label given
+    by anyone, anywhere, made a new chart, and at the next click (choosing the class) the
+    selection, its thumbnails and the button vanished (an exploratory session, 4 of 4 while
+    another person labeled). The map stays as drawn while something is selected; the bulk label
+    leaves the image answered meanwhile as it is."""
+    Session, project, n = big_map_server["Session"], big_map_server["project"], big_map_server["n"]
+    run_id = _done_run(Session, project.id, n, seed=4)
+    page.goto(f"{big_map_server['url']}/latent?project={project.id}")
+    page.get_by_text(f"Run {run_id} (m2): {n} images").wait_for()
+    draw_lasso(page, [(0.3, 0.3), (0.6, 0.3), (0.6, 0.7), (0.3, 0.7), (0.3, 0.31)])
+    heading = page.get_by_text(re.compile(r"^\d+ selected$"))
+    heading.wait_for()
+    selected = int(heading.inner_text().split()[0])
+    lasso_x, lasso_y = lasso_outline(page)
+    with Session() as session:
+        points = run_queries.predictions_frame(session, run_id)
+        labeled = set(queries.current_labels(session, project.id))
+    inside = {
+        int(i) for i in points["item_id"][latent.inside_polygon(points["x"], points["y"], lasso_x, lasso_y)]
+    }
+    outside = sorted(set(points["item_id"]) - inside - labeled)
+    inside_open = sorted(inside - labeled)
+    with Session.begin() as session:  # another person labels one image outside it and one inside
+        queries.add_label(session, int(outside[0]), 1, annotator="bob")
+        queries.add_label(session, int(inside_open[0]), 1, annotator="bob")
+    choose_bulk_class(page, "dark")  # a rerun: the selection was gone here
+    assert heading.inner_text() == f"{selected} selected"
+    page.locator("[class*='st-key-bulk_apply-'] button").click()
+    page.get_by_text(re.compile(r"Labeled \d+ images at once")).wait_for()
+    with Session() as session:
+        now = queries.current_labels(session, project.id)
+    assert now[int(inside_open[0])] == now[int(outside[0])] == 1  # bob's answers stand
+    assert all(now[i] == 0 for i in inside_open[1:])  # dark
