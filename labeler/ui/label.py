@@ -1214,11 +1214,16 @@ def _history(project_id: int, names: list[str]) -> None:
                 caption=common.as_typed(caption(item)),
                 width="stretch",
             )
+            tile = _tile_of(item.id, event.id)
+            saved = options.index(event.class_index) if event.class_index in options else 0
             st.selectbox(
                 f"by {common.as_typed(event.annotator)}",
                 options,
-                index=options.index(event.class_index) if event.class_index in options else 0,
-                key=_tile_of(item.id, event.id),
+                # A tile with a value (its own, or set by `_with_unsaved` or the rename check) is
+                # drawn on it, whatever `index` says: no default then, which Streamlit logs as a
+                # conflict, with a stack.
+                index=0 if tile in st.session_state else saved,
+                key=tile,
                 format_func=lambda i: ignored if i == IGNORED else names[i],
                 on_change=_remember_correction,
                 args=(project_id, (item.id, event.id), list(names), event.class_index),

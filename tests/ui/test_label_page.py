@@ -446,12 +446,24 @@ def test_a_history_change_stays_on_the_page_until_saved_when_newer_answers_push_
     assert _labels(Session, tiny_project.id)[a] == 1 - was
 
 
-def test_a_history_change_not_saved_yet_follows_its_class_name_through_a_rename(Session, tiny_project):
+def test_a_history_change_not_saved_yet_follows_its_class_name_through_a_rename(
+    Session, tiny_project, monkeypatch
+):
     """A selectbox's value travels as the name it shows: after a rename the browser's old name
     matched no option, and Streamlit put a changed tile back on its saved answer, silently, so
     Save left that correction out. The tile keeps the class it was set to, by name, when another
-    class is renamed; when its own class is renamed it shows its saved answer again and says so."""
+    class is renamed; when its own class is renamed it shows its saved answer again and says so.
+    Setting the tiles logs no warning (Streamlit's "created with a default value but also had its
+    value set via the Session State API", with a stack, in an exploratory session's log)."""
+    from streamlit.elements.lib import policies
+
     from tests.ui.ui_helpers import label_items
+
+    logged = []
+    monkeypatch.setattr(policies, "_shown_default_value_warning", False)  # once per process
+    monkeypatch.setattr(
+        policies._LOGGER, "warning", lambda message, *args, **_: logged.append(message % args)
+    )
 
     (a,) = label_items(Session, tiny_project.id, 1, annotator="bob")
     was = _labels(Session, tiny_project.id)[a]
@@ -472,6 +484,7 @@ def test_a_history_change_not_saved_yet_follows_its_class_name_through_a_rename(
     button(at, "hist_save").click().run()
     assert "Corrected 1 label " in at.success[0].value
     assert _labels(Session, tiny_project.id)[a] == 1 - was
+    assert not logged
 
 
 def test_a_history_change_not_saved_yet_waits_while_the_person_looks_at_another_mode(Session, tiny_project):
