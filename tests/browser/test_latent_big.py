@@ -101,17 +101,24 @@ def test_a_lasso_on_a_big_map_selects_the_points_drawn_only_in_its_picture(big_m
     assert labeled == {int(i) for i in points["item_id"][inside]}
 
 
+def _lassoed(big_map_server, page, seed: int):
+    """A new finished run's map open, with a lasso drawn on it: (the run's id, the "N selected" heading)."""
+    Session, project, n = big_map_server["Session"], big_map_server["project"], big_map_server["n"]
+    run_id = _done_run(Session, project.id, n, seed=seed)
+    page.goto(f"{big_map_server['url']}/latent?project={project.id}")
+    page.get_by_text(f"Run {run_id} (m2): {n} images").wait_for()
+    draw_lasso(page, [(0.3, 0.3), (0.6, 0.3), (0.6, 0.7), (0.3, 0.7), (0.3, 0.31)])
+    heading = page.get_by_text(re.compile(r"^\d+ selected$"))
+    heading.wait_for()
+    return run_id, heading
+
+
 def test_a_run_finishing_under_a_selection_keeps_the_map_and_the_selection(big_map_server, page):
     """With retraining every 10 labels, a run finished while a person had a lasso drawn: the next
     rerun (choosing the class) drew the new run's map, and the selection, its thumbnails and the
     button were gone without a word. The map stays; the page offers the newer run."""
     Session, project, n = big_map_server["Session"], big_map_server["project"], big_map_server["n"]
-    first = _done_run(Session, project.id, n, seed=1)
-    page.goto(f"{big_map_server['url']}/latent?project={project.id}")
-    page.get_by_text(f"Run {first} (m2): {n} images").wait_for()
-    draw_lasso(page, [(0.3, 0.3), (0.6, 0.3), (0.6, 0.7), (0.3, 0.7), (0.3, 0.31)])
-    heading = page.get_by_text(re.compile(r"^\d+ selected$"))
-    heading.wait_for()
+    first, heading = _lassoed(big_map_server, page, seed=1)
     selected = heading.inner_text()
     newer = _done_run(Session, project.id, n, seed=2)
     choose_bulk_class(page, "dark")  # a rerun, as in the session that found it
@@ -128,13 +135,8 @@ def test_a_label_given_anywhere_under_a_selection_keeps_it(big_map_server, page)
     selection, its thumbnails and the button vanished (an exploratory session, 4 of 4 while
     another person labeled). The map stays as drawn while something is selected; the bulk label
     leaves the image answered meanwhile as it is."""
-    Session, project, n = big_map_server["Session"], big_map_server["project"], big_map_server["n"]
-    run_id = _done_run(Session, project.id, n, seed=4)
-    page.goto(f"{big_map_server['url']}/latent?project={project.id}")
-    page.get_by_text(f"Run {run_id} (m2): {n} images").wait_for()
-    draw_lasso(page, [(0.3, 0.3), (0.6, 0.3), (0.6, 0.7), (0.3, 0.7), (0.3, 0.31)])
-    heading = page.get_by_text(re.compile(r"^\d+ selected$"))
-    heading.wait_for()
+    Session, project = big_map_server["Session"], big_map_server["project"]
+    run_id, heading = _lassoed(big_map_server, page, seed=4)
     selected = int(heading.inner_text().split()[0])
     lasso_x, lasso_y = lasso_outline(page)
     with Session() as session:
