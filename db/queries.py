@@ -695,11 +695,14 @@ def _take_claim(connection, project_id: int, item_id: int, annotator: str, now, 
         return False
 
 
-def release_claims(session: Session, token: str) -> int:
+def release_claims(session: Session, token: str, keep: Iterable[int] = ()) -> int:
     """Give back every image one browser tab holds, in every project: the claims of
-    "name#token" (labeler.ui.common.claimant), whatever the name; return how many."""
+    "name#token" (labeler.ui.common.claimant), whatever the name, but those on `keep` (they run
+    out by themselves); return how many."""
     if not token:
         return 0
-    return session.execute(
-        delete(Claim).where(Claim.annotator.endswith(f"#{token}", autoescape=True))
-    ).rowcount
+    query = delete(Claim).where(Claim.annotator.endswith(f"#{token}", autoescape=True))
+    keep = list(keep)
+    if keep:
+        query = query.where(Claim.item_id.not_in(keep))
+    return session.execute(query).rowcount

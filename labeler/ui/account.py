@@ -74,12 +74,22 @@ _PERSONAL_PREFIXES = (
 def clear_personal(keep: tuple[str, ...] = ()) -> None:
     """Forget the person's work in this tab (a login, a logout, a new name without accounts),
     and give back the images the tab held for them, so others get them now rather than when
-    the claims run out (queue.CLAIM_SECONDS)."""
+    the claims run out (queue.CLAIM_SECONDS); but not the images sent to the Label box: answers
+    to them may still wait in the tab (the box sends one batch at a time) and are sent when the
+    person logs in here again. Given back at once, they went to the next person in the tab,
+    who answered first, and the first person's answers were refused (an exploratory session,
+    3 of 4 logouts right after a few quick keys)."""
     token = st.session_state.get("claim_token")
     if token and "claim_token" not in keep:
+        in_box = {
+            int(item_id)
+            for key, sent in st.session_state.items()
+            if str(key).startswith("box-sent-")
+            for item_id in sent or ()
+        }
         try:
             with common.session_factory().begin() as session:
-                queries.release_claims(session, str(token))
+                queries.release_claims(session, str(token), keep=in_box)
         except Exception:  # the claims run out by themselves; the logout goes on
             logger.warning("could not give back the claims of a tab", exc_info=True)
     for key in [k for k in st.session_state if str(k).startswith(_PERSONAL_PREFIXES)] + list(_PERSONAL_KEYS):

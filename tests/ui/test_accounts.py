@@ -236,8 +236,10 @@ def test_the_next_person_in_the_tab_does_not_get_the_held_grid_page(Session, tin
 
     from db.models import Claim, utcnow
 
-    at = log_in(app_run(tiny_project.id), "ann")
-    at.radio(key="label_mode").set_value("Grid").run()
+    at = app_run(tiny_project.id)
+    at.session_state["label_mode"] = "Grid"  # the box's images stay held (the test below)
+    log_in(at, "ann")
+    assert f"box-sent-{tiny_project.id}" not in at.session_state
     held = f"grid-page-{tiny_project.id}"
     anns = list(at.session_state[held])
     at.session_state[f"grid-accepted-{tiny_project.id}"] = {"1,2,3"}
@@ -273,6 +275,30 @@ def test_the_next_person_in_the_tab_does_not_get_the_held_grid_page(Session, tin
     ada = f"ada#{at.session_state['claim_token']}"
     with Session() as session:
         assert adas and {c.item_id for c in session.query(Claim).filter_by(annotator=ada)} >= set(adas)
+
+
+def test_the_next_person_in_the_tab_is_not_given_the_images_of_the_label_box(Session, tiny_project, accounts):
+    """Answers to the box's images may still wait in the tab at a logout (the box sends one batch
+    at a time): given back at once, those images went to the next person in the tab, who answered
+    first, and the first person's answers were refused when she logged in again (an exploratory
+    session, 3 of 4). They stay held for the claim's minutes; the grid's page is given back."""
+    from ui_helpers import box_data
+
+    from db.models import Claim
+    from labeler import projects
+    from tests.conftest import tiny_image_set
+
+    # Room for two boxes of 20: on a smaller project Ada's would share some of Ann's by design.
+    project = projects.create_project(Session, "forty", "test", images=tiny_image_set(n=48, test=0))
+    at = log_in(app_run(project.id), "ann")
+    anns = [item["id"] for item in box_data(at)["items"]]
+    tab = f"ann#{at.session_state['claim_token']}"
+    at.button(key="logout").click().run()
+    with Session() as session:
+        assert {c.item_id for c in session.query(Claim).filter_by(annotator=tab)} == set(anns)
+    log_in(at, "ada")
+    adas = [item["id"] for item in box_data(at)["items"]]
+    assert adas and not set(adas) & set(anns)
 
 
 def test_a_logout_while_history_changes_wait_asks_first(Session, tiny_project, accounts):
