@@ -296,7 +296,11 @@ def account_now() -> dict | None:
 
     Callbacks run before app.py's gate re-checks the login, so whatever a callback may do is
     decided here, not by what the session remembers from its last run."""
-    user = signed_in()
+    return _as_stored(signed_in())
+
+
+def _as_stored(user: dict | None) -> dict | None:
+    """`user` (a session's login) as the database has that account now, or None (see account_now)."""
     if user is None:
         return None
     with session_factory()() as session:
@@ -309,9 +313,15 @@ def account_now() -> dict | None:
 def is_admin() -> bool:
     """Admins create and import projects, export, and add or rename classes. Without accounts
     the app is single-user and local, and whoever opens it may do everything."""
+    return admin_now(signed_in())
+
+
+def admin_now(user: dict | None) -> bool:
+    """`is_admin` for the login `user` (`signed_in()` as a page had it), outside a script run:
+    a download button's file is made when it is clicked, without one."""
     if not accounts_enabled():
         return True
-    user = account_now()
+    user = _as_stored(user)
     return user is not None and user["role"] == "admin"
 
 

@@ -172,6 +172,20 @@ def _prepare(project_id: int, run_id: int | None) -> None:
     }
 
 
+class NotAdmin(PermissionError):
+    pass
+
+
+def _for_admin(user: dict | None, make) -> bytes:
+    """A download's bytes, made when its button is clicked, which runs no script (so no page
+    check): only while `user`, who was shown the button, is an admin still. An admin demoted
+    with the page open downloaded every file, the model zip built after the demotion (an
+    exploratory session)."""
+    if not common.admin_now(user):
+        raise NotAdmin("Only an admin can download exports; ask an admin of this app.")
+    return make()
+
+
 EXPORT_REQUEST = "export_request"  # (project, run) of a click on Prepare, done in the script body
 
 
@@ -269,7 +283,7 @@ def export_page() -> None:
             # A callable: the file is read when the button is clicked, not on every rerun.
             st.download_button(
                 label,
-                data=functools.partial(paths[name].read_bytes),
+                data=functools.partial(_for_admin, common.signed_in(), paths[name].read_bytes),
                 file_name=f"{project.name}-{name}",
                 mime=mime,
                 key=f"download-{name}",
@@ -279,7 +293,9 @@ def export_page() -> None:
     if model_paths:
         st.download_button(
             "Model: checkpoint + TorchScript + ONNX + classes.json + prepare.py (zip)",
-            data=functools.partial(export.zip_bytes, model_paths),
+            data=functools.partial(
+                _for_admin, common.signed_in(), functools.partial(export.zip_bytes, model_paths)
+            ),
             file_name=f"{project.name}-model.zip",
             mime="application/zip",
             key="download-model",

@@ -116,6 +116,33 @@ def test_an_annotator_cannot_export(tiny_project, accounts):
     assert not admin.error and admin.button(key="export_prepare")
 
 
+def test_a_download_is_refused_once_its_admin_is_an_admin_no_more(
+    Session, tiny_project, accounts, monkeypatch
+):
+    """A download button's file is made when it is clicked, which runs no script and so no page
+    check: an admin demoted with the Export page open downloaded every file (an exploratory
+    session). Each file is made only while the person shown the button is an admin."""
+    import streamlit as st
+
+    from labeler.ui import export as export_ui
+    from tests.ui.ui_helpers import label_items
+
+    label_items(Session, tiny_project.id, 6)
+    made = []
+    real = st.download_button
+    monkeypatch.setattr(st, "download_button", lambda *a, **k: made.append(k["data"]) or real(*a, **k))
+    at = _page_as("export", tiny_project.id, ADA)
+    at.button(key="export_prepare").click().run()
+    assert not at.exception and len(made) >= 3
+    assert all(isinstance(make(), bytes) for make in made)
+    with Session.begin() as session:
+        users.set_role(session, "ann", "admin")  # ada may not be the last admin
+        users.set_role(session, "ada", "annotator")
+    for make in made:
+        with pytest.raises(export_ui.NotAdmin, match="Only an admin can download exports"):
+            make()
+
+
 def test_an_annotator_cannot_create_or_import_projects(Session, tiny_project, accounts):
     at = _page_as("project", tiny_project.id, ANN)
     assert not at.exception
