@@ -82,6 +82,9 @@ class Outcome:
     refused_actions: list[str] = field(default_factory=list)
     # (undo_last action id, the image it opened again): the box shows that image at once.
     undone_last: list[tuple[str, int]] = field(default_factory=list)
+    # Images whose undo found a newer answer standing: the box, which shows an image it undid at
+    # once, is told they are answered (a key for one was refused as "arrived after it was answered").
+    answered_since: list[int] = field(default_factory=list)
     # The database stopped answering before every action was applied: the ones before it are
     # applied (and reported above), the rest wait for the next try (the caller re-raises this).
     stopped_by: OperationalError | None = None
@@ -342,6 +345,7 @@ def _take_back(
     if status == "undone":
         outcome.undone_items.append(item_id)
     elif status == "answered since":
+        outcome.answered_since.append(item_id)
         outcome.notices.append(
             f"Image #{item_id} was answered again since: your answer is taken back, and the newer one stands."
         )

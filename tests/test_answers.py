@@ -297,6 +297,7 @@ def test_an_undo_kept_across_a_reload_takes_back_that_answer_only(Session, tiny_
         queries.add_label(session, c, 1, annotator="bob", kind="correction")
     outcome = undo(5, c, "m-1")
     assert outcome.undone_items == [] and "answered again since" in outcome.notices[0]
+    assert outcome.answered_since == [c]
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {b: 1, c: 1}
 

@@ -275,6 +275,9 @@ def _apply_answers(project_id: int, annotator: str, actions: list[dict], notices
     shown_again = outcome.refused_items + outcome.undone_items
     st.session_state["show_first"] = shown_again + st.session_state.get("show_first", [])
     _forget_accepted(project_id, outcome.undone_items)  # U in the box may undo a grid page
+    if outcome.answered_since:  # `_closed_since` tells the box, which showed them again at U
+        sent = f"box-sent-{project_id}"
+        st.session_state[sent] = st.session_state.get(sent, []) + outcome.answered_since
     st.session_state[notices_key] = st.session_state.get(notices_key, []) + outcome.notices
     if outcome.stopped_by is not None:  # the rest wait in the tab; the page says why
         raise outcome.stopped_by

@@ -704,6 +704,43 @@ label.label_page()
 """
 
 
+_PAGE_WITH_BOX_ACTION = """
+import streamlit as st
+from labeler.ui import label
+pid = st.session_state["project_id"]
+action = st.session_state.pop("box_action", None)
+if action is not None:  # what the one-image box's callback gets
+    st.session_state[label._box_key(pid)] = {"actions": [action]}
+    label._apply_box_actions(pid)
+    del st.session_state[label._box_key(pid)]
+label.label_page()
+"""
+
+
+def test_an_undo_whose_answer_was_corrected_since_tells_the_box_the_image_is_answered(Session, tiny_project):
+    """The box shows an image again at U, at once; when someone had corrected that answer
+    meanwhile, the undo takes it back and the correction stands, but the box went on showing the
+    image as open, and a key for it was refused as "arrived after it was answered" (an exploratory
+    session, 5 of 5). The box is told it is answered (`closed`): a key then stores nothing."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_string(_PAGE_WITH_BOX_ACTION, default_timeout=60)
+    at.session_state["project_id"] = tiny_project.id
+    at.session_state["annotator"] = "ann"
+    at.run()
+    item = box_data(at)["items"][0]["id"]
+    at.session_state["box_action"] = {"id": "a1", "type": "label", "item": item, "class": 0}
+    at.run()
+    assert _labels(Session, tiny_project.id)[item] == 0
+    with Session.begin() as session:
+        queries.add_label(session, item, 1, annotator="bob", kind="correction")
+    at.session_state["box_action"] = {"id": "u1", "type": "undo", "item": item, "of": "a1"}
+    at.run()
+    assert _labels(Session, tiny_project.id)[item] == 1
+    assert item in box_data(at)["closed"]
+    assert "answered again since" in " ".join(box_data(at)["notices"])
+
+
 def test_a_grid_page_undone_from_the_box_is_not_called_saved_already(Session, tiny_project):
     """Accept a grid page, take it back with U in the one-image box (which undoes the newest
     entry of this session: the whole page), and the page's images come round again; somebody
