@@ -117,3 +117,26 @@ def test_keys_on_a_box_with_every_image_labeled_are_not_called_lost(box):
     box.evaluate("() => document.body.addEventListener('keydown', (e) => { window.reached = e.key; })")
     box.keyboard.press("Enter")
     assert box.evaluate("() => window.reached") == "Enter"
+
+
+def test_an_image_shown_again_at_undo_and_answered_since_takes_no_key(box):
+    """U shows the image again at once; when someone corrected that answer meanwhile, the server
+    takes it back, the correction stands, and the next page lists the image as closed: the box
+    says so, and a key for it stores nothing and goes on (it was sent, and refused)."""
+    box.evaluate("(d) => window.draw(d)", data([1, 2, 3]))
+    box.keyboard.press("1")
+    box.clock.run_for(50)
+    label = sent(box)[0][0]["id"]
+    box.evaluate("(d) => window.draw(d)", data([2, 3], acked=[label]))
+    box.keyboard.press("u")
+    box.clock.run_for(1000)
+    assert box.locator("img.lb-img").get_attribute("data-item") == "1"
+    undo = sent(box)[-1][-1]
+    assert undo["type"] == "undo" and undo["item"] == 1
+    box.evaluate("(d) => window.draw(d)", {**data([2, 3], acked=[undo["id"]]), "closed": [1]})
+    assert "answered elsewhere" in text(box, "lb-notice")
+    before = len(sent(box))
+    box.keyboard.press("2")
+    box.clock.run_for(1000)
+    assert len(sent(box)) == before  # nothing sent for image 1
+    assert box.locator("img.lb-img").get_attribute("data-item") == "2"
