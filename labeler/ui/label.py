@@ -52,6 +52,9 @@ REFUSED_KEPT = 200  # box answers refused or undone for it, listed to the box on
 GRID_SIZE = 12
 HISTORY_ROWS = 48  # answers per History page, newest first
 MODES = ["One image", "Grid", "History"]
+# How often an open grid page renews its claims (queue.held_page writes once less than half of
+# queue.CLAIM_SECONDS is left).
+CLAIMS_EVERY_S = 60.0
 STATUS_EVERY_S = 5.0  # how often the sidebar's training status is redrawn in Grid and History
 AUDIT_NOTE = (
     "Audit image (a random sample kept out of training): no guess is shown, so your answer "
@@ -796,6 +799,23 @@ def _answered_meanwhile(project_id: int, item_ids: list[int], names: list[str]) 
     return notes
 
 
+def _keep_page_claims(project_id: int) -> None:
+    """While a grid page is open in the tab (a fragment, every CLAIMS_EVERY_S): its images stay
+    this person's. Only page runs renewed the claims, so a page left open for longer than the
+    claim time went to the next person who asked, ahead of images nobody held; whoever accepted
+    first was stored and the other's page was refused (an exploratory session, 12 of 12 images).
+    A closed tab renews nothing: its claims run out. One another person holds now is left to the
+    next page run (`_grid_page` says so)."""
+    pinned = st.session_state.get(_page_key(project_id))
+    if not pinned:
+        return
+    try:
+        with common.session_factory().begin() as session:
+            queue.held_page(session, project_id, pinned, common.claimant())
+    except OperationalError:  # the claims run out by themselves; the next run tries again
+        log.warning("Could not renew a grid page's claims.", exc_info=True)
+
+
 def _grid(project_id: int, names: list[str]) -> None:
     threshold = st.slider(
         "Pre-fill the model's guess when it is at least this sure",
@@ -810,6 +830,7 @@ def _grid(project_id: int, names: list[str]) -> None:
     if not batch:
         st.success("Every image is labeled. Train a model or export the data set.")
         return
+    st.fragment(run_every=CLAIMS_EVERY_S)(_keep_page_claims)(project_id)
     st.caption(
         "Check the pre-filled guesses, choose the rest (or leave them on skip), then accept the page. "
         "Keys: arrows move between tiles, a class's key sets the tile in focus, Backspace sets it to "
