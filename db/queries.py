@@ -610,6 +610,17 @@ def claim_items(
     return won
 
 
+def renew_claims(session: Session, project_id: int, annotator: str, renew_before, expires) -> int:
+    """Extend the annotator's claims in the project that end before `renew_before` to `expires`
+    (an expired one too: it is still theirs until somebody else claims it); return how many."""
+    return session.execute(
+        update(Claim)
+        .where(Claim.project_id == project_id, Claim.annotator == annotator, Claim.expires_at < renew_before)
+        .values(expires_at=expires)
+        .execution_options(synchronize_session=False)
+    ).rowcount
+
+
 def release_claims_but(session: Session, project_id: int, annotator: str, held: set[int]) -> None:
     """Release the annotator's claims in the project but for those on `held`."""
     release = delete(Claim).where(Claim.project_id == project_id, Claim.annotator == annotator)

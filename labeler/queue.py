@@ -129,6 +129,19 @@ def held_page(
     return page
 
 
+def keep_claims(session: Session, project_id: int, annotator: str) -> int:
+    """Renew the annotator's claims in the project while a page of theirs is open (the Label page
+    asks every minute), writing only once less than half the claim time is left."""
+    now = utcnow()
+    return queries.renew_claims(
+        session,
+        project_id,
+        annotator,
+        now + timedelta(seconds=CLAIM_SECONDS / 2),
+        now + timedelta(seconds=CLAIM_SECONDS),
+    )
+
+
 def _next_in(
     session: Session,
     project_id: int,

@@ -480,6 +480,8 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
         "Keys: the key on each class · Enter or A accepts the model's guess · I ignore (no class) · "
         "U undo · S skip · Z zoom. A key always labels the image that was on screen when it was pressed."
     )
+    if batch:  # drawn last: the elements above keep their places
+        st.fragment(run_every=CLAIMS_EVERY_S)(_keep_claims)(project.id)
 
 
 # Grid -----------------------------------------------------------------------------------------
@@ -799,21 +801,18 @@ def _answered_meanwhile(project_id: int, item_ids: list[int], names: list[str]) 
     return notes
 
 
-def _keep_page_claims(project_id: int) -> None:
-    """While a grid page is open in the tab (a fragment, every CLAIMS_EVERY_S): its images stay
-    this person's. Only page runs renewed the claims, so a page left open for longer than the
-    claim time went to the next person who asked, ahead of images nobody held; whoever accepted
-    first was stored and the other's page was refused (an exploratory session, 12 of 12 images).
-    A closed tab renews nothing: its claims run out. One another person holds now is left to the
-    next page run (`_grid_page` says so)."""
-    pinned = st.session_state.get(_page_key(project_id))
-    if not pinned:
-        return
+def _keep_claims(project_id: int) -> None:
+    """While the box or a grid page is open in the tab (a fragment, every CLAIMS_EVERY_S): the
+    images it holds stay this person's. Only page runs renewed the claims, so a page left open
+    for longer than the claim time went to the next person who asked, ahead of images nobody
+    held; whoever accepted first was stored and the other's page was refused (an exploratory
+    session, 12 of 12 grid images). A closed tab renews nothing: its claims run out. An image
+    another person was given meanwhile stays theirs (`_grid_page` then draws a new page)."""
     try:
         with common.session_factory().begin() as session:
-            queue.held_page(session, project_id, pinned, common.claimant())
+            queue.keep_claims(session, project_id, common.claimant())
     except OperationalError:  # the claims run out by themselves; the next run tries again
-        log.warning("Could not renew a grid page's claims.", exc_info=True)
+        log.warning("Could not renew the claims of a page.", exc_info=True)
 
 
 def _grid(project_id: int, names: list[str]) -> None:
@@ -830,7 +829,6 @@ def _grid(project_id: int, names: list[str]) -> None:
     if not batch:
         st.success("Every image is labeled. Train a model or export the data set.")
         return
-    st.fragment(run_every=CLAIMS_EVERY_S)(_keep_page_claims)(project_id)
     st.caption(
         "Check the pre-filled guesses, choose the rest (or leave them on skip), then accept the page. "
         "Keys: arrows move between tiles, a class's key sets the tile in focus, Backspace sets it to "
@@ -913,6 +911,9 @@ def _grid(project_id: int, names: list[str]) -> None:
         on_click=_undo_page,
         args=(project_id,),
     )
+    st.fragment(run_every=CLAIMS_EVERY_S)(_keep_claims)(
+        project_id
+    )  # last: the elements above keep their places
 
 
 # History --------------------------------------------------------------------------------------

@@ -468,3 +468,31 @@ def test_grid_pages_shared_from_a_small_project_differ_between_tabs(Session):
     bob, carol = page("bob#1", 12), page("carol#1", 12)
     assert bob <= alice and carol <= alice and len(bob) == len(carol) == 12
     assert bob != carol
+
+
+def test_an_open_page_renews_its_own_claims_once_half_their_time_is_gone(Session, project):
+    """`keep_claims` (the Label page's fragment, every minute while a page is open): this
+    annotator's claims with less than half their time left, expired ones too (nobody took them),
+    run CLAIM_SECONDS again; fresher ones and other annotators' are left as they are."""
+    from db.models import Claim
+
+    _finished_run(Session, project.id)
+    for who in ("alice#1", "bob#2"):
+        with Session.begin() as session:
+            queue.next_items(session, project.id, k=3, annotator=who)
+    held = _claims(Session)
+    alice = sorted(i for i, (who, _) in held.items() if who == "alice#1")
+    now = utcnow()
+    ends = {alice[0]: now - timedelta(seconds=10), alice[1]: now + timedelta(seconds=30)}
+    with Session.begin() as session:
+        for item_id, end in ends.items():
+            session.execute(update(Claim).where(Claim.item_id == item_id).values(expires_at=end))
+    with Session.begin() as session:
+        assert queue.keep_claims(session, project.id, "alice#1") == 2
+    after = _claims(Session)
+    later = now + timedelta(seconds=queue.CLAIM_SECONDS - 30)
+    assert all(after[i][1] > later for i in ends)
+    assert after[alice[2]] == held[alice[2]]  # most of its time left: not written
+    assert {i: c for i, c in after.items() if c[0] == "bob#2"} == {
+        i: c for i, c in held.items() if c[0] == "bob#2"
+    }

@@ -1002,10 +1002,11 @@ def test_the_sidebar_status_says_the_database_is_away_without_a_traceback(Sessio
     assert any("cannot be reached" in c.value for c in at.sidebar.caption)
 
 
-def test_an_open_grid_page_keeps_its_claims(Session, tiny_project, monkeypatch):
-    """Only page runs renewed a grid page's claims: a page left open longer than the claim time
-    went to the next person who asked, ahead of images nobody held (an exploratory session, 12 of
-    12). While the page is open a fragment renews them."""
+@pytest.mark.parametrize("mode", ["One image", "Grid"])
+def test_an_open_page_keeps_its_claims(Session, tiny_project, monkeypatch, mode):
+    """Only page runs renewed the claims: a grid page left open longer than the claim time went
+    to the next person who asked, ahead of images nobody held (an exploratory session, 12 of 12);
+    so did the box's images. While the box or a grid page is open a fragment renews them."""
     from datetime import timedelta
 
     from sqlalchemy import update
@@ -1013,24 +1014,25 @@ def test_an_open_grid_page_keeps_its_claims(Session, tiny_project, monkeypatch):
     from db.models import Claim, utcnow
 
     calls = []
-    real = label._keep_page_claims
-    monkeypatch.setattr(label, "_keep_page_claims", lambda pid: calls.append(pid) or real(pid))
+    real = label._keep_claims
+    monkeypatch.setattr(label, "_keep_claims", lambda pid: calls.append(pid) or real(pid))
     at = page_app("label", tiny_project.id, annotator="amy")
-    at.radio(key="label_mode").set_value("Grid").run()
-    assert calls == [tiny_project.id]  # drawn with the page (and then every CLAIMS_EVERY_S)
+    at.radio(key="label_mode").set_value(mode).run()
+    assert calls and set(calls) == {tiny_project.id}  # drawn with the page (then every CLAIMS_EVERY_S)
     pid = tiny_project.id
     tab = f"amy#{at.session_state['claim_token']}"
-    page = set(at.session_state[f"grid-page-{pid}"])
+    with Session() as session:
+        held = {c.item_id for c in session.query(Claim).filter_by(annotator=tab)}
     with Session.begin() as session:  # four and a half minutes later: 30 s left
         session.execute(update(Claim).values(expires_at=utcnow() + timedelta(seconds=30)))
     fragment = AppTest.from_string(
-        f"from labeler.ui import label\nlabel._keep_page_claims({pid})", default_timeout=60
+        f"from labeler.ui import label\nlabel._keep_claims({pid})", default_timeout=60
     )
-    for key in ("project_id", "annotator", "claim_token", f"grid-page-{pid}"):
+    for key in ("project_id", "annotator", "claim_token"):
         fragment.session_state[key] = at.session_state[key]
     fragment.run()
     assert not fragment.exception
     with Session() as session:
         claims = session.query(Claim).filter_by(annotator=tab).all()
-    assert {c.item_id for c in claims} == page
+    assert held and {c.item_id for c in claims} == held
     assert all(c.expires_at > utcnow() + timedelta(seconds=200) for c in claims)
