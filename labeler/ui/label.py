@@ -970,6 +970,17 @@ def _tile_of(item_id: int, event_id: int) -> str:
     return f"hist-{item_id}-{event_id}"
 
 
+_SET_NOW = "hist-set-this-run"  # the tiles `_set_tile` set in this page run
+
+
+def _set_tile(pair: tuple[int, int], value: int) -> int:
+    """Put a History tile on `value` through the session state, noted for `_history`, which draws
+    such a tile with no default of its own (Streamlit logs a conflict, with a stack, otherwise)."""
+    st.session_state[_tile_of(*pair)] = value
+    st.session_state.setdefault(_SET_NOW, set()).add(_tile_of(*pair))
+    return value
+
+
 _CHOSEN_PREFIX = "hist-chosen-"  # `_chosen_key`'s prefix
 
 
@@ -1021,15 +1032,15 @@ def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) 
             # Unchanged: its saved answer, set here so the browser shows the name it has now (it
             # would go on showing the old one, and send it back with the next click).
             if event.class_index == IGNORED or 0 <= event.class_index < len(names):
-                st.session_state[_tile_of(*pair)] = event.class_index
+                _set_tile(pair, event.class_index)
             continue
         value = _chosen_value(chosen[pair], names)
         if value is None:
-            st.session_state[_tile_of(*pair)] = event.class_index
+            _set_tile(pair, event.class_index)
             del chosen[pair]
             lost.append(f"#{item.id}")
         else:
-            st.session_state[_tile_of(*pair)] = value
+            _set_tile(pair, value)
             if value == event.class_index:  # renames traded names
                 del chosen[pair]  # it shows its saved answer: no change waits
     if lost:
@@ -1059,7 +1070,7 @@ def _with_unsaved(session, project_id: int, rows: list, names: list[str]) -> lis
         if value is None:
             values[pair] = seen[pair]  # its class was renamed: `_keep_chosen_through_renames` says so
         else:
-            values[pair] = st.session_state[_tile_of(*pair)] = value
+            values[pair] = _set_tile(pair, value)
     drawn = {(item.id, event.id) for event, item in rows}
     kept = []
     for (item_id, event_id), was in seen.items():
@@ -1201,6 +1212,7 @@ def _history(project_id: int, names: list[str]) -> None:
         rows = rows[:HISTORY_ROWS]
         newest = len(rows)
         last_shown = rows[-1][0].id if rows else None
+        st.session_state[_SET_NOW] = set()
         rows = _with_unsaved(session, project_id, rows, names)
     page = len(starts)
     if not rows:
@@ -1244,10 +1256,11 @@ def _history(project_id: int, names: list[str]) -> None:
             st.selectbox(
                 f"by {common.as_typed(event.annotator)}",
                 options,
-                # A tile with a value (its own, or set by `_with_unsaved` or the rename check) is
-                # drawn on it, whatever `index` says: no default then, which Streamlit logs as a
-                # conflict, with a stack.
-                index=0 if tile in st.session_state else saved,
+                # A tile set in this run (`_set_tile`) is drawn on that value: no default then,
+                # which Streamlit logs as a conflict, with a stack. Any other keeps its saved
+                # answer as the default: Streamlit puts a tile back on it when the browser sends
+                # a value no option has (a class name from before a rename).
+                index=0 if tile in st.session_state.get(_SET_NOW, ()) else saved,
                 key=tile,
                 format_func=lambda i: ignored if i == IGNORED else names[i],
                 on_change=_remember_correction,

@@ -1036,3 +1036,28 @@ def test_an_open_page_keeps_its_claims(Session, tiny_project, monkeypatch, mode)
         claims = session.query(Claim).filter_by(annotator=tab).all()
     assert held and {c.item_id for c in claims} == held
     assert all(c.expires_at > utcnow() + timedelta(seconds=200) for c in claims)
+
+
+def test_a_history_tile_sent_with_a_name_from_before_a_rename_stays_on_its_saved_answer(
+    Session, tiny_project
+):
+    """The browser can send a tile's class name from before a rename (its page was drawn before
+    the rename reached it); Streamlit then puts the tile back on its default, which must be its
+    saved answer: a default of "ignore" (the first option) would be saved as a correction."""
+    from tests.ui.ui_helpers import label_items
+
+    (a,) = label_items(Session, tiny_project.id, 1, annotator="bob")
+    was = _labels(Session, tiny_project.id)[a]
+    at = page_app("label", tiny_project.id, annotator="alice")
+    at.radio(key="label_mode").set_value("History").run()
+    old_name = _history_tiles(at)[a].options[_history_tiles(at)[a].index]
+    with Session.begin() as session:
+        queries.rename_class(session, tiny_project.id, was, "renamed")
+    at.run()  # the server draws the new names
+    states = at._tree.get_widget_states()
+    (tile,) = [w for w in states.widgets if w.id == _history_tiles(at)[a].id]
+    tile.string_value = old_name  # what the browser, still showing the old page, sends
+    at._run(widget_state=states)
+    assert _history_tiles(at)[a].value == was
+    button(at, "hist_save").click().run()
+    assert _labels(Session, tiny_project.id)[a] == was
