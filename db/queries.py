@@ -612,7 +612,14 @@ def claim_items(
 
 def renew_claims(session: Session, project_id: int, annotator: str, renew_before, expires) -> int:
     """Extend the annotator's claims in the project that end before `renew_before` to `expires`
-    (an expired one too: it is still theirs until somebody else claims it); return how many."""
+    (an expired one too: it is still theirs until somebody else claims it); return how many.
+    Read first: an UPDATE of no row takes SQLite's write lock all the same (every open tab asks
+    every minute)."""
+    due = select(Claim.item_id).where(
+        Claim.project_id == project_id, Claim.annotator == annotator, Claim.expires_at < renew_before
+    )
+    if session.scalar(due.limit(1)) is None:
+        return 0
     return session.execute(
         update(Claim)
         .where(Claim.project_id == project_id, Claim.annotator == annotator, Claim.expires_at < renew_before)

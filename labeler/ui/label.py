@@ -25,6 +25,7 @@ import functools
 import io
 import logging
 import re
+import time
 from pathlib import Path
 
 import streamlit as st
@@ -52,9 +53,12 @@ REFUSED_KEPT = 200  # box answers refused or undone for it, listed to the box on
 GRID_SIZE = 12
 HISTORY_ROWS = 48  # answers per History page, newest first
 MODES = ["One image", "Grid", "History"]
-# How often an open grid page renews its claims (queue.held_page writes once less than half of
-# queue.CLAIM_SECONDS is left).
+# How often the open Label box or grid page renews its claims (`_keep_claims`; queue.keep_claims
+# writes once less than half of queue.CLAIM_SECONDS is left), and for how long after the page's
+# last run (an answer, a key, a click): a tab left open overnight held its images for ever.
 CLAIMS_EVERY_S = 60.0
+KEEP_CLAIMS_IDLE_S = 30 * 60.0
+_ACTIVE_AT = "claims-active-at"  # time.monotonic() of the Label page's last run in this session
 STATUS_EVERY_S = 5.0  # how often the sidebar's training status is redrawn in Grid and History
 AUDIT_NOTE = (
     "Audit image (a random sample kept out of training): no guess is shown, so your answer "
@@ -280,7 +284,8 @@ def _apply_answers(project_id: int, annotator: str, actions: list[dict], notices
     _forget_accepted(project_id, outcome.undone_items)  # U in the box may undo a grid page
     if outcome.answered_since:  # `_closed_since` tells the box, which showed them again at U
         sent = f"box-sent-{project_id}"
-        st.session_state[sent] = st.session_state.get(sent, []) + outcome.answered_since
+        # At the front: the box's last batch (the end of the list) keeps its claims (`_next_batch`).
+        st.session_state[sent] = outcome.answered_since + st.session_state.get(sent, [])
     st.session_state[notices_key] = st.session_state.get(notices_key, []) + outcome.notices
     if outcome.stopped_by is not None:  # the rest wait in the tab; the page says why
         raise outcome.stopped_by
@@ -481,6 +486,7 @@ def _one_image(project: Project, names: list[str], annotator: str, has_model: bo
         "U undo · S skip · Z zoom. A key always labels the image that was on screen when it was pressed."
     )
     if batch:  # drawn last: the elements above keep their places
+        st.session_state[_ACTIVE_AT] = time.monotonic()
         st.fragment(run_every=CLAIMS_EVERY_S)(_keep_claims)(project.id)
 
 
@@ -808,11 +814,17 @@ def _keep_claims(project_id: int) -> None:
     held; whoever accepted first was stored and the other's page was refused (an exploratory
     session, 12 of 12 grid images). A closed tab renews nothing: its claims run out. An image
     another person was given meanwhile stays theirs (`_grid_page` then draws a new page)."""
+    active = st.session_state.get(_ACTIVE_AT)
+    if active is None or time.monotonic() - active > KEEP_CLAIMS_IDLE_S:
+        return  # left open and unused: its claims run out
     try:
+        account.acting_user()  # logged out, removed or no longer allowed to label: they run out
         with common.session_factory().begin() as session:
             queue.keep_claims(session, project_id, common.claimant())
-    except OperationalError:  # the claims run out by themselves; the next run tries again
-        log.warning("Could not renew the claims of a page.", exc_info=True)
+    except account.NotAllowed:
+        return
+    except OperationalError as error:  # the claims run out by themselves; the next run tries again
+        log.warning("Could not renew the claims of a page: %s", error.__class__.__name__)
 
 
 def _grid(project_id: int, names: list[str]) -> None:
@@ -911,9 +923,9 @@ def _grid(project_id: int, names: list[str]) -> None:
         on_click=_undo_page,
         args=(project_id,),
     )
-    st.fragment(run_every=CLAIMS_EVERY_S)(_keep_claims)(
-        project_id
-    )  # last: the elements above keep their places
+    # Drawn last: the elements above keep their places.
+    st.session_state[_ACTIVE_AT] = time.monotonic()
+    st.fragment(run_every=CLAIMS_EVERY_S)(_keep_claims)(project_id)
 
 
 # History --------------------------------------------------------------------------------------

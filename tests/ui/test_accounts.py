@@ -378,3 +378,34 @@ def test_a_logout_while_grid_tiles_wait_asks_first(Session, tiny_project, accoun
     assert not at.exception
     at.button(key="logout").click().run()  # nothing waits: out at once
     assert common.USER_KEY not in at.session_state
+
+
+def test_an_open_page_of_a_removed_account_renews_no_claims(Session, tiny_project, accounts):
+    """The Label page's claims fragment runs outside app.py's login gate: a tab whose account was
+    removed (or logged out, or may label no more) leaves its images to run out."""
+    from datetime import timedelta
+
+    from sqlalchemy import update
+
+    from db.models import Claim, utcnow
+    from labeler.ui import label
+
+    at = log_in(app_run(tiny_project.id), "ann")
+    tab = f"ann#{at.session_state['claim_token']}"
+    with Session.begin() as session:
+        session.execute(update(Claim).values(expires_at=utcnow() + timedelta(seconds=30)))
+        users.remove_user(session, "ann")
+    fragment = AppTest.from_string(f"from labeler.ui import label\nlabel._keep_claims({tiny_project.id})")
+    for key in (
+        "project_id",
+        "claim_token",
+        label._ACTIVE_AT,
+        common.USER_KEY,
+        f"box-sent-{tiny_project.id}",
+    ):
+        fragment.session_state[key] = at.session_state[key]
+    fragment.run()
+    assert not fragment.exception
+    with Session() as session:
+        claims = session.query(Claim).filter_by(annotator=tab).all()
+    assert claims and all(c.expires_at < utcnow() + timedelta(seconds=60) for c in claims)

@@ -1025,15 +1025,24 @@ def test_an_open_page_keeps_its_claims(Session, tiny_project, monkeypatch, mode)
         held = {c.item_id for c in session.query(Claim).filter_by(annotator=tab)}
     with Session.begin() as session:  # four and a half minutes later: 30 s left
         session.execute(update(Claim).values(expires_at=utcnow() + timedelta(seconds=30)))
-    fragment = AppTest.from_string(
-        f"from labeler.ui import label\nlabel._keep_claims({pid})", default_timeout=60
-    )
-    for key in ("project_id", "annotator", "claim_token"):
-        fragment.session_state[key] = at.session_state[key]
-    fragment.run()
-    assert not fragment.exception
-    with Session() as session:
-        claims = session.query(Claim).filter_by(annotator=tab).all()
+
+    def fragment_run(idle: float) -> list:
+        """The fragment's run, `idle` seconds after the page's last run; the claims after it."""
+        script = f"from labeler.ui import label\nlabel._keep_claims({pid})"
+        fragment = AppTest.from_string(script, default_timeout=60)
+        for key in ("project_id", "annotator", "claim_token", label._ACTIVE_AT):
+            fragment.session_state[key] = at.session_state[key]
+        fragment.session_state[label._ACTIVE_AT] -= idle
+        fragment.run()
+        assert not fragment.exception
+        with Session() as session:
+            return session.query(Claim).filter_by(annotator=tab).all()
+
+    # Left open and unused for longer than KEEP_CLAIMS_IDLE_S: nothing renewed (a tab left open
+    # overnight held its images for ever).
+    claims = fragment_run(idle=label.KEEP_CLAIMS_IDLE_S + 60)
+    assert all(c.expires_at < utcnow() + timedelta(seconds=60) for c in claims)
+    claims = fragment_run(idle=60)
     assert held and {c.item_id for c in claims} == held
     assert all(c.expires_at > utcnow() + timedelta(seconds=200) for c in claims)
 
