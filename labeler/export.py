@@ -511,12 +511,25 @@ def export_all(
     if not set(parts) <= set(PARTS):
         raise ExportError(f"Nothing called {what!r} can be exported; choose all, {', '.join(PARTS)}.")
     snapshot = read_snapshot(Session, project_id, parts, run_id=run_id)
+    no_run = "No finished run yet, so no model or predictions were exported; train one first."
+    if snapshot.run_id is None and {"model", "predictions"} & set(parts):
+        if what != "all":  # asked for nothing but them: it wrote nothing and said nothing
+            raise ExportError(no_run)
+        if notes is not None:
+            notes.append(no_run)
     out = Path(out)
     out.mkdir(parents=True, exist_ok=True)
     # An earlier export's files of these parts (a model this one leaves out) must not pass as this
-    # one's; only files an export wrote (its manifest) are removed, never a file of the user's.
+    # one's; only files an export wrote (its manifest) are removed, never a file of the user's,
+    # and none is written over: a labels.csv of the user's was replaced without a word.
     earlier = _manifest(out)
     ours = {name for part in parts for name in PART_FILES[part]}
+    theirs = sorted(name for name in ours - earlier if (out / name).exists())
+    if theirs:
+        raise ExportError(
+            f"{out} already has {', '.join(theirs)}, which no labeler export wrote; "
+            "choose another folder, or move those files away."
+        )
     for name in earlier & ours:
         (out / name).unlink(missing_ok=True)
     written: list[Path] = []

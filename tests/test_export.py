@@ -229,7 +229,8 @@ def test_a_checkpoint_from_an_older_version_is_one_sentence_to_export(
     assert not left & set(export.MODEL_FILES) and "mine.txt" in left  # no stale model beside the note
     (tmp_path / "users").mkdir()  # a folder of the user's own, with a model.pt no export wrote
     (tmp_path / "users" / "model.pt").write_text("the user's")
-    export.export_all(Session, tiny_project.id, tmp_path / "users", what="all", notes=[])
+    with pytest.raises(export.ExportError, match=r"already has model\.pt, which no labeler export wrote"):
+        export.export_all(Session, tiny_project.id, tmp_path / "users", what="all", notes=[])
     assert (tmp_path / "users" / "model.pt").read_text() == "the user's"
 
     capsys.readouterr()
@@ -378,3 +379,25 @@ def test_the_export_page_exports_the_run_chosen(Session, tiny_project, tmp_path)
     assert not at.exception
     assert f"predictions of run {older} are no longer kept" in at.error[0].value
     assert at.session_state["export_files"]["run"] == older  # the export before it, unchanged
+
+
+def test_an_export_never_writes_over_a_file_it_did_not_write(Session, tiny_project, tmp_path, capsys):
+    """`export --out` into a folder with a labels.csv of the user's replaced it without a word
+    (an exploratory session); asked for the model of a project with no finished run, it wrote
+    nothing and exited 0, silently."""
+    from labeler.cli import main
+
+    _label_some(Session, tiny_project)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "labels.csv").write_text("my own precious file")
+    assert main(["export", "--project", "tiny", "--out", str(out), "--what", "labels"]) == 2
+    assert "already has labels.csv, which no labeler export wrote" in capsys.readouterr().err
+    assert (out / "labels.csv").read_text() == "my own precious file"
+    export.export_all(Session, tiny_project.id, tmp_path / "again", what="labels")
+    export.export_all(Session, tiny_project.id, tmp_path / "again", what="labels")  # its own: written again
+    assert main(["export", "--project", "tiny", "--out", str(tmp_path / "m"), "--what", "model"]) == 2
+    assert "No finished run yet" in capsys.readouterr().err
+    notes = []
+    export.export_all(Session, tiny_project.id, tmp_path / "all", what="all", notes=notes)
+    assert notes == ["No finished run yet, so no model or predictions were exported; train one first."]
