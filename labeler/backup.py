@@ -46,11 +46,14 @@ def backup(out: str | Path, url: str | None = None) -> Path:
     out = Path(out)
     if out.resolve() == source_path.resolve():
         raise ValueError("The backup file must not be the database itself; choose another --out.")
+    if out.is_dir():  # it left a copy beside the folder, and blamed that copy's name
+        raise ValueError(f"{out} is a folder; give --out a file name, such as {out / 'labeler-backup.db'}.")
     out.parent.mkdir(parents=True, exist_ok=True)
     tmp = out.with_name(out.name + ".tmp")
     tmp.unlink(missing_ok=True)
     source = sqlite3.connect(source_path, timeout=30)
     target = sqlite3.connect(tmp)
+    done = False
     try:
         # All pages in one step: under WAL this reads one snapshot while writers carry on. A
         # step-wise copy restarts whenever another connection writes, and might never finish.
@@ -60,8 +63,12 @@ def backup(out: str | Path, url: str | None = None) -> Path:
         check = target.execute("PRAGMA integrity_check").fetchone()[0]
         if check != "ok":
             raise ValueError(f"The backup copy failed its integrity check ({check}); try again.")
+        target.close()
+        tmp.replace(out)
+        done = True
     finally:
         target.close()
         source.close()
-    tmp.replace(out)
+        if not done:  # no half copy left beside the target
+            tmp.unlink(missing_ok=True)
     return out

@@ -117,3 +117,17 @@ def test_backup_refuses_postgres_and_missing_databases(tmp_path):
         backup_module.backup(tmp_path / "x.db", url="postgresql+psycopg://u@h/db")
     with pytest.raises(ValueError, match="no database"):
         backup_module.backup(tmp_path / "x.db", url=f"sqlite:///{tmp_path / 'missing.db'}")
+
+
+def test_backup_to_a_folder_says_so_and_leaves_nothing(tmp_path):
+    """`backup --out FOLDER` left a copy named FOLDER.tmp beside the folder and said it could not
+    write that file (an exploratory session)."""
+    import sqlite3
+
+    path = tmp_path / "live.db"
+    sqlite3.connect(path).execute("create table t (x)").connection.commit()
+    folder = tmp_path / "backups"
+    folder.mkdir()
+    with pytest.raises(ValueError, match=r"backups is a folder; give --out a file name"):
+        backup_module.backup(folder, url=f"sqlite:///{path}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["backups", "live.db"]
