@@ -112,6 +112,8 @@ def user_error(error: BaseException) -> str | None:
         where = f" {error.filename}" if error.filename else ""
         reason = error.strerror or _first_line(error)
         if isinstance(error, PermissionError | IsADirectoryError | NotADirectoryError | FileExistsError):
+            if not _in_data_dir(error.filename):  # an --out path: the data folder is not to blame
+                return f"Cannot write{where} ({reason}); choose a path you can write to."
             return (
                 f"Cannot write{where} ({reason}); make it a writable folder, or set LABELER_DATA_DIR "
                 "to one (it holds the database and the images)."
@@ -140,6 +142,16 @@ def database_error(error: BaseException) -> str:
         f"Cannot use the database in {_data_dir_or_default()} ({reason}); make that folder writable, "
         "or set LABELER_DATA_DIR to a writable folder."
     )
+
+
+def _in_data_dir(filename) -> bool:
+    """Whether `filename` (None: not known) lies in the data folder (or could: not set right)."""
+    if not filename:
+        return True
+    try:
+        return Path(filename).resolve().is_relative_to(data_dir().resolve())
+    except (SettingError, OSError, ValueError):
+        return True
 
 
 def _data_dir_or_default() -> str:

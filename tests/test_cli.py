@@ -70,6 +70,14 @@ def test_import_folder_then_export_labels(tmp_path, capsys):
         assert main([*out, "--run", "7"]) == 2
         assert "Run 7 is not a finished run of this project" in capsys.readouterr().err
     assert not (tmp_path / "out2").exists()
+    # An --out that cannot be written is blamed, not the data folder (it said to set LABELER_DATA_DIR).
+    (tmp_path / "a-file").write_text("not a folder")
+    assert (
+        main(["export", "--project", "pets", "--out", str(tmp_path / "a-file" / "x"), "--what", "labels"])
+        == 2
+    )
+    line = _one_error_line(capsys)
+    assert f"Cannot write {tmp_path / 'a-file' / 'x'}" in line and "LABELER_DATA_DIR" not in line, line
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
