@@ -24,6 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import AUDIT, DONE, TEST, Item, LabelEvent, Prediction, Run
+from db.queries import _current_answers_query
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -181,10 +182,14 @@ _GUESS_SHOWN = ("single", "grid")
 
 
 def _answers_to_guesses(session: Session, project_id: int) -> pd.DataFrame:
-    """Answers not undone that were given with a model guess on screen (`_GUESS_SHOWN`, never on
-    an audit image): run_id (the run that guessed), answer, guess; one row per answer."""
+    """Current answers (each image's newest not undone) that were given with a model guess on
+    screen (`_GUESS_SHOWN`, never on an audit image): run_id (the run that guessed), answer,
+    guess; one row per answer. An answer corrected since is no verdict on the guess any more (it
+    was counted: agreement stayed "13 of 15" after two such answers were corrected)."""
     rows = session.execute(
-        select(LabelEvent.predicted_run_id, LabelEvent.class_index, LabelEvent.predicted_index)
+        _current_answers_query(
+            project_id, LabelEvent.predicted_run_id, LabelEvent.class_index, LabelEvent.predicted_index
+        )
         .join(Item, Item.id == LabelEvent.item_id)
         .where(
             LabelEvent.project_id == project_id,

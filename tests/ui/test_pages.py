@@ -387,13 +387,15 @@ def test_agreement_per_run_is_a_trend_with_intervals(Session, tiny_project):
         pool = queries.items(session, tiny_project.id, "pool")
         queries.add_label(session, pool[0].id, 1 - pool[0].truth)  # run 1's guess was wrong
         queries.add_label(session, pool[1].id, pool[1].truth)
+        queries.add_label(session, pool[5].id, 1 - pool[5].truth)  # wrong again
     at = page_app("progress", tiny_project.id)
     assert not any("each run's guesses" in c.value for c in at.caption), "one run: no trend yet"
     second = fake_done_run(Session, tiny_project.id)
     with Session.begin() as session:
         for item in pool[2:5]:
             queries.add_label(session, item.id, item.truth)  # run 2 was right three times
-        queries.add_label(session, pool[0].id, pool[0].truth)  # a correction, also after run 2
+        # Answered again after run 2: counted for run 2, and its first answer no more.
+        queries.add_label(session, pool[0].id, pool[0].truth)
     with Session() as session:
         from labeler import evaluate
 
