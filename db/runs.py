@@ -108,10 +108,17 @@ def cancel_run(session: Session, run_id: int) -> Run | None:
     run = session.get(Run, run_id)
     if run is None:
         return None
-    if run.status == QUEUED:
-        run.status = CANCELLED
-        run.finished_at = utcnow()
-    elif run.status == RUNNING:
+    # Only while it is still queued: a worker may claim it between the read and the write, and an
+    # unconditional write marked a run cancelled while it trained (and let the project's next run
+    # be claimed beside it).
+    cancelled = session.execute(
+        update(Run)
+        .where(Run.id == run_id, Run.status == QUEUED)
+        .values(status=CANCELLED, finished_at=utcnow())
+        .execution_options(synchronize_session=False)
+    ).rowcount
+    session.refresh(run)
+    if not cancelled and run.status == RUNNING:
         run.cancel_requested = True
     session.flush()
     return run

@@ -496,3 +496,23 @@ def test_an_open_page_renews_its_own_claims_once_half_their_time_is_gone(Session
     assert {i: c for i, c in after.items() if c[0] == "bob#2"} == {
         i: c for i, c in held.items() if c[0] == "bob#2"
     }
+
+
+def test_cancelling_a_run_a_worker_claims_meanwhile_asks_it_to_stop(Session, project):
+    """The page reads the run as queued, a worker claims it, then Cancel writes: an unconditional
+    write marked the training run cancelled (and its project's next run could then be claimed
+    beside it). It is asked to stop instead, as a running run is."""
+    from db.models import QUEUED, RUNNING
+
+    with Session.begin() as session:
+        run_id = run_queries.request_run(session, project.id, "m2", {}).id
+    with Session.begin() as page:
+        seen = page.get(Run, run_id)  # what cancel_run reads, before the worker's claim
+        assert seen.status == QUEUED
+        with Session.begin() as worker:
+            assert run_queries.claim_next_run(worker, "w").id == run_id
+        run = run_queries.cancel_run(page, run_id)
+        assert run.status == RUNNING and run.cancel_requested
+    with Session() as session:
+        stored = session.get(Run, run_id)
+        assert stored.status == RUNNING and stored.cancel_requested
