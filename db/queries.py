@@ -418,6 +418,16 @@ def count_items(session: Session, project_id: int, split: str | None = None) -> 
     return session.scalar(query) or 0
 
 
+def labelable_count(session: Session, project_id: int) -> int:
+    """The images a person can label (pool and audit; a built-in set's test split is never shown)."""
+    return (
+        session.scalar(
+            select(func.count()).where(Item.project_id == project_id, Item.split.in_((POOL, AUDIT)))
+        )
+        or 0
+    )
+
+
 def done_runs_newest_first(project_id: int, *columns):
     """SELECT `columns` (default: the Run) of the project's finished runs, newest first: the one
     order that "the newest run" and "the newest five keep their predictions" both mean."""

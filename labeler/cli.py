@@ -123,7 +123,7 @@ def cmd_projects(args) -> int:
         for project in queries.list_projects(session):
             n_ignored = queries.ignored_count(session, project.id)  # "ignore" answers are no label
             labeled = queries.label_count(session, project.id) - n_ignored
-            total = queries.count_items(session, project.id)
+            total = queries.labelable_count(session, project.id)  # as the Label page counts: no test split
             ignored = f", {n_ignored} ignored" if n_ignored else ""
             print(f"{project.name}\t{project.source}\t{labeled}/{total} labeled{ignored}")
     return 0

@@ -288,3 +288,19 @@ def test_a_damaged_database_file_says_to_restore_a_backup(tmp_path, monkeypatch,
     (tmp_path / "data" / "labeler.db").write_bytes(b"not a database at all, " * 400)
     line = _refusal_on(tmp_path / "data", monkeypatch, capsys)
     assert "is damaged" in line and "restore it from a backup" in line and "writable" not in line, line
+
+
+def test_projects_counts_the_images_a_person_can_label(tmp_path, capsys):
+    """`projects` counted a built-in set's test split, which is never shown ("45/1797 labeled"
+    where the Label page said "/ 1347 images"; an exploratory session)."""
+    import db
+    from labeler import config, projects
+    from tests.conftest import tiny_image_set
+
+    Session = db.session_factory(db.get_engine())
+    with config.data_dir_set(config.data_dir()):
+        projects.create_project(Session, "split", "test", images=tiny_image_set(n=40, test=8))
+    capsys.readouterr()
+    assert main(["projects"]) == 0
+    line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("split\t"))
+    assert line.endswith("\t0/32 labeled"), line

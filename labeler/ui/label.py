@@ -36,7 +36,7 @@ from sqlalchemy.exc import OperationalError
 import db
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, IGNORED, POOL, Item, LabelEvent, Project
+from db.models import AUDIT, IGNORED, Item, LabelEvent, Project
 
 from .. import answers, projects, queue
 from ..data import prepare
@@ -1448,9 +1448,7 @@ def label_page() -> None:
     with Session() as session:
         n_answered = queries.label_count(session, project.id)
         n_labeled = n_answered - queries.ignored_count(session, project.id)  # "ignore" is no label
-        n_total = queries.count_items(session, project.id, POOL) + queries.count_items(
-            session, project.id, AUDIT
-        )
+        n_total = queries.labelable_count(session, project.id)
         has_model = queries.latest_done_run_id(session, project.id) is not None
     ignored = f" + {n_answered - n_labeled} ignored" if n_answered > n_labeled else ""
     st.progress(
