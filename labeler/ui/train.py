@@ -46,8 +46,11 @@ def validated_settings(values: dict) -> RunSpec:
     """The run the form asks for; raises SettingError with one sentence (RunSpec's checks)."""
     model = values["model"]
     steps = values.get("steps")
-    if isinstance(steps, int | float) and steps < 0:  # RunSpec's range starts at 1: 0 is the form's "none"
-        raise SettingError(f"The step limit must be 0 (none) to {LIMITS['steps'][2]:,}, not {steps:g}.")
+    # RunSpec's range starts at 1: 0 is the form's "none", so the form says its own range (above
+    # it, RunSpec's "between 1 and 10000000" contradicted this one).
+    if isinstance(steps, int | float) and not 0 <= steps <= LIMITS["steps"][2]:
+        shown = f"{int(steps):,}" if float(steps).is_integer() else f"{steps:g}"  # not "2e+07"
+        raise SettingError(f"The step limit must be 0 (none) to {LIMITS['steps'][2]:,}, not {shown}.")
     config = {}
     if model in MODELS and "lr" in model_defaults(model) and values.get("lr") is not None:
         config["lr"] = values["lr"]

@@ -181,6 +181,7 @@ def test_validated_settings_refuse_bad_values():
         ("train_budget_s", 10**9, "between 1"),
         ("train_every", -5, "between 0 and 100000"),
         ("train_steps", -1, "to 10,000,000, not"),  # "0 (none) to ...": it said "between 1"
+        ("train_steps", 20_000_000, "0 (none) to 10,000,000, not"),  # the same sentence above the range
     ],
 )
 def test_out_of_range_settings_are_refused_with_the_range_not_replaced(
@@ -190,7 +191,7 @@ def test_out_of_range_settings_are_refused_with_the_range_not_replaced(
     at.number_input(key=key).set_value(value)
     at.button(key="train_start").click().run()
     assert not at.exception
-    assert allowed in at.error[0].value
+    assert allowed in at.error[0].value.replace("\\", "")  # AppTest shows the markdown escaped
     with Session() as session:
         assert run_queries.list_runs(session, tiny_project.id) == []  # nothing queued with another value
 
