@@ -9,6 +9,7 @@ import argparse
 import importlib
 import json
 import sys
+from pathlib import Path
 
 from tqdm import tqdm
 
@@ -25,9 +26,21 @@ _REGISTERING_MODULES = [
 ]
 
 
-def _session_factory():
+def _session_factory(existing: bool = False):
+    """Sessions on the configured database; with `existing`, a SQLite database that is not there
+    is refused rather than made: `projects` and `export` on a mistyped LABELER_DATA_DIR created an
+    empty one without a word and then found no project (an exploratory session)."""
     import db
+    from labeler.config import db_url
 
+    url = db_url()
+    if existing and url.startswith("sqlite:///"):
+        path = Path(url.split("///", 1)[1].split("?", 1)[0])
+        if not path.exists():
+            raise ValueError(
+                f"There is no labeler database at {path}; check LABELER_DATA_DIR (the app or "
+                "`python -m labeler import` makes one)."
+            )
     return db.session_factory(db.get_engine())
 
 
@@ -76,7 +89,7 @@ def cmd_export(args) -> int:
 
     from . import export
 
-    Session = _session_factory()
+    Session = _session_factory(existing=True)
     with Session() as session:
         project = queries.get_project(session, args.project)
     if project is None:
@@ -119,7 +132,7 @@ def cmd_worker(args) -> int:
 def cmd_projects(args) -> int:
     from db import queries
 
-    with _session_factory()() as session:
+    with _session_factory(existing=True)() as session:
         for project in queries.list_projects(session):
             n_ignored = queries.ignored_count(session, project.id)  # "ignore" answers are no label
             labeled = queries.label_count(session, project.id) - n_ignored

@@ -160,7 +160,7 @@ def test_a_data_folder_that_cannot_be_written_is_one_line(tmp_path, monkeypatch,
             (data_dir / "labeler.db").mkdir(parents=True)  # SQLite cannot open it
         db.engine._cached_engine.cache_clear()
         monkeypatch.setenv("LABELER_DATA_DIR", str(data_dir))
-        assert main(["projects"]) == 2
+        assert main(["users", "list"]) == 2  # a command that makes the database (`projects` refuses to)
         line = _one_error_line(capsys)
         assert expected in line and "LABELER_DATA_DIR" in line, line
     db.engine._cached_engine.cache_clear()
@@ -304,3 +304,20 @@ def test_projects_counts_the_images_a_person_can_label(tmp_path, capsys):
     assert main(["projects"]) == 0
     line = next(line for line in capsys.readouterr().out.splitlines() if line.startswith("split\t"))
     assert line.endswith("\t0/32 labeled"), line
+
+
+def test_reading_commands_on_a_data_folder_with_no_database_say_so(tmp_path, monkeypatch, capsys):
+    """`projects` and `export` on a mistyped LABELER_DATA_DIR made an empty database there without
+    a word, then found no project (an exploratory session); they refuse and make nothing."""
+    import db
+
+    missing = tmp_path / "mistyped"
+    monkeypatch.setenv("LABELER_DATA_DIR", str(missing))
+    db.engine._cached_engine.cache_clear()
+    try:
+        for argv in (["projects"], ["export", "--project", "x", "--out", str(tmp_path / "out")]):
+            assert main(argv) == 2
+            assert f"There is no labeler database at {missing / 'labeler.db'}" in _one_error_line(capsys)
+        assert not missing.exists()
+    finally:
+        db.engine._cached_engine.cache_clear()
