@@ -145,11 +145,13 @@ def database_error(error: BaseException) -> str:
 
 
 def _in_data_dir(filename) -> bool:
-    """Whether `filename` (None: not known) lies in the data folder (or could: not set right)."""
+    """Whether `filename` (None: not known) lies in the data folder, or is a folder it lies in (a
+    parent that could not be made), or could be (LABELER_DATA_DIR not set right)."""
     if not filename:
         return True
     try:
-        return Path(filename).resolve().is_relative_to(data_dir().resolve())
+        path, folder = Path(filename).resolve(), data_dir().resolve()
+        return path.is_relative_to(folder) or folder.is_relative_to(path)
     except (SettingError, OSError, ValueError):
         return True
 

@@ -524,14 +524,24 @@ def export_all(
     # and none is written over: a labels.csv of the user's was replaced without a word.
     earlier = _manifest(out)
     ours = {name for part in parts for name in PART_FILES[part]}
-    theirs = sorted(name for name in ours - earlier if (out / name).exists())
+    # Only the parts this export can write: without a finished run no model or predictions (a
+    # model.pt of the user's does not stop the labels then).
+    writing = {part for part in parts if snapshot.run_id is not None or part not in ("model", "predictions")}
+    theirs = sorted(
+        name for part in writing for name in PART_FILES[part] if name not in earlier and (out / name).exists()
+    )
     if theirs:
         raise ExportError(
-            f"{out} already has {', '.join(theirs)}, which no labeler export wrote; "
-            "choose another folder, or move those files away."
+            f"{out} already has {', '.join(theirs)}, which no export listed in {MANIFEST} there "
+            "(so it may be a file of yours); choose another folder, or move those files away."
         )
     for name in earlier & ours:
         (out / name).unlink(missing_ok=True)
+    # Listed before any is written: an export stopped halfway (Ctrl-C, a full disk) leaves files
+    # the next one knows as an export's, and replaces (the list was written at the end only, and
+    # the retry refused them as the user's).
+    coming = {name for part in writing for name in PART_FILES[part]}
+    (out / MANIFEST).write_text(json.dumps(sorted(earlier | coming), indent=1))
     written: list[Path] = []
     if "labels" in parts:
         written.append(write_labels_csv(Session, project_id, out, snapshot))

@@ -321,3 +321,18 @@ def test_reading_commands_on_a_data_folder_with_no_database_say_so(tmp_path, mon
         assert not missing.exists()
     finally:
         db.engine._cached_engine.cache_clear()
+
+
+def test_a_write_error_blames_the_data_folder_only_for_paths_of_it(tmp_path, monkeypatch):
+    """An --out path outside the data folder is named as the problem; the data folder, or a folder
+    it lies in that could not be made, still points at LABELER_DATA_DIR (review)."""
+    from labeler.config import user_error
+
+    monkeypatch.setenv("LABELER_DATA_DIR", str(tmp_path / "lab" / "data"))
+    for path, blamed in (
+        (tmp_path / "lab", True),
+        (tmp_path / "lab" / "data" / "x.db", True),
+        (tmp_path / "out", False),
+    ):
+        message = user_error(PermissionError(13, "Permission denied", str(path)))
+        assert ("LABELER_DATA_DIR" in message) is blamed, message

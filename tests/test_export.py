@@ -229,7 +229,7 @@ def test_a_checkpoint_from_an_older_version_is_one_sentence_to_export(
     assert not left & set(export.MODEL_FILES) and "mine.txt" in left  # no stale model beside the note
     (tmp_path / "users").mkdir()  # a folder of the user's own, with a model.pt no export wrote
     (tmp_path / "users" / "model.pt").write_text("the user's")
-    with pytest.raises(export.ExportError, match=r"already has model\.pt, which no labeler export wrote"):
+    with pytest.raises(export.ExportError, match=r"already has model\.pt, which no export listed"):
         export.export_all(Session, tiny_project.id, tmp_path / "users", what="all", notes=[])
     assert (tmp_path / "users" / "model.pt").read_text() == "the user's"
 
@@ -392,12 +392,33 @@ def test_an_export_never_writes_over_a_file_it_did_not_write(Session, tiny_proje
     out.mkdir()
     (out / "labels.csv").write_text("my own precious file")
     assert main(["export", "--project", "tiny", "--out", str(out), "--what", "labels"]) == 2
-    assert "already has labels.csv, which no labeler export wrote" in capsys.readouterr().err
+    assert "already has labels.csv, which no export listed" in capsys.readouterr().err
     assert (out / "labels.csv").read_text() == "my own precious file"
     export.export_all(Session, tiny_project.id, tmp_path / "again", what="labels")
     export.export_all(Session, tiny_project.id, tmp_path / "again", what="labels")  # its own: written again
     assert main(["export", "--project", "tiny", "--out", str(tmp_path / "m"), "--what", "model"]) == 2
     assert "No finished run yet" in capsys.readouterr().err
     notes = []
+    (tmp_path / "all").mkdir()
+    (tmp_path / "all" / "model.pt").write_text("the user's")  # nothing would write over it: no run
     export.export_all(Session, tiny_project.id, tmp_path / "all", what="all", notes=notes)
     assert notes == ["No finished run yet, so no model or predictions were exported; train one first."]
+    assert (tmp_path / "all" / "model.pt").read_text() == "the user's"
+
+
+def test_an_export_stopped_halfway_is_replaced_by_the_next(Session, tiny_project, tmp_path, monkeypatch):
+    """The list of an export's files was written at the end only: an export stopped halfway (a
+    full disk, Ctrl-C) left labels.csv unlisted, and every retry refused it as a file of the
+    user's (review)."""
+    _label_some(Session, tiny_project)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(28, "No space left on device")
+
+    with monkeypatch.context() as patch:
+        patch.setattr(export, "write_dataset", full_disk)
+        with pytest.raises(OSError):
+            export.export_all(Session, tiny_project.id, tmp_path / "out", what="all")
+    assert (tmp_path / "out" / "labels.csv").exists()
+    written = export.export_all(Session, tiny_project.id, tmp_path / "out", what="all")
+    assert {p.name for p in written} >= {"labels.csv", "dataset.zip"}
