@@ -16,7 +16,7 @@ import streamlit as st
 
 import db
 from db import runs as run_queries
-from db.models import FAILED, RUNNING, Project
+from db.models import FAILED, QUEUED, RUNNING, Project
 
 from .. import active
 from ..config import SettingError, check_int
@@ -116,9 +116,22 @@ def _start(project_id: int) -> None:
 
     try:
         db.retrying(save)
+        with Session() as session:  # a run already waiting takes these settings instead
+            waiting = {
+                run.id: run.model
+                for run in run_queries.active_runs(session, project_id)
+                if run.status == QUEUED
+            }
         run_id = parts.request_training(project_id, values["model"], settings)
     except Exception as error:  # noqa: BLE001 - shown as one sentence
         state["train_error"] = f"Training could not start: {error}"
+        return
+    if run_id in waiting:  # it read "Run 11 is queued" both times, the second run's model changed silently
+        was = "" if waiting[run_id] == values["model"] else f" (it was {waiting[run_id]})"
+        state["train_notice"] = (
+            f"Run {run_id} was already waiting; it now trains {values['model']} with these settings{was}, "
+            "as soon as the trainer is free."
+        )
         return
     state["train_notice"] = f"Run {run_id} is queued; it starts as soon as the trainer is free."
 

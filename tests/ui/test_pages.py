@@ -1052,3 +1052,20 @@ def test_a_waiting_run_starts_the_worker_whatever_page_is_open(Session, tiny_pro
     running_run(Session, tiny_project.id)
     AppTest.from_string(script, default_timeout=60).run()
     assert _test_worker
+
+
+def test_start_while_a_run_waits_says_the_waiting_run_changed(Session, tiny_project):
+    """A request while one trains queues at most one follow-up: a second Start gives the waiting
+    run its model and settings, and both notices read "Run 11 is queued" (an exploratory session)."""
+    label_items(Session, tiny_project.id, 6)
+    running_run(Session, tiny_project.id)  # training elsewhere: the follow-up waits
+    at = page_app("train", tiny_project.id)
+    at.selectbox(key="train_model").set_value("m2").run()
+    at.button(key="train_start").click().run()
+    first = at.success[0].value
+    assert first.startswith("Run ") and "is queued" in first
+    run_id = int(first.split()[1])
+    at.selectbox(key="train_model").set_value("supervised").run()
+    at.button(key="train_start").click().run()
+    assert at.success[0].value.startswith(f"Run {run_id} was already waiting; it now trains supervised")
+    assert "(it was m2)" in at.success[0].value.replace("\\", "")  # AppTest escapes the markdown
