@@ -7,7 +7,9 @@ it if present, and start again. Checkpoints and pixels live in the data folder, 
 
 from __future__ import annotations
 
+import os
 import sqlite3
+import tempfile
 from pathlib import Path
 
 from db.models import INTERRUPTED, RUNNING, utcnow
@@ -49,8 +51,11 @@ def backup(out: str | Path, url: str | None = None) -> Path:
     if out.is_dir():  # it left a copy beside the folder, and blamed that copy's name
         raise ValueError(f"{out} is a folder; give --out a file name, such as {out / 'labeler-backup.db'}.")
     out.parent.mkdir(parents=True, exist_ok=True)
-    tmp = out.with_name(out.name + ".tmp")
-    tmp.unlink(missing_ok=True)
+    # A name of its own beside the target (the same file system, so the rename is atomic): a fixed
+    # OUT.tmp was deleted first, whoever's file it was.
+    handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    os.close(handle)
+    tmp = Path(name)
     source = sqlite3.connect(source_path, timeout=30)
     target = sqlite3.connect(tmp)
     done = False

@@ -131,3 +131,16 @@ def test_backup_to_a_folder_says_so_and_leaves_nothing(tmp_path):
     with pytest.raises(ValueError, match=r"backups is a folder; give --out a file name"):
         backup_module.backup(folder, url=f"sqlite:///{path}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["backups", "live.db"]
+
+
+def test_backup_leaves_a_file_named_like_its_copy_alone(tmp_path):
+    """The copy was written to OUT.tmp, deleted first whoever's file it was (review)."""
+    import sqlite3
+
+    path = tmp_path / "live.db"
+    sqlite3.connect(path).execute("create table t (x)").connection.commit()
+    (tmp_path / "b.db.tmp").write_text("a file of the user's")
+    backup_module.backup(tmp_path / "b.db", url=f"sqlite:///{path}")
+    assert (tmp_path / "b.db.tmp").read_text() == "a file of the user's"
+    assert sqlite3.connect(tmp_path / "b.db").execute("select count(*) from t").fetchone() == (0,)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["b.db", "b.db.tmp", "live.db"]
