@@ -116,6 +116,8 @@ def cmd_worker(args) -> int:
 
     if args.threads is not None:
         torch.set_num_threads(check_threads(args.threads))
+    if not 0.1 <= args.poll_s <= 3600:  # -1 and 0 were taken (0: a busy loop on the database)
+        raise ValueError(f"--poll-s must be between 0.1 and 3600 seconds, got {args.poll_s:g}.")
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(message)s")
     worker = Worker(_session_factory(), device=args.device, name=args.name, poll_s=args.poll_s)
     print(f"worker {worker.name} on {worker.device}; waiting for queued runs (Ctrl-C stops)", flush=True)

@@ -113,6 +113,9 @@ def test_bad_model_settings_are_one_line(capsys, argv, expected):
 def test_worker_threads_are_range_checked(capsys):
     assert main(["worker", "--threads", "-3", "--once"]) == 2
     assert "--threads must be between 1 and 1024, got -3" in _one_error_line(capsys)
+    for poll in ("-1", "0"):  # accepted, 0 a busy loop on the database (an exploratory session)
+        assert main(["worker", "--poll-s", poll, "--once"]) == 2
+        assert f"--poll-s must be between 0.1 and 3600 seconds, got {poll}." in _one_error_line(capsys)
 
 
 def test_benchmark_threads_are_range_checked(capsys):
