@@ -8,6 +8,7 @@ from __future__ import annotations
 import argparse
 import importlib
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -37,8 +38,9 @@ def _session_factory(existing: bool = False):
     if existing and url.startswith("sqlite:///"):
         path = Path(url.split("///", 1)[1].split("?", 1)[0])
         if not path.exists():
+            setting = "LABELER_DB_URL" if os.environ.get("LABELER_DB_URL") else "LABELER_DATA_DIR"
             raise ValueError(
-                f"There is no labeler database at {path}; check LABELER_DATA_DIR (the app or "
+                f"There is no labeler database at {path}; check {setting} (the app or "
                 "`python -m labeler import` makes one)."
             )
     return db.session_factory(db.get_engine())

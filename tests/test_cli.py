@@ -322,6 +322,10 @@ def test_reading_commands_on_a_data_folder_with_no_database_say_so(tmp_path, mon
             assert main(argv) == 2
             assert f"There is no labeler database at {missing / 'labeler.db'}" in _one_error_line(capsys)
         assert not missing.exists()
+        monkeypatch.setenv("LABELER_DB_URL", f"sqlite:///{tmp_path / 'elsewhere.db'}")
+        db.engine._cached_engine.cache_clear()
+        assert main(["projects"]) == 2
+        assert "elsewhere.db; check LABELER_DB_URL" in _one_error_line(capsys)  # the setting used
     finally:
         db.engine._cached_engine.cache_clear()
 
