@@ -625,16 +625,11 @@ def renew_claims(session: Session, project_id: int, annotator: str, renew_before
     (an expired one too: it is still theirs until somebody else claims it); return how many.
     Read first: an UPDATE of no row takes SQLite's write lock all the same (every open tab asks
     every minute)."""
-    due = select(Claim.item_id).where(
-        Claim.project_id == project_id, Claim.annotator == annotator, Claim.expires_at < renew_before
-    )
-    if session.scalar(due.limit(1)) is None:
+    due = (Claim.project_id == project_id, Claim.annotator == annotator, Claim.expires_at < renew_before)
+    if session.scalar(select(Claim.item_id).where(*due).limit(1)) is None:
         return 0
     return session.execute(
-        update(Claim)
-        .where(Claim.project_id == project_id, Claim.annotator == annotator, Claim.expires_at < renew_before)
-        .values(expires_at=expires)
-        .execution_options(synchronize_session=False)
+        update(Claim).where(*due).values(expires_at=expires).execution_options(synchronize_session=False)
     ).rowcount
 
 

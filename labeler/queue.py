@@ -110,9 +110,7 @@ def held_page(
         ids = [item.id for item, _ in page]
         if queries.held_by_others_of(session, project_id, annotator, now, open_ids):
             return None
-        lasting = queries.claimed_by(
-            session, project_id, annotator, now + timedelta(seconds=CLAIM_SECONDS / 2)
-        )
+        lasting = queries.claimed_by(session, project_id, annotator, _renew_before(now))
         if not open_ids <= lasting:
             wanted = [i for i in ids if i in open_ids]
             won = queries.claim_items(
@@ -122,7 +120,7 @@ def held_page(
                 annotator,
                 len(wanted),
                 now,
-                now + timedelta(seconds=CLAIM_SECONDS),
+                _claim_end(now),
             )
             if won != open_ids:
                 return None  # another annotator claimed one between the read and the claim
@@ -133,13 +131,18 @@ def keep_claims(session: Session, project_id: int, annotator: str) -> int:
     """Renew the annotator's claims in the project while a page of theirs is open (the Label page
     asks every minute), writing only once less than half the claim time is left."""
     now = utcnow()
-    return queries.renew_claims(
-        session,
-        project_id,
-        annotator,
-        now + timedelta(seconds=CLAIM_SECONDS / 2),
-        now + timedelta(seconds=CLAIM_SECONDS),
-    )
+    return queries.renew_claims(session, project_id, annotator, _renew_before(now), _claim_end(now))
+
+
+def _claim_end(now):
+    """When a claim taken (or renewed) `now` runs out."""
+    return now + timedelta(seconds=CLAIM_SECONDS)
+
+
+def _renew_before(now):
+    """Claims that run out before this are renewed: a page's claims are written again once half
+    their time is gone, and not at every rerun of the page (its keys, its clicks)."""
+    return now + timedelta(seconds=CLAIM_SECONDS / 2)
 
 
 def _next_in(
@@ -160,12 +163,10 @@ def _next_in(
     ordered = queries.queue_page(session, project_id, splits, limit, exclude, unclaimed_for=(annotator, now))
     page = {item.id for item, _ in ordered[:k]}
     if len(page) == k and queries.claimed_by(session, project_id, annotator, now) - (keep - page) == page:
-        lasting = queries.claimed_by(
-            session, project_id, annotator, now + timedelta(seconds=CLAIM_SECONDS / 2)
-        )
+        lasting = queries.claimed_by(session, project_id, annotator, _renew_before(now))
         if page <= lasting:
             return ordered[:k]  # already this annotator's page, and only it: nothing to write
-    expires = now + timedelta(seconds=CLAIM_SECONDS)
+    expires = _claim_end(now)
     claimed = queries.claim_items(
         session, project_id, [item.id for item, _ in ordered], annotator, k, now, expires, keep=keep
     )
