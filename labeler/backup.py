@@ -14,7 +14,7 @@ from pathlib import Path
 
 from db.models import INTERRUPTED, RUNNING, utcnow
 
-from .config import db_url
+from .config import db_url, sqlite_file
 
 INTERRUPTED_BY_BACKUP = "The backup was taken while this run trained; start training again."
 
@@ -39,10 +39,9 @@ def backup(out: str | Path, url: str | None = None) -> Path:
     interrupted in the copy. For PostgreSQL use
     `pg_dump` instead: this raises a ValueError saying so.
     """
-    url = url or db_url()
-    if not url.startswith("sqlite:///"):
+    source_path = sqlite_file(url or db_url())
+    if source_path is None:
         raise ValueError("Online backup is for SQLite; for PostgreSQL use pg_dump.")
-    source_path = Path(url.split("///", 1)[1].split("?", 1)[0])
     if not source_path.exists():
         raise ValueError(f"There is no database at {source_path} to back up; check LABELER_DATA_DIR.")
     out = Path(out)

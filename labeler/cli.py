@@ -10,7 +10,6 @@ import importlib
 import json
 import os
 import sys
-from pathlib import Path
 
 from tqdm import tqdm
 
@@ -32,17 +31,15 @@ def _session_factory(existing: bool = False):
     is refused rather than made: `projects` and `export` on a mistyped LABELER_DATA_DIR created an
     empty one without a word and then found no project (an exploratory session)."""
     import db
-    from labeler.config import db_url
+    from labeler.config import db_url, sqlite_file
 
-    url = db_url()
-    if existing and url.startswith("sqlite:///"):
-        path = Path(url.split("///", 1)[1].split("?", 1)[0])
-        if not path.exists():
-            setting = "LABELER_DB_URL" if os.environ.get("LABELER_DB_URL") else "LABELER_DATA_DIR"
-            raise ValueError(
-                f"There is no labeler database at {path}; check {setting} (the app or "
-                "`python -m labeler import` makes one)."
-            )
+    path = sqlite_file(db_url()) if existing else None
+    if path is not None and not path.exists():
+        setting = "LABELER_DB_URL" if os.environ.get("LABELER_DB_URL") else "LABELER_DATA_DIR"
+        raise ValueError(
+            f"There is no labeler database at {path}; check {setting} (the app or "
+            "`python -m labeler import` makes one)."
+        )
     return db.session_factory(db.get_engine())
 
 

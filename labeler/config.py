@@ -43,6 +43,13 @@ def data_dir_set(folder: Path) -> Iterator[None]:
             os.environ["LABELER_DATA_DIR"] = previous
 
 
+def sqlite_file(url: str) -> Path | None:
+    """The file of a `sqlite:///PATH` URL (its query string left out); None for any other URL."""
+    if not url.startswith("sqlite:///"):
+        return None
+    return Path(url.split("///", 1)[1].split("?", 1)[0])
+
+
 def db_url() -> str:
     """Any SQLAlchemy URL from `LABELER_DB_URL`, else a SQLite file in the data folder.
 
