@@ -188,6 +188,8 @@ def create_project(
     on any error nothing is left of the project either (see the module docstring).
     """
     name = validate_name(name)
+    if audit_size is not None:  # before reading: a folder or built-in set can take minutes
+        check_int("The audit set size", audit_size, 0, 10_000)
     with Session() as session:
         if queries.get_project(session, name) is not None:
             raise ValueError(f"A project named {name!r} exists already; choose another name.")

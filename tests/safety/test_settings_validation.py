@@ -63,3 +63,18 @@ def test_project_creation_refuses_bad_settings(Session, make_image_set):
         from db import queries
 
         assert queries.list_projects(session) == []  # nothing half-made was left behind
+
+
+def test_a_bad_audit_size_is_refused_before_any_image_is_read(Session, tmp_path, monkeypatch):
+    """`import --audit-size -5` read (and staged) the whole folder, then refused."""
+    from labeler.data import staging
+
+    def no_reading(*args, **kwargs):
+        raise AssertionError("the images were read before the setting was checked")
+
+    monkeypatch.setattr(staging, "stage_folder", no_reading)
+    monkeypatch.setattr("labeler.data.read_source", no_reading)
+    (tmp_path / "cat").mkdir()
+    for source in (str(tmp_path), "digits"):
+        with pytest.raises(SettingError, match="audit set size .*between 0 and 10000"):
+            projects.create_project(Session, "p", source, audit_size=-5)
