@@ -59,7 +59,8 @@ def named_as_uploaded(text: str, source: str | None, upload) -> str:
     saved = _saved_upload(source)
     if saved is None or upload is None:
         return text
-    return text.replace(saved.name, str(upload.name))
+    # The whole path first: the folder it lies in is the server's, not the person's business.
+    return text.replace(str(saved), str(upload.name)).replace(saved.name, str(upload.name))
 
 
 def record_uploaded_name(project_id: int, source: str | None, upload) -> None:
@@ -96,35 +97,40 @@ def sources() -> dict[str, str]:
 
 def _create_ui() -> None:
     offered = sources()
+    # Outside the form, so that the form shows only the chosen source's fields: with all of them
+    # shown, a folder typed while "From" was left on the built-in set imported the built-in set
+    # without a word (exploratory).
+    kind = st.radio("From", list(offered), format_func=offered.get, horizontal=True, key="new_project_kind")
+    upload = None
     with st.form("create_project", clear_on_submit=False):
         name = st.text_input("Name", key="new_project_name")
-        kind = st.radio(
-            "From", list(offered), format_func=offered.get, horizontal=True, key="new_project_kind"
-        )
-        st.selectbox(
-            "Built-in data set",
-            list(DATASETS),
-            key="new_project_builtin",
-            format_func=lambda d: f"{DATASETS[d].title}: {DATASETS[d].description}",
-        )
-        if "folder" in offered:
+        if kind == "builtin":
+            st.selectbox(
+                "Built-in data set",
+                list(DATASETS),
+                key="new_project_builtin",
+                format_func=lambda d: f"{DATASETS[d].title}: {DATASETS[d].description}",
+            )
+        elif kind == "folder":
             st.text_input(
                 "Folder on the server (class sub-folders, or a flat folder of images)",
                 key="new_project_folder",
             )
-        upload = st.file_uploader("Zip of images", type=["zip"], key="new_project_upload")
-        st.text_input(
-            "Class names, for a flat folder or zip (comma-separated)",
-            key="new_project_classes",
-            placeholder="e.g. cat, dog",
-        )
-        st.number_input(
-            "Audit set size (random images kept out of training to measure accuracy; own data only)",
-            value=50,
-            step=10,
-            key="new_project_audit",
-            help="0 to 10,000, and at most a fifth of the images (checked when the project is created).",
-        )
+        else:
+            upload = st.file_uploader("Zip of images", type=["zip"], key="new_project_upload")
+        if kind != "builtin":  # a built-in set has its classes and its test split
+            st.text_input(
+                "Class names, for a flat folder or zip (comma-separated)",
+                key="new_project_classes",
+                placeholder="e.g. cat, dog",
+            )
+            st.number_input(
+                "Audit set size (random images kept out of training to measure accuracy)",
+                value=50,
+                step=10,
+                key="new_project_audit",
+                help="0 to 10,000, and at most a fifth of the images (checked when the project is created).",
+            )
         submitted = st.form_submit_button("Create project", type="primary")
     if not submitted:
         return
@@ -134,7 +140,12 @@ def _create_ui() -> None:
     source = bar = None
     try:
         source = _source(kind, upload)
-        audit = check_int("The audit set size", st.session_state.get("new_project_audit", 50), 0, 10_000)
+        own = kind != "builtin"  # class names and an audit set size are asked for own images only
+        audit = (
+            check_int("The audit set size", st.session_state.get("new_project_audit", 50), 0, 10_000)
+            if own
+            else None
+        )
         bar = st.progress(0.0, text="Importing the images...")
 
         def progress(done: int, total: int) -> None:
@@ -145,7 +156,7 @@ def _create_ui() -> None:
                 common.session_factory(),
                 name,
                 source,
-                classes=parse_classes(st.session_state.get("new_project_classes", "")),
+                classes=parse_classes(st.session_state.get("new_project_classes", "")) if own else None,
                 audit_size=audit,
                 progress=progress,
             )
@@ -171,7 +182,7 @@ def _create_ui() -> None:
     with common.session_factory()() as session:
         n_audit = queries.count_items(session, project.id, AUDIT)
         n_test = queries.count_items(session, project.id, TEST)
-    if n_audit < audit and not n_test:
+    if audit is not None and n_audit < audit and not n_test:
         message += (
             f" The audit set has {n_audit} images, not {audit}: it is at most a fifth of the images, "
             "so most are left to label and train on."

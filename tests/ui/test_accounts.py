@@ -178,8 +178,8 @@ def test_no_server_folder_without_an_import_root(tiny_project, monkeypatch, tmp_
     monkeypatch.setenv("LABELER_IMPORT_ROOT", str(tmp_path))
     at = _page_as("project", tiny_project.id, None)
     assert [o for o in at.radio(key="new_project_kind").options if "Folder" in o]
+    at.radio(key="new_project_kind").set_value("folder").run()  # the form shows the folder field
     at.text_input(key="new_project_name").input("etc")
-    at.radio(key="new_project_kind").set_value("folder")
     at.text_input(key="new_project_folder").input("/etc")
     at.button[-1].click().run()
     assert "Only folders under" in at.error[0].value

@@ -788,8 +788,8 @@ def test_project_page_creates_a_project_from_a_folder(Session, tiny_project, tmp
     monkeypatch.setenv("LABELER_IMPORT_ROOT", str(tmp_path))  # server folders only under it
     _write_images(tmp_path / "pets", broken=True)
     at = page_app("project", tiny_project.id)
+    at.radio(key="new_project_kind").set_value("folder").run()  # the form shows the folder field
     at.text_input(key="new_project_name").input("pets")
-    at.radio(key="new_project_kind").set_value("folder")
     at.text_input(key="new_project_folder").input(str(tmp_path / "pets"))
     at.button[-1].click().run()  # the form's submit button
     assert not at.exception and not at.error
@@ -812,16 +812,57 @@ def test_project_page_creates_a_project_from_a_folder(Session, tiny_project, tmp
 def test_project_page_says_what_is_wrong_in_one_sentence(tiny_project, tmp_path, monkeypatch):
     monkeypatch.setenv("LABELER_IMPORT_ROOT", str(tmp_path))
     at = page_app("project", tiny_project.id)
+    at.radio(key="new_project_kind").set_value("folder").run()  # the form shows the folder field
     at.text_input(key="new_project_name").input("nothing")
-    at.radio(key="new_project_kind").set_value("folder")
     at.text_input(key="new_project_folder").input(str(tmp_path / "missing"))
     at.button[-1].click().run()
     assert not at.exception
     assert len(at.error) == 1 and "\n" not in at.error[0].value
+    at.radio(key="new_project_kind").set_value("builtin").run()
     at.text_input(key="new_project_name").input("tiny")  # taken
-    at.radio(key="new_project_kind").set_value("builtin")
     at.button[-1].click().run()
     assert "exists already" in at.error[0].value
+
+
+def test_the_project_form_shows_only_the_chosen_sources_fields(Session, tiny_project, tmp_path, monkeypatch):
+    """With every field shown, a folder typed while "From" stayed on the built-in set imported
+    the built-in digits without a word (exploratory)."""
+    monkeypatch.setenv("LABELER_IMPORT_ROOT", str(tmp_path))
+    _write_images(tmp_path / "pets")
+    at = page_app("project", tiny_project.id)
+    form_keys = lambda: {w.key for w in [*at.text_input, *at.selectbox, *at.number_input] if w.key}
+    assert at.radio(key="new_project_kind").value == "builtin"
+    assert "new_project_builtin" in form_keys()
+    assert not {"new_project_folder", "new_project_classes", "new_project_audit"} & form_keys()
+    assert not at.get("file_uploader")
+    at.radio(key="new_project_kind").set_value("folder").run()
+    assert {"new_project_folder", "new_project_classes", "new_project_audit"} <= form_keys()
+    assert "new_project_builtin" not in form_keys() and not at.get("file_uploader")
+    at.radio(key="new_project_kind").set_value("upload").run()
+    assert len(at.get("file_uploader")) == 1 and "new_project_folder" not in form_keys()
+    # A folder typed, then "From" set back to the built-in set: the folder's field is gone.
+    at.radio(key="new_project_kind").set_value("folder").run()
+    at.text_input(key="new_project_folder").input(str(tmp_path / "pets"))
+    at.radio(key="new_project_kind").set_value("builtin").run()
+    assert "new_project_folder" not in form_keys()
+    at.radio(key="new_project_kind").set_value("folder").run()
+    at.text_input(key="new_project_name").input("pets")
+    at.text_input(key="new_project_folder").input(str(tmp_path / "pets"))
+    at.button[-1].click().run()
+    assert not at.exception and not at.error
+    with Session() as session:
+        assert queries.class_names(session, queries.get_project(session, "pets").id) == ["cat", "dog"]
+
+
+def test_an_upload_error_names_the_uploaded_file_not_the_servers_folder(tmp_path):
+    saved = project.data_dir() / "uploads" / "4c83e1a6.zip"
+    text = f"No image in {saved} could be imported (1 files skipped, e.g. inner.zip: not an image file)."
+    shown = project.named_as_uploaded(text, f"zip:{saved}", SimpleNamespace(name="photos.zip"))
+    assert (
+        shown
+        == "No image in photos.zip could be imported (1 files skipped, e.g. inner.zip: not an image file)."
+    )
+    assert str(saved.parent) not in shown
 
 
 def test_uploaded_zip_is_saved_under_the_data_folder_and_imports(Session, tmp_path):
