@@ -372,6 +372,26 @@ def duplicate_reason(key: str, first: str) -> str:
     return f"duplicate of {first}"
 
 
+NOT_A_CLASS = (
+    "no image in this folder could be imported, so it is not a class (add the class on the Project page)"
+)
+
+
+def unused_class_folders(folder: Path, data_root: Path, classes: Sequence[str]) -> list[tuple[str, str]]:
+    """(shown path, reason) for each class folder (a visible folder at the top of `data_root`)
+    that is not among `classes` because no image in it was imported: an empty class folder
+    vanished from the project without a note (exploratory)."""
+    try:
+        entries = sorted(os.scandir(data_root), key=lambda entry: entry.name)
+    except OSError:
+        return []
+    return [
+        (_printable(Path(os.path.relpath(entry.path, folder)).as_posix()) + "/", NOT_A_CLASS)
+        for entry in entries
+        if entry.is_dir(follow_symlinks=False) and not _ignored(entry.name) and entry.name not in classes
+    ]
+
+
 # ---------------------------------------------------------------------------------------
 # Folder import
 
@@ -449,6 +469,7 @@ def _import_tree(
             )
         index = {name: i for i, name in enumerate(class_names)}
         truth = np.array([index[name] for name in found], dtype=np.int64)
+        skipped.extend(unused_class_folders(folder, data_root, class_names))
     return ImageSet(
         pixels=pixels,
         keys=keys,

@@ -294,6 +294,15 @@ def stage_folder(
                     "add them to the class names or remove those folders."
                 )
             class_folders = True
+            known = {shown for (shown,) in db.execute("SELECT path FROM skipped")}  # a resumed import
+            db.executemany(
+                "INSERT INTO skipped (path, reason) VALUES (?, ?)",
+                [
+                    row
+                    for row in importer.unused_class_folders(folder, data_root, class_names)
+                    if row[0] not in known
+                ],
+            )
     finally:
         db.close()
     _truncate(staging / meta["pixels"], count)

@@ -201,6 +201,16 @@ def _source(kind: str, upload) -> str:
     return save_upload(upload.getvalue())
 
 
+def skipped_words(paths: list[str]) -> str:
+    """The import report's sentence ("3 files were skipped when importing."), counting a class
+    folder with no image imported (its path ends in "/", `importer.unused_class_folders`) as a
+    folder."""
+    folders = sum(path.endswith("/") for path in paths)
+    counts = [(len(paths) - folders, "file"), (folders, "folder")]
+    words = " and ".join(f"{n} {noun}{'s' if n != 1 else ''}" for n, noun in counts if n)
+    return f"{words} {'was' if len(paths) == 1 else 'were'} skipped when importing."
+
+
 def _sentence(error: Exception) -> str:
     text = str(error).strip() or type(error).__name__
     return text if text.endswith((".", "!", "?")) else text + "."
@@ -269,7 +279,7 @@ def project_page() -> None:
 
     st.subheader("Import report")
     if issues:
-        st.warning(f"{len(issues)} file{'s were' if len(issues) != 1 else ' was'} skipped when importing.")
+        st.warning(skipped_words([i.path for i in issues]))
         st.dataframe(
             pd.DataFrame([(i.path, i.reason) for i in issues], columns=["file", "why it was skipped"]),
             hide_index=True,

@@ -14,7 +14,7 @@ from PIL import Image
 
 from db import queries
 from labeler import projects
-from labeler.data import import_folder, staging
+from labeler.data import import_folder, importer, staging
 from labeler.data.images import decode_image
 
 
@@ -217,3 +217,29 @@ def test_a_second_import_of_the_same_folder_while_one_runs_is_refused(Session, t
         projects.create_project(Session, "pets", f"folder:{source}", audit_size=0)
     project = projects.create_project(Session, "pets", f"folder:{source}", audit_size=0)
     assert project_state(Session, project.id)[0][-1][0] == 21
+
+
+def test_a_class_folder_with_no_image_imported_is_named_in_the_report(tmp_path):
+    """An empty class folder vanished from the project's classes without a note (exploratory)."""
+    source = make_folder(tmp_path / "src", n=3)
+    (source / "empty").mkdir()
+    (source / "junk").mkdir()
+    (source / "junk" / "readme.txt").write_text("not an image")
+    (source / ".thumbnails").mkdir()  # hidden: skipped as such, not a class folder
+    staged = staging.stage_folder(source, tmp_path / "stage")
+    in_memory = import_folder(source)
+    for classes, skipped in (
+        (staged.classes, [pair for chunk in staged.skipped() for pair in chunk]),
+        (in_memory.classes, in_memory.skipped),
+    ):
+        assert classes == ["cat", "dog"]
+        reasons = dict(skipped)
+        assert reasons["empty/"] == reasons["junk/"] == importer.NOT_A_CLASS
+        assert reasons["junk/readme.txt"].startswith("not an image")
+        assert ".thumbnails/" not in reasons
+    # Run again on the same staging folder (an import that resumes): each folder is named once.
+    again = staging.stage_folder(source, tmp_path / "stage")
+    assert [path for chunk in again.skipped() for path, _ in chunk].count("empty/") == 1
+    # A class named on purpose has no note, though its folder is empty.
+    named = import_folder(source, classes=["cat", "dog", "empty", "junk"])
+    assert named.classes == ["cat", "dog", "empty", "junk"] and "empty/" not in dict(named.skipped)

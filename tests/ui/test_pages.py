@@ -1110,3 +1110,10 @@ def test_start_while_a_run_waits_says_the_waiting_run_changed(Session, tiny_proj
     at.button(key="train_start").click().run()
     assert at.success[0].value.startswith(f"Run {run_id} was already waiting; it now trains supervised")
     assert "(it was m2)" in at.success[0].value.replace("\\", "")  # AppTest escapes the markdown
+
+
+def test_the_import_report_counts_files_and_folders():
+    assert project.skipped_words(["a.txt"]) == "1 file was skipped when importing."
+    assert project.skipped_words(["a.txt", "b.txt"]) == "2 files were skipped when importing."
+    assert project.skipped_words(["empty/"]) == "1 folder was skipped when importing."
+    assert project.skipped_words(["a.txt", "empty/"]) == "1 file and 1 folder were skipped when importing."
