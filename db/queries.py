@@ -472,6 +472,25 @@ def held_by_others_of(session: Session, project_id: int, annotator: str, now, it
     return set(session.scalars(held_by_others(project_id, annotator, now).where(Claim.item_id.in_(item_ids))))
 
 
+def take_over_claims(session: Session, project_id: int, item_ids, claimant: str) -> int:
+    """Give `claimant` ("name#token", labeler.ui.common.claimant) the claims on `item_ids` that
+    the same name holds under another token (a browser session the server no longer has);
+    return how many. Another person's claims stay theirs."""
+    name = claimant.rpartition("#")[0]
+    mine = [
+        claim.item_id
+        for claim in session.scalars(
+            select(Claim).where(Claim.project_id == project_id, Claim.item_id.in_(list(item_ids)))
+        )
+        if claim.annotator != claimant and claim.annotator.rpartition("#")[0] == name
+    ]
+    if mine:
+        session.execute(
+            update(Claim).where(Claim.project_id == project_id, Claim.item_id.in_(mine)).values(annotator=claimant)
+        )
+    return len(mine)
+
+
 def claimed_by(session: Session, project_id: int, annotator: str, valid_until) -> set[int]:
     """The items `annotator` holds claims on that last at least until `valid_until`."""
     return set(

@@ -127,6 +127,19 @@ def held_page(
     return page
 
 
+def restored_page(
+    session: Session, project_id: int, item_ids: list[int], annotator: str
+) -> list[tuple[Item, Prediction | None]] | None:
+    """`held_page` for a page a browser tab still shows after the server lost its session (a
+    restart): the claims the same person's lost session holds on it pass to `annotator` first
+    (they would otherwise look like another person's until they run out)."""
+    queries.take_over_claims(session, project_id, item_ids, annotator)
+    page = held_page(session, project_id, item_ids, annotator)
+    if page:  # the page drawn in its place meanwhile goes back
+        queries.release_claims_but(session, project_id, annotator, set(item_ids))
+    return page
+
+
 def keep_claims(session: Session, project_id: int, annotator: str) -> int:
     """Renew the annotator's claims in the project while a page of theirs is open (the Label page
     asks every minute), writing only once less than half the claim time is left."""

@@ -520,6 +520,9 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
     a tile chosen) would drop the choices made on this one. A held page another annotator was
     given meanwhile (this person was away longer than the claim lasts) is dropped for a new one."""
     pinned = st.session_state.get(_page_key(project_id))
+    restored = _restored_page(project_id, pinned)
+    if restored:
+        return restored
     taken = False
     if pinned:
         Session = common.session_factory()
@@ -545,6 +548,73 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
     if taken:
         st.warning("Someone else took over images of this page while you were away; here is a new page.")
     return batch
+
+
+_RESTORED = "grid-restored"  # page name -> True: given back (`_restored_page`), False: not
+_GRID_DRAWN = "grid-drawn"  # this browser session has drawn a grid page
+
+
+def _lost_page(project_id: int, pinned: list[int] | None) -> list[int] | None:
+    """The grid page this tab still shows with keys pressed on it, when it is not this session's:
+    the server restarted (its pages were in the session it lost; 5 of 5 pages of set tiles were
+    replaced by a new page without a word, exploratory), and label_grid.js sent its list of keys
+    again. None unless the keys were pressed under this name, on a page not accepted in this
+    session, and not tried before."""
+    live = _live_grid_keys()
+    if not hasattr(live, "get") or live.get("lost") is not True:
+        return None  # not sent for a lost page: a key, or the list of a page accepted before
+    if live.get("who") != common.annotator():
+        return None  # keys under another name (a logout, then a login in this tab) stay theirs
+    page = str(live.get("page", ""))
+    listed = [edit for edit in live.get("list") or [] if hasattr(edit, "get")]
+    accepted = st.session_state.get(_accepted_key(project_id), set())
+    tried = st.session_state.setdefault(_RESTORED, {})
+    if not listed or page == _page_name(pinned or []) or page in accepted or page in tried:
+        return None
+    tried[page] = False
+    try:
+        ids = [int(part) for part in page.split(",")]
+    except ValueError:
+        return None
+    keyed = {edit.get("item") for edit in listed}
+    return ids if 0 < len(ids) <= GRID_SIZE and keyed <= set(ids) else None
+
+
+def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item, object]] | None:
+    """`_lost_page` again, with its images and guesses, when every image a key was pressed on is
+    still open and no other person holds one of the page's images; else None (a new page)."""
+    ids = _lost_page(project_id, pinned)
+    if ids is None:
+        return None
+    keyed = [edit.get("item") for edit in _live_grid_keys().get("list") if hasattr(edit, "get")]
+    Session = common.session_factory()
+
+    def restore():
+        with Session.begin() as session:
+            if queries.unanswered(session, project_id, keyed) != set(keyed):
+                return None  # a key's image was answered since: the page is not as it was
+            return queue.restored_page(session, project_id, ids, common.claimant())
+
+    try:
+        batch = db.retrying(restore)
+    except OperationalError:
+        batch = None
+    if not batch:
+        st.warning(
+            "The server restarted, and your last grid page could not be given back: some of its "
+            "images have been answered or are held by someone else (the History shows what was stored)."
+        )
+        return None
+    st.session_state[_page_key(project_id)] = ids
+    st.session_state[_RESTORED][_page_name(ids)] = True
+    return batch
+
+
+def _restored_note(page: str) -> None:
+    if st.session_state.get(_RESTORED, {}).get(page):
+        st.info(
+            "The server restarted: this is the page you were working on, with the tiles you set. Accept it when done."
+        )
 
 
 def _apart(label: str) -> str:
@@ -854,6 +924,7 @@ def _grid(project_id: int, names: list[str]) -> None:
     options = [-1, *range(len(names))]
     skip = _apart("skip")
     page = _page_name(item.id for item, _ in batch)
+    _restored_note(page)
     token, pressed, listed = _grid_presses(project_id, page, len(names))
     key_names = _key_names(listed)
     view = _grid_view(threshold, names)
@@ -862,6 +933,7 @@ def _grid(project_id: int, names: list[str]) -> None:
     closed = _answered_meanwhile(project_id, [item.id for item, _ in batch], names)
     columns = st.columns(4)
     tile_keys = []
+    chosen = []  # tiles chosen with the mouse since their last key, for label_grid.js
     for n, (item, prediction) in enumerate(batch):
         prediction = _shown_prediction(item, prediction)
         sure = (
@@ -871,6 +943,11 @@ def _grid(project_id: int, names: list[str]) -> None:
         )
         guess = prediction.predicted if sure else -1
         presses = pressed.get(item.id, (0, -1))[0]
+        own = _own_choice(project_id, page, item.id, presses)
+        if own:
+            chosen.append(
+                {"item": item.id, "class": own["value"], **({"name": own["name"]} if own["name"] else {})}
+            )
         carried = _carried_choice(project_id, page, item.id, pressed, key_names, len(names))
         last = carried[0] if carried else guess  # a choice made before these tiles were drawn
         tile_keys.append({"item": item.id, "key": _tile_key(item.id, view, token, presses)})
@@ -901,10 +978,15 @@ def _grid(project_id: int, names: list[str]) -> None:
             "edits": {"token": token, "list": listed} if token else None,
             "classes": [{"index": i, "key": k, "name": names[i]} for i, k in enumerate(keys) if k],
             "columns": len(columns),
+            "who": common.annotator(),  # sent back with the keys (`_lost_page`)
+            "chosen": chosen,
+            # A session that has drawn no grid yet asks the tab for a page it still shows.
+            "ask": not st.session_state.get(_GRID_DRAWN),
         },
         key="grid-keys",
         on_edits_change=lambda: None,  # read by _grid_presses
     )
+    st.session_state[_GRID_DRAWN] = True
     left, right = st.columns(2)
     left.button(
         "Accept page",

@@ -85,6 +85,13 @@ export default function (component) {
     document.addEventListener("keydown", g.onKey, true);
     grids.set(parentElement, g);
   }
+  // A server that lost this tab's session (a restart) draws a new page and asks (`ask`) for
+  // the page this tab still shows: its keys, then the tiles chosen with the mouse since (the
+  // server lists them in `chosen`), sent back, bring that page back (label.py, _lost_page).
+  // Before, the tiles set on it were dropped without a word.
+  const set = g.page && g.page !== data.page ? (g.edits || []).concat(g.data.chosen || []) : [];
+  const lost =
+    data.ask && set.length ? { token: g.token, page: g.page, who: g.data.who, list: set, lost: true } : null;
   if (g.page !== data.page) {
     // A new page of images: the list the server holds for it (a page back after an undo), else
     // a new one. Carrying on the server's list keeps every tile keyed before as it is shown.
@@ -97,7 +104,11 @@ export default function (component) {
   }
   g.page = data.page;
   g.data = data;
-  g.send = () => setStateValue("edits", { token: g.token, page: g.page, list: g.edits.slice() });
+  // `who`: the name the keys were pressed under, so that a server that lost this session (a
+  // restart) gives the page back to that person only.
+  g.send = () =>
+    setStateValue("edits", { token: g.token, page: g.page, who: g.data.who, list: g.edits.slice() });
+  if (lost) setStateValue("edits", lost);
   draw(g);
   setTimeout(() => draw(g), 300); // the tiles may be drawn after this component
   const state = g;

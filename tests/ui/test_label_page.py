@@ -5,7 +5,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from db import queries
-from db.models import AUDIT, POOL
+from db.models import AUDIT, POOL, LabelEvent
 from labeler.ui import label
 from tests.ui.ui_helpers import (
     APP,
@@ -1070,3 +1070,94 @@ def test_a_history_tile_sent_with_a_name_from_before_a_rename_stays_on_its_saved
     assert _history_tiles(at)[a].value == was
     button(at, "hist_save").click().run()
     assert _labels(Session, tiny_project.id)[a] == was
+
+
+def _lost_page_sent(at, page_ids: list[int], who: str, keys: dict[int, int], lost: bool = True) -> None:
+    """What label_grid.js sends after a server restart, for the page it still shows: the keys
+    pressed on it (item -> class), under the name they were pressed under."""
+    edits = {
+        "token": "old1",
+        "page": ",".join(map(str, page_ids)),
+        "who": who,
+        "list": [{"item": item, "class": cls, "name": str(cls)} for item, cls in keys.items()],
+    }
+    at.session_state["grid-keys"] = {"edits": {**edits, "lost": True} if lost else edits}
+    at.run()
+
+
+def _claims(Session, project_id: int) -> dict[int, str]:
+    from db.models import Claim
+
+    with Session() as session:
+        return {c.item_id: c.annotator for c in session.query(Claim).filter_by(project_id=project_id)}
+
+
+def test_a_grid_page_a_restarted_server_lost_comes_back_with_its_keys(Session, tiny_project):
+    """A server restart loses the session that held the grid page: the new one drew a new page
+    and the tiles set on the old one were gone (exploratory, 5 of 5). The page the tab sends
+    back comes back with its keys, the lost session's claims on it pass to the new one (they
+    looked like another person's for five minutes) and the new page's claims are given back."""
+    pid = tiny_project.id
+    before = page_app("label", pid, annotator="rosa")  # the session the server lost
+    before.radio(key="label_mode").set_value("Grid").run()
+    lost = list(before.session_state[f"grid-page-{pid}"])
+    after = page_app("label", pid, annotator="rosa")  # the tab, reconnected to the new server
+    after.radio(key="label_mode").set_value("Grid").run()
+    drawn = list(after.session_state[f"grid-page-{pid}"])
+    assert not set(drawn) & set(lost)
+    _lost_page_sent(after, lost, "rosa", {lost[0]: 0, lost[1]: 1})
+    assert list(after.session_state[f"grid-page-{pid}"]) == lost
+    tiles = _grid_tiles(after)
+    assert set(tiles) == set(lost) and tiles[lost[0]].value == 0 and tiles[lost[1]].value == 1
+    assert "The server restarted: this is the page you were working on" in after.info[0].value
+    token = after.session_state["claim_token"]
+    claims = _claims(Session, pid)
+    assert {claims.get(i) for i in lost} == {f"rosa#{token}"} and not set(drawn) & set(claims)
+    button(after, "accept_grid").click().run()
+    with Session() as session:
+        assert queries.current_labels(session, pid) == {lost[0]: 0, lost[1]: 1}
+        assert {e.annotator for e in session.query(LabelEvent).filter_by(project_id=pid)} == {"rosa"}
+
+
+def test_a_lost_grid_page_is_not_given_to_another_name_or_over_an_answer(Session):
+    """Keys pressed under another name (a logout, then a login in the tab) stay theirs; a list
+    not sent for a lost page (a key, an accepted page's) brings nothing back; a page whose keyed
+    image was answered meanwhile, or that another person holds an image of, is not given back,
+    and the page says so."""
+    from sqlalchemy import update
+
+    from db.models import Claim
+    from labeler import projects
+    from tests.conftest import tiny_image_set
+
+    pid = projects.create_project(Session, "big", "test", images=tiny_image_set(n=120)).id
+    before = page_app("label", pid, annotator="rosa")
+    before.radio(key="label_mode").set_value("Grid").run()
+    lost = list(before.session_state[f"grid-page-{pid}"])
+
+    def reconnected(name: str):
+        at = page_app("label", pid, annotator=name)
+        at.radio(key="label_mode").set_value("Grid").run()
+        return at, list(at.session_state[f"grid-page-{pid}"])
+
+    for name, flag in (("rosa", False), ("ivan", True)):  # no "lost" flag; another name
+        at, drawn = reconnected(name)
+        _lost_page_sent(at, lost, "rosa", {lost[0]: 1}, lost=flag)
+        assert list(at.session_state[f"grid-page-{pid}"]) == drawn and not at.info and not at.warning
+    # Another person holds an image of the page (not one keyed).
+    with Session.begin() as session:
+        session.execute(update(Claim).where(Claim.item_id == lost[5]).values(annotator="ivan#other"))
+    at, drawn = reconnected("rosa")
+    _lost_page_sent(at, lost, "rosa", {lost[0]: 1})
+    assert list(at.session_state[f"grid-page-{pid}"]) == drawn
+    assert "could not be given back" in at.warning[0].value
+    # A keyed image answered meanwhile.
+    at, drawn = reconnected("rosa")
+    with Session.begin() as session:
+        session.execute(update(Claim).where(Claim.item_id == lost[5]).values(annotator="rosa#lost"))
+        queries.add_label(session, lost[0], 0, annotator="ivan")
+    _lost_page_sent(at, lost, "rosa", {lost[0]: 1})
+    assert list(at.session_state[f"grid-page-{pid}"]) == drawn
+    assert "could not be given back" in at.warning[0].value
+    with Session() as session:
+        assert queries.current_labels(session, pid) == {lost[0]: 0}
