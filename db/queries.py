@@ -486,7 +486,9 @@ def take_over_claims(session: Session, project_id: int, item_ids, claimant: str)
     ]
     if mine:
         session.execute(
-            update(Claim).where(Claim.project_id == project_id, Claim.item_id.in_(mine)).values(annotator=claimant)
+            update(Claim)
+            .where(Claim.project_id == project_id, Claim.item_id.in_(mine))
+            .values(annotator=claimant)
         )
     return len(mine)
 

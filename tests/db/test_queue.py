@@ -516,3 +516,28 @@ def test_cancelling_a_run_a_worker_claims_meanwhile_asks_it_to_stop(Session, pro
     with Session() as session:
         stored = session.get(Run, run_id)
         assert stored.status == RUNNING and stored.cancel_requested
+
+
+def test_a_page_a_restarted_server_lost_passes_to_the_same_names_new_session(Session, project):
+    """`restored_page` (the grid page a tab sends back after a server restart): the claims the
+    same name holds under the lost session's token pass to the new one, whose other claims go
+    back; another name's claim keeps the page from being given back, and a name that only begins
+    like another's is another name."""
+    _finished_run(Session, project.id)
+    with Session.begin() as session:
+        lost = [item.id for item, _ in queue.next_items(session, project.id, k=4, annotator="rosa#old")]
+    with Session.begin() as session:
+        drawn = [item.id for item, _ in queue.next_items(session, project.id, k=4, annotator="rosa#new")]
+    assert not set(lost) & set(drawn)
+    with Session.begin() as session:
+        page = queue.restored_page(session, project.id, lost, "rosa#new")
+        assert [item.id for item, _ in page] == lost
+    held = _claims(Session)
+    assert {i: held[i][0] for i in lost} == dict.fromkeys(lost, "rosa#new")
+    assert not set(drawn) & set(held)  # the page drawn in its place meanwhile: given back
+    with Session.begin() as session:
+        queue.next_items(session, project.id, k=4, annotator="rosa#x#other")  # "rosa#x", not "rosa"
+    other = [i for i, (who, _) in _claims(Session).items() if who == "rosa#x#other"]
+    with Session.begin() as session:
+        assert queries.take_over_claims(session, project.id, other, "rosa#new") == 0
+        assert queue.restored_page(session, project.id, [*lost, other[0]], "rosa#new") is None
