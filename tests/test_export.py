@@ -344,6 +344,26 @@ def test_an_older_finished_run_can_be_exported_instead_of_the_newest(Session, ti
         export.export_all(Session, tiny_project.id, out, what="predictions", run_id=older)
 
 
+def test_the_export_page_does_not_say_it_holds_a_model_it_left_out(Session, tiny_project, tmp_path):
+    """A checkpoint that does not load: the caption said "the files hold ... the model of run N"
+    above the note that run N's model cannot be exported (exploratory)."""
+    from streamlit.testing.v1 import AppTest
+
+    _label_some(Session, tiny_project)
+    run = _finished_run(Session, tiny_project, tmp_path, "a", predicted=1)
+    checkpoint = tmp_path / "a" / "run.pt"
+    checkpoint.write_bytes(checkpoint.read_bytes()[:500])  # cut short
+    at = AppTest.from_string("from labeler.ui.export import export_page\nexport_page()", default_timeout=60)
+    at.session_state["project_id"] = tiny_project.id
+    at.session_state["annotator"] = "tester"
+    at.run()
+    at.button(key="export_prepare").click().run()
+    assert not at.exception
+    assert "cannot be exported" in at.warning[0].value
+    assert f"run {run}" not in at.caption[0].value and "the labels of that moment." in at.caption[0].value
+    assert "download-model" not in [b.key for b in at.get("download_button")]
+
+
 def test_the_export_page_exports_the_run_chosen(Session, tiny_project, tmp_path):
     from streamlit.testing.v1 import AppTest
 

@@ -246,7 +246,7 @@ def export_page() -> None:
             if n_ignored
             else ""
         )
-        + ("; a trained model is included." if has_model else "; no trained model yet.")
+        + ("; a trained model is available." if has_model else "; no trained model yet.")
     )
     # The run shown when the button was drawn: a run finishing before the click pushed the one
     # chosen out of the newest few, Streamlit put the choice back on the newest, and that was
@@ -272,12 +272,15 @@ def export_page() -> None:
     if prepared.get("folder") and not Path(prepared["folder"]).exists():
         st.info("This export was removed (exports are kept for a day); prepare it again.")
         return
-    model = f" and the model of run {prepared['run']}" if prepared.get("run") else ""
+    paths = {Path(p).name: Path(p) for p in prepared["paths"] if Path(p).exists()}
+    model_paths = [paths[n] for n in MODEL_FILES if n in paths]
+    # Only a model that was written: with a checkpoint that did not load, the caption said the
+    # files held the model while the note below said it could not be exported (exploratory).
+    model = f" and the model of run {prepared['run']}" if prepared.get("run") and model_paths else ""
     st.caption(f"Prepared at {prepared.get('at', '?')}: the files hold the labels of that moment{model}.")
     notes = prepared.get("notes", [])
     for note in notes:  # e.g. why the model is left out
         st.warning(common.as_typed(note))
-    paths = {Path(p).name: Path(p) for p in prepared["paths"] if Path(p).exists()}
     for name, (label, mime) in DOWNLOADS.items():
         if name in paths:
             # A callable: the file is read when the button is clicked, not on every rerun.
@@ -289,7 +292,6 @@ def export_page() -> None:
                 key=f"download-{name}",
                 on_click="ignore",
             )
-    model_paths = [paths[n] for n in MODEL_FILES if n in paths]
     if model_paths:
         st.download_button(
             "Model: checkpoint + TorchScript + ONNX + classes.json + prepare.py (zip)",
