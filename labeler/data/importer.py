@@ -253,7 +253,9 @@ def extract_zip(
         root = target.resolve()
         skipped: list[tuple[str, str]] = []
         written = 0
+        folders: set[tuple[str, ...]] = set()
         for info in infos:
+            folders.add(_folder_of_entry(info))
             parts, reason = _entry_parts(info, max_ratio, max_file_bytes)
             if reason:
                 skipped.append((info.filename, reason))
@@ -273,7 +275,29 @@ def extract_zip(
                     f"{path.name} unpacks to more than {max_total_bytes / 2**30:.2f} GiB; "
                     "split it into smaller zips."
                 ) from None
+        # Its folders too, those with no image extracted included, as a folder on disk has them:
+        # the import report names a class folder with no image (`unused_class_folders`).
+        for parts in sorted(folders - {()}):
+            folder = root.joinpath(*parts)
+            if folder.resolve().is_relative_to(root):
+                with contextlib.suppress(OSError):
+                    folder.mkdir(parents=True, exist_ok=True)
         return skipped
+
+
+def _folder_of_entry(info: zipfile.ZipInfo) -> tuple[str, ...]:
+    """The folder an entry lies in (itself for a folder entry), when its path is a plain one:
+    () for the top level and for paths that are absolute, leave the zip, are hidden or too deep."""
+    normal = info.filename.replace("\\", "/")
+    parts = [part for part in normal.split("/") if part not in ("", ".")]
+    if not info.is_dir() and not normal.endswith("/"):
+        parts = parts[:-1]
+    unsafe = "\0" in normal or normal.startswith("/") or re.match(r"^[A-Za-z]:", normal)
+    if unsafe or ".." in parts or len(parts) > MAX_DEPTH or stat.S_ISLNK(info.external_attr >> 16):
+        return ()
+    if any(part.startswith(".") or part == "__MACOSX" for part in parts):
+        return ()
+    return tuple(parts)
 
 
 def free_bytes(target: Path) -> int | None:
@@ -373,7 +397,8 @@ def duplicate_reason(key: str, first: str) -> str:
 
 
 NOT_A_CLASS = (
-    "no image in this folder could be imported, so it is not a class (add the class on the Project page)"
+    "no image in this folder could be imported, so it is not a class (an admin can add the class "
+    "on the Label page, under Classes)"
 )
 
 

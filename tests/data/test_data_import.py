@@ -257,6 +257,29 @@ def test_zip_import_with_classes_and_wrapper(tmp_path):
     assert all_files(target) == {"data", "data/cat", "data/cat/1.png", "data/dog", "data/dog/2.png"}
 
 
+def test_a_zips_class_folder_with_no_image_is_named_in_the_report(tmp_path):
+    """Its folder entry, or a folder of non-images, was never made on disk, so the folder import
+    behind a zip could not see it: an empty class folder vanished without a note."""
+    from labeler.data.importer import NOT_A_CLASS
+
+    archive = make_zip(
+        tmp_path / "upload.zip",
+        [
+            ("photos/cat/1.png", png(seed=1)),
+            ("photos/dog/2.png", png(seed=2)),
+            ("photos/empty/", b""),
+            ("photos/junk/readme.txt", b"hi"),
+            ("photos/.hidden/", b""),
+            ("../outside/", b""),
+        ],
+    )
+    target = tmp_path / "target"
+    data = import_zip(archive, target=target)
+    assert data.classes == ["cat", "dog"]
+    assert reasons(data)["photos/empty/"] == reasons(data)["photos/junk/"] == NOT_A_CLASS
+    assert "photos/.hidden/" not in reasons(data) and not (tmp_path / "outside").exists()
+
+
 def test_zip_default_target_is_under_the_data_folder(tmp_path):
     archive = make_zip(tmp_path / "my set.zip", [("a/1.png", png(seed=1)), ("b/2.png", png(seed=2))])
     data = read_source(f"zip:{archive}")
