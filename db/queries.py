@@ -6,6 +6,7 @@ Each function takes the session first and never commits: the caller owns the tra
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections.abc import Iterable, Sequence
 
@@ -472,25 +473,35 @@ def held_by_others_of(session: Session, project_id: int, annotator: str, now, it
     return set(session.scalars(held_by_others(project_id, annotator, now).where(Claim.item_id.in_(item_ids))))
 
 
-def take_over_claims(session: Session, project_id: int, item_ids, claimant: str) -> int:
-    """Give `claimant` ("name#token", labeler.ui.common.claimant) the claims on `item_ids` that
-    the same name holds under another token (a browser session the server no longer has);
-    return how many. Another person's claims stay theirs."""
+def token_tag(token: str) -> str:
+    """A claim token ("name#token", labeler.ui.common.claimant), hashed: what a browser tab is
+    given to name its session's claims without holding the token itself."""
+    return hashlib.sha256(token.encode()).hexdigest()[:16]
+
+
+def take_over_claims(session: Session, project_id: int, item_ids, claimant: str, lost_tag: str) -> int:
+    """Give `claimant` ("name#token") the claims on `item_ids` that the same name holds under
+    the token whose `token_tag` is `lost_tag` (a browser session the server no longer has);
+    return how many. Other sessions' claims, the same person's included, stay theirs."""
     name = claimant.rpartition("#")[0]
-    mine = [
-        claim.item_id
+    lost = {
+        claim.item_id: claim.annotator
         for claim in session.scalars(
             select(Claim).where(Claim.project_id == project_id, Claim.item_id.in_(list(item_ids)))
         )
-        if claim.annotator != claimant and claim.annotator.rpartition("#")[0] == name
-    ]
-    if mine:
-        session.execute(
-            update(Claim)
-            .where(Claim.project_id == project_id, Claim.item_id.in_(mine))
-            .values(annotator=claimant)
-        )
-    return len(mine)
+        if claim.annotator != claimant
+        and claim.annotator.rpartition("#")[0] == name
+        and token_tag(claim.annotator.rpartition("#")[2]) == lost_tag
+    }
+    if not lost:
+        return 0
+    # Only while still the lost session's (PostgreSQL re-checks the WHERE on a row another
+    # session claimed between the read and this write).
+    return session.execute(
+        update(Claim)
+        .where(Claim.item_id.in_(list(lost)), Claim.annotator.in_(set(lost.values())))
+        .values(annotator=claimant)
+    ).rowcount
 
 
 def claimed_by(session: Session, project_id: int, annotator: str, valid_until) -> set[int]:

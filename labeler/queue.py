@@ -128,14 +128,16 @@ def held_page(
 
 
 def restored_page(
-    session: Session, project_id: int, item_ids: list[int], annotator: str
+    session: Session, project_id: int, item_ids: list[int], annotator: str, lost_session: str
 ) -> list[tuple[Item, Prediction | None]] | None:
     """`held_page` for a page a browser tab still shows after the server lost its session (a
-    restart): the claims the same person's lost session holds on it pass to `annotator` first
-    (they would otherwise look like another person's until they run out)."""
-    queries.take_over_claims(session, project_id, item_ids, annotator)
+    restart): the claims the lost session (`lost_session`, its token's tag) holds on it pass to
+    `annotator` first (they would otherwise look like another person's until they run out), and
+    the page drawn in its place meanwhile goes back. None: another session holds one of its
+    images (the caller rolls the take-over back)."""
+    queries.take_over_claims(session, project_id, item_ids, annotator, lost_session)
     page = held_page(session, project_id, item_ids, annotator)
-    if page:  # the page drawn in its place meanwhile goes back
+    if page:
         queries.release_claims_but(session, project_id, annotator, set(item_ids))
     return page
 

@@ -210,6 +210,14 @@ def _grid_presses(
     grid out (One image, History, another page), and the page held on return would have drawn its
     keyed tiles back on their pre-filled guesses, which `A` would then store."""
     edits = _live_grid_keys()
+    kept = st.session_state.get(_keyed_key(project_id))
+    restored = bool(kept and kept.get("restored") and kept["page"] == page)
+    # A page given back after a restart (`_restored_page`): its list holds the mouse choices
+    # too, which the tab's list from before the restart lacks, until a new key extends it.
+    if restored and hasattr(edits, "get") and len(edits.get("list") or []) <= len(kept["list"]):
+        edits = None
+    if hasattr(edits, "get") and (page, str(edits.get("token", ""))) in st.session_state.get(_REPLACED, ()):
+        edits = None  # keys of the moment this page was on screen before a lost page came back
     if hasattr(edits, "get") and str(edits.get("page", "")) == page:
         st.session_state[_keyed_key(project_id)] = {
             "page": page,
@@ -552,68 +560,123 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
 
 _RESTORED = "grid-restored"  # page name -> True: given back (`_restored_page`), False: not
 _GRID_DRAWN = "grid-drawn"  # this browser session has drawn a grid page
+_REPLACED = "grid-replaced"  # (page, key list token) of the keys a page given back replaced
 
 
-def _lost_page(project_id: int, pinned: list[int] | None) -> list[int] | None:
-    """The grid page this tab still shows with keys pressed on it, when it is not this session's:
-    the server restarted (its pages were in the session it lost; 5 of 5 pages of set tiles were
-    replaced by a new page without a word, exploratory), and label_grid.js sent its list of keys
-    again. None unless the keys were pressed under this name, on a page not accepted in this
-    session, and not tried before."""
-    live = _live_grid_keys()
-    if not hasattr(live, "get") or live.get("lost") is not True:
-        return None  # not sent for a lost page: a key, or the list of a page accepted before
-    if live.get("who") != common.annotator():
-        return None  # keys under another name (a logout, then a login in this tab) stay theirs
-    page = str(live.get("page", ""))
-    listed = [edit for edit in live.get("list") or [] if hasattr(edit, "get")]
-    accepted = st.session_state.get(_accepted_key(project_id), set())
+def _lost_grid_page():
+    """What label_grid.js sent for the page it still shows when this session drew another
+    ({"page", "token", "who", "session", "list"}), None if nothing. Its own state, apart from the
+    keys' list: a key pressed on the page drawn meanwhile would overwrite it there."""
+    value = st.session_state.get("grid-keys")
+    return value.get("lost") if hasattr(value, "get") else getattr(value, "lost", None)
+
+
+def _session_tag() -> str:
+    """This browser session's claim token, hashed: what label_grid.js keeps for a page and sends
+    back with it, so that only that session's claims pass to a new one (`_restored_page`)."""
+    common.claimant()  # makes the token
+    return queries.token_tag(st.session_state["claim_token"])
+
+
+def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], dict] | None:
+    """The grid page this tab still shows with tiles set on it, when it is not this session's:
+    the server lost the session that held it (a restart, or a disconnect longer than Streamlit
+    keeps sessions: 5 of 5 pages of set tiles were replaced by a new page without a word,
+    exploratory), and label_grid.js sent it back. (its item ids, what was sent), or None unless
+    the tiles were set under this name and the page was not tried before."""
+    lost = _lost_grid_page()
+    if not hasattr(lost, "get") or lost.get("who") != common.annotator():
+        return None  # tiles set under another name (a logout, then a login in this tab) stay theirs
+    page = str(lost.get("page", ""))
+    listed = [dict(edit) for edit in lost.get("list") or [] if hasattr(edit, "get")]
     tried = st.session_state.setdefault(_RESTORED, {})
-    if not listed or page == _page_name(pinned or []) or page in accepted or page in tried:
+    if not listed or page == _page_name(pinned or []) or page in tried:
         return None
-    tried[page] = False
     try:
         ids = [int(part) for part in page.split(",")]
     except ValueError:
         return None
-    keyed = {edit.get("item") for edit in listed}
-    return ids if 0 < len(ids) <= GRID_SIZE and keyed <= set(ids) else None
+    if not 0 < len(ids) <= GRID_SIZE or not {edit.get("item") for edit in listed} <= set(ids):
+        return None
+    return ids, {
+        "page": page,
+        "token": str(lost.get("token", "")),
+        "list": listed,
+        "session": lost.get("session"),
+    }
+
+
+class _NotGivenBack(Exception):
+    """Raised inside the restore's transaction so that its claim take-over is rolled back; with
+    the number of the page's images this person's grid answers hold (it was accepted), else 0."""
 
 
 def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item, object]] | None:
-    """`_lost_page` again, with its images and guesses, when every image a key was pressed on is
-    still open and no other person holds one of the page's images; else None (a new page)."""
-    ids = _lost_page(project_id, pinned)
-    if ids is None:
+    """`_lost_page` again, with its images and guesses, unless another person holds one of its
+    images now; else None (the page drawn stays). Images answered meanwhile come back closed, as
+    on any held page."""
+    found = _lost_page(project_id, pinned)
+    if found is None:
         return None
-    keyed = [edit.get("item") for edit in _live_grid_keys().get("list") if hasattr(edit, "get")]
+    ids, lost = found
     Session = common.session_factory()
 
     def restore():
         with Session.begin() as session:
-            if queries.unanswered(session, project_id, keyed) != set(keyed):
-                return None  # a key's image was answered since: the page is not as it was
-            return queue.restored_page(session, project_id, ids, common.claimant())
+            # Accepted before the server went (the tab had not been told): not open work.
+            events = [queries.current_event(session, item_id) for item_id in ids]
+            saved = sum(
+                1 for e in events if e is not None and e.kind == "grid" and e.annotator == common.annotator()
+            )
+            if saved:
+                raise _NotGivenBack(saved)
+            batch = queue.restored_page(session, project_id, ids, common.claimant(), str(lost["session"]))
+            if batch is None:
+                raise _NotGivenBack(0)  # rolls back the take-over: those images stay free for others
+            return batch
 
     try:
         batch = db.retrying(restore)
     except OperationalError:
-        batch = None
-    if not batch:
-        st.warning(
-            "The server restarted, and your last grid page could not be given back: some of its "
-            "images have been answered or are held by someone else (the History shows what was stored)."
+        return None  # the database away: tried again at the next run
+    except _NotGivenBack as refused:
+        batch, saved = None, refused.args[0]
+    st.session_state[_RESTORED][lost["page"]] = False
+    if batch is None and saved:
+        st.info(
+            f"Your last grid page was saved ({common.by_count(saved, '1 label', f'{saved} labels')}) "
+            "before the server lost this tab's session (a restart); here is the next one."
         )
         return None
+    if batch is None:
+        st.warning(
+            "Your last grid page could not be given back after the server lost this tab's session "
+            "(a restart): someone else holds some of its images now."
+        )
+        return None
+    if not batch:
+        return None  # every image of the page is answered: nothing left to give back
+    # Keys pressed on the page drawn meanwhile (on screen for a moment) do not carry over to it
+    # when it comes up again; keys pressed on it then (a list of a new token) do.
+    live = _live_grid_keys()
+    if hasattr(live, "get"):
+        st.session_state.setdefault(_REPLACED, set()).add(
+            (str(live.get("page", "")), str(live.get("token", "")))
+        )
     st.session_state[_page_key(project_id)] = ids
-    st.session_state[_RESTORED][_page_name(ids)] = True
+    st.session_state[_keyed_key(project_id)] = {
+        **{k: lost[k] for k in ("page", "token", "list")},
+        "restored": True,
+    }
+    st.session_state[_RESTORED][lost["page"]] = True
     return batch
 
 
 def _restored_note(page: str) -> None:
     if st.session_state.get(_RESTORED, {}).get(page):
         st.info(
-            "The server restarted: this is the page you were working on, with the tiles you set. Accept it when done."
+            "The server lost this tab's session (a restart): this is the page you were working on, "
+            "with the tiles you set. Accept it when done."
         )
 
 
@@ -725,6 +788,8 @@ def _accept_grid(
         st.session_state["last_message"] = ("error", str(refused))
         return
     page = _page_name(item_ids)
+    if st.session_state.get(_RESTORED, {}).get(page):
+        st.session_state[_RESTORED][page] = False  # its "given back" note has done its work
     token, pressed, listed = _grid_presses(project_id, page, len(names))
     view = _grid_view(threshold, names)
     closed = set(closed)
@@ -978,7 +1043,8 @@ def _grid(project_id: int, names: list[str]) -> None:
             "edits": {"token": token, "list": listed} if token else None,
             "classes": [{"index": i, "key": k, "name": names[i]} for i, k in enumerate(keys) if k],
             "columns": len(columns),
-            "who": common.annotator(),  # sent back with the keys (`_lost_page`)
+            "who": common.annotator(),  # sent back with a lost page (`_lost_page`)
+            "session": _session_tag(),
             "chosen": chosen,
             # A session that has drawn no grid yet asks the tab for a page it still shows.
             "ask": not st.session_state.get(_GRID_DRAWN),

@@ -86,12 +86,18 @@ export default function (component) {
     grids.set(parentElement, g);
   }
   // A server that lost this tab's session (a restart) draws a new page and asks (`ask`) for
-  // the page this tab still shows: its keys, then the tiles chosen with the mouse since (the
-  // server lists them in `chosen`), sent back, bring that page back (label.py, _lost_page).
-  // Before, the tiles set on it were dropped without a word.
-  const set = g.page && g.page !== data.page ? (g.edits || []).concat(g.data.chosen || []) : [];
+  // the page this tab still shows: its keys and the tiles chosen with the mouse (the server
+  // lists those in `chosen` as of its last drawing, so they go between the keys pressed before
+  // it and after it), with the name and session it was claimed under. Sent back in a state of
+  // its own ("lost": a key on the new page would overwrite "edits"), they bring the page back
+  // (label.py, _lost_page). Before, the tiles set on it were dropped without a word.
+  const before = g.edits ? g.edits.slice(0, g.drawnKeys) : [];
+  const after = g.edits ? g.edits.slice(g.drawnKeys) : [];
+  const set = g.page && g.page !== data.page ? before.concat(g.data.chosen || [], after) : [];
   const lost =
-    data.ask && set.length ? { token: g.token, page: g.page, who: g.data.who, list: set, lost: true } : null;
+    data.ask && set.length
+      ? { token: g.token, page: g.page, who: g.data.who, session: g.data.session, list: set }
+      : null;
   if (g.page !== data.page) {
     // A new page of images: the list the server holds for it (a page back after an undo), else
     // a new one. Carrying on the server's list keeps every tile keyed before as it is shown.
@@ -104,11 +110,11 @@ export default function (component) {
   }
   g.page = data.page;
   g.data = data;
-  // `who`: the name the keys were pressed under, so that a server that lost this session (a
-  // restart) gives the page back to that person only.
-  g.send = () =>
-    setStateValue("edits", { token: g.token, page: g.page, who: g.data.who, list: g.edits.slice() });
-  if (lost) setStateValue("edits", lost);
+  g.send = () => setStateValue("edits", { token: g.token, page: g.page, list: g.edits.slice() });
+  // How many of the page's keys this drawing reflects (the server's list); later keys follow
+  // its mouse choices (`chosen`).
+  g.drawnKeys = data.edits && data.edits.list ? Math.min(data.edits.list.length, g.edits.length) : 0;
+  if (lost) setStateValue("lost", lost);
   draw(g);
   setTimeout(() => draw(g), 300); // the tiles may be drawn after this component
   const state = g;

@@ -51,9 +51,7 @@ def test_grid_tiles_set_before_a_server_kill_come_back_and_are_saved(tmp_path, p
         server = start_server(tmp_path, port, tmp_path / "server2.log")
         wait_http(f"{url}/_stcore/health")
 
-        page.get_by_text("The server restarted: this is the page you were working on").wait_for(
-            timeout=120_000
-        )
+        page.get_by_text("this is the page you were working on").wait_for(timeout=120_000)
         back = wait_for_tiles(page, lambda now: {i: shown for i, shown in now if i in wanted} == wanted)
         assert [item for item, _ in back] == [item for item, _ in tiles]  # the same page, in order
         page.locator("h1").first.click()

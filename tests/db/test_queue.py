@@ -520,9 +520,9 @@ def test_cancelling_a_run_a_worker_claims_meanwhile_asks_it_to_stop(Session, pro
 
 def test_a_page_a_restarted_server_lost_passes_to_the_same_names_new_session(Session, project):
     """`restored_page` (the grid page a tab sends back after a server restart): the claims the
-    same name holds under the lost session's token pass to the new one, whose other claims go
-    back; another name's claim keeps the page from being given back, and a name that only begins
-    like another's is another name."""
+    lost session ("rosa#old", named by its token's tag) holds pass to the new one, whose other
+    claims go back; the same name's other sessions keep theirs, and so does a name that only
+    begins like it; a page another session holds an image of is not given back."""
     _finished_run(Session, project.id)
     with Session.begin() as session:
         lost = [item.id for item, _ in queue.next_items(session, project.id, k=4, annotator="rosa#old")]
@@ -530,14 +530,27 @@ def test_a_page_a_restarted_server_lost_passes_to_the_same_names_new_session(Ses
         drawn = [item.id for item, _ in queue.next_items(session, project.id, k=4, annotator="rosa#new")]
     assert not set(lost) & set(drawn)
     with Session.begin() as session:
-        page = queue.restored_page(session, project.id, lost, "rosa#new")
+        page = queue.restored_page(session, project.id, lost, "rosa#new", queries.token_tag("old"))
         assert [item.id for item, _ in page] == lost
     held = _claims(Session)
     assert {i: held[i][0] for i in lost} == dict.fromkeys(lost, "rosa#new")
     assert not set(drawn) & set(held)  # the page drawn in its place meanwhile: given back
-    with Session.begin() as session:
-        queue.next_items(session, project.id, k=4, annotator="rosa#x#other")  # "rosa#x", not "rosa"
-    other = [i for i, (who, _) in _claims(Session).items() if who == "rosa#x#other"]
-    with Session.begin() as session:
-        assert queries.take_over_claims(session, project.id, other, "rosa#new") == 0
-        assert queue.restored_page(session, project.id, [*lost, other[0]], "rosa#new") is None
+    for other in ("rosa#desk", "rosa#x#old"):  # the same name's live tab; the name "rosa#x"
+        with Session.begin() as session:
+            queue.next_items(session, project.id, k=2, annotator=other)
+        theirs = [i for i, (who, _) in _claims(Session).items() if who == other]
+        tag = queries.token_tag(other.rpartition("#")[2])
+        with Session() as session:  # not committed
+            assert (
+                queries.take_over_claims(session, project.id, theirs, "rosa#new", queries.token_tag("old"))
+                == 0
+            )
+            assert (
+                queue.restored_page(
+                    session, project.id, [*lost, theirs[0]], "rosa#new", queries.token_tag("old")
+                )
+                is None
+            )
+        with Session() as session:  # their own session's tag: only under the same name
+            taken = queries.take_over_claims(session, project.id, theirs, "rosa#new", tag)
+            assert taken == (2 if other == "rosa#desk" else 0)

@@ -1072,17 +1072,22 @@ def test_a_history_tile_sent_with_a_name_from_before_a_rename_stays_on_its_saved
     assert _labels(Session, tiny_project.id)[a] == was
 
 
-def _lost_page_sent(at, page_ids: list[int], who: str, keys: dict[int, int], lost: bool = True) -> None:
-    """What label_grid.js sends after a server restart, for the page it still shows: the keys
-    pressed on it (item -> class), under the name they were pressed under."""
-    edits = {
+def _lost_page_sent(at, page_ids: list[int], who: str, keys: dict[int, int], session: str) -> None:
+    """What label_grid.js sends after a server restart, for the page it still shows: the tiles
+    set on it (item -> class), the name and the session (token tag) they were set under."""
+    lost = {
         "token": "old1",
         "page": ",".join(map(str, page_ids)),
         "who": who,
+        "session": session,
         "list": [{"item": item, "class": cls, "name": str(cls)} for item, cls in keys.items()],
     }
-    at.session_state["grid-keys"] = {"edits": {**edits, "lost": True} if lost else edits}
+    at.session_state["grid-keys"] = {"lost": lost}
     at.run()
+
+
+def _tag(at) -> str:
+    return queries.token_tag(at.session_state["claim_token"])
 
 
 def _claims(Session, project_id: int) -> dict[int, str]:
@@ -1105,11 +1110,11 @@ def test_a_grid_page_a_restarted_server_lost_comes_back_with_its_keys(Session, t
     after.radio(key="label_mode").set_value("Grid").run()
     drawn = list(after.session_state[f"grid-page-{pid}"])
     assert not set(drawn) & set(lost)
-    _lost_page_sent(after, lost, "rosa", {lost[0]: 0, lost[1]: 1})
+    _lost_page_sent(after, lost, "rosa", {lost[0]: 0, lost[1]: 1}, _tag(before))
     assert list(after.session_state[f"grid-page-{pid}"]) == lost
     tiles = _grid_tiles(after)
     assert set(tiles) == set(lost) and tiles[lost[0]].value == 0 and tiles[lost[1]].value == 1
-    assert "The server restarted: this is the page you were working on" in after.info[0].value
+    assert "this is the page you were working on" in after.info[0].value
     token = after.session_state["claim_token"]
     claims = _claims(Session, pid)
     assert {claims.get(i) for i in lost} == {f"rosa#{token}"} and not set(drawn) & set(claims)
@@ -1119,11 +1124,12 @@ def test_a_grid_page_a_restarted_server_lost_comes_back_with_its_keys(Session, t
         assert {e.annotator for e in session.query(LabelEvent).filter_by(project_id=pid)} == {"rosa"}
 
 
-def test_a_lost_grid_page_is_not_given_to_another_name_or_over_an_answer(Session):
-    """Keys pressed under another name (a logout, then a login in the tab) stay theirs; a list
-    not sent for a lost page (a key, an accepted page's) brings nothing back; a page whose keyed
-    image was answered meanwhile, or that another person holds an image of, is not given back,
-    and the page says so."""
+def test_a_lost_grid_page_goes_to_its_own_session_only(Session):
+    """Tiles set under another name (a logout, then a login in the tab) stay theirs; a page is
+    taken only from the session that lost it, not from another live session of the same name;
+    a page another person holds an image of is not given back, the page says so, and the
+    claims taken over for it are rolled back; a page whose images were answered meanwhile comes
+    back with those tiles closed."""
     from sqlalchemy import update
 
     from db.models import Claim
@@ -1133,31 +1139,58 @@ def test_a_lost_grid_page_is_not_given_to_another_name_or_over_an_answer(Session
     pid = projects.create_project(Session, "big", "test", images=tiny_image_set(n=120)).id
     before = page_app("label", pid, annotator="rosa")
     before.radio(key="label_mode").set_value("Grid").run()
-    lost = list(before.session_state[f"grid-page-{pid}"])
+    lost, tag = list(before.session_state[f"grid-page-{pid}"]), _tag(before)
 
     def reconnected(name: str):
         at = page_app("label", pid, annotator=name)
         at.radio(key="label_mode").set_value("Grid").run()
         return at, list(at.session_state[f"grid-page-{pid}"])
 
-    for name, flag in (("rosa", False), ("ivan", True)):  # no "lost" flag; another name
+    for name, session in (("ivan", tag), ("rosa", "0123456789abcdef")):  # another name; session
         at, drawn = reconnected(name)
-        _lost_page_sent(at, lost, "rosa", {lost[0]: 1}, lost=flag)
-        assert list(at.session_state[f"grid-page-{pid}"]) == drawn and not at.info and not at.warning
-    # Another person holds an image of the page (not one keyed).
+        _lost_page_sent(at, lost, "rosa", {lost[0]: 1}, session)
+        assert list(at.session_state[f"grid-page-{pid}"]) == drawn and not at.info
+        assert not at.warning if name == "ivan" else "could not be given back" in at.warning[0].value
+    # Another person holds an image of the page (not one set).
     with Session.begin() as session:
         session.execute(update(Claim).where(Claim.item_id == lost[5]).values(annotator="ivan#other"))
     at, drawn = reconnected("rosa")
-    _lost_page_sent(at, lost, "rosa", {lost[0]: 1})
+    _lost_page_sent(at, lost, "rosa", {lost[0]: 1}, tag)
     assert list(at.session_state[f"grid-page-{pid}"]) == drawn
     assert "could not be given back" in at.warning[0].value
-    # A keyed image answered meanwhile.
-    at, drawn = reconnected("rosa")
+    mine = f"rosa#{at.session_state['claim_token']}"
+    assert not {i for i, who in _claims(Session, pid).items() if who == mine} & set(lost)  # rolled back
+    # Answered meanwhile, the tile set on it included: the page comes back with them closed.
     with Session.begin() as session:
-        session.execute(update(Claim).where(Claim.item_id == lost[5]).values(annotator="rosa#lost"))
+        session.execute(
+            update(Claim)
+            .where(Claim.item_id == lost[5])
+            .values(annotator=f"rosa#{before.session_state['claim_token']}")
+        )
         queries.add_label(session, lost[0], 0, annotator="ivan")
-    _lost_page_sent(at, lost, "rosa", {lost[0]: 1})
-    assert list(at.session_state[f"grid-page-{pid}"]) == drawn
-    assert "could not be given back" in at.warning[0].value
+    at, drawn = reconnected("rosa")
+    _lost_page_sent(at, lost, "rosa", {lost[0]: 1, lost[1]: 1}, tag)
+    assert list(at.session_state[f"grid-page-{pid}"]) == lost
+    tiles = _grid_tiles(at)
+    assert tiles[lost[0]].disabled and tiles[lost[1]].value == 1
+    button(at, "accept_grid").click().run()
     with Session() as session:
-        assert queries.current_labels(session, pid) == {lost[0]: 0}
+        assert queries.current_labels(session, pid) == {lost[0]: 0, lost[1]: 1}
+
+
+def test_a_lost_grid_page_accepted_before_the_restart_is_not_given_back(Session, tiny_project):
+    """The server went after an accept was stored and before the tab was told: the tab sends the
+    page back, and it came back as open ("answered meanwhile" on each of the person's own
+    tiles, exploratory). It is not given back, and the page says it was saved."""
+    pid = tiny_project.id
+    before = page_app("label", pid, annotator="rosa")
+    before.radio(key="label_mode").set_value("Grid").run()
+    lost = list(before.session_state[f"grid-page-{pid}"])
+    _grid_tiles(before)[lost[0]].set_value(1).run()
+    button(before, "accept_grid").click().run()
+    after = page_app("label", pid, annotator="rosa")
+    after.radio(key="label_mode").set_value("Grid").run()
+    drawn = list(after.session_state[f"grid-page-{pid}"])
+    _lost_page_sent(after, lost, "rosa", {lost[0]: 1, lost[1]: -1}, _tag(before))
+    assert list(after.session_state[f"grid-page-{pid}"]) == drawn
+    assert "Your last grid page was saved (1 label)" in after.info[0].value and not after.warning
