@@ -46,12 +46,17 @@ def test_grid_tiles_set_before_a_server_kill_come_back_and_are_saved(tmp_path, p
         wanted[mouse] = "bright"
         wait_for_tiles(page, lambda now: {i: shown for i, shown in now if i in wanted} == wanted)
 
+        settle(page)  # the server has drawn the page since the mouse choice (it lists those)
         server.kill()  # SIGKILL: nothing is saved on the way out
         server.wait(timeout=60)
         server = start_server(tmp_path, port, tmp_path / "server2.log")
         wait_http(f"{url}/_stcore/health")
 
-        page.get_by_text("this is the page you were working on").wait_for(timeout=120_000)
+        try:
+            page.get_by_text("this is the page you were working on").wait_for(timeout=120_000)
+        except Exception as error:  # what the page shows instead, and both servers' logs
+            logs = [(tmp_path / name).read_text()[-3000:] for name in ("server.log", "server2.log")]
+            raise AssertionError((page.inner_text("body")[:3000], logs)) from error
         back = wait_for_tiles(page, lambda now: {i: shown for i, shown in now if i in wanted} == wanted)
         assert [item for item, _ in back] == [item for item, _ in tiles]  # the same page, in order
         page.locator("h1").first.click()
