@@ -659,7 +659,7 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
     # Keys pressed on the page drawn meanwhile (on screen for a moment) do not carry over to it
     # when it comes up again; keys pressed on it then (a list of a new token) do.
     live = _live_grid_keys()
-    if hasattr(live, "get"):
+    if hasattr(live, "get") and str(live.get("page", "")) != lost["page"]:
         st.session_state.setdefault(_REPLACED, set()).add(
             (str(live.get("page", "")), str(live.get("token", "")))
         )

@@ -2,12 +2,16 @@
 
 from __future__ import annotations
 
+import contextlib
+
 import pytest
 
 from labeler import config, projects
 from labeler.latency import free_port, wait_http
 from tests.browser.conftest import image_set, settle, start_server
 from tests.browser.test_app import events, wait_for_tiles
+
+PlaywrightTimeout = pytest.importorskip("playwright.sync_api").TimeoutError
 
 pytestmark = pytest.mark.browser
 
@@ -46,7 +50,11 @@ def test_grid_tiles_set_before_a_server_kill_come_back_and_are_saved(tmp_path, p
         wanted[mouse] = "bright"
         wait_for_tiles(page, lambda now: {i: shown for i, shown in now if i in wanted} == wanted)
 
-        settle(page)  # the server has drawn the page since the mouse choice (it lists those)
+        # The server lists mouse choices as of its last drawing: wait for the run the choice
+        # started (the tile shows it at once, before that run) to be over.
+        with contextlib.suppress(PlaywrightTimeout):
+            page.wait_for_selector('[data-test-script-state="running"]', timeout=5_000)
+        settle(page)
         server.kill()  # SIGKILL: nothing is saved on the way out
         server.wait(timeout=60)
         server = start_server(tmp_path, port, tmp_path / "server2.log")
@@ -60,8 +68,12 @@ def test_grid_tiles_set_before_a_server_kill_come_back_and_are_saved(tmp_path, p
         back = wait_for_tiles(page, lambda now: {i: shown for i, shown in now if i in wanted} == wanted)
         assert [item for item, _ in back] == [item for item, _ in tiles]  # the same page, in order
         page.locator("h1").first.click()
+        for key in ("ArrowRight", "ArrowRight", "ArrowRight", "ArrowRight", "1"):  # a key after: tile 4
+            page.keyboard.press(key)
+        wanted[tiles[4][0]] = "dark"
+        wait_for_tiles(page, lambda now: {i: shown for i, shown in now if i in wanted} == wanted)
         page.keyboard.press("a")
-        page.get_by_text("Saved 4 labels").wait_for(timeout=60_000)
+        page.get_by_text("Saved 5 labels").wait_for(timeout=60_000)
         stored = {e.item_id: (e.class_index, e.annotator) for e in events(Session, project.id)}
         assert stored == {item: (0 if name == "dark" else 1, "rosa") for item, name in wanted.items()}
     finally:
