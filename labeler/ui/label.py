@@ -588,7 +588,9 @@ def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], di
     if not hasattr(lost, "get") or lost.get("who") != common.annotator():
         return None  # tiles set under another name (a logout, then a login in this tab) stay theirs
     page = str(lost.get("page", ""))
-    listed = [dict(edit) for edit in lost.get("list") or [] if hasattr(edit, "get")]
+    entries = lost.get("list")
+    listed = [dict(edit) for edit in entries if hasattr(edit, "get")] if isinstance(entries, list) else []
+    listed = [e for e in listed if isinstance(e.get("item"), int) and isinstance(e.get("class"), int)]
     tried = st.session_state.setdefault(_RESTORED, {})
     if not listed or page == _page_name(pinned or []) or page in tried:
         return None
@@ -596,7 +598,9 @@ def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], di
         ids = [int(part) for part in page.split(",")]
     except ValueError:
         return None
-    if not 0 < len(ids) <= GRID_SIZE or not {edit.get("item") for edit in listed} <= set(ids):
+    if not 0 < len(ids) <= GRID_SIZE or len(set(ids)) != len(ids):
+        return None
+    if not {edit["item"] for edit in listed} <= set(ids):
         return None
     return ids, {
         "page": page,
@@ -623,13 +627,18 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
 
     def restore():
         with Session.begin() as session:
-            # Accepted before the server went (the tab had not been told): not open work.
-            events = [queries.current_event(session, item_id) for item_id in ids]
-            saved = sum(
-                1 for e in events if e is not None and e.kind == "grid" and e.annotator == common.annotator()
-            )
-            if saved:
-                raise _NotGivenBack(saved)
+            # Accepted before the server went (the tab had not been told): not open work. An
+            # accept stores the whole page at once, so every tile set to a class holds this
+            # person's grid answer of that class (one from another tab of theirs is not enough).
+            events = {item_id: queries.current_event(session, item_id) for item_id in ids}
+            mine = {
+                item_id: e.class_index
+                for item_id, e in events.items()
+                if e is not None and e.kind == "grid" and e.annotator == common.annotator()
+            }
+            chosen = {edit["item"]: edit["class"] for edit in lost["list"]}  # the last per tile
+            if mine and all(mine.get(item) == cls for item, cls in chosen.items() if cls >= 0):
+                raise _NotGivenBack(len(mine))
             batch = queue.restored_page(session, project_id, ids, common.claimant(), str(lost["session"]))
             if batch is None:
                 raise _NotGivenBack(0)  # rolls back the take-over: those images stay free for others
@@ -651,11 +660,15 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
     if batch is None:
         st.warning(
             "Your last grid page could not be given back after the server lost this tab's session "
-            "(a restart): someone else holds some of its images now."
+            "(a restart): another tab or person holds some of its images now."
         )
         return None
     if not batch:
-        return None  # every image of the page is answered: nothing left to give back
+        st.info(
+            "Every image of your last grid page was answered meanwhile, so it was not given back "
+            "after the server lost this tab's session (a restart); here is the next one."
+        )
+        return None
     # Keys pressed on the page drawn meanwhile (on screen for a moment) do not carry over to it
     # when it comes up again; keys pressed on it then (a list of a new token) do.
     live = _live_grid_keys()

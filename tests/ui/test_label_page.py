@@ -1082,8 +1082,14 @@ def _lost_page_sent(at, page_ids: list[int], who: str, keys: dict[int, int], ses
         "session": session,
         "list": [{"item": item, "class": cls, "name": str(cls)} for item, cls in keys.items()],
     }
-    at.session_state["grid-keys"] = {"lost": lost}
+    # The tab's key list of the page goes with it, as the browser sends it (keys only).
+    edits = {k: lost[k] for k in ("token", "page")} | {"list": [e for e in lost["list"] if "name" in e][:1]}
+    at.session_state["grid-keys"] = {"lost": lost, "edits": edits}
     at.run()
+
+
+def _page(ids: list[int]) -> str:
+    return ",".join(map(str, ids))
 
 
 def _tag(at) -> str:
@@ -1118,9 +1124,15 @@ def test_a_grid_page_a_restarted_server_lost_comes_back_with_its_keys(Session, t
     token = after.session_state["claim_token"]
     claims = _claims(Session, pid)
     assert {claims.get(i) for i in lost} == {f"rosa#{token}"} and not set(drawn) & set(claims)
+    # A key after the restore: the tab carries on the list it was given back (same token).
+    carried = [{"item": lost[0], "class": 0, "name": "0"}, {"item": lost[1], "class": 1, "name": "1"}]
+    carried.append({"item": lost[2], "class": 1, "name": "1"})
+    after.session_state["grid-keys"] = {"edits": {"token": "old1", "page": _page(lost), "list": carried}}
+    after.run()
+    assert _grid_tiles(after)[lost[2]].value == 1
     button(after, "accept_grid").click().run()
     with Session() as session:
-        assert queries.current_labels(session, pid) == {lost[0]: 0, lost[1]: 1}
+        assert queries.current_labels(session, pid) == {lost[0]: 0, lost[1]: 1, lost[2]: 1}
         assert {e.annotator for e in session.query(LabelEvent).filter_by(project_id=pid)} == {"rosa"}
 
 
@@ -1194,3 +1206,26 @@ def test_a_lost_grid_page_accepted_before_the_restart_is_not_given_back(Session,
     _lost_page_sent(after, lost, "rosa", {lost[0]: 1, lost[1]: -1}, _tag(before))
     assert list(after.session_state[f"grid-page-{pid}"]) == drawn
     assert "Your last grid page was saved (1 label)" in after.info[0].value and not after.warning
+
+
+def test_a_lost_grid_page_with_one_image_answered_in_another_tab_is_not_taken_for_saved(
+    Session, tiny_project
+):
+    """The same person's other tab accepted one image of the page (its claims had run out): the
+    page was taken for accepted ("was saved") and the tiles set on the rest dropped."""
+    from sqlalchemy import update
+
+    from db.models import Claim
+
+    pid = tiny_project.id
+    before = page_app("label", pid, annotator="rosa")
+    before.radio(key="label_mode").set_value("Grid").run()
+    lost = list(before.session_state[f"grid-page-{pid}"])
+    with Session.begin() as session:  # the other tab's grid answer, and its claim run out
+        queries.add_label(session, lost[3], 0, annotator="rosa", kind="grid")
+        session.execute(update(Claim).where(Claim.item_id == lost[3]).values(annotator="rosa#othertab"))
+    after = page_app("label", pid, annotator="rosa")
+    after.radio(key="label_mode").set_value("Grid").run()
+    _lost_page_sent(after, lost, "rosa", {lost[0]: 1, lost[1]: 0}, _tag(before))
+    assert list(after.session_state[f"grid-page-{pid}"]) == lost and not after.warning
+    assert _grid_tiles(after)[lost[3]].disabled and _grid_tiles(after)[lost[0]].value == 1
