@@ -561,6 +561,7 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
 _RESTORED = "grid-restored"  # page name -> True: given back (`_restored_page`), False: not
 _GRID_DRAWN = "grid-drawn"  # this browser session has drawn a grid page
 _REPLACED = "grid-replaced"  # (page, key list token) of the keys a page given back replaced
+_RESTORE_NOTE = "grid-restore-note"  # (kind, text, page it shows above): a page not given back
 
 
 def _lost_grid_page():
@@ -585,7 +586,9 @@ def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], di
     exploratory), and label_grid.js sent it back. (its item ids, what was sent), or None unless
     the tiles were set under this name and the page was not tried before."""
     lost = _lost_grid_page()
-    if not hasattr(lost, "get") or lost.get("who") != common.annotator():
+    if not hasattr(lost, "get") or lost.get("asker") != _session_tag():
+        return None  # sent to an earlier session (the value stays in the tab): answered there
+    if lost.get("who") != common.annotator():
         return None  # tiles set under another name (a logout, then a login in this tab) stay theirs
     page = str(lost.get("page", ""))
     entries = lost.get("list")
@@ -652,22 +655,35 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
         batch, saved = None, refused.args[0]
     st.session_state[_RESTORED][lost["page"]] = False
     if batch is None and saved:
-        st.info(
-            f"Your last grid page was saved ({common.by_count(saved, '1 label', f'{saved} labels')}) "
-            "before the server lost this tab's session (a restart); here is the next one."
+        note = (
+            "info",
+            (
+                f"Your last grid page was saved ({common.by_count(saved, '1 label', f'{saved} labels')}) "
+                "before the server lost this tab's session (a restart); here is the next one."
+            ),
         )
-        return None
-    if batch is None:
-        st.warning(
-            "Your last grid page could not be given back after the server lost this tab's session "
-            "(a restart): another tab or person holds some of its images now."
+    elif batch is None:
+        note = (
+            "warning",
+            (
+                "Your last grid page could not be given back after the server lost this tab's session "
+                "(a restart): another tab or person holds some of its images now."
+            ),
         )
-        return None
-    if not batch:
-        st.info(
-            "Every image of your last grid page was answered meanwhile, so it was not given back "
-            "after the server lost this tab's session (a restart); here is the next one."
+    elif not batch:
+        note = (
+            "info",
+            (
+                "Every image of your last grid page was answered meanwhile, so it was not given back "
+                "after the server lost this tab's session (a restart); here is the next one."
+            ),
         )
+    else:
+        note = None
+    if note is not None:
+        # Shown above the page drawn until it changes: a note gone at the next run moved the
+        # grid's keys component, which the browser then made anew, dropping a key (exploratory).
+        st.session_state[_RESTORE_NOTE] = (*note, _page_name(pinned or []))
         return None
     # Keys pressed on the page drawn meanwhile (on screen for a moment) do not carry over to it
     # when it comes up again; keys pressed on it then (a list of a new token) do.
@@ -686,11 +702,18 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
 
 
 def _restored_note(page: str) -> None:
+    """What became of the page a lost session held (`_restored_page`), while this page shows."""
     if st.session_state.get(_RESTORED, {}).get(page):
         st.info(
             "The server lost this tab's session (a restart): this is the page you were working on, "
             "with the tiles you set. Accept it when done."
         )
+    note = st.session_state.get(_RESTORE_NOTE)
+    if note is not None and note[2] in (page, ""):
+        st.session_state[_RESTORE_NOTE] = (note[0], note[1], page)  # kept while this page shows
+        (st.info if note[0] == "info" else st.warning)(note[1])
+    elif note is not None:
+        del st.session_state[_RESTORE_NOTE]
 
 
 def _apart(label: str) -> str:

@@ -90,13 +90,15 @@ export default function (component) {
   // lists those in `chosen` as of its last drawing, so they go between the keys pressed before
   // it and after it), with the name and session it was claimed under. Sent back in a state of
   // its own ("lost": a key on the new page would overwrite "edits"), they bring the page back
-  // (label.py, _lost_page). Before, the tiles set on it were dropped without a word.
+  // (label.py, _lost_page), for the session that asked only (`asker`: the value stays in the
+  // tab, and a later session must not take it for its own). Before, the tiles set on it were
+  // dropped without a word.
   const before = g.edits ? g.edits.slice(0, g.drawnKeys) : [];
   const after = g.edits ? g.edits.slice(g.drawnKeys) : [];
   const set = g.page && g.page !== data.page ? before.concat(g.data.chosen || [], after) : [];
   const lost =
     data.ask && set.length
-      ? { token: g.token, page: g.page, who: g.data.who, session: g.data.session, list: set }
+      ? { token: g.token, page: g.page, who: g.data.who, session: g.data.session, asker: data.session, list: set }
       : null;
   if (g.page !== data.page) {
     // A new page of images: the list the server holds for it (a page back after an undo), else

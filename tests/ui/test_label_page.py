@@ -1072,7 +1072,9 @@ def test_a_history_tile_sent_with_a_name_from_before_a_rename_stays_on_its_saved
     assert _labels(Session, tiny_project.id)[a] == was
 
 
-def _lost_page_sent(at, page_ids: list[int], who: str, keys: dict[int, int], session: str) -> None:
+def _lost_page_sent(
+    at, page_ids: list[int], who: str, keys: dict[int, int], session: str, asker: str | None = None
+) -> None:
     """What label_grid.js sends after a server restart, for the page it still shows: the tiles
     set on it (item -> class), the name and the session (token tag) they were set under."""
     lost = {
@@ -1080,6 +1082,7 @@ def _lost_page_sent(at, page_ids: list[int], who: str, keys: dict[int, int], ses
         "page": ",".join(map(str, page_ids)),
         "who": who,
         "session": session,
+        "asker": asker or _tag(at),  # the session that asked: this one unless said
         "list": [{"item": item, "class": cls, "name": str(cls)} for item, cls in keys.items()],
     }
     # The tab's key list of the page goes with it, as the browser sends it (keys only).
@@ -1229,3 +1232,30 @@ def test_a_lost_grid_page_with_one_image_answered_in_another_tab_is_not_taken_fo
     _lost_page_sent(after, lost, "rosa", {lost[0]: 1, lost[1]: 0}, _tag(before))
     assert list(after.session_state[f"grid-page-{pid}"]) == lost and not after.warning
     assert _grid_tiles(after)[lost[3]].disabled and _grid_tiles(after)[lost[0]].value == 1
+
+
+def test_a_lost_grid_page_is_answered_to_the_session_that_asked_only(Session, tiny_project):
+    """The page the tab sent back stays in its component state and came with later runs: after a
+    later restart, a page given back, accepted and undone meanwhile came back again and its
+    undone tiles were stored (exploratory). Only the session that asked takes it; the note of a
+    page not given back stays above the page drawn until that page changes."""
+    pid = tiny_project.id
+    before = page_app("label", pid, annotator="rosa")
+    before.radio(key="label_mode").set_value("Grid").run()
+    lost = list(before.session_state[f"grid-page-{pid}"])
+    after = page_app("label", pid, annotator="rosa")
+    after.radio(key="label_mode").set_value("Grid").run()
+    drawn = list(after.session_state[f"grid-page-{pid}"])
+    _lost_page_sent(after, lost, "rosa", {lost[0]: 1}, _tag(before), asker="a-session-before")
+    assert list(after.session_state[f"grid-page-{pid}"]) == drawn and not after.info
+    # Refused (another person holds an image): the warning stays over the runs of this page.
+    from sqlalchemy import update
+
+    from db.models import Claim
+
+    with Session.begin() as session:
+        session.execute(update(Claim).where(Claim.item_id == lost[5]).values(annotator="ivan#x"))
+    _lost_page_sent(after, lost, "rosa", {lost[0]: 1}, _tag(before))
+    assert "could not be given back" in after.warning[0].value
+    after.run()
+    assert "could not be given back" in after.warning[0].value
