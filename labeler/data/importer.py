@@ -285,17 +285,30 @@ def extract_zip(
         return skipped
 
 
+def _entry_path(info: zipfile.ZipInfo) -> tuple[list[str], str | None]:
+    """An entry's path parts, or the reason its path is refused (a bad name, an absolute path,
+    one that leaves the zip, a symlink)."""
+    name = info.filename
+    if "\0" in name:
+        return [], "invalid file name in zip"
+    normal = name.replace("\\", "/")
+    if normal.startswith("/") or re.match(r"^[A-Za-z]:", normal):
+        return [], "absolute path in zip"
+    parts = [part for part in normal.split("/") if part not in ("", ".")]
+    if ".." in parts:
+        return [], "path leaves the zip's folder (..)"
+    if stat.S_ISLNK(info.external_attr >> 16):
+        return [], SYMLINK
+    return parts, None
+
+
 def _folder_of_entry(info: zipfile.ZipInfo) -> tuple[str, ...]:
     """The folder an entry lies in (itself for a folder entry), when its path is a plain one:
-    () for the top level and for paths that are absolute, leave the zip, are hidden or too deep."""
-    normal = info.filename.replace("\\", "/")
-    parts = [part for part in normal.split("/") if part not in ("", ".")]
-    if not info.is_dir() and not normal.endswith("/"):
+    () for the top level and for paths that are refused (`_entry_path`), hidden or too deep."""
+    parts, reason = _entry_path(info)
+    if not info.is_dir() and not info.filename.replace("\\", "/").endswith("/"):
         parts = parts[:-1]
-    unsafe = "\0" in normal or normal.startswith("/") or re.match(r"^[A-Za-z]:", normal)
-    if unsafe or ".." in parts or len(parts) > MAX_DEPTH or stat.S_ISLNK(info.external_attr >> 16):
-        return ()
-    if any(part.startswith(".") or part == "__MACOSX" for part in parts):
+    if reason or len(parts) > MAX_DEPTH or any(part.startswith(".") or part == "__MACOSX" for part in parts):
         return ()
     return tuple(parts)
 
@@ -323,17 +336,9 @@ def _entry_parts(
     info: zipfile.ZipInfo, max_ratio: float, max_file_bytes: int
 ) -> tuple[list[str], str | None]:
     """The path parts of an entry to extract, or a reason to skip it ([] and None for folders)."""
-    name = info.filename
-    if "\0" in name:
-        return [], "invalid file name in zip"
-    normal = name.replace("\\", "/")
-    if normal.startswith("/") or re.match(r"^[A-Za-z]:", normal):
-        return [], "absolute path in zip"
-    parts = [part for part in normal.split("/") if part not in ("", ".")]
-    if ".." in parts:
-        return [], "path leaves the zip's folder (..)"
-    if stat.S_ISLNK(info.external_attr >> 16):
-        return [], SYMLINK
+    parts, reason = _entry_path(info)
+    if reason:
+        return [], reason
     if info.is_dir() or not parts:
         return [], None
     if len(parts) > MAX_DEPTH + 1:
