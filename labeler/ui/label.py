@@ -558,10 +558,10 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
     return batch
 
 
-_RESTORED = "grid-restored"  # page name -> True: given back (`_restored_page`), False: not
+_RESTORED = "grid-restored"  # names of the lost pages this session tried to give back
 _GRID_DRAWN = "grid-drawn"  # this browser session has drawn a grid page
 _REPLACED = "grid-replaced"  # (page, key list token) of the keys a page given back replaced
-_RESTORE_NOTE = "grid-restore-note"  # (kind, text, page it shows above): a page not given back
+_RESTORE_NOTE = "grid-restore-note"  # (kind, text, page it shows above): what became of a lost page
 
 
 def _lost_grid_page():
@@ -594,7 +594,7 @@ def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], di
     entries = lost.get("list")
     listed = [dict(edit) for edit in entries if hasattr(edit, "get")] if isinstance(entries, list) else []
     listed = [e for e in listed if isinstance(e.get("item"), int) and isinstance(e.get("class"), int)]
-    tried = st.session_state.setdefault(_RESTORED, {})
+    tried = st.session_state.setdefault(_RESTORED, set())
     if not listed or page == _page_name(pinned or []) or page in tried:
         return None
     try:
@@ -653,7 +653,7 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
         return None  # the database away: tried again at the next run
     except _NotGivenBack as refused:
         batch, saved = None, refused.args[0]
-    st.session_state[_RESTORED][lost["page"]] = False
+    st.session_state[_RESTORED].add(lost["page"])
     if batch is None and saved:
         note = (
             "info",
@@ -685,6 +685,14 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
         # grid's keys component, which the browser then made anew, dropping a key (exploratory).
         st.session_state[_RESTORE_NOTE] = (*note, _page_name(pinned or []))
         return None
+    st.session_state[_RESTORE_NOTE] = (
+        "info",
+        (
+            "The server lost this tab's session (a restart): this is the page you were working on, "
+            "with the tiles you set. Accept it when done."
+        ),
+        lost["page"],
+    )
     # Keys pressed on the page drawn meanwhile (on screen for a moment) do not carry over to it
     # when it comes up again; keys pressed on it then (a list of a new token) do.
     live = _live_grid_keys()
@@ -697,17 +705,11 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
         **{k: lost[k] for k in ("page", "token", "list")},
         "restored": True,
     }
-    st.session_state[_RESTORED][lost["page"]] = True
     return batch
 
 
 def _restored_note(page: str) -> None:
     """What became of the page a lost session held (`_restored_page`), while this page shows."""
-    if st.session_state.get(_RESTORED, {}).get(page):
-        st.info(
-            "The server lost this tab's session (a restart): this is the page you were working on, "
-            "with the tiles you set. Accept it when done."
-        )
     note = st.session_state.get(_RESTORE_NOTE)
     if note is not None and note[2] in (page, ""):
         st.session_state[_RESTORE_NOTE] = (note[0], note[1], page)  # kept while this page shows
@@ -824,8 +826,6 @@ def _accept_grid(
         st.session_state["last_message"] = ("error", str(refused))
         return
     page = _page_name(item_ids)
-    if st.session_state.get(_RESTORED, {}).get(page):
-        st.session_state[_RESTORED][page] = False  # its "given back" note has done its work
     token, pressed, listed = _grid_presses(project_id, page, len(names))
     view = _grid_view(threshold, names)
     closed = set(closed)
