@@ -32,6 +32,8 @@ import streamlit as st
 from PIL import Image, ImageOps
 from sqlalchemy import select
 from sqlalchemy.exc import OperationalError
+from streamlit import runtime
+from streamlit.runtime.scriptrunner import get_script_run_ctx
 
 import db
 from db import queries
@@ -559,7 +561,7 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
 
 
 _RESTORED = "grid-restored"  # names of the lost pages this session tried to give back
-_GRID_DRAWN = "grid-drawn"  # this browser session has drawn a grid page
+_GRID_DRAWN = "grid-drawn"  # the projects this browser session has drawn a grid page of
 _REPLACED = "grid-replaced"  # (page, key list token) of the keys a page given back replaced
 _RESTORE_NOTE = "grid-restore-note"  # (kind, text, page it shows above): what became of a lost page
 
@@ -572,24 +574,50 @@ def _lost_grid_page():
     return value.get("lost") if hasattr(value, "get") else getattr(value, "lost", None)
 
 
+# Claim-token tags of the browser sessions that drew a grid in this server process, with their
+# Streamlit session ids (`_still_connected`).
+_SESSION_OF_TAG: dict[str, str] = {}
+
+
 def _session_tag() -> str:
     """This browser session's claim token, hashed: what label_grid.js keeps for a page and sends
     back with it, so that only that session's claims pass to a new one (`_restored_page`)."""
     common.claimant()  # makes the token
-    return queries.token_tag(st.session_state["claim_token"])
+    tag = queries.token_tag(st.session_state["claim_token"])
+    ctx = get_script_run_ctx()
+    if ctx is not None and _SESSION_OF_TAG.get(tag) != ctx.session_id:
+        if len(_SESSION_OF_TAG) > 10_000:  # sessions long gone
+            _SESSION_OF_TAG.clear()
+        _SESSION_OF_TAG[tag] = ctx.session_id
+    return tag
+
+
+def _still_connected(tag: str) -> bool:
+    """Whether the browser session whose claim tag is `tag` is still connected to this server: a
+    tab duplicated in the browser gets a copy of the original's sessionStorage, and with it the
+    page the original still shows, which stays the original's."""
+    session_id = _SESSION_OF_TAG.get(tag)
+    if session_id is None or not runtime.exists():
+        return False
+    # `is True`: Streamlit's AppTest runs the page with a mock for the runtime, whose answer is
+    # a mock too.
+    return runtime.get_instance().is_active_session(session_id) is True
 
 
 def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], dict] | None:
     """The grid page this tab still shows with tiles set on it, when it is not this session's:
-    the server lost the session that held it (a restart, or a disconnect longer than Streamlit
-    keeps sessions: 5 of 5 pages of set tiles were replaced by a new page without a word,
-    exploratory), and label_grid.js sent it back. (its item ids, what was sent), or None unless
+    the server lost the session that held it (a restart, a reload of the tab or a disconnect
+    longer than Streamlit keeps sessions: 5 of 5 pages of set tiles were replaced by a new page
+    without a word after a restart, exploratory), and label_grid.js sent it back (from the tab's
+    sessionStorage after a reload or a login). (its item ids, what was sent), or None unless
     the tiles were set under this name and the page was not tried before."""
     lost = _lost_grid_page()
     if not hasattr(lost, "get") or lost.get("asker") != _session_tag():
         return None  # sent to an earlier session (the value stays in the tab): answered there
     if lost.get("who") != common.annotator():
         return None  # tiles set under another name (a logout, then a login in this tab) stay theirs
+    if _still_connected(str(lost.get("session"))):
+        return None  # the page of a tab still open (this one is its copy): it stays there
     page = str(lost.get("page", ""))
     entries = lost.get("list")
     listed = [dict(edit) for edit in entries if hasattr(edit, "get")] if isinstance(entries, list) else []
@@ -659,15 +687,15 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
             "info",
             (
                 f"Your last grid page was saved ({common.by_count(saved, '1 label', f'{saved} labels')}) "
-                "before the server lost this tab's session (a restart); here is the next one."
+                "before this tab's session ended (a reload or a server restart); here is the next one."
             ),
         )
     elif batch is None:
         note = (
             "warning",
             (
-                "Your last grid page could not be given back after the server lost this tab's session "
-                "(a restart): another tab or person holds some of its images now."
+                "Your last grid page could not be given back after this tab's session ended (a reload or "
+                "a server restart): another tab or person holds some of its images now."
             ),
         )
     elif not batch:
@@ -675,7 +703,7 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
             "info",
             (
                 "Every image of your last grid page was answered meanwhile, so it was not given back "
-                "after the server lost this tab's session (a restart); here is the next one."
+                "after this tab's session ended (a reload or a server restart); here is the next one."
             ),
         )
     else:
@@ -688,8 +716,8 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
     st.session_state[_RESTORE_NOTE] = (
         "info",
         (
-            "The server lost this tab's session (a restart): this is the page you were working on, "
-            "with the tiles you set. Accept it when done."
+            "This tab's session ended (a reload or a server restart): this is the page you were "
+            "working on, with the tiles you set. Accept it when done."
         ),
         lost["page"],
     )
@@ -1080,15 +1108,17 @@ def _grid(project_id: int, names: list[str]) -> None:
             "classes": [{"index": i, "key": k, "name": names[i]} for i, k in enumerate(keys) if k],
             "columns": len(columns),
             "who": common.annotator(),  # sent back with a lost page (`_lost_page`)
+            "owner": f"{common.annotator()}@{project_id}",  # whose page the tab keeps (sessionStorage)
             "session": _session_tag(),
             "chosen": chosen,
-            # A session that has drawn no grid yet asks the tab for a page it still shows.
-            "ask": not st.session_state.get(_GRID_DRAWN),
+            # A session that has drawn no grid of the project yet asks the tab for a page it still
+            # shows or keeps (label_grid.js).
+            "ask": project_id not in st.session_state.get(_GRID_DRAWN, set()),
         },
         key="grid-keys",
         on_edits_change=lambda: None,  # read by _grid_presses
     )
-    st.session_state[_GRID_DRAWN] = True
+    st.session_state.setdefault(_GRID_DRAWN, set()).add(project_id)
     left, right = st.columns(2)
     left.button(
         "Accept page",

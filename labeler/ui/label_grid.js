@@ -76,6 +76,40 @@ function onKey(g, event) {
   draw(g);
 }
 
+// The page shown and its tiles set here: the keys pressed before the server's last drawing, the
+// mouse choices it listed then (`chosen`), the keys pressed since; with the name and the
+// session they were set under.
+function setTiles(g) {
+  const before = g.edits.slice(0, g.drawnKeys);
+  const after = g.edits.slice(g.drawnKeys);
+  const list = before.concat(g.data.chosen || [], after);
+  return { token: g.token, page: g.page, who: g.data.who, session: g.data.session, list };
+}
+
+const STORE = "labeler-grid:";
+
+// Kept in the tab (sessionStorage) while tiles are set on the page, for `owner` (person@project).
+function keepPage(g) {
+  if (!g.data.owner) return;
+  try {
+    const page = setTiles(g);
+    if (page.list.length) sessionStorage.setItem(STORE + g.data.owner, JSON.stringify(page));
+    else sessionStorage.removeItem(STORE + g.data.owner);
+  } catch (error) {
+    // Storage full or blocked: a restart still finds the page in this module's memory.
+  }
+}
+
+function keptPage(owner) {
+  if (!owner) return null;
+  try {
+    const page = JSON.parse(sessionStorage.getItem(STORE + owner) || "null");
+    return page && typeof page.page === "string" && Array.isArray(page.list) ? page : null;
+  } catch (error) {
+    return null;
+  }
+}
+
 export default function (component) {
   const { data, parentElement, setStateValue } = component;
   let g = grids.get(parentElement);
@@ -85,21 +119,20 @@ export default function (component) {
     document.addEventListener("keydown", g.onKey, true);
     grids.set(parentElement, g);
   }
-  // A server that lost this tab's session (a restart) draws a new page and asks (`ask`) for
-  // the page this tab still shows: its keys and the tiles chosen with the mouse (the server
-  // lists those in `chosen` as of its last drawing, so they go between the keys pressed before
-  // it and after it), with the name and session it was claimed under. Sent back in a state of
-  // its own ("lost": a key on the new page would overwrite "edits"), they bring the page back
+  // A server that lost this tab's session (a restart, or a reload of the tab) draws a new page
+  // and asks (`ask`) for the page this tab showed: its keys and the tiles chosen with the mouse
+  // (the server lists those in `chosen` as of its last drawing, so they go between the keys
+  // pressed before it and after it), with the name and session it was claimed under. The page is
+  // also kept in the tab's sessionStorage under the person and project (`owner`), so it comes
+  // back after a reload or a login too, where this module is mounted anew. Sent back in a state
+  // of its own ("lost": a key on the new page would overwrite "edits"), it brings the page back
   // (label.py, _lost_page), for the session that asked only (`asker`: the value stays in the
   // tab, and a later session must not take it for its own). Before, the tiles set on it were
   // dropped without a word.
-  const before = g.edits ? g.edits.slice(0, g.drawnKeys) : [];
-  const after = g.edits ? g.edits.slice(g.drawnKeys) : [];
-  const set = g.page && g.page !== data.page ? before.concat(g.data.chosen || [], after) : [];
+  const shown = g.page ? setTiles(g) : null;
+  const found = shown && shown.list.length ? shown : data.ask ? keptPage(data.owner) : null;
   const lost =
-    data.ask && set.length
-      ? { token: g.token, page: g.page, who: g.data.who, session: g.data.session, asker: data.session, list: set }
-      : null;
+    data.ask && found && found.page !== data.page && found.list.length ? { ...found, asker: data.session } : null;
   if (g.page !== data.page) {
     // A new page of images: the list the server holds for it (a page back after an undo), else
     // a new one. Carrying on the server's list keeps every tile keyed before as it is shown.
@@ -112,11 +145,15 @@ export default function (component) {
   }
   g.page = data.page;
   g.data = data;
-  g.send = () => setStateValue("edits", { token: g.token, page: g.page, list: g.edits.slice() });
+  g.send = () => {
+    setStateValue("edits", { token: g.token, page: g.page, list: g.edits.slice() });
+    keepPage(g);
+  };
   // How many of the page's keys this drawing reflects (the server's list); later keys follow
   // its mouse choices (`chosen`).
   g.drawnKeys = data.edits && data.edits.list ? Math.min(data.edits.list.length, g.edits.length) : 0;
   if (lost) setStateValue("lost", lost);
+  keepPage(g);
   draw(g);
   setTimeout(() => draw(g), 300); // the tiles may be drawn after this component
   const state = g;

@@ -1193,6 +1193,69 @@ def test_a_lost_grid_page_goes_to_its_own_session_only(Session):
         assert queries.current_labels(session, pid) == {lost[0]: 0, lost[1]: 1}
 
 
+def test_a_lost_grid_page_of_a_tab_still_connected_stays_there(Session, tiny_project, monkeypatch):
+    """A tab duplicated in the browser gets a copy of the original's sessionStorage, and with it
+    the page the original still shows: that page stays the original's (its claims and tiles),
+    while a page whose session is gone comes back."""
+    pid = tiny_project.id
+    before = page_app("label", pid, annotator="rosa")  # the original tab, still open
+    before.radio(key="label_mode").set_value("Grid").run()
+    lost, tag = list(before.session_state[f"grid-page-{pid}"]), _tag(before)
+    monkeypatch.setattr(label, "_still_connected", lambda session: session == tag)
+    copy = page_app("label", pid, annotator="rosa")
+    copy.radio(key="label_mode").set_value("Grid").run()
+    drawn = list(copy.session_state[f"grid-page-{pid}"])
+    _lost_page_sent(copy, lost, "rosa", {lost[0]: 1}, tag)
+    assert list(copy.session_state[f"grid-page-{pid}"]) == drawn and not copy.info and not copy.warning
+    assert {_claims(Session, pid).get(i) for i in lost} == {f"rosa#{before.session_state['claim_token']}"}
+    monkeypatch.setattr(label, "_still_connected", lambda session: False)  # the original closed
+    again = page_app("label", pid, annotator="rosa")
+    again.radio(key="label_mode").set_value("Grid").run()
+    _lost_page_sent(again, lost, "rosa", {lost[0]: 1}, tag)
+    assert list(again.session_state[f"grid-page-{pid}"]) == lost
+
+
+def test_the_grid_asks_the_tab_for_a_kept_page_once_per_project(Session, tiny_project):
+    """label_grid.js keeps a page with tiles set in the tab under the person and project and sends
+    it when the grid asks: the first grid drawn of each project in a session asks (a session that
+    had drawn another project's grid first never asked for this one's)."""
+    import json
+
+    from labeler import projects
+    from tests.conftest import tiny_image_set
+
+    other = projects.create_project(Session, "other", "test", images=tiny_image_set(n=40)).id
+
+    def grid_data(at) -> dict:
+        return json.loads(at.get("bidi_component")[0].proto.json)
+
+    at = page_app("label", other, annotator="rosa")
+    at.radio(key="label_mode").set_value("Grid").run()
+    assert grid_data(at)["ask"] and grid_data(at)["owner"] == f"rosa@{other}"
+    at.run()
+    assert not grid_data(at)["ask"]
+    at.session_state["project_id"] = tiny_project.id
+    at.run()
+    assert grid_data(at)["ask"] and grid_data(at)["owner"] == f"rosa@{tiny_project.id}"
+    at.run()
+    assert not grid_data(at)["ask"]
+
+
+def test_a_session_is_connected_while_streamlit_lists_it(monkeypatch):
+    """`_still_connected` asks Streamlit's runtime about the session a claim tag was drawn by."""
+
+    class Runtime:
+        def is_active_session(self, session_id):
+            return session_id == "live"
+
+    monkeypatch.setattr(label, "_SESSION_OF_TAG", {"a": "live", "b": "gone"})
+    monkeypatch.setattr(label.runtime, "exists", lambda: True)
+    monkeypatch.setattr(label.runtime, "get_instance", Runtime)
+    assert [label._still_connected(tag) for tag in ("a", "b", "c")] == [True, False, False]
+    monkeypatch.setattr(label.runtime, "exists", lambda: False)  # no server: nothing is connected
+    assert not label._still_connected("a")
+
+
 def test_a_lost_grid_page_accepted_before_the_restart_is_not_given_back(Session, tiny_project):
     """The server went after an accept was stored and before the tab was told: the tab sends the
     page back, and it came back as open ("answered meanwhile" on each of the person's own
