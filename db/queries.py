@@ -126,8 +126,9 @@ def _current_event_ids(project_id: int):
     )
 
 
-def _current_answers_query(project_id: int, *columns):
-    """SELECT `columns` of every item's current answer (its newest event not undone)."""
+def current_answers_query(project_id: int, *columns):
+    """SELECT `columns` of every item's current answer (its newest event not undone), to refine
+    with more joins and conditions (evaluate.py's agreement with the guesses does)."""
     newest = _current_event_ids(project_id)
     return select(*columns).join(newest, LabelEvent.id == newest.c.event_id)
 
@@ -135,7 +136,7 @@ def _current_answers_query(project_id: int, *columns):
 def current_labels(session: Session, project_id: int, ignored: bool = False) -> dict[int, int]:
     """{item_id: class_index} of every currently labeled item. Images answered "ignore" are left
     out (they are in no class), unless `ignored`, which keeps them with class IGNORED."""
-    query = _current_answers_query(project_id, LabelEvent.item_id, LabelEvent.class_index)
+    query = current_answers_query(project_id, LabelEvent.item_id, LabelEvent.class_index)
     if not ignored:
         query = query.where(LabelEvent.class_index != IGNORED)
     return {item_id: class_index for item_id, class_index in session.execute(query)}
@@ -144,7 +145,7 @@ def current_labels(session: Session, project_id: int, ignored: bool = False) -> 
 def current_answers(session: Session, project_id: int) -> dict[int, tuple[int, int]]:
     """{item_id: (event id, class index)} of every item's current answer, "ignore" answers
     (IGNORED) included: what a page shows, so a later write can check it is still the same."""
-    query = _current_answers_query(project_id, LabelEvent.item_id, LabelEvent.id, LabelEvent.class_index)
+    query = current_answers_query(project_id, LabelEvent.item_id, LabelEvent.id, LabelEvent.class_index)
     return {item_id: (event_id, class_index) for item_id, event_id, class_index in session.execute(query)}
 
 

@@ -24,7 +24,7 @@ from sqlalchemy import select
 from sqlalchemy.orm import Session
 
 from db.models import AUDIT, DONE, TEST, Item, LabelEvent, Prediction, Run
-from db.queries import _current_answers_query
+from db.queries import current_answers_query
 
 
 def accuracy(y_true: np.ndarray, y_pred: np.ndarray) -> float:
@@ -187,7 +187,7 @@ def _answers_to_guesses(session: Session, project_id: int) -> pd.DataFrame:
     guess; one row per answer. An answer corrected since is no verdict on the guess any more (it
     was counted: agreement stayed "13 of 15" after two such answers were corrected)."""
     rows = session.execute(
-        _current_answers_query(
+        current_answers_query(
             project_id, LabelEvent.predicted_run_id, LabelEvent.class_index, LabelEvent.predicted_index
         )
         .join(Item, Item.id == LabelEvent.item_id)
