@@ -42,6 +42,11 @@ _PERSONAL_KEYS = (
     "annotator_input",
     "annotator_named",
     LOGOUT_ASKED,
+    # The grid's lost pages (label.py `_restored_page`): tried, keys replaced, notes, guesses shown.
+    "grid-restored",
+    "grid-replaced",
+    "grid-restore-note",
+    "grid-prefilled",
 )
 
 

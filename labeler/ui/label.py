@@ -560,10 +560,11 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
     return batch
 
 
+# Personal (account._PERSONAL_KEYS: cleared at a login or logout, like the page they are about).
 _RESTORED = "grid-restored"  # names of the lost pages this session tried to give back
-_GRID_DRAWN = "grid-drawn"  # the projects this browser session has drawn a grid page of
 _REPLACED = "grid-replaced"  # (page, key list token) of the keys a page given back replaced
 _RESTORE_NOTE = "grid-restore-note"  # (kind, text, page it shows above): what became of a lost page
+_PREFILLED = "grid-prefilled"  # (page, {item: (class, name)}): the guesses a page given back showed
 
 
 def _lost_grid_page():
@@ -616,14 +617,19 @@ def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], di
         return None  # sent to an earlier session (the value stays in the tab): answered there
     if lost.get("who") != common.annotator():
         return None  # tiles set under another name (a logout, then a login in this tab) stay theirs
+    page = str(lost.get("page", ""))[:2000]
+    tried = st.session_state.setdefault(_RESTORED, set())
+    if page in tried or page == _page_name(pinned or []):
+        return None
+    # Tried from here on, whatever comes of it: label_grid.js keeps the page in the tab until the
+    # server lists it as tried (`tried` in the grid's data).
+    tried.add(page)
     if _still_connected(str(lost.get("session"))):
         return None  # the page of a tab still open (this one is its copy): it stays there
-    page = str(lost.get("page", ""))
     entries = lost.get("list")
     listed = [dict(edit) for edit in entries if hasattr(edit, "get")] if isinstance(entries, list) else []
     listed = [e for e in listed if isinstance(e.get("item"), int) and isinstance(e.get("class"), int)]
-    tried = st.session_state.setdefault(_RESTORED, set())
-    if not listed or page == _page_name(pinned or []) or page in tried:
+    if not listed:
         return None
     try:
         ids = [int(part) for part in page.split(",")]
@@ -633,11 +639,18 @@ def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], di
         return None
     if not {edit["item"] for edit in listed} <= set(ids):
         return None
+    shown = lost.get("prefilled")
+    prefilled = {
+        edit["item"]: (edit["class"], str(edit.get("name", "")))
+        for edit in (shown if isinstance(shown, list) else [])
+        if hasattr(edit, "get") and edit.get("item") in ids and isinstance(edit.get("class"), int)
+    }
     return ids, {
         "page": page,
         "token": str(lost.get("token", "")),
         "list": listed,
         "session": lost.get("session"),
+        "prefilled": prefilled,
     }
 
 
@@ -678,10 +691,10 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
     try:
         batch = db.retrying(restore)
     except OperationalError:
+        st.session_state[_RESTORED].discard(lost["page"])
         return None  # the database away: tried again at the next run
     except _NotGivenBack as refused:
         batch, saved = None, refused.args[0]
-    st.session_state[_RESTORED].add(lost["page"])
     if batch is None and saved:
         note = (
             "info",
@@ -717,7 +730,7 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
         "info",
         (
             "This tab's session ended (a reload or a server restart): this is the page you were "
-            "working on, with the tiles you set. Accept it when done."
+            "working on, with the tiles you set and the guesses it showed. Accept it when done."
         ),
         lost["page"],
     )
@@ -729,6 +742,7 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
             (str(live.get("page", "")), str(live.get("token", "")))
         )
     st.session_state[_page_key(project_id)] = ids
+    st.session_state[_PREFILLED] = (lost["page"], lost["prefilled"])
     st.session_state[_keyed_key(project_id)] = {
         **{k: lost[k] for k in ("page", "token", "list")},
         "restored": True,
@@ -1060,6 +1074,12 @@ def _grid(project_id: int, names: list[str]) -> None:
     kept = st.session_state.get(_choices_key(project_id), {})
     st.session_state[_choices_key(project_id)] = {i: c for i, c in kept.items() if c["page"] == page}
     closed = _answered_meanwhile(project_id, [item.id for item, _ in batch], names)
+    # A page given back after its session ended shows the guesses it showed then (the threshold
+    # and the model may have changed since: tiles left on skip came back pre-filled, and A stored
+    # guesses nobody had seen, exploratory), as long as their classes keep their names.
+    restored = st.session_state.get(_PREFILLED)
+    shown_then = restored[1] if restored and restored[0] == page else None
+    prefilled = []  # the guesses shown pre-filled, kept by label_grid.js with the page
     columns = st.columns(4)
     tile_keys = []
     chosen = []  # tiles chosen with the mouse since their last key, for label_grid.js
@@ -1071,6 +1091,11 @@ def _grid(project_id: int, names: list[str]) -> None:
             and prediction.confidence >= threshold
         )
         guess = prediction.predicted if sure else -1
+        if shown_then is not None:
+            cls, name = shown_then.get(item.id, (-1, ""))
+            guess = cls if 0 <= cls < len(names) and names[cls] == name else -1
+        if guess >= 0:
+            prefilled.append({"item": item.id, "class": guess, "name": names[guess]})
         presses = pressed.get(item.id, (0, -1))[0]
         own = _own_choice(project_id, page, item.id, presses)
         if own:
@@ -1111,14 +1136,13 @@ def _grid(project_id: int, names: list[str]) -> None:
             "owner": f"{common.annotator()}@{project_id}",  # whose page the tab keeps (sessionStorage)
             "session": _session_tag(),
             "chosen": chosen,
-            # A session that has drawn no grid of the project yet asks the tab for a page it still
-            # shows or keeps (label_grid.js).
-            "ask": project_id not in st.session_state.get(_GRID_DRAWN, set()),
+            "prefilled": prefilled,
+            # The lost pages this session has tried to give back (label_grid.js keeps one until then).
+            "tried": sorted(st.session_state.get(_RESTORED, ())),
         },
         key="grid-keys",
         on_edits_change=lambda: None,  # read by _grid_presses
     )
-    st.session_state.setdefault(_GRID_DRAWN, set()).add(project_id)
     left, right = st.columns(2)
     left.button(
         "Accept page",

@@ -78,35 +78,55 @@ function onKey(g, event) {
 
 // The page shown and its tiles set here: the keys pressed before the server's last drawing, the
 // mouse choices it listed then (`chosen`), the keys pressed since; with the name and the
-// session they were set under.
+// session they were set under, and the guesses shown pre-filled on it (`prefilled`: a page
+// given back shows its other tiles as they were, not on the newest guesses or threshold).
 function setTiles(g) {
   const before = g.edits.slice(0, g.drawnKeys);
   const after = g.edits.slice(g.drawnKeys);
   const list = before.concat(g.data.chosen || [], after);
-  return { token: g.token, page: g.page, who: g.data.who, session: g.data.session, list };
+  return {
+    token: g.token,
+    page: g.page,
+    who: g.data.who,
+    session: g.data.session,
+    list,
+    prefilled: g.data.prefilled || [],
+  };
 }
 
 const STORE = "labeler-grid:";
-
-// Kept in the tab (sessionStorage) while tiles are set on the page, for `owner` (person@project).
-function keepPage(g) {
-  if (!g.data.owner) return;
-  try {
-    const page = setTiles(g);
-    if (page.list.length) sessionStorage.setItem(STORE + g.data.owner, JSON.stringify(page));
-    else sessionStorage.removeItem(STORE + g.data.owner);
-  } catch (error) {
-    // Storage full or blocked: a restart still finds the page in this module's memory.
-  }
-}
 
 function keptPage(owner) {
   if (!owner) return null;
   try {
     const page = JSON.parse(sessionStorage.getItem(STORE + owner) || "null");
-    return page && typeof page.page === "string" && Array.isArray(page.list) ? page : null;
+    return page && typeof page.page === "string" && Array.isArray(page.list) && page.list.length ? page : null;
   } catch (error) {
     return null;
+  }
+}
+
+// A page set under another session (one the server lost: a restart, a reload, a login) that
+// the server has not tried to give back yet (`tried`): it waits to be sent, and stays kept.
+function waiting(page, data) {
+  return Boolean(
+    page && page.list.length && page.page !== data.page && page.session !== data.session &&
+      !(data.tried || []).includes(page.page),
+  );
+}
+
+// The page shown is kept in the tab (sessionStorage, under the person and project: `owner`)
+// while tiles are set on it; but a page waiting to be given back is kept until the server has
+// tried it (a second reload, or a switch of mode before its run ended, lost it).
+function keepPage(g) {
+  if (!g.data.owner) return;
+  try {
+    if (waiting(keptPage(g.data.owner), g.data)) return;
+    const page = setTiles(g);
+    if (page.list.length) sessionStorage.setItem(STORE + g.data.owner, JSON.stringify(page));
+    else sessionStorage.removeItem(STORE + g.data.owner);
+  } catch (error) {
+    // Storage full or blocked: a restart still finds the page in this module's memory.
   }
 }
 
@@ -119,20 +139,20 @@ export default function (component) {
     document.addEventListener("keydown", g.onKey, true);
     grids.set(parentElement, g);
   }
-  // A server that lost this tab's session (a restart, or a reload of the tab) draws a new page
-  // and asks (`ask`) for the page this tab showed: its keys and the tiles chosen with the mouse
-  // (the server lists those in `chosen` as of its last drawing, so they go between the keys
-  // pressed before it and after it), with the name and session it was claimed under. The page is
-  // also kept in the tab's sessionStorage under the person and project (`owner`), so it comes
-  // back after a reload or a login too, where this module is mounted anew. Sent back in a state
-  // of its own ("lost": a key on the new page would overwrite "edits"), it brings the page back
-  // (label.py, _lost_page), for the session that asked only (`asker`: the value stays in the
-  // tab, and a later session must not take it for its own). Before, the tiles set on it were
-  // dropped without a word.
+  // A server that lost this tab's session (a restart, a reload of the tab, a login after one)
+  // draws a new page; the tab sends back the page it showed there (`lost`): from its memory when
+  // this module stayed mounted, else from sessionStorage (keepPage). Its keys and the tiles
+  // chosen with the mouse (the server lists those in `chosen` as of its last drawing, so they go
+  // between the keys pressed before it and after it), with the name and session it was claimed
+  // under. Sent in a state of its own ("lost": a key on the new page would overwrite "edits"),
+  // it brings the page back (label.py, _lost_page), for the session it was sent to only (`asker`:
+  // the value stays in the tab, and a later session must not take it for its own). The server
+  // lists the pages it has tried (`tried`). Before, the tiles set on it were dropped without a
+  // word.
   const shown = g.page ? setTiles(g) : null;
-  const found = shown && shown.list.length ? shown : data.ask ? keptPage(data.owner) : null;
-  const lost =
-    data.ask && found && found.page !== data.page && found.list.length ? { ...found, asker: data.session } : null;
+  const stored = keptPage(data.owner);
+  const found = waiting(shown, data) ? shown : waiting(stored, data) ? stored : null;
+  const lost = found ? { ...found, asker: data.session } : null;
   if (g.page !== data.page) {
     // A new page of images: the list the server holds for it (a page back after an undo), else
     // a new one. Carrying on the server's list keeps every tile keyed before as it is shown.

@@ -1073,10 +1073,17 @@ def test_a_history_tile_sent_with_a_name_from_before_a_rename_stays_on_its_saved
 
 
 def _lost_page_sent(
-    at, page_ids: list[int], who: str, keys: dict[int, int], session: str, asker: str | None = None
+    at,
+    page_ids: list[int],
+    who: str,
+    keys: dict[int, int],
+    session: str,
+    asker: str | None = None,
+    prefilled: dict[int, tuple[int, str]] | None = None,
 ) -> None:
     """What label_grid.js sends after a server restart, for the page it still shows: the tiles
-    set on it (item -> class), the name and the session (token tag) they were set under."""
+    set on it (item -> class), the name and the session (token tag) they were set under, and
+    the guesses it showed pre-filled (item -> (class, name))."""
     lost = {
         "token": "old1",
         "page": ",".join(map(str, page_ids)),
@@ -1084,6 +1091,7 @@ def _lost_page_sent(
         "session": session,
         "asker": asker or _tag(at),  # the session that asked: this one unless said
         "list": [{"item": item, "class": cls, "name": str(cls)} for item, cls in keys.items()],
+        "prefilled": [{"item": i, "class": c, "name": n} for i, (c, n) in (prefilled or {}).items()],
     }
     # The tab's key list of the page goes with it, as the browser sends it (keys only).
     edits = {k: lost[k] for k in ("token", "page")} | {"list": [e for e in lost["list"] if "name" in e][:1]}
@@ -1215,30 +1223,45 @@ def test_a_lost_grid_page_of_a_tab_still_connected_stays_there(Session, tiny_pro
     assert list(again.session_state[f"grid-page-{pid}"]) == lost
 
 
-def test_the_grid_asks_the_tab_for_a_kept_page_once_per_project(Session, tiny_project):
-    """label_grid.js keeps a page with tiles set in the tab under the person and project and sends
-    it when the grid asks: the first grid drawn of each project in a session asks (a session that
-    had drawn another project's grid first never asked for this one's)."""
+def test_a_lost_grid_page_shows_the_guesses_it_showed_then(Session, tiny_project):
+    """A page given back drew its untouched tiles on the newest guesses and today's threshold
+    (reset by a reload): tiles the person had left on skip came back pre-filled, and A stored
+    guesses nobody had seen (exploratory). It shows the guesses it showed then, those whose class
+    kept its name; the grid lists the pages tried (label_grid.js keeps one until then) and the
+    guesses it shows pre-filled."""
     import json
 
-    from labeler import projects
-    from tests.conftest import tiny_image_set
+    pid = tiny_project.id
+    before = page_app("label", pid, annotator="rosa")
+    before.radio(key="label_mode").set_value("Grid").run()
+    lost = list(before.session_state[f"grid-page-{pid}"])
+    assert json.loads(before.get("bidi_component")[0].proto.json)["prefilled"] == []  # no model yet
+    fake_done_run(Session, pid)  # every image guessed 0.9 sure: pre-filled at the default 0.9
+    after = page_app("label", pid, annotator="rosa")
+    after.radio(key="label_mode").set_value("Grid").run()
+    with Session() as session:
+        names = queries.class_names(session, pid)
+    shown_then = {lost[1]: (1, names[1]), lost[2]: (0, "renamed since")}
+    _lost_page_sent(after, lost, "rosa", {lost[0]: 0}, _tag(before), prefilled=shown_then)
+    assert list(after.session_state[f"grid-page-{pid}"]) == lost
+    tiles = _grid_tiles(after)
+    assert {i: tiles[i].value for i in lost} == {i: {lost[0]: 0, lost[1]: 1}.get(i, -1) for i in lost}
+    data = json.loads(after.get("bidi_component")[0].proto.json)
+    assert data["tried"] == [_page(lost)]
+    assert data["prefilled"] == [{"item": lost[1], "class": 1, "name": names[1]}]
+    button(after, "accept_grid").click().run()
+    with Session() as session:
+        assert queries.current_labels(session, pid) == {lost[0]: 0, lost[1]: 1}
 
-    other = projects.create_project(Session, "other", "test", images=tiny_image_set(n=40)).id
 
-    def grid_data(at) -> dict:
-        return json.loads(at.get("bidi_component")[0].proto.json)
+def test_a_login_forgets_the_grid_pages_tried_for_the_person_before():
+    """The lost pages tried, the keys they replaced, their notes and guesses belong to the person
+    logged in: a login or logout clears them with the rest of that person's work in the tab."""
+    from labeler.ui import account
 
-    at = page_app("label", other, annotator="rosa")
-    at.radio(key="label_mode").set_value("Grid").run()
-    assert grid_data(at)["ask"] and grid_data(at)["owner"] == f"rosa@{other}"
-    at.run()
-    assert not grid_data(at)["ask"]
-    at.session_state["project_id"] = tiny_project.id
-    at.run()
-    assert grid_data(at)["ask"] and grid_data(at)["owner"] == f"rosa@{tiny_project.id}"
-    at.run()
-    assert not grid_data(at)["ask"]
+    assert {label._RESTORED, label._REPLACED, label._RESTORE_NOTE, label._PREFILLED} <= set(
+        account._PERSONAL_KEYS
+    )
 
 
 def test_a_session_is_connected_while_streamlit_lists_it(monkeypatch):
