@@ -130,8 +130,8 @@ def held_page(
 def restored_page(
     session: Session, project_id: int, item_ids: list[int], annotator: str, lost_session: str
 ) -> list[tuple[Item, Prediction | None]] | None:
-    """`held_page` for a page a browser tab still shows after the server lost its session (a
-    restart): the claims the lost session (`lost_session`, its token's tag) holds on it pass to
+    """`held_page` for a page a browser tab showed under a session the server lost (a restart,
+    a reload of the tab, a login): the claims the lost session (`lost_session`, its token's tag) holds on it pass to
     `annotator` first (they would otherwise look like another person's until they run out), and
     the page drawn in its place meanwhile goes back. None: another session holds one of its
     images (the caller rolls the take-over back)."""

@@ -214,8 +214,8 @@ def _grid_presses(
     edits = _live_grid_keys()
     kept = st.session_state.get(_keyed_key(project_id))
     restored = bool(kept and kept.get("restored") and kept["page"] == page)
-    # A page given back after a restart (`_restored_page`): its list holds the mouse choices
-    # too, which the tab's list from before the restart lacks, until a new key extends it.
+    # A page given back after its session ended (`_restored_page`): its list holds the mouse choices
+    # too, which the tab's list from before lacks, until a new key extends it.
     if restored and hasattr(edits, "get") and len(edits.get("list") or []) <= len(kept["list"]):
         edits = None
     if hasattr(edits, "get") and (page, str(edits.get("token", ""))) in st.session_state.get(_REPLACED, ()):
@@ -587,18 +587,21 @@ def _session_tag() -> str:
     tag = queries.token_tag(st.session_state["claim_token"])
     ctx = get_script_run_ctx()
     if ctx is not None and _SESSION_OF_TAG.get(tag) != ctx.session_id:
-        if len(_SESSION_OF_TAG) > 10_000:  # sessions long gone
-            _SESSION_OF_TAG.clear()
+        if len(_SESSION_OF_TAG) > 10_000:  # forget the sessions gone
+            for gone in [t for t in _SESSION_OF_TAG if not _still_connected(t)]:
+                del _SESSION_OF_TAG[gone]
         _SESSION_OF_TAG[tag] = ctx.session_id
     return tag
 
 
 def _still_connected(tag: str) -> bool:
-    """Whether the browser session whose claim tag is `tag` is still connected to this server: a
-    tab duplicated in the browser gets a copy of the original's sessionStorage, and with it the
-    page the original still shows, which stays the original's."""
+    """Whether the browser session whose claim tag is `tag` is another session still connected
+    to this server process: a tab duplicated in the browser gets a copy of the original's
+    sessionStorage, and with it the page the original still shows, which stays the original's.
+    (This session under an earlier tag, before a logout and a login in the tab, is not.)"""
     session_id = _SESSION_OF_TAG.get(tag)
-    if session_id is None or not runtime.exists():
+    ctx = get_script_run_ctx()
+    if session_id is None or not runtime.exists() or (ctx is not None and ctx.session_id == session_id):
         return False
     # `is True`: Streamlit's AppTest runs the page with a mock for the runtime, whose answer is
     # a mock too.
@@ -606,23 +609,25 @@ def _still_connected(tag: str) -> bool:
 
 
 def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], dict] | None:
-    """The grid page this tab still shows with tiles set on it, when it is not this session's:
-    the server lost the session that held it (a restart, a reload of the tab or a disconnect
-    longer than Streamlit keeps sessions: 5 of 5 pages of set tiles were replaced by a new page
-    without a word after a restart, exploratory), and label_grid.js sent it back (from the tab's
-    sessionStorage after a reload or a login). (its item ids, what was sent), or None unless
-    the tiles were set under this name and the page was not tried before."""
+    """The grid page with tiles set on it that this tab showed under another session: the server
+    lost that session (a restart, a reload of the tab, a disconnect longer than Streamlit keeps
+    sessions: 5 of 5 pages of set tiles were replaced by a new page without a word after a
+    restart, exploratory; or this session had another claim token before a logout and a login),
+    and label_grid.js sent the page back (from the tab's sessionStorage where the grid was
+    mounted anew). (its item ids, what was sent), or None unless the tiles were set under this
+    name, the page was not tried before and no other tab still connected holds it."""
     lost = _lost_grid_page()
     if not hasattr(lost, "get") or lost.get("asker") != _session_tag():
         return None  # sent to an earlier session (the value stays in the tab): answered there
     if lost.get("who") != common.annotator():
         return None  # tiles set under another name (a logout, then a login in this tab) stay theirs
-    page = str(lost.get("page", ""))[:2000]
+    page = str(lost.get("page", ""))
     tried = st.session_state.setdefault(_RESTORED, set())
-    if page in tried or page == _page_name(pinned or []):
+    if page in tried or len(page) > 2000:  # label_grid.js sends none longer (a page of GRID_SIZE)
         return None
-    # Tried from here on, whatever comes of it: label_grid.js keeps the page in the tab until the
-    # server lists it as tried (`tried` in the grid's data).
+    # Tried (but after a database error, `_restored_page`): label_grid.js keeps the page in the
+    # tab until the server lists it as tried (`tried` in the grid's data). The page drawn now may
+    # be the same one (its claims had run out): it then gets the tiles set on it.
     tried.add(page)
     if _still_connected(str(lost.get("session"))):
         return None  # the page of a tab still open (this one is its copy): it stays there
@@ -1078,6 +1083,8 @@ def _grid(project_id: int, names: list[str]) -> None:
     # and the model may have changed since: tiles left on skip came back pre-filled, and A stored
     # guesses nobody had seen, exploratory), as long as their classes keep their names.
     restored = st.session_state.get(_PREFILLED)
+    if restored and restored[0] != page:
+        del st.session_state[_PREFILLED]  # the page given back is done with
     shown_then = restored[1] if restored and restored[0] == page else None
     prefilled = []  # the guesses shown pre-filled, kept by label_grid.js with the page
     columns = st.columns(4)

@@ -87,6 +87,7 @@ function setTiles(g) {
   return {
     token: g.token,
     page: g.page,
+    owner: g.data.owner,
     who: g.data.who,
     session: g.data.session,
     list,
@@ -100,17 +101,19 @@ function keptPage(owner) {
   if (!owner) return null;
   try {
     const page = JSON.parse(sessionStorage.getItem(STORE + owner) || "null");
-    return page && typeof page.page === "string" && Array.isArray(page.list) && page.list.length ? page : null;
+    const valid = page && typeof page.page === "string" && page.page.length <= 2000 && Array.isArray(page.list);
+    return valid && page.list.length ? page : null;
   } catch (error) {
     return null;
   }
 }
 
-// A page set under another session (one the server lost: a restart, a reload, a login) that
-// the server has not tried to give back yet (`tried`): it waits to be sent, and stays kept.
+// A page of this person and project set under another session (one the server lost: a
+// restart, a reload, a login) that the server has not tried to give back yet (`tried`): it waits
+// to be sent, and stays kept. The page drawn now may be the same one (its claims ran out).
 function waiting(page, data) {
   return Boolean(
-    page && page.list.length && page.page !== data.page && page.session !== data.session &&
+    page && page.list.length && page.owner === data.owner && page.session !== data.session &&
       !(data.tried || []).includes(page.page),
   );
 }
@@ -153,15 +156,18 @@ export default function (component) {
   const stored = keptPage(data.owner);
   const found = waiting(shown, data) ? shown : waiting(stored, data) ? stored : null;
   const lost = found ? { ...found, asker: data.session } : null;
+  const held = data.edits && data.edits.token ? data.edits : null;
   if (g.page !== data.page) {
     // A new page of images: the list the server holds for it (a page back after an undo), else
     // a new one. Carrying on the server's list keeps every tile keyed before as it is shown.
     g.focus = 0;
-    const held = data.edits && data.edits.token ? data.edits : null;
     g.edits = held ? held.list.slice() : [];
     g.token = held
       ? held.token
       : (Date.now().toString(36) + Math.random().toString(36).slice(2)).replace(/[^0-9a-z]/g, "");
+  } else if (held && held.token === g.token && held.list.length > g.edits.length) {
+    // The page given back is the one shown: the server's list holds its mouse choices too.
+    g.edits = held.list.slice();
   }
   g.page = data.page;
   g.data = data;

@@ -1205,6 +1205,8 @@ def test_a_lost_grid_page_of_a_tab_still_connected_stays_there(Session, tiny_pro
     """A tab duplicated in the browser gets a copy of the original's sessionStorage, and with it
     the page the original still shows: that page stays the original's (its claims and tiles),
     while a page whose session is gone comes back."""
+    import json
+
     pid = tiny_project.id
     before = page_app("label", pid, annotator="rosa")  # the original tab, still open
     before.radio(key="label_mode").set_value("Grid").run()
@@ -1215,6 +1217,8 @@ def test_a_lost_grid_page_of_a_tab_still_connected_stays_there(Session, tiny_pro
     drawn = list(copy.session_state[f"grid-page-{pid}"])
     _lost_page_sent(copy, lost, "rosa", {lost[0]: 1}, tag)
     assert list(copy.session_state[f"grid-page-{pid}"]) == drawn and not copy.info and not copy.warning
+    assert json.loads(copy.get("bidi_component")[0].proto.json)["tried"] == [_page(lost)]  # not sent again
+    assert label._SESSION_OF_TAG[tag] == label._SESSION_OF_TAG[_tag(copy)]  # each drawn grid's session
     assert {_claims(Session, pid).get(i) for i in lost} == {f"rosa#{before.session_state['claim_token']}"}
     monkeypatch.setattr(label, "_still_connected", lambda session: False)  # the original closed
     again = page_app("label", pid, annotator="rosa")
@@ -1265,18 +1269,47 @@ def test_a_login_forgets_the_grid_pages_tried_for_the_person_before():
 
 
 def test_a_session_is_connected_while_streamlit_lists_it(monkeypatch):
-    """`_still_connected` asks Streamlit's runtime about the session a claim tag was drawn by."""
+    """`_still_connected` asks Streamlit's runtime about the session a claim tag was drawn by;
+    the session asking, under an earlier tag (before a logout and a login), is no other tab."""
+    from types import SimpleNamespace
 
     class Runtime:
         def is_active_session(self, session_id):
-            return session_id == "live"
+            return session_id in ("live", "this")
 
-    monkeypatch.setattr(label, "_SESSION_OF_TAG", {"a": "live", "b": "gone"})
+    monkeypatch.setattr(label, "_SESSION_OF_TAG", {"a": "live", "b": "gone", "mine": "this"})
     monkeypatch.setattr(label.runtime, "exists", lambda: True)
     monkeypatch.setattr(label.runtime, "get_instance", Runtime)
-    assert [label._still_connected(tag) for tag in ("a", "b", "c")] == [True, False, False]
+    monkeypatch.setattr(label, "get_script_run_ctx", lambda: SimpleNamespace(session_id="this"))
+    assert [label._still_connected(tag) for tag in ("a", "b", "c", "mine")] == [True, False, False, False]
     monkeypatch.setattr(label.runtime, "exists", lambda: False)  # no server: nothing is connected
     assert not label._still_connected("a")
+
+
+def test_a_lost_grid_page_drawn_again_gets_its_tiles_back(Session, tiny_project):
+    """The new session can draw the very page the lost one held (its claims ran out: a login
+    more than five minutes after a restart): the tab did not send it, and the tiles set on it
+    were gone. It gets them back."""
+    from sqlalchemy import update
+
+    from db.models import Claim, utcnow
+
+    pid = tiny_project.id
+    before = page_app("label", pid, annotator="rosa")
+    before.radio(key="label_mode").set_value("Grid").run()
+    lost = list(before.session_state[f"grid-page-{pid}"])
+    with Session.begin() as session:  # the lost session's claims ran out
+        session.execute(update(Claim).values(expires_at=utcnow()))
+    after = page_app("label", pid, annotator="rosa")
+    after.radio(key="label_mode").set_value("Grid").run()
+    assert list(after.session_state[f"grid-page-{pid}"]) == lost  # the same page
+    _lost_page_sent(after, lost, "rosa", {lost[0]: 1, lost[3]: 0}, _tag(before))
+    tiles = _grid_tiles(after)
+    assert (tiles[lost[0]].value, tiles[lost[3]].value) == (1, 0)
+    assert "this is the page you were working on" in after.info[0].value
+    button(after, "accept_grid").click().run()
+    with Session() as session:
+        assert queries.current_labels(session, pid) == {lost[0]: 1, lost[3]: 0}
 
 
 def test_a_lost_grid_page_accepted_before_the_restart_is_not_given_back(Session, tiny_project):
