@@ -480,10 +480,11 @@ def token_tag(token: str) -> str:
     return hashlib.sha256(token.encode()).hexdigest()[:16]
 
 
-def take_over_claims(session: Session, project_id: int, item_ids, claimant: str, lost_tag: str) -> int:
+def take_over_claims(session: Session, project_id: int, item_ids, claimant: str, lost_tags) -> int:
     """Give `claimant` ("name#token") the claims on `item_ids` that the same name holds under
-    the token whose `token_tag` is `lost_tag` (a browser session the server no longer has);
+    a token whose `token_tag` is among `lost_tags` (browser sessions the server no longer has);
     return how many. Other sessions' claims, the same person's included, stay theirs."""
+    lost_tags = set(lost_tags)
     name = claimant.rpartition("#")[0]
     lost = {
         claim.item_id: claim.annotator
@@ -492,7 +493,7 @@ def take_over_claims(session: Session, project_id: int, item_ids, claimant: str,
         )
         if claim.annotator != claimant
         and claim.annotator.rpartition("#")[0] == name
-        and token_tag(claim.annotator.rpartition("#")[2]) == lost_tag
+        and token_tag(claim.annotator.rpartition("#")[2]) in lost_tags
     }
     if not lost:
         return 0

@@ -128,14 +128,15 @@ def held_page(
 
 
 def restored_page(
-    session: Session, project_id: int, item_ids: list[int], annotator: str, lost_session: str
+    session: Session, project_id: int, item_ids: list[int], annotator: str, lost_sessions
 ) -> list[tuple[Item, Prediction | None]] | None:
     """`held_page` for a page a browser tab showed under a session the server lost (a restart,
-    a reload of the tab, a login): the claims the lost session (`lost_session`, its token's tag) holds on it pass to
+    a reload of the tab, a login): the claims the lost sessions (`lost_sessions`, their tokens'
+    tags: the one the page was set under and any that took it over since) hold on it pass to
     `annotator` first (they would otherwise look like another person's until they run out), and
     the page drawn in its place meanwhile goes back. None: another session holds one of its
     images (the caller rolls the take-over back)."""
-    queries.take_over_claims(session, project_id, item_ids, annotator, lost_session)
+    queries.take_over_claims(session, project_id, item_ids, annotator, lost_sessions)
     page = held_page(session, project_id, item_ids, annotator)
     if page:
         queries.release_claims_but(session, project_id, annotator, set(item_ids))

@@ -564,7 +564,9 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
 _RESTORED = "grid-restored"  # names of the lost pages this session tried to give back
 _REPLACED = "grid-replaced"  # (page, key list token) of the keys a page given back replaced
 _RESTORE_NOTE = "grid-restore-note"  # (kind, text, page it shows above): what became of a lost page
-_PREFILLED = "grid-prefilled"  # (page, {item: (class, name)}): the guesses a page given back showed
+_PREFILLED = (
+    "grid-prefilled"  # (page, {item: (class, name, confidence)}): the guesses a page given back showed
+)
 
 
 def _lost_grid_page():
@@ -592,6 +594,26 @@ def _session_tag() -> str:
                 del _SESSION_OF_TAG[gone]
         _SESSION_OF_TAG[tag] = ctx.session_id
     return tag
+
+
+# Claim-token tags of sessions whose grid page another session of this process took over
+# (`_restored_page`), with that session's tag (`_lost_sessions`).
+_TAKEN_OVER_BY: dict[str, str] = {}
+
+
+def _lost_sessions(tag: str) -> set[str] | None:
+    """The tags whose claims a page set under `tag` may be held under now: `tag` and the sessions
+    that took the page over since, in this process (a reload in the moment a page given back took
+    to reach the tab left the tab naming the first session, while the claims had passed to the
+    second: the page was refused as another tab's, and its tiles lost; exploratory); None while
+    one of them is another session still connected (a copy of the tab holds the page)."""
+    tags: set[str] = set()
+    while tag and tag not in tags:
+        if _still_connected(tag):
+            return None
+        tags.add(tag)
+        tag = _TAKEN_OVER_BY.get(tag, "")
+    return tags
 
 
 def _still_connected(tag: str) -> bool:
@@ -629,7 +651,8 @@ def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], di
     # tab until the server lists it as tried (`tried` in the grid's data). The page drawn now may
     # be the same one (its claims had run out): it then gets the tiles set on it.
     tried.add(page)
-    if _still_connected(str(lost.get("session"))):
+    sessions = _lost_sessions(str(lost.get("session", "")))
+    if sessions is None:
         return None  # the page of a tab still open (this one is its copy): it stays there
     entries = lost.get("list")
     listed = [dict(edit) for edit in entries if hasattr(edit, "get")] if isinstance(entries, list) else []
@@ -646,7 +669,7 @@ def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], di
         return None
     shown = lost.get("prefilled")
     prefilled = {
-        edit["item"]: (edit["class"], str(edit.get("name", "")))
+        edit["item"]: (edit["class"], str(edit.get("name", "")), _fraction(edit.get("confidence")))
         for edit in (shown if isinstance(shown, list) else [])
         if hasattr(edit, "get") and edit.get("item") in ids and isinstance(edit.get("class"), int)
     }
@@ -654,9 +677,15 @@ def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], di
         "page": page,
         "token": str(lost.get("token", "")),
         "list": listed,
-        "session": lost.get("session"),
+        "session": str(lost.get("session", "")),
+        "sessions": sessions,
         "prefilled": prefilled,
     }
+
+
+def _fraction(value) -> float | None:
+    """`value` if it is a number from 0 to 1 (a confidence sent by the tab), else None."""
+    return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else None
 
 
 class _NotGivenBack(Exception):
@@ -676,19 +705,28 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
 
     def restore():
         with Session.begin() as session:
-            # Accepted before the server went (the tab had not been told): not open work. An
-            # accept stores the whole page at once, so every tile set to a class holds this
-            # person's grid answer of that class (one from another tab of theirs is not enough).
+            # Accepted before the session ended (the tab had not been told): not open work. An
+            # accept stores the whole page at once, so every tile set to a class is answered, and
+            # those this person answered hold their grid answer of that class (one from another
+            # tab of theirs is not enough; one answered by somebody else first is left standing).
             events = {item_id: queries.current_event(session, item_id) for item_id in ids}
             mine = {
                 item_id: e.class_index
                 for item_id, e in events.items()
-                if e is not None and e.kind == "grid" and e.annotator == common.annotator()
+                if e is not None and e.annotator == common.annotator()
             }
-            chosen = {edit["item"]: edit["class"] for edit in lost["list"]}  # the last per tile
-            if mine and all(mine.get(item) == cls for item, cls in chosen.items() if cls >= 0):
-                raise _NotGivenBack(len(mine))
-            batch = queue.restored_page(session, project_id, ids, common.claimant(), str(lost["session"]))
+            chosen = {
+                edit["item"]: edit["class"] for edit in lost["list"] if edit["class"] >= 0
+            }  # the last per tile
+            grid = {item_id for item_id, e in events.items() if e is not None and e.kind == "grid"}
+            if (
+                chosen
+                and all(events.get(item) is not None for item in chosen)
+                and all(mine[item] == cls and item in grid for item, cls in chosen.items() if item in mine)
+                and set(chosen) & set(mine)
+            ):
+                raise _NotGivenBack(len(set(mine) & grid))
+            batch = queue.restored_page(session, project_id, ids, common.claimant(), lost["sessions"])
             if batch is None:
                 raise _NotGivenBack(0)  # rolls back the take-over: those images stay free for others
             return batch
@@ -746,6 +784,9 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
         st.session_state.setdefault(_REPLACED, set()).add(
             (str(live.get("page", "")), str(live.get("token", "")))
         )
+    _TAKEN_OVER_BY[lost["session"]] = _session_tag()
+    if len(_TAKEN_OVER_BY) > 10_000:  # kept for the moment after a restore: forget old ones
+        _TAKEN_OVER_BY.clear()
     st.session_state[_page_key(project_id)] = ids
     st.session_state[_PREFILLED] = (lost["page"], lost["prefilled"])
     st.session_state[_keyed_key(project_id)] = {
@@ -1098,11 +1139,16 @@ def _grid(project_id: int, names: list[str]) -> None:
             and prediction.confidence >= threshold
         )
         guess = prediction.predicted if sure else -1
+        confidence = prediction.confidence if prediction is not None else None
         if shown_then is not None:
-            cls, name = shown_then.get(item.id, (-1, ""))
+            # The guess shown then, with its confidence (the newest model's said another).
+            cls, name, confidence = shown_then.get(item.id, (-1, "", None))
             guess = cls if 0 <= cls < len(names) and names[cls] == name else -1
+            confidence = confidence if guess >= 0 else None
         if guess >= 0:
-            prefilled.append({"item": item.id, "class": guess, "name": names[guess]})
+            prefilled.append(
+                {"item": item.id, "class": guess, "name": names[guess], "confidence": confidence}
+            )
         presses = pressed.get(item.id, (0, -1))[0]
         own = _own_choice(project_id, page, item.id, presses)
         if own:
@@ -1118,7 +1164,7 @@ def _grid(project_id: int, names: list[str]) -> None:
                 caption=common.as_typed(caption(item)),
                 width="stretch",
             )
-            note = f" (guess {prediction.confidence:.0%} sure)" if prediction is not None else ""
+            note = f" (guess {confidence:.0%} sure)" if confidence is not None else ""
             st.selectbox(
                 f"Label{note}",
                 options,

@@ -530,7 +530,7 @@ def test_a_page_a_restarted_server_lost_passes_to_the_same_names_new_session(Ses
         drawn = [item.id for item, _ in queue.next_items(session, project.id, k=4, annotator="rosa#new")]
     assert not set(lost) & set(drawn)
     with Session.begin() as session:
-        page = queue.restored_page(session, project.id, lost, "rosa#new", queries.token_tag("old"))
+        page = queue.restored_page(session, project.id, lost, "rosa#new", {queries.token_tag("old")})
         assert [item.id for item, _ in page] == lost
     held = _claims(Session)
     assert {i: held[i][0] for i in lost} == dict.fromkeys(lost, "rosa#new")
@@ -542,15 +542,19 @@ def test_a_page_a_restarted_server_lost_passes_to_the_same_names_new_session(Ses
         tag = queries.token_tag(other.rpartition("#")[2])
         with Session() as session:  # not committed
             assert (
-                queries.take_over_claims(session, project.id, theirs, "rosa#new", queries.token_tag("old"))
+                queries.take_over_claims(session, project.id, theirs, "rosa#new", {queries.token_tag("old")})
                 == 0
             )
             assert (
                 queue.restored_page(
-                    session, project.id, [*lost, theirs[0]], "rosa#new", queries.token_tag("old")
+                    session, project.id, [*lost, theirs[0]], "rosa#new", {queries.token_tag("old")}
                 )
                 is None
             )
         with Session() as session:  # their own session's tag: only under the same name
-            taken = queries.take_over_claims(session, project.id, theirs, "rosa#new", tag)
+            taken = queries.take_over_claims(session, project.id, theirs, "rosa#new", {tag})
+            assert taken == (2 if other == "rosa#desk" else 0)
+        with Session() as session:  # among the tags of the sessions that took a page over
+            tags = {queries.token_tag("old"), tag}
+            taken = queries.take_over_claims(session, project.id, theirs, "rosa#new", tags)
             assert taken == (2 if other == "rosa#desk" else 0)
