@@ -46,7 +46,6 @@ _PERSONAL_KEYS = (
     "grid-restored",
     "grid-replaced",
     "grid-restore-note",
-    "grid-prefilled",
 )
 
 
@@ -66,6 +65,7 @@ _PERSONAL_PREFIXES = (
     "grid-choices-",
     "grid-keyed-",
     "grid-names-seen-",
+    "grid-prefilled-",
     "box-refused-",
     "box-undone-",
     "box-sent-",

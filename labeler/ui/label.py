@@ -214,9 +214,17 @@ def _grid_presses(
     edits = _live_grid_keys()
     kept = st.session_state.get(_keyed_key(project_id))
     restored = bool(kept and kept.get("restored") and kept["page"] == page)
-    # A page given back after its session ended (`_restored_page`): its list holds the mouse choices
-    # too, which the tab's list from before lacks, until a new key extends it.
-    if restored and hasattr(edits, "get") and len(edits.get("list") or []) <= len(kept["list"]):
+    # A page given back after its session ended (`_restored_page`): its list holds the mouse
+    # choices too, which the tab's list of the same token lacks until a new key extends it; a list
+    # of another token is from before the page came back (the same page drawn anew, keys pressed
+    # in that moment), and label_grid.js takes the page's list from the server.
+    if (
+        restored
+        and hasattr(edits, "get")
+        and (
+            str(edits.get("token", "")) != kept["token"] or len(edits.get("list") or []) <= len(kept["list"])
+        )
+    ):
         edits = None
     if hasattr(edits, "get") and (page, str(edits.get("token", ""))) in st.session_state.get(_REPLACED, ()):
         edits = None  # keys of the moment this page was on screen before a lost page came back
@@ -564,9 +572,13 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
 _RESTORED = "grid-restored"  # names of the lost pages this session tried to give back
 _REPLACED = "grid-replaced"  # (page, key list token) of the keys a page given back replaced
 _RESTORE_NOTE = "grid-restore-note"  # (kind, text, page it shows above): what became of a lost page
-_PREFILLED = (
-    "grid-prefilled"  # (page, {item: (class, name, confidence)}): the guesses a page given back showed
-)
+_PREFILLED_PREFIX = "grid-prefilled-"  # per project (account._PERSONAL_PREFIXES): see _prefilled_key
+
+
+def _prefilled_key(project_id: int) -> str:
+    """Session key of (page, {item: (class, name, confidence)}): the guesses a page given back
+    showed pre-filled before its session ended (`_restored_page`, `_grid`)."""
+    return f"{_PREFILLED_PREFIX}{project_id}"
 
 
 def _lost_grid_page():
@@ -589,16 +601,16 @@ def _session_tag() -> str:
     tag = queries.token_tag(st.session_state["claim_token"])
     ctx = get_script_run_ctx()
     if ctx is not None and _SESSION_OF_TAG.get(tag) != ctx.session_id:
-        if len(_SESSION_OF_TAG) > 10_000:  # forget the sessions gone
-            for gone in [t for t in _SESSION_OF_TAG if not _still_connected(t)]:
-                del _SESSION_OF_TAG[gone]
+        if len(_SESSION_OF_TAG) > 10_000:  # forget the sessions not connected (this one's too)
+            for gone in [t for t, _ in list(_SESSION_OF_TAG.items()) if not _still_connected(t)]:
+                _SESSION_OF_TAG.pop(gone, None)
         _SESSION_OF_TAG[tag] = ctx.session_id
     return tag
 
 
 # Claim-token tags of sessions whose grid page another session of this process took over
-# (`_restored_page`), with that session's tag (`_lost_sessions`).
-_TAKEN_OVER_BY: dict[str, str] = {}
+# (`_restored_page`), with the tags of the sessions that took one over (`_lost_sessions`).
+_TAKEN_OVER_BY: dict[str, set[str]] = {}
 
 
 def _lost_sessions(tag: str) -> set[str] | None:
@@ -608,11 +620,15 @@ def _lost_sessions(tag: str) -> set[str] | None:
     second: the page was refused as another tab's, and its tiles lost; exploratory); None while
     one of them is another session still connected (a copy of the tab holds the page)."""
     tags: set[str] = set()
-    while tag and tag not in tags:
+    todo = [tag] if tag else []
+    while todo:
+        tag = todo.pop()
+        if tag in tags:
+            continue
         if _still_connected(tag):
             return None
         tags.add(tag)
-        tag = _TAKEN_OVER_BY.get(tag, "")
+        todo.extend(_TAKEN_OVER_BY.get(tag, ()))
     return tags
 
 
@@ -688,6 +704,15 @@ def _fraction(value) -> float | None:
     return float(value) if isinstance(value, (int, float)) and 0 <= value <= 1 else None
 
 
+def _accepted_tiles(lost: dict) -> dict[int, int]:
+    """{item: class} an accept of the lost page would store: the guesses it showed pre-filled,
+    then each tile's last key or mouse choice (skip: not stored)."""
+    tiles = {item: shown[0] for item, shown in lost["prefilled"].items()}
+    for edit in lost["list"]:  # in order: the last per tile wins
+        tiles[edit["item"]] = edit["class"]
+    return {item: cls for item, cls in tiles.items() if cls >= 0}
+
+
 class _NotGivenBack(Exception):
     """Raised inside the restore's transaction so that its claim take-over is rolled back; with
     the number of the page's images this person's grid answers hold (it was accepted), else 0."""
@@ -706,26 +731,25 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
     def restore():
         with Session.begin() as session:
             # Accepted before the session ended (the tab had not been told): not open work. An
-            # accept stores the whole page at once, so every tile set to a class is answered, and
-            # those this person answered hold their grid answer of that class (one from another
-            # tab of theirs is not enough; one answered by somebody else first is left standing).
+            # accept stores the whole page at once: every tile it would store (`_accepted_tiles`)
+            # is answered, and those holding this person's grid answer hold that tile's class
+            # (an answer given first, by somebody else or elsewhere, is left standing; one grid
+            # answer from another tab of theirs, the rest open, is no accept).
             events = {item_id: queries.current_event(session, item_id) for item_id in ids}
-            mine = {
-                item_id: e.class_index
-                for item_id, e in events.items()
-                if e is not None and e.annotator == common.annotator()
+            tiles = _accepted_tiles(lost)
+            hers = {
+                item
+                for item in tiles
+                if events[item] is not None
+                and events[item].annotator == common.annotator()
+                and events[item].kind == "grid"
             }
-            chosen = {
-                edit["item"]: edit["class"] for edit in lost["list"] if edit["class"] >= 0
-            }  # the last per tile
-            grid = {item_id for item_id, e in events.items() if e is not None and e.kind == "grid"}
             if (
-                chosen
-                and all(events.get(item) is not None for item in chosen)
-                and all(mine[item] == cls and item in grid for item, cls in chosen.items() if item in mine)
-                and set(chosen) & set(mine)
+                hers
+                and all(events[item] is not None for item in tiles)
+                and all(events[item].class_index == tiles[item] for item in hers)
             ):
-                raise _NotGivenBack(len(set(mine) & grid))
+                raise _NotGivenBack(len(hers))
             batch = queue.restored_page(session, project_id, ids, common.claimant(), lost["sessions"])
             if batch is None:
                 raise _NotGivenBack(0)  # rolls back the take-over: those images stay free for others
@@ -784,11 +808,11 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
         st.session_state.setdefault(_REPLACED, set()).add(
             (str(live.get("page", "")), str(live.get("token", "")))
         )
-    _TAKEN_OVER_BY[lost["session"]] = _session_tag()
-    if len(_TAKEN_OVER_BY) > 10_000:  # kept for the moment after a restore: forget old ones
+    if len(_TAKEN_OVER_BY) > 10_000:  # needed for the moment after a restore: forget old ones
         _TAKEN_OVER_BY.clear()
+    _TAKEN_OVER_BY.setdefault(lost["session"], set()).add(_session_tag())
     st.session_state[_page_key(project_id)] = ids
-    st.session_state[_PREFILLED] = (lost["page"], lost["prefilled"])
+    st.session_state[_prefilled_key(project_id)] = (lost["page"], lost["prefilled"])
     st.session_state[_keyed_key(project_id)] = {
         **{k: lost[k] for k in ("page", "token", "list")},
         "restored": True,
@@ -1123,9 +1147,9 @@ def _grid(project_id: int, names: list[str]) -> None:
     # A page given back after its session ended shows the guesses it showed then (the threshold
     # and the model may have changed since: tiles left on skip came back pre-filled, and A stored
     # guesses nobody had seen, exploratory), as long as their classes keep their names.
-    restored = st.session_state.get(_PREFILLED)
+    restored = st.session_state.get(_prefilled_key(project_id))
     if restored and restored[0] != page:
-        del st.session_state[_PREFILLED]  # the page given back is done with
+        del st.session_state[_prefilled_key(project_id)]  # the page given back is done with
     shown_then = restored[1] if restored and restored[0] == page else None
     prefilled = []  # the guesses shown pre-filled, kept by label_grid.js with the page
     columns = st.columns(4)

@@ -165,9 +165,12 @@ export default function (component) {
     g.token = held
       ? held.token
       : (Date.now().toString(36) + Math.random().toString(36).slice(2)).replace(/[^0-9a-z]/g, "");
-  } else if (held && held.token === g.token && held.list.length > g.edits.length) {
-    // The page given back is the one shown: the server's list holds its mouse choices too.
+  } else if (held && (held.token !== g.token || held.list.length > g.edits.length)) {
+    // The page given back is the one shown (drawn anew after its claims ran out): the server's
+    // list is the page's, with its mouse choices (keys pressed here before it came back, under
+    // another token, are not).
     g.edits = held.list.slice();
+    g.token = held.token;
   }
   g.page = data.page;
   g.data = data;

@@ -158,3 +158,38 @@ def test_grid_tiles_set_before_a_reload_come_back_and_are_saved(tmp_path, page, 
     finally:
         server.kill()
         server.wait(timeout=60)
+
+
+def test_grid_tiles_come_back_on_the_same_page_drawn_again_after_a_reload(tmp_path, page, restart_project):
+    """The page's claims ran out before the reload, so the new session drew the very same page:
+    the tab, mounted anew, kept its own empty key list for it and then dropped the kept page,
+    and a key after that replaced the tiles given back with their guesses (a review). The tab
+    takes the page's list from the server."""
+    from sqlalchemy import update
+
+    from db.models import Claim, utcnow
+
+    Session, project_id = restart_project
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    logs = [tmp_path / "server.log"]
+    server = start_server(tmp_path, port, logs[0])
+    try:
+        wait_http(f"{url}/_stcore/health")
+        page.goto(f"{url}/?annotator=rosa")
+        tiles, wanted = _set_tiles(page)
+        with Session.begin() as session:  # the claims ran out
+            session.execute(update(Claim).values(expires_at=utcnow()))
+        page.once("dialog", lambda dialog: dialog.accept())  # "Leave site?": yes
+        page.reload()
+        page.get_by_text("Grid", exact=True).click()
+        _page_back_and_saved(page, tiles, wanted, Session, project_id, logs)
+        page.once("dialog", lambda dialog: dialog.accept())  # nothing waits: no question
+        page.reload()
+        page.get_by_text("Grid", exact=True).click()
+        page.locator("[class*='st-key-accept_grid-'] button").wait_for()
+        settle(page)
+        assert not page.get_by_text("this is the page you were working on").count()  # saved: not kept
+    finally:
+        server.kill()
+        server.wait(timeout=60)

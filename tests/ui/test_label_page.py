@@ -1076,7 +1076,7 @@ def _lost_page_sent(
     at,
     page_ids: list[int],
     who: str,
-    keys: dict[int, int],
+    keys: dict[int, int] | list[tuple[int, int]],
     session: str,
     asker: str | None = None,
     prefilled: dict[int, tuple[int, str, float]] | None = None,
@@ -1090,7 +1090,10 @@ def _lost_page_sent(
         "who": who,
         "session": session,
         "asker": asker or _tag(at),  # the session that asked: this one unless said
-        "list": [{"item": item, "class": cls, "name": str(cls)} for item, cls in keys.items()],
+        "list": [
+            {"item": item, "class": cls, "name": str(cls)}
+            for item, cls in (keys.items() if isinstance(keys, dict) else keys)
+        ],
         "prefilled": [
             {"item": i, "class": c, "name": n, "confidence": p} for i, (c, n, p) in (prefilled or {}).items()
         ],
@@ -1220,7 +1223,7 @@ def test_a_lost_grid_page_of_a_tab_still_connected_stays_there(Session, tiny_pro
     _lost_page_sent(copy, lost, "rosa", {lost[0]: 1}, tag)
     assert list(copy.session_state[f"grid-page-{pid}"]) == drawn and not copy.info and not copy.warning
     assert json.loads(copy.get("bidi_component")[0].proto.json)["tried"] == [_page(lost)]  # not sent again
-    assert label._SESSION_OF_TAG[tag] == label._SESSION_OF_TAG[_tag(copy)]  # each drawn grid's session
+    assert {tag, _tag(copy)} <= set(label._SESSION_OF_TAG)  # each drawn grid's session, by its tag
     assert {_claims(Session, pid).get(i) for i in lost} == {f"rosa#{before.session_state['claim_token']}"}
     monkeypatch.setattr(label, "_still_connected", lambda session: False)  # the original closed
     again = page_app("label", pid, annotator="rosa")
@@ -1259,6 +1262,18 @@ def test_a_lost_grid_page_shows_the_guesses_it_showed_then(Session, tiny_project
     data = json.loads(after.get("bidi_component")[0].proto.json)
     assert data["tried"] == [_page(lost)]
     assert data["prefilled"] == [{"item": lost[1], "class": 1, "name": names[1], "confidence": 0.8}]
+    # Another project's grid in between: back here, the page still shows the guesses it showed.
+    from labeler import projects
+    from tests.conftest import tiny_image_set
+
+    after.session_state["project_id"] = projects.create_project(
+        Session, "other", "test", images=tiny_image_set(n=40)
+    ).id
+    after.run()
+    after.session_state["project_id"] = pid
+    after.run()
+    tiles = _grid_tiles(after)
+    assert {i: tiles[i].value for i in lost} == {i: {lost[0]: 0, lost[1]: 1}.get(i, -1) for i in lost}
     button(after, "accept_grid").click().run()
     with Session() as session:
         assert queries.current_labels(session, pid) == {lost[0]: 0, lost[1]: 1}
@@ -1269,9 +1284,8 @@ def test_a_login_forgets_the_grid_pages_tried_for_the_person_before():
     logged in: a login or logout clears them with the rest of that person's work in the tab."""
     from labeler.ui import account
 
-    assert {label._RESTORED, label._REPLACED, label._RESTORE_NOTE, label._PREFILLED} <= set(
-        account._PERSONAL_KEYS
-    )
+    assert {label._RESTORED, label._REPLACED, label._RESTORE_NOTE} <= set(account._PERSONAL_KEYS)
+    assert label._PREFILLED_PREFIX in account._PERSONAL_PREFIXES
 
 
 def test_a_session_is_connected_while_streamlit_lists_it(monkeypatch):
@@ -1355,6 +1369,35 @@ def test_a_lost_grid_page_accepted_after_somebody_answered_one_of_its_tiles_was_
     _lost_page_sent(after, lost, "rosa", dict.fromkeys(lost[:3], 1), _tag(before))
     assert list(after.session_state[f"grid-page-{pid}"]) == drawn
     assert "Your last grid page was saved (2 labels)" in after.info[0].value and not after.warning
+
+
+@pytest.mark.parametrize("how", ["class then skip", "skip on a pre-filled guess"])
+def test_a_lost_grid_page_accepted_with_skipped_tiles_was_saved(Session, tiny_project, how):
+    """What an accept stores is the guesses shown pre-filled and the tiles set, skips left out:
+    a tile set to a class and then to skip counted as set to the class (its image unanswered,
+    the saved page came back as open), and a page whose only choices were skips over wrong
+    pre-filled guesses was never taken for saved."""
+    fake_done_run(Session, tiny_project.id)  # every image guessed 0.9 sure: pre-filled
+    pid = tiny_project.id
+    before = page_app("label", pid, annotator="rosa")
+    before.radio(key="label_mode").set_value("Grid").run()
+    lost = list(before.session_state[f"grid-page-{pid}"])
+    with Session() as session:
+        names = queries.class_names(session, pid)
+    guesses = {i: _grid_tiles(before)[i].value for i in lost}
+    keys = {lost[0]: 1 - guesses[lost[0]], lost[1]: -1} if how == "class then skip" else {lost[1]: -1}
+    for item, cls in keys.items():
+        _grid_tiles(before)[item].set_value(cls).run()
+    button(before, "accept_grid").click().run()
+    after = page_app("label", pid, annotator="rosa")
+    after.radio(key="label_mode").set_value("Grid").run()
+    drawn = list(after.session_state[f"grid-page-{pid}"])
+    # As the tab lists them, in order: for "class then skip", tile 1 set to its guess first.
+    sent = [(lost[1], guesses[lost[1]]), *keys.items()] if how == "class then skip" else keys
+    shown = {i: (guesses[i], names[guesses[i]], 0.9) for i in lost}
+    _lost_page_sent(after, lost, "rosa", sent, _tag(before), prefilled=shown)
+    assert list(after.session_state[f"grid-page-{pid}"]) == drawn
+    assert "Your last grid page was saved (11 labels)" in after.info[0].value
 
 
 def test_a_lost_grid_page_given_back_twice_in_a_moment_comes_back_the_third_time(Session, tiny_project):
