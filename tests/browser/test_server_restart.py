@@ -133,17 +133,26 @@ def test_grid_tiles_set_before_a_server_kill_come_back_and_are_saved(
         server.wait(timeout=60)
 
 
+@contextlib.contextmanager
+def _one_server(tmp_path):
+    """A server on tmp_path for the block: its url and its log (a list, as the restart tests)."""
+    port = free_port()
+    logs = [tmp_path / "server.log"]
+    server = start_server(tmp_path, port, logs[0])
+    try:
+        wait_http(f"http://127.0.0.1:{port}/_stcore/health")
+        yield f"http://127.0.0.1:{port}", logs
+    finally:
+        server.kill()
+        server.wait(timeout=60)
+
+
 def test_grid_tiles_set_before_a_reload_come_back_and_are_saved(tmp_path, page, restart_project):
     """A reload (the browser asks first) ended the session that held the grid page, and its tiles
     were gone. The tab keeps the page in its sessionStorage: the grid drawn after the reload
     gets it back."""
     Session, project_id = restart_project
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    logs = [tmp_path / "server.log"]
-    server = start_server(tmp_path, port, logs[0])
-    try:
-        wait_http(f"{url}/_stcore/health")
+    with _one_server(tmp_path) as (url, logs):
         page.goto(f"{url}/?annotator=rosa")
         tiles, wanted = _set_tiles(page)
         page.once("dialog", lambda dialog: dialog.accept())  # "Leave site?": yes
@@ -155,9 +164,6 @@ def test_grid_tiles_set_before_a_reload_come_back_and_are_saved(tmp_path, page, 
         settle(page)
         page.get_by_text("Grid", exact=True).click()
         _page_back_and_saved(page, tiles, wanted, Session, project_id, logs)
-    finally:
-        server.kill()
-        server.wait(timeout=60)
 
 
 def test_grid_tiles_come_back_on_the_same_page_drawn_again_after_a_reload(tmp_path, page, restart_project):
@@ -170,12 +176,7 @@ def test_grid_tiles_come_back_on_the_same_page_drawn_again_after_a_reload(tmp_pa
     from db.models import Claim, utcnow
 
     Session, project_id = restart_project
-    port = free_port()
-    url = f"http://127.0.0.1:{port}"
-    logs = [tmp_path / "server.log"]
-    server = start_server(tmp_path, port, logs[0])
-    try:
-        wait_http(f"{url}/_stcore/health")
+    with _one_server(tmp_path) as (url, logs):
         page.goto(f"{url}/?annotator=rosa")
         tiles, wanted = _set_tiles(page)
         with Session.begin() as session:  # the claims ran out
@@ -190,6 +191,3 @@ def test_grid_tiles_come_back_on_the_same_page_drawn_again_after_a_reload(tmp_pa
         page.locator("[class*='st-key-accept_grid-'] button").wait_for()
         settle(page)
         assert not page.get_by_text("this is the page you were working on").count()  # saved: not kept
-    finally:
-        server.kill()
-        server.wait(timeout=60)
