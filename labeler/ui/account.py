@@ -46,6 +46,7 @@ _PERSONAL_KEYS = (
     "grid-restored",
     "grid-replaced",
     "grid-restore-note",
+    "grid-undo-asked",
 )
 
 

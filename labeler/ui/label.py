@@ -582,9 +582,9 @@ def _prefilled_key(project_id: int) -> str:
 
 
 def _lost_grid_page():
-    """What label_grid.js sent for the page it still shows when this session drew another
-    ({"page", "token", "who", "session", "list"}), None if nothing. Its own state, apart from the
-    keys' list: a key pressed on the page drawn meanwhile would overwrite it there."""
+    """What label_grid.js sent for a page set under another session ({"page", "token", "owner",
+    "who", "session", "asker", "list", "prefilled"}), None if nothing. Its own state, apart from
+    the keys' list: a key pressed on the page drawn meanwhile would overwrite it there."""
     value = st.session_state.get("grid-keys")
     return value.get("lost") if hasattr(value, "get") else getattr(value, "lost", None)
 
@@ -646,7 +646,7 @@ def _still_connected(tag: str) -> bool:
     return runtime.get_instance().is_active_session(session_id) is True
 
 
-def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], dict] | None:
+def _lost_page(project_id: int) -> tuple[list[int], dict] | None:
     """The grid page with tiles set on it that this tab showed under another session: the server
     lost that session (a restart, a reload of the tab, a disconnect longer than Streamlit keeps
     sessions: 5 of 5 pages of set tiles were replaced by a new page without a word after a
@@ -659,6 +659,8 @@ def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], di
         return None  # sent to an earlier session (the value stays in the tab): answered there
     if lost.get("who") != common.annotator():
         return None  # tiles set under another name (a logout, then a login in this tab) stay theirs
+    if lost.get("owner") != f"{common.annotator()}@{project_id}":
+        return None  # another project's page, sent as the person switched: for that project's grid
     page = str(lost.get("page", ""))
     tried = st.session_state.setdefault(_RESTORED, set())
     if page in tried or len(page) > 2000:  # label_grid.js sends none longer (a page of GRID_SIZE)
@@ -668,8 +670,10 @@ def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], di
     # be the same one (its claims had run out): it then gets the tiles set on it.
     tried.add(page)
     sessions = _lost_sessions(str(lost.get("session", "")))
-    if sessions is None:
-        return None  # the page of a tab still open (this one is its copy): it stays there
+    if sessions is None:  # the page of a tab still open (this one is its copy): it stays there
+        text = "Your last grid page is open in another tab, so it stays there; here is another one."
+        st.session_state[_RESTORE_NOTE] = ("warning", text, "")  # shown above the page drawn
+        return None
     entries = lost.get("list")
     listed = [dict(edit) for edit in entries if hasattr(edit, "get")] if isinstance(entries, list) else []
     listed = [e for e in listed if isinstance(e.get("item"), int) and isinstance(e.get("class"), int)]
@@ -691,7 +695,7 @@ def _lost_page(project_id: int, pinned: list[int] | None) -> tuple[list[int], di
     }
     return ids, {
         "page": page,
-        "token": str(lost.get("token", "")),
+        "token": re.sub(r"[^0-9a-z]", "", str(lost.get("token", "")))[:24],  # as _grid_presses reads it
         "list": listed,
         "session": str(lost.get("session", "")),
         "sessions": sessions,
@@ -722,7 +726,7 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
     """`_lost_page` again, with its images and guesses, unless another person holds one of its
     images now; else None (the page drawn stays). Images answered meanwhile come back closed, as
     on any held page."""
-    found = _lost_page(project_id, pinned)
+    found = _lost_page(project_id)
     if found is None:
         return None
     ids, lost = found
@@ -767,15 +771,16 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
             "info",
             (
                 f"Your last grid page was saved ({common.by_count(saved, '1 label', f'{saved} labels')}) "
-                "before this tab's session ended (a reload or a server restart); here is the next one."
+                "before this tab's session ended (a reload, a server restart or a new login); here is the "
+                "next one."
             ),
         )
     elif batch is None:
         note = (
             "warning",
             (
-                "Your last grid page could not be given back after this tab's session ended (a reload or "
-                "a server restart): another tab or person holds some of its images now."
+                "Your last grid page could not be given back after this tab's session ended (a reload, a "
+                "server restart or a new login): another tab or person holds some of its images now."
             ),
         )
     elif not batch:
@@ -783,7 +788,8 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
             "info",
             (
                 "Every image of your last grid page was answered meanwhile, so it was not given back "
-                "after this tab's session ended (a reload or a server restart); here is the next one."
+                "after this tab's session ended (a reload, a server restart or a new login); here is the "
+                "next one."
             ),
         )
     else:
@@ -796,8 +802,9 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
     st.session_state[_RESTORE_NOTE] = (
         "info",
         (
-            "This tab's session ended (a reload or a server restart): this is the page you were "
-            "working on, with the tiles you set and the guesses it showed. Accept it when done."
+            "Here is the page you were working on before this tab's session ended (a reload, a server "
+            "restart or a new login), with the tiles you set and the guesses it showed: accept it "
+            "when done."
         ),
         lost["page"],
     )
@@ -845,6 +852,15 @@ def _grid_view(threshold: float, names: list[str]) -> str:
     added or renamed a value the browser sends for an older tile (a class name, as it showed
     it) has no tile to land on."""
     return f"{round(threshold * 100)}-{common.tag(list(names))[:8]}"
+
+
+def _page_view(project_id: int, page: str, threshold: float, names: list[str]) -> str:
+    """`_grid_view`, marked for a page given back (`_prefilled_key`): its tiles are new ones, drawn
+    on the guesses it showed then (the same page drawn anew a moment before had made its tiles on
+    the newest guesses, and a tile keeps its value whatever it is drawn with: a review)."""
+    view = _grid_view(threshold, names)
+    restored = st.session_state.get(_prefilled_key(project_id))
+    return f"{view}-back" if restored and restored[0] == page else view
 
 
 def _tile_key(item_id: int, view: str, token: str = "", presses: int = 0) -> str:
@@ -939,7 +955,7 @@ def _accept_grid(
         return
     page = _page_name(item_ids)
     token, pressed, listed = _grid_presses(project_id, page, len(names))
-    view = _grid_view(threshold, names)
+    view = _page_view(project_id, page, threshold, names)
     closed = set(closed)
     chosen = [(i, _tile_choice(i, view, token, pressed)) for i in item_ids if i not in closed]
     chosen = [(i, c) for i, c in chosen if c is not None and c >= 0]
@@ -1001,6 +1017,9 @@ def _accept_grid(
     _auto_retrain(project_id)
 
 
+_UNDO_ASKED = "grid-undo-asked"  # the page whose set tiles an Undo would drop, said once
+
+
 @common.survives_outage
 def _undo_page(project_id: int) -> None:
     try:
@@ -1008,6 +1027,19 @@ def _undo_page(project_id: int) -> None:
     except account.NotAllowed as refused:
         st.session_state["last_message"] = ("error", str(refused))
         return
+    # The undone images replace the page shown: tiles set on it went with it, without a word
+    # (exploratory). Said first; a second Undo on the same page goes ahead.
+    pinned = st.session_state.get(_page_key(project_id)) or []
+    waiting = _tiles_set(project_id, pinned) if pinned else 0
+    if waiting and st.session_state.get(_UNDO_ASKED) != _page_name(pinned):
+        st.session_state[_UNDO_ASKED] = _page_name(pinned)
+        tiles = common.by_count(waiting, "1 tile", f"{waiting} tiles")
+        st.session_state["last_message"] = (
+            "warning",
+            f"Undo would drop the {tiles} you set on this page: accept it first, or press Undo (U) again.",
+        )
+        return
+    st.session_state.pop(_UNDO_ASKED, None)
     # The newest grid page or bulk label: a box answer or History correction made since stays.
     undone = answers.undo_entry(
         common.session_factory(), annotator, common.ledger(project_id), kinds=("grid", "bulk")
@@ -1140,7 +1172,6 @@ def _grid(project_id: int, names: list[str]) -> None:
     _restored_note(page)
     token, pressed, listed = _grid_presses(project_id, page, len(names))
     key_names = _key_names(listed)
-    view = _grid_view(threshold, names)
     kept = st.session_state.get(_choices_key(project_id), {})
     st.session_state[_choices_key(project_id)] = {i: c for i, c in kept.items() if c["page"] == page}
     closed = _answered_meanwhile(project_id, [item.id for item, _ in batch], names)
@@ -1151,6 +1182,7 @@ def _grid(project_id: int, names: list[str]) -> None:
     if restored and restored[0] != page:
         del st.session_state[_prefilled_key(project_id)]  # the page given back is done with
     shown_then = restored[1] if restored and restored[0] == page else None
+    view = _page_view(project_id, page, threshold, names)
     prefilled = []  # the guesses shown pre-filled, kept by label_grid.js with the page
     columns = st.columns(4)
     tile_keys = []
@@ -1430,21 +1462,26 @@ def grid_choices_anywhere() -> int:
     """How many tiles of the grid pages held in this session (one per project) the person set, by
     key or mouse, and has not accepted: a reload or a closed tab ends the session and drops them
     (the guard asks first, as for History changes)."""
-    waiting = 0
-    for key, pinned in list(st.session_state.items()):
-        if not str(key).startswith(_PAGE_PREFIX) or not pinned:
-            continue
-        project_id, page = str(key)[len(_PAGE_PREFIX) :], _page_name(pinned)
-        set_here = set()
-        # The list kept at the last grid run, and the one just sent (this run's page reads it
-        # after the guard is drawn).
-        for keyed in (st.session_state.get(f"{_KEYED_PREFIX}{project_id}"), _live_grid_keys()):
-            if hasattr(keyed, "get") and str(keyed.get("page", "")) == page:
-                set_here |= {e.get("item") for e in keyed.get("list") or [] if hasattr(e, "get")}
-        choices = st.session_state.get(f"{_CHOICES_PREFIX}{project_id}") or {}
-        set_here |= {item for item, choice in choices.items() if choice.get("page") == page}
-        waiting += len(set_here & set(pinned))
-    return waiting
+    return sum(
+        _tiles_set(str(key)[len(_PAGE_PREFIX) :], pinned)
+        for key, pinned in list(st.session_state.items())
+        if str(key).startswith(_PAGE_PREFIX) and pinned
+    )
+
+
+def _tiles_set(project_id, pinned: list[int]) -> int:
+    """How many tiles of the grid page `pinned` held for the project the person set, by key or
+    mouse (not accepted)."""
+    page = _page_name(pinned)
+    set_here = set()
+    # The list kept at the last grid run, and the one just sent (this run's page reads it
+    # after the guard is drawn).
+    for keyed in (st.session_state.get(f"{_KEYED_PREFIX}{project_id}"), _live_grid_keys()):
+        if hasattr(keyed, "get") and str(keyed.get("page", "")) == page:
+            set_here |= {e.get("item") for e in keyed.get("list") or [] if hasattr(e, "get")}
+    choices = st.session_state.get(f"{_CHOICES_PREFIX}{project_id}") or {}
+    set_here |= {item for item, choice in choices.items() if choice.get("page") == page}
+    return len(set_here & set(pinned))
 
 
 def unsaved_words(count: int) -> str:

@@ -143,7 +143,8 @@ export default function (component) {
     grids.set(parentElement, g);
   }
   // A server that lost this tab's session (a restart, a reload of the tab, a login after one)
-  // draws a new page; the tab sends back the page it showed there (`lost`): from its memory when
+  // draws a page (a new one, or the same once its claims ran out); the tab sends back the page it
+  // showed there (`lost`): from its memory when
   // this module stayed mounted, else from sessionStorage (keepPage). Its keys and the tiles
   // chosen with the mouse (the server lists those in `chosen` as of its last drawing, so they go
   // between the keys pressed before it and after it), with the name and session it was claimed
@@ -165,10 +166,11 @@ export default function (component) {
     g.token = held
       ? held.token
       : (Date.now().toString(36) + Math.random().toString(36).slice(2)).replace(/[^0-9a-z]/g, "");
-  } else if (held && (held.token !== g.token || held.list.length > g.edits.length)) {
+  } else if (held && (held.token !== g.token || held.list.length >= g.edits.length)) {
     // The page given back is the one shown (drawn anew after its claims ran out): the server's
     // list is the page's, with its mouse choices (keys pressed here before it came back, under
-    // another token, are not).
+    // another token, are not). A list of the same token is otherwise the start of this one, and
+    // at the same length the same.
     g.edits = held.list.slice();
     g.token = held.token;
   }

@@ -46,7 +46,7 @@ def _set_tiles(page) -> tuple[list[tuple[int, str]], dict[int, str]]:
 def _page_back_and_saved(page, tiles, wanted, Session, project_id: int, logs) -> None:
     """The page comes back with its tiles; a key after it sets tile 4; A saves the five under rosa."""
     try:
-        page.get_by_text("this is the page you were working on").wait_for(timeout=120_000)
+        page.get_by_text("the page you were working on before").wait_for(timeout=120_000)
     except Exception as error:  # what the page shows instead, and the servers' logs
         raise AssertionError(
             (page.inner_text("body")[:3000], [p.read_text()[-3000:] for p in logs])
@@ -190,4 +190,4 @@ def test_grid_tiles_come_back_on_the_same_page_drawn_again_after_a_reload(tmp_pa
         page.get_by_text("Grid", exact=True).click()
         page.locator("[class*='st-key-accept_grid-'] button").wait_for()
         settle(page)
-        assert not page.get_by_text("this is the page you were working on").count()  # saved: not kept
+        assert not page.get_by_text("the page you were working on before").count()  # saved: not kept

@@ -98,6 +98,29 @@ def test_grid_accepts_confident_guesses_only_and_undoes_a_page_at_once(Session, 
     assert all(box.value >= 0 for box in again[:11])  # the 12th comes from the queue
 
 
+def test_undo_says_first_that_it_would_drop_the_tiles_set_on_the_page_shown(Session, tiny_project):
+    """U replaces the page shown with the undone images: tiles set on it were dropped without a
+    word (exploratory). The first U says so and undoes nothing; a second one goes ahead."""
+    pid = tiny_project.id
+    at = page_app("label", pid)
+    at.radio(key="label_mode").set_value("Grid").run()
+    first = list(at.session_state[f"grid-page-{pid}"])
+    _grid_tiles(at)[first[0]].set_value(1).run()
+    button(at, "accept_grid").click().run()
+    shown = list(at.session_state[f"grid-page-{pid}"])
+    _grid_tiles(at)[shown[0]].set_value(0).run()
+    _grid_tiles(at)[shown[1]].set_value(1).run()
+    at.button(key="undo").click().run()
+    assert "Undo would drop the 2 tiles you set on this page" in at.warning[0].value
+    assert list(at.session_state[f"grid-page-{pid}"]) == shown
+    with Session() as session:
+        assert queries.current_labels(session, pid) == {first[0]: 1}  # not undone
+    at.button(key="undo").click().run()
+    with Session() as session:
+        assert queries.current_labels(session, pid) == {}
+    assert at.session_state[f"grid-page-{pid}"][0] == first[0]  # the undone image comes first
+
+
 def test_keys_are_stable_when_classes_are_added_or_renamed():
     from labeler.ui.label import assign_keys
 
@@ -1089,7 +1112,8 @@ def _lost_page_sent(
         "page": ",".join(map(str, page_ids)),
         "who": who,
         "session": session,
-        "asker": asker or _tag(at),  # the session that asked: this one unless said
+        "asker": asker or _tag(at),  # the session it is sent to: this one unless said
+        "owner": f"{who}@{at.session_state['project_id']}",
         "list": [
             {"item": item, "class": cls, "name": str(cls)}
             for item, cls in (keys.items() if isinstance(keys, dict) else keys)
@@ -1136,7 +1160,7 @@ def test_a_grid_page_a_restarted_server_lost_comes_back_with_its_keys(Session, t
     assert list(after.session_state[f"grid-page-{pid}"]) == lost
     tiles = _grid_tiles(after)
     assert set(tiles) == set(lost) and tiles[lost[0]].value == 0 and tiles[lost[1]].value == 1
-    assert "this is the page you were working on" in after.info[0].value
+    assert "the page you were working on" in after.info[0].value
     token = after.session_state["claim_token"]
     claims = _claims(Session, pid)
     assert {claims.get(i) for i in lost} == {f"rosa#{token}"} and not set(drawn) & set(claims)
@@ -1221,7 +1245,8 @@ def test_a_lost_grid_page_of_a_tab_still_connected_stays_there(Session, tiny_pro
     copy.radio(key="label_mode").set_value("Grid").run()
     drawn = list(copy.session_state[f"grid-page-{pid}"])
     _lost_page_sent(copy, lost, "rosa", {lost[0]: 1}, tag)
-    assert list(copy.session_state[f"grid-page-{pid}"]) == drawn and not copy.info and not copy.warning
+    assert list(copy.session_state[f"grid-page-{pid}"]) == drawn and not copy.info
+    assert "Your last grid page is open in another tab" in copy.warning[0].value
     assert json.loads(copy.get("bidi_component")[0].proto.json)["tried"] == [_page(lost)]  # not sent again
     assert {tag, _tag(copy)} <= set(label._SESSION_OF_TAG)  # each drawn grid's session, by its tag
     assert {_claims(Session, pid).get(i) for i in lost} == {f"rosa#{before.session_state['claim_token']}"}
@@ -1309,12 +1334,14 @@ def test_a_session_is_connected_while_streamlit_lists_it(monkeypatch):
 def test_a_lost_grid_page_drawn_again_gets_its_tiles_back(Session, tiny_project):
     """The new session can draw the very page the lost one held (its claims ran out: a login
     more than five minutes after a restart): the tab did not send it, and the tiles set on it
-    were gone. It gets them back."""
+    were gone. It gets them back, and its other tiles show the guesses shown then (the page drawn
+    anew had made its tiles on the newest guesses, which they kept: a review)."""
     from sqlalchemy import update
 
     from db.models import Claim, utcnow
 
     pid = tiny_project.id
+    fake_done_run(Session, pid)  # every image guessed 0.9 sure: pre-filled at the default 0.9
     before = page_app("label", pid, annotator="rosa")
     before.radio(key="label_mode").set_value("Grid").run()
     lost = list(before.session_state[f"grid-page-{pid}"])
@@ -1323,13 +1350,50 @@ def test_a_lost_grid_page_drawn_again_gets_its_tiles_back(Session, tiny_project)
     after = page_app("label", pid, annotator="rosa")
     after.radio(key="label_mode").set_value("Grid").run()
     assert list(after.session_state[f"grid-page-{pid}"]) == lost  # the same page
-    _lost_page_sent(after, lost, "rosa", {lost[0]: 1, lost[3]: 0}, _tag(before))
+    guess = _grid_tiles(after)[lost[5]].value  # the newest guess, pre-filled
+    with Session() as session:
+        names = queries.class_names(session, pid)
+    shown_then = {lost[5]: (1 - guess, names[1 - guess], 0.7)}  # another guess then; the rest skip
+    _lost_page_sent(after, lost, "rosa", {lost[0]: 1, lost[3]: 0}, _tag(before), prefilled=shown_then)
     tiles = _grid_tiles(after)
-    assert (tiles[lost[0]].value, tiles[lost[3]].value) == (1, 0)
-    assert "this is the page you were working on" in after.info[0].value
+    wanted = {lost[0]: 1, lost[3]: 0, lost[5]: 1 - guess}
+    assert {i: tiles[i].value for i in lost} == {i: wanted.get(i, -1) for i in lost}
+    assert "the page you were working on" in after.info[0].value
     button(after, "accept_grid").click().run()
     with Session() as session:
-        assert queries.current_labels(session, pid) == {lost[0]: 1, lost[3]: 0}
+        assert queries.current_labels(session, pid) == wanted
+
+
+def test_a_lost_grid_page_of_another_project_is_left_for_that_projects_grid(Session, tiny_project):
+    """A switch of project while the tab sent a page: the page went to the other project's grid,
+    which took it as tried with a wrong note ("every image answered meanwhile"), and the tab then
+    dropped it (a review). It is left for its own project's grid."""
+    import json
+
+    from labeler import projects
+    from tests.conftest import tiny_image_set
+
+    pid = tiny_project.id
+    before = page_app("label", pid, annotator="rosa")
+    before.radio(key="label_mode").set_value("Grid").run()
+    lost = list(before.session_state[f"grid-page-{pid}"])
+    other = projects.create_project(Session, "other", "test", images=tiny_image_set(n=40)).id
+    at = page_app("label", other, annotator="rosa")
+    at.radio(key="label_mode").set_value("Grid").run()
+    lost_value = {  # the page's owner is rosa@pid; sent to the other project's grid
+        "token": "old1",
+        "page": _page(lost),
+        "who": "rosa",
+        "owner": f"rosa@{pid}",
+        "session": _tag(before),
+        "asker": _tag(at),
+        "list": [{"item": lost[0], "class": 1, "name": "1"}],
+        "prefilled": [],
+    }
+    at.session_state["grid-keys"] = {"lost": lost_value}
+    at.run()
+    assert not at.info and not at.warning
+    assert json.loads(at.get("bidi_component")[0].proto.json)["tried"] == []
 
 
 def test_a_lost_grid_page_accepted_before_the_restart_is_not_given_back(Session, tiny_project):
