@@ -143,16 +143,15 @@ export default function (component) {
     grids.set(parentElement, g);
   }
   // A server that lost this tab's session (a restart, a reload of the tab, a login after one)
-  // draws a page (a new one, or the same once its claims ran out); the tab sends back the page it
-  // showed there (`lost`): from its memory when
-  // this module stayed mounted, else from sessionStorage (keepPage). Its keys and the tiles
-  // chosen with the mouse (the server lists those in `chosen` as of its last drawing, so they go
-  // between the keys pressed before it and after it), with the name and session it was claimed
-  // under. Sent in a state of its own ("lost": a key on the new page would overwrite "edits"),
-  // it brings the page back (label.py, _lost_page), for the session it was sent to only (`asker`:
-  // the value stays in the tab, and a later session must not take it for its own). The server
-  // lists the pages it has tried (`tried`). Before, the tiles set on it were dropped without a
-  // word.
+  // draws a page (a new one, or the same once its claims ran out); the tab sends back the page
+  // it showed there (`lost`): from its memory when this module stayed mounted, else from
+  // sessionStorage (keepPage). Its keys and the tiles chosen with the mouse (the server lists
+  // those in `chosen` as of its last drawing, so they go between the keys pressed before it and
+  // after it), with the name and session it was claimed under. Sent in a state of its own
+  // ("lost": a key on the new page would overwrite "edits"), it brings the page back (label.py,
+  // _lost_page), for the session it was sent to only (`asker`: the value stays in the tab, and a
+  // later session must not take it for its own). The server lists the pages it has tried
+  // (`tried`). Before, the tiles set on it were dropped without a word.
   const shown = g.page ? setTiles(g) : null;
   const stored = keptPage(data.owner);
   const found = waiting(shown, data) ? shown : waiting(stored, data) ? stored : null;
