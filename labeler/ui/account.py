@@ -42,7 +42,9 @@ _PERSONAL_KEYS = (
     "annotator_input",
     "annotator_named",
     LOGOUT_ASKED,
-    # The grid's lost pages (label.py `_restored_page`): tried, keys replaced, notes, guesses shown.
+    # The grid's lost pages (label.py `_restored_page`: tried, keys replaced, the note about
+    # them; the guesses they showed are per project, "grid-prefilled-ID") and the page an Undo
+    # said it would drop the tiles of (`_undo_page`).
     "grid-restored",
     "grid-replaced",
     "grid-restore-note",

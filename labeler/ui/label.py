@@ -238,7 +238,7 @@ def _grid_presses(
         edits = st.session_state.get(_keyed_key(project_id))
         if not edits or edits["page"] != page:
             return "", {}, []
-    token = re.sub(r"[^0-9a-z]", "", str(edits.get("token", "")))[:24]
+    token = _list_token(edits.get("token", ""))
     pressed: dict[int, tuple[int, int]] = {}
     listed: list[dict] = []
     for edit in edits.get("list") or []:
@@ -248,6 +248,12 @@ def _grid_presses(
             name = edit.get("name")
             listed.append({"item": item, "class": cls, **({"name": name} if isinstance(name, str) else {})})
     return token, pressed, listed
+
+
+def _list_token(value) -> str:
+    """A key list's token as the page uses it (in tile keys, and sent back to label_grid.js):
+    letters and digits only, at most 24."""
+    return re.sub(r"[^0-9a-z]", "", str(value))[:24]
 
 
 def _key_names(listed: list[dict]) -> dict[int, str | None]:
@@ -695,7 +701,7 @@ def _lost_page(project_id: int) -> tuple[list[int], dict] | None:
     }
     return ids, {
         "page": page,
-        "token": re.sub(r"[^0-9a-z]", "", str(lost.get("token", "")))[:24],  # as _grid_presses reads it
+        "token": _list_token(lost.get("token", "")),
         "list": listed,
         "session": str(lost.get("session", "")),
         "sessions": sessions,
@@ -766,21 +772,16 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
         return None  # the database away: tried again at the next run
     except _NotGivenBack as refused:
         batch, saved = None, refused.args[0]
+    ended = "this tab's session ended (a reload, a server restart or a new login)"
     if batch is None and saved:
-        note = (
-            "info",
-            (
-                f"Your last grid page was saved ({common.by_count(saved, '1 label', f'{saved} labels')}) "
-                "before this tab's session ended (a reload, a server restart or a new login); here is the "
-                "next one."
-            ),
-        )
+        labels = common.by_count(saved, "1 label", f"{saved} labels")
+        note = ("info", f"Your last grid page was saved ({labels}) before {ended}; here is the next one.")
     elif batch is None:
         note = (
             "warning",
             (
-                "Your last grid page could not be given back after this tab's session ended (a reload, a "
-                "server restart or a new login): another tab or person holds some of its images now."
+                f"Your last grid page could not be given back after {ended}: another tab or person "
+                "holds some of its images now."
             ),
         )
     elif not batch:
@@ -788,8 +789,7 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
             "info",
             (
                 "Every image of your last grid page was answered meanwhile, so it was not given back "
-                "after this tab's session ended (a reload, a server restart or a new login); here is the "
-                "next one."
+                f"after {ended}; here is the next one."
             ),
         )
     else:
@@ -802,9 +802,8 @@ def _restored_page(project_id: int, pinned: list[int] | None) -> list[tuple[Item
     st.session_state[_RESTORE_NOTE] = (
         "info",
         (
-            "Here is the page you were working on before this tab's session ended (a reload, a server "
-            "restart or a new login), with the tiles you set and the guesses it showed: accept it "
-            "when done."
+            f"Here is the page you were working on before {ended}, with the tiles you set and the "
+            "guesses it showed: accept it when done."
         ),
         lost["page"],
     )

@@ -1103,6 +1103,7 @@ def _lost_page_sent(
     session: str,
     asker: str | None = None,
     prefilled: dict[int, tuple[int, str, float]] | None = None,
+    owner: str | None = None,
 ) -> None:
     """What label_grid.js sends after a server restart, for the page it still shows: the tiles
     set on it (item -> class), the name and the session (token tag) they were set under, and
@@ -1113,7 +1114,7 @@ def _lost_page_sent(
         "who": who,
         "session": session,
         "asker": asker or _tag(at),  # the session it is sent to: this one unless said
-        "owner": f"{who}@{at.session_state['project_id']}",
+        "owner": owner or f"{who}@{at.session_state['project_id']}",  # this project's unless said
         "list": [
             {"item": item, "class": cls, "name": str(cls)}
             for item, cls in (keys.items() if isinstance(keys, dict) else keys)
@@ -1380,18 +1381,7 @@ def test_a_lost_grid_page_of_another_project_is_left_for_that_projects_grid(Sess
     other = projects.create_project(Session, "other", "test", images=tiny_image_set(n=40)).id
     at = page_app("label", other, annotator="rosa")
     at.radio(key="label_mode").set_value("Grid").run()
-    lost_value = {  # the page's owner is rosa@pid; sent to the other project's grid
-        "token": "old1",
-        "page": _page(lost),
-        "who": "rosa",
-        "owner": f"rosa@{pid}",
-        "session": _tag(before),
-        "asker": _tag(at),
-        "list": [{"item": lost[0], "class": 1, "name": "1"}],
-        "prefilled": [],
-    }
-    at.session_state["grid-keys"] = {"lost": lost_value}
-    at.run()
+    _lost_page_sent(at, lost, "rosa", {lost[0]: 1}, _tag(before), owner=f"rosa@{pid}")  # to the other grid
     assert not at.info and not at.warning
     assert json.loads(at.get("bidi_component")[0].proto.json)["tried"] == []
 
