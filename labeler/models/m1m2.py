@@ -69,6 +69,7 @@ class M1M2Config:
             warmup_steps=self.warmup_steps,
             labeled_weight=self.labeled_weight,
             lr_decay=0.0,  # M1+M2 keeps the constant rate it was measured with
+            mixed_precision=False,  # and float32 (its networks on codes are small)
         )
 
 

@@ -170,6 +170,13 @@ class M2Config:
     # The learning rate falls linearly to 0 over the last lr_decay of each fit's budget, as the
     # SSL-GAN's does (0: constant, the paper's); each fit starts at the full rate.
     lr_decay: float = 0.5
+    # bfloat16 autocast for the training step's forward passes where q(y|x) is convolutional and
+    # the device computes it natively (nets.mixed_precision: a CPU with AVX512-BF16 or AMX, a
+    # GPU); the weights, the optimiser and every likelihood, softmax and loss stay float32, and
+    # so do predictions. False: float32 throughout (the form before). Measured (Fashion-MNIST,
+    # 100 labels, both cores, README): 1.2 to 1.3 times the steps a second (1.5 with
+    # classifier_width=32); 60 s 0.759 against 0.746 (seeds 0-2); 3,000 steps 0.767 against 0.768.
+    mixed_precision: bool = True
 
 
 class M2Net(Stochastic):
@@ -260,6 +267,9 @@ class M2Net(Stochastic):
         if rows is not None:
             pre, x = pre[rows], x[rows]
         mu, logvar = self.q_z(self.q_z_act(pre + self.q_z_y(y)))  # (R, D)
+        # float32 under mixed precision, for z and the KL term; the likelihood is float32 anyway
+        # (autocast runs binary_cross_entropy_with_logits in float32; x is float32)
+        mu, logvar = mu.float(), logvar.float()
         z = nets.reparameterize(mu, logvar, self.generator())
         out = self.decoder(torch.cat([z, y], 1))
         return -(self.log_lik(x, out) - kl_weight * nets.kl_std_normal(mu, logvar) - math.log(self.k))
@@ -296,7 +306,7 @@ def m2_loss(
     n = n_labeled + n_unlabeled
     x = torch.cat([xl, xu])  # one pass, so batch norm sees labeled and unlabeled rows together
     views = torch.cat([augment.weak(xl, net.generator()), xu]) if augment_labeled and bl else x
-    logits = net.logits(views)  # (Bl + Bu, K)
+    logits = net.logits(views).float()  # (Bl + Bu, K), float32 under mixed precision
     x = net.view(x)  # what p(x|y,z) models: the image, or its grey thumbnail
     h = net.enc_features(x)  # (Bl + Bu, F)
     eye = torch.eye(k, device=x.device)
@@ -384,27 +394,28 @@ def train_m2(
         xl, yl = draw(labeled_idx[pick]), y_all[torch.as_tensor(pick, device=device)]
         xu = draw(ub)
         kl_weight = min(1.0, (trained_before + step + 1) / cfg.warmup_steps) if cfg.warmup_steps else 1.0
-        loss, parts = m2_loss(
-            net,
-            xl,
-            yl,
-            xu,
-            n_l,
-            n_u,
-            alpha,
-            kl_weight,
-            cfg.labeled_weight,
-            augment_labeled=teacher is not None,
-            graph_term=graph_term,
-        )
-        if teacher is not None and len(xu) and n_l:
-            with torch.no_grad():
-                teacher_logits = teacher(augment.weak(xu, net.generator()))
-            with augment.frozen_batchnorm(student):
-                student_logits = student(augment.strong(xu, net.generator(), cfg.grey_noise))
-            cons, confident = augment.fixmatch_loss(student_logits, teacher_logits, cfg.threshold)
-            loss = loss + cons_weight * cons
-            parts.update(consistency=cons.item(), confident=confident.item())
+        with nets.mixed_precision(device, cfg.mixed_precision):
+            loss, parts = m2_loss(
+                net,
+                xl,
+                yl,
+                xu,
+                n_l,
+                n_u,
+                alpha,
+                kl_weight,
+                cfg.labeled_weight,
+                augment_labeled=teacher is not None,
+                graph_term=graph_term,
+            )
+            if teacher is not None and len(xu) and n_l:
+                with torch.no_grad():
+                    teacher_logits = teacher(augment.weak(xu, net.generator())).float()
+                with augment.frozen_batchnorm(student):
+                    student_logits = student(augment.strong(xu, net.generator(), cfg.grey_noise)).float()
+                cons, confident = augment.fixmatch_loss(student_logits, teacher_logits, cfg.threshold)
+                loss = loss + cons_weight * cons
+                parts.update(consistency=cons.item(), confident=confident.item())
         nets.check_finite(loss, step0 + step)
         decay_lr((opt,), lr, budget, step, cfg.lr_decay)
         opt.zero_grad(set_to_none=True)
@@ -432,6 +443,7 @@ class M2(PredictsWithClassifier, SSLModel):
         "conv_alpha_scale": 0.1,
         "lr_decay": 0.0,
         "grey_noise": augment.GREY_NOISE,
+        "mixed_precision": False,
     }
     conditional_samples = True
     # Each run trains a fresh M2 (train.warm_start_model). Continuing from the last run's weights
@@ -490,8 +502,10 @@ class M2(PredictsWithClassifier, SSLModel):
 
     def _training_config(self) -> M2Config:
         """The settings `train_m2` runs with: the conv_* ones for colour or larger images, and
-        the learning rate for these images when none is set."""
+        the learning rate for these images when none is set; mixed precision only with the conv
+        q(y|x) (the MLPs of 8x8 digits took as long per step in bfloat16)."""
         cfg = self.config
+        cfg = dataclasses.replace(cfg, mixed_precision=cfg.mixed_precision and self.classifier_arch == "conv")
         if not nets.use_conv(self.input_shape):
             return dataclasses.replace(cfg, lr=GREY_LR if cfg.lr is None else cfg.lr)
         return dataclasses.replace(

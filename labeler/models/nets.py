@@ -26,6 +26,7 @@ Likelihoods work on intensities in [0, 1]:
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 import math
 import time
@@ -307,6 +308,29 @@ def image_decoder(
     if use_conv(input_shape):
         return ConvImage(in_dim, input_shape, conv_width)
     return MLPImage(in_dim, input_shape, list(reversed(hidden)))
+
+
+# -- mixed precision -------------------------------------------------------------------------
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether `device` computes bfloat16 natively: a GPU that supports it, or a CPU with
+    AVX512-BF16 or AMX (elsewhere autocast emulates it, slower than float32)."""
+    if device.type == "cuda":
+        return torch.cuda.is_bf16_supported(including_emulation=False)
+    if device.type == "cpu":
+        caps = torch.cpu.get_capabilities()
+        return bool(caps.get("avx512_bf16") or caps.get("amx_bf16"))
+    return False
+
+
+def mixed_precision(device: torch.device, enabled: bool) -> contextlib.AbstractContextManager:
+    """bfloat16 autocast for a training step's forward passes where `enabled` and the device
+    computes bfloat16 natively (`fast_bf16`), else nothing. Weights, gradients and the optimiser's
+    state stay float32; callers cast what feeds a likelihood, a softmax or a loss back to float32."""
+    if enabled and fast_bf16(device):
+        return torch.autocast(device.type, dtype=torch.bfloat16)
+    return contextlib.nullcontext()
 
 
 # -- likelihoods and divergences -------------------------------------------------------------

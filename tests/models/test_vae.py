@@ -268,3 +268,72 @@ def test_an_m2_checkpoint_whose_auto_still_builds_the_same_keeps_auto(shape, arc
         torch.save(state, tmp_path / "m2.pt")
     loaded = load_checkpoint(tmp_path / "m2.pt")
     assert loaded.config.classifier_arch == "auto" and loaded.classifier_arch == arch
+
+
+@pytest.mark.parametrize(
+    ("caps", "enabled", "want"),
+    [
+        ({"avx512_bf16": True}, True, torch.bfloat16),
+        ({"amx_bf16": True}, True, torch.bfloat16),
+        ({"avx2": True, "avx512_f": True}, True, torch.float32),  # bfloat16 would be emulated: slower
+        ({"avx512_bf16": True}, False, torch.float32),
+    ],
+)
+def test_mixed_precision_only_where_set_and_the_cpu_computes_bfloat16(monkeypatch, caps, enabled, want):
+    monkeypatch.setattr(torch.cpu, "get_capabilities", lambda: caps)
+    with nets.mixed_precision(torch.device("cpu"), enabled):
+        out = torch.nn.Linear(4, 4)(torch.ones(2, 4))
+    assert out.dtype == want
+
+
+@pytest.mark.parametrize(("arch", "mixed"), [("conv", True), ("conv", False), ("mlp", True)])
+def test_m2_trains_in_bfloat16_where_set_with_float32_weights_losses_and_predictions(
+    monkeypatch, arch, mixed
+):
+    """Mixed precision covers the step's passes through q(y|x) and the VAE where q(y|x) is
+    convolutional (the MLP keeps float32); the bound, the losses, the weights and predictions
+    stay float32, and the model still learns."""
+    monkeypatch.setattr(nets, "fast_bf16", lambda device: True)  # as on a CPU with AVX512-BF16
+    x, y = two_blobs()
+    config = M2.Config(hidden=[32], classifier_arch=arch, classifier_width=4, mixed_precision=mixed)
+    model = M2((1, 8, 8), 2, config=config, seed=0)
+    net = model.modules["net"]
+    seen: dict[str, set] = {"decoder": set(), "classifier": set(), "log_lik": set(), "kl": set()}
+    net.decoder.register_forward_hook(lambda m, i, o: seen["decoder"].add(o.dtype))
+    net.cls_out.register_forward_hook(lambda m, i, o: seen["classifier"].add(o.dtype))
+    log_lik, kl = net.log_lik, nets.kl_std_normal
+
+    def recorded(*args):
+        out = log_lik(*args)
+        seen["log_lik"].add(out.dtype)
+        return out
+
+    def recorded_kl(mu, logvar):
+        seen["kl"].update({mu.dtype, logvar.dtype})
+        return kl(mu, logvar)
+
+    monkeypatch.setattr(net, "log_lik", recorded)
+    monkeypatch.setattr(nets, "kl_std_normal", recorded_kl)
+    parts = model.fit(x, np.arange(4), y[:4], Budget(steps=150))
+    half = torch.bfloat16 if mixed and arch == "conv" else torch.float32
+    assert seen == {
+        "decoder": {half},
+        "classifier": {half},
+        "log_lik": {torch.float32},
+        "kl": {torch.float32},
+    }
+    assert all(math.isfinite(v) for v in parts.values())
+    assert {p.dtype for p in net.parameters()} == {torch.float32}
+    proba = model.predict_proba(x)
+    assert proba.dtype == np.float32 and np.isfinite(proba).all()
+    assert (proba.argmax(1) == y).mean() > 0.9
+
+
+def test_m2_checkpoints_from_before_mixed_precision_trained_in_float32_and_m1m2_keeps_it(tmp_path):
+    model = M2((1, 8, 8), 2, config=M2.Config(hidden=[16]))
+    state = model.state()
+    del state["config"]["mixed_precision"]
+    torch.save(state, tmp_path / "old.pt")
+    assert load_checkpoint(tmp_path / "old.pt").config.mixed_precision is False
+    assert M2.Config().mixed_precision is True  # while new models train in bfloat16 where it is fast
+    assert M1M2.Config().m2().mixed_precision is False
