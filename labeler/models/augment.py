@@ -57,7 +57,22 @@ def _affine(
     generator: torch.Generator | None = None,
 ) -> torch.Tensor:
     """Per image: a random shift of up to `shift_px` pixels, rotation, scale and horizontal flip,
-    in one bilinear resampling. (B, C, H, W) -> the same shape."""
+    in one bilinear resampling. (B, C, H, W) -> the same shape, in float32 also under mixed
+    precision (an autocast grid in bfloat16 would blur the weak view's integer shifts)."""
+    with torch.autocast(x.device.type, enabled=False):
+        return _resample(x, shift_px, integer_shift, max_degrees, scale, flip, padding_mode, generator)
+
+
+def _resample(
+    x: torch.Tensor,
+    shift_px: float,
+    integer_shift: bool,
+    max_degrees: float,
+    scale: tuple[float, float],
+    flip: bool,
+    padding_mode: str,
+    generator: torch.Generator | None,
+) -> torch.Tensor:
     b, _, h, w = x.shape
     dev = x.device
     if integer_shift:

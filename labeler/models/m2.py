@@ -175,7 +175,7 @@ class M2Config:
     # GPU); the weights, the optimiser and every likelihood, softmax and loss stay float32, and
     # so do predictions. False: float32 throughout (the form before). Measured (Fashion-MNIST,
     # 100 labels, both cores, README): 1.2 to 1.3 times the steps a second (1.5 with
-    # classifier_width=32); 60 s 0.759 against 0.746 (seeds 0-2); 3,000 steps 0.767 against 0.768.
+    # classifier_width=32); 60 s 0.754 against 0.746 (seeds 0-2); 3,000 steps 0.767 against 0.768.
     mixed_precision: bool = True
 
 

@@ -8,7 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from labeler.models import Budget, TrainingDiverged, load_checkpoint, nets, save_checkpoint
+from labeler.models import Budget, TrainingDiverged, augment, load_checkpoint, nets, save_checkpoint
+from labeler.models import m2 as m2_module
 from labeler.models.base import Randomness, attach
 from labeler.models.m1 import M1, VAE, balanced_argmax, fit_linear_head
 from labeler.models.m1m2 import M1M2
@@ -298,30 +299,30 @@ def test_m2_trains_in_bfloat16_where_set_with_float32_weights_losses_and_predict
     config = M2.Config(hidden=[32], classifier_arch=arch, classifier_width=4, mixed_precision=mixed)
     model = M2((1, 8, 8), 2, config=config, seed=0)
     net = model.modules["net"]
-    seen: dict[str, set] = {"decoder": set(), "classifier": set(), "log_lik": set(), "kl": set()}
+    seen: dict[str, set] = {k: set() for k in ("decoder", "classifier", "log_lik", "kl", "bound", "fixmatch")}
     net.decoder.register_forward_hook(lambda m, i, o: seen["decoder"].add(o.dtype))
     net.cls_out.register_forward_hook(lambda m, i, o: seen["classifier"].add(o.dtype))
-    log_lik, kl = net.log_lik, nets.kl_std_normal
 
-    def recorded(*args):
-        out = log_lik(*args)
-        seen["log_lik"].add(out.dtype)
-        return out
+    def record(name, owner, attr, result=False):
+        """Wrap owner.attr so that the dtypes of its tensor arguments (or of its result) go to seen[name]."""
+        original = getattr(owner, attr)
 
-    def recorded_kl(mu, logvar):
-        seen["kl"].update({mu.dtype, logvar.dtype})
-        return kl(mu, logvar)
+        def recorded(*args):
+            out = original(*args)
+            seen[name].update(t.dtype for t in ([out] if result else args) if isinstance(t, torch.Tensor))
+            return out
 
-    monkeypatch.setattr(net, "log_lik", recorded)
-    monkeypatch.setattr(nets, "kl_std_normal", recorded_kl)
+        monkeypatch.setattr(owner, attr, recorded)
+
+    record("log_lik", net, "log_lik", result=True)
+    record("kl", nets, "kl_std_normal")
+    record("bound", m2_module, "unlabeled_bound")  # the entropy of q(y|x) and the bound
+    record("fixmatch", augment, "fixmatch_loss")  # the teacher's 0.95 threshold
     parts = model.fit(x, np.arange(4), y[:4], Budget(steps=150))
     half = torch.bfloat16 if mixed and arch == "conv" else torch.float32
-    assert seen == {
-        "decoder": {half},
-        "classifier": {half},
-        "log_lik": {torch.float32},
-        "kl": {torch.float32},
-    }
+    f32 = {torch.float32}
+    want = {"decoder": {half}, "classifier": {half}, "log_lik": f32, "kl": f32, "bound": f32, "fixmatch": f32}
+    assert seen == want
     assert all(math.isfinite(v) for v in parts.values())
     assert {p.dtype for p in net.parameters()} == {torch.float32}
     proba = model.predict_proba(x)
@@ -337,3 +338,15 @@ def test_m2_checkpoints_from_before_mixed_precision_trained_in_float32_and_m1m2_
     assert load_checkpoint(tmp_path / "old.pt").config.mixed_precision is False
     assert M2.Config().mixed_precision is True  # while new models train in bfloat16 where it is fast
     assert M1M2.Config().m2().mixed_precision is False
+
+
+def test_augmented_views_are_float32_and_the_same_under_mixed_precision():
+    """The views are image data, not a network pass: an autocast sampling grid in bfloat16 moved
+    the weak view's integer shifts by up to 0.07 in pixel value."""
+    x = torch.rand(16, 1, 28, 28, generator=torch.Generator().manual_seed(0))
+    plain = [view(x, torch.Generator().manual_seed(1)) for view in (augment.weak, augment.strong)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        mixed = [view(x, torch.Generator().manual_seed(1)) for view in (augment.weak, augment.strong)]
+    for a, b in zip(plain, mixed, strict=True):
+        assert b.dtype == torch.float32
+        torch.testing.assert_close(a, b, rtol=0, atol=0)
