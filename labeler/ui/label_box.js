@@ -59,6 +59,7 @@ function newState(root) {
     onKey: null,
     onNav: null,
     navHold: null, // after a click on a page link, see onNavClick
+    usedSinceNav: false, // drawn by the server or answered on since that click
     counted: false, // in window.__labelerBoxes (see unsent_guard.js)
   };
 }
@@ -166,6 +167,7 @@ function act(s, type, item, extra) {
   const action = { id: `${s.mount}-${s.seq}`, type, ...(item ? { item: item.id } : {}), ...(extra || {}) };
   s.pending.push(action);
   s.early = 0; // what comes next counts anew
+  if (s.navHold) s.usedSinceNav = true; // see onNavClick
   keep(s);
   schedule(s);
   return action;
@@ -409,8 +411,19 @@ function draw(s) {
 // send would ask for a rerun of this page a moment after the click asked for the other page, and
 // often won (the click was lost; the person clicked again). The box sends nothing more: the
 // answers wait in storage, and the guard on the next page sends them (unsent_guard.js); keys
-// pressed before the page goes wait there too. Should the page not have changed after 10 s (a
-// click that went nowhere), the box sends them itself.
+// pressed before the page goes wait there too. Only a click that went nowhere lets the box send
+// them itself: at least NAV_WAIT_MS after it, this page drawn again or answered on since, and
+// the app idle through two checks in a row. A plain timer sent them while a slow server had not
+// yet read the click (a stall of over 10 s on a loaded machine), and that send overtook the click.
+const NAV_WAIT_MS = 10000;
+const NAV_CHECK_MS = 500;
+
+// Streamlit marks its root with the script's state ("running", "notRunning", ...).
+function appIdle() {
+  const app = document.querySelector('[data-testid="stApp"]');
+  return !app || app.getAttribute("data-test-script-state") === "notRunning";
+}
+
 function onNavClick(s, event) {
   const link = event.target && event.target.closest && event.target.closest('[data-testid="stSidebarNav"] a');
   if (!link || !s.pending.length) return;
@@ -418,11 +431,18 @@ function onNavClick(s, event) {
   if (new URL(link.href, window.location.href).pathname === from) return;
   clearTimeout(s.timer);
   s.timer = null;
-  clearTimeout(s.navHold);
-  s.navHold = setTimeout(() => {
+  clearInterval(s.navHold);
+  const at = Date.now();
+  let idleChecks = 0;
+  s.usedSinceNav = false;
+  s.navHold = setInterval(() => {
+    if (window.location.pathname !== from) return; // the other page is coming: detach ends this
+    idleChecks = appIdle() ? idleChecks + 1 : 0;
+    if (Date.now() - at < NAV_WAIT_MS || !s.usedSinceNav || idleChecks < 2) return;
+    clearInterval(s.navHold);
     s.navHold = null;
-    if (window.location.pathname === from && s.pending.length) flush(s);
-  }, 10000);
+    if (s.pending.length) flush(s);
+  }, NAV_CHECK_MS);
 }
 
 // A box's state leaves the page: its key, click and leave listeners go, and it is counted out of
@@ -430,7 +450,7 @@ function onNavClick(s, event) {
 function detach(s) {
   document.removeEventListener("keydown", s.onKey, true);
   document.removeEventListener("click", s.onNav, true);
-  clearTimeout(s.navHold);
+  clearInterval(s.navHold);
   clearTimeout(s.flightTimer);
   window.removeEventListener("beforeunload", s.onLeave);
   if (s.counted) window.__labelerBoxes = Math.max(0, (window.__labelerBoxes || 1) - 1);
@@ -492,6 +512,7 @@ export default function (component) {
   if ((data.items || []).some((i) => i.id === s.gone)) s.gone = null;
   dropClosed(s, data.closed || []);
   draw(s);
+  if (s.navHold) s.usedSinceNav = true; // see onNavClick
   if (!s.counted) {
     // Counted once drawn (a box that failed to draw returns no cleanup to count it out again):
     // while a box is on the page, it sends its own answers and the guard does not (unsent_guard.js).

@@ -82,17 +82,23 @@ def launch_browser(playwright):
     )
 
 
+# The server process behind each running_app url (a test that stalls one reaches it here).
+SERVERS: dict[str, subprocess.Popen] = {}
+
+
 @contextlib.contextmanager
 def running_app(data_dir: Path) -> Iterator[str]:
     """A `streamlit run app.py` server on `data_dir` (its log in data_dir/server.log), ready to
-    answer: its base url. Stopped after the block."""
+    answer: its base url (its process in SERVERS[url]). Stopped after the block."""
     port = free_port()
     server = start_server(data_dir, port, data_dir / "server.log")
     url = f"http://127.0.0.1:{port}"
+    SERVERS[url] = server
     try:
         wait_http(f"{url}/_stcore/health")
         yield url
     finally:
+        SERVERS.pop(url, None)
         server.terminate()
         try:
             server.wait(timeout=20)

@@ -7,10 +7,13 @@ Its own server and project, so what these tests label does not change test_app's
 
 from __future__ import annotations
 
+import os
+import signal
+
 import pytest
 
 from labeler.config import data_dir_set
-from tests.browser.conftest import image_set, running_app, saved, settle, shown
+from tests.browser.conftest import SERVERS, image_set, running_app, saved, settle, shown
 from tests.conftest import wait_for
 
 pytest.importorskip("playwright.sync_api")
@@ -201,8 +204,59 @@ def test_a_page_link_clicked_right_after_keys_opens_that_page(server, page):
         page.goto(f"{server['url']}/?annotator=quick{n}")
         pressed = two_quick_keys(page)
         page.locator('[data-testid="stSidebarNav"] a', has_text="Train").click()
-        page.locator("h1", has_text="Train").wait_for(timeout=20_000)
+        page.locator("h1", has_text="Train").wait_for(timeout=60_000)
         wait_for(lambda pressed=pressed, n=n: stored(server, pressed, f"quick{n}"), timeout=30)
+
+
+@pytest.mark.skipif(not hasattr(signal, "SIGSTOP"), reason="stalls the server with SIGSTOP")
+def test_a_page_link_clicked_while_the_server_stalls_still_opens_that_page(server, page):
+    """A server that reads the click late (over 10 s on a loaded machine, once in CI): the box's
+    fallback send for a click that went nowhere fired meanwhile, asked for the Label page again
+    right behind the click, and won. The box now sends only once the Label page was drawn again
+    and the app is idle; here the click opens Train and the guard there stores the answers."""
+    page.goto(f"{server['url']}/?annotator=stalled")
+    settle(page)
+    saved(page)
+    process = SERVERS[server["url"]]
+    os.kill(process.pid, signal.SIGSTOP)  # from before the keys: both are still unsent at the click
+    try:
+        first = shown(page)
+        page.keyboard.press("1")
+        second = shown(page)
+        page.keyboard.press("2")
+        page.locator('[data-testid="stSidebarNav"] a', has_text="Train").click()
+        page.wait_for_timeout(12_000)  # past the box's 10 s wait for the click to take
+    finally:
+        os.kill(process.pid, signal.SIGCONT)
+    assert second != first
+    page.locator("h1", has_text="Train").wait_for(timeout=60_000)
+    wait_for(lambda: stored(server, {first: 0, second: 1}, "stalled"), timeout=30)
+
+
+def test_answers_held_by_a_page_link_that_went_nowhere_are_sent_from_the_label_page(server, page):
+    """The box holds its sends after a click on a page link (the next page's guard sends them);
+    should the click go nowhere, and the person go on labeling, the box sends them all itself
+    once the app has been idle a while, rather than keeping them in the tab."""
+    page.goto(f"{server['url']}/?annotator=nowhere")
+    pressed = two_quick_keys(page)
+    page.evaluate(
+        """() => {  // a page link whose click Streamlit never hears of
+            const nav = document.createElement("div");
+            nav.setAttribute("data-testid", "stSidebarNav");
+            const link = document.createElement("a");
+            link.href = "/nowhere";
+            link.id = "lb-test-nowhere";
+            link.textContent = "Nowhere";
+            link.addEventListener("click", (event) => event.preventDefault());
+            nav.appendChild(link);
+            document.body.appendChild(nav);
+        }"""
+    )
+    page.locator("#lb-test-nowhere").dispatch_event("click")
+    third = shown(page)
+    page.keyboard.press("1")  # labeling goes on: the click went nowhere
+    wait_for(lambda: stored(server, {**pressed, third: 0}, "nowhere"), timeout=60)
+    assert "/nowhere" not in page.url
 
 
 def test_file_names_turned_on_show_on_the_image_on_screen(server, page):
