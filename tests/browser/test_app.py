@@ -354,6 +354,7 @@ def test_grid_page_accepts_the_models_guesses_with_a_key(app_server, page):
     # Every tile shows a class, none "skip", once the page has been redrawn with the new threshold.
     before_keys = wait_for_tiles(page, lambda tiles: all(v != "skip" for _, v in tiles))
     assert all(v != "skip" for _, v in before_keys)
+    settle(page)  # the redraw over, as a person sees it
     # Keys on the tiles: the second tile (arrow right) gets the other class's key, the third
     # (focus moves on by itself) Backspace, that is "skip".
     page.locator("h1").first.click()
@@ -361,9 +362,17 @@ def test_grid_page_accepts_the_models_guesses_with_a_key(app_server, page):
     page.keyboard.press("2" if before_keys[1][1] == "dark" else "1")
     page.wait_for_timeout(200)
     page.keyboard.press("Backspace")
-    after_keys = wait_for_tiles(
-        page, lambda tiles: tiles[1][1] != before_keys[1][1] and tiles[2][1] == "skip"
-    )
+    try:
+        after_keys = wait_for_tiles(
+            page, lambda tiles: tiles[1][1] != before_keys[1][1] and tiles[2][1] == "skip"
+        )
+    except AssertionError as error:  # once in a full run: say what the grid's key handler saw
+        seen = page.evaluate(
+            """() => ({boxes: window.__labelerBoxes,
+                state: document.querySelector('[data-testid="stApp"]')
+                    .getAttribute("data-test-script-state")})"""
+        )
+        raise AssertionError(f"{error} {seen}") from error
     assert [v for _, v in after_keys].count("skip") == 1 and after_keys[1][1] != before_keys[1][1]
     before = len(events(Session, pid))
     press(page, "a")
