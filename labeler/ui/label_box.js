@@ -59,7 +59,8 @@ function newState(root) {
     onKey: null,
     onNav: null,
     navHold: null, // after a click on a page link, see onNavClick
-    usedSinceNav: false, // drawn by the server or answered on since that click
+    navAt: 0, // when
+    usedSinceNav: false, // drawn by the server, or a late key, since that click
     counted: false, // in window.__labelerBoxes (see unsent_guard.js)
   };
 }
@@ -167,7 +168,7 @@ function act(s, type, item, extra) {
   const action = { id: `${s.mount}-${s.seq}`, type, ...(item ? { item: item.id } : {}), ...(extra || {}) };
   s.pending.push(action);
   s.early = 0; // what comes next counts anew
-  if (s.navHold) s.usedSinceNav = true; // see onNavClick
+  if (s.navHold && Date.now() - s.navAt >= NAV_WAIT_MS) s.usedSinceNav = true; // see onNavClick
   keep(s);
   schedule(s);
   return action;
@@ -411,10 +412,14 @@ function draw(s) {
 // send would ask for a rerun of this page a moment after the click asked for the other page, and
 // often won (the click was lost; the person clicked again). The box sends nothing more: the
 // answers wait in storage, and the guard on the next page sends them (unsent_guard.js); keys
-// pressed before the page goes wait there too. Only a click that went nowhere lets the box send
-// them itself: at least NAV_WAIT_MS after it, this page drawn again or answered on since, and
-// the app idle through two checks in a row. A plain timer sent them while a slow server had not
-// yet read the click (a stall of over 10 s on a loaded machine), and that send overtook the click.
+// pressed before the page goes wait there too. The box sends them itself only once the click
+// looks as if it went nowhere: at least NAV_WAIT_MS after it, the app idle through two checks in
+// a row, and since the click this page drawn again by the server or a key pressed NAV_WAIT_MS or
+// more after it. A plain timer sent them while a slow server had not yet read the click (a stall
+// of over 10 s on a loaded machine, once in CI), and that send overtook the click. A stalled
+// server shows the app idle too, so a key pressed late in such a stall, or a stall of over a
+// second just between the Label run the server was in and the next page's, still loses the
+// click: the person clicks again, and no answer is lost either way.
 const NAV_WAIT_MS = 10000;
 const NAV_CHECK_MS = 500;
 
@@ -432,13 +437,13 @@ function onNavClick(s, event) {
   clearTimeout(s.timer);
   s.timer = null;
   clearInterval(s.navHold);
-  const at = Date.now();
+  s.navAt = Date.now();
   let idleChecks = 0;
   s.usedSinceNav = false;
   s.navHold = setInterval(() => {
     if (window.location.pathname !== from) return; // the other page is coming: detach ends this
     idleChecks = appIdle() ? idleChecks + 1 : 0;
-    if (Date.now() - at < NAV_WAIT_MS || !s.usedSinceNav || idleChecks < 2) return;
+    if (Date.now() - s.navAt < NAV_WAIT_MS || !s.usedSinceNav || idleChecks < 2) return;
     clearInterval(s.navHold);
     s.navHold = null;
     if (s.pending.length) flush(s);

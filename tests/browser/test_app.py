@@ -366,7 +366,7 @@ def test_grid_page_accepts_the_models_guesses_with_a_key(app_server, page):
         after_keys = wait_for_tiles(
             page, lambda tiles: tiles[1][1] != before_keys[1][1] and tiles[2][1] == "skip"
         )
-    except AssertionError as error:  # once in a full run: say what the grid's key handler saw
+    except AssertionError as error:  # once in a full run: the page's state at the failure
         seen = page.evaluate(
             """() => ({boxes: window.__labelerBoxes,
                 state: document.querySelector('[data-testid="stApp"]')
