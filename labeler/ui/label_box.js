@@ -59,7 +59,7 @@ function newState(root) {
     onKey: null,
     onNav: null,
     navHold: null, // after a click on a page link, see onNavClick
-    navAt: 0, // when
+    navAt: 0, // when that click came (Date.now())
     usedSinceNav: false, // drawn by the server, or a late key, since that click
     counted: false, // in window.__labelerBoxes (see unsent_guard.js)
   };
