@@ -60,42 +60,29 @@ def _affine(
     in one bilinear resampling. (B, C, H, W) -> the same shape, in float32 also under mixed
     precision (an autocast grid in bfloat16 would blur the weak view's integer shifts)."""
     with torch.autocast(x.device.type, enabled=False):
-        return _resample(x, shift_px, integer_shift, max_degrees, scale, flip, padding_mode, generator)
-
-
-def _resample(
-    x: torch.Tensor,
-    shift_px: float,
-    integer_shift: bool,
-    max_degrees: float,
-    scale: tuple[float, float],
-    flip: bool,
-    padding_mode: str,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    b, _, h, w = x.shape
-    dev = x.device
-    if integer_shift:
-        shift = torch.randint(
-            -int(shift_px), int(shift_px) + 1, (b, 2), device=dev, generator=generator
-        ).float()
-    else:
-        shift = (torch.rand(b, 2, device=dev, generator=generator) * 2 - 1) * shift_px
-    angle = (torch.rand(b, device=dev, generator=generator) * 2 - 1) * math.radians(max_degrees)
-    zoom = torch.empty(b, device=dev).uniform_(*scale, generator=generator)
-    sign = (
-        torch.where(torch.rand(b, device=dev, generator=generator) < 0.5, -1.0, 1.0)
-        if flip
-        else torch.ones(b, device=dev)
-    )
-    cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
-    theta = torch.zeros(b, 2, 3, device=dev)
-    theta[:, 0, 0], theta[:, 0, 1] = cos * sign, -sin
-    theta[:, 1, 0], theta[:, 1, 1] = sin * sign, cos
-    theta[:, 0, 2] = shift[:, 0] * 2 / w  # normalised coordinates span 2 over the image
-    theta[:, 1, 2] = shift[:, 1] * 2 / h
-    grid = F.affine_grid(theta, list(x.shape), align_corners=False)
-    return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
+        b, _, h, w = x.shape
+        dev = x.device
+        if integer_shift:
+            shift = torch.randint(
+                -int(shift_px), int(shift_px) + 1, (b, 2), device=dev, generator=generator
+            ).float()
+        else:
+            shift = (torch.rand(b, 2, device=dev, generator=generator) * 2 - 1) * shift_px
+        angle = (torch.rand(b, device=dev, generator=generator) * 2 - 1) * math.radians(max_degrees)
+        zoom = torch.empty(b, device=dev).uniform_(*scale, generator=generator)
+        sign = (
+            torch.where(torch.rand(b, device=dev, generator=generator) < 0.5, -1.0, 1.0)
+            if flip
+            else torch.ones(b, device=dev)
+        )
+        cos, sin = torch.cos(angle) / zoom, torch.sin(angle) / zoom
+        theta = torch.zeros(b, 2, 3, device=dev)
+        theta[:, 0, 0], theta[:, 0, 1] = cos * sign, -sin
+        theta[:, 1, 0], theta[:, 1, 1] = sin * sign, cos
+        theta[:, 0, 2] = shift[:, 0] * 2 / w  # normalised coordinates span 2 over the image
+        theta[:, 1, 2] = shift[:, 1] * 2 / h
+        grid = F.affine_grid(theta, list(x.shape), align_corners=False)
+        return F.grid_sample(x, grid, mode="bilinear", padding_mode=padding_mode, align_corners=False)
 
 
 def _grey(x: torch.Tensor) -> torch.Tensor:
