@@ -136,3 +136,42 @@ def browser():
         browser = playwright.chromium.launch(executable_path=CHROMIUM, args=CHROMIUM_ARGS)
         yield browser
         browser.close()
+
+
+# With pytest-xdist (`bash .ci/run` runs `-n 2 --dist loadgroup`), every test that drives
+# Chromium runs on one worker, in the order written (the browser modules share an app server and
+# their tests build on each other); the other tests spread over the workers meanwhile, one by
+# one. A scheduler of our own does it: xdist 3.8's own `xdist_group` marks group nothing under
+# pytest 9.2 (xdist renames `item._nodeid`, which pytest no longer reads), so the browser tests
+# ran on both workers and those needing an earlier test's trained run failed.
+BROWSER_FILES = ("tests/browser/", "tests/safety/test_browser_crash.py")
+
+
+def work_unit(nodeid: str) -> str:
+    """The unit of work a test goes to a worker in: "browser" for the browser files, else itself."""
+    return "browser" if nodeid.startswith(BROWSER_FILES) else nodeid
+
+
+@pytest.hookimpl(optionalhook=True)
+def pytest_xdist_make_scheduler(config, log):
+    if config.getvalue("dist") != "loadgroup":
+        return None
+    from xdist.scheduler import LoadScopeScheduling
+
+    class BrowserTestsTogether(LoadScopeScheduling):
+        # Largest unit first (xdist's default reordering): the browser tests start at once.
+        def _split_scope(self, nodeid: str) -> str:
+            return work_unit(nodeid)
+
+    return BrowserTestsTogether(config, log)
+
+
+def pytest_collection_modifyitems(config, items):
+    """A test that opens Chromium outside BROWSER_FILES would run beside the others: refused."""
+    stray = [
+        i.nodeid
+        for i in items
+        if "browser" in getattr(i, "fixturenames", ()) and work_unit(i.nodeid) != "browser"
+    ]
+    if stray:
+        raise pytest.UsageError(f"Browser tests outside {BROWSER_FILES} (tests/conftest.py): {stray[:3]}")
