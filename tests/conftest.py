@@ -140,10 +140,11 @@ def browser():
 
 # With pytest-xdist (`bash .ci/run` runs `-n 2 --dist loadgroup`), every test that drives
 # Chromium runs on one worker, in the order written (the browser modules share an app server and
-# their tests build on each other); the other tests spread over the workers meanwhile, one by
-# one. A scheduler of our own does it: xdist 3.8's own `xdist_group` marks group nothing under
-# pytest 9.2 (xdist renames `item._nodeid`, which pytest no longer reads), so the browser tests
-# ran on both workers and those needing an earlier test's trained run failed.
+# their tests build on each other); the other tests go one by one to whichever worker is free,
+# so to the other one while the browser tests run. A scheduler of our own does it, for every
+# distribution mode but "each": xdist 3.8's own `xdist_group` marks group nothing under pytest
+# 9.2 (xdist renames `item._nodeid`, which pytest no longer reads), so the browser tests ran on
+# both workers and those needing an earlier test's trained run failed.
 BROWSER_FILES = ("tests/browser/", "tests/safety/test_browser_crash.py")
 
 
@@ -154,7 +155,7 @@ def work_unit(nodeid: str) -> str:
 
 @pytest.hookimpl(optionalhook=True)
 def pytest_xdist_make_scheduler(config, log):
-    if config.getvalue("dist") != "loadgroup":
+    if config.getvalue("dist") in ("each", "no"):
         return None
     from xdist.scheduler import LoadScopeScheduling
 
@@ -166,12 +167,8 @@ def pytest_xdist_make_scheduler(config, log):
     return BrowserTestsTogether(config, log)
 
 
-def pytest_collection_modifyitems(config, items):
-    """A test that opens Chromium outside BROWSER_FILES would run beside the others: refused."""
-    stray = [
-        i.nodeid
-        for i in items
-        if "browser" in getattr(i, "fixturenames", ()) and work_unit(i.nodeid) != "browser"
-    ]
-    if stray:
-        raise pytest.UsageError(f"Browser tests outside {BROWSER_FILES} (tests/conftest.py): {stray[:3]}")
+def pytest_runtest_setup(item):
+    """A test that opens Chromium outside BROWSER_FILES would run beside the other tests: it
+    fails, saying so (at setup, so that an xdist worker reports it like any failure)."""
+    if "browser" in getattr(item, "fixturenames", ()) and work_unit(item.nodeid) != "browser":
+        pytest.fail(f"A browser test outside {BROWSER_FILES}: add its file there (tests/conftest.py).")
