@@ -572,6 +572,12 @@ def scan(folder: Path, data_root: Path, max_file_bytes: int) -> Iterator[tuple[s
     def shown(path: str) -> str:
         return _printable(Path(os.path.relpath(path, folder)).as_posix())
 
+    def shown_folder(path: str) -> str:
+        """A refused folder's shown path ends in "/", as an unused class folder's does, so the
+        report counts it as a folder (`ui.project.skipped_words`), not a file."""
+        rel = shown(path)
+        return rel if rel == "." else rel + "/"
+
     errors: list[OSError] = []
     for dirpath, depth, dirnames, filenames in _walk(folder, errors.append):
         while errors:
@@ -579,7 +585,7 @@ def scan(folder: Path, data_root: Path, max_file_bytes: int) -> Iterator[tuple[s
             yield (
                 "",
                 "",
-                shown(error.filename or str(folder)),
+                shown_folder(error.filename or str(folder)),
                 f"cannot read folder ({error.strerror or error})",
             )
         for name in list(dirnames):
@@ -593,7 +599,7 @@ def scan(folder: Path, data_root: Path, max_file_bytes: int) -> Iterator[tuple[s
                 reason = TOO_DEEP
             if reason:
                 dirnames.remove(name)
-                yield "", full, shown(full), reason
+                yield "", full, shown_folder(full), reason
         # Relative paths per folder, not per file: a million relpath calls cost seconds.
         rel_dir = Path(os.path.relpath(dirpath, folder)).as_posix()
         key_dir = Path(os.path.relpath(dirpath, data_root)).as_posix()
@@ -625,7 +631,12 @@ def scan(folder: Path, data_root: Path, max_file_bytes: int) -> Iterator[tuple[s
             yield key_prefix + name, full, rel, None
     while errors:
         error = errors.pop()
-        yield "", "", shown(error.filename or str(folder)), f"cannot read folder ({error.strerror or error})"
+        yield (
+            "",
+            "",
+            shown_folder(error.filename or str(folder)),
+            f"cannot read folder ({error.strerror or error})",
+        )
 
 
 def _walk(

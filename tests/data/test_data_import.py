@@ -82,7 +82,14 @@ def test_wrapper_folders_are_looked_through_and_deeper_levels_use_the_first(tmp_
     data = import_folder(tmp_path)
     assert data.keys == ["cat/x/y/1.png", "dog/2.png"]
     assert data.classes == ["cat", "dog"] and data.truth.tolist() == [0, 1]
-    assert reasons(data) == {".DS_Store": "hidden file", "__MACOSX": "hidden folder or macOS metadata"}
+    assert reasons(data) == {".DS_Store": "hidden file", "__MACOSX/": "hidden folder or macOS metadata"}
+    # The Project page's report counts the refused folder as a folder (it said "2 files").
+    from labeler.ui.project import skipped_words
+
+    assert (
+        skipped_words([shown for shown, _ in data.skipped])
+        == "1 file and 1 folder were skipped when importing."
+    )
 
 
 def test_flat_folder_has_no_classes_unless_given(tmp_path):
@@ -145,7 +152,7 @@ def test_every_skip_reason(tmp_path):
     assert got["lie.png"] == "content is JPEG but the extension is .png"
     assert got["text.jpg"].startswith("not an image")
     assert got["z_copy.png"] == "duplicate of ok.png"
-    assert got["link.png"] == "symbolic link" and got["linked_dir"] == "symbolic link"
+    assert got["link.png"] == "symbolic link" and got["linked_dir/"] == "symbolic link"
     assert got["pipe.png"] == "not a regular file"
     assert len(data.skipped) == 10
 

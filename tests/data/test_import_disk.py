@@ -248,7 +248,7 @@ def test_folder_nested_too_deep_is_skipped_with_a_reason(tmp_path):
         _remove_upwards(folder, stop=root / "cat")
     assert data.keys == ["cat/0.png", "dog/0.png"]
     ((shown, reason),) = data.skipped
-    assert reason == importer.TOO_DEEP and shown == "cat" + "/d" * importer.MAX_DEPTH
+    assert reason == importer.TOO_DEEP and shown == "cat" + "/d" * importer.MAX_DEPTH + "/"
 
 
 def _remove_upwards(folder: Path, stop: Path) -> None:

@@ -236,7 +236,7 @@ def test_a_class_folder_with_no_image_imported_is_named_in_the_report(Session, t
         reasons = dict(skipped)
         assert reasons["empty/"] == reasons["junk/"] == importer.NOT_A_CLASS
         assert reasons["junk/readme.txt"].startswith("not an image")
-        assert ".thumbnails/" not in reasons
+        assert reasons[".thumbnails/"] == "hidden folder or macOS metadata"  # not NOT_A_CLASS
     # Run again on the same staging folder (an import that resumes): each folder is named once.
     again = staging.stage_folder(source, tmp_path / "stage")
     assert [path for chunk in again.skipped() for path, _ in chunk].count("empty/") == 1
