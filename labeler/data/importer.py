@@ -499,7 +499,10 @@ def _import_tree(
             )
         index = {name: i for i, name in enumerate(class_names)}
         truth = np.array([index[name] for name in found], dtype=np.int64)
-        skipped.extend(unused_class_folders(folder, data_root, class_names))
+        named = {shown for shown, _ in skipped}  # an unreadable class folder is named once
+        skipped.extend(
+            row for row in unused_class_folders(folder, data_root, class_names) if row[0] not in named
+        )
     return ImageSet(
         pixels=pixels,
         keys=keys,

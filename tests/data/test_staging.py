@@ -246,3 +246,27 @@ def test_a_class_folder_with_no_image_imported_is_named_in_the_report(Session, t
         assert queries.class_names(session, project.id) == ["cat", "dog"]
         report = {issue.path: issue.reason for issue in queries.import_issues(session, project.id)}
     assert report["empty/"] == report["junk/"] == importer.NOT_A_CLASS
+
+
+def test_an_unreadable_class_folder_is_named_once_with_its_reason(Session, tmp_path, monkeypatch):
+    """It was named twice: "cannot read folder" and "not a class"."""
+    source = make_folder(tmp_path / "src", n=3)
+    (source / "bird").mkdir()
+    (source / "bird" / "0.png").write_bytes(png(7))
+    scandir = os.scandir
+
+    def refuse_bird(path):  # the tests run as root, which chmod cannot keep out
+        if os.path.basename(os.fspath(path)) == "bird":
+            raise PermissionError(13, "Permission denied", os.fspath(path))
+        return scandir(path)
+
+    monkeypatch.setattr(importer.os, "scandir", refuse_bird)
+    staged = staging.stage_folder(source, tmp_path / "stage")
+    for classes, skipped in (
+        (staged.classes, [pair for chunk in staged.skipped() for pair in chunk]),
+        (import_folder(source).classes, import_folder(source).skipped),
+    ):
+        assert classes == ["cat", "dog"]
+        assert [reason for shown, reason in skipped if shown.startswith("bird")] == [
+            "cannot read folder (Permission denied)"
+        ]
