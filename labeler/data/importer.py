@@ -407,6 +407,13 @@ NOT_A_CLASS = (
 )
 
 
+def shown_folder(path: str, folder: Path) -> str:
+    """A folder as the import report shows it: relative to the imported `folder`, printable,
+    ending in "/" so that the report counts it as a folder (`ui.project.skipped_words`)."""
+    rel = _printable(Path(os.path.relpath(path, folder)).as_posix())
+    return rel if rel == "." else rel + "/"
+
+
 def unused_class_folders(folder: Path, data_root: Path, classes: Sequence[str]) -> list[tuple[str, str]]:
     """(shown path, reason) for each class folder (a visible folder at the top of `data_root`)
     that is not among `classes` because no image in it was imported: an empty class folder
@@ -416,7 +423,7 @@ def unused_class_folders(folder: Path, data_root: Path, classes: Sequence[str]) 
     except OSError:
         return []
     return [
-        (_printable(Path(os.path.relpath(entry.path, folder)).as_posix()) + "/", NOT_A_CLASS)
+        (shown_folder(entry.path, folder), NOT_A_CLASS)
         for entry in entries
         if entry.is_dir(follow_symlinks=False) and not _ignored(entry.name) and entry.name not in classes
     ]
@@ -572,15 +579,6 @@ def scan(folder: Path, data_root: Path, max_file_bytes: int) -> Iterator[tuple[s
     shown path, None) for a candidate image and ("", path, shown path, reason) for the rest.
     A generator: a folder of a million files is walked without a list of them in memory."""
 
-    def shown(path: str) -> str:
-        return _printable(Path(os.path.relpath(path, folder)).as_posix())
-
-    def shown_folder(path: str) -> str:
-        """A refused folder's shown path ends in "/", as an unused class folder's does, so the
-        report counts it as a folder (`ui.project.skipped_words`), not a file."""
-        rel = shown(path)
-        return rel if rel == "." else rel + "/"
-
     errors: list[OSError] = []
     for dirpath, depth, dirnames, filenames in _walk(folder, errors.append):
         while errors:
@@ -588,7 +586,7 @@ def scan(folder: Path, data_root: Path, max_file_bytes: int) -> Iterator[tuple[s
             yield (
                 "",
                 "",
-                shown_folder(error.filename or str(folder)),
+                shown_folder(error.filename or str(folder), folder),
                 f"cannot read folder ({error.strerror or error})",
             )
         for name in list(dirnames):
@@ -602,7 +600,7 @@ def scan(folder: Path, data_root: Path, max_file_bytes: int) -> Iterator[tuple[s
                 reason = TOO_DEEP
             if reason:
                 dirnames.remove(name)
-                yield "", full, shown_folder(full), reason
+                yield "", full, shown_folder(full, folder), reason
         # Relative paths per folder, not per file: a million relpath calls cost seconds.
         rel_dir = Path(os.path.relpath(dirpath, folder)).as_posix()
         key_dir = Path(os.path.relpath(dirpath, data_root)).as_posix()
@@ -637,7 +635,7 @@ def scan(folder: Path, data_root: Path, max_file_bytes: int) -> Iterator[tuple[s
         yield (
             "",
             "",
-            shown_folder(error.filename or str(folder)),
+            shown_folder(error.filename or str(folder), folder),
             f"cannot read folder ({error.strerror or error})",
         )
 

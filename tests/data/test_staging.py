@@ -248,7 +248,7 @@ def test_a_class_folder_with_no_image_imported_is_named_in_the_report(Session, t
     assert report["empty/"] == report["junk/"] == importer.NOT_A_CLASS
 
 
-def test_an_unreadable_class_folder_is_named_once_with_its_reason(Session, tmp_path, monkeypatch):
+def test_an_unreadable_class_folder_is_named_once_with_its_reason(tmp_path, monkeypatch):
     """It was named twice: "cannot read folder" and "not a class"."""
     source = make_folder(tmp_path / "src", n=3)
     (source / "bird").mkdir()
@@ -262,9 +262,10 @@ def test_an_unreadable_class_folder_is_named_once_with_its_reason(Session, tmp_p
 
     monkeypatch.setattr(importer.os, "scandir", refuse_bird)
     staged = staging.stage_folder(source, tmp_path / "stage")
+    in_memory = import_folder(source)
     for classes, skipped in (
         (staged.classes, [pair for chunk in staged.skipped() for pair in chunk]),
-        (import_folder(source).classes, import_folder(source).skipped),
+        (in_memory.classes, in_memory.skipped),
     ):
         assert classes == ["cat", "dog"]
         assert [reason for shown, reason in skipped if shown.startswith("bird")] == [
