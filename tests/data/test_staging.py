@@ -219,6 +219,16 @@ def test_a_second_import_of_the_same_folder_while_one_runs_is_refused(Session, t
     assert project_state(Session, project.id)[0][-1][0] == 21
 
 
+def both_imports(source: Path, stage: Path) -> list[tuple[list[str], list[tuple[str, str]]]]:
+    """(classes, skipped rows) of `source` staged in `stage` and imported in memory."""
+    staged = staging.stage_folder(source, stage)
+    in_memory = import_folder(source)
+    return [
+        (staged.classes, [pair for chunk in staged.skipped() for pair in chunk]),
+        (in_memory.classes, in_memory.skipped),
+    ]
+
+
 def test_a_class_folder_with_no_image_imported_is_named_in_the_report(Session, tmp_path):
     """An empty class folder vanished from the project's classes without a note (exploratory)."""
     source = make_folder(tmp_path / "src", n=3)
@@ -226,12 +236,7 @@ def test_a_class_folder_with_no_image_imported_is_named_in_the_report(Session, t
     (source / "junk").mkdir()
     (source / "junk" / "readme.txt").write_text("not an image")
     (source / ".thumbnails").mkdir()  # hidden: skipped as such, not a class folder
-    staged = staging.stage_folder(source, tmp_path / "stage")
-    in_memory = import_folder(source)
-    for classes, skipped in (
-        (staged.classes, [pair for chunk in staged.skipped() for pair in chunk]),
-        (in_memory.classes, in_memory.skipped),
-    ):
+    for classes, skipped in both_imports(source, tmp_path / "stage"):
         assert classes == ["cat", "dog"]
         reasons = dict(skipped)
         assert reasons["empty/"] == reasons["junk/"] == importer.NOT_A_CLASS
@@ -261,12 +266,7 @@ def test_an_unreadable_class_folder_is_named_once_with_its_reason(tmp_path, monk
         return scandir(path)
 
     monkeypatch.setattr(importer.os, "scandir", refuse_bird)
-    staged = staging.stage_folder(source, tmp_path / "stage")
-    in_memory = import_folder(source)
-    for classes, skipped in (
-        (staged.classes, [pair for chunk in staged.skipped() for pair in chunk]),
-        (in_memory.classes, in_memory.skipped),
-    ):
+    for classes, skipped in both_imports(source, tmp_path / "stage"):
         assert classes == ["cat", "dog"]
         assert [reason for shown, reason in skipped if shown.startswith("bird")] == [
             "cannot read folder (Permission denied)"
