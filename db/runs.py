@@ -35,7 +35,7 @@ from .models import (
     RunMetric,
     utcnow,
 )
-from .queries import _current_event_ids, analyze, done_runs_newest_first, lock_for_write
+from .queries import _current_event_ids, analyze, current_labels, done_runs_newest_first, lock_for_write
 
 FINISHED_STATUSES = (DONE, "failed", CANCELLED, INTERRUPTED)
 
@@ -456,6 +456,23 @@ def record_progress(
     add_metrics(session, run_id, step, seconds, {k: float(v) for k, v in losses.items()})
     cancel = session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
     return cancel is None or bool(cancel)
+
+
+def audit_now(
+    session: Session, project_id: int, item_ids: Sequence[int], predicted: Sequence[int]
+) -> tuple[int, int]:
+    """(answered, right): the project's audit images as they are answered now ("ignore" answers
+    left out) against `predicted` (one class per item of `item_ids`). A run's audit accuracy is
+    measured on these when it is stored, so answers given or corrected while it trained count
+    (the README's "labeled when it finished"; it used the answers of its start)."""
+    audit = set(session.scalars(select(Item.id).where(Item.project_id == project_id, Item.split == AUDIT)))
+    answered = current_labels(session, project_id)
+    pairs = [
+        (answered[item], int(guess))
+        for item, guess in zip(item_ids, predicted)
+        if item in audit and item in answered
+    ]
+    return len(pairs), sum(answer == guess for answer, guess in pairs)
 
 
 def store_round(

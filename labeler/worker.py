@@ -54,6 +54,7 @@ from db.models import (
 )
 
 from .config import SettingError, default_device
+from .evaluate import wilson_interval
 from .models import Progress, TrainingCancelled, TrainingDiverged, save_checkpoint
 from .round import RoundResult, run_round
 from .runspec import RunSpec
@@ -400,8 +401,13 @@ class Worker:
             "device": self.device,
             "timing": result.timing,
         }
-        outcome = self._write_through_outage(
-            lambda session: run_queries.store_round(
+
+        def store(session: Session) -> str:
+            # The audit answers standing now, not those the run started with (`audit_now`).
+            n, right = run_queries.audit_now(
+                session, inputs.project_id, inputs.item_ids, columns["predicted"]
+            )
+            return run_queries.store_round(
                 session,
                 inputs.run_id,
                 columns,
@@ -409,12 +415,13 @@ class Worker:
                 step=result.steps,
                 seconds=seconds,
                 test_accuracy=result.test_accuracy,
-                audit_n=result.audit_n,
-                audit_accuracy=result.audit_accuracy,
-                audit_interval=result.audit_interval,
+                audit_n=n,
+                audit_accuracy=right / n if n else None,
+                audit_interval=wilson_interval(right, n) if n else (None, None),
                 metrics=metrics,
             )
-        )
+
+        outcome = self._write_through_outage(store)
         if outcome != DONE:
             checkpoint.unlink(missing_ok=True)
         else:

@@ -160,6 +160,39 @@ def test_worker_runs_a_queued_run_to_done_with_predictions(Session, project):
     assert worker.process_one() is False  # queue empty
 
 
+def test_a_runs_audit_accuracy_counts_the_audit_answers_given_while_it_trained(Session, project, monkeypatch):
+    """A run's audit point is measured on the audit answers standing when it is stored (README:
+    "labeled when it finished"): it used those of its start, so audit images labeled during a
+    run were left out and a corrected one counted with its old answer (exploratory session)."""
+    original = Worker._round
+
+    def round_then_answer(self, inputs, spec, start, notes):
+        result = original(self, inputs, spec, start, notes)
+        with Session.begin() as session:  # while the run "trained": two new answers, one corrected
+            guesses = dict(zip(inputs.item_ids, result.prediction_columns()["predicted"].tolist()))
+            answered = queries.current_labels(session, project.id)
+            audit = queries.items(session, project.id, split=AUDIT)
+            for item in [i for i in audit if i.id not in answered]:
+                queries.add_label(session, item, item.truth)
+            corrected = next(i for i in audit if i.id in answered)
+            queries.add_label(session, corrected, 1 - guesses[corrected.id])  # a class not guessed
+        return result
+
+    monkeypatch.setattr(Worker, "_round", round_then_answer)
+    run_id = queue(Session, project.id)
+    assert Worker(Session, device="cpu", name="t", write_every_s=0.0).process_one() is True
+    run = get_run(Session, run_id)
+    assert run.status == DONE, run.error
+    with Session() as session:
+        guesses = {p.item_id: p.predicted for p in run_queries.predictions(session, run_id)}
+        answers = queries.current_labels(session, project.id)
+        audit = [item.id for item in queries.items(session, project.id, split=AUDIT)]
+    assert run.audit_n == 4 == len(audit)  # the two answered at the start, and two more
+    right = sum(guesses[i] == answers[i] for i in audit)
+    assert right < 4 and run.audit_accuracy == pytest.approx(right / 4)
+    assert run.audit_low <= run.audit_accuracy <= run.audit_high
+
+
 def test_a_short_database_outage_does_not_fail_the_run(Session, project, monkeypatch):
     """The first missed progress write failed the run (its minutes lost), and the end could not
     be written either, so later it read "the worker stopped" (found by an exploratory session)."""
