@@ -1,4 +1,5 @@
-"""The Latent space page: every image's 2-D latent point from the newest finished run.
+"""The Latent space page: every pool image's 2-D latent point from the newest finished run (audit
+images are left off: they are answered one at a time without the model's guess).
 
 Coloured by the label, the model's prediction or its uncertainty (entropy); labeled images are
 drawn as crosses. A lasso or box selection shows those images and can label them all at once
@@ -42,7 +43,8 @@ COLOUR_BY = {"label": "Label", "prediction": "Prediction", "uncertainty": "Uncer
 def points_frame(
     session, project_id: int, run_id: int, names: list[str], max_points: int = MAX_POINTS, seed: int = 0
 ) -> pd.DataFrame:
-    """One row per shown item (pool and audit; the test split is never shown), with its label.
+    """One row per shown item (the pool: the test split is never shown, nor the audit set, whose
+    images are answered one at a time without the model's guess), with its label.
 
     Above `max_points` every labeled item is kept and the rest is a fixed random sample.
     """
@@ -76,12 +78,14 @@ def points_frame(
 def _cached_predictions(url: str, run_id: int) -> pd.DataFrame:
     with common.session_factory()() as session:
         frame = run_queries.predictions_frame(session, run_id)
-    return frame[frame["split"].isin([POOL, AUDIT])].reset_index(drop=True)
+    return frame[frame["split"] == POOL].reset_index(drop=True)
 
 
 def _shown_predictions(session, run_id: int) -> pd.DataFrame:
-    """The run's pool and audit predictions; inside the app read once per run and process (a
-    finished run's predictions never change), elsewhere read with `session`."""
+    """The run's pool predictions; inside the app read once per run and process (a finished
+    run's predictions never change), elsewhere read with `session`. Audit images are left off
+    the map: it shows the model's guesses, and a cluster labeled at once is not the independent
+    sample the audit accuracy needs (an exploratory session bulk-labeled 5 audit images)."""
     from streamlit.runtime import exists
 
     if exists():
@@ -89,7 +93,7 @@ def _shown_predictions(session, run_id: int) -> pd.DataFrame:
 
         return _cached_predictions(db_url(), run_id)
     frame = run_queries.predictions_frame(session, run_id)
-    return frame[frame["split"].isin([POOL, AUDIT])].reset_index(drop=True)
+    return frame[frame["split"] == POOL].reset_index(drop=True)
 
 
 # The categorical colours of plotly express, so the map looks as it did before WebGL.
@@ -556,6 +560,7 @@ def latent_page() -> None:
             return
         run = _map_run(session, project.id, newest)
         frame = _map_frame(session, project.id, run.id, names)
+        n_audit = queries.count_items(session, project.id, AUDIT)
     kind, text = st.session_state.pop("latent_message", (None, None))
     if kind:
         getattr(st, kind)(common.as_typed(text))
@@ -574,6 +579,13 @@ def latent_page() -> None:
     st.caption(
         f"Run {run.id} ({run.model}): {len(frame)} images, 2-D projection of the latent codes. "
         "Draw a lasso or a box to select images; crosses are labeled."
+        + (
+            f" The {n_audit} audit {common.by_count(n_audit, 'image is', 'images are')} not on the map: "
+            "they are answered one at a time on the Label page, without the model's guess, so the "
+            "accuracy measured on them stays fair."
+            if n_audit
+            else ""
+        )
     )
     event = st.plotly_chart(
         scatter(frame, colour, names),
@@ -669,14 +681,26 @@ def _selection_panel(
         on_change=_remember_bulk_class,
         args=(project_id, list(names)),
     )
-    left.checkbox("Relabel images that already have a label", key="bulk_relabel")
+    relabel = left.checkbox("Relabel images that already have a label", key="bulk_relabel")
     as_class = (
         f" as {names[chosen_class]}" if isinstance(chosen_class, int) and chosen_class < len(names) else ""
     )
+    # What a click labels: without "relabel", the images with no answer yet ("ignore" is one);
+    # the button said "Label 46 images" where 13 had an answer and 33 were labeled.
+    answered = int(chosen["answer_event"].notna().sum()) if "answer_event" in chosen else 0
+    count = len(chosen) if relabel else len(chosen) - answered
     right.button(
-        common.as_typed(f"Label {len(chosen)} {common.by_count(len(chosen), 'image', 'images')}{as_class}"),
+        common.as_typed(f"Label {count} {common.by_count(count, 'image', 'images')}{as_class}"),
         key=f"bulk_apply-{common.tag(sorted(int(i) for i in chosen.index))}",  # see common.tag
         type="primary",
+        disabled=count == 0,
         on_click=_bulk_label,
         args=(project_id, [int(i) for i in chosen.index], list(names), frame),
     )
+    if answered and not relabel:
+        have = common.by_count(
+            answered,
+            "has an answer already and is left as it is",
+            "have an answer already and are left as they are",
+        )
+        left.caption(f'{answered} of the {len(chosen)} {have} (tick "relabel" to change them).')

@@ -587,8 +587,47 @@ def test_the_bulk_label_starts_on_no_class_and_its_button_names_the_class(Sessio
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {}
     assert "Choose the label first" in str(at.session_state["latent_message"])
-    selector.set_value(1).run()
+    next(box for box in at.selectbox if box.key.startswith("bulk_class-")).set_value(1).run()
     assert button(at, "bulk_apply").label == "Label 3 images as 1"
+
+
+def test_the_bulk_label_button_counts_only_the_images_it_labels(Session, tiny_project):
+    """With 13 of 46 selected images answered already and "relabel" off, the button read "Label 46
+    images" and 33 were labeled (exploratory session)."""
+    at, ids = _selection_panel_app(Session, tiny_project, 3)
+    with Session.begin() as session:
+        queries.add_label(session, ids[0], 0, annotator="bob")
+    next(box for box in at.selectbox if box.key.startswith("bulk_class-")).set_value(1)
+    at.run()
+    assert button(at, "bulk_apply").label == "Label 2 images as 1" and not button(at, "bulk_apply").disabled
+    assert any("1 of the 3 has an answer already and is left as it is" in c.value for c in at.caption)
+    at.checkbox(key="bulk_relabel").check().run()
+    assert button(at, "bulk_apply").label == "Label 3 images as 1" and not at.caption
+    at.checkbox(key="bulk_relabel").uncheck().run()
+    with Session.begin() as session:
+        queries.add_labels(session, ids[1:], 0, annotator="bob")
+    at.run()
+    assert button(at, "bulk_apply").label == "Label 0 images as 1" and button(at, "bulk_apply").disabled
+
+
+def test_the_latent_map_leaves_the_audit_images_off_and_says_why(Session, tiny_project):
+    """The map showed audit images with the model's guess, and a cluster lassoed there labeled 5
+    of them at once (exploratory session): audit answers are given one at a time without a guess."""
+    from sqlalchemy import update
+
+    from db.models import AUDIT, Item
+
+    with Session.begin() as session:
+        audit = [i.id for i in queries.items(session, tiny_project.id, "pool")[-4:]]
+        session.execute(update(Item).where(Item.id.in_(audit)).values(split=AUDIT))
+    run_id = fake_done_run(Session, tiny_project.id)
+    with Session() as session:
+        frame = latent.points_frame(session, tiny_project.id, run_id, ["0", "1"])
+        pool = {i.id for i in queries.items(session, tiny_project.id, "pool")}
+    assert set(frame["item_id"]) == pool and not set(audit) & set(frame["item_id"])
+    at = page_app("latent", tiny_project.id)
+    assert not at.exception
+    assert any("The 4 audit images are not on the map" in c.value for c in at.caption)
 
 
 def test_selection_panel_labels_the_selection_at_once(Session, tiny_project):
