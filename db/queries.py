@@ -363,8 +363,11 @@ def label_history(
 ) -> list[tuple[LabelEvent, Item]]:
     """Current answers, newest first (older than the event `before`, for the next page: an
     answer corrected or undone on a newer page does not shift one past the person), for browsing
-    and correcting: optionally one class, one annotator, or only those where the answer differs
-    from the model's guess at the time."""
+    and correcting: optionally one class, one annotator, or (`disagree`) only answers to pool
+    images whose class the newest finished run does not predict: likely mistakes, whatever the
+    answer was given with (the guess shown then left out answers given before any run, in bulk
+    or to audit images). Audit answers are left out there: correcting only those the model
+    disputes would flatter the audit accuracy."""
     newest = _current_event_ids(project_id)
     query = (
         select(LabelEvent, Item)
@@ -380,8 +383,15 @@ def label_history(
     if annotator is not None:
         query = query.where(LabelEvent.annotator == annotator)
     if disagree:
-        query = query.where(
-            LabelEvent.predicted_index.is_not(None), LabelEvent.predicted_index != LabelEvent.class_index
+        run_id = latest_done_run_id(session, project_id)
+        if run_id is None:
+            return []
+        query = query.join(
+            Prediction, and_(Prediction.run_id == run_id, Prediction.item_id == LabelEvent.item_id)
+        ).where(
+            Item.split == POOL,
+            LabelEvent.class_index != IGNORED,
+            Prediction.predicted != LabelEvent.class_index,
         )
     return [(event, item) for event, item in session.execute(query)]
 

@@ -252,6 +252,16 @@ def predictions(session: Session, run_id: int) -> list[Prediction]:
     )
 
 
+def guesses(session: Session, run_id: int, item_ids: Sequence[int]) -> dict[int, tuple[int, float]]:
+    """{item_id: (predicted class, confidence)} of the run for those items."""
+    rows = session.execute(
+        select(Prediction.item_id, Prediction.predicted, Prediction.confidence).where(
+            Prediction.run_id == run_id, Prediction.item_id.in_(list(item_ids))
+        )
+    )
+    return {item_id: (predicted, confidence) for item_id, predicted, confidence in rows}
+
+
 def predictions_frame(session: Session, run_id: int):
     """The run's predictions joined with their items (row, key, split, truth) as a DataFrame."""
     import pandas as pd

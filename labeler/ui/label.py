@@ -1550,7 +1550,13 @@ def _history(project_id: int, names: list[str]) -> None:
     who = b.selectbox(
         "Annotator", [None, *people], key="hist_who", format_func=lambda p: everyone if p is None else p
     )
-    disagree = c.checkbox("Only where the answer differs from the model's guess", key="hist_disagree")
+    disagree = c.checkbox(
+        "Only answers the newest model disagrees with",
+        key="hist_disagree",
+        help="Answers to pool images that the newest finished run puts in another class (its guess "
+        "is under each): likely mistakes. Audit answers are left out: correcting only those the "
+        "model disputes would flatter its audit accuracy.",
+    )
     # Pages of HISTORY_ROWS, newest first, each starting below the last answer of the one before
     # (`starts`); other filters start on the first page again.
     filters = (which, who, disagree)
@@ -1577,9 +1583,17 @@ def _history(project_id: int, names: list[str]) -> None:
         last_shown = rows[-1][0].id if rows else None
         st.session_state[_SET_NOW] = set()
         rows = _with_unsaved(session, project_id, rows, names)
+        newest_run = queries.latest_done_run_id(session, project_id) if disagree else None
+        guessed = (
+            run_queries.guesses(session, newest_run, [item.id for _, item in rows]) if newest_run else {}
+        )
     page = len(starts)
     if not rows:
-        st.info("No answers match.")
+        st.info(
+            "No answers match."
+            if not disagree or newest_run is not None
+            else "No answers match: no run has finished yet, so there is no model to disagree."
+        )
         return
     kept = f", and {len(rows) - newest} you changed that are not saved yet" if len(rows) > newest else ""
     shown_words = (
@@ -1609,9 +1623,13 @@ def _history(project_id: int, names: list[str]) -> None:
     columns = st.columns(6)
     for n, (event, item) in enumerate(rows):
         with columns[n % len(columns)]:
+            guess = guessed.get(item.id)
+            model_says = (
+                f" · model: {names[guess[0]]} ({guess[1]:.0%})" if guess and guess[0] < len(names) else ""
+            )
             st.image(
                 _data_url(project_id, item.row, item.path, 240),
-                caption=common.as_typed(caption(item)),
+                caption=common.as_typed(caption(item) + model_says),
                 width="stretch",
             )
             tile = _tile_of(item.id, event.id)

@@ -987,6 +987,35 @@ def test_the_history_pages_through_every_answer(Session, tiny_project, monkeypat
     assert list(_history_tiles(at)) == newest_first[4:8]  # by position it skipped newest_first[4]
 
 
+def test_the_history_finds_pool_answers_the_newest_model_disagrees_with(Session, tiny_project):
+    """The filter compared each answer with the guess shown when it was given, so answers given
+    before any run, in bulk or to audit images never matched: deliberately wrong labels the
+    newest run put in their true class 99 % sure were not found (exploratory session). Now: pool
+    answers the newest run puts in another class, its guess shown; audit answers are left out."""
+    from sqlalchemy import update
+
+    from db.models import Item
+
+    with Session.begin() as session:
+        right, wrong, bulk, audit = queries.items(session, tiny_project.id, "pool")[:4]
+        session.execute(update(Item).where(Item.id == audit.id).values(split=AUDIT))
+        queries.add_label(session, right.id, right.truth)
+        queries.add_label(session, wrong.id, 1 - wrong.truth)
+        queries.add_labels(session, [bulk.id], 1 - bulk.truth, annotator="tester", kind="bulk")
+        queries.add_label(session, audit.id, 1 - audit.truth)
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("History").run()
+    at.checkbox(key="hist_disagree").check().run()
+    assert not _history_tiles(at) and "no run has finished yet" in at.info[0].value
+    fake_done_run(Session, tiny_project.id)  # guesses every image's true class, 90 % sure
+    at.run()
+    assert set(_history_tiles(at)) == {wrong.id, bulk.id}
+    captions = [image.proto.imgs[0].caption.replace("\\", "") for image in at.get("image")]  # as typed
+    assert f"#{wrong.id} · model: {wrong.truth} (90%)" in captions, captions
+    at.checkbox(key="hist_disagree").uncheck().run()
+    assert set(_history_tiles(at)) == {right.id, wrong.id, bulk.id, audit.id}
+
+
 def test_a_grid_tile_shown_as_answered_meanwhile_is_never_stored(Session, tiny_project):
     """The page said "left as it is" and drew the tile without a choice; should that answer be
     undone before A, the tile's old pre-filled guess was stored under this person's name."""
