@@ -527,6 +527,10 @@ def _check_folder_import(
 ) -> tuple[int | None, list[str] | None]:
     """The checks of a folder import before it reads a file: the folder exists, and the image
     size and classes asked for are valid; returns them checked."""
+    if folder.exists() and not folder.is_dir():  # it said "does not exist" of a file given
+        if zipfile.is_zipfile(folder):
+            raise DataError(f"{folder} is a zip file, not a folder; import it as a zip.")
+        raise DataError(f"{folder} is a file, not a folder; give the folder that holds the images.")
     if not folder.is_dir():
         raise DataError(f"The folder {folder} does not exist; check the path.")
     if image_size is not None:

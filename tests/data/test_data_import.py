@@ -193,6 +193,14 @@ def test_odd_names_work(tmp_path):
 def test_nothing_to_import(tmp_path):
     with pytest.raises(DataError, match="does not exist"):
         import_folder(tmp_path / "missing")
+    # A file given as the folder was said not to exist (exploratory session).
+    write(tmp_path / "one.png", png(seed=1))
+    with pytest.raises(DataError, match=r"one.png is a file, not a folder; give the folder that holds"):
+        import_folder(tmp_path / "one.png")
+    with zipfile.ZipFile(tmp_path / "all.zip", "w") as archive:
+        archive.writestr("a/1.png", png(seed=1))
+    with pytest.raises(DataError, match=r"all.zip is a zip file, not a folder; import it as a zip\."):
+        import_folder(tmp_path / "all.zip")
     (tmp_path / "empty").mkdir()
     with pytest.raises(DataError, match="holds no images"):
         import_folder(tmp_path / "empty")
