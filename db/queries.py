@@ -74,10 +74,21 @@ def check_class_name(name: str) -> str:
     return check_text_name(name, "A class name", MAX_CLASS_NAME)
 
 
+def _check_new_name(name: str, others: Sequence[str]) -> None:
+    """A class name that differs from another only in case is refused too ("star" beside
+    "Star": two classes that read as one; an exploratory session added both)."""
+    same = [other for other in others if other.casefold() == name.casefold()]
+    if same:
+        raise ValueError(
+            f"There is already a class named {same[0]!r}."
+            if same[0] == name
+            else f"There is already a class named {same[0]!r}, which differs only in case; choose another name."
+        )
+
+
 def add_class(session: Session, project_id: int, name: str) -> LabelClass:
     name = check_class_name(name)
-    if name in class_names(session, project_id):
-        raise ValueError(f"There is already a class named {name!r}.")
+    _check_new_name(name, class_names(session, project_id))
     index = session.scalar(
         select(func.coalesce(func.max(LabelClass.index) + 1, 0)).where(LabelClass.project_id == project_id)
     )
@@ -89,9 +100,7 @@ def add_class(session: Session, project_id: int, name: str) -> LabelClass:
 
 def rename_class(session: Session, project_id: int, index: int, new_name: str) -> None:
     new_name = check_class_name(new_name)
-    others = [n for i, n in enumerate(class_names(session, project_id)) if i != index]
-    if new_name in others:
-        raise ValueError(f"There is already a class named {new_name!r}.")
+    _check_new_name(new_name, [n for i, n in enumerate(class_names(session, project_id)) if i != index])
     session.execute(
         update(LabelClass)
         .where(LabelClass.project_id == project_id, LabelClass.index == index)
