@@ -794,9 +794,15 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_says_so_and_leaves_no_half_f
             return {}
 
     path = tmp_path / "runs" / "1.pt"
+    handles = []
 
     def half_written(state, target):
-        Path(target).write_bytes(b"half")
+        # As PyTorch's writer: the file it opened (given a path) stays referenced from the
+        # exception's traceback, so it stayed open, and its unlink freed no space (exploratory).
+        file = open(target, "wb") if isinstance(target, (str, Path)) else target  # noqa: SIM115
+        handles.append(file)
+        file.write(b"half")
+        file.flush()
         raise RuntimeError("[enforce fail at inline_container.cc:672] . unexpected pos 64 vs 0")
 
     usage = namedtuple("usage", "total used free")
@@ -808,4 +814,5 @@ def test_a_checkpoint_that_does_not_fit_on_the_disk_says_so_and_leaves_no_half_f
     with pytest.raises(OSError) as raised:
         base.save_checkpoint(Model(), path)
     assert not list(path.parent.iterdir())  # no half file
+    assert handles and all(file.closed for file in handles)  # and no open handle keeping its space
     assert describe_error(raised.value).startswith("The disk is full")

@@ -472,7 +472,11 @@ def save_checkpoint(model: SSLModel, path: str | Path) -> Path:
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(path.suffix + ".tmp")
     try:
-        torch.save(model.state(), tmp)
+        # Our own handle, closed on the way out: given the path, PyTorch's writer kept the file
+        # open from the exception's traceback, so its unlink freed no space and the disk stayed
+        # full until the process ended (the run's failure could not be written; exploratory).
+        with open(tmp, "wb") as file:
+            torch.save(model.state(), file)
         tmp.replace(path)
     except BaseException as error:
         full = isinstance(error, Exception) and shutil.disk_usage(path.parent).free < DISK_FULL_BYTES
