@@ -26,6 +26,7 @@ import functools
 import os
 import re
 import shutil
+import sqlite3
 from collections.abc import Callable
 from pathlib import Path
 
@@ -282,7 +283,15 @@ def _create_staged(
     from .data import staging as stage
 
     try:
-        staged = stage.stage_folder(path, scratch, progress=progress)
+        try:
+            staged = stage.stage_folder(path, scratch, progress=progress)
+        except sqlite3.OperationalError as error:  # the staging folder's own database
+            if "full" not in str(error):  # SQLite's "database or disk is full"
+                raise
+            # It ended in a traceback and left the staging folder (exploratory, a full disk).
+            raise importer.DiskFull(
+                "The disk ran out of space while reading the images; free some space, then import again."
+            ) from None
         class_list, settings = _settings_and_classes(staged.classes, classes, audit_size, staged.subfolders)
     except ValueError:  # refused data or settings, a full disk: nothing worth continuing
         shutil.rmtree(scratch, ignore_errors=True)
@@ -325,7 +334,8 @@ def _create_staged(
             _publish_staged(project.id, folder, staged, chunk)
     except BaseException as error:
         if folder is not None:
-            stage.reclaim(scratch)  # the next import of this folder continues from here
+            with contextlib.suppress(sqlite3.Error):  # a full disk: the error below says so
+                stage.reclaim(scratch)  # the next import of this folder continues from here
             _discard_project_files(folder, error)
         if isinstance(error, OSError):
             raise disk_full(error, "storing the images") or error from None

@@ -221,6 +221,34 @@ def test_disk_full_while_copying_a_folder_leaves_the_disk_as_it_was(Session, tmp
     assert {p: p.read_bytes() for p in source.rglob("*.png")} == originals
 
 
+def test_a_full_disk_under_the_staging_database_is_one_sentence_and_leaves_nothing(
+    Session, tmp_path, monkeypatch
+):
+    """SQLite's "database or disk is full" from the staging folder's own database ended the
+    import in a traceback and left the staging folder and its lock (exploratory, a tmpfs)."""
+    import sqlite3
+
+    source = tmp_path / "src"
+    for k, c in enumerate(("cat", "dog")):
+        (source / c).mkdir(parents=True)
+        (source / c / "0.png").write_bytes(png(k))
+    real_connect = staging._connect
+
+    def fills_up(folder):
+        real_connect(folder).close()  # the file is there, as on a real disk
+        raise sqlite3.OperationalError("database or disk is full")
+
+    monkeypatch.setattr(staging, "_connect", fills_up)
+    before = data_files()
+    with pytest.raises(
+        DiskFull, match=r"^The disk ran out of space while reading the images; free some space"
+    ):
+        projects.create_project(Session, "pets", f"folder:{source}")
+    assert data_files() == before
+    monkeypatch.setattr(staging, "_connect", real_connect)
+    assert projects.create_project(Session, "pets", f"folder:{source}").name == "pets"  # space freed
+
+
 # ---- nesting
 
 
