@@ -45,8 +45,12 @@ def backup(out: str | Path, url: str | None = None) -> Path:
     if not source_path.exists():
         raise ValueError(f"There is no database at {source_path} to back up; check LABELER_DATA_DIR.")
     out = Path(out)
-    if out.resolve() == source_path.resolve():
+    own = source_path.resolve()
+    if out.resolve() == own:
         raise ValueError("The backup file must not be the database itself; choose another --out.")
+    # SQLite's own files beside it: a copy there "succeeded" and was gone when the source closed.
+    if out.resolve() in {own.with_name(own.name + end) for end in ("-wal", "-shm", "-journal")}:
+        raise ValueError(f"{out.name} is one of the database's own files; choose another --out.")
     if out.is_dir():  # it left a copy beside the folder, and blamed that copy's name
         raise ValueError(f"{out} is a folder; give --out a file name, such as {out / 'labeler-backup.db'}.")
     out.parent.mkdir(parents=True, exist_ok=True)
@@ -70,6 +74,19 @@ def backup(out: str | Path, url: str | None = None) -> Path:
         target.close()
         tmp.replace(out)
         done = True
+    except sqlite3.DatabaseError as error:  # they ended in a traceback (exploratory session)
+        if "full" in str(error):  # "database or disk is full": the copy's disk
+            raise ValueError(
+                f"The disk is full: {out} could not be written; free some space, then back up again."
+            ) from None
+        if "locked" in str(error) or "busy" in str(error):
+            raise ValueError(
+                "The database stayed busy for 30 s, so no backup was written; try again."
+            ) from None
+        raise ValueError(
+            f"The database {source_path} cannot be read whole ({error}), so no backup was written; "
+            "restore your last good backup, or recover what is left with sqlite3's .recover."
+        ) from None
     finally:
         target.close()
         source.close()

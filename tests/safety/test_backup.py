@@ -144,3 +144,52 @@ def test_backup_leaves_a_file_named_like_its_copy_alone(tmp_path):
     assert (tmp_path / "b.db.tmp").read_text() == "a file of the user's"
     assert sqlite3.connect(tmp_path / "b.db").execute("select count(*) from t").fetchone() == (0,)
     assert sorted(p.name for p in tmp_path.iterdir()) == ["b.db", "b.db.tmp", "live.db"]
+
+
+def test_backup_refuses_the_databases_own_files_as_its_copy(tmp_path):
+    """A copy written over labeler.db-wal "succeeded" (exit 0) and was gone when the source
+    connection closed; with the app running it replaced the live WAL (exploratory session)."""
+    import sqlite3
+
+    path = tmp_path / "live.db"
+    sqlite3.connect(path).execute("create table t (x)").connection.commit()
+    for end in ("-wal", "-shm", "-journal"):
+        with pytest.raises(ValueError, match=rf"live.db{end} is one of the database's own files"):
+            backup_module.backup(tmp_path / f"live.db{end}", url=f"sqlite:///{path}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.db"]
+
+
+def test_backup_of_a_damaged_database_or_onto_a_full_disk_says_so_in_a_sentence(tmp_path, monkeypatch):
+    """Both ended in an sqlite3 traceback (exploratory session)."""
+    import sqlite3
+
+    path = tmp_path / "live.db"
+    db = sqlite3.connect(path)
+    db.execute("create table t (x)")
+    db.executemany("insert into t values (?)", [("x" * 500,)] * 200)
+    db.commit()
+    db.close()
+    good = path.read_bytes()
+    damaged = bytearray(good)
+    damaged[4096:8192] = bytes(range(256)) * 16  # a page of the table overwritten
+    path.write_bytes(bytes(damaged))
+    with pytest.raises(ValueError, match=r"live.db cannot be read whole \(.+\), so no backup was written"):
+        backup_module.backup(tmp_path / "b.db", url=f"sqlite:///{path}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.db"]
+    path.write_bytes(good)
+    connect = sqlite3.connect
+
+    class Full:  # the copy's disk fills up
+        def __init__(self, *args, **kwargs):
+            self.db = connect(*args, **kwargs)
+
+        def backup(self, *args, **kwargs):
+            raise sqlite3.OperationalError("database or disk is full")
+
+        def __getattr__(self, name):
+            return getattr(self.db, name)
+
+    monkeypatch.setattr(sqlite3, "connect", Full)
+    with pytest.raises(ValueError, match=r"^The disk is full: .*b.db could not be written; free some space"):
+        backup_module.backup(tmp_path / "b.db", url=f"sqlite:///{path}")
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["live.db"]
