@@ -155,8 +155,8 @@ def run_models(
     records: list[dict] = []
     for dataset in datasets:
         preset = PRESETS.get(dataset, DEFAULT_PRESET)
-        n_labels = int(labels or preset["labels"])
-        budget = float(budget_s or preset["budget_s"])
+        n_labels = int(_given(labels, preset["labels"]))
+        budget = float(_given(budget_s, preset["budget_s"]))
         for model in models:
             for seed in seeds:
                 record = {
@@ -296,9 +296,26 @@ def models_figure(records: list[dict], models: list[str], datasets: list[str], s
 def report(csv_files: list[Path], out_dir: Path) -> str:
     """Merge `benchmark-models.csv` files of several runs into one table and one chart."""
     records: list[dict] = []
+    needed = {"dataset", "model", "labels", "budget_s", "test_accuracy", "error"}
     for path in csv_files:
-        with open(path, newline="") as handle:
-            records += list(csv.DictReader(handle))
+        try:
+            with open(path, newline="") as handle:
+                reader = csv.DictReader(handle)
+                missing = sorted(needed - set(reader.fieldnames or ()))
+                rows = list(reader)
+        except (OSError, UnicodeDecodeError, csv.Error) as error:
+            raise SettingError(f"Cannot read {path} ({error}); give benchmark-models.csv files.") from None
+        # Another CSV (a strategies one, any file) ended in a KeyError (exploratory session).
+        if missing:
+            raise SettingError(
+                f"{path} is not a benchmark-models.csv (it has no {', '.join(missing)} "
+                f"{'column' if len(missing) == 1 else 'columns'}); "
+                "give the CSVs that `benchmark --mode models` writes."
+            )
+        records += rows
+    if not records:
+        held = "holds" if len(csv_files) == 1 else "hold"
+        raise SettingError(f"{', '.join(map(str, csv_files))} {held} no runs; nothing to report.")
     models = list(dict.fromkeys(r["model"] for r in records))
     datasets = list(dict.fromkeys(r["dataset"] for r in records))
     out_dir.mkdir(parents=True, exist_ok=True)
@@ -428,6 +445,12 @@ def run_strategies(
     return records, table
 
 
+def _given(value, default):
+    """`value` unless it was not given: 0 is given (refused by the checks) where `or` made it the
+    default (`--budget-s 0` trained 60 s; exploratory session)."""
+    return default if value is None else value
+
+
 def _split_list(text: str | None, default: list[str]) -> list[str]:
     return [part.strip() for part in text.split(",") if part.strip()] if text else default
 
@@ -450,7 +473,6 @@ def cmd_benchmark(args) -> int:
         inputs = [Path(p) for p in _split_list(args.inputs, [])]
         if not inputs:
             raise SettingError("--mode report needs --inputs: comma-separated benchmark-models.csv files.")
-        out_dir.mkdir(parents=True, exist_ok=True)
         table = report(inputs, out_dir)
     elif args.mode == "models":
         models = _split_list(args.models, list(MODELS))
@@ -461,6 +483,19 @@ def cmd_benchmark(args) -> int:
             check_source(dataset)  # before hours of runs, not one failure per run
         from .simulate import parse_overrides
 
+        config = parse_overrides(args.config)
+        # The settings too, once, before any run: each run refused them, the table said "failed"
+        # for every one, exit 0, over the last benchmark-models.csv (exploratory session).
+        if args.labels is not None:
+            check_int("--labels", args.labels, 1, 1_000_000)
+        for model in models:
+            RunSpec(
+                model,
+                budget_s=_given(args.budget_s, 60.0),
+                steps=args.steps,
+                strategy="random",
+                config=config,
+            )
         _, table = run_models(
             models,
             datasets,
@@ -470,7 +505,7 @@ def cmd_benchmark(args) -> int:
             labels=args.labels,
             budget_s=args.budget_s,
             steps=args.steps,
-            config=parse_overrides(args.config),
+            config=config,
             log=log,
         )
     else:
@@ -480,6 +515,7 @@ def cmd_benchmark(args) -> int:
         datasets = _split_list(args.datasets, ["digits"])
         check_source(datasets[0])
         model = _split_list(args.models, ["supervised"])[0]
+        RunSpec(model, budget_s=_given(args.budget_s, 60.0), steps=args.steps, strategy="random")
         _, table = run_strategies(
             datasets[0],
             model,
@@ -491,7 +527,7 @@ def cmd_benchmark(args) -> int:
             step=args.step,
             max_labels=args.max_labels,
             target_labels=args.target_labels,
-            budget_s=args.budget_s or 60.0,
+            budget_s=_given(args.budget_s, 60.0),
             steps=args.steps,
             log=log,
         )

@@ -247,6 +247,14 @@ def test_device_arg_takes_the_devices_this_machine_has(monkeypatch):
         (["--datasets", "digits,folder:/no/such/folder"], "Unknown data source 'folder:/no/such/folder'"),
         (["--mode", "strategies", "--datasets", "nosuch"], "Unknown data source 'nosuch'"),
         (["--datasets", "digits", "--seeds", "0"], "--seeds must be between 1 and 1000"),
+        # Each run refused these, and the table said "failed" for every run, exit 0; 0 became
+        # the default (exploratory session).
+        (["--datasets", "digits", "--models", "m2", "--config", "lr=abc"], "lr"),
+        (["--datasets", "digits", "--budget-s", "0"], "between 1 and 86400"),
+        (["--datasets", "digits", "--budget-s", "-5"], "between 1 and 86400"),
+        (["--datasets", "digits", "--labels", "0"], "--labels must be between 1 and"),
+        (["--mode", "strategies", "--datasets", "digits", "--budget-s", "0"], "between 1 and 86400"),
+        (["--mode", "report", "--inputs", "/etc/passwd"], "/etc/passwd is not a benchmark-models.csv"),
     ],
 )
 def test_benchmark_refuses_impossible_inputs_before_running_anything(args, says, tmp_path, capsys):
