@@ -67,16 +67,31 @@ def cmd_import(args) -> int:
     finally:
         bar.close()
     from db import queries
+    from db.models import AUDIT, TEST
 
     with Session() as session:
         issues = queries.import_issues(session, project.id)
         names = queries.class_names(session, project.id)
         n_items = queries.count_items(session, project.id)
+        n_audit = queries.count_items(session, project.id, AUDIT)
+        n_test = queries.count_items(session, project.id, TEST)
     for issue in issues:
         print(f"skipped {issue.path}: {issue.reason}")
+    if args.audit_size is not None and n_audit < args.audit_size and not n_test:  # the app says so too
+        print(
+            f"The audit set has {n_audit} {'image' if n_audit == 1 else 'images'}, not {args.audit_size}: "
+            "it is at most a fifth of the "
+            "images, so most are left to label and train on."
+        )
     print(
         json.dumps(
-            {"project": project.name, "items": n_items, "skipped": len(issues), "classes": names},
+            {
+                "project": project.name,
+                "items": n_items,
+                "skipped": len(issues),
+                "classes": names,
+                "audit": n_audit,
+            },
             ensure_ascii=False,
         )
     )
@@ -240,7 +255,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--project", required=True, help="name of the new project")
     p.add_argument("--classes", help="comma-separated class names, for a flat folder of unlabeled images")
     p.add_argument(
-        "--audit-size", type=int, default=None, help="held-out audit images for own data (default 50)"
+        "--audit-size",
+        type=int,
+        default=None,
+        help="held-out audit images for own data (default 50; at most a fifth of the images)",
     )
     p.set_defaults(func=cmd_import)
 

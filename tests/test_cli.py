@@ -43,9 +43,16 @@ def test_import_folder_then_export_labels(tmp_path, capsys):
 
     assert main(["import", f"folder:{tmp_path / 'src'}", "--project", "pets"]) == 0
     summary, lines = _last_json(capsys)
-    assert summary == {"project": "pets", "items": 6, "skipped": 1, "classes": ["cat", "Étoile dog"]}
+    assert summary == {
+        "project": "pets",
+        "items": 6,
+        "skipped": 1,
+        "classes": ["cat", "Étoile dog"],
+        "audit": 1,
+    }
     assert any("notes.txt" in line and "not an image" in line for line in lines)
     assert any('"Étoile dog"' in line for line in lines)  # as typed: it printed "\u00c9toile"
+    assert not any("audit set has" in line for line in lines)  # the default: capped without a note
 
     import db
     from db import queries
@@ -78,6 +85,11 @@ def test_import_folder_then_export_labels(tmp_path, capsys):
     )
     line = _one_error_line(capsys)
     assert f"Cannot write {tmp_path / 'a-file' / 'x'}" in line and "LABELER_DATA_DIR" not in line, line
+    # An audit size asked for and capped says so, as the app does (it was silent on the CLI).
+    assert main(["import", f"folder:{tmp_path / 'src'}", "--project", "pets2", "--audit-size", "5"]) == 0
+    summary, lines = _last_json(capsys)
+    assert summary["audit"] == 1
+    assert "The audit set has 1 image, not 5: it is at most a fifth of the images" in " ".join(lines)
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):

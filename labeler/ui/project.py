@@ -184,7 +184,8 @@ def _create_ui() -> None:
         n_test = queries.count_items(session, project.id, TEST)
     if audit is not None and n_audit < audit and not n_test:
         message += (
-            f" The audit set has {n_audit} images, not {audit}: it is at most a fifth of the images, "
+            f" The audit set has {n_audit} {common.by_count(n_audit, 'image', 'images')}, not {audit}: "
+            "it is at most a fifth of the images, "
             "so most are left to label and train on."
         )
     st.session_state["project_message"] = message
