@@ -6,6 +6,7 @@ Every command prints human-readable lines first and, where useful, one JSON line
 from __future__ import annotations
 
 import argparse
+import contextlib
 import importlib
 import json
 import os
@@ -326,6 +327,10 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
+    except BrokenPipeError:  # `projects | head -1`: the reader left; it said "Cannot use (Broken pipe)"
+        with contextlib.suppress(OSError, ValueError):  # stdout may not be a real file (tests)
+            os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit
+        return 1
     except Exception as error:
         from .config import user_error
 
@@ -336,6 +341,9 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {message}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
-        print("interrupted", file=sys.stderr)
-        return 130
+    except KeyboardInterrupt as stop:
+        from .config import Terminated
+
+        terminated = isinstance(stop, Terminated)  # SIGTERM (the worker): 143, as a shell reports it
+        print("terminated" if terminated else "interrupted", file=sys.stderr)
+        return 143 if terminated else 130

@@ -16,6 +16,11 @@ class SettingError(ValueError):
     """A setting is out of its allowed range; the message says what is allowed."""
 
 
+class Terminated(KeyboardInterrupt):
+    """SIGTERM, raised as Ctrl-C is (`worker.stopped_by_sigterm`), so the command ends with 143,
+    the exit status of a process stopped by SIGTERM (it ended with Ctrl-C's 130)."""
+
+
 def data_dir() -> Path:
     """The folder holding the SQLite database, pixel arrays, checkpoints and imports."""
     value = os.environ.get("LABELER_DATA_DIR")

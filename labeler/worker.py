@@ -53,7 +53,7 @@ from db.models import (
     POOL,
 )
 
-from .config import SettingError, default_device
+from .config import SettingError, Terminated, default_device
 from .evaluate import wilson_interval
 from .models import Progress, TrainingCancelled, TrainingDiverged, save_checkpoint
 from .round import RoundResult, run_round
@@ -475,11 +475,15 @@ class Worker:
 def stopped_by_sigterm() -> Iterator[None]:
     """While inside (main thread only): SIGTERM, what systemd, docker and a plain `kill` send to
     stop a service, raises KeyboardInterrupt, as Ctrl-C does, so a run in progress is marked
-    interrupted and the worker stops (Python's own handler: no lock taken inside the signal
-    handler). Without it the process died with its run left "running" (a Cancel button that
+    interrupted and the worker stops (a Python handler that only raises: no lock taken inside
+    the signal handler; `Terminated`, so the command ends with SIGTERM's 143). Without it the process died with its run left "running" (a Cancel button that
     did nothing, later runs waiting) until another worker on that machine started or the
     heartbeat went stale (found by an exploratory session)."""
-    previous = signal.signal(signal.SIGTERM, signal.default_int_handler)
+
+    def terminate(signum, frame):
+        raise Terminated()
+
+    previous = signal.signal(signal.SIGTERM, terminate)
     try:
         yield
     finally:

@@ -363,3 +363,30 @@ def test_a_write_error_blames_the_data_folder_only_for_paths_of_it(tmp_path, mon
     ):
         message = user_error(PermissionError(13, "Permission denied", str(path)))
         assert ("LABELER_DATA_DIR" in message) is blamed, message
+
+
+def test_a_command_stopped_by_sigterm_ends_with_143_and_by_ctrl_c_with_130(monkeypatch, capsys):
+    """The worker stopped by SIGTERM ended with 130, Ctrl-C's status (exploratory session)."""
+    from labeler import cli
+    from labeler.config import Terminated
+
+    for stop, status, said in ((Terminated(), 143, "terminated"), (KeyboardInterrupt(), 130, "interrupted")):
+
+        def stopped(args, stop=stop):
+            raise stop
+
+        monkeypatch.setattr(cli, "cmd_projects", stopped)
+        assert main(["projects"]) == status
+        assert capsys.readouterr().err.strip() == said
+
+
+def test_a_reader_that_leaves_early_ends_the_command_without_an_error(monkeypatch, capsys):
+    """`labeler projects | head -1` said "error: Cannot use (Broken pipe); check the path"."""
+    from labeler import cli
+
+    def piped(args):
+        raise BrokenPipeError(32, "Broken pipe")
+
+    monkeypatch.setattr(cli, "cmd_projects", piped)
+    assert main(["projects"]) == 1
+    assert capsys.readouterr().err == ""

@@ -28,6 +28,7 @@ from db.models import (
 )
 from labeler import projects
 from labeler import queue as label_queue
+from labeler.config import Terminated
 from labeler.models import Progress, SSLModel, TrainingCancelled, TrainingDiverged
 from labeler.runspec import RunSpec
 from labeler.train import train_model
@@ -672,7 +673,7 @@ def test_sigterm_stops_a_foreground_worker_and_interrupts_its_run(Session, proje
 
     sender = threading.Thread(target=terminate_once_running)
     sender.start()
-    with pytest.raises(KeyboardInterrupt), stopped_by_sigterm():
+    with pytest.raises(Terminated), stopped_by_sigterm():  # a KeyboardInterrupt
         worker.run_forever()  # in the main thread, as the CLI runs it: stopped as by Ctrl-C
     sender.join()
     run = get_run(Session, run_id)
