@@ -44,6 +44,12 @@ def _session_factory(existing: bool = False):
     return db.session_factory(db.get_engine())
 
 
+def _check_out(out: str, what: str) -> None:
+    """An empty --out is refused: `export --out ''` wrote into the current folder (exploratory)."""
+    if not str(out).strip():
+        raise ValueError(f"--out is empty; give it {what}.")
+
+
 def _progress_bar(description: str):
     bar = tqdm(desc=description, unit="img", file=sys.stderr, leave=False)
 
@@ -104,6 +110,7 @@ def cmd_export(args) -> int:
 
     from . import export
 
+    _check_out(args.out, "a folder, as in --out export/")
     Session = _session_factory(existing=True)
     with Session() as session:
         project = queries.get_project(session, args.project)
@@ -162,6 +169,7 @@ def cmd_projects(args) -> int:
 def cmd_backup(args) -> int:
     from . import backup
 
+    _check_out(args.out, "a file name, as in --out backups/labeler.db")
     path = backup.backup(args.out)
     print(json.dumps({"backup": str(path)}))
     return 0

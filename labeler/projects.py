@@ -208,15 +208,16 @@ def create_project(
 
 def _folder_of(source: str) -> Path | None:
     """The folder of a folder source (`folder:PATH`, or a bare path to a folder), else None."""
-    from .data import DATASETS
+    from .data import DATASETS, source_path
 
     source = source.strip()
     if source in DATASETS:
         return None
     kind, sep, rest = source.partition(":")
     if sep and kind == "folder":
-        return Path(rest)
+        return source_path(kind, rest)
     if sep and kind == "zip":
+        source_path(kind, rest)  # refused when empty
         return None
     return Path(source) if Path(source).is_dir() else None
 

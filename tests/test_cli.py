@@ -100,6 +100,26 @@ def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
     assert "no project named 'nope'" in capsys.readouterr().err
 
 
+@pytest.mark.parametrize(
+    ("args", "says"),
+    [
+        (["import", "folder:", "--project", "x"], "folder: needs a path after it, as in folder:/data/pets."),
+        (["import", "zip: ", "--project", "x"], "zip: needs a path after it, as in zip:/data/pets.zip."),
+        (["export", "--project", "x", "--out", ""], "--out is empty; give it a folder"),
+        (["backup", "--out", " "], "--out is empty; give it a file name"),
+    ],
+)
+def test_an_empty_path_is_refused_not_taken_for_the_current_folder(args, says, tmp_path, monkeypatch, capsys):
+    """`import folder:` read the current folder and `export --out ''` wrote into it (exploratory)."""
+    (tmp_path / "cwd" / "a").mkdir(parents=True)
+    Image.new("L", (10, 10), 9).save(tmp_path / "cwd" / "a" / "0.png")
+    monkeypatch.chdir(tmp_path / "cwd")
+    assert main(args) == 2
+    err = capsys.readouterr().err
+    assert f"error: {says}" in err and "Traceback" not in err  # after the import's progress bar
+    assert sorted(p.name for p in (tmp_path / "cwd").iterdir()) == ["a"]
+
+
 def _one_error_line(capsys) -> str:
     err = [line for line in capsys.readouterr().err.replace("\r", "\n").splitlines() if line.strip()]
     assert len(err) == 1 and err[0].startswith("error: ") and "Traceback" not in err[0], err

@@ -102,9 +102,13 @@ def read_source(
         return DATASETS[source].load(image_size=image_size, progress=progress)
     kind, sep, rest = source.partition(":")
     if sep and kind == "folder":
-        return import_folder(rest, image_size=image_size, classes=classes, progress=progress)
+        return import_folder(
+            source_path(kind, rest), image_size=image_size, classes=classes, progress=progress
+        )
     if sep and kind == "zip":
-        return import_zip(rest, target=target, image_size=image_size, classes=classes, progress=progress)
+        return import_zip(
+            source_path(kind, rest), target=target, image_size=image_size, classes=classes, progress=progress
+        )
     path = Path(source)
     if path.is_dir():
         return import_folder(path, image_size=image_size, classes=classes, progress=progress)
@@ -119,7 +123,7 @@ def check_source(source: str) -> None:
     source = source.strip()
     kind, sep, rest = source.partition(":")
     if sep and kind in ("folder", "zip"):
-        path = Path(rest)
+        path = source_path(kind, rest)
     elif source in DATASETS:
         return
     else:
@@ -129,6 +133,15 @@ def check_source(source: str) -> None:
     ):
         return
     raise _unknown(source)
+
+
+def source_path(kind: str, rest: str) -> Path:
+    """The path of a `folder:` or `zip:` source; an empty one is refused (`folder:` read the
+    current folder, whatever it held; an exploratory session)."""
+    if not rest.strip():
+        example = "/data/pets.zip" if kind == "zip" else "/data/pets"
+        raise DataError(f"{kind}: needs a path after it, as in {kind}:{example}.")
+    return Path(rest)
 
 
 def _unknown(source: str) -> DataError:
