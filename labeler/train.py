@@ -171,7 +171,8 @@ def _parse_layers(what: str, value: Any, kind: type, allow_empty: bool) -> list[
         or (not sizes and not allow_empty)
     ):
         raise SettingError(
-            f"{what} must be a list of 1 to {MAX_LAYERS} layer sizes between {low} and {high}, such as 500,500; "
+            f"{what} must be a list of {0 if allow_empty else 1} to {MAX_LAYERS} layer sizes between {low} "
+            f"and {high}, such as 500,500{' (an empty list: no hidden layer)' if allow_empty else ''}; "
             f"got {value!r}."
         )
     return tuple(sizes) if kind is tuple else sizes
