@@ -347,7 +347,19 @@ def run_strategies(
         raise SettingError(
             "--target-labels must be a round's label count: initial + a multiple of step, at most max-labels."
         )
-    fields = ["dataset", "model", "strategy", "seed", "round", "labels", "test_accuracy", "seconds", "error"]
+    fields = [
+        "dataset",
+        "model",
+        "strategy",
+        "seed",
+        "round",
+        "labels",
+        "test_accuracy",
+        "seconds",
+        "train_steps",
+        "fit_seconds",
+        "error",
+    ]
     csv_log = _CsvLog(out_dir / "benchmark-strategies.csv", fields)
     images = _load(dataset, {})
     curves: dict[tuple[str, int], list[dict]] = {}
@@ -420,6 +432,16 @@ def run_strategies(
         if missed:
             cell += f" ({missed} of {len(seeds)} seeds did not reach it by {max_labels})"
         lines.append(f"| {strategy} | {cell} | {mean_std(accuracy_at(strategy, target_labels))} |")
+    # Steps, as the models table has them: a time budget buys fewer on a busy machine.
+    steps_per_round = [
+        int(r["train_steps"]) for rows in curves.values() for r in rows if r.get("train_steps") is not None
+    ]
+    if steps_per_round:
+        median, low, high = int(np.median(steps_per_round)), min(steps_per_round), max(steps_per_round)
+        lines += [
+            "",
+            f"Training steps per round: median {median:,} ({low:,} to {high:,}, {len(steps_per_round)} rounds).",
+        ]
     table = "\n".join(lines)
 
     import plotly.graph_objects as go

@@ -156,6 +156,37 @@ def test_benchmark_models_mode_on_a_tiny_budget(tmp_path, capsys):
     assert (tmp_path / "benchmark-models.html").exists()
 
 
+def test_benchmark_strategies_mode_reports_steps(tmp_path, capsys):
+    """The strategies table and CSV said nothing of steps (exploratory session): a time budget
+    buys fewer on a busy machine, so every benchmark reports them."""
+    args = ["benchmark", "--mode", "strategies", "--models", "supervised", "--datasets", "digits"]
+    args += [
+        "--strategies",
+        "entropy",
+        "--seeds",
+        "1",
+        "--initial",
+        "20",
+        "--step",
+        "10",
+        "--max-labels",
+        "30",
+    ]
+    args += ["--target-labels", "30", "--steps", "7", "--budget-s", "30", "--device", "cpu"]
+    assert main([*args, "--out-dir", str(tmp_path)]) == 0
+    with open(tmp_path / "benchmark-strategies.csv") as f:
+        rows = list(csv.DictReader(f))
+    assert (
+        len(rows) == 4
+        and {r["train_steps"] for r in rows} == {"7"}
+        and all(float(r["fit_seconds"]) > 0 for r in rows)
+    )
+    assert (
+        "Training steps per round: median 7 (7 to 7, 4 rounds)."
+        in (tmp_path / "benchmark-strategies.md").read_text()
+    )
+
+
 def test_benchmark_report_merges_runs(tmp_path):
     from labeler.benchmark import report
 
