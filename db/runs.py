@@ -141,6 +141,29 @@ def active_runs(session: Session, project_id: int | None = None) -> list[Run]:
     return list(session.scalars(query.order_by(Run.id)))
 
 
+def running_with_undone(session: Session, project_id: int, item_ids: Sequence[int]) -> list[int]:
+    """Ids of the project's RUNNING runs that started after the answers just taken back from
+    `item_ids` were given (each item's newest undone answer): they train with those answers, as
+    they read the labels at their start; the next run leaves them out."""
+    if not item_ids:
+        return []
+    newest = (
+        select(func.max(LabelEvent.id))
+        .where(LabelEvent.item_id.in_(list(item_ids)), LabelEvent.undone.is_(True))
+        .group_by(LabelEvent.item_id)
+    )
+    first_given = session.scalar(select(func.min(LabelEvent.created_at)).where(LabelEvent.id.in_(newest)))
+    if first_given is None:
+        return []
+    return list(
+        session.scalars(
+            select(Run.id).where(
+                Run.project_id == project_id, Run.status == RUNNING, Run.started_at >= first_given
+            )
+        )
+    )
+
+
 def last_run_started(session: Session, project_id: int):
     """When the newest run that trained (or is training) started, or None: a run killed with its
     server (INTERRUPTED) trained nothing, so it does not count."""

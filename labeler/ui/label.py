@@ -1046,12 +1046,19 @@ def _undo_page(project_id: int) -> None:
     if undone:
         with common.session_factory()() as session:
             back = queries.unanswered(session, project_id, undone)
+            training = run_queries.running_with_undone(session, project_id, undone)
+        # A run that started with them trains on them still, without a word (exploratory).
+        still = (
+            f"; run {training[0]}, training now, started with them (the next run leaves them out)"
+            if training
+            else ""
+        )
         st.session_state["last_message"] = (
             "info",
             (
                 f"Undone: your last grid page or bulk label ({len(undone)} "
                 f"{common.by_count(len(undone), 'answer', 'answers')}); {len(back)} "
-                f"{common.by_count(len(back), 'image is', 'images are')} back in the queue."
+                f"{common.by_count(len(back), 'image is', 'images are')} back in the queue{still}."
             ),
         )
         st.session_state["show_first"] = undone + st.session_state.get("show_first", [])

@@ -5,6 +5,7 @@ from PIL import Image
 from streamlit.testing.v1 import AppTest
 
 from db import queries
+from db import runs as run_queries
 from db.models import AUDIT, POOL, LabelEvent
 from labeler.ui import label
 from tests.ui.ui_helpers import (
@@ -96,6 +97,41 @@ def test_grid_accepts_confident_guesses_only_and_undoes_a_page_at_once(Session, 
     again = [box for box in at.selectbox if box.key.startswith("grid-")]
     assert {int(box.key.split("-")[1]) for box in again[:11]} == set(accepted) - {taken}
     assert all(box.value >= 0 for box in again[:11])  # the 12th comes from the queue
+
+
+def test_undoing_a_page_a_running_run_started_with_says_so(Session, tiny_project):
+    """An accepted page started a run (auto-retrain); U undid the page at once and said nothing,
+    while the run went on training with it (exploratory session)."""
+    from datetime import timedelta
+
+    from db.models import RUNNING, Run, utcnow
+
+    fake_done_run(Session, tiny_project.id)  # every guess 90 % sure
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    at.slider(key="grid_threshold").set_value(0.85).run()
+    button(at, "accept_grid").click().run()
+    with Session.begin() as session:  # one run from before the page, one started after it
+        before = Run(
+            project_id=tiny_project.id, model="m2", status=RUNNING, started_at=utcnow() - timedelta(hours=1)
+        )
+        after = Run(project_id=tiny_project.id, model="m2", status=RUNNING, started_at=utcnow())
+        session.add_all([before, after])
+        session.flush()
+        before_id, after_id = before.id, after.id
+    at.button(key="undo").click().run()
+    (said,) = [m.value.replace("\\", "") for m in at.info if m.value.startswith("Undone")]  # as typed
+    assert said.endswith(
+        f"back in the queue; run {after_id}, training now, started with them (the next run leaves them out)."
+    )
+    with Session.begin() as session:
+        session.get(Run, after_id).status = "done"
+        assert run_queries.running_with_undone(session, tiny_project.id, []) == []
+    with Session() as session:
+        undone = [i.id for i in queries.items(session, tiny_project.id, "pool")]
+        # The other run started before the page: it trains without it.
+        assert session.get(Run, before_id).status == RUNNING
+        assert run_queries.running_with_undone(session, tiny_project.id, undone) == []
 
 
 def test_undo_says_first_that_it_would_drop_the_tiles_set_on_the_page_shown(Session, tiny_project):
