@@ -56,7 +56,10 @@ def backup(out: str | Path, url: str | None = None) -> Path:
     out.parent.mkdir(parents=True, exist_ok=True)
     # A name of its own beside the target (the same file system, so the rename is atomic): a fixed
     # OUT.tmp was deleted first, whoever's file it was.
-    handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    try:
+        handle, name = tempfile.mkstemp(dir=out.parent, prefix=f".{out.name}.", suffix=".tmp")
+    except OSError as error:  # --out is named: the message named the copy's hidden temporary name
+        raise OSError(error.errno, error.strerror, str(out)) from None
     os.close(handle)
     tmp = Path(name)
     source = sqlite3.connect(source_path, timeout=30)

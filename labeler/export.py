@@ -541,7 +541,10 @@ def export_all(
     # the next one knows as an export's, and replaces (the list was written at the end only, and
     # the retry refused them as the user's).
     coming = {name for part in writing for name in PART_FILES[part]}
-    (out / MANIFEST).write_text(json.dumps(sorted(earlier | coming), indent=1))
+    try:
+        (out / MANIFEST).write_text(json.dumps(sorted(earlier | coming), indent=1))
+    except OSError as error:  # the folder is named: the message named our hidden list file
+        raise OSError(error.errno, error.strerror, str(out)) from None
     written: list[Path] = []
     if "labels" in parts:
         written.append(write_labels_csv(Session, project_id, out, snapshot))

@@ -410,3 +410,35 @@ def test_a_reader_that_leaves_early_ends_the_command_without_an_error(monkeypatc
     monkeypatch.setattr(cli, "cmd_projects", piped)
     assert main(["projects"]) == 1
     assert capsys.readouterr().err == ""
+
+
+def test_an_out_that_cannot_be_written_is_named_not_a_hidden_file_of_ours(tmp_path, monkeypatch, capsys):
+    """A read-only --out folder was reported as its `.labeler-export.json`, and a backup's as the
+    copy's temporary `.b.db.qm3nghkt.tmp` (exploratory session, a read-only mount)."""
+    import tempfile
+    from pathlib import Path
+
+    from labeler import export
+
+    assert main(["import", "digits", "--project", "d"]) == 0
+    capsys.readouterr()
+    write_text = Path.write_text
+
+    def read_only(self, *args, **kwargs):
+        if self.name == export.MANIFEST:
+            raise PermissionError(30, "Read-only file system", str(self))
+        return write_text(self, *args, **kwargs)
+
+    monkeypatch.setattr(Path, "write_text", read_only)
+    out = tmp_path / "mounted"
+    assert main(["export", "--project", "d", "--out", str(out), "--what", "labels"]) == 2
+    line = _one_error_line(capsys)
+    assert f" {out} (Read-only file system)" in line and export.MANIFEST not in line, line
+
+    def no_temp(*args, **kwargs):
+        raise PermissionError(30, "Read-only file system", str(tmp_path / ".b.db.qm3nghkt.tmp"))
+
+    monkeypatch.setattr(tempfile, "mkstemp", no_temp)
+    assert main(["backup", "--out", str(tmp_path / "b.db")]) == 2
+    line = _one_error_line(capsys)
+    assert f" {tmp_path / 'b.db'} (Read-only file system)" in line and ".tmp" not in line, line
