@@ -454,9 +454,9 @@ class Worker:
             except OperationalError as error:
                 if time.monotonic() >= deadline or self._stop.is_set():
                     raise
-                log.warning(
-                    "The database cannot be reached, trying again in %g s: %s", self.outage_retry_s, error
-                )
+                # A full disk under SQLite is an OperationalError too: not "cannot be reached".
+                what = "cannot write (is its disk full?)" if "full" in str(error) else "cannot be reached"
+                log.warning("The database %s, trying again in %g s: %s", what, self.outage_retry_s, error)
                 self._stop.wait(self.outage_retry_s)
 
     def _end(
@@ -474,11 +474,12 @@ class Worker:
 @contextlib.contextmanager
 def stopped_by_sigterm() -> Iterator[None]:
     """While inside (main thread only): SIGTERM, what systemd, docker and a plain `kill` send to
-    stop a service, raises KeyboardInterrupt, as Ctrl-C does, so a run in progress is marked
-    interrupted and the worker stops (a Python handler that only raises: no lock taken inside
-    the signal handler; `Terminated`, so the command ends with SIGTERM's 143). Without it the process died with its run left "running" (a Cancel button that
-    did nothing, later runs waiting) until another worker on that machine started or the
-    heartbeat went stale (found by an exploratory session)."""
+    stop a service, raises KeyboardInterrupt (`Terminated`, so the command ends with SIGTERM's
+    143), as Ctrl-C does, so a run in progress is marked interrupted and the worker stops (a
+    Python handler that only raises: no lock taken inside the signal handler). Without it the
+    process died with its run left "running" (a Cancel button that did nothing, later runs
+    waiting) until another worker on that machine started or the heartbeat went stale (found by
+    an exploratory session)."""
 
     def terminate(signum, frame):
         raise Terminated()
