@@ -129,7 +129,7 @@ def _one_error_line(capsys) -> str:
 @pytest.mark.parametrize(
     ("argv", "expected"),
     [
-        (["--config", "hidden=abc"], "The setting hidden of m2 must be a list of 1 to 32 layer sizes"),
+        (["--config", "hidden=abc"], "The setting hidden of m2 must be a list of 0 to 32 layer sizes"),
         (["--config", "latent_dim=-3"], "The setting latent_dim of m2 must be between 0 and 1024, got -3."),
         (
             ["--config", "labeled_batch=-1"],

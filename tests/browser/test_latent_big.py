@@ -27,7 +27,10 @@ def big_map_server(tmp_path_factory):
     Session = db.session_factory(engine)
     n = latent.SAMPLE_POINTS + 600
     with config.data_dir_set(data_dir):  # create_project writes pixels there
-        project = projects.create_project(Session, "big map", "test", images=image_set(n=n, test=0, seed=3))
+        # No audit set: its images are not on the map (every image is, here).
+        project = projects.create_project(
+            Session, "big map", "test", images=image_set(n=n, test=0, seed=3), audit_size=0
+        )
     try:
         with running_app(data_dir) as url:
             yield {"url": url, "Session": Session, "project": project, "n": n}
