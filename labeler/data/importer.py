@@ -90,6 +90,8 @@ STALE_AFTER_S = 24 * 3600
 
 SYMLINK = "symbolic link"
 TOO_DEEP = f"folders nested too deep (more than {MAX_DEPTH} levels)"
+HIDDEN_FOLDER = "hidden folder or macOS metadata"  # the import report's reasons, folder and zip alike
+HIDDEN_FILE = "hidden file"
 _DISK_FULL = {errno.ENOSPC, getattr(errno, "EDQUOT", errno.ENOSPC)}
 
 
@@ -257,6 +259,11 @@ def extract_zip(
         for info in infos:
             folders.add(_folder_of_entry(info))
             parts, reason = _entry_parts(info, max_ratio, max_file_bytes)
+            if reason == HIDDEN_FOLDER:  # once, as "folder/" (it was listed file by file)
+                shown = "/".join(parts) + "/"
+                if (shown, reason) not in skipped:
+                    skipped.append((shown, reason))
+                continue
             if reason:
                 skipped.append((info.filename, reason))
                 continue
@@ -308,7 +315,7 @@ def _folder_of_entry(info: zipfile.ZipInfo) -> tuple[str, ...]:
     parts, reason = _entry_path(info)
     if not info.is_dir() and not info.filename.replace("\\", "/").endswith("/"):
         parts = parts[:-1]
-    if reason or len(parts) > MAX_DEPTH or any(part.startswith(".") or part == "__MACOSX" for part in parts):
+    if reason or len(parts) > MAX_DEPTH or any(_ignored(part) for part in parts):
         return ()
     return tuple(parts)
 
@@ -343,8 +350,9 @@ def _entry_parts(
         return [], None
     if len(parts) > MAX_DEPTH + 1:
         return [], TOO_DEEP
-    if any(part.startswith(".") or part == "__MACOSX" for part in parts):
-        return [], "hidden file or macOS metadata"
+    hidden = [n for n, part in enumerate(parts) if _ignored(part)]
+    if hidden:  # named as a folder import names them: a hidden folder once, with its "/"
+        return parts[: hidden[0] + 1], HIDDEN_FOLDER if hidden[0] < len(parts) - 1 else HIDDEN_FILE
     reason = extension_reason(parts[-1])
     if reason:
         return [], reason
@@ -599,7 +607,7 @@ def scan(folder: Path, data_root: Path, max_file_bytes: int) -> Iterator[tuple[s
             if os.path.islink(full):
                 reason = SYMLINK
             elif _ignored(name):
-                reason = "hidden folder or macOS metadata"
+                reason = HIDDEN_FOLDER
             elif depth >= MAX_DEPTH:
                 reason = TOO_DEEP
             if reason:
@@ -625,7 +633,7 @@ def scan(folder: Path, data_root: Path, max_file_bytes: int) -> Iterator[tuple[s
             elif not stat.S_ISREG(mode):
                 reason = "not a regular file"
             elif _ignored(name):
-                reason = "hidden file"
+                reason = HIDDEN_FILE
             elif not (dir_utf8 and _utf8(name)):
                 reason = "file name is not valid UTF-8"
             else:

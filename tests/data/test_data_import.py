@@ -259,16 +259,23 @@ def test_zip_import_with_classes_and_wrapper(tmp_path):
             ("data/dog/2.png", png(seed=2)),
             ("data/dog/readme.txt", b"hi"),
             ("__MACOSX/data/._1.png", b"junk"),
+            ("__MACOSX/data/._2.png", b"junk"),
+            ("data/cat/.thumbs/1.png", png(seed=3)),
+            ("data/cat/.thumbs/2.png", png(seed=4)),
+            ("data/dog/.DS_Store", b"junk"),
         ],
     )
     target = tmp_path / "target"
     data = import_zip(archive, target=target)
     assert data.keys == ["cat/1.png", "dog/2.png"] and data.classes == ["cat", "dog"]
     assert all(Path(f).is_relative_to(target) and Path(f).is_file() for f in data.files)
-    assert reasons(data) == {
-        "data/dog/readme.txt": "not an image file (extension .txt)",
-        "__MACOSX/data/._1.png": "hidden file or macOS metadata",
-    }
+    # A hidden folder is one row, "folder/", as a folder import lists it (it was file by file).
+    assert data.skipped == [
+        ("data/dog/readme.txt", "not an image file (extension .txt)"),
+        ("__MACOSX/", "hidden folder or macOS metadata"),
+        ("data/cat/.thumbs/", "hidden folder or macOS metadata"),
+        ("data/dog/.DS_Store", "hidden file"),
+    ]
     assert all_files(target) == {"data", "data/cat", "data/cat/1.png", "data/dog", "data/dog/2.png"}
 
 
