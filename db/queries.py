@@ -405,6 +405,16 @@ def label_history(
     return [(event, item) for event, item in session.execute(query)]
 
 
+def last_project_of(session: Session, annotator: str) -> int | None:
+    """The project of `annotator`'s newest answer (undone ones too), or None."""
+    return session.scalar(
+        select(LabelEvent.project_id)
+        .where(LabelEvent.annotator == annotator)
+        .order_by(LabelEvent.id.desc())
+        .limit(1)
+    )
+
+
 def annotator_counts(session: Session, project_id: int) -> dict[str, int]:
     """{annotator: number of current answers they gave} (ignored images included)."""
     newest = _current_event_ids(project_id)

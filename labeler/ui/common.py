@@ -237,13 +237,19 @@ def worker():
 
 
 def current_project() -> Project:
-    """The project chosen in this browser session, or the built-in digits project."""
+    """The project chosen in this browser session; else the one in the address (?project=ID);
+    else the one this person answered in last; else the built-in digits project."""
     Session = session_factory()
     project_id = st.session_state.get("project_id")
     if project_id is None:
         # A reload starts a new session: the URL (?project=ID) remembers the choice.
         wanted = st.query_params.get("project", "")
         project_id = int(wanted) if wanted.isdigit() else None
+    if project_id is None:
+        # An address without it (a bookmark of ?annotator=NAME) opened the digits project, where
+        # the next keys labeled images of the wrong project (exploratory session).
+        with Session() as session:
+            project_id = queries.last_project_of(session, annotator())
     project = None
     if project_id is not None:
         with Session() as session:

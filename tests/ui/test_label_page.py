@@ -34,6 +34,25 @@ def test_app_opens_on_the_label_page(Session, tiny_project):
         assert session.query(Claim).filter(Claim.annotator.like("tester#%")).count() > 0
 
 
+def test_an_address_without_a_project_opens_the_one_the_person_answered_in_last(Session, tiny_project):
+    """A bookmark of ?annotator=NAME (no ?project=) opened the built-in digits project, where the
+    next keys labeled the wrong project's images (exploratory session)."""
+    from labeler import projects
+    from tests.conftest import tiny_image_set
+
+    other = projects.create_project(Session, "other", "test", images=tiny_image_set(seed=1))
+    label_items(Session, other.id, 1, annotator="tester")
+    at = AppTest.from_file(str(APP), default_timeout=120)
+    at.query_params["annotator"] = "tester"
+    at.run()
+    assert not at.exception
+    assert at.session_state["project_id"] == other.id and at.query_params["project"] == str(other.id)
+    someone_else = AppTest.from_file(str(APP), default_timeout=120)  # no answer yet: the first project
+    someone_else.query_params["annotator"] = "newcomer"
+    someone_else.run()
+    assert not someone_else.exception and someone_else.session_state["project_id"] == tiny_project.id
+
+
 @pytest.mark.parametrize(
     "test, audit, expected",
     [
