@@ -14,7 +14,7 @@ from pathlib import Path
 
 from db.models import INTERRUPTED, RUNNING, utcnow
 
-from .config import db_url, sqlite_file
+from .config import database_trouble, db_url, sqlite_file
 
 INTERRUPTED_BY_BACKUP = "The backup was taken while this run trained; start training again."
 
@@ -78,18 +78,22 @@ def backup(out: str | Path, url: str | None = None) -> Path:
         tmp.replace(out)
         done = True
     except sqlite3.DatabaseError as error:  # they ended in a traceback (exploratory session)
-        if "full" in str(error):  # "database or disk is full": the copy's disk
+        trouble = database_trouble(error)
+        if trouble == "full":  # the copy's disk
             raise ValueError(
                 f"The disk is full: {out} could not be written; free some space, then back up again."
             ) from None
-        if "locked" in str(error) or "busy" in str(error):
+        if trouble == "busy":
             raise ValueError(
                 "The database stayed busy for 30 s, so no backup was written; try again."
             ) from None
-        raise ValueError(
-            f"The database {source_path} cannot be read whole ({error}), so no backup was written; "
-            "restore your last good backup, or recover what is left with sqlite3's .recover."
-        ) from None
+        if trouble == "damaged":
+            raise ValueError(
+                f"The database {source_path} is damaged ({error}), so no backup was written; restore "
+                "your last good backup, or recover what is left with sqlite3's .recover."
+            ) from None
+        # Anything else (a disk error under the copy) says nothing of the database's health.
+        raise ValueError(f"The backup to {out} failed ({error}); nothing was written.") from None
     finally:
         target.close()
         source.close()

@@ -136,6 +136,21 @@ def user_error(error: BaseException) -> str | None:
     return None
 
 
+def database_trouble(error: BaseException) -> str | None:
+    """ "full", "busy" or "damaged" for a database error that means it (an sqlite3 error, also
+    inside a SQLAlchemy one, by its error code; PostgreSQL's disk-full SQLSTATE 53100), else
+    None. Not by the message: a SQLAlchemy message holds the statement and its parameters."""
+    orig = getattr(error, "orig", None) or error
+    name = getattr(orig, "sqlite_errorname", None) or ""
+    if name.startswith("SQLITE_FULL") or getattr(orig, "sqlstate", None) == "53100":
+        return "full"
+    if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
+        return "busy"
+    if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
+        return "damaged"
+    return None
+
+
 def database_error(error: BaseException) -> str:
     """One sentence for a database that cannot be opened or written."""
     reason = _first_line(getattr(error, "orig", None) or error)

@@ -37,7 +37,7 @@ from sqlalchemy.orm import Session, sessionmaker
 from db import queries
 from db.models import AUDIT, POOL, TEST, ImportIssue, Item, LabelClass, Project
 
-from .config import check_int, data_dir, storage_url
+from .config import check_int, data_dir, database_trouble, storage_url
 from .data import importer
 from .data.base import DataError, ImageSet
 from .data.importer import disk_full, scratch_folder
@@ -287,7 +287,7 @@ def _create_staged(
         try:
             staged = stage.stage_folder(path, scratch, progress=progress)
         except sqlite3.OperationalError as error:  # the staging folder's own database
-            if "full" not in str(error):  # SQLite's "database or disk is full"
+            if database_trouble(error) != "full":
                 raise
             # It ended in a traceback and left the staging folder (exploratory, a full disk).
             raise importer.DiskFull(

@@ -53,7 +53,7 @@ from db.models import (
     POOL,
 )
 
-from .config import SettingError, Terminated, default_device
+from .config import SettingError, Terminated, database_trouble, default_device
 from .evaluate import wilson_interval
 from .models import Progress, TrainingCancelled, TrainingDiverged, save_checkpoint
 from .round import RoundResult, run_round
@@ -455,7 +455,11 @@ class Worker:
                 if time.monotonic() >= deadline or self._stop.is_set():
                     raise
                 # A full disk under SQLite is an OperationalError too: not "cannot be reached".
-                what = "cannot write (is its disk full?)" if "full" in str(error) else "cannot be reached"
+                what = (
+                    "cannot write (its disk is full)"
+                    if database_trouble(error) == "full"
+                    else "cannot be reached"
+                )
                 log.warning("The database %s, trying again in %g s: %s", what, self.outage_retry_s, error)
                 self._stop.wait(self.outage_retry_s)
 

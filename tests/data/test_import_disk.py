@@ -236,7 +236,9 @@ def test_a_full_disk_under_the_staging_database_is_one_sentence_and_leaves_nothi
 
     def fills_up(folder):
         real_connect(folder).close()  # the file is there, as on a real disk
-        raise sqlite3.OperationalError("database or disk is full")
+        error = sqlite3.OperationalError("database or disk is full")
+        error.sqlite_errorname = "SQLITE_FULL"  # as SQLite sets it
+        raise error
 
     monkeypatch.setattr(staging, "_connect", fills_up)
     before = data_files()

@@ -173,23 +173,35 @@ def test_backup_of_a_damaged_database_or_onto_a_full_disk_says_so_in_a_sentence(
     damaged = bytearray(good)
     damaged[4096:8192] = bytes(range(256)) * 16  # a page of the table overwritten
     path.write_bytes(bytes(damaged))
-    with pytest.raises(ValueError, match=r"live.db cannot be read whole \(.+\), so no backup was written"):
+    with pytest.raises(ValueError, match=r"live.db is damaged \(.+\), so no backup was written; restore"):
         backup_module.backup(tmp_path / "b.db", url=f"sqlite:///{path}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live.db"]
     path.write_bytes(good)
     connect = sqlite3.connect
 
-    class Full:  # the copy's disk fills up
-        def __init__(self, *args, **kwargs):
-            self.db = connect(*args, **kwargs)
+    def failing(message: str, code: str):
+        class Failing:  # the copy's disk fails, as SQLite reports it
+            def __init__(self, *args, **kwargs):
+                self.db = connect(*args, **kwargs)
 
-        def backup(self, *args, **kwargs):
-            raise sqlite3.OperationalError("database or disk is full")
+            def backup(self, *args, **kwargs):
+                error = sqlite3.OperationalError(message)
+                error.sqlite_errorname = code
+                raise error
 
-        def __getattr__(self, name):
-            return getattr(self.db, name)
+            def __getattr__(self, name):
+                return getattr(self.db, name)
 
-    monkeypatch.setattr(sqlite3, "connect", Full)
+        return Failing
+
+    monkeypatch.setattr(sqlite3, "connect", failing("database or disk is full", "SQLITE_FULL"))
     with pytest.raises(ValueError, match=r"^The disk is full: .*b.db could not be written; free some space"):
+        backup_module.backup(tmp_path / "b.db", url=f"sqlite:///{path}")
+    # A disk error under the copy says nothing of the database's health (review: it said to
+    # restore a backup over a healthy database).
+    monkeypatch.setattr(sqlite3, "connect", failing("disk I/O error", "SQLITE_IOERR_WRITE"))
+    with pytest.raises(
+        ValueError, match=r"^The backup to .*b.db failed \(disk I/O error\); nothing was written\.$"
+    ):
         backup_module.backup(tmp_path / "b.db", url=f"sqlite:///{path}")
     assert sorted(p.name for p in tmp_path.iterdir()) == ["live.db"]
