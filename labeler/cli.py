@@ -330,12 +330,28 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+def _stdout_gone() -> bool:
+    """Whether standard output is a pipe whose reader has left (poll says POLLERR)."""
+    try:
+        import select
+
+        poll = select.poll()
+        poll.register(sys.stdout.fileno(), select.POLLOUT)
+        return any(events & select.POLLERR for _, events in poll.poll(0))
+    except (AttributeError, OSError, ValueError):  # no fd (tests), no poll (Windows)
+        return False
+
+
 def main(argv: list[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except BrokenPipeError:  # `projects | head -1`: the reader left; it said "Cannot use (Broken pipe)"
+    except BrokenPipeError as error:
+        if not _stdout_gone():  # another pipe (a subprocess, a socket): an error as any other
+            print(f"error: {error}", file=sys.stderr)
+            return 2
+        # `projects | head -1`: the reader left; it said "Cannot use (Broken pipe)".
         with contextlib.suppress(OSError, ValueError):  # stdout may not be a real file (tests)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit
         return 1

@@ -1,6 +1,8 @@
 """The headless commands, called in-process (the same `main` that `python -m labeler` runs)."""
 
 import json
+import os
+import sys
 
 import pandas as pd
 import pytest
@@ -408,6 +410,13 @@ def test_a_reader_that_leaves_early_ends_the_command_without_an_error(monkeypatc
         raise BrokenPipeError(32, "Broken pipe")
 
     monkeypatch.setattr(cli, "cmd_projects", piped)
+    # Standard output healthy: another pipe broke (a subprocess's), an error as any other (review).
+    assert main(["projects"]) == 2
+    assert capsys.readouterr().err == "error: [Errno 32] Broken pipe\n"
+
+    read, write = os.pipe()  # standard output a pipe whose reader left
+    os.close(read)
+    monkeypatch.setattr(sys, "stdout", os.fdopen(write, "w"))
     assert main(["projects"]) == 1
     assert capsys.readouterr().err == ""
 
