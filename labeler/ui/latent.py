@@ -688,7 +688,9 @@ def _selection_panel(
     # What a click labels: without "relabel", the images with no answer yet ("ignore" is one);
     # the button said "Label 46 images" where 13 had an answer and 33 were labeled.
     answered = int(chosen["answer_event"].notna().sum()) if "answer_event" in chosen else 0
-    count = len(chosen) if relabel else len(chosen) - answered
+    # With "relabel", images that have the chosen class already are left as they are too.
+    same = int((chosen["label_index"] == chosen_class).sum()) if isinstance(chosen_class, int) else 0
+    count = len(chosen) - same if relabel else len(chosen) - answered
     right.button(
         common.as_typed(f"Label {count} {common.by_count(count, 'image', 'images')}{as_class}"),
         key=f"bulk_apply-{common.tag(sorted(int(i) for i in chosen.index))}",  # see common.tag
@@ -703,4 +705,5 @@ def _selection_panel(
             "has an answer already and is left as it is",
             "have an answer already and are left as they are",
         )
-        left.caption(f'{answered} of the {len(chosen)} {have} (tick "relabel" to change them).')
+        them = common.by_count(answered, "it", "them")
+        left.caption(f'{answered} of the {len(chosen)} {have} (tick "relabel" to change {them}).')
