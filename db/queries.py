@@ -366,17 +366,19 @@ def label_history(
     project_id: int,
     class_index: int | None = None,
     annotator: str | None = None,
-    disagree: bool = False,
+    disagree_with: int | None = None,
     limit: int = 200,
     before: int | None = None,
 ) -> list[tuple[LabelEvent, Item]]:
     """Current answers, newest first (older than the event `before`, for the next page: an
     answer corrected or undone on a newer page does not shift one past the person), for browsing
-    and correcting: optionally one class, one annotator, or (`disagree`) only answers to pool
-    images whose class the newest finished run does not predict: likely mistakes, whatever the
-    answer was given with (the guess shown then left out answers given before any run, in bulk
-    or to audit images). Audit answers are left out there: correcting only those the model
-    disputes would flatter the audit accuracy."""
+    and correcting: optionally one class, one annotator, or only answers to pool images whose
+    class the finished run `disagree_with` (the newest, on the History page) does not predict:
+    likely mistakes, whatever the answer was given with (the guess shown then left out answers
+    given before any run, in bulk or to audit images). Audit answers are left out there:
+    correcting only those the model disputes would flatter the audit accuracy. So are answers
+    in a class added after that run trained, which it cannot predict (where the run recorded
+    its classes)."""
     newest = _current_event_ids(project_id)
     query = (
         select(LabelEvent, Item)
@@ -391,17 +393,18 @@ def label_history(
         query = query.where(LabelEvent.class_index == class_index)
     if annotator is not None:
         query = query.where(LabelEvent.annotator == annotator)
-    if disagree:
-        run_id = latest_done_run_id(session, project_id)
-        if run_id is None:
-            return []
+    if disagree_with is not None:
         query = query.join(
-            Prediction, and_(Prediction.run_id == run_id, Prediction.item_id == LabelEvent.item_id)
+            Prediction, and_(Prediction.run_id == disagree_with, Prediction.item_id == LabelEvent.item_id)
         ).where(
             Item.split == POOL,
             LabelEvent.class_index != IGNORED,
             Prediction.predicted != LabelEvent.class_index,
         )
+        run = session.get(Run, disagree_with)
+        known = (run.metrics or {}).get("classes") if run is not None else None
+        if isinstance(known, int):
+            query = query.where(LabelEvent.class_index < known)
     return [(event, item) for event, item in session.execute(query)]
 
 

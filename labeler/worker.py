@@ -394,6 +394,7 @@ class Worker:
         columns = {"item_id": np.array(inputs.item_ids), **result.prediction_columns()}
         seconds = time.monotonic() - start
         metrics = {
+            "classes": inputs.num_classes,  # the classes it knows: one added later it cannot predict
             "losses": result.losses,
             "notes": result.notes,
             "labels": result.labels_used,

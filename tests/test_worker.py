@@ -142,6 +142,7 @@ def test_worker_runs_a_queued_run_to_done_with_predictions(Session, project):
     assert run.step == 20 and run.progress == 1.0
     assert run.test_accuracy is not None and 0.0 <= run.test_accuracy <= 1.0
     assert run.audit_n == 2 and run.audit_low <= run.audit_accuracy <= run.audit_high
+    assert run.metrics["classes"] == 2  # the classes it knows (History leaves out later ones)
     assert projects.checkpoint_path(project.id, run_id).exists()
     with Session() as session:
         preds = run_queries.predictions(session, run_id)

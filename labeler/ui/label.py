@@ -1571,13 +1571,17 @@ def _history(project_id: int, names: list[str]) -> None:
     starts = list(at[1]) if at and at[0] == filters and isinstance(at[1], list) else []
     st.session_state[_history_page_key(project_id)] = (filters, starts)
     with Session() as session:
-        while True:
+        # One run for the filter and the guesses shown (a run finishing between two lookups
+        # captioned tiles with another run's guess; review).
+        newest_run = queries.latest_done_run_id(session, project_id) if disagree else None
+        rows = []
+        while not (disagree and newest_run is None):  # no run yet: no model to disagree with
             rows = queries.label_history(
                 session,
                 project_id,
                 class_index=which,
                 annotator=who,
-                disagree=disagree,
+                disagree_with=newest_run,
                 limit=HISTORY_ROWS + 1,
                 before=starts[-1] if starts else None,
             )
@@ -1590,7 +1594,6 @@ def _history(project_id: int, names: list[str]) -> None:
         last_shown = rows[-1][0].id if rows else None
         st.session_state[_SET_NOW] = set()
         rows = _with_unsaved(session, project_id, rows, names)
-        newest_run = queries.latest_done_run_id(session, project_id) if disagree else None
         guessed = (
             run_queries.guesses(session, newest_run, [item.id for _, item in rows]) if newest_run else {}
         )
@@ -1599,7 +1602,7 @@ def _history(project_id: int, names: list[str]) -> None:
         st.info(
             "No answers match."
             if not disagree or newest_run is not None
-            else "No answers match: no run has finished yet, so there is no model to disagree."
+            else "No answers match: no run has finished yet, so there is no model to disagree with."
         )
         return
     kept = f", and {len(rows) - newest} you changed that are not saved yet" if len(rows) > newest else ""

@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, POOL, LabelEvent
+from db.models import AUDIT, POOL, LabelEvent, Run
 from labeler.ui import label
 from tests.ui.ui_helpers import (
     APP,
@@ -1062,13 +1062,18 @@ def test_the_history_finds_pool_answers_the_newest_model_disagrees_with(Session,
     at.radio(key="label_mode").set_value("History").run()
     at.checkbox(key="hist_disagree").check().run()
     assert not _history_tiles(at) and "no run has finished yet" in at.info[0].value
-    fake_done_run(Session, tiny_project.id)  # guesses every image's true class, 90 % sure
+    run_id = fake_done_run(Session, tiny_project.id)  # guesses every image's true class, 90 % sure
+    with Session.begin() as session:  # a class added after the run: it cannot predict it
+        session.get(Run, run_id).metrics = {"classes": 2}
+        queries.add_class(session, tiny_project.id, "new")
+        later = queries.items(session, tiny_project.id, "pool")[5]
+        queries.add_label(session, later.id, 2)
     at.run()
-    assert set(_history_tiles(at)) == {wrong.id, bulk.id}
+    assert set(_history_tiles(at)) == {wrong.id, bulk.id}  # not `later` (review)
     captions = [image.proto.imgs[0].caption.replace("\\", "") for image in at.get("image")]  # as typed
     assert f"#{wrong.id} · model: {wrong.truth} (90%)" in captions, captions
     at.checkbox(key="hist_disagree").uncheck().run()
-    assert set(_history_tiles(at)) == {right.id, wrong.id, bulk.id, audit.id}
+    assert set(_history_tiles(at)) == {right.id, wrong.id, bulk.id, audit.id, later.id}
 
 
 def test_a_grid_tile_shown_as_answered_meanwhile_is_never_stored(Session, tiny_project):
