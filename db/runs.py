@@ -142,9 +142,11 @@ def active_runs(session: Session, project_id: int | None = None) -> list[Run]:
 
 
 def running_with_undone(session: Session, project_id: int, item_ids: Sequence[int]) -> list[int]:
-    """Ids of the project's RUNNING runs that started after the answers just taken back from
-    `item_ids` were given (each item's newest undone answer): they train with those answers, as
-    they read the labels at their start; the next run leaves them out."""
+    """Ids of the project's RUNNING runs that read the answers just taken back from `item_ids`
+    (each item's newest undone answer) with their labels: they train with them; the next run
+    leaves them out. By event id against the newest one each run read (`start_training`), not
+    by clock: a worker's clock on another machine, and a run claimed before the answers and
+    reading its labels after them, made a time test wrong (review)."""
     if not item_ids:
         return []
     newest = (
@@ -152,16 +154,15 @@ def running_with_undone(session: Session, project_id: int, item_ids: Sequence[in
         .where(LabelEvent.item_id.in_(list(item_ids)), LabelEvent.undone.is_(True))
         .group_by(LabelEvent.item_id)
     )
-    first_given = session.scalar(select(func.min(LabelEvent.created_at)).where(LabelEvent.id.in_(newest)))
-    if first_given is None:
+    first = session.scalar(select(func.min(LabelEvent.id)).where(LabelEvent.id.in_(newest)))
+    if first is None:
         return []
-    return list(
-        session.scalars(
-            select(Run.id).where(
-                Run.project_id == project_id, Run.status == RUNNING, Run.started_at >= first_given
-            )
-        )
+    running = session.execute(
+        select(Run.id, Run.metrics)
+        .where(Run.project_id == project_id, Run.status == RUNNING)
+        .order_by(Run.id)
     )
+    return [run_id for run_id, metrics in running if (metrics or {}).get("labels_upto", 0) >= first]
 
 
 def last_run_started(session: Session, project_id: int):
@@ -426,6 +427,7 @@ class RoundInputs:
     truth: list[int]  # -1 unknown
     labels: list[int]  # each item's current answer usable here: pool labels and audit labels, -1 none
     previous_checkpoint: str | None  # of the project's newest DONE run of the same model
+    labels_upto: int = 0  # the project's newest answer event when the labels were read (0: none)
 
 
 def round_inputs(session: Session, run_id: int) -> RoundInputs | None:
@@ -442,6 +444,7 @@ def round_inputs(session: Session, run_id: int) -> RoundInputs | None:
         .where(Item.project_id == project.id)
         .order_by(Item.row)
     ).all()
+    upto = session.scalar(select(func.max(LabelEvent.id)).where(LabelEvent.project_id == project.id)) or 0
     trained, answered = pool_labels(session, project.id), current_labels(session, project.id)
     previous = latest_done_run(session, project.id, run.model)
     return RoundInputs(
@@ -464,11 +467,20 @@ def round_inputs(session: Session, run_id: int) -> RoundInputs | None:
             for item in items
         ],
         previous_checkpoint=previous.checkpoint if previous is not None and previous.checkpoint else None,
+        labels_upto=int(upto),
     )
 
 
-def start_training(session: Session, run_id: int, labels_used: int, worker: str) -> None:
-    session.execute(update(Run).where(Run.id == run_id).values(labels_used=labels_used, worker=worker))
+def start_training(
+    session: Session, run_id: int, labels_used: int, worker: str, labels_upto: int = 0
+) -> None:
+    """The run's labels are read: how many it trains on, its worker, and (in its metrics until it
+    ends) the newest answer event it read, for `running_with_undone`."""
+    session.execute(
+        update(Run)
+        .where(Run.id == run_id)
+        .values(labels_used=labels_used, worker=worker, metrics={"labels_upto": labels_upto})
+    )
 
 
 def beat(session: Session, run_id: int) -> None:

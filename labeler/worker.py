@@ -341,7 +341,9 @@ class Worker:
         split, labels = np.array(inputs.splits), np.array(inputs.labels, dtype=np.int64)
         labels_used = int(np.sum((split == POOL) & (labels >= 0)))
         self._write_through_outage(
-            lambda session: run_queries.start_training(session, inputs.run_id, labels_used, self.name)
+            lambda session: run_queries.start_training(
+                session, inputs.run_id, labels_used, self.name, inputs.labels_upto
+            )
         )
         last_write = -math.inf
 
@@ -395,6 +397,7 @@ class Worker:
         seconds = time.monotonic() - start
         metrics = {
             "classes": inputs.num_classes,  # the classes it knows: one added later it cannot predict
+            "labels_upto": inputs.labels_upto,  # the newest answer event it read
             "losses": result.losses,
             "notes": result.notes,
             "labels": result.labels_used,

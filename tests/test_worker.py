@@ -9,7 +9,7 @@ from dataclasses import dataclass
 import numpy as np
 import pytest
 import torch
-from sqlalchemy import and_, select, update
+from sqlalchemy import and_, func, select, update
 
 import labeler.models as models_pkg
 from db import queries
@@ -22,6 +22,7 @@ from db.models import (
     INTERRUPTED,
     QUEUED,
     RUNNING,
+    LabelEvent,
     Prediction,
     QueuePosition,
     Run,
@@ -143,6 +144,8 @@ def test_worker_runs_a_queued_run_to_done_with_predictions(Session, project):
     assert run.test_accuracy is not None and 0.0 <= run.test_accuracy <= 1.0
     assert run.audit_n == 2 and run.audit_low <= run.audit_accuracy <= run.audit_high
     assert run.metrics["classes"] == 2  # the classes it knows (History leaves out later ones)
+    with Session() as session:  # the newest answer it read (an undo names the runs that read it)
+        assert run.metrics["labels_upto"] == session.scalar(select(func.max(LabelEvent.id))) > 0
     assert projects.checkpoint_path(project.id, run_id).exists()
     with Session() as session:
         preds = run_queries.predictions(session, run_id)

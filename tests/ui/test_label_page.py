@@ -120,36 +120,39 @@ def test_grid_accepts_confident_guesses_only_and_undoes_a_page_at_once(Session, 
 
 def test_undoing_a_page_a_running_run_started_with_says_so(Session, tiny_project):
     """An accepted page started a run (auto-retrain); U undid the page at once and said nothing,
-    while the run went on training with it (exploratory session)."""
+    while the run went on training with it (exploratory session). A run is named when the
+    labels it read held the page (by event id, not by clock: review)."""
     from datetime import timedelta
 
-    from db.models import RUNNING, Run, utcnow
+    from sqlalchemy import func, select
+
+    from db.models import RUNNING, utcnow
 
     fake_done_run(Session, tiny_project.id)  # every guess 90 % sure
     at = page_app("label", tiny_project.id)
     at.radio(key="label_mode").set_value("Grid").run()
     at.slider(key="grid_threshold").set_value(0.85).run()
     button(at, "accept_grid").click().run()
-    with Session.begin() as session:  # one run from before the page, one started after it
-        before = Run(
-            project_id=tiny_project.id, model="m2", status=RUNNING, started_at=utcnow() - timedelta(hours=1)
-        )
-        after = Run(project_id=tiny_project.id, model="m2", status=RUNNING, started_at=utcnow())
-        session.add_all([before, after])
+    with Session.begin() as session:
+        page_end = session.scalar(select(func.max(LabelEvent.id)))
+        early = utcnow() - timedelta(hours=1)  # both claimed before the page: the clock says nothing
+        without = Run(project_id=tiny_project.id, model="m2", status=RUNNING, started_at=early)
+        without.metrics = {"labels_upto": page_end - 12}  # read its labels before the page
+        read = Run(project_id=tiny_project.id, model="m2", status=RUNNING, started_at=early)
+        read.metrics = {"labels_upto": page_end}  # ... and after it
+        session.add_all([without, read])
         session.flush()
-        before_id, after_id = before.id, after.id
+        without_id, read_id = without.id, read.id
     at.button(key="undo").click().run()
     (said,) = [m.value.replace("\\", "") for m in at.info if m.value.startswith("Undone")]  # as typed
     assert said.endswith(
-        f"back in the queue; run {after_id}, training now, started with them (the next run leaves them out)."
+        f"back in the queue; run {read_id}, training now, started with them (the next run leaves them out)."
     )
     with Session.begin() as session:
-        session.get(Run, after_id).status = "done"
-        assert run_queries.running_with_undone(session, tiny_project.id, []) == []
+        session.get(Run, read_id).status = "done"
     with Session() as session:
         undone = [i.id for i in queries.items(session, tiny_project.id, "pool")]
-        # The other run started before the page: it trains without it.
-        assert session.get(Run, before_id).status == RUNNING
+        assert session.get(Run, without_id).status == RUNNING
         assert run_queries.running_with_undone(session, tiny_project.id, undone) == []
 
 
