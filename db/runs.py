@@ -22,6 +22,7 @@ from .models import (
     AUDIT,
     CANCELLED,
     DONE,
+    IGNORED,
     INTERRUPTED,
     POOL,
     QUEUED,
@@ -35,7 +36,13 @@ from .models import (
     RunMetric,
     utcnow,
 )
-from .queries import _current_event_ids, analyze, current_labels, done_runs_newest_first, lock_for_write
+from .queries import (
+    _current_event_ids,
+    analyze,
+    current_answers_query,
+    done_runs_newest_first,
+    lock_for_write,
+)
 
 FINISHED_STATUSES = (DONE, "failed", CANCELLED, INTERRUPTED)
 
@@ -510,13 +517,14 @@ def audit_now(
     left out) against `predicted` (one class per item of `item_ids`). A run's audit accuracy is
     measured on these when it is stored, so answers given or corrected while it trained count
     (the README's "labeled when it finished"; it used the answers of its start)."""
-    audit = set(session.scalars(select(Item.id).where(Item.project_id == project_id, Item.split == AUDIT)))
-    answered = current_labels(session, project_id)
-    pairs = [
-        (answered[item], int(guess))
-        for item, guess in zip(item_ids, predicted)
-        if item in audit and item in answered
-    ]
+    answers = dict(
+        session.execute(
+            current_answers_query(project_id, LabelEvent.item_id, LabelEvent.class_index)
+            .join(Item, Item.id == LabelEvent.item_id)
+            .where(Item.split == AUDIT, LabelEvent.class_index != IGNORED)
+        ).all()
+    )
+    pairs = [(answers[item], int(guess)) for item, guess in zip(item_ids, predicted) if item in answers]
     return len(pairs), sum(answer == guess for answer, guess in pairs)
 
 

@@ -49,6 +49,8 @@ class RoundResult:
     notes: list[str]
     timing: dict[str, float]
     test_accuracy: float | None
+    # On the audit answers of the round's start (what `simulate` reports); the worker measures a
+    # run on those standing when it is stored instead (`runs.audit_now`).
     audit_n: int
     audit_correct: int
     audit_interval: tuple[float | None, float | None] = (None, None)
