@@ -84,12 +84,9 @@ def cmd_import(args) -> int:
         n_test = queries.count_items(session, project.id, TEST)
     for issue in issues:
         print(f"skipped {issue.path}: {issue.reason}")
-    if args.audit_size is not None and n_audit < args.audit_size and not n_test:  # the app says so too
-        print(
-            f"The audit set has {n_audit} {'image' if n_audit == 1 else 'images'}, not {args.audit_size}: "
-            "it is at most a fifth of the "
-            "images, so most are left to label and train on."
-        )
+    note = projects.capped_audit_note(args.audit_size, n_audit, n_test)  # the app says so too
+    if note:
+        print(note)
     print(
         json.dumps(
             {

@@ -425,6 +425,17 @@ def _create(
     return project
 
 
+def capped_audit_note(asked: int | None, n_audit: int, n_test: int) -> str | None:
+    """The sentence the Project page and `import` say when the audit set asked for was capped
+    at a fifth of the images (`_audit_rows`); None when it was not (or a test split measures)."""
+    if asked is None or n_audit >= asked or n_test:
+        return None
+    return (
+        f"The audit set has {n_audit} {'image' if n_audit == 1 else 'images'}, not {asked}: it is at "
+        "most a fifth of the images, so most are left to label and train on."
+    )
+
+
 def _audit_rows(rows: np.ndarray | list[int], audit_size: int, seed: int) -> np.ndarray:
     """The audit set drawn from `rows` with `seed`: `audit_size` of them, a fifth at the most."""
     n_audit = min(audit_size, len(rows) // 5)

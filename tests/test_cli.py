@@ -288,12 +288,14 @@ def test_device_arg_takes_the_devices_this_machine_has(monkeypatch):
         (["--datasets", "digits", "--budget-s", "-5"], "between 1 and 86400"),
         (["--datasets", "digits", "--labels", "0"], "--labels must be between 1 and"),
         (["--mode", "strategies", "--datasets", "digits", "--budget-s", "0"], "between 1 and 86400"),
-        (["--mode", "report", "--inputs", "/etc/passwd"], "/etc/passwd is not a benchmark-models.csv"),
+        (["--mode", "report", "--inputs", "{tmp}/other.csv"], "other.csv is not a benchmark-models.csv"),
     ],
 )
 def test_benchmark_refuses_impossible_inputs_before_running_anything(args, says, tmp_path, capsys):
     """An unknown data set failed once per run (36 lines for 12 models and 3 seeds) and zero seeds
     wrote an empty table, both with exit 0."""
+    (tmp_path / "other.csv").write_text("name,score\nx,1\n")  # a CSV of something else
+    args = [arg.replace("{tmp}", str(tmp_path)) for arg in args]
     assert main(["benchmark", "--budget-s", "1", "--out-dir", str(tmp_path / "out"), *args]) == 2
     assert says in capsys.readouterr().err
     assert not (tmp_path / "out").exists()

@@ -256,12 +256,14 @@ def extract_zip(
         skipped: list[tuple[str, str]] = []
         written = 0
         folders: set[tuple[str, ...]] = set()
+        hidden_folders: set[str] = set()
         for info in infos:
             folders.add(_folder_of_entry(info))
             parts, reason = _entry_parts(info, max_ratio, max_file_bytes)
             if reason == HIDDEN_FOLDER:  # once, as "folder/" (it was listed file by file)
                 shown = "/".join(parts) + "/"
-                if (shown, reason) not in skipped:
+                if shown not in hidden_folders:
+                    hidden_folders.add(shown)
                     skipped.append((shown, reason))
                 continue
             if reason:

@@ -1,5 +1,5 @@
 """The Latent space page: every pool image's 2-D latent point from the newest finished run (audit
-images are left off: they are answered one at a time without the model's guess).
+images are left off: they are answered without the model's guess).
 
 Coloured by the label, the model's prediction or its uncertainty (entropy); labeled images are
 drawn as crosses. A lasso or box selection shows those images and can label them all at once
@@ -44,7 +44,7 @@ def points_frame(
     session, project_id: int, run_id: int, names: list[str], max_points: int = MAX_POINTS, seed: int = 0
 ) -> pd.DataFrame:
     """One row per shown item (the pool: the test split is never shown, nor the audit set, whose
-    images are answered one at a time without the model's guess), with its label.
+    images are answered without the model's guess), with its label.
 
     Above `max_points` every labeled item is kept and the rest is a fixed random sample.
     """
@@ -581,8 +581,8 @@ def latent_page() -> None:
         "Draw a lasso or a box to select images; crosses are labeled."
         + (
             f" The {n_audit} audit {common.by_count(n_audit, 'image is', 'images are')} not on the map: "
-            "they are answered one at a time on the Label page, without the model's guess, so the "
-            "accuracy measured on them stays fair."
+            "they are answered on the Label page, without the model's guess, so the accuracy "
+            "measured on them stays fair."
             if n_audit
             else ""
         )

@@ -182,12 +182,9 @@ def _create_ui() -> None:
     with common.session_factory()() as session:
         n_audit = queries.count_items(session, project.id, AUDIT)
         n_test = queries.count_items(session, project.id, TEST)
-    if audit is not None and n_audit < audit and not n_test:
-        message += (
-            f" The audit set has {n_audit} {common.by_count(n_audit, 'image', 'images')}, not {audit}: "
-            "it is at most a fifth of the images, "
-            "so most are left to label and train on."
-        )
+    note = projects.capped_audit_note(audit, n_audit, n_test)
+    if note:
+        message += f" {note}"
     st.session_state["project_message"] = message
     st.rerun()
 
