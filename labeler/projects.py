@@ -237,6 +237,14 @@ def _settings_and_classes(
         raise ValueError("This data set has no class folders: give the class names (e.g. cat, dog).")
     if len(set(class_list)) != len(class_list):
         raise ValueError("Class names must be different from each other.")
+    first: dict[str, str] = {}
+    for name in class_list:  # as a class added on the Label page (`queries.add_class`)
+        other = first.setdefault(name.casefold(), name)
+        if other != name:  # "star" beside "Star" was imported as two classes (exploratory)
+            raise ValueError(
+                f"The classes {other!r} and {name!r} differ only in case, so they would read as one; "
+                "merge them or rename one (its folder, or the name given), then import again."
+            )
     check_int("The number of classes", len(class_list), 2, MAX_CLASSES)
     settings = dict(DEFAULT_SETTINGS)
     if audit_size is not None:
