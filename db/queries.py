@@ -74,16 +74,16 @@ def check_class_name(name: str) -> str:
     return check_text_name(name, "A class name", MAX_CLASS_NAME)
 
 
+def case_twin(name: str, others: Sequence[str]) -> str | None:
+    """Another class name that differs from `name` only in case ("star" beside "Star"), or None:
+    allowed ("a" and "A" are two classes of letters), and said where a class is added, renamed
+    or imported, since it is more often a slip (an exploratory session added both)."""
+    return next((other for other in others if other != name and other.casefold() == name.casefold()), None)
+
+
 def _check_new_name(name: str, others: Sequence[str]) -> None:
-    """A class name that differs from another only in case is refused too ("star" beside
-    "Star": two classes that read as one; an exploratory session added both)."""
-    same = [other for other in others if other.casefold() == name.casefold()]
-    if same:
-        raise ValueError(
-            f"There is already a class named {same[0]!r}."
-            if same[0] == name
-            else f"There is already a class named {same[0]!r}, which differs only in case; choose another name."
-        )
+    if name in others:
+        raise ValueError(f"There is already a class named {name!r}.")
 
 
 def add_class(session: Session, project_id: int, name: str) -> LabelClass:

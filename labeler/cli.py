@@ -84,9 +84,9 @@ def cmd_import(args) -> int:
         n_test = queries.count_items(session, project.id, TEST)
     for issue in issues:
         print(f"skipped {issue.path}: {issue.reason}")
-    note = projects.capped_audit_note(args.audit_size, n_audit, n_test)  # the app says so too
-    if note:
-        print(note)
+    for note in (projects.capped_audit_note(args.audit_size, n_audit, n_test), projects.case_note(names)):
+        if note:  # the app says them too
+            print(note)
     print(
         json.dumps(
             {

@@ -237,14 +237,6 @@ def _settings_and_classes(
         raise ValueError("This data set has no class folders: give the class names (e.g. cat, dog).")
     if len(set(class_list)) != len(class_list):
         raise ValueError("Class names must be different from each other.")
-    first: dict[str, str] = {}
-    for name in class_list:  # as a class added on the Label page (`queries.add_class`)
-        other = first.setdefault(name.casefold(), name)
-        if other != name:  # "star" beside "Star" was imported as two classes (exploratory)
-            raise ValueError(
-                f"The classes {other!r} and {name!r} differ only in case, so they would read as one; "
-                "merge them or rename one (its folder, or the name given), then import again."
-            )
     check_int("The number of classes", len(class_list), 2, MAX_CLASSES)
     settings = dict(DEFAULT_SETTINGS)
     if audit_size is not None:
@@ -431,6 +423,19 @@ def _create(
             raise disk_full(error, "storing the images") or error from None
         raise
     return project
+
+
+def case_note(names: list[str]) -> str | None:
+    """The sentence the Project page and `import` say when two classes differ only in case
+    (`queries.case_twin`: kept as two, as letters need; more often a slip, "star" and "Star")."""
+    for k, name in enumerate(names):
+        twin = queries.case_twin(name, names[:k])
+        if twin is not None:
+            return (
+                f"The classes {twin!r} and {name!r} differ only in case, so they are two classes; "
+                "rename one on the Label page if they are one."
+            )
+    return None
 
 
 def capped_audit_note(asked: int | None, n_audit: int, n_test: int) -> str | None:

@@ -1703,11 +1703,20 @@ def _edit_classes(change, success: str, clear: str) -> None:
         st.session_state["last_message"] = ("error", str(error))
 
 
+def _twin_words(name: str, others: list[str]) -> str:
+    """ "; it differs from 'star' only in case, ..." when it does (`queries.case_twin`), else ""."""
+    twin = queries.case_twin(name.strip(), others)
+    if twin is None:
+        return ""
+    return f"; it differs from {twin!r} only in case, so these are two classes (rename one if they are one)"
+
+
 def _add_class(project_id: int) -> None:
     name = st.session_state.get("new_class", "")
+    twin = _twin_words(name, common.class_names(project_id))
     _edit_classes(
         lambda session: queries.add_class(session, project_id, name),
-        f"Added the class {name.strip()!r}.",
+        f"Added the class {name.strip()!r}{twin}.",
         "new_class",
     )
 
@@ -1737,9 +1746,10 @@ def _rename_class(project_id: int) -> None:
     if index is None or not 0 <= index < len(names):
         st.session_state["last_message"] = ("error", "Choose the class to rename again.")
         return
+    twin = _twin_words(name, [n for i, n in enumerate(names) if i != index])
     _edit_classes(
         lambda session: queries.rename_class(session, project_id, index, name),
-        f"Renamed class {names[index]!r} to {name.strip()!r}.",
+        f"Renamed class {names[index]!r} to {name.strip()!r}{twin}.",
         "rename_to",
     )
 

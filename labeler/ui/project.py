@@ -182,9 +182,10 @@ def _create_ui() -> None:
     with common.session_factory()() as session:
         n_audit = queries.count_items(session, project.id, AUDIT)
         n_test = queries.count_items(session, project.id, TEST)
-    note = projects.capped_audit_note(audit, n_audit, n_test)
-    if note:
-        message += f" {note}"
+        names = queries.class_names(session, project.id)
+    for note in (projects.capped_audit_note(audit, n_audit, n_test), projects.case_note(names)):
+        if note:
+            message += f" {note}"
     st.session_state["project_message"] = message
     st.rerun()
 

@@ -338,29 +338,19 @@ def test_a_stray_image_beside_class_folders_says_why_the_folders_are_not_classes
         projects.create_project(Session, f"pets-{kind}", source)
 
 
-def test_class_folders_that_differ_only_in_case_are_refused_and_leave_nothing(Session, tmp_path):
-    """`star/` beside `Star/` was imported as two classes that read as one (exploratory session);
-    a class added on the Label page is refused the same way."""
+def test_class_folders_that_differ_only_in_case_are_two_classes_and_the_import_says_so(Session, tmp_path):
+    """`star/` beside `Star/` was imported as two classes without a word (exploratory session):
+    two classes still (letters have "a" and "A"), and the import says so."""
     source = tmp_path / "src"
     for k, c in enumerate(("star", "Star", "moon")):
         (source / c).mkdir(parents=True)
         (source / c / "0.png").write_bytes(png(k))
-    archive = tmp_path / "src.zip"
-    with zipfile.ZipFile(archive, "w") as out:
-        for path in sorted(source.rglob("*.png")):
-            out.write(path, path.relative_to(source).as_posix())
-    before = data_files()
-    for where in (f"folder:{source}", f"zip:{archive}"):  # staged, and in memory
-        with pytest.raises(
-            ValueError, match=r"^The classes '\w+' and '\w+' differ only in case, so they would"
-        ):
-            projects.create_project(Session, "sky", where)
-        assert data_files() == before
-    flat = tmp_path / "flat"
-    flat.mkdir()
-    (flat / "0.png").write_bytes(png(5))
-    (flat / "1.png").write_bytes(png(6))
-    with pytest.raises(ValueError, match=r"^The classes 'Cat' and 'cat' differ only in case"):
-        projects.create_project(Session, "pets", f"folder:{flat}", classes=["Cat", "cat"])
+    project = projects.create_project(Session, "sky", f"folder:{source}")
     with Session() as session:
-        assert queries.list_projects(session) == []
+        names = queries.class_names(session, project.id)
+    assert sorted(names) == ["Star", "moon", "star"]
+    assert projects.case_note(names) == (
+        "The classes 'Star' and 'star' differ only in case, so they are two classes; "
+        "rename one on the Label page if they are one."
+    )
+    assert projects.case_note(["a", "b"]) is None

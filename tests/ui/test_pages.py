@@ -132,6 +132,13 @@ def test_classes_can_be_added_and_renamed(Session, tiny_project):
     at.text_input(key="new_class").input("dark")
     at.button(key="add_class").click().run()
     assert "already a class" in at.error[0].value
+    # One that differs only in case is a class of its own, and the page says so (exploratory).
+    at.text_input(key="new_class").input("Dark")
+    at.button(key="add_class").click().run()
+    assert (
+        "Added the class 'Dark'; it differs from 'dark' only in case, so these are two classes"
+        in " ".join(s.value.replace("\\", "") for s in at.success)
+    )
 
 
 def test_auto_retrain_queues_a_run_after_n_labels(Session, tiny_project):
