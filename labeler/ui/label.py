@@ -1048,8 +1048,10 @@ def _undo_page(project_id: int) -> None:
             back = queries.unanswered(session, project_id, undone)
             training = run_queries.running_with_undone(session, project_id, undone)
         # A run that started with them trains on them still, without a word (exploratory).
+        runs = " and ".join(map(str, training))
         still = (
-            f"; run {training[0]}, training now, started with them (the next run leaves them out)"
+            f"; {common.by_count(len(training), 'run', 'runs')} {runs}, training now, started with them "
+            "(the next run leaves them out)"
             if training
             else ""
         )

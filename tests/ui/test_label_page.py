@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, POOL, LabelEvent, Run
+from db.models import AUDIT, POOL, LabelEvent, Project, Run
 from labeler.ui import label
 from tests.ui.ui_helpers import (
     APP,
@@ -129,6 +129,9 @@ def test_undoing_a_page_a_running_run_started_with_says_so(Session, tiny_project
     from db.models import RUNNING, utcnow
 
     fake_done_run(Session, tiny_project.id)  # every guess 90 % sure
+    with Session.begin() as session:  # no run of its own: the accept would queue one, which a
+        project = session.get(Project, tiny_project.id)  # worker may train before the undo
+        project.settings = {**project.settings, "auto_retrain_every": 0}
     at = page_app("label", tiny_project.id)
     at.radio(key="label_mode").set_value("Grid").run()
     at.slider(key="grid_threshold").set_value(0.85).run()
