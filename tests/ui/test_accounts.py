@@ -130,7 +130,14 @@ def test_a_download_is_refused_once_its_admin_is_an_admin_no_more(
     label_items(Session, tiny_project.id, 6)
     made = []
     real = st.download_button
-    monkeypatch.setattr(st, "download_button", lambda *a, **k: made.append(k["data"]) or real(*a, **k))
+    clicks = []
+
+    def recorded(*args, **kwargs):
+        made.append(kwargs["data"])
+        clicks.append(kwargs.get("on_click"))
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(st, "download_button", recorded)
     at = _page_as("export", tiny_project.id, ADA)
     at.button(key="export_prepare").click().run()
     assert not at.exception and len(made) >= 3
@@ -141,6 +148,11 @@ def test_a_download_is_refused_once_its_admin_is_an_admin_no_more(
     for make in made:
         with pytest.raises(export_ui.NotAdmin, match="Only an admin can download exports"):
             make()
+    # The browser said only "Failed to generate file" and the page stayed as it was (a team
+    # exploratory session): a click reruns the page, whose own check says why.
+    assert set(clicks) == {"rerun"}
+    at.run()
+    assert "Only an admin can" in at.error[0].value and not at.get("download_button")
 
 
 def test_an_annotator_cannot_create_or_import_projects(Session, tiny_project, accounts):
