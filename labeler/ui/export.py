@@ -290,7 +290,7 @@ def export_page() -> None:
                 file_name=f"{project.name}-{name}",
                 mime=mime,
                 key=f"download-{name}",
-                on_click="rerun",  # the page's own check then says why a refused one failed
+                on_click="ignore",
             )
     if model_paths:
         st.download_button(
@@ -301,7 +301,7 @@ def export_page() -> None:
             file_name=f"{project.name}-model.zip",
             mime="application/zip",
             key="download-model",
-            on_click="rerun",
+            on_click="ignore",
         )
     elif has_model and not notes:
         st.warning(

@@ -139,9 +139,10 @@ def test_undoing_a_page_a_running_run_started_with_says_so(Session, tiny_project
     with Session.begin() as session:
         page_end = session.scalar(select(func.max(LabelEvent.id)))
         early = utcnow() - timedelta(hours=1)  # both claimed before the page: the clock says nothing
-        without = Run(project_id=tiny_project.id, model="m2", status=RUNNING, started_at=early)
+        alive = {"started_at": early, "heartbeat_at": utcnow()}  # not taken for dead by a worker
+        without = Run(project_id=tiny_project.id, model="m2", status=RUNNING, **alive)
         without.metrics = {"labels_upto": page_end - 12}  # read its labels before the page
-        read = Run(project_id=tiny_project.id, model="m2", status=RUNNING, started_at=early)
+        read = Run(project_id=tiny_project.id, model="m2", status=RUNNING, **alive)
         read.metrics = {"labels_upto": page_end}  # ... and after it
         session.add_all([without, read])
         session.flush()
