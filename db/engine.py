@@ -2,9 +2,11 @@
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import sqlite3
 import time
+from collections.abc import Iterator
 from pathlib import Path
 
 from sqlalchemy import create_engine, event
@@ -69,11 +71,15 @@ def _refuse_an_emptied_database(path: Path) -> None:
 
 
 def _create_tables(engine: Engine, attempts: int = 5) -> None:
-    """Create missing tables. Two processes starting at once against one PostgreSQL database
+    """Create missing tables and indexes. Two processes starting at once against one PostgreSQL database
     can both decide a table is missing; the loser's CREATE fails, and a second look finds it."""
     for attempt in range(attempts):
         try:
             Base.metadata.create_all(engine)
+            # Indexes added to a table that existed before them (create_all makes new tables only).
+            for table in Base.metadata.sorted_tables:
+                for index in table.indexes:
+                    index.create(engine, checkfirst=True)
             return
         except (IntegrityError, ProgrammingError, OperationalError):
             if attempt == attempts - 1:
@@ -134,3 +140,19 @@ def retrying(fn, *, attempts: int = 8, base_delay: float = 0.05):
             if not _is_locked(error) or attempt == attempts - 1:
                 raise
             time.sleep(base_delay * 2**attempt)
+
+
+@contextlib.contextmanager
+def consistent_read(Session: sessionmaker[Session]) -> Iterator[Session]:
+    """A session whose reads all see one snapshot of the database, whatever commits meanwhile."""
+    with Session() as session:
+        dialect = session.get_bind().dialect.name
+        if dialect == "postgresql":
+            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
+        elif dialect == "sqlite":
+            connection = session.connection()
+            # pysqlite opens no transaction for a SELECT, so each statement would read its own
+            # snapshot; in WAL mode a read transaction keeps the first one until it ends.
+            if not connection.connection.driver_connection.in_transaction:
+                connection.exec_driver_sql("BEGIN")
+        yield session

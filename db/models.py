@@ -113,7 +113,11 @@ class Item(Base):
 
 class LabelEvent(Base):
     __tablename__ = "label_events"
-    __table_args__ = (Index("ix_label_events_item", "item_id", "id"),)
+    __table_args__ = (
+        Index("ix_label_events_item", "item_id", "id"),
+        # A person's newest answer (`queries.last_project_of`, at each new browser session).
+        Index("ix_label_events_annotator", "annotator", "id"),
+    )
 
     id: Mapped[int] = mapped_column(primary_key=True)
     project_id: Mapped[int] = mapped_column(ForeignKey("projects.id", ondelete="CASCADE"))

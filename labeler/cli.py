@@ -328,13 +328,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _stdout_gone() -> bool:
-    """Whether standard output is a pipe whose reader has left (poll says POLLERR)."""
+    """Whether standard output is a pipe whose reader has left (poll says POLLERR on Linux,
+    POLLHUP on macOS)."""
     try:
         import select
 
         poll = select.poll()
         poll.register(sys.stdout.fileno(), select.POLLOUT)
-        return any(events & select.POLLERR for _, events in poll.poll(0))
+        return any(events & (select.POLLERR | select.POLLHUP) for _, events in poll.poll(0))
     except (AttributeError, OSError, ValueError):  # no fd (tests), no poll (Windows)
         return False
 
@@ -344,10 +345,9 @@ def main(argv: list[str] | None = None) -> int:
     args = parser.parse_args(argv)
     try:
         return args.func(args) or 0
-    except BrokenPipeError as error:
-        if not _stdout_gone():  # another pipe (a subprocess, a socket): an error as any other
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+    except BrokenPipeError:
+        if not _stdout_gone():  # another pipe (a subprocess, a socket): a fault, with its traceback
+            raise
         # `projects | head -1`: the reader left; it said "Cannot use (Broken pipe)".
         with contextlib.suppress(OSError, ValueError):  # stdout may not be a real file (tests)
             os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # the flush at exit

@@ -141,7 +141,7 @@ def database_trouble(error: BaseException) -> str | None:
     inside a SQLAlchemy one, by its error code; PostgreSQL's disk-full SQLSTATE 53100), else
     None. Not by the message: a SQLAlchemy message holds the statement and its parameters."""
     orig = getattr(error, "orig", None) or error
-    name = getattr(orig, "sqlite_errorname", None) or ""
+    name = getattr(orig, "sqlite_errorname", None) or _sqlite_name_of(orig)
     if name.startswith("SQLITE_FULL") or getattr(orig, "sqlstate", None) == "53100":
         return "full"
     if name.startswith(("SQLITE_BUSY", "SQLITE_LOCKED")):
@@ -149,6 +149,25 @@ def database_trouble(error: BaseException) -> str | None:
     if name.startswith(("SQLITE_CORRUPT", "SQLITE_NOTADB")):
         return "damaged"
     return None
+
+
+def _sqlite_name_of(error: BaseException) -> str:
+    """SQLite's error name from the sqlite3 error's own message, where Python (before 3.11) does
+    not give it: the messages SQLite itself writes for these codes."""
+    import sqlite3
+
+    if not isinstance(error, sqlite3.Error):
+        return ""
+    text = str(error)
+    for words, name in (
+        ("database or disk is full", "SQLITE_FULL"),
+        ("database is locked", "SQLITE_BUSY"),
+        ("database disk image is malformed", "SQLITE_CORRUPT"),
+        ("file is not a database", "SQLITE_NOTADB"),
+    ):
+        if text == words:
+            return name
+    return ""
 
 
 def database_error(error: BaseException) -> str:

@@ -33,7 +33,7 @@ import logging
 import re
 import unicodedata
 import zipfile
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -43,6 +43,7 @@ from sqlalchemy import and_, select
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
+from db.engine import consistent_read
 from db.models import DONE, Item, LabelClass, LabelEvent, Prediction, Project, Run
 from db.runs import KEPT_PREDICTIONS
 
@@ -207,22 +208,6 @@ class Snapshot:
     newest: bool = True  # run_id is the newest finished run
     checkpoint: str | None = None
     predictions: pd.DataFrame = field(default_factory=lambda: pd.DataFrame(columns=PREDICTION_COLUMNS))
-
-
-@contextlib.contextmanager
-def consistent_read(Session: sessionmaker[Session]) -> Iterator[Session]:
-    """A session whose reads all see one snapshot of the database, whatever commits meanwhile."""
-    with Session() as session:
-        dialect = session.get_bind().dialect.name
-        if dialect == "postgresql":
-            session.connection(execution_options={"isolation_level": "REPEATABLE READ"})
-        elif dialect == "sqlite":
-            connection = session.connection()
-            # pysqlite opens no transaction for a SELECT, so each statement would read its own
-            # snapshot; in WAL mode a read transaction keeps the first one until it ends.
-            if not connection.connection.driver_connection.in_transaction:
-                connection.exec_driver_sql("BEGIN")
-        yield session
 
 
 def read_snapshot(
@@ -466,7 +451,6 @@ def write_model(
 def write_onnx(module, input_shape: tuple[int, ...], path: Path) -> Path:
     """`module` ((B, C, H, W) -> (B, K) probabilities) as an ONNX graph with a dynamic batch
     size: input "images", output "probabilities". torch.onnx's progress lines are kept quiet."""
-    import contextlib
     import warnings
 
     import torch

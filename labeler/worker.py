@@ -44,7 +44,7 @@ from sqlalchemy.exc import OperationalError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import runs as run_queries
-from db.engine import retrying
+from db.engine import consistent_read, retrying
 from db.models import (
     CANCELLED,
     DONE,
@@ -312,7 +312,9 @@ class Worker:
                 log.warning("Could not write the heartbeat of run %s", run_id, exc_info=True)
 
     def _load(self, run_id: int) -> tuple[run_queries.RoundInputs, RunSpec]:
-        with self.Session() as session:
+        # One snapshot: the labels and the newest answer event read with them (`labels_upto`)
+        # agree, whatever commits meanwhile (review).
+        with consistent_read(self.Session) as session:
             inputs = run_queries.round_inputs(session, run_id)
         if inputs is None:
             raise ValueError(f"Run {run_id} was deleted before it started.")

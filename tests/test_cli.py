@@ -92,6 +92,13 @@ def test_import_folder_then_export_labels(tmp_path, capsys):
     summary, lines = _last_json(capsys)
     assert summary["audit"] == 1
     assert "The audit set has 1 image, not 5: it is at most a fifth of the images" in " ".join(lines)
+    # Class folders that differ only in case: two classes, and the import says so (exploratory).
+    (tmp_path / "src" / "CAT").mkdir()
+    Image.new("L", (10, 10), 99).save(tmp_path / "src" / "CAT" / "0.png")
+    assert main(["import", f"folder:{tmp_path / 'src'}", "--project", "pets3"]) == 0
+    summary, lines = _last_json(capsys)
+    assert summary["classes"] == ["CAT", "cat", "Étoile dog"]
+    assert "The classes 'CAT' and 'cat' differ only in case, so they are two classes" in " ".join(lines)
 
 
 def test_user_errors_are_one_line_without_traceback(tmp_path, capsys):
@@ -412,9 +419,10 @@ def test_a_reader_that_leaves_early_ends_the_command_without_an_error(monkeypatc
         raise BrokenPipeError(32, "Broken pipe")
 
     monkeypatch.setattr(cli, "cmd_projects", piped)
-    # Standard output healthy: another pipe broke (a subprocess's), an error as any other (review).
-    assert main(["projects"]) == 2
-    assert capsys.readouterr().err == "error: [Errno 32] Broken pipe\n"
+    # Standard output healthy: another pipe broke (a subprocess's), a fault with its traceback
+    # (review: every broken pipe was swallowed).
+    with pytest.raises(BrokenPipeError):
+        main(["projects"])
 
     read, write = os.pipe()  # standard output a pipe whose reader left
     os.close(read)

@@ -344,7 +344,8 @@ class _TooLarge(Exception):
 def _entry_parts(
     info: zipfile.ZipInfo, max_ratio: float, max_file_bytes: int
 ) -> tuple[list[str], str | None]:
-    """The path parts of an entry to extract, or a reason to skip it ([] and None for folders)."""
+    """The path parts of an entry to extract, or a reason to skip it with [] ([] and None for
+    folders); a hidden entry comes with its parts up to the hidden one (its folder's row)."""
     parts, reason = _entry_path(info)
     if reason:
         return [], reason

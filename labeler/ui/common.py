@@ -245,15 +245,16 @@ def current_project() -> Project:
         # A reload starts a new session: the URL (?project=ID) remembers the choice.
         wanted = st.query_params.get("project", "")
         project_id = int(wanted) if wanted.isdigit() else None
-    if project_id is None:
-        # An address without it (a bookmark of ?annotator=NAME) opened the digits project, where
-        # the next keys labeled images of the wrong project (exploratory session).
-        with Session() as session:
-            project_id = queries.last_project_of(session, annotator())
     project = None
     if project_id is not None:
         with Session() as session:
             project = session.get(Project, project_id)
+    if project is None:
+        # An address without it (a bookmark of ?annotator=NAME), or with one that is gone, opened
+        # the digits project, where the next keys labeled the wrong project (exploratory session).
+        with Session() as session:
+            last = queries.last_project_of(session, annotator())
+            project = session.get(Project, last) if last is not None else None
     if project is None:
         with st.spinner("Preparing the built-in digits project..."):
             project = projects.ensure_default_project(Session)

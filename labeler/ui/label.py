@@ -1048,13 +1048,14 @@ def _undo_page(project_id: int) -> None:
             back = queries.unanswered(session, project_id, undone)
             training = run_queries.running_with_undone(session, project_id, undone)
         # A run that started with them trains on them still, without a word (exploratory).
-        runs = " and ".join(map(str, training))
-        still = (
-            f"; {common.by_count(len(training), 'run', 'runs')} {runs}, training now, started with them "
-            "(the next run leaves them out)"
-            if training
-            else ""
-        )
+        still = ""
+        if training:
+            *rest, last = map(str, training)
+            runs = f"{', '.join(rest)} and {last}" if rest else last
+            still = (
+                f"; {common.by_count(len(training), 'run', 'runs')} {runs}, training now, started with "
+                "them (the next run leaves them out)"
+            )
         st.session_state["last_message"] = (
             "info",
             (

@@ -206,10 +206,11 @@ def progress_page() -> None:
         # The box stayed empty though audit images were labeled.
         label = f"Accuracy of run {latest} (the {report['n']} audit images labeled now)"
         shown = (label, report["accuracy"], report["low"], report["high"])
-    elif not frame.empty:
+    elif not frame.empty:  # the newest point of the curve: measured when that run finished
         last = frame.iloc[-1]
         label = f"Accuracy of run {int(last.run_id)} ({'test split' if split == TEST else 'audit set'})"
         shown = (label, last.accuracy, last.low, last.high)
+    box_from_curve = shown is not None and not frame.empty and int(frame.iloc[-1].run_id) == latest
     if shown is not None:
         label, accuracy, low, high = shown
         left.metric(
@@ -276,7 +277,8 @@ def progress_page() -> None:
     st.subheader(f"Confusion matrix of run {latest} ({report['n']} images)")
     cm = np.asarray(report["confusion"])
     st.plotly_chart(confusion_figure(cm, names[: cm.shape[0]]), key="confusion")
-    if split == AUDIT:  # a correction since the run moves these and not its point (exploratory)
+    if split == AUDIT and box_from_curve:
+        # The box is the run's point: a correction since moves these and not it (exploratory).
         st.caption(
             "Per-class accuracy and the confusion matrix use the audit answers as they are now; "
             "each run's accuracy above and on the curve uses those standing when it finished."

@@ -56,6 +56,21 @@ def test_a_database_made_before_a_table_existed_gets_it(sqlite_url):
         engine.dispose()
 
 
+def test_a_database_made_before_an_index_existed_gets_it(db_url):
+    """create_all makes new tables only: an index added to an existing table (the annotator's,
+    for a person's newest answer) was never made in a database from before it (review)."""
+    engine = db.make_engine(db_url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql("DROP INDEX ix_label_events_annotator")
+    engine.dispose()
+    engine = db.make_engine(db_url)
+    try:
+        names = {index["name"] for index in inspect(engine).get_indexes("label_events")}
+        assert "ix_label_events_annotator" in names
+    finally:
+        engine.dispose()
+
+
 def test_json_and_boolean_columns_round_trip(Session, tiny_project):
     settings = {"budget_s": 12.5, "config": {"hidden": [64, 32], "name": "ü'\""}, "flag": True}
     with Session.begin() as session:

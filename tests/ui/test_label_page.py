@@ -47,6 +47,11 @@ def test_an_address_without_a_project_opens_the_one_the_person_answered_in_last(
     at.run()
     assert not at.exception
     assert at.session_state["project_id"] == other.id and at.query_params["project"] == str(other.id)
+    gone = AppTest.from_file(str(APP), default_timeout=120)  # a project that is gone: the same
+    gone.query_params["annotator"] = "tester"
+    gone.query_params["project"] = "999"
+    gone.run()
+    assert not gone.exception and gone.session_state["project_id"] == other.id
     someone_else = AppTest.from_file(str(APP), default_timeout=120)  # no answer yet: the first project
     someone_else.query_params["annotator"] = "newcomer"
     someone_else.run()
@@ -144,16 +149,19 @@ def test_undoing_a_page_a_running_run_started_with_says_so(Session, tiny_project
         without.metrics = {"labels_upto": page_end - 12}  # read its labels before the page
         read = Run(project_id=tiny_project.id, model="m2", status=RUNNING, **alive)
         read.metrics = {"labels_upto": page_end}  # ... and after it
-        session.add_all([without, read])
+        also = Run(project_id=tiny_project.id, model="m2", status=RUNNING, **alive)
+        also.metrics = {"labels_upto": page_end + 5}
+        session.add_all([without, read, also])
         session.flush()
-        without_id, read_id = without.id, read.id
+        without_id, read_id, also_id = without.id, read.id, also.id
     at.button(key="undo").click().run()
     (said,) = [m.value.replace("\\", "") for m in at.info if m.value.startswith("Undone")]  # as typed
     assert said.endswith(
-        f"back in the queue; run {read_id}, training now, started with them (the next run leaves them out)."
+        f"back in the queue; runs {read_id} and {also_id}, training now, started with them "
+        "(the next run leaves them out)."
     )
     with Session.begin() as session:
-        session.get(Run, read_id).status = "done"
+        session.get(Run, read_id).status = session.get(Run, also_id).status = "done"
     with Session() as session:
         undone = [i.id for i in queries.items(session, tiny_project.id, "pool")]
         assert session.get(Run, without_id).status == RUNNING
