@@ -43,13 +43,19 @@ def test_foreign_keys_cascade(Session, tiny_project):
         assert session.scalar(select(AppliedAnswer.id)) is None
 
 
+def _started_again_after(url: str, statement: str):
+    """An engine on `url` made anew after `statement` ran there: a database from before a table
+    or an index existed, as the next start finds it."""
+    engine = db.make_engine(url)
+    with engine.begin() as connection:
+        connection.exec_driver_sql(statement)
+    engine.dispose()
+    return db.make_engine(url)
+
+
 def test_a_database_made_before_a_table_existed_gets_it(sqlite_url):
     """Tables added since (applied_answers) are created in an existing database on start."""
-    engine = db.make_engine(sqlite_url)
-    with engine.begin() as connection:
-        connection.exec_driver_sql("DROP TABLE applied_answers")
-    engine.dispose()
-    engine = db.make_engine(sqlite_url)
+    engine = _started_again_after(sqlite_url, "DROP TABLE applied_answers")
     try:
         assert "applied_answers" in inspect(engine).get_table_names()
     finally:
@@ -59,11 +65,7 @@ def test_a_database_made_before_a_table_existed_gets_it(sqlite_url):
 def test_a_database_made_before_an_index_existed_gets_it(db_url):
     """create_all makes new tables only: an index added to an existing table (the annotator's,
     for a person's newest answer) was never made in a database from before it (review)."""
-    engine = db.make_engine(db_url)
-    with engine.begin() as connection:
-        connection.exec_driver_sql("DROP INDEX ix_label_events_annotator")
-    engine.dispose()
-    engine = db.make_engine(db_url)
+    engine = _started_again_after(db_url, "DROP INDEX ix_label_events_annotator")
     try:
         names = {index["name"] for index in inspect(engine).get_indexes("label_events")}
         assert "ix_label_events_annotator" in names
