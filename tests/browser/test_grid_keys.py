@@ -269,6 +269,9 @@ def test_closing_the_tab_while_grid_tiles_wait_asks_first(app_server, page):
     browser asks; once the page is accepted, it does not."""
     tiles = open_grid(page, app_server["url"])
     wanted = "dark" if tiles[0][1] != "dark" else "bright"
+    # The script run over first, so the key reaches the grid drawn last: a key in the moment a page
+    # is drawn anew can be lost (README, "Lost still"), and was, once in CI (the tile stayed skip).
+    settle(page)
     page.locator("h1").first.click()
     page.keyboard.press("1" if wanted == "dark" else "2")
     wait_for_tiles(page, lambda now: now[0] == (tiles[0][0], wanted))
