@@ -53,6 +53,7 @@ def next_items(
     annotator: str | None = None,
     keep: Iterable[int] = (),
     turn: int | None = None,
+    first: Iterable[int] = (),
 ) -> list[tuple[Item, Prediction | None]]:
     """The next k images to show: pool images in queue order, and on audit turns audit images
     in random order (`audit_turn` with `turn` answers per turn, default k: the grid's pages; the
@@ -72,12 +73,22 @@ def next_items(
     note. (They were shared as soon as the turn's split ran short, the other split's free images
     unused, and the others' next ones first: on a project of 24 pool images two people met on 2
     of 16 answers; then every sharer took the same ones: 28 of 42 answers of three people refused.)
+
+    `first`: images the caller shows before the page (undone ones, back for a new answer); with
+    `annotator`, the unanswered ones of the project are claimed too, unless another holds them.
+    (They were not, unless the page happened to hold them: an image undone on a box's audit turn
+    was on screen unclaimed, and the next person's grid was given it; review.)
     """
     if k <= 0:
         return []
     exclude = set(exclude)
     splits = (AUDIT,) if audit_turn(session, project_id, turn or k) else (POOL,)
     keep = set(keep)
+    if annotator is not None and first:
+        first = queries.unanswered(session, project_id, list(first))
+        keep |= first  # not released by the page's claims below
+    else:
+        first = set()
     picked = _next_in(session, project_id, k, exclude, annotator, splits, keep, share=False)
     if len(picked) < k:  # the turn's images first (an audit turn's came in score order among the rest)
         taken = {item.id for item, _ in picked}
@@ -85,11 +96,23 @@ def next_items(
         picked += [pair for pair in more if pair[0].id not in taken][: k - len(picked)]
         if annotator is not None:  # claimed for the page and left out: held from the others for nothing
             queries.release_claims_but(session, project_id, annotator, {item.id for item, _ in picked} | keep)
+    if first:
+        now = utcnow()
+        if not first <= queries.claimed_by(session, project_id, annotator, _renew_before(now)):
+            held = keep | {item.id for item, _ in picked}
+            wanted = sorted(first - queries.held_by_others_of(session, project_id, annotator, now, first))
+            queries.claim_items(
+                session, project_id, wanted, annotator, len(wanted), now, _claim_end(now), keep=held
+            )
     return picked
 
 
 def held_page(
-    session: Session, project_id: int, item_ids: list[int], annotator: str | None
+    session: Session,
+    project_id: int,
+    item_ids: list[int],
+    annotator: str | None,
+    shared: Iterable[int] = (),
 ) -> list[tuple[Item, Prediction | None]] | None:
     """A page already shown (`item_ids`), again: its images in the same order with the newest
     run's predictions, whatever the queue's order is now (a run that finished meanwhile must
@@ -100,7 +123,10 @@ def held_page(
     (nothing is written while the claims last half the claim time). None when another annotator
     holds one of them now (this one was away longer than CLAIM_SECONDS and the other was given
     it): the page is no longer this annotator's, and the caller draws a new one rather than
-    have two people work the same images."""
+    have two people work the same images. `shared`: images the page was given while another
+    annotator held them (`next_items` shares them when nothing free is left); their holders'
+    claims do not take the page away (it was dropped at the next key, with the tiles set on it,
+    once one of them was answered: the batch drawn instead differed; review)."""
     open_ids = queries.unanswered(session, project_id, item_ids)
     if not open_ids:
         return []
@@ -108,11 +134,13 @@ def held_page(
     if annotator is not None:
         now = utcnow()
         ids = [item.id for item, _ in page]
-        if queries.held_by_others_of(session, project_id, annotator, now, open_ids):
+        others = queries.held_by_others_of(session, project_id, annotator, now, open_ids)
+        if others - set(shared):
             return None
+        mine = open_ids - others
         lasting = queries.claimed_by(session, project_id, annotator, _renew_before(now))
-        if not open_ids <= lasting:
-            wanted = [i for i in ids if i in open_ids]
+        if not mine <= lasting:
+            wanted = [i for i in ids if i in mine]
             won = queries.claim_items(
                 session,
                 project_id,
@@ -122,7 +150,7 @@ def held_page(
                 now,
                 _claim_end(now),
             )
-            if won != open_ids:
+            if (mine - set(shared)) - won:
                 return None  # another annotator claimed one between the read and the claim
     return page
 

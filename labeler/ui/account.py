@@ -64,6 +64,7 @@ _PERSONAL_KEYS = (
 _PERSONAL_PREFIXES = (
     "ledger-",
     "grid-page-",
+    "grid-shared-",
     "grid-accepted-",
     "grid-choices-",
     "grid-keyed-",

@@ -38,7 +38,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 import db
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, IGNORED, Item, LabelEvent, Project
+from db.models import AUDIT, IGNORED, Item, LabelEvent, Project, utcnow
 
 from .. import answers, projects, queue
 from ..data import prepare
@@ -180,6 +180,7 @@ def _grid_keys():
 
 # Session keys of a project's grid: the page held, its key list, its mouse choices.
 _PAGE_PREFIX, _KEYED_PREFIX, _CHOICES_PREFIX = "grid-page-", "grid-keyed-", "grid-choices-"
+_SHARED_PREFIX = "grid-shared-"  # per project (account._PERSONAL_PREFIXES): see _shared_key
 
 
 def _keyed_key(project_id: int) -> str:
@@ -384,9 +385,12 @@ def _next_batch(project_id: int, k: int, box: bool = False) -> list[tuple[Item, 
     Session = common.session_factory()
     in_browser = st.session_state.get(f"box-sent-{project_id}", [])[-BATCH:] if box else []
     turn = queue.BOX_TURN if box else None  # the box's audit turns come every few answers
+    wanted = st.session_state.get("show_first", [])
     try:
         rest = db.retrying(
-            lambda: _queue_page(Session, project_id, k, ledger.skipped, common.claimant(), in_browser, turn)
+            lambda: _queue_page(
+                Session, project_id, k, ledger.skipped, common.claimant(), in_browser, turn, wanted
+            )
         )
     except OperationalError:
         # The database stayed locked through every retry: show images unclaimed rather than
@@ -395,8 +399,7 @@ def _next_batch(project_id: int, k: int, box: bool = False) -> list[tuple[Item, 
         rest = _queue_page(Session, project_id, k, ledger.skipped, None, (), turn)
     with Session() as session:
         # Undone images come back first, unanswered ones only, with the model's guesses (the
-        # grid pre-fills them again as before the undo).
-        wanted = st.session_state.get("show_first", [])
+        # grid pre-fills them again as before the undo), claimed with the page (`_queue_page`).
         open_ids = queries.unanswered(session, project_id, wanted) if wanted else set()
         here = queries.page_items(session, project_id, wanted) if wanted else []
         first = [pair for pair in here if pair[0].id in open_ids]
@@ -409,13 +412,21 @@ def _next_batch(project_id: int, k: int, box: bool = False) -> list[tuple[Item, 
 
 
 def _queue_page(
-    Session, project_id: int, k: int, skipped, claimant: str | None, keep=(), turn: int | None = None
+    Session,
+    project_id: int,
+    k: int,
+    skipped,
+    claimant: str | None,
+    keep=(),
+    turn: int | None = None,
+    first=(),
 ) -> list[tuple[Item, object]]:
     """The next k images, claimed for `claimant` (None: unclaimed) in a transaction of their own;
-    the claims on `keep` (images still in the browser) are kept (`queue.next_items`)."""
+    the claims on `keep` (images still in the browser) are kept, and the images shown `first`
+    (undone) are claimed too (`queue.next_items`)."""
     with Session.begin() as session:  # the claims count once committed
         return queue.next_items(
-            session, project_id, k=k, exclude=skipped, annotator=claimant, keep=keep, turn=turn
+            session, project_id, k=k, exclude=skipped, annotator=claimant, keep=keep, turn=turn, first=first
         )
 
 
@@ -551,9 +562,11 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
     if pinned:
         Session = common.session_factory()
 
+        shared = _shared_of(project_id, pinned)
+
         def read():
             with Session.begin() as session:
-                return queue.held_page(session, project_id, pinned, common.claimant())
+                return queue.held_page(session, project_id, pinned, common.claimant(), shared)
 
         try:
             batch = db.retrying(read)
@@ -569,9 +582,29 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
         place = {item_id: n for n, item_id in enumerate(pinned)}
         return sorted(batch, key=lambda pair: place[pair[0].id])
     st.session_state[_page_key(project_id)] = [item.id for item, _ in batch]
+    _note_shared(project_id, [item.id for item, _ in batch])
     if taken:
         st.warning("Someone else took over images of this page while you were away; here is a new page.")
     return batch
+
+
+def _shared_key(project_id: int) -> str:
+    """Session key of (page name, ids): the images of the grid page drawn last that another
+    annotator held when it was drawn (shared, as nothing free was left; `held_page`)."""
+    return f"{_SHARED_PREFIX}{project_id}"
+
+
+def _note_shared(project_id: int, item_ids: list[int]) -> None:
+    """Remember which images of the new grid page `item_ids` this session did not get a claim on."""
+    claimant = common.claimant()
+    with common.session_factory()() as session:
+        mine = queries.claimed_by(session, project_id, claimant, utcnow())
+    st.session_state[_shared_key(project_id)] = (_page_name(item_ids), [i for i in item_ids if i not in mine])
+
+
+def _shared_of(project_id: int, pinned: list[int]) -> list[int]:
+    page, shared = st.session_state.get(_shared_key(project_id)) or ("", [])
+    return list(shared) if page == _page_name(pinned) else []
 
 
 # Personal (account._PERSONAL_KEYS: cleared at a login or logout, like the page they are about).

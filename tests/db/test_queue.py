@@ -350,6 +350,25 @@ def test_a_held_page_another_annotator_was_given_is_dropped(Session, project):
     assert fresh and not set(fresh) & set(bobs)
 
 
+def test_a_held_page_keeps_the_images_it_was_given_shared_but_not_others_taken_since(Session, project):
+    """Images a page was given while Bob held them (`shared`) do not take it from Alice; one of
+    her own that Bob was given after her claim ran out does."""
+    from db.models import Claim
+
+    _finished_run(Session, project.id)
+    with Session.begin() as session:
+        shown = [item.id for item, _ in queue.next_items(session, project.id, k=6, annotator="alice")]
+    with Session.begin() as session:  # Bob holds the last two (as if shared with her page)
+        session.execute(update(Claim).where(Claim.item_id.in_(shown[4:])).values(annotator="bob"))
+    with Session.begin() as session:
+        assert [
+            item.id for item, _ in queue.held_page(session, project.id, shown, "alice", shown[4:])
+        ] == shown
+        assert queue.held_page(session, project.id, shown, "alice", shown[5:]) is None
+    claims = _claims(Session)
+    assert {i for i, (who, _) in claims.items() if who == "bob"} == set(shown[4:])
+
+
 def test_a_held_page_whose_claims_ran_out_unclaimed_is_claimed_again(Session, project):
     """Claims that ran out while nobody else took the images: the page is still the person's,
     and asking for it claims it again."""
@@ -413,6 +432,32 @@ def test_free_images_of_either_split_come_before_images_another_person_holds(Ses
     shared = set(bob) & set(alice)
     assert len(shared) == 5 and not shared & set(alice[:22])
     assert {i for i, (who, _) in _claims(Session).items() if who == "bob"} == set(bob) - shared
+
+
+def test_images_shown_first_are_claimed_with_an_audit_page(Session, project):
+    """Alice undoes a pool answer just as her box's turn becomes an audit turn: the undone image
+    comes back first on her screen, but only the audit page was claimed, and Bob's next page was
+    given it (review). It is claimed with her page; its claim then lasts while it stays first."""
+    _finished_run(Session, project.id)
+    with Session() as session:
+        pool = [item.id for item in queries.items(session, project.id, POOL)]
+    _label(Session, pool[1:17])  # 16 answers: the box's turn (of 4) is an audit turn
+    with Session() as session:
+        assert queue.audit_turn(session, project.id, queue.BOX_TURN)
+
+    def page(annotator: str, k: int, **extra) -> list[int]:
+        with Session.begin() as session:
+            return [
+                item.id
+                for item, _ in queue.next_items(session, project.id, k=k, annotator=annotator, **extra)
+            ]
+
+    alice = page("alice", 4, turn=queue.BOX_TURN, first=[pool[0]])
+    assert pool[0] not in alice
+    assert _claims(Session)[pool[0]][0] == "alice"
+    page("alice", 4, turn=queue.BOX_TURN, first=[pool[0]])  # a rerun keeps it
+    assert pool[0] not in page("bob", 40)
+    assert _claims(Session)[pool[0]][0] == "alice"
 
 
 def test_the_label_box_gets_its_audit_turns_every_few_answers(Session, project):

@@ -6,7 +6,7 @@ from streamlit.testing.v1 import AppTest
 
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, POOL, LabelEvent, Project, Run
+from db.models import AUDIT, POOL, Claim, LabelEvent, Project, Run
 from labeler.ui import label
 from tests.ui.ui_helpers import (
     APP,
@@ -491,6 +491,37 @@ def test_a_grid_page_shared_because_others_hold_everything_stays(Session, tiny_p
     assert not [w for w in at.warning if "pre-filled guess" not in w.value]  # the model's is no matter here
 
 
+def test_a_grid_page_partly_shared_keeps_its_tiles_when_the_holder_answers_a_shared_image(
+    Session, tiny_project
+):
+    """Bob holds all but 4 images, so Ann's page is those 4 and 8 he holds. Once Bob answered one
+    of the 8, her next rerun drew another page (the batch drawn in its place differed) and the
+    tile she had set was lost, with "Someone else took over images of this page while you were
+    away" (review). Her page stays, with her choice; his answer shows on it as answered."""
+    from labeler import queue
+
+    fake_done_run(Session, tiny_project.id)
+    with Session.begin() as session:
+        queue.next_items(session, tiny_project.id, k=28, annotator="bob")
+        bobs = {c.item_id for c in session.query(Claim)}
+    at = page_app("label", tiny_project.id, annotator="ann")
+    at.radio(key="label_mode").set_value("Grid").run()
+    page = list(_grid_tiles(at))
+    shared = [i for i in page if i in bobs]
+    own = [i for i in page if i not in bobs]
+    assert len(page) == 12 and len(own) == 4
+    tiles = _grid_tiles(at)
+    choice = 1 - max(tiles[own[0]].value, 0)
+    tiles[own[0]].set_value(choice).run()
+    with Session.begin() as session:  # Bob answers a shared image, and one of his own
+        queries.add_label(session, shared[0], 0, annotator="bob")
+        queries.add_label(session, next(i for i in bobs if i not in page), 0, annotator="bob")
+    at.run()
+    assert list(_grid_tiles(at)) == page
+    assert _grid_tiles(at)[own[0]].value == choice
+    assert not [w for w in at.warning if "took over" in w.value]
+
+
 def test_accept_right_after_moving_the_threshold_accepts_the_tiles_on_screen(Session, tiny_project):
     """The threshold lowered and A pressed before the page is redrawn: the tiles on screen (none
     pre-filled) are what is accepted, not the pre-fills the new threshold makes on the server."""
@@ -832,6 +863,34 @@ def test_an_undo_whose_answer_was_corrected_since_tells_the_box_the_image_is_ans
     assert _labels(Session, tiny_project.id)[item] == 1
     assert item in box_data(at)["closed"]
     assert "answered again since" in " ".join(box_data(at)["notices"])
+
+
+def test_an_image_undone_in_the_box_is_claimed_on_an_audit_turn(Session, monkeypatch):
+    """U brings the image back first in the box; on an audit turn only the audit images drawn
+    were claimed, so the next person's page could be given the image on this person's screen
+    (review). It is claimed for this session."""
+    from streamlit.testing.v1 import AppTest
+
+    from db.models import Claim
+    from labeler import projects, queue
+    from tests.conftest import tiny_image_set
+
+    project = projects.create_project(Session, "own", "folder:x", images=tiny_image_set(n=60), audit_size=10)
+    monkeypatch.setattr(queue, "audit_turn", lambda *args, **kwargs: True)
+    at = AppTest.from_string(_PAGE_WITH_BOX_ACTION, default_timeout=60)
+    at.session_state["project_id"] = project.id
+    at.session_state["annotator"] = "ann"
+    at.run()
+    with Session() as session:
+        pool = [item.id for item in queries.items(session, project.id, POOL)]
+    item = pool[-1]  # not among the audit images the box holds
+    at.session_state["box_action"] = {"id": "a1", "type": "label", "item": item, "class": 0}
+    at.run()
+    at.session_state["box_action"] = {"id": "u1", "type": "undo", "item": item, "of": "a1"}
+    at.run()
+    assert not at.exception and box_data(at)["items"][0]["id"] == item
+    with Session() as session:
+        assert session.get(Claim, item).annotator.startswith("ann#")
 
 
 def test_a_grid_page_undone_from_the_box_is_not_called_saved_already(Session, tiny_project):
