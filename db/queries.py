@@ -35,6 +35,17 @@ from .models import (
 log = logging.getLogger(__name__)
 
 
+def now(session: Session):
+    """The time for stamps that several machines compare (claims' ends, runs' heartbeats and
+    finishes), naive UTC: on PostgreSQL the database server's clock, one for every app server
+    and worker (each used its own: a server whose clock ran 5 minutes ahead saw every claim the
+    others wrote as run out, and took the images on their screens; review); on SQLite, which
+    serves one machine, this one's."""
+    if session.get_bind().dialect.name == "postgresql":
+        return session.scalar(text("SELECT CAST(clock_timestamp() AT TIME ZONE 'UTC' AS timestamp)"))
+    return utcnow()
+
+
 # Projects and classes -----------------------------------------------------------------------
 
 
@@ -253,6 +264,7 @@ def add_label(
         kind=kind,
         predicted_index=predicted,
         predicted_run_id=run_id if predicted is not None else None,
+        created_at=now(session),  # compared with runs' starts (`runs.labels_since_last_run`)
     )
     session.add(event)
     # Answered: the image no longer needs to be kept from other annotators.
@@ -353,10 +365,10 @@ def undo_events(session: Session, event_ids: Iterable[int], annotator: str) -> l
             )
         )
     )
-    now = utcnow()
+    undone_at = now(session)
     for event in events:
         event.undone = True
-        event.undone_at = now
+        event.undone_at = undone_at
     session.flush()
     return events
 

@@ -34,7 +34,6 @@ from .models import (
     QueuePosition,
     Run,
     RunMetric,
-    utcnow,
 )
 from .queries import (
     _current_event_ids,
@@ -43,6 +42,7 @@ from .queries import (
     done_runs_newest_first,
     lock_for_write,
 )
+from .queries import now as queries_now
 
 FINISHED_STATUSES = (DONE, "failed", CANCELLED, INTERRUPTED)
 
@@ -95,7 +95,7 @@ def claim_next_run(session: Session, worker_name: str) -> Run | None:
         # FOR NO KEY UPDATE on PostgreSQL: claimers wait for each other; a run or class added to
         # the project meanwhile (a foreign key's lighter lock) does not wait.
         session.get(Project, project_id, with_for_update={"key_share": True})
-        now = utcnow()
+        now = queries_now(session)
         result = session.execute(
             update(Run)
             .where(Run.id == run_id, Run.status == QUEUED, Run.project_id.not_in(busy))
@@ -121,7 +121,7 @@ def cancel_run(session: Session, run_id: int) -> Run | None:
     cancelled = session.execute(
         update(Run)
         .where(Run.id == run_id, Run.status == QUEUED)
-        .values(status=CANCELLED, finished_at=utcnow())
+        .values(status=CANCELLED, finished_at=queries_now(session))
         .execution_options(synchronize_session=False)
     ).rowcount
     session.refresh(run)
@@ -236,14 +236,14 @@ def mark_interrupted(
     if stale_after_s is None:
         conditions.append(Run.id.is_not(None))
     else:
-        cutoff = utcnow() - timedelta(seconds=stale_after_s)
+        cutoff = queries_now(session) - timedelta(seconds=stale_after_s)
         conditions.append(func.coalesce(Run.heartbeat_at, Run.started_at, Run.created_at) < cutoff)
     if worker is not None:
         names = [worker] if isinstance(worker, str) else list(worker)
         if names:
             conditions.append(Run.worker.in_(names))
     runs = list(session.scalars(select(Run).where(Run.status == RUNNING, or_(*conditions))))
-    now = utcnow()
+    now = queries_now(session)
     for run in runs:
         run.status = INTERRUPTED
         run.finished_at = now
@@ -492,7 +492,7 @@ def start_training(
 
 def beat(session: Session, run_id: int) -> None:
     """Refresh the run's heartbeat: its worker is alive."""
-    session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=utcnow()))
+    session.execute(update(Run).where(Run.id == run_id).values(heartbeat_at=queries_now(session)))
 
 
 def record_progress(
@@ -503,7 +503,12 @@ def record_progress(
     session.execute(
         update(Run)
         .where(Run.id == run_id)
-        .values(step=int(step), progress=float(fraction), seconds=float(seconds), heartbeat_at=utcnow())
+        .values(
+            step=int(step),
+            progress=float(fraction),
+            seconds=float(seconds),
+            heartbeat_at=queries_now(session),
+        )
     )
     add_metrics(session, run_id, step, seconds, {k: float(v) for k, v in losses.items()})
     cancel = session.scalar(select(Run.cancel_requested).where(Run.id == run_id))
@@ -553,7 +558,7 @@ def store_round(
     if run.status != RUNNING:
         return run.status
     if run.cancel_requested:
-        run.status, run.finished_at, run.seconds = CANCELLED, utcnow(), seconds
+        run.status, run.finished_at, run.seconds = CANCELLED, queries_now(session), seconds
         return CANCELLED
     started = time.monotonic()
     store_predictions(session, run_id, columns)
@@ -562,7 +567,7 @@ def store_round(
         "timing": {**metrics.get("timing", {}), "store_s": round(time.monotonic() - started, 3)},
     }
     run.status = DONE
-    run.finished_at = run.heartbeat_at = utcnow()
+    run.finished_at = run.heartbeat_at = queries_now(session)
     run.progress, run.step, run.seconds = 1.0, int(step), seconds
     run.checkpoint = checkpoint
     run.test_accuracy = test_accuracy
@@ -580,6 +585,6 @@ def end_run(
     run = session.get(Run, run_id)
     if run is None or run.status != RUNNING:
         return
-    run.status, run.finished_at, run.seconds, run.error = status, utcnow(), seconds, error
+    run.status, run.finished_at, run.seconds, run.error = status, queries_now(session), seconds, error
     if notes:
         run.metrics = {**(run.metrics or {}), "notes": list(notes)}

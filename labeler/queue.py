@@ -21,7 +21,7 @@ from sqlalchemy.orm import Session
 
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, POOL, QUEUED, Item, Prediction, Project, Run, utcnow
+from db.models import AUDIT, POOL, QUEUED, Item, Prediction, Project, Run
 
 AUDIT_EVERY = 5  # one page in five comes from the audit set until it is all labeled
 # The Label box asks for 20 images at a time but shows one: its audit turns come every few
@@ -97,7 +97,7 @@ def next_items(
         if annotator is not None:  # claimed for the page and left out: held from the others for nothing
             queries.release_claims_but(session, project_id, annotator, {item.id for item, _ in picked} | keep)
     if first:
-        now = utcnow()
+        now = queries.now(session)
         if not first <= queries.claimed_by(session, project_id, annotator, _renew_before(now)):
             held = keep | {item.id for item, _ in picked}
             wanted = sorted(first - queries.held_by_others_of(session, project_id, annotator, now, first))
@@ -132,7 +132,7 @@ def held_page(
         return []
     page = queries.page_items(session, project_id, item_ids)
     if annotator is not None:
-        now = utcnow()
+        now = queries.now(session)
         ids = [item.id for item, _ in page]
         others = queries.held_by_others_of(session, project_id, annotator, now, open_ids)
         if others - set(shared):
@@ -174,7 +174,7 @@ def restored_page(
 def keep_claims(session: Session, project_id: int, annotator: str) -> int:
     """Renew the annotator's claims in the project while a page of theirs is open (the Label page
     asks every minute), writing only once less than half the claim time is left."""
-    now = utcnow()
+    now = queries.now(session)
     return queries.renew_claims(session, project_id, annotator, _renew_before(now), _claim_end(now))
 
 
@@ -201,7 +201,7 @@ def _next_in(
 ) -> list[tuple[Item, Prediction | None]]:
     if annotator is None:
         return queries.queue_page(session, project_id, splits, k, exclude)
-    now = utcnow()
+    now = queries.now(session)
     # A few spare rows: another annotator may claim some between this read and our claim.
     limit = 2 * k + 8 + len(exclude)
     ordered = queries.queue_page(session, project_id, splits, limit, exclude, unclaimed_for=(annotator, now))

@@ -38,7 +38,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 import db
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, IGNORED, Item, LabelEvent, Project, utcnow
+from db.models import AUDIT, IGNORED, Item, LabelEvent, Project
 
 from .. import answers, projects, queue
 from ..data import prepare
@@ -598,7 +598,7 @@ def _note_shared(project_id: int, item_ids: list[int]) -> None:
     """Remember which images of the new grid page `item_ids` this session did not get a claim on."""
     claimant = common.claimant()
     with common.session_factory()() as session:
-        mine = queries.claimed_by(session, project_id, claimant, utcnow())
+        mine = queries.claimed_by(session, project_id, claimant, queries.now(session))
     st.session_state[_shared_key(project_id)] = (_page_name(item_ids), [i for i in item_ids if i not in mine])
 
 

@@ -4,7 +4,7 @@ images last; another annotator's claims respected. SQLite and PostgreSQL (tests/
 
 from __future__ import annotations
 
-from datetime import timedelta
+from datetime import UTC, timedelta
 
 import numpy as np
 import pytest
@@ -458,6 +458,42 @@ def test_images_shown_first_are_claimed_with_an_audit_page(Session, project):
     page("alice", 4, turn=queue.BOX_TURN, first=[pool[0]])  # a rerun keeps it
     assert pool[0] not in page("bob", 40)
     assert _claims(Session)[pool[0]][0] == "alice"
+
+
+def test_claims_heartbeats_and_answers_follow_the_database_clock_on_postgresql(pg_url, monkeypatch):
+    """App servers and workers on several machines compared times each wrote with their own
+    clocks: a server 10 minutes ahead saw every claim of the others as run out (and took the
+    images on their screens) and every run's heartbeat as stale, and an answer given on one 10
+    minutes behind counted as older than the run it came after (review). On PostgreSQL the
+    database's clock times them all."""
+    from datetime import datetime
+
+    import db
+    from db.models import RUNNING, Run
+
+    Session = db.session_factory(db.make_engine(pg_url))
+    project = projects.create_project(Session, "own", "folder:x", images=tiny_image_set(n=60), audit_size=10)
+    with Session.begin() as session:
+        alice = {item.id for item, _ in queue.next_items(session, project.id, k=6, annotator="alice")}
+        run = run_queries.request_run(session, project.id, "m2")
+        session.flush()
+        session.execute(
+            update(Run).where(Run.id == run.id).values(status=RUNNING, started_at=queries.now(session))
+        )
+        run_queries.beat(session, run.id)
+    ahead = datetime.now(UTC).replace(tzinfo=None) + timedelta(minutes=10)
+    for module in (queries, queue, run_queries):  # this machine's clock, 10 minutes ahead
+        monkeypatch.setattr(module, "utcnow", lambda: ahead, raising=False)
+    with Session.begin() as session:
+        bob = {item.id for item, _ in queue.next_items(session, project.id, k=6, annotator="bob")}
+        assert not run_queries.mark_interrupted(session, 300)
+    assert not alice & bob
+    behind = ahead - timedelta(minutes=20)  # an answer given on a machine 10 minutes behind
+    for module in (queries, queue, run_queries):
+        monkeypatch.setattr(module, "utcnow", lambda: behind, raising=False)
+    with Session.begin() as session:
+        queries.add_label(session, next(iter(bob)), 0, annotator="bob")
+        assert run_queries.labels_since_last_run(session, project.id) == 1  # given after the run started
 
 
 def test_the_label_box_gets_its_audit_turns_every_few_answers(Session, project):
