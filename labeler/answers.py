@@ -62,13 +62,18 @@ class Ledger:
     skipped: set[int] = field(default_factory=set)
     # Streamlit's fast reruns start a new script run before the old one has stopped, so two
     # runs of one browser session can apply the same list at once: one at a time, then.
-    lock: threading.Lock = field(default_factory=threading.Lock, repr=False, compare=False)
+    # Reentrant: `record` takes it too, also when called under it (the box's answers).
+    lock: threading.RLock = field(default_factory=threading.RLock, repr=False, compare=False)
 
     def record(self, events) -> None:
-        if events:
-            self.entries.append([e.id for e in events])
-            self.item_of_event.update({e.id: e.item_id for e in events})
-            self.kind_of_event.update({e.id: e.kind for e in events})
+        # Under the lock: an undo replaces `entries` with a new list under it, and a grid page,
+        # History correction or bulk label recorded at that moment by another run of the
+        # session was lost from the undo list (review).
+        with self.lock:
+            if events:
+                self.entries.append([e.id for e in events])
+                self.item_of_event.update({e.id: e.item_id for e in events})
+                self.kind_of_event.update({e.id: e.kind for e in events})
 
 
 @dataclass

@@ -654,3 +654,23 @@ def test_a_guess_naming_a_run_id_no_database_holds_is_no_guess(Session, tiny_pro
     assert outcome.labeled == 1 and outcome.stopped_by is None
     with Session() as session:
         assert queries.current_event(session, a).predicted_run_id is None
+
+
+def test_a_page_recorded_while_another_run_of_the_session_undoes_waits_for_it():
+    """`undo_entry` replaces the undo list under the ledger's lock; a grid page, correction or
+    bulk label recorded meanwhile by another run of the session (without the lock) could be
+    lost from it (review). Recording waits for the lock, and the box's answers, recorded while
+    they hold it, still go through."""
+    import threading
+    from types import SimpleNamespace
+
+    ledger = answers.Ledger()
+    page = [SimpleNamespace(id=7, item_id=3, kind="grid")]
+    with ledger.lock:
+        late = threading.Thread(target=ledger.record, args=(page,))
+        late.start()
+        late.join(0.5)
+        assert late.is_alive() and ledger.entries == []
+        ledger.record([SimpleNamespace(id=5, item_id=2, kind="single")])  # under the lock, as the box does
+    late.join()
+    assert ledger.entries == [[5], [7]]
