@@ -295,7 +295,12 @@ def lock_item(session: Session, item_id: int) -> Item | None:
 
 
 def add_label_if_unlabeled(
-    session: Session, item: Item | int, class_index: int, annotator: str = "anonymous", kind: str = "single"
+    session: Session,
+    item: Item | int,
+    class_index: int,
+    annotator: str = "anonymous",
+    kind: str = "single",
+    guess: tuple[int, int] | str | None = NEWEST,
 ) -> LabelEvent | None:
     """`add_label`, unless the item has a current answer already (given by anyone, e.g. after
     this person's page was drawn): then nothing is written and None is returned, so an answer
@@ -305,7 +310,7 @@ def add_label_if_unlabeled(
     locked = lock_item(session, item_id)
     if locked is None or current_event(session, item_id) is not None:
         return None
-    return add_label(session, locked, class_index, annotator=annotator, kind=kind)
+    return add_label(session, locked, class_index, annotator=annotator, kind=kind, guess=guess)
 
 
 # What `relabel_as_shown` did with one item.

@@ -65,6 +65,7 @@ _PERSONAL_PREFIXES = (
     "ledger-",
     "grid-page-",
     "grid-shared-",
+    "grid-guesses-",
     "grid-accepted-",
     "grid-choices-",
     "grid-keyed-",

@@ -38,7 +38,7 @@ from streamlit.runtime.scriptrunner import get_script_run_ctx
 import db
 from db import queries
 from db import runs as run_queries
-from db.models import AUDIT, IGNORED, Item, LabelEvent, Project
+from db.models import AUDIT, IGNORED, Item, LabelEvent, Project, Run
 
 from .. import answers, projects, queue
 from ..data import prepare
@@ -181,6 +181,7 @@ def _grid_keys():
 # Session keys of a project's grid: the page held, its key list, its mouse choices.
 _PAGE_PREFIX, _KEYED_PREFIX, _CHOICES_PREFIX = "grid-page-", "grid-keyed-", "grid-choices-"
 _SHARED_PREFIX = "grid-shared-"  # per project (account._PERSONAL_PREFIXES): see _shared_key
+_GUESSES_PREFIX = "grid-guesses-"  # per project (account._PERSONAL_PREFIXES): see _guesses_key
 
 
 def _keyed_key(project_id: int) -> str:
@@ -586,6 +587,30 @@ def _grid_page(project_id: int) -> list[tuple[Item, object]]:
     if taken:
         st.warning("Someone else took over images of this page while you were away; here is a new page.")
     return batch
+
+
+def _guesses_key(project_id: int) -> str:
+    """Session key of (page name, {item: (run, class, confidence)}): see `_page_guesses`."""
+    return f"{_GUESSES_PREFIX}{project_id}"
+
+
+def _page_guesses(project_id: int, page: str, batch) -> dict[int, tuple[int, int, float]]:
+    """The model's guesses the grid page `page` shows, {item: (run, class, confidence)}, as
+    when the page was first drawn (audit images get none). A run that finished while the page
+    was open changed the confidence shown and not the tile (Streamlit keeps a widget's value),
+    so a tile showed one run's guess beside another's confidence, and A stored it as the new
+    run's guess; a reload then gave back the new run's guesses, which nobody had seen
+    (exploratory). The page keeps the guesses of the model it was drawn with."""
+    pinned = st.session_state.get(_guesses_key(project_id))
+    if pinned and pinned[0] == page:
+        return pinned[1]
+    guesses = {
+        item.id: (shown.run_id, shown.predicted, shown.confidence)
+        for item, prediction in batch
+        if (shown := _shown_prediction(item, prediction)) is not None
+    }
+    st.session_state[_guesses_key(project_id)] = (page, guesses)
+    return guesses
 
 
 def _shared_key(project_id: int) -> str:
@@ -1002,6 +1027,10 @@ def _accept_grid(
     taken = {i for i, _ in chosen} | closed
     skipped = [i for i in item_ids if i not in taken]
     Session = common.session_factory()
+    pinned = st.session_state.get(_guesses_key(project_id))
+    guesses = pinned[1] if pinned and pinned[0] == page else {}
+    # The guess each tile showed: its page's (`_page_guesses`), not the newest run's.
+    shown = {i: guesses[i][:2] if i in guesses else queries.NEWEST for i, _ in chosen}
 
     def commit():
         with Session.begin() as session:
@@ -1011,7 +1040,9 @@ def _accept_grid(
                 )
             )
             events = [
-                queries.add_label_if_unlabeled(session, i, c, annotator=annotator, kind="grid")
+                queries.add_label_if_unlabeled(
+                    session, i, c, annotator=annotator, kind="grid", guess=shown[i]
+                )
                 for i, c in chosen
                 if i in mine  # a page drawn for another project (a switch in between) writes nothing
             ]
@@ -1110,16 +1141,17 @@ def _undo_page(project_id: int) -> None:
 TRUSTED_AUDIT_ACCURACY = 0.9
 
 
-def _guess_warning(project_id: int, batch: list, threshold: float) -> str | None:
-    """A warning over a grid page whose pre-filled guesses come from a model not measured to be
-    right often: early models are sure of wrong guesses (an exploratory session: 4 of 8
-    pre-filled tiles wrong, 127 of 198 guesses at 90 % or more right, 58 % on the audit images),
-    and A accepts them all. None when nothing is pre-filled or the model measured well."""
-    shown = (_shown_prediction(item, p) for item, p in batch)  # audit images get no guess
-    if not any(p is not None and p.confidence >= threshold for p in shown):
+def _guess_warning(project_id: int, guesses: dict, threshold: float) -> str | None:
+    """A warning over a grid page whose pre-filled guesses (`_page_guesses`) come from a model
+    not measured to be right often: early models are sure of wrong guesses (an exploratory
+    session: 4 of 8 pre-filled tiles wrong, 127 of 198 guesses at 90 % or more right, 58 % on the
+    audit images), and A accepts them all. None when nothing is pre-filled or the model measured
+    well."""
+    sure = [run_id for run_id, _, confidence in guesses.values() if confidence >= threshold]
+    if not sure:
         return None
     with common.session_factory()() as session:
-        run = run_queries.latest_done_run(session, project_id)
+        run = session.get(Run, max(sure)) or run_queries.latest_done_run(session, project_id)
     if run is None:
         return None
     if not run.audit_n and run.test_accuracy is not None:  # a built-in set: its test split measures it
@@ -1205,12 +1237,13 @@ def _grid(project_id: int, names: list[str]) -> None:
     )
     if any(item.split == AUDIT for item, _ in batch):
         st.caption(AUDIT_NOTE)
-    warning = _guess_warning(project_id, batch, threshold)
+    page = _page_name(item.id for item, _ in batch)
+    guesses = _page_guesses(project_id, page, batch)
+    warning = _guess_warning(project_id, guesses, threshold)
     if warning:
         st.warning(warning)
     options = [-1, *range(len(names))]
     skip = _apart("skip")
-    page = _page_name(item.id for item, _ in batch)
     _restored_note(page)
     token, pressed, listed = _grid_presses(project_id, page, len(names))
     key_names = _key_names(listed)
@@ -1229,15 +1262,10 @@ def _grid(project_id: int, names: list[str]) -> None:
     columns = st.columns(4)
     tile_keys = []
     chosen = []  # tiles chosen with the mouse since their last key, for label_grid.js
-    for n, (item, prediction) in enumerate(batch):
-        prediction = _shown_prediction(item, prediction)
-        sure = (
-            prediction is not None
-            and prediction.predicted < len(names)
-            and prediction.confidence >= threshold
-        )
-        guess = prediction.predicted if sure else -1
-        confidence = prediction.confidence if prediction is not None else None
+    for n, (item, _) in enumerate(batch):
+        _, predicted, confidence = guesses.get(item.id, (None, -1, None))
+        sure = confidence is not None and predicted < len(names) and confidence >= threshold
+        guess = predicted if sure else -1
         if shown_then is not None:
             # The guess shown then, with its confidence (the newest model's said another).
             cls, name, confidence = shown_then.get(item.id, (-1, "", None))

@@ -718,6 +718,40 @@ def test_a_grid_page_stays_until_accepted_when_a_new_run_reorders_the_queue(Sess
     assert _labels(Session, tiny_project.id)[first] == chosen
 
 
+def test_a_grid_page_keeps_the_guesses_it_was_drawn_with_when_a_new_run_finishes(Session, tiny_project):
+    """A run finishing while a grid page is open changed each tile's confidence and not its
+    pre-filled class (Streamlit keeps a widget's value): a tile showed one run's guess beside
+    another's confidence, A stored it as the new run's guess, and a reload gave back the new
+    run's guesses, which nobody had seen (exploratory). The page keeps its model's guesses."""
+    from sqlalchemy import update
+
+    from db.models import Prediction
+
+    old_run = fake_done_run(Session, tiny_project.id)  # every guess the truth, 90 % sure
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    before = {i: (box.value, box.label) for i, box in _grid_tiles(at).items()}
+    assert all(value >= 0 and "90%" in label for value, label in before.values())
+    new_run = fake_done_run(Session, tiny_project.id)  # the other class, 99 % sure
+    with Session.begin() as session:
+        session.execute(
+            update(Prediction)
+            .where(Prediction.run_id == new_run)
+            .values(predicted=1 - Prediction.predicted, confidence=0.99)
+        )
+    first = next(iter(before))
+    _grid_tiles(at)[first].set_value(1 - before[first][0]).run()  # a rerun, after the run finished
+    after = {i: (box.value, box.label) for i, box in _grid_tiles(at).items() if i != first}
+    assert after == {i: shown for i, shown in before.items() if i != first}
+    button(at, "accept_grid").click().run()
+    with Session() as session:
+        events = session.query(LabelEvent).filter(LabelEvent.item_id != first).all()
+    assert len(events) == len(after)
+    assert {(e.predicted_run_id, e.predicted_index) for e in events} == {
+        (old_run, before[e.item_id][0]) for e in events
+    }
+
+
 def test_a_class_named_like_skip_or_ignored_is_never_taken_for_it(Session, tiny_project):
     """A selectbox's value travels as the label it shows: with a class named "skip", every grid
     tile left on skip came back as that class, and with one named "ignored", every ignored
