@@ -445,16 +445,12 @@ def _bulk_label(
                     session, item_ids, int(class_index), annotator=annotator, kind="bulk"
                 )
             outcome.clear()  # a retried transaction counts afresh
-            events = []
-            for item_id in item_ids:
-                before = shown.get(item_id)
-                event, what, found = queries.relabel_as_shown(
-                    session, item_id, int(class_index), None if pd.isna(before) else int(before), annotator
-                )
+            before = {i: None if pd.isna(shown.get(i)) else int(shown.get(i)) for i in item_ids}
+            events, done = queries.label_many(session, item_ids, int(class_index), annotator, "bulk", before)
+            for what, found in done.values():
                 if what == queries.REPLACED and found.annotator != annotator:
                     what = "others"
                 outcome[what] = outcome.get(what, 0) + 1
-                events += [event] if event is not None else []
             return events
 
     try:

@@ -72,6 +72,39 @@ def test_bulk_labels_skip_labeled_items_unless_asked(Session, tiny_project):
         assert queries.current_labels(session, tiny_project.id) == {a.id: 0, b.id: 0, c.id: 0}
 
 
+def test_a_bulk_label_takes_as_many_statements_for_many_images_as_for_few(Session):
+    """60,000 images bulk-labeled one at a time took 17 minutes (its cost grew with the square of
+    the count) and held the write lock throughout (an exploratory session): a bulk label is a
+    few statements whatever its size, with the newest run's guess kept per image."""
+    from sqlalchemy import event
+
+    from labeler import projects
+    from tests.conftest import tiny_image_set
+
+    project = projects.create_project(Session, "many", "test", images=tiny_image_set(n=400))
+    ids = [item.id for item in _pool_items(Session, project)]
+    count = []
+
+    def statements(kind: int, chosen: list[int]) -> int:
+        with Session.begin() as session:
+            engine = session.get_bind()
+            seen = []
+            listener = lambda *args: seen.append(1)
+            event.listen(engine, "before_cursor_execute", listener)
+            try:
+                written = queries.add_labels(session, chosen, kind, annotator="alice")
+            finally:
+                event.remove(engine, "before_cursor_execute", listener)
+        assert [e.item_id for e in written] == chosen
+        count.append(len(seen))
+
+    statements(0, ids[:20])
+    statements(1, ids[20:400])
+    assert count[1] <= count[0] < 20
+    with Session() as session:
+        assert queries.current_labels(session, project.id) == {i: int(i in ids[20:400]) for i in ids}
+
+
 def test_a_relabel_replaces_only_the_answer_a_page_showed(Session, tiny_project):
     from db.models import IGNORED
 
