@@ -240,7 +240,8 @@ def project_page() -> None:
         counts = {
             split: queries.count_items(session, project.id, split) for split in ("pool", "audit", "test")
         }
-        n_labeled = queries.label_count(session, project.id)
+        n_ignored = queries.ignored_count(session, project.id)  # "ignore" answers are no label
+        n_labeled = queries.label_count(session, project.id) - n_ignored
 
     st.title("Project")
     message = st.session_state.pop("project_message", None)
@@ -254,7 +255,8 @@ def project_page() -> None:
     st.selectbox("Current project", ids, format_func=titles.get, key="project_choice", on_change=_switch)
     st.markdown(
         f"**{common.as_typed(project.name)}**: {counts['pool']} images to label, {counts['audit']} in the audit "
-        f"set, {counts['test']} in the test split; {n_labeled} labeled; image size "
+        f"set, {counts['test']} in the test split; {n_labeled} labeled"
+        f"{f' + {n_ignored} ignored' if n_ignored else ''}; image size "
         f"{project.channels}x{project.height}x{project.width}; classes: {common.as_typed(', '.join(names))}."
     )
 

@@ -870,6 +870,19 @@ def test_project_page_creates_a_project_from_a_folder(Session, tiny_project, tmp
     assert at.session_state["project_id"] == tiny_project.id
 
 
+def test_the_project_page_counts_ignore_answers_apart_from_labels(Session, tiny_project):
+    """It said "297 labeled" where the Label bar, the Export page and the CLI said 296 labeled and
+    1 ignored (an exploratory session)."""
+    from db.models import IGNORED
+
+    with Session.begin() as session:
+        first, second = queries.items(session, tiny_project.id, "pool")[:2]
+        queries.add_label(session, first.id, 0, annotator="ann")
+        queries.add_label(session, second.id, IGNORED, annotator="ann")
+    at = page_app("project", tiny_project.id)
+    assert "; 1 labeled + 1 ignored;" in " ".join(m.value for m in at.markdown)
+
+
 def test_project_page_says_what_is_wrong_in_one_sentence(tiny_project, tmp_path, monkeypatch):
     monkeypatch.setenv("LABELER_IMPORT_ROOT", str(tmp_path))
     at = page_app("project", tiny_project.id)
