@@ -32,6 +32,7 @@ import json
 import logging
 import re
 import unicodedata
+import warnings
 import zipfile
 from collections.abc import Callable
 from dataclasses import dataclass, field
@@ -414,7 +415,10 @@ def write_model(
     checkpoint.write_bytes(local.read_bytes())
     module = model.classifier_module().eval().cpu()
     example = torch.zeros((1, *model.input_shape))
-    with torch.no_grad():
+    with torch.no_grad(), warnings.catch_warnings():
+        # PyTorch 2.14 deprecates TorchScript in a FutureWarning at every export, in the server
+        # log; the file is still what other tools load (HOW_TO_USE_MODEL.txt), beside ONNX.
+        warnings.filterwarnings("ignore", category=FutureWarning, message=".*torch.jit.*")
         try:
             scripted = torch.jit.script(module)
         except Exception:  # noqa: BLE001 - fall back to tracing for modules script cannot parse
@@ -451,8 +455,6 @@ def write_model(
 def write_onnx(module, input_shape: tuple[int, ...], path: Path) -> Path:
     """`module` ((B, C, H, W) -> (B, K) probabilities) as an ONNX graph with a dynamic batch
     size: input "images", output "probabilities". torch.onnx's progress lines are kept quiet."""
-    import warnings
-
     import torch
 
     example = torch.zeros((2, *input_shape))
@@ -481,6 +483,7 @@ def export_all(
     notes: list[str] | None = None,
     progress: Progress | None = None,
     run_id: int | None = None,
+    stage: Callable[[str], None] | None = None,
 ) -> list[Path]:
     """Write `what` ("all" or one of PARTS) into folder `out`, all from one snapshot; the files
     those parts write (PART_FILES) that an earlier export left there (MANIFEST, which lists what
@@ -490,6 +493,8 @@ def export_all(
     to `notes` (when given; else ExportError is raised after the other files are written).
     progress: called as progress(done, total) with the images written to the data set.
     run_id: the finished run whose model and predictions are exported (None: the newest).
+    stage: called with what is written next after the data set ("the predictions", "the model"):
+    they took seconds with the bar at "N of N images" (an exploratory session).
     """
     parts = PARTS if what == "all" else (what,)
     if not set(parts) <= set(PARTS):
@@ -534,9 +539,13 @@ def export_all(
         written.append(write_labels_csv(Session, project_id, out, snapshot))
     if "dataset" in parts:
         written += write_dataset(Session, project_id, out, snapshot, progress=progress)
+    if "predictions" in parts and snapshot.run_id is not None and stage is not None:
+        stage("the predictions")
     if "predictions" in parts:
         path = write_predictions(Session, project_id, out, snapshot)
         written += [path] if path else []
+    if "model" in parts and snapshot.run_id is not None and stage is not None:
+        stage("the model (checkpoint, TorchScript and ONNX)")
     if "model" in parts:
         try:
             written += write_model(Session, project_id, out, snapshot)

@@ -442,3 +442,17 @@ def test_an_export_stopped_halfway_is_replaced_by_the_next(Session, tiny_project
     assert (tmp_path / "out" / "labels.csv").exists()
     written = export.export_all(Session, tiny_project.id, tmp_path / "out", what="all")
     assert {p.name for p in written} >= {"labels.csv", "dataset.zip"}
+
+
+def test_the_export_says_what_it_writes_after_the_data_set(Session, tiny_project, tmp_path):
+    """The bar stayed at "N of N images" for seconds while the predictions and the model were
+    written (an exploratory session): `stage` names each; without a run there is neither."""
+    from tests.ui.ui_helpers import fake_done_run
+
+    _label_some(Session, tiny_project)
+    stages: list[str] = []
+    export.export_all(Session, tiny_project.id, tmp_path / "none", notes=[], stage=stages.append)
+    assert stages == []
+    fake_done_run(Session, tiny_project.id)
+    export.export_all(Session, tiny_project.id, tmp_path / "run", notes=[], stage=stages.append)
+    assert stages == ["the predictions", "the model (checkpoint, TorchScript and ONNX)"]

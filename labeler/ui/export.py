@@ -28,7 +28,7 @@ import streamlit as st
 from db import queries
 from db import runs as run_queries
 
-from .. import export, projects
+from .. import export, projects, storage
 from ..config import user_error
 from . import common, parts
 
@@ -142,9 +142,16 @@ def _prepare(project_id: int, run_id: int | None) -> None:
     try:
         notes: list[str] = []
         written = export.export_all(
-            common.session_factory(), project_id, folder, notes=notes, progress=progress, run_id=run_id
+            common.session_factory(),
+            project_id,
+            folder,
+            notes=notes,
+            progress=progress,
+            run_id=run_id,
+            stage=lambda what: bar.progress(1.0, text=f"Preparing the export: writing {what}..."),
         )
-        bar.progress(1.0, text="Putting the export in the shared store...")
+        if storage.storage_url() is not None:  # said without one too (an exploratory session)
+            bar.progress(1.0, text="Putting the export in the shared store...")
         for path in written:  # with LABELER_STORAGE_URL, kept beside the project's files
             projects.publish(path)
     except BaseException as error:  # shown as one sentence; a stopped script run (a click) re-raised
