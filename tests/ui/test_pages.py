@@ -328,6 +328,33 @@ def test_loss_figure_has_one_panel_per_loss():
     assert train.loss_figure([]) is None
 
 
+def test_the_loss_curves_are_drawn_anew_only_with_new_points_and_at_most_every_few_seconds(
+    Session, tiny_project, monkeypatch
+):
+    """Drawn every second beside a run training in the same process, the loss figure slowed it 4
+    to 5 times (an exploratory session): made again only for new points, LOSS_EVERY_S apart."""
+    from db import runs as run_queries
+    from tests.ui.ui_helpers import running_run
+
+    run_id = running_run(Session, tiny_project.id)
+    with Session.begin() as session:
+        run_queries.add_metrics(session, run_id, 1, 0.5, {"loss": 2.0})
+    made = []
+    drawn = train.loss_figure
+    monkeypatch.setattr(train, "loss_figure", lambda metrics: made.append(len(metrics)) or drawn(metrics))
+    monkeypatch.setattr(train, "LOSS_EVERY_S", 1e9)
+    at = page_app("train", tiny_project.id)
+    at.run()
+    assert made == [1]
+    with Session.begin() as session:
+        run_queries.add_metrics(session, run_id, 2, 1.0, {"loss": 1.5})
+    at.run()
+    assert made == [1]  # new points, but drawn too recently
+    monkeypatch.setattr(train, "LOSS_EVERY_S", 0.0)
+    at.run()
+    assert made == [1, 2] and not at.exception
+
+
 # Progress ------------------------------------------------------------------------------------
 
 
