@@ -23,13 +23,15 @@ def test_a_page_says_the_database_is_unreachable_and_comes_back_on_the_next_run(
     def down(*args, **kwargs):
         raise DOWN
 
-    monkeypatch.setattr(label, "unsaved_anywhere", down)
-    monkeypatch.setattr(common, "RETRY_DATABASE_S", None)  # AppTest waits for a timed fragment
-    monkeypatch.setattr(common, "database_answers", lambda: False)  # the retry's look: still down
-    at.run()
-    assert not at.exception
-    assert [e.value for e in at.error] and "database cannot be reached" in at.error[0].value
-    monkeypatch.undo()
+    # Undone on their own: monkeypatch.undo() also undid this test's data folder (conftest's
+    # `_isolated`), and the page's next run made a digits project in ./labeler-data.
+    with monkeypatch.context() as outage:
+        outage.setattr(label, "unsaved_anywhere", down)
+        outage.setattr(common, "RETRY_DATABASE_S", None)  # AppTest waits for a timed fragment
+        outage.setattr(common, "database_answers", lambda: False)  # the retry's look: still down
+        at.run()
+        assert not at.exception
+        assert [e.value for e in at.error] and "database cannot be reached" in at.error[0].value
     assert common.database_answers()  # what the page's retry asks every RETRY_DATABASE_S
     at.run()  # the retry's rerun
     assert not at.exception and not at.error
@@ -53,18 +55,18 @@ def test_a_database_that_cannot_be_written_is_one_sentence_and_a_retry(
     at = app_run(tiny_project.id)
     disposed = []
     engine = common.session_factory().kw["bind"]
-    monkeypatch.setattr(type(engine), "dispose", lambda self, *a, **k: disposed.append(self))
 
     def full(*args, **kwargs):
         raise OperationalError("INSERT INTO label_events", {}, sqlite3.OperationalError(reason))
 
-    monkeypatch.setattr(label, "unsaved_anywhere", full)
-    monkeypatch.setattr(common, "RETRY_DATABASE_S", None)  # AppTest waits for a timed fragment
-    at.run()
-    assert not at.exception
-    assert "cannot be written just now" in at.error[0].value and says in at.error[0].value
-    assert disposed, "the pool keeps the read-only connections"
-    monkeypatch.undo()
+    with monkeypatch.context() as trouble:  # not monkeypatch.undo(): it undid the data folder too
+        trouble.setattr(type(engine), "dispose", lambda self, *a, **k: disposed.append(self))
+        trouble.setattr(label, "unsaved_anywhere", full)
+        trouble.setattr(common, "RETRY_DATABASE_S", None)  # AppTest waits for a timed fragment
+        at.run()
+        assert not at.exception
+        assert "cannot be written just now" in at.error[0].value and says in at.error[0].value
+        assert disposed, "the pool keeps the read-only connections"
     at.run()  # the retry's rerun, once it can write
     assert not at.exception and not at.error
 
@@ -169,16 +171,16 @@ def test_answers_applied_before_an_outage_are_reported_and_the_rest_wait(Session
             raise DOWN
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(answers, "_label", label_then_down)
     ledger = answers.Ledger()
     sent = [
         {"id": "x1", "type": "label", "item": a, "class": 0},
         {"id": "x2", "type": "label", "item": b, "class": 1},
     ]
-    outcome = answers.apply_actions(Session, tiny_project.id, "ann", sent, ledger)
-    assert outcome.labeled == 1 and outcome.stopped_by is DOWN
+    with monkeypatch.context() as outage:  # not monkeypatch.undo(): it undid the data folder too
+        outage.setattr(answers, "_label", label_then_down)
+        outage_result = answers.apply_actions(Session, tiny_project.id, "ann", sent, ledger)
+    assert outage_result.labeled == 1 and outage_result.stopped_by is DOWN
     assert "x1" in ledger.applied and "x2" not in ledger.applied  # waits in the tab, sent again
-    monkeypatch.undo()
     answers.apply_actions(Session, tiny_project.id, "ann", sent, ledger)
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {a: 0, b: 1}
