@@ -347,7 +347,8 @@ def add_labels(
     `relabel`. Returns the events written (`label_many`, in bulk)."""
     ids = [int(i) for i in item_ids]
     shown = None
-    if relabel:  # whatever answer each has now
+    if relabel:  # whatever answer each has now (read under the write lock)
+        lock_for_write(session)
         shown = {
             item_id: (event.id if event else None) for item_id, event in _current_events(session, ids).items()
         }
@@ -404,7 +405,9 @@ def label_many(
     for chunk in _chunks(sorted(ids)):
         query = select(Item.id, Item.project_id).where(Item.id.in_(chunk)).order_by(Item.id)
         if session.get_bind().dialect.name == "postgresql":
-            query = query.with_for_update()
+            # FOR NO KEY UPDATE: a claim inserted meanwhile (its foreign key takes a key-share lock
+            # on the item) does not wait for the bulk label, nor deadlock with it (review).
+            query = query.with_for_update(key_share=True)
         project_ids.update(dict(session.execute(query).all()))
     current = _current_events(session, [i for i in ids if i in project_ids])
     what: dict[int, tuple[str, LabelEvent | None]] = {}
@@ -471,8 +474,14 @@ def label_many(
         session.execute(insert(LabelEvent), chunk)
         items = [row["item_id"] for row in chunk]
         # The rows just written (the items' rows are locked, so no other writer adds to them).
-        query = select(LabelEvent).where(LabelEvent.id > before, LabelEvent.item_id.in_(items))
-        written.update({e.item_id: e for e in session.scalars(query)})
+        query = select(LabelEvent).where(
+            LabelEvent.id > before,
+            LabelEvent.item_id.in_(items),
+            LabelEvent.annotator == annotator,
+            LabelEvent.kind == kind,
+            LabelEvent.created_at == stamp,
+        )
+        written.update({e.item_id: e for e in session.scalars(query.order_by(LabelEvent.id))})
         session.execute(delete(Claim).where(Claim.item_id.in_(items)))  # answered: no longer kept
     return [written[i] for i in wanted], what
 
@@ -484,13 +493,15 @@ def undo_events(session: Session, event_ids: Iterable[int], annotator: str) -> l
     ids = [int(i) for i in event_ids]
     if not ids:
         return []
-    events = list(
-        session.scalars(
+    events = [
+        event
+        for chunk in _chunks(ids)  # PostgreSQL takes at most 65,535 parameters (`unanswered`)
+        for event in session.scalars(
             select(LabelEvent).where(
-                LabelEvent.id.in_(ids), LabelEvent.annotator == annotator, LabelEvent.undone.is_(False)
+                LabelEvent.id.in_(chunk), LabelEvent.annotator == annotator, LabelEvent.undone.is_(False)
             )
         )
-    )
+    ]
     undone_at = now(session)
     for event in events:
         event.undone = True
@@ -770,13 +781,17 @@ def page_items(
 
 
 def unanswered(session: Session, project_id: int, item_ids) -> set[int]:
-    """Which of `item_ids` (items of the project) have no answer."""
+    """Which of `item_ids` (items of the project) have no answer. In chunks: PostgreSQL takes at
+    most 65,535 parameters, and an undone bulk label of 70,000 images failed (review)."""
     unlabeled = ~exists().where(LabelEvent.item_id == Item.id, LabelEvent.undone.is_(False))
-    return set(
-        session.scalars(
-            select(Item.id).where(Item.project_id == project_id, Item.id.in_(item_ids), unlabeled)
+    found: set[int] = set()
+    for chunk in _chunks(list(item_ids)):
+        found.update(
+            session.scalars(
+                select(Item.id).where(Item.project_id == project_id, Item.id.in_(chunk), unlabeled)
+            )
         )
-    )
+    return found
 
 
 def _read(session: Session, parts: list, limit: int) -> list[tuple[Item, Prediction | None]]:

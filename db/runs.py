@@ -156,14 +156,19 @@ def running_with_undone(session: Session, project_id: int, item_ids: Sequence[in
     reading its labels after them, made a time test wrong (review)."""
     if not item_ids:
         return []
-    newest = (
-        select(func.max(LabelEvent.id))
-        .where(LabelEvent.item_id.in_(list(item_ids)), LabelEvent.undone.is_(True))
-        .group_by(LabelEvent.item_id)
-    )
-    first = session.scalar(select(func.min(LabelEvent.id)).where(LabelEvent.id.in_(newest)))
-    if first is None:
+    ids = list(item_ids)
+    firsts = []
+    for start in range(0, len(ids), 5_000):  # PostgreSQL takes at most 65,535 parameters
+        newest = (
+            select(func.max(LabelEvent.id))
+            .where(LabelEvent.item_id.in_(ids[start : start + 5_000]), LabelEvent.undone.is_(True))
+            .group_by(LabelEvent.item_id)
+        )
+        firsts.append(session.scalar(select(func.min(LabelEvent.id)).where(LabelEvent.id.in_(newest))))
+    firsts = [f for f in firsts if f is not None]
+    if not firsts:
         return []
+    first = min(firsts)
     running = session.execute(
         select(Run.id, Run.metrics)
         .where(Run.project_id == project_id, Run.status == RUNNING)

@@ -51,6 +51,9 @@ log = logging.getLogger(__name__)
 KEY_POOL = [*"1234567890", *"qwertyopdfghjklxcvbnm"]
 BATCH = 20  # images sent to the browser at a time: the next ones are on screen before the server answers
 SENT_KEPT = 200  # images sent to the box that are checked for answers given elsewhere (_closed_since)
+# Undone images shown first, at most (the rest are back in the queue): every page run looks them
+# up, and after the undo of a bulk label of 60,000 that was every one of them (review).
+SHOW_FIRST_MAX = 240
 REFUSED_KEPT = 200  # box answers refused or undone for it, listed to the box on every run (_newest_kept)
 GRID_SIZE = 12
 HISTORY_ROWS = 48  # answers per History page, newest first
@@ -182,6 +185,7 @@ def _grid_keys():
 _PAGE_PREFIX, _KEYED_PREFIX, _CHOICES_PREFIX = "grid-page-", "grid-keyed-", "grid-choices-"
 _SHARED_PREFIX = "grid-shared-"  # per project (account._PERSONAL_PREFIXES): see _shared_key
 _GUESSES_PREFIX = "grid-guesses-"  # per project (account._PERSONAL_PREFIXES): see _guesses_key
+_UNCLAIMED = "grid-batch-unclaimed"  # the batch just drawn is unclaimed (`_next_batch`)
 
 
 def _keyed_key(project_id: int) -> str:
@@ -306,7 +310,7 @@ def _apply_answers(project_id: int, annotator: str, actions: list[dict], notices
     undone = _undone_key(project_id)
     st.session_state[undone] = st.session_state.get(undone, []) + [list(pair) for pair in outcome.undone_last]
     shown_again = outcome.refused_items + outcome.undone_items
-    st.session_state["show_first"] = shown_again + st.session_state.get("show_first", [])
+    st.session_state["show_first"] = (shown_again + st.session_state.get("show_first", []))[:SHOW_FIRST_MAX]
     _forget_accepted(project_id, outcome.undone_items)  # U in the box may undo a grid page
     if outcome.answered_since:  # `_closed_since` tells the box, which showed them again at U
         sent = f"box-sent-{project_id}"
@@ -386,17 +390,27 @@ def _next_batch(project_id: int, k: int, box: bool = False) -> list[tuple[Item, 
     Session = common.session_factory()
     in_browser = st.session_state.get(f"box-sent-{project_id}", [])[-BATCH:] if box else []
     turn = queue.BOX_TURN if box else None  # the box's audit turns come every few answers
-    wanted = st.session_state.get("show_first", [])
+    wanted = st.session_state.get("show_first", [])[:SHOW_FIRST_MAX]
+    st.session_state.pop(_UNCLAIMED, None)
     try:
         rest = db.retrying(
             lambda: _queue_page(
-                Session, project_id, k, ledger.skipped, common.claimant(), in_browser, turn, wanted
+                # The ones shown now are claimed (review: all of a bulk label's were, held for nothing).
+                Session,
+                project_id,
+                k,
+                ledger.skipped,
+                common.claimant(),
+                in_browser,
+                turn,
+                wanted[:k],
             )
         )
     except OperationalError:
         # The database stayed locked through every retry: show images unclaimed rather than
         # fail the page; the worst case is two people answering one image, both kept.
         log.warning("Could not claim images; showing them unclaimed.", exc_info=True)
+        st.session_state[_UNCLAIMED] = True  # `_note_shared`
         rest = _queue_page(Session, project_id, k, ledger.skipped, None, (), turn)
     with Session() as session:
         # Undone images come back first, unanswered ones only, with the model's guesses (the
@@ -620,7 +634,12 @@ def _shared_key(project_id: int) -> str:
 
 
 def _note_shared(project_id: int, item_ids: list[int]) -> None:
-    """Remember which images of the new grid page `item_ids` this session did not get a claim on."""
+    """Remember which images of the new grid page `item_ids` this session did not get a claim on
+    because others held them (none on a page drawn unclaimed, the database locked: its images
+    given to others later take the page away, as for any page; review)."""
+    if st.session_state.pop(_UNCLAIMED, False):
+        st.session_state[_shared_key(project_id)] = (_page_name(item_ids), [])
+        return
     claimant = common.claimant()
     with common.session_factory()() as session:
         mine = queries.claimed_by(session, project_id, claimant, queries.now(session))
@@ -1029,8 +1048,12 @@ def _accept_grid(
     Session = common.session_factory()
     pinned = st.session_state.get(_guesses_key(project_id))
     guesses = pinned[1] if pinned and pinned[0] == page else {}
-    # The guess each tile showed: its page's (`_page_guesses`), not the newest run's.
-    shown = {i: guesses[i][:2] if i in guesses else queries.NEWEST for i, _ in chosen}
+    # The guess each tile showed: its page's (`_page_guesses`; none where it had none), not the
+    # newest run's; the newest run's only for a page whose guesses this session did not keep.
+    if pinned and pinned[0] == page:
+        shown = {i: guesses[i][:2] if i in guesses else None for i, _ in chosen}
+    else:
+        shown = {i: queries.NEWEST for i, _ in chosen}
 
     def commit():
         with Session.begin() as session:
@@ -1128,7 +1151,7 @@ def _undo_page(project_id: int) -> None:
                 f"{common.by_count(len(back), 'image is', 'images are')} back in the queue{still}."
             ),
         )
-        st.session_state["show_first"] = undone + st.session_state.get("show_first", [])
+        st.session_state["show_first"] = (undone + st.session_state.get("show_first", []))[:SHOW_FIRST_MAX]
         common.ledger(project_id).skipped.difference_update(undone)
         st.session_state.pop(_page_key(project_id), None)  # the undone images come next
         _forget_accepted(project_id, undone)

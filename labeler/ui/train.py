@@ -26,10 +26,10 @@ from ..runspec import LIMITS, RunSpec
 from . import account, common, parts
 
 # While a run is queued or running. The page's runs share the interpreter with the training
-# thread of the same process: with the Train page open a run made 0.59 of the steps it made
+# thread of the same process: with the Train page open a run made 0.58 of the steps it made
 # with the Label page open; with the loss figure cached (below) 0.73, without Streamlit's full
 # garbage collection after every run (.streamlit/config.toml) 0.78, and refreshed every 2 s
-# instead of every second 0.95 (README, Faster steps).
+# instead of every second 0.95 (README, Training beside an open page).
 LIVE_EVERY_S = 2.0
 # The loss curves are drawn anew at most this often: a figure takes 0.1 to 0.2 s of Python.
 LOSS_EVERY_S = 5.0

@@ -80,9 +80,11 @@ def test_a_bulk_label_takes_as_many_statements_for_many_images_as_for_few(Sessio
 
     from labeler import projects
     from tests.conftest import tiny_image_set
+    from tests.ui.ui_helpers import fake_done_run
 
     project = projects.create_project(Session, "many", "test", images=tiny_image_set(n=400))
     ids = [item.id for item in _pool_items(Session, project)]
+    run_id = fake_done_run(Session, project.id)  # its guess for each: the image's truth
     count = []
 
     def statements(kind: int, chosen: list[int]) -> int:
@@ -103,6 +105,9 @@ def test_a_bulk_label_takes_as_many_statements_for_many_images_as_for_few(Sessio
     assert count[1] <= count[0] < 20
     with Session() as session:
         assert queries.current_labels(session, project.id) == {i: int(i in ids[20:400]) for i in ids}
+        truth = {item.id: item.truth for item in _pool_items(Session, project)}
+        guesses = {e.item_id: (e.predicted_run_id, e.predicted_index) for e in session.query(LabelEvent)}
+        assert guesses == {i: (run_id, truth[i]) for i in ids}
 
 
 def test_a_relabel_replaces_only_the_answer_a_page_showed(Session, tiny_project):
@@ -250,3 +255,16 @@ def test_audit_images_are_woven_in_one_in_five(Session):
             i for i in queries.current_labels(session, project.id) if session.get(Item, i).split == AUDIT
         ]
     assert len(audit_labeled) == 3
+
+
+def test_long_id_lists_are_read_in_chunks(Session, tiny_project, monkeypatch):
+    """PostgreSQL takes at most 65,535 parameters: undoing a bulk label of 70,000 images failed
+    (review). Lists go in chunks (BULK_CHUNK ids each; 2 here)."""
+    monkeypatch.setattr(queries, "BULK_CHUNK", 2)
+    ids = [item.id for item in _pool_items(Session, tiny_project)][:5]
+    with Session.begin() as session:
+        events = queries.add_labels(session, ids, 1, annotator="ann")
+    with Session.begin() as session:
+        assert queries.unanswered(session, tiny_project.id, ids) == set()
+        assert len(queries.undo_events(session, [e.id for e in events], "ann")) == 5
+        assert queries.unanswered(session, tiny_project.id, ids) == set(ids)

@@ -752,6 +752,20 @@ def test_a_grid_page_keeps_the_guesses_it_was_drawn_with_when_a_new_run_finishes
     }
 
 
+def test_a_grid_page_drawn_before_any_run_records_no_guess(Session, tiny_project):
+    """Drawn with no model, the page showed no guess; a run finishing before A made every answer
+    record that run's guess, which nobody had seen (review)."""
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    first = next(iter(_grid_tiles(at)))
+    _grid_tiles(at)[first].set_value(1).run()
+    fake_done_run(Session, tiny_project.id)
+    button(at, "accept_grid").click().run()
+    with Session() as session:
+        (answer,) = session.query(LabelEvent).all()
+    assert answer.item_id == first and answer.predicted_run_id is None
+
+
 def test_a_class_named_like_skip_or_ignored_is_never_taken_for_it(Session, tiny_project):
     """A selectbox's value travels as the label it shows: with a class named "skip", every grid
     tile left on skip came back as that class, and with one named "ignored", every ignored
