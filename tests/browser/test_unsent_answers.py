@@ -346,8 +346,10 @@ def test_closing_the_tab_while_answers_wait_asks_first(server, page):
 def test_closing_the_tab_on_another_page_while_answers_wait_asks_first(server, page):
     """With an answer waiting in the tab for the Label box, closing the tab from another page,
     even one loaded afresh, asks first; it used to close without a word, and the answer was lost.
-    (A key pressed just before leaving is sent by the guard on that page, see above; this answer
-    is put in storage after the page drew, so nothing sends it until the Label page shows.)"""
+    The answer waits for another name the tab was used under: the guard on that page sends only
+    the present name's (it did, at its next drawing, and then there was nothing to ask about: the
+    test asked or not as that drawing came before the close or after, a full run beside it), and
+    it is never stored under the present name."""
     import json
 
     Session, pid = server["Session"], server["project_id"]
@@ -359,10 +361,10 @@ def test_closing_the_tab_on_another_page_while_answers_wait_asks_first(server, p
     page.reload()  # a page on which the Label box never loaded
     page.locator("h1", has_text="Train").wait_for()
     settle(page)
-    waiting = [{"id": "away-1", "type": "label", "item": item, "class": 0, "name": "dark"}]
+    waiting = [{"id": "before-1", "type": "label", "item": item, "class": 0, "name": "dark"}]
     page.evaluate(  # as label_box.js keeps an answer it has not sent
         "([key, value]) => sessionStorage.setItem(key, value)",
-        [f"labeler-unsent:away@{pid}", json.dumps(waiting)],
+        [f"labeler-unsent:before@{pid}", json.dumps(waiting)],
     )
     page.locator("h1").first.click()  # the browser asks only on a page the person has used
     with page.expect_event("dialog") as asked:
@@ -371,7 +373,7 @@ def test_closing_the_tab_on_another_page_while_answers_wait_asks_first(server, p
     asked.value.dismiss()
     open_page(page, "Label")
     shown(page)
-    wait_for(lambda: answers_of(Session, [item]) == {item: [(0, "away")]}, timeout=30)
+    assert answers_of(Session, [item]) == {item: []}  # it waits for its own name
 
 
 def log_in(page, name: str) -> None:
