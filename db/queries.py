@@ -294,23 +294,17 @@ def lock_item(session: Session, item_id: int) -> Item | None:
     return session.get(Item, item_id, with_for_update=True)
 
 
-def add_label_if_unlabeled(
-    session: Session,
-    item: Item | int,
-    class_index: int,
-    annotator: str = "anonymous",
-    kind: str = "single",
-    guess: tuple[int, int] | str | None = NEWEST,
-) -> LabelEvent | None:
-    """`add_label`, unless the item has a current answer already (given by anyone, e.g. after
-    this person's page was drawn): then nothing is written and None is returned, so an answer
-    meant for an unlabeled image never replaces somebody's label."""
+def add_label_if_unlabeled(session: Session, item: Item | int, class_index: int, **how) -> LabelEvent | None:
+    """`add_label` (`how`: its annotator, kind and guess), unless the item has a current answer
+    already (given by anyone, e.g. after this person's page was drawn): then nothing is written
+    and None is returned, so an answer meant for an unlabeled image never replaces somebody's
+    label."""
     item_id = item if isinstance(item, int) else item.id
     # Locked first: two transactions could otherwise both see no answer and both write one.
     locked = lock_item(session, item_id)
     if locked is None or current_event(session, item_id) is not None:
         return None
-    return add_label(session, locked, class_index, annotator=annotator, kind=kind, guess=guess)
+    return add_label(session, locked, class_index, **how)
 
 
 # What `relabel_as_shown` did with one item.
