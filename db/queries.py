@@ -354,9 +354,10 @@ def add_labels(
 BULK_CHUNK = 5_000  # ids per IN (...) list: below SQLite's and PostgreSQL's parameter limits
 
 
-def _chunks(ids: Sequence[int]) -> Iterator[list[int]]:
-    for start in range(0, len(ids), BULK_CHUNK):
-        yield list(ids[start : start + BULK_CHUNK])
+def _chunks(rows: Sequence) -> Iterator[list]:
+    """`rows` (ids, or rows to insert) BULK_CHUNK at a time."""
+    for start in range(0, len(rows), BULK_CHUNK):
+        yield list(rows[start : start + BULK_CHUNK])
 
 
 def _current_events(session: Session, item_ids: Sequence[int]) -> dict[int, LabelEvent]:
@@ -423,14 +424,10 @@ def label_many(
     if not wanted:
         return [], what
     projects = {project_ids[i] for i in wanted}
-    n_classes = {
-        pid: session.scalar(select(func.count()).where(LabelClass.project_id == pid)) for pid in projects
-    }
     for pid in projects:
-        if int(class_index) != IGNORED and not 0 <= int(class_index) < n_classes[pid]:
-            raise ValueError(
-                f"Class {class_index} does not exist: this project has {n_classes[pid]} classes."
-            )
+        n_classes = session.scalar(select(func.count()).where(LabelClass.project_id == pid))
+        if int(class_index) != IGNORED and not 0 <= int(class_index) < n_classes:
+            raise ValueError(f"Class {class_index} does not exist: this project has {n_classes} classes.")
     guesses: dict[int, tuple[int, int]] = {}  # item: (run, class) of its project's newest run
     for pid in projects:
         run_id = latest_done_run_id(session, pid)
@@ -462,8 +459,7 @@ def label_many(
         for i in wanted
     ]
     written: dict[int, LabelEvent] = {}
-    for start in range(0, len(rows), BULK_CHUNK):
-        chunk = rows[start : start + BULK_CHUNK]
+    for chunk in _chunks(rows):
         # One executemany: the ORM's flush of new objects sent one INSERT per row on SQLite.
         session.execute(insert(LabelEvent), chunk)
         items = [row["item_id"] for row in chunk]

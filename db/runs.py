@@ -36,6 +36,7 @@ from .models import (
     RunMetric,
 )
 from .queries import (
+    _chunks,
     _current_event_ids,
     analyze,
     current_answers_query,
@@ -156,12 +157,11 @@ def running_with_undone(session: Session, project_id: int, item_ids: Sequence[in
     reading its labels after them, made a time test wrong (review)."""
     if not item_ids:
         return []
-    ids = list(item_ids)
     firsts = []
-    for start in range(0, len(ids), 5_000):  # PostgreSQL takes at most 65,535 parameters
+    for chunk in _chunks(list(item_ids)):  # PostgreSQL takes at most 65,535 parameters
         newest = (
             select(func.max(LabelEvent.id))
-            .where(LabelEvent.item_id.in_(ids[start : start + 5_000]), LabelEvent.undone.is_(True))
+            .where(LabelEvent.item_id.in_(chunk), LabelEvent.undone.is_(True))
             .group_by(LabelEvent.item_id)
         )
         firsts.append(session.scalar(select(func.min(LabelEvent.id)).where(LabelEvent.id.in_(newest))))
