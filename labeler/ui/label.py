@@ -1282,10 +1282,10 @@ def _grid(project_id: int, names: list[str]) -> None:
     shown_then = restored[1] if restored and restored[0] == page else None
     view = _page_view(project_id, page, threshold, names)
     prefilled = []  # the guesses shown pre-filled, kept by label_grid.js with the page
-    columns = st.columns(4)
     tile_keys = []
     chosen = []  # tiles chosen with the mouse since their last key, for label_grid.js
-    for n, (item, _) in enumerate(batch):
+    shown = []  # per tile: its item, the class it shows, its guess's confidence
+    for item, _ in batch:
         _, predicted, confidence = guesses.get(item.id, (None, -1, None))
         sure = confidence is not None and predicted < len(names) and confidence >= threshold
         guess = predicted if sure else -1
@@ -1307,33 +1307,17 @@ def _grid(project_id: int, names: list[str]) -> None:
         carried = _carried_choice(project_id, page, item.id, pressed, key_names, len(names))
         last = carried[0] if carried else guess  # a choice made before these tiles were drawn
         tile_keys.append({"item": item.id, "key": _tile_key(item.id, view, token, presses)})
-        with columns[n % len(columns)]:
-            st.image(
-                _data_url(project_id, item.row, item.path),
-                caption=common.as_typed(caption(item)),
-                width="stretch",
-            )
-            note = f" (guess {confidence:.0%} sure)" if confidence is not None else ""
-            st.selectbox(
-                f"Label{note}",
-                options,
-                index=options.index(last),
-                key=tile_keys[-1]["key"],
-                format_func=lambda c: skip if c < 0 else names[c],
-                on_change=_remember_choice,
-                args=(project_id, page, item.id, tile_keys[-1]["key"], presses, list(names)),
-                disabled=item.id in closed,
-            )
-            if item.id in closed:
-                st.caption(common.as_typed(closed[item.id]))
+        shown.append((item, last, confidence, presses))
     keys = class_keys(project_id, names)
+    # The keys' component goes before the tiles: it knows a new page (or a tile drawn anew) by
+    # the time the page shows it, so a key pressed on what is shown lands (label_grid.js).
     _grid_keys()(
         data={
             "page": page,
             "tiles": tile_keys,
             "edits": {"token": token, "list": listed} if token else None,
             "classes": [{"index": i, "key": k, "name": names[i]} for i, k in enumerate(keys) if k],
-            "columns": len(columns),
+            "columns": 4,
             "who": common.annotator(),  # sent back with a lost page (`_lost_page`)
             "owner": f"{common.annotator()}@{project_id}",  # whose page the tab keeps (sessionStorage)
             "session": _session_tag(),
@@ -1345,6 +1329,27 @@ def _grid(project_id: int, names: list[str]) -> None:
         key="grid-keys",
         on_edits_change=lambda: None,  # read by _grid_presses
     )
+    columns = st.columns(4)
+    for n, ((item, last, confidence, presses), tile) in enumerate(zip(shown, tile_keys)):
+        with columns[n % len(columns)]:
+            st.image(
+                _data_url(project_id, item.row, item.path),
+                caption=common.as_typed(caption(item)),
+                width="stretch",
+            )
+            note = f" (guess {confidence:.0%} sure)" if confidence is not None else ""
+            st.selectbox(
+                f"Label{note}",
+                options,
+                index=options.index(last),
+                key=tile["key"],
+                format_func=lambda c: skip if c < 0 else names[c],
+                on_change=_remember_choice,
+                args=(project_id, page, item.id, tile["key"], presses, list(names)),
+                disabled=item.id in closed,
+            )
+            if item.id in closed:
+                st.caption(common.as_typed(closed[item.id]))
     left, right = st.columns(2)
     left.button(
         "Accept page",

@@ -23,9 +23,18 @@ function typedIn(target) {
   return target.tagName === "INPUT" && !NOT_TYPED_IN.has(String(target.type || "text").toLowerCase());
 }
 
-// A tile is its image and, below it, its selectbox (two elements of one column).
+// A tile is its image and, below it, its selectbox (two elements of one column). A tile drawn
+// anew (a key pressed on it, a new threshold) gets a new key, and this module may hear of it
+// before or after the page shows it: the tile is then found by its image's id (Python's
+// _tile_key). A key pressed in that moment, a few milliseconds that a busy server makes long,
+// was dropped, and a held A's repeat reached the page's shortcut and accepted the next page.
 function tileParts(tile) {
-  const widget = document.querySelector(`.st-key-${CSS.escape(tile.key)}`);
+  const prefix = `st-key-grid-${tile.item}-`;
+  const widget =
+    document.querySelector(`.st-key-${CSS.escape(tile.key)}`) ||
+    [...document.querySelectorAll(`[class*="${prefix}"]`)].find((el) =>
+      [...el.classList].some((name) => name.startsWith(prefix)),
+    );
   if (!widget) return [];
   return [widget.previousElementSibling, widget].filter(Boolean);
 }
@@ -44,22 +53,24 @@ function onKey(g, event) {
   const target = event.composedPath ? event.composedPath()[0] : event.target;
   if (typedIn(target) || (target && target.getAttribute && target.getAttribute("role") === "combobox")) return;
   const tiles = g.data.tiles;
-  if (!tiles.length) return;
-  // A grid taken off the page (One image, History, another page) can keep its listener a while:
-  // its keys then set tiles nobody sees. With a Label box on the page (label_box.js counts them),
-  // the keys are the box's.
-  if (!tileParts(tiles[0]).length || (window.__labelerBoxes || 0) > 0) return;
+  // With a Label box on the page (label_box.js counts them), the keys are the box's.
+  if (!tiles.length || (window.__labelerBoxes || 0) > 0) return;
   const columns = g.data.columns || 4;
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
   const move = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns, ArrowUp: -columns }[key];
   const cls = g.data.classes.find((c) => c.key === key);
   const setsTile = cls || key === "Backspace" || key === "Delete"; // sets the tile in focus
-  if (move !== undefined) {
-    g.focus = Math.min(tiles.length - 1, Math.max(0, g.focus + move));
-  } else if (event.repeat && (setsTile || key === "a" || key === "u")) {
+  if (event.repeat && (setsTile || key === "a" || key === "u")) {
     // A held key repeats about 30 times a second: a class key would set tile after tile, and A
     // or U (the page's buttons, which take repeats) would accept or undo the pages after this
-    // one, unseen. Only a press counts; the arrows repeat.
+    // one, unseen. Only a press counts; the arrows repeat. Dropped before the check below, which
+    // fails while the next page is being drawn.
+  } else if (!tileParts(tiles[0]).length) {
+    // A grid taken off the page (One image, History, another page) can keep its listener a
+    // while: its keys then set tiles nobody sees.
+    return;
+  } else if (move !== undefined) {
+    g.focus = Math.min(tiles.length - 1, Math.max(0, g.focus + move));
   } else if (setsTile) {
     // The class's name as shown goes with its index: Python refuses the page if it was renamed since.
     g.edits.push({ item: tiles[g.focus].item, class: cls ? cls.index : -1, name: cls ? cls.name : null });
