@@ -194,6 +194,18 @@ def record_applied(session: Session, event: LabelEvent, action: str) -> None:
     session.add(AppliedAnswer(item_id=event.item_id, action=action, event_id=event.id))
 
 
+def applied_events(session: Session, action: str) -> list[LabelEvent]:
+    """The events written under `action` (`record_applied`), e.g. by one grid page's accept."""
+    return list(
+        session.scalars(
+            select(LabelEvent)
+            .join(AppliedAnswer, AppliedAnswer.event_id == LabelEvent.id)
+            .where(AppliedAnswer.action == action)
+            .order_by(LabelEvent.id)
+        )
+    )
+
+
 def applied_by(session: Session, action: str) -> tuple[int, int] | None:
     """(image, event) of the box's action `action` (`record_applied`), for an action that names
     no image; None when it was never applied."""

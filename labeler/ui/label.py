@@ -21,11 +21,13 @@ doing; the Classes panel (admins) adds and renames classes.
 from __future__ import annotations
 
 import base64
+import contextlib
 import functools
 import io
 import logging
 import re
 import time
+import uuid
 from pathlib import Path
 
 import streamlit as st
@@ -1029,6 +1031,8 @@ def _accept_grid(
     except account.NotAllowed as refused:
         st.session_state["last_message"] = ("error", str(refused))
         return
+    if _saved_after_all(project_id):
+        return
     page = _page_name(item_ids)
     token, pressed, listed = _grid_presses(project_id, page, len(names))
     view = _page_view(project_id, page, threshold, names)
@@ -1046,6 +1050,7 @@ def _accept_grid(
     taken = {i for i, _ in chosen} | closed
     skipped = [i for i in item_ids if i not in taken]
     Session = common.session_factory()
+    accept = _accept_id(project_id, page, item_ids, skipped)
     pinned = st.session_state.get(_guesses_key(project_id))
     guesses = pinned[1] if pinned and pinned[0] == page else {}
     # The guess each tile showed: its page's (`_page_guesses`; none where it had none), not the
@@ -1062,31 +1067,30 @@ def _accept_grid(
                     select(Item.id).where(Item.project_id == project_id, Item.id.in_([i for i, _ in chosen]))
                 )
             )
-            events = [
-                queries.add_label_if_unlabeled(
+            events = []
+            for i, c in chosen:
+                if i not in mine:  # a page drawn for another project (a switch in between) writes nothing
+                    continue
+                event = queries.add_label_if_unlabeled(
                     session, i, c, annotator=annotator, kind="grid", guess=shown[i]
                 )
-                for i, c in chosen
-                if i in mine  # a page drawn for another project (a switch in between) writes nothing
-            ]
-            return [e for e in events if e is not None]
+                if event is not None:
+                    session.flush()
+                    queries.record_applied(session, event, accept)  # see _accept_id
+                    events.append(event)
+            return events
 
     try:
         events = db.retrying(commit)
     except OperationalError:
+        with contextlib.suppress(OperationalError):
+            if _saved_after_all(project_id):
+                return  # it landed, only the database's answer was lost
         raise  # the database is away: survives_outage says so, without its host and port
     except Exception as error:  # noqa: BLE001 - shown to the user, nothing is lost
         st.session_state["last_message"] = ("error", f"The page was not saved: {error}")
         return
-    ledger = common.ledger(project_id)
-    accepted = st.session_state.setdefault(_accepted_key(project_id), set())  # pages accepted, not undone
-    again = page in accepted
-    accepted.add(page)
-    ledger.record(events)
-    ledger.skipped.update(skipped)
-    if set(st.session_state.get(_page_key(project_id)) or ()) & set(item_ids):
-        # Accepted: the next page. (A click from an older page, still on screen, keeps it.)
-        st.session_state.pop(_page_key(project_id))
+    again = _page_saved(project_id, page, item_ids, skipped, events)
     for item_id in item_ids:
         st.session_state.pop(_tile_key(item_id, view), None)
     text = f"Saved {len(events)} {common.by_count(len(events), 'label', 'labels')}."
@@ -1101,6 +1105,62 @@ def _accept_grid(
         )
     st.session_state["last_message"] = ("success", text)
     _auto_retrain(project_id)
+
+
+_ACCEPTING = "grid-accepting-"  # per project: the accept whose commit has not been seen to land
+
+
+def _accept_id(project_id: int, page: str, item_ids: list[int], skipped: list[int]) -> str:
+    """The id an accept of `page` writes with each of its labels (`queries.record_applied`).
+
+    A commit can land while the database's answer to it is lost (PostgreSQL's connection cut
+    during COMMIT): the page then said "not saved", A again found every image answered ("Saved 0
+    labels. 12 images had been answered meanwhile"), and U took back the page before, as the undo
+    list never heard of this one (review). The id is kept until the accept is seen to land, so
+    `_saved_after_all` finds what it wrote; a page accepted again after an undo gets a new one."""
+    key = f"{_ACCEPTING}{project_id}"
+    kept = st.session_state.get(key)
+    if not kept or kept["page"] != page:
+        kept = {"page": page, "id": f"grid-{uuid.uuid4().hex}", "items": list(item_ids)}
+        st.session_state[key] = kept
+    kept["skipped"] = list(skipped)
+    return kept["id"]
+
+
+def _saved_after_all(project_id: int) -> bool:
+    """An accept whose commit raised: True (and the page is taken as saved, as `_accept_grid`
+    does) when its labels are in the database after all; False when nothing of it landed, and
+    when no such accept waits (`_accept_id`)."""
+    kept = st.session_state.get(f"{_ACCEPTING}{project_id}")
+    if not kept:
+        return False
+    with common.session_factory()() as session:
+        events = queries.applied_events(session, kept["id"])
+    if not events:
+        return False
+    _page_saved(project_id, kept["page"], kept["items"], kept["skipped"], events)
+    n = len(events)
+    text = f"Saved {n} {common.by_count(n, 'label', 'labels')}: the page was saved after all"
+    st.session_state["last_message"] = ("success", f"{text} (the database's answer to it was lost).")
+    return True
+
+
+def _page_saved(
+    project_id: int, page: str, item_ids: list[int], skipped: list[int], events: list[LabelEvent]
+) -> bool:
+    """An accepted page's labels (`events`) go on the session's undo list, and the next page
+    comes. True when this session had accepted the page before (and not undone it)."""
+    st.session_state.pop(f"{_ACCEPTING}{project_id}", None)
+    ledger = common.ledger(project_id)
+    accepted = st.session_state.setdefault(_accepted_key(project_id), set())  # pages accepted, not undone
+    again = page in accepted
+    accepted.add(page)
+    ledger.record(events)
+    ledger.skipped.update(skipped)
+    if set(st.session_state.get(_page_key(project_id)) or ()) & set(item_ids):
+        # Accepted: the next page. (A click from an older page, still on screen, keeps it.)
+        st.session_state.pop(_page_key(project_id))
+    return again
 
 
 _UNDO_ASKED = "grid-undo-asked"  # the page whose set tiles an Undo would drop, said once
@@ -1938,6 +1998,7 @@ def label_page() -> None:
     # The notes go in a container that is always there: a note drawn in the page itself moved
     # everything below it down one place, and the browser drew the Classes panel anew, closed.
     notes = st.container()
+    _saved_after_all(project.id)  # a grid page whose commit raised: landed after all?
     kind, text = st.session_state.pop("last_message", (None, None))
     if kind:
         getattr(notes, kind)(common.as_typed(text))

@@ -204,3 +204,56 @@ def test_a_click_that_meets_a_full_disk_says_so_and_empties_the_pool(monkeypatch
 
     save()
     assert "cannot be written just now" in st.session_state[common.OUTAGE_NOTICE] and emptied
+
+
+@pytest.mark.parametrize("answers_at_once", [True, False], ids=["answers-at-once", "away-a-while"])
+def test_a_grid_page_whose_commit_landed_unanswered_is_saved_after_all_and_undone_by_u(
+    Session, tiny_project, monkeypatch, answers_at_once
+):
+    """PostgreSQL commits a grid page, then the connection drops before it answers: the page said
+    "not saved", A again found every image answered ("Saved 0 labels. 12 images had been answered
+    meanwhile") and U took back the page before, as the undo list never heard of this one
+    (review). The accept looks for the page's labels at once, else the next page run does, and
+    takes the page as saved."""
+    from tests.ui.ui_helpers import button, fake_done_run
+
+    fake_done_run(Session, tiny_project.id)  # every guess 90 % sure: all 12 tiles pre-filled
+    at = app_run(tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    at.slider(key="grid_threshold").set_value(0.85).run()
+    button(at, "accept_grid").click().run()
+    with Session() as session:
+        first = queries.current_labels(session, tiny_project.id)
+    assert len(first) == 12
+    second = [int(b.key.split("-")[1]) for b in at.selectbox if b.key.startswith("grid-")]
+    real = label.db.retrying
+
+    def committed_then_lost(fn, **kwargs):
+        result = real(fn, **kwargs)
+        if "_accept_grid" in fn.__qualname__:
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        return result
+
+    def away(*args, **kwargs):
+        raise DOWN
+
+    with monkeypatch.context() as cut:
+        cut.setattr(label.db, "retrying", committed_then_lost)
+        if not answers_at_once:  # the look at once, and the page run after, meet the outage
+            cut.setattr(queries, "applied_events", away)
+            cut.setattr(common, "RETRY_DATABASE_S", None)  # AppTest waits for a timed fragment
+        button(at, "accept_grid").click()
+        at.run()
+        if not answers_at_once:
+            assert not at.success and "was not saved" in at.error[0].value
+    if not answers_at_once:
+        at.run()  # the next page run, the database back
+    assert not at.exception and not at.error
+    with Session() as session:
+        assert set(queries.current_labels(session, tiny_project.id)) == set(first) | set(second)
+    assert "saved after all" in at.success[0].value and "Saved 12 labels" in at.success[0].value
+    shown = [int(b.key.split("-")[1]) for b in at.selectbox if b.key.startswith("grid-")]
+    assert shown and not set(shown) & set(second), "the saved page is still on screen"
+    at.button(key="undo").click().run()
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == first  # U took back this page
