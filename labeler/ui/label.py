@@ -1088,6 +1088,7 @@ def _accept_grid(
                 return  # it landed, only the database's answer was lost
         raise  # the database is away: survives_outage says so, without its host and port
     except Exception as error:  # noqa: BLE001 - shown to the user, nothing is lost
+        st.session_state.pop(f"{_ACCEPTING}{project_id}", None)  # rolled back: nothing to look for
         st.session_state["last_message"] = ("error", f"The page was not saved: {error}")
         return
     again = _page_saved(project_id, page, item_ids, skipped, events)
