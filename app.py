@@ -44,7 +44,8 @@ try:
     parts.wake_worker_if_runs_wait()  # a run queued before a restart trains whatever page is open
     # The Label page says the current project's History changes itself, beside its History.
     label.unsaved_note(current=page.title != "Label", anywhere=unsaved)
-    common.outage_notice()  # a click an outage kept from being saved
+    with st.container():  # drawn or not, the page below keeps its places (label_grid.js)
+        common.outage_notice()  # a click an outage kept from being saved
     page.run()
 except OperationalError as error:  # the database stopped answering: one sentence, then retries
     unwritable = common.cannot_write(error)  # a full disk, a read-only file: it may pass too

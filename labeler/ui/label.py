@@ -1031,6 +1031,8 @@ def _accept_grid(
     except account.NotAllowed as refused:
         st.session_state["last_message"] = ("error", str(refused))
         return
+    if _grid_left("A", "The grid page was not accepted; its tiles wait in Grid."):
+        return
     if _saved_after_all(project_id):
         return
     page = _page_name(item_ids)
@@ -1108,6 +1110,21 @@ def _accept_grid(
     _auto_retrain(project_id)
 
 
+def _grid_left(key: str, what: str) -> bool:
+    """True, with a note, when the grid's Accept or Undo comes after a switch to another mode:
+    the grid stays on screen, greyed, until the new mode is drawn, and a key meant for the box
+    (A, U) pressed its buttons, through Streamlit's shortcut or label_grid.js; A saved the page
+    left behind, U undid a grid page (review, in Chromium: A 100 ms after the click)."""
+    mode = st.session_state.get("label_mode", MODES[0])
+    if mode == "Grid":
+        return False
+    st.session_state["last_message"] = (
+        "info",
+        f"{key} was pressed while {mode} opened and reached the grid leaving the page: {what}",
+    )
+    return True
+
+
 _ACCEPTING = "grid-accepting-"  # per project: the accept whose commit has not been seen to land
 
 
@@ -1173,6 +1190,8 @@ def _undo_page(project_id: int) -> None:
         annotator = account.acting_user()["name"]
     except account.NotAllowed as refused:
         st.session_state["last_message"] = ("error", str(refused))
+        return
+    if _grid_left("U", "Nothing was undone."):
         return
     # The undone images replace the page shown: tiles set on it went with it, without a word
     # (exploratory). Said first; a second Undo on the same page goes ahead.
@@ -1310,25 +1329,31 @@ def _grid(project_id: int, names: list[str]) -> None:
         key="grid_threshold",
         help="Lower guesses are left for you to choose; one key (A) accepts the page.",
     )
-    batch = _grid_page(project_id)
+    # Every note this page may or may not draw goes in here, so the keys' component after it
+    # keeps its place: one that moved (a warning shown on one page and not the next) was built
+    # anew by the browser, its focus back on tile 0 and a held key's repeats unguarded (review).
+    notes = st.container()
+    with notes:
+        batch = _grid_page(project_id)
     if not batch:
-        st.success("Every image is labeled. Train a model or export the data set.")
+        notes.success("Every image is labeled. Train a model or export the data set.")
         return
+    if any(item.split == AUDIT for item, _ in batch):
+        notes.caption(AUDIT_NOTE)
+    page = _page_name(item.id for item, _ in batch)
+    guesses = _page_guesses(project_id, page, batch)
+    warning = _guess_warning(project_id, guesses, threshold)
+    if warning:
+        notes.warning(warning)
+    with notes:
+        _restored_note(page)
     st.caption(
         "Check the pre-filled guesses, choose the rest (or leave them on skip), then accept the page. "
         "Keys: arrows move between tiles, a class's key sets the tile in focus, Backspace sets it to "
         "skip, A accepts the page, U undoes it."
     )
-    if any(item.split == AUDIT for item, _ in batch):
-        st.caption(AUDIT_NOTE)
-    page = _page_name(item.id for item, _ in batch)
-    guesses = _page_guesses(project_id, page, batch)
-    warning = _guess_warning(project_id, guesses, threshold)
-    if warning:
-        st.warning(warning)
     options = [-1, *range(len(names))]
     skip = _apart("skip")
-    _restored_note(page)
     token, pressed, listed = _grid_presses(project_id, page, len(names))
     key_names = _key_names(listed)
     kept = st.session_state.get(_choices_key(project_id), {})

@@ -48,19 +48,57 @@ function draw(g) {
   });
 }
 
-function onKey(g, event) {
-  if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey) return;
+function pageKey(event) {
+  if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey) return false;
   const target = event.composedPath ? event.composedPath()[0] : event.target;
-  if (typedIn(target) || (target && target.getAttribute && target.getAttribute("role") === "combobox")) return;
-  const tiles = g.data.tiles;
+  if (typedIn(target) || (target && target.getAttribute && target.getAttribute("role") === "combobox")) return false;
   // With a Label box on the page (label_box.js counts them), the keys are the box's.
-  if (!tiles.length || (window.__labelerBoxes || 0) > 0) return;
+  return (window.__labelerBoxes || 0) === 0;
+}
+
+// The mode the Label page's switch shows ("One image", "Grid", "History"), null where there is
+// none. Right after a click on another mode the grid stays on screen, greyed, until that mode
+// is drawn: a key then was the grid's, so A meant for the box saved the grid page left behind,
+// U undid a grid page, and a class key set a tile nobody saw any more (review).
+function modeShown() {
+  const checked = document.querySelector('.st-key-label_mode input[type="radio"]:checked');
+  const label = checked && checked.closest("label");
+  return label ? label.textContent.trim() : null;
+}
+
+// Installed once per tab, never removed: a held key's repeats (about 30 a second) never reach
+// the grid's Accept or Undo, nor set tiles, while those buttons are on the page, also in the
+// moments when no grid listens (a mode switch, the component built anew). Arrows repeat.
+if (!window.__labelerGridRepeats) {
+  window.__labelerGridRepeats = true;
+  document.addEventListener(
+    "keydown",
+    (event) => {
+      if (!event.repeat || !pageKey(event)) return;
+      if (event.key.length !== 1 && event.key !== "Backspace" && event.key !== "Delete") return;
+      if (!document.querySelector(BUTTONS.a) && !document.querySelector(BUTTONS.u)) return;
+      event.preventDefault();
+      event.stopPropagation();
+    },
+    true,
+  );
+}
+
+function onKey(g, event) {
+  if (!pageKey(event)) return;
+  const target = event.composedPath ? event.composedPath()[0] : event.target;
+  const tiles = g.data.tiles;
+  if (!tiles.length) return;
   const columns = g.data.columns || 4;
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
   const move = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns, ArrowUp: -columns }[key];
   const cls = g.data.classes.find((c) => c.key === key);
   const setsTile = cls || key === "Backspace" || key === "Delete"; // sets the tile in focus
-  if (event.repeat && (setsTile || key === "a" || key === "u")) {
+  const mode = modeShown();
+  if (mode !== null && mode !== "Grid") {
+    // Leaving: the grid takes no key, and A and U do not reach its greyed buttons.
+    if (!(setsTile || key === "a" || key === "u")) return;
+  } else if (event.repeat && (setsTile || key === "a" || key === "u")) {
     // A held key repeats about 30 times a second: a class key would set tile after tile, and A
     // or U (the page's buttons, which take repeats) would accept or undo the pages after this
     // one, unseen. Only a press counts; the arrows repeat. Dropped before the check below, which

@@ -182,6 +182,7 @@ class HeldDrawing:
 
     def __init__(self, page):
         self.holding, self.passed, self.queue, self.ws = False, False, [], None
+        self.everything = False  # hold(everything=True): from the next message on
         page.route_web_socket("**/_stcore/stream", self._route)
 
     def _route(self, ws) -> None:
@@ -189,14 +190,14 @@ class HeldDrawing:
         ws.connect_to_server().on_message(self._from_server)
 
     def _from_server(self, message) -> None:
-        if self.holding and self.passed:
+        if self.holding and (self.passed or self.everything):
             self.queue.append(message)
         else:
             self.ws.send(message)
             self.passed = self.holding and isinstance(message, bytes) and b'"tiles"' in message
 
-    def hold(self) -> None:
-        self.holding, self.passed = True, False
+    def hold(self, everything: bool = False) -> None:
+        self.holding, self.passed, self.everything = True, False, everything
 
     def wait_held(self, page) -> None:
         deadline = time.monotonic() + 60
@@ -205,7 +206,7 @@ class HeldDrawing:
         assert self.queue, "the server drew nothing"
 
     def release(self) -> None:
-        self.holding = self.passed = False
+        self.holding = self.passed = self.everything = False
         queued, self.queue = self.queue, []
         for message in queued:
             self.ws.send(message)
@@ -244,6 +245,43 @@ def test_keys_pressed_while_the_page_catches_up_land_and_a_held_a_accepts_one_pa
     stored = events(Session, pid)[before:]
     assert [(e.item_id, e.class_index) for e in stored] == [(tiles[0][0], 0), (tiles[1][0], 1)]
     expect(page.get_by_text("Saved 2 labels.")).to_be_visible()
+
+
+def test_keys_pressed_as_one_image_opens_do_not_reach_the_grid_left_behind(app_server, page):
+    """After a click on One image the grid stays on screen, greyed, until the box is drawn: A
+    meant for the box saved the grid page left behind, U undid a grid page, and a class key set a
+    tile nobody saw any more, which a reload brought back and A stored (review). The moment is
+    made long here by holding the server's answer to the switch."""
+    Session, pid = app_server["Session"], app_server["project_id"]
+    drawing = HeldDrawing(page)
+    tiles = open_grid(page, app_server["url"])
+    page.locator("h1").first.click()
+    page.keyboard.press("1")
+    wait_for_tiles(page, lambda now: now[0][1] == "dark")
+    settle(page)
+    before = [(e.id, e.undone_at) for e in events(Session, pid)]
+    drawing.hold(everything=True)
+    page.get_by_text("One image", exact=True).click()  # the focus stays on the switch
+    drawing.wait_held(page)
+    for key in ("2", "a", "u"):
+        page.keyboard.press(key)
+    page.locator("h1").first.click()
+    for key in ("2", "a", "u"):
+        page.keyboard.press(key)
+    drawing.release()
+    page.locator('[data-testid="lb-status"]').wait_for()
+    settle(page)
+    page.wait_for_timeout(1000)
+    settle(page)
+    assert [(e.id, e.undone_at) for e in events(Session, pid)] == before
+    kept = page.evaluate(
+        "Object.keys(sessionStorage).filter(k => k.startsWith('labeler-grid:'))"
+        ".map(k => JSON.parse(sessionStorage.getItem(k)).list)"
+    )
+    assert kept == [[{"item": tiles[0][0], "class": 0, "name": "dark"}]]
+    page.get_by_text("Grid", exact=True).click()
+    back = wait_for_tiles(page, lambda now: [i for i, _ in now] == [i for i, _ in tiles])
+    assert [v for _, v in back[:2]] == ["dark", "skip"]
 
 
 def test_a_class_named_skip_added_while_a_grid_page_is_open_stores_no_skipped_tile(app_server, page):

@@ -1731,3 +1731,31 @@ def test_a_lost_grid_page_is_answered_to_the_session_that_asked_only(Session, ti
     assert "could not be given back" in after.warning[0].value
     after.run()
     assert "could not be given back" in after.warning[0].value
+
+
+@pytest.mark.parametrize("mode", ["One image", "History"])
+def test_accept_or_undo_coming_with_a_switch_to_another_mode_does_nothing(Session, tiny_project, mode):
+    """The grid stays on screen, greyed, until the mode clicked is drawn: A meant for the box
+    pressed the grid's Accept and saved the page left behind, U undid a grid page (review, in
+    Chromium). A click that arrives with the switch does nothing, and says so."""
+    fake_done_run(Session, tiny_project.id)  # every guess 90 % sure: all 12 tiles pre-filled
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    at.slider(key="grid_threshold").set_value(0.85).run()
+    button(at, "accept_grid").click().run()
+    saved = _labels(Session, tiny_project.id)
+    assert len(saved) == 12
+    at.radio(key="label_mode").set_value(mode)
+    button(at, "accept_grid").click()
+    at.run()
+    assert _labels(Session, tiny_project.id) == saved
+    assert any(f"A was pressed while {mode} opened" in n.value for n in at.info)
+    at.radio(key="label_mode").set_value("Grid").run()
+    at.radio(key="label_mode").set_value(mode)
+    at.button(key="undo").click()
+    at.run()
+    assert _labels(Session, tiny_project.id) == saved
+    assert any(f"U was pressed while {mode} opened" in n.value for n in at.info)
+    at.radio(key="label_mode").set_value("Grid").run()
+    at.button(key="undo").click().run()  # in Grid, U undoes the page
+    assert _labels(Session, tiny_project.id) == {}
