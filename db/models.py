@@ -135,7 +135,7 @@ class LabelEvent(Base):
 
 class AppliedAnswer(Base):
     """An answer from the labeling box, by the id its browser tab gave it, and the event it wrote
-    (also each label of a grid page's accept, under the accept's id: `labeler.ui.label._accept_id`).
+    (also each label of a grid page's accept, under the accept's id: `labeler.ui.label._accepting`).
 
     A tab sends an answer again after a reload until it has seen it acknowledged, to a new server
     session that never saw it. With this row that session knows the answer was applied already

@@ -1052,7 +1052,9 @@ def _accept_grid(
     taken = {i for i, _ in chosen} | closed
     skipped = [i for i in item_ids if i not in taken]
     Session = common.session_factory()
-    accept = _accept_id(project_id, page, item_ids, skipped)
+    kept = _accepting(project_id, page, item_ids, skipped)
+    accept = kept["id"]
+    ledger, accepted = common.ledger(project_id), _accepted_pages(project_id)  # before the commit
     pinned = st.session_state.get(_guesses_key(project_id))
     guesses = pinned[1] if pinned and pinned[0] == page else {}
     # The guess each tile showed: its page's (`_page_guesses`; none where it had none), not the
@@ -1078,7 +1080,7 @@ def _accept_grid(
                 )
                 if event is not None:
                     session.flush()
-                    queries.record_applied(session, event, accept)  # see _accept_id
+                    queries.record_applied(session, event, accept)  # see _accepting
                     events.append(event)
             return events
 
@@ -1093,7 +1095,10 @@ def _accept_grid(
         st.session_state.pop(f"{_ACCEPTING}{project_id}", None)  # rolled back: nothing to look for
         st.session_state["last_message"] = ("error", f"The page was not saved: {error}")
         return
-    again = _page_saved(project_id, page, item_ids, skipped, events)
+    again = _page_saved(kept, events, ledger, accepted)
+    # From here a rerun may stop this callback at any look at the session state (a key pressed
+    # just after A): the next page run finishes it (`_saved_after_all`).
+    _next_page(project_id, kept)
     for item_id in item_ids:
         st.session_state.pop(_tile_key(item_id, view), None)
     text = f"Saved {len(events)} {common.by_count(len(events), 'label', 'labels')}."
@@ -1108,6 +1113,7 @@ def _accept_grid(
         )
     st.session_state["last_message"] = ("success", text)
     _auto_retrain(project_id)
+    st.session_state.pop(f"{_ACCEPTING}{project_id}", None)
 
 
 def _grid_left(key: str, what: str) -> bool:
@@ -1128,57 +1134,72 @@ def _grid_left(key: str, what: str) -> bool:
 _ACCEPTING = "grid-accepting-"  # per project: the accept whose commit has not been seen to land
 
 
-def _accept_id(project_id: int, page: str, item_ids: list[int], skipped: list[int]) -> str:
-    """The id an accept of `page` writes with each of its labels (`queries.record_applied`).
+def _accepting(project_id: int, page: str, item_ids: list[int], skipped: list[int]) -> dict:
+    """The accept of `page` under way, kept in the session until it is done with: its id, which it
+    writes with each of its labels (`queries.record_applied`), and, once the labels are on the
+    undo list, how many it saved ("done"). `_saved_after_all` finishes an accept cut short.
 
     A commit can land while the database's answer to it is lost (PostgreSQL's connection cut
     during COMMIT): the page then said "not saved", A again found every image answered ("Saved 0
     labels. 12 images had been answered meanwhile"), and U took back the page before, as the undo
-    list never heard of this one (review). The id is kept until the accept is seen to land, so
-    `_saved_after_all` finds what it wrote; a page accepted again after an undo gets a new one."""
+    list never heard of this one (review). And a key pressed just after A reruns the page, which
+    stops the callback at its next look at the session state: after the commit, the page stayed
+    with no message, U could not undo it and no run was queued (exploratory, 4 of 4 accepts with
+    keys 30 ms after A on a busy machine). A page accepted again after an undo gets a new id."""
     key = f"{_ACCEPTING}{project_id}"
     kept = st.session_state.get(key)
-    if not kept or kept["page"] != page:
+    if not kept or kept["page"] != page or "done" in kept:
         kept = {"page": page, "id": f"grid-{uuid.uuid4().hex}", "items": list(item_ids)}
         st.session_state[key] = kept
     kept["skipped"] = list(skipped)
-    return kept["id"]
+    return kept
 
 
 def _saved_after_all(project_id: int) -> bool:
-    """An accept whose commit raised: True (and the page is taken as saved, as `_accept_grid`
-    does) when its labels are in the database after all; False when nothing of it landed, and
-    when no such accept waits (`_accept_id`)."""
+    """An accept cut short (`_accepting`): True, with the page taken as saved, its message and
+    auto-retrain's look, when its labels are in the database; False when nothing of it landed,
+    and when no such accept waits."""
     kept = st.session_state.get(f"{_ACCEPTING}{project_id}")
     if not kept:
         return False
-    with common.session_factory()() as session:
-        events = queries.applied_events(session, kept["id"])
-    if not events:
-        return False
-    _page_saved(project_id, kept["page"], kept["items"], kept["skipped"], events)
-    n = len(events)
-    text = f"Saved {n} {common.by_count(n, 'label', 'labels')}: the page was saved after all"
-    st.session_state["last_message"] = ("success", f"{text} (the database's answer to it was lost).")
+    lost = "done" not in kept  # else only what follows the undo list was cut short
+    if lost:
+        with common.session_factory()() as session:
+            events = queries.applied_events(session, kept["id"])
+        if not events:
+            return False
+        _page_saved(kept, events, common.ledger(project_id), _accepted_pages(project_id))
+    _next_page(project_id, kept)
+    n = kept["done"]
+    text = f"Saved {n} {common.by_count(n, 'label', 'labels')}"
+    text += ": the page was saved after all (the database's answer to it was lost)." if lost else "."
+    st.session_state["last_message"] = ("success", text)
+    _auto_retrain(project_id)
+    st.session_state.pop(f"{_ACCEPTING}{project_id}", None)
     return True
 
 
-def _page_saved(
-    project_id: int, page: str, item_ids: list[int], skipped: list[int], events: list[LabelEvent]
-) -> bool:
-    """An accepted page's labels (`events`) go on the session's undo list, and the next page
-    comes. True when this session had accepted the page before (and not undone it)."""
-    st.session_state.pop(f"{_ACCEPTING}{project_id}", None)
-    ledger = common.ledger(project_id)
-    accepted = st.session_state.setdefault(_accepted_key(project_id), set())  # pages accepted, not undone
-    again = page in accepted
-    accepted.add(page)
+def _accepted_pages(project_id: int) -> set[str]:
+    return st.session_state.setdefault(_accepted_key(project_id), set())  # pages accepted, not undone
+
+
+def _page_saved(kept: dict, events: list[LabelEvent], ledger: answers.Ledger, accepted: set[str]) -> bool:
+    """An accepted page's labels (`events`) go on the session's undo list: plain objects only,
+    no look at the session state, where a rerun could stop the callback (`_accepting`). True
+    when this session had accepted the page before (and not undone it)."""
+    again = kept["page"] in accepted
+    accepted.add(kept["page"])
     ledger.record(events)
-    ledger.skipped.update(skipped)
-    if set(st.session_state.get(_page_key(project_id)) or ()) & set(item_ids):
-        # Accepted: the next page. (A click from an older page, still on screen, keeps it.)
-        st.session_state.pop(_page_key(project_id))
+    ledger.skipped.update(kept["skipped"])
+    kept["done"] = len(events)
     return again
+
+
+def _next_page(project_id: int, kept: dict) -> None:
+    """The accepted page gives way to the next. (A click from an older page, still on screen,
+    keeps the page shown.)"""
+    if set(st.session_state.get(_page_key(project_id)) or ()) & set(kept["items"]):
+        st.session_state.pop(_page_key(project_id))
 
 
 _UNDO_ASKED = "grid-undo-asked"  # the page whose set tiles an Undo would drop, said once
