@@ -44,6 +44,7 @@ try:
     parts.wake_worker_if_runs_wait()  # a run queued before a restart trains whatever page is open
     # The Label page says the current project's History changes itself, beside its History.
     label.unsaved_note(current=page.title != "Label", anywhere=unsaved)
+    label.finish_accepts()  # a grid accept cut short: finished before the notice of a click not saved
     with st.container():  # drawn or not, the page below keeps its places (label_grid.js)
         common.outage_notice()  # a click an outage kept from being saved
     page.run()

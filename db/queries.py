@@ -194,13 +194,14 @@ def record_applied(session: Session, event: LabelEvent, action: str) -> None:
     session.add(AppliedAnswer(item_id=event.item_id, action=action, event_id=event.id))
 
 
-def applied_events(session: Session, action: str) -> list[LabelEvent]:
-    """The events written under `action` (`record_applied`), e.g. by one grid page's accept."""
+def applied_events(session: Session, action: str, item_ids: Sequence[int]) -> list[LabelEvent]:
+    """The events written under `action` (`record_applied`) for these images, e.g. by one grid
+    page's accept (by image too: the table's index starts with the image)."""
     return list(
         session.scalars(
             select(LabelEvent)
             .join(AppliedAnswer, AppliedAnswer.event_id == LabelEvent.id)
-            .where(AppliedAnswer.action == action)
+            .where(AppliedAnswer.item_id.in_(list(item_ids)), AppliedAnswer.action == action)
             .order_by(LabelEvent.id)
         )
     )

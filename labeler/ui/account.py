@@ -67,6 +67,7 @@ _PERSONAL_PREFIXES = (
     "grid-shared-",
     "grid-guesses-",
     "grid-accepted-",
+    "grid-accepting-",  # an accept cut short: finished onto the next person's undo list otherwise
     "grid-choices-",
     "grid-keyed-",
     "grid-names-seen-",

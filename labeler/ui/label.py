@@ -1033,9 +1033,9 @@ def _accept_grid(
         return
     if _grid_left("A", "The grid page was not accepted; its tiles wait in Grid."):
         return
-    if _saved_after_all(project_id):
-        return
     page = _page_name(item_ids)
+    if _saved_after_all(project_id) == page:
+        return  # this page's accept, cut short: finished now
     token, pressed, listed = _grid_presses(project_id, page, len(names))
     view = _page_view(project_id, page, threshold, names)
     closed = set(closed)
@@ -1084,11 +1084,12 @@ def _accept_grid(
                     events.append(event)
             return events
 
+    kept["sent"] = True  # from here the labels may land (`_await_accept`)
     try:
         events = db.retrying(commit)
     except OperationalError:
         with contextlib.suppress(OperationalError):
-            if _saved_after_all(project_id):
+            if _saved_after_all(project_id) == page:
                 return  # it landed, only the database's answer was lost
         raise  # the database is away: survives_outage says so, without its host and port
     except Exception as error:  # noqa: BLE001 - shown to the user, nothing is lost
@@ -1155,28 +1156,64 @@ def _accepting(project_id: int, page: str, item_ids: list[int], skipped: list[in
     return kept
 
 
-def _saved_after_all(project_id: int) -> bool:
-    """An accept cut short (`_accepting`): True, with the page taken as saved, its message and
-    auto-retrain's look, when its labels are in the database; False when nothing of it landed,
-    and when no such accept waits."""
+def _saved_after_all(project_id: int) -> str | None:
+    """An accept cut short (`_accepting`): its page, taken as saved, with its message and
+    auto-retrain's look, when its labels are in the database; None when nothing of it landed, and
+    when no such accept waits. Runs of one session can overlap (Streamlit's fast reruns): the
+    undo list gets the page once (`_page_saved`)."""
     kept = st.session_state.get(f"{_ACCEPTING}{project_id}")
     if not kept:
-        return False
-    lost = "done" not in kept  # else only what follows the undo list was cut short
-    if lost:
+        return None
+    ledger = common.ledger(project_id)
+    lost = False
+    if "done" not in kept:  # else only what follows the undo list was cut short
         with common.session_factory()() as session:
-            events = queries.applied_events(session, kept["id"])
+            events = queries.applied_events(session, kept["id"], kept["items"])
         if not events:
-            return False
-        _page_saved(kept, events, common.ledger(project_id), _accepted_pages(project_id))
+            return None
+        with ledger.lock:
+            lost = "done" not in kept  # not the accept itself, finishing meanwhile
+            _page_saved(kept, events, ledger, _accepted_pages(project_id))
     _next_page(project_id, kept)
     n = kept["done"]
     text = f"Saved {n} {common.by_count(n, 'label', 'labels')}"
     text += ": the page was saved after all (the database's answer to it was lost)." if lost else "."
     st.session_state["last_message"] = ("success", text)
+    if lost:  # the click's "not saved" is wrong: the page says what became of it instead
+        st.session_state.pop(common.OUTAGE_NOTICE, None)
     _auto_retrain(project_id)
     st.session_state.pop(f"{_ACCEPTING}{project_id}", None)
-    return True
+    return kept["page"]
+
+
+def finish_accepts() -> None:
+    """Every page run, before the outage notice (app.py): a grid accept cut short is finished."""
+    project_id = st.session_state.get("project_id")
+    if isinstance(project_id, int):
+        _saved_after_all(project_id)
+
+
+ACCEPT_WAIT_S = 5.0  # how long an undo waits for an accept another run is committing
+
+
+def _await_accept(project_id: int) -> None:
+    """Before an undo: an accept another run of the session is committing (U pressed just after
+    A; Streamlit runs the new run beside the one it stops) goes on the undo list first, else U
+    took back the page before it. An accept whose commit never came is dropped."""
+    kept = st.session_state.get(f"{_ACCEPTING}{project_id}")
+    if not kept:
+        return
+    deadline = time.monotonic() + ACCEPT_WAIT_S
+    while kept.get("sent") and "done" not in kept and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if "done" not in kept:
+        with common.session_factory()() as session:
+            events = queries.applied_events(session, kept["id"], kept["items"])
+        if events:
+            _page_saved(kept, events, common.ledger(project_id), _accepted_pages(project_id))
+    if "done" in kept:
+        _next_page(project_id, kept)
+    st.session_state.pop(f"{_ACCEPTING}{project_id}", None)  # the undo's message stands
 
 
 def _accepted_pages(project_id: int) -> set[str]:
@@ -1187,11 +1224,14 @@ def _page_saved(kept: dict, events: list[LabelEvent], ledger: answers.Ledger, ac
     """An accepted page's labels (`events`) go on the session's undo list: plain objects only,
     no look at the session state, where a rerun could stop the callback (`_accepting`). True
     when this session had accepted the page before (and not undone it)."""
-    again = kept["page"] in accepted
-    accepted.add(kept["page"])
-    ledger.record(events)
-    ledger.skipped.update(kept["skipped"])
-    kept["done"] = len(events)
+    with ledger.lock:
+        if "done" in kept:  # recorded by another run of the session (`_saved_after_all`)
+            return False
+        again = kept["page"] in accepted
+        accepted.add(kept["page"])
+        ledger.record(events)
+        ledger.skipped.update(kept["skipped"])
+        kept["done"] = len(events)
     return again
 
 
@@ -1214,6 +1254,7 @@ def _undo_page(project_id: int) -> None:
         return
     if _grid_left("U", "Nothing was undone."):
         return
+    _await_accept(project_id)
     # The undone images replace the page shown: tiles set on it went with it, without a word
     # (exploratory). Said first; a second Undo on the same page goes ahead.
     pinned = st.session_state.get(_page_key(project_id)) or []
@@ -2045,7 +2086,7 @@ def label_page() -> None:
     # The notes go in a container that is always there: a note drawn in the page itself moved
     # everything below it down one place, and the browser drew the Classes panel anew, closed.
     notes = st.container()
-    _saved_after_all(project.id)  # a grid page whose commit raised: landed after all?
+    _saved_after_all(project.id)  # a grid accept cut short (app.py asks first; tests call this page alone)
     kind, text = st.session_state.pop("last_message", (None, None))
     if kind:
         getattr(notes, kind)(common.as_typed(text))

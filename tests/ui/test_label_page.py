@@ -1523,6 +1523,8 @@ def test_a_login_forgets_the_grid_pages_tried_for_the_person_before():
 
     assert {label._RESTORED, label._REPLACED, label._RESTORE_NOTE} <= set(account._PERSONAL_KEYS)
     assert label._PREFILLED_PREFIX in account._PERSONAL_PREFIXES
+    # An accept cut short would be finished onto the next person's undo list (`_saved_after_all`).
+    assert label._ACCEPTING in account._PERSONAL_PREFIXES
 
 
 def test_a_session_is_connected_while_streamlit_lists_it(monkeypatch):

@@ -242,16 +242,19 @@ def test_a_grid_page_whose_commit_landed_unanswered_is_saved_after_all_and_undon
         if not answers_at_once:  # the look at once, and the page run after, meet the outage
             cut.setattr(queries, "applied_events", away)
             cut.setattr(common, "RETRY_DATABASE_S", None)  # AppTest waits for a timed fragment
+            cut.setattr(common, "database_answers", lambda: False)  # the retry's look: still down
         button(at, "accept_grid").click()
         at.run()
         if not answers_at_once:
-            assert not at.success and "was not saved" in at.error[0].value
+            assert not at.exception and not at.success
+            assert "database cannot be reached" in at.error[0].value
     if not answers_at_once:
         at.run()  # the next page run, the database back
-    assert not at.exception and not at.error
+    assert not at.exception and not at.error  # no "not saved" beside "saved after all"
     with Session() as session:
         assert set(queries.current_labels(session, tiny_project.id)) == set(first) | set(second)
     assert "saved after all" in at.success[0].value and "Saved 12 labels" in at.success[0].value
+    at.radio(key="label_mode").set_value("Grid").run()  # a run that drew only the outage reset it
     shown = [int(b.key.split("-")[1]) for b in at.selectbox if b.key.startswith("grid-")]
     assert shown and not set(shown) & set(second), "the saved page is still on screen"
     at.button(key="undo").click().run()
@@ -308,3 +311,79 @@ def test_a_grid_accept_stopped_by_a_rerun_after_its_commit_is_finished_by_the_ne
     at.button(key="undo").click().run()
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {}  # U took back this page
+
+
+def test_an_accept_finished_by_two_runs_at_once_goes_on_the_undo_list_once():
+    """Runs of one session overlap (Streamlit's fast reruns): the accept itself and the next run
+    finishing it (`_saved_after_all`) could both record the page, so the first U took it back and
+    the second said there was nothing to undo (review)."""
+    from types import SimpleNamespace
+
+    from labeler import answers
+
+    ledger, accepted = answers.Ledger(), set()
+    kept = {"page": "1,2", "id": "grid-x", "items": [1, 2], "skipped": []}
+    events = [SimpleNamespace(id=7, item_id=1, kind="grid"), SimpleNamespace(id=8, item_id=2, kind="grid")]
+    assert label._page_saved(kept, events, ledger, accepted) is False
+    assert label._page_saved(kept, events, ledger, accepted) is False
+    assert len(ledger.entries) == 1 and kept["done"] == 2 and accepted == {"1,2"}
+
+
+def test_u_pressed_while_another_run_commits_the_accept_takes_back_that_page(
+    Session, tiny_project, monkeypatch
+):
+    """U just after A: Streamlit runs U's run beside the accept's, which may be committing; U
+    took back the page before, from an undo list that did not have this one yet, and the page
+    then said "Saved 12 labels" for the page it had just undone (review). U waits for the accept
+    (here: its labels are in the database, its run never finishes) and takes this page back."""
+    from tests.ui.ui_helpers import button, fake_done_run, page_app
+
+    fake_done_run(Session, tiny_project.id)  # every guess 90 % sure: all 12 tiles pre-filled
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    at.slider(key="grid_threshold").set_value(0.85).run()
+    button(at, "accept_grid").click().run()
+    with Session() as session:
+        first = queries.current_labels(session, tiny_project.id)
+    second = [int(b.key.split("-")[1]) for b in at.selectbox if b.key.startswith("grid-")]
+    with Session.begin() as session:  # the accept's commit, its run still going
+        for item in second:
+            event = queries.add_label(session, item, 1, annotator="tester", kind="grid")
+            session.flush()
+            queries.record_applied(session, event, "grid-committing")
+    at.session_state[f"{label._ACCEPTING}{tiny_project.id}"] = {
+        "page": ",".join(map(str, second)),
+        "id": "grid-committing",
+        "items": second,
+        "skipped": [],
+        "sent": True,
+    }
+    monkeypatch.setattr(label, "ACCEPT_WAIT_S", 0.2)
+    at.button(key="undo").click().run()
+    assert not at.exception
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == first  # this page, not the first
+    assert not at.success and any("Undone" in n.value for n in [*at.info, *at.warning])
+
+
+def test_an_accept_finishing_another_pages_cut_short_accept_still_saves_its_own_page(Session, tiny_project):
+    """A with an accept of another page still to finish (runs of one session overlap): the
+    click finished that one, said "Saved 12 labels" and dropped its own page (review)."""
+    from tests.ui.ui_helpers import button, fake_done_run, page_app
+
+    fake_done_run(Session, tiny_project.id)  # every guess 90 % sure: all 12 tiles pre-filled
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    at.slider(key="grid_threshold").set_value(0.85).run()
+    page = [int(b.key.split("-")[1]) for b in at.selectbox if b.key.startswith("grid-")]
+    at.session_state[f"{label._ACCEPTING}{tiny_project.id}"] = {  # an earlier page, recorded
+        "page": "1,2",
+        "id": "grid-earlier",
+        "items": [1, 2],
+        "skipped": [],
+        "sent": True,
+        "done": 2,
+    }
+    button(at, "accept_grid").click().run()
+    with Session() as session:
+        assert set(queries.current_labels(session, tiny_project.id)) == set(page)
