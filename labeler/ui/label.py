@@ -1177,7 +1177,7 @@ def _saved_after_all(project_id: int) -> str | None:
     _next_page(project_id, kept)
     n = kept["done"]
     text = f"Saved {n} {common.by_count(n, 'label', 'labels')}"
-    text += ": the page was saved after all (the database's answer to it was lost)." if lost else "."
+    text += ": the page was saved after all." if lost else "."  # (its answer lost, or its run slow)
     st.session_state["last_message"] = ("success", text)
     if lost:  # the click's "not saved" is wrong: the page says what became of it instead
         st.session_state.pop(common.OUTAGE_NOTICE, None)
