@@ -84,11 +84,30 @@ if (!window.__labelerGridRepeats) {
   );
 }
 
+// After A, keys wait for the next page: at most 10 s, and no longer than the accept's run once
+// it is over (a refused accept, a rename say, keeps the page; the run's state shows after it
+// started, given 1.5 s).
+function acceptGoing(g) {
+  if (g.accepting !== g.page) return false;
+  const since = Date.now() - g.acceptedAt;
+  const app = document.querySelector('[data-testid="stApp"]');
+  const over = since > 1500 && app && app.getAttribute("data-test-script-state") === "notRunning";
+  return since < 10000 && !over;
+}
+
 function onKey(g, event) {
   if (!pageKey(event)) return;
   const target = event.composedPath ? event.composedPath()[0] : event.target;
   const tiles = g.data.tiles;
   if (!tiles.length) return;
+  const accept = document.querySelector(BUTTONS.a);
+  const grid = modeShown() === null || modeShown() === "Grid";
+  if (event.key.toLowerCase() === "a" && !event.repeat && accept && !accept.disabled && grid) {
+    // The page's Accept goes (Streamlit's shortcut, or the click below): until the next page
+    // shows, class keys are dropped.
+    g.accepting = g.page;
+    g.acceptedAt = Date.now();
+  }
   const columns = g.data.columns || 4;
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
   const move = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns, ArrowUp: -columns }[key];
@@ -107,6 +126,11 @@ function onKey(g, event) {
     // A grid taken off the page (One image, History, another page) can keep its listener a
     // while: its keys then set tiles nobody sees.
     return;
+  } else if (setsTile && acceptGoing(g)) {
+    // A key after A, before the next page shows, is meant for images not seen yet: dropped. It
+    // set the last tile of the page being accepted, and its rerun stopped the accept on the
+    // server (Streamlit stops a callback at its next look at the session state), before its
+    // commit (nothing saved, the page stays with that tile changed) or after (exploratory).
   } else if (move !== undefined) {
     g.focus = Math.min(tiles.length - 1, Math.max(0, g.focus + move));
   } else if (setsTile) {
@@ -209,6 +233,7 @@ export default function (component) {
   if (g.page !== data.page) {
     // A new page of images: the list the server holds for it (a page back after an undo), else
     // a new one. Carrying on the server's list keeps every tile keyed before as it is shown.
+    g.accepting = null;
     g.focus = 0;
     g.edits = held ? held.list.slice() : [];
     g.token = held
