@@ -299,11 +299,24 @@ function skip(s) {
   draw(s);
 }
 
+// The mode the Label page's switch shows ("One image", "Grid", "History"), null where there is
+// none (this module's own test page).
+function modeShown() {
+  const checked = document.querySelector('.st-key-label_mode input[type="radio"]:checked');
+  const label = checked && checked.closest("label");
+  return label ? label.textContent.trim() : null;
+}
+
 function onKey(s, event) {
   if (event.defaultPrevented || event.ctrlKey || event.metaKey || event.altKey) return;
   const target = event.composedPath ? event.composedPath()[0] : event.target;
   if (typedIn(target)) return;
   if (!s.root.isConnected && !(s.root.host && s.root.host.isConnected)) return;
+  // Right after a click on Grid or History the box stays on screen until that mode is drawn: it
+  // took the keys meant for it, and A accepted the guess for an image shown 40 ms (exploratory,
+  // 6 of 6 at once after the click). The keys are that mode's.
+  const mode = modeShown();
+  if (mode !== null && mode !== "One image") return;
   const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
   const cls = (s.data.classes || []).find((c) => c.key === key);
   let action = null;
