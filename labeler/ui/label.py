@@ -1093,7 +1093,7 @@ def _accept_grid(
                 return  # it landed, only the database's answer was lost
         raise  # the database is away: survives_outage says so, without its host and port
     except Exception as error:  # noqa: BLE001 - shown to the user, nothing is lost
-        st.session_state.pop(f"{_ACCEPTING}{project_id}", None)  # rolled back: nothing to look for
+        st.session_state.pop(_accepting_key(project_id), None)  # rolled back: nothing to look for
         st.session_state["last_message"] = ("error", f"The page was not saved: {error}")
         return
     again = _page_saved(kept, events, ledger, accepted)
@@ -1114,7 +1114,7 @@ def _accept_grid(
         )
     st.session_state["last_message"] = ("success", text)
     _auto_retrain(project_id)
-    st.session_state.pop(f"{_ACCEPTING}{project_id}", None)
+    st.session_state.pop(_accepting_key(project_id), None)
 
 
 def _grid_left(key: str, what: str) -> bool:
@@ -1135,6 +1135,10 @@ def _grid_left(key: str, what: str) -> bool:
 _ACCEPTING = "grid-accepting-"  # per project: the accept whose commit has not been seen to land
 
 
+def _accepting_key(project_id: int) -> str:
+    return f"{_ACCEPTING}{project_id}"
+
+
 def _accepting(project_id: int, page: str, item_ids: list[int], skipped: list[int]) -> dict:
     """The accept of `page` under way, kept in the session until it is done with: its id, which it
     writes with each of its labels (`queries.record_applied`), and, once the labels are on the
@@ -1147,7 +1151,7 @@ def _accepting(project_id: int, page: str, item_ids: list[int], skipped: list[in
     stops the callback at its next look at the session state: after the commit, the page stayed
     with no message, U could not undo it and no run was queued (exploratory, 4 of 4 accepts with
     keys 30 ms after A on a busy machine). A page accepted again after an undo gets a new id."""
-    key = f"{_ACCEPTING}{project_id}"
+    key = _accepting_key(project_id)
     kept = st.session_state.get(key)
     if not kept or kept["page"] != page or "done" in kept:
         kept = {"page": page, "id": f"grid-{uuid.uuid4().hex}", "items": list(item_ids)}
@@ -1161,7 +1165,7 @@ def _saved_after_all(project_id: int) -> str | None:
     auto-retrain's look, when its labels are in the database; None when nothing of it landed, and
     when no such accept waits. Runs of one session can overlap (Streamlit's fast reruns): the
     undo list gets the page once (`_page_saved`)."""
-    kept = st.session_state.get(f"{_ACCEPTING}{project_id}")
+    kept = st.session_state.get(_accepting_key(project_id))
     if not kept:
         return None
     ledger = common.ledger(project_id)
@@ -1182,7 +1186,7 @@ def _saved_after_all(project_id: int) -> str | None:
     if lost:  # the click's "not saved" is wrong: the page says what became of it instead
         st.session_state.pop(common.OUTAGE_NOTICE, None)
     _auto_retrain(project_id)
-    st.session_state.pop(f"{_ACCEPTING}{project_id}", None)
+    st.session_state.pop(_accepting_key(project_id), None)
     return kept["page"]
 
 
@@ -1200,7 +1204,7 @@ def _await_accept(project_id: int) -> None:
     """Before an undo: an accept another run of the session is committing (U pressed just after
     A; Streamlit runs the new run beside the one it stops) goes on the undo list first, else U
     took back the page before it. An accept whose commit never came is dropped."""
-    kept = st.session_state.get(f"{_ACCEPTING}{project_id}")
+    kept = st.session_state.get(_accepting_key(project_id))
     if not kept:
         return
     deadline = time.monotonic() + ACCEPT_WAIT_S
@@ -1213,7 +1217,7 @@ def _await_accept(project_id: int) -> None:
             _page_saved(kept, events, common.ledger(project_id), _accepted_pages(project_id))
     if "done" in kept:
         _next_page(project_id, kept)
-    st.session_state.pop(f"{_ACCEPTING}{project_id}", None)  # the undo's message stands
+    st.session_state.pop(_accepting_key(project_id), None)  # the undo's message stands
 
 
 def _accepted_pages(project_id: int) -> set[str]:

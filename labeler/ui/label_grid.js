@@ -100,21 +100,21 @@ function onKey(g, event) {
   const target = event.composedPath ? event.composedPath()[0] : event.target;
   const tiles = g.data.tiles;
   if (!tiles.length) return;
+  const mode = modeShown();
+  const grid = mode === null || mode === "Grid";
+  const columns = g.data.columns || 4;
+  const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
   const accept = document.querySelector(BUTTONS.a);
-  const grid = modeShown() === null || modeShown() === "Grid";
-  if (event.key.toLowerCase() === "a" && !event.repeat && accept && !accept.disabled && grid) {
+  if (key === "a" && !event.repeat && accept && !accept.disabled && grid) {
     // The page's Accept goes (Streamlit's shortcut, or the click below): until the next page
     // shows, class keys are dropped.
     g.accepting = g.page;
     g.acceptedAt = Date.now();
   }
-  const columns = g.data.columns || 4;
-  const key = event.key.length === 1 ? event.key.toLowerCase() : event.key;
   const move = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns, ArrowUp: -columns }[key];
   const cls = g.data.classes.find((c) => c.key === key);
   const setsTile = cls || key === "Backspace" || key === "Delete"; // sets the tile in focus
-  const mode = modeShown();
-  if (mode !== null && mode !== "Grid") {
+  if (!grid) {
     // Leaving: the grid takes no key, and A and U do not reach its greyed buttons.
     if (!(setsTile || key === "a" || key === "u")) return;
   } else if (event.repeat && (setsTile || key === "a" || key === "u")) {
