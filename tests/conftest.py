@@ -15,6 +15,21 @@ import db
 from labeler.data.base import ImageSet
 
 
+def _scan_installed_components_once() -> None:
+    """Streamlit's AppTest scans every installed package's metadata for components on each new
+    AppTest (0.6-0.8 s here: half the time of the UI tests); the app server scans once at start.
+    The installed packages do not change during a test run, so one scan serves them all."""
+    import functools
+
+    from streamlit.components.v2 import manifest_scanner
+
+    if not hasattr(manifest_scanner.scan_component_manifests, "cache_info"):
+        manifest_scanner.scan_component_manifests = functools.cache(manifest_scanner.scan_component_manifests)
+
+
+_scan_installed_components_once()
+
+
 def wait_for(condition, timeout: float = 60.0, every: float = 0.2):
     """Poll `condition()` until it returns something truthy; return that, or fail after `timeout`."""
     import time
@@ -138,19 +153,30 @@ def browser():
         browser.close()
 
 
-# With pytest-xdist (`bash .ci/run` runs `-n 2 --dist loadgroup`), every test that drives
-# Chromium runs on one worker, in the order written (the browser modules share an app server and
-# their tests build on each other); the other tests go one by one to whichever worker is free,
-# so to the other one while the browser tests run. A scheduler of our own does it, for every
-# distribution mode but "each": xdist 3.8's own `xdist_group` marks group nothing under pytest
-# 9.2 (xdist renames `item._nodeid`, which pytest no longer reads), so the browser tests ran on
-# both workers and those needing an earlier test's trained run failed.
+# With pytest-xdist (`bash .ci/run` runs `-n 2 --dist loadgroup`), the tests that drive Chromium
+# run in two units, each on one worker, in the order written: the modules sharing the session's
+# app server (their tests build on each other) in one, the modules with servers of their own in the
+# other, so the two halves run side by side (about 270 and 330 s; in one unit they were the
+# critical path of the whole run, near ten minutes). The other tests go one by one to whichever
+# worker is free. A scheduler of our own does it, for every distribution mode but "each": xdist
+# 3.8's own `xdist_group` marks group nothing under pytest 9.2 (xdist renames `item._nodeid`,
+# which pytest no longer reads), so the browser tests ran on both workers and those needing an
+# earlier test's trained run failed.
 BROWSER_FILES = ("tests/browser/", "tests/safety/test_browser_crash.py")
+SHARED_SERVER_FILES = (  # the `app_server` fixture's modules, and two short ones for balance
+    "tests/browser/test_app.py",
+    "tests/browser/test_grid_keys.py",
+    "tests/browser/test_server_stop.py",
+    "tests/safety/test_browser_crash.py",
+)
 
 
 def work_unit(nodeid: str) -> str:
-    """The unit of work a test goes to a worker in: "browser" for the browser files, else itself."""
-    return "browser" if nodeid.startswith(BROWSER_FILES) else nodeid
+    """The unit of work a test goes to a worker in: "browser-shared" or "browser-own" for the
+    browser files, else itself."""
+    if nodeid.startswith(SHARED_SERVER_FILES):
+        return "browser-shared"
+    return "browser-own" if nodeid.startswith(BROWSER_FILES) else nodeid
 
 
 @pytest.hookimpl(optionalhook=True)
@@ -170,5 +196,5 @@ def pytest_xdist_make_scheduler(config, log):
 def pytest_runtest_setup(item):
     """A test that opens Chromium outside BROWSER_FILES would run beside the other tests: it
     fails, saying so (at setup, so that an xdist worker reports it like any failure)."""
-    if "browser" in getattr(item, "fixturenames", ()) and work_unit(item.nodeid) != "browser":
+    if "browser" in getattr(item, "fixturenames", ()) and not work_unit(item.nodeid).startswith("browser-"):
         pytest.fail(f"A browser test outside {BROWSER_FILES}: add its file there (tests/conftest.py).")

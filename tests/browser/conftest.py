@@ -212,6 +212,21 @@ def settle(page) -> None:
     page.locator('[data-testid="stApp"][data-test-script-state="notRunning"]').wait_for()
 
 
+def notes(page) -> list[str]:
+    """The texts of the notes (Streamlit's alerts) on the page now."""
+    return page.eval_on_selector_all('[data-testid="stAlert"]', "els => els.map(e => e.innerText)")
+
+
+def wait_note(page, text: str, timeout: float = 30_000) -> None:
+    """Wait for a note saying `text`; fail naming the notes the page shows instead."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    try:
+        page.get_by_text(text).wait_for(timeout=timeout)
+    except PlaywrightTimeout:
+        raise AssertionError(f"no note {text!r}; the page shows {notes(page)}") from None
+
+
 def shown(page) -> int:
     """The item id of the image in the one-image box (Playwright's CSS reaches into its shadow root)."""
     image = page.locator("img.lb-img")

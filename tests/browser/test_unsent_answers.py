@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from labeler.config import data_dir_set
-from tests.browser.conftest import SERVERS, image_set, running_app, saved, settle, shown
+from tests.browser.conftest import SERVERS, image_set, running_app, saved, settle, shown, wait_note
 from tests.conftest import wait_for
 
 pytest.importorskip("playwright.sync_api")
@@ -554,7 +554,7 @@ def test_a_class_renamed_twice_in_a_row(server, page):
             field.wait_for(state="visible")
             field.fill(new)
             page.locator(".st-key-rename_class button").click()
-            page.get_by_text(f"Renamed class '{old}' to '{new}'.").wait_for()
+            wait_note(page, f"Renamed class '{old}' to '{new}'.")
             with Session() as session:
                 assert queries.class_names(session, pid)[0] == new
         wait_for(
