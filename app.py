@@ -52,6 +52,7 @@ except OperationalError as error:  # the database stopped answering: one sentenc
     unwritable = common.cannot_write(error)  # a full disk, a read-only file: it may pass too
     if unwritable is None and common.database_answers():
         raise  # it answers: not an outage but a fault (a missing table), shown as one
+    common.keep_choices()  # the mode and filters chosen, which this run may not have drawn
     if not guarded:
         common.unsent_guard()  # closing the tab still asks while answers wait in it
     common.database_unreachable(error, unwritable)

@@ -6,6 +6,7 @@ Widgets only: computation lives in `labeler/` and SQL in `db/`.
 from __future__ import annotations
 
 import atexit
+import contextlib
 import functools
 import getpass
 import hashlib
@@ -58,6 +59,23 @@ def session_factory() -> sessionmaker[Session]:
 
 # How often a page that could not reach the database tries again (`database_unreachable`).
 RETRY_DATABASE_S = 10
+
+
+# Choices a person made on a page that a run cut short by an outage may not have drawn yet:
+# Streamlit drops the state of widgets a run did not draw, so the Label page came back on
+# One image after an outage met in Grid, with the History's filters reset.
+KEPT_THROUGH_OUTAGE = ("label_mode", "hist_class", "hist_who", "hist_disagree", "show_names")
+
+
+def keep_choices() -> None:
+    """In a run an outage cut short: the choices of KEPT_THROUGH_OUTAGE kept for the next run.
+    (One drawn in this run is kept anyway, and Streamlit refuses a value set after its widget.)"""
+    from streamlit.errors import StreamlitAPIException
+
+    for key in KEPT_THROUGH_OUTAGE:
+        if key in st.session_state:
+            with contextlib.suppress(StreamlitAPIException):
+                st.session_state[key] = st.session_state[key]
 
 
 def database_unreachable(error: Exception, reason: str | None = None) -> None:

@@ -387,3 +387,30 @@ def test_an_accept_finishing_another_pages_cut_short_accept_still_saves_its_own_
     button(at, "accept_grid").click().run()
     with Session() as session:
         assert set(queries.current_labels(session, tiny_project.id)) == set(page)
+
+
+def test_the_mode_and_filters_chosen_come_back_after_an_outage(Session, tiny_project, monkeypatch):
+    """A run cut short by an outage drew only its sentence, and Streamlit dropped the state of the
+    widgets it did not draw: the Label page came back on One image after an outage met in Grid,
+    and the History's filters were reset."""
+    at = app_run(tiny_project.id)
+    at.radio(key="label_mode").set_value("History").run()
+    at.toggle(key="show_names").set_value(True).run()
+    at.checkbox(key="hist_disagree").check().run()
+    assert not at.exception
+
+    def down(*args, **kwargs):
+        raise DOWN
+
+    with monkeypatch.context() as outage:
+        outage.setattr(label, "unsaved_anywhere", down)
+        outage.setattr(common, "RETRY_DATABASE_S", None)  # AppTest waits for a timed fragment
+        outage.setattr(common, "database_answers", lambda: False)
+        at.run()
+        assert "database cannot be reached" in at.error[0].value
+        at.run()  # a second run that draws nothing else either
+    at.run()  # the retry's rerun
+    assert not at.exception and not at.error
+    assert at.radio(key="label_mode").value == "History"
+    assert at.toggle(key="show_names").value is True
+    assert at.checkbox(key="hist_disagree").value is True
