@@ -437,10 +437,11 @@ def _undo_entry(Session, annotator: str, ledger: Ledger, position: int, outcome:
     return items
 
 
-def correct(Session, project_id: int, annotator: str, changes) -> tuple[list, int]:
+def correct(Session, project_id: int, annotator: str, changes, action: str | None = None) -> tuple[list, int]:
     """Corrections from the History view, in one transaction: `changes` is (item, event the
     view showed, new class). An answer that changed since the view was drawn is left as it is.
-    Returns (the events written, how many were left)."""
+    `action`: the click's id, kept with each event written (`queries.record_applied`), so a
+    commit whose answer was lost can be found. Returns (the events written, how many were left)."""
 
     def commit():
         with Session.begin() as session:
@@ -453,7 +454,10 @@ def correct(Session, project_id: int, annotator: str, changes) -> tuple[list, in
                 if item is None or current is None or current.id != event_id or item.project_id != project_id:
                     stale += 1
                     continue
-                events.append(queries.add_label(session, item, value, annotator=annotator, kind="correction"))
+                event = queries.add_label(session, item, value, annotator=annotator, kind="correction")
+                if action is not None:
+                    queries.record_applied(session, event, action)
+                events.append(event)
             return events, stale
 
     return db.retrying(commit)

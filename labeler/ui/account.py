@@ -77,6 +77,7 @@ _PERSONAL_PREFIXES = (
     "box-sent-",
     "hist-seen-",
     "hist-chosen-",
+    "hist-correcting-",  # a save whose answer was lost: finished onto the next person's undo list otherwise
     "hist-names-",
     "bulk-chosen-",
 )

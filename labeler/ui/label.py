@@ -1191,10 +1191,12 @@ def _saved_after_all(project_id: int) -> str | None:
 
 
 def finish_accepts() -> None:
-    """Every page run, before the outage notice (app.py): a grid accept cut short is finished."""
+    """Every page run, before the outage notice (app.py): a grid accept or History save whose
+    commit landed unanswered is finished."""
     project_id = st.session_state.get("project_id")
     if isinstance(project_id, int):
         _saved_after_all(project_id)
+        _corrected_after_all(project_id)
 
 
 ACCEPT_WAIT_S = 5.0  # how long an undo waits for an accept another run is committing
@@ -1553,14 +1555,51 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
         return
     if _renamed(project_id, names, [value for _, _, value in changes]):
         return
-    events, stale = answers.correct(common.session_factory(), project_id, annotator, changes)
+    ledger = common.ledger(project_id)  # before the commit: see _corrections_saved
+    kept = {"id": f"hist-{uuid.uuid4().hex}", "changes": [(i, e) for i, e, _ in changes]}
+    st.session_state[_correcting_key(project_id)] = kept
+    try:
+        events, _ = answers.correct(common.session_factory(), project_id, annotator, changes, kept["id"])
+    except OperationalError:
+        kept["over"] = True  # landed or not, this click's commit is over: later looks are sure
+        with contextlib.suppress(OperationalError):
+            if _corrected_after_all(project_id):
+                return  # it landed, only the database's answer was lost
+        raise  # the database is away: survives_outage says so; a later page run looks again
+    _corrections_saved(kept, events, ledger)
+    _corrections_done(project_id, kept, after_all=False)
+
+
+_CORRECTING = "hist-correcting-"  # per project: the History save whose commit has not been seen to land
+
+
+def _correcting_key(project_id: int) -> str:
+    return f"{_CORRECTING}{project_id}"
+
+
+def _corrections_saved(kept: dict, events: list[LabelEvent], ledger: answers.Ledger) -> bool:
+    """A save's corrections (`events`) go on the undo list, once (runs of one session overlap),
+    and at once after the commit: plain objects only, no look at the session state, where a rerun
+    (a click just after Save) stops the callback. Before, such a stop or a commit whose answer was
+    lost left the corrections off the undo list, and the next U took back the answer before them."""
+    with ledger.lock:
+        if "done" in kept:
+            return False
+        ledger.record(events)
+        kept["done"] = len(events)
+    return True
+
+
+def _corrections_done(project_id: int, kept: dict, after_all: bool) -> None:
+    """The saved changes leave the page's memory (left as someone else's too); the message."""
     seen = st.session_state.get(_seen_key(project_id), {})
     chosen = st.session_state.get(_chosen_key(project_id), {})
-    for item_id, event_id, _ in changes:  # saved, or left as someone else's: no longer kept on the page
-        seen.pop((item_id, event_id), None)
-        chosen.pop((item_id, event_id), None)
-    common.ledger(project_id).record(events)
-    text = f"Corrected {len(events)} {common.by_count(len(events), 'label', 'labels')} (kept in the history)."
+    for pair in kept["changes"]:  # saved, or left as someone else's: no longer kept on the page
+        seen.pop(tuple(pair), None)
+        chosen.pop(tuple(pair), None)
+    n, stale = kept["done"], len(kept["changes"]) - kept["done"]
+    text = f"Corrected {n} {common.by_count(n, 'label', 'labels')} (kept in the history)"
+    text += ": the changes were saved after all." if after_all else "."
     if stale:
         text += " " + common.by_count(
             stale,
@@ -1568,6 +1607,29 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
             f"{stale} had been changed by someone else meanwhile and were left as they are.",
         )
     st.session_state["last_message"] = ("success", text)
+    if after_all:  # the click's "not saved" is wrong
+        st.session_state.pop(common.OUTAGE_NOTICE, None)
+    st.session_state.pop(_correcting_key(project_id), None)
+
+
+def _corrected_after_all(project_id: int) -> bool:
+    """A History save whose commit landed while the database's answer was lost (the page said
+    "not saved", and the next U took back the answer before): finished now, with its message.
+    Also one whose click a rerun stopped after the undo list had it. True when it was; a save
+    that stored nothing is forgotten once its click is over."""
+    kept = st.session_state.get(_correcting_key(project_id))
+    if not kept or not ("over" in kept or "done" in kept):  # none, or its click is still committing
+        return False
+    if "done" not in kept:
+        items = [item for item, _ in kept["changes"]]
+        with common.session_factory()() as session:
+            events = queries.applied_events(session, kept["id"], items)
+        if not events:
+            st.session_state.pop(_correcting_key(project_id), None)  # nothing landed: "not saved" stands
+            return False
+        _corrections_saved(kept, events, common.ledger(project_id))
+    _corrections_done(project_id, kept, after_all="over" in kept)  # else a rerun stopped it
+    return True
 
 
 def _seen_key(project_id: int) -> str:
@@ -2091,6 +2153,7 @@ def label_page() -> None:
     # everything below it down one place, and the browser drew the Classes panel anew, closed.
     notes = st.container()
     _saved_after_all(project.id)  # a grid accept cut short (app.py asks first; tests call this page alone)
+    _corrected_after_all(project.id)  # and a History save
     kind, text = st.session_state.pop("last_message", (None, None))
     if kind:
         getattr(notes, kind)(common.as_typed(text))

@@ -427,6 +427,7 @@ def _bulk_label(
     )
     outcome: dict[str, int] = {}
     Session = common.session_factory()
+    ledger = common.ledger(project_id)  # before the commit: see below
 
     def commit():
         with Session.begin() as session:
@@ -464,7 +465,9 @@ def _bulk_label(
     except Exception as error:  # noqa: BLE001 - shown as one sentence
         st.session_state["latent_message"] = ("error", f"The labels were not saved: {error}")
         return
-    common.ledger(project_id).record(events)
+    # On the undo list at once, before any look at the session state, where a rerun (a click just
+    # after this one) stops the callback: the grid's U then took back the page or bulk label before.
+    ledger.record(events)
     st.session_state.pop(_frame_key(project_id), None)  # the map shows the new labels (`_map_frame`)
     text = f"Labeled {len(events)} {common.by_count(len(events), 'image', 'images')} at once."
     if outcome:

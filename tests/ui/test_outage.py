@@ -254,7 +254,7 @@ def test_a_grid_page_whose_commit_landed_unanswered_is_saved_after_all_and_undon
     with Session() as session:
         assert set(queries.current_labels(session, tiny_project.id)) == set(first) | set(second)
     assert "saved after all" in at.success[0].value and "Saved 12 labels" in at.success[0].value
-    at.radio(key="label_mode").set_value("Grid").run()  # a run that drew only the outage reset it
+    assert at.radio(key="label_mode").value == "Grid"  # also after a run that drew only the outage
     shown = [int(b.key.split("-")[1]) for b in at.selectbox if b.key.startswith("grid-")]
     assert shown and not set(shown) & set(second), "the saved page is still on screen"
     at.button(key="undo").click().run()
@@ -414,3 +414,174 @@ def test_the_mode_and_filters_chosen_come_back_after_an_outage(Session, tiny_pro
     assert at.radio(key="label_mode").value == "History"
     assert at.toggle(key="show_names").value is True
     assert at.checkbox(key="hist_disagree").value is True
+
+
+def _history_with_one_change(Session, project_id):
+    """One answer, then the History open with it changed: (app, the image)."""
+    from tests.ui.ui_helpers import label_items
+
+    (item,) = label_items(Session, project_id, 1, annotator="ann")
+    at = app_run(project_id)
+    at.session_state["annotator"] = "ann"
+    at.radio(key="label_mode").set_value("History").run()
+    tile = next(b for b in at.selectbox if b.key.startswith(f"hist-{item}-"))
+    with Session() as session:
+        was = queries.current_labels(session, project_id)[item]
+    tile.set_value(1 - was).run()
+    assert _waiting(at, project_id) == 1
+    return at, item, 1 - was
+
+
+def _waiting(at, project_id: int) -> int:
+    """How many History changes the page keeps as not saved yet (the sidebar counts them, closing
+    the tab asks for them)."""
+    return len(at.session_state[label._chosen_key(project_id)])
+
+
+@pytest.mark.parametrize("answers_at_once", [True, False], ids=["answers-at-once", "away-a-while"])
+def test_a_history_save_whose_commit_landed_unanswered_is_saved_after_all(
+    Session, tiny_project, monkeypatch, answers_at_once
+):
+    """The History's Save committed, then the connection dropped before the database answered:
+    the page said "not saved", and the change stayed listed as waiting (the sidebar counted it,
+    closing the tab asked for it, and Save again said "changed by someone else meanwhile"). The
+    save looks for its corrections at once, else the next page run does."""
+    from tests.ui.ui_helpers import button
+
+    at, item, now = _history_with_one_change(Session, tiny_project.id)
+    real = label.answers.db.retrying
+
+    def committed_then_lost(fn, **kwargs):
+        real(fn, **kwargs)
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    def away(*args, **kwargs):
+        raise DOWN
+
+    with monkeypatch.context() as cut:
+        cut.setattr(label.answers.db, "retrying", committed_then_lost)
+        if not answers_at_once:
+            cut.setattr(queries, "applied_events", away)
+            cut.setattr(common, "RETRY_DATABASE_S", None)  # AppTest waits for a timed fragment
+            cut.setattr(common, "database_answers", lambda: False)
+        button(at, "hist_save").click()
+        at.run()
+        if not answers_at_once:
+            assert not at.exception and not at.success
+            assert "cannot be reached" in at.error[0].value
+    if not answers_at_once:
+        at.run()  # the next page run, the database back
+    assert not at.exception and not at.error  # no "not saved" beside "saved after all"
+    said = at.success[0].value.replace("\\", "")  # as typed: markdown's characters escaped
+    assert said == "Corrected 1 label (kept in the history): the changes were saved after all."
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {item: now}
+    assert _waiting(at, tiny_project.id) == 0
+    at.run()
+    assert not at.exception and not at.success and _waiting(at, tiny_project.id) == 0
+
+
+def test_a_history_save_stopped_by_a_rerun_after_its_commit_is_finished_by_the_next_run(
+    Session, tiny_project, monkeypatch
+):
+    """A click just after Save reruns the page, which stops the callback at its next look at the
+    session state: after the commit, the page gave no message and went on listing the change as
+    not saved. The next run finishes it."""
+    from streamlit.runtime.scriptrunner import StopException
+    from streamlit.runtime.state.safe_session_state import SafeSessionState
+
+    from tests.ui.ui_helpers import button
+
+    at, item, now = _history_with_one_change(Session, tiny_project.id)
+    real, armed = label.answers.db.retrying, []
+
+    def committed(fn, **kwargs):
+        result = real(fn, **kwargs)
+        armed.append("stop")
+        return result
+
+    def stopping(method):
+        def look(self, *args):
+            if armed:  # the rerun a click asked for stops the callback here
+                armed.clear()
+                raise StopException()
+            return method(self, *args)
+
+        return look
+
+    with monkeypatch.context() as click_after_save:
+        click_after_save.setattr(label.answers.db, "retrying", committed)
+        click_after_save.setattr(SafeSessionState, "__getitem__", stopping(SafeSessionState.__getitem__))
+        click_after_save.setattr(SafeSessionState, "__setitem__", stopping(SafeSessionState.__setitem__))
+        button(at, "hist_save").click().run()
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {item: now}
+    at.run()  # the click's rerun
+    assert not at.exception
+    assert at.success and at.success[0].value.replace("\\", "") == "Corrected 1 label (kept in the history)."
+    assert _waiting(at, tiny_project.id) == 0
+
+
+_BULK_THEN_UNDO = """
+import streamlit as st
+from labeler.ui import common, label, latent
+pid, step = st.session_state["project_id"], st.session_state.pop("step", None)
+names = common.class_names(pid)
+if step is not None and step[0] == "bulk":  # what the Latent page's button calls
+    st.session_state[latent._bulk_key(names)] = 0
+    st.session_state["latent"] = {"selection": {"points": [{"customdata": [step[1], 0.9]}]}}
+    latent._bulk_label(pid, [step[1]], names)
+elif step is not None and step[0] == "undo":  # the grid's U
+    st.session_state["label_mode"] = "Grid"
+    label._undo_page(pid)
+"""
+
+
+def test_a_bulk_label_stopped_by_a_rerun_after_its_commit_is_what_the_grids_u_takes_back(
+    Session, tiny_project, monkeypatch
+):
+    """A click just after a bulk label reruns the page, which stops the callback at its next look
+    at the session state: after the commit, the bulk label was left off the undo list, and the
+    grid's U took back the bulk label before it."""
+    from streamlit.runtime.scriptrunner import StopException
+    from streamlit.runtime.state.safe_session_state import SafeSessionState
+    from streamlit.testing.v1 import AppTest
+
+    from labeler.ui import latent
+
+    with Session() as session:
+        first, second = (item.id for item in queries.items(session, tiny_project.id, "pool")[:2])
+    at = AppTest.from_string(_BULK_THEN_UNDO, default_timeout=60)
+    at.session_state["project_id"] = tiny_project.id
+    at.session_state["annotator"] = "ann"
+    at.session_state["step"] = ("bulk", first)
+    at.run()
+    real, armed = latent.db.retrying, []
+
+    def committed(fn, **kwargs):
+        result = real(fn, **kwargs)
+        armed.append("stop")
+        return result
+
+    def stopping(method):
+        def look(self, *args):
+            if armed:
+                armed.clear()
+                raise StopException()
+            return method(self, *args)
+
+        return look
+
+    with monkeypatch.context() as click_after_bulk:
+        click_after_bulk.setattr(latent.db, "retrying", committed)
+        click_after_bulk.setattr(SafeSessionState, "__getitem__", stopping(SafeSessionState.__getitem__))
+        click_after_bulk.setattr(SafeSessionState, "__setitem__", stopping(SafeSessionState.__setitem__))
+        at.session_state["step"] = ("bulk", second)
+        at.run()
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {first: 0, second: 0}
+    at.session_state["step"] = ("undo",)
+    at.run()
+    assert not at.exception
+    with Session() as session:  # the second bulk label taken back; the first stands
+        assert queries.current_labels(session, tiny_project.id) == {first: 0}
