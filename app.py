@@ -30,6 +30,9 @@ try:
     if user is None:  # no accounts: the name typed or given in the address stays in it
         common.keep_annotator_in_address()
     common.replay_missed()  # answers an outage kept from being stored: stored now
+    # A grid accept or History save cut short, finished: before the count of changes waiting
+    # (the tab's guard, the logout) and the notice of a click not saved.
+    label.finish_accepts()
     unsaved = label.unsaved_anywhere()  # History changes not saved: closing the tab or a logout asks
     # Every page: answers the Label box left in the tab are sent; closing it asks while answers,
     # History changes or grid tiles set and not accepted wait.
@@ -44,7 +47,6 @@ try:
     parts.wake_worker_if_runs_wait()  # a run queued before a restart trains whatever page is open
     # The Label page says the current project's History changes itself, beside its History.
     label.unsaved_note(current=page.title != "Label", anywhere=unsaved)
-    label.finish_accepts()  # a grid accept cut short: finished before the notice of a click not saved
     with st.container():  # drawn or not, the page below keeps its places (label_grid.js)
         common.outage_notice()  # a click an outage kept from being saved
     page.run()

@@ -154,16 +154,16 @@ def browser():
 
 
 # With pytest-xdist (`bash .ci/run` runs `-n 2 --dist loadgroup`), the tests that drive Chromium
-# run in two units, each on one worker, in the order written: the modules sharing the session's
-# app server (their tests build on each other) in one, the modules with servers of their own in the
-# other, so the two halves run side by side (about 270 and 330 s; in one unit they were the
-# critical path of the whole run, near ten minutes). The other tests go one by one to whichever
+# run in two units, each on one worker, in the order written (a module's tests build on each
+# other: test_app's on the session's app server, the others on servers of their own, none on
+# another module's), so the two halves run side by side (about 270 and 330 s; in one unit they
+# were the critical path of the whole run, near ten minutes). The other tests go one by one to whichever
 # worker is free. A scheduler of our own does it, for every distribution mode but "each": xdist
 # 3.8's own `xdist_group` marks group nothing under pytest 9.2 (xdist renames `item._nodeid`,
 # which pytest no longer reads), so the browser tests ran on both workers and those needing an
 # earlier test's trained run failed.
 BROWSER_FILES = ("tests/browser/", "tests/safety/test_browser_crash.py")
-SHARED_SERVER_FILES = (  # the `app_server` fixture's modules, and two short ones for balance
+SHARED_SERVER_FILES = (  # the session's `app_server` (test_app), and three more for balance
     "tests/browser/test_app.py",
     "tests/browser/test_grid_keys.py",
     "tests/browser/test_server_stop.py",

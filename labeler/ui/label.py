@@ -1555,17 +1555,23 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
         return
     if _renamed(project_id, names, [value for _, _, value in changes]):
         return
+    _corrected_after_all(project_id)  # an earlier save not finished yet: before this one replaces it
     ledger = common.ledger(project_id)  # before the commit: see _corrections_saved
+    Session = common.session_factory()
     kept = {"id": f"hist-{uuid.uuid4().hex}", "changes": [(i, e) for i, e, _ in changes]}
     st.session_state[_correcting_key(project_id)] = kept
+    kept["sent"] = True  # from here the corrections may land (`_corrected_after_all` waits)
     try:
-        events, _ = answers.correct(common.session_factory(), project_id, annotator, changes, kept["id"])
+        events, _ = answers.correct(Session, project_id, annotator, changes, kept["id"])
     except OperationalError:
         kept["over"] = True  # landed or not, this click's commit is over: later looks are sure
         with contextlib.suppress(OperationalError):
-            if _corrected_after_all(project_id):
+            if _finish_correction(project_id, kept):
                 return  # it landed, only the database's answer was lost
         raise  # the database is away: survives_outage says so; a later page run looks again
+    except Exception:
+        st.session_state.pop(_correcting_key(project_id), None)  # rolled back: nothing to look for
+        raise
     _corrections_saved(kept, events, ledger)
     _corrections_done(project_id, kept, after_all=False)
 
@@ -1580,8 +1586,8 @@ def _correcting_key(project_id: int) -> str:
 def _corrections_saved(kept: dict, events: list[LabelEvent], ledger: answers.Ledger) -> bool:
     """A save's corrections (`events`) go on the undo list, once (runs of one session overlap),
     and at once after the commit: plain objects only, no look at the session state, where a rerun
-    (a click just after Save) stops the callback. Before, such a stop or a commit whose answer was
-    lost left the corrections off the undo list, and the next U took back the answer before them."""
+    (a click just after Save) stops the callback (such a stop, or a commit whose answer was lost,
+    left them off the session's list)."""
     with ledger.lock:
         if "done" in kept:
             return False
@@ -1609,23 +1615,38 @@ def _corrections_done(project_id: int, kept: dict, after_all: bool) -> None:
     st.session_state["last_message"] = ("success", text)
     if after_all:  # the click's "not saved" is wrong
         st.session_state.pop(common.OUTAGE_NOTICE, None)
-    st.session_state.pop(_correcting_key(project_id), None)
+    if st.session_state.get(_correcting_key(project_id)) is kept:
+        st.session_state.pop(_correcting_key(project_id))
 
 
 def _corrected_after_all(project_id: int) -> bool:
     """A History save whose commit landed while the database's answer was lost (the page said
-    "not saved", and the next U took back the answer before): finished now, with its message.
-    Also one whose click a rerun stopped after the undo list had it. True when it was; a save
-    that stored nothing is forgotten once its click is over."""
+    "not saved" and went on listing the changes as waiting), or whose click a rerun stopped after
+    the commit (no message, the changes listed as waiting): finished now, with its message. A
+    commit still going in another run of the session (a click just after Save: Streamlit starts
+    the next run beside the one it stops) is waited for, as `_await_accept` does. True when one
+    was finished; a save that stored nothing is forgotten once its click is over."""
     kept = st.session_state.get(_correcting_key(project_id))
-    if not kept or not ("over" in kept or "done" in kept):  # none, or its click is still committing
+    if not kept:
         return False
+    deadline = time.monotonic() + ACCEPT_WAIT_S
+    while kept.get("sent") and not ("over" in kept or "done" in kept) and time.monotonic() < deadline:
+        time.sleep(0.05)
+    if not ("over" in kept or "done" in kept):
+        if not kept.get("sent"):  # its click was stopped before the commit: nothing was saved
+            st.session_state.pop(_correcting_key(project_id), None)
+        return False
+    return _finish_correction(project_id, kept)
+
+
+def _finish_correction(project_id: int, kept: dict) -> bool:
     if "done" not in kept:
         items = [item for item, _ in kept["changes"]]
         with common.session_factory()() as session:
             events = queries.applied_events(session, kept["id"], items)
         if not events:
-            st.session_state.pop(_correcting_key(project_id), None)  # nothing landed: "not saved" stands
+            if st.session_state.get(_correcting_key(project_id)) is kept:
+                st.session_state.pop(_correcting_key(project_id))  # nothing landed: "not saved" stands
             return False
         _corrections_saved(kept, events, common.ledger(project_id))
     _corrections_done(project_id, kept, after_all="over" in kept)  # else a rerun stopped it

@@ -131,9 +131,12 @@ function onKey(g, event) {
     // set the last tile of the page being accepted, and its rerun stopped the accept on the
     // server (Streamlit stops a callback at its next look at the session state), before its
     // commit (nothing saved, the page stays with that tile changed) or after (exploratory).
+    // Counted, and said when the next page shows (they went without a word).
+    g.dropped = (g.dropped || 0) + 1;
   } else if (move !== undefined) {
     g.focus = Math.min(tiles.length - 1, Math.max(0, g.focus + move));
   } else if (setsTile) {
+    say(g, ""); // the note on keys dropped before this page is old news once it is keyed
     // The class's name as shown goes with its index: Python refuses the page if it was renamed since.
     g.edits.push({ item: tiles[g.focus].item, class: cls ? cls.index : -1, name: cls ? cls.name : null });
     g.send();
@@ -147,6 +150,19 @@ function onKey(g, event) {
   event.preventDefault();
   event.stopPropagation();
   draw(g);
+}
+
+// A line of this module's own, above the tiles (empty: nothing shown).
+function say(g, text) {
+  if (!g.note) {
+    if (!text) return;
+    g.note = document.createElement("div");
+    g.note.setAttribute("data-testid", "grid-keys-note");
+    g.note.style.cssText = "font-size: 0.875rem; opacity: 0.75; padding: 0.25rem 0;";
+    g.parent.appendChild(g.note);
+  }
+  g.note.textContent = text;
+  g.note.style.display = text ? "" : "none";
 }
 
 // The page shown and its tiles set here: the keys pressed before the server's last drawing, the
@@ -210,7 +226,7 @@ export default function (component) {
   const { data, parentElement, setStateValue } = component;
   let g = grids.get(parentElement);
   if (!g) {
-    g = { focus: 0, data };
+    g = { focus: 0, data, parent: parentElement };
     g.onKey = (event) => onKey(g, event);
     document.addEventListener("keydown", g.onKey, true);
     grids.set(parentElement, g);
@@ -234,6 +250,15 @@ export default function (component) {
     // A new page of images: the list the server holds for it (a page back after an undo), else
     // a new one. Carrying on the server's list keeps every tile keyed before as it is shown.
     g.accepting = null;
+    const dropped = g.dropped || 0;
+    g.dropped = 0;
+    say(
+      g,
+      dropped
+        ? `${dropped === 1 ? "1 key" : `${dropped} keys`} pressed after A, before this page showed, ` +
+            "went to no image (they were meant for images not shown yet)."
+        : "",
+    );
     g.focus = 0;
     g.edits = held ? held.list.slice() : [];
     g.token = held

@@ -319,9 +319,12 @@ def test_keys_after_a_before_the_next_page_shows_are_dropped(app_server, page):
     assert stored == [(tiles[0][0], 0), (tiles[1][0], 1)]
     after = wait_for_tiles(page, lambda now: not {i for i, _ in now} & {i for i, _ in tiles})
     assert all(v == "skip" for _, v in after)  # no key landed on the next page either
+    note = page.get_by_test_id("grid-keys-note")  # they went without a word
+    note.filter(has_text="3 keys pressed after A, before this page showed, went to no image").wait_for()
     page.locator("h1").first.click()
     page.keyboard.press("2")  # on the next page, keys work again
     wait_for_tiles(page, lambda now: now[0][1] == "bright")
+    note.wait_for(state="hidden")  # and the note is old news
 
 
 def test_a_key_pressed_as_grid_opens_is_not_the_one_image_boxs(app_server, page):

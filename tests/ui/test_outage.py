@@ -432,6 +432,22 @@ def _history_with_one_change(Session, project_id):
     return at, item, 1 - was
 
 
+def _undo_list(at, Session, project_id: int, item: int) -> bool:
+    """The session's undo list holds the correction, once (and nothing else: the answer before it
+    was given outside this session)."""
+    with Session() as session:
+        correction = queries.current_event(session, item)
+    return at.session_state[f"ledger-{project_id}"].entries == [[correction.id]]
+
+
+def _guard_counts(at) -> list[int]:
+    """The changes the tab's guard was told wait (closing the tab asks while there are any)."""
+    import json
+
+    drawn = [json.loads(c.proto.json) for c in at.get("bidi_component")]
+    return [d["unsaved"] for d in drawn if "unsaved" in d and "acked" in d]
+
+
 def _waiting(at, project_id: int) -> int:
     """How many History changes the page keeps as not saved yet (the sidebar counts them, closing
     the tab asks for them)."""
@@ -476,7 +492,8 @@ def test_a_history_save_whose_commit_landed_unanswered_is_saved_after_all(
     assert said == "Corrected 1 label (kept in the history): the changes were saved after all."
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {item: now}
-    assert _waiting(at, tiny_project.id) == 0
+    assert _waiting(at, tiny_project.id) == 0 and _guard_counts(at) == [0]  # nothing asks at a close
+    assert _undo_list(at, Session, tiny_project.id, item)
     at.run()
     assert not at.exception and not at.success and _waiting(at, tiny_project.id) == 0
 
@@ -520,6 +537,7 @@ def test_a_history_save_stopped_by_a_rerun_after_its_commit_is_finished_by_the_n
     assert not at.exception
     assert at.success and at.success[0].value.replace("\\", "") == "Corrected 1 label (kept in the history)."
     assert _waiting(at, tiny_project.id) == 0
+    assert _undo_list(at, Session, tiny_project.id, item)
 
 
 _BULK_THEN_UNDO = """
@@ -585,3 +603,41 @@ def test_a_bulk_label_stopped_by_a_rerun_after_its_commit_is_what_the_grids_u_ta
     assert not at.exception
     with Session() as session:  # the second bulk label taken back; the first stands
         assert queries.current_labels(session, tiny_project.id) == {first: 0}
+
+
+_FINISHING_WHILE_ANOTHER_RUN_COMMITS = """
+import threading
+import time
+
+import streamlit as st
+from labeler.ui import label
+
+pid = st.session_state["project_id"]
+kept = {"id": "hist-x", "changes": [(1, 1)], "sent": True}  # a save whose commit is under way
+st.session_state[label._correcting_key(pid)] = kept
+
+
+def lands():  # in the run the click stopped, 0.3 s later
+    time.sleep(0.3)
+    kept["done"] = 1
+
+
+threading.Thread(target=lands).start()
+st.text(repr(label._corrected_after_all(pid)))
+"""
+
+
+def test_a_history_save_committing_in_another_run_is_waited_for_and_finished(tiny_project):
+    """A click just after Save starts the next run beside the stopped one: when that run looked
+    while the commit was still going it passed, and nothing finished the save until the next
+    click (no message, the changes listed as waiting; review). It waits, as an undo waits for an
+    accept."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_string(_FINISHING_WHILE_ANOTHER_RUN_COMMITS, default_timeout=60)
+    at.session_state["project_id"] = tiny_project.id
+    at.run()
+    assert not at.exception
+    assert at.text[0].value == "True"
+    assert at.session_state["last_message"] == ("success", "Corrected 1 label (kept in the history).")
+    assert label._correcting_key(tiny_project.id) not in at.session_state
