@@ -79,6 +79,7 @@ _PERSONAL_PREFIXES = (
     "hist-chosen-",
     "hist-correcting-",  # a save whose answer was lost: finished onto the next person's undo list otherwise
     "hist-names-",
+    "hist-renamed-note-",
     "bulk-chosen-",
 )
 

@@ -392,6 +392,11 @@ def _next_batch(project_id: int, k: int, box: bool = False) -> list[tuple[Item, 
     Session = common.session_factory()
     in_browser = st.session_state.get(f"box-sent-{project_id}", [])[-BATCH:] if box else []
     turn = queue.BOX_TURN if box else None  # the box's audit turns come every few answers
+    last = set(ledger.skipped)  # come last (`queue.next_items`)
+    if box:
+        # The person's own grid page, waiting in Grid: the box showed its images (the same person
+        # claims them), and a tile answered so came back "answered meanwhile" (exploratory).
+        last |= set(st.session_state.get(_page_key(project_id)) or ())
     wanted = st.session_state.get("show_first", [])[:SHOW_FIRST_MAX]
     st.session_state.pop(_UNCLAIMED, None)
     try:
@@ -401,7 +406,7 @@ def _next_batch(project_id: int, k: int, box: bool = False) -> list[tuple[Item, 
                 Session,
                 project_id,
                 k,
-                ledger.skipped,
+                last,
                 common.claimant(),
                 in_browser,
                 turn,
@@ -413,7 +418,7 @@ def _next_batch(project_id: int, k: int, box: bool = False) -> list[tuple[Item, 
         # fail the page; the worst case is two people answering one image, both kept.
         log.warning("Could not claim images; showing them unclaimed.", exc_info=True)
         st.session_state[_UNCLAIMED] = True  # `_note_shared`
-        rest = _queue_page(Session, project_id, k, ledger.skipped, None, (), turn)
+        rest = _queue_page(Session, project_id, k, last, None, (), turn)
     with Session() as session:
         # Undone images come back first, unanswered ones only, with the model's guesses (the
         # grid pre-fills them again as before the undo), claimed with the page (`_queue_page`).
@@ -1540,6 +1545,7 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
     except account.NotAllowed as refused:
         st.session_state["last_message"] = ("error", str(refused))
         return
+    st.session_state.pop(f"{_RENAMED_NOTE}{project_id}", None)
     changes, unknown = [], False
     for item_id, event_id, was in shown:
         value = st.session_state.get(_tile_of(item_id, event_id))
@@ -1685,6 +1691,7 @@ def _chosen_key(project_id: int) -> str:
 def _remember_correction(project_id: int, pair: tuple[int, int], names: list[str], was: int) -> None:
     """Callback of a History tile: keep the class name it was set to, until saved; a tile set
     back to its saved answer holds no change."""
+    st.session_state.pop(f"{_RENAMED_NOTE}{project_id}", None)  # chosen again: the note is old news
     value = st.session_state.get(_tile_of(*pair))
     chosen = st.session_state.setdefault(_chosen_key(project_id), {})
     if not isinstance(value, int) or value == was or not (value == IGNORED or 0 <= value < len(names)):
@@ -1705,6 +1712,9 @@ def _names_drawn_key(project_id: int) -> str:
     """Session key of the class names the History tiles were last drawn with (whole: `_history`
     writes it after the last tile, so a run stopped halfway by a click sets them all again)."""
     return f"hist-names-{project_id}"
+
+
+_RENAMED_NOTE = "hist-renamed-note-"  # per project: changes a rename undid (`_keep_chosen_through_renames`)
 
 
 def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) -> None:
@@ -1736,7 +1746,9 @@ def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) 
             if value == event.class_index:  # renames traded names
                 del chosen[pair]  # it shows its saved answer: no change waits
     if lost:
-        st.warning(
+        # Kept until the next change or Save: said once, it was gone when a rerun stopped this
+        # run before its page reached the browser (CI, once), and the tile's change with it.
+        st.session_state[f"{_RENAMED_NOTE}{project_id}"] = (
             f"A class was renamed while you changed {', '.join(lost)}: those tiles show their saved answer again; choose again."
         )
 
@@ -1957,6 +1969,8 @@ def _history(project_id: int, names: list[str]) -> None:
         )
     options = [IGNORED, *range(len(names))]
     _keep_chosen_through_renames(project_id, rows, names)
+    if st.session_state.get(f"{_RENAMED_NOTE}{project_id}"):
+        st.warning(st.session_state[f"{_RENAMED_NOTE}{project_id}"])
     columns = st.columns(6)
     for n, (event, item) in enumerate(rows):
         with columns[n % len(columns)]:

@@ -497,7 +497,7 @@ def test_a_history_change_whose_class_is_renamed_before_saving_says_so(server, p
         # that change is dropped, so a filter that hides it made this test depend on a second rerun).
         page.locator(".st-key-hist_who").click()
         page.get_by_role("option", name="bob", exact=True).click()
-        page.get_by_text(f"A class was renamed while you changed #{item}").wait_for()
+        wait_note(page, f"A class was renamed while you changed #{item}")
         settle(page)
         assert box.locator('input[role="combobox"]').input_value() == "dark"
     finally:

@@ -602,8 +602,10 @@ def test_a_history_change_not_saved_yet_follows_its_class_name_through_a_rename(
         queries.rename_class(session, tiny_project.id, 1 - was, "chosen one")
     at.run()
     assert _history_tiles(at)[a].value == was and f"#{a}" in at.warning[0].value
+    at.run()  # a rerun before the person read it (it was said once, and a stopped run lost it)
+    assert f"#{a}" in at.warning[0].value
     button(at, "hist_save").click().run()
-    assert _labels(Session, tiny_project.id)[a] == was
+    assert _labels(Session, tiny_project.id)[a] == was and not at.warning  # old news once saved
     _history_tiles(at)[a].set_value(1 - was).run()
     button(at, "hist_save").click().run()
     assert "Corrected 1 label " in at.success[0].value
@@ -1761,3 +1763,26 @@ def test_accept_or_undo_coming_with_a_switch_to_another_mode_does_nothing(Sessio
     at.radio(key="label_mode").set_value("Grid").run()
     at.button(key="undo").click().run()  # in Grid, U undoes the page
     assert _labels(Session, tiny_project.id) == {}
+
+
+def test_the_box_shows_the_images_of_the_persons_own_grid_page_last(Session, tiny_project):
+    """The grid page waits in Grid until accepted or undone, held by its person; the box showed
+    its images too (the same person's claims), and a tile answered so came back "answered
+    meanwhile" (exploratory). The box shows them last: when nothing else is left."""
+    from tests.ui.ui_helpers import box_data
+
+    at = page_app("label", tiny_project.id)
+    at.radio(key="label_mode").set_value("Grid").run()
+    grid = {int(b.key.split("-")[1]) for b in at.selectbox if b.key.startswith("grid-")}
+    assert len(grid) == 12
+    at.radio(key="label_mode").set_value("One image").run()
+    shown = [item["id"] for item in box_data(at)["items"]]
+    assert len(shown) == 20 and not set(shown) & grid  # 32 pool images: the other 20
+    with Session.begin() as session:  # someone else answers every other image
+        for item in queries.items(session, tiny_project.id, "pool"):
+            if item.id not in grid:
+                queries.add_label(session, item.id, item.truth, annotator="bob")
+    at.run()
+    assert not at.exception
+    opened = {item["id"] for item in box_data(at)["items"]} - set(box_data(at)["closed"])
+    assert opened and opened <= grid
