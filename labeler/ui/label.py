@@ -1638,10 +1638,11 @@ def _corrected_after_all(project_id: int) -> bool:
     deadline = time.monotonic() + ACCEPT_WAIT_S
     while kept.get("sent") and not ("over" in kept or "done" in kept) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if not ("over" in kept or "done" in kept):
-        if not kept.get("sent"):  # its click was stopped before the commit: nothing was saved
-            st.session_state.pop(_correcting_key(project_id), None)
+    if not ("over" in kept or "done" in kept) and not kept.get("sent"):
+        st.session_state.pop(_correcting_key(project_id), None)  # stopped before its commit: nothing saved
         return False
+    # Over, or still going after the wait (a commit that slow, or a run that died mid-way): looked
+    # for, so that no page run waits for it again; a click still committing finishes it itself.
     return _finish_correction(project_id, kept)
 
 

@@ -641,3 +641,28 @@ def test_a_history_save_committing_in_another_run_is_waited_for_and_finished(tin
     assert at.text[0].value == "True"
     assert at.session_state["last_message"] == ("success", "Corrected 1 label (kept in the history).")
     assert label._correcting_key(tiny_project.id) not in at.session_state
+
+
+_A_SAVE_WHOSE_RUN_DIED = """
+import streamlit as st
+from labeler.ui import label
+
+label.ACCEPT_WAIT_S = 0.2
+pid = st.session_state["project_id"]
+if st.session_state.pop("arm", False):  # a save marked sent whose run never got further
+    st.session_state[label._correcting_key(pid)] = {"id": "hist-y", "changes": [(1, 1)], "sent": True}
+st.text(repr(label._corrected_after_all(pid)))
+"""
+
+
+def test_a_history_save_whose_run_died_mid_commit_is_not_waited_for_again(tiny_project):
+    """A save marked as committing whose run never got further (killed mid-way) would have made
+    every later page run wait for it: it is looked for once after the wait, and forgotten."""
+    from streamlit.testing.v1 import AppTest
+
+    at = AppTest.from_string(_A_SAVE_WHOSE_RUN_DIED, default_timeout=60)
+    at.session_state["project_id"] = tiny_project.id
+    at.session_state["arm"] = True
+    at.run()
+    assert not at.exception and at.text[0].value == "False"
+    assert label._correcting_key(tiny_project.id) not in at.session_state  # the next run waits for nothing
