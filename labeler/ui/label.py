@@ -312,7 +312,8 @@ def _apply_answers(project_id: int, annotator: str, actions: list[dict], notices
     undone = _undone_key(project_id)
     st.session_state[undone] = st.session_state.get(undone, []) + [list(pair) for pair in outcome.undone_last]
     shown_again = outcome.refused_items + outcome.undone_items
-    st.session_state["show_first"] = (shown_again + st.session_state.get("show_first", []))[:SHOW_FIRST_MAX]
+    again = list(dict.fromkeys(shown_again + st.session_state.get("show_first", [])))
+    st.session_state["show_first"] = again[:SHOW_FIRST_MAX]
     _forget_accepted(project_id, outcome.undone_items)  # U in the box may undo a grid page
     if outcome.answered_since:  # `_closed_since` tells the box, which showed them again at U
         sent = f"box-sent-{project_id}"
@@ -395,9 +396,14 @@ def _next_batch(project_id: int, k: int, box: bool = False) -> list[tuple[Item, 
     last = set(ledger.skipped)  # come last (`queue.next_items`)
     if box:
         # The person's own grid page, waiting in Grid: the box showed its images (the same person
-        # claims them), and a tile answered so came back "answered meanwhile" (exploratory).
-        last |= set(st.session_state.get(_page_key(project_id)) or ())
-    wanted = st.session_state.get("show_first", [])[:SHOW_FIRST_MAX]
+        # claims them), and a tile answered so came back "answered meanwhile" (exploratory). Last,
+        # and its claims kept: released, they went to the next person (review).
+        grid_page = list(st.session_state.get(_page_key(project_id)) or ())
+        last |= set(grid_page)
+        in_browser = [*in_browser, *grid_page]
+    # Once each: an image undone twice (A then U, twice, quickly) was listed twice, and the grid
+    # drew it twice, which Streamlit refused with a traceback (duplicate widget key; exploratory).
+    wanted = list(dict.fromkeys(st.session_state.get("show_first", [])))[:SHOW_FIRST_MAX]
     st.session_state.pop(_UNCLAIMED, None)
     try:
         rest = db.retrying(
@@ -1304,7 +1310,8 @@ def _undo_page(project_id: int) -> None:
                 f"{common.by_count(len(back), 'image is', 'images are')} back in the queue{still}."
             ),
         )
-        st.session_state["show_first"] = (undone + st.session_state.get("show_first", []))[:SHOW_FIRST_MAX]
+        again = list(dict.fromkeys(undone + st.session_state.get("show_first", [])))
+        st.session_state["show_first"] = again[:SHOW_FIRST_MAX]
         common.ledger(project_id).skipped.difference_update(undone)
         st.session_state.pop(_page_key(project_id), None)  # the undone images come next
         _forget_accepted(project_id, undone)
@@ -1546,9 +1553,17 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
         st.session_state["last_message"] = ("error", str(refused))
         return
     st.session_state.pop(f"{_RENAMED_NOTE}{project_id}", None)
+    # An earlier save not finished yet (Save clicked twice, the first still committing in the run
+    # this click stopped): finished first, and its tiles left out here, where they read as
+    # "changed by someone else meanwhile" (their answers are its own now; review).
+    earlier = st.session_state.get(_correcting_key(project_id))
+    finished = _corrected_after_all(project_id) and earlier is not None and "done" in earlier
+    covered = {tuple(pair) for pair in earlier["changes"]} if finished else set()
     changes, unknown = [], False
     for item_id, event_id, was in shown:
         value = st.session_state.get(_tile_of(item_id, event_id))
+        if (item_id, event_id) in covered:
+            continue
         if isinstance(value, str):  # a name no class has now: renamed since the browser drew it
             unknown = True
         elif value is not None and value != was:
@@ -1557,11 +1572,11 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
         _renamed_note()
         return
     if not changes:
-        st.session_state["last_message"] = ("info", "Nothing changed.")
+        if not finished:  # else the earlier save's message says what became of these
+            st.session_state["last_message"] = ("info", "Nothing changed.")
         return
     if _renamed(project_id, names, [value for _, _, value in changes]):
         return
-    _corrected_after_all(project_id)  # an earlier save not finished yet: before this one replaces it
     ledger = common.ledger(project_id)  # before the commit: see _corrections_saved
     Session = common.session_factory()
     kept = {"id": f"hist-{uuid.uuid4().hex}", "changes": [(i, e) for i, e, _ in changes]}
@@ -1575,7 +1590,8 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
             if _finish_correction(project_id, kept):
                 return  # it landed, only the database's answer was lost
         raise  # the database is away: survives_outage says so; a later page run looks again
-    except Exception:
+    except BaseException:
+        kept["over"] = True  # first: the look below may be stopped by a rerun (StopException)
         st.session_state.pop(_correcting_key(project_id), None)  # rolled back: nothing to look for
         raise
     _corrections_saved(kept, events, ledger)
@@ -1638,11 +1654,10 @@ def _corrected_after_all(project_id: int) -> bool:
     deadline = time.monotonic() + ACCEPT_WAIT_S
     while kept.get("sent") and not ("over" in kept or "done" in kept) and time.monotonic() < deadline:
         time.sleep(0.05)
-    if not ("over" in kept or "done" in kept) and not kept.get("sent"):
-        st.session_state.pop(_correcting_key(project_id), None)  # stopped before its commit: nothing saved
-        return False
-    # Over, or still going after the wait (a commit that slow, or a run that died mid-way): looked
-    # for, so that no page run waits for it again; a click still committing finishes it itself.
+    if not ("over" in kept or "done" in kept):
+        if not kept.get("sent"):  # its click was stopped before the commit: nothing was saved
+            st.session_state.pop(_correcting_key(project_id), None)
+        return False  # still committing after the wait (`db.retrying` backs off for seconds)
     return _finish_correction(project_id, kept)
 
 
@@ -2194,6 +2209,10 @@ def label_page() -> None:
     if kind:
         getattr(notes, kind)(common.as_typed(text))
 
+    # The History's note on changes a rename undid is old news once the person looked elsewhere.
+    for key in [str(k) for k in st.session_state if str(k).startswith(_RENAMED_NOTE)]:
+        if mode != "History" or key != f"{_RENAMED_NOTE}{project.id}":
+            st.session_state.pop(key, None)
     unsaved = unsaved_corrections(project.id)
     if unsaved and mode != "History":  # kept for the History (`_with_unsaved`): say they wait
         notes.info(f"{unsaved_words(unsaved)} Open History to save them.")

@@ -97,6 +97,12 @@ function acceptGoing(g) {
 
 function onKey(g, event) {
   if (!pageKey(event)) return;
+  if (g.accepting === g.page && !acceptGoing(g)) {
+    // The accept is over and the page stayed (refused: a rename, an outage): the keys dropped
+    // meanwhile are not reported on some later page, where none was dropped just before.
+    g.accepting = null;
+    g.dropped = 0;
+  }
   const target = event.composedPath ? event.composedPath()[0] : event.target;
   const tiles = g.data.tiles;
   if (!tiles.length) return;
@@ -110,6 +116,7 @@ function onKey(g, event) {
     // shows, class keys are dropped.
     g.accepting = g.page;
     g.acceptedAt = Date.now();
+    g.dropped = 0; // the next page reports the keys dropped after this A, not after one refused
   }
   const move = { ArrowRight: 1, ArrowLeft: -1, ArrowDown: columns, ArrowUp: -columns }[key];
   const cls = g.data.classes.find((c) => c.key === key);
@@ -289,6 +296,7 @@ export default function (component) {
   return () => {
     document.removeEventListener("keydown", state.onKey, true);
     state.data.tiles.forEach((tile) => tileParts(tile).forEach((part) => (part.style.outline = "")));
+    if (state.note) state.note.remove();
     grids.delete(parentElement);
   };
 }

@@ -604,6 +604,9 @@ def test_a_history_change_not_saved_yet_follows_its_class_name_through_a_rename(
     assert _history_tiles(at)[a].value == was and f"#{a}" in at.warning[0].value
     at.run()  # a rerun before the person read it (it was said once, and a stopped run lost it)
     assert f"#{a}" in at.warning[0].value
+    at.radio(key="label_mode").set_value("Grid").run()
+    at.radio(key="label_mode").set_value("History").run()
+    assert not at.warning  # old news once the person looked elsewhere
     button(at, "hist_save").click().run()
     assert _labels(Session, tiny_project.id)[a] == was and not at.warning  # old news once saved
     _history_tiles(at)[a].set_value(1 - was).run()
@@ -1769,15 +1772,23 @@ def test_the_box_shows_the_images_of_the_persons_own_grid_page_last(Session, tin
     """The grid page waits in Grid until accepted or undone, held by its person; the box showed
     its images too (the same person's claims), and a tile answered so came back "answered
     meanwhile" (exploratory). The box shows them last: when nothing else is left."""
+    from streamlit.testing.v1 import AppTest
+
     from tests.ui.ui_helpers import box_data
 
-    at = page_app("label", tiny_project.id)
-    at.radio(key="label_mode").set_value("Grid").run()
+    at = AppTest.from_string("from labeler.ui.label import label_page\nlabel_page()", default_timeout=60)
+    at.session_state["project_id"] = tiny_project.id
+    at.session_state["annotator"] = "tester"
+    at.session_state["label_mode"] = "Grid"  # the box has claimed nothing yet
+    at.run()
     grid = {int(b.key.split("-")[1]) for b in at.selectbox if b.key.startswith("grid-")}
     assert len(grid) == 12
     at.radio(key="label_mode").set_value("One image").run()
     shown = [item["id"] for item in box_data(at)["items"]]
     assert len(shown) == 20 and not set(shown) & grid  # 32 pool images: the other 20
+    claimant = f"tester#{at.session_state['claim_token']}"
+    with Session() as session:  # the page still waits for this person: its claims are kept
+        assert grid <= queries.claimed_by(session, tiny_project.id, claimant, queries.now(session))
     with Session.begin() as session:  # someone else answers every other image
         for item in queries.items(session, tiny_project.id, "pool"):
             if item.id not in grid:
@@ -1786,3 +1797,22 @@ def test_the_box_shows_the_images_of_the_persons_own_grid_page_last(Session, tin
     assert not at.exception
     opened = {item["id"] for item in box_data(at)["items"]} - set(box_data(at)["closed"])
     assert opened and opened <= grid
+
+
+def test_an_image_undone_twice_is_drawn_once(Session, tiny_project):
+    """A then U, twice in quick succession: the undone images were listed to come first twice,
+    and the grid drew each twice, which Streamlit refused with a traceback ("multiple elements
+    with the same key"; exploratory, 2 of 2)."""
+    from streamlit.testing.v1 import AppTest
+
+    with Session() as session:
+        a, b = (item.id for item in queries.items(session, tiny_project.id, "pool")[:2])
+    at = AppTest.from_string("from labeler.ui.label import label_page\nlabel_page()", default_timeout=60)
+    at.session_state["project_id"] = tiny_project.id
+    at.session_state["annotator"] = "tester"
+    at.session_state["label_mode"] = "Grid"
+    at.session_state["show_first"] = [a, b, a, b]  # as two undos of one page left it
+    at.run()
+    assert not at.exception
+    tiles = [int(box.key.split("-")[1]) for box in at.selectbox if box.key.startswith("grid-")]
+    assert {a, b} <= set(tiles) and len(tiles) == len(set(tiles)) == 12

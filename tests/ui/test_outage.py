@@ -526,11 +526,12 @@ def test_a_history_save_stopped_by_a_rerun_after_its_commit_is_finished_by_the_n
 
         return look
 
+    save = button(at, "hist_save")
     with monkeypatch.context() as click_after_save:
         click_after_save.setattr(label.answers.db, "retrying", committed)
         click_after_save.setattr(SafeSessionState, "__getitem__", stopping(SafeSessionState.__getitem__))
         click_after_save.setattr(SafeSessionState, "__setitem__", stopping(SafeSessionState.__setitem__))
-        button(at, "hist_save").click().run()
+        save.click().run()
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {item: now}
     at.run()  # the click's rerun
@@ -643,26 +644,89 @@ def test_a_history_save_committing_in_another_run_is_waited_for_and_finished(tin
     assert label._correcting_key(tiny_project.id) not in at.session_state
 
 
-_A_SAVE_WHOSE_RUN_DIED = """
-import streamlit as st
-from labeler.ui import label
+def test_a_history_save_that_failed_and_was_stopped_is_not_waited_for(Session, tiny_project, monkeypatch):
+    """A save whose commit failed, its callback stopped by a rerun as it removed its record, kept
+    the record as committing: every later page run waited 5 s for it (review). It is marked over
+    first, then looked for once, and forgotten."""
+    import time
 
-label.ACCEPT_WAIT_S = 0.2
+    from streamlit.runtime.scriptrunner import StopException
+    from streamlit.runtime.state.safe_session_state import SafeSessionState
+
+    from tests.ui.ui_helpers import button
+
+    at, item, now = _history_with_one_change(Session, tiny_project.id)
+    armed = []
+
+    def fails(*args, **kwargs):
+        armed.append("stop")
+        raise RuntimeError("the commit failed")
+
+    def stopping(method):
+        def look(self, *args):
+            if armed:  # the rerun a click asked for stops the callback here
+                armed.clear()
+                raise StopException()
+            return method(self, *args)
+
+        return look
+
+    with monkeypatch.context() as failing:
+        failing.setattr(label.answers, "correct", fails)
+        failing.setattr(SafeSessionState, "__getitem__", stopping(SafeSessionState.__getitem__))
+        failing.setattr(SafeSessionState, "__setitem__", stopping(SafeSessionState.__setitem__))
+        failing.setattr(SafeSessionState, "__delitem__", stopping(SafeSessionState.__delitem__))
+        button(at, "hist_save").click().run()
+    assert not armed, "the callback was not stopped after the failed commit"
+    start = time.monotonic()
+    at.run()  # the click's rerun
+    assert time.monotonic() - start < label.ACCEPT_WAIT_S
+    assert not at.exception and label._correcting_key(tiny_project.id) not in at.session_state
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id)[item] != now  # nothing was saved
+
+
+_SAVE_AGAIN = """
+import streamlit as st
+from labeler.ui import common, label
+
 pid = st.session_state["project_id"]
-if st.session_state.pop("arm", False):  # a save marked sent whose run never got further
-    st.session_state[label._correcting_key(pid)] = {"id": "hist-y", "changes": [(1, 1)], "sent": True}
-st.text(repr(label._corrected_after_all(pid)))
+label._correct(pid, st.session_state["shown"], common.class_names(pid))  # Save's callback
+st.text(repr(st.session_state.get("last_message")))
 """
 
 
-def test_a_history_save_whose_run_died_mid_commit_is_not_waited_for_again(tiny_project):
-    """A save marked as committing whose run never got further (killed mid-way) would have made
-    every later page run wait for it: it is looked for once after the wait, and forgotten."""
+def test_save_clicked_again_while_the_first_save_is_unfinished_says_what_the_first_saved(
+    Session, tiny_project
+):
+    """A double click on Save, the first click's run stopped after its commit: the second finished
+    the first, then found the same tiles "changed by someone else meanwhile" (their answers are
+    the first save's now) and said "Corrected 0 labels" over the first's message (review)."""
     from streamlit.testing.v1 import AppTest
 
-    at = AppTest.from_string(_A_SAVE_WHOSE_RUN_DIED, default_timeout=60)
+    from tests.ui.ui_helpers import label_items
+
+    (item,) = label_items(Session, tiny_project.id, 1, annotator="ann")
+    with Session.begin() as session:
+        shown = queries.current_event(session, item)
+        was = shown.class_index
+        correction = queries.add_label(session, item, 1 - was, annotator="ann", kind="correction")
+        queries.record_applied(session, correction, "hist-first")  # the first save, landed
+    at = AppTest.from_string(_SAVE_AGAIN, default_timeout=60)
     at.session_state["project_id"] = tiny_project.id
-    at.session_state["arm"] = True
+    at.session_state["annotator"] = "ann"
+    at.session_state["shown"] = [(item, shown.id, was)]
+    at.session_state[f"hist-{item}-{shown.id}"] = 1 - was  # the tile, as set for both clicks
+    at.session_state[label._correcting_key(tiny_project.id)] = {
+        "id": "hist-first",
+        "changes": [(item, shown.id)],
+        "sent": True,
+        "over": True,  # its callback was stopped after the commit, before its message
+    }
     at.run()
-    assert not at.exception and at.text[0].value == "False"
-    assert label._correcting_key(tiny_project.id) not in at.session_state  # the next run waits for nothing
+    assert not at.exception
+    assert at.text[0].value == repr(
+        ("success", "Corrected 1 label (kept in the history): the changes were saved after all.")
+    )
+    with Session() as session:
+        assert queries.current_labels(session, tiny_project.id) == {item: 1 - was}
