@@ -327,6 +327,42 @@ def test_keys_after_a_before_the_next_page_shows_are_dropped(app_server, page):
     note.wait_for(state="hidden")  # and the note is old news
 
 
+def test_u_pressed_with_a_undoes_the_page_once_it_is_saved(app_server, page):
+    """A and U pressed together: U's rerun stopped the accept before its commit, so nothing was
+    saved and U asked about the tiles set instead (exploratory, at 0 ms). U waits for the next
+    page, then undoes the page accepted."""
+    Session, pid = app_server["Session"], app_server["project_id"]
+    drawing = HeldDrawing(page)
+    tiles = open_grid(page, app_server["url"])
+    page.locator("h1").first.click()
+    page.keyboard.press("1")
+    wait_for_tiles(page, lambda now: now[0][1] == "dark")
+    settle(page)
+    before = len(events(Session, pid))
+    drawing.hold(everything=True)  # the next page waits
+    sent = len(drawing.sent)
+    page.keyboard.press("a")
+    page.keyboard.press("u")
+    deadline = time.monotonic() + 30
+    while len(drawing.sent) == sent and time.monotonic() < deadline:
+        page.wait_for_timeout(50)
+    page.wait_for_timeout(500)
+    assert len(drawing.sent) == sent + 1, "U went with A"
+    drawing.release()
+    deadline = time.monotonic() + 60
+    stored = []
+    while time.monotonic() < deadline:
+        stored = events(Session, pid)[before:]
+        if stored and all(e.undone for e in stored):
+            break
+        page.wait_for_timeout(200)
+    # (a run finishing from earlier tests' labels may pre-fill sure guesses, saved as shown)
+    saved = {e.item_id for e in stored}
+    assert tiles[0][0] in saved and saved <= {i for i, _ in tiles}, "the page was not saved"
+    assert all(e.undone for e in stored), "the page saved was not undone"
+    page.get_by_text("Undone: your last grid page").wait_for()
+
+
 def test_a_key_pressed_as_grid_opens_is_not_the_one_image_boxs(app_server, page):
     """After a click on Grid the box stays on screen until the grid is drawn: it took the keys
     meant for the grid, and A accepted the guess for the box's next image, on screen 40 ms
