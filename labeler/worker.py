@@ -194,7 +194,7 @@ class Worker:
         seen at once), and runs whose heartbeat went silent (workers elsewhere)."""
 
         def work():
-            with self.Session.begin() as session:
+            with _sigterm_after(), self.Session.begin() as session:
                 running = run_queries.running_workers(session)
                 gone = [name for name in running if name != self.name and process_gone(name)]
                 return run_queries.mark_interrupted(session, self.stale_after_s, worker=[self.name, *gone])
@@ -261,7 +261,7 @@ class Worker:
             return True
 
     def _claim(self) -> tuple[int, int, str] | None:
-        with self.Session.begin() as session:
+        with _sigterm_after(), self.Session.begin() as session:
             run = run_queries.claim_next_run(session, self.name)
             return None if run is None else (run.id, run.project_id, run.model)
 
@@ -299,7 +299,9 @@ class Worker:
             self._end(run_id, FAILED, start, error=message, notes=notes)
         finally:
             beating.set()
-            beat.join()
+            # Not for ever: a beat waiting on a lock (a transaction left open by an interrupt)
+            # held the worker here, and `labeler worker` hung after SIGTERM (a test, once).
+            beat.join(timeout=max(5.0, 2 * self.heartbeat_s))
 
     def _beat(self, run_id: int, done: threading.Event) -> None:
         """Keep the run's heartbeat fresh while a model computes without calling back (e.g. one
@@ -314,7 +316,7 @@ class Worker:
     def _load(self, run_id: int) -> tuple[run_queries.RoundInputs, RunSpec]:
         # One snapshot: the labels and the newest answer event read with them (`labels_upto`)
         # agree, whatever commits meanwhile (review).
-        with consistent_read(self.Session) as session:
+        with _sigterm_after(), consistent_read(self.Session) as session:
             inputs = run_queries.round_inputs(session, run_id)
         if inputs is None:
             raise ValueError(f"Run {run_id} was deleted before it started.")
@@ -445,7 +447,7 @@ class Worker:
 
     def _write(self, fn: Callable[[Session], Any]) -> Any:
         def work():
-            with self.Session.begin() as session:
+            with _sigterm_after(), self.Session.begin() as session:
                 return fn(session)
 
         return retrying(work)
@@ -481,6 +483,30 @@ class Worker:
             log.exception("Could not record the end of run %s", run_id)
 
 
+# SIGTERM's KeyboardInterrupt, raised in the middle of a database transaction of the main thread
+# (inside SQLAlchemy's commit, say), could leave the transaction open and SQLite's write lock
+# held: every later write waited on it, the heartbeat's too, and the worker hung instead of
+# stopping (a test, once in many runs). It waits for the transaction's end.
+_DEFERRED = {"depth": 0, "pending": False}
+
+
+@contextlib.contextmanager
+def _sigterm_after() -> Iterator[None]:
+    """A database transaction SIGTERM does not interrupt (main thread, `stopped_by_sigterm`):
+    raised as it ends."""
+    if threading.current_thread() is not threading.main_thread():
+        yield  # signal handlers run in the main thread only
+        return
+    _DEFERRED["depth"] += 1
+    try:
+        yield
+    finally:
+        _DEFERRED["depth"] -= 1
+        if not _DEFERRED["depth"] and _DEFERRED["pending"]:
+            _DEFERRED["pending"] = False
+            raise Terminated()
+
+
 @contextlib.contextmanager
 def stopped_by_sigterm() -> Iterator[None]:
     """While inside (main thread only): SIGTERM, what systemd, docker and a plain `kill` send to
@@ -492,6 +518,9 @@ def stopped_by_sigterm() -> Iterator[None]:
     an exploratory session)."""
 
     def terminate(signum, frame):
+        if _DEFERRED["depth"]:  # inside a transaction: raised as it ends (`_sigterm_after`)
+            _DEFERRED["pending"] = True
+            return
         raise Terminated()
 
     previous = signal.signal(signal.SIGTERM, terminate)

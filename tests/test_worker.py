@@ -684,6 +684,34 @@ def test_sigterm_stops_a_foreground_worker_and_interrupts_its_run(Session, proje
     assert run.status == INTERRUPTED and "start training again" in run.error
 
 
+def test_sigterm_inside_a_transaction_is_raised_as_it_ends(Session, project):
+    """SIGTERM's KeyboardInterrupt raised in the middle of a transaction (inside SQLAlchemy's
+    commit, say) could leave it open with SQLite's write lock held: the heartbeat waited on it and
+    `labeler worker` hung instead of stopping (this file's SIGTERM test, once). It is raised once
+    the transaction has ended, and the database is free."""
+    import os
+    import signal
+
+    from db.models import Project
+
+    worker = Worker(Session, device="cpu")
+    inside = []
+
+    def rename(session):
+        session.get(Project, project.id).name = "renamed"
+        os.kill(os.getpid(), signal.SIGTERM)  # handled in this thread, at once
+        for _ in range(1000):  # bytecodes enough for the handler to run here
+            pass
+        inside.append("went on")
+
+    with pytest.raises(Terminated), stopped_by_sigterm():
+        worker._write(rename)
+    assert inside == ["went on"]
+    with Session.begin() as session:  # committed, and nothing holds the write lock
+        assert session.get(Project, project.id).name == "renamed"
+        session.get(Project, project.id).name = "tiny"
+
+
 def test_heartbeat_stays_fresh_while_a_model_is_silent(Session, project):
     run_id = queue(Session, project.id, steps=1, config={"silent_s": 1.0})
     worker = Worker(Session, device="cpu", heartbeat_s=0.1)

@@ -1558,11 +1558,11 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
     # "changed by someone else meanwhile" (their answers are its own now; review).
     earlier = st.session_state.get(_correcting_key(project_id))
     finished = _corrected_after_all(project_id) and earlier is not None and "done" in earlier
-    covered = {tuple(pair) for pair in earlier["changes"]} if finished else set()
+    covered = dict(zip(map(tuple, earlier["changes"]), earlier.get("values", []))) if finished else {}
     changes, unknown = [], False
     for item_id, event_id, was in shown:
         value = st.session_state.get(_tile_of(item_id, event_id))
-        if (item_id, event_id) in covered:
+        if covered.get((item_id, event_id), ...) == value:  # saved by it as it shows now
             continue
         if isinstance(value, str):  # a name no class has now: renamed since the browser drew it
             unknown = True
@@ -1579,7 +1579,11 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
         return
     ledger = common.ledger(project_id)  # before the commit: see _corrections_saved
     Session = common.session_factory()
-    kept = {"id": f"hist-{uuid.uuid4().hex}", "changes": [(i, e) for i, e, _ in changes]}
+    kept = {
+        "id": f"hist-{uuid.uuid4().hex}",
+        "changes": [(i, e) for i, e, _ in changes],
+        "values": [v for _, _, v in changes],
+    }
     st.session_state[_correcting_key(project_id)] = kept
     kept["sent"] = True  # from here the corrections may land (`_corrected_after_all` waits)
     try:

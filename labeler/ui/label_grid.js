@@ -99,11 +99,9 @@ function onKey(g, event) {
   if (!pageKey(event)) return;
   if (g.accepting === g.page && !acceptGoing(g)) {
     // The accept is over and the page stayed (refused: a rename, an outage): the keys dropped
-    // meanwhile are not reported on some later page, where none was dropped just before, and a
-    // U kept for the next page undoes nothing.
+    // meanwhile are not reported on some later page, where none was dropped just before.
     g.accepting = null;
     g.dropped = 0;
-    g.undoAfter = null;
   }
   const target = event.composedPath ? event.composedPath()[0] : event.target;
   const tiles = g.data.tiles;
@@ -135,17 +133,15 @@ function onKey(g, event) {
     // A grid taken off the page (One image, History, another page) can keep its listener a
     // while: its keys then set tiles nobody sees.
     return;
-  } else if (key === "u" && acceptGoing(g)) {
-    // U right after A, for the page being accepted: its rerun stopped the accept before its
-    // commit (nothing saved, and U then asked about the tiles set; exploratory, at 0 ms). It
-    // waits for the next page, then undoes the page accepted.
-    g.undoAfter = g.page;
-  } else if (setsTile && acceptGoing(g)) {
+  } else if ((setsTile || key === "u") && acceptGoing(g)) {
     // A key after A, before the next page shows, is meant for images not seen yet: dropped. It
     // set the last tile of the page being accepted, and its rerun stopped the accept on the
     // server (Streamlit stops a callback at its next look at the session state), before its
     // commit (nothing saved, the page stays with that tile changed) or after (exploratory).
-    // Counted, and said when the next page shows (they went without a word).
+    // U too: its rerun stopped the accept before its commit, and U then asked about the tiles
+    // set (exploratory, at 0 ms); an undo kept for the next page could take back the page or
+    // bulk label before, when this accept saved nothing (review). Counted, and said when the
+    // next page shows (they went without a word).
     g.dropped = (g.dropped || 0) + 1;
   } else if (move !== undefined) {
     g.focus = Math.min(tiles.length - 1, Math.max(0, g.focus + move));
@@ -164,14 +160,6 @@ function onKey(g, event) {
   event.preventDefault();
   event.stopPropagation();
   draw(g);
-}
-
-// A page button clicked once it is on the page and enabled (the tiles, and the buttons below
-// them, are drawn after this module): tried for up to 5 s.
-function clickWhenDrawn(selector, tries = 50) {
-  const button = document.querySelector(selector);
-  if (button && !button.disabled) button.click();
-  else if (tries > 0) setTimeout(() => clickWhenDrawn(selector, tries - 1), 100);
 }
 
 // A line of this module's own, above the tiles (empty: nothing shown).
@@ -271,8 +259,6 @@ export default function (component) {
   if (g.page !== data.page) {
     // A new page of images: the list the server holds for it (a page back after an undo), else
     // a new one. Carrying on the server's list keeps every tile keyed before as it is shown.
-    if (g.undoAfter && g.undoAfter === g.page && Date.now() - g.acceptedAt < 15000) clickWhenDrawn(BUTTONS.u);
-    g.undoAfter = null;
     g.accepting = null;
     const dropped = g.dropped || 0;
     g.dropped = 0;
@@ -280,7 +266,7 @@ export default function (component) {
       g,
       dropped
         ? `${dropped === 1 ? "1 key" : `${dropped} keys`} pressed after A, before this page showed, ` +
-            "went to no image (they were meant for images not shown yet)."
+            `${dropped === 1 ? "was" : "were"} dropped; press again here (U undoes the page just accepted).`
         : "",
     );
     g.focus = 0;
