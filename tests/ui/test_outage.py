@@ -12,6 +12,25 @@ from labeler.ui import common, label
 DOWN = OperationalError("SELECT 1", {}, ConnectionRefusedError("connection refused"))
 
 
+def _stop_at_next_look(patch, armed: list) -> None:
+    """Streamlit stopping a running callback at its next look at the session state once `armed`
+    holds something (a rerun a key or click asked for; its fast reruns start the next run beside)."""
+    from streamlit.runtime.scriptrunner import StopException
+    from streamlit.runtime.state.safe_session_state import SafeSessionState
+
+    def stopping(method):
+        def look(self, *args):
+            if armed:
+                armed.clear()
+                raise StopException()
+            return method(self, *args)
+
+        return look
+
+    for name in ("__getitem__", "__setitem__", "__delitem__"):
+        patch.setattr(SafeSessionState, name, stopping(getattr(SafeSessionState, name)))
+
+
 def test_a_page_says_the_database_is_unreachable_and_comes_back_on_the_next_run(
     Session, tiny_project, monkeypatch
 ):
@@ -269,8 +288,6 @@ def test_a_grid_accept_stopped_by_a_rerun_after_its_commit_is_finished_by_the_ne
     the session state: after the commit, the page stayed with no message, U could not undo it and
     no run was queued (exploratory, 4 of 4 accepts with keys 30 ms after A on a busy machine).
     The labels go on the undo list before any such look, and the next run finishes the rest."""
-    from streamlit.runtime.scriptrunner import StopException
-    from streamlit.runtime.state.safe_session_state import SafeSessionState
 
     from tests.ui.ui_helpers import button, fake_done_run, page_app
 
@@ -286,19 +303,9 @@ def test_a_grid_accept_stopped_by_a_rerun_after_its_commit_is_finished_by_the_ne
         armed.extend(["stop"] if "_accept_grid" in fn.__qualname__ else [])
         return result
 
-    def stopping(method):
-        def look(self, *args):
-            if armed:  # the rerun a key asked for stops the callback here
-                armed.clear()
-                raise StopException()
-            return method(self, *args)
-
-        return look
-
     with monkeypatch.context() as key_after_a:
         key_after_a.setattr(label.db, "retrying", committed)
-        key_after_a.setattr(SafeSessionState, "__getitem__", stopping(SafeSessionState.__getitem__))
-        key_after_a.setattr(SafeSessionState, "__setitem__", stopping(SafeSessionState.__setitem__))
+        _stop_at_next_look(key_after_a, armed)
         button(at, "accept_grid").click().run()
     with Session() as session:
         assert set(queries.current_labels(session, tiny_project.id)) == set(page)
@@ -504,8 +511,6 @@ def test_a_history_save_stopped_by_a_rerun_after_its_commit_is_finished_by_the_n
     """A click just after Save reruns the page, which stops the callback at its next look at the
     session state: after the commit, the page gave no message and went on listing the change as
     not saved. The next run finishes it."""
-    from streamlit.runtime.scriptrunner import StopException
-    from streamlit.runtime.state.safe_session_state import SafeSessionState
 
     from tests.ui.ui_helpers import button
 
@@ -517,20 +522,10 @@ def test_a_history_save_stopped_by_a_rerun_after_its_commit_is_finished_by_the_n
         armed.append("stop")
         return result
 
-    def stopping(method):
-        def look(self, *args):
-            if armed:  # the rerun a click asked for stops the callback here
-                armed.clear()
-                raise StopException()
-            return method(self, *args)
-
-        return look
-
     save = button(at, "hist_save")
     with monkeypatch.context() as click_after_save:
         click_after_save.setattr(label.answers.db, "retrying", committed)
-        click_after_save.setattr(SafeSessionState, "__getitem__", stopping(SafeSessionState.__getitem__))
-        click_after_save.setattr(SafeSessionState, "__setitem__", stopping(SafeSessionState.__setitem__))
+        _stop_at_next_look(click_after_save, armed)
         save.click().run()
     with Session() as session:
         assert queries.current_labels(session, tiny_project.id) == {item: now}
@@ -562,8 +557,6 @@ def test_a_bulk_label_stopped_by_a_rerun_after_its_commit_is_what_the_grids_u_ta
     """A click just after a bulk label reruns the page, which stops the callback at its next look
     at the session state: after the commit, the bulk label was left off the undo list, and the
     grid's U took back the bulk label before it."""
-    from streamlit.runtime.scriptrunner import StopException
-    from streamlit.runtime.state.safe_session_state import SafeSessionState
     from streamlit.testing.v1 import AppTest
 
     from labeler.ui import latent
@@ -582,19 +575,9 @@ def test_a_bulk_label_stopped_by_a_rerun_after_its_commit_is_what_the_grids_u_ta
         armed.append("stop")
         return result
 
-    def stopping(method):
-        def look(self, *args):
-            if armed:
-                armed.clear()
-                raise StopException()
-            return method(self, *args)
-
-        return look
-
     with monkeypatch.context() as click_after_bulk:
         click_after_bulk.setattr(latent.db, "retrying", committed)
-        click_after_bulk.setattr(SafeSessionState, "__getitem__", stopping(SafeSessionState.__getitem__))
-        click_after_bulk.setattr(SafeSessionState, "__setitem__", stopping(SafeSessionState.__setitem__))
+        _stop_at_next_look(click_after_bulk, armed)
         at.session_state["step"] = ("bulk", second)
         at.run()
     with Session() as session:
@@ -650,9 +633,6 @@ def test_a_history_save_that_failed_and_was_stopped_is_not_waited_for(Session, t
     first, then looked for once, and forgotten."""
     import time
 
-    from streamlit.runtime.scriptrunner import StopException
-    from streamlit.runtime.state.safe_session_state import SafeSessionState
-
     from tests.ui.ui_helpers import button
 
     at, item, now = _history_with_one_change(Session, tiny_project.id)
@@ -662,20 +642,9 @@ def test_a_history_save_that_failed_and_was_stopped_is_not_waited_for(Session, t
         armed.append("stop")
         raise RuntimeError("the commit failed")
 
-    def stopping(method):
-        def look(self, *args):
-            if armed:  # the rerun a click asked for stops the callback here
-                armed.clear()
-                raise StopException()
-            return method(self, *args)
-
-        return look
-
     with monkeypatch.context() as failing:
         failing.setattr(label.answers, "correct", fails)
-        failing.setattr(SafeSessionState, "__getitem__", stopping(SafeSessionState.__getitem__))
-        failing.setattr(SafeSessionState, "__setitem__", stopping(SafeSessionState.__setitem__))
-        failing.setattr(SafeSessionState, "__delitem__", stopping(SafeSessionState.__delitem__))
+        _stop_at_next_look(failing, armed)
         button(at, "hist_save").click().run()
     assert not armed, "the callback was not stopped after the failed commit"
     start = time.monotonic()
