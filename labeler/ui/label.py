@@ -312,8 +312,7 @@ def _apply_answers(project_id: int, annotator: str, actions: list[dict], notices
     undone = _undone_key(project_id)
     st.session_state[undone] = st.session_state.get(undone, []) + [list(pair) for pair in outcome.undone_last]
     shown_again = outcome.refused_items + outcome.undone_items
-    again = list(dict.fromkeys(shown_again + st.session_state.get("show_first", [])))
-    st.session_state["show_first"] = again[:SHOW_FIRST_MAX]
+    _show_first(shown_again)
     _forget_accepted(project_id, outcome.undone_items)  # U in the box may undo a grid page
     if outcome.answered_since:  # `_closed_since` tells the box, which showed them again at U
         sent = f"box-sent-{project_id}"
@@ -383,6 +382,12 @@ def unsent_guard(unsaved: int) -> None:
     common.unsent_guard(data=data, on_change=_apply_unsent)
     for notice in st.session_state.pop("unsent_notices", []):
         st.toast(notice)
+
+
+def _show_first(item_ids: list[int]) -> None:
+    """Images shown again (undone, refused) come first in the next batch, each once."""
+    again = list(dict.fromkeys([*item_ids, *st.session_state.get("show_first", [])]))
+    st.session_state["show_first"] = again[:SHOW_FIRST_MAX]
 
 
 def _next_batch(project_id: int, k: int, box: bool = False) -> list[tuple[Item, object]]:
@@ -1310,8 +1315,7 @@ def _undo_page(project_id: int) -> None:
                 f"{common.by_count(len(back), 'image is', 'images are')} back in the queue{still}."
             ),
         )
-        again = list(dict.fromkeys(undone + st.session_state.get("show_first", [])))
-        st.session_state["show_first"] = again[:SHOW_FIRST_MAX]
+        _show_first(undone)
         common.ledger(project_id).skipped.difference_update(undone)
         st.session_state.pop(_page_key(project_id), None)  # the undone images come next
         _forget_accepted(project_id, undone)
@@ -1552,7 +1556,7 @@ def _correct(project_id: int, shown: list[tuple[int, int, int]], names: list[str
     except account.NotAllowed as refused:
         st.session_state["last_message"] = ("error", str(refused))
         return
-    st.session_state.pop(f"{_RENAMED_NOTE}{project_id}", None)
+    st.session_state.pop(_renamed_note_key(project_id), None)
     # An earlier save not finished yet (Save clicked twice, the first still committing in the run
     # this click stopped): finished first, and its tiles left out here, where they read as
     # "changed by someone else meanwhile" (their answers are its own now; review).
@@ -1641,6 +1645,11 @@ def _corrections_done(project_id: int, kept: dict, after_all: bool) -> None:
     st.session_state["last_message"] = ("success", text)
     if after_all:  # the click's "not saved" is wrong
         st.session_state.pop(common.OUTAGE_NOTICE, None)
+    _forget_correction(project_id, kept)
+
+
+def _forget_correction(project_id: int, kept: dict) -> None:
+    """The pending save `kept` done with (not a newer one another click put in its place)."""
     if st.session_state.get(_correcting_key(project_id)) is kept:
         st.session_state.pop(_correcting_key(project_id))
 
@@ -1671,8 +1680,7 @@ def _finish_correction(project_id: int, kept: dict) -> bool:
         with common.session_factory()() as session:
             events = queries.applied_events(session, kept["id"], items)
         if not events:
-            if st.session_state.get(_correcting_key(project_id)) is kept:
-                st.session_state.pop(_correcting_key(project_id))  # nothing landed: "not saved" stands
+            _forget_correction(project_id, kept)  # nothing landed: "not saved" stands
             return False
         _corrections_saved(kept, events, common.ledger(project_id))
     _corrections_done(project_id, kept, after_all="over" in kept)  # else a rerun stopped it
@@ -1711,7 +1719,7 @@ def _chosen_key(project_id: int) -> str:
 def _remember_correction(project_id: int, pair: tuple[int, int], names: list[str], was: int) -> None:
     """Callback of a History tile: keep the class name it was set to, until saved; a tile set
     back to its saved answer holds no change."""
-    st.session_state.pop(f"{_RENAMED_NOTE}{project_id}", None)  # chosen again: the note is old news
+    st.session_state.pop(_renamed_note_key(project_id), None)  # chosen again: the note is old news
     value = st.session_state.get(_tile_of(*pair))
     chosen = st.session_state.setdefault(_chosen_key(project_id), {})
     if not isinstance(value, int) or value == was or not (value == IGNORED or 0 <= value < len(names)):
@@ -1735,6 +1743,10 @@ def _names_drawn_key(project_id: int) -> str:
 
 
 _RENAMED_NOTE = "hist-renamed-note-"  # per project: changes a rename undid (`_keep_chosen_through_renames`)
+
+
+def _renamed_note_key(project_id: int) -> str:
+    return f"{_RENAMED_NOTE}{project_id}"
 
 
 def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) -> None:
@@ -1768,7 +1780,7 @@ def _keep_chosen_through_renames(project_id: int, rows: list, names: list[str]) 
     if lost:
         # Kept until the next change or Save: said once, it was gone when a rerun stopped this
         # run before its page reached the browser (CI, once), and the tile's change with it.
-        st.session_state[f"{_RENAMED_NOTE}{project_id}"] = (
+        st.session_state[_renamed_note_key(project_id)] = (
             f"A class was renamed while you changed {', '.join(lost)}: those tiles show their saved answer again; choose again."
         )
 
@@ -1989,8 +2001,8 @@ def _history(project_id: int, names: list[str]) -> None:
         )
     options = [IGNORED, *range(len(names))]
     _keep_chosen_through_renames(project_id, rows, names)
-    if st.session_state.get(f"{_RENAMED_NOTE}{project_id}"):
-        st.warning(st.session_state[f"{_RENAMED_NOTE}{project_id}"])
+    if st.session_state.get(_renamed_note_key(project_id)):
+        st.warning(st.session_state[_renamed_note_key(project_id)])
     columns = st.columns(6)
     for n, (event, item) in enumerate(rows):
         with columns[n % len(columns)]:
@@ -2215,7 +2227,7 @@ def label_page() -> None:
 
     # The History's note on changes a rename undid is old news once the person looked elsewhere.
     for key in [str(k) for k in st.session_state if str(k).startswith(_RENAMED_NOTE)]:
-        if mode != "History" or key != f"{_RENAMED_NOTE}{project.id}":
+        if mode != "History" or key != _renamed_note_key(project.id):
             st.session_state.pop(key, None)
     unsaved = unsaved_corrections(project.id)
     if unsaved and mode != "History":  # kept for the History (`_with_unsaved`): say they wait

@@ -225,6 +225,41 @@ def test_a_click_that_meets_a_full_disk_says_so_and_empties_the_pool(monkeypatch
     assert "cannot be written just now" in st.session_state[common.OUTAGE_NOTICE] and emptied
 
 
+def _clicked_with_the_answer_lost(at, monkeypatch, key: str, answers_at_once: bool, only: str = "") -> None:
+    """Click the button `key`: its commit lands, then the connection drops before the database
+    answers (of the transactions whose function's name holds `only`). With `answers_at_once`
+    the database answers the look made at once; else it stays away for that look and that page
+    run, and the next run finds it back. Either way the page then shows no error: no "not saved"
+    beside "saved after all"."""
+    from tests.ui.ui_helpers import button
+
+    real = label.db.retrying
+
+    def committed_then_lost(fn, **kwargs):
+        result = real(fn, **kwargs)
+        if only in fn.__qualname__:
+            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+        return result
+
+    def away(*args, **kwargs):
+        raise DOWN
+
+    with monkeypatch.context() as cut:
+        cut.setattr(label.db, "retrying", committed_then_lost)
+        if not answers_at_once:  # the look at once, and the page run after, meet the outage
+            cut.setattr(queries, "applied_events", away)
+            cut.setattr(common, "RETRY_DATABASE_S", None)  # AppTest waits for a timed fragment
+            cut.setattr(common, "database_answers", lambda: False)  # the retry's look: still down
+        button(at, key).click()
+        at.run()
+        if not answers_at_once:
+            assert not at.exception and not at.success
+            assert "database cannot be reached" in at.error[0].value
+    if not answers_at_once:
+        at.run()  # the next page run, the database back
+    assert not at.exception and not at.error
+
+
 @pytest.mark.parametrize("answers_at_once", [True, False], ids=["answers-at-once", "away-a-while"])
 def test_a_grid_page_whose_commit_landed_unanswered_is_saved_after_all_and_undone_by_u(
     Session, tiny_project, monkeypatch, answers_at_once
@@ -245,31 +280,7 @@ def test_a_grid_page_whose_commit_landed_unanswered_is_saved_after_all_and_undon
         first = queries.current_labels(session, tiny_project.id)
     assert len(first) == 12
     second = [int(b.key.split("-")[1]) for b in at.selectbox if b.key.startswith("grid-")]
-    real = label.db.retrying
-
-    def committed_then_lost(fn, **kwargs):
-        result = real(fn, **kwargs)
-        if "_accept_grid" in fn.__qualname__:
-            raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
-        return result
-
-    def away(*args, **kwargs):
-        raise DOWN
-
-    with monkeypatch.context() as cut:
-        cut.setattr(label.db, "retrying", committed_then_lost)
-        if not answers_at_once:  # the look at once, and the page run after, meet the outage
-            cut.setattr(queries, "applied_events", away)
-            cut.setattr(common, "RETRY_DATABASE_S", None)  # AppTest waits for a timed fragment
-            cut.setattr(common, "database_answers", lambda: False)  # the retry's look: still down
-        button(at, "accept_grid").click()
-        at.run()
-        if not answers_at_once:
-            assert not at.exception and not at.success
-            assert "database cannot be reached" in at.error[0].value
-    if not answers_at_once:
-        at.run()  # the next page run, the database back
-    assert not at.exception and not at.error  # no "not saved" beside "saved after all"
+    _clicked_with_the_answer_lost(at, monkeypatch, "accept_grid", answers_at_once, "_accept_grid")
     with Session() as session:
         assert set(queries.current_labels(session, tiny_project.id)) == set(first) | set(second)
     assert "saved after all" in at.success[0].value and "Saved 12 labels" in at.success[0].value
@@ -469,32 +480,9 @@ def test_a_history_save_whose_commit_landed_unanswered_is_saved_after_all(
     the page said "not saved", and the change stayed listed as waiting (the sidebar counted it,
     closing the tab asked for it, and Save again said "changed by someone else meanwhile"). The
     save looks for its corrections at once, else the next page run does."""
-    from tests.ui.ui_helpers import button
 
     at, item, now = _history_with_one_change(Session, tiny_project.id)
-    real = label.answers.db.retrying
-
-    def committed_then_lost(fn, **kwargs):
-        real(fn, **kwargs)
-        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
-
-    def away(*args, **kwargs):
-        raise DOWN
-
-    with monkeypatch.context() as cut:
-        cut.setattr(label.answers.db, "retrying", committed_then_lost)
-        if not answers_at_once:
-            cut.setattr(queries, "applied_events", away)
-            cut.setattr(common, "RETRY_DATABASE_S", None)  # AppTest waits for a timed fragment
-            cut.setattr(common, "database_answers", lambda: False)
-        button(at, "hist_save").click()
-        at.run()
-        if not answers_at_once:
-            assert not at.exception and not at.success
-            assert "cannot be reached" in at.error[0].value
-    if not answers_at_once:
-        at.run()  # the next page run, the database back
-    assert not at.exception and not at.error  # no "not saved" beside "saved after all"
+    _clicked_with_the_answer_lost(at, monkeypatch, "hist_save", answers_at_once)
     said = at.success[0].value.replace("\\", "")  # as typed: markdown's characters escaped
     assert said == "Corrected 1 label (kept in the history): the changes were saved after all."
     with Session() as session:
