@@ -303,14 +303,29 @@ def labels_frame(session: Session, project_id: int, with_path: bool = False) -> 
     return frame if with_path else frame.drop(columns=["path"])
 
 
-def _image_bytes(project_id: int, item_row: int, path: str | None) -> tuple[bytes, str]:
-    """The original file where one was imported, else a PNG made from the stored pixels."""
+# The extensions torchvision's ImageFolder reads (torchvision.datasets.folder.IMG_EXTENSIONS,
+# checked in the tests). An original of another kind the app imports (GIF) goes into the data
+# set as PNG: ImageFolder skipped it without a word, and refused a class of GIFs only.
+IMAGE_FOLDER_EXTENSIONS = (".jpg", ".jpeg", ".png", ".ppm", ".bmp", ".pgm", ".tif", ".tiff", ".webp")
+
+
+def _image_bytes(project_id: int, item_row: int, path: str | None) -> tuple[bytes, str, bool]:
+    """The original file where one was imported (re-encoded as PNG where ImageFolder does not
+    read its kind), else a PNG made from the stored pixels; and whether an original named by
+    `path` was not found (so the PNG is of the working size)."""
     local = projects.local_file(path)
     if local is not None:
-        return local.read_bytes(), local.suffix.lower() or ".png"
+        suffix = local.suffix.lower() or ".png"
+        if suffix in IMAGE_FOLDER_EXTENSIONS:
+            return local.read_bytes(), suffix, False
+        buffer = io.BytesIO()
+        with Image.open(local) as original:  # a GIF: its first frame, as the import read it
+            original.seek(0)
+            original.save(buffer, format="PNG")
+        return buffer.getvalue(), ".png", False
     buffer = io.BytesIO()
     Image.fromarray(projects.image(project_id, item_row)).save(buffer, format="PNG")
-    return buffer.getvalue(), ".png"
+    return buffer.getvalue(), ".png", bool(path)
 
 
 def write_labels_csv(
@@ -328,8 +343,10 @@ def write_dataset(
     out: Path,
     snapshot: Snapshot | None = None,
     progress: Progress | None = None,
+    notes: list[str] | None = None,
 ) -> list[Path]:
-    """The ImageFolder zip and the Parquet file, written side by side a chunk at a time."""
+    """The ImageFolder zip and the Parquet file, written side by side a chunk at a time; a
+    sentence in `notes` when originals imported were not found (their stored pixels go in)."""
     import pyarrow as pa
     import pyarrow.parquet as pq
 
@@ -340,6 +357,7 @@ def write_dataset(
     zip_path, parquet_path = out / "dataset.zip", out / "dataset.parquet"
     columns = frame.drop(columns=["row", "path"])
     file_names: list[str] = []  # names only: the image bytes of one chunk at a time are held
+    missing: list[str] = []  # the originals not found
     writer = None
     try:
         with zipfile.ZipFile(zip_path, "w", compression=zipfile.ZIP_DEFLATED) as archive:
@@ -347,7 +365,9 @@ def write_dataset(
                 chunk = frame.iloc[start : start + CHUNK]
                 names, images = [], []
                 for record in chunk.itertuples():
-                    data, suffix = _image_bytes(project_id, record.row, record.path)
+                    data, suffix, lost = _image_bytes(project_id, record.row, record.path)
+                    if lost:
+                        missing.append(record.path)
                     stem = safe_name(Path(record.file).stem)[:80]
                     name = f"{folders[record.label_index]}/{record.row:06d}_{stem}{suffix}"
                     archive.writestr(name, data)
@@ -369,6 +389,13 @@ def write_dataset(
     finally:
         if writer is not None:
             writer.close()
+    if missing and notes is not None:
+        notes.append(
+            f"{len(missing)} of the {len(frame)} labeled images' original "
+            f"{'file was' if len(missing) == 1 else 'files were'} not found (e.g. {missing[0]}); "
+            "the data set has their stored pixels instead, at the project's working size. "
+            "Restore the data folder's projects/ files to export the originals."
+        )
     return [zip_path, parquet_path]
 
 
@@ -399,9 +426,15 @@ def write_model(
     from .train import load_model
 
     snapshot = snapshot or read_snapshot(Session, project_id, ("model",))
-    local = projects.local_file(snapshot.checkpoint)
-    if local is None:
+    if snapshot.run_id is None:
         return []
+    local = projects.local_file(snapshot.checkpoint)
+    if local is None:  # it wrote nothing and said nothing
+        raise ExportError(
+            f"{model_name(snapshot)} cannot be exported because its checkpoint file is missing "
+            f"({snapshot.checkpoint or 'none was recorded'}); restore the data folder's projects/ "
+            "files, or train it again, then export."
+        )
     try:
         model = load_model(local, device="cpu")
     except CheckpointError as error:
@@ -538,7 +571,7 @@ def export_all(
     if "labels" in parts:
         written.append(write_labels_csv(Session, project_id, out, snapshot))
     if "dataset" in parts:
-        written += write_dataset(Session, project_id, out, snapshot, progress=progress)
+        written += write_dataset(Session, project_id, out, snapshot, progress=progress, notes=notes)
     if "predictions" in parts and snapshot.run_id is not None and stage is not None:
         stage("the predictions")
     if "predictions" in parts:

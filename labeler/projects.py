@@ -32,6 +32,7 @@ from pathlib import Path
 
 import numpy as np
 from sqlalchemy import insert
+from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session, sessionmaker
 
 from db import queries
@@ -103,14 +104,15 @@ def storage_key(path: str | Path) -> str | None:
 def local_file(path: str | Path | None) -> Path | None:
     """This machine's copy of a project file (pixels, an original file, a checkpoint) whose
     path was stored on this or another machine: the path itself when it exists, else the file
-    fetched from the store into the data folder; None when it is nowhere."""
+    under its key in this data folder (a data folder moved or restored elsewhere: the paths
+    stored name its old place; the originals and the model went missing from exports without
+    a word), else the file fetched from the store into the data folder; None when it is
+    nowhere."""
     if not path:
         return None
     path = Path(path)
     if path.exists():
         return path
-    if storage_url() is None:  # the default: the data folder is the only copy
-        return None
     key = storage_key(path)
     if key is None:
         return None
@@ -119,6 +121,8 @@ def local_file(path: str | Path | None) -> Path | None:
         return None
     if local.exists():
         return local
+    if storage_url() is None:  # the default: the data folder is the only copy
+        return None
     from .storage import store
 
     shared = store()
@@ -334,10 +338,14 @@ def _create_staged(
             queries.analyze(session, "items")
             _publish_staged(project.id, folder, staged, chunk)
     except BaseException as error:
-        if folder is not None:
+        stored = None if folder is None else _stored_after_all(Session, project.id, error)
+        if folder is not None and stored is False:
             with contextlib.suppress(sqlite3.Error):  # a full disk: the error below says so
                 stage.reclaim(scratch)  # the next import of this folder continues from here
             _discard_project_files(folder, error)
+        elif stored:  # a commit whose answer was lost: the project is there, with its files
+            shutil.rmtree(scratch, ignore_errors=True)
+            return project
         if isinstance(error, OSError):
             raise disk_full(error, "storing the images") or error from None
         raise
@@ -417,8 +425,11 @@ def _create(
     except BaseException as error:
         # The transaction is rolled back; leave no pixel array or file behind (a partial
         # pixels.tmp.npy on a full disk would keep it full).
-        if folder is not None:
+        stored = None if folder is None else _stored_after_all(Session, project.id, error)
+        if folder is not None and stored is False:
             _discard_project_files(folder, error)
+        elif stored:  # a commit whose answer was lost: the project is there, with its files
+            return project
         if isinstance(error, OSError):
             raise disk_full(error, "storing the images") or error from None
         raise
@@ -464,8 +475,29 @@ def _add_project(
         name=name, source=source, channels=channels, height=height, width=width, settings=settings
     )
     session.add(project)
-    session.flush()
+    try:
+        session.flush()
+    except IntegrityError:  # the name's unique key: a project of that name made since the check
+        raise ValueError(
+            f"A project named {name!r} was created meanwhile (by someone else?); choose another name."
+        ) from None
     return project
+
+
+def _stored_after_all(Session: sessionmaker[Session], project_id: int, error: BaseException) -> bool | None:
+    """After an import's transaction failed: True when its project is in the database all the
+    same (a commit whose answer was lost: the connection dropped after the server committed; its
+    files were removed, and the project stayed with "The pixel file ... is missing") and the
+    error was not an interrupt; False when it is not there; None when the database cannot say
+    (its files are kept: a project may need them)."""
+    try:
+        with Session() as session:
+            there = session.get(Project, project_id) is not None
+    except Exception:  # noqa: BLE001 - whatever the database says, the answer is "cannot say"
+        return None
+    if there and not isinstance(error, Exception):  # Ctrl-C after the commit: stored, and stop
+        return None
+    return there
 
 
 def _empty_folder(folder: Path) -> None:

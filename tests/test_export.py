@@ -456,3 +456,116 @@ def test_the_export_says_what_it_writes_after_the_data_set(Session, tiny_project
     fake_done_run(Session, tiny_project.id)
     export.export_all(Session, tiny_project.id, tmp_path / "run", notes=[], stage=stages.append)
     assert stages == ["the predictions", "the model (checkpoint, TorchScript and ONNX)"]
+
+
+def _project_with_originals(Session, tmp_path, make_image_set, suffix: str = ".png"):
+    """A project whose 8x8 images were imported from 16x16 originals (so a data set made from
+    the stored pixels tells itself apart), six of them labeled."""
+    from PIL import Image
+
+    from labeler import projects
+
+    images = make_image_set(n=20, test=4)
+    source = tmp_path / "source"
+    images.keys = [str(Path(key).with_suffix(suffix)) for key in images.keys]
+    for row, (key, array) in enumerate(zip(images.keys, images.pixels)):
+        path = source / key
+        path.parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array[0]).resize((16, 16)).save(path)
+        images.files[row] = str(path)
+    project = projects.create_project(Session, "originals", "test", images=images, audit_size=0)
+    _label_some(Session, project)
+    return project
+
+
+def _zip_image_sizes(zip_path):
+    from PIL import Image
+
+    with zipfile.ZipFile(zip_path) as archive:
+        return {
+            name: Image.open(io.BytesIO(archive.read(name))).size
+            for name in archive.namelist()
+            if "/" in name
+        }
+
+
+def test_an_export_after_the_data_folder_moved_has_the_originals_and_the_model(
+    Session, tmp_path, make_image_set, monkeypatch
+):
+    import shutil
+
+    import numpy as np
+
+    from db.models import DONE, Run
+    from labeler import projects
+    from labeler.config import data_dir
+    from labeler.models import save_checkpoint
+    from labeler.runspec import RunSpec
+    from labeler.train import train_model
+
+    project = _project_with_originals(Session, tmp_path, make_image_set)
+    x = np.random.default_rng(0).random((6, 1, 8, 8), dtype=np.float32)
+    model = train_model(RunSpec("supervised", steps=2), x, np.arange(6), np.arange(6) % 2, 2)
+    runs = data_dir() / "projects" / str(project.id) / "runs"
+    runs.mkdir(parents=True)
+    checkpoint = save_checkpoint(model, runs / "1.pt")
+    with Session.begin() as session:
+        session.add(Run(project_id=project.id, model="supervised", status=DONE, checkpoint=str(checkpoint)))
+    # The data folder moved (a restore elsewhere, a volume mounted at another path): the paths
+    # stored name the old place. The database stays open where it was (same contents).
+    moved = tmp_path / "moved"
+    shutil.copytree(data_dir(), moved)
+    shutil.rmtree(data_dir() / "projects")
+    monkeypatch.setenv("LABELER_DATA_DIR", str(moved))
+    assert np.array_equal(projects.pixels(project.id)[0], make_image_set(n=20, test=4).pixels[0])
+
+    notes: list[str] = []
+    written = {p.name for p in export.export_all(Session, project.id, tmp_path / "out", notes=notes)}
+    assert notes == []
+    sizes = _zip_image_sizes(tmp_path / "out" / "dataset.zip")
+    assert len(sizes) == 6 and set(sizes.values()) == {(16, 16)}  # the originals, not the pixels
+    assert {"model.pt", "model.onnx"} <= written
+    assert (tmp_path / "out" / "model.pt").read_bytes() == (
+        moved / checkpoint.relative_to(tmp_path / "data")
+    ).read_bytes()
+
+
+def test_an_export_says_which_originals_and_which_checkpoint_it_could_not_find(
+    Session, tmp_path, make_image_set
+):
+    import shutil
+
+    from labeler.config import data_dir
+
+    project = _project_with_originals(Session, tmp_path, make_image_set)
+    _train_and_register(Session, project, tmp_path)
+    shutil.rmtree(data_dir() / "projects" / str(project.id) / "files")
+    (tmp_path / "run.pt").unlink()
+
+    notes: list[str] = []
+    written = {p.name for p in export.export_all(Session, project.id, tmp_path / "out", notes=notes)}
+    sizes = _zip_image_sizes(tmp_path / "out" / "dataset.zip")
+    assert len(sizes) == 6 and set(sizes.values()) == {(8, 8)}  # the stored pixels, as said:
+    originals, model = notes
+    assert originals.startswith("6 of the 6 labeled images' original files were not found")
+    assert "cannot be exported because its checkpoint file is missing" in model
+    assert str(tmp_path / "run.pt") in model and not written & set(export.MODEL_FILES)
+    with pytest.raises(export.ExportError, match="checkpoint file is missing"):
+        export.export_all(Session, project.id, tmp_path / "model-only", what="model")
+
+
+def test_gif_originals_go_into_the_imagefolder_zip_as_png(Session, tmp_path, make_image_set):
+    from torchvision.datasets.folder import IMG_EXTENSIONS
+
+    assert set(export.IMAGE_FOLDER_EXTENSIONS) == set(IMG_EXTENSIONS)
+    project = _project_with_originals(Session, tmp_path, make_image_set, suffix=".gif")
+    zip_path, parquet_path = export.write_dataset(Session, project.id, tmp_path)
+    with zipfile.ZipFile(zip_path) as archive:
+        archive.extractall(tmp_path / "unzipped")
+        meta = pd.read_csv(io.BytesIO(archive.read("metadata.csv")))
+    for extra in ("metadata.csv", "labels.csv", "HOW_TO_USE.txt"):
+        (tmp_path / "unzipped" / extra).unlink()
+    folder = datasets.ImageFolder(str(tmp_path / "unzipped"))
+    assert len(folder) == 6 and folder[0][0].size == (16, 16)
+    assert all(name.endswith(".png") for name in meta.file_name)
+    assert pd.read_parquet(parquet_path).image.iloc[0][:8] == b"\x89PNG\r\n\x1a\n"

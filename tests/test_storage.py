@@ -177,8 +177,8 @@ def test_a_worker_elsewhere_trains_from_the_store_and_the_app_loads_its_checkpoi
     with Session() as session:
         item = session.query(Item).filter_by(project_id=project.id, row=3).one()
         key, path = item.key, item.path
-    data, suffix = export._image_bytes(project.id, 3, path)
-    assert suffix == ".png"
+    data, suffix, lost = export._image_bytes(project.id, 3, path)
+    assert suffix == ".png" and not lost
     assert data == (tmp_path / "source" / key).read_bytes()
     assert (other_app / "projects" / str(project.id) / "files" / key).exists()
 

@@ -222,6 +222,8 @@ def extract_zip(
         ) from None
     with archive:
         infos = archive.infolist()
+        for info in infos:
+            info.filename = _entry_name(info)
         if len(infos) > max_entries:
             raise DataError(
                 f"{path.name} has {len(infos)} entries, more than the limit of {max_entries}; "
@@ -292,6 +294,19 @@ def extract_zip(
                 with contextlib.suppress(OSError):
                     folder.mkdir(parents=True, exist_ok=True)
         return skipped
+
+
+def _entry_name(info: zipfile.ZipInfo) -> str:
+    """The entry's name as its maker wrote it. A name without the zip's UTF-8 flag is read as
+    CP437 (the zip standard's default), but most tools that leave the flag off (macOS's Archive
+    Utility, older Windows and Java zips) write UTF-8: "Käse/1.png" became the class "K├ñse".
+    A name that reads as UTF-8 is taken as UTF-8 (a CP437 name with accents seldom does)."""
+    if info.flag_bits & 0x800:
+        return info.filename
+    try:
+        return info.filename.encode("cp437").decode("utf-8")
+    except UnicodeError:
+        return info.filename
 
 
 def _entry_path(info: zipfile.ZipInfo) -> tuple[list[str], str | None]:

@@ -310,10 +310,6 @@ def export_page() -> None:
             key="download-model",
             on_click="ignore",
         )
-    elif has_model and not notes:
-        st.warning(
-            f"The checkpoint of run {prepared.get('run')} is missing on disk; train again to export a model."
-        )
     with st.expander("How to use the files"):
         st.code(
             export.HOW_TO_USE.format(c=project.channels, h=project.height, w=project.width), language="text"

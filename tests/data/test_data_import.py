@@ -409,3 +409,21 @@ def test_zip_without_images(tmp_path):
     with pytest.raises(DataError, match=r"No image in .*a.zip"):
         import_zip(archive, target=tmp_path / "t")
     assert not (tmp_path / "t").exists()
+
+
+def test_zip_names_written_as_utf8_without_the_flag_keep_their_letters(tmp_path):
+    """macOS's Archive Utility and older Windows zips write UTF-8 names without the zip's UTF-8
+    flag; read as CP437 (the standard's default), "Käse" became the class "K├ñse". A name whose
+    bytes are not UTF-8 is still read as CP437 ("caf\\x82" is "café" there)."""
+    path = make_zip(
+        tmp_path / "upload.zip",
+        [("KXXse/1.png", png(seed=1)), ("cafX/2.png", png(seed=2)), ("plain/3.png", png(seed=3))],
+    )
+    raw = path.read_bytes()
+    assert raw.count(b"KXXse") == 2 and raw.count(b"cafX") == 2  # the local and the central header
+    path.write_bytes(raw.replace(b"KXXse", "Käse".encode()).replace(b"cafX", b"caf\x82"))
+    with zipfile.ZipFile(path) as archive:
+        assert not any(info.flag_bits & 0x800 for info in archive.infolist())
+    data = import_zip(path, target=tmp_path / "target")
+    assert data.classes == ["Käse", "café", "plain"]
+    assert sorted(data.keys) == ["Käse/1.png", "café/2.png", "plain/3.png"]

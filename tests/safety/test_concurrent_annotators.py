@@ -222,3 +222,64 @@ def test_the_grid_claims_its_page_once_not_on_every_rerun(Session):
     assert len(page) == 12  # the grid's page; the rest given back
     at.run()  # a rerun, as a tile's choice makes
     assert claims() == page
+
+
+def test_two_imports_under_one_new_name_at_once_end_in_one_sentence(Session, make_image_set, monkeypatch):
+    """Both passed the name check before either committed: the second failed on the unique name
+    with the database's own words ("IntegrityError: ... duplicate key ...")."""
+    first = projects.create_project(Session, "birds", "test", images=make_image_set(n=20))
+    monkeypatch.setattr(queries, "get_project", lambda session, name: None)  # checked before it existed
+    try:
+        projects.create_project(Session, "birds", "test", images=make_image_set(n=20))
+    except ValueError as error:
+        assert (
+            str(error)
+            == "A project named 'birds' was created meanwhile (by someone else?); choose another name."
+        )
+    else:
+        raise AssertionError("a second project named birds was created")
+    monkeypatch.undo()
+    with Session() as session:
+        assert [p.id for p in queries.list_projects(session)] == [first.id]
+    assert not (projects.project_dir(first.id + 1)).exists()
+
+
+def _commit_answer_lost(Session, monkeypatch):
+    """The next commit of `Session`'s sessions lands, and then its answer is lost (the connection
+    drops after the server committed)."""
+    from sqlalchemy import event
+    from sqlalchemy.exc import OperationalError
+
+    def lost(session):
+        event.remove(Session, "after_commit", lost)
+        raise OperationalError("COMMIT", {}, Exception("server closed the connection unexpectedly"))
+
+    event.listen(Session, "after_commit", lost)
+
+
+def test_an_import_whose_commit_answer_was_lost_keeps_its_project_and_files(
+    Session, tmp_path, make_image_set, monkeypatch
+):
+    """The import took the lost answer for a failure and removed the files of a project that was
+    in the database: it then said "The pixel file of project N is missing"."""
+    import numpy as np
+    from PIL import Image
+
+    images = make_image_set(n=20)
+    source = tmp_path / "source"
+    for key, array in zip(images.keys, images.pixels):
+        (source / key).parent.mkdir(parents=True, exist_ok=True)
+        Image.fromarray(array[0]).save(source / key)
+    _commit_answer_lost(Session, monkeypatch)
+    given = projects.create_project(Session, "given", "test", images=images, audit_size=0)
+    _commit_answer_lost(Session, monkeypatch)
+    folder = projects.create_project(Session, "folder", f"folder:{source}", classes=["a", "b"], audit_size=0)
+    for project in (given, folder):
+        with Session() as session:
+            assert queries.get_project(session, project.name).id == project.id
+            (item,) = [i for i in queries.items(session, project.id) if i.row == 3]
+        assert projects.pixels(project.id).shape[0] == 20  # "The pixel file ... is missing" before
+        if project is folder:
+            assert projects.local_file(item.path).read_bytes() == (source / "img" / item.key).read_bytes()
+        else:
+            assert np.array_equal(projects.pixels(project.id)[3], images.pixels[3])
