@@ -10,7 +10,7 @@ import hashlib
 import logging
 from collections.abc import Iterable, Iterator, Sequence
 
-from sqlalchemy import and_, delete, exists, func, insert, or_, select, text, update
+from sqlalchemy import and_, case, delete, exists, func, insert, or_, select, text, update
 from sqlalchemy.exc import IntegrityError
 from sqlalchemy.orm import Session
 
@@ -129,8 +129,21 @@ def analyze(session: Session, *tables: str) -> None:
             session.execute(text(f"ANALYZE {table}"))
 
 
-def import_issues(session: Session, project_id: int) -> list[ImportIssue]:
-    return list(session.scalars(select(ImportIssue).where(ImportIssue.project_id == project_id)))
+def import_issues(session: Session, project_id: int, limit: int | None = None) -> list[ImportIssue]:
+    """The files and folders the project's import skipped, in the order it met them (the first
+    `limit` of them: a folder with a sidecar file per image can have a million)."""
+    query = select(ImportIssue).where(ImportIssue.project_id == project_id).order_by(ImportIssue.id)
+    return list(session.scalars(query.limit(limit)))
+
+
+def import_issue_counts(session: Session, project_id: int) -> tuple[int, int]:
+    """(files, folders) the project's import skipped: a path ending in "/" is a folder (a class
+    folder with no image imported, a hidden folder)."""
+    folder = case((ImportIssue.path.like("%/"), 1), else_=0)
+    total, folders = session.execute(
+        select(func.count(), func.coalesce(func.sum(folder), 0)).where(ImportIssue.project_id == project_id)
+    ).one()
+    return int(total) - int(folders), int(folders)
 
 
 # Labels --------------------------------------------------------------------------------------

@@ -8,6 +8,7 @@ so its class names are typed in. Only admins create projects, and a server folde
 
 from __future__ import annotations
 
+import functools
 import uuid
 from pathlib import Path
 
@@ -205,9 +206,26 @@ def skipped_words(paths: list[str]) -> str:
     folder with no image imported (its path ends in "/", `importer.unused_class_folders`) as a
     folder."""
     folders = sum(path.endswith("/") for path in paths)
-    counts = [(len(paths) - folders, "file"), (folders, "folder")]
+    return skipped_sentence(len(paths) - folders, folders)
+
+
+def skipped_sentence(files: int, folders: int) -> str:
+    counts = [(files, "file"), (folders, "folder")]
     words = " and ".join(f"{n} {noun}{'s' if n != 1 else ''}" for n, noun in counts if n)
-    return f"{words} {'was' if len(paths) == 1 else 'were'} skipped when importing."
+    return f"{words} {'was' if files + folders == 1 else 'were'} skipped when importing."
+
+
+# The import report lists this many skipped files on the page; the download has them all. Every
+# one was listed on every rerun of the page where projects are switched: a folder with a sidecar
+# file (.json, .xml) per image skips as many files as it has images.
+ISSUES_SHOWN = 500
+
+
+def _import_report_csv(project_id: int) -> bytes:
+    with common.session_factory()() as session:
+        issues = queries.import_issues(session, project_id)
+    frame = pd.DataFrame([(i.path, i.reason) for i in issues], columns=["file", "why it was skipped"])
+    return frame.to_csv(index=False).encode()
 
 
 def _sentence(error: Exception) -> str:
@@ -235,7 +253,8 @@ def project_page() -> None:
     Session = common.session_factory()
     with Session() as session:
         all_projects = queries.list_projects(session)
-        issues = queries.import_issues(session, project.id)
+        issues = queries.import_issues(session, project.id, limit=ISSUES_SHOWN)
+        skipped_files, skipped_folders = queries.import_issue_counts(session, project.id)
         names = queries.class_names(session, project.id)
         counts = {
             split: queries.count_items(session, project.id, split) for split in ("pool", "audit", "test")
@@ -280,12 +299,23 @@ def project_page() -> None:
 
     st.subheader("Import report")
     if issues:
-        st.warning(skipped_words([i.path for i in issues]))
+        st.warning(skipped_sentence(skipped_files, skipped_folders))
         st.dataframe(
             pd.DataFrame([(i.path, i.reason) for i in issues], columns=["file", "why it was skipped"]),
             hide_index=True,
             width="stretch",
         )
+        total = skipped_files + skipped_folders
+        if total > len(issues):
+            st.caption(f"The first {len(issues)} of {total} are listed here; the download has them all.")
+            st.download_button(
+                "Download the whole import report (CSV)",
+                data=functools.partial(_import_report_csv, project.id),  # read when clicked
+                file_name=f"{project.name}-import-report.csv",
+                mime="text/csv",
+                key="import-report",
+                on_click="ignore",
+            )
     else:
         st.caption("Every file was imported.")
 

@@ -1218,3 +1218,27 @@ def test_the_import_report_counts_files_and_folders():
     assert project.skipped_words(["a.txt", "b.txt"]) == "2 files were skipped when importing."
     assert project.skipped_words(["empty/"]) == "1 folder was skipped when importing."
     assert project.skipped_words(["a.txt", "empty/"]) == "1 file and 1 folder were skipped when importing."
+
+
+def test_the_import_report_lists_the_first_skipped_files_and_downloads_them_all(Session, tiny_project):
+    """Every skipped file was loaded and sent to the browser on every rerun of the page where
+    projects are switched (a folder with a sidecar file per image skips one per image)."""
+    from db.models import ImportIssue
+    from labeler.ui.project import ISSUES_SHOWN, _import_report_csv
+
+    n = ISSUES_SHOWN + 37
+    with Session.begin() as session:
+        session.add_all(
+            ImportIssue(project_id=tiny_project.id, path=f"img/{i:04d}.json", reason="not an image file")
+            for i in range(n)
+        )
+        session.add(ImportIssue(project_id=tiny_project.id, path="empty/", reason="no image"))
+    at = page_app("project", tiny_project.id)
+    assert not at.exception
+    (warning,) = at.warning
+    assert warning.value == f"{n} files and 1 folder were skipped when importing."
+    (table,) = at.dataframe
+    assert len(table.value) == ISSUES_SHOWN and table.value.iloc[0].file == "img/0000.json"
+    assert f"The first {ISSUES_SHOWN} of {n + 1} are listed here" in " ".join(c.value for c in at.caption)
+    frame = pd.read_csv(io.BytesIO(_import_report_csv(tiny_project.id)))
+    assert len(frame) == n + 1 and frame.file.iloc[-1] == "empty/"
