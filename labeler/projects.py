@@ -267,6 +267,11 @@ def _create_from_folder(
 
     scratch = stage.staging_folder(data_dir() / "imports", str(path), name, None, None)
     with stage.exclusive(scratch):
+        if scratch.exists():  # resumed: the sweep below (and other imports' sweeps) leave it be
+            os.utime(scratch)
+        # Folder imports never swept: a killed import's staging folder (1.25 GB for a million
+        # images) stayed when no zip or built-in set was imported after it.
+        importer.sweep_stale([data_dir() / "imports", data_dir() / "uploads"])
         return _create_staged(
             Session, name, source, path, scratch, classes, audit_size, seed, progress, chunk
         )

@@ -122,8 +122,10 @@ def scratch_folder(name: str = "upload") -> Iterator[Path]:
 
 
 def sweep_stale(folders: Sequence[Path], max_age_s: float = STALE_AFTER_S) -> None:
-    """Remove what a killed process left in `folders` (scratch folders, uploads): entries not
-    modified for `max_age_s`. No import runs that long, so a running one is never touched."""
+    """Remove what a killed process left in `folders` (scratch folders, uploads, a folder
+    import's staging folder): entries not modified for `max_age_s`. No import runs that long,
+    and a folder import's staging folder whose lock is held (an import resumed after a day, which
+    writes nothing new into the folder itself for a while) is never touched."""
     cutoff = time.time() - max_age_s
     for folder in folders:
         try:
@@ -134,12 +136,32 @@ def sweep_stale(folders: Sequence[Path], max_age_s: float = STALE_AFTER_S) -> No
             try:
                 if entry.stat(follow_symlinks=False).st_mtime >= cutoff:
                     continue
+                lock = entry.path if entry.name.endswith(".lock") else f"{entry.path}.lock"
+                if _lock_held(lock):
+                    continue
                 if entry.is_dir(follow_symlinks=False):
                     shutil.rmtree(entry.path, ignore_errors=True)
                 else:
                     os.unlink(entry.path)
             except OSError:
                 continue
+
+
+def _lock_held(path: str) -> bool:
+    """Whether a process holds the lock file `path` (`staging.exclusive`); False when there is none."""
+    import fcntl
+
+    try:
+        fd = os.open(path, os.O_RDONLY)
+    except OSError:
+        return False
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        return True
+    finally:
+        os.close(fd)  # closing releases a lock taken here
+    return False
 
 
 def import_folder(

@@ -312,12 +312,40 @@ def test_what_a_killed_import_left_is_swept_a_day_later(Session, tmp_path):
         (folder / "cat" / "1.png").write_bytes(png(1))
     upload.parent.mkdir(parents=True)
     upload.write_bytes(b"zip")
-    day_and_a_bit = importer.STALE_AFTER_S + 60
-    for path in (stale, upload):
-        os.utime(path, (os.path.getatime(path) - day_and_a_bit, os.path.getmtime(path) - day_and_a_bit))
+    _a_day_old(stale, upload)
     projects.create_project(Session, "pets", f"zip:{class_zip(tmp_path / 'pets.zip')}", audit_size=0)
     assert not stale.exists() and not upload.exists()
     assert (fresh / "cat" / "1.png").exists(), "an import still running must be left alone"
+
+
+def _a_day_old(*paths: Path) -> None:
+    day_and_a_bit = importer.STALE_AFTER_S + 60
+    for path in paths:
+        os.utime(path, (os.path.getatime(path) - day_and_a_bit, os.path.getmtime(path) - day_and_a_bit))
+
+
+def test_a_folder_import_sweeps_too_and_no_sweep_takes_a_staging_folder_in_use(Session, tmp_path):
+    """Only zip and built-in imports swept, so a killed folder import's staging folder stayed for
+    good where only folders were imported; and a sweep judged a staging folder by its own time,
+    which an import resumed after a day does not renew (its lock is what says it is in use)."""
+    import fcntl
+
+    root = Path(os.environ["LABELER_DATA_DIR"])
+    killed, running = root / "imports" / "resume-killed", root / "imports" / "resume-running"
+    for folder in (killed, running):
+        (folder / "files").mkdir(parents=True)
+        (folder / "state.db").write_bytes(b"")
+        (folder.parent / f"{folder.name}.lock").write_bytes(b"")
+    _a_day_old(killed, running, killed.parent / "resume-killed.lock", running.parent / "resume-running.lock")
+    source = tmp_path / "pets"
+    for k, c in enumerate(("cat", "dog")):
+        (source / c).mkdir(parents=True)
+        (source / c / "0.png").write_bytes(png(k))
+    with open(running.parent / "resume-running.lock", "a") as lock:
+        fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)  # another import, resumed
+        projects.create_project(Session, "pets", f"folder:{source}", audit_size=0)
+        assert not killed.exists() and not (killed.parent / "resume-killed.lock").exists()
+        assert (running / "state.db").exists() and (running.parent / "resume-running.lock").exists()
 
 
 @pytest.mark.parametrize("kind", ["folder", "zip"])
