@@ -236,6 +236,7 @@ def extract_zip(
     path, target = Path(path), Path(target)
     if not path.is_file():
         raise DataError(f"The zip file {path} does not exist; check the path or upload it again.")
+    _check_directory(path, max_entries)
     try:
         archive = zipfile.ZipFile(path)
     except (zipfile.BadZipFile, zipfile.LargeZipFile, OSError, ValueError, EOFError) as error:
@@ -316,6 +317,59 @@ def extract_zip(
                 with contextlib.suppress(OSError):
                     folder.mkdir(parents=True, exist_ok=True)
         return skipped
+
+
+# Bytes of a zip's central directory per entry allowed, on average: 46 fixed, a path of up to
+# about 200 bytes and its extra fields. A longer directory than max_entries of these is refused
+# before Python parses it (below).
+DIRECTORY_BYTES_PER_ENTRY = 300
+
+
+def _zip_directory(path: Path) -> tuple[int, int] | None:
+    """(entries, bytes) of a zip's central directory as its end record declares them (zip64's
+    too), read without parsing the directory; None when there is no end record to read."""
+    with open(path, "rb") as f:
+        size = f.seek(0, os.SEEK_END)
+        tail_start = max(0, size - (22 + 0xFFFF))  # the end record, then a comment of <= 64 KiB
+        f.seek(tail_start)
+        tail = f.read()
+        at = tail.rfind(b"PK\x05\x06")
+        # The record's comment runs to the end of the file (a signature inside a comment does not)
+        while at >= 0 and int.from_bytes(tail[at + 20 : at + 22], "little") != len(tail) - at - 22:
+            at = tail.rfind(b"PK\x05\x06", 0, at)
+        if at < 0:
+            return None
+        entries = int.from_bytes(tail[at + 10 : at + 12], "little")
+        directory = int.from_bytes(tail[at + 12 : at + 16], "little")
+        if entries != 0xFFFF and directory != 0xFFFFFFFF:
+            return entries, directory
+        locator = tail[at - 20 : at] if at >= 20 else b""  # zip64: its locator, then its end record
+        if locator[:4] != b"PK\x06\x07":
+            return entries, directory
+        f.seek(int.from_bytes(locator[8:16], "little"))
+        record = f.read(56)
+        if record[:4] != b"PK\x06\x06" or len(record) < 56:
+            return entries, directory
+        return int.from_bytes(record[32:40], "little"), int.from_bytes(record[40:48], "little")
+
+
+def _check_directory(path: Path, max_entries: int) -> None:
+    """Refuse a zip of too many entries before `zipfile` reads its directory: Python keeps about
+    500 bytes for each entry listed there (86 in the file), so a 200 MB upload of minimal entries
+    took over a gigabyte before the count was checked (review)."""
+    found = _zip_directory(path)
+    if found is None:  # zipfile says why it is not a zip
+        return
+    entries, directory = found
+    if entries > max_entries:
+        raise DataError(
+            f"{path.name} has {entries} entries, more than the limit of {max_entries}; split it into smaller zips."
+        )
+    if directory > max_entries * DIRECTORY_BYTES_PER_ENTRY:  # a count that lies, or very long names
+        raise DataError(
+            f"{path.name}'s list of entries takes {directory:,} bytes, more than {max_entries} "
+            "entries need; split it into smaller zips (or shorten its folder names)."
+        )
 
 
 def _entry_name(info: zipfile.ZipInfo) -> str:

@@ -427,3 +427,70 @@ def test_zip_names_written_as_utf8_without_the_flag_keep_their_letters(tmp_path)
     data = import_zip(path, target=tmp_path / "target")
     assert data.classes == ["Käse", "café", "plain"]
     assert sorted(data.keys) == ["Käse/1.png", "café/2.png", "plain/3.png"]
+
+
+def test_a_zip_of_too_many_entries_is_refused_before_its_directory_is_read(tmp_path, monkeypatch):
+    """Python's zipfile keeps about 500 bytes per entry of the directory it parses (86 in the
+    file): a 200 MB upload of minimal entries took over a gigabyte before the count was checked.
+    The end record's count is read first; a count that lies is caught by the directory's size."""
+    from labeler.data import importer
+
+    archive = make_zip(tmp_path / "many.zip", [(f"{i}.png", b"") for i in range(50)])
+
+    def parse(*args, **kwargs):
+        raise AssertionError("the directory was parsed")
+
+    monkeypatch.setattr(importer.zipfile, "ZipFile", parse)
+    with pytest.raises(DataError, match="many.zip has 50 entries, more than the limit of 40"):
+        import_zip(archive, target=tmp_path / "t1", max_entries=40)
+    raw = bytearray(archive.read_bytes())
+    end = raw.rfind(b"PK\x05\x06")
+    raw[end + 8 : end + 12] = (1).to_bytes(2, "little") * 2  # it says 1 entry
+    lying = tmp_path / "lying.zip"
+    lying.write_bytes(bytes(raw))
+    with pytest.raises(
+        DataError, match=r"lying.zip's list of entries takes [\d,]+ bytes, more than 4 entries need"
+    ):
+        import_zip(lying, target=tmp_path / "t2", max_entries=4)
+    assert not (tmp_path / "t1").exists() and not (tmp_path / "t2").exists()
+
+
+def test_the_entry_count_of_a_zip64_directory_is_read_too(tmp_path):
+    from labeler.data.importer import _zip_directory
+
+    path = tmp_path / "z64.zip"
+    with zipfile.ZipFile(path, "w", zipfile.ZIP_STORED) as archive:
+        for i in range(3):
+            with archive.open(f"{i}.png", "w", force_zip64=True) as entry:
+                entry.write(b"x")
+    small = _zip_directory(path)
+    assert small is not None and small[0] == 3
+    raw = bytearray(path.read_bytes())
+    end = raw.rfind(b"PK\x05\x06")
+    raw[end + 8 : end + 12] = b"\xff\xff\xff\xff"  # counts kept in the zip64 record only
+    raw[end + 12 : end + 16] = b"\xff\xff\xff\xff"
+    zip64_end = raw.rfind(b"PK\x06\x06")
+    if zip64_end < 0:  # Python writes one only when it must: add one, with its locator
+        record = (
+            b"PK\x06\x06"
+            + (44).to_bytes(8, "little")
+            + b"\x2d\x00\x2d\x00"
+            + bytes(8)
+            + (3).to_bytes(8, "little") * 2
+            + small[1].to_bytes(8, "little")
+            + int.from_bytes(raw[end + 16 : end + 20], "little").to_bytes(8, "little")
+        )
+        locator = b"PK\x06\x07" + bytes(4) + end.to_bytes(8, "little") + (1).to_bytes(4, "little")
+        raw[end:end] = record + locator
+    path.write_bytes(bytes(raw))
+    assert _zip_directory(path) == (3, small[1])
+
+
+def test_a_zip_comment_that_looks_like_an_end_record_is_not_read_as_one(tmp_path):
+    from labeler.data.importer import _zip_directory
+
+    path = tmp_path / "comment.zip"
+    with zipfile.ZipFile(path, "w") as archive:
+        archive.writestr("a.png", png(seed=1))
+        archive.comment = b"PK\x05\x06" + b"\xff" * 18  # 65535 entries, if read as the record
+    assert _zip_directory(path)[0] == 1  # (Python's zipfile itself misreads this one)
