@@ -15,6 +15,7 @@ its role.
 from __future__ import annotations
 
 import logging
+import re
 
 import streamlit as st
 
@@ -84,6 +85,16 @@ _PERSONAL_PREFIXES = (
 )
 
 
+# The Label page's widgets that hold a person's choices: the History tiles ("hist-ITEM-EVENT")
+# and the grid's ("grid-ITEM-VIEW"), the grid's key list, the History's page. Streamlit keeps a
+# widget's value through runs that do not draw it only when such a run ends early, and every
+# run between a logout and the next login ends in st.stop(): the next person in the tab got the
+# last one's tiles as they were set, and a Save or an A stored them under the new name (review).
+# The answers the box held back in an outage ("outage-missed", replayed at the next run) go
+# too: they wait unacknowledged in the tab, sent again under their owner's name (unsent_guard.js).
+_PERSONAL_WIDGET = re.compile(rf"^(hist|grid)-\d+-|^grid-keys$|^hist_page-|^{common.MISSED}$")
+
+
 def clear_personal(keep: tuple[str, ...] = ()) -> None:
     """Forget the person's work in this tab (a login, a logout, a new name without accounts),
     and give back the images the tab held for them, so others get them now rather than when
@@ -105,7 +116,10 @@ def clear_personal(keep: tuple[str, ...] = ()) -> None:
                 queries.release_claims(session, str(token), keep=in_box)
         except Exception:  # the claims run out by themselves; the logout goes on
             logger.warning("could not give back the claims of a tab", exc_info=True)
-    for key in [k for k in st.session_state if str(k).startswith(_PERSONAL_PREFIXES)] + list(_PERSONAL_KEYS):
+    personal = [
+        k for k in st.session_state if str(k).startswith(_PERSONAL_PREFIXES) or _PERSONAL_WIDGET.match(str(k))
+    ]
+    for key in personal + list(_PERSONAL_KEYS):
         if key not in keep:
             st.session_state.pop(key, None)
 

@@ -419,3 +419,55 @@ def test_an_open_page_of_a_removed_account_renews_no_claims(Session, tiny_projec
     with Session() as session:
         claims = session.query(Claim).filter_by(annotator=tab).all()
     assert claims and all(c.expires_at < utcnow() + timedelta(seconds=60) for c in claims)
+
+
+def test_the_next_person_in_the_tab_gets_none_of_the_last_ones_tiles(Session, tiny_project, accounts):
+    """Streamlit keeps a widget's value through runs that do not draw it when they end early,
+    and every run between a logout and a login ends in st.stop(): the History tiles and the grid
+    tiles the last person set came back as they were for the next one, who lands in the same
+    mode, and whose Save or A stored them under the new name (review)."""
+    from ui_helpers import label_items
+
+    from labeler.ui import label
+
+    (item,) = label_items(Session, tiny_project.id, 1, annotator="bob")
+    at = app_run(tiny_project.id)
+    log_in(at, "ann")
+    at.radio(key="label_mode").set_value("History").run()
+    history = at.selectbox(key=next(b.key for b in at.selectbox if b.key.startswith(f"hist-{item}-")))
+    saved = history.value
+    history.set_value(1 - saved).run()
+    at.button(key="logout").click().run()
+    at.button(key="logout_anyway").click().run()
+    log_in(at, "ada")  # back in History, as the tab left it
+    assert at.radio(key="label_mode").value == "History"
+    assert at.selectbox(key=history.key).value == saved
+    assert not label.unsaved_anywhere()
+
+    at.radio(key="label_mode").set_value("Grid").run()
+    grid = next(box for box in at.selectbox if box.key.startswith("grid-"))
+    shown = grid.value
+    grid.set_value(1 if shown != 1 else 0).run()
+    at.button(key="logout").click().run()
+    at.button(key="logout_anyway").click().run()
+    assert grid.key not in at.session_state and "grid-keys" not in at.session_state
+    log_in(at, "ann")
+    assert at.radio(key="label_mode").value == "Grid"
+    assert grid.key not in [b.key for b in at.selectbox] or at.selectbox(key=grid.key).value == shown
+
+
+def _clear_after_an_outage() -> None:
+    import streamlit as st
+
+    from labeler.ui import account, common
+
+    st.session_state[common.MISSED] = {"_apply_box_actions": (print, ("ann's answers",), {})}
+    account.clear_personal()
+    st.text(f"replays kept: {common.MISSED in st.session_state}")
+
+
+def test_the_answers_an_outage_held_back_are_not_replayed_for_the_next_person():
+    """They were replayed at the next run under whoever was logged in then; they wait in the tab
+    for their owner (unsent_guard.js)."""
+    at = AppTest.from_function(_clear_after_an_outage, default_timeout=60).run()
+    assert at.text[0].value == "replays kept: False"
