@@ -240,6 +240,19 @@ def _oidc_account() -> dict | None:
     if not st.user.is_logged_in:
         return None
     email = str(st.user.get("email") or "")
+    if str(st.user.get("email_verified", "")).lower() == "false":
+        # A provider that lets people sign up or change their address without proving it says
+        # so in this claim: taken as is, anyone could log in as the admin's address (review).
+        # Providers that leave the claim out (Entra ID) verify the address themselves.
+        st.title("labeler")
+        st.error(
+            common.as_typed(
+                f"{email or 'This login'}: the identity provider has not verified this address, so "
+                "it cannot log in here; verify it with the provider, then log in again."
+            )
+        )
+        st.button("Log out", on_click=st.logout)
+        st.stop()
     with common.session_factory()() as session:
         stored = users.get_user(session, email)
     if stored is None:

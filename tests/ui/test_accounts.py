@@ -228,9 +228,18 @@ def test_oidc_login_maps_the_email_to_an_account(Session, tiny_project, accounts
     assert common.USER_KEY not in at.session_state
 
     oidc.clear()
-    oidc.update(email="erin@example.org")
+    oidc.update(email="erin@example.org", email_verified=False)  # signed up with it, unproven
+    at.run()
+    assert "has not verified this address" in at.error[0].value and not _on_label_page(at)
+    assert common.USER_KEY not in at.session_state
+
+    oidc.clear()
+    oidc.update(email="erin@example.org")  # no such claim: the provider verifies addresses itself
     at.run()
     assert at.session_state[common.USER_KEY]["name"] == "erin@example.org"
+    assert _on_label_page(at)
+    oidc.update(email_verified=True)
+    at.run()
     assert _on_label_page(at)
 
 
