@@ -79,6 +79,16 @@ _failures: dict[str, list[float]] = {}
 _failures_lock = threading.Lock()
 
 
+# Names whose failures are older than LOCKOUT_S are forgotten once this many are kept: each name
+# ever tried stayed for good, so a script trying many names grew the server's memory (review).
+_PRUNE_AT = 1_000
+
+
+def _forget_old_failures(now: float) -> None:
+    for key in [k for k, times in _failures.items() if not times or now - times[-1] >= LOCKOUT_S]:
+        del _failures[key]
+
+
 class TooManyFailures(ValueError):
     """Too many wrong passwords for one name; the message says how long to wait."""
 
@@ -88,8 +98,12 @@ def log_in(session: Session, name: str, password: str, now: float | None = None)
     now = time.monotonic() if now is None else now
     key = (name or "").strip().casefold()
     with _failures_lock:
+        if len(_failures) > _PRUNE_AT:
+            _forget_old_failures(now)
         recent = [t for t in _failures.get(key, []) if now - t < LOCKOUT_S]
         _failures[key] = recent
+        if not recent:
+            _failures.pop(key)
         if len(recent) >= MAX_FAILURES:
             wait = int(LOCKOUT_S - (now - recent[-MAX_FAILURES])) + 1
             raise TooManyFailures(f"Too many wrong passwords for this name; try again in {wait} seconds.")

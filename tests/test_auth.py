@@ -212,3 +212,16 @@ def test_repeated_wrong_passwords_lock_the_name_for_a_while(Session):
         assert auth.log_in(session, "ann-other", "x" * 8, now=1010.0) is None  # other names are not locked
         later = 1004.0 + auth.LOCKOUT_S + 1
         assert auth.log_in(session, "gus", "right password", now=later).name == "gus"
+
+
+def test_the_names_tried_long_ago_are_forgotten(Session, monkeypatch):
+    """Each name ever tried was kept for good: a script trying many names grew the memory."""
+    monkeypatch.setattr(auth, "_failures", {})
+    monkeypatch.setattr(auth, "_PRUNE_AT", 50)
+    monkeypatch.setattr(auth, "authenticate", lambda session, name, password: None)  # no hashing
+    with Session() as session:
+        for n in range(300):  # a name a second: those of the last minute are kept
+            auth.log_in(session, f"name{n}", "x", now=1000.0 + n)
+        assert len(auth._failures) <= auth.LOCKOUT_S + 2
+        auth.log_in(session, "late", "x", now=1300.0 + auth.LOCKOUT_S)
+        assert set(auth._failures) == {"late"}
