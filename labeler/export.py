@@ -49,6 +49,7 @@ from db.models import DONE, Item, LabelClass, LabelEvent, Prediction, Project, R
 from db.runs import KEPT_PREDICTIONS
 
 from . import projects
+from .config import data_dir
 
 log = logging.getLogger(__name__)
 
@@ -390,9 +391,11 @@ def write_dataset(
         if writer is not None:
             writer.close()
     if missing and notes is not None:
+        key = projects.storage_key(missing[0])  # where it is looked for now (the data folder moved)
+        example = data_dir() / key if key else missing[0]
         notes.append(
             f"{len(missing)} of the {len(frame)} labeled images' original "
-            f"{'file was' if len(missing) == 1 else 'files were'} not found (e.g. {missing[0]}); "
+            f"{'file was' if len(missing) == 1 else 'files were'} not found (e.g. {example}); "
             "the data set has their stored pixels instead, at the project's working size. "
             "Restore the data folder's projects/ files to export the originals."
         )

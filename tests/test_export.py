@@ -539,7 +539,8 @@ def test_an_export_says_which_originals_and_which_checkpoint_it_could_not_find(
 
     project = _project_with_originals(Session, tmp_path, make_image_set)
     _train_and_register(Session, project, tmp_path)
-    shutil.rmtree(data_dir() / "projects" / str(project.id) / "files")
+    files = data_dir() / "projects" / str(project.id) / "files"
+    shutil.rmtree(files)
     (tmp_path / "run.pt").unlink()
 
     notes: list[str] = []
@@ -547,7 +548,7 @@ def test_an_export_says_which_originals_and_which_checkpoint_it_could_not_find(
     sizes = _zip_image_sizes(tmp_path / "out" / "dataset.zip")
     assert len(sizes) == 6 and set(sizes.values()) == {(8, 8)}  # the stored pixels, as said:
     originals, model = notes
-    assert originals.startswith("6 of the 6 labeled images' original files were not found")
+    assert originals.startswith(f"6 of the 6 labeled images' original files were not found (e.g. {files}/")
     assert "cannot be exported because its checkpoint file is missing" in model
     assert str(tmp_path / "run.pt") in model and not written & set(export.MODEL_FILES)
     with pytest.raises(export.ExportError, match="checkpoint file is missing"):

@@ -95,6 +95,14 @@ _PERSONAL_PREFIXES = (
 _PERSONAL_WIDGET = re.compile(rf"^(hist|grid)-\d+-|^grid-keys$|^hist_page-|^{common.MISSED}$")
 
 
+# The Label page's view choices (its mode, the History's filters, file names shown, the grid's
+# pre-fill threshold): the next person starts on the defaults. Kept through the login page's
+# runs, they reached the server's next page while the browser, which had drawn the login form
+# meanwhile, showed the widgets' defaults: the switch said One image over the last person's grid,
+# whose keys then went nowhere, and a click on it flipped to the box (exploratory, 5 of 5).
+_VIEW_CHOICES = (*common.KEPT_THROUGH_OUTAGE, "grid_threshold")
+
+
 def clear_personal(keep: tuple[str, ...] = ()) -> None:
     """Forget the person's work in this tab (a login, a logout, a new name without accounts),
     and give back the images the tab held for them, so others get them now rather than when
@@ -119,7 +127,7 @@ def clear_personal(keep: tuple[str, ...] = ()) -> None:
     personal = [
         k for k in st.session_state if str(k).startswith(_PERSONAL_PREFIXES) or _PERSONAL_WIDGET.match(str(k))
     ]
-    for key in personal + list(_PERSONAL_KEYS):
+    for key in personal + list(_PERSONAL_KEYS) + list(_VIEW_CHOICES):
         if key not in keep:
             st.session_state.pop(key, None)
 

@@ -1433,8 +1433,8 @@ def _grid(project_id: int, names: list[str]) -> None:
         _restored_note(page)
     st.caption(
         "Check the pre-filled guesses, choose the rest (or leave them on skip), then accept the page. "
-        "Keys: arrows move between tiles, a class's key sets the tile in focus, Backspace sets it to "
-        "skip, A accepts the page, U undoes it."
+        "Keys: arrows move between tiles, a class's key sets the tile in focus and moves to the next, "
+        "Backspace sets it to skip, A accepts the page, U undoes it."
     )
     options = [-1, *range(len(names))]
     skip = _apart("skip")

@@ -273,7 +273,7 @@ def project_page() -> None:
         st.session_state["project_choice"] = project.id
     st.selectbox("Current project", ids, format_func=titles.get, key="project_choice", on_change=_switch)
     st.markdown(
-        f"**{common.as_typed(project.name)}**: {counts['pool']} images to label, {counts['audit']} in the audit "
+        f"**{common.as_typed(project.name)}**: {counts['pool']} images in the pool, {counts['audit']} in the audit "
         f"set, {counts['test']} in the test split; {n_labeled} labeled"
         f"{f' + {n_ignored} ignored' if n_ignored else ''}; image size "
         f"{project.channels}x{project.height}x{project.width}; classes: {common.as_typed(', '.join(names))}."

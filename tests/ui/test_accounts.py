@@ -283,8 +283,17 @@ def test_the_next_person_in_the_tab_does_not_get_the_held_grid_page(Session, tin
     from db.models import Claim, utcnow
 
     at = app_run(tiny_project.id)
-    at.session_state["label_mode"] = "Grid"  # the box's images stay held (the test below)
-    log_in(at, "ann")
+    # Ann, logged in, on Grid before the box was ever drawn (the box's images stay held: the test
+    # below); a login through the form starts on the default mode, One image.
+    with Session() as session:
+        stored = users.get_user(session, "ann")
+    at.session_state[common.USER_KEY] = {
+        "name": "ann",
+        "role": stored.role,
+        "hash_id": common.fingerprint(stored.password_hash),
+    }
+    at.session_state["label_mode"] = "Grid"
+    at.run()
     assert f"box-sent-{tiny_project.id}" not in at.session_state
     held = f"grid-page-{tiny_project.id}"
     anns = list(at.session_state[held])
@@ -446,10 +455,15 @@ def test_the_next_person_in_the_tab_gets_none_of_the_last_ones_tiles(Session, ti
     history = at.selectbox(key=next(b.key for b in at.selectbox if b.key.startswith(f"hist-{item}-")))
     saved = history.value
     history.set_value(1 - saved).run()
+    at.selectbox(key="hist_who").set_value("bob").run()
     at.button(key="logout").click().run()
     at.button(key="logout_anyway").click().run()
-    log_in(at, "ada")  # back in History, as the tab left it
-    assert at.radio(key="label_mode").value == "History"
+    # The mode and filters go too: the browser shows the defaults after the login form (the
+    # switch said One image over the last person's History, exploratory), so the server must.
+    log_in(at, "ada")
+    assert at.radio(key="label_mode").value == "One image"
+    at.radio(key="label_mode").set_value("History").run()
+    assert at.selectbox(key="hist_who").value is None
     assert at.selectbox(key=history.key).value == saved
     assert not label.unsaved_anywhere()
 
@@ -461,7 +475,7 @@ def test_the_next_person_in_the_tab_gets_none_of_the_last_ones_tiles(Session, ti
     at.button(key="logout_anyway").click().run()
     assert grid.key not in at.session_state and "grid-keys" not in at.session_state
     log_in(at, "ann")
-    assert at.radio(key="label_mode").value == "Grid"
+    at.radio(key="label_mode").set_value("Grid").run()
     assert grid.key not in [b.key for b in at.selectbox] or at.selectbox(key=grid.key).value == shown
 
 
