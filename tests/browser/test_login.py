@@ -151,3 +151,22 @@ def test_names_that_look_like_markdown_images_fetch_nothing(accounts_server, bea
     page.evaluate(f"fetch('http://127.0.0.1:{beacon.port}/control').then(() => true)")
     assert beacon.paths == ["/control"]
     assert not not_as_typed, f"the project name is not shown as typed on {not_as_typed}"
+
+
+def test_the_next_login_in_the_tab_opens_the_mode_its_switch_shows(accounts_server, page):
+    """The mode chosen was kept through the login form's runs: the server drew the last person's
+    grid while the browser's switch, drawn anew, showed One image; the grid's keys went nowhere,
+    and a click on it flipped to the box (exploratory, 5 of 5 logouts)."""
+    page.goto(accounts_server["url"])
+    log_in(page, "ann")
+    page.get_by_text("Grid", exact=True).click()
+    page.locator("[class*='st-key-accept_grid-'] button").wait_for()
+    settle(page)
+    page.get_by_role("button", name="Log out").click()
+    page.get_by_role("button", name="Log in").wait_for()
+    settle(page)
+    log_in(page, accounts_server["admin"])
+    page.get_by_text("Logged in as").wait_for()
+    settle(page)
+    expect(page.get_by_role("radio", name="One image")).to_be_checked()
+    assert not page.locator("[class*='st-key-accept_grid-']").count()
