@@ -320,10 +320,13 @@ def _image_bytes(project_id: int, item_row: int, path: str | None) -> tuple[byte
         if suffix in IMAGE_FOLDER_EXTENSIONS:
             return local.read_bytes(), suffix, False
         buffer = io.BytesIO()
-        with Image.open(local) as original:  # a GIF: its first frame, as the import read it
-            original.seek(0)
-            original.save(buffer, format="PNG")
-        return buffer.getvalue(), ".png", False
+        try:
+            with Image.open(local) as original:  # a GIF: its first frame, as the import read it
+                original.seek(0)
+                original.save(buffer, format="PNG")
+            return buffer.getvalue(), ".png", False
+        except (OSError, ValueError, EOFError):  # damaged since the import: as if missing
+            local = None
     buffer = io.BytesIO()
     Image.fromarray(projects.image(project_id, item_row)).save(buffer, format="PNG")
     return buffer.getvalue(), ".png", bool(path)

@@ -23,6 +23,7 @@ from __future__ import annotations
 
 import contextlib
 import functools
+import logging
 import os
 import re
 import shutil
@@ -43,6 +44,8 @@ from .data import importer
 from .data.base import DataError, ImageSet
 from .data.importer import disk_full, scratch_folder
 from .storage import StorageError
+
+logger = logging.getLogger(__name__)
 
 DEFAULT_SETTINGS = {
     "model": "m2",
@@ -343,7 +346,7 @@ def _create_staged(
             queries.analyze(session, "items")
             _publish_staged(project.id, folder, staged, chunk)
     except BaseException as error:
-        stored = None if folder is None else _stored_after_all(Session, project.id, error)
+        stored = None if folder is None else _stored_after_all(Session, project.id, name, error)
         if folder is not None and stored is False:
             with contextlib.suppress(sqlite3.Error):  # a full disk: the error below says so
                 stage.reclaim(scratch)  # the next import of this folder continues from here
@@ -430,7 +433,7 @@ def _create(
     except BaseException as error:
         # The transaction is rolled back; leave no pixel array or file behind (a partial
         # pixels.tmp.npy on a full disk would keep it full).
-        stored = None if folder is None else _stored_after_all(Session, project.id, error)
+        stored = None if folder is None else _stored_after_all(Session, project.id, name, error)
         if folder is not None and stored is False:
             _discard_project_files(folder, error)
         elif stored:  # a commit whose answer was lost: the project is there, with its files
@@ -489,7 +492,9 @@ def _add_project(
     return project
 
 
-def _stored_after_all(Session: sessionmaker[Session], project_id: int, error: BaseException) -> bool | None:
+def _stored_after_all(
+    Session: sessionmaker[Session], project_id: int, name: str, error: BaseException
+) -> bool | None:
     """After an import's transaction failed: True when its project is in the database all the
     same (a commit whose answer was lost: the connection dropped after the server committed; its
     files were removed, and the project stayed with "The pixel file ... is missing") and the
@@ -497,8 +502,19 @@ def _stored_after_all(Session: sessionmaker[Session], project_id: int, error: Ba
     (its files are kept: a project may need them)."""
     try:
         with Session() as session:
-            there = session.get(Project, project_id) is not None
-    except Exception:  # noqa: BLE001 - whatever the database says, the answer is "cannot say"
+            stored = session.get(Project, project_id)
+            # By its unique name too: SQLite reuses the highest id, so an import that waited
+            # for the write lock could have taken it meanwhile.
+            there = stored is not None and stored.name == name
+    except Exception:
+        logger.warning(
+            "Import of %r failed and the database cannot say whether project %d was stored; its "
+            "folder %s is kept",
+            name,
+            project_id,
+            project_dir(project_id),
+            exc_info=True,
+        )
         return None
     if there and not isinstance(error, Exception):  # Ctrl-C after the commit: stored, and stop
         return None

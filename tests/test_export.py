@@ -570,3 +570,19 @@ def test_gif_originals_go_into_the_imagefolder_zip_as_png(Session, tmp_path, mak
     assert len(folder) == 6 and folder[0][0].size == (16, 16)
     assert all(name.endswith(".png") for name in meta.file_name)
     assert pd.read_parquet(parquet_path).image.iloc[0][:8] == b"\x89PNG\r\n\x1a\n"
+
+
+def test_a_gif_original_damaged_since_the_import_goes_in_as_its_pixels_with_a_note(
+    Session, tmp_path, make_image_set
+):
+    from labeler.config import data_dir
+
+    project = _project_with_originals(Session, tmp_path, make_image_set, suffix=".gif")
+    files = sorted((data_dir() / "projects" / str(project.id) / "files").rglob("*.gif"))
+    for file in files:
+        file.write_bytes(b"GIF89a" + bytes(10))  # truncated
+    notes: list[str] = []
+    export.export_all(Session, project.id, tmp_path / "out", what="dataset", notes=notes)
+    sizes = _zip_image_sizes(tmp_path / "out" / "dataset.zip")
+    assert len(sizes) == 6 and set(sizes.values()) == {(8, 8)}
+    assert notes and notes[0].startswith("6 of the 6 labeled images' original files were not found")

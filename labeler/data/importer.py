@@ -333,23 +333,23 @@ def _zip_directory(path: Path) -> tuple[int, int] | None:
         tail_start = max(0, size - (22 + 0xFFFF))  # the end record, then a comment of <= 64 KiB
         f.seek(tail_start)
         tail = f.read()
-        at = tail.rfind(b"PK\x05\x06")
-        # The record's comment runs to the end of the file (a signature inside a comment does not)
+        last = at = tail.rfind(b"PK\x05\x06")
+        # The record's comment runs to the end of the file (a signature inside a comment does
+        # not); with bytes after it, which Python's zipfile accepts, its last signature, as there.
         while at >= 0 and int.from_bytes(tail[at + 20 : at + 22], "little") != len(tail) - at - 22:
             at = tail.rfind(b"PK\x05\x06", 0, at)
-        if at < 0:
+        at = last if at < 0 else at
+        if at < 0 or len(tail) - at < 22:
             return None
         entries = int.from_bytes(tail[at + 10 : at + 12], "little")
         directory = int.from_bytes(tail[at + 12 : at + 16], "little")
         if entries != 0xFFFF and directory != 0xFFFFFFFF:
             return entries, directory
-        locator = tail[at - 20 : at] if at >= 20 else b""  # zip64: its locator, then its end record
-        if locator[:4] != b"PK\x06\x07":
-            return entries, directory
-        f.seek(int.from_bytes(locator[8:16], "little"))
-        record = f.read(56)
-        if record[:4] != b"PK\x06\x06" or len(record) < 56:
-            return entries, directory
+        # zip64: its locator, and its end record just before (where zipfile reads it: the
+        # locator's offset counts from the archive's start, not the file's, in a prefixed zip)
+        record = tail[at - 76 : at - 20] if at >= 76 else b""
+        if tail[at - 20 : at - 16] != b"PK\x06\x07" or record[:4] != b"PK\x06\x06":
+            return None  # zipfile says what it makes of it
         return int.from_bytes(record[32:40], "little"), int.from_bytes(record[40:48], "little")
 
 

@@ -35,6 +35,7 @@ import os
 import secrets
 import shutil
 import sqlite3
+import time
 from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -147,12 +148,16 @@ def exclusive(staging: Path) -> Iterator[None]:
     staging.parent.mkdir(parents=True, exist_ok=True)
     path = staging.parent / f"{staging.name}.lock"
     with open(path, "a") as lock:
-        try:
-            fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
-            raise DataError(
-                "This folder is being imported under this name already; wait for that import to finish."
-            ) from None
+        for attempt in range(20):  # a sweep's look at the lock (importer._lock_held) holds it briefly
+            try:
+                fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if attempt == 19:
+                    raise DataError(
+                        "This folder is being imported under this name already; wait for that import to finish."
+                    ) from None
+                time.sleep(0.05)
         try:
             yield
         finally:

@@ -92,7 +92,12 @@ _PERSONAL_PREFIXES = (
 # last one's tiles as they were set, and a Save or an A stored them under the new name (review).
 # The answers the box held back in an outage ("outage-missed", replayed at the next run) go
 # too: they wait unacknowledged in the tab, sent again under their owner's name (unsent_guard.js).
-_PERSONAL_WIDGET = re.compile(rf"^(hist|grid)-\d+-|^grid-keys$|^hist_page-|^{common.MISSED}$")
+# The latent-space page's lasso selection, its "relabel" tick and class selector, and the run
+# pinned there go the same way (a click on Apply labelled the last person's selection).
+_PERSONAL_WIDGET = re.compile(
+    rf"^(hist|grid)-\d+-|^grid-keys$|^hist_page-|^{common.MISSED}$"
+    r"|^latent$|^bulk_relabel$|^bulk_class-|^latent-run-|^latent-frame-"
+)
 
 
 # The Label page's view choices (its mode, the History's filters, file names shown, the grid's

@@ -446,6 +446,10 @@ def test_a_zip_of_too_many_entries_is_refused_before_its_directory_is_read(tmp_p
     raw = bytearray(archive.read_bytes())
     end = raw.rfind(b"PK\x05\x06")
     raw[end + 8 : end + 12] = (1).to_bytes(2, "little") * 2  # it says 1 entry
+    trailing = tmp_path / "trailing.zip"  # bytes after the end record, which zipfile accepts
+    trailing.write_bytes(archive.read_bytes() + b"\0")
+    with pytest.raises(DataError, match="trailing.zip has 50 entries, more than the limit of 40"):
+        import_zip(trailing, target=tmp_path / "t3", max_entries=40)
     lying = tmp_path / "lying.zip"
     lying.write_bytes(bytes(raw))
     with pytest.raises(
@@ -484,6 +488,9 @@ def test_the_entry_count_of_a_zip64_directory_is_read_too(tmp_path):
         raw[end:end] = record + locator
     path.write_bytes(bytes(raw))
     assert _zip_directory(path) == (3, small[1])
+    prefixed = tmp_path / "sfx.zip"  # a launcher before the archive: offsets count from the zip
+    prefixed.write_bytes(b"#!/bin/sh\nexit 0\n" * 8 + bytes(raw))
+    assert _zip_directory(prefixed) == (3, small[1])
 
 
 def test_a_zip_comment_that_looks_like_an_end_record_is_not_read_as_one(tmp_path):

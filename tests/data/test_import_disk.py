@@ -382,3 +382,20 @@ def test_class_folders_that_differ_only_in_case_are_two_classes_and_the_import_s
         "rename one on the Label page if they are one."
     )
     assert projects.case_note(["a", "b"]) is None
+
+
+def test_a_sweep_s_look_at_a_lock_does_not_refuse_the_import_that_takes_it(tmp_path):
+    """The sweep's probe holds the lock for a moment: an import taking it then was told the
+    folder was being imported already."""
+    import fcntl
+    import threading
+    import time
+
+    staging_dir = tmp_path / "imports" / "resume-x"
+    staging_dir.mkdir(parents=True)
+    lock_path = staging_dir.parent / "resume-x.lock"
+    lock = open(lock_path, "a")  # noqa: SIM115 - closed by the thread below, as an import ends
+    fcntl.flock(lock.fileno(), fcntl.LOCK_EX | fcntl.LOCK_NB)
+    threading.Thread(target=lambda: (time.sleep(0.2), lock.close()), daemon=True).start()
+    with staging.exclusive(staging_dir):
+        pass

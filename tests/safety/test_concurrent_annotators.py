@@ -283,3 +283,12 @@ def test_an_import_whose_commit_answer_was_lost_keeps_its_project_and_files(
             assert projects.local_file(item.path).read_bytes() == (source / "img" / item.key).read_bytes()
         else:
             assert np.array_equal(projects.pixels(project.id)[3], images.pixels[3])
+
+
+def test_a_failed_import_takes_no_other_import_s_project_for_its_own(Session, make_image_set):
+    """SQLite reuses the highest id: an import that waited for the write lock can take the id of
+    one whose transaction rolled back, and the check found "its" project there."""
+    other = projects.create_project(Session, "other", "test", images=make_image_set(n=20))
+    assert projects._stored_after_all(Session, other.id, "other", RuntimeError()) is True
+    assert projects._stored_after_all(Session, other.id, "mine", RuntimeError()) is False
+    assert projects._stored_after_all(Session, other.id, "other", KeyboardInterrupt()) is None

@@ -485,8 +485,13 @@ def _clear_after_an_outage() -> None:
     from labeler.ui import account, common
 
     st.session_state[common.MISSED] = {"_apply_box_actions": (print, ("ann's answers",), {})}
+    # The latent-space page's selection, "relabel" tick, class selector, pinned run and frame.
+    others = ("latent", "bulk_relabel", "bulk_class-1a2b3c4d", "latent-run-1", "latent-frame-1")
+    for key in others:
+        st.session_state[key] = True
     account.clear_personal()
     st.text(f"replays kept: {common.MISSED in st.session_state}")
+    st.text(f"kept: {[key for key in others if key in st.session_state]}")
 
 
 def test_the_answers_an_outage_held_back_are_not_replayed_for_the_next_person():
@@ -494,3 +499,4 @@ def test_the_answers_an_outage_held_back_are_not_replayed_for_the_next_person():
     for their owner (unsent_guard.js)."""
     at = AppTest.from_function(_clear_after_an_outage, default_timeout=60).run()
     assert at.text[0].value == "replays kept: False"
+    assert at.text[1].value == "kept: []"
