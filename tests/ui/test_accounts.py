@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 from streamlit.testing.v1 import AppTest
-from ui_helpers import PAGES, app_run, button, log_in
+from ui_helpers import PAGES, app_run, button, log_in, signed_in_as
 
 from db import queries, users
 from labeler import auth
@@ -285,13 +285,7 @@ def test_the_next_person_in_the_tab_does_not_get_the_held_grid_page(Session, tin
     at = app_run(tiny_project.id)
     # Ann, logged in, on Grid before the box was ever drawn (the box's images stay held: the test
     # below); a login through the form starts on the default mode, One image.
-    with Session() as session:
-        stored = users.get_user(session, "ann")
-    at.session_state[common.USER_KEY] = {
-        "name": "ann",
-        "role": stored.role,
-        "hash_id": common.fingerprint(stored.password_hash),
-    }
+    signed_in_as(Session, at, "ann")
     at.session_state["label_mode"] = "Grid"
     at.run()
     assert f"box-sent-{tiny_project.id}" not in at.session_state

@@ -307,17 +307,10 @@ def test_a_bulk_label_chosen_before_a_class_was_renamed_is_not_saved(Session, ti
 
 def _train_page_of_ann(Session, project_id: int) -> AppTest:
     """The Train page, drawn for ann logged in (her session as the login form leaves it)."""
-    from tests.ui.ui_helpers import page_app
+    from tests.ui.ui_helpers import page_app, signed_in_as
 
     at = page_app("train", project_id, annotator="ann")
-    with Session() as session:
-        stored = users.get_user(session, "ann")
-    at.session_state[common.USER_KEY] = {
-        "name": "ann",
-        "role": stored.role,
-        "hash_id": common.fingerprint(stored.password_hash),
-    }
-    return at.run()
+    return signed_in_as(Session, at, "ann").run()
 
 
 @pytest.mark.parametrize("change", [None, *CHANGES])

@@ -47,6 +47,22 @@ def log_in(at: AppTest, name: str, password: str = PASSWORD) -> AppTest:
     return at.button[0].click().run()
 
 
+def signed_in_as(Session, at: AppTest, name: str) -> AppTest:
+    """`at`'s session as the login form leaves it for the account `name` (without the login's
+    own run, which starts on the Label page's defaults)."""
+    from db import users
+    from labeler.ui import common
+
+    with Session() as session:
+        stored = users.get_user(session, name)
+    at.session_state[common.USER_KEY] = {
+        "name": name,
+        "role": stored.role,
+        "hash_id": common.fingerprint(stored.password_hash),
+    }
+    return at
+
+
 def box_data(at: AppTest) -> dict:
     """What the Label page sent to its one-image box: items, classes with keys, notices."""
     import json
