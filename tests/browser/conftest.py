@@ -123,6 +123,23 @@ def draw_lasso(page, path: list[tuple[float, float]]) -> None:
     page.mouse.up()
 
 
+def choose_in(page, field, name: str) -> None:
+    """Open the select `field` and choose the option `name`, again when a rerun that lands just
+    after the click closes its list (a CI run, once: the History tile's list never opened)."""
+    from playwright.sync_api import TimeoutError as PlaywrightTimeout
+
+    option = page.get_by_role("option", name=name, exact=True)
+    for attempt in range(5):
+        settle(page)
+        field.click()
+        try:
+            option.click(timeout=5_000)
+            return
+        except PlaywrightTimeout:
+            if attempt == 4:
+                raise
+
+
 def choose_bulk_class(page, name: str) -> None:
     """Choose the Latent page's bulk label class (it starts on none), and wait until the button
     names it."""

@@ -19,7 +19,15 @@ from db import queries
 from db import runs as run_queries
 from db.models import DONE, IGNORED, Claim, LabelEvent, Prediction, Run, utcnow
 from labeler.ui import latent
-from tests.browser.conftest import choose_bulk_class, draw_lasso, lasso_outline, saved, settle, shown
+from tests.browser.conftest import (
+    choose_bulk_class,
+    choose_in,
+    draw_lasso,
+    lasso_outline,
+    saved,
+    settle,
+    shown,
+)
 
 pytestmark = pytest.mark.browser
 
@@ -252,10 +260,8 @@ def test_an_old_label_is_corrected_from_the_history(app_server, page):
     newest = events(Session, pid)[-1]
     box = page.locator(f".st-key-hist-{newest.item_id}-{newest.id}")
     box.wait_for()
-    settle(page)  # a tile clicked while the page is redrawn loses its open list
-    box.click()
     target = "dark" if newest.class_index == 1 else "bright"
-    page.get_by_role("option", name=target, exact=True).click()
+    choose_in(page, box, target)  # a tile clicked while the page is redrawn loses its open list
     settle(page)
     page.locator("[class*='st-key-hist_save-'] button").click()
     page.get_by_text("Corrected 1 label (").wait_for()
