@@ -101,9 +101,10 @@ def log_in(session: Session, name: str, password: str, now: float | None = None)
         if len(_failures) > _PRUNE_AT:
             _forget_old_failures(now)
         recent = [t for t in _failures.get(key, []) if now - t < LOCKOUT_S]
-        _failures[key] = recent
-        if not recent:
-            _failures.pop(key)
+        if recent:
+            _failures[key] = recent
+        else:
+            _failures.pop(key, None)
         if len(recent) >= MAX_FAILURES:
             wait = int(LOCKOUT_S - (now - recent[-MAX_FAILURES])) + 1
             raise TooManyFailures(f"Too many wrong passwords for this name; try again in {wait} seconds.")

@@ -247,11 +247,8 @@ def extract_zip(
         infos = archive.infolist()
         for info in infos:
             info.filename = _entry_name(info)
-        if len(infos) > max_entries:
-            raise DataError(
-                f"{path.name} has {len(infos)} entries, more than the limit of {max_entries}; "
-                "split it into smaller zips."
-            )
+        if len(infos) > max_entries:  # a count in the end record that lied
+            raise _too_many_entries(path, len(infos), max_entries)
         declared = sum(info.file_size for info in infos)
         if declared > max_total_bytes:
             raise DataError(
@@ -353,6 +350,12 @@ def _zip_directory(path: Path) -> tuple[int, int] | None:
         return int.from_bytes(record[32:40], "little"), int.from_bytes(record[40:48], "little")
 
 
+def _too_many_entries(path: Path, entries: int, max_entries: int) -> DataError:
+    return DataError(
+        f"{path.name} has {entries} entries, more than the limit of {max_entries}; split it into smaller zips."
+    )
+
+
 def _check_directory(path: Path, max_entries: int) -> None:
     """Refuse a zip of too many entries before `zipfile` reads its directory: Python keeps about
     500 bytes for each entry listed there (86 in the file), so a 200 MB upload of minimal entries
@@ -362,9 +365,7 @@ def _check_directory(path: Path, max_entries: int) -> None:
         return
     entries, directory = found
     if entries > max_entries:
-        raise DataError(
-            f"{path.name} has {entries} entries, more than the limit of {max_entries}; split it into smaller zips."
-        )
+        raise _too_many_entries(path, entries, max_entries)
     if directory > max_entries * DIRECTORY_BYTES_PER_ENTRY:  # a count that lies, or very long names
         raise DataError(
             f"{path.name}'s list of entries takes {directory:,} bytes, more than {max_entries} "
