@@ -13,7 +13,7 @@ import signal
 import pytest
 
 from labeler.config import data_dir_set
-from tests.browser.conftest import SERVERS, image_set, running_app, saved, settle, shown, wait_note
+from tests.browser.conftest import SERVERS, choose_in, image_set, running_app, saved, settle, shown, wait_note
 from tests.conftest import wait_for
 
 pytest.importorskip("playwright.sync_api")
@@ -476,8 +476,7 @@ def bobs_answer_set_to_bright_in_history(server, page, address: str):
     box = page.locator(f".st-key-hist-{item}-{event.id}")
     box.wait_for()
     settle(page)
-    box.click()
-    page.get_by_role("option", name="bright", exact=True).click()
+    choose_in(page, box, "bright")
     settle(page)
     return item, box
 
@@ -495,8 +494,7 @@ def test_a_history_change_whose_class_is_renamed_before_saving_says_so(server, p
     try:
         # Any rerun that keeps Bob's answer in the list (the tile is kept for its change only until
         # that change is dropped, so a filter that hides it made this test depend on a second rerun).
-        page.locator(".st-key-hist_who").click()
-        page.get_by_role("option", name="bob", exact=True).click()
+        choose_in(page, page.locator(".st-key-hist_who"), "bob")
         wait_note(page, f"A class was renamed while you changed #{item}")
         settle(page)
         assert box.locator('input[role="combobox"]').input_value() == "dark"
@@ -525,8 +523,7 @@ def test_an_unchanged_history_tile_whose_class_is_renamed_keeps_its_saved_answer
     with Session.begin() as session:
         queries.rename_class(session, pid, 0, "darker")
     try:
-        page.locator(".st-key-hist_who").click()  # any rerun that keeps Bob's answer listed
-        page.get_by_role("option", name="bob", exact=True).click()
+        choose_in(page, page.locator(".st-key-hist_who"), "bob")  # any rerun that keeps Bob's answer listed
         wait_for(lambda: box.locator('input[role="combobox"]').input_value() == "darker", timeout=30)
         settle(page)  # the run ended: the Save button drawn under the old names is gone
         page.locator("[class*='st-key-hist_save-'] button").click()
@@ -608,8 +605,7 @@ def test_the_history_class_filter_keeps_its_class_through_a_rename(server, page)
     page.goto(f"{server['url']}/?annotator=erin")
     page.get_by_text("History", exact=True).click()
     settle(page)
-    page.locator(".st-key-hist_class").click()
-    page.get_by_role("option", name="dark", exact=True).click()
+    choose_in(page, page.locator(".st-key-hist_class"), "dark")
     other.wait_for(state="detached")
     tile_of.wait_for()
     settle(page)
@@ -632,8 +628,7 @@ def test_the_history_class_filter_keeps_its_class_through_a_rename(server, page)
         still_filtered("darker")
         with Session.begin() as session:  # another admin
             queries.rename_class(session, pid, 0, "darkest")
-        page.locator(".st-key-hist_who").click()  # any rerun
-        page.get_by_role("option", name="dora", exact=True).click()
+        choose_in(page, page.locator(".st-key-hist_who"), "dora")  # any rerun
         settle(page)
         still_filtered("darkest")
     finally:
